@@ -1,0 +1,5 @@
+import sys
+
+from sipbridge.cli import main
+
+sys.exit(main())

@@ -1,0 +1,246 @@
+"""The control API (compatible with PolyAI's Outbound Calling API), FastAPI + OpenAPI."""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import json
+import logging
+import re
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from sipbridge.headers import HeaderError, is_token
+from sipbridge.numbers import NumberError, to_e164, validate_country_code
+from sipbridge.routing import RoutingError
+from sipbridge.service import CallNotFound, CallService, TriggerInput
+from sipbridge.store import CallEvent, CallRecord
+
+log = logging.getLogger("sipbridge.api")
+
+METADATA_MAX_B64_BYTES = 26 * 1024
+SID_RE = re.compile(r"^OUT-[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, field: str | None = None,
+                 headers: dict[str, str] | None = None):
+        self.status = status
+        self.message = message
+        self.field = field
+        self.headers = headers or {}
+        super().__init__(message)
+
+
+class TriggerBody(BaseModel):
+    """Body of POST /v1/outbound-calling/trigger."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    to_number: str = Field(description="E.164 number, or a national number with country_code")
+    country_code: str | None = Field(None, description="ISO 3166-1 alpha-2, for national numbers")
+    from_number: str | None = Field(None, description="caller ID; default: the trunk's")
+    encryption: Literal["TLS/SRTP", "TLS/RTP", "UDP/SRTP", "UDP/RTP"] | None = None
+    metadata: dict[str, str] | None = Field(
+        None, description="string values; each key is sent as a SIP header; base64(JSON) < 26 KB"
+    )
+    polyai_call_id: str | None = Field(None, max_length=256,
+                                       description="the agent platform's call ID")
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        if v is None:
+            return v
+        for key in v:
+            if not is_token(key):
+                raise ValueError(f"key {key!r} is not usable as a SIP header name "
+                                 "(letters, digits and -.!%*_+`'~ only)")
+        size = len(base64.b64encode(json.dumps(v, separators=(",", ":")).encode()))
+        if size >= METADATA_MAX_B64_BYTES:
+            raise ValueError(f"too large: {size} bytes as base64 JSON "
+                             f"(limit {METADATA_MAX_B64_BYTES})")
+        return v
+
+
+class TriggerResponse(BaseModel):
+    callSid: str
+
+
+class EventOut(BaseModel):
+    ts: str
+    kind: str
+    data: dict[str, Any]
+
+
+class StatusResponse(BaseModel):
+    callSid: str
+    status: Literal["queued", "calling", "success", "failure"]
+    reason: str
+    created_at: str
+    last_updated: str
+    answered_by: str | None = None
+    sip_status: int | None = None
+    attempts: int = 0
+    polyai_call_id: str | None = None
+    trunk: str | None = None
+    to_number: str
+    from_number: str
+    legs: dict[str, Any] = Field(default_factory=dict)
+    events: list[EventOut] = Field(default_factory=list)
+
+
+class ErrorBody(BaseModel):
+    error: str
+    field: str | None = None
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+def status_body(rec: CallRecord, events: list[CallEvent]) -> StatusResponse:
+    return StatusResponse(
+        callSid=rec.call_sid, status=rec.status,  # type: ignore[arg-type]
+        reason=rec.reason, created_at=_iso(rec.created_at),
+        last_updated=_iso(rec.last_updated), answered_by=rec.answered_by,
+        sip_status=rec.sip_status, attempts=rec.attempts, polyai_call_id=rec.polyai_call_id,
+        trunk=rec.trunk or None, to_number=rec.to_number, from_number=rec.from_number,
+        legs=rec.legs,
+        events=[EventOut(ts=_iso(e.ts), kind=e.kind, data=e.data) for e in events],
+    )
+
+
+def _field_of(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body",)]
+    return ".".join(parts) or "body"
+
+
+def create_app(
+    service: CallService, tokens: list[str],
+    on_shutdown: Callable[[], None] | None = None,
+) -> FastAPI:
+    """The ASGI app. ``tokens`` are the accepted ``X-PolyAi-Auth-Token`` values.
+
+    Handlers are ``async`` so that every call-state change happens on the event loop
+    thread, the only thread that touches the call service. The app's lifespan starts
+    and stops the service (and with it the SIP worker pool).
+    """
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+            if on_shutdown:
+                on_shutdown()
+
+    app = FastAPI(title="sipbridge", version="0.1.0", lifespan=lifespan,
+                  description="Outbound SIP bridge for voice-AI agents "
+                              "(PolyAI Outbound Calling API compatible)")
+    token_bytes = [t.encode() for t in tokens]
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(status_code=exc.status, headers=exc.headers,
+                            content=ErrorBody(error=exc.message, field=exc.field).model_dump())
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errs = exc.errors()
+        first = errs[0] if errs else {"loc": ("body",), "msg": "invalid request"}
+        field = _field_of(tuple(first["loc"]))
+        msg = str(first["msg"]).removeprefix("Value error, ")
+        if first.get("type") == "extra_forbidden":
+            msg = "unknown field"
+        elif first.get("type") == "json_invalid":
+            msg = "body is not valid JSON"
+        return JSONResponse(
+            status_code=400,
+            content={"error": f"{field}: {msg}", "field": field,
+                     "details": [{"field": _field_of(tuple(e["loc"])),
+                                  "message": str(e["msg"]).removeprefix("Value error, ")}
+                                 for e in errs]},
+        )
+
+    def auth(x_polyai_auth_token: Annotated[str | None, Header()] = None) -> None:
+        if not x_polyai_auth_token:
+            raise ApiError(401, "missing X-PolyAi-Auth-Token header")
+        given = x_polyai_auth_token.encode()
+        ok = False
+        for t in token_bytes:  # constant time per token, no early exit
+            ok |= hmac.compare_digest(given, t)
+        if not ok:
+            raise ApiError(401, "invalid X-PolyAi-Auth-Token")
+
+    def lookup(call_sid: str) -> tuple[CallRecord, list[CallEvent]]:
+        if not SID_RE.match(call_sid):
+            raise ApiError(400, f"malformed callSid {call_sid!r} (expected OUT-<uuid4>)",
+                           "callSid")
+        try:
+            return service.get(call_sid)
+        except CallNotFound:
+            raise ApiError(404, f"call {call_sid} not found", "callSid") from None
+
+    errors: dict[int | str, dict[str, Any]] = {400: {"model": ErrorBody},
+                                               401: {"model": ErrorBody}}
+
+    @app.post("/v1/outbound-calling/trigger", response_model=TriggerResponse,
+              dependencies=[Depends(auth)], responses=errors)
+    async def trigger(body: TriggerBody) -> TriggerResponse:
+        """Queue an outbound call; returns its callSid."""
+        try:
+            if body.country_code is not None:
+                validate_country_code(body.country_code)
+            to = to_e164(body.to_number, body.country_code, "to_number")
+            frm = (to_e164(body.from_number, body.country_code, "from_number")
+                   if body.from_number else None)
+            rec = service.trigger(TriggerInput(
+                to_number=to, from_number=frm, metadata=body.metadata or {},
+                polyai_call_id=body.polyai_call_id, encryption=body.encryption,
+            ))
+        except (NumberError, HeaderError, RoutingError) as e:
+            raise ApiError(400, str(e), e.field) from None
+        return TriggerResponse(callSid=rec.call_sid)
+
+    @app.get("/v1/outbound-calling/{call_sid}/status", response_model=StatusResponse,
+             dependencies=[Depends(auth)], responses={**errors, 404: {"model": ErrorBody}})
+    async def status(call_sid: str) -> StatusResponse:
+        """Status of a call, with its event history."""
+        return status_body(*lookup(call_sid))
+
+    @app.post("/v1/outbound-calling/{call_sid}/hangup", response_model=StatusResponse,
+              dependencies=[Depends(auth)], responses={**errors, 404: {"model": ErrorBody}})
+    async def hangup(call_sid: str) -> StatusResponse:
+        """Cancel a queued call or hang up a live one (CANCEL before answer, BYE after)."""
+        lookup(call_sid)
+        service.hangup(call_sid)
+        return status_body(*service.get(call_sid))
+
+    @app.get("/v1/outbound-calling/by-polyai-call-id/{polyai_call_id}",
+             response_model=StatusResponse, dependencies=[Depends(auth)],
+             responses={**errors, 404: {"model": ErrorBody}})
+    async def by_polyai_call_id(polyai_call_id: str) -> StatusResponse:
+        """Look a call up by the agent platform's call ID."""
+        rec = service.find_by_polyai_call_id(polyai_call_id)
+        if rec is None:
+            raise ApiError(404, f"no call with polyai_call_id {polyai_call_id!r}",
+                           "polyai_call_id")
+        return status_body(*service.get(rec.call_sid))
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """The process is up."""
+        return {"status": "ok"}
+
+    return app

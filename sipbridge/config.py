@@ -1,0 +1,267 @@
+"""Configuration: one YAML file validated at start-up into typed models.
+
+A bad file fails with :class:`ConfigError`, whose message names the file, the key
+(dotted path, list indices included) and the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from sipbridge.headers import TEMPLATE_FIELDS, template_fields, validate_header_name
+
+Transport = Literal["udp", "tcp", "tls"]
+Encryption = Literal["TLS/SRTP", "TLS/RTP", "UDP/SRTP", "UDP/RTP"]
+
+_HOSTPORT_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+)(:(\d{1,5}))?$")
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used; the message names file, key and reason."""
+
+    def __init__(self, path: str, problems: list[tuple[str, str]]):
+        self.path = path
+        self.problems = problems
+        lines = [f"{path}: {key}: {reason}" for key, reason in problems]
+        super().__init__("invalid configuration:\n  " + "\n  ".join(lines))
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SecretRef(_Model):
+    """A secret given inline (``value``) or read from an environment variable (``env``)."""
+
+    value: str | None = None
+    env: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SecretRef:
+        if (self.value is None) == (self.env is None):
+            raise ValueError("give exactly one of 'value' or 'env'")
+        if self.env is not None and not os.environ.get(self.env):
+            raise ValueError(f"environment variable {self.env!r} is not set or empty")
+        return self
+
+    def resolve(self) -> str:
+        if self.value is not None:
+            return self.value
+        assert self.env is not None
+        return os.environ[self.env]
+
+
+class SipConfig(_Model):
+    """The SIP engine: a pool of worker processes, one pjsua2 Endpoint each."""
+
+    listen_address: str = "127.0.0.1"
+    # Each worker binds one port from this inclusive range; 0/0 means "pick free ports".
+    port_min: Annotated[int, Field(ge=0, le=65535)] = 5080
+    port_max: Annotated[int, Field(ge=0, le=65535)] = 5099
+    transport: Transport = "udp"
+    # Address written into Contact/SDP when it differs from the bind address (NAT).
+    public_address: str | None = None
+    workers: Annotated[int, Field(ge=1, le=64)] = 2
+    # PJSUA_MAX_CALLS is 4 in the PyPI wheel; raise only for a build with a larger limit.
+    calls_per_worker: Annotated[int, Field(ge=1, le=512)] = 4
+    rtp_port_min: Annotated[int, Field(ge=1024, le=65535)] = 20000
+    rtp_port_max: Annotated[int, Field(ge=1024, le=65535)] = 29999
+    user_agent: str = "sipbridge/0.1"
+    log_level: Annotated[int, Field(ge=0, le=6)] = 1
+
+    @model_validator(mode="after")
+    def _ranges(self) -> SipConfig:
+        if self.port_min > self.port_max:
+            raise ValueError("port_min must be <= port_max")
+        if self.port_min != 0 and self.port_max - self.port_min + 1 < self.workers:
+            raise ValueError(
+                f"port range {self.port_min}-{self.port_max} has fewer ports than "
+                f"workers ({self.workers})"
+            )
+        if self.rtp_port_min >= self.rtp_port_max:
+            raise ValueError("rtp_port_min must be < rtp_port_max")
+        return self
+
+
+class AgentConfig(_Model):
+    """The AI agent's SIP endpoint (the a-leg)."""
+
+    uri: str
+
+    @field_validator("uri")
+    @classmethod
+    def _sip_uri(cls, v: str) -> str:
+        if not re.match(r"^sips?:[^\s]+$", v):
+            raise ValueError("must be a SIP URI like 'sip:agent@10.0.0.5:5060'")
+        return v
+
+
+class ApiConfig(_Model):
+    listen_address: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    tokens: list[SecretRef] = Field(default_factory=list)
+
+    @field_validator("tokens")
+    @classmethod
+    def _non_empty(cls, v: list[SecretRef]) -> list[SecretRef]:
+        if not v:
+            raise ValueError("at least one API token is required")
+        return v
+
+
+class TrunkConfig(_Model):
+    """A carrier trunk: where INVITEs go and what they carry."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]+$")]
+    # host[:port] of the carrier's SIP proxy; the Request-URI is sip:<number>@<address>.
+    address: str
+    transport: Transport = "udp"
+    encryption: Encryption = "UDP/RTP"
+    # E.164 caller ID used when the trigger gives no from_number.
+    caller_id: str | None = None
+    # Host part of the From URI; defaults to the bridge's own address.
+    from_domain: str | None = None
+    # Headers sent verbatim on every INVITE through this trunk.
+    headers: dict[str, str] = Field(default_factory=dict)
+    # Headers whose values are templates: "{call_sid}", "{to_number}", "{metadata.KEY}", ...
+    header_templates: dict[str, str] = Field(default_factory=dict)
+    # Every metadata key K is sent as header "<prefix>K" (None disables).
+    metadata_header_prefix: str | None = "X-"
+
+    @field_validator("address")
+    @classmethod
+    def _hostport(cls, v: str) -> str:
+        m = _HOSTPORT_RE.match(v)
+        if not m:
+            raise ValueError("must be host or host:port")
+        if m.group(3) and not 0 < int(m.group(3)) < 65536:
+            raise ValueError("port must be 1-65535")
+        return v
+
+    @field_validator("headers", "header_templates")
+    @classmethod
+    def _header_names(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, value in v.items():
+            validate_header_name(name)
+            if any((ord(c) < 32 and c != "\t") or ord(c) == 127 for c in value):
+                raise ValueError(f"header {name!r}: value contains control characters")
+        return v
+
+    @field_validator("header_templates")
+    @classmethod
+    def _template_fields(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, tmpl in v.items():
+            for fld in template_fields(tmpl):
+                if fld not in TEMPLATE_FIELDS and not fld.startswith("metadata."):
+                    allowed = ", ".join(sorted(TEMPLATE_FIELDS))
+                    raise ValueError(
+                        f"header {name!r}: unknown template field {{{fld}}} "
+                        f"(allowed: {allowed}, metadata.KEY)"
+                    )
+        return v
+
+
+class RouteConfig(_Model):
+    """Numbers starting with ``prefix`` (E.164, '+' optional) go to ``trunk``."""
+
+    prefix: Annotated[str, Field(pattern=r"^\+?[0-9]*$")] = ""
+    trunk: str
+
+
+class TimersConfig(_Model):
+    # 60 s matches common carrier no-answer timers (Twilio's default timeout is 60 s).
+    ring_timeout_s: Annotated[float, Field(gt=0, le=600)] = 60.0
+    # Hard ceiling on an answered call: 4 h, as Twilio's time_limit default.
+    max_call_duration_s: Annotated[float, Field(gt=0, le=86400)] = 14400.0
+
+
+class StoreConfig(_Model):
+    kind: Literal["sqlite"] = "sqlite"
+    path: str = "var/sipbridge.db"
+    # Ended calls answer 404 after this long (SPEC: 2 hours).
+    retention_s: Annotated[float, Field(gt=0)] = 7200.0
+
+
+class Config(_Model):
+    sip: SipConfig = Field(default_factory=SipConfig)
+    agent: AgentConfig
+    api: ApiConfig
+    trunks: list[TrunkConfig]
+    routes: list[RouteConfig]
+    timers: TimersConfig = Field(default_factory=TimersConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+
+    @model_validator(mode="after")
+    def _references(self) -> Config:
+        names = [t.name for t in self.trunks]
+        if not names:
+            raise ValueError("trunks: at least one trunk is required")
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"trunks: duplicate trunk names {sorted(dup)}")
+        if not self.routes:
+            raise ValueError("routes: at least one route is required")
+        for i, r in enumerate(self.routes):
+            if r.trunk not in names:
+                raise ValueError(f"routes.{i}.trunk: unknown trunk {r.trunk!r} (known: {names})")
+        return self
+
+    def trunk(self, name: str) -> TrunkConfig:
+        for t in self.trunks:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "(top level)"
+
+
+def parse_config(data: Any, path: str = "<config>") -> Config:
+    """Validate already-parsed YAML data; raise :class:`ConfigError` on any problem."""
+    if not isinstance(data, dict):
+        raise ConfigError(path, [("(top level)", "must be a mapping of sections")])
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            msg = err["msg"].removeprefix("Value error, ")
+            loc = _loc(err["loc"])
+            # Cross-field validators name their key as "a.b.c: reason".
+            m = re.match(r"^([A-Za-z_][\w.]*): (.*)$", msg, re.S)
+            if m:
+                loc = f"{loc}.{m.group(1)}" if err["loc"] else m.group(1)
+                msg = m.group(2)
+            problems.append((loc, msg))
+        raise ConfigError(path, problems) from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML config file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(str(p), [("(file)", f"cannot read: {e.strerror}")]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(str(p), [(where, f"YAML syntax error: {problem}")]) from None
+    return parse_config(data, str(p))

@@ -1,0 +1,131 @@
+"""The versioned IPC protocol between the supervisor and the SIP worker processes.
+
+Messages are plain dicts (picklable, JSON-compatible) carrying ``v`` (protocol version)
+and ``type``. Commands go supervisor -> worker, events go worker -> supervisor.
+Pure module: no pjsua2, no asyncio.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from sipbridge.plan import DialPlan
+
+PROTOCOL_VERSION = 1
+
+LegState = Literal["trying", "ringing", "early", "answered", "ended"]
+
+# Why a leg ended, from the bridge's side (the SIP status tells the peer's side).
+EndCause = Literal[
+    "remote_final",  # the peer sent a final non-2xx response
+    "remote_bye",  # the peer hung up an answered call
+    "ring_timeout",  # no answer before ring_timeout_s: we sent CANCEL
+    "max_duration",  # answered call reached max_duration_s: we sent BYE
+    "local_hangup",  # the supervisor asked (API hangup, shutdown)
+    "transport_error",  # could not send / no response (timer B/F, ICMP)
+    "dial_error",  # makeCall itself failed (bad URI, too many calls)
+    "worker_died",  # synthesised by the supervisor when a worker process dies
+]
+
+
+class ProtocolError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Dial:
+    plan: DialPlan
+    type: str = "dial"
+
+
+@dataclass(frozen=True)
+class Hangup:
+    leg_id: str
+    reason: str = "local_hangup"
+    type: str = "hangup"
+
+
+@dataclass(frozen=True)
+class SendDtmf:
+    leg_id: str
+    digits: str
+    type: str = "dtmf"
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    type: str = "shutdown"
+
+
+@dataclass(frozen=True)
+class LegEvent:
+    """A leg's state changed. ``sip_status``/``sip_reason`` are the last SIP status seen."""
+
+    leg_id: str
+    call_sid: str
+    state: LegState
+    worker_id: int
+    ts: float  # time.time() in the worker when it happened
+    sip_status: int | None = None
+    sip_reason: str = ""
+    sip_call_id: str = ""
+    cause: EndCause | None = None  # only for state == "ended"
+    answered: bool = False  # only for state == "ended": was the leg ever answered
+    detail: str = ""  # human-readable extra, e.g. a transport error text
+    type: str = "leg"
+
+
+@dataclass(frozen=True)
+class WorkerReady:
+    worker_id: int
+    sip_port: int
+    capacity: int
+    type: str = "ready"
+
+
+@dataclass(frozen=True)
+class WorkerLog:
+    worker_id: int
+    level: str
+    message: str
+    extra: dict[str, Any] = field(default_factory=dict)
+    type: str = "log"
+
+
+Command = Dial | Hangup | SendDtmf | Shutdown
+Event = LegEvent | WorkerReady | WorkerLog
+
+
+def encode(msg: Command | Event) -> dict[str, Any]:
+    d = asdict(msg)
+    d["v"] = PROTOCOL_VERSION
+    return d
+
+
+def decode(d: Any) -> Command | Event:
+    if not isinstance(d, dict):
+        raise ProtocolError(f"message is not a dict: {type(d).__name__}")
+    v = d.get("v")
+    if v != PROTOCOL_VERSION:
+        raise ProtocolError(f"unsupported protocol version {v!r} (want {PROTOCOL_VERSION})")
+    body = {k: val for k, val in d.items() if k != "v"}
+    kind = body.get("type")
+    try:
+        if kind == "dial":
+            plan = dict(body["plan"])
+            plan["headers"] = tuple(tuple(h) for h in plan["headers"])
+            return Dial(plan=DialPlan(**plan))
+        cls = {
+            "hangup": Hangup,
+            "dtmf": SendDtmf,
+            "shutdown": Shutdown,
+            "leg": LegEvent,
+            "ready": WorkerReady,
+            "log": WorkerLog,
+        }.get(str(kind))
+        if cls is None:
+            raise ProtocolError(f"unknown message type {kind!r}")
+        return cls(**body)  # type: ignore[no-any-return,unused-ignore]
+    except (TypeError, KeyError) as e:
+        raise ProtocolError(f"malformed {kind!r} message: {e}") from None

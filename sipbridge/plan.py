@@ -1,0 +1,21 @@
+"""Immutable dial plans: everything one attempt needs, resolved before dialling."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DialPlan:
+    """One outbound leg, fully resolved: no config look-ups happen after this."""
+
+    call_sid: str
+    leg_id: str  # unique per leg, e.g. "<call_sid>/b1"
+    trunk: str
+    request_uri: str  # sip:+15551234567@carrier.example:5060;transport=udp
+    from_uri: str  # "<sip:+15557654321@bridge.example>"
+    to_uri: str
+    headers: tuple[tuple[str, str], ...]
+    ring_timeout_s: float
+    max_duration_s: float
+    transport: str = "udp"

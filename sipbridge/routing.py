@@ -1,0 +1,108 @@
+"""Routing and dial-plan resolution (pure: config + call fields in, DialPlan out)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from sipbridge.config import Config, TrunkConfig
+from sipbridge.headers import (
+    HeaderError,
+    render_template,
+    template_fields,
+    validate_header_name,
+    validate_header_value,
+)
+from sipbridge.plan import DialPlan
+
+
+class RoutingError(ValueError):
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+def choose_trunk(cfg: Config, e164: str) -> TrunkConfig:
+    """Longest matching route prefix wins (E.164, '+' optional in the prefix)."""
+    digits = e164.lstrip("+")
+    best: tuple[int, str] | None = None
+    for route in cfg.routes:
+        prefix = route.prefix.lstrip("+")
+        if digits.startswith(prefix) and (best is None or len(prefix) > best[0]):
+            best = (len(prefix), route.trunk)
+    if best is None:
+        raise RoutingError("to_number", f"no route matches {e164}")
+    return cfg.trunk(best[1])
+
+
+def carrier_headers(
+    trunk: TrunkConfig, fields: Mapping[str, str], metadata: Mapping[str, str]
+) -> tuple[tuple[str, str], ...]:
+    """Static, templated and metadata headers for the carrier INVITE, all validated.
+
+    Raises :class:`HeaderError` naming the offending field (``metadata.KEY`` for a
+    metadata key or value) so the trigger can be refused with a 400: unsafe values are
+    never sent.
+    """
+    out: dict[str, tuple[str, str]] = {}
+    for name, value in trunk.headers.items():
+        where = f"trunk {trunk.name} header {name}"
+        out[name.lower()] = (name, validate_header_value(value, where))
+    for name, tmpl in trunk.header_templates.items():
+        value = render_template(tmpl, fields, metadata)
+        used = [f.removeprefix("metadata.") for f in _meta_fields(tmpl)]
+        where = f"metadata.{used[0]}" if used else f"header {name}"
+        out[name.lower()] = (name, validate_header_value(value, where))
+    if trunk.metadata_header_prefix is not None:
+        for key, value in metadata.items():
+            name = f"{trunk.metadata_header_prefix}{key}"
+            validate_header_name(name, f"metadata.{key}")
+            out.setdefault(name.lower(), (name, validate_header_value(value, f"metadata.{key}")))
+    return tuple(out.values())
+
+
+def _meta_fields(tmpl: str) -> list[str]:
+    return [f for f in template_fields(tmpl) if f.startswith("metadata.")]
+
+
+def resolve_plan(
+    cfg: Config,
+    *,
+    call_sid: str,
+    to_number: str,
+    from_number: str,
+    metadata: Mapping[str, str],
+    polyai_call_id: str | None,
+    attempt: int,
+    bridge_host: str,
+    trunk: TrunkConfig | None = None,
+) -> DialPlan:
+    """Everything one carrier attempt needs, resolved before dialling."""
+    trunk = trunk or choose_trunk(cfg, to_number)
+    fields = {
+        "call_sid": call_sid,
+        "to_number": to_number,
+        "from_number": from_number,
+        "polyai_call_id": polyai_call_id or "",
+        "trunk": trunk.name,
+        "attempt": str(attempt),
+    }
+    headers = carrier_headers(trunk, fields, metadata)
+    params = "" if trunk.transport == "udp" else f";transport={trunk.transport}"
+    scheme = "sips" if trunk.transport == "tls" else "sip"
+    target = f"{scheme}:{to_number}@{trunk.address}"
+    from_host = trunk.from_domain or bridge_host
+    return DialPlan(
+        call_sid=call_sid,
+        leg_id=f"{call_sid}/b{attempt}",
+        trunk=trunk.name,
+        request_uri=target + params,
+        from_uri=f"<{scheme}:{from_number}@{from_host}>",
+        to_uri=f"<{target}>",
+        headers=headers,
+        ring_timeout_s=cfg.timers.ring_timeout_s,
+        max_duration_s=cfg.timers.max_call_duration_s,
+        transport=trunk.transport,
+    )
+
+
+__all__ = ["HeaderError", "RoutingError", "carrier_headers", "choose_trunk", "resolve_plan"]

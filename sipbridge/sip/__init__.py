@@ -1,0 +1,1 @@
+"""The SIP engine. The only package that imports pjsua2 (and only in worker.py)."""

@@ -1,0 +1,258 @@
+"""Call state storage.
+
+:class:`CallStore` is the interface; :class:`SQLiteStore` the embedded default (WAL,
+durable across restarts). A shared store (Redis) implements the same interface later.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+TERMINAL = frozenset({"success", "failure"})
+STATUSES = ("queued", "calling", "success", "failure")
+
+
+@dataclass(frozen=True)
+class CallEvent:
+    ts: float
+    kind: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    call_sid: str
+    status: str
+    to_number: str
+    from_number: str
+    created_at: float
+    last_updated: float
+    reason: str = ""
+    trunk: str = ""
+    sip_status: int | None = None
+    answered_by: str | None = None
+    polyai_call_id: str | None = None
+    attempts: int = 0
+    ended_at: float | None = None
+    # The validated trigger (metadata, extensions) as given, for dialling and retries.
+    request: dict[str, Any] = field(default_factory=dict)
+    # Per-leg facts: SIP Call-IDs, worker, ...
+    legs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+
+class StoreError(RuntimeError):
+    pass
+
+
+class CallStore(ABC):
+    """What the supervisor needs from call storage."""
+
+    @abstractmethod
+    def create(self, rec: CallRecord) -> None: ...
+
+    @abstractmethod
+    def get(self, call_sid: str, now: float | None = None) -> CallRecord | None:
+        """The call, or None if unknown or ended longer than the retention window ago."""
+
+    @abstractmethod
+    def save(self, rec: CallRecord) -> None:
+        """Write all fields of an existing call."""
+
+    @abstractmethod
+    def add_event(self, call_sid: str, event: CallEvent) -> None: ...
+
+    @abstractmethod
+    def events(self, call_sid: str) -> list[CallEvent]: ...
+
+    @abstractmethod
+    def by_status(self, *statuses: str) -> list[CallRecord]:
+        """Calls in any of these statuses, oldest first."""
+
+    @abstractmethod
+    def find_by_polyai_call_id(self, polyai_call_id: str) -> CallRecord | None: ...
+
+    @abstractmethod
+    def purge_expired(self, now: float | None = None) -> int:
+        """Delete calls that ended more than the retention window ago; return how many."""
+
+    @abstractmethod
+    def ping(self) -> bool: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS calls (
+    call_sid TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    to_number TEXT NOT NULL,
+    from_number TEXT NOT NULL,
+    trunk TEXT NOT NULL DEFAULT '',
+    sip_status INTEGER,
+    answered_by TEXT,
+    polyai_call_id TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    last_updated REAL NOT NULL,
+    ended_at REAL,
+    request TEXT NOT NULL DEFAULT '{}',
+    legs TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS calls_status ON calls(status);
+CREATE INDEX IF NOT EXISTS calls_polyai ON calls(polyai_call_id);
+CREATE INDEX IF NOT EXISTS calls_ended ON calls(ended_at);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    call_sid TEXT NOT NULL REFERENCES calls(call_sid) ON DELETE CASCADE,
+    ts REAL NOT NULL,
+    kind TEXT NOT NULL,
+    data TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS events_sid ON events(call_sid, id);
+"""
+
+_COLS = (
+    "call_sid", "status", "reason", "to_number", "from_number", "trunk", "sip_status",
+    "answered_by", "polyai_call_id", "attempts", "created_at", "last_updated", "ended_at",
+    "request", "legs",
+)
+
+
+class SQLiteStore(CallStore):
+    """SQLite in WAL mode; every write is committed before the call returns."""
+
+    def __init__(self, path: str | Path, retention_s: float = 7200.0):
+        self.path = str(path)
+        self.retention_s = retention_s
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot open SQLite store {self.path}: {e}") from None
+
+    def _row(self, row: tuple[Any, ...]) -> CallRecord:
+        d = dict(zip(_COLS, row, strict=True))
+        d["request"] = json.loads(d["request"])
+        d["legs"] = json.loads(d["legs"])
+        return CallRecord(**d)
+
+    def _values(self, rec: CallRecord) -> tuple[Any, ...]:
+        d = {c: getattr(rec, c) for c in _COLS}
+        d["request"] = json.dumps(rec.request, separators=(",", ":"))
+        d["legs"] = json.dumps(rec.legs, separators=(",", ":"))
+        return tuple(d[c] for c in _COLS)
+
+    def create(self, rec: CallRecord) -> None:
+        marks = ",".join("?" * len(_COLS))
+        with self._lock:
+            self._db.execute(f"INSERT INTO calls ({','.join(_COLS)}) VALUES ({marks})",
+                             self._values(rec))
+
+    def save(self, rec: CallRecord) -> None:
+        sets = ",".join(f"{c}=?" for c in _COLS[1:])
+        vals = self._values(rec)
+        with self._lock:
+            cur = self._db.execute(f"UPDATE calls SET {sets} WHERE call_sid=?",
+                                   (*vals[1:], vals[0]))
+        if cur.rowcount != 1:
+            raise StoreError(f"call {rec.call_sid} does not exist")
+
+    def get(self, call_sid: str, now: float | None = None) -> CallRecord | None:
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {','.join(_COLS)} FROM calls WHERE call_sid=?", (call_sid,)
+            ).fetchone()
+        if row is None:
+            return None
+        rec = self._row(row)
+        now = time.time() if now is None else now
+        if rec.ended_at is not None and now - rec.ended_at > self.retention_s:
+            return None
+        return rec
+
+    def add_event(self, call_sid: str, event: CallEvent) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO events (call_sid, ts, kind, data) VALUES (?,?,?,?)",
+                (call_sid, event.ts, event.kind, json.dumps(event.data, separators=(",", ":"))),
+            )
+
+    def events(self, call_sid: str) -> list[CallEvent]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT ts, kind, data FROM events WHERE call_sid=? ORDER BY id", (call_sid,)
+            ).fetchall()
+        return [CallEvent(ts, kind, json.loads(data)) for ts, kind, data in rows]
+
+    def by_status(self, *statuses: str) -> list[CallRecord]:
+        marks = ",".join("?" * len(statuses))
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {','.join(_COLS)} FROM calls WHERE status IN ({marks}) "
+                "ORDER BY created_at",
+                statuses,
+            ).fetchall()
+        return [self._row(r) for r in rows]
+
+    def find_by_polyai_call_id(self, polyai_call_id: str) -> CallRecord | None:
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {','.join(_COLS)} FROM calls WHERE polyai_call_id=? "
+                "ORDER BY created_at DESC LIMIT 1",
+                (polyai_call_id,),
+            ).fetchone()
+        if row is None:
+            return None
+        rec = self._row(row)
+        return self.get(rec.call_sid)
+
+    def purge_expired(self, now: float | None = None) -> int:
+        cutoff = (time.time() if now is None else now) - self.retention_s
+        with self._lock:
+            cur = self._db.execute(
+                "DELETE FROM calls WHERE ended_at IS NOT NULL AND ended_at < ?", (cutoff,)
+            )
+        return cur.rowcount
+
+    def ping(self) -> bool:
+        try:
+            with self._lock:
+                self._db.execute("SELECT 1").fetchone()
+            return True
+        except sqlite3.Error:
+            return False
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def open_store(kind: str, path: str, retention_s: float) -> CallStore:
+    if kind == "sqlite":
+        return SQLiteStore(path, retention_s)
+    raise StoreError(f"unknown store kind {kind!r}")
+
+
+__all__ = [
+    "STATUSES", "TERMINAL", "CallEvent", "CallRecord", "CallStore", "SQLiteStore",
+    "StoreError", "open_store", "replace",
+]

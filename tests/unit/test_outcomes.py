@@ -1,0 +1,50 @@
+import pytest
+
+from sipbridge.outcomes import from_leg_end, from_sip
+
+
+@pytest.mark.parametrize(
+    ("status", "result", "reason"),
+    [
+        (486, "failure", "busy"),
+        (600, "failure", "busy"),
+        (480, "failure", "no answer"),
+        (408, "failure", "no answer"),
+        (404, "failure", "number not in service"),
+        (484, "failure", "number not in service (address incomplete)"),
+        (403, "failure", "rejected by carrier (SIP 403 Forbidden)"),
+        (503, "failure", "carrier error (SIP 503 Service Unavailable)"),
+        (500, "failure", "carrier error (SIP 500 Server Error)"),
+    ],
+)
+def test_sip_table(status, result, reason):
+    sip_reason = {503: "Service Unavailable", 500: "Server Error"}.get(status, "")
+    t = from_sip(status, sip_reason)
+    assert (t.result, t.reason, t.sip_status) == (result, reason, status)
+
+
+def test_answered_then_normal_end_is_success():
+    t = from_leg_end("remote_bye", True, 200)
+    assert (t.result, t.reason) == ("success", "")
+
+
+def test_ring_timeout_is_no_answer_and_retryable():
+    t = from_leg_end("ring_timeout", False, 487)
+    assert (t.result, t.reason, t.retryable) == ("failure", "no answer", True)
+
+
+def test_busy_retryable_not_found_not():
+    assert from_sip(486).retryable and not from_sip(404).retryable
+
+
+def test_cancel_before_answer():
+    assert from_leg_end("local_hangup", False, 487).reason == "canceled"
+
+
+def test_worker_died_names_it():
+    t = from_leg_end("worker_died", False, None, detail="SIP worker 1 exited with code -9")
+    assert t.result == "failure" and "SIP worker 1 exited" in t.reason
+
+
+def test_remote_final_uses_sip_table():
+    assert from_leg_end("remote_final", False, 486, "Busy Here").reason == "busy"
