@@ -18,6 +18,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import IO
 
 import yaml
 
@@ -61,12 +62,19 @@ def main() -> int:
     env = dict(os.environ, SIPBRIDGE_API_TOKEN=token)
 
     print(f"== demo in {work}: carrier (SIPp) on udp/{carrier_port}, API on tcp/{api_port}")
+    with open(work / "sipp.err", "w") as sipp_err, open(work / "bridge.log", "w") as bridge_log:
+        return run_call(args, work, token, env, cfg_path, carrier_port, api_port, sipp_err,
+                        bridge_log)
+
+
+def run_call(args: argparse.Namespace, work: Path, token: str, env: dict[str, str],
+             cfg_path: Path, carrier_port: int, api_port: int, sipp_err: IO[str],
+             bridge_log: IO[str]) -> int:
     sipp = subprocess.Popen(
         ["sipp", "-sf", str(ROOT / "tests" / "scenarios" / args.scenario), "-i", "127.0.0.1",
          "-p", str(carrier_port), "-mp", str(free_port()), "-nostdin", "-trace_msg",
          "-message_file", str(work / "sipp_messages.log"), "-timeout", "60s"],
-        stdout=subprocess.DEVNULL, stderr=open(work / "sipp.err", "w"), cwd=work)
-    bridge_log = open(work / "bridge.log", "w")
+        stdout=subprocess.DEVNULL, stderr=sipp_err, cwd=work)
     bridge = subprocess.Popen(
         [sys.executable, "-m", "sipbridge", "run", "-c", str(cfg_path)],
         stdout=bridge_log, stderr=subprocess.STDOUT, env=env, cwd=work)
