@@ -59,7 +59,8 @@ def main() -> int:
     cfg["store"]["path"] = str(work / "sipbridge.db")
     cfg_path = work / "config.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
-    env = dict(os.environ, SIPBRIDGE_API_TOKEN=token)
+    env = dict(os.environ, SIPBRIDGE_API_TOKEN=token,
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
 
     print(f"== demo in {work}: carrier (SIPp) on udp/{carrier_port}, API on tcp/{api_port}")
     with open(work / "sipp.err", "w") as sipp_err, open(work / "bridge.log", "w") as bridge_log:

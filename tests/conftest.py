@@ -1,0 +1,39 @@
+"""Shared pytest hooks.
+
+When a test fails, the logs it left under its ``tmp_path`` (SIPp message/error logs,
+worker logs) are copied to ``test-logs/<test name>/`` so CI can keep them as artifacts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+TEST_LOGS = Path(__file__).resolve().parent.parent / "test-logs"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[Any]
+) -> Generator[None, Any, None]:
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed:
+        return
+    funcargs = getattr(item, "funcargs", {})
+    name = re.sub(r"[^A-Za-z0-9_.\-\[\]]+", "_", item.name)
+    dest = TEST_LOGS / name
+    # the test's own tmp_path, and the log folders of shared fixtures (a module-scoped
+    # bridge with its SIPp carriers exposes .log_dir)
+    sources = [("", funcargs.get("tmp_path"))]
+    sources += [(key, getattr(v, "log_dir", None)) for key, v in funcargs.items()]
+    for key, src in sources:
+        if isinstance(src, Path) and src.exists():
+            with contextlib.suppress(OSError):
+                shutil.copytree(src, dest / report.when / key, dirs_exist_ok=True)

@@ -1,0 +1,283 @@
+"""End to end through the real HTTP API: `sipbridge run` as a subprocess (supervisor +
+2 SIP worker processes), one SIPp UAS per trunk acting as the carrier, routed by number
+prefix. Asserts what a user would check: the INVITE the carrier saw, statuses, reasons."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.sipp import SippUas, free_port
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "integration-token"
+AUTH = {"X-PolyAi-Auth-Token": TOKEN}
+
+# area code -> (trunk name, SIPp scenario)
+CARRIERS = {
+    "212": ("answer_wait", "uas_answer_wait_bye.xml"),
+    "213": ("busy", "uas_busy.xml"),
+    "214": ("notfound", "uas_not_found.xml"),
+    "215": ("unavailable", "uas_unavailable.xml"),
+    "216": ("noanswer", "uas_ring_no_answer.xml"),
+    "217": ("answer_bye", "uas_answer_then_bye.xml"),
+    "312": ("answer_wait2", "uas_answer_wait_bye.xml"),
+}
+RING_TIMEOUT_S = 2.0
+MAX_DURATION_S = 6.0
+
+
+@dataclass
+class Bridge:
+    base: str
+    log_dir: Path
+    carriers: dict[str, SippUas]
+    proc: subprocess.Popen[bytes]
+    client: httpx.Client = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.client = httpx.Client(base_url=self.base, headers=AUTH, timeout=5)
+
+    def trigger(self, **body: Any) -> str:
+        r = self.client.post("/v1/outbound-calling/trigger", json=body)
+        assert r.status_code == 200, r.text
+        sid: str = r.json()["callSid"]
+        return sid
+
+    def status(self, sid: str) -> dict[str, Any]:
+        r = self.client.get(f"/v1/outbound-calling/{sid}/status")
+        assert r.status_code == 200, r.text
+        body: dict[str, Any] = r.json()
+        return body
+
+    def wait_status(self, sid: str, pred: Any, timeout: float = 15.0) -> dict[str, Any]:
+        """Poll the status API until ``pred(body)`` holds (the API is the event source)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            body = self.status(sid)
+            if pred(body):
+                return body
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{sid}: condition not met within {timeout}s: {body}")
+            time.sleep(0.05)
+
+    def wait_terminal(self, sid: str, timeout: float = 15.0) -> dict[str, Any]:
+        return self.wait_status(sid, lambda b: b["status"] in ("success", "failure"), timeout)
+
+    def wait_event(self, sid: str, kind: str, timeout: float = 10.0) -> dict[str, Any]:
+        return self.wait_status(sid, lambda b: any(e["kind"] == kind for e in b["events"]),
+                                timeout)
+
+
+def _invites_for(sipp: SippUas, sid: str) -> list[Any]:
+    return [m for m in sipp.received("INVITE") if m.header("X-PolyAI-Call-SID") == sid]
+
+
+@pytest.fixture(scope="module")
+def bridge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bridge]:
+    log_dir = tmp_path_factory.mktemp("bridge")
+    carriers: dict[str, SippUas] = {}
+    try:
+        for area, (_, scenario) in CARRIERS.items():
+            carriers[area] = SippUas(scenario, log_dir).start()
+        api_port = free_port(__import__("socket").SOCK_STREAM)
+        cfg = {
+            "sip": {"listen_address": "127.0.0.1", "port_min": 0, "port_max": 0,
+                    "workers": 2, "calls_per_worker": 4},
+            "agent": {"uri": "sip:agent@127.0.0.1:5999"},
+            "api": {"listen_address": "127.0.0.1", "port": api_port,
+                    "tokens": [{"env": "SB_IT_TOKEN"}]},
+            "trunks": [
+                {"name": name, "address": carriers[area].uri_hostport,
+                 "caller_id": "+14155550100", "headers": {"X-Carrier-Account": "acct-7"},
+                 "header_templates": {"X-PolyAI-Call-SID": "{call_sid}",
+                                      "X-PolyAI-Call-ID": "{polyai_call_id}"}}
+                for area, (name, _) in CARRIERS.items()
+            ],
+            "routes": [{"prefix": f"+1{area}", "trunk": name}
+                       for area, (name, _) in CARRIERS.items()],
+            "timers": {"ring_timeout_s": RING_TIMEOUT_S, "max_call_duration_s": MAX_DURATION_S},
+            "store": {"path": str(log_dir / "calls.db")},
+        }
+        cfg_path = log_dir / "config.yaml"
+        cfg_path.write_text(yaml.safe_dump(cfg))
+        env = dict(os.environ, SB_IT_TOKEN=TOKEN)
+        with open(log_dir / "bridge.log", "wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "sipbridge", "run", "-c", str(cfg_path),
+                 "--log-level", "debug"],
+                stdout=out, stderr=subprocess.STDOUT, env=env,
+            )
+        base = f"http://127.0.0.1:{api_port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("bridge did not start:\n" +
+                                   (log_dir / "bridge.log").read_text(errors="replace"))
+            time.sleep(0.1)
+        b = Bridge(base, log_dir, carriers, proc)
+        yield b
+        b.client.close()
+        proc.terminate()
+        try:
+            rc = proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rc = proc.wait(5)
+        assert rc == 0, "bridge did not exit cleanly:\n" + \
+            (log_dir / "bridge.log").read_text(errors="replace")[-3000:]
+        log = (log_dir / "bridge.log").read_text(errors="replace")
+        assert "Assertion" not in log and "Traceback" not in log, log[-3000:]
+    finally:
+        for s in carriers.values():
+            s.stop()
+
+
+def test_answered_call_carries_headers_and_succeeds(bridge: Bridge) -> None:
+    sid = bridge.trigger(to_number="+12175550123", metadata={"customer_id": "C-42"},
+                         polyai_call_id="agent-call-1")
+    body = bridge.wait_terminal(sid)
+    assert (body["status"], body["reason"]) == ("success", ""), body
+    kinds = [e["kind"] for e in body["events"]]
+    assert kinds[:2] == ["status", "status"] and kinds[-1] == "status"
+    assert "carrier.answered" in kinds and kinds.index("carrier.answered") < kinds.index(
+        "carrier.ended")
+    assert [e["data"]["to"] for e in body["events"] if e["kind"] == "status"] == [
+        "queued", "calling", "success"]
+    sipp = bridge.carriers["217"]
+    (invite,) = _invites_for(sipp, sid)
+    assert invite.request_uri == f"sip:+12175550123@{sipp.uri_hostport}"
+    assert "sip:+14155550100@" in invite.header("From")
+    assert invite.header("X-PolyAI-Call-ID") == "agent-call-1"
+    assert invite.header("X-Carrier-Account") == "acct-7"
+    assert invite.header("X-customer_id") == "C-42"
+    assert "application/sdp" in (invite.header("Content-Type") or "")
+    leg = next(iter(body["legs"].values()))
+    assert leg["sip_call_id"] == invite.call_id
+    # the carrier hung up: the bridge answered its BYE
+    sipp.wait_for(lambda m: m.direction == "received" and m.status == 200
+                  and m.call_id == invite.call_id and "BYE" in (m.header("CSeq") or ""))
+    assert bridge.client.get("/v1/outbound-calling/by-polyai-call-id/agent-call-1").json()[
+        "callSid"] == sid
+
+
+@pytest.mark.parametrize(
+    ("number", "reason", "sip_status"),
+    [
+        ("+12135550123", "busy", 486),
+        ("+12145550123", "number not in service", 404),
+        ("+12155550123", "carrier error (SIP 503 Service Unavailable)", 503),
+    ],
+)
+def test_carrier_rejections_map_to_failure(bridge: Bridge, number: str, reason: str,
+                                           sip_status: int) -> None:
+    sid = bridge.trigger(to_number=number)
+    body = bridge.wait_terminal(sid)
+    assert (body["status"], body["reason"], body["sip_status"]) == ("failure", reason,
+                                                                    sip_status), body
+    assert len(_invites_for(bridge.carriers[number[2:5]], sid)) == 1
+
+
+def test_ring_timeout_cancels_and_reports_no_answer(bridge: Bridge) -> None:
+    sid = bridge.trigger(to_number="+12165550123")
+    body = bridge.wait_terminal(sid, timeout=RING_TIMEOUT_S + 10)
+    assert (body["status"], body["reason"]) == ("failure", "no answer"), body
+    sipp = bridge.carriers["216"]
+    (invite,) = _invites_for(sipp, sid)
+    cancel = sipp.wait_for(lambda m: m.direction == "received" and m.is_request
+                           and m.method == "CANCEL" and m.call_id == invite.call_id)
+    assert cancel.request_uri == invite.request_uri  # RFC 3261 9.1
+
+
+def test_api_hangup_before_answer_sends_cancel(bridge: Bridge) -> None:
+    sid = bridge.trigger(to_number="+12165550124")
+    bridge.wait_event(sid, "carrier.ringing")
+    r = bridge.client.post(f"/v1/outbound-calling/{sid}/hangup")
+    assert r.status_code == 200
+    body = bridge.wait_terminal(sid)
+    assert (body["status"], body["reason"]) == ("failure", "canceled"), body
+    sipp = bridge.carriers["216"]
+    (invite,) = _invites_for(sipp, sid)
+    sipp.wait_for(lambda m: m.direction == "received" and m.is_request
+                  and m.method == "CANCEL" and m.call_id == invite.call_id)
+
+
+def test_api_hangup_after_answer_sends_bye(bridge: Bridge) -> None:
+    sid = bridge.trigger(to_number="+12125550123")
+    bridge.wait_event(sid, "carrier.answered")
+    assert bridge.client.post(f"/v1/outbound-calling/{sid}/hangup").status_code == 200
+    body = bridge.wait_terminal(sid)
+    assert (body["status"], body["reason"]) == ("success", "hung up by API"), body
+    sipp = bridge.carriers["212"]
+    (invite,) = _invites_for(sipp, sid)
+    sipp.wait_for(lambda m: m.direction == "received" and m.is_request and m.method == "BYE"
+                  and m.call_id == invite.call_id)
+
+
+def test_max_duration_sends_bye(bridge: Bridge) -> None:
+    sid = bridge.trigger(to_number="+13125550123")
+    answered = bridge.wait_event(sid, "carrier.answered")
+    body = bridge.wait_terminal(sid, timeout=MAX_DURATION_S + 10)
+    assert (body["status"], body["reason"]) == ("success", "max call duration reached"), body
+    sipp = bridge.carriers["312"]
+    (invite,) = _invites_for(sipp, sid)
+    sipp.wait_for(lambda m: m.direction == "received" and m.is_request and m.method == "BYE"
+                  and m.call_id == invite.call_id)
+    assert answered["status"] == "calling"
+
+
+def test_more_calls_than_one_worker_holds(bridge: Bridge) -> None:
+    """10 calls at once on 2 workers x 4 legs: 8 run together on both workers, 2 wait
+    queued until slots free, and every call completes."""
+    sids = [bridge.trigger(to_number=f"+1212555{1000 + i:04d}") for i in range(10)]
+    deadline = time.monotonic() + 15
+    while True:
+        bodies = [bridge.status(s) for s in sids]
+        answered = [b for b in bodies
+                    if any(e["kind"] == "carrier.answered" for e in b["events"])
+                    and b["status"] == "calling"]
+        if len(answered) == 8:
+            break
+        assert time.monotonic() < deadline, [b["status"] for b in bodies]
+        time.sleep(0.05)
+    workers = {leg["worker"] for b in answered for leg in b["legs"].values()}
+    assert workers == {0, 1}
+    waiting = [b for b in bodies if b["status"] == "queued"]
+    assert len(waiting) == 2
+    for b in answered:
+        bridge.client.post(f"/v1/outbound-calling/{b['callSid']}/hangup")
+    for b in waiting:
+        bridge.wait_event(b["callSid"], "carrier.answered")
+        bridge.client.post(f"/v1/outbound-calling/{b['callSid']}/hangup")
+    finals = [bridge.wait_terminal(s) for s in sids]
+    assert [f["status"] for f in finals] == ["success"] * 10, finals
+
+
+def test_unsafe_header_value_is_refused_and_never_sent(bridge: Bridge) -> None:
+    before = len(bridge.carriers["217"].received("INVITE"))
+    r = bridge.client.post("/v1/outbound-calling/trigger",
+                           json={"to_number": "+12175550199",
+                                 "metadata": {"note": "hi\r\nX-Injected: 1"}})
+    assert r.status_code == 400 and r.json()["field"] == "metadata.note", r.text
+    # a good call afterwards reaches the carrier; the refused one never did
+    sid = bridge.trigger(to_number="+12175550198")
+    bridge.wait_terminal(sid)
+    invites = bridge.carriers["217"].received("INVITE")
+    assert len(invites) == before + 1
+    assert all(m.header("X-Injected") is None for m in invites)
