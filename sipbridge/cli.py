@@ -17,7 +17,11 @@ def _check_config(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(str(e), file=sys.stderr)
         return 2
-    print(json.dumps(cfg.model_dump(mode="json"), indent=2))
+    resolved = cfg.model_dump(mode="json")
+    for tok in resolved["api"]["tokens"]:  # never print secrets
+        if tok.get("value") is not None:
+            tok["value"] = "***"
+    print(json.dumps(resolved, indent=2))
     return 0
 
 

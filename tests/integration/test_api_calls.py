@@ -281,3 +281,30 @@ def test_unsafe_header_value_is_refused_and_never_sent(bridge: Bridge) -> None:
     invites = bridge.carriers["217"].received("INVITE")
     assert len(invites) == before + 1
     assert all(m.header("X-Injected") is None for m in invites)
+
+
+def _worker_pids(bridge_pid: int) -> list[int]:
+    """The bridge's SIP worker processes (spawned children, not the resource tracker)."""
+    out = subprocess.run(["pgrep", "-P", str(bridge_pid)], capture_output=True, text=True)
+    pids = []
+    for p in out.stdout.split():
+        cmd = Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ")
+        if b"spawn_main" in cmd and b"resource_tracker" not in cmd:
+            pids.append(int(p))
+    return pids
+
+
+def test_worker_crash_ends_its_calls_with_a_reason(bridge: Bridge) -> None:
+    sid = bridge.trigger(to_number="+12125550777")
+    bridge.wait_event(sid, "carrier.answered")
+    pids = _worker_pids(bridge.proc.pid)
+    assert len(pids) == 2, pids
+    for pid in pids:  # both workers: whichever holds the call dies
+        os.kill(pid, 9)
+    body = bridge.wait_terminal(sid)
+    assert body["status"] == "failure" and body["reason"].startswith("SIP worker failed"), body
+    assert "exited" in body["reason"], body
+    # the pool restarted its workers: new calls still go through
+    sid2 = bridge.trigger(to_number="+12175550777")
+    assert bridge.wait_terminal(sid2, timeout=30)["status"] == "success"
+    assert len(_worker_pids(bridge.proc.pid)) == 2

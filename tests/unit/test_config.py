@@ -97,3 +97,14 @@ def test_check_config_cli(tmp_path, capsys):
     assert main(["check-config", str(p)]) == 2
     err = capsys.readouterr().err
     assert "api.tokens" in err and str(p) in err
+
+
+def test_check_config_prints_resolved_without_secrets(tmp_path, capsys):
+    from sipbridge.cli import main
+
+    p = tmp_path / "c.yaml"
+    p.write_text("agent: {uri: 'sip:a@b'}\napi: {tokens: [{value: s3cr3t}]}\n"
+                 "trunks: [{name: t, address: 'h:5060'}]\nroutes: [{trunk: t}]\n")
+    assert main(["check-config", str(p)]) == 0
+    out = capsys.readouterr().out
+    assert '"ring_timeout_s": 60.0' in out and "s3cr3t" not in out and "***" in out
