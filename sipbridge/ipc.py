@@ -73,6 +73,8 @@ class LegEvent:
     cause: EndCause | None = None  # only for state == "ended"
     answered: bool = False  # only for state == "ended": was the leg ever answered
     detail: str = ""  # human-readable extra, e.g. a transport error text
+    # Seconds from a final response's Retry-After header (RFC 3261 20.33), e.g. on 503.
+    retry_after_s: float | None = None
     type: str = "leg"
 
 
@@ -115,6 +117,8 @@ def decode(d: Any) -> Command | Event:
         if kind == "dial":
             plan = dict(body["plan"])
             plan["headers"] = tuple(tuple(h) for h in plan["headers"])
+            if plan.get("auth") is not None:
+                plan["auth"] = tuple(plan["auth"])
             return Dial(plan=DialPlan(**plan))
         cls = {
             "hangup": Hangup,

@@ -19,3 +19,9 @@ class DialPlan:
     ring_timeout_s: float
     max_duration_s: float
     transport: str = "udp"
+    # Digest credentials (RFC 3261 22, RFC 8760) answered when the carrier challenges
+    # with 401/407: (username, password, realm); realm "*" answers any realm.
+    auth: tuple[str, str, str] | None = None
+    # SRTP for this leg (RFC 4568 SDES): "off" or "mandatory" (from the trigger's
+    # `encryption` or the trunk's default).
+    srtp: str = "off"

@@ -62,9 +62,10 @@ def free_even_port_pair(address: str = ADDRESS) -> int:
     for _ in range(50):
         p = free_port(socket.SOCK_DGRAM, address) & ~1
         try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a, socket.socket(
-                socket.AF_INET, socket.SOCK_DGRAM
-            ) as b:
+            with (
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a,
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b,
+            ):
                 a.bind((address, p))
                 b.bind((address, p + 1))
             return p
@@ -134,7 +135,7 @@ def parse_message_log(text: str) -> list[SipMessage]:
         m = _DIR_RE.search(chunk)
         if not m:
             continue
-        raw = chunk[m.end():].lstrip("\r\n")
+        raw = chunk[m.end() :].lstrip("\r\n")
         raw = raw.replace("\r\n", "\n")
         head, _, body = raw.partition("\n\n")
         lines = [ln for ln in head.split("\n")]
@@ -266,9 +267,7 @@ class SippUas:
             and (method is None or (m.is_request and m.method == method))
         ]
 
-    def wait_for(
-        self, predicate: Callable[[SipMessage], bool], timeout: float = 5.0
-    ) -> SipMessage:
+    def wait_for(self, predicate: Callable[[SipMessage], bool], timeout: float = 5.0) -> SipMessage:
         """Poll the message log until a message matches; return it or raise TimeoutError."""
         deadline = time.monotonic() + timeout
         while True:

@@ -296,8 +296,12 @@ class WorkerPool:
         elif isinstance(msg, ipc.WorkerLog):
             w.last_log = msg.message
             level = logging.getLevelName(msg.level.upper())
-            log.log(level if isinstance(level, int) else logging.INFO,
-                    "worker %d: %s", w.worker_id, msg.message)
+            log.log(
+                level if isinstance(level, int) else logging.INFO,
+                "worker %d: %s",
+                w.worker_id,
+                msg.message,
+            )
         else:
             log.warning("SIP worker %d sent unexpected %r", w.worker_id, msg)
 
@@ -347,8 +351,10 @@ class WorkerPool:
         if w.ready_future is not None and not w.ready_future.done():
             # Died during start-up.
             w.ready_future.set_exception(
-                PoolError(f"SIP worker {w.worker_id} failed to start (exit code {code}): "
-                          f"{w.last_log or 'no message'}")
+                PoolError(
+                    f"SIP worker {w.worker_id} failed to start (exit code {code}): "
+                    f"{w.last_log or 'no message'}"
+                )
             )
             w.ready_future.exception()  # mark retrieved
             if not self._running:

@@ -37,6 +37,8 @@ from sipbridge.config import SipConfig
 from sipbridge.plan import DialPlan
 
 _SHUTDOWN_DRAIN_S = 3.0
+_SLOT_RETRY_S = 2.0
+_PJ_ETOOMANY = 70010  # PJ_ETOOMANY: more calls than PJSUA_MAX_CALLS / maxCalls
 
 
 def _pj_error_text(e: Exception) -> str:
@@ -96,8 +98,11 @@ class Worker:
         self.acc: Any = None
         self.transport_id: int | None = None
         self.sip_port = 0
+        self.capacity = cfg.calls_per_worker
         self.legs: dict[str, _Leg] = {}
         self.graveyard: list[Any] = []  # Call objects to drop outside pj callbacks
+        # Dials waiting for pjsua to release a call slot: leg_id -> (plan, retry deadline).
+        self.pending: dict[str, tuple[DialPlan, float]] = {}
         self.stopping = False
         self.parent_pid = os.getppid()
 
@@ -234,11 +239,12 @@ class Worker:
             )
         )
 
-    def dial(self, plan: DialPlan) -> None:
+    def dial(self, plan: DialPlan, retry_until: float | None = None) -> None:
+        """Start a leg. Ends it at once (``dial_error``) if pjsua refuses the call."""
         if self.stopping:
             self._end_without_call(plan, "local_hangup", "worker is shutting down")
             return
-        if plan.leg_id in self.legs:
+        if plan.leg_id in self.legs or (retry_until is None and plan.leg_id in self.pending):
             # Not our leg's end: a duplicate Dial for a live leg is rejected on its own.
             self.log("error", f"duplicate Dial for live leg {plan.leg_id!r} ignored")
             return
@@ -263,6 +269,14 @@ class Worker:
         except pj.Error as e:
             del self.legs[plan.leg_id]
             self.graveyard.append(call)
+            if getattr(e, "status", None) == _PJ_ETOOMANY and len(self.legs) < self.capacity:
+                # pjsua2 pitfall: a disconnected call's slot is released a little after
+                # DISCONNECTED is reported (media teardown), so a Dial sent as soon as the
+                # supervisor saw "ended" can hit PJ_ETOOMANY: retry it for a short while.
+                deadline = retry_until or time.monotonic() + _SLOT_RETRY_S
+                if time.monotonic() < deadline:
+                    self.pending[plan.leg_id] = (plan, deadline)
+                    return
             self._end_without_call(plan, "dial_error", _pj_error_text(e))
             return
         except Exception as e:  # e.g. SWIG type errors on odd input
@@ -277,7 +291,16 @@ class Worker:
                 call_id = str(call.getInfo().callIdString)
             self._event(leg, "trying", sip_call_id=call_id)
 
+    def retry_pending(self) -> None:
+        for leg_id, (plan, deadline) in list(self.pending.items()):
+            del self.pending[leg_id]
+            self.dial(plan, deadline)
+
     def hangup(self, leg_id: str, cause: ipc.EndCause) -> None:
+        if leg_id in self.pending:
+            plan, _ = self.pending.pop(leg_id)
+            self._end_without_call(plan, cause, "hung up before the INVITE was sent")
+            return
         leg = self.legs.get(leg_id)
         if leg is None or leg.ended:
             return
@@ -396,6 +419,8 @@ class Worker:
         while not self.stopping:
             self.ep.libHandleEvents(10)
             self.graveyard.clear()
+            if self.pending:
+                self.retry_pending()
             self.poll_commands()
             self.check_timers()
             if os.getppid() != self.parent_pid:
@@ -425,6 +450,8 @@ class Worker:
         """
         if self.ep is None:
             return
+        for leg_id in list(self.pending):
+            self.hangup(leg_id, "local_hangup")
         for leg_id in list(self.legs):
             self.hangup(leg_id, "local_hangup")
         deadline = time.monotonic() + _SHUTDOWN_DRAIN_S

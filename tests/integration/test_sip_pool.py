@@ -6,6 +6,7 @@ import asyncio
 import os
 import random
 import signal
+import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -161,7 +162,7 @@ def test_answer_headers_and_local_hangup(h: Harness) -> None:
         pool.dial(plan(uas, "c1/b1", headers=hdrs))
         ans = await rec.state("c1/b1", "answered")
         assert ans.sip_status == 200 and ans.sip_call_id
-        inv = (await uas.async_wait_for(lambda m: m.method == "INVITE", 2))
+        inv = await uas.async_wait_for(lambda m: m.method == "INVITE", 2)
         assert inv.request_uri == f"sip:{CALLEE}@{uas.uri_hostport};transport=udp"
         assert CALLER in (inv.header("From") or "")
         assert CALLEE in (inv.header("to") or "")
@@ -366,3 +367,38 @@ def test_stop_hangs_up_live_legs(h: Harness) -> None:
     ends = rec.ended("c13/b1")
     assert len(ends) == 1 and ends[0].cause == "local_hangup" and ends[0].answered
     uas.wait_for(lambda m: m.direction == "received" and m.method == "BYE", 2)
+
+
+def test_transport_error_tcp_connection_refused(h: Harness) -> None:
+    """A TCP connect that is refused ends the leg as transport_error (no SIP response)."""
+    from tests.sipp import free_port
+
+    cfg = sip_cfg(workers=1).model_copy(update={"transport": "tcp"})
+    dead = f"127.0.0.1:{free_port(socket.SOCK_STREAM)}"
+
+    async def go() -> None:
+        rec = Recorder()
+        pool = WorkerPool(cfg, rec)
+        await pool.start()
+        try:
+            p = DialPlan(
+                call_sid="c14",
+                leg_id="c14/b1",
+                trunk="dead",
+                request_uri=f"sip:{CALLEE}@{dead};transport=tcp",
+                from_uri=f"<sip:{CALLER}@127.0.0.1>",
+                to_uri=f"<sip:{CALLEE}@{dead}>",
+                headers=(),
+                ring_timeout_s=10,
+                max_duration_s=10,
+                transport="tcp",
+            )
+            pool.dial(p)
+            end = await rec.state("c14/b1", "ended", timeout=8)
+            assert end.cause == "transport_error", end
+            assert end.sip_status in (408, 503), end
+        finally:
+            await pool.stop()
+        assert pool.exit_codes == {0: 0}
+
+    run(go())
