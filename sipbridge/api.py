@@ -17,9 +17,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from sipbridge.config import RetryConfig, WindowConfig
 from sipbridge.headers import HeaderError, is_token
 from sipbridge.numbers import NumberError, to_e164, validate_country_code
 from sipbridge.routing import RoutingError
+from sipbridge.schedule import zone
 from sipbridge.service import CallNotFound, CallService, TriggerInput
 from sipbridge.store import CallEvent, CallRecord
 
@@ -53,6 +55,21 @@ class TriggerBody(BaseModel):
     )
     polyai_call_id: str | None = Field(None, max_length=256,
                                        description="the agent platform's call ID")
+    idempotency_key: str | None = Field(
+        None, min_length=1, max_length=256,
+        description="a repeated trigger with the same key returns the same callSid")
+    timezone: str | None = Field(
+        None, description="IANA zone of the recipient, overriding the number's zone(s)")
+    calling_window: WindowConfig | None = Field(
+        None, description="allowed local days and hours, e.g. {days: mon-fri, hours: 09:00-20:00}")
+    retry: RetryConfig | None = Field(None, description="retry policy for this call")
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str | None) -> str | None:
+        if v is not None:
+            zone(v)
+        return v
 
     @field_validator("metadata")
     @classmethod
@@ -89,6 +106,8 @@ class StatusResponse(BaseModel):
     answered_by: str | None = None
     sip_status: int | None = None
     attempts: int = 0
+    attempt_history: list[dict[str, Any]] = Field(default_factory=list)
+    next_attempt_at: str | None = None
     polyai_call_id: str | None = None
     trunk: str | None = None
     to_number: str
@@ -112,7 +131,9 @@ def status_body(rec: CallRecord, events: list[CallEvent]) -> StatusResponse:
         callSid=rec.call_sid, status=rec.status,  # type: ignore[arg-type]
         reason=rec.reason, created_at=_iso(rec.created_at),
         last_updated=_iso(rec.last_updated), answered_by=rec.answered_by,
-        sip_status=rec.sip_status, attempts=rec.attempts, polyai_call_id=rec.polyai_call_id,
+        sip_status=rec.sip_status, attempts=rec.attempts, attempt_history=rec.attempt_history,
+        next_attempt_at=_iso(rec.not_before) if rec.not_before and not rec.terminal else None,
+        polyai_call_id=rec.polyai_call_id,
         trunk=rec.trunk or None, to_number=rec.to_number, from_number=rec.from_number,
         legs=rec.legs,
         events=[EventOut(ts=_iso(e.ts), kind=e.kind, data=e.data) for e in events],
@@ -173,7 +194,7 @@ def create_app(
                                  for e in errs]},
         )
 
-    def auth(x_polyai_auth_token: Annotated[str | None, Header()] = None) -> None:
+    def auth(x_polyai_auth_token: Annotated[str | None, Header()] = None) -> str:
         if not x_polyai_auth_token:
             raise ApiError(401, "missing X-PolyAi-Auth-Token header")
         given = x_polyai_auth_token.encode()
@@ -182,6 +203,7 @@ def create_app(
             ok |= hmac.compare_digest(given, t)
         if not ok:
             raise ApiError(401, "invalid X-PolyAi-Auth-Token")
+        return x_polyai_auth_token
 
     def lookup(call_sid: str) -> tuple[CallRecord, list[CallEvent]]:
         if not SID_RE.match(call_sid):
@@ -196,9 +218,13 @@ def create_app(
                                                401: {"model": ErrorBody}}
 
     @app.post("/v1/outbound-calling/trigger", response_model=TriggerResponse,
-              dependencies=[Depends(auth)], responses=errors)
-    async def trigger(body: TriggerBody) -> TriggerResponse:
+              responses={**errors, 429: {"model": ErrorBody}})
+    async def trigger(body: TriggerBody, token: str = Depends(auth)) -> TriggerResponse:  # noqa: B008
         """Queue an outbound call; returns its callSid."""
+        retry_after = service.check_api_rate(token)
+        if retry_after is not None:
+            raise ApiError(429, "API rate limit exceeded for this token",
+                           headers={"Retry-After": str(int(retry_after))})
         try:
             if body.country_code is not None:
                 validate_country_code(body.country_code)
@@ -208,6 +234,8 @@ def create_app(
             rec = service.trigger(TriggerInput(
                 to_number=to, from_number=frm, metadata=body.metadata or {},
                 polyai_call_id=body.polyai_call_id, encryption=body.encryption,
+                idempotency_key=body.idempotency_key, timezone=body.timezone,
+                calling_window=body.calling_window, retry=body.retry,
             ))
         except (NumberError, HeaderError, RoutingError) as e:
             raise ApiError(400, str(e), e.field) from None

@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from sipbridge.headers import TEMPLATE_FIELDS, template_fields, validate_header_name
+from sipbridge.schedule import CallingWindow, RetryPolicy, zone
 
 Transport = Literal["udp", "tcp", "tls"]
 Encryption = Literal["TLS/SRTP", "TLS/RTP", "UDP/SRTP", "UDP/RTP"]
@@ -122,6 +123,13 @@ class ApiConfig(_Model):
         return v
 
 
+class TrunkAuth(_Model):
+    username: str
+    password: SecretRef
+    # "*" answers a challenge from any realm.
+    realm: str = "*"
+
+
 class TrunkConfig(_Model):
     """A carrier trunk: where INVITEs go and what they carry."""
 
@@ -140,6 +148,32 @@ class TrunkConfig(_Model):
     header_templates: dict[str, str] = Field(default_factory=dict)
     # Every metadata key K is sent as header "<prefix>K" (None disables).
     metadata_header_prefix: str | None = "X-"
+    # "request": the trigger's from_number if given, else caller_id; "trunk": always
+    # caller_id (carriers that only accept their own DIDs as caller ID).
+    caller_id_policy: Literal["request", "trunk"] = "request"
+    # Encryption modes a trigger may ask for on this trunk (`encryption` is the default).
+    allowed_encryption: list[Encryption] | None = None
+    # Digest credentials answered when the carrier challenges (401/407).
+    auth: TrunkAuth | None = None
+    # Carrier limits: concurrent calls and calls per second (token bucket, burst cps_burst).
+    max_concurrent: Annotated[int, Field(ge=1)] | None = None
+    cps: Annotated[float, Field(gt=0)] | None = None
+    cps_burst: Annotated[int, Field(ge=1)] = 1
+
+    @model_validator(mode="after")
+    def _encryption_fits_transport(self) -> TrunkConfig:
+        for enc in self.encryptions():
+            if enc.startswith("TLS/") != (self.transport == "tls"):
+                raise ValueError(
+                    f"encryption {enc} needs transport "
+                    f"{'tls' if enc.startswith('TLS/') else 'udp or tcp'} "
+                    f"(this trunk uses {self.transport})"
+                )
+        return self
+
+    def encryptions(self) -> list[str]:
+        allowed = list(self.allowed_encryption or [])
+        return [self.encryption, *[e for e in allowed if e != self.encryption]]
 
     @field_validator("address")
     @classmethod
@@ -174,11 +208,102 @@ class TrunkConfig(_Model):
         return v
 
 
+class RouteTrunk(_Model):
+    name: str
+    # Lower numbers are tried first; within a priority, trunks are ordered by weight.
+    priority: Annotated[int, Field(ge=0)] = 0
+    weight: Annotated[float, Field(ge=0)] = 1.0
+
+
+class WindowConfig(_Model):
+    """Allowed local calling hours, judged in the recipient's time zone(s)."""
+
+    days: str = "mon-sun"
+    hours: str = "00:00-24:00"
+
+    @model_validator(mode="after")
+    def _parses(self) -> WindowConfig:
+        CallingWindow.parse(self.days, self.hours)
+        return self
+
+    def window(self) -> CallingWindow:
+        return CallingWindow.parse(self.days, self.hours)
+
+
+class RetryConfig(_Model):
+    """Which outcomes are retried, how often and how far apart."""
+
+    # Outcome kinds (sipbridge.outcomes): busy, no_answer, carrier_error,
+    # transport_error, bridge_error, machine, ...
+    retry_on: list[str] = Field(
+        default_factory=lambda: ["busy", "no_answer", "carrier_error", "transport_error",
+                                 "bridge_error"])
+    # Counts the first attempt: 1 means never retry.
+    max_attempts: Annotated[int, Field(ge=1, le=20)] = 1
+    # Backoff: min(cap_s, base_s * factor**(n-1)) shortened by up to `jitter` (0..1).
+    base_s: Annotated[float, Field(ge=0)] = 60.0
+    factor: Annotated[float, Field(ge=1)] = 2.0
+    cap_s: Annotated[float, Field(ge=0)] = 3600.0
+    jitter: Annotated[float, Field(ge=0, le=1)] = 0.2
+
+    def policy(self) -> RetryPolicy:
+        return RetryPolicy(retry_on=frozenset(self.retry_on), max_attempts=self.max_attempts,
+                           base_s=self.base_s, factor=self.factor, cap_s=self.cap_s,
+                           jitter=self.jitter)
+
+
 class RouteConfig(_Model):
-    """Numbers starting with ``prefix`` (E.164, '+' optional) go to ``trunk``."""
+    """Numbers starting with ``prefix`` (E.164, '+' optional) go to ``trunk`` or to the
+    hunt group ``trunks`` (by priority, then weight; failover on 408/5xx/transport
+    errors)."""
 
     prefix: Annotated[str, Field(pattern=r"^\+?[0-9]*$")] = ""
-    trunk: str
+    trunk: str | None = None
+    trunks: list[RouteTrunk] = Field(default_factory=list)
+    window: WindowConfig | None = None
+    # IANA zone used when the number's zone is unknown or ambiguous (e.g. toll-free).
+    timezone: str | None = None
+    retry: RetryConfig | None = None
+
+    @model_validator(mode="after")
+    def _one_target(self) -> RouteConfig:
+        if (self.trunk is None) == (not self.trunks):
+            raise ValueError("give exactly one of 'trunk' or 'trunks'")
+        if self.timezone is not None:
+            _check_zone(self.timezone)
+        return self
+
+    def candidates(self) -> list[tuple[str, int, float]]:
+        if self.trunk is not None:
+            return [(self.trunk, 0, 1.0)]
+        return [(t.name, t.priority, t.weight) for t in self.trunks]
+
+
+def _check_zone(name: str) -> None:
+    zone(name)  # ValueError naming the zone
+
+
+class LimitsConfig(_Model):
+    # Calls in progress across all trunks (None: only the worker pool's capacity).
+    max_concurrent_calls: Annotated[int, Field(ge=1)] | None = None
+    # Triggers per second per API token (token bucket), answered 429 + Retry-After above.
+    api_rate_per_s: Annotated[float, Field(gt=0)] = 20.0
+    api_burst: Annotated[int, Field(ge=1)] = 100
+
+
+class SchedulerConfig(_Model):
+    # A call still queued this long after its trigger ends as failure (PolyAI's reason
+    # text "call queueing: max timeout limit exceeded").
+    max_queue_time_s: Annotated[float, Field(gt=0)] = 86400.0
+    # Used when neither the call, the route nor the number gives a time zone.
+    default_timezone: str | None = None
+
+    @field_validator("default_timezone")
+    @classmethod
+    def _zone(cls, v: str | None) -> str | None:
+        if v is not None:
+            _check_zone(v)
+        return v
 
 
 class TimersConfig(_Model):
@@ -203,6 +328,10 @@ class Config(_Model):
     routes: list[RouteConfig]
     timers: TimersConfig = Field(default_factory=TimersConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    # Default retry policy for routes that give none.
+    retry: RetryConfig = Field(default_factory=RetryConfig)
 
     @model_validator(mode="after")
     def _references(self) -> Config:
@@ -215,8 +344,12 @@ class Config(_Model):
         if not self.routes:
             raise ValueError("routes: at least one route is required")
         for i, r in enumerate(self.routes):
-            if r.trunk not in names:
+            if r.trunk is not None and r.trunk not in names:
                 raise ValueError(f"routes.{i}.trunk: unknown trunk {r.trunk!r} (known: {names})")
+            for j, t in enumerate(r.trunks):
+                if t.name not in names:
+                    raise ValueError(
+                        f"routes.{i}.trunks.{j}.name: unknown trunk {t.name!r} (known: {names})")
         return self
 
     def trunk(self, name: str) -> TrunkConfig:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from sipbridge.config import Config, TrunkConfig
+from sipbridge.config import Config, RouteConfig, TrunkConfig
 from sipbridge.headers import (
     HeaderError,
     render_template,
@@ -21,17 +21,35 @@ class RoutingError(ValueError):
         super().__init__(f"{field}: {message}")
 
 
-def choose_trunk(cfg: Config, e164: str) -> TrunkConfig:
-    """Longest matching route prefix wins (E.164, '+' optional in the prefix)."""
+def choose_route(cfg: Config, e164: str) -> RouteConfig:
+    """Longest matching route prefix wins (E.164, '+' optional in the prefix); among
+    equal prefixes the first in the file."""
     digits = e164.lstrip("+")
-    best: tuple[int, str] | None = None
+    best: tuple[int, RouteConfig] | None = None
     for route in cfg.routes:
         prefix = route.prefix.lstrip("+")
         if digits.startswith(prefix) and (best is None or len(prefix) > best[0]):
-            best = (len(prefix), route.trunk)
+            best = (len(prefix), route)
     if best is None:
         raise RoutingError("to_number", f"no route matches {e164}")
-    return cfg.trunk(best[1])
+    return best[1]
+
+
+def choose_trunk(cfg: Config, e164: str) -> TrunkConfig:
+    """The route's first-priority trunk (no weights, no health): for previews and tests."""
+    cands = sorted(choose_route(cfg, e164).candidates(), key=lambda c: c[1])
+    return cfg.trunk(cands[0][0])
+
+
+def srtp_mode(encryption: str) -> str:
+    return "mandatory" if encryption.endswith("/SRTP") else "off"
+
+
+def effective_caller_id(trunk: TrunkConfig, requested: str | None) -> str:
+    """Caller ID per the trunk's policy (RFC 3261 From user part)."""
+    if trunk.caller_id_policy == "trunk" and trunk.caller_id:
+        return trunk.caller_id
+    return requested or trunk.caller_id or ""
 
 
 def carrier_headers(
@@ -75,6 +93,8 @@ def resolve_plan(
     attempt: int,
     bridge_host: str,
     trunk: TrunkConfig | None = None,
+    hop: int = 0,
+    encryption: str | None = None,
 ) -> DialPlan:
     """Everything one carrier attempt needs, resolved before dialling."""
     trunk = trunk or choose_trunk(cfg, to_number)
@@ -91,9 +111,12 @@ def resolve_plan(
     scheme = "sips" if trunk.transport == "tls" else "sip"
     target = f"{scheme}:{to_number}@{trunk.address}"
     from_host = trunk.from_domain or bridge_host
+    auth = None
+    if trunk.auth is not None:
+        auth = (trunk.auth.username, trunk.auth.password.resolve(), trunk.auth.realm)
     return DialPlan(
         call_sid=call_sid,
-        leg_id=f"{call_sid}/b{attempt}",
+        leg_id=f"{call_sid}/b{attempt}" + (f".{hop + 1}" if hop else ""),
         trunk=trunk.name,
         request_uri=target + params,
         from_uri=f"<{scheme}:{from_number}@{from_host}>",
@@ -102,7 +125,12 @@ def resolve_plan(
         ring_timeout_s=cfg.timers.ring_timeout_s,
         max_duration_s=cfg.timers.max_call_duration_s,
         transport=trunk.transport,
+        auth=auth,
+        srtp=srtp_mode(encryption or trunk.encryption),
     )
 
 
-__all__ = ["HeaderError", "RoutingError", "carrier_headers", "choose_trunk", "resolve_plan"]
+__all__ = [
+    "HeaderError", "RoutingError", "carrier_headers", "choose_route", "choose_trunk",
+    "effective_caller_id", "resolve_plan", "srtp_mode",
+]

@@ -1,25 +1,45 @@
-"""The call manager: triggers become queued calls, queued calls become SIP legs,
-leg events become statuses. Runs on the supervisor's asyncio loop."""
+"""The call manager: triggers become queued calls, the scheduler turns queued calls into
+SIP legs when their window, limits and backoff allow, leg events become statuses.
+Runs on the supervisor's asyncio loop, the only thread that touches call state."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import random
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sipbridge.config import Config
+from sipbridge.config import Config, RetryConfig, RouteConfig, TrunkConfig, WindowConfig
 from sipbridge.ipc import LegEvent
+from sipbridge.limits import ConcurrencyLimiter, RateLimiter, TokenBucket
 from sipbridge.outcomes import Termination, from_leg_end
 from sipbridge.plan import DialPlan
-from sipbridge.routing import RoutingError, choose_trunk, resolve_plan
-from sipbridge.store import TERMINAL, CallEvent, CallRecord, CallStore
+from sipbridge.routing import (
+    RoutingError,
+    choose_route,
+    effective_caller_id,
+    resolve_plan,
+)
+from sipbridge.schedule import (
+    CallingWindow,
+    RetryPolicy,
+    is_open,
+    next_attempt_time,
+    next_open,
+    resolve_zones,
+)
+from sipbridge.store import TERMINAL, CallEvent, CallRecord, CallStore, DuplicateCall
+from sipbridge.trunkselect import TrunkHealth, hunt_list, should_failover
 
 log = logging.getLogger("sipbridge.calls")
+
+QUEUE_TIMEOUT_REASON = "call queueing: max timeout limit exceeded"
 
 
 class Pool(Protocol):
@@ -53,10 +73,31 @@ class TriggerInput:
     metadata: dict[str, str] = field(default_factory=dict)
     polyai_call_id: str | None = None
     encryption: str | None = None
+    idempotency_key: str | None = None
+    timezone: str | None = None
+    calling_window: WindowConfig | None = None
+    retry: RetryConfig | None = None
+
+
+@dataclass
+class LiveAttempt:
+    """The attempt in progress for one call: its hunt list and where it is in it."""
+
+    attempt: int
+    hunt: list[str]
+    hop: int = 0
+    leg_id: str | None = None
+    trunk: str | None = None
+    started_at: float = 0.0
+    tried: list[dict[str, Any]] = field(default_factory=list)
 
 
 def new_call_sid() -> str:
     return f"OUT-{uuid.uuid4()}"
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 class CallService:
@@ -69,19 +110,30 @@ class CallService:
         pool: Pool,
         clock: Callable[[], float] = time.time,
         pool_full_errors: tuple[type[Exception], ...] = (PoolFullError,),
+        rng: random.Random | None = None,
     ):
         self.cfg = cfg
         self.store = store
         self.pool = pool
         self.clock = clock
+        self.rng = rng or random.Random()
         self._pool_full_errors = pool_full_errors
-        self._active_legs: dict[str, str] = {}  # leg_id -> call_sid
-        self._leg_of_call: dict[str, str] = {}  # call_sid -> current leg_id
+        self._live: dict[str, LiveAttempt] = {}  # call_sid -> attempt in progress
+        self._leg_call: dict[str, str] = {}  # leg_id -> call_sid
+        self._failover: list[str] = []  # call_sids whose next hop waits for capacity
         self._hangup_requested: set[str] = set()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self.bridge_host = cfg.sip.public_address or cfg.sip.listen_address
+        self.limiter = ConcurrencyLimiter(
+            global_cap=cfg.limits.max_concurrent_calls,
+            per_key={t.name: t.max_concurrent for t in cfg.trunks if t.max_concurrent},
+        )
+        self.buckets = {t.name: TokenBucket(t.cps, t.cps_burst, clock)
+                        for t in cfg.trunks if t.cps}
+        self.health = TrunkHealth()
+        self.api_limiter = RateLimiter(cfg.limits.api_rate_per_s, cfg.limits.api_burst, clock)
         # Listeners see every (record, event) pair; tests record whole histories.
         self.listeners: list[Callable[[CallRecord, CallEvent], None]] = []
 
@@ -95,6 +147,7 @@ class CallService:
         self._wake.set()
 
     async def stop(self) -> None:
+        """Stop dialling, end live legs (the pool hangs them up), keep queued calls."""
         self._stopping = True
         for t in self._tasks:
             t.cancel()
@@ -116,9 +169,11 @@ class CallService:
 
     def _recover(self) -> None:
         """Calls that were in flight when the process died cannot be resumed: their SIP
-        dialogs died with the worker processes. Queued calls stay queued."""
+        dialogs died with the worker processes. They end as 'bridge restarted' (and are
+        retried if their policy allows). Queued calls stay queued."""
         for rec in self.store.by_status("calling"):
-            self._set_status(rec, "failure", "bridge restarted", kind="recovered")
+            term = Termination("failure", "bridge restarted", "bridge_error", True)
+            self._finish_attempt(rec, term, tried=[])
 
     # ---- the one state setter --------------------------------------------------------
 
@@ -130,7 +185,7 @@ class CallService:
         now = self.clock()
         updated = replace(rec, status=new, reason=reason, last_updated=now, **changes)
         if new in TERMINAL:
-            updated = replace(updated, ended_at=now)
+            updated = replace(updated, ended_at=now, not_before=None)
         self.store.save(updated)
         log.info("%s: %s -> %s (%s)", rec.call_sid, rec.status, new, reason or "-",
                  extra={"call_sid": rec.call_sid})
@@ -144,35 +199,99 @@ class CallService:
         for listener in self.listeners:
             listener(rec, ev)
 
+    # ---- policy look-ups -------------------------------------------------------------
+
+    def _route(self, rec: CallRecord) -> RouteConfig:
+        return choose_route(self.cfg, rec.to_number)
+
+    def _policy(self, rec: CallRecord) -> RetryPolicy:
+        over = rec.request.get("retry")
+        if over is not None:
+            return RetryConfig.model_validate(over).policy()
+        route = self._route(rec)
+        return (route.retry or self.cfg.retry).policy()
+
+    def _window(self, rec: CallRecord) -> tuple[CallingWindow | None, tuple[str, ...]]:
+        route = self._route(rec)
+        over = rec.request.get("calling_window")
+        wcfg = WindowConfig.model_validate(over) if over else route.window
+        if wcfg is None:
+            return None, ()
+        zones = resolve_zones(rec.to_number, rec.request.get("timezone"),
+                              route.timezone or self.cfg.scheduler.default_timezone)
+        return wcfg.window(), zones
+
+    def _trunks_for(self, route: RouteConfig, encryption: str | None) -> list[str]:
+        names = [c[0] for c in route.candidates()]
+        if encryption:
+            names = [n for n in names if encryption in self.cfg.trunk(n).encryptions()]
+        return names
+
     # ---- API-facing operations -------------------------------------------------------
 
+    def check_api_rate(self, token: str) -> float | None:
+        """None if this token may trigger now, else the Retry-After seconds."""
+        return self.api_limiter.check(token)
+
     def trigger(self, req: TriggerInput) -> CallRecord:
-        """Validate routing and headers now (so a bad value is a 400, never sent), then
-        store the call as queued. Raises RoutingError / HeaderError."""
+        """Validate routing, encryption, window and headers now (a bad value is a 400,
+        never sent), then store the call as queued. Idempotent on ``idempotency_key``.
+        Raises RoutingError / HeaderError / ValueError naming the field."""
+        if req.idempotency_key:
+            prior = self.store.find_by_idempotency_key(req.idempotency_key)
+            if prior is not None:
+                return prior
         call_sid = new_call_sid()
-        trunk = choose_trunk(self.cfg, req.to_number)
-        from_number = req.from_number or trunk.caller_id or ""
-        if req.encryption and req.encryption != trunk.encryption:
-            raise RoutingError(
-                "encryption",
-                f"{req.encryption} is not available on trunk {trunk.name} "
-                f"(it offers {trunk.encryption})",
+        route = choose_route(self.cfg, req.to_number)
+        names = self._trunks_for(route, req.encryption)
+        if not names:
+            offered = sorted({e for c in route.candidates()
+                              for e in self.cfg.trunk(c[0]).encryptions()})
+            raise RoutingError("encryption", f"{req.encryption} is not available on the "
+                               f"trunks for {req.to_number} (they offer {', '.join(offered)})")
+        first: TrunkConfig = self.cfg.trunk(names[0])
+        for name in names:  # dry run per trunk: refuses unsafe headers before storing
+            trunk = self.cfg.trunk(name)
+            resolve_plan(
+                self.cfg, call_sid=call_sid, to_number=req.to_number,
+                from_number=effective_caller_id(trunk, req.from_number), metadata=req.metadata,
+                polyai_call_id=req.polyai_call_id, attempt=1, bridge_host=self.bridge_host,
+                trunk=trunk, encryption=req.encryption,
             )
-        resolve_plan(  # dry run: refuses unsafe headers before anything is stored
-            self.cfg, call_sid=call_sid, to_number=req.to_number, from_number=from_number,
-            metadata=req.metadata, polyai_call_id=req.polyai_call_id, attempt=1,
-            bridge_host=self.bridge_host, trunk=trunk,
-        )
+        request: dict[str, Any] = {"metadata": req.metadata, "encryption": req.encryption,
+                                   "from_number": req.from_number}
+        if req.timezone:
+            request["timezone"] = req.timezone
+        if req.calling_window:
+            request["calling_window"] = req.calling_window.model_dump()
+        if req.retry:
+            request["retry"] = req.retry.model_dump()
         now = self.clock()
         rec = CallRecord(
             call_sid=call_sid, status="queued", to_number=req.to_number,
-            from_number=from_number, created_at=now, last_updated=now, trunk=trunk.name,
-            polyai_call_id=req.polyai_call_id,
-            request={"metadata": req.metadata, "encryption": req.encryption},
+            from_number=effective_caller_id(first, req.from_number), created_at=now,
+            last_updated=now, trunk=first.name, polyai_call_id=req.polyai_call_id,
+            request=request, idempotency_key=req.idempotency_key,
         )
-        self.store.create(rec)
+        window, zones = self._window(rec)
+        if window is not None:
+            if not zones:
+                raise RoutingError("timezone", f"the time zone of {req.to_number} is unknown: "
+                                   "give 'timezone' or set the route's timezone")
+            if next_open(window, zones, now) is None:
+                raise RoutingError("calling_window", "the calling window never opens in all of "
+                                   f"the number's time zones ({', '.join(zones)}) within 8 "
+                                   "days; give 'timezone'")
+        try:
+            self.store.create(rec)
+        except DuplicateCall:
+            if req.idempotency_key:
+                prior = self.store.find_by_idempotency_key(req.idempotency_key)
+                if prior is not None:
+                    return prior
+            raise
         self._event(rec, "status", {"from": None, "to": "queued", "reason": "", "why": "trigger"})
-        log.info("%s: queued to %s via %s", call_sid, req.to_number, trunk.name,
+        log.info("%s: queued to %s via %s", call_sid, req.to_number, first.name,
                  extra={"call_sid": call_sid})
         self._wake.set()
         return rec
@@ -194,102 +313,267 @@ class CallService:
         if rec.status == "queued":
             return self._set_status(rec, "failure", "canceled", kind="api_hangup")
         if rec.status == "calling":
-            leg = self._leg_of_call.get(call_sid)
             self._hangup_requested.add(call_sid)
+            live = self._live.get(call_sid)
+            leg = live.leg_id if live else None
             self._event(rec, "hangup_requested", {"leg": leg})
+            if call_sid in self._failover:  # between two hops: nothing on the wire
+                self._failover.remove(call_sid)
+                self._live.pop(call_sid, None)
+                return self._set_status(rec, "failure", "canceled", kind="api_hangup")
             if leg is None or not self.pool.hangup(leg):
-                # The leg is already gone (its end event is on the way) or never started.
                 log.warning("%s: hangup requested but no live leg", call_sid)
         return rec
 
-    # ---- dispatch --------------------------------------------------------------------
+    # ---- scheduling and dispatch -----------------------------------------------------
 
     async def _dispatcher(self) -> None:
         while not self._stopping:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
-            self._wake.clear()
+            delay = 1.0
             try:
-                self._dispatch_queued()
+                delay = self._dispatch()
             except Exception:  # never let the dispatcher die; the next wake retries
                 log.exception("dispatcher error")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=max(0.005, delay))
+            self._wake.clear()
 
-    def _dispatch_queued(self) -> None:
+    def _dispatch(self) -> float:
+        """One scheduling pass; returns seconds until the next pass is useful."""
+        now = self.clock()
+        wait = 1.0
+        for sid in list(self._failover):
+            rec = self.store.get(sid, now)
+            live = self._live.get(sid)
+            if rec is None or live is None:
+                self._failover.remove(sid)
+                continue
+            blocked = self._dial_hop(rec, live)
+            if blocked is None:
+                self._failover.remove(sid)
+            else:
+                wait = min(wait, blocked)
+        max_queue_s = self.cfg.scheduler.max_queue_time_s
         for rec in self.store.by_status("queued"):
+            if now - rec.created_at > max_queue_s:
+                self._set_status(rec, "failure", QUEUE_TIMEOUT_REASON, kind="queue_timeout")
+                continue
+            if rec.not_before is not None and rec.not_before > now:
+                wait = min(wait, rec.not_before - now)
+                continue
+            opens = self._window_opens_at(rec, now)
+            if opens is not None:
+                wait = min(wait, max(opens - now, 0.005))
+                continue
             if self.pool.free_slots() <= 0:
-                return
-            self._start_attempt(rec)
+                break
+            blocked = self._start_attempt(rec, now)
+            if blocked is not None:
+                wait = min(wait, blocked)
+        return wait
 
-    def _start_attempt(self, rec: CallRecord) -> None:
-        attempt = rec.attempts + 1
+    def _window_opens_at(self, rec: CallRecord, now: float) -> float | None:
+        """None if the call may be dialled now; else when its window opens (the call
+        is parked with not_before and a reason saying when)."""
+        try:
+            window, zones = self._window(rec)
+        except ValueError as e:
+            self._set_status(rec, "failure", f"cannot schedule: {e}", kind="window_error")
+            return now + 3600
+        if window is None or is_open(window, zones, now):
+            return None
+        nxt = next_open(window, zones, now)
+        if nxt is None:
+            self._set_status(rec, "failure", "calling window does not open within 8 days "
+                             f"in {', '.join(zones)}", kind="window_error")
+            return now + 3600
+        at = nxt.timestamp()
+        reason = f"outside calling window; will be attempted at {_iso(at)}"
+        rec = replace(rec, not_before=at, reason=reason, last_updated=now)
+        self.store.save(rec)
+        self._event(rec, "scheduled", {"not_before": _iso(at), "zones": list(zones)})
+        return at
+
+    def _start_attempt(self, rec: CallRecord, now: float) -> float | None:
+        """Begin the next attempt of a queued call; None when dialled, else seconds to
+        wait (trunk limits)."""
+        route = self._route(rec)
+        names = self._trunks_for(route, rec.request.get("encryption"))
+        cands = [c for c in route.candidates() if c[0] in names]
+        hunt = hunt_list(cands, self.rng, self.health, now)
+        if not hunt:
+            resting = self.health.earliest_available(names, now)
+            wait = (resting - now) if resting else 1.0
+            return max(wait, 0.005)
+        live = LiveAttempt(attempt=rec.attempts + 1, hunt=hunt, started_at=now)
+        self._live[rec.call_sid] = live
+        blocked = self._dial_hop(rec, live)
+        if blocked is not None:
+            self._live.pop(rec.call_sid, None)
+        return blocked
+
+    def _dial_hop(self, rec: CallRecord, live: LiveAttempt) -> float | None:
+        """Dial the current hop of an attempt if limits allow: None when dialled, else
+        the seconds until it may be possible."""
+        if self.pool.free_slots() <= 0:
+            return 0.05
+        now = self.clock()
+        # Try the hunt list from the current hop: a trunk at its concurrency cap is
+        # passed over (overflow); a trunk out of CPS tokens makes the call wait, since a
+        # carrier's CPS cap is per trunk and waiting a fraction of a second beats
+        # spilling traffic to a lower-priority carrier.
+        while live.hop < len(live.hunt):
+            name = live.hunt[live.hop]
+            limit = self.limiter.limit(name)
+            if limit is not None and self.limiter.active(name) >= limit:
+                if live.tried or live.hop + 1 >= len(live.hunt):
+                    return 0.05
+                live.hop += 1
+                continue
+            break
+        else:
+            return 0.05
+        if not self.limiter.try_acquire(name):
+            return 0.05
+        bucket = self.buckets.get(name)
+        if bucket is not None and not bucket.try_take():
+            self.limiter.release(name)
+            return max(bucket.wait_time(), 0.001)
+        trunk = self.cfg.trunk(name)
+        from_number = effective_caller_id(trunk, rec.request.get("from_number"))
         try:
             plan = resolve_plan(
                 self.cfg, call_sid=rec.call_sid, to_number=rec.to_number,
-                from_number=rec.from_number, metadata=rec.request.get("metadata", {}),
-                polyai_call_id=rec.polyai_call_id, attempt=attempt,
-                bridge_host=self.bridge_host,
+                from_number=from_number,
+                metadata=rec.request.get("metadata", {}), polyai_call_id=rec.polyai_call_id,
+                attempt=live.attempt, bridge_host=self.bridge_host, trunk=trunk,
+                hop=live.hop, encryption=rec.request.get("encryption"),
             )
         except ValueError as e:  # config changed since the trigger: fail clearly
+            self.limiter.release(name)
+            self._live.pop(rec.call_sid, None)
             self._set_status(rec, "failure", f"cannot dial: {e}", kind="plan_error")
-            return
+            return None
         try:
             worker = self.pool.dial(plan)
         except self._pool_full_errors:
-            return
-        self._active_legs[plan.leg_id] = rec.call_sid
-        self._leg_of_call[rec.call_sid] = plan.leg_id
+            self.limiter.release(name)
+            return 0.05
+        live.leg_id, live.trunk = plan.leg_id, name
+        self._leg_call[plan.leg_id] = rec.call_sid
         legs = dict(rec.legs)
-        legs[plan.leg_id] = {"role": "carrier", "trunk": plan.trunk, "worker": worker,
-                             "request_uri": plan.request_uri}
-        self._set_status(rec, "calling", "", kind="dial", attempts=attempt, trunk=plan.trunk,
-                         legs=legs)
+        legs[plan.leg_id] = {"role": "carrier", "trunk": name, "worker": worker,
+                             "attempt": live.attempt, "request_uri": plan.request_uri,
+                             "invite_at": now}
+        if rec.status == "calling":
+            rec = replace(rec, legs=legs, trunk=name, from_number=from_number,
+                          last_updated=now)
+            self.store.save(rec)
+            self._event(rec, "dial", {"leg": plan.leg_id, "trunk": name, "hop": live.hop})
+        else:
+            self._set_status(rec, "calling", "", kind="dial", attempts=live.attempt,
+                             trunk=name, legs=legs, not_before=None, from_number=from_number)
+        return None
 
     # ---- events from the SIP engine --------------------------------------------------
 
     def on_leg_event(self, ev: LegEvent) -> None:
-        call_sid = self._active_legs.get(ev.leg_id, ev.call_sid)
+        call_sid = self._leg_call.get(ev.leg_id, ev.call_sid)
         rec = self.store.get(call_sid, self.clock())
         if rec is None:
             log.warning("event for unknown call %s: %s", call_sid, ev)
             return
         data: dict[str, Any] = {"leg": ev.leg_id, "sip_status": ev.sip_status}
-        if ev.sip_reason:
-            data["sip_reason"] = ev.sip_reason
-        if ev.sip_call_id:
-            data["sip_call_id"] = ev.sip_call_id
-        if ev.cause:
-            data["cause"] = ev.cause
-        if ev.detail:
-            data["detail"] = ev.detail
+        for key in ("sip_reason", "sip_call_id", "cause", "detail", "retry_after_s"):
+            if getattr(ev, key):
+                data[key] = getattr(ev, key)
         self._event(rec, f"carrier.{ev.state}", data)
         legs = dict(rec.legs)
         leg = dict(legs.get(ev.leg_id, {}))
         if ev.sip_call_id:
             leg["sip_call_id"] = ev.sip_call_id
+        if ev.state in ("ringing", "early") and "ring_at" not in leg:
+            leg["ring_at"] = ev.ts
         if ev.state == "answered":
             leg["answered_at"] = ev.ts
         legs[ev.leg_id] = leg
         if ev.state != "ended":
-            if legs != rec.legs or ev.sip_status != rec.sip_status:
-                rec = replace(rec, legs=legs, sip_status=ev.sip_status or rec.sip_status,
-                              last_updated=self.clock())
-                self.store.save(rec)
+            rec = replace(rec, legs=legs, sip_status=ev.sip_status or rec.sip_status,
+                          last_updated=self.clock())
+            self.store.save(rec)
             return
-        self._active_legs.pop(ev.leg_id, None)
-        if self._leg_of_call.get(call_sid) == ev.leg_id:
-            self._leg_of_call.pop(call_sid, None)
-        self._hangup_requested.discard(call_sid)
-        leg["ended_at"] = ev.ts
-        leg["cause"] = ev.cause
+        self._leg_call.pop(ev.leg_id, None)
+        leg.update(ended_at=ev.ts, cause=ev.cause, sip_status=ev.sip_status)
         legs[ev.leg_id] = leg
-        term: Termination = from_leg_end(ev.cause, ev.answered, ev.sip_status, ev.sip_reason,
-                                         ev.detail)
-        if rec.status in TERMINAL:
-            self.store.save(replace(rec, legs=legs))
-        else:
-            self._set_status(rec, term.result, term.reason, kind=term.kind,
-                             sip_status=term.sip_status, legs=legs)
+        rec = replace(rec, legs=legs)
+        live = self._live.get(call_sid)
+        trunk = leg.get("trunk") or (live.trunk if live else None)
+        if trunk and self.limiter.active(trunk) > 0:
+            self.limiter.release(trunk)
+        now = self.clock()
+        if trunk and ev.sip_status == 503 and ev.retry_after_s:
+            # RFC 3261 21.5.4: the trunk asked us to stay away for Retry-After seconds.
+            self.health.mark_unavailable(trunk, now + ev.retry_after_s)
         self._wake.set()  # a slot is free
+        if rec.status in TERMINAL:
+            self.store.save(rec)
+            return
+        tried = [*(live.tried if live else []),
+                 {"trunk": trunk, "leg": ev.leg_id, "sip_status": ev.sip_status,
+                  "cause": ev.cause}]
+        hangup = call_sid in self._hangup_requested
+        if (live is not None and not ev.answered and not hangup and not self._stopping
+                and should_failover(ev.sip_status, ev.cause)
+                and live.hop + 1 < len(live.hunt)):
+            live.tried = tried
+            live.hop += 1
+            live.leg_id = None
+            self.store.save(rec)
+            self._event(rec, "failover", {"from_trunk": trunk, "to_trunk": live.hunt[live.hop],
+                                          "sip_status": ev.sip_status, "cause": ev.cause})
+            self._failover.append(call_sid)
+            return
+        self._hangup_requested.discard(call_sid)
+        self._live.pop(call_sid, None)
+        if self._stopping and ev.cause == "local_hangup" and not ev.answered:
+            # Shut down before answer: the call is not lost, it waits for the next start.
+            self._set_status(rec, "queued", "requeued: bridge shut down before answer",
+                             kind="requeued", attempts=max(rec.attempts - 1, 0))
+            return
+        term = from_leg_end(ev.cause, ev.answered, ev.sip_status, ev.sip_reason, ev.detail)
+        if self._stopping and ev.cause == "local_hangup" and ev.answered:
+            term = replace(term, reason="ended by bridge shutdown")
+        self._finish_attempt(rec, term, tried, no_retry=hangup)
+
+    def _finish_attempt(self, rec: CallRecord, term: Termination, tried: list[dict[str, Any]],
+                        no_retry: bool = False) -> None:
+        """Record the attempt's outcome, then retry (back to queued with a not-before
+        time) or end the call."""
+        now = self.clock()
+        history = [*rec.attempt_history, {
+            "attempt": rec.attempts, "result": term.result, "reason": term.reason,
+            "kind": term.kind, "sip_status": term.sip_status, "ended_at": _iso(now),
+            "trunks": [t["trunk"] for t in tried if t.get("trunk")],
+        }]
+        policy = self._policy(rec)
+        if (term.result == "failure" and not no_retry and term.retryable
+                and policy.should_retry(term.kind, rec.attempts)):
+            window, zones = self._window(rec)
+            when = next_attempt_time(policy, rec.attempts, now, self.rng.random, window,
+                                     zones or ())
+            if when is not None:
+                at = when.timestamp()
+                self._set_status(
+                    rec, "queued",
+                    f"{term.reason}; attempt {rec.attempts + 1} of {policy.max_attempts} "
+                    f"at {_iso(at)}",
+                    kind="retry", not_before=at, attempt_history=history,
+                    sip_status=term.sip_status,
+                )
+                self._wake.set()
+                return
+        self._set_status(rec, term.result, term.reason, kind=term.kind,
+                         sip_status=term.sip_status, attempt_history=history)
 
 
 __all__ = ["CallNotFound", "CallService", "InvalidTransition", "TriggerInput", "new_call_sid"]

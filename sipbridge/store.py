@@ -45,6 +45,11 @@ class CallRecord:
     request: dict[str, Any] = field(default_factory=dict)
     # Per-leg facts: SIP Call-IDs, worker, ...
     legs: dict[str, Any] = field(default_factory=dict)
+    # Not dialled before this epoch time (calling window, retry backoff).
+    not_before: float | None = None
+    idempotency_key: str | None = None
+    # One entry per finished attempt: attempt, trunks, sip_status, result, reason, times.
+    attempt_history: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def terminal(self) -> bool:
@@ -53,6 +58,10 @@ class CallRecord:
 
 class StoreError(RuntimeError):
     pass
+
+
+class DuplicateCall(StoreError):
+    """A call with this callSid or idempotency key exists already."""
 
 
 class CallStore(ABC):
@@ -80,6 +89,9 @@ class CallStore(ABC):
         """Calls in any of these statuses, oldest first."""
 
     @abstractmethod
+    def find_by_idempotency_key(self, key: str) -> CallRecord | None: ...
+
+    @abstractmethod
     def find_by_polyai_call_id(self, polyai_call_id: str) -> CallRecord | None: ...
 
     @abstractmethod
@@ -93,6 +105,7 @@ class CallStore(ABC):
     def close(self) -> None: ...
 
 
+SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS calls (
     call_sid TEXT PRIMARY KEY,
@@ -109,8 +122,13 @@ CREATE TABLE IF NOT EXISTS calls (
     last_updated REAL NOT NULL,
     ended_at REAL,
     request TEXT NOT NULL DEFAULT '{}',
-    legs TEXT NOT NULL DEFAULT '{}'
+    legs TEXT NOT NULL DEFAULT '{}',
+    not_before REAL,
+    idempotency_key TEXT,
+    attempt_history TEXT NOT NULL DEFAULT '[]'
 );
+CREATE UNIQUE INDEX IF NOT EXISTS calls_idem ON calls(idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS calls_status ON calls(status);
 CREATE INDEX IF NOT EXISTS calls_polyai ON calls(polyai_call_id);
 CREATE INDEX IF NOT EXISTS calls_ended ON calls(ended_at);
@@ -127,8 +145,9 @@ CREATE INDEX IF NOT EXISTS events_sid ON events(call_sid, id);
 _COLS = (
     "call_sid", "status", "reason", "to_number", "from_number", "trunk", "sip_status",
     "answered_by", "polyai_call_id", "attempts", "created_at", "last_updated", "ended_at",
-    "request", "legs",
+    "request", "legs", "not_before", "idempotency_key", "attempt_history",
 )
+_JSON_COLS = ("request", "legs", "attempt_history")
 
 
 class SQLiteStore(CallStore):
@@ -146,26 +165,41 @@ class SQLiteStore(CallStore):
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(_SCHEMA)
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, SCHEMA_VERSION):
+                raise StoreError(f"{self.path}: schema version {version}, this build "
+                                 f"reads {SCHEMA_VERSION}")
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.Error as e:
             raise StoreError(f"cannot open SQLite store {self.path}: {e}") from None
 
     def _row(self, row: tuple[Any, ...]) -> CallRecord:
         d = dict(zip(_COLS, row, strict=True))
-        d["request"] = json.loads(d["request"])
-        d["legs"] = json.loads(d["legs"])
+        for c in _JSON_COLS:
+            d[c] = json.loads(d[c])
         return CallRecord(**d)
 
     def _values(self, rec: CallRecord) -> tuple[Any, ...]:
         d = {c: getattr(rec, c) for c in _COLS}
-        d["request"] = json.dumps(rec.request, separators=(",", ":"))
-        d["legs"] = json.dumps(rec.legs, separators=(",", ":"))
+        for c in _JSON_COLS:
+            d[c] = json.dumps(d[c], separators=(",", ":"))
         return tuple(d[c] for c in _COLS)
 
     def create(self, rec: CallRecord) -> None:
         marks = ",".join("?" * len(_COLS))
+        try:
+            with self._lock:
+                self._db.execute(f"INSERT INTO calls ({','.join(_COLS)}) VALUES ({marks})",
+                                 self._values(rec))
+        except sqlite3.IntegrityError as e:
+            raise DuplicateCall(f"{rec.call_sid}: {e}") from None
+
+    def find_by_idempotency_key(self, key: str) -> CallRecord | None:
         with self._lock:
-            self._db.execute(f"INSERT INTO calls ({','.join(_COLS)}) VALUES ({marks})",
-                             self._values(rec))
+            row = self._db.execute(
+                f"SELECT {','.join(_COLS)} FROM calls WHERE idempotency_key=?", (key,)
+            ).fetchone()
+        return None if row is None else self.get(self._row(row).call_sid)
 
     def save(self, rec: CallRecord) -> None:
         sets = ",".join(f"{c}=?" for c in _COLS[1:])
@@ -253,6 +287,6 @@ def open_store(kind: str, path: str, retention_s: float) -> CallStore:
 
 
 __all__ = [
-    "STATUSES", "TERMINAL", "CallEvent", "CallRecord", "CallStore", "SQLiteStore",
+    "STATUSES", "TERMINAL", "CallEvent", "CallRecord", "CallStore", "DuplicateCall", "SQLiteStore",
     "StoreError", "open_store", "replace",
 ]
