@@ -219,7 +219,7 @@ def create_app(
 
     @app.post("/v1/outbound-calling/trigger", response_model=TriggerResponse,
               responses={**errors, 429: {"model": ErrorBody}})
-    async def trigger(body: TriggerBody, token: str = Depends(auth)) -> TriggerResponse:  # noqa: B008
+    async def trigger(body: TriggerBody, token: str = Depends(auth)) -> TriggerResponse:
         """Queue an outbound call; returns its callSid."""
         retry_after = service.check_api_rate(token)
         if retry_after is not None:

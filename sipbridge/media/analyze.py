@@ -1,0 +1,203 @@
+"""Offline analysis: run the detection pipeline over a WAV file and print the timeline.
+
+``sipbridge analyze FILE.wav [--mode answer|early] [--json]`` (wired by the CLI through
+:func:`analyze_main`). Any WAV is accepted — PCM 8/16/24/32-bit, IEEE float, G.711 µ-law/A-law,
+WAVE_FORMAT_EXTENSIBLE, any rate, any channel count — and converted to 8 kHz mono (channels
+averaged, FFT resampling) before analysis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import struct
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sipbridge.media.detect import Detection, DetectionConfig, Detector, Mode, TimelineEntry
+from sipbridge.media.frames import (
+    SAMPLE_RATE,
+    FloatArray,
+    alaw_decode,
+    resample,
+    ulaw_decode,
+)
+
+_FMT_PCM, _FMT_FLOAT, _FMT_ALAW, _FMT_MULAW, _FMT_EXT = 1, 3, 6, 7, 0xFFFE
+
+
+class AudioFormatError(ValueError):
+    """The input is not a WAV file this tool can read; the message names the problem."""
+
+
+def read_wav(path: str | Path) -> tuple[FloatArray, int]:
+    """Read a WAV file into float64 mono samples in [-1, 1) and its sample rate.
+
+    Raises :class:`AudioFormatError` for missing files, non-RIFF/WAVE data, truncated chunks,
+    unsupported encodings and empty audio.
+    """
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise AudioFormatError(f"{p}: file not found") from None
+    except IsADirectoryError:
+        raise AudioFormatError(f"{p}: is a directory, not a WAV file") from None
+    except OSError as e:
+        raise AudioFormatError(f"{p}: cannot read: {e.strerror or e}") from None
+    if len(data) < 12 or data[:4] not in (b"RIFF", b"RIFX") or data[8:12] != b"WAVE":
+        raise AudioFormatError(f"{p}: not a WAV file (no RIFF/WAVE header)")
+    if data[:4] == b"RIFX":
+        raise AudioFormatError(f"{p}: big-endian RIFX WAV is not supported")
+    fmt: tuple[int, int, int, int] | None = None
+    pcm: bytes | None = None
+    pos = 12
+    while pos + 8 <= len(data):
+        cid = data[pos:pos + 4]
+        (size,) = struct.unpack_from("<I", data, pos + 4)
+        body = data[pos + 8:pos + 8 + size]
+        if cid == b"fmt ":
+            if len(body) < 16:
+                raise AudioFormatError(f"{p}: corrupt WAV: fmt chunk is {len(body)} bytes")
+            tag, ch, rate, _, _, bits = struct.unpack_from("<HHIIHH", body, 0)
+            if tag == _FMT_EXT and len(body) >= 26:
+                (tag,) = struct.unpack_from("<H", body, 24)
+            fmt = (tag, ch, rate, bits)
+        elif cid == b"data":
+            if len(body) < size:
+                body = body[: len(body) - len(body) % 2]  # tolerate a truncated data chunk
+            pcm = body
+            if fmt is not None:
+                break
+        pos += 8 + size + (size & 1)
+    if fmt is None:
+        raise AudioFormatError(f"{p}: corrupt WAV: no fmt chunk")
+    if pcm is None:
+        raise AudioFormatError(f"{p}: corrupt WAV: no data chunk")
+    tag, ch, rate, bits = fmt
+    if ch < 1:
+        raise AudioFormatError(f"{p}: corrupt WAV: {ch} channels")
+    if rate < 4000 or rate > 384000:
+        raise AudioFormatError(f"{p}: unsupported sample rate {rate} Hz")
+    x = _decode(p, pcm, tag, bits)
+    n = x.size // ch
+    if n == 0:
+        raise AudioFormatError(f"{p}: WAV contains no audio samples")
+    x = x[: n * ch].reshape(n, ch).mean(axis=1) if ch > 1 else x
+    return np.asarray(x, dtype=np.float64), rate
+
+
+def _decode(p: Path, pcm: bytes, tag: int, bits: int) -> FloatArray:
+    if tag == _FMT_PCM:
+        if bits == 8:
+            return (np.frombuffer(pcm, dtype=np.uint8).astype(np.float64) - 128.0) / 128.0
+        if bits == 16:
+            return np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2") / 32768.0
+        if bits == 24:
+            b = np.frombuffer(pcm[: len(pcm) // 3 * 3], dtype=np.uint8).reshape(-1, 3)
+            v = (b[:, 0].astype(np.int32) | (b[:, 1].astype(np.int32) << 8)
+                 | (b[:, 2].astype(np.int32) << 16))
+            v = np.where(v >= 1 << 23, v - (1 << 24), v)
+            return v / float(1 << 23)
+        if bits == 32:
+            return np.frombuffer(pcm[: len(pcm) // 4 * 4], dtype="<i4") / float(1 << 31)
+        raise AudioFormatError(f"{p}: unsupported PCM sample size {bits} bits")
+    if tag == _FMT_FLOAT:
+        if bits == 32:
+            x = np.frombuffer(pcm[: len(pcm) // 4 * 4], dtype="<f4").astype(np.float64)
+        elif bits == 64:
+            x = np.frombuffer(pcm[: len(pcm) // 8 * 8], dtype="<f8").astype(np.float64)
+        else:
+            raise AudioFormatError(f"{p}: unsupported float sample size {bits} bits")
+        if not np.all(np.isfinite(x)):
+            raise AudioFormatError(f"{p}: float WAV contains NaN/inf samples")
+        return np.clip(x, -1.0, 1.0)
+    if tag == _FMT_MULAW:
+        return ulaw_decode(pcm) / 32768.0
+    if tag == _FMT_ALAW:
+        return alaw_decode(pcm) / 32768.0
+    raise AudioFormatError(f"{p}: unsupported WAV encoding (format tag 0x{tag:04x})")
+
+
+def load_audio(path: str | Path) -> FloatArray:
+    """Read a WAV file and convert it to 8 kHz mono float samples."""
+    x, rate = read_wav(path)
+    return resample(x, rate, SAMPLE_RATE) if rate != SAMPLE_RATE else x
+
+
+def analyze_samples(x: FloatArray, mode: Mode = "answer", config: DetectionConfig | None = None,
+                    stop_when_done: bool = True) -> tuple[Detection, list[TimelineEntry]]:
+    """Run the detector over 8 kHz float samples; returns the final detection and timeline.
+
+    Provisional results (machine before its beep, ringback) are refined while audio lasts; at
+    the end of the audio :meth:`Detector.finish` settles whatever is still open.
+    """
+    det = Detector(config, mode=mode)
+    step = 160 * 50  # feed one second at a time (the detector buffers into 20 ms frames)
+    for i in range(0, x.size, step):
+        det.feed(x[i:i + step])
+        if det.done and stop_when_done:
+            break
+    return det.finish(), det.timeline
+
+
+def analyze_wav(path: str | Path, mode: Mode = "answer",
+                config: DetectionConfig | None = None) -> tuple[Detection, list[TimelineEntry]]:
+    """Analyse a WAV file (any rate/channels/encoding) with the streaming detector."""
+    return analyze_samples(load_audio(path), mode=mode, config=config)
+
+
+def _fmt_detail(d: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in d.items() if v is not None and v is not False
+                    and v != "")
+
+
+def format_report(path: str, det: Detection, timeline: list[TimelineEntry]) -> str:
+    """Human-readable timeline and decision."""
+    lines = [f"{path}"]
+    for e in timeline:
+        if e.kind in ("decision", "progress"):
+            continue
+        lines.append(f"  {e.t_ms / 1000:8.3f}s  {e.kind:<13} {_fmt_detail(e.detail)}")
+    lines.append("decision:")
+    d = det.to_dict()
+    lines.append(f"  answered_by={det.answered_by} decided_at={det.decided_at_ms} ms "
+                 + _fmt_detail({k: v for k, v in d.items()
+                                if k not in ("answered_by", "decided_at_ms")}))
+    return "\n".join(lines)
+
+
+def analyze_main(argv: list[str]) -> int:
+    """Entry point for ``sipbridge analyze``; returns a process exit code (0 ok, 2 bad input)."""
+    ap = argparse.ArgumentParser(prog="sipbridge analyze",
+                                 description="Run recipient detection over a WAV recording.")
+    ap.add_argument("file", help="WAV file (any rate/channels; PCM, float, µ-law or A-law)")
+    ap.add_argument("--mode", choices=["answer", "early"], default="answer",
+                    help="answer: after 200 OK (human/machine/...); early: 183 early media "
+                         "(SIT, ringback/busy/reorder)")
+    ap.add_argument("--json", action="store_true", help="machine-readable output")
+    args = ap.parse_args(argv)
+    try:
+        det, timeline = analyze_wav(args.file, mode=args.mode)
+    except AudioFormatError as e:
+        print(f"sipbridge analyze: error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        out = {"file": args.file, "mode": args.mode, "detection": det.to_dict(),
+               "timeline": [e.to_dict() for e in timeline]}
+        print(json.dumps(out, indent=2))
+    else:
+        print(format_report(args.file, det, timeline))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m sipbridge.media.analyze FILE.wav``."""
+    return analyze_main(sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

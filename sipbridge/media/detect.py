@@ -1,0 +1,477 @@
+"""Recipient detection: turns per-frame features into a :class:`Detection`.
+
+Two modes:
+
+* ``"early"`` — early media (183 Session Progress, before answer): SIT (with code), call
+  progress (ringback / busy / reorder, by region) and fax tones. Never decides human/machine.
+* ``"answer"`` — the first seconds after 200 OK: ``human``, ``machine`` (then the beep),
+  ``ivr``, ``fax``, ``silence``, ``unknown``; SIT and busy/reorder are still recognised
+  (some networks answer before playing them).
+
+Human vs machine follows the timing of speech (the approach of Asterisk AMD, tuned for
+latency): a person says a short greeting ("Hello?") and waits for an answer; a voicemail or IVR
+plays a long continuous greeting. A machine decision is provisional (``final=False``) until the
+beep is found, the greeting ends with no beep, or the IVR starts a new prompt.
+
+IVR vs voicemail: the audio alone cannot always separate them. Rules used:
+  * a beep after the greeting → ``machine``;
+  * the machine starts talking again after a pause of ``ivr_resume_gap_ms`` (menus are several
+    prompts; a voicemail records after its greeting) → ``ivr``;
+  * the greeting ends and no beep comes within ``beep_timeout_ms`` → ``machine`` with
+    ``ivr_hint=True`` (a beep-less voicemail and an IVR waiting for DTMF sound the same).
+
+Usage::
+
+    det = Detector(DetectionConfig(), mode="answer")
+    for i, frame in enumerate(frames):          # 160 int16 samples (320 bytes) each
+        for ev in det.feed(frame):
+            ...                                  # ev.kind, ev.detection
+        if det.done:
+            break
+    print(det.result())
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from sipbridge.media.frames import (
+    FRAME_BYTES,
+    FRAME_MS,
+    FRAME_SAMPLES,
+    FloatArray,
+    dbfs,
+    float_to_pcm16,
+    pcm16_to_float,
+)
+from sipbridge.media.tones import (
+    CP_REGION,
+    CP_SIGNATURES,
+    CadenceTracker,
+    ProgressKind,
+    SitDecoder,
+    SitResult,
+    ToneAnalyzer,
+    ToneRun,
+    ToneRunTracker,
+    best_cp_signature,
+    is_ced,
+    is_cng,
+)
+from sipbridge.media.vad import SpeechTracker, VadConfig
+
+AnsweredBy = Literal["human", "machine", "ivr", "fax", "silence", "unknown", "sit"]
+Mode = Literal["answer", "early"]
+ANSWERED_BY_VALUES: tuple[str, ...] = (
+    "human", "machine", "ivr", "fax", "silence", "unknown", "sit")
+
+
+@dataclass(frozen=True, slots=True)
+class DetectionConfig:
+    """Detection thresholds. Defaults are chosen for latency with a safety margin; each comment
+    says why. Times are in milliseconds from the start of analysis (answer or 183)."""
+
+    # No speech and no tone for this long after answer → ``silence``. People answering speak
+    # within ~1–2 s; voicemail greetings start within ~1–2.5 s (Asterisk uses 2500 ms and calls it
+    # machine; a silent callee is more often a person waiting for us to speak, so we report it).
+    initial_silence_ms: int = 3000
+    # Longest greeting (speech from its first word, pauses included) still counted as a person.
+    # "Hello?" is 0.4–0.8 s, "Hi, this is Sam" ~1.2 s; voicemail greetings run 3–10 s.
+    # Asterisk uses 1500 ms; 1800 ms tolerates slow talkers without delaying machine decisions.
+    max_greeting_ms: int = 1800
+    # Silence after a short greeting that means a person is waiting for us. Sentence pauses in
+    # recorded greetings are mostly 0.2–0.6 s; Asterisk uses 800 ms. 700 ms plus the word-end
+    # hangover keeps the human decision within 1 s of the greeting's end.
+    after_greeting_silence_ms: int = 700
+    # More words than this before the greeting ends → machine (Asterisk maximum_number_of_words).
+    # A person's greeting is at most 3–4 words-as-seen-by-VAD; a fast machine can pack 6 in 1.8 s.
+    max_words: int = 6
+    # Hard stop for the human/machine decision: undecided after this → machine if someone is
+    # talking, else unknown. Asterisk's total_analysis_time default.
+    total_analysis_ms: int = 5000
+    # Voicemail beep: a steady single tone in 400–2000 Hz of at least 150 ms after speech.
+    # Real beeps are 0.2–1 s; 150 ms is above any steady vowel harmonic we see in speech.
+    # The band edges carry ~5 % slack so a nominal 400 Hz or 2000 Hz beep is never lost to
+    # estimation error or line drift (CED at 2100 Hz stays outside).
+    beep_min_ms: int = 150
+    beep_min_hz: float = 380.0
+    beep_max_hz: float = 2050.0
+    # After the greeting ends, wait this long for a beep before settling on "machine, no beep".
+    # Beeps follow the greeting within ~0.2–1.5 s.
+    beep_timeout_ms: int = 4000
+    # Stop waiting for the beep altogether this long after the start (greetings up to ~25 s).
+    max_beep_wait_ms: int = 30000
+    # A machine that talks again after this pause is an IVR menu (options are separate prompts;
+    # a voicemail does not speak again once it has finished its greeting). Longer than sentence
+    # pauses inside a greeting (≤ ~0.8 s).
+    ivr_resume_gap_ms: int = 1200
+    # A frame is a tone frame when the dominant tone holds this share of its power (clean tones
+    # ~0.95–1.0; tone + noise at 10 dB SNR ~0.85; voiced speech rarely > 0.6 and never for long).
+    tone_purity: float = 0.8
+    # Tones quieter than this are ignored (digital silence / comfort noise at -60..-70 dBFS).
+    tone_min_dbfs: float = -50.0
+    # Call progress: a signature's components hold this share of power; dual-tone twist limit.
+    # Both components are sent at the same nominal level (e.g. -13 dBm0 each for US tones);
+    # 6 dB twist allows for line tilt yet rejects a single tone near one component (a 448 Hz
+    # beep leaks 9 dB down into the 480 Hz bin of 440+480).
+    cp_purity: float = 0.7
+    cp_max_twist_db: float = 6.0
+    # SIT: decided once segment 2 held its frequency this long (first two segments suffice).
+    sit_confirm_ms: int = 100
+    # CED (2100 Hz) this long → fax; the real tone lasts 2.6–4 s.
+    ced_min_ms: int = 400
+    vad: VadConfig = field(default_factory=VadConfig)
+
+
+@dataclass(frozen=True, slots=True)
+class Detection:
+    """A detection result (immutable). Times are ms from the start of analysis.
+
+    ``answered_by`` is ``sit`` for special information tones (``sit_code`` set), ``unknown`` with
+    ``progress`` set for call-progress results. ``final`` is False for provisional results
+    (``machine`` before its beep, early-media ``ringback``).
+    """
+
+    answered_by: AnsweredBy
+    decided_at_ms: int
+    final: bool = True
+    sit_code: str | None = None
+    progress: ProgressKind | None = None
+    progress_region: str | None = None
+    greeting_end_ms: int | None = None
+    beep_ms: int | None = None
+    beep_hz: float | None = None
+    ivr_hint: bool = False
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict."""
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class DetectionEvent:
+    """A new or updated detection, returned by :meth:`Detector.feed`."""
+
+    kind: Literal["decision", "update", "progress"]
+    t_ms: int
+    detection: Detection
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineEntry:
+    """A feature event for the analyze tool: speech/tone starts and ends, SIT, decisions."""
+
+    t_ms: int
+    kind: str
+    detail: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict."""
+        return {"t_ms": self.t_ms, "kind": self.kind, **self.detail}
+
+
+class Detector:
+    """Streaming recipient detector; feed it 20 ms frames of 8 kHz audio.
+
+    ``feed`` accepts PCM16 bytes or an int16/float array of any length (buffered into 160-sample
+    frames). ``t_ms`` is the time of the chunk's first sample relative to the start of analysis;
+    when omitted the clock continues. A forward gap (lost packets) is filled with silence.
+    """
+
+    def __init__(self, config: DetectionConfig | None = None, mode: Mode = "answer",
+                 keep_timeline: bool = True) -> None:
+        if mode not in ("answer", "early"):
+            raise ValueError(f"mode must be 'answer' or 'early', got {mode!r}")
+        self.cfg = config or DetectionConfig()
+        self.mode: Mode = mode
+        self.keep_timeline = keep_timeline
+        self.timeline: list[TimelineEntry] = []
+        self._tones = ToneAnalyzer()
+        self._runs = ToneRunTracker()
+        self._sit = SitDecoder(confirm_ms=self.cfg.sit_confirm_ms)
+        self._cadence = CadenceTracker()
+        self._speech = SpeechTracker(self.cfg.vad)
+        self._pending = np.zeros(0, dtype=np.float64)
+        self._t = 0  # start time of the next frame (ms)
+        self._result: Detection | None = None
+        self._done = False
+        # greeting state
+        self._greeting_start: int | None = None
+        self._last_word_end: int | None = None
+        self._words = 0
+        self._tone_activity_ms = 0
+        self._machine_at: int | None = None
+        self._ringback_reported = False
+
+    # -- public API ---------------------------------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        """True once a final result exists; further frames are ignored."""
+        return self._done
+
+    @property
+    def now_ms(self) -> int:
+        """Time (ms) up to which audio has been analysed."""
+        return self._t
+
+    def result(self) -> Detection | None:
+        """The latest detection (possibly provisional), or None if nothing decided yet."""
+        return self._result
+
+    def feed(self, frame: bytes | bytearray | npt.NDArray[np.generic],
+             t_ms: int | None = None) -> list[DetectionEvent]:
+        """Analyse audio; returns the detections decided or updated by it."""
+        events: list[DetectionEvent] = []
+        if self._done:
+            return events
+        if isinstance(frame, bytes | bytearray) and len(frame) == FRAME_BYTES and (
+                t_ms is None or t_ms == self._t) and self._pending.size == 0:
+            self._process(bytes(frame), None, events)
+            return events
+        x = pcm16_to_float(frame)
+        if t_ms is not None and t_ms > self._t + self._pending.size * 1000 // 8000 + FRAME_MS:
+            gap = (t_ms - self._t) * 8 - self._pending.size
+            x = np.concatenate([np.zeros(gap), x])
+        buf = np.concatenate([self._pending, x]) if self._pending.size else x
+        n = buf.size // FRAME_SAMPLES
+        for i in range(n):
+            if self._done:
+                break
+            f = buf[i * FRAME_SAMPLES:(i + 1) * FRAME_SAMPLES]
+            self._process(float_to_pcm16(f).tobytes(), f, events)
+        self._pending = buf[n * FRAME_SAMPLES:].copy()
+        return events
+
+    def finish(self) -> Detection:
+        """End of audio: decide with what we have (``unknown``/``silence``/machine as fits)."""
+        events: list[DetectionEvent] = []
+        if not self._done:
+            run = self._runs.flush()
+            if run is not None:
+                self._on_run_end(run, self._t, events)
+        if not self._done:
+            t = self._t
+            if self.mode == "answer":
+                if self._machine_at is not None:
+                    self._finalise_machine(t, None, "end of audio before beep", events)
+                elif self._greeting_start is not None and self._last_word_end is not None and (
+                        self._last_word_end - self._greeting_start <= self.cfg.max_greeting_ms
+                        and not self._speech.in_word):
+                    self._decide("human", t, events, greeting_end_ms=self._last_word_end,
+                                 reason="short greeting, audio ended")
+                elif self._greeting_start is None and self._tone_activity_ms == 0:
+                    self._decide("silence", t, events, reason="no speech before end of audio")
+                else:
+                    self._decide("unknown", t, events, reason="end of audio, undecided")
+            elif self._result is None:
+                self._decide("unknown", t, events, reason="early media ended, nothing detected")
+            else:
+                self._done = True
+        assert self._result is not None
+        return self._result
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _note(self, t_ms: int, kind: str, **detail: Any) -> None:
+        if self.keep_timeline:
+            self.timeline.append(TimelineEntry(t_ms, kind, detail))
+
+    def _decide(self, answered_by: AnsweredBy, t_end: int, events: list[DetectionEvent],
+                final: bool = True, kind: Literal["decision", "update", "progress"] = "decision",
+                **kw: Any) -> None:
+        det = Detection(answered_by=answered_by, decided_at_ms=t_end, final=final, **kw)
+        self._result = det
+        if final:
+            self._done = True
+        events.append(DetectionEvent(kind, t_end, det))
+        self._note(t_end, "decision" if kind != "progress" else "progress", **det.to_dict())
+
+    def _process(self, pcm: bytes, x: FloatArray | None, events: list[DetectionEvent]) -> None:
+        cfg = self.cfg
+        t = self._t
+        t_end = t + FRAME_MS
+        self._t = t_end
+        if x is None:
+            x = np.frombuffer(pcm, dtype="<i2") * (1.0 / 32768.0)
+        level = dbfs(x)
+        ta = self._tones
+        ta.analyze(x)
+        is_tone = ta.purity >= cfg.tone_purity and level >= cfg.tone_min_dbfs
+        sig = (best_cp_signature(ta.cp_power, cfg.cp_purity, cfg.cp_max_twist_db)
+               if level >= cfg.tone_min_dbfs else None)
+        if sig is not None:
+            is_tone = True
+        # dual call-progress tones are not "a single steady tone"; single ones (400/425/440 Hz)
+        # are, and may also be a voicemail beep
+        single = is_tone and (sig is None or len(CP_SIGNATURES[sig]) == 1)
+        # --- tones ------------------------------------------------------------------------
+        prev_run = self._runs.current
+        ended = self._runs.update(single, ta.peak_hz, ta.purity, t)
+        cur = self._runs.current
+        if cur is not None and cur is not prev_run:
+            self._note(t, "tone_start", hz=round(ta.peak_hz, 1), purity=round(ta.purity, 3),
+                       dbfs=round(level, 1))
+        if ended is not None:
+            self._on_run_end(ended, t_end, events)
+            if self._done:
+                return
+        if is_tone:
+            self._tone_activity_ms += FRAME_MS
+        sit = self._sit.check(cur)
+        if sit is not None:
+            self._on_sit(sit, t_end, events)
+            return
+        if cur is not None:
+            self._check_run_live(cur, t_end, events)
+            if self._done:
+                return
+        self._on_cp(sig, t, t_end, events)
+        if self._done:
+            return
+        # --- speech -----------------------------------------------------------------------
+        sp = self._speech
+        ev = sp.update(pcm, level, is_tone, t)
+        if ev == SpeechTracker.WORD_START:
+            self._note(sp.word_start_ms, "speech_start", dbfs=round(level, 1))
+            self._on_word_start(sp.word_start_ms, t_end, events)
+        elif ev == SpeechTracker.WORD_END:
+            self._note(sp.word_end_ms, "speech_end",
+                       floor_dbfs=round(sp.floor_dbfs or -100.0, 1))
+            self._last_word_end = sp.word_end_ms
+        if self.mode == "answer" and not self._done:
+            self._answer_rules(t_end, events)
+
+    def _on_run_end(self, run: ToneRun, t_end: int, events: list[DetectionEvent]) -> None:
+        self._note(run.end_ms, "tone_end", hz=round(run.hz, 1), ms=run.duration_ms,
+                   purity=round(run.purity, 3))
+        self._sit.on_run_end(run)
+        if is_cng(run) and self._greeting_start is None:
+            self._decide("fax", t_end, events, reason=f"fax CNG {run.hz:.0f} Hz "
+                                                       f"{run.duration_ms} ms")
+
+    def _check_run_live(self, run: ToneRun, t_end: int, events: list[DetectionEvent]) -> None:
+        cfg = self.cfg
+        if is_ced(run, cfg.ced_min_ms):
+            self._decide("fax", t_end, events, reason=f"fax/modem answer tone {run.hz:.0f} Hz")
+            return
+        if (self.mode == "answer" and self._greeting_start is not None
+                and run.duration_ms >= cfg.beep_min_ms
+                and cfg.beep_min_hz <= run.hz <= cfg.beep_max_hz):
+            self._on_beep(run, t_end, events)
+
+    def _on_beep(self, run: ToneRun, t_end: int, events: list[DetectionEvent]) -> None:
+        sp = self._speech
+        gend = self._last_word_end
+        if sp.in_word:
+            gend = run.start_ms
+        if gend is None or gend > run.start_ms:
+            gend = run.start_ms
+        self._note(run.start_ms, "beep", hz=round(run.hz, 1))
+        decided = self._machine_at if self._machine_at is not None else t_end
+        reason = "greeting followed by beep" if self._machine_at is not None else \
+            "speech followed by beep"
+        self._decide("machine", t_end, events,
+                     kind="update" if self._machine_at is not None else "decision",
+                     greeting_end_ms=gend, beep_ms=run.start_ms, beep_hz=round(run.hz, 1),
+                     reason=f"{reason} (machine decided at {decided} ms)")
+
+    def _on_sit(self, sit: SitResult, t_end: int, events: list[DetectionEvent]) -> None:
+        self._note(sit.start_ms, "sit", code=sit.code, seg1_hz=round(sit.seg1_hz, 1),
+                   seg1_ms=sit.seg1_ms, seg2_hz=round(sit.seg2_hz, 1))
+        self._decide("sit", t_end, events, sit_code=sit.code,
+                     reason=f"SIT {sit.code}: {sit.meaning} (started {sit.start_ms} ms)")
+
+    def _on_cp(self, sig: str | None, t: int, t_end: int, events: list[DetectionEvent]) -> None:
+        prev = self._cadence.current
+        res = self._cadence.update(sig, t)
+        if sig != prev:
+            if prev is not None and self._cadence.current != prev:
+                self._note(t, "cp_off", signature=prev)
+            if sig is not None:
+                self._note(t, "cp_on", signature=sig)
+        if res is None:
+            return
+        name, kind = res
+        region = CP_REGION[name]
+        if kind == "ringback":
+            if self.mode == "early" and not self._ringback_reported:
+                self._ringback_reported = True
+                self._decide("unknown", t_end, events, final=False, kind="progress",
+                             progress="ringback", progress_region=region,
+                             reason=f"ringback ({region})")
+            return
+        self._decide("unknown", t_end, events, progress=kind, progress_region=region,
+                     reason=f"{kind} tone ({region})")
+
+    def _on_word_start(self, start: int, t_end: int, events: list[DetectionEvent]) -> None:
+        if self.mode != "answer":
+            return
+        cfg = self.cfg
+        if self._machine_at is not None:
+            lw = self._last_word_end
+            if lw is not None and start - lw >= cfg.ivr_resume_gap_ms:
+                self._decide("ivr", t_end, events, kind="update", greeting_end_ms=lw,
+                             ivr_hint=True,
+                             reason=f"machine spoke again after {start - lw} ms pause "
+                                    "(menu prompts)")
+                return
+        if self._greeting_start is None:
+            self._greeting_start = start
+        self._words += 1
+
+    def _finalise_machine(self, t_end: int, gend: int | None, why: str,
+                          events: list[DetectionEvent]) -> None:
+        self._decide("machine", t_end, events, kind="update",
+                     greeting_end_ms=gend if gend is not None else self._last_word_end,
+                     ivr_hint=True, reason=f"machine, no beep ({why}); could be an IVR")
+
+    def _answer_rules(self, t_end: int, events: list[DetectionEvent]) -> None:
+        cfg = self.cfg
+        sp = self._speech
+        if self._machine_at is not None:
+            lw = self._last_word_end
+            if not sp.in_word and lw is not None and t_end - lw >= cfg.beep_timeout_ms and (
+                    self._runs.current is None):
+                self._finalise_machine(t_end, lw, f"{cfg.beep_timeout_ms} ms after greeting",
+                                       events)
+            elif t_end >= cfg.max_beep_wait_ms:
+                self._finalise_machine(t_end, None, "max beep wait", events)
+            return
+        gs = self._greeting_start
+        if gs is None:
+            if t_end >= cfg.initial_silence_ms and self._tone_activity_ms == 0 and (
+                    sp.state == 0):
+                self._decide("silence", t_end, events,
+                             reason=f"no speech in {cfg.initial_silence_ms} ms")
+            elif t_end >= cfg.total_analysis_ms:
+                self._decide("unknown", t_end, events,
+                             reason="no speech; unclassified tone or noise")
+            return
+        if sp.in_word:
+            span = t_end - gs
+            if span > cfg.max_greeting_ms:
+                self._machine(t_end, f"greeting longer than {cfg.max_greeting_ms} ms", events)
+                return
+            if self._words > cfg.max_words:
+                self._machine(t_end, f"more than {cfg.max_words} words", events)
+                return
+        lw = self._last_word_end
+        if lw is not None and sp.state == 0 and t_end - lw >= cfg.after_greeting_silence_ms:
+            span = lw - gs
+            if span <= cfg.max_greeting_ms:
+                self._decide("human", t_end, events, greeting_end_ms=lw,
+                             reason=f"{span} ms greeting then "
+                                    f"{cfg.after_greeting_silence_ms} ms silence")
+                return
+        if t_end >= cfg.total_analysis_ms:
+            self._machine(t_end, "speech still undecided at total analysis time", events)
+
+    def _machine(self, t_end: int, why: str, events: list[DetectionEvent]) -> None:
+        self._machine_at = t_end
+        self._decide("machine", t_end, events, final=False, reason=why)
