@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from sipbridge.config import RetryConfig, WindowConfig
+from sipbridge.config import DetectionSettings, RetryConfig, WindowConfig
 from sipbridge.headers import HeaderError, is_token
 from sipbridge.numbers import NumberError, to_e164, validate_country_code
 from sipbridge.routing import RoutingError
@@ -63,6 +63,10 @@ class TriggerBody(BaseModel):
     calling_window: WindowConfig | None = Field(
         None, description="allowed local days and hours, e.g. {days: mon-fri, hours: 09:00-20:00}")
     retry: RetryConfig | None = Field(None, description="retry policy for this call")
+    detection: DetectionSettings | None = Field(
+        None, description="recipient detection settings for this call")
+    voicemail_action: Literal["continue", "hangup", "retry"] | None = Field(
+        None, description="what to do when a machine answers (overrides detection's)")
 
     @field_validator("timezone")
     @classmethod
@@ -112,6 +116,8 @@ class StatusResponse(BaseModel):
     trunk: str | None = None
     to_number: str
     from_number: str
+    detection: dict[str, Any] | None = Field(
+        None, description="the latest detection result with its timings (ms from answer)")
     legs: dict[str, Any] = Field(default_factory=dict)
     events: list[EventOut] = Field(default_factory=list)
 
@@ -126,6 +132,14 @@ def _iso(ts: float) -> str:
         "+00:00", "Z")
 
 
+def _latest_detection(rec: CallRecord) -> dict[str, Any] | None:
+    latest: dict[str, Any] | None = None
+    for leg in rec.legs.values():
+        det = leg.get("detection") or {}
+        latest = det.get("answer") or det.get("early") or latest
+    return latest
+
+
 def status_body(rec: CallRecord, events: list[CallEvent]) -> StatusResponse:
     return StatusResponse(
         callSid=rec.call_sid, status=rec.status,  # type: ignore[arg-type]
@@ -135,9 +149,16 @@ def status_body(rec: CallRecord, events: list[CallEvent]) -> StatusResponse:
         next_attempt_at=_iso(rec.not_before) if rec.not_before and not rec.terminal else None,
         polyai_call_id=rec.polyai_call_id,
         trunk=rec.trunk or None, to_number=rec.to_number, from_number=rec.from_number,
-        legs=rec.legs,
+        legs=rec.legs, detection=_latest_detection(rec),
         events=[EventOut(ts=_iso(e.ts), kind=e.kind, data=e.data) for e in events],
     )
+
+
+def _detection(body: TriggerBody) -> DetectionSettings | None:
+    if body.voicemail_action is None:
+        return body.detection
+    base = body.detection or DetectionSettings()
+    return base.model_copy(update={"machine_action": body.voicemail_action})
 
 
 def _field_of(loc: tuple[Any, ...]) -> str:
@@ -236,6 +257,7 @@ def create_app(
                 polyai_call_id=body.polyai_call_id, encryption=body.encryption,
                 idempotency_key=body.idempotency_key, timezone=body.timezone,
                 calling_window=body.calling_window, retry=body.retry,
+                detection=_detection(body),
             ))
         except (NumberError, HeaderError, RoutingError) as e:
             raise ApiError(400, str(e), e.field) from None

@@ -24,7 +24,7 @@ def build(cfg: Config) -> tuple[FastAPI, CallService]:
 
     store = open_store(cfg.store.kind, cfg.store.path, cfg.store.retention_s)
     service: CallService
-    pool = WorkerPool(cfg.sip, lambda ev: service.on_leg_event(ev))
+    pool = WorkerPool(cfg.sip, lambda ev: service.on_sip_event(ev))
     service = CallService(cfg, store, pool, pool_full_errors=(PoolFull,))
     app = create_app(service, [t.resolve() for t in cfg.api.tokens], on_shutdown=store.close)
     return app, service

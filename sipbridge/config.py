@@ -252,6 +252,38 @@ class RetryConfig(_Model):
                            jitter=self.jitter)
 
 
+class DetectionSettings(_Model):
+    """Recipient detection for a call: what to analyse and what to do with machines."""
+
+    # Analyse 183 early media for SIT / busy / reorder and end the attempt without waiting
+    # for the carrier's final response.
+    early_media: bool = True
+    # Analyse the first seconds after answer: human / machine / ivr / fax / silence.
+    answer: bool = True
+    # A machine result is only final at the beep (or when the greeting ends without one).
+    wait_for_beep: bool = False
+    # What to do when a machine (or IVR) answers: "continue" (report only), "hangup"
+    # (end as failure 'answered by machine'), "retry" (the same, retryable).
+    machine_action: Literal["continue", "hangup", "retry"] = "continue"
+    # Hang up on fax machines (CNG/CED).
+    hangup_on_fax: bool = True
+    # Overrides of sipbridge.media.detect.DetectionConfig thresholds (milliseconds, Hz).
+    thresholds: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("thresholds")
+    @classmethod
+    def _known(cls, v: dict[str, float]) -> dict[str, float]:
+        from dataclasses import fields
+
+        from sipbridge.media.detect import DetectionConfig
+
+        known = {f.name for f in fields(DetectionConfig) if f.name != "vad"}
+        for k in v:
+            if k not in known:
+                raise ValueError(f"unknown threshold {k!r} (known: {', '.join(sorted(known))})")
+        return v
+
+
 class RouteConfig(_Model):
     """Numbers starting with ``prefix`` (E.164, '+' optional) go to ``trunk`` or to the
     hunt group ``trunks`` (by priority, then weight; failover on 408/5xx/transport
@@ -264,6 +296,7 @@ class RouteConfig(_Model):
     # IANA zone used when the number's zone is unknown or ambiguous (e.g. toll-free).
     timezone: str | None = None
     retry: RetryConfig | None = None
+    detection: DetectionSettings | None = None
 
     @model_validator(mode="after")
     def _one_target(self) -> RouteConfig:
@@ -332,6 +365,8 @@ class Config(_Model):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     # Default retry policy for routes that give none.
     retry: RetryConfig = Field(default_factory=RetryConfig)
+    # Default recipient detection for routes that give none.
+    detection: DetectionSettings = Field(default_factory=DetectionSettings)
 
     @model_validator(mode="after")
     def _references(self) -> Config:

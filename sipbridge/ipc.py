@@ -79,6 +79,25 @@ class LegEvent:
 
 
 @dataclass(frozen=True)
+class DetectionReport:
+    """A recipient-detection result for a leg (sipbridge.media.detect.Detection as a dict).
+
+    ``phase`` is "early" (183 early media: SIT, call progress) or "answer" (after 200 OK:
+    human / machine / ivr / fax / silence / unknown, then the beep). ``kind`` is the
+    detector's event kind: "decision", "update" (e.g. the beep finalising a machine) or
+    "progress" (call-progress tones)."""
+
+    leg_id: str
+    call_sid: str
+    worker_id: int
+    ts: float
+    phase: str
+    kind: str
+    detection: dict[str, Any]
+    type: str = "detection"
+
+
+@dataclass(frozen=True)
 class WorkerReady:
     worker_id: int
     sip_port: int
@@ -96,7 +115,7 @@ class WorkerLog:
 
 
 Command = Dial | Hangup | SendDtmf | Shutdown
-Event = LegEvent | WorkerReady | WorkerLog
+Event = LegEvent | DetectionReport | WorkerReady | WorkerLog
 
 
 def encode(msg: Command | Event) -> dict[str, Any]:
@@ -125,6 +144,7 @@ def decode(d: Any) -> Command | Event:
             "dtmf": SendDtmf,
             "shutdown": Shutdown,
             "leg": LegEvent,
+            "detection": DetectionReport,
             "ready": WorkerReady,
             "log": WorkerLog,
         }.get(str(kind))

@@ -86,3 +86,47 @@ def from_leg_end(
         return Termination("failure", f"could not place call{text}", "dial_error", True,
                            sip_status)
     return from_sip(sip_status, sip_reason)
+
+
+# SIT codes (Telcordia GR-1162 / ANSI T1.401; decoded in sipbridge.media.tones) ->
+# (kind, reason, retryable). Intercept and vacant code mean the number is not in service;
+# reorder and no-circuit are network congestion and worth another try later.
+_SIT_TABLE: dict[str, tuple[str, str, bool]] = {
+    "IC": ("not_in_service", "number not in service (SIT IC)", False),
+    "VC": ("not_in_service", "number not in service (SIT VC)", False),
+    "RO": ("carrier_error", "network congestion (SIT RO)", True),
+    "RO'": ("carrier_error", "network congestion (SIT RO')", True),
+    "NC": ("carrier_error", "no circuit available (SIT NC)", True),
+    "NC'": ("carrier_error", "no circuit available (SIT NC')", True),
+    "IO": ("not_in_service", "call cannot be completed (SIT IO)", False),
+    "FU": ("not_in_service", "call cannot be completed (SIT FU)", False),
+    "ITU": ("not_in_service", "special information tone (SIT ITU)", False),
+}
+
+
+def from_sit(code: str | None) -> Termination:
+    """A special information tone heard in early media or after answer."""
+    kind, reason, retry = _SIT_TABLE.get(
+        code or "", ("not_in_service", f"special information tone (SIT {code or '?'})", False))
+    return Termination("failure", reason, kind, retry)
+
+
+def from_progress_tone(progress: str) -> Termination | None:
+    """A call-progress tone in early media that ends the attempt (ringback does not)."""
+    if progress == "busy":
+        return Termination("failure", "busy", "busy", True)
+    if progress == "reorder":
+        return Termination("failure", "network congestion (reorder tone)", "carrier_error", True)
+    return None
+
+
+def from_detection(answered_by: str, retry: bool = False) -> Termination:
+    """The bridge hung up because of who answered (machine / fax policy)."""
+    reasons = {
+        "machine": "answered by machine",
+        "ivr": "answered by IVR",
+        "fax": "answered by fax",
+    }
+    kind = "machine" if answered_by in ("machine", "ivr") else answered_by
+    return Termination("failure", reasons.get(answered_by, f"answered by {answered_by}"), kind,
+                       retry)

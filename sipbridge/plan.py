@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -25,3 +26,6 @@ class DialPlan:
     # SRTP for this leg (RFC 4568 SDES): "off" or "mandatory" (from the trigger's
     # `encryption` or the trunk's default).
     srtp: str = "off"
+    # Recipient detection in the worker: {"early": bool, "answer": bool,
+    # "config": {DetectionConfig field: value}}; None = no media analysis.
+    detection: dict[str, Any] | None = None

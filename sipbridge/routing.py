@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from sipbridge.config import Config, RouteConfig, TrunkConfig
 from sipbridge.headers import (
@@ -95,6 +96,7 @@ def resolve_plan(
     trunk: TrunkConfig | None = None,
     hop: int = 0,
     encryption: str | None = None,
+    detection: dict[str, Any] | None = None,
 ) -> DialPlan:
     """Everything one carrier attempt needs, resolved before dialling."""
     trunk = trunk or choose_trunk(cfg, to_number)
@@ -127,6 +129,7 @@ def resolve_plan(
         transport=trunk.transport,
         auth=auth,
         srtp=srtp_mode(encryption or trunk.encryption),
+        detection=detection,
     )
 
 

@@ -15,10 +15,23 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sipbridge.config import Config, RetryConfig, RouteConfig, TrunkConfig, WindowConfig
-from sipbridge.ipc import LegEvent
+from sipbridge.config import (
+    Config,
+    DetectionSettings,
+    RetryConfig,
+    RouteConfig,
+    TrunkConfig,
+    WindowConfig,
+)
+from sipbridge.ipc import DetectionReport, LegEvent
 from sipbridge.limits import ConcurrencyLimiter, RateLimiter, TokenBucket
-from sipbridge.outcomes import Termination, from_leg_end
+from sipbridge.outcomes import (
+    Termination,
+    from_detection,
+    from_leg_end,
+    from_progress_tone,
+    from_sit,
+)
 from sipbridge.plan import DialPlan
 from sipbridge.routing import (
     RoutingError,
@@ -77,6 +90,7 @@ class TriggerInput:
     timezone: str | None = None
     calling_window: WindowConfig | None = None
     retry: RetryConfig | None = None
+    detection: DetectionSettings | None = None
 
 
 @dataclass
@@ -122,6 +136,9 @@ class CallService:
         self._leg_call: dict[str, str] = {}  # leg_id -> call_sid
         self._failover: list[str] = []  # call_sids whose next hop waits for capacity
         self._hangup_requested: set[str] = set()
+        # Why the bridge itself is ending a call (SIT, machine policy): applied when the
+        # leg's end arrives, instead of "hung up by API".
+        self._pending_term: dict[str, Termination] = {}
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -211,6 +228,18 @@ class CallService:
         route = self._route(rec)
         return (route.retry or self.cfg.retry).policy()
 
+    def _detection(self, rec: CallRecord) -> DetectionSettings:
+        over = rec.request.get("detection")
+        if over is not None:
+            return DetectionSettings.model_validate(over)
+        return self._route(rec).detection or self.cfg.detection
+
+    def _detection_plan(self, rec: CallRecord) -> dict[str, Any] | None:
+        d = self._detection(rec)
+        if not (d.early_media or d.answer):
+            return None
+        return {"early": d.early_media, "answer": d.answer, "config": dict(d.thresholds)}
+
     def _window(self, rec: CallRecord) -> tuple[CallingWindow | None, tuple[str, ...]]:
         route = self._route(rec)
         over = rec.request.get("calling_window")
@@ -266,6 +295,8 @@ class CallService:
             request["calling_window"] = req.calling_window.model_dump()
         if req.retry:
             request["retry"] = req.retry.model_dump()
+        if req.detection:
+            request["detection"] = req.detection.model_dump()
         now = self.clock()
         rec = CallRecord(
             call_sid=call_sid, status="queued", to_number=req.to_number,
@@ -448,6 +479,7 @@ class CallService:
                 metadata=rec.request.get("metadata", {}), polyai_call_id=rec.polyai_call_id,
                 attempt=live.attempt, bridge_host=self.bridge_host, trunk=trunk,
                 hop=live.hop, encryption=rec.request.get("encryption"),
+                detection=self._detection_plan(rec),
             )
         except ValueError as e:  # config changed since the trigger: fail clearly
             self.limiter.release(name)
@@ -476,6 +508,13 @@ class CallService:
         return None
 
     # ---- events from the SIP engine --------------------------------------------------
+
+    def on_sip_event(self, ev: LegEvent | DetectionReport) -> None:
+        """Entry point for everything the worker pool reports."""
+        if isinstance(ev, DetectionReport):
+            self.on_detection(ev)
+        else:
+            self.on_leg_event(ev)
 
     def on_leg_event(self, ev: LegEvent) -> None:
         call_sid = self._leg_call.get(ev.leg_id, ev.call_sid)
@@ -523,6 +562,7 @@ class CallService:
                   "cause": ev.cause}]
         hangup = call_sid in self._hangup_requested
         if (live is not None and not ev.answered and not hangup and not self._stopping
+                and call_sid not in self._pending_term
                 and should_failover(ev.sip_status, ev.cause)
                 and live.hop + 1 < len(live.hunt)):
             live.tried = tried
@@ -535,15 +575,60 @@ class CallService:
             return
         self._hangup_requested.discard(call_sid)
         self._live.pop(call_sid, None)
-        if self._stopping and ev.cause == "local_hangup" and not ev.answered:
+        if (self._stopping and ev.cause == "local_hangup" and not ev.answered
+                and call_sid not in self._pending_term):
             # Shut down before answer: the call is not lost, it waits for the next start.
             self._set_status(rec, "queued", "requeued: bridge shut down before answer",
                              kind="requeued", attempts=max(rec.attempts - 1, 0))
             return
+        pending = self._pending_term.pop(call_sid, None)
         term = from_leg_end(ev.cause, ev.answered, ev.sip_status, ev.sip_reason, ev.detail)
-        if self._stopping and ev.cause == "local_hangup" and ev.answered:
+        if pending is not None and ev.cause in ("local_hangup", "remote_bye", "remote_final"):
+            # We hung up because of what we heard (or the carrier beat us to it).
+            term = replace(pending, sip_status=ev.sip_status)
+            hangup = False
+        elif self._stopping and ev.cause == "local_hangup" and ev.answered:
             term = replace(term, reason="ended by bridge shutdown")
         self._finish_attempt(rec, term, tried, no_retry=hangup)
+
+    def on_detection(self, rep: DetectionReport) -> None:
+        """A detection result from the worker: record it, and end the call when what we
+        heard decides it (SIT, busy/reorder tone, fax, machine per policy)."""
+        call_sid = self._leg_call.get(rep.leg_id, rep.call_sid)
+        rec = self.store.get(call_sid, self.clock())
+        if rec is None or rec.terminal:
+            return
+        det = rep.detection
+        answered_by = det.get("answered_by")
+        self._event(rec, "detection", {"leg": rep.leg_id, "phase": rep.phase,
+                                       "kind": rep.kind, **det})
+        legs = dict(rec.legs)
+        leg = dict(legs.get(rep.leg_id, {}))
+        leg.setdefault("detection", {})[rep.phase] = det
+        legs[rep.leg_id] = leg
+        changes: dict[str, Any] = {"legs": legs, "last_updated": self.clock()}
+        if rep.phase == "answer" and answered_by and answered_by != "sit":
+            changes["answered_by"] = answered_by
+        rec = replace(rec, **changes)
+        self.store.save(rec)
+        settings = self._detection(rec)
+        term: Termination | None = None
+        if answered_by == "sit":
+            term = from_sit(det.get("sit_code"))
+        elif rep.kind == "progress" and det.get("progress"):
+            term = from_progress_tone(str(det["progress"]))
+        elif rep.phase == "answer" and answered_by == "fax" and settings.hangup_on_fax:
+            term = from_detection("fax")
+        elif (rep.phase == "answer" and answered_by in ("machine", "ivr")
+              and settings.machine_action in ("hangup", "retry")
+              and (det.get("final", True) or not settings.wait_for_beep)):
+            term = from_detection(str(answered_by), retry=settings.machine_action == "retry")
+        if term is None or call_sid in self._pending_term:
+            return
+        self._pending_term[call_sid] = term
+        log.info("%s: ending call: %s", call_sid, term.reason, extra={"call_sid": call_sid})
+        if not self.pool.hangup(rep.leg_id):
+            log.warning("%s: detection wants hangup but leg %s is gone", call_sid, rep.leg_id)
 
     def _finish_attempt(self, rec: CallRecord, term: Termination, tried: list[dict[str, Any]],
                         no_retry: bool = False) -> None:
@@ -556,8 +641,10 @@ class CallService:
             "trunks": [t["trunk"] for t in tried if t.get("trunk")],
         }]
         policy = self._policy(rec)
-        if (term.result == "failure" and not no_retry and term.retryable
-                and policy.should_retry(term.kind, rec.attempts)):
+        # A "retry" machine action asks for a retry whatever retry_on lists.
+        wants_retry = policy.should_retry(term.kind, rec.attempts) or (
+            term.kind == "machine" and rec.attempts < policy.max_attempts)
+        if term.result == "failure" and not no_retry and term.retryable and wants_retry:
             window, zones = self._window(rec)
             when = next_attempt_time(policy, rec.attempts, now, self.rng.random, window,
                                      zones or ())

@@ -475,3 +475,19 @@ class Detector:
     def _machine(self, t_end: int, why: str, events: list[DetectionEvent]) -> None:
         self._machine_at = t_end
         self._decide("machine", t_end, events, final=False, reason=why)
+
+
+def config_from_overrides(overrides: dict[str, Any] | None) -> DetectionConfig:
+    """A :class:`DetectionConfig` with some thresholds replaced (values cast to the
+    field's type); unknown names raise ``ValueError`` naming them."""
+    base = DetectionConfig()
+    if not overrides:
+        return base
+    changes: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if key == "vad" or not hasattr(base, key):
+            raise ValueError(f"unknown detection threshold {key!r}")
+        changes[key] = type(getattr(base, key))(value)
+    from dataclasses import replace
+
+    return replace(base, **changes)

@@ -64,7 +64,9 @@ class _WorkerSlot:
 class WorkerPool:
     """A pool of SIP worker processes. All methods must be called on the event loop thread."""
 
-    def __init__(self, cfg: SipConfig, on_event: Callable[[ipc.LegEvent], None]) -> None:
+    def __init__(
+        self, cfg: SipConfig, on_event: Callable[[ipc.LegEvent | ipc.DetectionReport], None]
+    ) -> None:
         self.cfg = cfg
         self.on_event = on_event
         self._ctx = multiprocessing.get_context("spawn")
@@ -286,6 +288,9 @@ class WorkerPool:
             elif msg.leg_id not in w.legs:
                 return
             self._emit(msg)
+        elif isinstance(msg, ipc.DetectionReport):
+            if msg.leg_id in w.legs:
+                self._emit(msg)
         elif isinstance(msg, ipc.WorkerReady):
             w.sip_port = msg.sip_port
             w.capacity = msg.capacity
@@ -305,7 +310,7 @@ class WorkerPool:
         else:
             log.warning("SIP worker %d sent unexpected %r", w.worker_id, msg)
 
-    def _emit(self, ev: ipc.LegEvent) -> None:
+    def _emit(self, ev: ipc.LegEvent | ipc.DetectionReport) -> None:
         try:
             self.on_event(ev)
         except Exception:

@@ -291,3 +291,93 @@ def test_no_call_started_outside_its_window(tmp_path_factory, start_h, length_h,
         svc._dispatch()
     for t in pool.dial_times:
         assert is_open(window, ("America/New_York",), t)
+
+
+def report(svc, plan, phase, kind, **det):
+    from sipbridge.ipc import DetectionReport
+
+    svc.on_sip_event(DetectionReport(plan.leg_id, plan.call_sid, 0, svc.clock(), phase, kind,
+                                     det))
+
+
+class HangupPool(RecordingPool):
+    def __init__(self):
+        super().__init__()
+        self.hung: list[str] = []
+
+    def hangup(self, leg_id):
+        self.hung.append(leg_id)
+        return True
+
+
+def make_h(tmp_path, config):
+    svc, _, clock = make(tmp_path, config)
+    pool = HangupPool()
+    pool.clock = clock
+    svc.pool = pool
+    return svc, pool
+
+
+def test_sit_in_early_media_ends_call_with_code(tmp_path):
+    svc, pool = make_h(tmp_path, cfg())
+    sid = svc.trigger(TriggerInput("+12125550123")).call_sid
+    svc._dispatch()
+    plan = pool.plans[0]
+    assert plan.detection == {"early": True, "answer": True, "config": {}}
+    report(svc, plan, "early", "decision", answered_by="sit", sit_code="IC", decided_at_ms=480)
+    assert pool.hung == [plan.leg_id]
+    end(svc, plan, 487, cause="local_hangup")
+    rec = svc.get(sid)[0]
+    assert (rec.status, rec.reason) == ("failure", "number not in service (SIT IC)")
+    assert len(pool.plans) == 1  # no failover to trunk b on a SIT
+
+
+def test_busy_tone_in_early_media(tmp_path):
+    svc, pool = make_h(tmp_path, cfg())
+    sid = svc.trigger(TriggerInput("+12125550123")).call_sid
+    svc._dispatch()
+    report(svc, pool.plans[0], "early", "progress", answered_by="unknown", progress="busy")
+    end(svc, pool.plans[0], 487, cause="local_hangup")
+    assert svc.get(sid)[0].reason == "busy"
+
+
+def test_machine_hangup_waits_for_beep_when_configured(tmp_path):
+    config = cfg(detection={"machine_action": "hangup", "wait_for_beep": True})
+    svc, pool = make_h(tmp_path, config)
+    sid = svc.trigger(TriggerInput("+12125550123")).call_sid
+    svc._dispatch()
+    plan = pool.plans[0]
+    svc.on_leg_event(LegEvent(plan.leg_id, sid, "answered", 0, svc.clock(), 200))
+    report(svc, plan, "answer", "decision", answered_by="machine", final=False)
+    assert pool.hung == []
+    report(svc, plan, "answer", "update", answered_by="machine", final=True, beep_ms=5200)
+    assert pool.hung == [plan.leg_id]
+    end(svc, plan, 200, cause="local_hangup", answered=True)
+    rec, _ = svc.get(sid)
+    assert (rec.status, rec.reason, rec.answered_by) == ("failure", "answered by machine",
+                                                          "machine")
+
+
+def test_human_is_recorded_and_call_continues(tmp_path):
+    svc, pool = make_h(tmp_path, cfg(detection={"machine_action": "hangup"}))
+    sid = svc.trigger(TriggerInput("+12125550123")).call_sid
+    svc._dispatch()
+    plan = pool.plans[0]
+    report(svc, plan, "answer", "decision", answered_by="human", decided_at_ms=1400)
+    assert pool.hung == []
+    end(svc, plan, 200, cause="remote_bye", answered=True)
+    rec = svc.get(sid)[0]
+    assert (rec.status, rec.answered_by) == ("success", "human")
+
+
+def test_machine_retry_action_requeues(tmp_path):
+    svc, pool = make_h(tmp_path, cfg(retry={"max_attempts": 2, "base_s": 5, "jitter": 0}))
+    from sipbridge.config import DetectionSettings
+
+    sid = svc.trigger(TriggerInput(
+        "+12125550123", detection=DetectionSettings(machine_action="retry"))).call_sid
+    svc._dispatch()
+    report(svc, pool.plans[0], "answer", "decision", answered_by="machine")
+    end(svc, pool.plans[0], 200, cause="local_hangup", answered=True)
+    rec = svc.get(sid)[0]
+    assert rec.status == "queued" and rec.reason.startswith("answered by machine; attempt 2")
