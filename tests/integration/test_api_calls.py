@@ -6,23 +6,17 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-import yaml
 
-from tests.sipp import SippUas, free_port
+from tests.bridge import Bridge, bridge_config, start_bridge
+from tests.sipp import SippUas
 
 pytestmark = pytest.mark.integration
-
-TOKEN = "integration-token"
-AUTH = {"X-PolyAi-Auth-Token": TOKEN}
 
 # area code -> (trunk name, SIPp scenario)
 CARRIERS = {
@@ -38,48 +32,6 @@ RING_TIMEOUT_S = 2.0
 MAX_DURATION_S = 6.0
 
 
-@dataclass
-class Bridge:
-    base: str
-    log_dir: Path
-    carriers: dict[str, SippUas]
-    proc: subprocess.Popen[bytes]
-    client: httpx.Client = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.client = httpx.Client(base_url=self.base, headers=AUTH, timeout=5)
-
-    def trigger(self, **body: Any) -> str:
-        r = self.client.post("/v1/outbound-calling/trigger", json=body)
-        assert r.status_code == 200, r.text
-        sid: str = r.json()["callSid"]
-        return sid
-
-    def status(self, sid: str) -> dict[str, Any]:
-        r = self.client.get(f"/v1/outbound-calling/{sid}/status")
-        assert r.status_code == 200, r.text
-        body: dict[str, Any] = r.json()
-        return body
-
-    def wait_status(self, sid: str, pred: Any, timeout: float = 15.0) -> dict[str, Any]:
-        """Poll the status API until ``pred(body)`` holds (the API is the event source)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            body = self.status(sid)
-            if pred(body):
-                return body
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{sid}: condition not met within {timeout}s: {body}")
-            time.sleep(0.05)
-
-    def wait_terminal(self, sid: str, timeout: float = 15.0) -> dict[str, Any]:
-        return self.wait_status(sid, lambda b: b["status"] in ("success", "failure"), timeout)
-
-    def wait_event(self, sid: str, kind: str, timeout: float = 10.0) -> dict[str, Any]:
-        return self.wait_status(sid, lambda b: any(e["kind"] == kind for e in b["events"]),
-                                timeout)
-
-
 def _invites_for(sipp: SippUas, sid: str) -> list[Any]:
     return [m for m in sipp.received("INVITE") if m.header("X-PolyAI-Call-SID") == sid]
 
@@ -91,58 +43,25 @@ def bridge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bridge]:
     try:
         for area, (_, scenario) in CARRIERS.items():
             carriers[area] = SippUas(scenario, log_dir).start()
-        api_port = free_port(__import__("socket").SOCK_STREAM)
-        cfg = {
-            "sip": {"listen_address": "127.0.0.1", "port_min": 0, "port_max": 0,
-                    "workers": 2, "calls_per_worker": 4},
-            "agent": {"uri": "sip:agent@127.0.0.1:5999"},
-            "api": {"listen_address": "127.0.0.1", "port": api_port,
-                    "tokens": [{"env": "SB_IT_TOKEN"}]},
-            "trunks": [
+        cfg = bridge_config(
+            log_dir,
+            trunks=[
                 {"name": name, "address": carriers[area].uri_hostport,
                  "caller_id": "+14155550100", "headers": {"X-Carrier-Account": "acct-7"},
                  "header_templates": {"X-PolyAI-Call-SID": "{call_sid}",
                                       "X-PolyAI-Call-ID": "{polyai_call_id}"}}
                 for area, (name, _) in CARRIERS.items()
             ],
-            "routes": [{"prefix": f"+1{area}", "trunk": name}
-                       for area, (name, _) in CARRIERS.items()],
-            "timers": {"ring_timeout_s": RING_TIMEOUT_S, "max_call_duration_s": MAX_DURATION_S},
-            "store": {"path": str(log_dir / "calls.db")},
-        }
-        cfg_path = log_dir / "config.yaml"
-        cfg_path.write_text(yaml.safe_dump(cfg))
-        env = dict(os.environ, SB_IT_TOKEN=TOKEN)
-        with open(log_dir / "bridge.log", "wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "sipbridge", "run", "-c", str(cfg_path),
-                 "--log-level", "debug"],
-                stdout=out, stderr=subprocess.STDOUT, env=env,
-            )
-        base = f"http://127.0.0.1:{api_port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("bridge did not start:\n" +
-                                   (log_dir / "bridge.log").read_text(errors="replace"))
-            time.sleep(0.1)
-        b = Bridge(base, log_dir, carriers, proc)
+            routes=[{"prefix": f"+1{area}", "trunk": name}
+                    for area, (name, _) in CARRIERS.items()],
+            timers={"ring_timeout_s": RING_TIMEOUT_S, "max_call_duration_s": MAX_DURATION_S},
+        )
+        b = start_bridge(log_dir, cfg)
+        b.carriers = carriers
         yield b
-        b.client.close()
-        proc.terminate()
-        try:
-            rc = proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            rc = proc.wait(5)
-        assert rc == 0, "bridge did not exit cleanly:\n" + \
-            (log_dir / "bridge.log").read_text(errors="replace")[-3000:]
-        log = (log_dir / "bridge.log").read_text(errors="replace")
+        rc = b.stop()
+        log = b.log()
+        assert rc == 0, "bridge did not exit cleanly:\n" + log[-3000:]
         assert "Assertion" not in log and "Traceback" not in log, log[-3000:]
     finally:
         for s in carriers.values():

@@ -1,0 +1,125 @@
+"""Run `sipbridge run` as a real subprocess for integration tests and talk to its API."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from tests.sipp import free_port
+
+TOKEN = "integration-token"
+AUTH = {"X-PolyAi-Auth-Token": TOKEN}
+
+
+@dataclass
+class Bridge:
+    """A running bridge process; ``log_dir`` holds its config, database and log."""
+
+    base: str
+    log_dir: Path
+    proc: subprocess.Popen[bytes]
+    cfg_path: Path
+    # SIPp carriers the test started for this bridge, by a name the test chooses.
+    carriers: dict[str, Any] = field(default_factory=dict)
+    client: httpx.Client = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.client = httpx.Client(base_url=self.base, headers=AUTH, timeout=5)
+
+    def trigger(self, **body: Any) -> str:
+        r = self.client.post("/v1/outbound-calling/trigger", json=body)
+        assert r.status_code == 200, r.text
+        sid: str = r.json()["callSid"]
+        return sid
+
+    def status(self, sid: str) -> dict[str, Any]:
+        r = self.client.get(f"/v1/outbound-calling/{sid}/status")
+        assert r.status_code == 200, r.text
+        body: dict[str, Any] = r.json()
+        return body
+
+    def wait_status(self, sid: str, pred: Any, timeout: float = 15.0) -> dict[str, Any]:
+        """Poll the status API until ``pred(body)`` holds (the API is the event source)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            body = self.status(sid)
+            if pred(body):
+                return body
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{sid}: condition not met within {timeout}s: {body}")
+            time.sleep(0.05)
+
+    def wait_terminal(self, sid: str, timeout: float = 15.0) -> dict[str, Any]:
+        return self.wait_status(sid, lambda b: b["status"] in ("success", "failure"), timeout)
+
+    def wait_event(self, sid: str, kind: str, timeout: float = 10.0) -> dict[str, Any]:
+        return self.wait_status(sid, lambda b: any(e["kind"] == kind for e in b["events"]),
+                                timeout)
+
+    def log(self) -> str:
+        return (self.log_dir / "bridge.log").read_text(errors="replace")
+
+    def stop(self, sig_kill: bool = False) -> int:
+        """Stop the process (SIGTERM, or SIGKILL to simulate a crash); return its code."""
+        self.client.close()
+        if sig_kill:
+            self.proc.kill()
+        else:
+            self.proc.terminate()
+        try:
+            return self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(5)
+
+
+def bridge_config(log_dir: Path, trunks: list[dict[str, Any]], routes: list[dict[str, Any]],
+                  **sections: Any) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "sip": {"listen_address": "127.0.0.1", "port_min": 0, "port_max": 0,
+                "workers": 2, "calls_per_worker": 4},
+        "agent": {"uri": "sip:agent@127.0.0.1:5999"},
+        "api": {"listen_address": "127.0.0.1", "port": free_port(socket.SOCK_STREAM),
+                "tokens": [{"env": "SB_IT_TOKEN"}]},
+        "trunks": trunks,
+        "routes": routes,
+        "store": {"path": str(log_dir / "calls.db")},
+    }
+    cfg.update(sections)
+    return cfg
+
+
+def start_bridge(log_dir: Path, cfg: dict[str, Any], name: str = "bridge") -> Bridge:
+    """Write the config, start the bridge, wait for /healthz. Appends to <name>.log."""
+    cfg_path = log_dir / f"{name}.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    env = dict(os.environ, SB_IT_TOKEN=TOKEN)
+    with open(log_dir / f"{name}.log", "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sipbridge", "run", "-c", str(cfg_path),
+             "--log-level", "debug"],
+            stdout=out, stderr=subprocess.STDOUT, env=env,
+        )
+    base = f"http://127.0.0.1:{cfg['api']['port']}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("bridge did not start:\n" +
+                               (log_dir / f"{name}.log").read_text(errors="replace"))
+        time.sleep(0.1)  # polling a port another process opens
+    return Bridge(base, log_dir, proc, cfg_path)
