@@ -157,8 +157,17 @@ def parse_message_log(text: str) -> list[SipMessage]:
     return msgs
 
 
+# SippUas(transport=...) -> SIPp's -t mode (one socket for all calls).
+_SIPP_TRANSPORTS = {"udp": "u1", "tcp": "t1"}
+
+
 class SippUas:
-    """A SIPp UAS process on 127.0.0.1 with free SIP (UDP) and media ports."""
+    """A SIPp UAS process on 127.0.0.1 with free SIP (UDP, or TCP) and media ports.
+
+    ``transport="tcp"`` runs SIPp with ``-t t1`` (one TCP listener). This SIPp build has
+    no TLS (``-t l1`` needs SIPp compiled with OpenSSL). ``port`` fixes the SIP port (for
+    scenarios whose parameters depend on it); by default a free one is picked.
+    """
 
     _counter = 0
 
@@ -168,7 +177,12 @@ class SippUas:
         log_dir: Path,
         extra_args: list[str] | None = None,
         address: str = ADDRESS,
+        transport: str = "udp",
+        port: int = 0,
     ) -> None:
+        if transport not in _SIPP_TRANSPORTS:
+            raise ValueError(f"transport must be one of {sorted(_SIPP_TRANSPORTS)}")
+        self.transport = transport
         path = Path(scenario)
         if not path.is_absolute() and not path.exists():
             path = SCENARIOS / path
@@ -180,6 +194,7 @@ class SippUas:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.address = address
         self.extra_args = list(extra_args or [])
+        self.fixed_port = port  # 0: a free port per start attempt
         self.port = 0
         self.media_port = 0
         self.proc: subprocess.Popen[bytes] | None = None
@@ -200,7 +215,8 @@ class SippUas:
         """Start SIPp; retry on a lost port race. Returns self."""
         last = ""
         for _ in range(attempts):
-            self.port = free_port()
+            kind = socket.SOCK_STREAM if self.transport == "tcp" else socket.SOCK_DGRAM
+            self.port = self.fixed_port or free_port(kind)
             self.media_port = free_even_port_pair()
             cmd = [
                 "sipp",
@@ -209,7 +225,7 @@ class SippUas:
                 "-p", str(self.port),
                 "-mi", self.address,
                 "-mp", str(self.media_port),
-                "-t", "u1",
+                "-t", _SIPP_TRANSPORTS[self.transport],
                 "-trace_msg", "-message_file", str(self.message_file),
                 "-trace_err", "-error_file", str(self.error_file),
                 "-nostdin",
@@ -229,20 +245,24 @@ class SippUas:
         raise RuntimeError(f"SIPp did not start ({self.scenario.name}): {last}")
 
     def _wait_listening(self, timeout: float) -> bool:
-        """Wait until SIPp's UDP port shows up in /proc/net/udp (or SIPp exited).
+        """Wait until SIPp's port shows up in /proc/net/udp (tcp: listening) or SIPp exited.
 
         Probing with bind() would race SIPp's own bind, so read the kernel's table.
         """
         want = f":{self.port:04X} "
+        tcp = self.transport == "tcp"
+        tables = ("/proc/net/tcp", "/proc/net/tcp6") if tcp else ("/proc/net/udp", "/proc/net/udp6")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 return False
-            for table in ("/proc/net/udp", "/proc/net/udp6"):
+            for table in tables:
                 for line in self._read(Path(table)).splitlines()[1:]:
-                    local = line.split()[1] + " " if len(line.split()) > 1 else ""
-                    if local.endswith(want):
+                    cols = line.split()
+                    local = cols[1] + " " if len(cols) > 1 else ""
+                    # TCP: state 0A is LISTEN.
+                    if local.endswith(want) and (not tcp or (len(cols) > 3 and cols[3] == "0A")):
                         return True
             time.sleep(0.02)  # polling for a bind by another process
         return False

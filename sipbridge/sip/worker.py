@@ -16,6 +16,24 @@ disconnected the INVITE transaction: a timer (RFC 3261 17.1.1.2 Timer B, 32 s on
 pjsip reports a locally generated 408) or a transport failure (pjsip reports a locally
 generated 503/408 with the transport error text). As a fallback a 408/503 on a leg that
 never received any response from the peer is also classified as a transport error.
+
+Carrier routing (per-leg settings of a :class:`~sipbridge.plan.DialPlan`):
+
+- Transports: the worker creates UDP and TCP transports (same port number when it can)
+  and a TLS transport at start. A plan whose transport the worker could not create ends
+  at once with ``dial_error`` naming the missing transport.
+- Accounts: pjsua answers digest challenges (RFC 3261 22.2/22.3) from an account's
+  credentials and binds requests to the account's transport, and SRTP is an account media
+  setting. So legs use local accounts (no registration) created on demand and cached, keyed
+  by ``(transport, srtp, auth)``. pjsua allows ``PJSUA_MAX_ACC`` (8) accounts: the least
+  recently used account without a live leg is deleted to make room; if all 8 have live
+  legs the dial fails with ``dial_error``.
+- Digest auth: pjsua retries a challenged INVITE once with the credentials; a second
+  challenge (wrong password) disconnects the call with that 401/407 (``remote_final``).
+- SRTP "mandatory": SDES (RFC 4568) ``RTP/SAVP`` offer with ``a=crypto`` lines, also over
+  UDP/TCP signalling (``srtpSecureSignaling = 0``, the "UDP/SRTP" encryption choice).
+- ``Retry-After`` (RFC 3261 20.33) of the final non-2xx INVITE response is reported in the
+  ``ended`` event's ``retry_after_s``.
 """
 
 from __future__ import annotations
@@ -26,6 +44,7 @@ import os
 import signal
 import sys
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
@@ -35,10 +54,57 @@ import pjsua2 as pj
 from sipbridge import ipc
 from sipbridge.config import SipConfig
 from sipbridge.plan import DialPlan
+from sipbridge.trunkselect import parse_retry_after
 
 _SHUTDOWN_DRAIN_S = 3.0
 _SLOT_RETRY_S = 2.0
 _PJ_ETOOMANY = 70010  # PJ_ETOOMANY: more calls than PJSUA_MAX_CALLS / maxCalls
+_MAX_ACCOUNTS = 8  # PJSUA_MAX_ACC in the PyPI wheel (PJSIP default)
+_TRANSPORT_TYPES = {
+    "udp": pj.PJSIP_TRANSPORT_UDP,
+    "tcp": pj.PJSIP_TRANSPORT_TCP,
+    "tls": pj.PJSIP_TRANSPORT_TLS,
+}
+_SRTP_USE = {"off": pj.PJMEDIA_SRTP_DISABLED, "mandatory": pj.PJMEDIA_SRTP_MANDATORY}
+
+# An account is shared by every leg with the same transport, SRTP use and credentials.
+AccountKey = tuple[str, str, tuple[str, str, str] | None]
+
+
+class _DialRefused(Exception):
+    """The worker cannot place this leg (missing transport, no account slot, bad plan)."""
+
+
+def _header_value(whole_msg: str, name: str) -> str | None:
+    """First value of header ``name`` (case-insensitive) in a raw SIP message, or None."""
+    head = whole_msg.replace("\r\n", "\n").split("\n\n", 1)[0]
+    want = name.lower()
+    value: str | None = None
+    for line in head.split("\n")[1:]:
+        if line[:1] in (" ", "\t"):
+            if value is not None:  # folded continuation of the header we found
+                value += " " + line.strip()
+            continue
+        if value is not None:
+            break
+        n, sep, v = line.partition(":")
+        if sep and n.strip().lower() == want:
+            value = v.strip()
+    return value
+
+
+def _final_response_retry_after(whole_msg: str) -> tuple[bool, float | None]:
+    """(is a final non-2xx INVITE response, its Retry-After seconds or None)."""
+    if not whole_msg.startswith("SIP/2.0 "):
+        return False, None
+    try:
+        code = int(whole_msg.split(" ", 2)[1])
+    except (IndexError, ValueError):
+        return False, None
+    cseq = _header_value(whole_msg, "CSeq") or ""
+    if code < 300 or not cseq.upper().endswith("INVITE"):
+        return False, None
+    return True, parse_retry_after(_header_value(whole_msg, "Retry-After"))
 
 
 def _pj_error_text(e: Exception) -> str:
@@ -57,10 +123,12 @@ class _Leg:
     plan: DialPlan
     call: Any  # _LegCall; Any because pj.Call is untyped
     started: float  # monotonic time of makeCall
+    acc_key: AccountKey | None = None
     answered_at: float | None = None
     state: str = "new"
     end_cause: str | None = None  # cause decided locally before DISCONNECTED (timers, hangup)
     rx_any: bool = False  # did we ever receive a response from the peer
+    retry_after_s: float | None = None  # Retry-After of the last final non-2xx response
     ended: bool = False
     sent_states: set[str] = field(default_factory=set)
 
@@ -85,6 +153,12 @@ class _LegCall(pj.Call):
         except Exception as e:
             self._worker.log("error", f"onCallMediaState failed: {e!r}")
 
+    def onCallTsxState(self, prm: Any) -> None:
+        try:
+            self._worker.on_call_tsx_state(self._leg_id, prm)
+        except Exception as e:
+            self._worker.log("error", f"onCallTsxState failed: {e!r}")
+
 
 class Worker:
     """Owns the pjsua2 Endpoint of one worker process. Single-threaded by design."""
@@ -95,8 +169,12 @@ class Worker:
         self.conn = conn
         self.want_port = sip_port
         self.ep: Any = None
-        self.acc: Any = None
-        self.transport_id: int | None = None
+        # Local accounts by (transport, srtp, auth), least recently used first.
+        self.accounts: OrderedDict[AccountKey, Any] = OrderedDict()
+        self.transport_id: int | None = None  # the primary transport (cfg.transport)
+        self.transports: dict[str, int] = {}  # "udp"/"tcp"/"tls" -> pjsua transport id
+        self.transport_ports: dict[str, int] = {}
+        self.transport_errors: dict[str, str] = {}  # why a transport could not be created
         self.sip_port = 0
         self.capacity = cfg.calls_per_worker
         self.legs: dict[str, _Leg] = {}
@@ -162,44 +240,138 @@ class Worker:
         ep.libInit(epcfg)
         ep.audDevManager().setNullDev()
 
-        ttype = {
-            "udp": pj.PJSIP_TRANSPORT_UDP,
-            "tcp": pj.PJSIP_TRANSPORT_TCP,
-            "tls": pj.PJSIP_TRANSPORT_TLS,
-        }[self.cfg.transport]
+        primary = self.cfg.transport
         last_err = ""
         for port in self._candidate_ports():
-            tcfg = pj.TransportConfig()
-            tcfg.port = port
-            tcfg.boundAddress = self.cfg.listen_address
-            if self.cfg.public_address:
-                tcfg.publicAddress = self.cfg.public_address
             try:
-                self.transport_id = ep.transportCreate(ttype, tcfg)
+                self.transport_id = self._create_transport(primary, port)
                 break
             except pj.Error as e:
                 last_err = f"port {port}: {_pj_error_text(e)}"
         if self.transport_id is None:
-            raise RuntimeError(f"cannot bind a SIP {self.cfg.transport} port: {last_err}")
-        info = ep.transportGetInfo(self.transport_id)
-        self.sip_port = int(str(info.localName).rsplit(":", 1)[1])
+            raise RuntimeError(f"cannot bind a SIP {primary} port: {last_err}")
+        self.sip_port = self.transport_ports[primary]
+        # The other transports, for trunks that ask for them. UDP and TCP share the port
+        # number when possible; TLS (a TCP port too) takes any free port. A transport that
+        # cannot be created only fails the legs that need it.
+        for kind in ("udp", "tcp", "tls"):
+            if kind == primary:
+                continue
+            ports = [self.sip_port, 0] if kind != "tls" and primary != "tls" else [0]
+            for port in ports:
+                try:
+                    self._create_transport(kind, port)
+                    self.transport_errors.pop(kind, None)
+                    break
+                except pj.Error as e:
+                    self.transport_errors[kind] = _pj_error_text(e)
+            if kind in self.transport_errors:
+                self.log("warning", f"no SIP {kind} transport: {self.transport_errors[kind]}")
         ep.libStart()
+        self.send(ipc.WorkerReady(self.worker_id, self.sip_port, self.cfg.calls_per_worker))
 
+    def _create_transport(self, kind: str, port: int) -> int:
+        tcfg = pj.TransportConfig()
+        tcfg.port = port
+        tcfg.boundAddress = self.cfg.listen_address
+        if self.cfg.public_address:
+            tcfg.publicAddress = self.cfg.public_address
+        if kind == "tls":
+            # Client use only (outbound calls): no certificate of our own. The carrier's
+            # certificate is not verified (self-signed carriers and loopback tests);
+            # TODO: make verifyServer / CA list configurable per trunk.
+            tcfg.tlsConfig.verifyServer = False
+        tid = int(self.ep.transportCreate(_TRANSPORT_TYPES[kind], tcfg))
+        info = self.ep.transportGetInfo(tid)
+        self.transports[kind] = tid
+        self.transport_ports[kind] = int(str(info.localName).rsplit(":", 1)[1])
+        return tid
+
+    # ----------------------------------------------------------------- accounts
+    def _account_for(self, plan: DialPlan) -> tuple[AccountKey, Any]:
+        """The cached local account for this plan's settings (created on demand).
+
+        Called outside pjsua2 callbacks only (account deletion is not callback-safe).
+        """
+        kind = plan.transport
+        if kind not in _TRANSPORT_TYPES:
+            raise _DialRefused(f"unknown SIP transport {kind!r}")
+        if kind not in self.transports:
+            why = self.transport_errors.get(kind, "not created")
+            raise _DialRefused(f"SIP transport {kind!r} is not available in this worker: {why}")
+        if plan.srtp not in _SRTP_USE:
+            raise _DialRefused(f"unknown SRTP mode {plan.srtp!r} (want 'off' or 'mandatory')")
+        auth: tuple[str, str, str] | None = None
+        if plan.auth is not None:
+            if len(plan.auth) != 3 or not all(isinstance(x, str) for x in plan.auth):
+                raise _DialRefused("auth must be (username, password, realm) strings")
+            auth = (plan.auth[0], plan.auth[1], plan.auth[2])
+        key: AccountKey = (kind, plan.srtp, auth)
+        acc = self.accounts.get(key)
+        if acc is not None:
+            self.accounts.move_to_end(key)
+            return key, acc
+        while len(self.accounts) >= _MAX_ACCOUNTS:
+            busy = {leg.acc_key for leg in self.legs.values()}
+            victim = next((k for k in self.accounts if k not in busy), None)
+            if victim is None:
+                raise _DialRefused(
+                    f"all {_MAX_ACCOUNTS} pjsua accounts (PJSUA_MAX_ACC) have live calls; "
+                    "no account for this transport/SRTP/credentials combination"
+                )
+            self._delete_account(victim)
+            user = victim[2][0] if victim[2] else ""
+            realm = victim[2][2] if victim[2] else ""
+            self.log(  # never log the password
+                "debug",
+                f"evicted idle pjsua account transport={victim[0]} srtp={victim[1]} "
+                f"user={user!r} realm={realm!r}",
+            )
+        acc = pj.Account()
+        try:
+            acc.create(self._account_config(kind, plan.srtp, auth), False)
+        except pj.Error as e:
+            raise _DialRefused(f"cannot create a pjsua account: {_pj_error_text(e)}") from None
+        self.accounts[key] = acc
+        return key, acc
+
+    def _account_config(self, kind: str, srtp: str, auth: tuple[str, ...] | None) -> Any:
         acfg = pj.AccountConfig()
         host = self.cfg.public_address or self.cfg.listen_address
-        acfg.idUri = f"sip:sipbridge@{host}:{self.sip_port}"
+        acfg.idUri = f"sip:sipbridge@{host}:{self.transport_ports[kind]}"
         acfg.regConfig.registerOnAdd = False
-        acfg.sipConfig.transportId = self.transport_id
+        acfg.sipConfig.transportId = self.transports[kind]
+        if kind != "udp":
+            # pjsua derives the Contact's transport from the To URI, which carries no
+            # ;transport= parameter: name it, so in-dialog requests come back over the
+            # trunk's transport (RFC 3261 8.1.1.8, 12.2.1.1).
+            acfg.sipConfig.contactForced = (
+                f"<sip:sipbridge@{host}:{self.transport_ports[kind]};transport={kind}>"
+            )
+        if auth is not None:
+            username, password, realm = auth
+            # pjsua answers 401 WWW-Authenticate / 407 Proxy-Authenticate challenges whose
+            # realm matches ("*" = any realm); dataType 0 = plain-text password.
+            acfg.sipConfig.authCreds.append(
+                pj.AuthCredInfo("digest", realm or "*", username, 0, password)
+            )
+        acfg.mediaConfig.srtpUse = _SRTP_USE[srtp]
+        # 0: SRTP is allowed over any signalling transport ("UDP/SRTP" as well as
+        # "TLS/SRTP"); pjsua's default (1) would demand TLS for SRTP.
+        acfg.mediaConfig.srtpSecureSignaling = 0
         rtp_base, rtp_count = self._rtp_range()
         acfg.mediaConfig.transportConfig.port = rtp_base
         acfg.mediaConfig.transportConfig.portRange = rtp_count
         acfg.mediaConfig.transportConfig.boundAddress = self.cfg.listen_address
         if self.cfg.public_address:
             acfg.mediaConfig.transportConfig.publicAddress = self.cfg.public_address
-        acc = pj.Account()
-        acc.create(acfg, True)
-        self.acc = acc
-        self.send(ipc.WorkerReady(self.worker_id, self.sip_port, self.cfg.calls_per_worker))
+        return acfg
+
+    def _delete_account(self, key: AccountKey) -> None:
+        acc = self.accounts.pop(key)
+        with contextlib.suppress(Exception):
+            acc.shutdown()
+        del acc
 
     # ----------------------------------------------------------------- commands
     def handle(self, msg: ipc.Command | ipc.Event) -> None:
@@ -252,8 +424,13 @@ class Worker:
         # pjsua_call_hangup() on its old call id, which a new call may reuse: destroy dead
         # Call objects before making a new call.
         self.graveyard.clear()
-        call = _LegCall(self, self.acc, plan.leg_id)
-        leg = _Leg(plan=plan, call=call, started=time.monotonic())
+        try:
+            acc_key, acc = self._account_for(plan)
+        except _DialRefused as e:
+            self._end_without_call(plan, "dial_error", str(e))
+            return
+        call = _LegCall(self, acc, plan.leg_id)
+        leg = _Leg(plan=plan, call=call, started=time.monotonic(), acc_key=acc_key)
         self.legs[plan.leg_id] = leg
         prm = pj.CallOpParam(True)
         prm.txOption.localUri = plan.from_uri
@@ -344,6 +521,9 @@ class Worker:
             pass
         if whole.startswith("SIP/2.0"):
             leg.rx_any = True
+            is_final, retry_after = _final_response_retry_after(whole)
+            if is_final:
+                leg.retry_after_s = retry_after
         st = ci.state
         common = {
             "sip_status": int(ci.lastStatusCode) if ci.lastStatusCode else None,
@@ -372,6 +552,13 @@ class Worker:
             elif src_type in (pj.PJSIP_EVENT_TIMER, pj.PJSIP_EVENT_TRANSPORT_ERROR):
                 cause = "transport_error"
                 detail = f"{status} {ci.lastReason} (locally generated)"
+            elif answered and whole and not whole.startswith("BYE "):
+                # pjsua hung up by itself (it sent the BYE). Seen when the carrier's
+                # answer is unusable, e.g. plain RTP/AVP to a mandatory-SRTP offer: pjsua
+                # ACKs the 200, then sends BYE with "Reason: SIP ;cause=488" ("Unable to
+                # create media session"), and the disconnect comes with the INVITE's 2xx.
+                cause = "dial_error"
+                detail = f"call set-up failed after answer: {status} {ci.lastReason}"
             elif answered:
                 cause = "remote_bye"
             elif status in (408, 503) and not leg.rx_any:
@@ -379,10 +566,37 @@ class Worker:
                 detail = f"{status} {ci.lastReason} (no response from peer)"
             else:
                 cause = "remote_final"
-            self._event(leg, "ended", cause=cause, answered=answered, detail=detail, **common)
+            self._event(
+                leg,
+                "ended",
+                cause=cause,
+                answered=answered,
+                detail=detail,
+                retry_after_s=leg.retry_after_s if not answered else None,
+                **common,
+            )
             # Drop the Call object later, outside this callback (pjsua2 is still using it).
             del self.legs[leg_id]
             self.graveyard.append(call)
+
+    def on_call_tsx_state(self, leg_id: str, prm: Any) -> None:
+        """Remember the Retry-After of each final non-2xx INVITE response received.
+
+        pjsua reports a challenged INVITE (401/407 answered with credentials) only here;
+        the response that disconnects the call is also seen in :meth:`on_call_state`.
+        """
+        leg = self.legs.get(leg_id)
+        if leg is None or leg.ended:
+            return
+        e = prm.e
+        if e.type != pj.PJSIP_EVENT_TSX_STATE or e.body.tsxState.type != pj.PJSIP_EVENT_RX_MSG:
+            return
+        whole = str(e.body.tsxState.src.rdata.wholeMsg)
+        if whole.startswith("SIP/2.0"):
+            leg.rx_any = True
+            is_final, retry_after = _final_response_retry_after(whole)
+            if is_final:
+                leg.retry_after_s = retry_after
 
     def on_call_media_state(self, leg_id: str, call: Any) -> None:
         # With the null audio device nothing must be connected: the stream sends RTP on its
@@ -462,11 +676,10 @@ class Worker:
             self._force_end(leg_id)
         self.graveyard.clear()
         gc.collect()
-        if self.acc is not None:
-            with contextlib.suppress(Exception):
-                self.acc.shutdown()
-            self.acc = None
-            gc.collect()
+        # Accounts go after every Call and before libDestroy.
+        for key in list(self.accounts):
+            self._delete_account(key)
+        gc.collect()
         with contextlib.suppress(Exception):
             self.ep.libDestroy()
         self.ep = None
