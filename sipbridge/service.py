@@ -615,7 +615,8 @@ class CallService:
         term: Termination | None = None
         if answered_by == "sit":
             term = from_sit(det.get("sit_code"))
-        elif rep.kind == "progress" and det.get("progress"):
+        elif det.get("progress"):
+            # busy / reorder cadences end the attempt; ringback does not
             term = from_progress_tone(str(det["progress"]))
         elif rep.phase == "answer" and answered_by == "fax" and settings.hangup_on_fax:
             term = from_detection("fax")

@@ -339,6 +339,12 @@ class _CpSeg:
     end_ms: int
 
 
+# Frames (20 ms each) of missing or different signature bridged inside one burst: one or
+# two lost packets seen through the 80 ms analysis window spoil up to 5 frames. Real
+# off-times are 200 ms or more (Spain's 0.2/0.2 busy is the shortest), so 100 ms is safe.
+CP_MAX_GAP_FRAMES = 5
+
+
 @dataclass(slots=True)
 class CadenceTracker:
     """Tracks on/off cadence per call-progress signature and classifies it.
@@ -366,7 +372,10 @@ class CadenceTracker:
         if sig is not None and sig == self.current:
             self.cur_end = t_ms + FRAME_MS
             self.gap = 0
-        elif sig is None and self.current is not None and self.gap < 1:
+        elif self.current is not None and self.gap < CP_MAX_GAP_FRAMES:
+            # A short dropout or a transient inside a burst (packet loss concealment, a
+            # jitter-buffer discontinuity seen by the 80 ms analysis window) does not end
+            # the burst; real off-times are 200 ms or more.
             self.gap += 1
         else:
             if self.current is not None:

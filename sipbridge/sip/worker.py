@@ -54,6 +54,7 @@ import pjsua2 as pj
 from sipbridge import ipc
 from sipbridge.config import SipConfig
 from sipbridge.plan import DialPlan
+from sipbridge.sip.tap import CLOCK_RATE_HZ, FrameTap, LegAnalysis
 from sipbridge.trunkselect import parse_retry_after
 
 _SHUTDOWN_DRAIN_S = 3.0
@@ -131,6 +132,10 @@ class _Leg:
     retry_after_s: float | None = None  # Retry-After of the last final non-2xx response
     ended: bool = False
     sent_states: set[str] = field(default_factory=set)
+    # Recipient detection: the audio tap on the conference bridge and its analysis.
+    tap: Any = None  # FrameTap
+    tap_connected: bool = False
+    analysis: LegAnalysis | None = None
 
 
 class _LegCall(pj.Call):
@@ -237,6 +242,12 @@ class Worker:
         epcfg.uaConfig.userAgent = self.cfg.user_agent
         epcfg.logConfig.level = self.cfg.log_level
         epcfg.logConfig.consoleLevel = self.cfg.log_level
+        # Telephony audio: run the conference bridge at 8 kHz mono, so G.711 needs no
+        # resampling and the detection tap gets 20 ms frames of 160 samples.
+        epcfg.medConfig.clockRate = CLOCK_RATE_HZ
+        epcfg.medConfig.sndClockRate = CLOCK_RATE_HZ
+        epcfg.medConfig.channelCount = 1
+        epcfg.medConfig.audioFramePtime = 20
         ep.libInit(epcfg)
         ep.audDevManager().setNullDev()
 
@@ -541,6 +552,7 @@ class Worker:
                 leg.answered_at = time.monotonic()
                 leg.sent_states.add("answered")
                 self._event(leg, "answered", **common)
+                self._begin_answer_analysis(leg)
         elif st == pj.PJSIP_INV_STATE_DISCONNECTED:
             leg.ended = True
             status = int(ci.lastStatusCode) if ci.lastStatusCode else None
@@ -578,6 +590,12 @@ class Worker:
             # Drop the Call object later, outside this callback (pjsua2 is still using it).
             del self.legs[leg_id]
             self.graveyard.append(call)
+            if leg.tap is not None:
+                leg.tap_connected = False
+                self.graveyard.append(leg.tap)
+                leg.tap = None
+            if leg.analysis is not None:
+                leg.analysis.close()
 
     def on_call_tsx_state(self, leg_id: str, prm: Any) -> None:
         """Remember the Retry-After of each final non-2xx INVITE response received.
@@ -599,9 +617,78 @@ class Worker:
                 leg.retry_after_s = retry_after
 
     def on_call_media_state(self, leg_id: str, call: Any) -> None:
-        # With the null audio device nothing must be connected: the stream sends RTP on its
-        # own. Detection/bridging (later issues) will connect AudioMedia here.
-        return
+        """Media became active (183 early media or the answer): connect the detection
+        tap to the leg's audio. With the null audio device nothing else needs connecting:
+        the stream sends RTP on its own."""
+        leg = self.legs.get(leg_id)
+        if leg is None or leg.ended or not leg.plan.detection:
+            return
+        if leg.analysis is None:
+            leg.analysis = LegAnalysis(leg.plan.detection, leg.plan.leg_id)
+            phase = "answer" if leg.answered_at is not None else "early"
+            started = leg.analysis.start_phase(phase)
+            # No analysis wanted now: still tap if an answer phase will follow.
+            if not started and (phase == "answer" or not leg.plan.detection.get("answer")):
+                return
+        self._connect_tap(leg, call)
+
+    def _connect_tap(self, leg: _Leg, call: Any) -> None:
+        try:
+            aud = call.getAudioMedia(-1)
+        except pj.Error:
+            return  # no active audio yet
+        if leg.tap is None:
+            leg.tap = FrameTap(f"tap-{leg.plan.leg_id}")
+        try:
+            aud.startTransmit(leg.tap)
+            leg.tap_connected = True
+        except pj.Error as e:
+            self.log("warning", f"detection tap for {leg.plan.leg_id}: {_pj_error_text(e)}")
+
+    def _disconnect_tap(self, leg: _Leg) -> None:
+        if not leg.tap_connected:
+            return
+        leg.tap_connected = False
+        with contextlib.suppress(pj.Error):
+            leg.call.getAudioMedia(-1).stopTransmit(leg.tap)
+        leg.tap.frames.clear()
+
+    def _begin_answer_analysis(self, leg: _Leg) -> None:
+        """At answer: finish the early phase with the frames already queued, then start
+        the answer phase (t = 0 at the 200 OK)."""
+        if leg.analysis is None:
+            if not (leg.plan.detection and leg.plan.detection.get("answer")):
+                return
+            leg.analysis = LegAnalysis(leg.plan.detection, leg.plan.leg_id)
+        self._pump_leg(leg)
+        if leg.tap is not None:
+            leg.tap.frames.clear()
+        if not leg.analysis.start_phase("answer"):
+            self._disconnect_tap(leg)
+
+    def _pump_leg(self, leg: _Leg) -> None:
+        """Feed a leg's queued frames to its detector and report what it decides."""
+        analysis, tap = leg.analysis, leg.tap
+        if analysis is None or tap is None:
+            return
+        frames: list[bytes] = []
+        while tap.frames:
+            frames.append(tap.frames.popleft())
+        if not frames:
+            return
+        phase = analysis.phase or ""
+        for ev in analysis.feed(frames):
+            self.send(ipc.DetectionReport(
+                leg_id=leg.plan.leg_id, call_sid=leg.plan.call_sid, worker_id=self.worker_id,
+                ts=time.time(), phase=phase, kind=ev.kind, detection=ev.detection.to_dict(),
+            ))
+        if not analysis.active and phase == "answer":
+            self._disconnect_tap(leg)  # decided: stop paying for the tap
+
+    def pump_media(self) -> None:
+        for leg in list(self.legs.values()):
+            if leg.tap_connected and not leg.ended:
+                self._pump_leg(leg)
 
     # ----------------------------------------------------------------- timers
     def check_timers(self) -> None:
@@ -632,6 +719,7 @@ class Worker:
     def run(self) -> None:
         while not self.stopping:
             self.ep.libHandleEvents(10)
+            self.pump_media()
             self.graveyard.clear()
             if self.pending:
                 self.retry_pending()
@@ -654,6 +742,9 @@ class Worker:
             )
         leg.call._worker = None
         self.graveyard.append(leg.call)
+        if leg.tap is not None:
+            self.graveyard.append(leg.tap)
+            leg.tap = None
 
     def shutdown(self) -> None:
         """Hang up every leg, wait (bounded) for DISCONNECTED, drop pj objects, libDestroy.
