@@ -23,6 +23,7 @@ EndCause = Literal[
     "ring_timeout",  # no answer before ring_timeout_s: we sent CANCEL
     "max_duration",  # answered call reached max_duration_s: we sent BYE
     "local_hangup",  # the supervisor asked (API hangup, shutdown)
+    "bridged_bye",  # the other leg of the bridge ended, so the worker ended this one
     "transport_error",  # could not send / no response (timer B/F, ICMP)
     "dial_error",  # makeCall itself failed (bad URI, too many calls)
     "worker_died",  # synthesised by the supervisor when a worker process dies
@@ -48,9 +49,56 @@ class Hangup:
 
 @dataclass(frozen=True)
 class SendDtmf:
+    """Send DTMF on a leg as RFC 4733 telephone-events. ``digits`` holds 0-9 * # A-D,
+    and pauses: ``w`` = 0.5 s, ``W`` = 1 s. Each digit lasts ``duration_ms`` and digits
+    are ``gap_ms`` apart."""
+
     leg_id: str
     digits: str
+    duration_ms: int = 160
+    gap_ms: int = 80
     type: str = "dtmf"
+
+
+@dataclass(frozen=True)
+class BridgeLegs:
+    """Connect two answered legs' audio both ways (and relay DTMF from ``agent_leg``)."""
+
+    carrier_leg: str
+    agent_leg: str
+    type: str = "bridge"
+
+
+@dataclass(frozen=True)
+class PlayAudio:
+    """Play a WAV file (8/16 kHz mono PCM) into a leg; ``PlaybackDone`` when it ends."""
+
+    leg_id: str
+    path: str
+    type: str = "play"
+
+
+@dataclass(frozen=True)
+class Listen:
+    """Analyse a leg's audio in another phase: ``phase`` "hold" waits for a live person
+    (not music, not a looping prompt) and reports it as a DetectionReport of that phase."""
+
+    leg_id: str
+    phase: str
+    config: dict[str, Any] = field(default_factory=dict)
+    type: str = "listen"
+
+
+@dataclass(frozen=True)
+class Respond:
+    """Answer an inbound INVITE (SIP-triggered mode): 180/183 (with early media bridged
+    from ``media_from`` when given), 200, or a final error status."""
+
+    leg_id: str
+    status: int
+    reason: str = ""
+    media_from: str | None = None
+    type: str = "respond"
 
 
 @dataclass(frozen=True)
@@ -98,6 +146,62 @@ class DetectionReport:
 
 
 @dataclass(frozen=True)
+class DtmfReceived:
+    """A DTMF digit received on a leg (RFC 4733 event or SIP INFO)."""
+
+    leg_id: str
+    call_sid: str
+    worker_id: int
+    ts: float
+    digit: str
+    duration_ms: int
+    method: str  # "rfc2833" | "info"
+    relayed_to: str | None = None  # the leg it was relayed to as RFC 4733, if any
+    type: str = "dtmf_rx"
+
+
+@dataclass(frozen=True)
+class DtmfSent:
+    """The worker finished sending a SendDtmf string (pauses included)."""
+
+    leg_id: str
+    call_sid: str
+    worker_id: int
+    ts: float
+    digits: str
+    type: str = "dtmf_sent"
+
+
+@dataclass(frozen=True)
+class PlaybackDone:
+    leg_id: str
+    call_sid: str
+    worker_id: int
+    ts: float
+    path: str
+    error: str = ""
+    type: str = "play_done"
+
+
+@dataclass(frozen=True)
+class InboundCall:
+    """An INVITE from an allowed agent-platform address (SIP-triggered mode). The worker
+    has sent 100 Trying and waits for ``Respond``; ``leg_id`` names this leg from now on.
+    Sources outside ``sip.inbound_allow`` get 403 in the worker and never reach here."""
+
+    leg_id: str
+    worker_id: int
+    ts: float
+    request_uri: str
+    from_uri: str
+    to_uri: str
+    sip_call_id: str
+    source: str  # "ip:port"
+    headers: tuple[tuple[str, str], ...]
+    type: str = "inbound"
+
+
+@dataclass(frozen=True)
 class WorkerReady:
     worker_id: int
     sip_port: int
@@ -114,8 +218,9 @@ class WorkerLog:
     type: str = "log"
 
 
-Command = Dial | Hangup | SendDtmf | Shutdown
-Event = LegEvent | DetectionReport | WorkerReady | WorkerLog
+Command = Dial | Hangup | SendDtmf | BridgeLegs | PlayAudio | Listen | Respond | Shutdown
+Event = (LegEvent | DetectionReport | DtmfReceived | DtmfSent | PlaybackDone | InboundCall
+         | WorkerReady | WorkerLog)
 
 
 def encode(msg: Command | Event) -> dict[str, Any]:
@@ -139,12 +244,22 @@ def decode(d: Any) -> Command | Event:
             if plan.get("auth") is not None:
                 plan["auth"] = tuple(plan["auth"])
             return Dial(plan=DialPlan(**plan))
+        if kind == "inbound":
+            body["headers"] = tuple(tuple(h) for h in body["headers"])
         cls = {
             "hangup": Hangup,
             "dtmf": SendDtmf,
+            "bridge": BridgeLegs,
+            "play": PlayAudio,
+            "listen": Listen,
+            "respond": Respond,
             "shutdown": Shutdown,
             "leg": LegEvent,
             "detection": DetectionReport,
+            "dtmf_rx": DtmfReceived,
+            "dtmf_sent": DtmfSent,
+            "play_done": PlaybackDone,
+            "inbound": InboundCall,
             "ready": WorkerReady,
             "log": WorkerLog,
         }.get(str(kind))

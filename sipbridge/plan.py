@@ -29,3 +29,8 @@ class DialPlan:
     # Recipient detection in the worker: {"early": bool, "answer": bool,
     # "config": {DetectionConfig field: value}}; None = no media analysis.
     detection: dict[str, Any] | None = None
+    # "carrier" (b-leg, to the callee) or "agent" (a-leg, to the AI agent's SIP URI).
+    role: str = "carrier"
+    # Once this leg and the named leg are both answered, the worker connects their audio
+    # both ways and relays DTMF received on the agent leg to the carrier leg (RFC 4733).
+    bridge_with: str | None = None
