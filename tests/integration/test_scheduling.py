@@ -140,14 +140,17 @@ def test_cps_cap_holds_when_50_calls_arrive_at_once(tmp_path: Path,
     assert all((f["status"], f["reason"]) == ("failure", "busy") for f in finals)
     times = invite_times(carrier)
     assert len(times) == 50  # every call dialled exactly once
-    # in any window of length T at the carrier: at most burst + cps*T INVITEs (small
-    # slack for loopback jitter between our send and SIPp's timestamp)
-    slack_s = 0.02
+    # in any window of length T at the carrier: at most burst + cps*T INVITEs. Timestamps
+    # are taken by SIPp on arrival: on a loaded 2-core machine one INVITE can be stamped
+    # late and the next on time, compressing a gap; allow 50 ms of stamping jitter at
+    # each end of a window. (The scheduler's own dial times are checked exactly, without
+    # slack, by the property test in tests/unit/test_scheduler.py.)
+    slack_s = 0.1
     for i in range(len(times)):
         for j in range(i, len(times)):
             assert j - i + 1 <= 1 + cps * (times[j] - times[i] + slack_s), (i, j, times)
     span = times[-1] - times[0]
-    assert span >= (50 - 1) / cps - slack_s * 2
+    assert span >= (50 - 1) / cps - slack_s
 
 
 def test_restart_keeps_queued_calls_and_marks_in_flight(tmp_path: Path,
