@@ -20,10 +20,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sipbridge.config import DetectionSettings, RetryConfig, WindowConfig
 from sipbridge.headers import HeaderError, is_token
 from sipbridge.numbers import NumberError, to_e164, validate_country_code
+from sipbridge.ops import Operations
 from sipbridge.routing import RoutingError
 from sipbridge.schedule import zone
 from sipbridge.service import CallNotFound, CallService, TriggerInput
 from sipbridge.store import CallEvent, CallRecord
+from sipbridge.webhooks import check_callback_url
 
 log = logging.getLogger("sipbridge.api")
 
@@ -67,6 +69,17 @@ class TriggerBody(BaseModel):
         None, description="recipient detection settings for this call")
     voicemail_action: Literal["continue", "hangup", "retry"] | None = Field(
         None, description="what to do when a machine answers (overrides detection's)")
+    status_callback: str | None = Field(
+        None, max_length=2048,
+        description="http(s) URL that gets a signed POST on every status change")
+
+    @field_validator("status_callback")
+    @classmethod
+    def _callback(cls, v: str | None) -> str | None:
+        problem = None if v is None else check_callback_url(v)
+        if problem:
+            raise ValueError(problem)
+        return v
 
     @field_validator("timezone")
     @classmethod
@@ -169,6 +182,7 @@ def _field_of(loc: tuple[Any, ...]) -> str:
 def create_app(
     service: CallService, tokens: list[str],
     on_shutdown: Callable[[], None] | None = None,
+    ops: Operations | None = None,
 ) -> FastAPI:
     """The ASGI app. ``tokens`` are the accepted ``X-PolyAi-Auth-Token`` values.
 
@@ -177,19 +191,26 @@ def create_app(
     and stops the service (and with it the SIP worker pool).
     """
 
+    ops = ops or Operations(
+        service, lambda rec: status_body(rec, []).model_dump(exclude={"events"}))
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await ops.start()
         await service.start()
         try:
             yield
         finally:
             await service.stop()
+            await ops.stop()
             if on_shutdown:
                 on_shutdown()
 
     app = FastAPI(title="sipbridge", version="0.1.0", lifespan=lifespan,
                   description="Outbound SIP bridge for voice-AI agents "
                               "(PolyAI Outbound Calling API compatible)")
+    app.state.ops = ops
+    ops.install(app)
     token_bytes = [t.encode() for t in tokens]
 
     @app.exception_handler(ApiError)
@@ -239,9 +260,12 @@ def create_app(
                                                401: {"model": ErrorBody}}
 
     @app.post("/v1/outbound-calling/trigger", response_model=TriggerResponse,
-              responses={**errors, 429: {"model": ErrorBody}})
+              responses={**errors, 429: {"model": ErrorBody}, 503: {"model": ErrorBody}})
     async def trigger(body: TriggerBody, token: str = Depends(auth)) -> TriggerResponse:
         """Queue an outbound call; returns its callSid."""
+        if ops.draining:
+            raise ApiError(503, "shutting down: not taking new calls",
+                           headers={"Retry-After": "30"})
         retry_after = service.check_api_rate(token)
         if retry_after is not None:
             raise ApiError(429, "API rate limit exceeded for this token",
@@ -257,7 +281,7 @@ def create_app(
                 polyai_call_id=body.polyai_call_id, encryption=body.encryption,
                 idempotency_key=body.idempotency_key, timezone=body.timezone,
                 calling_window=body.calling_window, retry=body.retry,
-                detection=_detection(body),
+                detection=_detection(body), status_callback=body.status_callback,
             ))
         except (NumberError, HeaderError, RoutingError) as e:
             raise ApiError(400, str(e), e.field) from None

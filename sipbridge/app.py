@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
+from types import FrameType
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
 
 from sipbridge.api import create_app
 from sipbridge.config import Config
+from sipbridge.ops import Operations
 from sipbridge.service import CallService
 from sipbridge.store import open_store
 
@@ -30,13 +31,51 @@ def build(cfg: Config) -> tuple[FastAPI, CallService]:
     return app, service
 
 
+class _Server(uvicorn.Server):
+    """uvicorn, except that the first SIGTERM/SIGINT drains (see Operations.drain) before
+    exiting; a second signal exits at once."""
+
+    def __init__(self, config: uvicorn.Config, ops: Operations, grace_s: float) -> None:
+        super().__init__(config)
+        self.ops = ops
+        self.grace_s = grace_s
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._drain_task: asyncio.Task[None] | None = None
+
+    async def serve(self, sockets: list[Any] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Runs in the signal handler: hand over to the loop. A signal is not re-raised
+        # after shutdown (uvicorn's default), so a drained exit is exit code 0.
+        if self._loop is not None and self._drain_task is None and not self.should_exit:
+            self._loop.call_soon_threadsafe(self._start_drain, sig)
+            return
+        if self.should_exit:
+            self.force_exit = True
+        self.should_exit = True
+
+    def _start_drain(self, sig: int) -> None:
+        if self._drain_task is not None:
+            return
+        log.info("signal %d: draining (grace %.0f s; send it again to exit now)", sig,
+                 self.grace_s)
+        self._drain_task = asyncio.create_task(self._drain(), name="drain")
+
+    async def _drain(self) -> None:
+        try:
+            await self.ops.drain(self.grace_s)
+        except Exception:
+            log.exception("drain failed")
+        finally:
+            self.should_exit = True
+
+
 async def serve(cfg: Config) -> None:
     app, _ = build(cfg)
     config = uvicorn.Config(app, host=cfg.api.listen_address, port=cfg.api.port,
-                            log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+                            log_level="warning", lifespan="on", log_config=None)
+    # uvicorn installs SIGINT/SIGTERM handlers (signal.signal) that call handle_exit.
+    server = _Server(config, app.state.ops, cfg.shutdown.grace_s)
     await server.serve()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import sys
+from pathlib import Path
 
 from sipbridge.config import ConfigError, load_config
 
@@ -18,7 +18,8 @@ def _check_config(args: argparse.Namespace) -> int:
         print(str(e), file=sys.stderr)
         return 2
     resolved = cfg.model_dump(mode="json")
-    for tok in resolved["api"]["tokens"]:  # never print secrets
+    secrets = [*resolved["api"]["tokens"], resolved["webhooks"].get("secret") or {}]
+    for tok in secrets:  # never print secrets
         if tok.get("value") is not None:
             tok["value"] = "***"
     print(json.dumps(resolved, indent=2))
@@ -26,8 +27,9 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from sipbridge.logfmt import setup_logging
+
+    setup_logging(args.log_level, args.log_format)
     try:
         cfg = load_config(args.config)
     except ConfigError as e:
@@ -36,6 +38,43 @@ def _run(args: argparse.Namespace) -> int:
     from sipbridge.app import serve
 
     asyncio.run(serve(cfg))
+    return 0
+
+
+def _cdr(args: argparse.Namespace) -> int:
+    from sipbridge.cdr import parse_time, write_csv, write_jsonl
+    from sipbridge.store import StoreError, open_store
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    try:
+        since = parse_time(args.since)
+        until = parse_time(args.until) if args.until else None
+    except ValueError as e:
+        print(f"sipbridge cdr: {e}", file=sys.stderr)
+        return 2
+    if not Path(cfg.store.path).exists():
+        print(f"sipbridge cdr: no store at {cfg.store.path}", file=sys.stderr)
+        return 1
+    try:
+        store = open_store(cfg.store.kind, cfg.store.path, cfg.store.retention_s)
+    except StoreError as e:
+        print(f"sipbridge cdr: {e}", file=sys.stderr)
+        return 1
+    try:
+        rows = store.cdrs(since, until)
+    finally:
+        store.close()
+    write = write_csv if args.format == "csv" else write_jsonl
+    if args.output:
+        with open(args.output, "w", encoding="utf-8", newline="") as f:
+            n = write(rows, f)
+    else:
+        n = write(rows, sys.stdout)
+    print(f"{n} CDRs", file=sys.stderr)
     return 0
 
 
@@ -54,7 +93,17 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("run", help="run the bridge")
     r.add_argument("-c", "--config", default="config/example.yaml")
     r.add_argument("--log-level", default="info")
+    r.add_argument("--log-format", choices=("text", "json"), default="text",
+                   help="text (default) or json: one JSON object per line")
     r.set_defaults(func=_run)
+    d = sub.add_parser("cdr", help="export call detail records (one per attempt)")
+    d.add_argument("-c", "--config", default="config/example.yaml",
+                   help="the bridge's config (for the store path)")
+    d.add_argument("--since", required=True, help="ISO 8601; attempts that ended from then")
+    d.add_argument("--until", help="ISO 8601, exclusive (default: now)")
+    d.add_argument("--format", choices=("csv", "jsonl"), default="csv")
+    d.add_argument("-o", "--output", help="file to write (default: stdout)")
+    d.set_defaults(func=_cdr)
     c = sub.add_parser("check-config", help="validate a config file and print it resolved")
     c.add_argument("file")
     c.set_defaults(func=_check_config)

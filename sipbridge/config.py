@@ -82,6 +82,21 @@ class SipConfig(_Model):
     rtp_port_max: Annotated[int, Field(ge=1024, le=65535)] = 29999
     user_agent: str = "sipbridge/0.1"
     log_level: Annotated[int, Field(ge=0, le=6)] = 1
+    # SIP-triggered mode: source addresses (CIDRs) allowed to send us INVITEs; everyone
+    # else gets 403 Forbidden. Empty: inbound INVITEs are refused.
+    inbound_allow: list[str] = Field(default_factory=list)
+
+    @field_validator("inbound_allow")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        import ipaddress
+
+        for i, net in enumerate(v):
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(f"inbound_allow.{i}: {net!r} is not an IP network") from None
+        return v
 
     @model_validator(mode="after")
     def _ranges(self) -> SipConfig:
@@ -353,6 +368,33 @@ class StoreConfig(_Model):
     retention_s: Annotated[float, Field(gt=0)] = 7200.0
 
 
+class WebhookConfig(_Model):
+    """Status callbacks: one signed POST per status change (see sipbridge/webhooks.py)."""
+
+    # Default receiver for every call; a trigger's ``status_callback`` overrides it.
+    url: str | None = None
+    # HMAC-SHA256 key for X-Sipbridge-Signature; without it callbacks are sent unsigned.
+    secret: SecretRef | None = None
+    timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
+    max_attempts: Annotated[int, Field(ge=1, le=20)] = 5
+    # First retry after backoff_s, then doubling (capped at 60 s).
+    backoff_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    # Deliveries waiting in memory; above this the oldest is dropped (and logged).
+    queue_size: Annotated[int, Field(ge=1, le=1_000_000)] = 10000
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^https?://[^\s/]+", v):
+            raise ValueError("must be an http:// or https:// URL")
+        return v
+
+
+class ShutdownConfig(_Model):
+    # On SIGTERM: stop taking triggers, let live calls finish this long, then hang up.
+    grace_s: Annotated[float, Field(ge=0, le=86400)] = 30.0
+
+
 class Config(_Model):
     sip: SipConfig = Field(default_factory=SipConfig)
     agent: AgentConfig
@@ -367,6 +409,8 @@ class Config(_Model):
     retry: RetryConfig = Field(default_factory=RetryConfig)
     # Default recipient detection for routes that give none.
     detection: DetectionSettings = Field(default_factory=DetectionSettings)
+    webhooks: WebhookConfig = Field(default_factory=WebhookConfig)
+    shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
 
     @model_validator(mode="after")
     def _references(self) -> Config:

@@ -91,6 +91,7 @@ class TriggerInput:
     calling_window: WindowConfig | None = None
     retry: RetryConfig | None = None
     detection: DetectionSettings | None = None
+    status_callback: str | None = None
 
 
 @dataclass
@@ -173,6 +174,20 @@ class CallService:
                 await t
         self._tasks.clear()
         await self.pool.stop()
+
+    async def drain(self, grace_s: float) -> int:
+        """Stop dialling (queued calls stay queued) and wait up to ``grace_s`` for the
+        live carrier legs to end; returns how many are left for ``stop()`` to hang up."""
+        for t in self._tasks:  # no new dials; live calls keep their normal handling
+            if t.get_name() == "dispatcher":
+                t.cancel()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        while True:
+            left = sum(1 for live in self._live.values() if live.leg_id is not None)
+            if not left or loop.time() >= deadline:
+                return left
+            await asyncio.sleep(0.05)  # polling our own state, bounded by grace_s
 
     async def _purger(self) -> None:
         while not self._stopping:
@@ -297,6 +312,8 @@ class CallService:
             request["retry"] = req.retry.model_dump()
         if req.detection:
             request["detection"] = req.detection.model_dump()
+        if req.status_callback:
+            request["status_callback"] = req.status_callback
         now = self.clock()
         rec = CallRecord(
             call_sid=call_sid, status="queued", to_number=req.to_number,

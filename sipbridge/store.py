@@ -99,6 +99,15 @@ class CallStore(ABC):
         """Delete calls that ended more than the retention window ago; return how many."""
 
     @abstractmethod
+    def add_cdr(self, cdr: dict[str, Any]) -> None:
+        """Store one call detail record (a JSON object with ``call_sid``, ``attempt`` and
+        ``ended_at`` epoch seconds). CDRs are kept when their call is purged."""
+
+    @abstractmethod
+    def cdrs(self, since: float, until: float | None = None) -> list[dict[str, Any]]:
+        """CDRs whose attempt ended in ``[since, until)``, oldest first."""
+
+    @abstractmethod
     def ping(self) -> bool: ...
 
     @abstractmethod
@@ -140,6 +149,15 @@ CREATE TABLE IF NOT EXISTS events (
     data TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS events_sid ON events(call_sid, id);
+CREATE TABLE IF NOT EXISTS cdrs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    call_sid TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    ended_at REAL NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS cdrs_ended ON cdrs(ended_at, id);
+CREATE INDEX IF NOT EXISTS cdrs_sid ON cdrs(call_sid);
 """
 
 _COLS = (
@@ -266,6 +284,23 @@ class SQLiteStore(CallStore):
                 "DELETE FROM calls WHERE ended_at IS NOT NULL AND ended_at < ?", (cutoff,)
             )
         return cur.rowcount
+
+    def add_cdr(self, cdr: dict[str, Any]) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO cdrs (call_sid, attempt, ended_at, data) VALUES (?,?,?,?)",
+                (cdr["call_sid"], int(cdr.get("attempt") or 0), float(cdr["ended_at"]),
+                 json.dumps(cdr, separators=(",", ":"))),
+            )
+
+    def cdrs(self, since: float, until: float | None = None) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT data FROM cdrs WHERE ended_at >= ? AND ended_at < ? "
+                "ORDER BY ended_at, id",
+                (since, float("inf") if until is None else until),
+            ).fetchall()
+        return [json.loads(r[0]) for r in rows]
 
     def ping(self) -> bool:
         try:

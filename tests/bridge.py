@@ -93,6 +93,8 @@ def bridge_config(log_dir: Path, trunks: list[dict[str, Any]], routes: list[dict
         "trunks": trunks,
         "routes": routes,
         "store": {"path": str(log_dir / "calls.db")},
+        # SIGTERM drains live calls this long (30 s in production) before hanging up
+        "shutdown": {"grace_s": 2},
     }
     cfg.update(sections)
     return cfg

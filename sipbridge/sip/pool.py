@@ -187,6 +187,10 @@ class WorkerPool:
         """Slots free right now on running workers."""
         return sum(self._free(w) for w in self._workers.values())
 
+    def ready_workers(self) -> int:
+        """Workers running and ready for calls (for /readyz)."""
+        return 0 if self._stopping else sum(1 for w in self._workers.values() if w.ready)
+
     def worker_ports(self) -> list[int]:
         """SIP port of each worker, by worker_id (0 while a worker is not ready)."""
         return [self._workers[i].sip_port for i in sorted(self._workers)]

@@ -1,0 +1,177 @@
+"""Prometheus metrics, fed by the call service's event listeners and an HTTP middleware.
+
+Each app gets its own :class:`CollectorRegistry` (never the process-global one), so tests
+can build several apps in one process. ``GET /metrics`` renders it in the text format.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.requests import Request
+from starlette.responses import Response
+
+from sipbridge.store import TERMINAL, CallEvent, CallRecord
+
+log = logging.getLogger("sipbridge.metrics")
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# Post-dial delay: INVITE sent -> first 180/183. Carriers range from 0.1 s to tens of s.
+PDD_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 12.0, 20.0, 30.0, 60.0)
+# Detection: decided at, in seconds from answer (or from the start of early media).
+DETECTION_BUCKETS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 20.0, 30.0)
+API_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Gauges(Protocol):
+    """Live values read at scrape time (the call service and pool provide them)."""
+
+    def active_calls(self) -> dict[str, int]: ...
+    def queued_calls(self) -> int: ...
+    def pool_slots(self) -> tuple[int, int]: ...
+
+
+class _LiveCollector(Collector):
+    def __init__(self, gauges: Gauges) -> None:
+        self.gauges = gauges
+
+    def collect(self) -> Iterable[Metric]:
+        active = GaugeMetricFamily("sipbridge_active_calls",
+                                   "Carrier legs in progress, by trunk", labels=["trunk"])
+        try:
+            for trunk, n in sorted(self.gauges.active_calls().items()):
+                active.add_metric([trunk], n)
+        except Exception:
+            log.exception("cannot read active calls")
+        yield active
+        queued = GaugeMetricFamily("sipbridge_queued_calls",
+                                   "Calls waiting in the scheduler queue (status queued)")
+        try:
+            queued.add_metric([], self.gauges.queued_calls())
+        except Exception:
+            log.exception("cannot read the queue depth")
+        yield queued
+        capacity, free = self.gauges.pool_slots()
+        yield GaugeMetricFamily("sipbridge_sip_slots", "Call-leg slots of the SIP worker pool",
+                                value=capacity)
+        yield GaugeMetricFamily("sipbridge_sip_free_slots",
+                                "Call-leg slots free on running SIP workers", value=free)
+
+
+class Metrics:
+    """The metric families; :meth:`on_event` is a ``CallService.listeners`` callback."""
+
+    def __init__(self, gauges: Gauges | None = None) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.calls = Counter(
+            "sipbridge_calls", "Calls that reached a terminal status",
+            ["status", "reason", "answered_by"], registry=r)
+        self.dials = Counter(
+            "sipbridge_dials", "INVITEs sent to carriers (attempts and failover hops)",
+            ["trunk"], registry=r)
+        self.pdd = Histogram(
+            "sipbridge_post_dial_delay_seconds",
+            "INVITE sent to first 180/183 from the carrier", ["trunk"],
+            buckets=PDD_BUCKETS, registry=r)
+        self.detection = Histogram(
+            "sipbridge_detection_latency_seconds",
+            "When recipient detection decided, from answer (phase=answer) or from the start "
+            "of early media (phase=early)", ["phase", "answered_by"],
+            buckets=DETECTION_BUCKETS, registry=r)
+        self.sip_responses = Counter(
+            "sipbridge_sip_responses", "SIP responses from carriers, by trunk and code",
+            ["trunk", "code"], registry=r)
+        self.failovers = Counter(
+            "sipbridge_failovers", "Hops to the next trunk of a hunt list", ["from_trunk"],
+            registry=r)
+        self.api_requests = Counter(
+            "sipbridge_api_requests", "HTTP API requests by route template, method and code",
+            ["route", "method", "code"], registry=r)
+        self.api_latency = Histogram(
+            "sipbridge_api_request_duration_seconds", "HTTP API request handling time",
+            ["route", "method"], buckets=API_BUCKETS, registry=r)
+        self.webhooks = Counter(
+            "sipbridge_webhook_deliveries",
+            "Status callback POSTs by result (delivered, retried, failed, dropped)",
+            ["result"], registry=r)
+        self.cdrs = Counter("sipbridge_cdrs_written", "Call detail records written",
+                            registry=r)
+        if gauges is not None:
+            r.register(_LiveCollector(gauges))
+
+    # ---- call events -------------------------------------------------------------------
+
+    def on_event(self, rec: CallRecord, ev: CallEvent) -> None:
+        try:
+            self._on_event(rec, ev)
+        except Exception:  # metrics never break call handling
+            log.exception("metrics listener failed on %s", ev.kind)
+
+    def _on_event(self, rec: CallRecord, ev: CallEvent) -> None:
+        d = ev.data
+        if ev.kind == "status":
+            if d.get("to") in TERMINAL:
+                self.calls.labels(status=d["to"], reason=d.get("reason") or "",
+                                  answered_by=rec.answered_by or "").inc()
+            elif d.get("to") == "calling":  # an attempt's first INVITE
+                self.dials.labels(trunk=rec.trunk or "").inc()
+            return
+        if ev.kind == "dial":  # a failover hop's INVITE
+            self.dials.labels(trunk=str(d.get("trunk") or "")).inc()
+            return
+        if ev.kind.startswith("carrier."):
+            leg = rec.legs.get(str(d.get("leg")), {})
+            trunk = str(leg.get("trunk") or rec.trunk or "")
+            state = ev.kind.removeprefix("carrier.")
+            code = d.get("sip_status")
+            # an answered leg's end repeats the 200 already counted
+            if code and (state in ("ringing", "early", "answered")
+                         or (state == "ended" and "answered_at" not in leg)):
+                self.sip_responses.labels(trunk=trunk, code=str(code)).inc()
+            if (state in ("ringing", "early") and "ring_at" not in leg
+                    and leg.get("invite_at") is not None):
+                self.pdd.labels(trunk=trunk).observe(max(0.0, ev.ts - float(leg["invite_at"])))
+            return
+        if ev.kind == "failover":
+            self.failovers.labels(from_trunk=str(d.get("from_trunk") or "")).inc()
+            return
+        if (ev.kind == "detection" and d.get("decided_at_ms") is not None
+                and d.get("kind") == "decision"):
+            self.detection.labels(phase=str(d.get("phase") or ""),
+                                  answered_by=str(d.get("answered_by") or "")).observe(
+                float(d["decided_at_ms"]) / 1000.0)
+
+    # ---- HTTP --------------------------------------------------------------------------
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    async def middleware(self, request: Request,
+                         call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        """Count requests by route template (``/v1/outbound-calling/{call_sid}/status``),
+        never by raw path, so call IDs do not become label values."""
+        start = time.perf_counter()
+        code = 500
+        try:
+            response = await call_next(request)
+            code = response.status_code
+            return response
+        finally:
+            route = request.scope.get("route")
+            path: Any = getattr(route, "path", None) if route is not None else None
+            template = str(path) if path else "unmatched"
+            self.api_requests.labels(route=template, method=request.method,
+                                     code=str(code)).inc()
+            self.api_latency.labels(route=template, method=request.method).observe(
+                time.perf_counter() - start)
+
+
+__all__ = ["CONTENT_TYPE", "Gauges", "Metrics"]

@@ -1,0 +1,122 @@
+"""Operations around the call service: metrics, status callbacks, CDRs, readiness and
+draining. Everything listens to ``CallService.listeners``; nothing here changes call state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, Response
+
+from sipbridge.cdr import CdrWriter
+from sipbridge.metrics import CONTENT_TYPE, Metrics
+from sipbridge.service import CallService
+from sipbridge.store import CallRecord
+from sipbridge.webhooks import WebhookDispatcher
+
+log = logging.getLogger("sipbridge.ops")
+
+
+class _ServiceGauges:
+    def __init__(self, service: CallService) -> None:
+        self.service = service
+
+    def active_calls(self) -> dict[str, int]:
+        lim = self.service.limiter
+        return {t.name: lim.active(t.name) for t in self.service.cfg.trunks}
+
+    def queued_calls(self) -> int:
+        return len(self.service.store.by_status("queued"))
+
+    def pool_slots(self) -> tuple[int, int]:
+        pool: Any = self.service.pool
+        cap = pool.capacity() if hasattr(pool, "capacity") else 0
+        return int(cap), int(pool.free_slots())
+
+
+class Operations:
+    """Built once per app by :func:`sipbridge.api.create_app`."""
+
+    def __init__(self, service: CallService,
+                 render: Callable[[CallRecord], dict[str, Any]]) -> None:
+        self.service = service
+        self.metrics = Metrics(_ServiceGauges(service))
+        self.webhooks = WebhookDispatcher(
+            service.cfg.webhooks, render,
+            on_result=lambda r: self.metrics.webhooks.labels(result=r).inc())
+        self.cdrs = CdrWriter(service.store, on_written=self.metrics.cdrs.inc)
+        service.listeners.extend([self.cdrs.on_event, self.metrics.on_event,
+                                  self.webhooks.on_event])
+        self.draining = False
+
+    # ---- lifecycle (the app's lifespan) ----------------------------------------------
+
+    async def start(self) -> None:
+        await self.webhooks.start()
+
+    async def stop(self) -> None:
+        await self.webhooks.stop()
+
+    async def drain(self, grace_s: float) -> None:
+        """SIGTERM: refuse new triggers (503), stop dialling queued calls, wait up to
+        ``grace_s`` for live calls to end. The app's shutdown then hangs up the rest."""
+        if self.draining:
+            return
+        self.draining = True
+        log.info("draining: no new calls; waiting up to %.0f s for live calls", grace_s)
+        left = await self.service.drain(grace_s)
+        if left:
+            log.warning("drain: grace time over with %d live call(s): hanging up", left)
+        else:
+            log.info("drain: no live calls left")
+
+    # ---- readiness -------------------------------------------------------------------
+
+    def readiness(self) -> dict[str, str]:
+        """Component -> "ok" or what is wrong."""
+        checks: dict[str, str] = {}
+        pool: Any = self.service.pool
+        try:
+            ready = pool.ready_workers() if hasattr(pool, "ready_workers") else (
+                1 if pool.free_slots() > 0 else 0)
+            checks["sip_pool"] = "ok" if ready > 0 else "no SIP worker is ready"
+        except Exception as e:
+            checks["sip_pool"] = f"error: {e}"
+        try:
+            checks["store"] = "ok" if self.service.store.ping() else "store does not answer"
+        except Exception as e:
+            checks["store"] = f"error: {e}"
+        if self.draining:
+            checks["api"] = "draining: shutting down"
+        return checks
+
+    def install(self, app: FastAPI) -> None:
+        """Add the metrics middleware and the unauthenticated /metrics and /readyz."""
+        app.middleware("http")(self.metrics.middleware)
+
+        @app.get("/metrics", response_class=Response,
+                 responses={200: {"content": {CONTENT_TYPE: {}}}})
+        async def metrics() -> Response:
+            """Prometheus text format (no auth: keep it on the operators' network)."""
+            body = await asyncio.get_running_loop().run_in_executor(None, self.metrics.render)
+            return Response(body, media_type=CONTENT_TYPE)
+
+        @app.get("/readyz")
+        async def readyz() -> JSONResponse:
+            """200 when a SIP worker is ready and the store answers; else 503 naming what
+            is down (also 503 while draining)."""
+            checks = self.readiness()
+            down = {k: v for k, v in checks.items() if v != "ok"}
+            if down:
+                return JSONResponse(status_code=503, content={
+                    "status": "unavailable", "down": sorted(down),
+                    "error": "; ".join(f"{k}: {v}" for k, v in sorted(down.items())),
+                    "checks": checks})
+            return JSONResponse({"status": "ok", "checks": checks})
+
+
+__all__ = ["Operations"]
