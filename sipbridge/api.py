@@ -15,15 +15,21 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from sipbridge.config import DetectionSettings, RetryConfig, WindowConfig
+from sipbridge.config import (
+    DetectionSettings,
+    IvrSettings,
+    RetryConfig,
+    WindowConfig,
+    check_dtmf,
+)
 from sipbridge.headers import HeaderError, is_token
 from sipbridge.numbers import NumberError, to_e164, validate_country_code
 from sipbridge.ops import Operations
 from sipbridge.routing import RoutingError
 from sipbridge.schedule import zone
-from sipbridge.service import CallNotFound, CallService, TriggerInput
+from sipbridge.service import CallNotFound, CallService, InvalidTransition, TriggerInput
 from sipbridge.store import CallEvent, CallRecord
 from sipbridge.webhooks import check_callback_url
 
@@ -67,11 +73,31 @@ class TriggerBody(BaseModel):
     retry: RetryConfig | None = Field(None, description="retry policy for this call")
     detection: DetectionSettings | None = Field(
         None, description="recipient detection settings for this call")
-    voicemail_action: Literal["continue", "hangup", "retry"] | None = Field(
-        None, description="what to do when a machine answers (overrides detection's)")
+    voicemail_action: Literal["connect", "hangup", "retry", "leave_message"] | None = Field(
+        None, description="what to do when a machine answers (overrides detection's "
+                          "machine_action; leave_message needs detection.connect_on=human "
+                          "and detection.message_wav)")
+    send_digits: str | None = Field(
+        None, max_length=256,
+        description="DTMF sent after answer (0-9 * # A-D, w = 0.5 s pause, W = 1 s)")
+    ivr: IvrSettings | None = Field(
+        None, description="IVR walking: digits, delay, hold until a person speaks, max time")
     status_callback: str | None = Field(
         None, max_length=2048,
         description="http(s) URL that gets a signed POST on every status change")
+
+    @model_validator(mode="after")
+    def _merge_shortcuts(self) -> TriggerBody:
+        """Fold voicemail_action and send_digits into detection / ivr (validated)."""
+        if self.voicemail_action is not None:
+            base = (self.detection or DetectionSettings()).model_dump()
+            base["machine_action"] = self.voicemail_action
+            self.detection = DetectionSettings.model_validate(base)
+        if self.send_digits is not None:
+            ivr = (self.ivr or IvrSettings()).model_dump()
+            ivr["send_digits"] = self.send_digits
+            self.ivr = IvrSettings.model_validate(ivr)
+        return self
 
     @field_validator("status_callback")
     @classmethod
@@ -167,11 +193,20 @@ def status_body(rec: CallRecord, events: list[CallEvent]) -> StatusResponse:
     )
 
 
-def _detection(body: TriggerBody) -> DetectionSettings | None:
-    if body.voicemail_action is None:
-        return body.detection
-    base = body.detection or DetectionSettings()
-    return base.model_copy(update={"machine_action": body.voicemail_action})
+class DtmfBody(BaseModel):
+    """Body of POST /v1/outbound-calling/{callSid}/dtmf."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    digits: str = Field(max_length=256,
+                        description="0-9 * # A-D; w = 0.5 s pause, W = 1 s pause")
+    duration_ms: int = Field(160, ge=40, le=2000, description="length of each digit")
+    gap_ms: int = Field(80, ge=20, le=2000, description="silence between digits")
+
+    @field_validator("digits")
+    @classmethod
+    def _digits(cls, v: str) -> str:
+        return check_dtmf(v, "")
 
 
 def _field_of(loc: tuple[Any, ...]) -> str:
@@ -281,7 +316,8 @@ def create_app(
                 polyai_call_id=body.polyai_call_id, encryption=body.encryption,
                 idempotency_key=body.idempotency_key, timezone=body.timezone,
                 calling_window=body.calling_window, retry=body.retry,
-                detection=_detection(body), status_callback=body.status_callback,
+                detection=body.detection, status_callback=body.status_callback,
+                ivr=body.ivr,
             ))
         except (NumberError, HeaderError, RoutingError) as e:
             raise ApiError(400, str(e), e.field) from None
@@ -299,6 +335,18 @@ def create_app(
         """Cancel a queued call or hang up a live one (CANCEL before answer, BYE after)."""
         lookup(call_sid)
         service.hangup(call_sid)
+        return status_body(*service.get(call_sid))
+
+    @app.post("/v1/outbound-calling/{call_sid}/dtmf", response_model=StatusResponse,
+              dependencies=[Depends(auth)],
+              responses={**errors, 404: {"model": ErrorBody}, 409: {"model": ErrorBody}})
+    async def dtmf(call_sid: str, body: DtmfBody) -> StatusResponse:
+        """Send DTMF digits on the answered carrier leg as RFC 4733 telephone-events."""
+        lookup(call_sid)
+        try:
+            service.send_dtmf(call_sid, body.digits, body.duration_ms, body.gap_ms)
+        except InvalidTransition as e:
+            raise ApiError(409, str(e), "callSid") from None
         return status_body(*service.get(call_sid))
 
     @app.get("/v1/outbound-calling/by-polyai-call-id/{polyai_call_id}",

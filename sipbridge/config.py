@@ -112,10 +112,56 @@ class SipConfig(_Model):
         return self
 
 
+def _check_headers(v: dict[str, str]) -> dict[str, str]:
+    for name, value in v.items():
+        validate_header_name(name)
+        if any((ord(c) < 32 and c != "\t") or ord(c) == 127 for c in value):
+            raise ValueError(f"header {name!r}: value contains control characters")
+    return v
+
+
+def _check_templates(v: dict[str, str]) -> dict[str, str]:
+    for name, tmpl in v.items():
+        for fld in template_fields(tmpl):
+            if fld not in TEMPLATE_FIELDS and not fld.startswith("metadata."):
+                allowed = ", ".join(sorted(TEMPLATE_FIELDS))
+                raise ValueError(
+                    f"header {name!r}: unknown template field {{{fld}}} "
+                    f"(allowed: {allowed}, metadata.KEY)"
+                )
+    return v
+
+
 class AgentConfig(_Model):
     """The AI agent's SIP endpoint (the a-leg)."""
 
     uri: str
+    # Headers on the agent INVITE: static ones, and templates over the call's fields
+    # ({call_sid}, {to_number}, {from_number}, {polyai_call_id}, {answered_by}, ...).
+    # A template that renders empty (e.g. no polyai_call_id) is not sent.
+    headers: dict[str, str] = Field(default_factory=dict)
+    header_templates: dict[str, str] = Field(default_factory=lambda: {
+        "X-Sipbridge-Call-SID": "{call_sid}",
+        "X-PolyAI-Call-SID": "{call_sid}",
+        "X-PolyAI-Call-ID": "{polyai_call_id}",
+        "X-Sipbridge-Callee": "{to_number}",
+        "X-Sipbridge-Caller": "{from_number}",
+        "X-Sipbridge-Answered-By": "{answered_by}",
+    })
+    # Every metadata key K is sent as header "<prefix>K" (None disables).
+    metadata_header_prefix: str | None = "X-"
+    # The agent should answer at once; a slow agent leaves a person in silence.
+    ring_timeout_s: Annotated[float, Field(gt=0, le=120)] = 15.0
+
+    @field_validator("headers", "header_templates")
+    @classmethod
+    def _header_names(cls, v: dict[str, str]) -> dict[str, str]:
+        return _check_headers(v)
+
+    @field_validator("header_templates")
+    @classmethod
+    def _template_fields(cls, v: dict[str, str]) -> dict[str, str]:
+        return _check_templates(v)
 
     @field_validator("uri")
     @classmethod
@@ -203,24 +249,12 @@ class TrunkConfig(_Model):
     @field_validator("headers", "header_templates")
     @classmethod
     def _header_names(cls, v: dict[str, str]) -> dict[str, str]:
-        for name, value in v.items():
-            validate_header_name(name)
-            if any((ord(c) < 32 and c != "\t") or ord(c) == 127 for c in value):
-                raise ValueError(f"header {name!r}: value contains control characters")
-        return v
+        return _check_headers(v)
 
     @field_validator("header_templates")
     @classmethod
     def _template_fields(cls, v: dict[str, str]) -> dict[str, str]:
-        for name, tmpl in v.items():
-            for fld in template_fields(tmpl):
-                if fld not in TEMPLATE_FIELDS and not fld.startswith("metadata."):
-                    allowed = ", ".join(sorted(TEMPLATE_FIELDS))
-                    raise ValueError(
-                        f"header {name!r}: unknown template field {{{fld}}} "
-                        f"(allowed: {allowed}, metadata.KEY)"
-                    )
-        return v
+        return _check_templates(v)
 
 
 class RouteTrunk(_Model):
@@ -277,13 +311,34 @@ class DetectionSettings(_Model):
     answer: bool = True
     # A machine result is only final at the beep (or when the greeting ends without one).
     wait_for_beep: bool = False
-    # What to do when a machine (or IVR) answers: "continue" (report only), "hangup"
-    # (end as failure 'answered by machine'), "retry" (the same, retryable).
-    machine_action: Literal["continue", "hangup", "retry"] = "continue"
+    # When to bridge the agent: "answer" (as soon as the callee answers; detection keeps
+    # running and a machine policy can still end the call) or "human" (only once the
+    # callee is recognised as a person).
+    connect_on: Literal["answer", "human"] = "answer"
+    # What to do when a machine (voicemail) answers: "connect" (bridge the agent anyway,
+    # the result in a header), "hangup" (end as failure 'answered by machine'), "retry"
+    # (the same, retryable), "leave_message" (wait for the beep or the greeting's end,
+    # play message_wav, hang up with success).
+    machine_action: Literal["connect", "hangup", "retry", "leave_message"] = "connect"
+    # WAV (8 or 16 kHz mono PCM) played by "leave_message".
+    message_wav: str | None = None
     # Hang up on fax machines (CNG/CED).
     hangup_on_fax: bool = True
     # Overrides of sipbridge.media.detect.DetectionConfig thresholds (milliseconds, Hz).
     thresholds: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _message(self) -> DetectionSettings:
+        if self.machine_action == "leave_message":
+            if self.connect_on != "human":
+                raise ValueError("connect_on: must be 'human' when machine_action is "
+                                 "leave_message (the agent must not be bridged to the "
+                                 "voicemail before the message)")
+            if not self.message_wav:
+                raise ValueError("message_wav: required when machine_action is leave_message")
+            if not Path(self.message_wav).is_file():
+                raise ValueError(f"message_wav: file {self.message_wav!r} does not exist")
+        return self
 
     @field_validator("thresholds")
     @classmethod
@@ -299,6 +354,59 @@ class DetectionSettings(_Model):
         return v
 
 
+DTMF_DIGITS = "0123456789*#ABCDabcd"
+DTMF_PAUSES = "wW"
+
+
+def check_dtmf(digits: str, field: str = "digits") -> str:
+    """0-9 * # A-D, and pauses w (0.5 s) / W (1 s); ValueError names a bad character."""
+    prefix = f"{field}: " if field else ""
+    if not digits:
+        raise ValueError(f"{prefix}empty")
+    for i, c in enumerate(digits):
+        if c not in DTMF_DIGITS and c not in DTMF_PAUSES:
+            raise ValueError(f"{prefix}character {c!r} at position {i} is not a DTMF digit "
+                             "(0-9 * # A-D, w = 0.5 s pause, W = 1 s pause)")
+    return digits
+
+
+class IvrSettings(_Model):
+    """Walking an IVR after answer: digits, then optionally hold until a person speaks."""
+
+    # Sent as RFC 4733 events after answer (Twilio's SendDigits): 0-9 * # A-D, w, W.
+    send_digits: str | None = None
+    send_digits_delay_s: Annotated[float, Field(ge=0, le=60)] = 1.0
+    digit_duration_ms: Annotated[int, Field(ge=40, le=2000)] = 160
+    digit_gap_ms: Annotated[int, Field(ge=20, le=2000)] = 80
+    # After the digits, stay silent until a live person speaks (not music, not a looping
+    # prompt), then connect the agent.
+    hold: bool = False
+    # Escape hatch: the whole IVR/hold phase may last this long after answer; then the
+    # call ends with a retryable failure.
+    max_ivr_s: Annotated[float, Field(gt=0, le=7200)] = 600.0
+
+    @field_validator("send_digits")
+    @classmethod
+    def _digits(cls, v: str | None) -> str | None:
+        return None if v is None else check_dtmf(v, "")
+
+
+class InboundConfig(_Model):
+    """SIP-triggered mode: INVITEs from the agent platform (sources in sip.inbound_allow)
+    are dialled out like API triggers and bridged back."""
+
+    enabled: bool = False
+    # Where the destination number is: the Request-URI's user part, or a header.
+    number_source: Literal["request_uri", "header"] = "request_uri"
+    number_header: str = "X-Dest-Number"
+    # For national numbers without '+'.
+    default_country: str | None = None
+    # Headers copied from the inbound INVITE to the carrier INVITE.
+    copy_headers: list[str] = Field(default_factory=list)
+    # The agent platform's call ID, if it sends one (stored as polyai_call_id).
+    call_id_header: str | None = "X-PolyAI-Call-ID"
+
+
 class RouteConfig(_Model):
     """Numbers starting with ``prefix`` (E.164, '+' optional) go to ``trunk`` or to the
     hunt group ``trunks`` (by priority, then weight; failover on 408/5xx/transport
@@ -312,6 +420,7 @@ class RouteConfig(_Model):
     timezone: str | None = None
     retry: RetryConfig | None = None
     detection: DetectionSettings | None = None
+    ivr: IvrSettings | None = None
 
     @model_validator(mode="after")
     def _one_target(self) -> RouteConfig:
@@ -409,6 +518,7 @@ class Config(_Model):
     retry: RetryConfig = Field(default_factory=RetryConfig)
     # Default recipient detection for routes that give none.
     detection: DetectionSettings = Field(default_factory=DetectionSettings)
+    inbound: InboundConfig = Field(default_factory=InboundConfig)
     webhooks: WebhookConfig = Field(default_factory=WebhookConfig)
     shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
 

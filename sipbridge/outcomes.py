@@ -69,6 +69,7 @@ def from_leg_end(
     if answered:
         reason = {
             "remote_bye": "",
+            "bridged_bye": "ended by agent",
             "local_hangup": "hung up by API",
             "max_duration": "max call duration reached",
         }.get(cause or "", "")

@@ -135,5 +135,66 @@ def resolve_plan(
 
 __all__ = [
     "HeaderError", "RoutingError", "carrier_headers", "choose_route", "choose_trunk",
-    "effective_caller_id", "resolve_plan", "srtp_mode",
+    "effective_caller_id", "resolve_agent_plan", "resolve_plan", "srtp_mode",
 ]
+
+
+def resolve_agent_plan(
+    cfg: Config,
+    *,
+    call_sid: str,
+    carrier_leg_id: str,
+    to_number: str,
+    from_number: str,
+    metadata: Mapping[str, str],
+    polyai_call_id: str | None,
+    answered_by: str | None,
+    bridge_host: str,
+    index: int = 1,
+    extra_headers: Mapping[str, str] | None = None,
+) -> DialPlan:
+    """The agent leg (a-leg): INVITE to the agent's SIP URI carrying the call mapping
+    (our callSid, the agent platform's call ID, both numbers, the detection result) and
+    every metadata key as a header; bridged with ``carrier_leg_id`` once answered."""
+    agent = cfg.agent
+    fields = {
+        "call_sid": call_sid, "to_number": to_number, "from_number": from_number,
+        "polyai_call_id": polyai_call_id or "", "trunk": "", "attempt": str(index),
+        "answered_by": answered_by or "unknown",
+    }
+    out: dict[str, tuple[str, str]] = {}
+    for name, value in agent.headers.items():
+        out[name.lower()] = (name, validate_header_value(value, f"agent header {name}"))
+    for name, tmpl in agent.header_templates.items():
+        value = render_template(tmpl, fields, metadata)
+        if value:  # e.g. no polyai_call_id: the header is left out, not sent empty
+            out[name.lower()] = (name, validate_header_value(value, f"agent header {name}"))
+    for name, value in (extra_headers or {}).items():
+        out.setdefault(name.lower(), (name, validate_header_value(value, f"header {name}")))
+    if agent.metadata_header_prefix is not None:
+        for key, value in metadata.items():
+            name = f"{agent.metadata_header_prefix}{key}"
+            validate_header_name(name, f"metadata.{key}")
+            out.setdefault(name.lower(), (name, validate_header_value(value, f"metadata.{key}")))
+    transport = "udp"
+    low = agent.uri.lower()
+    if low.startswith("sips:") or ";transport=tls" in low:
+        transport = "tls"
+    elif ";transport=tcp" in low:
+        transport = "tcp"
+    # The agent sees the callee as the caller: it is talking to that person.
+    scheme = "sips" if transport == "tls" else "sip"
+    return DialPlan(
+        call_sid=call_sid,
+        leg_id=f"{call_sid}/a{index}",
+        trunk="agent",
+        request_uri=agent.uri,
+        from_uri=f"<{scheme}:{to_number}@{bridge_host}>",
+        to_uri=f"<{agent.uri}>",
+        headers=tuple(out.values()),
+        ring_timeout_s=agent.ring_timeout_s,
+        max_duration_s=cfg.timers.max_call_duration_s,
+        transport=transport,
+        role="agent",
+        bridge_with=carrier_leg_id,
+    )

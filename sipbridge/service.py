@@ -18,25 +18,42 @@ from typing import Any, Protocol
 from sipbridge.config import (
     Config,
     DetectionSettings,
+    IvrSettings,
     RetryConfig,
     RouteConfig,
     TrunkConfig,
     WindowConfig,
+    check_dtmf,
 )
-from sipbridge.ipc import DetectionReport, LegEvent
+from sipbridge.flow import (
+    Action,
+    CallFlow,
+    DialAgent,
+    EndCall,
+    PlayMessage,
+    SendDigits,
+    StartHold,
+    StartTimer,
+    agent_failure,
+)
+from sipbridge.headers import validate_header_value
+from sipbridge.ipc import (
+    DetectionReport,
+    DtmfReceived,
+    DtmfSent,
+    InboundCall,
+    LegEvent,
+    PlaybackDone,
+)
 from sipbridge.limits import ConcurrencyLimiter, RateLimiter, TokenBucket
-from sipbridge.outcomes import (
-    Termination,
-    from_detection,
-    from_leg_end,
-    from_progress_tone,
-    from_sit,
-)
+from sipbridge.numbers import NumberError, to_e164
+from sipbridge.outcomes import Termination, from_leg_end
 from sipbridge.plan import DialPlan
 from sipbridge.routing import (
     RoutingError,
     choose_route,
     effective_caller_id,
+    resolve_agent_plan,
     resolve_plan,
 )
 from sipbridge.schedule import (
@@ -61,8 +78,15 @@ class Pool(Protocol):
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
     def free_slots(self) -> int: ...
-    def dial(self, plan: DialPlan, prefer_worker: int | None = None) -> int: ...
+    def dial(self, plan: DialPlan, prefer_worker: int | None = None,
+             reserve: int = 0) -> int: ...
     def hangup(self, leg_id: str) -> bool: ...
+    def send_dtmf(self, leg_id: str, digits: str, duration_ms: int = 160,
+                  gap_ms: int = 80) -> bool: ...
+    def play(self, leg_id: str, path: str) -> bool: ...
+    def listen(self, leg_id: str, phase: str, config: dict[str, Any]) -> bool: ...
+    def respond(self, leg_id: str, status: int, reason: str = "",
+                media_from: str | None = None) -> bool: ...
 
 
 class PoolFullError(Exception):
@@ -92,6 +116,7 @@ class TriggerInput:
     retry: RetryConfig | None = None
     detection: DetectionSettings | None = None
     status_callback: str | None = None
+    ivr: IvrSettings | None = None
 
 
 @dataclass
@@ -105,6 +130,20 @@ class LiveAttempt:
     trunk: str | None = None
     started_at: float = 0.0
     tried: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _inbound_status(ev: LegEvent, term: Termination | None) -> tuple[int, str]:
+    """The final response for a waiting inbound INVITE when the carrier leg failed:
+    the carrier's own status where it means something to the caller, else 480/503."""
+    if term is not None and term.kind in ("busy",):
+        return 486, "Busy Here"
+    if term is not None and term.kind == "not_in_service":
+        return 404, "Not Found"
+    if ev.cause == "ring_timeout":
+        return 480, "Temporarily Unavailable"
+    if ev.sip_status and 400 <= ev.sip_status < 700 and ev.sip_status not in (401, 407, 487):
+        return ev.sip_status, ev.sip_reason or "Carrier Error"
+    return 503, "Service Unavailable"
 
 
 def new_call_sid() -> str:
@@ -140,6 +179,15 @@ class CallService:
         # Why the bridge itself is ending a call (SIT, machine policy): applied when the
         # leg's end arrives, instead of "hung up by API".
         self._pending_term: dict[str, Termination] = {}
+        # The agent side of each live call: flow decisions, timers, leg ids and roles.
+        self._flows: dict[str, CallFlow] = {}
+        self._timers: dict[str, list[asyncio.TimerHandle]] = {}
+        self._carrier_leg: dict[str, str] = {}  # call_sid -> live carrier leg
+        self._agent_leg: dict[str, str] = {}  # call_sid -> agent leg (dialled or inbound)
+        self._leg_role: dict[str, str] = {}  # leg_id -> "carrier" | "agent"
+        self._leg_worker: dict[str, int] = {}
+        self._inbound: set[str] = set()  # call_sids started by an inbound INVITE
+        self._inbound_worker: dict[str, int] = {}  # their carrier legs go to this worker
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -218,6 +266,8 @@ class CallService:
         updated = replace(rec, status=new, reason=reason, last_updated=now, **changes)
         if new in TERMINAL:
             updated = replace(updated, ended_at=now, not_before=None)
+            self._inbound.discard(rec.call_sid)
+            self._inbound_worker.pop(rec.call_sid, None)
         self.store.save(updated)
         log.info("%s: %s -> %s (%s)", rec.call_sid, rec.status, new, reason or "-",
                  extra={"call_sid": rec.call_sid})
@@ -249,6 +299,12 @@ class CallService:
             return DetectionSettings.model_validate(over)
         return self._route(rec).detection or self.cfg.detection
 
+    def _ivr(self, rec: CallRecord) -> IvrSettings | None:
+        over = rec.request.get("ivr")
+        if over is not None:
+            return IvrSettings.model_validate(over)
+        return self._route(rec).ivr
+
     def _detection_plan(self, rec: CallRecord) -> dict[str, Any] | None:
         d = self._detection(rec)
         if not (d.early_media or d.answer):
@@ -277,7 +333,7 @@ class CallService:
         """None if this token may trigger now, else the Retry-After seconds."""
         return self.api_limiter.check(token)
 
-    def trigger(self, req: TriggerInput) -> CallRecord:
+    def trigger(self, req: TriggerInput, start: bool = True) -> CallRecord:
         """Validate routing, encryption, window and headers now (a bad value is a 400,
         never sent), then store the call as queued. Idempotent on ``idempotency_key``.
         Raises RoutingError / HeaderError / ValueError naming the field."""
@@ -312,6 +368,8 @@ class CallService:
             request["retry"] = req.retry.model_dump()
         if req.detection:
             request["detection"] = req.detection.model_dump()
+        if req.ivr:
+            request["ivr"] = req.ivr.model_dump()
         if req.status_callback:
             request["status_callback"] = req.status_callback
         now = self.clock()
@@ -341,7 +399,8 @@ class CallService:
         self._event(rec, "status", {"from": None, "to": "queued", "reason": "", "why": "trigger"})
         log.info("%s: queued to %s via %s", call_sid, req.to_number, first.name,
                  extra={"call_sid": call_sid})
-        self._wake.set()
+        if start:
+            self._wake.set()
         return rec
 
     def get(self, call_sid: str) -> tuple[CallRecord, list[CallEvent]]:
@@ -503,13 +562,29 @@ class CallService:
             self._live.pop(rec.call_sid, None)
             self._set_status(rec, "failure", f"cannot dial: {e}", kind="plan_error")
             return None
+        copied = rec.request.get("copy_headers")
+        if copied:  # SIP-triggered: headers the config copies from the agent's INVITE
+            extra = tuple((k, validate_header_value(v, f"header {k}"))
+                          for k, v in copied.items())
+            plan = replace(plan, headers=plan.headers + extra)
+        inbound_worker = self._inbound_worker.get(rec.call_sid)
         try:
-            worker = self.pool.dial(plan)
+            # One slot stays reserved on the same worker for the agent leg (an inbound
+            # call's agent leg exists already: its carrier leg joins it on its worker).
+            if inbound_worker is not None:
+                worker = self.pool.dial(plan, prefer_worker=inbound_worker)
+            else:
+                worker = self.pool.dial(plan, reserve=1)
         except self._pool_full_errors:
             self.limiter.release(name)
             return 0.05
         live.leg_id, live.trunk = plan.leg_id, name
         self._leg_call[plan.leg_id] = rec.call_sid
+        self._leg_role[plan.leg_id] = "carrier"
+        self._leg_worker[plan.leg_id] = worker
+        self._carrier_leg[rec.call_sid] = plan.leg_id
+        if rec.call_sid not in self._flows:
+            self._flows[rec.call_sid] = CallFlow(self._detection(rec), self._ivr(rec))
         legs = dict(rec.legs)
         legs[plan.leg_id] = {"role": "carrier", "trunk": name, "worker": worker,
                              "attempt": live.attempt, "request_uri": plan.request_uri,
@@ -526,12 +601,169 @@ class CallService:
 
     # ---- events from the SIP engine --------------------------------------------------
 
-    def on_sip_event(self, ev: LegEvent | DetectionReport) -> None:
+    def on_sip_event(self, ev: Any) -> None:
         """Entry point for everything the worker pool reports."""
         if isinstance(ev, DetectionReport):
             self.on_detection(ev)
+        elif isinstance(ev, LegEvent):
+            if self._leg_role.get(ev.leg_id) == "agent":
+                self._on_agent_event(ev)
+            else:
+                self.on_leg_event(ev)
+        elif isinstance(ev, DtmfSent):
+            self._on_flow_event(ev.leg_id, ev.call_sid, "dtmf.sent", {"digits": ev.digits},
+                                lambda f: f.on_digits_sent())
+        elif isinstance(ev, PlaybackDone):
+            self._on_flow_event(ev.leg_id, ev.call_sid, "voicemail.played",
+                                {"path": ev.path, "error": ev.error},
+                                lambda f: f.on_playback_done(ev.error))
+        elif isinstance(ev, DtmfReceived):
+            self._on_flow_event(ev.leg_id, ev.call_sid, "dtmf.received",
+                                {"digit": ev.digit, "duration_ms": ev.duration_ms,
+                                 "method": ev.method, "relayed_to": ev.relayed_to},
+                                lambda f: [])
+        elif isinstance(ev, InboundCall):
+            self.on_inbound(ev)
         else:
-            self.on_leg_event(ev)
+            log.warning("unexpected event from the SIP engine: %r", ev)
+
+    def _on_flow_event(self, leg_id: str, call_sid: str, kind: str, data: dict[str, Any],
+                       step: Callable[[CallFlow], list[Action]]) -> None:
+        sid = self._leg_call.get(leg_id, call_sid)
+        rec = self.store.get(sid, self.clock())
+        if rec is None or rec.terminal:
+            return
+        self._event(rec, kind, {"leg": leg_id, **data})
+        flow = self._flows.get(sid)
+        if flow is not None:
+            self._execute(sid, step(flow))
+
+    # ---- flow actions ----------------------------------------------------------------
+
+    def _execute(self, call_sid: str, actions: list[Action]) -> None:
+        for action in actions:
+            try:
+                self._execute_one(call_sid, action)
+            except Exception:
+                log.exception("%s: action %r failed", call_sid, action,
+                              extra={"call_sid": call_sid})
+
+    def _execute_one(self, call_sid: str, action: Action) -> None:
+        rec = self.store.get(call_sid, self.clock())
+        carrier = self._carrier_leg.get(call_sid)
+        if rec is None or rec.terminal:
+            return
+        if isinstance(action, EndCall):
+            self._pending_term.setdefault(call_sid, action.term)
+            log.info("%s: ending call: %s", call_sid, action.term.reason,
+                     extra={"call_sid": call_sid})
+            hung = carrier is not None and self.pool.hangup(carrier)
+            agent = self._agent_leg.get(call_sid)
+            if agent is not None:
+                self.pool.hangup(agent)
+            if not hung and call_sid in self._inbound and carrier is None:
+                self._finish_inbound_without_carrier(rec, action.term)
+        elif isinstance(action, DialAgent):
+            self._dial_agent(rec, carrier, action.answered_by)
+        elif isinstance(action, SendDigits) and carrier is not None:
+            self._event(rec, "dtmf.send", {"leg": carrier, "digits": action.digits})
+            self.pool.send_dtmf(carrier, action.digits, action.duration_ms, action.gap_ms)
+        elif isinstance(action, StartHold) and carrier is not None:
+            self._event(rec, "hold", {"leg": carrier})
+            self.pool.listen(carrier, "hold", {})
+        elif isinstance(action, PlayMessage) and carrier is not None:
+            self._event(rec, "voicemail.play", {"leg": carrier, "path": action.path})
+            self.pool.play(carrier, action.path)
+        elif isinstance(action, StartTimer):
+            loop = asyncio.get_running_loop()
+            handle = loop.call_later(action.delay_s, self._on_timer, call_sid, action.name,
+                                     self._flows.get(call_sid))
+            self._timers.setdefault(call_sid, []).append(handle)
+
+    def _on_timer(self, call_sid: str, name: str, flow: CallFlow | None) -> None:
+        if flow is None or self._flows.get(call_sid) is not flow:
+            return  # a timer of an attempt that is over
+        self._execute(call_sid, flow.on_timer(name))
+
+    def _dial_agent(self, rec: CallRecord, carrier: str | None,
+                    answered_by: str | None) -> None:
+        if carrier is None:
+            return
+        if rec.call_sid in self._inbound:
+            # SIP-triggered: the agent is already on the line (the inbound leg).
+            return
+        plan = resolve_agent_plan(
+            self.cfg, call_sid=rec.call_sid, carrier_leg_id=carrier,
+            to_number=rec.to_number, from_number=rec.from_number,
+            metadata=rec.request.get("metadata", {}), polyai_call_id=rec.polyai_call_id,
+            answered_by=answered_by, bridge_host=self.bridge_host, index=rec.attempts,
+        )
+        worker = self._leg_worker.get(carrier)
+        try:
+            self.pool.dial(plan, prefer_worker=worker)
+        except self._pool_full_errors:
+            self._execute(rec.call_sid, [EndCall(Termination(
+                "failure", "no capacity for the agent leg", "bridge_error", True))])
+            return
+        self._leg_call[plan.leg_id] = rec.call_sid
+        self._leg_role[plan.leg_id] = "agent"
+        self._agent_leg[rec.call_sid] = plan.leg_id
+        legs = dict(rec.legs)
+        legs[plan.leg_id] = {"role": "agent", "worker": worker, "request_uri": plan.request_uri,
+                             "invite_at": self.clock(), "bridge_with": carrier}
+        rec = replace(rec, legs=legs, last_updated=self.clock())
+        self.store.save(rec)
+        self._event(rec, "agent.dial", {"leg": plan.leg_id, "answered_by": answered_by})
+
+    def _agent_failure(self, rec: CallRecord) -> Termination | None:
+        """The carrier leg was ended because its agent leg ended: if the agent never
+        answered, that is an agent failure, whatever order the two ends arrived in."""
+        for leg in rec.legs.values():
+            if leg.get("role") == "agent" and leg.get("ended_at") and not leg.get(
+                    "answered_at") and leg.get("direction") != "inbound":
+                return agent_failure(leg.get("sip_status"), leg.get("sip_reason", ""))
+        return None
+
+    def _on_agent_event(self, ev: LegEvent) -> None:
+        sid = self._leg_call.get(ev.leg_id, ev.call_sid)
+        rec = self.store.get(sid, self.clock())
+        if rec is None:
+            return
+        data: dict[str, Any] = {"leg": ev.leg_id, "sip_status": ev.sip_status}
+        for key in ("sip_reason", "sip_call_id", "cause", "detail"):
+            if getattr(ev, key):
+                data[key] = getattr(ev, key)
+        self._event(rec, f"agent.{ev.state}", data)
+        legs = dict(rec.legs)
+        leg = dict(legs.get(ev.leg_id, {"role": "agent"}))
+        if ev.sip_call_id:
+            leg["sip_call_id"] = ev.sip_call_id
+        if ev.state == "answered":
+            leg["answered_at"] = ev.ts
+        if ev.state == "ended":
+            leg.update(ended_at=ev.ts, cause=ev.cause, sip_status=ev.sip_status,
+                       sip_reason=ev.sip_reason)
+        legs[ev.leg_id] = leg
+        rec = replace(rec, legs=legs, last_updated=self.clock())
+        self.store.save(rec)
+        flow = self._flows.get(sid)
+        if ev.state == "answered" and flow is not None:
+            self._execute(sid, flow.on_agent_answered())
+        if ev.state == "ended":
+            self._leg_call.pop(ev.leg_id, None)
+            self._leg_role.pop(ev.leg_id, None)
+            if self._agent_leg.get(sid) == ev.leg_id:
+                self._agent_leg.pop(sid, None)
+            if rec.terminal or flow is None:
+                return
+            if sid in self._inbound:
+                # The agent platform hung up (or cancelled) its INVITE: end the carrier leg.
+                if not ev.answered:
+                    self._execute(sid, [EndCall(Termination(
+                        "failure", "canceled by agent platform", "canceled", False))])
+                return
+            if not ev.answered and ev.cause != "bridged_bye":
+                self._execute(sid, flow.on_agent_failed(ev.sip_status, ev.sip_reason))
 
     def on_leg_event(self, ev: LegEvent) -> None:
         call_sid = self._leg_call.get(ev.leg_id, ev.call_sid)
@@ -557,6 +789,11 @@ class CallService:
             rec = replace(rec, legs=legs, sip_status=ev.sip_status or rec.sip_status,
                           last_updated=self.clock())
             self.store.save(rec)
+            if call_sid in self._inbound:
+                self._relay_to_inbound(call_sid, ev)
+            flow = self._flows.get(call_sid)
+            if ev.state == "answered" and flow is not None:
+                self._execute(call_sid, flow.on_answered())
             return
         self._leg_call.pop(ev.leg_id, None)
         leg.update(ended_at=ev.ts, cause=ev.cause, sip_status=ev.sip_status)
@@ -592,6 +829,7 @@ class CallService:
             return
         self._hangup_requested.discard(call_sid)
         self._live.pop(call_sid, None)
+        self._end_flow(call_sid, ev)
         if (self._stopping and ev.cause == "local_hangup" and not ev.answered
                 and call_sid not in self._pending_term):
             # Shut down before answer: the call is not lost, it waits for the next start.
@@ -600,7 +838,10 @@ class CallService:
             return
         pending = self._pending_term.pop(call_sid, None)
         term = from_leg_end(ev.cause, ev.answered, ev.sip_status, ev.sip_reason, ev.detail)
-        if pending is not None and ev.cause in ("local_hangup", "remote_bye", "remote_final"):
+        if pending is None and ev.cause == "bridged_bye":
+            pending = self._agent_failure(rec)
+        if pending is not None and ev.cause in ("local_hangup", "remote_bye", "remote_final",
+                                                "bridged_bye"):
             # We hung up because of what we heard (or the carrier beat us to it).
             term = replace(pending, sip_status=ev.sip_status)
             hangup = False
@@ -609,8 +850,8 @@ class CallService:
         self._finish_attempt(rec, term, tried, no_retry=hangup)
 
     def on_detection(self, rep: DetectionReport) -> None:
-        """A detection result from the worker: record it, and end the call when what we
-        heard decides it (SIT, busy/reorder tone, fax, machine per policy)."""
+        """A detection result from the worker: record it, and let the call's flow decide
+        (SIT, busy/reorder tone, fax, machine policy, connect the agent, hold result)."""
         call_sid = self._leg_call.get(rep.leg_id, rep.call_sid)
         rec = self.store.get(call_sid, self.clock())
         if rec is None or rec.terminal:
@@ -628,25 +869,129 @@ class CallService:
             changes["answered_by"] = answered_by
         rec = replace(rec, **changes)
         self.store.save(rec)
-        settings = self._detection(rec)
-        term: Termination | None = None
-        if answered_by == "sit":
-            term = from_sit(det.get("sit_code"))
-        elif det.get("progress"):
-            # busy / reorder cadences end the attempt; ringback does not
-            term = from_progress_tone(str(det["progress"]))
-        elif rep.phase == "answer" and answered_by == "fax" and settings.hangup_on_fax:
-            term = from_detection("fax")
-        elif (rep.phase == "answer" and answered_by in ("machine", "ivr")
-              and settings.machine_action in ("hangup", "retry")
-              and (det.get("final", True) or not settings.wait_for_beep)):
-            term = from_detection(str(answered_by), retry=settings.machine_action == "retry")
-        if term is None or call_sid in self._pending_term:
+        flow = self._flows.get(call_sid)
+        if flow is not None:
+            self._execute(call_sid, flow.on_detection(rep.phase, det))
+
+    def _end_flow(self, call_sid: str, ev: LegEvent) -> None:
+        """The carrier leg of an attempt is over: drop its flow and timers; tell an
+        inbound agent leg that is still waiting."""
+        for handle in self._timers.pop(call_sid, []):
+            handle.cancel()
+        self._flows.pop(call_sid, None)
+        if self._carrier_leg.get(call_sid) == ev.leg_id:
+            self._carrier_leg.pop(call_sid, None)
+        self._leg_role.pop(ev.leg_id, None)
+        self._leg_worker.pop(ev.leg_id, None)
+        if call_sid in self._inbound:
+            inbound = self._agent_leg.get(call_sid)
+            if inbound is not None and not ev.answered:
+                pending = self._pending_term.get(call_sid)
+                status, reason = _inbound_status(ev, pending)
+                self.pool.respond(inbound, status, reason)
+
+    # ---- SIP-triggered mode ----------------------------------------------------------
+
+    def on_inbound(self, ev: InboundCall) -> None:
+        """An INVITE from the agent platform: find the destination, create the call,
+        dial the carrier on the same worker, relay progress back (RFC 3261 13.3.1)."""
+        icfg = self.cfg.inbound
+        if not icfg.enabled:
+            self.pool.respond(ev.leg_id, 403, "SIP-triggered calls are disabled")
             return
-        self._pending_term[call_sid] = term
-        log.info("%s: ending call: %s", call_sid, term.reason, extra={"call_sid": call_sid})
-        if not self.pool.hangup(rep.leg_id):
-            log.warning("%s: detection wants hangup but leg %s is gone", call_sid, rep.leg_id)
+        headers = {k.lower(): v for k, v in ev.headers}
+        if icfg.number_source == "header":
+            raw = headers.get(icfg.number_header.lower(), "")
+        else:
+            user = ev.request_uri.split(":", 1)[-1].split("@", 1)[0]
+            raw = user.split(";", 1)[0]
+        polyai = headers.get(icfg.call_id_header.lower()) if icfg.call_id_header else None
+        try:
+            to = to_e164(raw, icfg.default_country, "destination")
+        except NumberError as e:
+            log.warning("inbound INVITE %s refused: %s", ev.sip_call_id, e)
+            self.pool.respond(ev.leg_id, 484, "Address Incomplete")
+            return
+        copied = {name: headers[name.lower()] for name in icfg.copy_headers
+                  if name.lower() in headers}
+        try:
+            rec = self.trigger(TriggerInput(to_number=to, polyai_call_id=polyai,
+                                            metadata={}), start=False)
+        except (RoutingError, ValueError) as e:
+            log.warning("inbound INVITE %s refused: %s", ev.sip_call_id, e)
+            self.pool.respond(ev.leg_id, 404, "Not Found")
+            return
+        call_sid = rec.call_sid
+        self._inbound.add(call_sid)
+        self._leg_call[ev.leg_id] = call_sid
+        self._leg_role[ev.leg_id] = "agent"
+        self._leg_worker[ev.leg_id] = ev.worker_id
+        self._agent_leg[call_sid] = ev.leg_id
+        legs = {ev.leg_id: {"role": "agent", "direction": "inbound", "worker": ev.worker_id,
+                            "sip_call_id": ev.sip_call_id, "source": ev.source}}
+        rec = replace(rec, legs=legs, request={**rec.request, "copy_headers": copied,
+                                               "inbound_leg": ev.leg_id})
+        self.store.save(rec)
+        self._event(rec, "agent.inbound", {"leg": ev.leg_id, "source": ev.source,
+                                           "request_uri": ev.request_uri})
+        self._start_inbound_attempt(rec, ev.worker_id)
+
+    def _start_inbound_attempt(self, rec: CallRecord, worker: int) -> None:
+        now = self.clock()
+        route = self._route(rec)
+        names = self._trunks_for(route, None)
+        cands = [c for c in route.candidates() if c[0] in names]
+        hunt = hunt_list(cands, self.rng, self.health, now)
+        if not hunt:
+            self._finish_inbound_without_carrier(rec, Termination(
+                "failure", "no trunk available", "carrier_error", False, 503))
+            return
+        live = LiveAttempt(attempt=rec.attempts + 1, hunt=hunt, started_at=now)
+        self._live[rec.call_sid] = live
+        self._inbound_worker[rec.call_sid] = worker
+        if self._dial_hop(rec, live) is not None:
+            self._live.pop(rec.call_sid, None)
+            self._finish_inbound_without_carrier(rec, Termination(
+                "failure", "trunk limits reached", "carrier_error", True, 503))
+
+    def _finish_inbound_without_carrier(self, rec: CallRecord, term: Termination) -> None:
+        inbound = self._agent_leg.get(rec.call_sid)
+        if inbound is not None:
+            self.pool.respond(inbound, term.sip_status or 503, term.reason)
+        if not rec.terminal:
+            self._set_status(rec, term.result, term.reason, kind=term.kind,
+                             sip_status=term.sip_status)
+
+    def _relay_to_inbound(self, call_sid: str, ev: LegEvent) -> None:
+        inbound = self._agent_leg.get(call_sid)
+        if inbound is None:
+            return
+        if ev.state == "ringing":
+            self.pool.respond(inbound, 180, "Ringing")
+        elif ev.state == "early":
+            self.pool.respond(inbound, 183, "Session Progress", media_from=ev.leg_id)
+        elif ev.state == "answered":
+            self.pool.respond(inbound, 200, "OK", media_from=ev.leg_id)
+
+    # ---- live-call operations --------------------------------------------------------
+
+    def send_dtmf(self, call_sid: str, digits: str, duration_ms: int = 160,
+                  gap_ms: int = 80) -> CallRecord:
+        """Send DTMF (RFC 4733) on the answered carrier leg. ValueError on bad digits,
+        CallNotFound, or InvalidTransition when the call has no answered carrier leg."""
+        check_dtmf(digits)
+        rec = self.store.get(call_sid, self.clock())
+        if rec is None:
+            raise CallNotFound(call_sid)
+        carrier = self._carrier_leg.get(call_sid)
+        answered = carrier is not None and "answered_at" in rec.legs.get(carrier, {})
+        if rec.terminal or not answered:
+            raise InvalidTransition(f"call {call_sid} has no answered carrier leg "
+                                    f"(status {rec.status})")
+        assert carrier is not None
+        self._event(rec, "dtmf.send", {"leg": carrier, "digits": digits, "by": "api"})
+        self.pool.send_dtmf(carrier, digits, duration_ms, gap_ms)
+        return rec
 
     def _finish_attempt(self, rec: CallRecord, term: Termination, tried: list[dict[str, Any]],
                         no_retry: bool = False) -> None:
@@ -659,6 +1004,8 @@ class CallService:
             "trunks": [t["trunk"] for t in tried if t.get("trunk")],
         }]
         policy = self._policy(rec)
+        # An inbound (SIP-triggered) call is never retried: the agent is on the line now.
+        no_retry = no_retry or rec.call_sid in self._inbound
         # A "retry" machine action asks for a retry whatever retry_on lists.
         wants_retry = policy.should_retry(term.kind, rec.attempts) or (
             term.kind == "machine" and rec.attempts < policy.max_attempts)

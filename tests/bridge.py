@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import socket
 import subprocess
@@ -14,7 +15,7 @@ from typing import Any
 import httpx
 import yaml
 
-from tests.sipp import free_port
+from tests.sipp import SippUas, free_port
 
 TOKEN = "integration-token"
 AUTH = {"X-PolyAi-Auth-Token": TOKEN}
@@ -82,12 +83,32 @@ class Bridge:
             return self.proc.wait(5)
 
 
+_AGENTS: list[SippUas] = []
+
+
+def _stop_agents() -> None:
+    for uas in _AGENTS:
+        uas.stop()
+
+
+atexit.register(_stop_agents)
+
+
+def default_agent(log_dir: Path) -> str:
+    """A SIPp UAS that answers every agent INVITE and waits for BYE: the AI agent's SIP
+    endpoint for tests that are not about the agent leg. Lives until the test run ends
+    (a bridge restarted with the same config finds it again)."""
+    uas = SippUas("uas_answer_wait_bye.xml", log_dir).start()
+    _AGENTS.append(uas)
+    return f"sip:agent@{uas.uri_hostport}"
+
+
 def bridge_config(log_dir: Path, trunks: list[dict[str, Any]], routes: list[dict[str, Any]],
                   **sections: Any) -> dict[str, Any]:
+    """A test config; without an ``agent`` section, agent legs go to :func:`default_agent`."""
     cfg: dict[str, Any] = {
         "sip": {"listen_address": "127.0.0.1", "port_min": 0, "port_max": 0,
                 "workers": 2, "calls_per_worker": 4},
-        "agent": {"uri": "sip:agent@127.0.0.1:5999"},
         "api": {"listen_address": "127.0.0.1", "port": free_port(socket.SOCK_STREAM),
                 "tokens": [{"env": "SB_IT_TOKEN"}]},
         "trunks": trunks,
@@ -97,6 +118,8 @@ def bridge_config(log_dir: Path, trunks: list[dict[str, Any]], routes: list[dict
         "shutdown": {"grace_s": 2},
     }
     cfg.update(sections)
+    if "agent" not in cfg:
+        cfg["agent"] = {"uri": default_agent(log_dir)}
     return cfg
 
 

@@ -5,6 +5,11 @@ Endpoint holding at most ``calls_per_worker`` legs. The pool picks a worker per 
 relays commands over a Pipe and turns the worker's messages back into
 :class:`sipbridge.ipc.LegEvent` callbacks on the event loop thread.
 
+Bridged calls need every leg in one worker: ``dial(plan, reserve=n)`` keeps ``n`` more
+slots of the chosen worker for that ``call_sid`` (for the agent leg), consumed by a later
+``dial(..., prefer_worker=w)`` of the same call, released when all the call's legs on
+that worker have ended.
+
 Guarantees:
 - every dialled leg gets exactly one ``ended`` event: from its worker, or synthesised
   (``cause="worker_died"``) when the worker process dies, or (``cause="local_hangup"``)
@@ -38,6 +43,11 @@ STOP_TIMEOUT_S = 5.0
 _RESTART_BACKOFF_MAX_S = 10.0
 
 
+# Everything the pool hands to ``on_event``.
+PoolEvent = (ipc.LegEvent | ipc.DetectionReport | ipc.DtmfReceived | ipc.DtmfSent
+             | ipc.PlaybackDone | ipc.InboundCall)
+
+
 class PoolFull(Exception):
     """No worker has a free slot (or the pinned worker is full / not running)."""
 
@@ -56,6 +66,7 @@ class _WorkerSlot:
     ready: bool = False
     ready_future: asyncio.Future[ipc.WorkerReady] | None = None
     legs: dict[str, str] = field(default_factory=dict)  # leg_id -> call_sid
+    reserved: dict[str, int] = field(default_factory=dict)  # call_sid -> reserved slots
     last_log: str = ""
     restarts: int = 0
     started_at: float = 0.0
@@ -64,9 +75,7 @@ class _WorkerSlot:
 class WorkerPool:
     """A pool of SIP worker processes. All methods must be called on the event loop thread."""
 
-    def __init__(
-        self, cfg: SipConfig, on_event: Callable[[ipc.LegEvent | ipc.DetectionReport], None]
-    ) -> None:
+    def __init__(self, cfg: SipConfig, on_event: Callable[[PoolEvent], None]) -> None:
         self.cfg = cfg
         self.on_event = on_event
         self._ctx = multiprocessing.get_context("spawn")
@@ -181,10 +190,11 @@ class WorkerPool:
     def _free(self, w: _WorkerSlot) -> int:
         if not w.ready or self._stopping:
             return 0
-        return max(0, (w.capacity or self.cfg.calls_per_worker) - len(w.legs))
+        used = len(w.legs) + sum(w.reserved.values())
+        return max(0, (w.capacity or self.cfg.calls_per_worker) - used)
 
     def free_slots(self) -> int:
-        """Slots free right now on running workers."""
+        """Slots free right now on running workers (reserved slots are not free)."""
         return sum(self._free(w) for w in self._workers.values())
 
     def ready_workers(self) -> int:
@@ -205,26 +215,54 @@ class WorkerPool:
         return p.pid if p is not None else None
 
     # ---------------------------------------------------------------- commands
-    def dial(self, plan: DialPlan, prefer_worker: int | None = None) -> int:
+    def _room(self, w: _WorkerSlot, call_sid: str) -> int:
+        """Slots a dial for ``call_sid`` may use on ``w``: the free ones plus one of the
+        call's own reservation."""
+        if not w.ready or self._stopping:
+            return 0
+        return self._free(w) + (1 if w.reserved.get(call_sid, 0) > 0 else 0)
+
+    def dial(self, plan: DialPlan, prefer_worker: int | None = None, reserve: int = 0) -> int:
         """Send a Dial to the least-loaded worker with a free slot; return its worker_id.
 
         ``prefer_worker`` pins the leg to that worker (all legs of one call must share a
-        worker): if it has no free slot, :class:`PoolFull` is raised rather than using
-        another worker. Raises ``ValueError`` for a leg_id that is still live.
+        worker): if it has no room, :class:`PoolFull` is raised rather than using another
+        worker. A call holding a reservation (see below) uses it: a dial for that
+        ``call_sid`` consumes one reserved slot of its worker (and goes to that worker
+        when no ``prefer_worker`` is given).
+
+        ``reserve`` (>= 0): the chosen worker must have ``1 + reserve`` slots for this
+        call, and ``reserve`` of them stay reserved for ``plan.call_sid`` (not offered to
+        other calls, not counted by :meth:`free_slots`) until later dials of the call
+        consume them or all its legs on that worker have ended.
+
+        Raises ``ValueError`` for a leg_id that is still live or a negative ``reserve``.
         """
         if plan.leg_id in self._leg_worker:
             raise ValueError(f"leg {plan.leg_id!r} is already live")
+        if reserve < 0:
+            raise ValueError("reserve must be >= 0")
+        need = 1 + reserve
+        cs = plan.call_sid
+        if prefer_worker is None:
+            held = [w for w in self._workers.values() if w.reserved.get(cs, 0) > 0 and w.ready]
+            if held:
+                prefer_worker = held[0].worker_id
         if prefer_worker is not None:
             w = self._workers.get(prefer_worker)
             if w is None:
                 raise ValueError(f"no worker {prefer_worker}")
-            if self._free(w) <= 0:
-                raise PoolFull(f"SIP worker {prefer_worker} has no free slot")
+            if self._room(w, cs) < need:
+                raise PoolFull(
+                    f"SIP worker {prefer_worker} has no free slot"
+                    + (f" (need {need} for this call)" if need > 1 else "")
+                )
         else:
-            candidates = [w for w in self._workers.values() if self._free(w) > 0]
+            candidates = [w for w in self._workers.values() if self._room(w, cs) >= need]
             if not candidates:
                 raise PoolFull(
-                    f"all {self.capacity()} SIP slots are busy or their workers are down"
+                    f"no SIP worker has {need} free slot{'s' if need > 1 else ''} "
+                    f"({self.free_slots()} of {self.capacity()} free or their workers are down)"
                 )
             w = max(candidates, key=lambda c: (self._free(c), -c.worker_id))
         assert w.conn is not None
@@ -232,9 +270,30 @@ class WorkerPool:
             w.conn.send(ipc.encode(ipc.Dial(plan)))
         except (OSError, ValueError) as e:
             raise PoolFull(f"SIP worker {w.worker_id} is not reachable: {e}") from None
-        w.legs[plan.leg_id] = plan.call_sid
+        held_now = w.reserved.get(cs, 0)
+        left = held_now - (1 if held_now > 0 else 0) + reserve
+        if left > 0:
+            w.reserved[cs] = left
+        else:
+            w.reserved.pop(cs, None)
+        w.legs[plan.leg_id] = cs
         self._leg_worker[plan.leg_id] = w.worker_id
         return w.worker_id
+
+    def reserved_slots(self, call_sid: str) -> dict[int, int]:
+        """Slots reserved for a call, by worker_id (diagnostics, tests)."""
+        return {
+            w.worker_id: w.reserved[call_sid]
+            for w in self._workers.values()
+            if w.reserved.get(call_sid, 0) > 0
+        }
+
+    def _forget_leg(self, w: _WorkerSlot, leg_id: str) -> None:
+        """A leg ended: free its slot, and its call's reservation with its last leg."""
+        call_sid = w.legs.pop(leg_id, None)
+        self._leg_worker.pop(leg_id, None)
+        if call_sid is not None and call_sid not in w.legs.values():
+            w.reserved.pop(call_sid, None)
 
     def _send_to_leg(self, leg_id: str, msg: ipc.Command) -> bool:
         wid = self._leg_worker.get(leg_id)
@@ -253,9 +312,47 @@ class WorkerPool:
         """Ask the leg's worker to hang up (CANCEL or BYE). False if unknown/already ended."""
         return self._send_to_leg(leg_id, ipc.Hangup(leg_id))
 
-    def send_dtmf(self, leg_id: str, digits: str) -> bool:
-        """Send RFC 4733 DTMF digits on a live leg. False if unknown/already ended."""
-        return self._send_to_leg(leg_id, ipc.SendDtmf(leg_id, digits))
+    def send_dtmf(
+        self, leg_id: str, digits: str, duration_ms: int = 160, gap_ms: int = 80
+    ) -> bool:
+        """Send RFC 4733 DTMF digits on a live leg (``w`` = 0.5 s pause, ``W`` = 1 s);
+        ``DtmfSent`` follows when done. False if unknown/already ended."""
+        return self._send_to_leg(leg_id, ipc.SendDtmf(leg_id, digits, duration_ms, gap_ms))
+
+    def bridge(self, carrier_leg: str, agent_leg: str) -> bool:
+        """Join two legs' audio both ways in their worker; either's end ends the other and
+        DTMF from ``agent_leg`` is relayed to ``carrier_leg``. Raises ``ValueError`` if
+        the legs live in different workers; False if either is unknown/ended."""
+        wa, wb = self._leg_worker.get(carrier_leg), self._leg_worker.get(agent_leg)
+        if wa is None or wb is None:
+            return False
+        if wa != wb:
+            raise ValueError(
+                f"legs {carrier_leg!r} (worker {wa}) and {agent_leg!r} (worker {wb}) "
+                "are in different workers"
+            )
+        return self._send_to_leg(carrier_leg, ipc.BridgeLegs(carrier_leg, agent_leg))
+
+    def play(self, leg_id: str, path: str) -> bool:
+        """Play a WAV file (8/16 kHz mono PCM) into a leg; ``PlaybackDone`` follows."""
+        return self._send_to_leg(leg_id, ipc.PlayAudio(leg_id, path))
+
+    def listen(self, leg_id: str, phase: str, config: dict[str, Any] | None = None) -> bool:
+        """Analyse a leg's audio in another phase ("hold"); results come as
+        ``DetectionReport(phase=phase)``."""
+        return self._send_to_leg(leg_id, ipc.Listen(leg_id, phase, dict(config or {})))
+
+    def respond(
+        self, leg_id: str, status: int, reason: str = "", media_from: str | None = None
+    ) -> bool:
+        """Answer an inbound leg (``InboundCall``): 180/183 (``media_from``: that leg's
+        audio is sent into this one as early media), 200 (bridged with ``media_from``),
+        or a final error status. ``media_from`` must live in the same worker."""
+        if media_from is not None:
+            wm, wl = self._leg_worker.get(media_from), self._leg_worker.get(leg_id)
+            if wm is not None and wl is not None and wm != wl:
+                raise ValueError(f"leg {media_from!r} is in worker {wm}, not {wl}")
+        return self._send_to_leg(leg_id, ipc.Respond(leg_id, status, reason, media_from))
 
     # ---------------------------------------------------------------- events
     def _on_readable(self, worker_id: int, conn: Connection) -> None:
@@ -287,14 +384,21 @@ class WorkerPool:
                 if msg.leg_id not in w.legs:
                     log.warning("ended event for unknown leg %s ignored", msg.leg_id)
                     return
-                del w.legs[msg.leg_id]
-                self._leg_worker.pop(msg.leg_id, None)
+                self._forget_leg(w, msg.leg_id)
             elif msg.leg_id not in w.legs:
                 return
             self._emit(msg)
-        elif isinstance(msg, ipc.DetectionReport):
+        elif isinstance(
+            msg, ipc.DetectionReport | ipc.DtmfReceived | ipc.DtmfSent | ipc.PlaybackDone
+        ):
             if msg.leg_id in w.legs:
                 self._emit(msg)
+        elif isinstance(msg, ipc.InboundCall):
+            # The inbound leg holds a slot of its worker like a dialled leg (its call_sid
+            # in LegEvents is its leg_id until the supervisor maps it).
+            w.legs[msg.leg_id] = msg.leg_id
+            self._leg_worker[msg.leg_id] = w.worker_id
+            self._emit(msg)
         elif isinstance(msg, ipc.WorkerReady):
             w.sip_port = msg.sip_port
             w.capacity = msg.capacity
@@ -314,7 +418,7 @@ class WorkerPool:
         else:
             log.warning("SIP worker %d sent unexpected %r", w.worker_id, msg)
 
-    def _emit(self, ev: ipc.LegEvent | ipc.DetectionReport) -> None:
+    def _emit(self, ev: PoolEvent) -> None:
         try:
             self.on_event(ev)
         except Exception:
@@ -323,8 +427,7 @@ class WorkerPool:
     def _synth_end(
         self, w: _WorkerSlot, leg_id: str, call_sid: str, cause: ipc.EndCause, detail: str
     ) -> None:
-        w.legs.pop(leg_id, None)
-        self._leg_worker.pop(leg_id, None)
+        self._forget_leg(w, leg_id)
         self._emit(
             ipc.LegEvent(
                 leg_id=leg_id,

@@ -164,4 +164,68 @@ class LegAnalysis:
         return events
 
 
-__all__ = ["FAST_COPY", "FrameTap", "LegAnalysis", "copy_vector"]
+class PhaseListener:
+    """A later analysis phase on a live leg (``Listen``), e.g. "hold": wait for a live
+    person after IVR navigation.
+
+    "hold" uses ``sipbridge.media.hold.HoldListener(config)`` (``.feed(frame, t_ms) ->
+    list[DetectionEvent]``, ``.done``). Until that module exists, a
+    :class:`~sipbridge.media.detect.Detector` in "answer" mode stands in: only its
+    ``human`` decisions are reported (anything else restarts it, so hold music or a
+    looping prompt keeps the listener waiting). Other phase names ("answer", "early")
+    run the Detector in that mode and report everything.
+    """
+
+    def __init__(self, phase: str, config: dict[str, Any] | None = None) -> None:
+        self.phase = phase
+        self.config = dict(config or {})
+        self.frames_fed = 0
+        self.fallback = False
+        self.impl: Any = None
+        if phase == "hold":
+            try:
+                from sipbridge.media.hold import HoldListener  # type: ignore[import-not-found,unused-ignore]
+            except ImportError:
+                self.fallback = True
+                self.impl = self._detector("answer")
+            else:
+                self.impl = HoldListener(self.config)
+        else:
+            self.impl = self._detector("early" if phase == "early" else "answer")
+
+    def _detector(self, mode: str) -> Detector:
+        try:
+            cfg = config_from_overrides(self.config.get("config", self.config) or None)
+        except (ValueError, TypeError):
+            cfg = config_from_overrides(None)
+        return Detector(cfg, mode="early" if mode == "early" else "answer", keep_timeline=False)
+
+    @property
+    def active(self) -> bool:
+        return self.impl is not None and not self.impl.done
+
+    def feed(self, frames: list[bytes]) -> list[DetectionEvent]:
+        out: list[DetectionEvent] = []
+        for data in frames:
+            if not self.active:
+                break
+            t_ms = self.frames_fed * FRAME_MS
+            self.frames_fed += 1
+            events = self.impl.feed(data, t_ms)
+            if not self.fallback:
+                out.extend(events)
+                continue
+            for ev in events:
+                if ev.kind == "decision" and ev.detection.answered_by == "human":
+                    out.append(ev)
+            if self.impl.done and not out:
+                # Not a person (music, a prompt, silence): keep listening from here.
+                self.impl = self._detector("answer")
+                self.frames_fed = 0
+            elif out:
+                self.impl = None  # a person: done
+                break
+        return out
+
+
+__all__ = ["FAST_COPY", "FrameTap", "LegAnalysis", "PhaseListener", "copy_vector"]

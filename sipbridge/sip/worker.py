@@ -34,17 +34,50 @@ Carrier routing (per-leg settings of a :class:`~sipbridge.plan.DialPlan`):
   UDP/TCP signalling (``srtpSecureSignaling = 0``, the "UDP/SRTP" encryption choice).
 - ``Retry-After`` (RFC 3261 20.33) of the final non-2xx INVITE response is reported in the
   ``ended`` event's ``retry_after_s``.
+
+The agent side (all on the same loop thread; callbacks only set state, the loop acts):
+
+- Bridge (``BridgeLegs``, or a plan's ``bridge_with`` once both legs are CONFIRMED): the
+  two calls' ``AudioMedia`` transmit to each other on the conference bridge (kept as
+  "edges", re-connected on every media change). A plan with ``bridge_with`` is paired at
+  dial time, so either leg's end ends the other (``bridged_bye``: BYE, or CANCEL before
+  answer) even before the audio is joined. DTMF received on the agent leg is relayed to
+  the carrier leg as RFC 4733 with the received duration (``DtmfReceived.relayed_to``).
+- Every call gets the null sound device's capture port (silence) as a transmitter:
+  without any transmitter the conference bridge clocks a stream only now and then, and
+  RFC 4733 digits queued after the stream went quiet were never sent.
+- ``SendDtmf``: digits are sent one by one (``CallSendDtmfParam``, RFC 2833 method, the
+  given duration) from the loop against monotonic deadlines (``gap_ms``; ``w`` 0.5 s,
+  ``W`` 1 s); ``DtmfSent`` when the string is done. Invalid characters are logged and
+  skipped.
+- DTMF in: RFC 4733 events (reported once, at their end, with their duration) and SIP
+  INFO ``application/dtmf-relay`` come from pjsua's ``onDtmfEvent``; INFO
+  ``application/dtmf`` is parsed here and answered 200 through pjsip's C API (ctypes),
+  since pjsua2 cannot answer an in-dialog request.
+- ``PlayAudio``: an ``AudioMediaPlayer`` (no loop) into the leg; ``onEof2`` sets a flag,
+  the loop reports ``PlaybackDone`` and drops the player (never inside the callback).
+- ``Listen``: a :class:`~sipbridge.sip.tap.PhaseListener` ("hold":
+  ``sipbridge.media.hold.HoldListener``) on the leg's tap; reports
+  ``DetectionReport(phase=...)``.
+- Inbound INVITEs (SIP-triggered mode): ``onIncomingCall`` on every account. Sources
+  outside ``sip.inbound_allow`` get 403; others become a leg ``in-<uuid4>`` announced with
+  ``InboundCall`` and answered by ``Respond`` (18x: ``media_from`` audio is sent into it
+  as early media; 200: bridged with ``media_from``; >= 300: rejected). No Respond within
+  30 s (120 s after a provisional one) ends it with 408 (480).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import os
 import signal
 import sys
 import time
-from collections import OrderedDict
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
@@ -54,22 +87,74 @@ import pjsua2 as pj
 from sipbridge import ipc
 from sipbridge.config import SipConfig
 from sipbridge.plan import DialPlan
-from sipbridge.sip.tap import CLOCK_RATE_HZ, FrameTap, LegAnalysis
+from sipbridge.sip.agentleg import (
+    dtmf_steps,
+    event_digit,
+    header,
+    parse_info_dtmf,
+    source_allowed,
+    split_message,
+)
+from sipbridge.sip.tap import CLOCK_RATE_HZ, FrameTap, LegAnalysis, PhaseListener
 from sipbridge.trunkselect import parse_retry_after
 
 _SHUTDOWN_DRAIN_S = 3.0
 _SLOT_RETRY_S = 2.0
+_LINGER_RETRY_S = 34.0  # Timer B (64 * T1 = 32 s) and a margin
 _PJ_ETOOMANY = 70010  # PJ_ETOOMANY: more calls than PJSUA_MAX_CALLS / maxCalls
 _MAX_ACCOUNTS = 8  # PJSUA_MAX_ACC in the PyPI wheel (PJSIP default)
+_DTMF_IS_END = 2  # PJMEDIA_STREAM_DTMF_IS_END (OnDtmfEventParam.flags)
 _TRANSPORT_TYPES = {
     "udp": pj.PJSIP_TRANSPORT_UDP,
     "tcp": pj.PJSIP_TRANSPORT_TCP,
     "tls": pj.PJSIP_TRANSPORT_TLS,
 }
 _SRTP_USE = {"off": pj.PJMEDIA_SRTP_DISABLED, "mandatory": pj.PJMEDIA_SRTP_MANDATORY}
+# Inbound INVITEs (SIP-triggered mode): the supervisor must Respond within this time,
+# and after a provisional Respond (180/183) send the final one within the ring time.
+_INBOUND_RESPOND_S = 30.0
+_INBOUND_RING_S = 120.0
+_INBOUND_MAX_DURATION_S = 4 * 3600.0
 
 # An account is shared by every leg with the same transport, SRTP use and credentials.
 AccountKey = tuple[str, str, tuple[str, str, str] | None]
+
+
+_PJ_LIB: Any = None
+
+
+def _pj_lib() -> Any:
+    """The pjsua2 extension as a ctypes library: it exports the pjsip/pjsua C symbols,
+    for the few things pjsua2 does not expose."""
+    global _PJ_LIB
+    if _PJ_LIB is None:
+        lib = ctypes.CDLL(pj._pjsua2.__file__)
+        lib.pjsip_rdata_get_dlg.restype = ctypes.c_void_p
+        lib.pjsip_rdata_get_dlg.argtypes = [ctypes.c_void_p]
+        lib.pjsip_dlg_respond.restype = ctypes.c_int
+        lib.pjsip_dlg_respond.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
+                                          ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+        lib.pjsua_call_get_count.restype = ctypes.c_uint
+        lib.pjsua_call_get_count.argtypes = []
+        _PJ_LIB = lib
+    return _PJ_LIB
+
+
+def respond_in_dialog(rdata: Any, status: int) -> bool:
+    """Answer an in-dialog request from ``onCallTsxState`` (pjsua2 has no API for it):
+    ``pjsip_dlg_respond(pjsip_rdata_get_dlg(rdata), rdata, status, ...)`` through ctypes.
+    Only valid inside the callback that carries ``rdata``. False if it could not be done."""
+    try:
+        lib = _pj_lib()
+        ptr = int(rdata.pjRxData)
+        if not ptr:
+            return False
+        dlg = lib.pjsip_rdata_get_dlg(ptr)
+        if not dlg:
+            return False
+        return int(lib.pjsip_dlg_respond(dlg, ptr, status, None, None, None)) == 0
+    except Exception:
+        return False
 
 
 class _DialRefused(Exception):
@@ -136,13 +221,35 @@ class _Leg:
     tap: Any = None  # FrameTap
     tap_connected: bool = False
     analysis: LegAnalysis | None = None
+    # Listen: a later analysis phase ("hold") on the same tap.
+    listener: PhaseListener | None = None
+    # Agent side / bridge.
+    inbound: bool = False  # an INVITE we received (SIP-triggered mode)
+    deadline: float | None = None  # inbound: monotonic time by which a Respond is due
+    provisional_sent: bool = False  # inbound: a 18x went out
+    final_sent: bool = False  # inbound: a final response went out
+    partner: str | None = None  # the other leg of the bridge: its end ends this leg
+    relay_to: str | None = None  # DTMF received here is relayed to this leg (RFC 4733)
+    dtmf_jobs: deque[_DtmfJob] = field(default_factory=deque)
+
+
+@dataclass
+class _DtmfJob:
+    digits: str
+    steps: list[tuple[str | None, float]]
+    duration_ms: int
+    index: int = 0
+    next_at: float = 0.0
 
 
 class _LegCall(pj.Call):
     """pj.Call subclass forwarding callbacks to the worker (same thread)."""
 
-    def __init__(self, worker: Worker, acc: Any, leg_id: str) -> None:
-        pj.Call.__init__(self, acc)
+    def __init__(self, worker: Worker, acc: Any, leg_id: str, call_id: int | None = None) -> None:
+        if call_id is None:
+            pj.Call.__init__(self, acc)
+        else:  # an incoming call (onIncomingCall)
+            pj.Call.__init__(self, acc, call_id)
         self._worker = worker
         self._leg_id = leg_id
 
@@ -163,6 +270,43 @@ class _LegCall(pj.Call):
             self._worker.on_call_tsx_state(self._leg_id, prm)
         except Exception as e:
             self._worker.log("error", f"onCallTsxState failed: {e!r}")
+
+    def onDtmfEvent(self, prm: Any) -> None:
+        try:
+            self._worker.on_dtmf_event(self._leg_id, prm)
+        except Exception as e:
+            self._worker.log("error", f"onDtmfEvent failed: {e!r}")
+
+
+class _WorkerAccount(pj.Account):
+    """A local account; receives inbound INVITEs for the worker."""
+
+    def __init__(self, worker: Worker) -> None:
+        pj.Account.__init__(self)
+        self._worker: Worker | None = worker
+
+    def onIncomingCall(self, prm: Any) -> None:
+        w = self._worker
+        if w is None:
+            return
+        try:
+            w.on_incoming_call(self, prm)
+        except Exception as e:
+            w.log("error", f"onIncomingCall failed: {e!r}")
+
+
+class _Player(pj.AudioMediaPlayer):
+    """A WAV player into one leg; ``onEof2`` only sets a flag (the loop reports it)."""
+
+    def __init__(self, leg_id: str, call_sid: str, path: str) -> None:
+        pj.AudioMediaPlayer.__init__(self)
+        self.leg_id = leg_id
+        self.call_sid = call_sid
+        self.path = path
+        self.eof = False
+
+    def onEof2(self) -> None:
+        self.eof = True
 
 
 class Worker:
@@ -188,6 +332,16 @@ class Worker:
         self.pending: dict[str, tuple[DialPlan, float]] = {}
         self.stopping = False
         self.parent_pid = os.getppid()
+        # The account that must exist to receive INVITEs (never evicted).
+        self.default_acc_key: AccountKey | None = None
+        # Inbound calls refused in onIncomingCall, kept until DISCONNECTED.
+        self.rejected: dict[str, Any] = {}
+        # Audio connections between legs: (source leg, destination leg).
+        self.edges: set[tuple[str, str]] = set()
+        self.players: list[_Player] = []
+        # Work deferred out of pjsua2 callbacks to the loop (hang up the bridge partner,
+        # relay a DTMF digit): run right after libHandleEvents.
+        self.soon: list[Callable[[], None]] = []
 
     # ----------------------------------------------------------------- plumbing
     def send(self, msg: ipc.Event) -> None:
@@ -279,6 +433,16 @@ class Worker:
             if kind in self.transport_errors:
                 self.log("warning", f"no SIP {kind} transport: {self.transport_errors[kind]}")
         ep.libStart()
+        # SIP-triggered mode: pjsua hands inbound INVITEs to an account (onIncomingCall),
+        # so one must exist before any dial: a default account on the primary transport,
+        # never evicted (it takes one of the PJSUA_MAX_ACC slots, so only when inbound
+        # calls are allowed at all; otherwise any dial account refuses them with 403).
+        if self.cfg.inbound_allow:
+            key: AccountKey = (primary, "off", None)
+            acc = _WorkerAccount(self)
+            acc.create(self._account_config(primary, "off", None), True)
+            self.accounts[key] = acc
+            self.default_acc_key = key
         self.send(ipc.WorkerReady(self.worker_id, self.sip_port, self.cfg.calls_per_worker))
 
     def _create_transport(self, kind: str, port: int) -> int:
@@ -323,7 +487,7 @@ class Worker:
             self.accounts.move_to_end(key)
             return key, acc
         while len(self.accounts) >= _MAX_ACCOUNTS:
-            busy = {leg.acc_key for leg in self.legs.values()}
+            busy = {leg.acc_key for leg in self.legs.values()} | {self.default_acc_key}
             victim = next((k for k in self.accounts if k not in busy), None)
             if victim is None:
                 raise _DialRefused(
@@ -338,7 +502,7 @@ class Worker:
                 f"evicted idle pjsua account transport={victim[0]} srtp={victim[1]} "
                 f"user={user!r} realm={realm!r}",
             )
-        acc = pj.Account()
+        acc = _WorkerAccount(self)
         try:
             acc.create(self._account_config(kind, plan.srtp, auth), False)
         except pj.Error as e:
@@ -380,6 +544,7 @@ class Worker:
 
     def _delete_account(self, key: AccountKey) -> None:
         acc = self.accounts.pop(key)
+        acc._worker = None
         with contextlib.suppress(Exception):
             acc.shutdown()
         del acc
@@ -391,7 +556,15 @@ class Worker:
         elif isinstance(msg, ipc.Hangup):
             self.hangup(msg.leg_id, "local_hangup")
         elif isinstance(msg, ipc.SendDtmf):
-            self.dtmf(msg.leg_id, msg.digits)
+            self.dtmf(msg.leg_id, msg.digits, msg.duration_ms, msg.gap_ms)
+        elif isinstance(msg, ipc.BridgeLegs):
+            self.bridge(msg.carrier_leg, msg.agent_leg)
+        elif isinstance(msg, ipc.PlayAudio):
+            self.play(msg.leg_id, msg.path)
+        elif isinstance(msg, ipc.Listen):
+            self.listen(msg.leg_id, msg.phase, msg.config)
+        elif isinstance(msg, ipc.Respond):
+            self.respond(msg.leg_id, msg.status, msg.reason, msg.media_from)
         elif isinstance(msg, ipc.Shutdown):
             self.stopping = True
         else:
@@ -461,7 +634,17 @@ class Worker:
                 # pjsua2 pitfall: a disconnected call's slot is released a little after
                 # DISCONNECTED is reported (media teardown), so a Dial sent as soon as the
                 # supervisor saw "ended" can hit PJ_ETOOMANY: retry it for a short while.
-                deadline = retry_until or time.monotonic() + _SLOT_RETRY_S
+                # Worse, a leg hung up before any response (e.g. an agent URI that does
+                # not answer) is reported DISCONNECTED at once, but its INVITE
+                # transaction cannot be CANCELled (RFC 3261 9.1) and keeps the pjsua slot
+                # until Timer B (32 s): wait for those slots too.
+                window = _SLOT_RETRY_S
+                if self._lingering_slots() > 0:
+                    window = _LINGER_RETRY_S
+                    if retry_until is None:
+                        self.log("warning", f"{plan.leg_id}: waiting for a pjsua call slot "
+                                 "held by a hung-up unanswered INVITE (Timer B)")
+                deadline = retry_until or time.monotonic() + window
                 if time.monotonic() < deadline:
                     self.pending[plan.leg_id] = (plan, deadline)
                     return
@@ -472,6 +655,8 @@ class Worker:
             self.graveyard.append(call)
             self._end_without_call(plan, "dial_error", repr(e))
             return
+        if plan.bridge_with:
+            self._pair(plan.leg_id, plan.bridge_with, connect=False)
         if "trying" not in leg.sent_states and not leg.ended:
             leg.sent_states.add("trying")
             call_id = ""
@@ -479,12 +664,20 @@ class Worker:
                 call_id = str(call.getInfo().callIdString)
             self._event(leg, "trying", sip_call_id=call_id)
 
+    def _lingering_slots(self) -> int:
+        """pjsua call slots busy without a live leg (see :meth:`dial`)."""
+        try:
+            used = int(_pj_lib().pjsua_call_get_count())
+        except Exception:
+            return 0
+        return max(0, used - len(self.legs) - len(self.rejected))
+
     def retry_pending(self) -> None:
         for leg_id, (plan, deadline) in list(self.pending.items()):
             del self.pending[leg_id]
             self.dial(plan, deadline)
 
-    def hangup(self, leg_id: str, cause: ipc.EndCause) -> None:
+    def hangup(self, leg_id: str, cause: ipc.EndCause, status: int = 0) -> None:
         if leg_id in self.pending:
             plan, _ = self.pending.pop(leg_id)
             self._end_without_call(plan, cause, "hung up before the INVITE was sent")
@@ -494,25 +687,316 @@ class Worker:
             return
         if leg.end_cause is None:
             leg.end_cause = cause
+        prm = pj.CallOpParam(True)
+        if leg.inbound and leg.answered_at is None and not leg.final_sent:
+            # An INVITE we have not answered: end it with a final response.
+            prm.statusCode = status or (480 if leg.provisional_sent else 408)
+            leg.final_sent = True
         try:
             # Before answer pjsua sends CANCEL (RFC 3261 9.1; deferred until a provisional
             # response arrives), after answer BYE (RFC 3261 15.1.1).
-            leg.call.hangup(pj.CallOpParam(True))
+            leg.call.hangup(prm)
         except pj.Error as e:
             self.log("warning", f"hangup {leg_id}: {_pj_error_text(e)}")
 
-    def dtmf(self, leg_id: str, digits: str) -> None:
+    # ----------------------------------------------------------------- DTMF
+    def dtmf(self, leg_id: str, digits: str, duration_ms: int = 160, gap_ms: int = 80) -> None:
+        """Queue a DTMF string; :meth:`run_dtmf` sends it digit by digit (RFC 4733)."""
         leg = self.legs.get(leg_id)
         if leg is None or leg.ended:
             self.log("warning", f"DTMF for unknown leg {leg_id!r}")
             return
+        steps, invalid = dtmf_steps(digits, duration_ms, gap_ms)
+        if invalid:
+            self.log("warning", f"DTMF {leg_id}: invalid characters {invalid!r} ignored")
+        job = _DtmfJob(digits, steps, int(duration_ms), next_at=time.monotonic())
+        leg.dtmf_jobs.append(job)
+
+    def _send_digit(self, leg: _Leg, digit: str, duration_ms: int) -> None:
+        if leg.ended:
+            return
+        prm = pj.CallSendDtmfParam()
+        prm.method = pj.PJSUA_DTMF_METHOD_RFC2833
+        prm.duration = int(duration_ms)
+        prm.digits = digit
         try:
-            leg.call.dialDtmf(digits)  # RFC 4733 telephone-event by default
+            leg.call.sendDtmf(prm)
         except pj.Error as e:
-            self.log("warning", f"DTMF {leg_id}: {_pj_error_text(e)}")
+            self.log("warning", f"DTMF {leg.plan.leg_id}: {_pj_error_text(e)}")
+
+    def run_dtmf(self) -> None:
+        """Send the digits whose time has come (never waits: monotonic deadlines)."""
+        now = time.monotonic()
+        for leg in list(self.legs.values()):
+            while leg.dtmf_jobs and not leg.ended:
+                job = leg.dtmf_jobs[0]
+                if now < job.next_at:
+                    break
+                if job.index >= len(job.steps):
+                    leg.dtmf_jobs.popleft()
+                    self.send(ipc.DtmfSent(
+                        leg_id=leg.plan.leg_id, call_sid=leg.plan.call_sid,
+                        worker_id=self.worker_id, ts=time.time(), digits=job.digits,
+                    ))
+                    continue
+                digit, wait_s = job.steps[job.index]
+                job.index += 1
+                if digit is not None:
+                    self._send_digit(leg, digit, job.duration_ms)
+                # From the previous deadline, so steps do not drift with loop latency.
+                job.next_at = max(job.next_at + wait_s, now)
+
+    def on_dtmf_event(self, leg_id: str, prm: Any) -> None:
+        """A digit received on a leg (RFC 4733 or SIP INFO dtmf-relay, parsed by pjsua)."""
+        leg = self.legs.get(leg_id)
+        if leg is None or leg.ended:
+            return
+        flags = int(getattr(prm, "flags", 0) or 0)
+        method = "info" if prm.method == pj.PJSUA_DTMF_METHOD_SIP_INFO else "rfc2833"
+        # RFC 4733 events are reported at their start (flags 0), while updating
+        # (IS_UPDATE) and at their end (IS_END, with the full duration): report the end.
+        if method == "rfc2833" and not flags & _DTMF_IS_END:
+            return
+        digit = event_digit(str(prm.digit))
+        if not digit:
+            return
+        self._dtmf_received(leg, digit, int(prm.duration), method)
+
+    def _dtmf_received(self, leg: _Leg, digit: str, duration_ms: int, method: str) -> None:
+        relay = leg.relay_to
+        target = self.legs.get(relay) if relay else None
+        if target is not None and not target.ended:
+            dur = max(40, duration_ms or 160)
+            self.soon.append(lambda: self._send_digit(target, digit, dur))
+        else:
+            relay = None
+        self.send(ipc.DtmfReceived(
+            leg_id=leg.plan.leg_id, call_sid=leg.plan.call_sid, worker_id=self.worker_id,
+            ts=time.time(), digit=digit, duration_ms=int(duration_ms), method=method,
+            relayed_to=relay,
+        ))
+
+    # ----------------------------------------------------------------- bridge
+    def _pair(self, a_id: str, b_id: str, connect: bool) -> None:
+        """Make two legs a bridge: each one's end ends the other; the agent leg's DTMF is
+        relayed to the carrier leg; with ``connect`` their audio is joined both ways."""
+        a, b = self.legs.get(a_id), self.legs.get(b_id)
+        if a is None or b is None:
+            return
+        a.partner, b.partner = b_id, a_id
+        agent, carrier = (a, b) if a.plan.role == "agent" or a.inbound else (b, a)
+        if agent.plan.role == "agent" or agent.inbound:
+            agent.relay_to = carrier.plan.leg_id
+        if connect:
+            self.edges.add((a_id, b_id))
+            self.edges.add((b_id, a_id))
+            self._connect_edges(a_id)
+
+    def bridge(self, carrier_id: str, agent_id: str) -> None:
+        carrier, agent = self.legs.get(carrier_id), self.legs.get(agent_id)
+        if carrier is None or agent is None or carrier.ended or agent.ended:
+            self.log("warning", f"bridge {carrier_id!r} <-> {agent_id!r}: leg not live")
+            return
+        self._pair(carrier_id, agent_id, connect=True)
+        agent.relay_to = carrier_id
+        carrier.relay_to = None
+
+    def _maybe_auto_bridge(self, leg: _Leg) -> None:
+        """``bridge_with``: join the audio once both legs are answered."""
+        other_id = leg.plan.bridge_with or leg.partner
+        other = self.legs.get(other_id) if other_id else None
+        if other is None or other.answered_at is None or leg.answered_at is None:
+            return
+        if not (leg.plan.bridge_with or other.plan.bridge_with):
+            return
+        if (leg.plan.leg_id, other.plan.leg_id) not in self.edges:
+            self._pair(leg.plan.leg_id, other.plan.leg_id, connect=True)
+
+    def _connect_edges(self, leg_id: str) -> None:
+        """(Re)connect every audio connection touching this leg whose two ends have
+        active audio (called on media changes; connecting twice is harmless)."""
+        for src_id, dst_id in list(self.edges):
+            if leg_id not in (src_id, dst_id):
+                continue
+            src, dst = self.legs.get(src_id), self.legs.get(dst_id)
+            if src is None or dst is None or src.ended or dst.ended:
+                continue
+            # No active audio on one side yet: retried on its media state.
+            with contextlib.suppress(pj.Error):
+                src.call.getAudioMedia(-1).startTransmit(dst.call.getAudioMedia(-1))
+
+    def _unlink(self, leg: _Leg) -> None:
+        """A leg ended: drop its audio connections and end its bridge partner."""
+        leg_id = leg.plan.leg_id
+        self.edges = {e for e in self.edges if leg_id not in e}
+        partner_id, leg.partner = leg.partner, None
+        if not partner_id:
+            return
+        partner = self.legs.get(partner_id)
+        if partner is None or partner.ended:
+            return
+        partner.partner = None
+        if partner.relay_to == leg_id:
+            partner.relay_to = None
+        self.soon.append(lambda: self.hangup(partner_id, "bridged_bye"))
+
+    # ----------------------------------------------------------------- playback
+    def play(self, leg_id: str, path: str) -> None:
+        leg = self.legs.get(leg_id)
+        call_sid = leg.plan.call_sid if leg is not None else ""
+        if leg is None or leg.ended:
+            self._play_done(leg_id, call_sid, path, "leg is not live")
+            return
+        try:
+            aud = leg.call.getAudioMedia(-1)
+        except pj.Error as e:
+            self._play_done(leg_id, call_sid, path, f"no active audio: {_pj_error_text(e)}")
+            return
+        player = _Player(leg_id, call_sid, path)
+        try:
+            player.createPlayer(path, pj.PJMEDIA_FILE_NO_LOOP)
+            player.startTransmit(aud)
+        except pj.Error as e:
+            self.graveyard.append(player)
+            self._play_done(leg_id, call_sid, path, f"cannot play: {_pj_error_text(e)}")
+            return
+        self.players.append(player)
+
+    def _play_done(self, leg_id: str, call_sid: str, path: str, error: str = "") -> None:
+        self.send(ipc.PlaybackDone(
+            leg_id=leg_id, call_sid=call_sid, worker_id=self.worker_id, ts=time.time(),
+            path=path, error=error,
+        ))
+
+    def _drop_player(self, player: _Player) -> None:
+        self.players.remove(player)
+        leg = self.legs.get(player.leg_id)
+        if leg is not None and not leg.ended:
+            with contextlib.suppress(pj.Error):
+                player.stopTransmit(leg.call.getAudioMedia(-1))
+        self.graveyard.append(player)  # destroyed outside callbacks (never in onEof2)
+
+    def check_players(self) -> None:
+        for player in list(self.players):
+            if player.eof:
+                self._drop_player(player)
+                self._play_done(player.leg_id, player.call_sid, player.path)
+
+    def _end_players(self, leg_id: str) -> None:
+        for player in list(self.players):
+            if player.leg_id == leg_id:
+                self._drop_player(player)
+                self._play_done(player.leg_id, player.call_sid, player.path,
+                                "leg ended before the end of the file")
+
+    # ----------------------------------------------------------------- listen
+    def listen(self, leg_id: str, phase: str, config: dict[str, Any]) -> None:
+        leg = self.legs.get(leg_id)
+        if leg is None or leg.ended:
+            self.log("warning", f"Listen for unknown leg {leg_id!r}")
+            return
+        try:
+            leg.listener = PhaseListener(phase, config)
+        except Exception as e:
+            self.log("error", f"Listen {leg_id} phase {phase!r}: {e!r}")
+            return
+        if leg.tap is not None:
+            leg.tap.frames.clear()  # the new phase starts now
+        if not leg.tap_connected:
+            self._connect_tap(leg, leg.call)
+
+    # ----------------------------------------------------------------- inbound
+    def on_incoming_call(self, acc: Any, prm: Any) -> None:
+        """An INVITE (SIP-triggered mode): 403 unless its source is allowed, else a leg
+        waiting for the supervisor's Respond. pjsua has already sent 100 Trying."""
+        whole = str(prm.rdata.wholeMsg)
+        src = str(prm.rdata.srcAddress)
+        start, headers, _body = split_message(whole)
+        leg_id = f"in-{uuid.uuid4()}"
+        call = _LegCall(self, acc, leg_id, int(prm.callId))
+        status, why = 0, ""
+        if not source_allowed(src, self.cfg.inbound_allow):
+            status, why = 403, f"source {src} is not in sip.inbound_allow"
+        elif self.stopping:
+            status, why = 503, "worker is shutting down"
+        elif len(self.legs) >= self.capacity:
+            status, why = 486, "no free call slot in this worker"
+        if status:
+            self.log("warning", f"inbound INVITE refused with {status}: {why}",
+                     call_id=header(headers, "call-id"))
+            self.rejected[leg_id] = call
+            op = pj.CallOpParam(True)
+            op.statusCode = status
+            try:
+                call.hangup(op)
+            except pj.Error as e:
+                self.log("warning", f"refusing inbound INVITE: {_pj_error_text(e)}")
+            return
+        parts = start.split(" ")
+        ruri = parts[1] if len(parts) > 1 else ""
+        acc_key = next((k for k, a in self.accounts.items() if a is acc), None)
+        plan = DialPlan(
+            call_sid=leg_id, leg_id=leg_id, trunk="inbound", request_uri=ruri,
+            from_uri=header(headers, "from"), to_uri=header(headers, "to"), headers=(),
+            ring_timeout_s=_INBOUND_RESPOND_S, max_duration_s=_INBOUND_MAX_DURATION_S,
+            transport=acc_key[0] if acc_key else self.cfg.transport, role="agent",
+        )
+        now = time.monotonic()
+        leg = _Leg(plan=plan, call=call, started=now, acc_key=acc_key, inbound=True,
+                   deadline=now + _INBOUND_RESPOND_S, rx_any=True)
+        self.legs[leg_id] = leg
+        self.send(ipc.InboundCall(
+            leg_id=leg_id, worker_id=self.worker_id, ts=time.time(), request_uri=ruri,
+            from_uri=plan.from_uri, to_uri=plan.to_uri,
+            sip_call_id=header(headers, "call-id"), source=src, headers=tuple(headers),
+        ))
+
+    def respond(self, leg_id: str, status: int, reason: str, media_from: str | None) -> None:
+        leg = self.legs.get(leg_id)
+        if leg is None or leg.ended or not leg.inbound:
+            self.log("warning", f"Respond for unknown inbound leg {leg_id!r}")
+            return
+        if leg.final_sent or leg.answered_at is not None:
+            self.log("warning", f"Respond {status} for {leg_id}: already answered")
+            return
+        if not 180 <= status <= 699:
+            self.log("warning", f"Respond {status} for {leg_id}: not a valid status")
+            return
+        source = self.legs.get(media_from) if media_from else None
+        if media_from and source is None:
+            self.log("warning", f"Respond {leg_id}: media_from leg {media_from!r} is not live")
+        if status >= 300:
+            self.hangup(leg_id, "local_hangup", status)
+            return
+        prm = pj.CallOpParam(True)
+        prm.statusCode = status
+        if reason:
+            prm.reason = reason
+        if status >= 200:
+            leg.final_sent = True
+            leg.deadline = None
+            if source is not None:
+                self._pair(media_from or "", leg_id, connect=True)
+                source.relay_to = None
+                leg.relay_to = media_from
+        else:
+            leg.provisional_sent = True
+            leg.deadline = time.monotonic() + _INBOUND_RING_S
+            if source is not None:  # early media: the agent hears the carrier's ringback
+                self.edges.add((media_from or "", leg_id))
+        try:
+            leg.call.answer(prm)
+        except pj.Error as e:
+            self.log("warning", f"Respond {status} for {leg_id}: {_pj_error_text(e)}")
+            return
+        self._connect_edges(leg_id)
 
     # ----------------------------------------------------------------- callbacks
     def on_call_state(self, leg_id: str, call: Any, prm: Any) -> None:
+        if leg_id in self.rejected:
+            if call.getInfo().state == pj.PJSIP_INV_STATE_DISCONNECTED:
+                self.graveyard.append(self.rejected.pop(leg_id))
+            return
         leg = self.legs.get(leg_id)
         if leg is None or leg.ended:
             return
@@ -553,6 +1037,8 @@ class Worker:
                 leg.sent_states.add("answered")
                 self._event(leg, "answered", **common)
                 self._begin_answer_analysis(leg)
+                self._maybe_auto_bridge(leg)
+                self._connect_edges(leg_id)
         elif st == pj.PJSIP_INV_STATE_DISCONNECTED:
             leg.ended = True
             status = int(ci.lastStatusCode) if ci.lastStatusCode else None
@@ -561,6 +1047,12 @@ class Worker:
             cause: ipc.EndCause
             if leg.end_cause is not None:
                 cause = leg.end_cause  # type: ignore[assignment]
+            elif leg.inbound:
+                # The agent platform hung up (BYE, or CANCEL before our answer), or our
+                # 200 was never ACKed (Timer H).
+                cause = "remote_bye"
+                if src_type in (pj.PJSIP_EVENT_TIMER, pj.PJSIP_EVENT_TRANSPORT_ERROR):
+                    cause = "transport_error"
             elif src_type in (pj.PJSIP_EVENT_TIMER, pj.PJSIP_EVENT_TRANSPORT_ERROR):
                 cause = "transport_error"
                 detail = f"{status} {ci.lastReason} (locally generated)"
@@ -578,6 +1070,10 @@ class Worker:
                 detail = f"{status} {ci.lastReason} (no response from peer)"
             else:
                 cause = "remote_final"
+            # Anything still running on the leg is reported before its end.
+            self._end_players(leg_id)
+            if leg.listener is not None and leg.listener.active:
+                self._pump_leg(leg)
             self._event(
                 leg,
                 "ended",
@@ -587,6 +1083,7 @@ class Worker:
                 retry_after_s=leg.retry_after_s if not answered else None,
                 **common,
             )
+            self._unlink(leg)
             # Drop the Call object later, outside this callback (pjsua2 is still using it).
             del self.legs[leg_id]
             self.graveyard.append(call)
@@ -610,18 +1107,42 @@ class Worker:
         if e.type != pj.PJSIP_EVENT_TSX_STATE or e.body.tsxState.type != pj.PJSIP_EVENT_RX_MSG:
             return
         whole = str(e.body.tsxState.src.rdata.wholeMsg)
+        if whole.startswith("INFO "):
+            self._on_info(leg, e.body.tsxState.src.rdata, whole)
+            return
         if whole.startswith("SIP/2.0"):
             leg.rx_any = True
             is_final, retry_after = _final_response_retry_after(whole)
             if is_final:
                 leg.retry_after_s = retry_after
 
+    def _on_info(self, leg: _Leg, rdata: Any, whole: str) -> None:
+        """An in-dialog INFO. pjsua itself parses ``application/dtmf-relay`` (answers it
+        200 and reports it through onDtmfEvent); ``application/dtmf`` is parsed and
+        answered here (else pjsip answers 500 "Unhandled by dialog usages")."""
+        _start, headers, body = split_message(whole)
+        ctype = header(headers, "content-type")
+        if ctype.split(";", 1)[0].strip().lower() != "application/dtmf":
+            return
+        parsed = parse_info_dtmf(ctype, body)
+        ok = respond_in_dialog(rdata, 200 if parsed is not None else 400)
+        if not ok:
+            self.log("warning", f"could not answer an INFO on {leg.plan.leg_id}")
+        if parsed is not None:
+            self._dtmf_received(leg, parsed[0], parsed[1], "info")
+
     def on_call_media_state(self, leg_id: str, call: Any) -> None:
         """Media became active (183 early media or the answer): connect the detection
         tap to the leg's audio. With the null audio device nothing else needs connecting:
         the stream sends RTP on its own."""
         leg = self.legs.get(leg_id)
-        if leg is None or leg.ended or not leg.plan.detection:
+        if leg is None or leg.ended:
+            return
+        self._feed_silence(call)
+        self._connect_edges(leg_id)
+        if leg.listener is not None and leg.listener.active:
+            self._connect_tap(leg, call)
+        if not leg.plan.detection:
             return
         if leg.analysis is None:
             leg.analysis = LegAnalysis(leg.plan.detection, leg.plan.leg_id)
@@ -631,6 +1152,18 @@ class Worker:
             if not started and (phase == "answer" or not leg.plan.detection.get("answer")):
                 return
         self._connect_tap(leg, call)
+
+    def _feed_silence(self, call: Any) -> None:
+        """Connect the null sound device's capture port (silence) to the call.
+
+        pjsua2 pitfall: the conference bridge only calls a port's put_frame every tick
+        while something transmits to it; with no transmitter it sends NULL frames only
+        now and then, so RFC 4733 digits queued by ``sendDtmf`` after the stream went
+        quiet (VAD) are not sent (seen: digits after a 0.5 s pause never left). A
+        permanent transmitter keeps the stream clocked.
+        """
+        with contextlib.suppress(pj.Error):
+            self.ep.audDevManager().getCaptureDevMedia().startTransmit(call.getAudioMedia(-1))
 
     def _connect_tap(self, leg: _Leg, call: Any) -> None:
         try:
@@ -663,26 +1196,40 @@ class Worker:
         self._pump_leg(leg)
         if leg.tap is not None:
             leg.tap.frames.clear()
-        if not leg.analysis.start_phase("answer"):
+        if not leg.analysis.start_phase("answer") and self._tap_idle(leg):
             self._disconnect_tap(leg)
 
+    @staticmethod
+    def _tap_idle(leg: _Leg) -> bool:
+        """Nothing needs the tap any more (an early phase keeps it for the answer)."""
+        if leg.listener is not None and leg.listener.active:
+            return False
+        a = leg.analysis
+        return a is None or (not a.active and a.phase != "early")
+
     def _pump_leg(self, leg: _Leg) -> None:
-        """Feed a leg's queued frames to its detector and report what it decides."""
-        analysis, tap = leg.analysis, leg.tap
-        if analysis is None or tap is None:
+        """Feed a leg's queued frames to its detector/listener and report what they find."""
+        tap = leg.tap
+        if tap is None:
             return
         frames: list[bytes] = []
         while tap.frames:
             frames.append(tap.frames.popleft())
         if not frames:
             return
-        phase = analysis.phase or ""
-        for ev in analysis.feed(frames):
+        found: list[tuple[str, Any]] = []
+        analysis = leg.analysis
+        if analysis is not None:
+            found += [(analysis.phase or "", ev) for ev in analysis.feed(frames)]
+        listener = leg.listener
+        if listener is not None and listener.active:
+            found += [(listener.phase, ev) for ev in listener.feed(frames)]
+        for phase, ev in found:
             self.send(ipc.DetectionReport(
                 leg_id=leg.plan.leg_id, call_sid=leg.plan.call_sid, worker_id=self.worker_id,
                 ts=time.time(), phase=phase, kind=ev.kind, detection=ev.detection.to_dict(),
             ))
-        if not analysis.active and phase == "answer":
+        if self._tap_idle(leg):
             self._disconnect_tap(leg)  # decided: stop paying for the tap
 
     def pump_media(self) -> None:
@@ -696,7 +1243,11 @@ class Worker:
         for leg_id, leg in list(self.legs.items()):
             if leg.ended or leg.end_cause is not None:
                 continue
-            if leg.answered_at is None:
+            if leg.inbound and leg.answered_at is None:
+                if leg.deadline is not None and now >= leg.deadline:
+                    self.log("warning", f"inbound {leg_id}: no Respond in time")
+                    self.hangup(leg_id, "ring_timeout")
+            elif leg.answered_at is None:
                 if now - leg.started >= leg.plan.ring_timeout_s:
                     self.hangup(leg_id, "ring_timeout")
             elif now - leg.answered_at >= leg.plan.max_duration_s:
@@ -719,15 +1270,27 @@ class Worker:
     def run(self) -> None:
         while not self.stopping:
             self.ep.libHandleEvents(10)
+            self.run_soon()
             self.pump_media()
+            if self.players:
+                self.check_players()
             self.graveyard.clear()
             if self.pending:
                 self.retry_pending()
             self.poll_commands()
+            self.run_dtmf()
             self.check_timers()
             if os.getppid() != self.parent_pid:
                 self.stopping = True
         self.shutdown()
+
+    def run_soon(self) -> None:
+        while self.soon:
+            job = self.soon.pop(0)
+            try:
+                job()
+            except Exception as e:
+                self.log("error", f"deferred work failed: {e!r}")
 
     def _force_end(self, leg_id: str) -> None:
         leg = self.legs.pop(leg_id)
@@ -740,6 +1303,7 @@ class Worker:
                 answered=leg.answered_at is not None,
                 detail="worker shut down before the leg was disconnected",
             )
+        self._end_players(leg_id)
         leg.call._worker = None
         self.graveyard.append(leg.call)
         if leg.tap is not None:
@@ -760,11 +1324,18 @@ class Worker:
         for leg_id in list(self.legs):
             self.hangup(leg_id, "local_hangup")
         deadline = time.monotonic() + _SHUTDOWN_DRAIN_S
-        while self.legs and time.monotonic() < deadline:
+        while (self.legs or self.rejected) and time.monotonic() < deadline:
             self.ep.libHandleEvents(10)
         # Legs that never reached DISCONNECTED (e.g. CANCEL pending a provisional response).
         for leg_id in list(self.legs):
             self._force_end(leg_id)
+        for player in list(self.players):
+            self._drop_player(player)
+        for call in self.rejected.values():
+            call._worker = None
+        self.graveyard.extend(self.rejected.values())
+        self.rejected.clear()
+        self.soon.clear()
         self.graveyard.clear()
         gc.collect()
         # Accounts go after every Call and before libDestroy.

@@ -39,7 +39,7 @@ class RecordingPool:
     def free_slots(self):
         return self.slots - len(self.plans) + len(self.hangups)
 
-    def dial(self, plan, prefer_worker=None):
+    def dial(self, plan, prefer_worker=None, reserve=0):
         if self.free_slots() <= 0:
             raise PoolFullError()
         self.plans.append(plan)
@@ -129,7 +129,10 @@ def test_trigger_status_and_history(env):
     assert body["status"] == "success" and body["reason"] == ""
     assert [e["kind"] for e in body["events"]] == [
         "status", "status", "carrier.trying", "carrier.ringing", "carrier.answered",
-        "carrier.ended", "status"]
+        "agent.dial", "carrier.ended", "status"]
+    agent_plan = pool.plans[1]
+    assert (agent_plan.role, agent_plan.bridge_with) == ("agent", leg)
+    assert ("X-PolyAI-Call-ID", "P-9") in agent_plan.headers
     assert [e["data"]["to"] for e in body["events"] if e["kind"] == "status"] == [
         "queued", "calling", "success"]
     assert body["legs"][leg]["sip_call_id"] == "cid@x"
@@ -196,3 +199,43 @@ def test_openapi_published(env):
     client, _, _ = env
     spec = client.get("/openapi.json").json()
     assert "/v1/outbound-calling/trigger" in spec["paths"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "words"),
+    [
+        ({"digits": "12x"}, "digits", "'x' at position 2"),
+        ({"digits": ""}, "digits", "empty"),
+        ({"digits": "1", "duration_ms": 5}, "duration_ms", "greater than or equal"),
+    ],
+)
+def test_dtmf_400_names_the_problem(env, body, field, words):
+    client, _, _ = env
+    sid = client.post("/v1/outbound-calling/trigger", headers=AUTH,
+                      json={"to_number": "+14155552671"}).json()["callSid"]
+    r = client.post(f"/v1/outbound-calling/{sid}/dtmf", headers=AUTH, json=body)
+    assert r.status_code == 400 and r.json()["field"] == field and words in r.json()["error"]
+
+
+def test_dtmf_on_unanswered_call_is_409(env):
+    client, _, _ = env
+    sid = client.post("/v1/outbound-calling/trigger", headers=AUTH,
+                      json={"to_number": "+14155552671"}).json()["callSid"]
+    r = client.post(f"/v1/outbound-calling/{sid}/dtmf", headers=AUTH, json={"digits": "1"})
+    assert r.status_code == 409 and "no answered carrier leg" in r.json()["error"]
+
+
+def test_trigger_shortcuts_fold_into_settings(env):
+    client, svc, _ = env
+    r = client.post("/v1/outbound-calling/trigger", headers=AUTH,
+                    json={"to_number": "+14155552671", "send_digits": "1w2",
+                          "voicemail_action": "hangup"})
+    rec = svc.get(r.json()["callSid"])[0]
+    assert rec.request["ivr"]["send_digits"] == "1w2"
+    assert rec.request["detection"]["machine_action"] == "hangup"
+    r = client.post("/v1/outbound-calling/trigger", headers=AUTH,
+                    json={"to_number": "+14155552671", "send_digits": "9z"})
+    assert r.status_code == 400 and "'z'" in r.json()["error"]
+    r = client.post("/v1/outbound-calling/trigger", headers=AUTH,
+                    json={"to_number": "+14155552671", "voicemail_action": "leave_message"})
+    assert r.status_code == 400 and "connect_on" in r.json()["error"]

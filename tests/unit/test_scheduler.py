@@ -40,7 +40,7 @@ class RecordingPool:
     def free_slots(self) -> int:
         return self.slots - len(self.live)
 
-    def dial(self, plan, prefer_worker=None) -> int:
+    def dial(self, plan, prefer_worker=None, reserve=0) -> int:
         if self.free_slots() <= 0:
             raise PoolFullError()
         assert plan.leg_id not in self.live, "a leg dialled twice"
@@ -351,7 +351,8 @@ def test_machine_hangup_waits_for_beep_when_configured(tmp_path):
     report(svc, plan, "answer", "decision", answered_by="machine", final=False)
     assert pool.hung == []
     report(svc, plan, "answer", "update", answered_by="machine", final=True, beep_ms=5200)
-    assert pool.hung == [plan.leg_id]
+    # connected on answer (the default): both the carrier and the agent leg are hung up
+    assert pool.hung == [plan.leg_id, f"{sid}/a1"]
     end(svc, plan, 200, cause="local_hangup", answered=True)
     rec, _ = svc.get(sid)
     assert (rec.status, rec.reason, rec.answered_by) == ("failure", "answered by machine",

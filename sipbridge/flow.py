@@ -1,0 +1,220 @@
+"""What to do with an answered (or ringing) call: the per-attempt decision logic that
+connects the agent, walks IVRs, leaves voicemail messages and ends calls on what
+detection heard. Pure: events in, actions out; the call manager executes the actions.
+
+States (one attempt)::
+
+    ringing --answer--> answered --+--(connect_on answer)----------> connecting -> bridged
+                                   +--(connect_on human: wait)-----> awaiting_person
+                                   +--(IVR digits)--> ivr_digits --> holding -> connecting
+    awaiting_person --human--> connecting; --machine--> voicemail policy
+    leaving_message --playback done--> ending
+    any --SIT / busy / reorder / fax / machine policy / IVR timeout--> ending
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sipbridge.config import DetectionSettings, IvrSettings
+from sipbridge.outcomes import (
+    Termination,
+    from_detection,
+    from_progress_tone,
+    from_sit,
+)
+
+IVR_TIMEOUT = Termination("failure", "IVR/hold time limit exceeded", "ivr_timeout", True)
+MESSAGE_LEFT = Termination("success", "voicemail message left", "message_left", False)
+
+
+@dataclass(frozen=True)
+class DialAgent:
+    answered_by: str | None
+
+
+@dataclass(frozen=True)
+class SendDigits:
+    digits: str
+    duration_ms: int
+    gap_ms: int
+
+
+@dataclass(frozen=True)
+class StartHold:
+    pass
+
+
+@dataclass(frozen=True)
+class PlayMessage:
+    path: str
+
+
+@dataclass(frozen=True)
+class EndCall:
+    """Hang up the carrier leg (the agent leg follows) and end with ``term``."""
+
+    term: Termination
+
+
+@dataclass(frozen=True)
+class StartTimer:
+    name: str  # "send_digits" | "ivr_timeout"
+    delay_s: float
+
+
+Action = DialAgent | SendDigits | StartHold | PlayMessage | EndCall | StartTimer
+
+
+@dataclass
+class CallFlow:
+    """Decisions for one attempt of one call."""
+
+    detection: DetectionSettings
+    ivr: IvrSettings | None = None
+    state: str = "ringing"
+    answered_by: str | None = None
+    agent_dialled: bool = False
+    history: list[str] = field(default_factory=list)
+
+    def _to(self, state: str) -> None:
+        if state != self.state:
+            self.history.append(f"{self.state} -> {state}")
+            self.state = state
+
+    def _end(self, term: Termination) -> list[Action]:
+        if self.state == "ending":
+            return []
+        self._to("ending")
+        return [EndCall(term)]
+
+    def _connect(self) -> list[Action]:
+        if self.agent_dialled or self.state == "ending":
+            return []
+        self.agent_dialled = True
+        self._to("connecting")
+        return [DialAgent(self.answered_by)]
+
+    # ---- events ----------------------------------------------------------------------
+
+    def on_answered(self) -> list[Action]:
+        if self.state != "ringing":
+            return []
+        self._to("answered")
+        if self.ivr is not None and self.ivr.send_digits:
+            self._to("ivr_digits")
+            return [StartTimer("ivr_timeout", self.ivr.max_ivr_s),
+                    StartTimer("send_digits", self.ivr.send_digits_delay_s)]
+        if self.ivr is not None and self.ivr.hold:
+            self._to("holding")
+            return [StartTimer("ivr_timeout", self.ivr.max_ivr_s), StartHold()]
+        if self.detection.connect_on == "answer" or not self.detection.answer:
+            return self._connect()
+        self._to("awaiting_person")
+        return []
+
+    def on_timer(self, name: str) -> list[Action]:
+        if name == "ivr_timeout" and self.state in ("ivr_digits", "holding"):
+            return self._end(IVR_TIMEOUT)
+        if name == "send_digits" and self.state == "ivr_digits" and self.ivr is not None:
+            assert self.ivr.send_digits
+            return [SendDigits(self.ivr.send_digits, self.ivr.digit_duration_ms,
+                               self.ivr.digit_gap_ms)]
+        return []
+
+    def on_digits_sent(self) -> list[Action]:
+        if self.state != "ivr_digits":
+            return []
+        if self.ivr is not None and self.ivr.hold:
+            self._to("holding")
+            return [StartHold()]
+        return self._connect()
+
+    def on_detection(self, phase: str, det: dict[str, Any]) -> list[Action]:
+        answered_by = det.get("answered_by")
+        if self.state == "ending":
+            return []
+        # Special information tones and busy/reorder cadences end the attempt in any
+        # phase (some networks answer before playing them).
+        if answered_by == "sit":
+            return self._end(from_sit(det.get("sit_code")))
+        if det.get("progress"):
+            term = from_progress_tone(str(det["progress"]))
+            return self._end(term) if term is not None else []
+        if phase == "hold":
+            if self.state == "holding" and answered_by == "human":
+                self.answered_by = "human"
+                return self._connect()
+            return []
+        if phase != "answer":
+            return []
+        if self.state in ("ivr_digits", "holding"):
+            return []  # walking an IVR: the answer-phase verdict is expected to be machine
+        self.answered_by = str(answered_by) if answered_by else None
+        if answered_by == "fax":
+            return self._end(from_detection("fax")) if self.detection.hangup_on_fax else []
+        if answered_by in ("machine", "ivr"):
+            return self._on_machine(final=bool(det.get("final", True)))
+        if answered_by == "human" and self.state == "awaiting_person":
+            return self._connect()
+        if answered_by in ("silence", "unknown") and self.state == "awaiting_person":
+            return self._end(Termination("failure", f"no person detected ({answered_by})",
+                                         "no_person", True))
+        return []
+
+    def _on_machine(self, final: bool) -> list[Action]:
+        action = self.detection.machine_action
+        settled = final or not self.detection.wait_for_beep
+        if action == "connect":
+            return self._connect() if self.state == "awaiting_person" else []
+        if action in ("hangup", "retry"):
+            if not settled:
+                return []
+            return self._end(from_detection(self.answered_by or "machine",
+                                            retry=action == "retry"))
+        # leave_message: the message starts at the beep (or when the greeting ended
+        # without one), i.e. on the final machine decision.
+        if not final or self.state in ("leaving_message", "ending"):
+            return []
+        assert self.detection.message_wav
+        self._to("leaving_message")
+        return [PlayMessage(self.detection.message_wav)]
+
+    def on_playback_done(self, error: str = "") -> list[Action]:
+        if self.state != "leaving_message":
+            return []
+        if error:
+            return self._end(Termination("failure", f"voicemail message not played: {error}",
+                                         "message_error", True))
+        return self._end(MESSAGE_LEFT)
+
+    def on_agent_answered(self) -> list[Action]:
+        if self.state == "connecting":
+            self._to("bridged")
+        return []
+
+    def on_agent_failed(self, sip_status: int | None, reason: str) -> list[Action]:
+        if self.state in ("ending",):
+            return []
+        return self._end(agent_failure(sip_status, reason))
+
+
+def agent_failure(sip_status: int | None, reason: str) -> Termination:
+    """The agent leg ended without answering (4xx/5xx/6xx, timeout)."""
+    what = f"SIP {sip_status} {reason}".strip() if sip_status else (reason or "no answer")
+    return Termination("failure", f"agent leg failed ({what})", "agent_error", True,
+                       sip_status)
+
+
+__all__ = [
+    "Action",
+    "CallFlow",
+    "DialAgent",
+    "EndCall",
+    "PlayMessage",
+    "SendDigits",
+    "StartHold",
+    "StartTimer",
+    "agent_failure",
+]

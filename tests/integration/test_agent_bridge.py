@@ -1,0 +1,237 @@
+"""The bridge to the agent, end to end: a real `sipbridge run`, a SIPp carrier and a SIPp
+agent on loopback. Asserts the agent INVITE's mapping headers, BYE propagation both ways,
+audio crossing the bridge (captured with tshark and decoded), DTMF on the carrier's wire,
+agent failures, and leaving a voicemail message after the beep."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.bridge import Bridge, bridge_config, start_bridge
+from tests.rtp import TsharkCapture, digits_of, rtp_events, rtp_packets, tone_ratio, ulaw_decode
+from tests.sipp import SCENARIOS, SippUas
+
+pytestmark = pytest.mark.integration
+
+
+def tone_wav(path: Path, hz: float, seconds: float, encoding: str = "u-law") -> Path:
+    subprocess.run(["sox", "-n", "-r", "8000", "-c", "1", "-e", encoding, *(
+        ["-b", "16"] if encoding == "signed-integer" else []), str(path),
+        "synth", str(seconds), "sine", str(hz), "vol", "0.3"], check=True, capture_output=True)
+    return path
+
+
+def scenario_from(template: str, audio: Path, out: Path) -> Path:
+    out.write_text((SCENARIOS / template).read_text().replace("@AUDIO@", str(audio)))
+    return out
+
+
+class Stack:
+    """SIPp processes and a bridge for one test; stopped in reverse order."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp = tmp_path
+        self.items: list[Any] = []
+
+    def sipp(self, scenario: str | Path) -> SippUas:
+        s = SippUas(scenario, self.tmp).start()
+        self.items.append(s)
+        return s
+
+    def bridge(self, carrier: SippUas, agent: SippUas | None, **sections: Any) -> Bridge:
+        if agent is not None:
+            sections["agent"] = {"uri": f"sip:agent@{agent.uri_hostport}"}
+        cfg = bridge_config(
+            self.tmp,
+            trunks=[{"name": "carrier", "address": carrier.uri_hostport,
+                     "caller_id": "+14155550100",
+                     "header_templates": {"X-PolyAI-Call-SID": "{call_sid}"}}],
+            routes=[{"prefix": "+1", "trunk": "carrier", **sections.pop("route", {})}],
+            **sections,
+        )
+        b = start_bridge(self.tmp, cfg)
+        self.items.append(b)
+        return b
+
+    def close(self) -> None:
+        for it in reversed(self.items):
+            if isinstance(it, Bridge):
+                if it.proc.poll() is None:
+                    it.stop()
+            else:
+                it.stop()
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    s = Stack(tmp_path)
+    yield s
+    s.close()
+
+
+def _invite(sipp: SippUas, pred: Callable[[Any], bool] = lambda m: True,
+            timeout: float = 10) -> Any:
+    return sipp.wait_for(lambda m: m.direction == "received" and m.is_request
+                         and m.method == "INVITE" and pred(m), timeout)
+
+
+def _got(sipp: SippUas, method: str, call_id: str, timeout: float = 10) -> Any:
+    return sipp.wait_for(lambda m: m.direction == "received" and m.is_request
+                         and m.method == method and m.call_id == call_id, timeout)
+
+
+def test_agent_invite_carries_mapping_and_carrier_bye_reaches_agent(stack: Stack) -> None:
+    carrier = stack.sipp("uas_answer_then_bye_3s.xml")
+    agent = stack.sipp("uas_answer_wait_bye.xml")
+    bridge = stack.bridge(carrier, agent)
+    sid = bridge.trigger(to_number="+12125550123", polyai_call_id="agent-42",
+                         metadata={"customer": "C-9"})
+    inv = _invite(agent)
+    assert inv.header("X-Sipbridge-Call-SID") == sid
+    assert inv.header("X-PolyAI-Call-SID") == sid
+    assert inv.header("X-PolyAI-Call-ID") == "agent-42"
+    assert inv.header("X-Sipbridge-Callee") == "+12125550123"
+    assert inv.header("X-Sipbridge-Caller") == "+14155550100"
+    assert inv.header("X-customer") == "C-9"
+    assert inv.header("X-Sipbridge-Answered-By") is not None
+    assert "sip:+12125550123@" in inv.header("From")
+    # the carrier hangs up after 3 s: the agent gets a BYE
+    _got(agent, "BYE", inv.call_id, timeout=15)
+    body = bridge.wait_terminal(sid)
+    assert (body["status"], body["reason"]) == ("success", ""), body
+    roles = {leg["role"]: leg for leg in body["legs"].values()}
+    assert roles["agent"]["sip_call_id"] == inv.call_id
+    carrier_inv = _invite(carrier)
+    assert roles["carrier"]["sip_call_id"] == carrier_inv.call_id
+    kinds = [e["kind"] for e in body["events"]]
+    assert kinds.index("carrier.answered") < kinds.index("agent.dial") < kinds.index(
+        "agent.answered")
+
+
+def test_agent_hangup_ends_the_carrier_leg(stack: Stack) -> None:
+    carrier = stack.sipp("uas_answer_wait_bye.xml")
+    agent = stack.sipp("uas_answer_then_bye_3s.xml")
+    bridge = stack.bridge(carrier, agent)
+    sid = bridge.trigger(to_number="+12125550124")
+    cinv = _invite(carrier)
+    _got(carrier, "BYE", cinv.call_id, timeout=15)
+    body = bridge.wait_terminal(sid)
+    assert (body["status"], body["reason"]) == ("success", "ended by agent"), body
+
+
+def test_agent_failure_ends_the_call(stack: Stack) -> None:
+    carrier = stack.sipp("uas_answer_wait_bye.xml")
+    agent = stack.sipp("uas_unavailable.xml")
+    bridge = stack.bridge(carrier, agent)
+    sid = bridge.trigger(to_number="+12125550125")
+    cinv = _invite(carrier)
+    _got(carrier, "BYE", cinv.call_id)
+    body = bridge.wait_terminal(sid)
+    assert (body["status"], body["reason"]) == (
+        "failure", "agent leg failed (SIP 503 Service Unavailable)"), body
+
+
+def _wait_tone(pcap: Path, port: int, hz: float, timeout: float = 15.0) -> float:
+    """Read the growing capture until the tone dominates the received audio."""
+    deadline = time.monotonic() + timeout
+    best = 0.0
+    while time.monotonic() < deadline:
+        if pcap.exists() and pcap.stat().st_size > 0:
+            pkts = [p for p in rtp_packets(pcap, port) if p.pt == 0]
+            if len(pkts) >= 50:
+                audio = ulaw_decode(b"".join(p.payload for p in pkts[-50:]))
+                best = max(best, tone_ratio(audio, hz))
+                if best > 10:
+                    return best
+        time.sleep(0.2)  # the capture file grows as audio arrives
+    return best
+
+
+def test_audio_crosses_the_bridge_both_ways(stack: Stack) -> None:
+    tmp = stack.tmp
+    carrier = stack.sipp(scenario_from("uas_answer_play.xml.in",
+                                       tone_wav(tmp / "c.wav", 1000, 20), tmp / "carrier.xml"))
+    agent = stack.sipp(scenario_from("uas_answer_play.xml.in",
+                                     tone_wav(tmp / "a.wav", 1400, 20), tmp / "agent.xml"))
+    with TsharkCapture(agent.media_port, tmp / "to_agent.pcap") as to_agent, \
+            TsharkCapture(carrier.media_port, tmp / "to_carrier.pcap") as to_carrier:
+        bridge = stack.bridge(carrier, agent, detection={"answer": False,
+                                                         "early_media": False})
+        sid = bridge.trigger(to_number="+12125550126")
+        bridge.wait_event(sid, "agent.answered")
+        # the carrier's 1 kHz reaches the agent, the agent's 1.4 kHz reaches the carrier
+        assert _wait_tone(to_agent.path, agent.media_port, 1000) > 10
+        assert _wait_tone(to_carrier.path, carrier.media_port, 1400) > 10
+        bridge.client.post(f"/v1/outbound-calling/{sid}/hangup")
+        assert bridge.wait_terminal(sid)["status"] == "success"
+
+
+def test_dtmf_from_the_api_is_sent_as_rfc4733(stack: Stack) -> None:
+    carrier = stack.sipp("uas_answer_wait_bye.xml")
+    agent = stack.sipp("uas_answer_wait_bye.xml")
+    with TsharkCapture(carrier.media_port, stack.tmp / "carrier.pcap") as cap:
+        bridge = stack.bridge(carrier, agent)
+        sid = bridge.trigger(to_number="+12125550127")
+        bridge.wait_event(sid, "carrier.answered")
+        r = bridge.client.post(f"/v1/outbound-calling/{sid}/dtmf",
+                               json={"digits": "12w#", "duration_ms": 200, "gap_ms": 100})
+        assert r.status_code == 200, r.text
+        bridge.wait_event(sid, "dtmf.sent")
+        bridge.client.post(f"/v1/outbound-calling/{sid}/hangup")
+        bridge.wait_terminal(sid)
+    got = digits_of(rtp_events(cap.path, carrier.media_port))
+    assert [d for d, _ in got] == ["1", "2", "#"], got
+    for _, ev in got:
+        assert abs(ev.duration - 1600) <= 320, ev  # 200 ms at 8 kHz, +-20 %
+    # the 'w' pause: at least 0.5 s between the end of 2 and the start of #
+    t2, t3 = got[1][1], got[2][1]
+    assert (t3.timestamp - (t2.timestamp + t2.duration)) / 8000 >= 0.45
+
+
+def test_leave_message_after_the_beep(stack: Stack, tmp_path: Path) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "gen_corpus", Path(__file__).resolve().parents[2] / "scripts" / "gen_corpus.py")
+    assert spec and spec.loader
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    corpus = tmp_path / "corpus"
+    labels = gen.generate(corpus)
+    greeting = tmp_path / "vm.wav"
+    subprocess.run(["sox", str(corpus / "machine_00.wav"), "-e", "u-law", str(greeting)],
+                   check=True)
+    message = tone_wav(tmp_path / "message.wav", 1400, 2.0, encoding="signed-integer")
+    carrier = stack.sipp(scenario_from("uas_answer_play.xml.in", greeting,
+                                       tmp_path / "vm.xml"))
+    agent = stack.sipp("uas_answer_wait_bye.xml")
+    with TsharkCapture(carrier.media_port, tmp_path / "carrier.pcap") as cap:
+        bridge = stack.bridge(carrier, agent, route={"detection": {
+            "connect_on": "human", "machine_action": "leave_message",
+            "message_wav": str(message)}})
+        sid = bridge.trigger(to_number="+12125550128")
+        body = bridge.wait_terminal(sid, timeout=30)
+    assert (body["status"], body["reason"], body["answered_by"]) == (
+        "success", "voicemail message left", "machine"), body
+    kinds = [e["kind"] for e in body["events"]]
+    assert "voicemail.play" in kinds and "voicemail.played" in kinds
+    assert "agent.dial" not in kinds  # never bridged to the voicemail
+    play_at = next(e for e in body["events"] if e["kind"] == "voicemail.play")
+    det = next(e for e in body["events"] if e["kind"] == "detection"
+               and e["data"].get("final") and e["data"].get("beep_ms"))
+    assert play_at["ts"] >= det["ts"]
+    assert det["data"]["beep_ms"] >= labels["machine_00.wav"]["beep_ms"]
+    # the message's 1.4 kHz reached the carrier
+    pkts = [p for p in rtp_packets(cap.path, carrier.media_port) if p.pt == 0]
+    audio = ulaw_decode(b"".join(p.payload for p in pkts))
+    window = 8000  # 1 s windows: the best one is inside the message
+    best = max(tone_ratio(audio[i:i + window], 1400)
+               for i in range(0, max(len(audio) - window, 1), window // 2))
+    assert best > 10, best
+    assert not agent.received("INVITE")

@@ -1,0 +1,128 @@
+"""The per-call flow: agent connection, voicemail policies, IVR walking (pure)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from sipbridge.config import DetectionSettings, IvrSettings, check_dtmf
+from sipbridge.flow import (
+    CallFlow,
+    DialAgent,
+    EndCall,
+    PlayMessage,
+    SendDigits,
+    StartHold,
+    StartTimer,
+)
+
+
+def flow(**det) -> CallFlow:
+    return CallFlow(DetectionSettings(**det))
+
+
+def test_connect_on_answer_dials_agent_at_once():
+    f = flow()
+    assert f.on_answered() == [DialAgent(None)]
+    assert f.on_detection("answer", {"answered_by": "human"}) == []
+    f.on_agent_answered()
+    assert f.history == ["ringing -> answered", "answered -> connecting",
+                         "connecting -> bridged"]
+
+
+def test_connect_on_human_waits_for_the_decision():
+    f = flow(connect_on="human")
+    assert f.on_answered() == []
+    assert f.on_detection("answer", {"answered_by": "human"}) == [DialAgent("human")]
+
+
+def test_machine_hangup_after_agent_connected_on_answer():
+    f = flow(machine_action="hangup")
+    f.on_answered()
+    (end,) = f.on_detection("answer", {"answered_by": "machine", "final": True})
+    assert isinstance(end, EndCall) and end.term.reason == "answered by machine"
+    assert f.on_detection("answer", {"answered_by": "machine", "final": True}) == []
+
+
+def test_machine_connect_passes_result_to_agent():
+    f = flow(connect_on="human", machine_action="connect")
+    f.on_answered()
+    assert f.on_detection("answer", {"answered_by": "machine", "final": False}) == [
+        DialAgent("machine")]
+
+
+def test_leave_message_waits_for_beep_then_plays_and_succeeds(tmp_path: Path):
+    wav = tmp_path / "m.wav"
+    wav.write_bytes(b"RIFF")
+    f = flow(connect_on="human", machine_action="leave_message", message_wav=str(wav))
+    f.on_answered()
+    assert f.on_detection("answer", {"answered_by": "machine", "final": False}) == []
+    assert f.on_detection("answer", {"answered_by": "machine", "final": True,
+                                     "beep_ms": 5000}) == [PlayMessage(str(wav))]
+    (end,) = f.on_playback_done()
+    assert (end.term.result, end.term.reason) == ("success", "voicemail message left")
+
+
+def test_leave_message_needs_a_file_and_human_connect(tmp_path: Path):
+    with pytest.raises(ValidationError, match="message_wav"):
+        DetectionSettings(connect_on="human", machine_action="leave_message")
+    with pytest.raises(ValidationError, match="connect_on"):
+        DetectionSettings(machine_action="leave_message", message_wav=str(tmp_path))
+    with pytest.raises(ValidationError, match="does not exist"):
+        DetectionSettings(connect_on="human", machine_action="leave_message",
+                          message_wav=str(tmp_path / "nope.wav"))
+
+
+def test_sit_and_busy_end_in_any_phase():
+    f = flow()
+    (end,) = f.on_detection("early", {"answered_by": "sit", "sit_code": "VC"})
+    assert end.term.reason == "number not in service (SIT VC)"
+    g = flow()
+    (end,) = g.on_detection("early", {"answered_by": "unknown", "progress": "reorder"})
+    assert end.term.kind == "carrier_error"
+    assert flow().on_detection("early", {"answered_by": "unknown",
+                                         "progress": "ringback"}) == []
+
+
+def test_ivr_digits_then_hold_then_person():
+    f = CallFlow(DetectionSettings(), IvrSettings(send_digits="1w2#", hold=True,
+                                                  send_digits_delay_s=0.5, max_ivr_s=90))
+    assert f.on_answered() == [StartTimer("ivr_timeout", 90), StartTimer("send_digits", 0.5)]
+    # the answer-phase verdict on an IVR is ignored while walking it
+    assert f.on_detection("answer", {"answered_by": "machine", "final": True}) == []
+    assert f.on_timer("send_digits") == [SendDigits("1w2#", 160, 80)]
+    assert f.on_digits_sent() == [StartHold()]
+    assert f.on_detection("hold", {"answered_by": "unknown", "reason": "music"}) == []
+    assert f.on_detection("hold", {"answered_by": "human"}) == [DialAgent("human")]
+    assert f.on_timer("ivr_timeout") == []  # connected: the escape hatch no longer applies
+
+
+def test_ivr_escape_hatch():
+    f = CallFlow(DetectionSettings(), IvrSettings(hold=True, max_ivr_s=30))
+    assert f.on_answered() == [StartTimer("ivr_timeout", 30), StartHold()]
+    (end,) = f.on_timer("ivr_timeout")
+    assert (end.term.reason, end.term.retryable) == ("IVR/hold time limit exceeded", True)
+
+
+def test_agent_failure_ends_call():
+    f = flow()
+    f.on_answered()
+    (end,) = f.on_agent_failed(503, "Service Unavailable")
+    assert end.term.reason == "agent leg failed (SIP 503 Service Unavailable)"
+
+
+def test_silence_when_waiting_for_a_person():
+    f = flow(connect_on="human")
+    f.on_answered()
+    (end,) = f.on_detection("answer", {"answered_by": "silence"})
+    assert end.term.reason == "no person detected (silence)"
+
+
+@pytest.mark.parametrize("bad", ["12x", "", "1 2", "#*E"])
+def test_dtmf_validation_names_the_character(bad: str):
+    with pytest.raises(ValueError) as ei:
+        check_dtmf(bad)
+    assert ("empty" if not bad else repr(next(c for c in bad if c not in
+                                               "0123456789*#ABCDabcdwW"))) in str(ei.value)
