@@ -85,6 +85,14 @@ class SipConfig(_Model):
     # SIP-triggered mode: source addresses (CIDRs) allowed to send us INVITEs; everyone
     # else gets 403 Forbidden. Empty: inbound INVITEs are refused.
     inbound_allow: list[str] = Field(default_factory=list)
+    # Elastic pool: the pool keeps between min_workers and max_workers processes (both
+    # default to ``workers``: a fixed pool). It pre-spawns a worker while fewer than
+    # ``spare_slots`` slots (default: one worker's calls_per_worker) are free or starting,
+    # and retires a worker above min_workers that has been idle for idle_worker_ttl_s.
+    min_workers: Annotated[int, Field(ge=1, le=64)] | None = None
+    max_workers: Annotated[int, Field(ge=1, le=512)] | None = None
+    idle_worker_ttl_s: Annotated[float, Field(gt=0)] = 30.0
+    spare_slots: Annotated[int, Field(ge=0, le=4096)] | None = None
 
     @field_validator("inbound_allow")
     @classmethod
@@ -109,7 +117,31 @@ class SipConfig(_Model):
             )
         if self.rtp_port_min >= self.rtp_port_max:
             raise ValueError("rtp_port_min must be < rtp_port_max")
+        lo = self.min_workers if self.min_workers is not None else self.workers
+        hi = self.max_workers if self.max_workers is not None else max(self.workers, lo)
+        if lo > hi:
+            raise ValueError("min_workers must be <= max_workers")
+        if self.port_min != 0 and self.port_max - self.port_min + 1 < hi:
+            raise ValueError(
+                f"port range {self.port_min}-{self.port_max} has fewer ports than "
+                f"max_workers ({hi})"
+            )
         return self
+
+
+class _WithHeaders(_Model):
+    """Validation shared by models that send SIP headers: names are SIP tokens the
+    stack does not own, values have no control characters, templates use known fields."""
+
+    @field_validator("headers", "header_templates", check_fields=False)
+    @classmethod
+    def _header_names(cls, v: dict[str, str]) -> dict[str, str]:
+        return _check_headers(v)
+
+    @field_validator("header_templates", check_fields=False)
+    @classmethod
+    def _template_fields(cls, v: dict[str, str]) -> dict[str, str]:
+        return _check_templates(v)
 
 
 def _check_headers(v: dict[str, str]) -> dict[str, str]:
@@ -132,7 +164,7 @@ def _check_templates(v: dict[str, str]) -> dict[str, str]:
     return v
 
 
-class AgentConfig(_Model):
+class AgentConfig(_WithHeaders):
     """The AI agent's SIP endpoint (the a-leg)."""
 
     uri: str
@@ -153,15 +185,6 @@ class AgentConfig(_Model):
     # The agent should answer at once; a slow agent leaves a person in silence.
     ring_timeout_s: Annotated[float, Field(gt=0, le=120)] = 15.0
 
-    @field_validator("headers", "header_templates")
-    @classmethod
-    def _header_names(cls, v: dict[str, str]) -> dict[str, str]:
-        return _check_headers(v)
-
-    @field_validator("header_templates")
-    @classmethod
-    def _template_fields(cls, v: dict[str, str]) -> dict[str, str]:
-        return _check_templates(v)
 
     @field_validator("uri")
     @classmethod
@@ -191,7 +214,7 @@ class TrunkAuth(_Model):
     realm: str = "*"
 
 
-class TrunkConfig(_Model):
+class TrunkConfig(_WithHeaders):
     """A carrier trunk: where INVITEs go and what they carry."""
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]+$")]
@@ -246,15 +269,6 @@ class TrunkConfig(_Model):
             raise ValueError("port must be 1-65535")
         return v
 
-    @field_validator("headers", "header_templates")
-    @classmethod
-    def _header_names(cls, v: dict[str, str]) -> dict[str, str]:
-        return _check_headers(v)
-
-    @field_validator("header_templates")
-    @classmethod
-    def _template_fields(cls, v: dict[str, str]) -> dict[str, str]:
-        return _check_templates(v)
 
 
 class RouteTrunk(_Model):

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from sipbridge.aio import cancel_all
 from sipbridge.config import (
     Config,
     DetectionSettings,
@@ -215,12 +216,7 @@ class CallService:
     async def stop(self) -> None:
         """Stop dialling, end live legs (the pool hangs them up), keep queued calls."""
         self._stopping = True
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
-        self._tasks.clear()
+        await cancel_all(self._tasks)
         await self.pool.stop()
 
     async def drain(self, grace_s: float) -> int:

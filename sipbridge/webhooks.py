@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import hashlib
 import hmac
 import json
@@ -29,6 +28,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from sipbridge.aio import cancel_all
 from sipbridge.config import WebhookConfig
 from sipbridge.store import CallEvent, CallRecord
 
@@ -156,12 +156,7 @@ class WebhookDispatcher:
             await asyncio.sleep(0.05)  # bounded wait for in-flight deliveries
         if self.pending():
             log.warning("exiting with %d status callbacks undelivered", self.pending())
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
-        self._tasks.clear()
+        await cancel_all(self._tasks)
         if self._client is not None:
             await self._client.aclose()
             self._client = None

@@ -148,3 +148,34 @@ def start_bridge(log_dir: Path, cfg: dict[str, Any], name: str = "bridge") -> Br
                                (log_dir / f"{name}.log").read_text(errors="replace"))
         time.sleep(0.1)  # polling a port another process opens
     return Bridge(base, log_dir, proc, cfg_path)
+
+
+class Stack:
+    """The processes one test starts — SIPp peers, bridges, receivers — stopped in
+    reverse order when the test ends (the ``stack`` fixture)."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.tmp = log_dir
+        self._stops: list[Any] = []
+
+    def add(self, item: Any, stop: Any) -> Any:
+        self._stops.append(stop)
+        return item
+
+    def sipp(self, scenario: str | Path, extra_args: list[str] | None = None) -> SippUas:
+        s = SippUas(scenario, self.tmp, extra_args=extra_args).start()
+        return self.add(s, s.stop)
+
+    def bridge(self, cfg: dict[str, Any]) -> Bridge:
+        b = start_bridge(self.tmp, cfg)
+
+        def stop() -> None:
+            if b.proc.poll() is None:
+                b.stop()
+
+        return self.add(b, stop)
+
+    def close(self) -> None:
+        for stop in reversed(self._stops):
+            stop()
+        self._stops.clear()

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.bridge import Bridge, bridge_config, start_bridge
+from tests.bridge import Bridge, Stack, bridge_config
 from tests.rtp import TsharkCapture, digits_of, rtp_events, rtp_packets, tone_ratio, ulaw_decode
 from tests.sipp import SCENARIOS, SippUas
 
@@ -32,47 +32,20 @@ def scenario_from(template: str, audio: Path, out: Path) -> Path:
     return out
 
 
-class Stack:
-    """SIPp processes and a bridge for one test; stopped in reverse order."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        self.tmp = tmp_path
-        self.items: list[Any] = []
-
-    def sipp(self, scenario: str | Path) -> SippUas:
-        s = SippUas(scenario, self.tmp).start()
-        self.items.append(s)
-        return s
-
-    def bridge(self, carrier: SippUas, agent: SippUas | None, **sections: Any) -> Bridge:
-        if agent is not None:
-            sections["agent"] = {"uri": f"sip:agent@{agent.uri_hostport}"}
-        cfg = bridge_config(
-            self.tmp,
-            trunks=[{"name": "carrier", "address": carrier.uri_hostport,
-                     "caller_id": "+14155550100",
-                     "header_templates": {"X-PolyAI-Call-SID": "{call_sid}"}}],
-            routes=[{"prefix": "+1", "trunk": "carrier", **sections.pop("route", {})}],
-            **sections,
-        )
-        b = start_bridge(self.tmp, cfg)
-        self.items.append(b)
-        return b
-
-    def close(self) -> None:
-        for it in reversed(self.items):
-            if isinstance(it, Bridge):
-                if it.proc.poll() is None:
-                    it.stop()
-            else:
-                it.stop()
-
-
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    s = Stack(tmp_path)
-    yield s
-    s.close()
+def carrier_bridge(stack: Stack, carrier: SippUas, agent: SippUas | None,
+                   **sections: Any) -> Bridge:
+    """A bridge whose one trunk is ``carrier`` and whose agent is ``agent``."""
+    if agent is not None:
+        sections["agent"] = {"uri": f"sip:agent@{agent.uri_hostport}"}
+    cfg = bridge_config(
+        stack.tmp,
+        trunks=[{"name": "carrier", "address": carrier.uri_hostport,
+                 "caller_id": "+14155550100",
+                 "header_templates": {"X-PolyAI-Call-SID": "{call_sid}"}}],
+        routes=[{"prefix": "+1", "trunk": "carrier", **sections.pop("route", {})}],
+        **sections,
+    )
+    return stack.bridge(cfg)
 
 
 def _invite(sipp: SippUas, pred: Callable[[Any], bool] = lambda m: True,
@@ -89,7 +62,7 @@ def _got(sipp: SippUas, method: str, call_id: str, timeout: float = 10) -> Any:
 def test_agent_invite_carries_mapping_and_carrier_bye_reaches_agent(stack: Stack) -> None:
     carrier = stack.sipp("uas_answer_then_bye_3s.xml")
     agent = stack.sipp("uas_answer_wait_bye.xml")
-    bridge = stack.bridge(carrier, agent)
+    bridge = carrier_bridge(stack, carrier, agent)
     sid = bridge.trigger(to_number="+12125550123", polyai_call_id="agent-42",
                          metadata={"customer": "C-9"})
     inv = _invite(agent)
@@ -117,7 +90,7 @@ def test_agent_invite_carries_mapping_and_carrier_bye_reaches_agent(stack: Stack
 def test_agent_hangup_ends_the_carrier_leg(stack: Stack) -> None:
     carrier = stack.sipp("uas_answer_wait_bye.xml")
     agent = stack.sipp("uas_answer_then_bye_3s.xml")
-    bridge = stack.bridge(carrier, agent)
+    bridge = carrier_bridge(stack, carrier, agent)
     sid = bridge.trigger(to_number="+12125550124")
     cinv = _invite(carrier)
     _got(carrier, "BYE", cinv.call_id, timeout=15)
@@ -128,7 +101,7 @@ def test_agent_hangup_ends_the_carrier_leg(stack: Stack) -> None:
 def test_agent_failure_ends_the_call(stack: Stack) -> None:
     carrier = stack.sipp("uas_answer_wait_bye.xml")
     agent = stack.sipp("uas_unavailable.xml")
-    bridge = stack.bridge(carrier, agent)
+    bridge = carrier_bridge(stack, carrier, agent)
     sid = bridge.trigger(to_number="+12125550125")
     cinv = _invite(carrier)
     _got(carrier, "BYE", cinv.call_id)
@@ -161,7 +134,7 @@ def test_audio_crosses_the_bridge_both_ways(stack: Stack) -> None:
                                      tone_wav(tmp / "a.wav", 1400, 20), tmp / "agent.xml"))
     with TsharkCapture(agent.media_port, tmp / "to_agent.pcap") as to_agent, \
             TsharkCapture(carrier.media_port, tmp / "to_carrier.pcap") as to_carrier:
-        bridge = stack.bridge(carrier, agent, detection={"answer": False,
+        bridge = carrier_bridge(stack, carrier, agent, detection={"answer": False,
                                                          "early_media": False})
         sid = bridge.trigger(to_number="+12125550126")
         bridge.wait_event(sid, "agent.answered")
@@ -176,7 +149,7 @@ def test_dtmf_from_the_api_is_sent_as_rfc4733(stack: Stack) -> None:
     carrier = stack.sipp("uas_answer_wait_bye.xml")
     agent = stack.sipp("uas_answer_wait_bye.xml")
     with TsharkCapture(carrier.media_port, stack.tmp / "carrier.pcap") as cap:
-        bridge = stack.bridge(carrier, agent)
+        bridge = carrier_bridge(stack, carrier, agent)
         sid = bridge.trigger(to_number="+12125550127")
         bridge.wait_event(sid, "carrier.answered")
         r = bridge.client.post(f"/v1/outbound-calling/{sid}/dtmf",
@@ -212,7 +185,7 @@ def test_leave_message_after_the_beep(stack: Stack, tmp_path: Path) -> None:
                                        tmp_path / "vm.xml"))
     agent = stack.sipp("uas_answer_wait_bye.xml")
     with TsharkCapture(carrier.media_port, tmp_path / "carrier.pcap") as cap:
-        bridge = stack.bridge(carrier, agent, route={"detection": {
+        bridge = carrier_bridge(stack, carrier, agent, route={"detection": {
             "connect_on": "human", "machine_action": "leave_message",
             "message_wav": str(message)}})
         sid = bridge.trigger(to_number="+12125550128")

@@ -7,16 +7,15 @@ from __future__ import annotations
 import importlib.util
 import socket
 import subprocess
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.bridge import Bridge, bridge_config, start_bridge
+from tests.bridge import Stack, bridge_config
 from tests.rtp import TsharkCapture, digits_of, rtp_events
-from tests.sipp import SCENARIOS, SippUas
+from tests.sipp import SCENARIOS
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,37 +35,6 @@ def hold_corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[st
     out = tmp_path_factory.mktemp("hold")
     labels = mod.generate(out)
     return out, labels
-
-
-class Stack:
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.items: list[Any] = []
-
-    def sipp(self, scenario: str | Path, extra: list[str] | None = None) -> SippUas:
-        s = SippUas(scenario, self.tmp, extra_args=extra).start()
-        self.items.append(s)
-        return s
-
-    def bridge(self, cfg: dict[str, Any]) -> Bridge:
-        b = start_bridge(self.tmp, cfg)
-        self.items.append(b)
-        return b
-
-    def close(self) -> None:
-        for it in reversed(self.items):
-            if isinstance(it, Bridge):
-                if it.proc.poll() is None:
-                    it.stop()
-            else:
-                it.stop()
-
-
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    s = Stack(tmp_path)
-    yield s
-    s.close()
 
 
 def _play_scenario(tmp: Path, wav: Path, name: str) -> Path:
@@ -171,7 +139,7 @@ def test_sip_triggered_call_is_routed_relayed_and_bridged(stack: Stack) -> None:
     template = (SCENARIOS / "uac_agent_invite.xml").read_text()
     ok = stack.tmp / "uac_ok.xml"
     ok.write_text(template.replace("+15551234567", "+12125550170"))
-    uac = stack.sipp(ok, extra=[f"127.0.0.1:{base}", "-m", "1", "-s", "agent"])
+    uac = stack.sipp(ok, extra_args=[f"127.0.0.1:{base}", "-m", "1", "-s", "agent"])
     inv = carrier.wait_for(lambda m: m.direction == "received" and m.is_request
                            and m.method == "INVITE", 10)
     assert inv.request_uri.startswith("sip:+12125550170@")
@@ -193,7 +161,7 @@ def test_sip_triggered_call_is_routed_relayed_and_bridged(stack: Stack) -> None:
     rejected = stack.tmp / "uac_busy.xml"
     rejected.write_text(template.replace("+15551234567", "+12135550171")
                         .replace("agent-call-42", "agent-call-43"))
-    uac2 = stack.sipp(rejected, extra=[f"127.0.0.1:{base}", "-m", "1", "-s", "agent"])
+    uac2 = stack.sipp(rejected, extra_args=[f"127.0.0.1:{base}", "-m", "1", "-s", "agent"])
     uac2.wait_for(lambda m: m.direction == "received" and m.status == 486, 10)
     sid2 = bridge.client.get("/v1/outbound-calling/by-polyai-call-id/agent-call-43").json()[
         "callSid"]

@@ -11,7 +11,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -19,39 +18,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sipbridge.webhooks import verify
-from tests.bridge import Bridge, bridge_config, start_bridge
-from tests.sipp import SippUas
+from tests.bridge import Bridge, Stack, bridge_config
 from tests.webhook_receiver import Receiver
 
 pytestmark = pytest.mark.integration
 
 SECRET = "it-webhook-secret"
-
-
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[list[object]]:
-    items: list[object] = []
-    yield items
-    for it in reversed(items):
-        if isinstance(it, Bridge):
-            if it.proc.poll() is None:
-                it.stop()
-        elif isinstance(it, SippUas):
-            it.stop()
-        elif isinstance(it, Receiver):
-            it.__exit__()
-
-
-def _sipp(stack: list[object], scenario: str, log_dir: Path) -> SippUas:
-    s = SippUas(scenario, log_dir).start()
-    stack.append(s)
-    return s
-
-
-def _bridge(stack: list[object], log_dir: Path, cfg: dict[str, object]) -> Bridge:
-    b = start_bridge(log_dir, cfg)
-    stack.append(b)
-    return b
 
 
 def _metrics(bridge: Bridge) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -62,17 +34,17 @@ def _metrics(bridge: Bridge) -> dict[tuple[str, tuple[tuple[str, str], ...]], fl
 
 
 def test_metrics_callbacks_readiness_and_cdrs_after_a_real_call(
-        tmp_path: Path, stack: list[object]) -> None:
-    carrier = _sipp(stack, "uas_answer_then_bye.xml", tmp_path)
+        tmp_path: Path, stack: Stack) -> None:
+    carrier = stack.sipp("uas_answer_then_bye.xml")
     rx = Receiver(fail_first=[500]).__enter__()
-    stack.append(rx)
+    stack.add(rx, rx.__exit__)
     cfg = bridge_config(
         tmp_path,
         trunks=[{"name": "t", "address": carrier.uri_hostport, "caller_id": "+14155550100"}],
         routes=[{"prefix": "+1", "trunk": "t"}],
         webhooks={"secret": {"value": SECRET}, "backoff_s": 0.2},
     )
-    bridge = _bridge(stack, tmp_path, cfg)
+    bridge = stack.bridge(cfg)
     r = httpx.get(bridge.base + "/readyz", timeout=5)
     assert r.status_code == 200 and r.json()["checks"] == {"sip_pool": "ok", "store": "ok"}
     sid = bridge.trigger(to_number="+12125550123", status_callback=rx.url)
@@ -121,8 +93,8 @@ def test_metrics_callbacks_readiness_and_cdrs_after_a_real_call(
 
 
 def test_sigterm_drains_then_exits_and_keeps_queued_calls(
-        tmp_path: Path, stack: list[object]) -> None:
-    carrier = _sipp(stack, "uas_answer_then_bye_3s.xml", tmp_path)
+        tmp_path: Path, stack: Stack) -> None:
+    carrier = stack.sipp("uas_answer_then_bye_3s.xml")
     cfg = bridge_config(
         tmp_path,
         trunks=[{"name": "t", "address": carrier.uri_hostport, "caller_id": "+14155550100",
@@ -130,7 +102,7 @@ def test_sigterm_drains_then_exits_and_keeps_queued_calls(
         routes=[{"prefix": "+1", "trunk": "t"}],
         shutdown={"grace_s": 20},
     )
-    bridge = _bridge(stack, tmp_path, cfg)
+    bridge = stack.bridge(cfg)
     live = bridge.trigger(to_number="+12125550100")
     bridge.wait_event(live, "carrier.answered")
     queued = bridge.trigger(to_number="+12125550101")  # the trunk's one slot is taken
@@ -165,20 +137,20 @@ def test_sigterm_drains_then_exits_and_keeps_queued_calls(
     assert [m.direction for m in byes] == ["sent"]  # only SIPp's BYE, none from us
     assert len(carrier.received("INVITE")) == 1
 
-    bridge2 = _bridge(stack, tmp_path, cfg)  # the queued call is dialled on restart
+    bridge2 = stack.bridge(cfg)  # the queued call is dialled on restart
     assert bridge2.wait_terminal(queued, timeout=20)["status"] == "success"
     assert bridge2.stop() == 0
 
 
-def test_sigterm_grace_over_hangs_up_with_bye(tmp_path: Path, stack: list[object]) -> None:
-    carrier = _sipp(stack, "uas_answer_wait_bye.xml", tmp_path)  # never hangs up itself
+def test_sigterm_grace_over_hangs_up_with_bye(tmp_path: Path, stack: Stack) -> None:
+    carrier = stack.sipp("uas_answer_wait_bye.xml")  # never hangs up itself
     cfg = bridge_config(
         tmp_path,
         trunks=[{"name": "t", "address": carrier.uri_hostport, "caller_id": "+14155550100"}],
         routes=[{"prefix": "+1", "trunk": "t"}],
         shutdown={"grace_s": 1},
     )
-    bridge = _bridge(stack, tmp_path, cfg)
+    bridge = stack.bridge(cfg)
     sid = bridge.trigger(to_number="+12125550100")
     bridge.wait_event(sid, "carrier.answered")
     t0 = time.monotonic()

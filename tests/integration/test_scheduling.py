@@ -7,13 +7,12 @@ from __future__ import annotations
 import itertools
 import re
 import threading
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-from tests.bridge import Bridge, bridge_config, start_bridge
+from tests.bridge import Stack, bridge_config
 from tests.sipp import SippUas
 
 pytestmark = pytest.mark.integration
@@ -30,35 +29,10 @@ def invite_times(sipp: SippUas) -> list[float]:
                   for m in _LOG_RE.finditer(text))
 
 
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[list[object]]:
-    """Things to stop after the test: SIPp processes and bridges."""
-    items: list[object] = []
-    yield items
-    for it in reversed(items):
-        if isinstance(it, Bridge):
-            if it.proc.poll() is None:
-                it.stop()
-        elif isinstance(it, SippUas):
-            it.stop()
-
-
-def _sipp(stack: list[object], scenario: str, log_dir: Path) -> SippUas:
-    s = SippUas(scenario, log_dir).start()
-    stack.append(s)
-    return s
-
-
-def _bridge(stack: list[object], log_dir: Path, cfg: dict[str, object]) -> Bridge:
-    b = start_bridge(log_dir, cfg)
-    stack.append(b)
-    return b
-
-
 def test_503_on_first_trunk_fails_over_to_second(tmp_path: Path,
-                                                 stack: list[object]) -> None:
-    a = _sipp(stack, "uas_unavailable.xml", tmp_path)
-    b = _sipp(stack, "uas_answer_then_bye.xml", tmp_path)
+                                                 stack: Stack) -> None:
+    a = stack.sipp("uas_unavailable.xml")
+    b = stack.sipp("uas_answer_then_bye.xml")
     cfg = bridge_config(
         tmp_path,
         trunks=[{"name": "primary", "address": a.uri_hostport, "caller_id": "+14155550100",
@@ -68,7 +42,7 @@ def test_503_on_first_trunk_fails_over_to_second(tmp_path: Path,
         routes=[{"prefix": "+1", "trunks": [{"name": "primary", "priority": 0},
                                             {"name": "backup", "priority": 1}]}],
     )
-    bridge = _bridge(stack, tmp_path, cfg)
+    bridge = stack.bridge(cfg)
     sid = bridge.trigger(to_number="+12125550123")
     body = bridge.wait_terminal(sid)
     assert (body["status"], body["trunk"], body["attempts"]) == ("success", "backup", 1), body
@@ -84,8 +58,8 @@ def test_503_on_first_trunk_fails_over_to_second(tmp_path: Path,
 
 
 def test_busy_retried_with_backoff_until_answered(tmp_path: Path,
-                                                  stack: list[object]) -> None:
-    carrier = _sipp(stack, "uas_busy_then_answer.xml", tmp_path)
+                                                  stack: Stack) -> None:
+    carrier = stack.sipp("uas_busy_then_answer.xml")
     cfg = bridge_config(
         tmp_path,
         trunks=[{"name": "t", "address": carrier.uri_hostport, "caller_id": "+14155550100"}],
@@ -93,7 +67,7 @@ def test_busy_retried_with_backoff_until_answered(tmp_path: Path,
                  "retry": {"max_attempts": 4, "retry_on": ["busy"], "base_s": 1.0,
                            "factor": 2.0, "jitter": 0.0}}],
     )
-    bridge = _bridge(stack, tmp_path, cfg)
+    bridge = stack.bridge(cfg)
     sid = bridge.trigger(to_number="+12125550123")
     retrying = bridge.wait_status(sid, lambda b: b["status"] == "queued" and b["attempts"] == 1)
     assert retrying["reason"].startswith("busy; attempt 2 of 4 at"), retrying
@@ -111,9 +85,9 @@ def test_busy_retried_with_backoff_until_answered(tmp_path: Path,
 
 
 def test_cps_cap_holds_when_50_calls_arrive_at_once(tmp_path: Path,
-                                                     stack: list[object]) -> None:
+                                                     stack: Stack) -> None:
     cps = 10.0
-    carrier = _sipp(stack, "uas_busy.xml", tmp_path)
+    carrier = stack.sipp("uas_busy.xml")
     cfg = bridge_config(
         tmp_path,
         trunks=[{"name": "t", "address": carrier.uri_hostport, "caller_id": "+14155550100",
@@ -121,7 +95,7 @@ def test_cps_cap_holds_when_50_calls_arrive_at_once(tmp_path: Path,
         routes=[{"prefix": "+1", "trunk": "t"}],
         limits={"api_rate_per_s": 1000, "api_burst": 1000},
     )
-    bridge = _bridge(stack, tmp_path, cfg)
+    bridge = stack.bridge(cfg)
     sids: list[str] = []
     lock = threading.Lock()
 
@@ -154,22 +128,22 @@ def test_cps_cap_holds_when_50_calls_arrive_at_once(tmp_path: Path,
 
 
 def test_restart_keeps_queued_calls_and_marks_in_flight(tmp_path: Path,
-                                                        stack: list[object]) -> None:
-    carrier = _sipp(stack, "uas_answer_wait_bye.xml", tmp_path)
+                                                        stack: Stack) -> None:
+    carrier = stack.sipp("uas_answer_wait_bye.xml")
     cfg = bridge_config(
         tmp_path,
         trunks=[{"name": "t", "address": carrier.uri_hostport, "caller_id": "+14155550100",
                  "max_concurrent": 1}],
         routes=[{"prefix": "+1", "trunk": "t"}],
     )
-    bridge = _bridge(stack, tmp_path, cfg)
+    bridge = stack.bridge(cfg)
     first = bridge.trigger(to_number="+12125550100")
     bridge.wait_event(first, "carrier.answered")
     queued = [bridge.trigger(to_number=f"+121255501{i:02d}") for i in (1, 2)]
     assert all(bridge.status(s)["status"] == "queued" for s in queued)
     bridge.stop(sig_kill=True)  # a crash: no clean shutdown
 
-    bridge2 = _bridge(stack, tmp_path, cfg)
+    bridge2 = stack.bridge(cfg)
     body = bridge2.status(first)
     assert (body["status"], body["reason"]) == ("failure", "bridge restarted"), body
     for sid in queued:
@@ -184,15 +158,15 @@ def test_restart_keeps_queued_calls_and_marks_in_flight(tmp_path: Path,
     assert bridge2.stop() == 0
 
 
-def test_idempotent_trigger_places_one_call(tmp_path: Path, stack: list[object]) -> None:
-    carrier = _sipp(stack, "uas_busy.xml", tmp_path)
+def test_idempotent_trigger_places_one_call(tmp_path: Path, stack: Stack) -> None:
+    carrier = stack.sipp("uas_busy.xml")
     cfg = bridge_config(
         tmp_path,
         trunks=[{"name": "t", "address": carrier.uri_hostport, "caller_id": "+14155550100"}],
         routes=[{"prefix": "+1", "trunk": "t"}],
         limits={"api_rate_per_s": 1, "api_burst": 3},
     )
-    bridge = _bridge(stack, tmp_path, cfg)
+    bridge = stack.bridge(cfg)
     a = bridge.trigger(to_number="+12125550123", idempotency_key="order-77")
     b = bridge.trigger(to_number="+12125550123", idempotency_key="order-77")
     assert a == b
