@@ -123,3 +123,27 @@ def test_unsafe_metadata_value_names_the_key():
     with pytest.raises(HeaderError) as ei:
         carrier_headers(trunk, {}, {"cust": "a\r\nBYE sip:x SIP/2.0"})
     assert ei.value.field == "metadata.cust"
+
+
+def test_caller_id_policy_per_trunk():
+    from sipbridge.routing import effective_caller_id
+
+    cfg = parse_config({
+        "agent": {"uri": "sip:agent@127.0.0.1"},
+        "api": {"tokens": [{"value": "t"}]},
+        "trunks": [
+            {"name": "own-dids", "address": "a.example", "caller_id": "+14155550100",
+             "caller_id_policy": "trunk"},
+            {"name": "any", "address": "b.example", "caller_id": "+14155550101"},
+        ],
+        "routes": [{"trunk": "any"}],
+    })
+    strict, free = cfg.trunk("own-dids"), cfg.trunk("any")
+    # a carrier that only accepts its own DIDs always gets the trunk's caller ID
+    assert effective_caller_id(strict, "+12125550199") == "+14155550100"
+    assert effective_caller_id(free, "+12125550199") == "+12125550199"
+    assert effective_caller_id(free, None) == "+14155550101"
+    plan = resolve_plan(cfg, call_sid="OUT-z", to_number="+12125550123",
+                        from_number=effective_caller_id(strict, "+12125550199"), metadata={},
+                        polyai_call_id=None, attempt=1, bridge_host="h", trunk=strict)
+    assert plan.from_uri == "<sip:+14155550100@h>"
