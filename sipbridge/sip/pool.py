@@ -16,6 +16,14 @@ Guarantees:
   when the pool is stopped and the worker could not report it;
 - a dead worker is restarted (same worker_id, same SIP port when possible).
 
+Elastic pool (``min_workers`` < ``max_workers``): the pool starts ``min_workers``
+processes and keeps ``spare_slots`` slots (default: one worker's worth) free or starting,
+spawning another worker (up to ``max_workers``) as soon as calls eat into that headroom,
+since a worker takes ~0.5-1 s to start. A worker above ``min_workers`` with no legs and no
+reservations for ``idle_worker_ttl_s`` is retired (``Shutdown``, then its process is
+reaped; it takes no new dials meanwhile). :class:`PoolFull` is raised only when every
+worker up to ``max_workers`` is full (or still starting).
+
 No pjsua2 import here.
 """
 
@@ -70,6 +78,17 @@ class _WorkerSlot:
     last_log: str = ""
     restarts: int = 0
     started_at: float = 0.0
+    # Elastic pool: idle (no legs, no reservations) since; being retired since (0: no).
+    idle_since: float = 0.0
+    retiring_since: float = 0.0
+
+
+def worker_bounds(cfg: SipConfig) -> tuple[int, int, int]:
+    """(min_workers, max_workers, spare_slots) with the config's defaults applied."""
+    lo = cfg.min_workers if cfg.min_workers is not None else cfg.workers
+    hi = cfg.max_workers if cfg.max_workers is not None else max(cfg.workers, lo)
+    spare = cfg.spare_slots if cfg.spare_slots is not None else cfg.calls_per_worker
+    return lo, max(lo, hi), spare
 
 
 class WorkerPool:
@@ -79,8 +98,10 @@ class WorkerPool:
         self.cfg = cfg
         self.on_event = on_event
         self._ctx = multiprocessing.get_context("spawn")
+        self.min_workers, self.max_workers, self.spare_slots = worker_bounds(cfg)
+        self.elastic = self.max_workers > self.min_workers
         self._workers: dict[int, _WorkerSlot] = {
-            i: _WorkerSlot(worker_id=i) for i in range(cfg.workers)
+            i: _WorkerSlot(worker_id=i) for i in range(self.min_workers)
         }
         self._leg_worker: dict[str, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -90,6 +111,13 @@ class WorkerPool:
         # Exit code of each worker process at stop() (diagnostics, tests).
         self.exit_codes: dict[int, int | None] = {}
         self._restart_tasks: set[asyncio.Task[None]] = set()
+        # Elastic pool: exit codes of retired workers, spawn/retire counters, the
+        # maintenance task, and a pause on growing after a failed start.
+        self.retired_exit_codes: list[int | None] = []
+        self.spawned_total = 0
+        self.retired_total = 0
+        self._maint_task: asyncio.Task[None] | None = None
+        self._grow_blocked_until = 0.0
 
     # ---------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -120,13 +148,30 @@ class WorkerPool:
         log.info(
             "SIP pool started: %d workers on ports %s", len(self._workers), self.worker_ports()
         )
+        if self.elastic:
+            log.info(
+                "SIP pool is elastic: %d-%d workers, %d spare slots, idle TTL %.1f s",
+                self.min_workers, self.max_workers, self.spare_slots,
+                self.cfg.idle_worker_ttl_s,
+            )
+            self._scale_up()
+            self._maint_task = asyncio.get_running_loop().create_task(self._maintain())
 
     def _spawn(self, w: _WorkerSlot, sip_port: int = 0) -> asyncio.Future[ipc.WorkerReady]:
         assert self._loop is not None
         parent, child = self._ctx.Pipe(duplex=True)
+        cfg = self.cfg.model_dump()
+        # The worker takes slice ``worker_id % workers`` of the RTP range: hand each worker
+        # its own slice (over max_workers, so the workers an elastic pool adds get theirs)
+        # as a one-worker range.
+        slots = max(self.cfg.workers, self.max_workers)
+        per = max(2, (self.cfg.rtp_port_max - self.cfg.rtp_port_min + 1) // slots)
+        base = self.cfg.rtp_port_min + (w.worker_id % slots) * per
+        cfg.update(workers=1, min_workers=None, max_workers=None, spare_slots=None,
+                   rtp_port_min=base, rtp_port_max=min(base + per - 1, 65535))
         proc = self._ctx.Process(
             target=_worker_main,
-            args=(w.worker_id, self.cfg.model_dump(), child, sip_port),
+            args=(w.worker_id, cfg, child, sip_port),
             name=f"sipbridge-sip-{w.worker_id}",
             daemon=True,
         )
@@ -136,6 +181,8 @@ class WorkerPool:
         w.conn = parent
         w.ready = False
         w.started_at = time.monotonic()
+        w.retiring_since = 0.0
+        self.spawned_total += 1
         w.ready_future = self._loop.create_future()
         self._loop.add_reader(parent.fileno(), self._on_readable, w.worker_id, parent)
         return w.ready_future
@@ -147,12 +194,14 @@ class WorkerPool:
         self._stopping = True
         for t in list(self._restart_tasks):
             t.cancel()
-        for w in self._workers.values():
+        if self._maint_task is not None:
+            self._maint_task.cancel()
+        for w in list(self._workers.values()):
             if w.conn is not None:
                 with contextlib.suppress(OSError, ValueError):
                     w.conn.send(ipc.encode(ipc.Shutdown()))
         deadline = time.monotonic() + STOP_TIMEOUT_S
-        for w in self._workers.values():
+        for w in list(self._workers.values()):
             proc = w.process
             if proc is None:
                 continue
@@ -169,7 +218,7 @@ class WorkerPool:
             if proc.exitcode != 0:
                 log.warning("SIP worker %d exited with code %s", w.worker_id, proc.exitcode)
         # Deliver whatever the workers sent before exiting (their legs' ended events).
-        for w in self._workers.values():
+        for w in list(self._workers.values()):
             if w.conn is not None:
                 self._drain(w, w.conn)
             self._close_worker(w)
@@ -184,8 +233,21 @@ class WorkerPool:
 
     # ---------------------------------------------------------------- capacity
     def capacity(self) -> int:
-        """Total call slots over all workers (running or not)."""
-        return self.cfg.workers * self.cfg.calls_per_worker
+        """Total call slots over all workers (running or not); for an elastic pool, over
+        ``max_workers``."""
+        return self.max_workers * self.cfg.calls_per_worker
+
+    def worker_count(self) -> int:
+        """Worker processes running or starting (not counting those being retired)."""
+        return sum(1 for w in self._workers.values() if not w.retiring_since)
+
+    def worker_pids(self) -> dict[int, int]:
+        """OS process id of every worker process (retiring ones included), by worker_id."""
+        return {
+            w.worker_id: w.process.pid
+            for w in self._workers.values()
+            if w.process is not None and w.process.pid is not None
+        }
 
     def _free(self, w: _WorkerSlot) -> int:
         if not w.ready or self._stopping:
@@ -211,7 +273,8 @@ class WorkerPool:
 
     def worker_pid(self, worker_id: int) -> int | None:
         """OS process id of a worker (for diagnostics and tests)."""
-        p = self._workers[worker_id].process
+        w = self._workers.get(worker_id)
+        p = w.process if w is not None else None
         return p.pid if p is not None else None
 
     # ---------------------------------------------------------------- commands
@@ -260,6 +323,7 @@ class WorkerPool:
         else:
             candidates = [w for w in self._workers.values() if self._room(w, cs) >= need]
             if not candidates:
+                self._scale_up()
                 raise PoolFull(
                     f"no SIP worker has {need} free slot{'s' if need > 1 else ''} "
                     f"({self.free_slots()} of {self.capacity()} free or their workers are down)"
@@ -278,6 +342,8 @@ class WorkerPool:
             w.reserved.pop(cs, None)
         w.legs[plan.leg_id] = cs
         self._leg_worker[plan.leg_id] = w.worker_id
+        if self.elastic:
+            self._scale_up()
         return w.worker_id
 
     def reserved_slots(self, call_sid: str) -> dict[int, int]:
@@ -294,6 +360,8 @@ class WorkerPool:
         self._leg_worker.pop(leg_id, None)
         if call_sid is not None and call_sid not in w.legs.values():
             w.reserved.pop(call_sid, None)
+        if not w.legs and not w.reserved:
+            w.idle_since = time.monotonic()
 
     def _send_to_leg(self, leg_id: str, msg: ipc.Command) -> bool:
         wid = self._leg_worker.get(leg_id)
@@ -356,8 +424,8 @@ class WorkerPool:
 
     # ---------------------------------------------------------------- events
     def _on_readable(self, worker_id: int, conn: Connection) -> None:
-        w = self._workers[worker_id]
-        if w.conn is not conn:  # stale reader of a previous process
+        w = self._workers.get(worker_id)
+        if w is None or w.conn is not conn:  # stale reader of a previous process
             return
         alive = self._drain(w, conn)
         if not alive:
@@ -402,7 +470,8 @@ class WorkerPool:
         elif isinstance(msg, ipc.WorkerReady):
             w.sip_port = msg.sip_port
             w.capacity = msg.capacity
-            w.ready = True
+            w.ready = not w.retiring_since
+            w.idle_since = time.monotonic()
             if w.ready_future is not None and not w.ready_future.done():
                 w.ready_future.set_result(msg)
             log.info("SIP worker %d ready on port %d", w.worker_id, msg.sip_port)
@@ -460,6 +529,31 @@ class WorkerPool:
         if self._stopping:
             return
         text = f"SIP worker {w.worker_id} exited with code {code}"
+        starting = w.ready_future if (
+            w.ready_future is not None and not w.ready_future.done()) else None
+        if self._running and self.elastic and (
+            w.retiring_since
+            or (starting is not None and not w.legs and self.worker_count() > self.min_workers)
+        ):
+            # Retired (or a worker added for load that failed to start): not restarted.
+            if starting is not None:
+                log.error("%s while starting; not restarted", text)
+                self._grow_blocked_until = time.monotonic() + 1.0
+                starting.set_exception(PoolError(text))
+                starting.exception()  # mark retrieved
+            else:
+                self.retired_exit_codes.append(code)
+                self.retired_total += 1
+                log.info("SIP worker %d retired (exit code %s)", w.worker_id, code)
+            for leg_id, call_sid in list(w.legs.items()):
+                self._synth_end(w, leg_id, call_sid, "worker_died", text)
+            if proc is not None:
+                with contextlib.suppress(Exception):
+                    proc.close()
+            w.process = None
+            self._workers.pop(w.worker_id, None)
+            self._scale_up()
+            return
         if w.ready_future is not None and not w.ready_future.done():
             # Died during start-up.
             w.ready_future.set_exception(
@@ -489,7 +583,7 @@ class WorkerPool:
         if time.monotonic() - w.started_at > 60:
             delay = 0.2  # it ran fine for a while: restart promptly
         await asyncio.sleep(delay)
-        if self._stopping:
+        if self._stopping or self._workers.get(w.worker_id) is not w:
             return
         fut = self._spawn(w, w.sip_port)
         try:
@@ -499,6 +593,96 @@ class WorkerPool:
             log.error("SIP worker %d restart failed: %s", w.worker_id, e)
             if w.process is not None and w.process.is_alive():
                 w.process.kill()  # the reader sees EOF and schedules another restart
+
+
+    # ---------------------------------------------------------------- elastic pool
+    def _headroom(self) -> int:
+        """Free slots on ready workers plus the slots of workers still starting."""
+        n = 0
+        for w in self._workers.values():
+            if w.retiring_since:
+                continue
+            if w.ready:
+                n += self._free(w)
+            elif w.process is not None:
+                n += self.cfg.calls_per_worker
+        return n
+
+    def _scale_up(self) -> None:
+        """Spawn workers (up to max_workers) until ``spare_slots`` slots are free or
+        starting, and at least min_workers exist."""
+        if not self._running or self._stopping:
+            return
+        if time.monotonic() < self._grow_blocked_until:
+            return
+        n = self.worker_count()
+        headroom = self._headroom()
+        while n < self.max_workers and (n < self.min_workers or headroom < self.spare_slots):
+            wid = next(i for i in range(self.max_workers + len(self._workers) + 1)
+                       if i not in self._workers)
+            w = _WorkerSlot(worker_id=wid)
+            self._workers[wid] = w
+            fut = self._spawn(w)
+            fut.add_done_callback(_consume_exception)
+            assert self._loop is not None
+            task = self._loop.create_task(self._watch_start(w, fut))
+            self._restart_tasks.add(task)
+            task.add_done_callback(self._restart_tasks.discard)
+            n += 1
+            headroom += self.cfg.calls_per_worker
+            log.info("SIP pool growing: worker %d starting (%d workers)", wid, n)
+
+    async def _watch_start(self, w: _WorkerSlot, fut: asyncio.Future[ipc.WorkerReady]) -> None:
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), START_TIMEOUT_S)
+        except (TimeoutError, PoolError) as e:
+            log.error("SIP worker %d did not start: %s", w.worker_id, e or "timeout")
+            if w.process is not None and w.process.is_alive():
+                w.process.kill()  # the reader sees EOF: the slot is dropped
+
+    def _retire_idle(self, now: float) -> None:
+        ttl = self.cfg.idle_worker_ttl_s
+        n = self.worker_count()
+        headroom = self._headroom()
+        for w in sorted(self._workers.values(), key=lambda x: -x.worker_id):
+            if n <= self.min_workers:
+                break
+            if (w.retiring_since or not w.ready or w.legs or w.reserved
+                    or now - w.idle_since < ttl):
+                continue
+            free = self._free(w)
+            if headroom - free < self.spare_slots:
+                continue
+            w.retiring_since = now
+            w.ready = False
+            n -= 1
+            headroom -= free
+            log.info("SIP pool shrinking: retiring idle worker %d (%d workers)", w.worker_id, n)
+            if w.conn is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    w.conn.send(ipc.encode(ipc.Shutdown()))
+        # A retiring worker that does not exit in time is terminated (its EOF reaps it).
+        for w in list(self._workers.values()):
+            p = w.process
+            if (w.retiring_since and p is not None and p.is_alive()
+                    and now - w.retiring_since > STOP_TIMEOUT_S):
+                log.warning("SIP worker %d did not retire in time: killing", w.worker_id)
+                p.kill()
+
+    async def _maintain(self) -> None:
+        period = min(1.0, max(0.05, self.cfg.idle_worker_ttl_s / 4))
+        while not self._stopping:
+            await asyncio.sleep(period)
+            try:
+                self._retire_idle(time.monotonic())
+                self._scale_up()
+            except Exception:
+                log.exception("SIP pool maintenance failed")
+
+
+def _consume_exception(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _worker_main(

@@ -17,6 +17,7 @@ slow but safe conversion is used.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import wave
@@ -83,21 +84,27 @@ class FrameTap(pj.AudioMediaPort):
     def onFrameReceived(self, frame: Any) -> None:
         # Media clock thread: copy out and return. A frame with no audio (nothing was
         # transmitted to us this tick) still marks 20 ms passing.
+        # pjsua2 pitfall: this can run while the main thread tears the object down (its
+        # __dict__ already cleared, the C++ port not yet unregistered from the bridge);
+        # an exception leaving a director callback crosses pjmedia's C code and crashes
+        # the process, so nothing here may raise, the error path included.
         try:
+            frames = self.frames
             if frame.type == pj.PJMEDIA_FRAME_TYPE_AUDIO and frame.size:
                 data = copy_vector(frame.buf)
             else:
                 data = _SILENCE
-            if len(self.frames) == self.frames.maxlen:
+            if len(frames) == frames.maxlen:
                 self.dropped += 1
-            self.frames.append(data)
-        except Exception:  # never raise into pjmedia
-            self.dropped += 1
+            frames.append(data)
+        except BaseException:
+            pass
 
     def onFrameRequested(self, frame: Any) -> None:
         # We never produce audio into the bridge.
-        frame.type = pj.PJMEDIA_FRAME_TYPE_NONE
-        frame.size = 0
+        with contextlib.suppress(BaseException):
+            frame.type = pj.PJMEDIA_FRAME_TYPE_NONE
+            frame.size = 0
 
 
 class LegAnalysis:

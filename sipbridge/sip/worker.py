@@ -70,6 +70,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import faulthandler
 import gc
 import os
 import signal
@@ -99,6 +100,9 @@ from sipbridge.sip.tap import CLOCK_RATE_HZ, FrameTap, LegAnalysis, PhaseListene
 from sipbridge.trunkselect import parse_retry_after
 
 _SHUTDOWN_DRAIN_S = 3.0
+# How long a disconnected audio port is kept before it is destroyed: the bridge applies
+# queued operations on its next 20 ms tick; 0.5 s leaves a wide margin.
+_PORT_COOLING_S = 0.5
 _SLOT_RETRY_S = 2.0
 _LINGER_RETRY_S = 34.0  # Timer B (64 * T1 = 32 s) and a margin
 _PJ_ETOOMANY = 70010  # PJ_ETOOMANY: more calls than PJSUA_MAX_CALLS / maxCalls
@@ -253,29 +257,32 @@ class _LegCall(pj.Call):
         self._worker = worker
         self._leg_id = leg_id
 
-    def onCallState(self, prm: Any) -> None:
+    # pjsua2 pitfall: a Python exception must never leave a director callback — SWIG turns
+    # it into a C++ exception thrown through pjsip's C frames, which aborts the process
+    # (SIGSEGV). Each callback catches everything, and its error path touches nothing
+    # that can itself fail (``_worker`` is None once the leg was force-ended).
+
+    def _dispatch(self, name: str, fn: Callable[[Worker], None]) -> None:
+        worker = getattr(self, "_worker", None)
+        if worker is None:
+            return
         try:
-            self._worker.on_call_state(self._leg_id, self, prm)
-        except Exception as e:  # never let an exception escape into pjsua2
-            self._worker.log("error", f"onCallState failed: {e!r}")
+            fn(worker)
+        except BaseException as e:
+            with contextlib.suppress(BaseException):
+                worker.log("error", f"{name} failed: {e!r}")
+
+    def onCallState(self, prm: Any) -> None:
+        self._dispatch("onCallState", lambda w: w.on_call_state(self._leg_id, self, prm))
 
     def onCallMediaState(self, prm: Any) -> None:
-        try:
-            self._worker.on_call_media_state(self._leg_id, self)
-        except Exception as e:
-            self._worker.log("error", f"onCallMediaState failed: {e!r}")
+        self._dispatch("onCallMediaState", lambda w: w.on_call_media_state(self._leg_id, self))
 
     def onCallTsxState(self, prm: Any) -> None:
-        try:
-            self._worker.on_call_tsx_state(self._leg_id, prm)
-        except Exception as e:
-            self._worker.log("error", f"onCallTsxState failed: {e!r}")
+        self._dispatch("onCallTsxState", lambda w: w.on_call_tsx_state(self._leg_id, prm))
 
     def onDtmfEvent(self, prm: Any) -> None:
-        try:
-            self._worker.on_dtmf_event(self._leg_id, prm)
-        except Exception as e:
-            self._worker.log("error", f"onDtmfEvent failed: {e!r}")
+        self._dispatch("onDtmfEvent", lambda w: w.on_dtmf_event(self._leg_id, prm))
 
 
 class _WorkerAccount(pj.Account):
@@ -286,13 +293,14 @@ class _WorkerAccount(pj.Account):
         self._worker: Worker | None = worker
 
     def onIncomingCall(self, prm: Any) -> None:
-        w = self._worker
+        w = getattr(self, "_worker", None)
         if w is None:
             return
         try:
             w.on_incoming_call(self, prm)
-        except Exception as e:
-            w.log("error", f"onIncomingCall failed: {e!r}")
+        except BaseException as e:  # never into pjsua2 (see _LegCall)
+            with contextlib.suppress(BaseException):
+                w.log("error", f"onIncomingCall failed: {e!r}")
 
 
 class _Player(pj.AudioMediaPlayer):
@@ -306,7 +314,9 @@ class _Player(pj.AudioMediaPlayer):
         self.eof = False
 
     def onEof2(self) -> None:
-        self.eof = True
+        # Media clock thread, possibly while this object is being torn down: never raise.
+        with contextlib.suppress(BaseException):
+            self.eof = True
 
 
 class Worker:
@@ -339,6 +349,15 @@ class Worker:
         # Audio connections between legs: (source leg, destination leg).
         self.edges: set[tuple[str, str]] = set()
         self.players: list[_Player] = []
+        # pjsua2 pitfall (PJSIP 2.14+): the conference bridge applies connect, disconnect
+        # and remove-port operations later, on its clock thread. Destroying an audio port
+        # frees its pjmedia port at once, so the bridge can still call into freed memory
+        # (seen as SIGSEGV under load). Detection taps are therefore pooled and reused,
+        # never destroyed while the worker runs; players are disconnected first and
+        # destroyed only after the bridge has had time to apply that.
+        self.spare_taps: list[FrameTap] = []
+        self.all_taps: list[FrameTap] = []
+        self.cooling: list[tuple[float, Any]] = []  # (destroy after, pj object)
         # Work deferred out of pjsua2 callbacks to the loop (hang up the bridge partner,
         # relay a DTMF digit): run right after libHandleEvents.
         self.soon: list[Callable[[], None]] = []
@@ -857,7 +876,7 @@ class Worker:
             player.createPlayer(path, pj.PJMEDIA_FILE_NO_LOOP)
             player.startTransmit(aud)
         except pj.Error as e:
-            self.graveyard.append(player)
+            self._cool(player)
             self._play_done(leg_id, call_sid, path, f"cannot play: {_pj_error_text(e)}")
             return
         self.players.append(player)
@@ -874,7 +893,7 @@ class Worker:
         if leg is not None and not leg.ended:
             with contextlib.suppress(pj.Error):
                 player.stopTransmit(leg.call.getAudioMedia(-1))
-        self.graveyard.append(player)  # destroyed outside callbacks (never in onEof2)
+        self._cool(player)  # destroyed later, outside callbacks (never in onEof2)
 
     def check_players(self) -> None:
         for player in list(self.players):
@@ -1087,10 +1106,7 @@ class Worker:
             # Drop the Call object later, outside this callback (pjsua2 is still using it).
             del self.legs[leg_id]
             self.graveyard.append(call)
-            if leg.tap is not None:
-                leg.tap_connected = False
-                self.graveyard.append(leg.tap)
-                leg.tap = None
+            self._release_tap(leg)
             if leg.analysis is not None:
                 leg.analysis.close()
 
@@ -1171,12 +1187,44 @@ class Worker:
         except pj.Error:
             return  # no active audio yet
         if leg.tap is None:
-            leg.tap = FrameTap(f"tap-{leg.plan.leg_id}")
+            leg.tap = self._take_tap()
         try:
             aud.startTransmit(leg.tap)
             leg.tap_connected = True
         except pj.Error as e:
             self.log("warning", f"detection tap for {leg.plan.leg_id}: {_pj_error_text(e)}")
+
+    def _take_tap(self) -> FrameTap:
+        if self.spare_taps:
+            tap = self.spare_taps.pop()
+            tap.frames.clear()
+            return tap
+        tap = FrameTap(f"tap-{self.worker_id}-{len(self.all_taps)}")
+        self.all_taps.append(tap)
+        return tap
+
+    def _release_tap(self, leg: _Leg) -> None:
+        """Give the leg's tap back to the pool (disconnected; see ``spare_taps``)."""
+        tap = leg.tap
+        if tap is None:
+            return
+        if leg.tap_connected and not leg.ended:
+            # (an ended call's stream port left the bridge with its connections)
+            with contextlib.suppress(pj.Error):
+                leg.call.getAudioMedia(-1).stopTransmit(tap)
+        leg.tap_connected = False
+        leg.tap = None
+        tap.frames.clear()
+        self.spare_taps.append(tap)
+
+    def _cool(self, obj: Any) -> None:
+        """Destroy a disconnected audio port once the bridge has applied the disconnect."""
+        self.cooling.append((time.monotonic() + _PORT_COOLING_S, obj))
+
+    def _drop_cooled(self) -> None:
+        now = time.monotonic()
+        if self.cooling and self.cooling[0][0] <= now:
+            self.cooling = [(t, o) for t, o in self.cooling if t > now]
 
     def _disconnect_tap(self, leg: _Leg) -> None:
         if not leg.tap_connected:
@@ -1274,6 +1322,8 @@ class Worker:
             self.pump_media()
             if self.players:
                 self.check_players()
+            if self.cooling:
+                self._drop_cooled()
             self.graveyard.clear()
             if self.pending:
                 self.retry_pending()
@@ -1306,9 +1356,7 @@ class Worker:
         self._end_players(leg_id)
         leg.call._worker = None
         self.graveyard.append(leg.call)
-        if leg.tap is not None:
-            self.graveyard.append(leg.tap)
-            leg.tap = None
+        self._release_tap(leg)
 
     def shutdown(self) -> None:
         """Hang up every leg, wait (bounded) for DISCONNECTED, drop pj objects, libDestroy.
@@ -1337,6 +1385,14 @@ class Worker:
         self.rejected.clear()
         self.soon.clear()
         self.graveyard.clear()
+        # Audio ports last, once the bridge has applied the disconnects of the calls that
+        # just ended (no loop variable may keep a port alive past libDestroy).
+        deadline = time.monotonic() + _PORT_COOLING_S
+        while time.monotonic() < deadline:
+            self.ep.libHandleEvents(10)
+        self.spare_taps.clear()
+        self.all_taps.clear()
+        self.cooling.clear()
         gc.collect()
         # Accounts go after every Call and before libDestroy.
         for key in list(self.accounts):
@@ -1357,6 +1413,9 @@ def run_worker(
     it keeps its port); 0 uses the config's range (or a free port for 0/0).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
+    # A crash in native code (pjsip, pjmedia, SWIG) prints every thread's Python stack to
+    # stderr, which the supervisor's log keeps.
+    faulthandler.enable(all_threads=True)
     cfg = SipConfig(**sip_cfg_dict)
     worker = Worker(worker_id, cfg, conn, sip_port)
 
