@@ -73,8 +73,11 @@ import ctypes
 import faulthandler
 import gc
 import os
+import math
 import signal
+import socket
 import sys
+import threading
 import time
 import uuid
 from collections import OrderedDict, deque
@@ -100,6 +103,12 @@ from sipbridge.sip.tap import CLOCK_RATE_HZ, FrameTap, LegAnalysis, PhaseListene
 from sipbridge.trunkselect import parse_retry_after
 
 _SHUTDOWN_DRAIN_S = 3.0
+# libHandleEvents waits: the longest sleep with nothing due (commands, SIP and RTP wake
+# it; the parent-alive check runs at least this often), while detection or listening
+# taps are fed, and with deferred work (or without a waker).
+_IDLE_WAIT_MS = 250
+_TAP_WAIT_MS = 20
+_BUSY_WAIT_MS = 10
 # How long a disconnected audio port is kept before it is destroyed: the bridge applies
 # queued operations on its next 20 ms tick; 0.5 s leaves a wide margin.
 _PORT_COOLING_S = 0.5
@@ -319,6 +328,54 @@ class _Player(pj.AudioMediaPlayer):
             self.eof = True
 
 
+class _Waker:
+    """Wakes the loop's ``libHandleEvents`` when the supervisor sends a command.
+
+    The loop sleeps in pjsip's ioqueue (up to ``_IDLE_WAIT_MS``), which knows nothing of
+    the command pipe. This thread blocks on the pipe and, when it becomes readable, sends
+    a CRLF keep-alive datagram to the worker's own UDP transport: pjsip discards a packet
+    of only CR/LF (the RFC 5626 4.4.1 keep-alive) without parsing it, but the ioqueue
+    returns. It never reads the pipe: after a wake it waits for the loop to drain it
+    (``drained``), so one burst of commands costs one datagram. Pipe EOF (supervisor gone)
+    wakes the loop the same way, and the loop notices the EOF itself.
+    """
+
+    def __init__(self, conn: Connection, target: tuple[str, int], family: int) -> None:
+        self.conn = conn
+        self.target = target
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.drained = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="sip-waker", daemon=True)
+
+    @classmethod
+    def start_for(cls, worker: Worker) -> _Waker | None:
+        """A waker aimed at the worker's UDP transport, or None (the loop then polls)."""
+        port = worker.transport_ports.get("udp")
+        if not port:
+            return None
+        addr = worker.cfg.listen_address or "0.0.0.0"
+        family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+        if addr in ("0.0.0.0", "::"):
+            addr = "::1" if family == socket.AF_INET6 else "127.0.0.1"
+        try:
+            waker = cls(worker.conn, (addr, port), family)
+        except OSError as e:
+            worker.log("warning", f"no waker, polling every {_BUSY_WAIT_MS} ms: {e}")
+            return None
+        waker.thread.start()
+        return waker
+
+    def _run(self) -> None:
+        try:
+            while True:
+                self.conn.poll(None)
+                self.sock.sendto(b"\r\n\r\n", self.target)
+                self.drained.wait()
+                self.drained.clear()
+        except Exception:  # pipe closed at exit, socket gone: the loop polls on its own
+            return
+
+
 class Worker:
     """Owns the pjsua2 Endpoint of one worker process. Single-threaded by design."""
 
@@ -361,6 +418,7 @@ class Worker:
         # Work deferred out of pjsua2 callbacks to the loop (hang up the bridge partner,
         # relay a DTMF digit): run right after libHandleEvents.
         self.soon: list[Callable[[], None]] = []
+        self.waker: _Waker | None = None
 
     # ----------------------------------------------------------------- plumbing
     def send(self, msg: ipc.Event) -> None:
@@ -421,6 +479,13 @@ class Worker:
         epcfg.medConfig.sndClockRate = CLOCK_RATE_HZ
         epcfg.medConfig.channelCount = 1
         epcfg.medConfig.audioFramePtime = 20
+        # Media (RTP/RTCP sockets) on the SIP ioqueue, polled by this loop, instead of a
+        # media thread of its own: pjmedia's worker thread polls its ioqueue every 10 ms
+        # whether or not a call exists (~0.3 % of a core per idle worker), while this
+        # loop sleeps until a packet, a timer or a command arrives. Outgoing RTP is
+        # clocked by the conference bridge's thread (the null sound device), not here.
+        epcfg.medConfig.hasIoqueue = False
+        epcfg.medConfig.threadCnt = 0
         ep.libInit(epcfg)
         ep.audDevManager().setNullDev()
 
@@ -462,6 +527,7 @@ class Worker:
             acc.create(self._account_config(primary, "off", None), True)
             self.accounts[key] = acc
             self.default_acc_key = key
+        self.waker = _Waker.start_for(self)
         self.send(ipc.WorkerReady(self.worker_id, self.sip_port, self.cfg.calls_per_worker))
 
     def _create_transport(self, kind: str, port: int) -> int:
@@ -1315,9 +1381,35 @@ class Worker:
         except (EOFError, OSError):
             self.stopping = True  # supervisor gone
 
+    def wait_ms(self) -> int:
+        """How long the next ``libHandleEvents`` may sleep: until the earliest thing this
+        loop must do by itself (SIP and RTP packets, and commands through the waker, cut
+        the sleep short anyway)."""
+        if self.soon or self.pending or self.players or self.cooling:
+            return _BUSY_WAIT_MS
+        if self.waker is None:
+            return _BUSY_WAIT_MS
+        now = time.monotonic()
+        due = now + _IDLE_WAIT_MS / 1000
+        for leg in self.legs.values():
+            if leg.ended or leg.end_cause is not None:
+                continue
+            if leg.tap_connected:
+                return _TAP_WAIT_MS
+            if leg.dtmf_jobs:
+                due = min(due, leg.dtmf_jobs[0].next_at)
+            if leg.inbound and leg.answered_at is None:
+                if leg.deadline is not None:
+                    due = min(due, leg.deadline)
+            elif leg.answered_at is None:
+                due = min(due, leg.started + leg.plan.ring_timeout_s)
+            else:
+                due = min(due, leg.answered_at + leg.plan.max_duration_s)
+        return max(0, math.ceil((due - now) * 1000))
+
     def run(self) -> None:
         while not self.stopping:
-            self.ep.libHandleEvents(10)
+            self.ep.libHandleEvents(self.wait_ms())
             self.run_soon()
             self.pump_media()
             if self.players:
@@ -1328,6 +1420,8 @@ class Worker:
             if self.pending:
                 self.retry_pending()
             self.poll_commands()
+            if self.waker is not None:
+                self.waker.drained.set()  # a command arriving from now on wakes again
             self.run_dtmf()
             self.check_timers()
             if os.getppid() != self.parent_pid:
