@@ -80,22 +80,52 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
-def workers_of(pid: int) -> list[int]:
-    """SIP worker processes (multiprocessing spawn children) of a bridge process."""
+def _children(pid: int) -> list[int]:
     out = []
     for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        f = _stat(int(d.name))
-        if not f or int(f[1]) != pid:
-            continue
-        try:
-            cmd = (d / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"spawn_main" in cmd:
-            out.append(int(d.name))
+        if d.name.isdigit():
+            f = _stat(int(d.name))
+            if f and int(f[1]) == pid:
+                out.append(int(d.name))
     return sorted(out)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def forkserver_of(pid: int) -> int | None:
+    """The multiprocessing fork server a bridge process starts its SIP workers from."""
+    for c in _children(pid):
+        if b"forkserver" in _cmdline(c):
+            return c
+    return None
+
+
+def workers_of(pid: int) -> list[int]:
+    """SIP worker processes of a bridge process (children of its fork server)."""
+    fs = forkserver_of(pid)
+    return _children(fs) if fs is not None else []
+
+
+def mem_kb(pid: int) -> dict[str, int]:
+    """RSS, PSS (shared pages split between their users) and USS (private) of a process."""
+    out = {"rss": 0, "pss": 0, "uss": 0}
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            k, _, v = line.partition(":")
+            if k == "Rss":
+                out["rss"] = int(v.split()[0])
+            elif k == "Pss":
+                out["pss"] = int(v.split()[0])
+            elif k in ("Private_Clean", "Private_Dirty"):
+                out["uss"] += int(v.split()[0])
+    except OSError:
+        pass
+    return out
 
 
 def cpu_window(pids: list[int], seconds: float) -> dict[int, float]:
@@ -299,6 +329,9 @@ def phase_idle(work: Path, quick: bool) -> dict[str, Any]:
             "window_s": window,
             "workers": len(ws),
             "worker_rss_mb": [rss_kb(p) / 1024 for p in ws],
+            "worker_pss_mb": [mem_kb(p)["pss"] / 1024 for p in ws],
+            "worker_uss_mb": [mem_kb(p)["uss"] / 1024 for p in ws],
+            "forkserver_pss_mb": mem_kb(forkserver_of(b.proc.pid) or 0)["pss"] / 1024,
             "worker_cpu_pct": [cpu[p] for p in ws],
             "supervisor_rss_mb": rss_kb(b.proc.pid) / 1024,
             "supervisor_cpu_pct": cpu[b.proc.pid],
@@ -501,6 +534,10 @@ def phase_conc(work: Path, quick: bool) -> list[dict[str, Any]]:
                     "worker_cpu_mean_pct": statistics.mean([cpu[p] for p in ws]) if ws else 0,
                     "sipp_cpu_pct": sum(sipp_cpu.values()),
                     "bridge_rss_mb": sum(rss_kb(p) for p in pids) / 1024,
+                    "bridge_pss_mb": sum(mem_kb(p)["pss"] for p in
+                                         [*pids, forkserver_of(b.proc.pid) or 0]) / 1024,
+                    "worker_uss_mean_mb": statistics.mean(
+                        [mem_kb(p)["uss"] for p in ws]) / 1024 if ws else 0,
                     "answered_by": dict(det),
                     "rtp": res_rtp, "rtp_expected_pkts": up_n * 50 * (window - 1),
                 }
@@ -540,7 +577,8 @@ def phase_memory(work: Path, quick: bool, rate: float) -> dict[str, Any]:
             time.sleep(3.0)
             ws = workers_of(b.proc.pid)
             return {"supervisor_kb": rss_kb(b.proc.pid),
-                    "workers_kb": {p: rss_kb(p) for p in ws}}
+                    "forkserver_kb": mem_kb(forkserver_of(b.proc.pid) or 0)["pss"],
+                    "workers_kb": {p: mem_kb(p)["pss"] for p in ws}}
 
         t0 = time.monotonic()
         d1 = asyncio.run(drive(b.base, first, rate, first / rate + 5))
@@ -554,8 +592,8 @@ def phase_memory(work: Path, quick: bool, rate: float) -> dict[str, Any]:
         succ = metric_sum(text, "sipbridge_calls_total", 'status="success"')
         elapsed = time.monotonic() - t0
     common = [p for p in s1["workers_kb"] if p in s2["workers_kb"]]
-    tot1 = s1["supervisor_kb"] + sum(s1["workers_kb"].values())
-    tot2 = s2["supervisor_kb"] + sum(s2["workers_kb"].values())
+    tot1 = s1["supervisor_kb"] + s1["forkserver_kb"] + sum(s1["workers_kb"].values())
+    tot2 = s2["supervisor_kb"] + s2["forkserver_kb"] + sum(s2["workers_kb"].values())
     w1 = sum(s1["workers_kb"][p] for p in common)
     w2 = sum(s2["workers_kb"][p] for p in common)
     return {
@@ -591,6 +629,10 @@ def report(res: dict[str, Any], quick: bool) -> str:
             "",
             "| metric | value |", "|---|---|",
             f"| RSS per idle worker | {', '.join(f'{x:.1f}' for x in r['worker_rss_mb'])} MB |",
+            f"| PSS / USS (private) per idle worker | "
+            f"{', '.join(f'{x:.1f}' for x in r.get('worker_pss_mb', []))} / "
+            f"{', '.join(f'{x:.1f}' for x in r.get('worker_uss_mb', []))} MB |",
+            f"| fork server (PSS) | {r.get('forkserver_pss_mb', float('nan')):.1f} MB |",
             f"| CPU per idle worker over {r['window_s']:g} s | "
             f"{', '.join(f'{x:.2f}' for x in r['worker_cpu_pct'])} % of a core |",
             f"| idle supervisor | {r['supervisor_rss_mb']:.1f} MB, "
@@ -633,7 +675,7 @@ def report(res: dict[str, Any], quick: bool) -> str:
             "with tshark (late = a stream with a gap over 60 ms).",
             "",
             "| calls | up | failed | workers | bridge CPU (sup / worker mean) | SIPp CPU | "
-            "bridge RSS | RTP at agent: streams, pkts (expected), lost, late streams, "
+            "bridge PSS (worker USS mean) | RTP at agent: streams, pkts (expected), lost, late streams, "
             "max gap p50/max |",
             "|---|---|---|---|---|---|---|---|",
         ]
@@ -643,7 +685,8 @@ def report(res: dict[str, Any], quick: bool) -> str:
                 f"| {r['target']} | {r['up']} | {r['failed']} | {r['workers']} | "
                 f"{r['bridge_cpu_pct']:.0f} % ({r['supervisor_cpu_pct']:.0f} / "
                 f"{r['worker_cpu_mean_pct']:.1f}) | {r['sipp_cpu_pct']:.0f} % | "
-                f"{r['bridge_rss_mb']:.0f} MB | {p.get('streams')}, {p.get('pkts')} "
+                f"{r.get('bridge_pss_mb', r['bridge_rss_mb']):.0f} MB "
+                f"({r.get('worker_uss_mean_mb', float('nan')):.1f} MB) | {p.get('streams')}, {p.get('pkts')} "
                 f"({r['rtp_expected_pkts']:.0f}), {p.get('lost')}, {p.get('late_streams')}, "
                 f"{p.get('max_delta_p50', float('nan')):.0f}/"
                 f"{p.get('max_delta_max', float('nan')):.0f} ms |")
@@ -654,8 +697,10 @@ def report(res: dict[str, Any], quick: bool) -> str:
             "### Memory after many calls",
             "",
             f"{r['total']} calls at {r['rate']:g} CPS ({r['success']} success, "
-            f"all terminal: {r['all_terminal']}, {r['elapsed_s']:.0f} s). RSS (VmRSS) "
-            f"3 s after the first {r['first']} and after all calls ended.",
+            f"all terminal: {r['all_terminal']}, {r['elapsed_s']:.0f} s), "
+            f"3 s after the first {r['first']} and after all calls ended. Supervisor: "
+            "RSS; workers and fork server: PSS (shared pages split between the processes "
+            "that map them, so the total is what the bridge really holds).",
             "",
             f"| process | after {r['first']} | after {r['total']} | growth |",
             "|---|---|---|---|",
@@ -664,7 +709,7 @@ def report(res: dict[str, Any], quick: bool) -> str:
             f"| workers present at both points ({r['common_workers']}) | "
             f"{r['common_workers_mb'][0]:.1f} MB | {r['common_workers_mb'][1]:.1f} MB | "
             f"{r['common_workers_growth_pct']:+.1f} % |",
-            f"| total, supervisor + workers ({r['workers'][0]} / {r['workers'][1]} workers) "
+            f"| total, supervisor + fork server + workers ({r['workers'][0]} / {r['workers'][1]} workers) "
             f"| {r['total_mb'][0]:.1f} MB | {r['total_mb'][1]:.1f} MB | "
             f"{r['total_growth_pct']:+.1f} % |",
             "",

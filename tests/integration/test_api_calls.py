@@ -207,15 +207,17 @@ def test_unsafe_header_value_is_refused_and_never_sent(bridge: Bridge) -> None:
     assert all(m.header("X-Injected") is None for m in invites)
 
 
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
 def _worker_pids(bridge_pid: int) -> list[int]:
-    """The bridge's SIP worker processes (spawned children, not the resource tracker)."""
-    out = subprocess.run(["pgrep", "-P", str(bridge_pid)], capture_output=True, text=True)
-    pids = []
-    for p in out.stdout.split():
-        cmd = Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ")
-        if b"spawn_main" in cmd and b"resource_tracker" not in cmd:
-            pids.append(int(p))
-    return pids
+    """The bridge's SIP worker processes: children of its multiprocessing fork server."""
+    for p in _children(bridge_pid):
+        if b"forkserver" in Path(f"/proc/{p}/cmdline").read_bytes():
+            return _children(p)
+    return []
 
 
 def test_worker_crash_ends_its_calls_with_a_reason(bridge: Bridge) -> None:
