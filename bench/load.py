@@ -469,8 +469,8 @@ def rtp_sample(port: int, seconds: float, out: Path) -> dict[str, Any]:
     }
 
 
-def phase_conc(work: Path, quick: bool) -> list[dict[str, Any]]:
-    steps = [20, 50] if quick else [25, 50, 100, 150, 200]
+def phase_conc(work: Path, quick: bool, steps: list[int] | None = None) -> list[dict[str, Any]]:
+    steps = steps or ([20, 50] if quick else [25, 50, 100, 150, 200])
     window = 4.0 if quick else 6.0
     log_dir = work / "conc"
     log_dir.mkdir()
@@ -732,6 +732,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="short phases (about 4 minutes)")
     ap.add_argument("--phases", default="idle,cps,conc,memory")
     ap.add_argument("--rates", default="10,20,50")
+    ap.add_argument("--conc-steps", default="",
+                    help="concurrent-call steps (default 25,50,100,150,200)")
     ap.add_argument("--memory-rate", type=float, default=0.0,
                     help="CPS of the memory phase (default: 20 quick, 40 full)")
     ap.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
@@ -755,7 +757,8 @@ def main(argv: list[str] | None = None) -> int:
         if "cps" in phases:
             res["cps"] = phase_cps(work, a.quick, [float(x) for x in a.rates.split(",")])
         if "conc" in phases:
-            res["conc"] = phase_conc(work, a.quick)
+            steps = [int(x) for x in a.conc_steps.split(",") if x.strip()]
+            res["conc"] = phase_conc(work, a.quick, steps or None)
         if "memory" in phases:
             rate = a.memory_rate or (20.0 if a.quick else 40.0)
             res["memory"] = phase_memory(work, a.quick, rate)
