@@ -200,7 +200,7 @@ def stack() -> Iterator[Stack]:
 
 
 def make_config(log_dir: Path, carrier: SippUas, agent: SippUas, sip: dict[str, Any],
-                **extra: Any) -> dict[str, Any]:
+                detection: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
     base = 20000 + (os.getpid() % 50) * 800
     sip_cfg = {"listen_address": "127.0.0.1", "port_min": 0, "port_max": 0,
                "calls_per_worker": 4, "log_level": 1,
@@ -210,7 +210,8 @@ def make_config(log_dir: Path, carrier: SippUas, agent: SippUas, sip: dict[str, 
         trunks=[{"name": "carrier", "address": carrier.uri_hostport,
                  "caller_id": "+14155550100",
                  "header_templates": {SID_HDR: "{call_sid}"}}],
-        routes=[{"prefix": "+1", "trunk": "carrier"}],
+        routes=[{"prefix": "+1", "trunk": "carrier",
+                 **({"detection": detection} if detection else {})}],
         sip=sip_cfg,
         agent={"uri": f"sip:agent@{agent.uri_hostport}"},
         limits={"api_rate_per_s": 10000.0, "api_burst": 10000},
@@ -397,10 +398,12 @@ def phase_cps(work: Path, quick: bool, rates: list[float]) -> list[dict[str, Any
             achieved = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
             per_sec = Counter(int(t - times[0]) for t in times) if times else Counter()
             full_secs = [per_sec[i] for i in range(1, int(times[-1] - times[0]))] if times else []
-            lat = [1000 * (inv[s] - t_ok) for s, _, t_ok in d["sent"] if s in inv]
+            # From the moment the client sent the trigger (the INVITE often leaves before
+            # the HTTP 200 reaches the client, so that is not the start to measure from).
+            lat = [1000 * (inv[s] - t_send) for s, t_send, _ in d["sent"] if s in inv]
             # steady state: without the first 3 s (the elastic pool grows from 2 workers)
             t_first = min((t for _, t, _ in d["sent"]), default=0.0)
-            lat_ss = [1000 * (inv[s] - t_ok) for s, t_send, t_ok in d["sent"]
+            lat_ss = [1000 * (inv[s] - t_send) for s, t_send, _ in d["sent"]
                       if s in inv and t_send - t_first >= 3.0]
             api = [1000 * (t_ok - t_send) for _, t_send, t_ok in d["sent"]]
             res = {
@@ -428,6 +431,8 @@ def _ulaw(src: Path, dst: Path) -> Path:
 
 
 def _speech_wav(work: Path) -> Path:
+    """A voicemail greeting with no beep and no long pause (G.711 u-law WAV): looped by
+    the carrier, it keeps every call's detector listening for a beep that never comes."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("gen_corpus", ROOT / "scripts" / "gen_corpus.py")
@@ -437,7 +442,17 @@ def _speech_wav(work: Path) -> Path:
     cdir = work / "corpus"
     cdir.mkdir()
     mod.generate(cdir)
-    return _ulaw(cdir / "machine_00.wav", work / "machine_00_ulaw.wav")
+    labels = json.loads((cdir / "labels.json").read_text())
+    name = min(Path(n).stem for n, lab in labels.items()
+               if lab.get("answered_by") == "machine" and lab.get("beep_ms") is None)
+    trimmed = work / "greeting_no_beep.wav"
+    # drop the leading and trailing silence, keep 0.3 s between loops (under the
+    # detector's 1.2 s "spoke again after a pause: IVR" gap and its 4 s beep timeout)
+    subprocess.run(["sox", str(cdir / f"{name}.wav"), str(trimmed), "silence", "1", "0.05",
+                    "0.5%", "reverse", "silence", "1", "0.05", "0.5%", "reverse",
+                    "pad", "0", "0.3"],
+                   check=True, capture_output=True)
+    return _ulaw(trimmed, work / "greeting_no_beep_ulaw.wav")
 
 
 def rtp_sample(port: int, seconds: float, out: Path) -> dict[str, Any]:
@@ -484,7 +499,10 @@ def phase_conc(work: Path, quick: bool, steps: list[int] | None = None) -> list[
         agent = st.sipp("uas_answer_wait_bye.xml", log_dir)
         sip = {"workers": 2, "min_workers": 2, "max_workers": steps[-1] // 2 + 8,
                "spare_slots": 16, "idle_worker_ttl_s": 600.0}
-        cfg = make_config(log_dir, carrier, agent, sip,
+        # No beep ever comes and the wait for it outlasts the run: every call's detector
+        # stays on (tap connected, every frame analysed) for the whole measurement.
+        detection = {"wait_for_beep": True, "thresholds": {"max_beep_wait_ms": 3_600_000}}
+        cfg = make_config(log_dir, carrier, agent, sip, detection=detection,
                           timers={"max_call_duration_s": 900, "ring_timeout_s": 30})
         b = st.bridge(log_dir, cfg)
         sids: list[str] = []
@@ -526,8 +544,12 @@ def phase_conc(work: Path, quick: bool, steps: list[int] | None = None) -> list[
                 up_n = sum(1 for s in sts if s["status"] == "calling")
                 nfail, reasons = fmt_failures([s for s in sts if s["status"] != "calling"])
                 det = Counter(s.get("answered_by") or "-" for s in sts)
+                # calls whose detector is still running: no final detection result yet
+                detecting = sum(1 for s in sts if s["status"] == "calling" and not any(
+                    e["kind"] == "detection" and e["data"].get("final")
+                    for e in s.get("events", [])))
                 res = {
-                    "target": target, "up": up_n, "failed": nfail, "failure_reasons": reasons,
+                    "target": target, "up": up_n, "detecting": detecting, "failed": nfail, "failure_reasons": reasons,
                     "workers": len(ws),
                     "bridge_cpu_pct": sum(cpu.values()),
                     "supervisor_cpu_pct": cpu[b.proc.pid],
@@ -647,7 +669,8 @@ def report(res: dict[str, Any], quick: bool) -> str:
             "",
             "Carrier answers and sends BYE 0.5 s after answer; every call is bridged to the "
             "agent (detection on). Achieved CPS = INVITEs SIPp received / their time span. "
-            "Latency = client's HTTP 200 of the trigger to the INVITE's arrival at SIPp.",
+            "Latency = the client sending the trigger request to the INVITE's arrival at "
+            "SIPp (API, queue, dial plan, IPC, pjsip).",
             "",
             "| target CPS | calls | achieved CPS (min–max per 1 s) | failed | "
             "trigger→INVITE p50 / p99 / max (all calls) | p50 / p99 after the first 3 s | "
@@ -674,7 +697,7 @@ def report(res: dict[str, Any], quick: bool) -> str:
             "detection on; every call bridged to the agent. RTP sampled at the agent "
             "with tshark (late = a stream with a gap over 60 ms).",
             "",
-            "| calls | up | failed | workers | bridge CPU (sup / worker mean) | SIPp CPU | "
+            "| calls | up (detection running) | failed | workers | bridge CPU (sup / worker mean) | SIPp CPU | "
             "bridge PSS (worker USS mean) | RTP at agent: streams, pkts (expected), lost, late streams, "
             "max gap p50/max |",
             "|---|---|---|---|---|---|---|---|",
@@ -682,7 +705,8 @@ def report(res: dict[str, Any], quick: bool) -> str:
         for r in res["conc"]:
             p = r["rtp"]
             lines.append(
-                f"| {r['target']} | {r['up']} | {r['failed']} | {r['workers']} | "
+                f"| {r['target']} | {r['up']} ({r.get('detecting', '?')}) | {r['failed']} | "
+                f"{r['workers']} | "
                 f"{r['bridge_cpu_pct']:.0f} % ({r['supervisor_cpu_pct']:.0f} / "
                 f"{r['worker_cpu_mean_pct']:.1f}) | {r['sipp_cpu_pct']:.0f} % | "
                 f"{r.get('bridge_pss_mb', r['bridge_rss_mb']):.0f} MB "

@@ -20,7 +20,8 @@ Guarantees:
 Elastic pool (``min_workers`` < ``max_workers``): the pool starts ``min_workers``
 processes and keeps ``spare_slots`` slots (default: one worker's worth) free or starting,
 spawning another worker (up to ``max_workers``) as soon as calls eat into that headroom,
-since a worker takes ~0.5-1 s to start. A worker above ``min_workers`` with no legs and no
+since a worker takes ~60 ms to start (~0.4 s for the first, which starts the fork
+server). A worker above ``min_workers`` with no legs and no
 reservations for ``idle_worker_ttl_s`` is retired (``Shutdown``, then its process is
 reaped; it takes no new dials meanwhile). :class:`PoolFull` is raised only when every
 worker up to ``max_workers`` is full (or still starting).
