@@ -549,7 +549,8 @@ def phase_conc(work: Path, quick: bool, steps: list[int] | None = None) -> list[
                     e["kind"] == "detection" and e["data"].get("final")
                     for e in s.get("events", [])))
                 res = {
-                    "target": target, "up": up_n, "detecting": detecting, "failed": nfail, "failure_reasons": reasons,
+                    "target": target, "up": up_n, "detecting": detecting,
+                    "failed": nfail, "failure_reasons": reasons,
                     "workers": len(ws),
                     "bridge_cpu_pct": sum(cpu.values()),
                     "supervisor_cpu_pct": cpu[b.proc.pid],
@@ -697,9 +698,9 @@ def report(res: dict[str, Any], quick: bool) -> str:
             "detection on; every call bridged to the agent. RTP sampled at the agent "
             "with tshark (late = a stream with a gap over 60 ms).",
             "",
-            "| calls | up (detection running) | failed | workers | bridge CPU (sup / worker mean) | SIPp CPU | "
-            "bridge PSS (worker USS mean) | RTP at agent: streams, pkts (expected), lost, late streams, "
-            "max gap p50/max |",
+            "| calls | up (detection running) | failed | workers | "
+            "bridge CPU (sup / worker mean) | SIPp CPU | bridge PSS (worker USS mean) | "
+            "RTP at agent: streams, pkts (expected), lost, late streams, max gap p50/max |",
             "|---|---|---|---|---|---|---|---|",
         ]
         for r in res["conc"]:
@@ -710,7 +711,8 @@ def report(res: dict[str, Any], quick: bool) -> str:
                 f"{r['bridge_cpu_pct']:.0f} % ({r['supervisor_cpu_pct']:.0f} / "
                 f"{r['worker_cpu_mean_pct']:.1f}) | {r['sipp_cpu_pct']:.0f} % | "
                 f"{r.get('bridge_pss_mb', r['bridge_rss_mb']):.0f} MB "
-                f"({r.get('worker_uss_mean_mb', float('nan')):.1f} MB) | {p.get('streams')}, {p.get('pkts')} "
+                f"({r.get('worker_uss_mean_mb', float('nan')):.1f} MB) | "
+                f"{p.get('streams')}, {p.get('pkts')} "
                 f"({r['rtp_expected_pkts']:.0f}), {p.get('lost')}, {p.get('late_streams')}, "
                 f"{p.get('max_delta_p50', float('nan')):.0f}/"
                 f"{p.get('max_delta_max', float('nan')):.0f} ms |")
@@ -733,7 +735,8 @@ def report(res: dict[str, Any], quick: bool) -> str:
             f"| workers present at both points ({r['common_workers']}) | "
             f"{r['common_workers_mb'][0]:.1f} MB | {r['common_workers_mb'][1]:.1f} MB | "
             f"{r['common_workers_growth_pct']:+.1f} % |",
-            f"| total, supervisor + fork server + workers ({r['workers'][0]} / {r['workers'][1]} workers) "
+            f"| total, supervisor + fork server + workers "
+            f"({r['workers'][0]} / {r['workers'][1]} workers) "
             f"| {r['total_mb'][0]:.1f} MB | {r['total_mb'][1]:.1f} MB | "
             f"{r['total_growth_pct']:+.1f} % |",
             "",

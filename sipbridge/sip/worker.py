@@ -9,10 +9,11 @@ on one thread.
 
 Idle cost: the loop sleeps in ``libHandleEvents`` until a SIP or RTP packet arrives or
 the earliest timer it owns is due (up to 250 ms with nothing to do; 100 ms while a
-detection tap is fed: frames are analysed in batches). RTP sockets live on the SIP ioqueue (``medConfig.hasIoqueue =
-False``), so there is no media thread polling every 10 ms; a small waker thread turns a
-command from the supervisor into a CRLF keep-alive datagram to the worker's own UDP port
-(:class:`_Waker`). Wake-ups that only carried RTP skip the loop's chores.
+detection tap is fed: frames are analysed in batches). RTP sockets live on the SIP
+ioqueue (``medConfig.hasIoqueue = False``), so there is no media thread polling every
+10 ms; a small waker thread turns a command from the supervisor into a CRLF keep-alive
+datagram to the worker's own UDP port (:class:`_Waker`). Wake-ups that only carried RTP
+skip the loop's chores.
 
 Leg lifecycle (events sent to the supervisor as :class:`sipbridge.ipc.LegEvent`):
 ``trying`` -> [``ringing``] -> [``early``] -> [``answered``] -> ``ended`` — exactly one
@@ -79,8 +80,8 @@ import contextlib
 import ctypes
 import faulthandler
 import gc
-import os
 import math
+import os
 import signal
 import socket
 import sys
