@@ -601,7 +601,8 @@ def phase_memory(work: Path, quick: bool, rate: float) -> dict[str, Any]:
             ws = workers_of(b.proc.pid)
             return {"supervisor_kb": rss_kb(b.proc.pid),
                     "forkserver_kb": mem_kb(forkserver_of(b.proc.pid) or 0)["pss"],
-                    "workers_kb": {p: mem_kb(p)["pss"] for p in ws}}
+                    "workers_kb": {p: mem_kb(p)["pss"] for p in ws},
+                    "workers_rss_kb": {p: rss_kb(p) for p in ws}}
 
         t0 = time.monotonic()
         d1 = asyncio.run(drive(b.base, first, rate, first / rate + 5))
@@ -619,7 +620,11 @@ def phase_memory(work: Path, quick: bool, rate: float) -> dict[str, Any]:
     tot2 = s2["supervisor_kb"] + s2["forkserver_kb"] + sum(s2["workers_kb"].values())
     w1 = sum(s1["workers_kb"][p] for p in common)
     w2 = sum(s2["workers_kb"][p] for p in common)
+    r1 = sum(s1["workers_rss_kb"][p] for p in common)
+    r2 = sum(s2["workers_rss_kb"][p] for p in common)
     return {
+        "common_workers_rss_mb": (r1 / 1024, r2 / 1024),
+        "common_workers_rss_growth_pct": 100 * (r2 / r1 - 1) if r1 else float("nan"),
         "rate": rate, "first": first, "total": n, "success": int(succ),
         "all_terminal": ok1 and ok2, "elapsed_s": elapsed,
         "api_errors": dict(d1["errors"] + d2["errors"]),
@@ -725,14 +730,20 @@ def report(res: dict[str, Any], quick: bool) -> str:
             f"{r['total']} calls at {r['rate']:g} CPS ({r['success']} success, "
             f"all terminal: {r['all_terminal']}, {r['elapsed_s']:.0f} s), "
             f"3 s after the first {r['first']} and after all calls ended. Supervisor: "
-            "RSS; workers and fork server: PSS (shared pages split between the processes "
-            "that map them, so the total is what the bridge really holds).",
+            "RSS; workers: RSS and PSS; fork server: PSS (PSS splits shared pages between the "
+            "processes that map them, so the total is what the bridge really holds; it "
+            "grows as workers write to pages shared copy-on-write with the fork server, "
+            "which RSS does not count as growth).",
             "",
             f"| process | after {r['first']} | after {r['total']} | growth |",
             "|---|---|---|---|",
             f"| supervisor | {r['sup_mb'][0]:.1f} MB | {r['sup_mb'][1]:.1f} MB | "
             f"{r['sup_growth_pct']:+.1f} % |",
-            f"| workers present at both points ({r['common_workers']}) | "
+            f"| workers present at both points ({r['common_workers']}), RSS | "
+            f"{r.get('common_workers_rss_mb', (0, 0))[0]:.1f} MB | "
+            f"{r.get('common_workers_rss_mb', (0, 0))[1]:.1f} MB | "
+            f"{r.get('common_workers_rss_growth_pct', float('nan')):+.1f} % |",
+            f"| the same workers, PSS | "
             f"{r['common_workers_mb'][0]:.1f} MB | {r['common_workers_mb'][1]:.1f} MB | "
             f"{r['common_workers_growth_pct']:+.1f} % |",
             f"| total, supervisor + fork server + workers "
