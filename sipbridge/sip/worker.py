@@ -555,8 +555,8 @@ class Worker:
             tcfg.publicAddress = self.cfg.public_address
         if kind == "tls":
             # Client use only (outbound calls): no certificate of our own. The carrier's
-            # certificate is not verified (self-signed carriers and loopback tests);
-            # TODO: make verifyServer / CA list configurable per trunk.
+            # certificate is not verified (self-signed carriers and loopback tests). Known
+            # limitation, in the README: no CA list / verifyServer setting yet.
             tcfg.tlsConfig.verifyServer = False
         tid = int(self.ep.transportCreate(_TRANSPORT_TYPES[kind], tcfg))
         info = self.ep.transportGetInfo(tid)
@@ -1369,20 +1369,26 @@ class Worker:
                 self._pump_leg(leg)
 
     # ----------------------------------------------------------------- timers
+    @staticmethod
+    def _timer(leg: _Leg) -> tuple[float, ipc.EndCause] | None:
+        """The leg's next own deadline and the cause it ends with then (None: none)."""
+        if leg.ended or leg.end_cause is not None:
+            return None
+        if leg.inbound and leg.answered_at is None:
+            return None if leg.deadline is None else (leg.deadline, "ring_timeout")
+        if leg.answered_at is None:
+            return leg.started + leg.plan.ring_timeout_s, "ring_timeout"
+        return leg.answered_at + leg.plan.max_duration_s, "max_duration"
+
     def check_timers(self) -> None:
         now = time.monotonic()
         for leg_id, leg in list(self.legs.items()):
-            if leg.ended or leg.end_cause is not None:
+            timer = self._timer(leg)
+            if timer is None or now < timer[0]:
                 continue
             if leg.inbound and leg.answered_at is None:
-                if leg.deadline is not None and now >= leg.deadline:
-                    self.log("warning", f"inbound {leg_id}: no Respond in time")
-                    self.hangup(leg_id, "ring_timeout")
-            elif leg.answered_at is None:
-                if now - leg.started >= leg.plan.ring_timeout_s:
-                    self.hangup(leg_id, "ring_timeout")
-            elif now - leg.answered_at >= leg.plan.max_duration_s:
-                self.hangup(leg_id, "max_duration")
+                self.log("warning", f"inbound {leg_id}: no Respond in time")
+            self.hangup(leg_id, timer[1])
 
     # ----------------------------------------------------------------- loop
     def poll_commands(self) -> None:
@@ -1415,13 +1421,9 @@ class Worker:
                 return _TAP_WAIT_MS
             if leg.dtmf_jobs:
                 due = min(due, leg.dtmf_jobs[0].next_at)
-            if leg.inbound and leg.answered_at is None:
-                if leg.deadline is not None:
-                    due = min(due, leg.deadline)
-            elif leg.answered_at is None:
-                due = min(due, leg.started + leg.plan.ring_timeout_s)
-            else:
-                due = min(due, leg.answered_at + leg.plan.max_duration_s)
+            timer = self._timer(leg)
+            if timer is not None:
+                due = min(due, timer[0])
         return max(0, math.ceil((due - now) * 1000))
 
     def run(self) -> None:
