@@ -21,6 +21,7 @@ Working tshark invocations (Wireshark 4.0):
 from __future__ import annotations
 
 import shutil
+import socket
 import struct
 import subprocess
 import time
@@ -67,12 +68,20 @@ class TsharkCapture:
         self.path = Path(path)
         self.interface = interface
         self.proc: subprocess.Popen[bytes] | None = None
+        # End marker: a datagram to a port of our own, captured too. libpcap hands packets
+        # to dumpcap in blocks, and packets of a block not yet handed over when SIGINT
+        # arrives were lost (the last DTMF digit of a call, for instance): stop() waits
+        # until the marker, sent after everything the test expects, is in the file.
+        self.marker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.marker.bind(("127.0.0.1", 0))
+        self.marker_port = int(self.marker.getsockname()[1])
 
     def start(self, timeout: float = 10.0) -> TsharkCapture:
         err = self.path.with_suffix(".stderr")
         with open(err, "wb") as f:
             self.proc = subprocess.Popen(
-                [TSHARK, "-i", self.interface, "-f", f"udp and dst port {self.port}",
+                [TSHARK, "-i", self.interface, "-f",
+                 f"udp and (dst port {self.port} or dst port {self.marker_port})",
                  "-w", str(self.path)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=f,
             )
@@ -92,12 +101,26 @@ class TsharkCapture:
             return
         self.proc = None
         if proc.poll() is None:
+            self._flush(timeout=5.0)
             proc.send_signal(2)  # SIGINT: flush and close the pcap
             try:
                 proc.wait(5)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(2)
+        self.marker.close()
+
+    def _flush(self, timeout: float) -> None:
+        """Send the end marker and wait (bounded) until the pcap file holds it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.marker.sendto(b"sipbridge-capture-end", ("127.0.0.1", self.marker_port))
+            out = subprocess.run(
+                [TSHARK, "-r", str(self.path), "-Y", f"udp.dstport=={self.marker_port}"],
+                capture_output=True, text=True, timeout=30)
+            if out.stdout.strip():
+                return
+            time.sleep(0.1)  # polling the pcap for the marker, bounded by the deadline
 
     def __enter__(self) -> TsharkCapture:
         return self.start() if self.proc is None else self

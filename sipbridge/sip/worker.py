@@ -843,10 +843,14 @@ class Worker:
                     continue
                 digit, wait_s = job.steps[job.index]
                 job.index += 1
+                floor = now
                 if digit is not None:
                     self._send_digit(leg, digit, job.duration_ms)
+                    # A late loop must not squash the tone: the next step (or DtmfSent,
+                    # after which the call may be hung up) waits for its end at least.
+                    floor = now + job.duration_ms / 1000
                 # From the previous deadline, so steps do not drift with loop latency.
-                job.next_at = max(job.next_at + wait_s, now)
+                job.next_at = max(job.next_at + wait_s, floor)
 
     def on_dtmf_event(self, leg_id: str, prm: Any) -> None:
         """A digit received on a leg (RFC 4733 or SIP INFO dtmf-relay, parsed by pjsua)."""
