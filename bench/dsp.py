@@ -33,12 +33,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from results import RESULTS, write_section  # noqa: E402
+
+from sipbridge.corpus import detection  # noqa: E402
 from sipbridge.media.analyze import analyze_samples, load_audio  # noqa: E402
 from sipbridge.media.detect import DetectionConfig, Detector  # noqa: E402
 from sipbridge.media.frames import FRAME_MS, float_to_pcm16  # noqa: E402
 
-RESULTS = ROOT / "bench" / "RESULTS.md"
-START, END = "<!-- dsp:start -->", "<!-- dsp:end -->"
 TARGET_US = 40.0
 
 
@@ -46,15 +47,9 @@ def load_corpus(path: Path | None) -> tuple[Path, dict[str, dict[str, Any]], Any
     """Use an existing corpus or generate one into a temp dir."""
     if path is not None and (path / "labels.json").exists():
         return path, json.loads((path / "labels.json").read_text()), None
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("gen_corpus", ROOT / "scripts/gen_corpus.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
     td = tempfile.TemporaryDirectory()
     out = Path(td.name)
-    return out, mod.generate(out), td
+    return out, detection.generate(out), td
 
 
 def bench_frames(audio: list[np.ndarray], min_frames: int) -> dict[str, float]:
@@ -123,19 +118,6 @@ def bench_latency(out: Path, labels: dict[str, dict[str, Any]]) -> dict[str, Any
             "sit_max": max(sit, default=0), "beep_max": max(beep, default=0)}
 
 
-def write_results(text: str) -> None:
-    body = f"{START}\n{text.rstrip()}\n{END}"
-    if RESULTS.exists():
-        cur = RESULTS.read_text()
-        if START in cur and END in cur:
-            a, b = cur.index(START), cur.index(END) + len(END)
-            RESULTS.write_text(cur[:a] + body + cur[b:])
-            return
-        RESULTS.write_text(cur.rstrip() + "\n\n" + body + "\n")
-    else:
-        RESULTS.write_text("# Benchmarks\n\n" + body + "\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="recipient-detection DSP benchmark")
     ap.add_argument("--corpus", type=Path, default=None, help="existing corpus dir")
@@ -175,7 +157,7 @@ Corpus ({lat['files']} labelled files): **{lat['correct']}/{lat['files']} correc
 """
     print(text)
     if not a.no_write:
-        write_results(text)
+        write_section("dsp", text)
         print(f"updated {RESULTS}")
     if keep is not None:
         keep.cleanup()

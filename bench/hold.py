@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Benchmark of the IVR hold-step listener (sipbridge.media.hold).
 
-Run: ``/tmp/venv/bin/python bench/hold.py [--corpus DIR] [--seeds N]``
+Run: ``.venv/bin/python bench/hold.py [--corpus DIR] [--seeds N]``
 
-Over the generated hold corpus (``scripts/gen_hold_corpus.py``; generated into a temp dir
+Over the generated hold corpus (``sipbridge.corpus.hold``; generated into a temp dir
 unless ``--corpus`` names one, plus ``--seeds`` extra corpora with other seeds for a wider
 sample), frames fed as 320-byte PCM like a SIP worker does:
 
@@ -19,7 +19,6 @@ Writes its section of ``bench/RESULTS.md`` between ``<!-- hold:start -->`` / ``<
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import platform
 import statistics
@@ -34,24 +33,16 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from results import RESULTS, write_section  # noqa: E402
+
+from sipbridge.corpus import hold  # noqa: E402
+from sipbridge.corpus.hold import DEFAULT_SEED  # noqa: E402
 from sipbridge.media.analyze import load_audio  # noqa: E402
 from sipbridge.media.frames import float_to_pcm16  # noqa: E402
 from sipbridge.media.hold import HoldConfig, HoldListener, best_match  # noqa: E402
 
-RESULTS = ROOT / "bench" / "RESULTS.md"
-START, END = "<!-- hold:start -->", "<!-- hold:end -->"
 TARGET_US = 60.0
 MAX_LATENCY_MS = 1500
-DEFAULT_SEED = 20240611
-
-
-def gen_module() -> Any:
-    spec = importlib.util.spec_from_file_location("gen_hold_corpus",
-                                                  ROOT / "scripts/gen_hold_corpus.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def run_file(path: Path) -> tuple[HoldListener, list[int]]:
@@ -117,19 +108,6 @@ def match_cost_ms() -> float:
     return statistics.median(ts) * 1000
 
 
-def write_results(text: str) -> None:
-    body = f"{START}\n{text.rstrip()}\n{END}"
-    if RESULTS.exists():
-        cur = RESULTS.read_text()
-        if START in cur and END in cur:
-            a, b = cur.index(START), cur.index(END) + len(END)
-            RESULTS.write_text(cur[:a] + body + cur[b:])
-            return
-        RESULTS.write_text(cur.rstrip() + "\n\n" + body + "\n")
-    else:
-        RESULTS.write_text("# Benchmarks\n\n" + body + "\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="hold-step listener benchmark")
     ap.add_argument("--corpus", type=Path, default=None, help="existing hold corpus dir")
@@ -137,7 +115,6 @@ def main(argv: list[str] | None = None) -> int:
                     help="extra corpora generated with seeds 1..N (0 = default corpus only)")
     ap.add_argument("--no-write", action="store_true", help="do not update bench/RESULTS.md")
     a = ap.parse_args(argv)
-    gen = gen_module()
     with tempfile.TemporaryDirectory() as td:
         corpora: list[tuple[str, Path, dict[str, dict[str, Any]]]] = []
         if a.corpus is not None and (a.corpus / "labels.json").exists():
@@ -145,10 +122,10 @@ def main(argv: list[str] | None = None) -> int:
                             json.loads((a.corpus / "labels.json").read_text())))
         else:
             out = Path(td) / "default"
-            corpora.append(("default", out, gen.generate(out, DEFAULT_SEED)))
+            corpora.append(("default", out, hold.generate(out, DEFAULT_SEED)))
         for seed in range(1, a.seeds + 1):
             out = Path(td) / f"seed{seed}"
-            corpora.append((f"seed{seed}", out, gen.generate(out, seed)))
+            corpora.append((f"seed{seed}", out, hold.generate(out, seed)))
         res = bench(corpora)
     lat = res["lat"]
     misses = f" ({', '.join(res['misses'])})" if res["misses"] else ""
@@ -160,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
 
 Machine: {platform.processor() or platform.machine()}, Python {platform.python_version()},
 numpy {np.__version__}. `HoldListener` with default thresholds over {len(corpora)} generated
-hold corpora (`scripts/gen_hold_corpus.py`, seeds {DEFAULT_SEED} and 1..{a.seeds}):
+hold corpora (`sipbridge corpus hold`, seeds {DEFAULT_SEED} and 1..{a.seeds}):
 {res['n_person']} person files, {res['n_none']} no-person files
 ({res['none_audio_min']:.0f} min of music, looping prompts and ringback); frames fed as
 320-byte PCM like a SIP worker does, {res['frames']} frames timed.
@@ -183,7 +160,7 @@ will differ — see the weaknesses listed in `sipbridge/media/hold.py`.
 """
     print(text)
     if not a.no_write:
-        write_results(text)
+        write_section("hold", text)
         print(f"updated {RESULTS}")
     return 0
 

@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
+from results import write_section  # noqa: E402
 
 from tests.bridge import AUTH, Bridge, bridge_config, start_bridge  # noqa: E402
 from tests.sipp import SCENARIOS, SippUas  # noqa: E402
@@ -52,8 +53,6 @@ from tests.sipp import SCENARIOS, SippUas  # noqa: E402
 TICK = os.sysconf("SC_CLK_TCK")
 NUMBER = "+12125550123"
 SID_HDR = "X-PolyAI-Call-SID"
-RESULTS = ROOT / "bench" / "RESULTS.md"
-START, END = "<!-- load:start -->", "<!-- load:end -->"
 
 
 # --------------------------------------------------------------------------- /proc
@@ -433,15 +432,11 @@ def _ulaw(src: Path, dst: Path) -> Path:
 def _speech_wav(work: Path) -> Path:
     """A voicemail greeting with no beep and no long pause (G.711 u-law WAV): looped by
     the carrier, it keeps every call's detector listening for a beep that never comes."""
-    import importlib.util
+    from sipbridge.corpus import detection
 
-    spec = importlib.util.spec_from_file_location("gen_corpus", ROOT / "scripts" / "gen_corpus.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
     cdir = work / "corpus"
     cdir.mkdir()
-    mod.generate(cdir)
+    detection.generate(cdir)
     labels = json.loads((cdir / "labels.json").read_text())
     name = min(Path(n).stem for n, lab in labels.items()
                if lab.get("answered_by") == "machine" and lab.get("beep_ms") is None)
@@ -755,16 +750,6 @@ def report(res: dict[str, Any], quick: bool) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write_results(text: str) -> None:
-    cur = RESULTS.read_text() if RESULTS.exists() else "# Benchmarks\n"
-    block = f"{START}\n{text}{END}"
-    if START in cur and END in cur:
-        cur = cur[: cur.index(START)] + block + cur[cur.index(END) + len(END):]
-    else:
-        cur = cur.rstrip("\n") + "\n\n" + block + "\n"
-    RESULTS.write_text(cur)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="short phases (about 4 minutes)")
@@ -814,7 +799,7 @@ def main(argv: list[str] | None = None) -> int:
     text = report(res, a.quick)
     print(text)
     if not a.no_write:
-        write_results(text)
+        write_section("load", text)
     return 0
 
 

@@ -27,6 +27,8 @@ import pjsua2 as pj
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from results import write_section  # noqa: E402
+
 from sipbridge.media.detect import Detector  # noqa: E402
 from sipbridge.sip.tap import FAST_COPY, _copy_vector_ctypes, _copy_vector_slow  # noqa: E402
 
@@ -109,15 +111,7 @@ def main() -> int:
     ]
     section = "\n".join(lines)
     print(section)
-    results = ROOT / "bench" / "RESULTS.md"
-    text = results.read_text() if results.exists() else "# Benchmarks\n"
-    start, end = "<!-- tap:start -->", "<!-- tap:end -->"
-    block = f"{start}\n{section}\n{end}"
-    if start in text and end in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    results.write_text(text)
+    write_section("tap", section)
     return 0
 
 

@@ -84,6 +84,16 @@ def _analyze(argv: list[str]) -> int:
     return analyze_main(argv)
 
 
+def _corpus(args: argparse.Namespace) -> int:
+    from sipbridge.corpus import detection, hold
+
+    module = {"detection": detection, "hold": hold}[args.kind]
+    seed = module.DEFAULT_SEED if args.seed is None else args.seed
+    labels = module.generate(Path(args.out), seed)
+    print(f"wrote {len(labels)} files and labels.json to {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "analyze":
@@ -107,6 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("check-config", help="validate a config file and print it resolved")
     c.add_argument("file")
     c.set_defaults(func=_check_config)
+    g = sub.add_parser("corpus", help="generate a labelled test corpus (needs espeak-ng)")
+    g.add_argument("kind", choices=("detection", "hold"),
+                   help="detection: answer/early-media classes; hold: IVR hold step")
+    g.add_argument("out", help="folder to write the WAVs and labels.json into")
+    g.add_argument("--seed", type=int, default=None, help="generator seed (deterministic)")
+    g.set_defaults(func=_corpus)
     sub.add_parser("analyze", help="run recipient detection over a WAV file (see analyze -h)")
     args = p.parse_args(argv)
     rc: int = args.func(args)

@@ -1,4 +1,7 @@
-"""Shared pytest hooks.
+"""Shared pytest hooks and session fixtures.
+
+``corpus`` and ``hold_corpus``: the generated detection and hold-step corpora
+(:mod:`sipbridge.corpus`), built once per test session into a temp folder.
 
 When a test fails, the logs it left under its ``tmp_path`` (SIPp message/error logs,
 worker logs) are copied to ``test-logs/<test name>/`` so CI can keep them as artifacts.
@@ -7,6 +10,7 @@ worker logs) are copied to ``test-logs/<test name>/`` so CI can keep them as art
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import shutil
 from collections.abc import Generator
@@ -37,3 +41,29 @@ def pytest_runtest_makereport(
         if isinstance(src, Path) and src.exists():
             with contextlib.suppress(OSError):
                 shutil.copytree(src, dest / report.when / key, dirs_exist_ok=True)
+
+
+Corpus = tuple[Path, dict[str, dict[str, Any]]]
+
+
+def _build_corpus(tmp_path_factory: pytest.TempPathFactory, kind: str) -> Corpus:
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng not installed")
+    from sipbridge.corpus import detection, hold
+
+    out = tmp_path_factory.mktemp(f"{kind}_corpus")
+    labels = {"detection": detection.generate, "hold": hold.generate}[kind](out)
+    assert json.loads((out / "labels.json").read_text()) == labels
+    return out, labels
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
+    """The generated detection corpus: (folder, labels by file name)."""
+    return _build_corpus(tmp_path_factory, "detection")
+
+
+@pytest.fixture(scope="session")
+def hold_corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
+    """The generated IVR hold-step corpus: (folder, labels by file name)."""
+    return _build_corpus(tmp_path_factory, "hold")

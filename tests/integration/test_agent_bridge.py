@@ -167,18 +167,11 @@ def test_dtmf_from_the_api_is_sent_as_rfc4733(stack: Stack) -> None:
     assert (t3.timestamp - (t2.timestamp + t2.duration)) / 8000 >= 0.45
 
 
-def test_leave_message_after_the_beep(stack: Stack, tmp_path: Path) -> None:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "gen_corpus", Path(__file__).resolve().parents[2] / "scripts" / "gen_corpus.py")
-    assert spec and spec.loader
-    gen = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gen)
-    corpus = tmp_path / "corpus"
-    labels = gen.generate(corpus)
+def test_leave_message_after_the_beep(stack: Stack, tmp_path: Path,
+                                      corpus: tuple[Path, dict[str, Any]]) -> None:
+    corpus_dir, labels = corpus
     greeting = tmp_path / "vm.wav"
-    subprocess.run(["sox", str(corpus / "machine_00.wav"), "-e", "u-law", str(greeting)],
+    subprocess.run(["sox", str(corpus_dir / "machine_00.wav"), "-e", "u-law", str(greeting)],
                    check=True)
     message = tone_wav(tmp_path / "message.wav", 1400, 2.0, encoding="signed-integer")
     carrier = stack.sipp(scenario_from("uas_answer_play.xml.in", greeting,

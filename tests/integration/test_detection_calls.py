@@ -4,7 +4,6 @@ what a user checks: status, reason, answered_by and the detection timings."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 from collections.abc import Iterator
@@ -30,21 +29,6 @@ CASES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "217": ("fax_cng_0.wav", "uas_answer_play.xml.in", {}),
     "218": ("silence_noise_1.wav", "uas_answer_play.xml.in", {}),
 }
-
-
-def _load_generator() -> Any:
-    spec = importlib.util.spec_from_file_location("gen_corpus", ROOT / "scripts" / "gen_corpus.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    out = tmp_path_factory.mktemp("corpus")
-    labels = _load_generator().generate(out)
-    return out, labels
 
 
 def _ulaw(src: Path, dst: Path) -> Path:

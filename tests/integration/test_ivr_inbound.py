@@ -4,7 +4,6 @@ and an INVITE from the agent platform routed out to the carrier and bridged back
 
 from __future__ import annotations
 
-import importlib.util
 import socket
 import subprocess
 from datetime import datetime
@@ -23,18 +22,6 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _ts(iso: str) -> float:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
-
-
-@pytest.fixture(scope="module")
-def hold_corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    spec = importlib.util.spec_from_file_location("gen_hold_corpus",
-                                                  ROOT / "scripts" / "gen_hold_corpus.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    out = tmp_path_factory.mktemp("hold")
-    labels = mod.generate(out)
-    return out, labels
 
 
 def _play_scenario(tmp: Path, wav: Path, name: str) -> Path:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
-import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sipbridge.corpus import hold
 from sipbridge.media.analyze import load_audio
 from sipbridge.media.detect import Detection, DetectionEvent
 from sipbridge.media.frames import float_to_pcm16
@@ -21,25 +19,6 @@ from sipbridge.media.hold import HoldConfig, HoldListener, config_from_overrides
 
 ROOT = Path(__file__).resolve().parents[3]
 MAX_LATENCY_MS = 1500  # decided within 1.5 s of the person's first word
-
-
-def _gen_module() -> Any:
-    spec = importlib.util.spec_from_file_location("gen_hold_corpus",
-                                                  ROOT / "scripts" / "gen_hold_corpus.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-@pytest.fixture(scope="session")
-def hold_corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng not installed")
-    out = tmp_path_factory.mktemp("hold_corpus")
-    labels = _gen_module().generate(out)
-    assert json.loads((out / "labels.json").read_text()) == labels
-    return out, labels
 
 
 def run(x: np.ndarray, config: dict[str, Any] | None = None,
@@ -155,11 +134,10 @@ def test_level_invariance(hold_corpus: tuple[Path, dict[str, Any]], gain_db: flo
 def test_music_never_human(seed: int, tempo: float, semitone: int, style: str, perc: bool,
                            vib: bool, level: float, gap_ms: int) -> None:
     """Hold music in any key/tempo/style — also restarting after a pause — is never a person."""
-    gen = _gen_module()
     rng = np.random.default_rng(seed)
     root = 130.8 * 2 ** (semitone / 12)
-    a = gen.synth_music(rng, 9.0, tempo, root, style, perc, vib, level, seed % 5)
-    b = gen.synth_music(rng, 9.0, tempo * 1.1, root * 1.5, style, perc, vib, level, seed % 3)
+    a = hold.synth_music(rng, 9.0, tempo, root, style, perc, vib, level, seed % 5)
+    b = hold.synth_music(rng, 9.0, tempo * 1.1, root * 1.5, style, perc, vib, level, seed % 3)
     noise = rng.standard_normal(a.size + b.size + gap_ms * 8) * 10 ** ((level - 40) / 20)
     x = np.concatenate([a, np.zeros(gap_ms * 8), b]) + noise
     hl, events = run(x)

@@ -1,8 +1,6 @@
-#!/usr/bin/env python3
 """Generate sipbridge's own labelled detection corpus (8 kHz mono 16-bit WAV + labels.json).
 
-Usage: ``python scripts/gen_corpus.py [OUT_DIR] [--seed N]``
-(default OUT_DIR: tests/fixtures/corpus/generated/, which is git-ignored).
+Command line: ``sipbridge corpus detection OUT_DIR [--seed N]`` (or ``scripts/gen_corpus.py``).
 
 Speech comes from espeak-ng (several voices and speeds); tones and cadences are synthesised
 with numpy from the standards' frequencies and timings (with small frequency/duration jitter
@@ -22,35 +20,29 @@ labels.json maps file name -> {
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import random
-import subprocess
-import sys
 import tempfile
-import wave
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from sipbridge.media.analyze import load_audio
-from sipbridge.media.frames import (
-    SAMPLE_RATE,
-    alaw_decode,
-    alaw_encode,
-    float_to_pcm16,
-    scale_to_dbfs,
-    ulaw_decode,
-    ulaw_encode,
+from sipbridge.corpus.synth import (
+    FS,
+    Speech,
+    cadence,
+    codec,
+    ms_of,
+    noise,
+    sil,
+    speech_end,
+    tone,
+    write_wav,
 )
+from sipbridge.media.frames import scale_to_dbfs
 
-FS = SAMPLE_RATE
-DEFAULT_OUT = Path(__file__).resolve().parents[1] / "tests/fixtures/corpus/generated"
+DEFAULT_SEED = 20240601
 
 VOICES = ["en-us", "en-gb", "en+f3", "en+m7", "en-gb-scotland", "en+f2", "en-029", "en+m3"]
 
@@ -89,111 +81,6 @@ SIT_TABLE = {  # code -> (seg1 Hz, seg1 ms, seg2 Hz, seg2 ms), Telcordia GR-1162
 }
 
 
-class Speech:
-    """espeak-ng rendering with a cache; clips are float arrays at 8 kHz, trimmed."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.cache: dict[tuple[str, str, int, int], np.ndarray] = {}
-
-    def render_many(self, reqs: list[tuple[str, str, int, int]]) -> None:
-        todo = sorted({r for r in reqs if r not in self.cache})
-
-        def one(i_req: tuple[int, tuple[str, str, int, int]]) -> None:
-            i, (text, voice, speed, pitch) = i_req
-            out = self.tmp / f"s{i}.wav"
-            subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch),
-                            "-w", str(out), text], check=True, capture_output=True)
-            x = load_audio(out)
-            self.cache[(text, voice, speed, pitch)] = trim(x)
-
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as ex:
-            list(ex.map(one, enumerate(todo)))
-
-    def get(self, text: str, voice: str, speed: int, pitch: int = 50) -> np.ndarray:
-        return self.cache[(text, voice, speed, pitch)]
-
-
-def trim(x: np.ndarray) -> np.ndarray:
-    """Trim leading/trailing near-silence (10 ms windows 45 dB below the loudest)."""
-    n = x.size // 80
-    e = np.array([np.mean(x[i * 80:(i + 1) * 80] ** 2) for i in range(n)]) + 1e-12
-    act = np.nonzero(10 * np.log10(e / e.max()) > -45)[0]
-    if act.size == 0:
-        return x
-    return x[act[0] * 80:(act[-1] + 1) * 80].copy()
-
-
-def speech_end(x: np.ndarray, rel_db: float = -35.0) -> int:
-    """Ground-truth end of speech in a clip (samples): the last 10 ms window within 35 dB of the
-    loudest one. Quieter tails (a fading fricative) are inaudible on a phone line."""
-    n = x.size // 80
-    e = np.array([np.mean(x[i * 80:(i + 1) * 80] ** 2) for i in range(n)]) + 1e-12
-    act = np.nonzero(10 * np.log10(e / e.max()) > rel_db)[0]
-    return int((act[-1] + 1) * 80) if act.size else x.size
-
-
-def sil(ms: float) -> np.ndarray:
-    return np.zeros(round(ms * FS / 1000))
-
-
-def tone(freqs: tuple[float, ...] | list[float], ms: float, level_dbfs: float,
-         ramp_ms: float = 4.0, phase: float = 0.0) -> np.ndarray:
-    """Sum of equal-level sines; ``level_dbfs`` is per component (telephony convention)."""
-    n = round(ms * FS / 1000)
-    t = np.arange(n) / FS
-    a = 10 ** (level_dbfs / 20)
-    y = sum(a * np.sin(2 * np.pi * f * t + phase * (i + 1)) for i, f in enumerate(freqs))
-    y = np.asarray(y, dtype=np.float64)
-    r = min(n // 2, int(ramp_ms * FS / 1000))
-    if r > 0:
-        w = 0.5 - 0.5 * np.cos(np.pi * np.arange(r) / r)
-        y[:r] *= w
-        y[-r:] *= w[::-1]
-    return y
-
-
-def cadence(freqs: tuple[float, ...], pattern_ms: list[float], total_ms: float,
-            level: float) -> np.ndarray:
-    """Repeat an on/off pattern (on, off, on, off, ...) for ``total_ms``."""
-    out: list[np.ndarray] = []
-    t = 0.0
-    i = 0
-    while t < total_ms:
-        d = pattern_ms[i % len(pattern_ms)]
-        out.append(tone(freqs, d, level) if i % 2 == 0 else sil(d))
-        t += d
-        i += 1
-    return np.concatenate(out)[: int(total_ms * FS / 1000)]
-
-
-def noise(n: int, kind: str, rng: np.random.Generator) -> np.ndarray:
-    w = rng.standard_normal(n)
-    if kind == "pink":
-        spec = np.fft.rfft(w)
-        f = np.arange(spec.size)
-        f[0] = 1
-        w = np.fft.irfft(spec / np.sqrt(f), n)
-    return np.asarray(w / (np.std(w) + 1e-12), dtype=np.float64)
-
-
-def codec(x: np.ndarray, kind: str | None) -> np.ndarray:
-    pcm = float_to_pcm16(x)
-    if kind == "ulaw":
-        pcm = ulaw_decode(ulaw_encode(pcm))
-    elif kind == "alaw":
-        pcm = alaw_decode(alaw_encode(pcm))
-    return pcm.astype(np.float64) / 32768.0
-
-
-def write_wav(path: Path, x: np.ndarray) -> None:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(FS)
-        w.writeframes(float_to_pcm16(x).tobytes())
-
-
 class Builder:
     def __init__(self, out: Path, seed: int) -> None:
         self.out = out
@@ -225,11 +112,7 @@ class Builder:
         self.labels[fname] = label
 
 
-def ms_of(n_samples: int) -> int:
-    return round(n_samples * 1000 / FS)
-
-
-def generate(out: Path, seed: int = 20240601) -> dict[str, dict[str, Any]]:
+def generate(out: Path, seed: int = DEFAULT_SEED) -> dict[str, dict[str, Any]]:
     """Generate the corpus into ``out``; returns the labels (also written to labels.json)."""
     out.mkdir(parents=True, exist_ok=True)
     b = Builder(out, seed)
@@ -249,8 +132,8 @@ def generate(out: Path, seed: int = 20240601) -> dict[str, dict[str, Any]]:
                              r.choice([40, 50, 60])))
         ivrs = []
         for i in range(4):
-            v, s = VOICES[(i * 5 + 2) % len(VOICES)], r.choice([150, 165])
-            ivrs.append([(p, v, s, 50) for p in IVR_PROMPTS[i % len(IVR_PROMPTS)]])
+            v, speed = VOICES[(i * 5 + 2) % len(VOICES)], r.choice([150, 165])
+            ivrs.append([(p, v, speed, 50) for p in IVR_PROMPTS[i % len(IVR_PROMPTS)]])
         anns = [(a, VOICES[i % len(VOICES)], 160, 50) for i, a in enumerate(ANNOUNCEMENTS)]
         sp.render_many(humans + machines + [q for p in ivrs for q in p] + anns
                        + [("Hello?", "en-us", 160, 50)])
@@ -278,7 +161,7 @@ def generate(out: Path, seed: int = 20240601) -> dict[str, dict[str, Any]]:
             lvl = r.uniform(-33, -12)
             s = scale_to_dbfs(sp.get(*req), lvl)
             lead = r.uniform(200, 1000)
-            x = [sil(lead), s]
+            seq = [sil(lead), s]
             gend = int(lead * 8) + speech_end(s)
             label: dict[str, Any] = {"answered_by": "machine", "greeting_end_ms": ms_of(gend)}
             if i < 14:
@@ -286,27 +169,27 @@ def generate(out: Path, seed: int = 20240601) -> dict[str, dict[str, Any]]:
                 bf = beep_freqs[i % len(beep_freqs)] * r.uniform(0.99, 1.01)
                 bl = r.choice([200, 300, 500, 1000])
                 blvl = lvl + r.uniform(-8, 4)
-                x += [sil(gap), tone((bf,), bl, blvl), sil(1500)]
+                seq += [sil(gap), tone((bf,), bl, blvl), sil(1500)]
                 label["beep_ms"] = ms_of(int(lead * 8) + s.size + int(gap * 8))
                 desc = f"beep {bf:.0f} Hz {bl} ms at {blvl:.0f} dBFS"
             else:
-                x += [sil(5000)]
+                seq += [sil(5000)]
                 label["ivr_hint"] = True
                 desc = "no beep"
             label["desc"] = (f"machine greeting {s.size / 8000:.1f}s voice={req[1]} "
                              f"speed={req[2]} level={lvl:.0f}; {desc}")
             nk = ["pink", None, "white", None, None][i % 5]
-            b.finish(f"machine_{i:02d}", np.concatenate(x), label, noise_kind=nk,
+            b.finish(f"machine_{i:02d}", np.concatenate(seq), label, noise_kind=nk,
                      snr_db=r.choice([20, 25]) if nk else None, ref_level=lvl)
 
         # --- IVR ----------
         for i, prompts in enumerate(ivrs):
             lvl = r.uniform(-28, -14)
-            x = [sil(r.uniform(200, 800))]
+            seq = [sil(r.uniform(200, 800))]
             for p in prompts:
-                x += [scale_to_dbfs(sp.get(*p), lvl), sil(r.uniform(1350, 2000))]
-            x.append(sil(2000))
-            b.finish(f"ivr_{i:02d}", np.concatenate(x), {
+                seq += [scale_to_dbfs(sp.get(*p), lvl), sil(r.uniform(1350, 2000))]
+            seq.append(sil(2000))
+            b.finish(f"ivr_{i:02d}", np.concatenate(seq), {
                 "answered_by": "ivr", "ivr_hint": True,
                 "desc": f"IVR menu of {len(prompts)} prompts voice={prompts[0][1]}"})
 
@@ -353,7 +236,7 @@ def generate(out: Path, seed: int = 20240601) -> dict[str, dict[str, Any]]:
             lead_parts: list[np.ndarray] = [sil(r.uniform(100, 600))]
             if i % 3 == 1 and mode == "early":  # a ringback burst first
                 lead_parts += [tone((440.0, 480.0), 2000, lvl - 3), sil(r.uniform(300, 1200))]
-            lead = np.concatenate(lead_parts)
+            lead_audio = np.concatenate(lead_parts)
             jit = r.uniform(-0.005, 0.005)
             if code == "ITU":
                 f = [950 + r.uniform(-10, 10), 1400 + r.uniform(-10, 10), 1800 + r.uniform(-10, 10)]
@@ -368,11 +251,11 @@ def generate(out: Path, seed: int = 20240601) -> dict[str, dict[str, Any]]:
                                       tone((f2 * (1 + jit),), d2 * r.uniform(0.97, 1.03), lvl, 2),
                                       tone((1776.7 * (1 + jit),), 380, lvl, 2)])
             ann = scale_to_dbfs(sp.get(*anns[i % len(anns)]), lvl + 2)
-            x = np.concatenate([lead, sit, sil(r.uniform(50, 300)), ann, sil(500)])
+            x = np.concatenate([lead_audio, sit, sil(r.uniform(50, 300)), ann, sil(500)])
             nk = ["white", None, None, "pink"][i % 4]
             b.finish(f"sit_{mode}_{i:02d}_{code.replace(chr(39), 'x')}", x, {
                 "mode": mode, "answered_by": "sit", "sit_code": code,
-                "sit_start_ms": ms_of(lead.size),
+                "sit_start_ms": ms_of(lead_audio.size),
                 "desc": f"SIT {code} at {lvl:.0f} dBFS jitter {jit * 100:.2f}%"},
                 noise_kind=nk, snr_db=25 if nk else None, ref_level=lvl)
 
@@ -403,17 +286,3 @@ def generate(out: Path, seed: int = 20240601) -> dict[str, dict[str, Any]]:
 
     (out / "labels.json").write_text(json.dumps(b.labels, indent=1, sort_keys=True))
     return b.labels
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[1])
-    ap.add_argument("out", nargs="?", default=str(DEFAULT_OUT))
-    ap.add_argument("--seed", type=int, default=20240601)
-    a = ap.parse_args(argv)
-    labels = generate(Path(a.out), a.seed)
-    print(f"wrote {len(labels)} files to {a.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

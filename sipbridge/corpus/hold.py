@@ -1,8 +1,6 @@
-#!/usr/bin/env python3
 """Generate the labelled IVR *hold step* corpus (8 kHz mono 16-bit WAV + labels.json).
 
-Usage: ``python scripts/gen_hold_corpus.py OUT_DIR [--seed N]``
-(default OUT_DIR: tests/fixtures/corpus/generated/hold/, which is git-ignored).
+Command line: ``sipbridge corpus hold OUT_DIR [--seed N]`` (or ``scripts/gen_hold_corpus.py``).
 
 What a caller hears after the IVR put it on hold, synthesised:
 
@@ -35,25 +33,19 @@ labels.json maps file name -> {
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import gen_corpus as gc
-
+from sipbridge.corpus import synth as gc
 from sipbridge.media.frames import SAMPLE_RATE, scale_to_dbfs
 
 FS = SAMPLE_RATE
-DEFAULT_OUT = Path(__file__).resolve().parents[1] / "tests/fixtures/corpus/generated/hold"
+DEFAULT_SEED = 20240611
 
 PROMPT_VOICES = ["en+f3", "en-us", "en+f2", "en-gb"]
 PERSON_VOICES = ["en-gb-scotland", "en+m7", "en-029", "en+m3", "en-gb-x-rp", "en-us-nyc"]
@@ -252,7 +244,7 @@ class HoldBuilder:
             "desc": f"{desc}; {kind} line noise {lv:.0f} dBFS; ulaw"}
 
 
-def generate(out: Path, seed: int = 20240611) -> dict[str, dict[str, Any]]:
+def generate(out: Path, seed: int = DEFAULT_SEED) -> dict[str, dict[str, Any]]:
     """Generate the hold corpus into ``out``; returns the labels (also in labels.json)."""
     out.mkdir(parents=True, exist_ok=True)
     b = HoldBuilder(out, seed)
@@ -355,17 +347,3 @@ def generate(out: Path, seed: int = 20240611) -> dict[str, dict[str, Any]]:
 
     (out / "labels.json").write_text(json.dumps(b.labels, indent=1, sort_keys=True))
     return b.labels
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="generate the IVR hold-step corpus")
-    ap.add_argument("out", nargs="?", default=str(DEFAULT_OUT))
-    ap.add_argument("--seed", type=int, default=20240611)
-    a = ap.parse_args(argv)
-    labels = generate(Path(a.out), a.seed)
-    print(f"wrote {len(labels)} files to {a.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
