@@ -82,7 +82,6 @@ import faulthandler
 import gc
 import math
 import os
-import signal
 import socket
 import sys
 import threading
@@ -107,12 +106,13 @@ from sipbridge.sip.agentleg import (
     source_allowed,
     split_message,
 )
+from sipbridge.sip.forkserver_init import ignore_stop_signals
 from sipbridge.sip.tap import CLOCK_RATE_HZ, FrameTap, LegAnalysis, PhaseListener
 from sipbridge.trunkselect import parse_retry_after
 
 _SHUTDOWN_DRAIN_S = 3.0
 # libHandleEvents waits: the longest sleep with nothing due (commands, SIP and RTP wake
-# it; the parent-alive check runs at least this often), while detection or listening
+# it; a closed pipe to the supervisor wakes it too), while detection or listening
 # taps are fed, and with deferred work (or without a waker). Taps are drained in batches
 # of ~5 frames: a decision reaches the supervisor at most 100 ms after the frame that
 # made it (+50 ms on average, against ~700 ms of speech timing), and a worker with two
@@ -413,7 +413,6 @@ class Worker:
         # Dials waiting for pjsua to release a call slot: leg_id -> (plan, retry deadline).
         self.pending: dict[str, tuple[DialPlan, float]] = {}
         self.stopping = False
-        self.parent_pid = os.getppid()
         # The account that must exist to receive INVITEs (never evicted).
         self.default_acc_key: AccountKey | None = None
         # Inbound calls refused in onIncomingCall, kept until DISCONNECTED.
@@ -1460,8 +1459,6 @@ class Worker:
                 self.waker.drained.set()  # a command arriving from now on wakes again
             self.run_dtmf()
             self.check_timers()
-            if os.getppid() != self.parent_pid:
-                self.stopping = True
             wait_ms = 0 if self.kicked else self.wait_ms()
             due = time.monotonic() + wait_ms / 1000
         self.shutdown()
@@ -1544,17 +1541,15 @@ def run_worker(
     ``sip_port`` asks for a specific SIP port (used when the supervisor restarts a worker so
     it keeps its port); 0 uses the config's range (or a free port for 0/0).
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
+    # The supervisor decides when we stop (Shutdown, or EOF on the pipe when it is
+    # gone): a SIGTERM/SIGINT sent to the whole process group by a service manager is
+    # the supervisor's cue to drain, not ours to hang up (see forkserver_init).
+    ignore_stop_signals()
     # A crash in native code (pjsip, pjmedia, SWIG) prints every thread's Python stack to
     # stderr, which the supervisor's log keeps.
     faulthandler.enable(all_threads=True)
     cfg = SipConfig(**sip_cfg_dict)
     worker = Worker(worker_id, cfg, conn, sip_port)
-
-    def _term(signum: int, frame: Any) -> None:
-        worker.stopping = True
-
-    signal.signal(signal.SIGTERM, _term)
     try:
         worker.start()
     except Exception as e:
