@@ -165,8 +165,9 @@ class Stack:
         self._stops.append(stop)
         return item
 
-    def sipp(self, scenario: str | Path, extra_args: list[str] | None = None) -> SippUas:
-        s = SippUas(scenario, self.tmp, extra_args=extra_args).start()
+    def sipp(self, scenario: str | Path, extra_args: list[str] | None = None,
+             transport: str = "udp") -> SippUas:
+        s = SippUas(scenario, self.tmp, extra_args=extra_args, transport=transport).start()
         return self.add(s, s.stop)
 
     def bridge(self, cfg: dict[str, Any], own_session: bool = False) -> Bridge:

@@ -82,6 +82,7 @@ import faulthandler
 import gc
 import math
 import os
+import re
 import socket
 import sys
 import threading
@@ -96,7 +97,7 @@ from typing import Any
 import pjsua2 as pj
 
 from sipbridge import ipc
-from sipbridge.config import SipConfig
+from sipbridge.config import MAX_TLS_PROFILES, SipConfig
 from sipbridge.plan import DialPlan
 from sipbridge.sip.agentleg import (
     dtmf_steps,
@@ -108,6 +109,7 @@ from sipbridge.sip.agentleg import (
 )
 from sipbridge.sip.forkserver_init import ignore_stop_signals
 from sipbridge.sip.tap import CLOCK_RATE_HZ, FrameTap, LegAnalysis, PhaseListener
+from sipbridge.tlsca import os_ca_bundle, tls_reject_text
 from sipbridge.trunkselect import parse_retry_after
 
 _SHUTDOWN_DRAIN_S = 3.0
@@ -325,6 +327,24 @@ class _WorkerAccount(pj.Account):
                 w.log("error", f"onIncomingCall failed: {e!r}")
 
 
+class _WorkerEndpoint(pj.Endpoint):
+    """The worker's Endpoint: remembers why TLS peers were refused (a leg's detail)."""
+
+    def __init__(self, worker: Worker) -> None:
+        pj.Endpoint.__init__(self)
+        self._worker: Worker | None = worker
+
+    def onTransportState(self, prm: Any) -> None:
+        w = getattr(self, "_worker", None)
+        if w is None:
+            return
+        try:
+            w.on_transport_state(prm)
+        except BaseException as e:  # never into pjsua2 (see _LegCall)
+            with contextlib.suppress(BaseException):
+                w.log("error", f"onTransportState failed: {e!r}")
+
+
 class _Player(pj.AudioMediaPlayer):
     """A WAV player into one leg; ``onEof2`` only sets a flag (the loop reports it)."""
 
@@ -406,6 +426,9 @@ class Worker:
         self.transports: dict[str, int] = {}  # "udp"/"tcp"/"tls" -> pjsua transport id
         self.transport_ports: dict[str, int] = {}
         self.transport_errors: dict[str, str] = {}  # why a transport could not be created
+        # TLS peers refused by certificate verification, latest last (see
+        # on_transport_state): (remote address, pj verify bits, subject CN, alt names).
+        self.tls_rejects: deque[tuple[str, int, str, list[str]]] = deque(maxlen=16)
         self.sip_port = 0
         self.capacity = cfg.calls_per_worker
         self.legs: dict[str, _Leg] = {}
@@ -465,7 +488,7 @@ class Worker:
         return first + [p for p in rest if p not in first]
 
     def start(self) -> None:
-        ep = pj.Endpoint()
+        ep = _WorkerEndpoint(self)
         self.ep = ep
         # pjlib logs a start-up banner (level 4, to stdout) before libInit applies our
         # log level: hide stdout during libCreate unless verbose logging was asked for.
@@ -546,22 +569,72 @@ class Worker:
         self.waker = _Waker.start_for(self)
         self.send(ipc.WorkerReady(self.worker_id, self.sip_port, self.cfg.calls_per_worker))
 
-    def _create_transport(self, kind: str, port: int) -> int:
+    def _create_transport(self, kind: str, port: int, key: str = "", verify: bool = True,
+                          ca_file: str = "") -> int:
+        """Create a transport, known as ``key`` (default: ``kind``)."""
         tcfg = pj.TransportConfig()
         tcfg.port = port
         tcfg.boundAddress = self.cfg.listen_address
         if self.cfg.public_address:
             tcfg.publicAddress = self.cfg.public_address
         if kind == "tls":
-            # Client use only (outbound calls): no certificate of our own. The carrier's
-            # certificate is not verified (self-signed carriers and loopback tests). Known
-            # limitation, in the README: no CA list / verifyServer setting yet.
-            tcfg.tlsConfig.verifyServer = False
+            # Client use (outbound legs): no certificate of our own. pjsip's TLS settings
+            # belong to a transport (listener), so legs get one per TLS profile
+            # (_tls_transport); this one (start-up) verifies against the OS bundle.
+            # verifyServer: pjsip checks the chain against CaListFile (it loads no default
+            # CA store) and that the certificate names the host of the request's
+            # destination (SAN DNS/IP/URI or CN, exact), and closes the connection on
+            # failure; the host name is also sent as SNI unless it is an IP address.
+            tcfg.tlsConfig.verifyServer = verify
+            tcfg.tlsConfig.CaListFile = ca_file if key else (os_ca_bundle() or "")
         tid = int(self.ep.transportCreate(_TRANSPORT_TYPES[kind], tcfg))
         info = self.ep.transportGetInfo(tid)
-        self.transports[kind] = tid
-        self.transport_ports[kind] = int(str(info.localName).rsplit(":", 1)[1])
+        self.transports[key or kind] = tid
+        self.transport_ports[key or kind] = int(str(info.localName).rsplit(":", 1)[1])
         return tid
+
+    def _tls_transport(self, plan: DialPlan) -> str:
+        """The key of the TLS transport for this plan's TLS profile (created on first
+        use): legs with other CA files or verification settings never share one."""
+        ca_file = plan.tls_ca_file or os_ca_bundle() or ""
+        if plan.tls_verify and not ca_file:
+            raise _DialRefused("TLS: no CA list to verify the peer with (no OS CA bundle; "
+                               "set tls.ca_file, or tls.verify: false)")
+        key = f"tls|{'verify' if plan.tls_verify else 'noverify'}|{ca_file}"
+        if key in self.transports:
+            return key
+        if sum(1 for k in self.transports if k.startswith("tls|")) >= MAX_TLS_PROFILES:
+            raise _DialRefused(f"more than {MAX_TLS_PROFILES} TLS profiles (CA file, verify) "
+                               "in use: share CA files between trunks")
+        try:
+            self._create_transport("tls", 0, key, plan.tls_verify, ca_file)
+        except pj.Error as e:
+            raise _DialRefused(f"cannot create a TLS transport: {_pj_error_text(e)}") from None
+        return key
+
+    def on_transport_state(self, prm: Any) -> None:
+        """pjsua2 callback: a TLS connection that failed verification is kept as
+        (remote address, verify bits, certificate names) for the leg it fails."""
+        info = prm.tlsInfo
+        if info.isEmpty() or not info.verifyStatus:
+            return
+        cert = info.remoteCertInfo
+        kinds = {pj.PJ_SSL_CERT_NAME_DNS: "DNS", pj.PJ_SSL_CERT_NAME_IP: "IP",
+                 pj.PJ_SSL_CERT_NAME_URI: "URI"}
+        names = [f"{kinds[n.type]}:{n.name}" for n in cert.subjectAltName if n.type in kinds]
+        self.tls_rejects.append(
+            (str(info.remoteAddr), int(info.verifyStatus), str(cert.subjectCn), names))
+
+    def _tls_reject_detail(self, plan: DialPlan) -> str:
+        """Why this TLS leg's connection was refused ("" if not for its certificate)."""
+        m = re.search(r"@(\[[^\]]+\]|[^:;>]+)(?::(\d+))?", plan.request_uri)
+        if m is None:
+            return ""
+        host, port = m.group(1), m.group(2) or "5061"
+        for peer, status, cn, names in reversed(self.tls_rejects):
+            if peer.rsplit(":", 1)[-1] == port:
+                return tls_reject_text(status, peer, host, cn, names)
+        return ""
 
     # ----------------------------------------------------------------- accounts
     def _account_for(self, plan: DialPlan) -> tuple[AccountKey, Any]:
@@ -575,6 +648,8 @@ class Worker:
         if kind not in self.transports:
             why = self.transport_errors.get(kind, "not created")
             raise _DialRefused(f"SIP transport {kind!r} is not available in this worker: {why}")
+        if kind == "tls":
+            kind = self._tls_transport(plan)
         if plan.srtp not in _SRTP_USE:
             raise _DialRefused(f"unknown SRTP mode {plan.srtp!r} (want 'off' or 'mandatory')")
         auth: tuple[str, str, str] | None = None
@@ -620,9 +695,10 @@ class Worker:
         if kind != "udp":
             # pjsua derives the Contact's transport from the To URI, which carries no
             # ;transport= parameter: name it, so in-dialog requests come back over the
-            # trunk's transport (RFC 3261 8.1.1.8, 12.2.1.1).
+            # trunk's transport (RFC 3261 8.1.1.8, 12.2.1.1). (kind: "tls|<profile>".)
             acfg.sipConfig.contactForced = (
-                f"<sip:sipbridge@{host}:{self.transport_ports[kind]};transport={kind}>"
+                f"<sip:sipbridge@{host}:{self.transport_ports[kind]}"
+                f";transport={kind.split('|', 1)[0]}>"
             )
         if auth is not None:
             username, password, realm = auth
@@ -1161,6 +1237,8 @@ class Worker:
             elif src_type in (pj.PJSIP_EVENT_TIMER, pj.PJSIP_EVENT_TRANSPORT_ERROR):
                 cause = "transport_error"
                 detail = f"{status} {ci.lastReason} (locally generated)"
+                if leg.plan.transport == "tls":
+                    detail = self._tls_reject_detail(leg.plan) or detail
             elif answered and whole and not whole.startswith("BYE "):
                 # pjsua hung up by itself (it sent the BYE). Seen when the carrier's
                 # answer is unusable, e.g. plain RTP/AVP to a mandatory-SRTP offer: pjsua
