@@ -510,6 +510,11 @@ class Worker:
         epcfg.uaConfig.mainThreadOnly = True
         epcfg.uaConfig.maxCalls = self.cfg.calls_per_worker
         epcfg.uaConfig.userAgent = self.cfg.user_agent
+        # No nameserver: pjsip's own DNS resolver (SRV/NAPTR, its own packet parser,
+        # with a history of advisories) is never created; host names are resolved by
+        # the OS (getaddrinfo, A/AAAA). No STUN servers either.
+        epcfg.uaConfig.nameserver.clear()
+        epcfg.uaConfig.stunServer.clear()
         epcfg.logConfig.level = self.cfg.log_level
         epcfg.logConfig.consoleLevel = self.cfg.log_level
         # Telephony audio: run the conference bridge at 8 kHz mono, so G.711 needs no
@@ -707,6 +712,16 @@ class Worker:
             acfg.sipConfig.authCreds.append(
                 pj.AuthCredInfo("digest", realm or "*", username, 0, password)
             )
+        # Attack surface off (see README "Security"): no ICE, TURN or STUN. PJSIP's
+        # ICE code has had memory-safety advisories (a long ufrag overflowed a buffer);
+        # with ICE disabled the media transport is plain UDP and the peer's ICE
+        # attributes are never parsed. Set explicitly, not left to library defaults.
+        acfg.natConfig.iceEnabled = False
+        acfg.natConfig.turnEnabled = False
+        acfg.natConfig.sipStunUse = pj.PJSUA_STUN_USE_DISABLED
+        acfg.natConfig.mediaStunUse = pj.PJSUA_STUN_USE_DISABLED
+        # SRTP only where the trunk asks for it: "off" is PJMEDIA_SRTP_DISABLED (no
+        # optional SRTP offer, SDES a=crypto lines are never processed), never OPTIONAL.
         acfg.mediaConfig.srtpUse = _SRTP_USE[srtp]
         # 0: SRTP is allowed over any signalling transport ("UDP/SRTP" as well as
         # "TLS/SRTP"); pjsua's default (1) would demand TLS for SRTP.
