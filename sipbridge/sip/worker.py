@@ -29,7 +29,11 @@ Carrier routing (per-leg settings of a :class:`~sipbridge.plan.DialPlan`):
 
 - Transports: the worker creates UDP and TCP transports (same port number when it can)
   and a TLS transport at start. A plan whose transport the worker could not create ends
-  at once with ``dial_error`` naming the missing transport.
+  at once with ``dial_error`` naming the missing transport. TLS legs use one more TLS
+  transport per TLS profile (verify, CA file; created on first use), since pjsip keeps TLS
+  settings per transport: the carrier's certificate and host name are verified (RFC 5922)
+  unless the plan opts out, and a refusal ends the leg (``transport_error``) with a
+  detail naming why (:meth:`Worker.on_transport_state`).
 - Accounts: pjsua answers digest challenges (RFC 3261 22.2/22.3) from an account's
   credentials and binds requests to the account's transport, and SRTP is an account media
   setting. So legs use local accounts (no registration) created on demand and cached, keyed
@@ -427,8 +431,9 @@ class Worker:
         self.transport_ports: dict[str, int] = {}
         self.transport_errors: dict[str, str] = {}  # why a transport could not be created
         # TLS peers refused by certificate verification, latest last (see
-        # on_transport_state): (remote address, pj verify bits, subject CN, alt names).
-        self.tls_rejects: deque[tuple[str, int, str, list[str]]] = deque(maxlen=16)
+        # on_transport_state): (monotonic time, remote address, pj verify bits, subject CN,
+        # alt names).
+        self.tls_rejects: deque[tuple[float, str, int, str, list[str]]] = deque(maxlen=16)
         self.sip_port = 0
         self.capacity = cfg.calls_per_worker
         self.legs: dict[str, _Leg] = {}
@@ -627,18 +632,22 @@ class Worker:
         kinds = {pj.PJ_SSL_CERT_NAME_DNS: "DNS", pj.PJ_SSL_CERT_NAME_IP: "IP",
                  pj.PJ_SSL_CERT_NAME_URI: "URI"}
         names = [f"{kinds[n.type]}:{n.name}" for n in cert.subjectAltName if n.type in kinds]
-        self.tls_rejects.append(
-            (str(info.remoteAddr), int(info.verifyStatus), str(cert.subjectCn), names))
+        self.tls_rejects.append((time.monotonic(), str(info.remoteAddr),
+                                 int(info.verifyStatus), str(cert.subjectCn), names))
 
-    def _tls_reject_detail(self, plan: DialPlan) -> str:
-        """Why this TLS leg's connection was refused ("" if not for its certificate)."""
-        m = re.search(r"@(\[[^\]]+\]|[^:;>]+)(?::(\d+))?", plan.request_uri)
+    def _tls_reject_detail(self, leg: _Leg) -> str:
+        """Why this TLS leg's connection was refused ("" if not for its certificate): the
+        latest refusal since the leg started of a peer on its port (its exact address
+        first; a host name resolves to an address we don't see here)."""
+        m = re.search(r"@(\[[^\]]+\]|[^:;>]+)(?::(\d+))?", leg.plan.request_uri)
         if m is None:
             return ""
         host, port = m.group(1), m.group(2) or "5061"
-        for peer, status, cn, names in reversed(self.tls_rejects):
-            if peer.rsplit(":", 1)[-1] == port:
-                return tls_reject_text(status, peer, host, cn, names)
+        recent = [r for r in self.tls_rejects
+                  if r[0] >= leg.started and r[1].rsplit(":", 1)[-1] == port]
+        exact = [r for r in recent if r[1] == f"{host}:{port}"]
+        for _, peer, status, cn, names in (exact or recent)[-1:]:
+            return tls_reject_text(status, peer, host, cn, names)
         return ""
 
     # ----------------------------------------------------------------- accounts
@@ -1253,7 +1262,7 @@ class Worker:
                 cause = "transport_error"
                 detail = f"{status} {ci.lastReason} (locally generated)"
                 if leg.plan.transport == "tls":
-                    detail = self._tls_reject_detail(leg.plan) or detail
+                    detail = self._tls_reject_detail(leg) or detail
             elif answered and whole and not whole.startswith("BYE "):
                 # pjsua hung up by itself (it sent the BYE). Seen when the carrier's
                 # answer is unusable, e.g. plain RTP/AVP to a mandatory-SRTP offer: pjsua
