@@ -19,9 +19,26 @@ from sipbridge.store import open_store
 log = logging.getLogger("sipbridge")
 
 
+def warn_unverified_tls(cfg: Config) -> list[str]:
+    """Log (and return) a warning for every TLS leg whose peer certificate is not
+    verified (``tls.verify: false``): anyone on the path can take those calls."""
+    legs: list[tuple[str, str, str, bool]] = [
+        (f"trunk {t.name}", t.address, t.transport, t.tls.verify) for t in cfg.trunks]
+    legs.append(("agent", cfg.agent.uri, cfg.agent.transport(), cfg.agent.tls.verify))
+    out = []
+    for name, where, transport, verify in legs:
+        if transport == "tls" and not verify:
+            out.append(f"{name}: TLS certificate verification is OFF (tls.verify: false): "
+                       f"anyone on the path to {where} can pose as it and take the calls")
+            log.warning("%s", out[-1])
+    return out
+
+
 def build(cfg: Config) -> tuple[FastAPI, CallService]:
     """Create the service and its ASGI app; the app's lifespan starts and stops the service."""
     from sipbridge.sip.pool import PoolFull, WorkerPool
+
+    warn_unverified_tls(cfg)
 
     store = open_store(cfg.store.kind, cfg.store.path, cfg.store.retention_s)
     service: CallService

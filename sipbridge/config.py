@@ -23,6 +23,7 @@ from pydantic import (
 
 from sipbridge.headers import TEMPLATE_FIELDS, template_fields, validate_header_name
 from sipbridge.schedule import CallingWindow, RetryPolicy, zone
+from sipbridge.tlsca import check_ca_file, os_ca_bundle
 
 Transport = Literal["udp", "tcp", "tls"]
 Encryption = Literal["TLS/SRTP", "TLS/RTP", "UDP/SRTP", "UDP/RTP"]
@@ -129,6 +130,40 @@ class SipConfig(_Model):
         return self
 
 
+# Distinct TLS settings (verify, CA file) over all TLS trunks and the agent: one pjsip TLS
+# transport each per worker (a listener and an ioqueue handle; 64 handles in all).
+MAX_TLS_PROFILES = 4
+
+
+class TlsSettings(_Model):
+    """How a TLS leg checks its peer (RFC 5922: certificate chain and host name)."""
+
+    # Verify the peer's certificate chain and that it names the host we dialled (SAN
+    # DNS/IP/URI or CN, exact match: RFC 5922 7.2 forbids wildcards). false: no check at
+    # all (logged as a warning at start-up): anyone on the path can take the call.
+    verify: bool = True
+    # PEM file of the CA certificates to trust (or the carrier's self-signed
+    # certificate); default: the operating system's CA bundle.
+    ca_file: str | None = None
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_file(cls, v: str | None) -> str | None:
+        return None if v is None else check_ca_file(v)
+
+    def ca_list(self) -> str:
+        """The CA file pjsip loads: ``ca_file`` or the OS bundle ("" if none)."""
+        return self.ca_file or os_ca_bundle() or ""
+
+
+def _check_tls(tls: TlsSettings, transport: str, explicit: bool) -> None:
+    if explicit and transport != "tls":
+        raise ValueError(f"tls: only for TLS (this leg uses {transport})")
+    if transport == "tls" and tls.verify and not tls.ca_list():
+        raise ValueError("tls.ca_file: no CA bundle found on this system "
+                         "(ca-certificates); name one, or set tls.verify: false")
+
+
 class _WithHeaders(_Model):
     """Validation shared by models that send SIP headers: names are SIP tokens the
     stack does not own, values have no control characters, templates use known fields."""
@@ -184,6 +219,19 @@ class AgentConfig(_WithHeaders):
     metadata_header_prefix: str | None = "X-"
     # The agent should answer at once; a slow agent leaves a person in silence.
     ring_timeout_s: Annotated[float, Field(gt=0, le=120)] = 15.0
+    # A sips: / ;transport=tls agent URI: how its certificate is checked.
+    tls: TlsSettings = Field(default_factory=TlsSettings)
+
+    def transport(self) -> str:
+        low = self.uri.lower()
+        if low.startswith("sips:") or ";transport=tls" in low:
+            return "tls"
+        return "tcp" if ";transport=tcp" in low else "udp"
+
+    @model_validator(mode="after")
+    def _tls_fits(self) -> AgentConfig:
+        _check_tls(self.tls, self.transport(), "tls" in self.model_fields_set)
+        return self
 
 
     @field_validator("uri")
@@ -243,6 +291,13 @@ class TrunkConfig(_WithHeaders):
     max_concurrent: Annotated[int, Field(ge=1)] | None = None
     cps: Annotated[float, Field(gt=0)] | None = None
     cps_burst: Annotated[int, Field(ge=1)] = 1
+    # transport: tls only: how the carrier's certificate is checked.
+    tls: TlsSettings = Field(default_factory=TlsSettings)
+
+    @model_validator(mode="after")
+    def _tls_fits(self) -> TrunkConfig:
+        _check_tls(self.tls, self.transport, "tls" in self.model_fields_set)
+        return self
 
     @model_validator(mode="after")
     def _encryption_fits_transport(self) -> TrunkConfig:
@@ -553,6 +608,20 @@ class Config(_Model):
                 if t.name not in names:
                     raise ValueError(
                         f"routes.{i}.trunks.{j}.name: unknown trunk {t.name!r} (known: {names})")
+        return self
+
+    @model_validator(mode="after")
+    def _tls_profiles(self) -> Config:
+        # pjsip's TLS settings belong to a transport: each worker opens one TLS transport
+        # per distinct (verify, CA file) and keeps at most MAX_TLS_PROFILES of them.
+        legs: list[tuple[str, TlsSettings]] = [(t.transport, t.tls) for t in self.trunks]
+        legs.append((self.agent.transport(), self.agent.tls))
+        profiles = {(tls.verify, tls.ca_list()) for transport, tls in legs
+                    if transport == "tls"}
+        if len(profiles) > MAX_TLS_PROFILES:
+            raise ValueError(
+                f"trunks: {len(profiles)} different TLS settings (verify, ca_file); at most "
+                f"{MAX_TLS_PROFILES}: let trunks share a CA file (a PEM file may hold several)")
         return self
 
     def trunk(self, name: str) -> TrunkConfig:

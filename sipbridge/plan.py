@@ -26,6 +26,10 @@ class DialPlan:
     # SRTP for this leg (RFC 4568 SDES): "off" or "mandatory" (from the trigger's
     # `encryption` or the trunk's default).
     srtp: str = "off"
+    # transport "tls": verify the peer's certificate and host name (RFC 5922) against
+    # the PEM CA file ``tls_ca_file`` ("" = the OS bundle, see sipbridge.tlsca).
+    tls_verify: bool = True
+    tls_ca_file: str = ""
     # Recipient detection in the worker: {"early": bool, "answer": bool,
     # "config": {DetectionConfig field: value}}; None = no media analysis.
     detection: dict[str, Any] | None = None

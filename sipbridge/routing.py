@@ -130,6 +130,8 @@ def resolve_plan(
         auth=auth,
         srtp=srtp_mode(encryption or trunk.encryption),
         detection=detection,
+        tls_verify=trunk.tls.verify,
+        tls_ca_file=trunk.tls.ca_list(),
     )
 
 
@@ -176,12 +178,7 @@ def resolve_agent_plan(
             name = f"{agent.metadata_header_prefix}{key}"
             validate_header_name(name, f"metadata.{key}")
             out.setdefault(name.lower(), (name, validate_header_value(value, f"metadata.{key}")))
-    transport = "udp"
-    low = agent.uri.lower()
-    if low.startswith("sips:") or ";transport=tls" in low:
-        transport = "tls"
-    elif ";transport=tcp" in low:
-        transport = "tcp"
+    transport = agent.transport()
     # The agent sees the callee as the caller: it is talking to that person.
     scheme = "sips" if transport == "tls" else "sip"
     return DialPlan(
@@ -197,4 +194,6 @@ def resolve_agent_plan(
         transport=transport,
         role="agent",
         bridge_with=carrier_leg_id,
+        tls_verify=agent.tls.verify,
+        tls_ca_file=agent.tls.ca_list(),
     )

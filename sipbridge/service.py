@@ -811,7 +811,10 @@ class CallService:
                  {"trunk": trunk, "leg": ev.leg_id, "sip_status": ev.sip_status,
                   "cause": ev.cause}]
         hangup = call_sid in self._hangup_requested
-        if (live is not None and not ev.answered and not hangup and not self._stopping
+        # Answered per the worker's end event, or per the record (an end the pool had to
+        # synthesise cannot always know): an answered leg is never requeued or failed over.
+        answered = ev.answered or "answered_at" in leg
+        if (live is not None and not answered and not hangup and not self._stopping
                 and call_sid not in self._pending_term
                 and should_failover(ev.sip_status, ev.cause)
                 and live.hop + 1 < len(live.hunt)):
@@ -826,14 +829,14 @@ class CallService:
         self._hangup_requested.discard(call_sid)
         self._live.pop(call_sid, None)
         self._end_flow(call_sid, ev)
-        if (self._stopping and ev.cause == "local_hangup" and not ev.answered
+        if (self._stopping and ev.cause == "local_hangup" and not answered
                 and call_sid not in self._pending_term):
             # Shut down before answer: the call is not lost, it waits for the next start.
             self._set_status(rec, "queued", "requeued: bridge shut down before answer",
                              kind="requeued", attempts=max(rec.attempts - 1, 0))
             return
         pending = self._pending_term.pop(call_sid, None)
-        term = from_leg_end(ev.cause, ev.answered, ev.sip_status, ev.sip_reason, ev.detail)
+        term = from_leg_end(ev.cause, answered, ev.sip_status, ev.sip_reason, ev.detail)
         if pending is None and ev.cause == "bridged_bye":
             pending = self._agent_failure(rec)
         if pending is not None and ev.cause in ("local_hangup", "remote_bye", "remote_final",
@@ -841,7 +844,7 @@ class CallService:
             # We hung up because of what we heard (or the carrier beat us to it).
             term = replace(pending, sip_status=ev.sip_status)
             hangup = False
-        elif self._stopping and ev.cause == "local_hangup" and ev.answered:
+        elif self._stopping and ev.cause == "local_hangup" and answered:
             term = replace(term, reason="ended by bridge shutdown")
         self._finish_attempt(rec, term, tried, no_retry=hangup)
 

@@ -123,8 +123,11 @@ def bridge_config(log_dir: Path, trunks: list[dict[str, Any]], routes: list[dict
     return cfg
 
 
-def start_bridge(log_dir: Path, cfg: dict[str, Any], name: str = "bridge") -> Bridge:
-    """Write the config, start the bridge, wait for /healthz. Appends to <name>.log."""
+def start_bridge(log_dir: Path, cfg: dict[str, Any], name: str = "bridge",
+                 own_session: bool = False) -> Bridge:
+    """Write the config, start the bridge, wait for /healthz. Appends to <name>.log.
+    ``own_session``: the bridge leads its own session and process group (as under a
+    service manager), so a test can signal the whole group."""
     cfg_path = log_dir / f"{name}.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     env = dict(os.environ, SB_IT_TOKEN=TOKEN)
@@ -132,7 +135,7 @@ def start_bridge(log_dir: Path, cfg: dict[str, Any], name: str = "bridge") -> Br
         proc = subprocess.Popen(
             [sys.executable, "-m", "sipbridge", "run", "-c", str(cfg_path),
              "--log-level", "debug"],
-            stdout=out, stderr=subprocess.STDOUT, env=env,
+            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=own_session,
         )
     base = f"http://127.0.0.1:{cfg['api']['port']}"
     deadline = time.monotonic() + 30
@@ -162,12 +165,13 @@ class Stack:
         self._stops.append(stop)
         return item
 
-    def sipp(self, scenario: str | Path, extra_args: list[str] | None = None) -> SippUas:
-        s = SippUas(scenario, self.tmp, extra_args=extra_args).start()
+    def sipp(self, scenario: str | Path, extra_args: list[str] | None = None,
+             transport: str = "udp") -> SippUas:
+        s = SippUas(scenario, self.tmp, extra_args=extra_args, transport=transport).start()
         return self.add(s, s.stop)
 
-    def bridge(self, cfg: dict[str, Any]) -> Bridge:
-        b = start_bridge(self.tmp, cfg)
+    def bridge(self, cfg: dict[str, Any], own_session: bool = False) -> Bridge:
+        b = start_bridge(self.tmp, cfg, own_session=own_session)
 
         def stop() -> None:
             if b.proc.poll() is None:

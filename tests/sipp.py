@@ -23,6 +23,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ ADDRESS = "127.0.0.1"
 # SIPp -trace_msg separators, e.g.
 #   "----------------------------------------------- 2024-01-01 10:00:00.123456"
 #   "UDP message received [812] bytes :"  /  "UDP message sent (812 bytes):"
-_SEP_RE = re.compile(r"^-{20,} .*$", re.M)
+_SEP_RE = re.compile(r"^-{20,} (.*)$", re.M)
 _DIR_RE = re.compile(r"^\s*(\w+) message (received|sent)\b.*$", re.M)
 
 # Compact header forms (RFC 3261 7.3.3) -> full names, for lookups.
@@ -82,6 +83,8 @@ class SipMessage:
     first_line: str
     headers: list[tuple[str, str]] = field(default_factory=list)
     body: str = ""
+    # When SIPp logged it (time.time() scale; SIPp writes local time), None if unknown.
+    ts: float | None = None
 
     @property
     def is_request(self) -> bool:
@@ -128,10 +131,18 @@ class SipMessage:
         return f"<{self.direction} {self.first_line} ({self.call_id})>"
 
 
+def _stamp(text: str) -> float | None:
+    try:
+        return datetime.strptime(text.strip(), "%Y-%m-%d %H:%M:%S.%f").timestamp()
+    except ValueError:
+        return None
+
+
 def parse_message_log(text: str) -> list[SipMessage]:
     """Parse a SIPp ``-trace_msg`` file into messages."""
     msgs: list[SipMessage] = []
-    for chunk in _SEP_RE.split(text):
+    parts = _SEP_RE.split(text)  # [before, stamp, chunk, stamp, chunk, ...]
+    for stamp, chunk in zip(parts[1::2], parts[2::2], strict=True):
         m = _DIR_RE.search(chunk)
         if not m:
             continue
@@ -153,7 +164,8 @@ def parse_message_log(text: str) -> list[SipMessage]:
                 continue
             n, _, v = ln.partition(":")
             hdrs.append((n.strip(), v.strip()))
-        msgs.append(SipMessage(m.group(2), lines[0].strip(), hdrs, body.strip("\n")))
+        msgs.append(SipMessage(m.group(2), lines[0].strip(), hdrs, body.strip("\n"),
+                               _stamp(stamp)))
     return msgs
 
 

@@ -36,6 +36,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -77,6 +78,9 @@ class _WorkerSlot:
     ready: bool = False
     ready_future: asyncio.Future[ipc.WorkerReady] | None = None
     legs: dict[str, str] = field(default_factory=dict)  # leg_id -> call_sid
+    # Live legs the worker reported answered: a synthesised end says so too (a call
+    # answered and then cut by a shutdown must never look unanswered, i.e. requeued).
+    answered: set[str] = field(default_factory=set)
     reserved: dict[str, int] = field(default_factory=dict)  # call_sid -> reserved slots
     last_log: str = ""
     restarts: int = 0
@@ -191,7 +195,15 @@ class WorkerPool:
         return w.ready_future
 
     async def stop(self) -> None:
-        """Shut every worker down (hang up their legs), bounded; then terminate/kill. Idempotent."""
+        """Shut every worker down (hang up their legs), bounded; then kill. Idempotent.
+
+        A worker has finished when its end of the pipe closes (EOF: it has sent the
+        ``ended`` event of every leg and exited). The process handle is not asked: a
+        forkserver child's liveness is read from the fork server, and a fork server that
+        died (a signal to the whole process group) makes every live worker look dead
+        (exit code 255); the pool would then stop waiting at once and report their
+        answered legs as unanswered.
+        """
         if self._stopping or not self._started:
             return
         self._stopping = True
@@ -204,26 +216,28 @@ class WorkerPool:
                 with contextlib.suppress(OSError, ValueError):
                     w.conn.send(ipc.encode(ipc.Shutdown()))
         deadline = time.monotonic() + STOP_TIMEOUT_S
+        # The reader (_on_readable) delivers the workers' last events and closes each
+        # pipe at EOF.
+        while (any(w.conn is not None for w in self._workers.values())
+               and time.monotonic() < deadline):
+            await asyncio.sleep(0.02)  # waiting on the readers, bounded by deadline
         for w in list(self._workers.values()):
             proc = w.process
             if proc is None:
                 continue
-            while proc.is_alive() and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)  # polling a process exit, bounded by deadline
-            if proc.is_alive():
-                log.warning("SIP worker %d did not stop in time: terminating", w.worker_id)
-                proc.terminate()
-                proc.join(1.0)
-            if proc.is_alive():
-                proc.kill()
-                proc.join(1.0)
+            if w.conn is not None and proc.pid is not None:
+                # Its pipe is still open, so it still runs. Workers ignore SIGTERM (they
+                # follow the supervisor over the pipe): SIGKILL, by pid (the handle's
+                # own kill() is skipped when the fork server is gone).
+                log.warning("SIP worker %d did not stop in time: killing", w.worker_id)
+                self._drain(w, w.conn)  # whatever it sent before
+                with contextlib.suppress(OSError):
+                    os.kill(proc.pid, signal.SIGKILL)
+            proc.join(1.0)
             self.exit_codes[w.worker_id] = proc.exitcode
             if proc.exitcode != 0:
                 log.warning("SIP worker %d exited with code %s", w.worker_id, proc.exitcode)
-        # Deliver whatever the workers sent before exiting (their legs' ended events).
         for w in list(self._workers.values()):
-            if w.conn is not None:
-                self._drain(w, w.conn)
             self._close_worker(w)
             for leg_id, call_sid in list(w.legs.items()):
                 self._synth_end(
@@ -360,6 +374,7 @@ class WorkerPool:
     def _forget_leg(self, w: _WorkerSlot, leg_id: str) -> None:
         """A leg ended: free its slot, and its call's reservation with its last leg."""
         call_sid = w.legs.pop(leg_id, None)
+        w.answered.discard(leg_id)
         self._leg_worker.pop(leg_id, None)
         if call_sid is not None and call_sid not in w.legs.values():
             w.reserved.pop(call_sid, None)
@@ -458,6 +473,8 @@ class WorkerPool:
                 self._forget_leg(w, msg.leg_id)
             elif msg.leg_id not in w.legs:
                 return
+            elif msg.state == "answered":
+                w.answered.add(msg.leg_id)
             self._emit(msg)
         elif isinstance(
             msg, ipc.DetectionReport | ipc.DtmfReceived | ipc.DtmfSent | ipc.PlaybackDone
@@ -499,6 +516,7 @@ class WorkerPool:
     def _synth_end(
         self, w: _WorkerSlot, leg_id: str, call_sid: str, cause: ipc.EndCause, detail: str
     ) -> None:
+        answered = leg_id in w.answered
         self._forget_leg(w, leg_id)
         self._emit(
             ipc.LegEvent(
@@ -508,6 +526,7 @@ class WorkerPool:
                 worker_id=w.worker_id,
                 ts=time.time(),
                 cause=cause,
+                answered=answered,
                 detail=detail,
             )
         )
@@ -703,7 +722,10 @@ def _worker_context() -> Any:
     """
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["__main__", "sipbridge.sip.pool", "sipbridge.sip.worker"])
+    # forkserver_init first: the server ignores SIGTERM/SIGINT from then on (a signal to
+    # the whole process group must reach only the supervisor).
+    ctx.set_forkserver_preload(["sipbridge.sip.forkserver_init", "__main__",
+                                "sipbridge.sip.pool", "sipbridge.sip.worker"])
     return ctx
 
 

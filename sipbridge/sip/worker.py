@@ -29,7 +29,11 @@ Carrier routing (per-leg settings of a :class:`~sipbridge.plan.DialPlan`):
 
 - Transports: the worker creates UDP and TCP transports (same port number when it can)
   and a TLS transport at start. A plan whose transport the worker could not create ends
-  at once with ``dial_error`` naming the missing transport.
+  at once with ``dial_error`` naming the missing transport. TLS legs use one more TLS
+  transport per TLS profile (verify, CA file; created on first use), since pjsip keeps TLS
+  settings per transport: the carrier's certificate and host name are verified (RFC 5922)
+  unless the plan opts out, and a refusal ends the leg (``transport_error``) with a
+  detail naming why (:meth:`Worker.on_transport_state`).
 - Accounts: pjsua answers digest challenges (RFC 3261 22.2/22.3) from an account's
   credentials and binds requests to the account's transport, and SRTP is an account media
   setting. So legs use local accounts (no registration) created on demand and cached, keyed
@@ -82,7 +86,7 @@ import faulthandler
 import gc
 import math
 import os
-import signal
+import re
 import socket
 import sys
 import threading
@@ -97,7 +101,7 @@ from typing import Any
 import pjsua2 as pj
 
 from sipbridge import ipc
-from sipbridge.config import SipConfig
+from sipbridge.config import MAX_TLS_PROFILES, SipConfig
 from sipbridge.plan import DialPlan
 from sipbridge.sip.agentleg import (
     dtmf_steps,
@@ -107,12 +111,14 @@ from sipbridge.sip.agentleg import (
     source_allowed,
     split_message,
 )
+from sipbridge.sip.forkserver_init import ignore_stop_signals
 from sipbridge.sip.tap import CLOCK_RATE_HZ, FrameTap, LegAnalysis, PhaseListener
+from sipbridge.tlsca import os_ca_bundle, tls_reject_text
 from sipbridge.trunkselect import parse_retry_after
 
 _SHUTDOWN_DRAIN_S = 3.0
 # libHandleEvents waits: the longest sleep with nothing due (commands, SIP and RTP wake
-# it; the parent-alive check runs at least this often), while detection or listening
+# it; a closed pipe to the supervisor wakes it too), while detection or listening
 # taps are fed, and with deferred work (or without a waker). Taps are drained in batches
 # of ~5 frames: a decision reaches the supervisor at most 100 ms after the frame that
 # made it (+50 ms on average, against ~700 ms of speech timing), and a worker with two
@@ -325,6 +331,24 @@ class _WorkerAccount(pj.Account):
                 w.log("error", f"onIncomingCall failed: {e!r}")
 
 
+class _WorkerEndpoint(pj.Endpoint):
+    """The worker's Endpoint: remembers why TLS peers were refused (a leg's detail)."""
+
+    def __init__(self, worker: Worker) -> None:
+        pj.Endpoint.__init__(self)
+        self._worker: Worker | None = worker
+
+    def onTransportState(self, prm: Any) -> None:
+        w = getattr(self, "_worker", None)
+        if w is None:
+            return
+        try:
+            w.on_transport_state(prm)
+        except BaseException as e:  # never into pjsua2 (see _LegCall)
+            with contextlib.suppress(BaseException):
+                w.log("error", f"onTransportState failed: {e!r}")
+
+
 class _Player(pj.AudioMediaPlayer):
     """A WAV player into one leg; ``onEof2`` only sets a flag (the loop reports it)."""
 
@@ -406,6 +430,10 @@ class Worker:
         self.transports: dict[str, int] = {}  # "udp"/"tcp"/"tls" -> pjsua transport id
         self.transport_ports: dict[str, int] = {}
         self.transport_errors: dict[str, str] = {}  # why a transport could not be created
+        # TLS peers refused by certificate verification, latest last (see
+        # on_transport_state): (monotonic time, remote address, pj verify bits, subject CN,
+        # alt names).
+        self.tls_rejects: deque[tuple[float, str, int, str, list[str]]] = deque(maxlen=16)
         self.sip_port = 0
         self.capacity = cfg.calls_per_worker
         self.legs: dict[str, _Leg] = {}
@@ -413,7 +441,6 @@ class Worker:
         # Dials waiting for pjsua to release a call slot: leg_id -> (plan, retry deadline).
         self.pending: dict[str, tuple[DialPlan, float]] = {}
         self.stopping = False
-        self.parent_pid = os.getppid()
         # The account that must exist to receive INVITEs (never evicted).
         self.default_acc_key: AccountKey | None = None
         # Inbound calls refused in onIncomingCall, kept until DISCONNECTED.
@@ -466,7 +493,7 @@ class Worker:
         return first + [p for p in rest if p not in first]
 
     def start(self) -> None:
-        ep = pj.Endpoint()
+        ep = _WorkerEndpoint(self)
         self.ep = ep
         # pjlib logs a start-up banner (level 4, to stdout) before libInit applies our
         # log level: hide stdout during libCreate unless verbose logging was asked for.
@@ -488,6 +515,11 @@ class Worker:
         epcfg.uaConfig.mainThreadOnly = True
         epcfg.uaConfig.maxCalls = self.cfg.calls_per_worker
         epcfg.uaConfig.userAgent = self.cfg.user_agent
+        # No nameserver: pjsip's own DNS resolver (SRV/NAPTR, its own packet parser,
+        # with a history of advisories) is never created; host names are resolved by
+        # the OS (getaddrinfo, A/AAAA). No STUN servers either.
+        epcfg.uaConfig.nameserver.clear()
+        epcfg.uaConfig.stunServer.clear()
         epcfg.logConfig.level = self.cfg.log_level
         epcfg.logConfig.consoleLevel = self.cfg.log_level
         # Telephony audio: run the conference bridge at 8 kHz mono, so G.711 needs no
@@ -547,22 +579,76 @@ class Worker:
         self.waker = _Waker.start_for(self)
         self.send(ipc.WorkerReady(self.worker_id, self.sip_port, self.cfg.calls_per_worker))
 
-    def _create_transport(self, kind: str, port: int) -> int:
+    def _create_transport(self, kind: str, port: int, key: str = "", verify: bool = True,
+                          ca_file: str = "") -> int:
+        """Create a transport, known as ``key`` (default: ``kind``)."""
         tcfg = pj.TransportConfig()
         tcfg.port = port
         tcfg.boundAddress = self.cfg.listen_address
         if self.cfg.public_address:
             tcfg.publicAddress = self.cfg.public_address
         if kind == "tls":
-            # Client use only (outbound calls): no certificate of our own. The carrier's
-            # certificate is not verified (self-signed carriers and loopback tests). Known
-            # limitation, in the README: no CA list / verifyServer setting yet.
-            tcfg.tlsConfig.verifyServer = False
+            # Client use (outbound legs): no certificate of our own. pjsip's TLS settings
+            # belong to a transport (listener), so legs get one per TLS profile
+            # (_tls_transport); this one (start-up) verifies against the OS bundle.
+            # verifyServer: pjsip checks the chain against CaListFile (it loads no default
+            # CA store) and that the certificate names the host of the request's
+            # destination (SAN DNS/IP/URI or CN, exact), and closes the connection on
+            # failure; the host name is also sent as SNI unless it is an IP address.
+            tcfg.tlsConfig.verifyServer = verify
+            tcfg.tlsConfig.CaListFile = ca_file if key else (os_ca_bundle() or "")
         tid = int(self.ep.transportCreate(_TRANSPORT_TYPES[kind], tcfg))
         info = self.ep.transportGetInfo(tid)
-        self.transports[kind] = tid
-        self.transport_ports[kind] = int(str(info.localName).rsplit(":", 1)[1])
+        self.transports[key or kind] = tid
+        self.transport_ports[key or kind] = int(str(info.localName).rsplit(":", 1)[1])
         return tid
+
+    def _tls_transport(self, plan: DialPlan) -> str:
+        """The key of the TLS transport for this plan's TLS profile (created on first
+        use): legs with other CA files or verification settings never share one."""
+        ca_file = plan.tls_ca_file or os_ca_bundle() or ""
+        if plan.tls_verify and not ca_file:
+            raise _DialRefused("TLS: no CA list to verify the peer with (no OS CA bundle; "
+                               "set tls.ca_file, or tls.verify: false)")
+        key = f"tls|{'verify' if plan.tls_verify else 'noverify'}|{ca_file}"
+        if key in self.transports:
+            return key
+        if sum(1 for k in self.transports if k.startswith("tls|")) >= MAX_TLS_PROFILES:
+            raise _DialRefused(f"more than {MAX_TLS_PROFILES} TLS profiles (CA file, verify) "
+                               "in use: share CA files between trunks")
+        try:
+            self._create_transport("tls", 0, key, plan.tls_verify, ca_file)
+        except pj.Error as e:
+            raise _DialRefused(f"cannot create a TLS transport: {_pj_error_text(e)}") from None
+        return key
+
+    def on_transport_state(self, prm: Any) -> None:
+        """pjsua2 callback: a TLS connection that failed verification is kept as
+        (remote address, verify bits, certificate names) for the leg it fails."""
+        info = prm.tlsInfo
+        if info.isEmpty() or not info.verifyStatus:
+            return
+        cert = info.remoteCertInfo
+        kinds = {pj.PJ_SSL_CERT_NAME_DNS: "DNS", pj.PJ_SSL_CERT_NAME_IP: "IP",
+                 pj.PJ_SSL_CERT_NAME_URI: "URI"}
+        names = [f"{kinds[n.type]}:{n.name}" for n in cert.subjectAltName if n.type in kinds]
+        self.tls_rejects.append((time.monotonic(), str(info.remoteAddr),
+                                 int(info.verifyStatus), str(cert.subjectCn), names))
+
+    def _tls_reject_detail(self, leg: _Leg) -> str:
+        """Why this TLS leg's connection was refused ("" if not for its certificate): the
+        latest refusal since the leg started of a peer on its port (its exact address
+        first; a host name resolves to an address we don't see here)."""
+        m = re.search(r"@(\[[^\]]+\]|[^:;>]+)(?::(\d+))?", leg.plan.request_uri)
+        if m is None:
+            return ""
+        host, port = m.group(1), m.group(2) or "5061"
+        recent = [r for r in self.tls_rejects
+                  if r[0] >= leg.started and r[1].rsplit(":", 1)[-1] == port]
+        exact = [r for r in recent if r[1] == f"{host}:{port}"]
+        for _, peer, status, cn, names in (exact or recent)[-1:]:
+            return tls_reject_text(status, peer, host, cn, names)
+        return ""
 
     # ----------------------------------------------------------------- accounts
     def _account_for(self, plan: DialPlan) -> tuple[AccountKey, Any]:
@@ -576,6 +662,8 @@ class Worker:
         if kind not in self.transports:
             why = self.transport_errors.get(kind, "not created")
             raise _DialRefused(f"SIP transport {kind!r} is not available in this worker: {why}")
+        if kind == "tls":
+            kind = self._tls_transport(plan)
         if plan.srtp not in _SRTP_USE:
             raise _DialRefused(f"unknown SRTP mode {plan.srtp!r} (want 'off' or 'mandatory')")
         auth: tuple[str, str, str] | None = None
@@ -621,9 +709,10 @@ class Worker:
         if kind != "udp":
             # pjsua derives the Contact's transport from the To URI, which carries no
             # ;transport= parameter: name it, so in-dialog requests come back over the
-            # trunk's transport (RFC 3261 8.1.1.8, 12.2.1.1).
+            # trunk's transport (RFC 3261 8.1.1.8, 12.2.1.1). (kind: "tls|<profile>".)
             acfg.sipConfig.contactForced = (
-                f"<sip:sipbridge@{host}:{self.transport_ports[kind]};transport={kind}>"
+                f"<sip:sipbridge@{host}:{self.transport_ports[kind]}"
+                f";transport={kind.split('|', 1)[0]}>"
             )
         if auth is not None:
             username, password, realm = auth
@@ -632,6 +721,16 @@ class Worker:
             acfg.sipConfig.authCreds.append(
                 pj.AuthCredInfo("digest", realm or "*", username, 0, password)
             )
+        # Attack surface off (see README "Security"): no ICE, TURN or STUN. PJSIP's
+        # ICE code has had memory-safety advisories (a long ufrag overflowed a buffer);
+        # with ICE disabled the media transport is plain UDP and the peer's ICE
+        # attributes are never parsed. Set explicitly, not left to library defaults.
+        acfg.natConfig.iceEnabled = False
+        acfg.natConfig.turnEnabled = False
+        acfg.natConfig.sipStunUse = pj.PJSUA_STUN_USE_DISABLED
+        acfg.natConfig.mediaStunUse = pj.PJSUA_STUN_USE_DISABLED
+        # SRTP only where the trunk asks for it: "off" is PJMEDIA_SRTP_DISABLED (no
+        # optional SRTP offer, SDES a=crypto lines are never processed), never OPTIONAL.
         acfg.mediaConfig.srtpUse = _SRTP_USE[srtp]
         # 0: SRTP is allowed over any signalling transport ("UDP/SRTP" as well as
         # "TLS/SRTP"); pjsua's default (1) would demand TLS for SRTP.
@@ -1162,6 +1261,8 @@ class Worker:
             elif src_type in (pj.PJSIP_EVENT_TIMER, pj.PJSIP_EVENT_TRANSPORT_ERROR):
                 cause = "transport_error"
                 detail = f"{status} {ci.lastReason} (locally generated)"
+                if leg.plan.transport == "tls":
+                    detail = self._tls_reject_detail(leg) or detail
             elif answered and whole and not whole.startswith("BYE "):
                 # pjsua hung up by itself (it sent the BYE). Seen when the carrier's
                 # answer is unusable, e.g. plain RTP/AVP to a mandatory-SRTP offer: pjsua
@@ -1460,8 +1561,6 @@ class Worker:
                 self.waker.drained.set()  # a command arriving from now on wakes again
             self.run_dtmf()
             self.check_timers()
-            if os.getppid() != self.parent_pid:
-                self.stopping = True
             wait_ms = 0 if self.kicked else self.wait_ms()
             due = time.monotonic() + wait_ms / 1000
         self.shutdown()
@@ -1544,17 +1643,15 @@ def run_worker(
     ``sip_port`` asks for a specific SIP port (used when the supervisor restarts a worker so
     it keeps its port); 0 uses the config's range (or a free port for 0/0).
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
+    # The supervisor decides when we stop (Shutdown, or EOF on the pipe when it is
+    # gone): a SIGTERM/SIGINT sent to the whole process group by a service manager is
+    # the supervisor's cue to drain, not ours to hang up (see forkserver_init).
+    ignore_stop_signals()
     # A crash in native code (pjsip, pjmedia, SWIG) prints every thread's Python stack to
     # stderr, which the supervisor's log keeps.
     faulthandler.enable(all_threads=True)
     cfg = SipConfig(**sip_cfg_dict)
     worker = Worker(worker_id, cfg, conn, sip_port)
-
-    def _term(signum: int, frame: Any) -> None:
-        worker.stopping = True
-
-    signal.signal(signal.SIGTERM, _term)
     try:
         worker.start()
     except Exception as e:

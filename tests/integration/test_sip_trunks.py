@@ -12,8 +12,6 @@ import logging
 import re
 import shutil
 import socket
-import ssl
-import subprocess
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from sipbridge.plan import DialPlan
 from sipbridge.sip.pool import WorkerPool
 from tests.integration import test_sip_pool as base
 from tests.sipp import SipMessage, SippUas, free_port
+from tests.tlspeer import TlsTerminator, self_signed
 
 pytestmark = pytest.mark.integration
 
@@ -75,6 +74,8 @@ def plan(
     auth: tuple[str, str, str] | None = None,
     srtp: str = "off",
     scheme: str = "sip",
+    tls_verify: bool = True,
+    tls_ca_file: str = "",
 ) -> DialPlan:
     return DialPlan(
         call_sid=leg_id.split("/")[0],
@@ -89,6 +90,8 @@ def plan(
         transport=transport,
         auth=auth,
         srtp=srtp,
+        tls_verify=tls_verify,
+        tls_ca_file=tls_ca_file,
     )
 
 
@@ -363,68 +366,9 @@ def test_tcp_trunk_with_digest_auth(h: Harness) -> None:
 # --------------------------------------------------------------------------- TLS
 
 
-class TlsTerminator:
-    """A TLS server on loopback relaying each connection to SIPp's TCP port (SIPp here
-    has no OpenSSL). Lets the worker's TLS transport reach a real SIP peer."""
-
-    def __init__(self, cert: Path, key: Path, target_port: int) -> None:
-        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.ctx.load_cert_chain(cert, key)
-        self.target_port = target_port
-        self.port = 0
-        self.server: asyncio.Server | None = None
-        self.handshakes = 0
-        self.tls_versions: list[str] = []
-        self._tasks: set[asyncio.Task[Any]] = set()
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._conn, "127.0.0.1", 0, ssl=self.ctx)
-        self.port = self.server.sockets[0].getsockname()[1]
-
-    async def _conn(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        self.handshakes += 1
-        obj = w.get_extra_info("ssl_object")
-        if obj is not None:
-            self.tls_versions.append(str(obj.version()))
-        ur, uw = await asyncio.open_connection("127.0.0.1", self.target_port)
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except (ConnectionError, ssl.SSLError):
-                pass
-            finally:
-                dst.close()
-
-        for t in (pipe(r, uw), pipe(ur, w)):
-            task = asyncio.ensure_future(t)
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-        for t in list(self._tasks):
-            t.cancel()
-
-
-def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
-    cert, key = tmp_path / "carrier.crt", tmp_path / "carrier.key"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=carrier.test", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=30,
-    )  # fmt: skip
-    return cert, key
-
-
 def test_tls_trunk_answered(h: Harness, tmp_path: Path) -> None:
     """sips: over TLS to a self-signed carrier (verifyServer off), relayed to SIPp/TCP."""
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
 
     async def go() -> None:
         tls = TlsTerminator(cert, key, target_port=0)
@@ -435,7 +379,8 @@ def test_tls_trunk_answered(h: Harness, tmp_path: Path) -> None:
 
             async def body(pool: WorkerPool, rec: Recorder) -> None:
                 hostport = f"127.0.0.1:{tls.port}"
-                pool.dial(plan(hostport, "t3/b1", transport="tls", scheme="sips"))
+                pool.dial(plan(hostport, "t3/b1", transport="tls", scheme="sips",
+                               tls_verify=False))
                 ans = await rec.state("t3/b1", "answered")
                 inv = received(uas, "INVITE")[0]
                 assert inv.call_id == ans.sip_call_id
