@@ -1318,7 +1318,10 @@ class Worker:
         receives is exempt from the media timeout; the clock restarts on every change."""
         live, idx = False, -1
         with contextlib.suppress(Exception):
-            for m in call.getInfo().media:
+            # pjsua2 pitfall: keep the CallInfo referenced while reading its media
+            # vector (``call.getInfo().media`` reads freed memory).
+            ci = call.getInfo()
+            for m in ci.media:
                 if m.type == pj.PJMEDIA_TYPE_AUDIO:
                     idx = int(m.index)
                     live = (m.status == pj.PJSUA_CALL_MEDIA_ACTIVE
