@@ -492,8 +492,9 @@ def phase_conc(work: Path, quick: bool, steps: list[int] | None = None) -> list[
     with stack() as st:
         carrier = st.sipp(scen, log_dir, extra=["-rtp_threadtasks", "50"])
         agent = st.sipp("uas_answer_wait_bye.xml", log_dir)
+        # The SIPp agent sends no RTP: no media timeout, or the calls would end after 30 s.
         sip = {"workers": 2, "min_workers": 2, "max_workers": steps[-1] // 2 + 8,
-               "spare_slots": 16, "idle_worker_ttl_s": 600.0}
+               "spare_slots": 16, "idle_worker_ttl_s": 600.0, "media_timeout_s": 0}
         # No beep ever comes and the wait for it outlasts the run: every call's detector
         # stays on (tap connected, every frame analysed) for the whole measurement.
         detection = {"wait_for_beep": True, "thresholds": {"max_beep_wait_ms": 3_600_000}}

@@ -143,7 +143,9 @@ class EventOut(BaseModel):
 class StatusResponse(BaseModel):
     callSid: str
     status: Literal["queued", "calling", "success", "failure"]
-    reason: str
+    reason: str = Field(description="a short cause from the documented outcomes table")
+    detail: str = Field("", description="technical text behind the reason (SIP reason "
+                        "phrase, codecs, error text); not a stable value")
     created_at: str
     last_updated: str
     answered_by: str | None = None
@@ -182,7 +184,7 @@ def _latest_detection(rec: CallRecord) -> dict[str, Any] | None:
 def status_body(rec: CallRecord, events: list[CallEvent]) -> StatusResponse:
     return StatusResponse(
         callSid=rec.call_sid, status=rec.status,  # type: ignore[arg-type]
-        reason=rec.reason, created_at=_iso(rec.created_at),
+        reason=rec.reason, detail=rec.detail, created_at=_iso(rec.created_at),
         last_updated=_iso(rec.last_updated), answered_by=rec.answered_by,
         sip_status=rec.sip_status, attempts=rec.attempts, attempt_history=rec.attempt_history,
         next_attempt_at=_iso(rec.not_before) if rec.not_before and not rec.terminal else None,

@@ -23,7 +23,7 @@ log = logging.getLogger("sipbridge.cdr")
 FIELDS = (
     "call_sid", "attempt", "polyai_call_id", "to_number", "from_number", "trunk", "trunks",
     "sip_call_ids", "invite_at", "ring_at", "answered_at", "ended_at", "pdd_ms",
-    "duration_s", "sip_status", "result", "answered_by", "reason", "cause",
+    "duration_s", "sip_status", "result", "answered_by", "reason", "cause", "detail",
 )
 _TIME_FIELDS = ("invite_at", "ring_at", "answered_at", "ended_at")
 
@@ -33,7 +33,7 @@ def _f(v: Any) -> float | None:
 
 
 def build_cdr(rec: CallRecord, attempt: int, result: str, reason: str,
-              ended_at: float) -> dict[str, Any]:
+              ended_at: float, detail: str = "") -> dict[str, Any]:
     """The CDR of attempt ``attempt`` of ``rec`` (``rec`` as of the attempt's end)."""
     legs = [leg for leg in rec.legs.values()
             if leg.get("role", "carrier") == "carrier" and leg.get("attempt") == attempt]
@@ -56,7 +56,7 @@ def build_cdr(rec: CallRecord, attempt: int, result: str, reason: str,
         "ended_at": end, "pdd_ms": pdd_ms, "duration_s": duration,
         "sip_status": last.get("sip_status", rec.sip_status),
         "result": result, "answered_by": rec.answered_by if answered_at else None,
-        "reason": reason, "cause": last.get("cause"),
+        "reason": reason, "cause": last.get("cause"), "detail": detail,
     }
 
 
@@ -81,7 +81,8 @@ class CdrWriter:
                 return
             attempt = self._attempt.pop(rec.call_sid, rec.attempts)
             cdr = build_cdr(rec, attempt, str(ev.data.get("to")),
-                            str(ev.data.get("reason") or ""), ev.ts)
+                            str(ev.data.get("reason") or ""), ev.ts,
+                            str(ev.data.get("detail") or ""))
             self.store.add_cdr(cdr)
             self.on_written()
         except Exception:  # a CDR problem never breaks call handling

@@ -94,6 +94,15 @@ class SipConfig(_Model):
     max_workers: Annotated[int, Field(ge=1, le=512)] | None = None
     idle_worker_ttl_s: Annotated[float, Field(gt=0)] = 30.0
     spare_slots: Annotated[int, Field(ge=0, le=4096)] | None = None
+    # No RTP received for this long on an answered leg whose media is sendrecv ends both
+    # legs as failure "media timeout" (a leg put on hold, sendonly/inactive, is exempt).
+    # 0 turns the check off.
+    media_timeout_s: Annotated[float, Field(ge=0, le=3600)] = 30.0
+    # RFC 4028 session timers: the Session-Expires we ask for and the smallest we accept
+    # (Min-SE; RFC 4028 4: at least 90 s). Refreshes from the carrier are answered; a
+    # session that is not refreshed in time, or whose refresh fails, is ended.
+    session_expires_s: Annotated[int, Field(ge=90, le=86400)] = 1800
+    session_min_se_s: Annotated[int, Field(ge=90, le=86400)] = 90
 
     @field_validator("inbound_allow")
     @classmethod
@@ -118,6 +127,10 @@ class SipConfig(_Model):
             )
         if self.rtp_port_min >= self.rtp_port_max:
             raise ValueError("rtp_port_min must be < rtp_port_max")
+        if 0 < self.media_timeout_s < 1:
+            raise ValueError("media_timeout_s must be 0 (off) or at least 1 s")
+        if self.session_min_se_s > self.session_expires_s:
+            raise ValueError("session_min_se_s must be <= session_expires_s")
         lo = self.min_workers if self.min_workers is not None else self.workers
         hi = self.max_workers if self.max_workers is not None else max(self.workers, lo)
         if lo > hi:

@@ -76,6 +76,9 @@ class CallFlow:
     state: str = "ringing"
     answered_by: str | None = None
     agent_dialled: bool = False
+    # The agent answered while this attempt was connecting it: what makes an answered
+    # call a success (with a left voicemail message, see MESSAGE_LEFT).
+    agent_connected: bool = False
     history: list[str] = field(default_factory=list)
 
     def _to(self, state: str) -> None:
@@ -185,13 +188,14 @@ class CallFlow:
         if self.state != "leaving_message":
             return []
         if error:
-            return self._end(Termination("failure", f"voicemail message not played: {error}",
-                                         "message_error", True))
+            return self._end(Termination("failure", "voicemail message not played",
+                                         "message_error", True, None, error))
         return self._end(MESSAGE_LEFT)
 
     def on_agent_answered(self) -> list[Action]:
         if self.state == "connecting":
             self._to("bridged")
+            self.agent_connected = True
         return []
 
     def on_agent_failed(self, sip_status: int | None, reason: str) -> list[Action]:
@@ -200,11 +204,12 @@ class CallFlow:
         return self._end(agent_failure(sip_status, reason))
 
 
-def agent_failure(sip_status: int | None, reason: str) -> Termination:
-    """The agent leg ended without answering (4xx/5xx/6xx, timeout)."""
+def agent_failure(sip_status: int | None, reason: str, detail: str = "") -> Termination:
+    """The agent leg ended without answering (4xx/5xx/6xx, timeout), or could not be
+    dialled (``detail`` says why); the SIP status and phrase go to ``detail``."""
     what = f"SIP {sip_status} {reason}".strip() if sip_status else (reason or "no answer")
-    return Termination("failure", f"agent leg failed ({what})", "agent_error", True,
-                       sip_status)
+    return Termination("failure", "agent leg failed", "agent_error", True, sip_status,
+                       detail or what)
 
 
 __all__ = [

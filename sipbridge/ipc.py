@@ -26,6 +26,8 @@ EndCause = Literal[
     "bridged_bye",  # the other leg of the bridge ended, so the worker ended this one
     "transport_error",  # could not send / no response (timer B/F, ICMP)
     "dial_error",  # makeCall itself failed (bad URI, too many calls)
+    "media_error",  # the answer's SDP was unusable (no common codec, RTP vs SRTP): BYE sent
+    "media_timeout",  # no RTP on an answered sendrecv leg for media_timeout_s: BYE sent
     "worker_died",  # synthesised by the supervisor when a worker process dies
 ]
 

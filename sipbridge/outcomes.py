@@ -2,6 +2,10 @@
 
 One :class:`Termination` per outcome drives the API status, the retry decision and
 the metrics. The table is the single place where SIP codes become user-facing reasons.
+
+``reason`` is always one of the short, fixed causes documented in the README's outcomes
+table (safe to show, to count in metrics, to match on); technical text — SIP reason
+phrases, pjsua error text, codec names, exception text — goes to ``detail``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,23 @@ class Termination:
     kind: str
     retryable: bool = False
     sip_status: int | None = None
+    # Technical detail for operators (never part of ``reason``).
+    detail: str = ""
+
+
+# Fixed outcomes the call manager uses directly.
+INTERNAL_ERROR = "internal error"
+MEDIA_NEGOTIATION_FAILED = "media negotiation failed"
+MEDIA_TIMEOUT = "media timeout"
+
+
+def internal_error(detail: str) -> Termination:
+    """A bug or unexpected state in the bridge: never retried (it would repeat)."""
+    return Termination("failure", INTERNAL_ERROR, "internal_error", False, None, detail)
+
+
+def _sip_text(status: int | None, sip_reason: str) -> str:
+    return f"SIP {status} {sip_reason}".strip() if status else sip_reason
 
 
 # SIP final responses (RFC 3261 section 21) -> (kind, reason, retryable).
@@ -34,58 +55,77 @@ _SIP_TABLE: dict[int, tuple[str, str, bool]] = {
     408: ("no_answer", "no answer", True),
     487: ("canceled", "canceled", False),
     603: ("declined", "declined", False),
-    403: ("rejected", "rejected by carrier (SIP 403 Forbidden)", False),
-    401: ("auth", "carrier authentication failed (SIP 401)", False),
-    407: ("auth", "carrier authentication failed (SIP 407)", False),
+    403: ("rejected", "rejected by carrier", False),
+    401: ("auth", "carrier authentication failed", False),
+    407: ("auth", "carrier authentication failed", False),
 }
 
 
 def from_sip(status: int | None, sip_reason: str = "") -> Termination:
     """A final non-2xx SIP response from the carrier."""
+    detail = _sip_text(status, sip_reason)
     if status is None or status < 300:
-        return Termination("failure", "call failed without a SIP final response", "error", True,
-                           status)
+        return Termination("failure", "call failed", "error", True, status,
+                           detail or "no SIP final response")
     if status in _SIP_TABLE:
         kind, reason, retry = _SIP_TABLE[status]
-        return Termination("failure", reason, kind, retry, status)
-    text = f" {sip_reason}" if sip_reason else ""
+        return Termination("failure", reason, kind, retry, status, detail)
     if 500 <= status < 600:
-        return Termination("failure", f"carrier error (SIP {status}{text})", "carrier_error",
-                           status in (500, 503, 504), status)
+        return Termination("failure", "carrier error", "carrier_error",
+                           status in (500, 503, 504), status, detail)
     if status >= 600:
-        return Termination("failure", f"call rejected (SIP {status}{text})", "rejected", False,
-                           status)
-    return Termination("failure", f"call failed (SIP {status}{text})", "error", False, status)
+        return Termination("failure", "call rejected", "rejected", False, status, detail)
+    return Termination("failure", "call failed", "error", False, status, detail)
 
 
 def from_leg_end(
     cause: str | None, answered: bool, sip_status: int | None, sip_reason: str = "",
-    detail: str = "",
+    detail: str = "", connected: bool = True,
 ) -> Termination:
-    """The carrier leg ended: combine why (``cause``) with the SIP status seen."""
+    """The carrier leg ended: combine why (``cause``) with the SIP status seen.
+
+    ``connected``: the agent was connected (or the voicemail action completed) before
+    the end. An answered call is a success only then; answered but never connected is a
+    failure naming why it ended."""
     if cause == "worker_died":
-        return Termination("failure", f"SIP worker failed: {detail}".rstrip(": "), "bridge_error",
-                           True, sip_status)
-    if answered:
+        return Termination("failure", "SIP worker failed", "bridge_error", True, sip_status,
+                           detail)
+    if cause == "media_error":
+        # The 200 OK's SDP could not be used (no common codec, RTP vs SRTP, RFC 3264 6):
+        # pjsua ACKed it and sent BYE itself.
+        return Termination("failure", MEDIA_NEGOTIATION_FAILED, "media_error", False,
+                           sip_status, detail)
+    if cause == "media_timeout":
+        return Termination("failure", MEDIA_TIMEOUT, "media_timeout", False, sip_status, detail)
+    if answered and cause == "transport_error":
+        # The dialog died under an answered call: a session refresh (RFC 4028) or a BYE
+        # that got no answer, or the transport broke.
+        return Termination("failure", "call lost", "transport_error", False, sip_status,
+                           detail or _sip_text(sip_status, sip_reason))
+    if answered and connected:
         reason = {
             "remote_bye": "",
             "bridged_bye": "ended by agent",
             "local_hangup": "hung up by API",
             "max_duration": "max call duration reached",
         }.get(cause or "", "")
-        return Termination("success", reason, "completed", False, 200)
+        return Termination("success", reason, "completed", False, 200, detail)
+    if answered:
+        reason, kind = {
+            "local_hangup": ("hung up by API", "canceled"),
+            "max_duration": ("max call duration reached", "max_duration"),
+        }.get(cause or "", ("hung up before the agent was connected", "abandoned"))
+        return Termination("failure", reason, kind, False, 200, detail)
     if cause == "ring_timeout":
-        return Termination("failure", "no answer", "no_answer", True, sip_status)
+        return Termination("failure", "no answer", "no_answer", True, sip_status, detail)
     if cause == "local_hangup":
-        return Termination("failure", "canceled", "canceled", False, sip_status)
+        return Termination("failure", "canceled", "canceled", False, sip_status, detail)
     if cause == "transport_error":
-        text = f": {detail}" if detail else ""
-        return Termination("failure", f"carrier unreachable{text}", "transport_error", True,
-                           sip_status)
+        return Termination("failure", "carrier unreachable", "transport_error", True,
+                           sip_status, detail)
     if cause == "dial_error":
-        text = f": {detail}" if detail else ""
-        return Termination("failure", f"could not place call{text}", "dial_error", True,
-                           sip_status)
+        return Termination("failure", "could not place call", "dial_error", True,
+                           sip_status, detail)
     return from_sip(sip_status, sip_reason)
 
 
@@ -107,9 +147,11 @@ _SIT_TABLE: dict[str, tuple[str, str, bool]] = {
 
 def from_sit(code: str | None) -> Termination:
     """A special information tone heard in early media or after answer."""
-    kind, reason, retry = _SIT_TABLE.get(
-        code or "", ("not_in_service", f"special information tone (SIT {code or '?'})", False))
-    return Termination("failure", reason, kind, retry)
+    if code in _SIT_TABLE:
+        kind, reason, retry = _SIT_TABLE[code]
+        return Termination("failure", reason, kind, retry)
+    return Termination("failure", "special information tone", "not_in_service", False,
+                       None, f"SIT {code or '?'}")
 
 
 def from_progress_tone(progress: str) -> Termination | None:
@@ -129,5 +171,7 @@ def from_detection(answered_by: str, retry: bool = False) -> Termination:
         "fax": "answered by fax",
     }
     kind = "machine" if answered_by in ("machine", "ivr") else answered_by
-    return Termination("failure", reasons.get(answered_by, f"answered by {answered_by}"), kind,
-                       retry)
+    if answered_by in reasons:
+        return Termination("failure", reasons[answered_by], kind, retry)
+    return Termination("failure", "answered by machine", "machine", retry, None,
+                       f"answered by {answered_by}")

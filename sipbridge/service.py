@@ -48,7 +48,12 @@ from sipbridge.ipc import (
 )
 from sipbridge.limits import ConcurrencyLimiter, RateLimiter, TokenBucket
 from sipbridge.numbers import NumberError, to_e164
-from sipbridge.outcomes import Termination, from_leg_end
+from sipbridge.outcomes import (
+    MEDIA_TIMEOUT,
+    Termination,
+    from_leg_end,
+    internal_error,
+)
 from sipbridge.plan import DialPlan
 from sipbridge.routing import (
     RoutingError,
@@ -71,6 +76,7 @@ from sipbridge.trunkselect import TrunkHealth, hunt_list, should_failover
 log = logging.getLogger("sipbridge.calls")
 
 QUEUE_TIMEOUT_REASON = "call queueing: max timeout limit exceeded"
+_NO_SLOT = -1.0  # _dispatch_queued: no SIP slot free, stop this scheduling pass
 
 
 class Pool(Protocol):
@@ -249,26 +255,37 @@ class CallService:
         retried if their policy allows). Queued calls stay queued."""
         for rec in self.store.by_status("calling"):
             term = Termination("failure", "bridge restarted", "bridge_error", True)
-            self._finish_attempt(rec, term, tried=[])
+            try:
+                if rec.damaged:
+                    raise ValueError(rec.damaged)
+                self._finish_attempt(rec, term, tried=[])
+            except Exception as e:  # a poisoned record fails alone; start-up goes on
+                log.exception("%s: cannot recover the call", rec.call_sid,
+                              extra={"call_sid": rec.call_sid})
+                self._fail_call(rec.call_sid, e)
 
     # ---- the one state setter --------------------------------------------------------
 
     def _set_status(
-        self, rec: CallRecord, new: str, reason: str, kind: str = "status", **changes: Any
+        self, rec: CallRecord, new: str, reason: str, kind: str = "status", detail: str = "",
+        **changes: Any
     ) -> CallRecord:
         if rec.status in TERMINAL:
             raise InvalidTransition(f"{rec.call_sid}: {rec.status} is terminal, not -> {new}")
         now = self.clock()
-        updated = replace(rec, status=new, reason=reason, last_updated=now, **changes)
+        updated = replace(rec, status=new, reason=reason, detail=detail, last_updated=now,
+                          **changes)
         if new in TERMINAL:
             updated = replace(updated, ended_at=now, not_before=None)
             self._inbound.discard(rec.call_sid)
             self._inbound_worker.pop(rec.call_sid, None)
         self.store.save(updated)
-        log.info("%s: %s -> %s (%s)", rec.call_sid, rec.status, new, reason or "-",
-                 extra={"call_sid": rec.call_sid})
-        self._event(updated, "status", {"from": rec.status, "to": new, "reason": reason,
-                                        "why": kind})
+        log.info("%s: %s -> %s (%s)%s", rec.call_sid, rec.status, new, reason or "-",
+                 f" [{detail}]" if detail else "", extra={"call_sid": rec.call_sid})
+        data = {"from": rec.status, "to": new, "reason": reason, "why": kind}
+        if detail:
+            data["detail"] = detail
+        self._event(updated, "status", data)
         return updated
 
     def _event(self, rec: CallRecord, kind: str, data: dict[str, Any]) -> None:
@@ -446,34 +463,55 @@ class CallService:
         now = self.clock()
         wait = 1.0
         for sid in list(self._failover):
-            rec = self.store.get(sid, now)
-            live = self._live.get(sid)
-            if rec is None or live is None:
-                self._failover.remove(sid)
+            try:
+                blocked = self._dispatch_failover(sid, now)
+            except Exception as e:  # one bad call never stops the others
+                log.exception("%s: failover dial failed", sid, extra={"call_sid": sid})
+                self._fail_call(sid, e)
                 continue
-            blocked = self._dial_hop(rec, live)
-            if blocked is None:
-                self._failover.remove(sid)
-            else:
+            if blocked is not None:
                 wait = min(wait, blocked)
-        max_queue_s = self.cfg.scheduler.max_queue_time_s
         for rec in self.store.by_status("queued"):
-            if now - rec.created_at > max_queue_s:
-                self._set_status(rec, "failure", QUEUE_TIMEOUT_REASON, kind="queue_timeout")
+            try:
+                blocked = self._dispatch_queued(rec, now)
+            except Exception as e:
+                log.exception("%s: cannot dispatch the call", rec.call_sid,
+                              extra={"call_sid": rec.call_sid})
+                self._fail_call(rec.call_sid, e)
                 continue
-            if rec.not_before is not None and rec.not_before > now:
-                wait = min(wait, rec.not_before - now)
-                continue
-            opens = self._window_opens_at(rec, now)
-            if opens is not None:
-                wait = min(wait, max(opens - now, 0.005))
-                continue
-            if self.pool.free_slots() <= 0:
+            if blocked == _NO_SLOT:
                 break
-            blocked = self._start_attempt(rec, now)
             if blocked is not None:
                 wait = min(wait, blocked)
         return wait
+
+    def _dispatch_failover(self, sid: str, now: float) -> float | None:
+        rec = self.store.get(sid, now)
+        live = self._live.get(sid)
+        if rec is None or live is None:
+            self._failover.remove(sid)
+            return None
+        blocked = self._dial_hop(rec, live)
+        if blocked is None:
+            self._failover.remove(sid)
+        return blocked
+
+    def _dispatch_queued(self, rec: CallRecord, now: float) -> float | None:
+        """One queued call in a scheduling pass: None, seconds until it is worth looking
+        at again, or ``_NO_SLOT`` (the pass stops: no SIP slot is free)."""
+        if rec.damaged:
+            raise ValueError(f"stored call record is damaged: {rec.damaged}")
+        if now - rec.created_at > self.cfg.scheduler.max_queue_time_s:
+            self._set_status(rec, "failure", QUEUE_TIMEOUT_REASON, kind="queue_timeout")
+            return None
+        if rec.not_before is not None and rec.not_before > now:
+            return rec.not_before - now
+        opens = self._window_opens_at(rec, now)
+        if opens is not None:
+            return max(opens - now, 0.005)
+        if self.pool.free_slots() <= 0:
+            return _NO_SLOT
+        return self._start_attempt(rec, now)
 
     def _window_opens_at(self, rec: CallRecord, now: float) -> float | None:
         """None if the call may be dialled now; else when its window opens (the call
@@ -481,14 +519,15 @@ class CallService:
         try:
             window, zones = self._window(rec)
         except ValueError as e:
-            self._set_status(rec, "failure", f"cannot schedule: {e}", kind="window_error")
+            self._set_status(rec, "failure", "cannot schedule", kind="window_error",
+                             detail=str(e))
             return now + 3600
         if window is None or is_open(window, zones, now):
             return None
         nxt = next_open(window, zones, now)
         if nxt is None:
-            self._set_status(rec, "failure", "calling window does not open within 8 days "
-                             f"in {', '.join(zones)}", kind="window_error")
+            self._set_status(rec, "failure", "calling window never opens", kind="window_error",
+                             detail=f"not within 8 days in {', '.join(zones)}")
             return now + 3600
         at = nxt.timestamp()
         reason = f"outside calling window; will be attempted at {_iso(at)}"
@@ -556,7 +595,8 @@ class CallService:
         except ValueError as e:  # config changed since the trigger: fail clearly
             self.limiter.release(name)
             self._live.pop(rec.call_sid, None)
-            self._set_status(rec, "failure", f"cannot dial: {e}", kind="plan_error")
+            self._set_status(rec, "failure", "could not place call", kind="plan_error",
+                             detail=str(e))
             return None
         copied = rec.request.get("copy_headers")
         if copied:  # SIP-triggered: headers the config copies from the agent's INVITE
@@ -598,7 +638,48 @@ class CallService:
     # ---- events from the SIP engine --------------------------------------------------
 
     def on_sip_event(self, ev: Any) -> None:
-        """Entry point for everything the worker pool reports."""
+        """Entry point for everything the worker pool reports. A handler that raises
+        ends that call as ``failure`` "internal error" (the exception goes to the log and
+        ``detail``): no event leaves a call half-handled and non-terminal."""
+        try:
+            self._on_sip_event(ev)
+        except Exception as e:
+            leg_id = getattr(ev, "leg_id", None)
+            sid = self._leg_call.get(leg_id or "") or getattr(ev, "call_sid", None)
+            log.exception("%s: handling %s failed", sid or "-", type(ev).__name__,
+                          extra={"call_sid": sid} if sid else {})
+            if sid:
+                self._fail_call(sid, e)
+            elif isinstance(ev, InboundCall):
+                with contextlib.suppress(Exception):
+                    self.pool.respond(ev.leg_id, 500, "Server Internal Error")
+
+    def _fail_call(self, call_sid: str, exc: BaseException) -> None:
+        """End a call after an unexpected error: hang up every leg it has, drop its
+        attempt state, and record ``failure`` "internal error". Never raises."""
+        try:
+            for leg_id, sid in list(self._leg_call.items()):
+                if sid == call_sid:
+                    with contextlib.suppress(Exception):
+                        self.pool.hangup(leg_id)
+            for handle in self._timers.pop(call_sid, []):
+                handle.cancel()
+            self._flows.pop(call_sid, None)
+            self._live.pop(call_sid, None)
+            self._pending_term.pop(call_sid, None)
+            self._hangup_requested.discard(call_sid)
+            if call_sid in self._failover:
+                self._failover.remove(call_sid)
+            rec = self.store.get(call_sid, self.clock())
+            if rec is not None and not rec.terminal:
+                term = internal_error(f"{type(exc).__name__}: {exc}"[:500])
+                self._set_status(rec, term.result, term.reason, kind=term.kind,
+                                 detail=term.detail)
+        except Exception:
+            log.exception("%s: cannot end the call after an internal error", call_sid,
+                          extra={"call_sid": call_sid})
+
+    def _on_sip_event(self, ev: Any) -> None:
         if isinstance(ev, DetectionReport):
             self.on_detection(ev)
         elif isinstance(ev, LegEvent):
@@ -640,9 +721,11 @@ class CallService:
         for action in actions:
             try:
                 self._execute_one(call_sid, action)
-            except Exception:
+            except Exception as e:
                 log.exception("%s: action %r failed", call_sid, action,
                               extra={"call_sid": call_sid})
+                self._fail_call(call_sid, e)
+                return
 
     def _execute_one(self, call_sid: str, action: Action) -> None:
         rec = self.store.get(call_sid, self.clock())
@@ -679,7 +762,13 @@ class CallService:
     def _on_timer(self, call_sid: str, name: str, flow: CallFlow | None) -> None:
         if flow is None or self._flows.get(call_sid) is not flow:
             return  # a timer of an attempt that is over
-        self._execute(call_sid, flow.on_timer(name))
+        try:
+            actions = flow.on_timer(name)
+        except Exception as e:
+            log.exception("%s: timer %s failed", call_sid, name, extra={"call_sid": call_sid})
+            self._fail_call(call_sid, e)
+            return
+        self._execute(call_sid, actions)
 
     def _dial_agent(self, rec: CallRecord, carrier: str | None,
                     answered_by: str | None) -> None:
@@ -688,18 +777,27 @@ class CallService:
         if rec.call_sid in self._inbound:
             # SIP-triggered: the agent is already on the line (the inbound leg).
             return
-        plan = resolve_agent_plan(
-            self.cfg, call_sid=rec.call_sid, carrier_leg_id=carrier,
-            to_number=rec.to_number, from_number=rec.from_number,
-            metadata=rec.request.get("metadata", {}), polyai_call_id=rec.polyai_call_id,
-            answered_by=answered_by, bridge_host=self.bridge_host, index=rec.attempts,
-        )
+        try:
+            plan = resolve_agent_plan(
+                self.cfg, call_sid=rec.call_sid, carrier_leg_id=carrier,
+                to_number=rec.to_number, from_number=rec.from_number,
+                metadata=rec.request.get("metadata", {}), polyai_call_id=rec.polyai_call_id,
+                answered_by=answered_by, bridge_host=self.bridge_host, index=rec.attempts,
+            )
+        except ValueError as e:  # e.g. a header value the agent leg must not carry
+            log.warning("%s: cannot dial the agent: %s", rec.call_sid, e,
+                        extra={"call_sid": rec.call_sid})
+            term = replace(agent_failure(None, "", f"cannot dial the agent: {e}"),
+                           retryable=False)
+            self._execute(rec.call_sid, [EndCall(term)])
+            return
         worker = self._leg_worker.get(carrier)
         try:
             self.pool.dial(plan, prefer_worker=worker)
         except self._pool_full_errors:
             self._execute(rec.call_sid, [EndCall(Termination(
-                "failure", "no capacity for the agent leg", "bridge_error", True))])
+                "failure", "agent leg failed", "bridge_error", True, None,
+                "no SIP worker capacity for the agent leg"))])
             return
         self._leg_call[plan.leg_id] = rec.call_sid
         self._leg_role[plan.leg_id] = "agent"
@@ -743,6 +841,13 @@ class CallService:
         rec = replace(rec, legs=legs, last_updated=self.clock())
         self.store.save(rec)
         flow = self._flows.get(sid)
+        if ev.state != "ended" and (rec.terminal or flow is None):
+            # The call (or this attempt's carrier leg) is over already: an agent leg
+            # that is still ringing or answered must not outlive it (CANCEL / BYE).
+            log.info("%s: agent leg %s %s after its call ended: hanging it up", sid,
+                     ev.leg_id, ev.state, extra={"call_sid": sid})
+            self.pool.hangup(ev.leg_id)
+            return
         if ev.state == "answered" and flow is not None:
             self._execute(sid, flow.on_agent_answered())
         if ev.state == "ended":
@@ -751,6 +856,12 @@ class CallService:
             if self._agent_leg.get(sid) == ev.leg_id:
                 self._agent_leg.pop(sid, None)
             if rec.terminal or flow is None:
+                return
+            if ev.cause == "media_timeout":
+                # No RTP from the agent: the worker ends the carrier leg with it.
+                self._execute(sid, [EndCall(Termination(
+                    "failure", MEDIA_TIMEOUT, "media_timeout", False, None,
+                    f"no RTP from the agent leg: {ev.detail}".rstrip(": ")))])
                 return
             if sid in self._inbound:
                 # The agent platform hung up (or cancelled) its INVITE: end the carrier leg.
@@ -828,6 +939,13 @@ class CallService:
             return
         self._hangup_requested.discard(call_sid)
         self._live.pop(call_sid, None)
+        flow = self._flows.get(call_sid)
+        connected = flow is not None and flow.agent_connected
+        agent = self._agent_leg.get(call_sid)
+        if agent is not None and call_sid not in self._inbound:
+            # The carrier leg is gone: its agent leg goes too, whatever state it is in
+            # (the worker does the same for a paired leg; this covers the races).
+            self.pool.hangup(agent)
         self._end_flow(call_sid, ev)
         if (self._stopping and ev.cause == "local_hangup" and not answered
                 and call_sid not in self._pending_term):
@@ -836,7 +954,8 @@ class CallService:
                              kind="requeued", attempts=max(rec.attempts - 1, 0))
             return
         pending = self._pending_term.pop(call_sid, None)
-        term = from_leg_end(ev.cause, answered, ev.sip_status, ev.sip_reason, ev.detail)
+        term = from_leg_end(ev.cause, answered, ev.sip_status, ev.sip_reason, ev.detail,
+                            connected=connected)
         if pending is None and ev.cause == "bridged_bye":
             pending = self._agent_failure(rec)
         if pending is not None and ev.cause in ("local_hangup", "remote_bye", "remote_final",
@@ -959,7 +1078,7 @@ class CallService:
             self.pool.respond(inbound, term.sip_status or 503, term.reason)
         if not rec.terminal:
             self._set_status(rec, term.result, term.reason, kind=term.kind,
-                             sip_status=term.sip_status)
+                             detail=term.detail, sip_status=term.sip_status)
 
     def _relay_to_inbound(self, call_sid: str, ev: LegEvent) -> None:
         inbound = self._agent_leg.get(call_sid)
@@ -999,6 +1118,7 @@ class CallService:
         now = self.clock()
         history = [*rec.attempt_history, {
             "attempt": rec.attempts, "result": term.result, "reason": term.reason,
+            "detail": term.detail,
             "kind": term.kind, "sip_status": term.sip_status, "ended_at": _iso(now),
             "trunks": [t["trunk"] for t in tried if t.get("trunk")],
         }]
@@ -1018,12 +1138,12 @@ class CallService:
                     rec, "queued",
                     f"{term.reason}; attempt {rec.attempts + 1} of {policy.max_attempts} "
                     f"at {_iso(at)}",
-                    kind="retry", not_before=at, attempt_history=history,
-                    sip_status=term.sip_status,
+                    kind="retry", detail=term.detail, not_before=at,
+                    attempt_history=history, sip_status=term.sip_status,
                 )
                 self._wake.set()
                 return
-        self._set_status(rec, term.result, term.reason, kind=term.kind,
+        self._set_status(rec, term.result, term.reason, kind=term.kind, detail=term.detail,
                          sip_status=term.sip_status, attempt_history=history)
 
 

@@ -50,6 +50,11 @@ class CallRecord:
     idempotency_key: str | None = None
     # One entry per finished attempt: attempt, trunks, sip_status, result, reason, times.
     attempt_history: list[dict[str, Any]] = field(default_factory=list)
+    # Technical text behind ``reason`` (SIP reason phrase, pjsua error, codecs, exception).
+    detail: str = ""
+    # Not stored: why a row could not be read as written (unparseable JSON column). The
+    # call manager fails such a call instead of acting on half of it.
+    damaged: str = ""
 
     @property
     def terminal(self) -> bool:
@@ -114,7 +119,11 @@ class CallStore(ABC):
     def close(self) -> None: ...
 
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Migrations from each older version to the next, applied in order at open.
+_MIGRATIONS: dict[int, str] = {
+    1: "ALTER TABLE calls ADD COLUMN detail TEXT NOT NULL DEFAULT ''",
+}
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS calls (
     call_sid TEXT PRIMARY KEY,
@@ -134,7 +143,8 @@ CREATE TABLE IF NOT EXISTS calls (
     legs TEXT NOT NULL DEFAULT '{}',
     not_before REAL,
     idempotency_key TEXT,
-    attempt_history TEXT NOT NULL DEFAULT '[]'
+    attempt_history TEXT NOT NULL DEFAULT '[]',
+    detail TEXT NOT NULL DEFAULT ''
 );
 CREATE UNIQUE INDEX IF NOT EXISTS calls_idem ON calls(idempotency_key)
     WHERE idempotency_key IS NOT NULL;
@@ -163,7 +173,7 @@ CREATE INDEX IF NOT EXISTS cdrs_sid ON cdrs(call_sid);
 _COLS = (
     "call_sid", "status", "reason", "to_number", "from_number", "trunk", "sip_status",
     "answered_by", "polyai_call_id", "attempts", "created_at", "last_updated", "ended_at",
-    "request", "legs", "not_before", "idempotency_key", "attempt_history",
+    "request", "legs", "not_before", "idempotency_key", "attempt_history", "detail",
 )
 _JSON_COLS = ("request", "legs", "attempt_history")
 
@@ -182,19 +192,39 @@ class SQLiteStore(CallStore):
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.executescript(_SCHEMA)
+            had_calls = self._db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='calls'").fetchone()
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
+            if version > SCHEMA_VERSION:
                 raise StoreError(f"{self.path}: schema version {version}, this build "
                                  f"reads {SCHEMA_VERSION}")
+            if had_calls and version < SCHEMA_VERSION:
+                # A file from an older build: bring it up to date in one transaction.
+                self._db.execute("BEGIN IMMEDIATE")
+                for v in range(max(version, 1), SCHEMA_VERSION):
+                    self._db.execute(_MIGRATIONS[v])
+                self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                self._db.execute("COMMIT")
+            self._db.executescript(_SCHEMA)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.Error as e:
             raise StoreError(f"cannot open SQLite store {self.path}: {e}") from None
 
     def _row(self, row: tuple[Any, ...]) -> CallRecord:
         d = dict(zip(_COLS, row, strict=True))
+        damaged = []
         for c in _JSON_COLS:
-            d[c] = json.loads(d[c])
+            empty: Any = [] if c == "attempt_history" else {}
+            try:
+                d[c] = json.loads(d[c])
+            except (TypeError, ValueError) as e:
+                damaged.append(f"column {c}: {e}")
+                d[c] = empty
+            if not isinstance(d[c], type(empty)):
+                damaged.append(f"column {c}: not a JSON {type(empty).__name__}")
+                d[c] = empty
+        if damaged:
+            d["damaged"] = "; ".join(damaged)
         return CallRecord(**d)
 
     def _values(self, rec: CallRecord) -> tuple[Any, ...]:

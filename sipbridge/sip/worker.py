@@ -112,6 +112,7 @@ from sipbridge.sip.agentleg import (
     split_message,
 )
 from sipbridge.sip.forkserver_init import ignore_stop_signals
+from sipbridge.sip.sdp import negotiation_detail, sdp_of
 from sipbridge.sip.tap import CLOCK_RATE_HZ, FrameTap, LegAnalysis, PhaseListener
 from sipbridge.tlsca import os_ca_bundle, tls_reject_text
 from sipbridge.trunkselect import parse_retry_after
@@ -131,6 +132,9 @@ _BUSY_WAIT_MS = 10
 _PORT_COOLING_S = 0.5
 _SLOT_RETRY_S = 2.0
 _LINGER_RETRY_S = 34.0  # Timer B (64 * T1 = 32 s) and a margin
+# The status pjsua gives a call it ends because the answer's SDP was unusable (488 "Unable
+# to create media session"; 415/406/606 from other SDP failures).
+_MEDIA_REFUSED = frozenset({406, 415, 488, 606})
 _PJ_ETOOMANY = 70010  # PJ_ETOOMANY: more calls than PJSUA_MAX_CALLS / maxCalls
 _MAX_ACCOUNTS = 8  # PJSUA_MAX_ACC in the PyPI wheel (PJSIP default)
 _DTMF_IS_END = 2  # PJMEDIA_STREAM_DTMF_IS_END (OnDtmfEventParam.flags)
@@ -145,6 +149,10 @@ _SRTP_USE = {"off": pj.PJMEDIA_SRTP_DISABLED, "mandatory": pj.PJMEDIA_SRTP_MANDA
 _INBOUND_RESPOND_S = 30.0
 _INBOUND_RING_S = 120.0
 _INBOUND_MAX_DURATION_S = 4 * 3600.0
+# Media timeout: an answered leg's RTP receive counter is read this many times per
+# media_timeout_s (a stream-statistics read, ~1 µs), so silence is noticed within
+# 1.25 x media_timeout_s at worst.
+_MEDIA_CHECKS_PER_TIMEOUT = 4
 
 # An account is shared by every leg with the same transport, SRTP use and credentials.
 AccountKey = tuple[str, str, tuple[str, str, str] | None]
@@ -243,6 +251,7 @@ class _Leg:
     answered_at: float | None = None
     state: str = "new"
     end_cause: str | None = None  # cause decided locally before DISCONNECTED (timers, hangup)
+    end_detail: str = ""  # the ended event's detail for a locally decided cause
     rx_any: bool = False  # did we ever receive a response from the peer
     retry_after_s: float | None = None  # Retry-After of the last final non-2xx response
     ended: bool = False
@@ -261,6 +270,14 @@ class _Leg:
     partner: str | None = None  # the other leg of the bridge: its end ends this leg
     relay_to: str | None = None  # DTMF received here is relayed to this leg (RFC 4733)
     dtmf_jobs: deque[_DtmfJob] = field(default_factory=deque)
+    # Media timeout: the answered leg's audio is sendrecv (not on hold), the stream's RX
+    # packet count at the last check, when it last changed, when to check next.
+    media_live: bool = False
+    audio_idx: int = -1
+    rx_pkts: int = -1
+    rx_seen_at: float = 0.0
+    rx_check_at: float = 0.0
+    remote_sdp: str = ""  # the last SDP the peer sent (for a negotiation failure text)
 
 
 @dataclass
@@ -463,6 +480,8 @@ class Worker:
         self.waker: _Waker | None = None
         # A pjsua2 callback ran since the loop last did its chores (see run()).
         self.kicked = False
+        # The audio codecs pjsua offers (for a negotiation failure's detail).
+        self.offered_codecs: list[str] = []
 
     # ----------------------------------------------------------------- plumbing
     def send(self, msg: ipc.Event) -> None:
@@ -537,6 +556,9 @@ class Worker:
         epcfg.medConfig.threadCnt = 0
         ep.libInit(epcfg)
         ep.audDevManager().setNullDev()
+        with contextlib.suppress(Exception):
+            self.offered_codecs = [str(c.codecId).rsplit("/1", 1)[0]
+                                   for c in ep.codecEnum2() if int(c.priority) > 0]
 
         primary = self.cfg.transport
         last_err = ""
@@ -729,6 +751,12 @@ class Worker:
         acfg.natConfig.turnEnabled = False
         acfg.natConfig.sipStunUse = pj.PJSUA_STUN_USE_DISABLED
         acfg.natConfig.mediaStunUse = pj.PJSUA_STUN_USE_DISABLED
+        # RFC 4028 session timers: refreshes (re-INVITE/UPDATE with Session-Expires) from
+        # the peer are answered; when the peer asks for timers, pjsua ends a session that
+        # is not refreshed in time (BYE), and a refresh of ours that fails ends it too.
+        acfg.callConfig.timerUse = pj.PJSUA_SIP_TIMER_OPTIONAL
+        acfg.callConfig.timerSessExpiresSec = self.cfg.session_expires_s
+        acfg.callConfig.timerMinSESec = self.cfg.session_min_se_s
         # SRTP only where the trunk asks for it: "off" is PJMEDIA_SRTP_DISABLED (no
         # optional SRTP offer, SDES a=crypto lines are never processed), never OPTIONAL.
         acfg.mediaConfig.srtpUse = _SRTP_USE[srtp]
@@ -809,6 +837,14 @@ class Worker:
         # pjsua_call_hangup() on its old call id, which a new call may reuse: destroy dead
         # Call objects before making a new call.
         self.graveyard.clear()
+        if plan.bridge_with:
+            # An agent leg whose carrier leg is already gone (the carrier hung up, or
+            # refused the media, between its answer and this Dial): never send it.
+            partner = self.legs.get(plan.bridge_with)
+            if partner is None or partner.ended or partner.end_cause is not None:
+                self._end_without_call(plan, "bridged_bye",
+                                       f"leg {plan.bridge_with} ended before this INVITE")
+                return
         try:
             acc_key, acc = self._account_for(plan)
         except _DialRefused as e:
@@ -1224,6 +1260,8 @@ class Worker:
             is_final, retry_after = _final_response_retry_after(whole)
             if is_final:
                 leg.retry_after_s = retry_after
+        if whole:
+            leg.remote_sdp = sdp_of(whole) or leg.remote_sdp
         st = ci.state
         common = {
             "sip_status": int(ci.lastStatusCode) if ci.lastStatusCode else None,
@@ -1239,6 +1277,10 @@ class Worker:
         elif st == pj.PJSIP_INV_STATE_CONFIRMED:
             if leg.answered_at is None:
                 leg.answered_at = time.monotonic()
+                # The media timeout counts from the answer (early media may be silent).
+                leg.rx_pkts = self._rx_packets(leg)
+                leg.rx_seen_at = leg.answered_at
+                leg.rx_check_at = leg.answered_at + self._media_check_s()
                 leg.sent_states.add("answered")
                 self._event(leg, "answered", **common)
                 self._begin_answer_analysis(leg)
@@ -1252,6 +1294,7 @@ class Worker:
             cause: ipc.EndCause
             if leg.end_cause is not None:
                 cause = leg.end_cause  # type: ignore[assignment]
+                detail = leg.end_detail
             elif leg.inbound:
                 # The agent platform hung up (BYE, or CANCEL before our answer), or our
                 # 200 was never ACKed (Timer H).
@@ -1263,13 +1306,24 @@ class Worker:
                 detail = f"{status} {ci.lastReason} (locally generated)"
                 if leg.plan.transport == "tls":
                     detail = self._tls_reject_detail(leg) or detail
-            elif answered and whole and not whole.startswith("BYE "):
-                # pjsua hung up by itself (it sent the BYE). Seen when the carrier's
-                # answer is unusable, e.g. plain RTP/AVP to a mandatory-SRTP offer: pjsua
-                # ACKs the 200, then sends BYE with "Reason: SIP ;cause=488" ("Unable to
-                # create media session"), and the disconnect comes with the INVITE's 2xx.
-                cause = "dial_error"
-                detail = f"call set-up failed after answer: {status} {ci.lastReason}"
+            elif answered and whole.startswith("SIP/2.0 ") and status in _MEDIA_REFUSED:
+                # pjsua hung up by itself (it sent the BYE) right after the answer: the
+                # carrier's SDP answer is unusable (RFC 3264 6: no codec we offered, or
+                # plain RTP/AVP to a mandatory-SRTP offer). pjsua ACKs the 200, then sends
+                # BYE with "Reason: SIP ;cause=488" ("Unable to create media session");
+                # the disconnect comes with the response to that BYE (or the INVITE's 2xx).
+                cause = "media_error"
+                detail = (f"{negotiation_detail(self.offered_codecs, leg.remote_sdp)} "
+                          f"({status} {ci.lastReason})")
+            elif answered and whole.startswith("SIP/2.0 "):
+                # The SIP stack ended the session itself (it sent the BYE), or a failed
+                # in-dialog request ended it: a session refresh (RFC 4028 10: the
+                # re-INVITE/UPDATE answered 408/481, or not refreshed in time).
+                cause = "transport_error"
+                first = whole.split("\n", 1)[0].strip()
+                detail = (f"session ended by the SIP stack: {status} {ci.lastReason}"
+                          if whole.startswith("SIP/2.0 2")
+                          else f"in-dialog request failed: {first}")
             elif answered:
                 cause = "remote_bye"
             elif status in (408, 503) and not leg.rx_any:
@@ -1342,6 +1396,7 @@ class Worker:
         leg = self.legs.get(leg_id)
         if leg is None or leg.ended:
             return
+        self._track_media(leg, call)
         self._feed_silence(call)
         self._connect_edges(leg_id)
         if leg.listener is not None and leg.listener.active:
@@ -1356,6 +1411,56 @@ class Worker:
             if not started and (phase == "answer" or not leg.plan.detection.get("answer")):
                 return
         self._connect_tap(leg, call)
+
+    def _track_media(self, leg: _Leg, call: Any) -> None:
+        """Note whether the peer should be sending RTP now: the audio stream is active
+        and sendrecv. A peer that holds the call (RFC 3264 8.4: ``a=sendonly`` or
+        ``a=inactive``; pjsua then has the stream recvonly / inactive) or that only
+        receives is exempt from the media timeout; the clock restarts on every change."""
+        live, idx = False, -1
+        with contextlib.suppress(Exception):
+            # pjsua2 pitfall: keep the CallInfo referenced while reading its media
+            # vector (``call.getInfo().media`` reads freed memory).
+            ci = call.getInfo()
+            for m in ci.media:
+                if m.type == pj.PJMEDIA_TYPE_AUDIO:
+                    idx = int(m.index)
+                    live = (m.status == pj.PJSUA_CALL_MEDIA_ACTIVE
+                            and m.dir == pj.PJMEDIA_DIR_ENCODING_DECODING)
+                    break
+        if live != leg.media_live or idx != leg.audio_idx:
+            leg.media_live, leg.audio_idx = live, idx
+            leg.rx_pkts = self._rx_packets(leg)
+            leg.rx_seen_at = time.monotonic()
+            leg.rx_check_at = leg.rx_seen_at + self._media_check_s()
+
+    def _media_check_s(self) -> float:
+        return self.cfg.media_timeout_s / _MEDIA_CHECKS_PER_TIMEOUT
+
+    @staticmethod
+    def _rx_packets(leg: _Leg) -> int:
+        """RTP packets received on the leg's audio stream so far (-1: no stream)."""
+        if leg.audio_idx < 0:
+            return -1
+        try:
+            return int(leg.call.getStreamStat(leg.audio_idx).rtcp.rxStat.pkt)
+        except Exception:
+            return -1
+
+    def _check_media(self, leg: _Leg) -> None:
+        """A media check is due: RTP since the last one restarts the clock; none for
+        media_timeout_s ends the leg (its partner follows, ``bridged_bye``)."""
+        now = time.monotonic()
+        pkts = self._rx_packets(leg)
+        if pkts != leg.rx_pkts:
+            leg.rx_pkts, leg.rx_seen_at = pkts, now
+        if now - leg.rx_seen_at >= self.cfg.media_timeout_s:
+            leg.end_detail = f"no RTP received for {now - leg.rx_seen_at:.0f} s"
+            self.log("warning", f"{leg.plan.leg_id}: {leg.end_detail}: media timeout")
+            self.hangup(leg.plan.leg_id, "media_timeout")
+            return
+        leg.rx_check_at = min(now + self._media_check_s(),
+                              leg.rx_seen_at + self.cfg.media_timeout_s)
 
     def _feed_silence(self, call: Any) -> None:
         """Connect the null sound device's capture port (silence) to the call.
@@ -1475,21 +1580,28 @@ class Worker:
 
     # ----------------------------------------------------------------- timers
     @staticmethod
-    def _timer(leg: _Leg) -> tuple[float, ipc.EndCause] | None:
-        """The leg's next own deadline and the cause it ends with then (None: none)."""
+    def _timer(leg: _Leg, media_timeout_s: float) -> tuple[float, ipc.EndCause] | None:
+        """The leg's next own deadline and the cause it ends with then (None: none);
+        for "media_timeout" the deadline is the next media check, which may end it."""
         if leg.ended or leg.end_cause is not None:
             return None
         if leg.inbound and leg.answered_at is None:
             return None if leg.deadline is None else (leg.deadline, "ring_timeout")
         if leg.answered_at is None:
             return leg.started + leg.plan.ring_timeout_s, "ring_timeout"
-        return leg.answered_at + leg.plan.max_duration_s, "max_duration"
+        ends = leg.answered_at + leg.plan.max_duration_s
+        if leg.media_live and media_timeout_s > 0 and leg.rx_check_at < ends:
+            return leg.rx_check_at, "media_timeout"
+        return ends, "max_duration"
 
     def check_timers(self) -> None:
         now = time.monotonic()
         for leg_id, leg in list(self.legs.items()):
-            timer = self._timer(leg)
+            timer = self._timer(leg, self.cfg.media_timeout_s)
             if timer is None or now < timer[0]:
+                continue
+            if timer[1] == "media_timeout":
+                self._check_media(leg)
                 continue
             if leg.inbound and leg.answered_at is None:
                 self.log("warning", f"inbound {leg_id}: no Respond in time")
@@ -1526,7 +1638,7 @@ class Worker:
                 return _TAP_WAIT_MS
             if leg.dtmf_jobs:
                 due = min(due, leg.dtmf_jobs[0].next_at)
-            timer = self._timer(leg)
+            timer = self._timer(leg, self.cfg.media_timeout_s)
             if timer is not None:
                 due = min(due, timer[0])
         return max(0, math.ceil((due - now) * 1000))

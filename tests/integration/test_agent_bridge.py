@@ -106,8 +106,8 @@ def test_agent_failure_ends_the_call(stack: Stack) -> None:
     cinv = _invite(carrier)
     _got(carrier, "BYE", cinv.call_id)
     body = bridge.wait_terminal(sid)
-    assert (body["status"], body["reason"]) == (
-        "failure", "agent leg failed (SIP 503 Service Unavailable)"), body
+    assert (body["status"], body["reason"], body["detail"]) == (
+        "failure", "agent leg failed", "SIP 503 Service Unavailable"), body
 
 
 def _wait_tone(pcap: Path, port: int, hz: float, timeout: float = 15.0) -> float:

@@ -100,19 +100,19 @@ def test_answered_call_carries_headers_and_succeeds(bridge: Bridge) -> None:
 
 
 @pytest.mark.parametrize(
-    ("number", "reason", "sip_status"),
+    ("number", "reason", "sip_status", "detail"),
     [
-        ("+12135550123", "busy", 486),
-        ("+12145550123", "number not in service", 404),
-        ("+12155550123", "carrier error (SIP 503 Service Unavailable)", 503),
+        ("+12135550123", "busy", 486, "SIP 486 Busy Here"),
+        ("+12145550123", "number not in service", 404, "SIP 404 Not Found"),
+        ("+12155550123", "carrier error", 503, "SIP 503 Service Unavailable"),
     ],
 )
 def test_carrier_rejections_map_to_failure(bridge: Bridge, number: str, reason: str,
-                                           sip_status: int) -> None:
+                                           sip_status: int, detail: str) -> None:
     sid = bridge.trigger(to_number=number)
     body = bridge.wait_terminal(sid)
-    assert (body["status"], body["reason"], body["sip_status"]) == ("failure", reason,
-                                                                    sip_status), body
+    assert (body["status"], body["reason"], body["sip_status"], body["detail"]) == (
+        "failure", reason, sip_status, detail), body
     assert len(_invites_for(bridge.carriers[number[2:5]], sid)) == 1
 
 
@@ -142,7 +142,7 @@ def test_api_hangup_before_answer_sends_cancel(bridge: Bridge) -> None:
 
 def test_api_hangup_after_answer_sends_bye(bridge: Bridge) -> None:
     sid = bridge.trigger(to_number="+12125550123")
-    bridge.wait_event(sid, "carrier.answered")
+    bridge.wait_event(sid, "agent.answered")  # connected: a hang-up now ends a success
     assert bridge.client.post(f"/v1/outbound-calling/{sid}/hangup").status_code == 200
     body = bridge.wait_terminal(sid)
     assert (body["status"], body["reason"]) == ("success", "hung up by API"), body
@@ -173,7 +173,7 @@ def test_more_calls_than_one_worker_holds(bridge: Bridge) -> None:
     while True:
         bodies = [bridge.status(s) for s in sids]
         answered = [b for b in bodies
-                    if any(e["kind"] == "carrier.answered" for e in b["events"])
+                    if any(e["kind"] == "agent.answered" for e in b["events"])
                     and b["status"] == "calling"]
         if len(answered) == 4:
             break
@@ -187,7 +187,7 @@ def test_more_calls_than_one_worker_holds(bridge: Bridge) -> None:
     for b in answered:
         bridge.client.post(f"/v1/outbound-calling/{b['callSid']}/hangup")
     for b in waiting:
-        bridge.wait_event(b["callSid"], "carrier.answered")
+        bridge.wait_event(b["callSid"], "agent.answered")
         bridge.client.post(f"/v1/outbound-calling/{b['callSid']}/hangup")
     finals = [bridge.wait_terminal(s) for s in sids]
     assert [f["status"] for f in finals] == ["success"] * 10, finals
@@ -228,8 +228,8 @@ def test_worker_crash_ends_its_calls_with_a_reason(bridge: Bridge) -> None:
     for pid in pids:  # both workers: whichever holds the call dies
         os.kill(pid, 9)
     body = bridge.wait_terminal(sid)
-    assert body["status"] == "failure" and body["reason"].startswith("SIP worker failed"), body
-    assert "exited" in body["reason"], body
+    assert (body["status"], body["reason"]) == ("failure", "SIP worker failed"), body
+    assert "exited" in body["detail"], body
     # the pool restarted its workers: new calls still go through
     sid2 = bridge.trigger(to_number="+12175550777")
     assert bridge.wait_terminal(sid2, timeout=30)["status"] == "success"

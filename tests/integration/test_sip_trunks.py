@@ -449,15 +449,15 @@ def test_srtp_mandatory_rejects_plain_rtp_answer(h: Harness) -> None:
 
     pjsua ACKs the 200 (the dialog is confirmed, so an ``answered`` event is sent) and at
     once sends BYE with ``Reason: SIP ;cause=488 ;text="Unable to create media session"``;
-    the worker reports ``dial_error`` (not ``remote_bye``) with that text.
+    the worker reports ``media_error`` (not ``remote_bye``) naming the codecs and that text.
     """
     uas = h.sipp("uas_answer_wait_bye.xml")
 
     async def body(pool: WorkerPool, rec: Recorder) -> None:
         pool.dial(plan(uas.uri_hostport, "s3/b1", srtp="mandatory"))
         end = await rec.state("s3/b1", "ended")
-        assert (end.cause, end.answered, end.sip_status) == ("dial_error", True, 488), end
-        assert "media" in end.detail, end.detail
+        assert (end.cause, end.answered, end.sip_status) == ("media_error", True, 488), end
+        assert "media" in end.detail and "answered PCMU/8000" in end.detail, end.detail
         bye = await uas.async_wait_for(lambda m: m.direction == "received" and m.method == "BYE")
         assert "cause=488" in (bye.header("Reason") or "")
 

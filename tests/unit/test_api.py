@@ -122,14 +122,19 @@ def test_trigger_status_and_history(env):
     for state, status, cause, answered in [("trying", 100, None, False),
                                            ("ringing", 180, None, False),
                                            ("answered", 200, None, False),
+                                           ("agent", 200, None, False),
                                            ("ended", 200, "remote_bye", True)]:
-        ev = LegEvent(leg, sid, state, 0, time.time(), status, "", "cid@x", cause, answered)
-        client.portal.call(svc.on_leg_event, ev)  # on the app's event loop thread
+        if state == "agent":  # the agent answers: the call is connected
+            ev = LegEvent(pool.plans[1].leg_id, sid, "answered", 0, time.time(), 200)
+        else:
+            ev = LegEvent(leg, sid, state, 0, time.time(), status, "", "cid@x", cause,
+                          answered)
+        client.portal.call(svc.on_sip_event, ev)  # on the app's event loop thread
     body = client.get(f"/v1/outbound-calling/{sid}/status", headers=AUTH).json()
     assert body["status"] == "success" and body["reason"] == ""
     assert [e["kind"] for e in body["events"]] == [
         "status", "status", "carrier.trying", "carrier.ringing", "carrier.answered",
-        "agent.dial", "carrier.ended", "status"]
+        "agent.dial", "agent.answered", "carrier.ended", "status"]
     agent_plan = pool.plans[1]
     assert (agent_plan.role, agent_plan.bridge_with) == ("agent", leg)
     assert ("X-PolyAI-Call-ID", "P-9") in agent_plan.headers

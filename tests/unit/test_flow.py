@@ -110,7 +110,8 @@ def test_agent_failure_ends_call():
     f = flow()
     f.on_answered()
     (end,) = f.on_agent_failed(503, "Service Unavailable")
-    assert end.term.reason == "agent leg failed (SIP 503 Service Unavailable)"
+    assert (end.term.reason, end.term.detail) == ("agent leg failed",
+                                                  "SIP 503 Service Unavailable")
 
 
 def test_silence_when_waiting_for_a_person():

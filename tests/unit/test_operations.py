@@ -73,6 +73,9 @@ def _answer_then_bye(client: TestClient, svc: CallService, leg: str, sid: str,
         det = {"answered_by": answered_by, "decided_at_ms": 900, "final": True}
         client.portal.call(svc.on_detection,
                            DetectionReport(leg, sid, 0, t0, "answer", "decision", det))
+    # the agent answers (a success needs the agent connected)
+    agent = next(p for p in reversed(svc.pool.plans) if p.bridge_with == leg)  # type: ignore[attr-defined]
+    client.portal.call(svc.on_sip_event, LegEvent(agent.leg_id, sid, "answered", 0, t0, 200))
     client.portal.call(svc.on_leg_event, LegEvent(leg, sid, "ended", 0, time.time(), 200, "",
                                                   "cid-1@x", "remote_bye", True))
 

@@ -12,15 +12,20 @@ from sipbridge.outcomes import from_leg_end, from_sip
         (408, "failure", "no answer"),
         (404, "failure", "number not in service"),
         (484, "failure", "number not in service (address incomplete)"),
-        (403, "failure", "rejected by carrier (SIP 403 Forbidden)"),
-        (503, "failure", "carrier error (SIP 503 Service Unavailable)"),
-        (500, "failure", "carrier error (SIP 500 Server Error)"),
+        (403, "failure", "rejected by carrier"),
+        (503, "failure", "carrier error"),
+        (500, "failure", "carrier error"),
+        (599, "failure", "carrier error"),
+        (699, "failure", "call rejected"),
+        (499, "failure", "call failed"),
     ],
 )
 def test_sip_table(status, result, reason):
-    sip_reason = {503: "Service Unavailable", 500: "Server Error"}.get(status, "")
+    sip_reason = {503: "Service Unavailable", 500: "Server Error"}.get(status, "Odd")
     t = from_sip(status, sip_reason)
     assert (t.result, t.reason, t.sip_status) == (result, reason, status)
+    # the carrier's own words go to detail, never into the reason
+    assert t.detail == f"SIP {status} {sip_reason}"
 
 
 def test_answered_then_normal_end_is_success():
@@ -43,7 +48,8 @@ def test_cancel_before_answer():
 
 def test_worker_died_names_it():
     t = from_leg_end("worker_died", False, None, detail="SIP worker 1 exited with code -9")
-    assert t.result == "failure" and "SIP worker 1 exited" in t.reason
+    assert (t.result, t.reason) == ("failure", "SIP worker failed")
+    assert t.detail == "SIP worker 1 exited with code -9"
 
 
 def test_remote_final_uses_sip_table():

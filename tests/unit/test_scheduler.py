@@ -88,6 +88,13 @@ def end(svc, plan, status, cause="remote_final", answered=False, retry_after=Non
                               "", cause, answered, retry_after_s=retry_after))
 
 
+def connect(svc, plan):
+    """The carrier answers and the agent leg the flow dialled answers: connected."""
+    svc.on_sip_event(LegEvent(plan.leg_id, plan.call_sid, "answered", 0, svc.clock(), 200))
+    agent = next(p for p in reversed(svc.pool.plans) if p.bridge_with == plan.leg_id)
+    svc.on_sip_event(LegEvent(agent.leg_id, plan.call_sid, "answered", 0, svc.clock(), 200))
+
+
 def statuses(svc, sid):
     return [(e.data["to"], e.data["reason"]) for e in svc.store.events(sid) if e.kind == "status"]
 
@@ -101,6 +108,7 @@ def test_failover_on_503_to_next_priority_then_success(tmp_path):
     svc._dispatch()
     assert [p.trunk for p in pool.plans] == ["a", "b"]
     assert pool.plans[1].leg_id == f"{sid}/b1.2"
+    connect(svc, pool.plans[1])
     end(svc, pool.plans[1], 200, "remote_bye", answered=True)
     rec, events = svc.get(sid)
     assert (rec.status, rec.attempts) == ("success", 1)
@@ -146,6 +154,7 @@ def test_busy_retried_with_backoff_until_success(tmp_path):
     assert svc.get(sid)[0].not_before == pytest.approx(clock.t + 20)
     clock.t += 20.1
     svc._dispatch()
+    connect(svc, pool.plans[2])
     end(svc, pool.plans[2], 200, "remote_bye", answered=True)
     rec = svc.get(sid)[0]
     assert (rec.status, rec.attempts) == ("success", 3)
@@ -366,6 +375,7 @@ def test_human_is_recorded_and_call_continues(tmp_path):
     plan = pool.plans[0]
     report(svc, plan, "answer", "decision", answered_by="human", decided_at_ms=1400)
     assert pool.hung == []
+    connect(svc, plan)
     end(svc, plan, 200, cause="remote_bye", answered=True)
     rec = svc.get(sid)[0]
     assert (rec.status, rec.answered_by) == ("success", "human")
