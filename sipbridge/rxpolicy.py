@@ -11,6 +11,9 @@ starve it; see README "Security"):
 - a top Via whose transport is not the one the request came in on, or with ``maddr``
   (RFC 3261 18.2.2 would send the response to that address, resolving a host name on
   the worker's only thread);
+- bodies known to abort pjsua 2.15.1: an INFO ``application/dtmf-relay`` whose first line
+  is not followed by CRLF (:func:`sipbridge.sipmsg.dtmf_relay_crashes_pjsua`), SDP with
+  absurd lines;
 - an out-of-dialog request other than INVITE, OPTIONS, ACK and CANCEL;
 - an in-dialog request (To tag, RFC 3261 12.2.2) for a Call-ID this worker has no call
   for (recently ended calls count for a while, so retransmitted BYEs get their answer).
@@ -30,7 +33,7 @@ from dataclasses import dataclass, field
 
 from sipbridge.limits import TokenBucket
 from sipbridge.sip.agentleg import source_allowed
-from sipbridge.sipmsg import SipParseError, parse_request, sdp_problem
+from sipbridge.sipmsg import SipParseError, dtmf_relay_crashes_pjsua, parse_request, sdp_problem
 
 # The largest message pjsip reads into one rdata (PJSIP_MAX_PKT_LEN in the wheel).
 MAX_MESSAGE_BYTES = 4000
@@ -193,6 +196,8 @@ class RxPolicy:
             if req.method == "INVITE" and not req.in_dialog:
                 return Verdict(Action.RESPOND, "bad_sdp", 488)
             return Verdict(Action.DROP, "bad_sdp")
+        if req.content_type == "application/dtmf-relay" and dtmf_relay_crashes_pjsua(req.body):
+            return Verdict(Action.DROP, "bad_dtmf_relay")
         return PASS
 
     def _new_call_refusal(self, source_ip: str,

@@ -230,5 +230,19 @@ def sdp_problem(body: bytes, max_line_bytes: int = 512) -> str | None:
     return None
 
 
-__all__ = ["Request", "SipParseError", "Via", "is_ip_literal", "parse_request", "parse_via",
-           "sdp_problem"]
+def dtmf_relay_crashes_pjsua(body: bytes) -> bool:
+    """Would this ``application/dtmf-relay`` INFO body abort pjsua 2.15.1?
+
+    pjsua_call.c (``on_call_tsx_state``, INFO handling) reads the body with ``strlen``,
+    takes the first run of non-CR/LF characters as a token, then advances the input by
+    ``token length + 2`` (assuming one CRLF) without a bounds check: a body whose first
+    line is not followed by two more bytes (no CRLF, a bare LF, a NUL) leaves a negative
+    length, and ``pj_strstr`` asserts (``str->slen >= 0``), killing the worker."""
+    text = body.split(b"\0", 1)[0]  # pjsua sees the body up to the first NUL (strlen)
+    start = len(text) - len(text.lstrip(b"\r\n"))
+    token = len(text[start:].split(b"\r", 1)[0].split(b"\n", 1)[0])
+    return token > 0 and len(text) < token + 2
+
+
+__all__ = ["Request", "SipParseError", "Via", "dtmf_relay_crashes_pjsua", "is_ip_literal",
+           "parse_request", "parse_via", "sdp_problem"]

@@ -116,7 +116,8 @@ class SipFuzzer:
             extra.append("Content-Type: application/dtmf-relay")
         body = self._body(method)
         if method == "INFO" and extra:
-            body = self.rng.choice([b"Signal=5\r\nDuration=160\r\n", b"Signal=\xff\r\n"])
+            body = self.rng.choice([b"Signal=5\r\nDuration=160\r\n", b"Signal=\xff\r\n",
+                                     b"Signal=5", b"Signal=1\n"])
         return request(method, call_id=call_id, to_tag=to_tag, from_tag=from_tag,
                        via=self._via(transport), target=self.target, body=body,
                        extra=extra, cseq=self.rng.randint(1, 2**31 - 1))

@@ -109,6 +109,7 @@ from sipbridge.sip.agentleg import (
     split_message,
 )
 from sipbridge.sip.guard import PacketGuard
+from sipbridge.sip.listengate import ListenGate
 from sipbridge.sip.tap import CLOCK_RATE_HZ, FrameTap, LegAnalysis, PhaseListener
 from sipbridge.trunkselect import parse_retry_after
 
@@ -442,6 +443,7 @@ class Worker:
         self.kicked = False
         # The SIP packet guard (sipbridge.sip.guard): sees every request before pjsip.
         self.guard: PacketGuard | None = None
+        self.listen_gate: ListenGate | None = None  # bounds inbound TCP/TLS connections
         self.guard_report_at = 0.0
 
     # ----------------------------------------------------------------- plumbing
@@ -571,6 +573,9 @@ class Worker:
         if addr in ("0.0.0.0", "::"):
             addr = "::1" if addr == "::" else "127.0.0.1"
         guard.calibrate((addr, port) if port else None, self.ep.libHandleEvents)
+        gate = ListenGate(_pj_lib(), lambda level, msg: self.log(level, msg))
+        gate.install(self.transport_ports.get("tcp"), self.transport_ports.get("tls"))
+        self.listen_gate = gate
 
     def _accepting(self) -> str | None:
         """None if a new inbound call could be taken now, else why not (packet guard)."""
@@ -591,11 +596,14 @@ class Worker:
             self.guard.policy.dialogs.end(leg.sip_call_id)
 
     def _guard_tick(self) -> None:
+        if self.listen_gate is not None:
+            self.listen_gate.tick()
         now = time.monotonic()
         if self.guard is None or now < self.guard_report_at:
             return
         self.guard_report_at = now + _GUARD_REPORT_S
-        dropped = self.guard.report()
+        gate = self.listen_gate.take_report() if self.listen_gate is not None else ""
+        dropped = " ".join(x for x in (self.guard.report(), gate) if x)
         if dropped:
             self.log("warning", f"SIP packet guard dropped or refused: {dropped}")
 

@@ -10,7 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sipbridge.rxpolicy import Action, KnownDialogs, RxPolicy, SourceLimiter, summary
-from sipbridge.sipmsg import SipParseError, parse_request, parse_via, sdp_problem
+from sipbridge.sipmsg import (
+    SipParseError,
+    dtmf_relay_crashes_pjsua,
+    parse_request,
+    parse_via,
+    sdp_problem,
+)
 from tests.sipfuzz import SipFuzzer, request
 
 
@@ -149,6 +155,25 @@ def test_in_dialog_requests_need_a_known_call_id() -> None:
     assert p.decide(bye, "203.0.113.9", "udp", _accepting).passes
     clk.t += 10
     assert p.decide(bye, "203.0.113.9", "udp", _accepting).reason == "unknown_dialog"
+
+
+@pytest.mark.parametrize("body, crashes", [
+    (b"Signal=5\r\nDuration=160\r\n", False),
+    (b"Signal=5\r\n", False),
+    (b"", False),
+    (b"\r\n", False),
+    (b"Signal=5", True),  # no CRLF: pjsua's length goes negative
+    (b"Signal=5\n", True),  # bare LF: one byte short
+    (b"Signal=5\x00\r\nDuration=1\r\n", True),  # strlen stops at the NUL
+    (b"\r\nSignal=5", False),  # leading CRLF leaves enough bytes
+])
+def test_dtmf_relay_bodies_that_abort_pjsua(body: bytes, crashes: bool) -> None:
+    assert dtmf_relay_crashes_pjsua(body) is crashes
+    p = _policy()
+    p.dialogs.add("live-1")
+    info = request("INFO", call_id="live-1", to_tag="t", body=body,
+                   extra=["Content-Type: application/dtmf-relay"])
+    assert p.decide(info, "127.0.0.1", "udp", _accepting).passes is not crashes
 
 
 def test_out_of_dialog_methods() -> None:
