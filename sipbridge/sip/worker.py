@@ -72,10 +72,11 @@ The agent side (all on the same loop thread; callbacks only set state, the loop 
   hostile Via, unknown dialogs, out-of-dialog INVITEs from sources outside
   ``sip.inbound_allow`` answered 403 statelessly); inbound TCP connections are bounded.
 - Inbound INVITEs (SIP-triggered mode): ``onIncomingCall`` on every account. Sources
-  outside ``sip.inbound_allow`` get 403 (from the guard; re-checked here); others become a leg ``in-<uuid4>`` announced with
-  ``InboundCall`` and answered by ``Respond`` (18x: ``media_from`` audio is sent into it
-  as early media; 200: bridged with ``media_from``; >= 300: rejected). No Respond within
-  30 s (120 s after a provisional one) ends it with 408 (480).
+  outside ``sip.inbound_allow`` get 403 (from the guard; re-checked here); others become
+  a leg ``in-<uuid4>`` announced with ``InboundCall`` and answered by ``Respond`` (18x:
+  ``media_from`` audio is sent into it as early media; 200: bridged with ``media_from``;
+  >= 300: rejected). No Respond within 30 s (120 s after a provisional one) ends it with
+  408 (480).
 """
 
 from __future__ import annotations
