@@ -86,6 +86,10 @@ class SipConfig(_Model):
     # SIP-triggered mode: source addresses (CIDRs) allowed to send us INVITEs; everyone
     # else gets 403 Forbidden. Empty: inbound INVITEs are refused.
     inbound_allow: list[str] = Field(default_factory=list)
+    # Packet guard (README "Security"): SIP messages per second each source IP may send
+    # to one worker, and the burst above that; the excess is dropped unread.
+    source_rate_limit_per_s: Annotated[float, Field(gt=0, le=100000, allow_inf_nan=False)] = 50.0
+    source_rate_burst: Annotated[int, Field(ge=1, le=100000)] = 100
     # Elastic pool: the pool keeps between min_workers and max_workers processes (both
     # default to ``workers``: a fixed pool). It pre-spawns a worker while fewer than
     # ``spare_slots`` slots (default: one worker's calls_per_worker) are free or starting,

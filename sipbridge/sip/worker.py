@@ -71,11 +71,16 @@ The agent side (all on the same loop thread; callbacks only set state, the loop 
 - ``Listen``: a :class:`~sipbridge.sip.tap.PhaseListener` ("hold":
   ``sipbridge.media.hold.HoldListener``) on the leg's tap; reports
   ``DetectionReport(phase=...)``.
+- Packet guard (:mod:`sipbridge.sip.guard`, :mod:`sipbridge.sip.listengate`): every
+  received request is checked before pjsip's transaction layer (rate per source, malformed,
+  hostile Via, unknown dialogs, out-of-dialog INVITEs from sources outside
+  ``sip.inbound_allow`` answered 403 statelessly); inbound TCP connections are bounded.
 - Inbound INVITEs (SIP-triggered mode): ``onIncomingCall`` on every account. Sources
-  outside ``sip.inbound_allow`` get 403; others become a leg ``in-<uuid4>`` announced with
-  ``InboundCall`` and answered by ``Respond`` (18x: ``media_from`` audio is sent into it
-  as early media; 200: bridged with ``media_from``; >= 300: rejected). No Respond within
-  30 s (120 s after a provisional one) ends it with 408 (480).
+  outside ``sip.inbound_allow`` get 403 (from the guard; re-checked here); others become
+  a leg ``in-<uuid4>`` announced with ``InboundCall`` and answered by ``Respond`` (18x:
+  ``media_from`` audio is sent into it as early media; 200: bridged with ``media_from``;
+  >= 300: rejected). No Respond within 30 s (120 s after a provisional one) ends it with
+  408 (480).
 """
 
 from __future__ import annotations
@@ -103,6 +108,7 @@ import pjsua2 as pj
 from sipbridge import ipc
 from sipbridge.config import MAX_TLS_PROFILES, SipConfig
 from sipbridge.plan import DialPlan
+from sipbridge.rxpolicy import RxPolicy, SourceLimiter
 from sipbridge.sip.agentleg import (
     dtmf_steps,
     event_digit,
@@ -112,6 +118,8 @@ from sipbridge.sip.agentleg import (
     split_message,
 )
 from sipbridge.sip.forkserver_init import ignore_stop_signals
+from sipbridge.sip.guard import PacketGuard
+from sipbridge.sip.listengate import ListenGate
 from sipbridge.sip.sdp import negotiation_detail, sdp_of
 from sipbridge.sip.tap import CLOCK_RATE_HZ, FrameTap, LegAnalysis, PhaseListener
 from sipbridge.tlsca import os_ca_bundle, tls_reject_text
@@ -153,6 +161,7 @@ _INBOUND_MAX_DURATION_S = 4 * 3600.0
 # media_timeout_s (a stream-statistics read, ~1 µs), so silence is noticed within
 # 1.25 x media_timeout_s at worst.
 _MEDIA_CHECKS_PER_TIMEOUT = 4
+_GUARD_REPORT_S = 10.0  # how often the packet guard's drop counts are logged
 
 # An account is shared by every leg with the same transport, SRTP use and credentials.
 AccountKey = tuple[str, str, tuple[str, str, str] | None]
@@ -253,6 +262,7 @@ class _Leg:
     end_cause: str | None = None  # cause decided locally before DISCONNECTED (timers, hangup)
     end_detail: str = ""  # the ended event's detail for a locally decided cause
     rx_any: bool = False  # did we ever receive a response from the peer
+    sip_call_id: str = ""  # known to the packet guard while the leg lives
     retry_after_s: float | None = None  # Retry-After of the last final non-2xx response
     ended: bool = False
     sent_states: set[str] = field(default_factory=set)
@@ -482,6 +492,10 @@ class Worker:
         self.kicked = False
         # The audio codecs pjsua offers (for a negotiation failure's detail).
         self.offered_codecs: list[str] = []
+        # The SIP packet guard (sipbridge.sip.guard): sees every request before pjsip.
+        self.guard: PacketGuard | None = None
+        self.listen_gate: ListenGate | None = None  # bounds inbound TCP/TLS connections
+        self.guard_report_at = 0.0
 
     # ----------------------------------------------------------------- plumbing
     def send(self, msg: ipc.Event) -> None:
@@ -588,6 +602,7 @@ class Worker:
             if kind in self.transport_errors:
                 self.log("warning", f"no SIP {kind} transport: {self.transport_errors[kind]}")
         ep.libStart()
+        self._install_guard()
         # SIP-triggered mode: pjsua hands inbound INVITEs to an account (onIncomingCall),
         # so one must exist before any dial: a default account on the primary transport,
         # never evicted (it takes one of the PJSUA_MAX_ACC slots, so only when inbound
@@ -600,6 +615,56 @@ class Worker:
             self.default_acc_key = key
         self.waker = _Waker.start_for(self)
         self.send(ipc.WorkerReady(self.worker_id, self.sip_port, self.cfg.calls_per_worker))
+
+    def _install_guard(self) -> None:
+        """Register the packet guard and check its view of pjsip's rx data (fail closed:
+        a worker that cannot be guarded does not start)."""
+        policy = RxPolicy(
+            inbound_allow=list(self.cfg.inbound_allow),
+            limiter=SourceLimiter(self.cfg.source_rate_limit_per_s, self.cfg.source_rate_burst),
+        )
+        guard = PacketGuard(_pj_lib(), policy, self._accepting,
+                            lambda level, msg: self.log(level, msg))
+        guard.install()
+        self.guard = guard
+        port = self.transport_ports.get("udp")
+        addr = self.cfg.listen_address or "0.0.0.0"
+        if addr in ("0.0.0.0", "::"):
+            addr = "::1" if addr == "::" else "127.0.0.1"
+        guard.calibrate((addr, port) if port else None, self.ep.libHandleEvents)
+        gate = ListenGate(_pj_lib(), lambda level, msg: self.log(level, msg))
+        gate.install(self.transport_ports.get("tcp"), self.transport_ports.get("tls"))
+        self.listen_gate = gate
+
+    def _accepting(self) -> str | None:
+        """None if a new inbound call could be taken now, else why not (packet guard)."""
+        if self.stopping:
+            return "stopping"
+        if len(self.legs) >= self.capacity:
+            return "full"
+        return None
+
+    def _dialog_known(self, leg: _Leg, call_id: str) -> None:
+        """In-dialog requests with this Call-ID now reach pjsip (packet guard)."""
+        if call_id and not leg.sip_call_id and self.guard is not None:
+            leg.sip_call_id = call_id
+            self.guard.policy.dialogs.add(call_id)
+
+    def _dialog_ended(self, leg: _Leg) -> None:
+        if leg.sip_call_id and self.guard is not None:
+            self.guard.policy.dialogs.end(leg.sip_call_id)
+
+    def _guard_tick(self) -> None:
+        if self.listen_gate is not None:
+            self.listen_gate.tick()
+        now = time.monotonic()
+        if self.guard is None or now < self.guard_report_at:
+            return
+        self.guard_report_at = now + _GUARD_REPORT_S
+        gate = self.listen_gate.take_report() if self.listen_gate is not None else ""
+        dropped = " ".join(x for x in (self.guard.report(), gate) if x)
+        if dropped:
+            self.log("warning", f"SIP packet guard dropped or refused: {dropped}")
 
     def _create_transport(self, kind: str, port: int, key: str = "", verify: bool = True,
                           ca_file: str = "") -> int:
@@ -899,6 +964,7 @@ class Worker:
             call_id = ""
             with contextlib.suppress(Exception):
                 call_id = str(call.getInfo().callIdString)
+            self._dialog_known(leg, call_id)
             self._event(leg, "trying", sip_call_id=call_id)
 
     def _lingering_slots(self) -> int:
@@ -1148,8 +1214,14 @@ class Worker:
 
     # ----------------------------------------------------------------- inbound
     def on_incoming_call(self, acc: Any, prm: Any) -> None:
-        """An INVITE (SIP-triggered mode): 403 unless its source is allowed, else a leg
-        waiting for the supervisor's Respond. pjsua has already sent 100 Trying."""
+        """An INVITE (SIP-triggered mode) that passed the packet guard: a leg waiting for
+        the supervisor's Respond. pjsua has already sent 100 Trying.
+
+        The guard already refused disallowed sources (403), a full worker (486) and a
+        stopping one (503) statelessly, before pjsua created a call; this re-checks them
+        (defence in depth) and refuses from the loop, never here: pjsua2 frees the
+        INVITE's cloned rdata after this callback returns, and a hangup from inside it
+        has already freed it (``pjsip_rx_data_free_cloned: Assertion 'rdata'``, abort)."""
         whole = str(prm.rdata.wholeMsg)
         src = str(prm.rdata.srcAddress)
         start, headers, _body = split_message(whole)
@@ -1166,12 +1238,10 @@ class Worker:
             self.log("warning", f"inbound INVITE refused with {status}: {why}",
                      call_id=header(headers, "call-id"))
             self.rejected[leg_id] = call
-            op = pj.CallOpParam(True)
-            op.statusCode = status
-            try:
-                call.hangup(op)
-            except pj.Error as e:
-                self.log("warning", f"refusing inbound INVITE: {_pj_error_text(e)}")
+            self.soon.append(lambda: self._refuse(leg_id, status))
+            if self.guard is not None:  # the ACK of the refusal reaches pjsip's transaction
+                self.guard.policy.dialogs.add(header(headers, "call-id"))
+                self.guard.policy.dialogs.end(header(headers, "call-id"))
             return
         parts = start.split(" ")
         ruri = parts[1] if len(parts) > 1 else ""
@@ -1186,11 +1256,24 @@ class Worker:
         leg = _Leg(plan=plan, call=call, started=now, acc_key=acc_key, inbound=True,
                    deadline=now + _INBOUND_RESPOND_S, rx_any=True)
         self.legs[leg_id] = leg
+        self._dialog_known(leg, header(headers, "call-id"))
         self.send(ipc.InboundCall(
             leg_id=leg_id, worker_id=self.worker_id, ts=time.time(), request_uri=ruri,
             from_uri=plan.from_uri, to_uri=plan.to_uri,
             sip_call_id=header(headers, "call-id"), source=src, headers=tuple(headers),
         ))
+
+    def _refuse(self, leg_id: str, status: int) -> None:
+        """Answer a refused inbound INVITE (from the loop, see :meth:`on_incoming_call`)."""
+        call = self.rejected.get(leg_id)
+        if call is None:
+            return
+        op = pj.CallOpParam(True)
+        op.statusCode = status
+        try:
+            call.hangup(op)
+        except pj.Error as e:
+            self.log("warning", f"refusing inbound INVITE: {_pj_error_text(e)}")
 
     def respond(self, leg_id: str, status: int, reason: str, media_from: str | None) -> None:
         leg = self.legs.get(leg_id)
@@ -1346,6 +1429,7 @@ class Worker:
             )
             self._unlink(leg)
             # Drop the Call object later, outside this callback (pjsua2 is still using it).
+            self._dialog_ended(leg)
             del self.legs[leg_id]
             self.graveyard.append(call)
             self._release_tap(leg)
@@ -1673,6 +1757,7 @@ class Worker:
                 self.waker.drained.set()  # a command arriving from now on wakes again
             self.run_dtmf()
             self.check_timers()
+            self._guard_tick()
             wait_ms = 0 if self.kicked else self.wait_ms()
             due = time.monotonic() + wait_ms / 1000
         self.shutdown()
