@@ -245,9 +245,11 @@ def _message(err: Any) -> str:
         return "unknown field"
     if kind == "json_invalid":
         pos = err.get("loc", ("body", None))[-1]
-        return "body is not valid JSON" + (f" (at character {pos})" if isinstance(pos, int)
-                                           else "")
+        return "not valid JSON" + (f" (at character {pos})" if isinstance(pos, int) else "")
     loc = err.get("loc") or ()
+    if tuple(loc) == ("body",):  # the body as a whole
+        return ("required: a JSON object" if kind == "missing"
+                else "must be a JSON object, sent with Content-Type: application/json")
     last = str(loc[-1]) if loc else ""
     return msg.removeprefix(f"{last}: ") if last else msg
 

@@ -236,21 +236,15 @@ class MetadataToCarrier(_Model):
     keys: Annotated[list[str], Field(min_length=1, max_length=256)]
     prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9\-.!%*_+`'~]{0,64}$")] = "X-"
 
-    @field_validator("keys")
-    @classmethod
-    def _tokens(cls, v: list[str]) -> list[str]:
-        for i, key in enumerate(v):
-            if not is_token(key):
-                raise ValueError(f"keys.{i}: {key!r} is not a SIP token")
-        return v
-
     @model_validator(mode="after")
     def _names(self) -> MetadataToCarrier:
         for i, key in enumerate(self.keys):
+            if not is_token(key):
+                raise ValueError(f"keys.{i}: {key!r} is not a SIP token")
             try:
                 validate_header_name(self.prefix + key)
             except HeaderError as e:
-                raise ValueError(f"keys.{i}: {e}") from None
+                raise ValueError(f"keys.{i}: {str(e).removeprefix('header: ')}") from None
         return self
 
 
@@ -436,23 +430,18 @@ class WebhookConfig(_Model):
     allow_private: bool = False
     allow_cidrs: Annotated[list[str], Field(max_length=256)] = Field(default_factory=list)
 
-    @field_validator("allow_cidrs")
-    @classmethod
-    def _cidrs(cls, v: list[str]) -> list[str]:
-        import ipaddress
-
-        for i, net in enumerate(v):
-            try:
-                ipaddress.ip_network(net, strict=False)
-            except ValueError:
-                raise ValueError(f"allow_cidrs.{i}: {net!r} is not an IP network") from None
-        return v
-
     def policy(self) -> TargetPolicy:
         return TargetPolicy.of(self.allow_private, self.allow_cidrs)
 
     @model_validator(mode="after")
     def _http_url(self) -> WebhookConfig:
+        import ipaddress
+
+        for i, net in enumerate(self.allow_cidrs):
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(f"allow_cidrs.{i}: {net!r} is not an IP network") from None
         problem = None if self.url is None else callback_url_problem(self.url, self.policy())
         if problem:
             raise ValueError(f"url: {problem}")

@@ -111,6 +111,7 @@ def callback_url_problem(url: str, policy: TargetPolicy) -> str | None:
         return "must not carry credentials (user:password@)"
     if port == 0:
         return "port 0 is not usable"
+    host = host.rstrip(".")  # "localhost." is localhost
     addr = literal_address(host)
     if addr is None and (host == "localhost" or host.endswith(".localhost")):
         addr = ipaddress.ip_address("127.0.0.1")
