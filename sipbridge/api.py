@@ -16,7 +16,14 @@ from fastapi import Depends, FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sipbridge.bodylimit import BodyLimit
@@ -103,10 +110,13 @@ class TriggerBody(BaseModel):
     @model_validator(mode="after")
     def _merge_shortcuts(self) -> TriggerBody:
         """Fold voicemail_action and send_digits into detection / ivr (validated)."""
-        if self.voicemail_action is not None:
-            base = (self.detection or DetectionSettings()).model_dump()
-            base["machine_action"] = self.voicemail_action
-            self.detection = DetectionSettings.model_validate(base)
+        try:
+            if self.voicemail_action is not None:
+                base = (self.detection or DetectionSettings()).model_dump()
+                base["machine_action"] = self.voicemail_action
+                self.detection = DetectionSettings.model_validate(base)
+        except ValidationError as e:
+            raise ValueError(f"detection.{_message(e.errors()[0])}") from None
         if self.send_digits is not None:
             ivr = (self.ivr or IvrSettings()).model_dump()
             ivr["send_digits"] = self.send_digits
@@ -247,11 +257,26 @@ def _message(err: Any) -> str:
         pos = err.get("loc", ("body", None))[-1]
         return "not valid JSON" + (f" (at character {pos})" if isinstance(pos, int) else "")
     loc = err.get("loc") or ()
-    if tuple(loc) == ("body",):  # the body as a whole
+    if tuple(loc) == ("body",) and kind in ("missing", "model_attributes_type", "dict_type",
+                                            "model_type"):  # the body as a whole
         return ("required: a JSON object" if kind == "missing"
                 else "must be a JSON object, sent with Content-Type: application/json")
     last = str(loc[-1]) if loc else ""
     return msg.removeprefix(f"{last}: ") if last else msg
+
+
+_NAMED_RE = re.compile(r"^([A-Za-z_][\w.]*): (.*)$", re.S)
+
+
+def _located(err: Any) -> tuple[str, str]:
+    """(field, message) of a validation error; a model-level check that names the key it
+    is about ("connect_on: must be ...") is reported under that key."""
+    field, message = _field_of(tuple(err["loc"]), err.get("type", "")), _message(err)
+    m = _NAMED_RE.match(message)
+    if m and err.get("type") == "value_error":
+        field = m.group(1) if field == "body" else f"{field}.{m.group(1)}"
+        message = m.group(2)
+    return field, message
 
 
 # Error responses declared in the OpenAPI document, by status.
@@ -327,12 +352,11 @@ def create_app(
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         errs = list(exc.errors()) or [{"loc": ("body",), "msg": "invalid request"}]
-        first = errs[0]
-        field = _field_of(tuple(first["loc"]), first.get("type", ""))
-        details = [ErrorDetail(field=_field_of(tuple(e["loc"]), e.get("type", "")),
-                               message=_message(e)) for e in errs]
+        located = [_located(e) for e in errs]
+        field, message = located[0]
+        details = [ErrorDetail(field=f, message=m) for f, m in located]
         return JSONResponse(status_code=400, content=ErrorBody(
-            error=f"{field}: {_message(first)}", field=field, details=details).model_dump())
+            error=f"{field}: {message}", field=field, details=details).model_dump())
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
