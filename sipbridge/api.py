@@ -12,11 +12,21 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import Depends, FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from fastapi.security import APIKeyHeader
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from sipbridge.bodylimit import BodyLimit
 from sipbridge.config import (
     DetectionSettings,
     IvrSettings,
@@ -24,18 +34,21 @@ from sipbridge.config import (
     WindowConfig,
     check_dtmf,
 )
-from sipbridge.headers import HeaderError, is_token
-from sipbridge.numbers import NumberError, to_e164, validate_country_code
+from sipbridge.headers import HeaderError, is_token, validate_header_value
+from sipbridge.mediafiles import MediaFileError, media_path
+from sipbridge.netpolicy import callback_url_problem
+from sipbridge.numbers import MAX_NUMBER_CHARS, NumberError, to_e164, validate_country_code
 from sipbridge.ops import Operations
 from sipbridge.routing import RoutingError
 from sipbridge.schedule import zone
 from sipbridge.service import CallNotFound, CallService, InvalidTransition, TriggerInput
 from sipbridge.store import CallEvent, CallRecord
-from sipbridge.webhooks import check_callback_url
 
 log = logging.getLogger("sipbridge.api")
 
 METADATA_MAX_B64_BYTES = 26 * 1024
+API_KEY = APIKeyHeader(name="X-PolyAi-Auth-Token", auto_error=False,
+                       description="an API token from api.tokens")
 SID_RE = re.compile(r"^OUT-[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 
 
@@ -54,9 +67,15 @@ class TriggerBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    to_number: str = Field(description="E.164 number, or a national number with country_code")
-    country_code: str | None = Field(None, description="ISO 3166-1 alpha-2, for national numbers")
-    from_number: str | None = Field(None, description="caller ID; default: the trunk's")
+    to_number: str = Field(max_length=MAX_NUMBER_CHARS,
+                           description="E.164 number, or a national number with country_code; "
+                                       "ASCII digits, a leading '+' and spaces - . ( ) / only")
+    country_code: str | None = Field(None, min_length=2, max_length=2,
+                                     description="ISO 3166-1 alpha-2, for national numbers")
+    from_number: str | None = Field(
+        None, max_length=MAX_NUMBER_CHARS,
+        description="caller ID; default: the trunk's caller_id (required when the trunk "
+                    "has none)")
     encryption: Literal["TLS/SRTP", "TLS/RTP", "UDP/SRTP", "UDP/RTP"] | None = None
     metadata: dict[str, str] | None = Field(
         None, description="string values; each key is sent as a SIP header; base64(JSON) < 26 KB"
@@ -67,7 +86,8 @@ class TriggerBody(BaseModel):
         None, min_length=1, max_length=256,
         description="a repeated trigger with the same key returns the same callSid")
     timezone: str | None = Field(
-        None, description="IANA zone of the recipient, overriding the number's zone(s)")
+        None, max_length=64,
+        description="IANA zone of the recipient, overriding the number's zone(s)")
     calling_window: WindowConfig | None = Field(
         None, description="allowed local days and hours, e.g. {days: mon-fri, hours: 09:00-20:00}")
     retry: RetryConfig | None = Field(None, description="retry policy for this call")
@@ -84,28 +104,29 @@ class TriggerBody(BaseModel):
         None, description="IVR walking: digits, delay, hold until a person speaks, max time")
     status_callback: str | None = Field(
         None, max_length=2048,
-        description="http(s) URL that gets a signed POST on every status change")
+        description="http(s) URL that gets a signed POST on every status change; global "
+                    "addresses only unless the config allows private ones")
 
     @model_validator(mode="after")
     def _merge_shortcuts(self) -> TriggerBody:
         """Fold voicemail_action and send_digits into detection / ivr (validated)."""
-        if self.voicemail_action is not None:
-            base = (self.detection or DetectionSettings()).model_dump()
-            base["machine_action"] = self.voicemail_action
-            self.detection = DetectionSettings.model_validate(base)
+        try:
+            if self.voicemail_action is not None:
+                base = (self.detection or DetectionSettings()).model_dump()
+                base["machine_action"] = self.voicemail_action
+                self.detection = DetectionSettings.model_validate(base)
+        except ValidationError as e:
+            raise ValueError(f"detection.{_message(e.errors()[0])}") from None
         if self.send_digits is not None:
             ivr = (self.ivr or IvrSettings()).model_dump()
             ivr["send_digits"] = self.send_digits
             self.ivr = IvrSettings.model_validate(ivr)
         return self
 
-    @field_validator("status_callback")
+    @field_validator("polyai_call_id")
     @classmethod
-    def _callback(cls, v: str | None) -> str | None:
-        problem = None if v is None else check_callback_url(v)
-        if problem:
-            raise ValueError(problem)
-        return v
+    def _call_id(cls, v: str | None) -> str | None:
+        return None if v is None else validate_header_value(v, "polyai_call_id")
 
     @field_validator("timezone")
     @classmethod
@@ -163,9 +184,19 @@ class StatusResponse(BaseModel):
     events: list[EventOut] = Field(default_factory=list)
 
 
+class ErrorDetail(BaseModel):
+    field: str
+    message: str
+
+
 class ErrorBody(BaseModel):
+    """Every error response: ``error`` says what is wrong, ``field`` names the request
+    field (dotted path; ``body`` for the body as a whole) or is null."""
+
     error: str
     field: str | None = None
+    details: list[ErrorDetail] | None = Field(
+        default=None, description="every problem found, for 400s from validation")
 
 
 def _iso(ts: float) -> str:
@@ -211,9 +242,71 @@ class DtmfBody(BaseModel):
         return check_dtmf(v, "")
 
 
-def _field_of(loc: tuple[Any, ...]) -> str:
+def _field_of(loc: tuple[Any, ...], kind: str = "") -> str:
+    if kind == "json_invalid":  # loc is ("body", <offset>): the body as a whole
+        return "body"
     parts = [str(p) for p in loc if p not in ("body",)]
     return ".".join(parts) or "body"
+
+
+def _message(err: Any) -> str:
+    """A validation error's message, without pydantic's prefix or a repeated field name."""
+    msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+    kind = err.get("type")
+    if kind == "extra_forbidden":
+        return "unknown field"
+    if kind == "json_invalid":
+        pos = err.get("loc", ("body", None))[-1]
+        return "not valid JSON" + (f" (at character {pos})" if isinstance(pos, int) else "")
+    loc = err.get("loc") or ()
+    if tuple(loc) == ("body",) and kind in ("missing", "model_attributes_type", "dict_type",
+                                            "model_type"):  # the body as a whole
+        return ("required: a JSON object" if kind == "missing"
+                else "must be a JSON object, sent with Content-Type: application/json")
+    last = str(loc[-1]) if loc else ""
+    return msg.removeprefix(f"{last}: ") if last else msg
+
+
+_NAMED_RE = re.compile(r"^([A-Za-z_][\w.]*): (.*)$", re.S)
+
+
+def _located(err: Any) -> tuple[str, str]:
+    """(field, message) of a validation error; a model-level check that names the key it
+    is about ("connect_on: must be ...") is reported under that key."""
+    field, message = _field_of(tuple(err["loc"]), err.get("type", "")), _message(err)
+    m = _NAMED_RE.match(message)
+    if m and err.get("type") == "value_error":
+        field = m.group(1) if field == "body" else f"{field}.{m.group(1)}"
+        message = m.group(2)
+    return field, message
+
+
+# Error responses declared in the OpenAPI document, by status.
+_ERROR_TEXT = {
+    400: "invalid request: the message names the field",
+    401: "missing or wrong X-PolyAi-Auth-Token",
+    404: "no such call (or it ended more than store.retention_s ago)",
+    409: "the call is not in a state that allows this",
+    413: "request body larger than api.max_body_bytes",
+    429: "over the per-token API rate limit (see Retry-After)",
+    503: "shutting down: not taking new calls (see Retry-After)",
+}
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {c: {"model": ErrorBody, "description": _ERROR_TEXT[c]} for c in codes}
+
+
+def _drop_422(schema: dict[str, Any]) -> dict[str, Any]:
+    """FastAPI documents 422 for validation errors; this API answers them with 400."""
+    for ops in schema.get("paths", {}).values():
+        for op in ops.values():
+            if isinstance(op, dict):
+                op.get("responses", {}).pop("422", None)
+    comps = schema.get("components", {}).get("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        comps.pop(name, None)
+    return schema
 
 
 def create_app(
@@ -247,6 +340,9 @@ def create_app(
                   description="Outbound SIP bridge for voice-AI agents "
                               "(PolyAI Outbound Calling API compatible)")
     app.state.ops = ops
+    # Oversized bodies never reach the app; the metrics middleware (added next, so
+    # outside this one) still counts their 413s.
+    app.add_middleware(BodyLimit, max_bytes=service.cfg.api.max_body_bytes)
     ops.install(app)
     token_bytes = [t.encode() for t in tokens]
 
@@ -257,23 +353,31 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errs = exc.errors()
-        first = errs[0] if errs else {"loc": ("body",), "msg": "invalid request"}
-        field = _field_of(tuple(first["loc"]))
-        msg = str(first["msg"]).removeprefix("Value error, ")
-        if first.get("type") == "extra_forbidden":
-            msg = "unknown field"
-        elif first.get("type") == "json_invalid":
-            msg = "body is not valid JSON"
-        return JSONResponse(
-            status_code=400,
-            content={"error": f"{field}: {msg}", "field": field,
-                     "details": [{"field": _field_of(tuple(e["loc"])),
-                                  "message": str(e["msg"]).removeprefix("Value error, ")}
-                                 for e in errs]},
-        )
+        errs = list(exc.errors()) or [{"loc": ("body",), "msg": "invalid request"}]
+        located = [_located(e) for e in errs]
+        field, message = located[0]
+        details = [ErrorDetail(field=f, message=m) for f, m in located]
+        return JSONResponse(status_code=400, content=ErrorBody(
+            error=f"{field}: {message}", field=field, details=details).model_dump())
 
-    def auth(x_polyai_auth_token: Annotated[str | None, Header()] = None) -> str:
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Starlette's own errors (unknown path, wrong method, a body that cannot be read)
+        # in the documented shape.
+        message = str(exc.detail)
+        if exc.status_code == 400 and "parsing the body" in message:
+            message = "body cannot be read as JSON (not UTF-8, or not JSON)"
+        field = "body" if exc.status_code in (400, 413) else None
+        return JSONResponse(status_code=exc.status_code, headers=exc.headers,
+                            content=ErrorBody(error=message, field=field).model_dump())
+
+    @app.exception_handler(Exception)
+    async def _internal(_: Request, exc: Exception) -> JSONResponse:
+        log.error("internal error in an API request", exc_info=exc)
+        return JSONResponse(status_code=500,
+                            content=ErrorBody(error="internal error").model_dump())
+
+    def auth(x_polyai_auth_token: Annotated[str | None, Security(API_KEY)] = None) -> str:
         if not x_polyai_auth_token:
             raise ApiError(401, "missing X-PolyAi-Auth-Token header")
         given = x_polyai_auth_token.encode()
@@ -293,11 +397,8 @@ def create_app(
         except CallNotFound:
             raise ApiError(404, f"call {call_sid} not found", "callSid") from None
 
-    errors: dict[int | str, dict[str, Any]] = {400: {"model": ErrorBody},
-                                               401: {"model": ErrorBody}}
-
     @app.post("/v1/outbound-calling/trigger", response_model=TriggerResponse,
-              responses={**errors, 429: {"model": ErrorBody}, 503: {"model": ErrorBody}})
+              responses=_errors(400, 401, 413, 429, 503))
     async def trigger(body: TriggerBody, token: str = Depends(auth)) -> TriggerResponse:
         """Queue an outbound call; returns its callSid."""
         if ops.draining:
@@ -307,6 +408,7 @@ def create_app(
         if retry_after is not None:
             raise ApiError(429, "API rate limit exceeded for this token",
                            headers={"Retry-After": str(int(retry_after))})
+        _check_targets(body)
         try:
             if body.country_code is not None:
                 validate_country_code(body.country_code)
@@ -326,13 +428,13 @@ def create_app(
         return TriggerResponse(callSid=rec.call_sid)
 
     @app.get("/v1/outbound-calling/{call_sid}/status", response_model=StatusResponse,
-             dependencies=[Depends(auth)], responses={**errors, 404: {"model": ErrorBody}})
+             dependencies=[Depends(auth)], responses=_errors(400, 401, 404))
     async def status(call_sid: str) -> StatusResponse:
         """Status of a call, with its event history."""
         return status_body(*lookup(call_sid))
 
     @app.post("/v1/outbound-calling/{call_sid}/hangup", response_model=StatusResponse,
-              dependencies=[Depends(auth)], responses={**errors, 404: {"model": ErrorBody}})
+              dependencies=[Depends(auth)], responses=_errors(400, 401, 404, 413))
     async def hangup(call_sid: str) -> StatusResponse:
         """Cancel a queued call or hang up a live one (CANCEL before answer, BYE after)."""
         lookup(call_sid)
@@ -341,7 +443,7 @@ def create_app(
 
     @app.post("/v1/outbound-calling/{call_sid}/dtmf", response_model=StatusResponse,
               dependencies=[Depends(auth)],
-              responses={**errors, 404: {"model": ErrorBody}, 409: {"model": ErrorBody}})
+              responses=_errors(400, 401, 404, 409, 413))
     async def dtmf(call_sid: str, body: DtmfBody) -> StatusResponse:
         """Send DTMF digits on the answered carrier leg as RFC 4733 telephone-events."""
         lookup(call_sid)
@@ -353,7 +455,7 @@ def create_app(
 
     @app.get("/v1/outbound-calling/by-polyai-call-id/{polyai_call_id}",
              response_model=StatusResponse, dependencies=[Depends(auth)],
-             responses={**errors, 404: {"model": ErrorBody}})
+             responses=_errors(400, 401, 404))
     async def by_polyai_call_id(polyai_call_id: str) -> StatusResponse:
         """Look a call up by the agent platform's call ID."""
         rec = service.find_by_polyai_call_id(polyai_call_id)
@@ -367,4 +469,24 @@ def create_app(
         """The process is up."""
         return {"status": "ok"}
 
+    def _check_targets(body: TriggerBody) -> None:
+        """Values whose check needs the config: the callback target, the media file."""
+        cfg = service.cfg
+        if body.status_callback is not None:
+            problem = callback_url_problem(body.status_callback, cfg.webhooks.policy())
+            if problem:
+                raise ApiError(400, f"status_callback: {problem}", "status_callback")
+        wav = body.detection.message_wav if body.detection else None
+        if wav is not None:
+            try:
+                media_path(cfg.media.dir, wav, "detection.message_wav")
+            except MediaFileError as e:
+                raise ApiError(400, str(e), e.field) from None
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = _drop_422(FastAPI.openapi(app))
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

@@ -13,16 +13,31 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
     model_validator,
 )
 
-from sipbridge.headers import TEMPLATE_FIELDS, template_fields, validate_header_name
-from sipbridge.schedule import CallingWindow, RetryPolicy, zone
+# Per-call settings live in sipbridge.callsettings; re-exported here.
+from sipbridge.callsettings import DTMF_DIGITS as DTMF_DIGITS
+from sipbridge.callsettings import DTMF_PAUSES as DTMF_PAUSES
+from sipbridge.callsettings import DetectionSettings as DetectionSettings
+from sipbridge.callsettings import IvrSettings as IvrSettings
+from sipbridge.callsettings import RetryConfig as RetryConfig
+from sipbridge.callsettings import StrictModel
+from sipbridge.callsettings import WindowConfig as WindowConfig
+from sipbridge.callsettings import check_dtmf as check_dtmf
+from sipbridge.headers import (
+    TEMPLATE_FIELDS,
+    HeaderError,
+    is_token,
+    template_fields,
+    validate_header_name,
+)
+from sipbridge.mediafiles import media_path
+from sipbridge.netpolicy import TargetPolicy, callback_url_problem
+from sipbridge.schedule import zone
 from sipbridge.tlsca import check_ca_file, os_ca_bundle
 
 Transport = Literal["udp", "tcp", "tls"]
@@ -41,8 +56,7 @@ class ConfigError(Exception):
         super().__init__("invalid configuration:\n  " + "\n  ".join(lines))
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+_Model = StrictModel
 
 
 class SecretRef(_Model):
@@ -96,7 +110,7 @@ class SipConfig(_Model):
     # and retires a worker above min_workers that has been idle for idle_worker_ttl_s.
     min_workers: Annotated[int, Field(ge=1, le=64)] | None = None
     max_workers: Annotated[int, Field(ge=1, le=512)] | None = None
-    idle_worker_ttl_s: Annotated[float, Field(gt=0)] = 30.0
+    idle_worker_ttl_s: Annotated[float, Field(gt=0, le=86400)] = 30.0
     spare_slots: Annotated[int, Field(ge=0, le=4096)] | None = None
     # No RTP received for this long on an answered leg whose media is sendrecv ends both
     # legs as failure "media timeout" (a leg put on hold, sendonly/inactive, is exempt).
@@ -263,6 +277,8 @@ class ApiConfig(_Model):
     listen_address: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
     tokens: list[SecretRef] = Field(default_factory=list)
+    # Request bodies above this many bytes are refused with 413 before they are read.
+    max_body_bytes: Annotated[int, Field(ge=1024, le=10 * 1024 * 1024)] = 64 * 1024
 
     @field_validator("tokens")
     @classmethod
@@ -279,6 +295,24 @@ class TrunkAuth(_Model):
     realm: str = "*"
 
 
+class MetadataToCarrier(_Model):
+    """Opt-in: the metadata keys sent to this carrier, each as header "<prefix>KEY"."""
+
+    keys: Annotated[list[str], Field(min_length=1, max_length=256)]
+    prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9\-.!%*_+`'~]{0,64}$")] = "X-"
+
+    @model_validator(mode="after")
+    def _names(self) -> MetadataToCarrier:
+        for i, key in enumerate(self.keys):
+            if not is_token(key):
+                raise ValueError(f"keys.{i}: {key!r} is not a SIP token")
+            try:
+                validate_header_name(self.prefix + key)
+            except HeaderError as e:
+                raise ValueError(f"keys.{i}: {str(e).removeprefix('header: ')}") from None
+        return self
+
+
 class TrunkConfig(_WithHeaders):
     """A carrier trunk: where INVITEs go and what they carry."""
 
@@ -287,16 +321,19 @@ class TrunkConfig(_WithHeaders):
     address: str
     transport: Transport = "udp"
     encryption: Encryption = "UDP/RTP"
-    # E.164 caller ID used when the trigger gives no from_number.
-    caller_id: str | None = None
+    # E.164 caller ID used when the trigger gives no from_number (the From URI's user
+    # part: '+', letters, digits and -_.!~*'() only). Without it every trigger routed
+    # here must give from_number (else 400 naming from_number).
+    caller_id: Annotated[str, Field(pattern=r"^\+?[A-Za-z0-9\-_.!~*'()]{1,64}$")] | None = None
     # Host part of the From URI; defaults to the bridge's own address.
-    from_domain: str | None = None
+    from_domain: Annotated[str, Field(pattern=r"^[A-Za-z0-9.\-]{1,253}$")] | None = None
     # Headers sent verbatim on every INVITE through this trunk.
     headers: dict[str, str] = Field(default_factory=dict)
     # Headers whose values are templates: "{call_sid}", "{to_number}", "{metadata.KEY}", ...
     header_templates: dict[str, str] = Field(default_factory=dict)
-    # Every metadata key K is sent as header "<prefix>K" (None disables).
-    metadata_header_prefix: str | None = "X-"
+    # Metadata is the customer's data: it reaches the agent, and a carrier only for the
+    # keys listed here (opt-in per trunk). None: no metadata header to this carrier.
+    metadata_to_carrier: MetadataToCarrier | None = None
     # "request": the trigger's from_number if given, else caller_id; "trunk": always
     # caller_id (carriers that only accept their own DIDs as caller ID).
     caller_id_policy: Literal["request", "trunk"] = "request"
@@ -305,11 +342,21 @@ class TrunkConfig(_WithHeaders):
     # Digest credentials answered when the carrier challenges (401/407).
     auth: TrunkAuth | None = None
     # Carrier limits: concurrent calls and calls per second (token bucket, burst cps_burst).
-    max_concurrent: Annotated[int, Field(ge=1)] | None = None
-    cps: Annotated[float, Field(gt=0)] | None = None
-    cps_burst: Annotated[int, Field(ge=1)] = 1
+    max_concurrent: Annotated[int, Field(ge=1, le=100_000)] | None = None
+    cps: Annotated[float, Field(gt=0, le=10_000)] | None = None
+    cps_burst: Annotated[int, Field(ge=1, le=10_000)] = 1
+
     # transport: tls only: how the carrier's certificate is checked.
     tls: TlsSettings = Field(default_factory=TlsSettings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "metadata_header_prefix" in data:
+            raise ValueError("metadata_header_prefix: replaced by metadata_to_carrier: "
+                             "{keys: [KEY, ...], prefix: 'X-'} (metadata reaches a carrier "
+                             "only for the keys listed there)")
+        return data
 
     @model_validator(mode="after")
     def _tls_fits(self) -> TrunkConfig:
@@ -346,135 +393,8 @@ class TrunkConfig(_WithHeaders):
 class RouteTrunk(_Model):
     name: str
     # Lower numbers are tried first; within a priority, trunks are ordered by weight.
-    priority: Annotated[int, Field(ge=0)] = 0
-    weight: Annotated[float, Field(ge=0)] = 1.0
-
-
-class WindowConfig(_Model):
-    """Allowed local calling hours, judged in the recipient's time zone(s)."""
-
-    days: str = "mon-sun"
-    hours: str = "00:00-24:00"
-
-    @model_validator(mode="after")
-    def _parses(self) -> WindowConfig:
-        CallingWindow.parse(self.days, self.hours)
-        return self
-
-    def window(self) -> CallingWindow:
-        return CallingWindow.parse(self.days, self.hours)
-
-
-class RetryConfig(_Model):
-    """Which outcomes are retried, how often and how far apart."""
-
-    # Outcome kinds (sipbridge.outcomes): busy, no_answer, carrier_error,
-    # transport_error, bridge_error, machine, ...
-    retry_on: list[str] = Field(
-        default_factory=lambda: ["busy", "no_answer", "carrier_error", "transport_error",
-                                 "bridge_error"])
-    # Counts the first attempt: 1 means never retry.
-    max_attempts: Annotated[int, Field(ge=1, le=20)] = 1
-    # Backoff: min(cap_s, base_s * factor**(n-1)) shortened by up to `jitter` (0..1).
-    base_s: Annotated[float, Field(ge=0)] = 60.0
-    factor: Annotated[float, Field(ge=1)] = 2.0
-    cap_s: Annotated[float, Field(ge=0)] = 3600.0
-    jitter: Annotated[float, Field(ge=0, le=1)] = 0.2
-
-    def policy(self) -> RetryPolicy:
-        return RetryPolicy(retry_on=frozenset(self.retry_on), max_attempts=self.max_attempts,
-                           base_s=self.base_s, factor=self.factor, cap_s=self.cap_s,
-                           jitter=self.jitter)
-
-
-class DetectionSettings(_Model):
-    """Recipient detection for a call: what to analyse and what to do with machines."""
-
-    # Analyse 183 early media for SIT / busy / reorder and end the attempt without waiting
-    # for the carrier's final response.
-    early_media: bool = True
-    # Analyse the first seconds after answer: human / machine / ivr / fax / silence.
-    answer: bool = True
-    # A machine result is only final at the beep (or when the greeting ends without one).
-    wait_for_beep: bool = False
-    # When to bridge the agent: "answer" (as soon as the callee answers; detection keeps
-    # running and a machine policy can still end the call) or "human" (only once the
-    # callee is recognised as a person).
-    connect_on: Literal["answer", "human"] = "answer"
-    # What to do when a machine (voicemail) answers: "connect" (bridge the agent anyway,
-    # the result in a header), "hangup" (end as failure 'answered by machine'), "retry"
-    # (the same, retryable), "leave_message" (wait for the beep or the greeting's end,
-    # play message_wav, hang up with success).
-    machine_action: Literal["connect", "hangup", "retry", "leave_message"] = "connect"
-    # WAV (8 or 16 kHz mono PCM) played by "leave_message".
-    message_wav: str | None = None
-    # Hang up on fax machines (CNG/CED).
-    hangup_on_fax: bool = True
-    # Overrides of sipbridge.media.detect.DetectionConfig thresholds (milliseconds, Hz).
-    thresholds: dict[str, float] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _message(self) -> DetectionSettings:
-        if self.machine_action == "leave_message":
-            if self.connect_on != "human":
-                raise ValueError("connect_on: must be 'human' when machine_action is "
-                                 "leave_message (the agent must not be bridged to the "
-                                 "voicemail before the message)")
-            if not self.message_wav:
-                raise ValueError("message_wav: required when machine_action is leave_message")
-            if not Path(self.message_wav).is_file():
-                raise ValueError(f"message_wav: file {self.message_wav!r} does not exist")
-        return self
-
-    @field_validator("thresholds")
-    @classmethod
-    def _known(cls, v: dict[str, float]) -> dict[str, float]:
-        from dataclasses import fields
-
-        from sipbridge.media.detect import DetectionConfig
-
-        known = {f.name for f in fields(DetectionConfig) if f.name != "vad"}
-        for k in v:
-            if k not in known:
-                raise ValueError(f"unknown threshold {k!r} (known: {', '.join(sorted(known))})")
-        return v
-
-
-DTMF_DIGITS = "0123456789*#ABCDabcd"
-DTMF_PAUSES = "wW"
-
-
-def check_dtmf(digits: str, field: str = "digits") -> str:
-    """0-9 * # A-D, and pauses w (0.5 s) / W (1 s); ValueError names a bad character."""
-    prefix = f"{field}: " if field else ""
-    if not digits:
-        raise ValueError(f"{prefix}empty")
-    for i, c in enumerate(digits):
-        if c not in DTMF_DIGITS and c not in DTMF_PAUSES:
-            raise ValueError(f"{prefix}character {c!r} at position {i} is not a DTMF digit "
-                             "(0-9 * # A-D, w = 0.5 s pause, W = 1 s pause)")
-    return digits
-
-
-class IvrSettings(_Model):
-    """Walking an IVR after answer: digits, then optionally hold until a person speaks."""
-
-    # Sent as RFC 4733 events after answer (Twilio's SendDigits): 0-9 * # A-D, w, W.
-    send_digits: str | None = None
-    send_digits_delay_s: Annotated[float, Field(ge=0, le=60)] = 1.0
-    digit_duration_ms: Annotated[int, Field(ge=40, le=2000)] = 160
-    digit_gap_ms: Annotated[int, Field(ge=20, le=2000)] = 80
-    # After the digits, stay silent until a live person speaks (not music, not a looping
-    # prompt), then connect the agent.
-    hold: bool = False
-    # Escape hatch: the whole IVR/hold phase may last this long after answer; then the
-    # call ends with a retryable failure.
-    max_ivr_s: Annotated[float, Field(gt=0, le=7200)] = 600.0
-
-    @field_validator("send_digits")
-    @classmethod
-    def _digits(cls, v: str | None) -> str | None:
-        return None if v is None else check_dtmf(v, "")
+    priority: Annotated[int, Field(ge=0, le=1000)] = 0
+    weight: Annotated[float, Field(ge=0, le=1_000_000)] = 1.0
 
 
 class InboundConfig(_Model):
@@ -528,16 +448,16 @@ def _check_zone(name: str) -> None:
 
 class LimitsConfig(_Model):
     # Calls in progress across all trunks (None: only the worker pool's capacity).
-    max_concurrent_calls: Annotated[int, Field(ge=1)] | None = None
+    max_concurrent_calls: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
     # Triggers per second per API token (token bucket), answered 429 + Retry-After above.
-    api_rate_per_s: Annotated[float, Field(gt=0)] = 20.0
-    api_burst: Annotated[int, Field(ge=1)] = 100
+    api_rate_per_s: Annotated[float, Field(gt=0, le=100_000)] = 20.0
+    api_burst: Annotated[int, Field(ge=1, le=1_000_000)] = 100
 
 
 class SchedulerConfig(_Model):
     # A call still queued this long after its trigger ends as failure (PolyAI's reason
     # text "call queueing: max timeout limit exceeded").
-    max_queue_time_s: Annotated[float, Field(gt=0)] = 86400.0
+    max_queue_time_s: Annotated[float, Field(gt=0, le=30 * 86400)] = 86400.0
     # Used when neither the call, the route nor the number gives a time zone.
     default_timezone: str | None = None
 
@@ -560,7 +480,7 @@ class StoreConfig(_Model):
     kind: Literal["sqlite"] = "sqlite"
     path: str = "var/sipbridge.db"
     # Ended calls answer 404 after this long (SPEC: 2 hours).
-    retention_s: Annotated[float, Field(gt=0)] = 7200.0
+    retention_s: Annotated[float, Field(gt=0, le=366 * 86400)] = 7200.0
 
 
 class WebhookConfig(_Model):
@@ -577,12 +497,34 @@ class WebhookConfig(_Model):
     # Deliveries waiting in memory; above this the oldest is dropped (and logged).
     queue_size: Annotated[int, Field(ge=1, le=1_000_000)] = 10000
 
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, v: str | None) -> str | None:
-        if v is not None and not re.match(r"^https?://[^\s/]+", v):
-            raise ValueError("must be an http:// or https:// URL")
-        return v
+    # Callback targets must be global addresses (checked on the URL and again after DNS
+    # at delivery); allow_private opens loopback/private/link-local/CGNAT, allow_cidrs
+    # opens exactly the networks listed.
+    allow_private: bool = False
+    allow_cidrs: Annotated[list[str], Field(max_length=256)] = Field(default_factory=list)
+
+    def policy(self) -> TargetPolicy:
+        return TargetPolicy.of(self.allow_private, self.allow_cidrs)
+
+    @model_validator(mode="after")
+    def _http_url(self) -> WebhookConfig:
+        import ipaddress
+
+        for i, net in enumerate(self.allow_cidrs):
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(f"allow_cidrs.{i}: {net!r} is not an IP network") from None
+        problem = None if self.url is None else callback_url_problem(self.url, self.policy())
+        if problem:
+            raise ValueError(f"url: {problem}")
+        return self
+
+
+class MediaConfig(_Model):
+    # Folder of the audio files the API and the config may name (detection.message_wav):
+    # a name is a file in this folder, never a path.
+    dir: str | None = None
 
 
 class ShutdownConfig(_Model):
@@ -607,6 +549,7 @@ class Config(_Model):
     inbound: InboundConfig = Field(default_factory=InboundConfig)
     webhooks: WebhookConfig = Field(default_factory=WebhookConfig)
     shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
+    media: MediaConfig = Field(default_factory=MediaConfig)
 
     @model_validator(mode="after")
     def _references(self) -> Config:
@@ -625,6 +568,12 @@ class Config(_Model):
                 if t.name not in names:
                     raise ValueError(
                         f"routes.{i}.trunks.{j}.name: unknown trunk {t.name!r} (known: {names})")
+        self._check_media()
+        if self.inbound.enabled:  # SIP-triggered calls carry no from_number
+            for i, trunk in enumerate(self.trunks):
+                if not trunk.caller_id:
+                    raise ValueError(f"trunks.{i}.caller_id: required when inbound.enabled "
+                                     "(SIP-triggered calls give no caller ID)")
         return self
 
     @model_validator(mode="after")
@@ -640,6 +589,16 @@ class Config(_Model):
                 f"trunks: {len(profiles)} different TLS settings (verify, ca_file); at most "
                 f"{MAX_TLS_PROFILES}: let trunks share a CA file (a PEM file may hold several)")
         return self
+
+    def _check_media(self) -> None:
+        where = [("detection", self.detection)] + [
+            (f"routes.{i}.detection", r.detection) for i, r in enumerate(self.routes)]
+        for key, det in where:
+            if det is not None and det.message_wav is not None:
+                try:
+                    media_path(self.media.dir, det.message_wav, "")
+                except ValueError as e:
+                    raise ValueError(f"{key}.message_wav: {e}") from None
 
     def trunk(self, name: str) -> TrunkConfig:
         for t in self.trunks:

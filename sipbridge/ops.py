@@ -105,7 +105,7 @@ class Operations:
             body = await asyncio.get_running_loop().run_in_executor(None, self.metrics.render)
             return Response(body, media_type=CONTENT_TYPE)
 
-        @app.get("/readyz")
+        @app.get("/readyz", responses={503: {"description": "not ready: names what is down"}})
         async def readyz() -> JSONResponse:
             """200 when a SIP worker is ready and the store answers; else 503 naming what
             is down (also 503 while draining)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from sipbridge.config import Config, RouteConfig, TrunkConfig
@@ -53,34 +53,86 @@ def effective_caller_id(trunk: TrunkConfig, requested: str | None) -> str:
     return requested or trunk.caller_id or ""
 
 
+def caller_id_for(trunk: TrunkConfig, requested: str | None) -> str:
+    """:func:`effective_caller_id`, or :class:`RoutingError` naming ``from_number`` when
+    neither the trigger nor the trunk gives one (a From without a user part would be
+    refused by the SIP stack at dial time)."""
+    cid = effective_caller_id(trunk, requested)
+    if not cid:
+        raise RoutingError("from_number", f"required: trunk {trunk.name!r} has no caller_id")
+    return cid
+
+
+# Call fields the API client controls; a template using one is blamed on that field.
+_CLIENT_FIELDS = ("polyai_call_id", "from_number", "to_number")
+
+
+def _render_checked(name: str, tmpl: str, fields: Mapping[str, str],
+                    metadata: Mapping[str, str], where: str) -> str:
+    """Render a header template; a client-supplied value that makes it unsafe is
+    reported under that value's field (``polyai_call_id``, ``metadata.KEY``)."""
+    for used in template_fields(tmpl):
+        if used.startswith("metadata."):
+            key = used.removeprefix("metadata.")
+            validate_header_value(metadata.get(key, ""), used)
+        elif used in _CLIENT_FIELDS:
+            validate_header_value(fields.get(used, ""), used)
+    return validate_header_value(render_template(tmpl, fields, metadata), where)
+
+
+def _metadata_headers(out: dict[str, tuple[str, str]], prefix: str,
+                      metadata: Mapping[str, str], keys: Collection[str] | None) -> None:
+    """Metadata as "<prefix>KEY" headers (only ``keys`` if given), validated."""
+    for key, value in metadata.items():
+        if keys is not None and key not in keys:
+            continue
+        name = f"{prefix}{key}"
+        validate_header_name(name, f"metadata.{key}")
+        out.setdefault(name.lower(), (name, validate_header_value(value, f"metadata.{key}")))
+
+
 def carrier_headers(
     trunk: TrunkConfig, fields: Mapping[str, str], metadata: Mapping[str, str]
 ) -> tuple[tuple[str, str], ...]:
-    """Static, templated and metadata headers for the carrier INVITE, all validated.
+    """Static, templated and opted-in metadata headers for the carrier INVITE, validated.
 
-    Raises :class:`HeaderError` naming the offending field (``metadata.KEY`` for a
-    metadata key or value) so the trigger can be refused with a 400: unsafe values are
-    never sent.
+    Metadata reaches a carrier only for the keys in ``trunk.metadata_to_carrier`` (and
+    through templates the operator wrote). Raises :class:`HeaderError` naming the
+    offending field (``metadata.KEY``, ``polyai_call_id``) so the trigger can be refused
+    with a 400: unsafe values are never sent.
     """
     out: dict[str, tuple[str, str]] = {}
     for name, value in trunk.headers.items():
         where = f"trunk {trunk.name} header {name}"
         out[name.lower()] = (name, validate_header_value(value, where))
     for name, tmpl in trunk.header_templates.items():
-        value = render_template(tmpl, fields, metadata)
-        used = [f.removeprefix("metadata.") for f in _meta_fields(tmpl)]
-        where = f"metadata.{used[0]}" if used else f"header {name}"
-        out[name.lower()] = (name, validate_header_value(value, where))
-    if trunk.metadata_header_prefix is not None:
-        for key, value in metadata.items():
-            name = f"{trunk.metadata_header_prefix}{key}"
-            validate_header_name(name, f"metadata.{key}")
-            out.setdefault(name.lower(), (name, validate_header_value(value, f"metadata.{key}")))
+        out[name.lower()] = (name, _render_checked(name, tmpl, fields, metadata,
+                                                   f"header {name}"))
+    opt_in = trunk.metadata_to_carrier
+    if opt_in is not None:
+        _metadata_headers(out, opt_in.prefix, metadata, frozenset(opt_in.keys))
     return tuple(out.values())
 
 
-def _meta_fields(tmpl: str) -> list[str]:
-    return [f for f in template_fields(tmpl) if f.startswith("metadata.")]
+def check_trigger(
+    cfg: Config, trunks: Iterable[TrunkConfig], *, call_sid: str, to_number: str,
+    from_number: str | None, metadata: Mapping[str, str], polyai_call_id: str | None,
+    bridge_host: str, encryption: str | None = None,
+) -> None:
+    """Dry run of every leg a trigger can reach (each trunk of its hunt list, and the
+    agent leg), so a value that would be unsafe on any of them is a 400 now, never a
+    failure at dial time. Raises :class:`RoutingError` / :class:`HeaderError` naming
+    the field."""
+    for trunk in trunks:
+        resolve_plan(
+            cfg, call_sid=call_sid, to_number=to_number,
+            from_number=caller_id_for(trunk, from_number), metadata=metadata,
+            polyai_call_id=polyai_call_id, attempt=1, bridge_host=bridge_host,
+            trunk=trunk, encryption=encryption)
+        resolve_agent_plan(
+            cfg, call_sid=call_sid, carrier_leg_id=f"{call_sid}/b1", to_number=to_number,
+            from_number=caller_id_for(trunk, from_number), metadata=metadata,
+            polyai_call_id=polyai_call_id, answered_by="unknown", bridge_host=bridge_host)
 
 
 def resolve_plan(
@@ -136,8 +188,9 @@ def resolve_plan(
 
 
 __all__ = [
-    "HeaderError", "RoutingError", "carrier_headers", "choose_route", "choose_trunk",
-    "effective_caller_id", "resolve_agent_plan", "resolve_plan", "srtp_mode",
+    "HeaderError", "RoutingError", "caller_id_for", "carrier_headers", "check_trigger",
+    "choose_route", "choose_trunk", "effective_caller_id", "resolve_agent_plan",
+    "resolve_plan", "srtp_mode",
 ]
 
 
@@ -168,16 +221,13 @@ def resolve_agent_plan(
     for name, value in agent.headers.items():
         out[name.lower()] = (name, validate_header_value(value, f"agent header {name}"))
     for name, tmpl in agent.header_templates.items():
-        value = render_template(tmpl, fields, metadata)
+        value = _render_checked(name, tmpl, fields, metadata, f"agent header {name}")
         if value:  # e.g. no polyai_call_id: the header is left out, not sent empty
-            out[name.lower()] = (name, validate_header_value(value, f"agent header {name}"))
+            out[name.lower()] = (name, value)
     for name, value in (extra_headers or {}).items():
         out.setdefault(name.lower(), (name, validate_header_value(value, f"header {name}")))
     if agent.metadata_header_prefix is not None:
-        for key, value in metadata.items():
-            name = f"{agent.metadata_header_prefix}{key}"
-            validate_header_name(name, f"metadata.{key}")
-            out.setdefault(name.lower(), (name, validate_header_value(value, f"metadata.{key}")))
+        _metadata_headers(out, agent.metadata_header_prefix, metadata, None)
     transport = agent.transport()
     # The agent sees the callee as the caller: it is talking to that person.
     scheme = "sips" if transport == "tls" else "sip"

@@ -24,13 +24,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from itertools import pairwise
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import phonenumbers
 from phonenumbers import timezone as pn_timezone
 
 __all__ = [
     "DEFAULT_RETRY_ON",
+    "MAX_BACKOFF_S",
     "CallingWindow",
     "RetryPolicy",
     "backoff_s",
@@ -153,11 +154,21 @@ class CallingWindow:
 
 
 @lru_cache(maxsize=1024)
+@lru_cache(maxsize=1)
+def _known_zones() -> frozenset[str]:
+    return frozenset(available_timezones())
+
+
 def zone(name: str) -> ZoneInfo:
-    """``ZoneInfo`` by IANA name; ``ValueError`` naming it if unknown."""
+    """``ZoneInfo`` by IANA name; ``ValueError`` naming it if unknown.
+
+    Only names in the zone database are looked up: ``ZoneInfo`` opens files by name, and a
+    directory or an over-long name would raise ``OSError``, not ``ValueError``."""
+    if not isinstance(name, str) or name not in _known_zones():
+        raise ValueError(f"timezone: unknown time zone {str(name)[:80]!r}")
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
         raise ValueError(f"timezone: unknown time zone {name!r}") from exc
 
 
@@ -311,6 +322,11 @@ def next_open(
     return None
 
 
+# The longest backoff any policy can produce (a year): keeps ``now + delay`` far from
+# ``datetime.max`` whatever a policy says.
+MAX_BACKOFF_S = 366 * 86400.0
+
+
 def backoff_s(
     attempt: int,
     base_s: float,
@@ -325,18 +341,23 @@ def backoff_s(
     with proportional jitter. ``jitter=1`` is AWS-style "full jitter" (uniform in (0, d]);
     ``jitter=0`` is deterministic. Jitter only ever *shortens* the delay, so the cap is a hard
     upper bound and ``(1 - jitter) * d`` the lower bound. ``rand`` returns a float in [0, 1).
+
+    Never overflows: whatever the inputs (1e308, +Infinity), the result is at most
+    :data:`MAX_BACKOFF_S`; NaN is refused with ``ValueError``.
     """
     if attempt < 1:
         raise ValueError(f"attempt must be >= 1, got {attempt}")
-    if base_s < 0 or cap_s < 0 or factor < 1:
+    if not (base_s >= 0 and cap_s >= 0 and factor >= 1):  # also refuses NaN
         raise ValueError("backoff: need base_s >= 0, cap_s >= 0 and factor >= 1")
     if not 0.0 <= jitter <= 1.0:
         raise ValueError(f"backoff: jitter must be in [0, 1], got {jitter}")
     try:
-        raw = base_s * factor ** (attempt - 1)
+        raw = float(base_s) * float(factor) ** (attempt - 1)
     except OverflowError:
         raw = math.inf
-    delay = min(cap_s, raw)
+    if math.isnan(raw):  # 0 * inf
+        raw = 0.0
+    delay = min(cap_s, raw, MAX_BACKOFF_S)
     r = rand()
     if not 0.0 <= r <= 1.0:
         raise ValueError(f"backoff: rand() returned {r}, expected [0, 1)")
@@ -367,9 +388,9 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ValueError(f"retry.max_attempts must be >= 1, got {self.max_attempts}")
-        if self.base_s < 0 or self.cap_s < 0:
+        if not (self.base_s >= 0 and self.cap_s >= 0):  # also refuses NaN
             raise ValueError("retry: base_s and cap_s must be >= 0")
-        if self.factor < 1:
+        if not self.factor >= 1:
             raise ValueError(f"retry.factor must be >= 1, got {self.factor}")
         if not 0.0 <= self.jitter <= 1.0:
             raise ValueError(f"retry.jitter must be in [0, 1], got {self.jitter}")
@@ -400,7 +421,11 @@ def next_attempt_time(
     window does not open within ``horizon_days`` after the backoff. Does not consult
     :meth:`RetryPolicy.should_retry`; callers check that first. Without a window, the
     backoff alone decides."""
-    earliest = _as_utc(now_utc) + timedelta(seconds=policy.delay_s(attempts_done, rand))
+    delay = min(policy.delay_s(attempts_done, rand), MAX_BACKOFF_S)
+    try:
+        earliest = _as_utc(now_utc) + timedelta(seconds=delay)
+    except OverflowError:  # ``now`` near datetime.max: no attempt can be scheduled
+        return None
     if window is None:
         return earliest
     return next_open(window, zones, earliest, horizon_days)

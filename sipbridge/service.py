@@ -47,6 +47,7 @@ from sipbridge.ipc import (
     PlaybackDone,
 )
 from sipbridge.limits import ConcurrencyLimiter, RateLimiter, TokenBucket
+from sipbridge.mediafiles import media_path
 from sipbridge.numbers import NumberError, to_e164
 from sipbridge.outcomes import (
     MEDIA_TIMEOUT,
@@ -57,6 +58,7 @@ from sipbridge.outcomes import (
 from sipbridge.plan import DialPlan
 from sipbridge.routing import (
     RoutingError,
+    check_trigger,
     choose_route,
     effective_caller_id,
     resolve_agent_plan,
@@ -363,14 +365,11 @@ class CallService:
             raise RoutingError("encryption", f"{req.encryption} is not available on the "
                                f"trunks for {req.to_number} (they offer {', '.join(offered)})")
         first: TrunkConfig = self.cfg.trunk(names[0])
-        for name in names:  # dry run per trunk: refuses unsafe headers before storing
-            trunk = self.cfg.trunk(name)
-            resolve_plan(
-                self.cfg, call_sid=call_sid, to_number=req.to_number,
-                from_number=effective_caller_id(trunk, req.from_number), metadata=req.metadata,
-                polyai_call_id=req.polyai_call_id, attempt=1, bridge_host=self.bridge_host,
-                trunk=trunk, encryption=req.encryption,
-            )
+        # dry run of every leg (each trunk, the agent): refuses unsafe values before storing
+        check_trigger(self.cfg, [self.cfg.trunk(n) for n in names], call_sid=call_sid,
+                      to_number=req.to_number, from_number=req.from_number,
+                      metadata=req.metadata, polyai_call_id=req.polyai_call_id,
+                      bridge_host=self.bridge_host, encryption=req.encryption)
         request: dict[str, Any] = {"metadata": req.metadata, "encryption": req.encryption,
                                    "from_number": req.from_number}
         if req.timezone:
@@ -751,8 +750,9 @@ class CallService:
             self._event(rec, "hold", {"leg": carrier})
             self.pool.listen(carrier, "hold", {})
         elif isinstance(action, PlayMessage) and carrier is not None:
+            path = str(media_path(self.cfg.media.dir, action.path))  # re-checked now
             self._event(rec, "voicemail.play", {"leg": carrier, "path": action.path})
-            self.pool.play(carrier, action.path)
+            self.pool.play(carrier, path)
         elif isinstance(action, StartTimer):
             loop = asyncio.get_running_loop()
             handle = loop.call_later(action.delay_s, self._on_timer, call_sid, action.name,

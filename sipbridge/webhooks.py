@@ -6,6 +6,12 @@ Signature (documented in the README)::
     X-Sipbridge-Timestamp: <unix seconds>
     X-Sipbridge-Signature: v1=<hex HMAC-SHA256(secret, f"{timestamp}.{body}")>
 
+Targets: the URL is checked when the call is triggered (sipbridge.netpolicy), and at
+every delivery attempt the host name is resolved, every address it resolves to is checked
+against the same policy, and the request goes to the checked address (the URL's host
+stays in ``Host`` and in TLS SNI/certificate checks), so DNS rebinding cannot redirect a
+callback to an address the policy refuses. Environment proxies are not used.
+
 Deliveries live in memory: bounded lanes (per call, so one call's statuses arrive in
 order), the oldest dropped with a log line when a lane is full; undelivered callbacks
 are lost when the process exits.
@@ -17,20 +23,25 @@ import asyncio
 import collections
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
+import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 
 from sipbridge.aio import cancel_all
 from sipbridge.config import WebhookConfig
+from sipbridge.netpolicy import address_problem, callback_url_problem
 from sipbridge.store import CallEvent, CallRecord
+
+# (host, port) -> the IP addresses to try, in order.
+Resolver = Callable[[str, int], Awaitable[list[str]]]
 
 log = logging.getLogger("sipbridge.webhooks")
 
@@ -59,19 +70,21 @@ def verify(secret: str | bytes, timestamp: str, body: bytes, signature: str,
     return hmac.compare_digest(sign(secret, timestamp, body), signature)
 
 
-def check_callback_url(url: str) -> str | None:
-    """None if ``url`` is usable as a status callback, else why not."""
-    try:
-        parts = urlsplit(url)
-    except ValueError as e:
-        return f"not a URL: {e}"
-    if parts.scheme not in ("http", "https"):
-        return "must be an http:// or https:// URL"
-    if not parts.hostname:
-        return "has no host"
-    if any(c.isspace() or ord(c) < 32 for c in url):
-        return "contains whitespace or control characters"
-    return None
+async def system_resolve(host: str, port: int) -> list[str]:
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port,
+                                                         type=socket.SOCK_STREAM)
+    return [str(info[4][0]) for info in infos]
+
+
+class TargetRefused(Exception):
+    """The callback's target is not allowed by webhooks.allow_private / allow_cidrs."""
+
+
+@dataclass(frozen=True)
+class PinnedTarget:
+    url: httpx.URL
+    host_header: str
+    extensions: dict[str, Any]
 
 
 @dataclass
@@ -93,8 +106,11 @@ class WebhookDispatcher:
         on_result: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.time,
         transport: httpx.AsyncBaseTransport | None = None,
+        resolve: Resolver = system_resolve,
     ) -> None:
         self.cfg = cfg
+        self.policy = cfg.policy()
+        self.resolve = resolve
         self.render = render
         self.secret = cfg.secret.resolve() if cfg.secret is not None else None
         self.on_result = on_result or (lambda _r: None)
@@ -145,7 +161,7 @@ class WebhookDispatcher:
 
     async def start(self) -> None:
         self._client = httpx.AsyncClient(timeout=self.cfg.timeout_s, transport=self._transport,
-                                         follow_redirects=False)
+                                         follow_redirects=False, trust_env=False)
         self._tasks = [asyncio.create_task(self._lane(i), name=f"webhooks-{i}")
                        for i in range(LANES)]
 
@@ -189,15 +205,38 @@ class WebhookDispatcher:
             h[SIGNATURE_HEADER] = sign(self.secret, ts, d.body)
         return h
 
+    async def pin(self, url: str) -> PinnedTarget:
+        """Resolve the URL's host and check every address it resolves to; the URL to
+        connect to (the first address), with ``Host`` and SNI kept for the name.
+        Raises :class:`TargetRefused`, or ``OSError`` when the name does not resolve."""
+        problem = callback_url_problem(url, self.policy)
+        if problem:
+            raise TargetRefused(problem)
+        u = httpx.URL(url)
+        port = u.port or (443 if u.scheme == "https" else 80)
+        addrs = await self.resolve(u.host, port)
+        if not addrs:
+            raise OSError(f"{u.host} resolves to no address")
+        for a in addrs:
+            why = address_problem(ipaddress.ip_address(a), self.policy)
+            if why:
+                raise TargetRefused(f"{u.host} resolves to {why}")
+        ext: dict[str, Any] = {"sni_hostname": u.host} if u.scheme == "https" else {}
+        return PinnedTarget(u.copy_with(host=addrs[0].split("%", 1)[0]),
+                            u.netloc.decode("ascii"), ext)
+
     async def deliver(self, d: Delivery) -> bool:
-        """POST with retries (exponential backoff from ``backoff_s``); True if a 2xx came."""
+        """POST with retries (exponential backoff from ``backoff_s``); True if a 2xx came.
+        A target the policy refuses is not retried."""
         assert self._client is not None, "start() first"
         delay = self.cfg.backoff_s
         for attempt in range(1, self.cfg.max_attempts + 1):
             why: str
             try:
-                r = await self._client.post(d.url, content=d.body,
-                                            headers=self.headers(d, attempt))
+                target = await self.pin(d.url)
+                r = await self._client.post(
+                    target.url, content=d.body, extensions=target.extensions,
+                    headers={**self.headers(d, attempt), "Host": target.host_header})
                 if 200 <= r.status_code < 300:
                     self.on_result("delivered")
                     log.debug("%s: status callback %s delivered to %s (attempt %d)",
@@ -205,7 +244,12 @@ class WebhookDispatcher:
                               extra={"call_sid": d.call_sid})
                     return True
                 why = f"HTTP {r.status_code}"
-            except httpx.HTTPError as e:
+            except TargetRefused as e:
+                self.on_result("refused")
+                log.warning("%s: status callback %s to %s refused: %s", d.call_sid, d.status,
+                            d.url, e, extra={"call_sid": d.call_sid})
+                return False
+            except (httpx.HTTPError, OSError) as e:
                 why = f"{type(e).__name__}: {e}"
             if attempt == self.cfg.max_attempts:
                 self.on_result("failed")
@@ -221,5 +265,5 @@ class WebhookDispatcher:
         return False
 
 
-__all__ = ["SIGNATURE_HEADER", "TIMESTAMP_HEADER", "Delivery", "WebhookDispatcher",
-           "check_callback_url", "sign", "verify"]
+__all__ = ["SIGNATURE_HEADER", "TIMESTAMP_HEADER", "Delivery", "PinnedTarget", "TargetRefused",
+           "WebhookDispatcher", "sign", "system_resolve", "verify"]

@@ -180,7 +180,7 @@ def test_leave_message_after_the_beep(stack: Stack, tmp_path: Path,
     with TsharkCapture(carrier.media_port, tmp_path / "carrier.pcap") as cap:
         bridge = carrier_bridge(stack, carrier, agent, route={"detection": {
             "connect_on": "human", "machine_action": "leave_message",
-            "message_wav": str(message)}})
+            "message_wav": message.name}}, media={"dir": str(message.parent)})
         sid = bridge.trigger(to_number="+12125550128")
         body = bridge.wait_terminal(sid, timeout=30)
     assert (body["status"], body["reason"], body["answered_by"]) == (

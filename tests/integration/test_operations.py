@@ -42,7 +42,9 @@ def test_metrics_callbacks_readiness_and_cdrs_after_a_real_call(
         tmp_path,
         trunks=[{"name": "t", "address": carrier.uri_hostport, "caller_id": "+14155550100"}],
         routes=[{"prefix": "+1", "trunk": "t"}],
-        webhooks={"secret": {"value": SECRET}, "backoff_s": 0.2},
+        # the receiver is on 127.0.0.1: loopback callback targets must be allowed
+        webhooks={"secret": {"value": SECRET}, "backoff_s": 0.2,
+                  "allow_cidrs": ["127.0.0.0/8"]},
     )
     bridge = stack.bridge(cfg)
     r = httpx.get(bridge.base + "/readyz", timeout=5)

@@ -80,7 +80,8 @@ CFG = parse_config({
     "trunks": [
         {"name": "us", "address": "10.0.0.1:5060", "caller_id": "+14155550100",
          "headers": {"X-Static": "s"},
-         "header_templates": {"X-PolyAI-Call-SID": "{call_sid}", "X-Cust": "{metadata.cust}"}},
+         "header_templates": {"X-PolyAI-Call-SID": "{call_sid}", "X-Cust": "{metadata.cust}"},
+         "metadata_to_carrier": {"keys": ["cust", "Tier"]}},
         {"name": "uk", "address": "uk.example", "transport": "tcp"},
         {"name": "any", "address": "any.example"},
     ],

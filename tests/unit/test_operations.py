@@ -156,7 +156,9 @@ def test_sign_and_verify() -> None:
 
 
 def test_webhook_retried_after_500_and_signed() -> None:
-    cfg = WebhookConfig(secret={"value": SECRET}, backoff_s=0.2, max_attempts=3)  # type: ignore[arg-type]
+    # the receiver is on 127.0.0.1: loopback targets must be allowed explicitly
+    cfg = WebhookConfig(secret={"value": SECRET}, backoff_s=0.2, max_attempts=3,  # type: ignore[arg-type]
+                        allow_private=True)
     results: list[str] = []
 
     async def run(url: str) -> bool:
@@ -188,7 +190,7 @@ def test_webhook_gives_up_on_connection_errors() -> None:
     from tests.sipp import free_port
 
     port = free_port(socket.SOCK_STREAM)  # nothing listens there
-    cfg = WebhookConfig(backoff_s=0.05, max_attempts=3)
+    cfg = WebhookConfig(backoff_s=0.05, max_attempts=3, allow_cidrs=["127.0.0.0/8"])
     results: list[str] = []
 
     async def run() -> bool:
@@ -215,7 +217,8 @@ def test_webhook_queue_drops_oldest_when_full(caplog: pytest.LogCaptureFixture) 
 
 def test_status_callbacks_from_the_app(tmp_path: Path) -> None:
     with Receiver(fail_first=[500]) as rx:
-        cfg = _cfg(webhooks={"secret": {"value": SECRET}, "backoff_s": 0.1})
+        cfg = _cfg(webhooks={"secret": {"value": SECRET}, "backoff_s": 0.1,
+                             "allow_private": True})
         pool = RecordingPool()
         svc = CallService(cfg, SQLiteStore(tmp_path / "s.db"), pool)
         with TestClient(create_app(svc, ["tok"])) as client:

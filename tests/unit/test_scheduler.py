@@ -237,8 +237,10 @@ def test_idempotency_key_returns_same_call(tmp_path):
 
 def test_trunk_concurrency_overflows_to_next_trunk_and_global_cap(tmp_path):
     config = cfg(trunks=[
-        {"name": "a", "address": "127.0.0.1:5061", "max_concurrent": 2},
-        {"name": "b", "address": "127.0.0.1:5062", "max_concurrent": 1},
+        {"name": "a", "address": "127.0.0.1:5061", "max_concurrent": 2,
+         "caller_id": "+14155550100"},
+        {"name": "b", "address": "127.0.0.1:5062", "max_concurrent": 1,
+         "caller_id": "+14155550100"},
     ], limits={"max_concurrent_calls": 3})
     svc, pool, _ = make(tmp_path, config)
     for i in range(5):
@@ -267,7 +269,8 @@ def test_cps_cap_never_exceeded(tmp_path_factory, cps, burst, steps):
     """However the scheduler is woken, INVITEs on a trunk never exceed burst + cps*T in
     any window T; no call is dialled twice (RecordingPool asserts that)."""
     config = cfg(trunks=[{"name": "a", "address": "127.0.0.1:5061", "cps": cps,
-                          "cps_burst": burst}], routes=[{"prefix": "+1", "trunk": "a"}])
+                          "cps_burst": burst, "caller_id": "+14155550100"}],
+                 routes=[{"prefix": "+1", "trunk": "a"}])
     svc, pool, clock = make(tmp_path_factory.mktemp("cps"), config, slots=1000)
     for i in range(30):
         svc.trigger(TriggerInput(f"+1212555{1000 + i:04d}"))

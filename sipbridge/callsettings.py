@@ -1,0 +1,143 @@
+"""Per-call settings that the API and the config share: calling window, retry policy,
+recipient detection, IVR walking. Every number is bounded (visible in the OpenAPI schema
+as minimum/maximum); NaN and +-Infinity are refused.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from sipbridge.mediafiles import check_media_name
+from sipbridge.schedule import CallingWindow, RetryPolicy
+from sipbridge.thresholds import DetectionThresholds
+
+
+class StrictModel(BaseModel):
+    # Bounds policy: every number has a lower and an upper bound (visible in the OpenAPI
+    # schema as minimum/maximum); NaN and +-Infinity are refused everywhere.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+_Model = StrictModel
+
+
+class WindowConfig(_Model):
+    """Allowed local calling hours, judged in the recipient's time zone(s)."""
+
+    days: Annotated[str, Field(max_length=64)] = "mon-sun"
+    hours: Annotated[str, Field(max_length=32)] = "00:00-24:00"
+
+    @model_validator(mode="after")
+    def _parses(self) -> WindowConfig:
+        CallingWindow.parse(self.days, self.hours)
+        return self
+
+    def window(self) -> CallingWindow:
+        return CallingWindow.parse(self.days, self.hours)
+
+
+class RetryConfig(_Model):
+    """Which outcomes are retried, how often and how far apart."""
+
+    # Outcome kinds (sipbridge.outcomes): busy, no_answer, carrier_error,
+    # transport_error, bridge_error, machine, ...
+    retry_on: Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=32)] = Field(
+        default_factory=lambda: ["busy", "no_answer", "carrier_error", "transport_error",
+                                 "bridge_error"])
+    # Counts the first attempt: 1 means never retry.
+    max_attempts: Annotated[int, Field(ge=1, le=20)] = 1
+    # Backoff: min(cap_s, base_s * factor**(n-1)) shortened by up to `jitter` (0..1).
+    # Bounded so that any backoff fits the scheduler (at most 7 days apart).
+    base_s: Annotated[float, Field(ge=0, le=86400)] = 60.0
+    factor: Annotated[float, Field(ge=1, le=10)] = 2.0
+    cap_s: Annotated[float, Field(ge=0, le=604800)] = 3600.0
+    jitter: Annotated[float, Field(ge=0, le=1)] = 0.2
+
+    def policy(self) -> RetryPolicy:
+        return RetryPolicy(retry_on=frozenset(self.retry_on), max_attempts=self.max_attempts,
+                           base_s=self.base_s, factor=self.factor, cap_s=self.cap_s,
+                           jitter=self.jitter)
+
+
+class DetectionSettings(_Model):
+    """Recipient detection for a call: what to analyse and what to do with machines."""
+
+    # Analyse 183 early media for SIT / busy / reorder and end the attempt without waiting
+    # for the carrier's final response.
+    early_media: bool = True
+    # Analyse the first seconds after answer: human / machine / ivr / fax / silence.
+    answer: bool = True
+    # A machine result is only final at the beep (or when the greeting ends without one).
+    wait_for_beep: bool = False
+    # When to bridge the agent: "answer" (as soon as the callee answers; detection keeps
+    # running and a machine policy can still end the call) or "human" (only once the
+    # callee is recognised as a person).
+    connect_on: Literal["answer", "human"] = "answer"
+    # What to do when a machine (voicemail) answers: "connect" (bridge the agent anyway,
+    # the result in a header), "hangup" (end as failure 'answered by machine'), "retry"
+    # (the same, retryable), "leave_message" (wait for the beep or the greeting's end,
+    # play message_wav, hang up with success).
+    machine_action: Literal["connect", "hangup", "retry", "leave_message"] = "connect"
+    # WAV (8 or 16 kHz mono PCM) played by "leave_message": a file name in media.dir.
+    message_wav: Annotated[str, Field(max_length=255)] | None = None
+    # Hang up on fax machines (CNG/CED).
+    hangup_on_fax: bool = True
+    # Overrides of sipbridge.media.detect.DetectionConfig thresholds (milliseconds, Hz),
+    # each bounded (sipbridge/thresholds.py).
+    thresholds: DetectionThresholds = Field(default_factory=lambda: DetectionThresholds())
+
+    @model_validator(mode="after")
+    def _message(self) -> DetectionSettings:
+        if self.machine_action == "leave_message":
+            if self.connect_on != "human":
+                raise ValueError("connect_on: must be 'human' when machine_action is "
+                                 "leave_message (the agent must not be bridged to the "
+                                 "voicemail before the message)")
+            if not self.message_wav:
+                raise ValueError("message_wav: required when machine_action is leave_message")
+        return self
+
+    @field_validator("message_wav")
+    @classmethod
+    def _file_name(cls, v: str | None) -> str | None:
+        # The file itself is checked against media.dir by the config / the trigger.
+        return None if v is None else check_media_name(v, "")
+
+
+DTMF_DIGITS = "0123456789*#ABCDabcd"
+DTMF_PAUSES = "wW"
+
+
+def check_dtmf(digits: str, field: str = "digits") -> str:
+    """0-9 * # A-D, and pauses w (0.5 s) / W (1 s); ValueError names a bad character."""
+    prefix = f"{field}: " if field else ""
+    if not digits:
+        raise ValueError(f"{prefix}empty")
+    for i, c in enumerate(digits):
+        if c not in DTMF_DIGITS and c not in DTMF_PAUSES:
+            raise ValueError(f"{prefix}character {c!r} at position {i} is not a DTMF digit "
+                             "(0-9 * # A-D, w = 0.5 s pause, W = 1 s pause)")
+    return digits
+
+
+class IvrSettings(_Model):
+    """Walking an IVR after answer: digits, then optionally hold until a person speaks."""
+
+    # Sent as RFC 4733 events after answer (Twilio's SendDigits): 0-9 * # A-D, w, W.
+    send_digits: Annotated[str, Field(max_length=256)] | None = None
+    send_digits_delay_s: Annotated[float, Field(ge=0, le=60)] = 1.0
+    digit_duration_ms: Annotated[int, Field(ge=40, le=2000)] = 160
+    digit_gap_ms: Annotated[int, Field(ge=20, le=2000)] = 80
+    # After the digits, stay silent until a live person speaks (not music, not a looping
+    # prompt), then connect the agent.
+    hold: bool = False
+    # Escape hatch: the whole IVR/hold phase may last this long after answer; then the
+    # call ends with a retryable failure.
+    max_ivr_s: Annotated[float, Field(gt=0, le=7200)] = 600.0
+
+    @field_validator("send_digits")
+    @classmethod
+    def _digits(cls, v: str | None) -> str | None:
+        return None if v is None else check_dtmf(v, "")
