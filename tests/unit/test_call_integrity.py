@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from dataclasses import replace
 
 import pytest
 from hypothesis import given
@@ -127,8 +128,14 @@ def test_connected_then_bye_is_success(tmp_path):
 
 
 def test_agent_header_failing_at_dial_time_is_a_failure(tmp_path):
-    # the trunk does not carry polyai_call_id, the agent leg does (X-PolyAI-Call-ID)
-    svc, pool, sid, plan = _dialled(tmp_path, polyai_call_id="P-1\r\nX-Evil: 1")
+    # the trunk does not carry polyai_call_id, the agent leg does (X-PolyAI-Call-ID). The
+    # trigger refuses CR/LF (400), so the bad value comes from a record stored before that
+    # check existed: the dial-time check is the last line of defence.
+    svc, pool = make_h(tmp_path, cfg())
+    sid = svc.trigger(TriggerInput("+12125550123", polyai_call_id="P-1")).call_sid
+    svc.store.save(replace(svc.get(sid)[0], polyai_call_id="P-1\r\nX-Evil: 1"))
+    svc._dispatch()
+    plan = pool.plans[0]
     _answered(svc, plan)
     assert len(pool.plans) == 1  # no agent INVITE
     assert pool.hung == [plan.leg_id]
