@@ -170,6 +170,30 @@ def test_hold_is_not_a_media_timeout_and_session_refresh_is_answered(stack: Stac
     assert (body["status"], body["reason"]) == ("failure", "media timeout"), body
 
 
+def test_failed_session_refresh_ends_the_call(stack: Stack) -> None:
+    """RFC 4028: the carrier makes us the refresher (Session-Expires: 90;refresher=uac),
+    then answers our refresh at 45 s with 481. The session is over: both legs get BYE and
+    the answered call ends as failure "call lost", not success. (Min-SE is 90 s in pjsip,
+    so this test takes about 50 s.)"""
+    carrier = stack.sipp("uas_answer_refresh_fails.xml")
+    agent = _streaming_agent(stack)
+    # the carrier sends no RTP: media timeout off, so only the session timer can end it
+    bridge = carrier_bridge(stack, carrier, agent, sip={
+        "listen_address": "127.0.0.1", "port_min": 0, "port_max": 0, "workers": 1,
+        "calls_per_worker": 4, "media_timeout_s": 0})
+    sid = bridge.trigger(to_number="+12125550260")
+    cinv = _invite(carrier)
+    ainv = _invite(agent)
+    carrier.wait_for(lambda m: m.direction == "received" and m.is_request
+                               and m.method == "INVITE" and m.call_id == cinv.call_id
+                               and m.header("CSeq") != cinv.header("CSeq"), 60)
+    _got(carrier, "BYE", cinv.call_id, timeout=20)
+    _got(agent, "BYE", ainv.call_id, timeout=20)
+    body = _all_legs_ended(bridge, sid)
+    assert (body["status"], body["reason"]) == ("failure", "call lost"), body
+    assert "481" in body["detail"], body
+
+
 def test_start_up_fails_poisoned_records_and_goes_on(tmp_path: Path) -> None:
     """Records a crash left behind, one with a retry policy that overflows the backoff
     and one with unparseable JSON, do not stop the bridge: each ends as failure
