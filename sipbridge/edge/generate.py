@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 # Destinations in the dispatcher list (nodes x worker ports).
 MAX_DESTINATIONS = 1024
-FILES = ("kamailio.cfg", "dispatcher.list", "tls.cfg", "rtpengine.conf")
+FILES = ("kamailio.cfg", "dispatcher.list", "tls.cfg", "carriers-ca.pem", "rtpengine.conf")
 # How an edge marks the carrier INVITEs a node sends it: "<trunk>;srtp=yes|no".
 TRUNK_HEADER = "X-Sipbridge-Trunk"
 
@@ -53,6 +53,10 @@ def check_edge(cfg: Config) -> None:
         raise ValueError(f"edge.nodes: {total} worker ports in all; at most "
                          f"{MAX_DESTINATIONS}")
     tls_trunks = [t.name for t in cfg.trunks if t.transport == "tls"]
+    for i, t in enumerate(cfg.trunks):
+        if t.transport == "tls" and not t.tls.verify:
+            raise ValueError(f"trunks.{i}.tls.verify: false is not supported behind the edge "
+                             "(the edge always verifies a carrier's certificate and name)")
     if tls_trunks and edge.tls is None:
         raise ValueError(f"edge.tls: required: trunk {tls_trunks[0]!r} uses TLS (a carrier "
                          "may open a TLS connection to the edge for in-dialog requests)")
@@ -118,12 +122,38 @@ def dispatcher_list(cfg: Config) -> str:
             if i < len(ports):
                 lines.append(f"1 sip:{_uri_host(addr)}:{ports[i]} 0 0 "
                              f"duid=node{n}-{ports[i]}")
+    # Set 2: TLS trunks, probed with OPTIONS from the public TLS socket: the probes open
+    # the TLS connections whose certificates kamailio.cfg checks (route TLS_PEER).
+    edge = cfg.edge
+    tls_socket = _socket(edge.public_address, edge.public_tls_port, "tls")
+    for t in cfg.trunks:
+        if t.transport == "tls":
+            r = trunk_route(t)
+            lines.append(f"2 {r.dst_uri} 0 0 duid=trunk-{t.name};socket={tls_socket}")
     return "\n".join(lines) + "\n"
 
 
-def tls_cfg(cfg: Config, routes: list[TrunkRoute]) -> str:
-    """Kamailio tls.cfg: the edge's server profile, and one client profile per TLS
-    trunk (its CA list, SNI, verification) selected by server_id ``trunk-<name>``."""
+def carriers_ca(routes: list[TrunkRoute]) -> str:
+    """The CA list of the client profile: every distinct CA file of the TLS trunks (their
+    tls.ca_file, else the OS bundle), concatenated (PEM)."""
+    files = sorted({r.tls_ca_file for r in routes
+                    if r.transport == "tls" and r.tls_verify and r.tls_ca_file})
+    parts = []
+    for f in files:
+        try:
+            parts.append(Path(f).read_text(encoding="ascii", errors="replace"))
+        except OSError as e:
+            raise ValueError(f"{f}: cannot read: {e.strerror}") from None
+    return "".join(p if p.endswith("\n") else p + "\n" for p in parts)
+
+
+def tls_cfg(cfg: Config, routes: list[TrunkRoute], install_dir: str) -> str:
+    """Kamailio tls.cfg: the edge's server profile and one client profile for every
+    carrier (the probes that open carrier connections cannot pick a per-trunk profile in
+    Kamailio 5.6): its CA list holds every TLS trunk's CA list (carriers-ca.pem). OpenSSL
+    checks the chain during the handshake; Kamailio 5.6 does not check a server's name:
+    kamailio.cfg does, per trunk (route TLS_PEER), and INVITEs use checked connections
+    only."""
     edge = cfg.edge
     assert edge is not None
     method = "TLSv1.2+" if edge.tls is None or edge.tls.min_version == "TLSv1.2" else "TLSv1.3+"
@@ -134,23 +164,11 @@ def tls_cfg(cfg: Config, routes: list[TrunkRoute]) -> str:
     if edge.tls is not None:
         out += ["[server:default]", f"method = {method}", *own,
                 "verify_certificate = no", "require_certificate = no", ""]
-    out += ["[client:default]", f"method = {method}", "verify_certificate = yes",
-            "require_certificate = yes", ""]
-    for r in routes:
-        if r.transport != "tls":
-            continue
-        verify = "yes" if r.tls_verify else "no"
-        # A trunk named by IP address: a profile for that address (no SNI, RFC 6066 3);
-        # by DNS name: any address, chosen by server_id, with the name as SNI.
-        head = ["[client:any]"] if r.sni else [f"[client:{_uri_host(r.host)}:{r.port}]"]
-        out += [*head, f"server_id = trunk-{r.name}", f"method = {method}", *own,
-                f"verify_certificate = {verify}", f"require_certificate = {verify}",
-                "verify_depth = 9"]
-        if r.tls_ca_file:
-            out.append(f"ca_list = {r.tls_ca_file}")
-        if r.sni:
-            out.append(f"server_name = {r.sni}")
-        out.append("")
+    out += ["[client:default]", f"method = {method}", *own, "verify_certificate = yes",
+            "require_certificate = yes"]
+    if carriers_ca(routes):
+        out.append(f"ca_list = {install_dir}/carriers-ca.pem")
+    out.append("")
     return "\n".join(out)
 
 
@@ -204,7 +222,8 @@ def render(cfg: Config, install_dir: str, mask_key: str, source: str = "") -> di
     return {
         "kamailio.cfg": kamailio_cfg(params),
         "dispatcher.list": dispatcher_list(cfg),
-        "tls.cfg": tls_cfg(cfg, routes),
+        "tls.cfg": tls_cfg(cfg, routes, install_dir),
+        "carriers-ca.pem": carriers_ca(routes),
         "rtpengine.conf": rtpengine_conf(edge),
     }
 
@@ -231,5 +250,5 @@ def write_files(cfg: Config, outdir: Path, install_dir: str | None = None,
     return paths
 
 
-__all__ = ["FILES", "TRUNK_HEADER", "check_edge", "dispatcher_list", "node_ports",
+__all__ = ["FILES", "TRUNK_HEADER", "carriers_ca", "check_edge", "dispatcher_list", "node_ports",
            "render", "rtpengine_conf", "tls_cfg", "trunk_route", "write_files"]

@@ -66,7 +66,7 @@ class KamailioParams:
 
 _MODULES = ("kex", "tm", "tmx", "sl", "rr", "pv", "maxfwd", "textops", "siputils", "xlog",
             "sanity", "pike", "pipelimit", "htable", "ipops", "dispatcher", "rtpengine",
-            "topoh")
+            "topoh", "tcpops")
 
 # rtpengine flags. The carrier side gets SRTP (RFC 4568 SDES) when the call asks for it;
 # the node side always gets plain RTP/AVP: pjsua never sees a carrier's crypto lines.
@@ -89,21 +89,34 @@ def _trunk_case(t: TrunkRoute, sockets: dict[str, str]) -> str:
         f'            $avp(carrier) = "{t.host}:{t.port}";',
         f"            force_send_socket({sockets[t.transport]});",
     ]
-    if t.transport == "tls":
-        lines.append(f'            tls_set_connect_server_id("trunk-{t.name}");')
+    if t.transport == "tls" and t.tls_verify:
+        # only over a connection whose certificate was checked (route TLS_PEER); never
+        # a new, unchecked one
+        lines += [f'            route(TLS_CONNECTION);']
     lines.append("            break;")
     return "\n".join(lines)
 
 
 def _tls_expect(trunks: list[TrunkRoute]) -> str:
-    """For trunks named by IP address (no SNI): the name their certificate must carry,
-    by destination."""
+    """The name the certificate of the peer ``$si:$sp`` must carry: the host of the TLS
+    trunk at that address (a DNS name: any of its addresses)."""
     out = []
     for t in trunks:
-        if t.transport == "tls" and t.tls_verify and not t.sni:
+        if t.transport != "tls" or not t.tls_verify:
+            continue
+        if not t.sni:
             out.append(f'    if ($var(peer) == "{t.host}:{t.port}") '
                        f'{{ $var(want) = "{t.host}"; }}')
-    return "\n".join(out) or "    # (no TLS trunk named by IP address)"
+            continue
+        out += [f'    if ($var(want) == "" && $sp == {t.port} && '
+                f'dns_query("{t.host}", "dq")) {{',
+                "        $var(i) = 0;",
+                "        while ($var(i) < $dns(dq=>count)) {",
+                f'            if ($dns(dq=>addr[$var(i)]) == $si) {{ $var(want) = "{t.host}"; }}',
+                "            $var(i) = $var(i) + 1;",
+                "        }",
+                "    }"]
+    return "\n".join(out) or "    # (no verified TLS trunk)"
 
 
 def _or(tests: list[str]) -> str:
@@ -157,34 +170,62 @@ def kamailio_cfg(p: KamailioParams) -> str:
 
 
 _TLS_ROUTE = r"""
-# RFC 5922 7: the carrier's certificate must name the host we dialled (subjectAltName DNS
-# or IP; the subject CN only when there is no DNS name); chain verification is done by
-# OpenSSL during the handshake (tls.cfg verify_certificate). A refused connection carries
-# no SIP: the INVITE fails at the edge with the reason, and no INVITE reaches the carrier.
-event_route[tls:connection-out] {
-    $var(peer) = $sndto(ip) + ":" + $sndto(port);
-    $var(want) = $tls_peer_server_name;
+# RFC 5922 7.2: a carrier's certificate must chain to the trunk's CA list and name the
+# host we dial (subjectAltName DNS or IP; the subject CN only when there is no DNS
+# name). OpenSSL checks the chain in the handshake (tls.cfg verify_certificate) but
+# Kamailio 5.6 does not check the name, so: TLS connections to carriers are opened by the OPTIONS probes only (dispatcher set
+# 2); every reply over TLS is checked here, and a connection whose certificate passes is
+# marked by its id. INVITEs go only over a marked connection (route TLS_CONNECTION): a
+# carrier whose certificate fails gets probes, never a call.
+onreply_route {
+    if ($pr == "tls") {
+        route(TLS_PEER);
+    }
+}
+
+route[TLS_PEER] {
+    $var(peer) = $si + ":" + $sp;
+    $var(want) = "";
 @@EXPECT@@
-    if ($var(want) == $null || $var(want) == "") {
-        return;  # a trunk with tls.verify: false
+    if ($var(want) == "") {
+        return;  # not a verified trunk (tls.verify: false)
     }
-    $var(key) = $var(want) + ":" + $sndto(port);
     if ($tls_peer_verified != 1) {
-        $sht(tlsfail=>$var(key)) = "TLS certificate of " + $var(peer) + " not verified";
-        xlog("L_ERR", "edge: $sht(tlsfail=>$var(key))\n");
-        drop;
-    }
-    if ($tls_peer_san_hostname == $var(want) || $tls_peer_san_ip == $var(want)) {
+        $var(why) = "TLS certificate of " + $var(peer) + " not verified (untrusted CA, "
+            + "expired or malformed)";
+    } else if ($tls_peer_san_hostname == $var(want) || $tls_peer_san_ip == $var(want)) {
+        $sht(tlsok=>$conid) = $var(want);
         return;
-    }
-    if (($tls_peer_san_hostname == $null || $tls_peer_san_hostname == "")
+    } else if (($tls_peer_san_hostname == $null || $tls_peer_san_hostname == "")
             && $tls_peer_subject_cn == $var(want)) {
+        $sht(tlsok=>$conid) = $var(want);
+        return;
+    } else {
+        $var(why) = "TLS certificate of " + $var(peer) + " does not name " + $var(want);
+    }
+    $sht(tlsfail=>$var(peer)) = $var(why);
+    $sht(tlsok=>$conid) = $null;
+    xlog("L_ERR", "edge: $var(why): connection closed\n");
+    tcp_close_connection();
+    drop;
+}
+
+route[TLS_CONNECTION] {
+    $var(cid) = 0;
+    if (tcp_get_conid("$avp(carrier)", "$var(cid)") && $sht(tlsok=>$var(cid)) != $null) {
+        tcp_set_otcpid("$var(cid)");
+        set_forward_no_connect();
         return;
     }
-    $sht(tlsfail=>$var(key)) = "TLS certificate of " + $var(peer) + " does not name "
-        + $var(want) + " (CN=" + $tls_peer_subject_cn + ")";
-    xlog("L_ERR", "edge: $sht(tlsfail=>$var(key))\n");
-    drop;
+    if ($sht(tlsfail=>$avp(carrier)) != $null) {
+        $var(why) = $sht(tlsfail=>$avp(carrier));
+    } else {
+        $var(why) = "No verified TLS connection to carrier " + $avp(carrier)
+            + ": TLS handshake refused (certificate not trusted) or carrier down";
+    }
+    xlog("L_ERR", "edge: INVITE for trunk $var(trunk) refused: $var(why)\n");
+    sl_send_reply("503", "$var(why)");
+    exit;
 }
 """
 
@@ -217,6 +258,7 @@ tcp_accept_no_cl=no
 modparam("tm", "fr_inv_timer", 120000)
 modparam("rr", "enable_double_rr", 1)
 modparam("htable", "htable", "tlsfail=>size=8;autoexpire=120;")
+modparam("htable", "htable", "tlsok=>size=8;autoexpire=86400;")
 modparam("dispatcher", "list_file", "@@DISPATCHER_LIST@@")
 modparam("dispatcher", "flags", 2)
 modparam("dispatcher", "ds_ping_interval", @@PROBE_S@@)
@@ -350,12 +392,13 @@ failure_route[CARRIER_FAILURE] {
         exit;
     }
     if (t_branch_timeout() && !t_branch_replied()) {
-        $var(why) = $sht(tlsfail=>$avp(carrier));
-        if ($var(why) != $null && $var(why) != "") {
+        if ($sht(tlsfail=>$avp(carrier)) != $null) {
+            $var(why) = $sht(tlsfail=>$avp(carrier));
             t_reply("503", "$var(why)");
-        } else {
-            t_reply("408", "No response from carrier $avp(carrier)");
+            exit;
         }
+        $var(why) = "No response from carrier " + $avp(carrier);
+        t_reply("408", "$var(why)");
         exit;
     }
 }
@@ -446,10 +489,10 @@ event_route[core:worker-one-init] {
 }
 
 event_route[dispatcher:dst-down] {
-    xlog("L_WARN", "edge: node destination $ru is down\n");
+    xlog("L_WARN", "edge: destination $ru is down\n");
 }
 
 event_route[dispatcher:dst-up] {
-    xlog("L_NOTICE", "edge: node destination $ru is up\n");
+    xlog("L_NOTICE", "edge: destination $ru is up\n");
 }
 @@TLS_ROUTE@@"""

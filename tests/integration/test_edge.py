@@ -26,7 +26,9 @@ from tests.edgeprocs import (
     need_edge_tools,
     rtpengine,
 )
-from tests.sipp import SippUas
+from tests.rtp import TsharkCapture
+from tests.sipfuzz import SipFuzzer
+from tests.sipp import SCENARIOS, SippUas
 from tests.tlspeer import make_ca, make_leaf
 
 pytestmark = pytest.mark.integration
@@ -138,10 +140,13 @@ def tls_trunk(edge: Edge, port: int, **extra: Any) -> dict[str, Any]:
             "tls": {"ca_file": str(edge.ca[0])}, **extra}
 
 
-def bridge_with_edge(edge: Edge, trunks: list[dict[str, Any]], **sections: Any) -> Bridge:
+def bridge_with_edge(edge: Edge, trunks: list[dict[str, Any]], rtp_base: int = 0,
+                     **sections: Any) -> Bridge:
     base = node_ports(2)
     sip = {"listen_address": INSIDE, "port_min": base, "port_max": base + 1, "workers": 2,
            "calls_per_worker": 4, "inbound_allow": ["127.0.0.0/8"]}
+    if rtp_base:
+        sip.update(rtp_port_min=rtp_base, rtp_port_max=rtp_base + 99)
     cfg = bridge_config(edge.stack.tmp, trunks=trunks,
                         routes=[{"prefix": "+1", "trunk": trunks[0]["name"]}], sip=sip,
                         edge=edge_section(edge, [{"address": INSIDE, "port_min": base,
@@ -155,16 +160,192 @@ def edge(edge_base: Edge) -> Iterator[Edge]:
     yield edge_base
 
 
-def test_call_through_the_edge_to_a_tls_carrier(edge: Edge) -> None:
+def invites(uas: SippUas) -> list[Any]:
+    return [m for m in uas.messages() if m.direction == "received" and m.is_request
+            and m.method == "INVITE"]
+
+
+def udp_payloads(pcap: Path) -> list[tuple[str, bytes]]:
+    """(source ip:port, UDP payload) of every captured datagram."""
+    import subprocess
+
+    out = subprocess.run(["tshark", "-r", str(pcap), "-T", "fields", "-E", "separator=\t",
+                          "-e", "ip.src", "-e", "udp.srcport", "-e", "udp.payload"],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    rows = [line.split("\t") for line in out.splitlines() if line.count("\t") == 2]
+    return [(f"{ip}:{port}", bytes.fromhex(data.replace(":", ""))) for ip, port, data in rows]
+
+
+def rtp_by_seq(packets: list[tuple[str, bytes]]) -> dict[int, bytes]:
+    """RTP (version 2) datagrams by sequence number."""
+    out = {}
+    for _, data in packets:
+        if len(data) >= 12 and data[0] >> 6 == 2:
+            out[int.from_bytes(data[2:4], "big")] = data
+    return out
+
+
+def test_tls_carrier_call_srtp_outside_rtp_inside_topology_hidden(edge: Edge) -> None:
     d = edge.stack.tmp / "pki"
     leaf = make_leaf(d, edge.ca, "carrier", "carrier.test", ["IP:" + CARRIER])
     uas, port = tls_carrier(edge, "uas_answer_srtp.xml", leaf)
-    bridge = bridge_with_edge(edge, [tls_trunk(edge, port)])
-    sid = bridge.trigger(to_number="+12125550100")
-    inv = uas.wait_for(lambda m: m.direction == "received" and m.method == "INVITE"
-                       and m.is_request, 10)
-    bridge.wait_event(sid, "carrier.answered")
-    bridge.client.post(f"/v1/outbound-calling/{sid}/hangup")
-    body = bridge.wait_terminal(sid)
-    print(inv.first_line, inv.headers, inv.body)
+    rtp_base = free_ports(1, INSIDE)[0] & ~1
+    rtp_base = min(rtp_base, 65000)
+    bridge = bridge_with_edge(edge, [tls_trunk(edge, port)], rtp_base=rtp_base)
+    inside_bpf = (f"src host {INSIDE} and dst host {INSIDE} and "
+                  f"src portrange {rtp_base}-{rtp_base + 99}")
+    with (TsharkCapture(uas.media_port, edge.stack.tmp / "outside.pcap") as outside,
+          TsharkCapture(0, edge.stack.tmp / "inside.pcap", bpf=inside_bpf) as inside):
+        sid = bridge.trigger(to_number="+12125550100")
+        inv = uas.wait_for(lambda m: m.direction == "received" and m.is_request
+                           and m.method == "INVITE", 10)
+        bridge.wait_event(sid, "carrier.answered")
+        # media flows both legs for a while: wait until the outside has 25 packets
+        deadline = 50
+        while len(udp_payloads(outside.path)) < 25 and deadline:
+            deadline -= 1
+            uas.wait_for(lambda m: True, 0.2)  # (a bounded wait between pcap reads)
+        bridge.client.post(f"/v1/outbound-calling/{sid}/hangup")
+        body = bridge.wait_terminal(sid)
     assert body["status"] == "success", body
+    # TLS to the carrier, SRTP offered (SDES), and nothing of the inside network shown
+    assert inv.request_uri.startswith("sips:+12125550100@127.0.0.3:"), inv.first_line
+    sdp = inv.body
+    assert "RTP/SAVP" in sdp and "a=crypto:" in sdp and "NULL_HMAC" not in sdp, sdp
+    assert "fingerprint" not in sdp
+    raw = "\n".join(f"{n}: {v}" for n, v in inv.headers) + sdp
+    assert INSIDE not in raw, raw  # nodes' address hidden (topoh, From host, SDP)
+    assert f"c=IN IP4 {PUBLIC}" in sdp
+    # media: plain RTP from pjsua inside; the same packets leave encrypted (SRTP: payload
+    # changed, HMAC-SHA1-80 tag appended, RFC 3711 3.1)
+    rtp_in = rtp_by_seq(udp_payloads(inside.path))
+    rtp_out = rtp_by_seq(udp_payloads(outside.path))
+    assert rtp_in and rtp_out, (len(rtp_in), len(rtp_out))
+    same = sorted(set(rtp_in) & set(rtp_out))
+    assert len(same) >= 10, (len(rtp_in), len(rtp_out))
+    for seq in same:
+        plain, secret = rtp_in[seq], rtp_out[seq]
+        assert plain[1] & 0x7F == 0, plain[:2]  # PCMU inside, readable
+        assert len(secret) == len(plain) + 10, (len(plain), len(secret))
+        assert secret[12:len(plain)] != plain[12:], seq
+    assert all(src.startswith(PUBLIC + ":") for src, _ in udp_payloads(outside.path)
+               if _.startswith(b"\x80"))
+
+
+@pytest.mark.parametrize("case", ["untrusted CA", "wrong name"])
+def test_bad_carrier_certificate_fails_the_call_before_any_invite(edge: Edge,
+                                                                   case: str) -> None:
+    d = edge.stack.tmp / "pki"
+    if case == "untrusted CA":
+        rogue = make_ca(d, "rogue-ca")
+        leaf = make_leaf(d, rogue, "carrier", "carrier.test", ["IP:" + CARRIER])
+        want = "certificate not trusted"
+    else:
+        leaf = make_leaf(d, edge.ca, "carrier", "other.test", ["DNS:other.test"])
+        want = "does not name 127.0.0.3"
+    uas, port = tls_carrier(edge, "uas_answer_srtp.xml", leaf)
+    bridge = bridge_with_edge(edge, [tls_trunk(edge, port)])
+    sid = bridge.trigger(to_number="+12125550101")
+    body = bridge.wait_terminal(sid, timeout=20)
+    assert body["status"] == "failure", body
+    text = f"{body['reason']} {body['detail']}"
+    assert want in text and "TLS" in text, body
+    assert invites(uas) == []  # probes (OPTIONS) only, never the call
+
+
+def test_garbage_and_floods_never_reach_a_worker(edge: Edge) -> None:
+    carrier = SippUas("uas_answer_wait_bye.xml", edge.stack.tmp, address=CARRIER).start()
+    edge.stack.add(carrier, carrier.stop)
+    trunk = {"name": "plain", "address": carrier.uri_hostport, "caller_id": "+14155550100"}
+    bridge = bridge_with_edge(edge, [trunk])
+    ports = [int(edge.cfg["sip"]["port_min"]), int(edge.cfg["sip"]["port_max"])]
+    bpf = f"dst host {INSIDE} and (dst port {ports[0]} or dst port {ports[1]})"
+    targets = [(INSIDE, edge.inside_port), (PUBLIC, edge.public_udp_port)]
+    hostile = "127.0.0.5"  # neither a node nor the agent platform
+    with TsharkCapture(0, edge.stack.tmp / "nodes.pcap", bpf=bpf) as cap:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind((hostile, 0))
+            for i in range(300):  # a bounded fuzz run, then a flood of INVITEs
+                host, port = targets[i % 2]
+                s.sendto(SipFuzzer(i, f"{host}:{port}").message(), (host, port))
+            for i in range(200):
+                s.sendto(SipFuzzer(1000 + i, f"{PUBLIC}:{edge.public_udp_port}")
+                         .message(), (PUBLIC, edge.public_udp_port))
+        assert edge.kam is not None
+        edge.kam.wait_log("edge: flood from 127.0.0.5")
+        # the edge still works: a real call goes through it afterwards
+        sid = bridge.trigger(to_number="+12125550102")
+        bridge.wait_event(sid, "carrier.answered")
+        bridge.client.post(f"/v1/outbound-calling/{sid}/hangup")
+        bridge.wait_terminal(sid)
+    seen = udp_payloads(cap.path)
+    assert seen, "no probes captured: the capture saw nothing"
+    for src, data in seen:
+        first = data.split(b"\r\n", 1)[0]
+        assert src.startswith(INSIDE + ":"), src
+        assert first.startswith(b"OPTIONS ") or first.startswith(b"SIP/2.0 ") \
+            or first.startswith(b"ACK ") or first.startswith(b"BYE "), data[:200]
+        assert b"fuzz" not in data.lower(), data[:300]
+
+
+def _uac(edge: Edge, n: int, tag: str) -> SippUas:
+    """The agent platform: ``n`` SIP-triggered INVITEs to the edge, one at a time."""
+    scen = edge.stack.tmp / f"uac-{tag}.xml"
+    scen.write_text((SCENARIOS / "uac_agent_invite.xml").read_text()
+                    .replace("agent-call-42", f"{tag}-[call_number]")
+                    .replace("+15551234567", "+12125550170"))
+    uac = SippUas(scen, edge.stack.tmp, extra_args=[
+        f"{INSIDE}:{edge.inside_port}", "-m", str(n), "-l", "1", "-s", "agent"])
+    return edge.stack.add(uac.start(), uac.stop)
+
+
+def _handled(bridge: Bridge, call_id: str) -> bool:
+    r = bridge.client.get(f"/v1/outbound-calling/by-polyai-call-id/{call_id}")
+    return r.status_code == 200
+
+
+def test_sip_triggered_invites_spread_over_nodes_and_fail_over(edge: Edge) -> None:
+    carrier = SippUas("uas_answer_wait_bye.xml", edge.stack.tmp, address=CARRIER).start()
+    edge.stack.add(carrier, carrier.stop)
+    trunk = {"name": "plain", "address": carrier.uri_hostport, "caller_id": "+14155550100"}
+    inbound = {"enabled": True, "number_source": "header", "number_header": "X-Dest-Number",
+               "call_id_header": "X-Agent-Call-Id"}
+    a_base, b_base = node_ports(2), 0
+    while not b_base or abs(b_base - a_base) < 2:
+        b_base = node_ports(2)
+    nodes = [{"address": INSIDE, "port_min": a_base, "port_max": a_base + 1},
+             {"address": INSIDE, "port_min": b_base, "port_max": b_base + 1}]
+    common = dict(trunks=[trunk], routes=[{"prefix": "+1", "trunk": "plain"}],
+                  inbound=inbound,
+                  edge=edge_section(edge, nodes, agent_allow=["127.0.0.1/32"]))
+    bridges = []
+    for i, base in enumerate((a_base, b_base)):
+        sip = {"listen_address": INSIDE, "port_min": base, "port_max": base + 1,
+               "workers": 2, "calls_per_worker": 4, "inbound_allow": ["127.0.0.0/8"]}
+        cfg = bridge_config(edge.stack.tmp, sip=sip, **common)
+        cfg["api"]["port"] = free_ports(1, "127.0.0.1", (socket.SOCK_STREAM,))[0]
+        if i == 0:
+            start_edge(edge, cfg)
+        from tests.bridge import start_bridge
+
+        b = start_bridge(edge.stack.tmp, cfg, name=f"node{i}")
+        edge.stack.add(b, lambda b=b: b.proc.poll() is None and b.stop())
+        bridges.append(b)
+    assert edge.kam is not None
+    uac = _uac(edge, 4, "spread")
+    uac.wait_for(lambda m: False, 0.0) if False else None
+    assert uac.proc is not None
+    uac.proc.wait(40)
+    ids = [f"spread-{n}" for n in range(1, 5)]
+    where = [[_handled(b, cid) for b in bridges] for cid in ids]
+    assert all(sum(w) == 1 for w in where), where
+    per_node = [sum(w[i] for w in where) for i in range(2)]
+    assert per_node[0] >= 1 and per_node[1] >= 1, per_node  # round robin over both
+    # node A stops: the OPTIONS probes take its ports out, new INVITEs go to node B
+    bridges[0].stop()
+    for port in (a_base, a_base + 1):
+        edge.kam.wait_log(f"node destination sip:{INSIDE}:{port} is down", timeout=15)
+    uac2 = _uac(edge, 3, "after")
+    assert uac2.proc is not None
+    uac2.proc.wait(40)
+    assert all(_handled(bridges[1], f"after-{n}") for n in range(1, 4))
