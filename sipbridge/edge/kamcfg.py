@@ -92,7 +92,7 @@ def _trunk_case(t: TrunkRoute, sockets: dict[str, str]) -> str:
     if t.transport == "tls" and t.tls_verify:
         # only over a connection whose certificate was checked (route TLS_PEER); never
         # a new, unchecked one
-        lines += [f'            route(TLS_CONNECTION);']
+        lines += ['            route(TLS_CONNECTION);']
     lines.append("            break;")
     return "\n".join(lines)
 
@@ -173,10 +173,11 @@ _TLS_ROUTE = r"""
 # RFC 5922 7.2: a carrier's certificate must chain to the trunk's CA list and name the
 # host we dial (subjectAltName DNS or IP; the subject CN only when there is no DNS
 # name). OpenSSL checks the chain in the handshake (tls.cfg verify_certificate) but
-# Kamailio 5.6 does not check the name, so: TLS connections to carriers are opened by the OPTIONS probes only (dispatcher set
-# 2); every reply over TLS is checked here, and a connection whose certificate passes is
-# marked by its id. INVITEs go only over a marked connection (route TLS_CONNECTION): a
-# carrier whose certificate fails gets probes, never a call.
+# Kamailio 5.6 does not check the name, so: TLS connections to carriers are opened by
+# the OPTIONS probes only (dispatcher set 2); every reply over TLS is checked here, and
+# a connection whose certificate passes is marked by its id. INVITEs go only over a
+# marked connection (route TLS_CONNECTION): a carrier whose certificate fails gets
+# probes, never a call.
 onreply_route {
     if ($pr == "tls") {
         route(TLS_PEER);
@@ -307,7 +308,7 @@ request_route {
     }
     route(FROM_NODE);
     route(FROM_AGENT);
-    xlog("L_NOTICE", "edge: INVITE from $si:$sp refused: not a node, not an agent platform source\n");
+    xlog("L_NOTICE", "edge: INVITE from $si:$sp refused: not a node or agent source\n");
     sl_send_reply("403", "Forbidden");
     exit;
 }

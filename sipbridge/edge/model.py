@@ -152,7 +152,7 @@ class EdgeConfig(StrictModel):
             try:
                 ipaddress.ip_network(net, strict=False)
             except ValueError:
-                raise ValueError(f"agent_allow.{i}: {net!r} is not an IP network") from None
+                raise ValueError(f"item {i}, {net!r}, is not an IP network") from None
         return v
 
     @model_validator(mode="after")

@@ -280,7 +280,7 @@ def test_garbage_and_floods_never_reach_a_worker(edge: Edge) -> None:
         bridge.wait_terminal(sid)
     seen = udp_payloads(cap.path)
     # only the nodes themselves (a worker's own wake-up datagram) and the edge send here
-    assert all(src.startswith(INSIDE + ":") for src, _ in seen), seen
+    assert all(src.startswith(INSIDE + ":") for src, _ in seen), [s for s, _ in seen]
     from_edge = [d for src, d in seen if src == f"{INSIDE}:{edge.inside_port}"]
     assert from_edge, "no probes captured: the capture saw nothing"
     for data in from_edge:
