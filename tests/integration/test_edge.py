@@ -200,11 +200,11 @@ def test_tls_carrier_call_srtp_outside_rtp_inside_topology_hidden(edge: Edge) ->
         inv = uas.wait_for(lambda m: m.direction == "received" and m.is_request
                            and m.method == "INVITE", 10)
         bridge.wait_event(sid, "carrier.answered")
-        # media flows both legs for a while: wait until the outside has 25 packets
-        deadline = 50
-        while len(udp_payloads(outside.path)) < 25 and deadline:
-            deadline -= 1
-            uas.wait_for(lambda m: True, 0.2)  # (a bounded wait between pcap reads)
+        # media flows for a while: wait (bounded: 50 reads of the growing pcap, each a
+        # tshark run) until the outside capture holds 25 packets
+        for _ in range(50):
+            if len(udp_payloads(outside.path)) >= 25:
+                break
         bridge.client.post(f"/v1/outbound-calling/{sid}/hangup")
         body = bridge.wait_terminal(sid)
     assert body["status"] == "success", body
