@@ -26,6 +26,22 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _edge_config(args: argparse.Namespace) -> int:
+    from sipbridge.edge.generate import write_files
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    if cfg.edge is None:
+        print(f"{args.config}: edge: no edge section in this config", file=sys.stderr)
+        return 2
+    paths = write_files(cfg, Path(args.outdir), args.install_dir, source=args.config)
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from sipbridge.logfmt import setup_logging
 
@@ -117,6 +133,15 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("check-config", help="validate a config file and print it resolved")
     c.add_argument("file")
     c.set_defaults(func=_check_config)
+    e = sub.add_parser("edge-config", help="write the edge's Kamailio and rtpengine files "
+                       "from the config's edge section")
+    e.add_argument("-c", "--config", required=True)
+    e.add_argument("outdir", help="folder to write kamailio.cfg, dispatcher.list, tls.cfg, "
+                   "rtpengine.conf (and topoh.key, kept across runs) into")
+    e.add_argument("--install-dir", default=None,
+                   help="where the files will live on the edge host, for the paths inside "
+                   "them (default: OUTDIR)")
+    e.set_defaults(func=_edge_config)
     g = sub.add_parser("corpus", help="generate a labelled test corpus (needs espeak-ng)")
     g.add_argument("kind", choices=("detection", "hold"),
                    help="detection: answer/early-media classes; hold: IVR hold step")

@@ -28,6 +28,7 @@ from sipbridge.callsettings import RetryConfig as RetryConfig
 from sipbridge.callsettings import StrictModel
 from sipbridge.callsettings import WindowConfig as WindowConfig
 from sipbridge.callsettings import check_dtmf as check_dtmf
+from sipbridge.edge.model import EdgeConfig
 from sipbridge.headers import (
     TEMPLATE_FIELDS,
     HeaderError,
@@ -550,6 +551,9 @@ class Config(_Model):
     webhooks: WebhookConfig = Field(default_factory=WebhookConfig)
     shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
     media: MediaConfig = Field(default_factory=MediaConfig)
+    # A Kamailio + rtpengine edge in front of the nodes (README "Edge proxy"): carrier
+    # INVITEs go through it; `sipbridge edge-config` writes its files.
+    edge: EdgeConfig | None = None
 
     @model_validator(mode="after")
     def _references(self) -> Config:
@@ -588,6 +592,13 @@ class Config(_Model):
             raise ValueError(
                 f"trunks: {len(profiles)} different TLS settings (verify, ca_file); at most "
                 f"{MAX_TLS_PROFILES}: let trunks share a CA file (a PEM file may hold several)")
+        return self
+
+    @model_validator(mode="after")
+    def _edge_fits(self) -> Config:
+        from sipbridge.edge.generate import check_edge
+
+        check_edge(self)  # ValueError "edge.<key>: reason"
         return self
 
     def _check_media(self) -> None:

@@ -164,6 +164,21 @@ def resolve_plan(
     params = "" if trunk.transport == "udp" else f";transport={trunk.transport}"
     scheme = "sips" if trunk.transport == "tls" else "sip"
     target = f"{scheme}:{to_number}@{trunk.address}"
+    srtp = srtp_mode(encryption or trunk.encryption)
+    request_uri, transport = target + params, trunk.transport
+    if cfg.edge is not None:
+        # README "Edge proxy": the INVITE goes to the edge's inside port as plain SIP and
+        # RTP; the edge sends it on to the trunk named in the header (transport, TLS and
+        # SRTP as configured) with the Request-URI sip(s):<number>@<trunk address>.
+        scheme, transport, params = "sip", "udp", ""
+        target = f"sip:{to_number}@{trunk.address}"
+        host = cfg.edge.inside_address
+        host = f"[{host}]" if ":" in host else host
+        request_uri = f"sip:{to_number}@{host}:{cfg.edge.inside_port}"
+        mark = f"{trunk.name};srtp={'yes' if srtp == 'mandatory' else 'no'}"
+        headers = (*headers, ("X-Sipbridge-Trunk", mark))
+        srtp = "off"
+        bridge_host = cfg.edge.public_address  # the carrier sees the edge only
     from_host = trunk.from_domain or bridge_host
     auth = None
     if trunk.auth is not None:
@@ -172,15 +187,15 @@ def resolve_plan(
         call_sid=call_sid,
         leg_id=f"{call_sid}/b{attempt}" + (f".{hop + 1}" if hop else ""),
         trunk=trunk.name,
-        request_uri=target + params,
+        request_uri=request_uri,
         from_uri=f"<{scheme}:{from_number}@{from_host}>",
         to_uri=f"<{target}>",
         headers=headers,
         ring_timeout_s=cfg.timers.ring_timeout_s,
         max_duration_s=cfg.timers.max_call_duration_s,
-        transport=trunk.transport,
+        transport=transport,
         auth=auth,
-        srtp=srtp_mode(encryption or trunk.encryption),
+        srtp=srtp,
         detection=detection,
         tls_verify=trunk.tls.verify,
         tls_ca_file=trunk.tls.ca_list(),

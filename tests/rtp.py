@@ -63,8 +63,10 @@ class TsharkCapture:
     is complete.
     """
 
-    def __init__(self, port: int, path: Path, interface: str = "lo") -> None:
+    def __init__(self, port: int, path: Path, interface: str = "lo",
+                 bpf: str | None = None) -> None:
         self.port = port
+        self.bpf = bpf or f"dst port {port}"  # a capture filter instead of the port
         self.path = Path(path)
         self.interface = interface
         self.proc: subprocess.Popen[bytes] | None = None
@@ -81,7 +83,7 @@ class TsharkCapture:
         with open(err, "wb") as f:
             self.proc = subprocess.Popen(
                 [TSHARK, "-i", self.interface, "-f",
-                 f"udp and (dst port {self.port} or dst port {self.marker_port})",
+                 f"udp and (({self.bpf}) or dst port {self.marker_port})",
                  "-w", str(self.path)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=f,
             )
