@@ -61,15 +61,20 @@ _SIP_TABLE: dict[int, tuple[str, str, bool]] = {
 }
 
 
-def from_sip(status: int | None, sip_reason: str = "") -> Termination:
-    """A final non-2xx SIP response from the carrier."""
-    detail = _sip_text(status, sip_reason)
+def from_sip(status: int | None, sip_reason: str = "", note: str = "") -> Termination:
+    """A final non-2xx SIP response from the carrier (``note``: more technical text)."""
+    detail = "; ".join(t for t in (_sip_text(status, sip_reason), note) if t)
     if status is None or status < 300:
         return Termination("failure", "call failed", "error", True, status,
                            detail or "no SIP final response")
     if status in _SIP_TABLE:
         kind, reason, retry = _SIP_TABLE[status]
         return Termination("failure", reason, kind, retry, status, detail)
+    if 300 <= status < 400:
+        # RFC 3261 8.1.3.4: the bridge never follows a redirect (the carrier would
+        # choose whom we call); the call ends, the target is in ``detail``.
+        return Termination("failure", "redirected (not followed)", "redirected", False,
+                           status, detail)
     if 500 <= status < 600:
         return Termination("failure", "carrier error", "carrier_error",
                            status in (500, 503, 504), status, detail)
@@ -126,7 +131,7 @@ def from_leg_end(
     if cause == "dial_error":
         return Termination("failure", "could not place call", "dial_error", True,
                            sip_status, detail)
-    return from_sip(sip_status, sip_reason)
+    return from_sip(sip_status, sip_reason, detail)
 
 
 # SIT codes (Telcordia GR-1162 / ANSI T1.401; decoded in sipbridge.media.tones) ->

@@ -193,7 +193,11 @@ class RxPolicy:
                 return refused
         if req.method in _SDP_METHODS and req.body and (
                 req.content_type != "application/sdp" or sdp_problem(req.body)):
-            if req.method == "INVITE" and not req.in_dialog:
+            # A new call, or an offer inside a live one (re-INVITE, RFC 3261 14.2; UPDATE,
+            # RFC 3311 5.2), is refused with 488 and the session goes on unchanged: a
+            # silently dropped offer would be retransmitted until Timer B and the carrier
+            # would then end the call (RFC 3261 14.1). An ACK or PRACK cannot be refused.
+            if req.method in ("INVITE", "UPDATE"):
                 return Verdict(Action.RESPOND, "bad_sdp", 488)
             return Verdict(Action.DROP, "bad_sdp")
         if req.content_type == "application/dtmf-relay" and dtmf_relay_crashes_pjsua(req.body):

@@ -47,13 +47,38 @@ def audio_codecs(sdp: str) -> tuple[str, list[str]]:
     return proto, out
 
 
+def audio_connection(sdp: str) -> str:
+    """The ``c=`` of the first audio stream (media level over session level, RFC 4566
+    5.7), e.g. ``"IN IP6 ::1"``; '' without one."""
+    session, media, in_audio = "", "", False
+    for raw in sdp.replace("\r\n", "\n").split("\n"):
+        line = raw.strip()
+        if line.startswith("m="):
+            if in_audio:
+                break
+            in_audio = line[2:].split(" ", 1)[0] == "audio"
+        elif line.startswith("c="):
+            if in_audio:
+                media = media or line[2:]
+            elif not media:
+                session = line[2:]
+    return " ".join((media or session).split())[:60]
+
+
 def negotiation_detail(offered: list[str], answer_sdp: str) -> str:
-    """Operator text for a media negotiation failure: what we offered, what came back."""
+    """Operator text for a media negotiation failure: what we offered, what came back.
+    An answer that is not an SDP at all (none, or unparseable) says so; an audio stream
+    on a non-IPv4 address (RFC 4566 ``c=IN IP6``: our media is IPv4) names it."""
+    if not answer_sdp.strip():
+        return f"offered {', '.join(offered) or '?'}; answered with no usable SDP"
     proto, answered = audio_codecs(answer_sdp)
     got = ", ".join(answered) if answered else "no audio codec"
-    if proto:
-        got += f" ({proto})"
+    conn = audio_connection(answer_sdp)
+    odd = conn and not conn.startswith("IN IP4 ")
+    notes = [p for p in (proto, f"c={conn}" if odd else "") if p]
+    if notes:
+        got += f" ({', '.join(notes)})"
     return f"offered {', '.join(offered) or '?'}; answered {got}"
 
 
-__all__ = ["audio_codecs", "negotiation_detail", "sdp_of"]
+__all__ = ["audio_codecs", "audio_connection", "negotiation_detail", "sdp_of"]

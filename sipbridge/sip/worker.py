@@ -162,6 +162,11 @@ _INBOUND_MAX_DURATION_S = 4 * 3600.0
 # 1.25 x media_timeout_s at worst.
 _MEDIA_CHECKS_PER_TIMEOUT = 4
 _GUARD_REPORT_S = 10.0  # how often the packet guard's drop counts are logged
+# In-dialog requests pjsua leaves unhandled (pjsip would answer 500 "Unhandled by dialog
+# usages"), answered from onCallTsxState like INFO: OPTIONS as an INVITE would be (RFC
+# 3261 11.2: 200; carriers send it as a dialog keep-alive and may end the call on a 5xx),
+# a NOTIFY that matches no subscription of ours with 481 (RFC 6665 4.1.3).
+_IN_DIALOG_ANSWERS = {"OPTIONS": 200, "NOTIFY": 481}
 
 # An account is shared by every leg with the same transport, SRTP use and credentials.
 AccountKey = tuple[str, str, tuple[str, str, str] | None]
@@ -240,6 +245,13 @@ def _final_response_retry_after(whole_msg: str) -> tuple[bool, float | None]:
     return True, parse_retry_after(_header_value(whole_msg, "Retry-After"))
 
 
+def _is_invite_2xx(whole_msg: str) -> bool:
+    """A 2xx response to the INVITE: the carrier answered, whatever pjsua then makes of
+    its SDP (RFC 3261 13.2.2.4: pjsua ACKs it, then sends BYE if the answer is unusable)."""
+    cseq = _header_value(whole_msg, "CSeq") or ""
+    return whole_msg.startswith("SIP/2.0 2") and cseq.upper().endswith("INVITE")
+
+
 def _pj_error_text(e: Exception) -> str:
     info = getattr(e, "info", None)
     if callable(info):
@@ -262,6 +274,7 @@ class _Leg:
     end_cause: str | None = None  # cause decided locally before DISCONNECTED (timers, hangup)
     end_detail: str = ""  # the ended event's detail for a locally decided cause
     rx_any: bool = False  # did we ever receive a response from the peer
+    answer_received: bool = False  # a 2xx to our INVITE arrived (pjsua may still refuse it)
     sip_call_id: str = ""  # known to the packet guard while the leg lives
     retry_after_s: float | None = None  # Retry-After of the last final non-2xx response
     ended: bool = False
@@ -337,6 +350,24 @@ class _LegCall(pj.Call):
 
     def onDtmfEvent(self, prm: Any) -> None:
         self._dispatch("onDtmfEvent", lambda w: w.on_dtmf_event(self._leg_id, prm))
+
+    # Policy, explicit rather than left to library defaults: a peer never makes the bridge
+    # call someone else. RFC 3515 REFER (call transfer): pjsua's default accepts it (202)
+    # and INVITEs the Refer-To target itself; refused here with 603 Declined, the call
+    # goes on. RFC 3261 8.1.3.4 3xx redirect: pjsua2's default already stops (the call
+    # ends with the 3xx), kept so by returning PJSIP_REDIRECT_STOP for every target.
+
+    def onCallTransferRequest(self, prm: Any) -> None:
+        with contextlib.suppress(BaseException):
+            prm.statusCode = 603
+        worker = getattr(self, "_worker", None)
+        if worker is not None:
+            with contextlib.suppress(BaseException):
+                worker.log("warning", f"{self._leg_id}: REFER to {str(prm.dstUri)[:200]!r} "
+                           "refused (603): the bridge does not transfer calls")
+
+    def onCallRedirected(self, prm: Any) -> int:
+        return int(pj.PJSIP_REDIRECT_STOP)
 
 
 class _WorkerAccount(pj.Account):
@@ -1340,6 +1371,7 @@ class Worker:
             pass
         if whole.startswith("SIP/2.0"):
             leg.rx_any = True
+            leg.answer_received = leg.answer_received or _is_invite_2xx(whole)
             is_final, retry_after = _final_response_retry_after(whole)
             if is_final:
                 leg.retry_after_s = retry_after
@@ -1389,12 +1421,17 @@ class Worker:
                 detail = f"{status} {ci.lastReason} (locally generated)"
                 if leg.plan.transport == "tls":
                     detail = self._tls_reject_detail(leg) or detail
-            elif answered and whole.startswith("SIP/2.0 ") and status in _MEDIA_REFUSED:
+            elif status in _MEDIA_REFUSED and (
+                    (answered and whole.startswith("SIP/2.0 "))
+                    or (not answered and leg.answer_received)):
                 # pjsua hung up by itself (it sent the BYE) right after the answer: the
                 # carrier's SDP answer is unusable (RFC 3264 6: no codec we offered, or
                 # plain RTP/AVP to a mandatory-SRTP offer). pjsua ACKs the 200, then sends
                 # BYE with "Reason: SIP ;cause=488" ("Unable to create media session");
                 # the disconnect comes with the response to that BYE (or the INVITE's 2xx).
+                # A 200 with no SDP answer to our offer (RFC 3261 13.2.1: 406 "SDP
+                # offer/answer incomplete") or an SDP pjsip cannot parse (415) is refused
+                # before the call is CONFIRMED: the same outcome, never answered.
                 cause = "media_error"
                 detail = (f"{negotiation_detail(self.offered_codecs, leg.remote_sdp)} "
                           f"({status} {ci.lastReason})")
@@ -1414,6 +1451,15 @@ class Worker:
                 detail = f"{status} {ci.lastReason} (no response from peer)"
             else:
                 cause = "remote_final"
+                code, _, text = whole[len("SIP/2.0 "):].partition(" ")
+                if whole.startswith("SIP/2.0 3") and _final_response_retry_after(whole)[0]:
+                    # A redirect we did not follow (RFC 3261 8.1.3.4; _LegCall.
+                    # onCallRedirected): pjsip reports a stopped redirect as 487, report
+                    # the carrier's 3xx and its target instead.
+                    target = _header_value(whole, "Contact") or _header_value(whole, "m")
+                    detail = f"redirect to {(target or 'no Contact')[:160]} not followed"
+                    common["sip_status"] = int(code)
+                    common["sip_reason"] = text.split("\n", 1)[0].strip()[:80]
             # Anything still running on the leg is reported before its end.
             self._end_players(leg_id)
             if leg.listener is not None and leg.listener.active:
@@ -1452,8 +1498,14 @@ class Worker:
         if whole.startswith("INFO "):
             self._on_info(leg, e.body.tsxState.src.rdata, whole)
             return
+        method = whole.split(" ", 1)[0]
+        if method in _IN_DIALOG_ANSWERS:
+            if not respond_in_dialog(e.body.tsxState.src.rdata, _IN_DIALOG_ANSWERS[method]):
+                self.log("warning", f"could not answer an in-dialog {method} on {leg_id}")
+            return
         if whole.startswith("SIP/2.0"):
             leg.rx_any = True
+            leg.answer_received = leg.answer_received or _is_invite_2xx(whole)
             is_final, retry_after = _final_response_retry_after(whole)
             if is_final:
                 leg.retry_after_s = retry_after

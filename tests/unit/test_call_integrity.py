@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from sipbridge.ipc import DetectionReport, LegEvent
 from sipbridge.service import TriggerInput
-from sipbridge.sip.sdp import audio_codecs, negotiation_detail, sdp_of
+from sipbridge.sip.sdp import audio_codecs, audio_connection, negotiation_detail, sdp_of
 from sipbridge.store import CallRecord, SQLiteStore
 from tests.unit.test_scheduler import cfg, connect, end, make_h
 
@@ -211,7 +211,20 @@ def test_audio_codecs_of_an_answer():
     assert negotiation_detail(["PCMU/8000", "PCMA/8000"], sdp) == (
         "offered PCMU/8000, PCMA/8000; answered G729/8000, telephone-event/8000 (RTP/AVP)")
     assert sdp_of("BYE sip:x SIP/2.0\r\nCSeq: 2 BYE\r\n\r\n") == ""
-    assert negotiation_detail(["PCMU/8000"], "") == "offered PCMU/8000; answered no audio codec"
+    assert negotiation_detail(["PCMU/8000"], "") == (
+        "offered PCMU/8000; answered with no usable SDP")
+    assert negotiation_detail(["PCMU/8000"], "v=0\r\nm=video 4 RTP/AVP 96\r\n") == (
+        "offered PCMU/8000; answered no audio codec")
+
+
+def test_audio_connection_of_an_answer():
+    v6 = ("v=0\r\nc=IN IP4 10.0.0.1\r\nm=audio 4000 RTP/AVP 0\r\nc=IN IP6 ::1\r\n"
+          "m=audio 5000 RTP/AVP 0\r\nc=IN IP4 127.0.0.1\r\n")
+    assert audio_connection(v6) == "IN IP6 ::1"  # media level wins, first audio stream
+    assert audio_connection(sdp_of(G729_200)) == "IN IP4 127.0.0.1"  # session level
+    assert audio_connection("v=0\r\nm=audio 4000 RTP/AVP 0\r\n") == ""
+    assert negotiation_detail(["PCMU/8000"], v6) == (
+        "offered PCMU/8000; answered PCMU/8000 (RTP/AVP, c=IN IP6 ::1)")
 
 
 @given(st.text(max_size=2000))

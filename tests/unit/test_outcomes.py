@@ -18,6 +18,9 @@ from sipbridge.outcomes import from_leg_end, from_sip
         (599, "failure", "carrier error"),
         (699, "failure", "call rejected"),
         (499, "failure", "call failed"),
+        (302, "failure", "redirected (not followed)"),
+        (300, "failure", "redirected (not followed)"),
+        (305, "failure", "redirected (not followed)"),
     ],
 )
 def test_sip_table(status, result, reason):
@@ -54,3 +57,12 @@ def test_worker_died_names_it():
 
 def test_remote_final_uses_sip_table():
     assert from_leg_end("remote_final", False, 486, "Busy Here").reason == "busy"
+
+
+def test_redirect_is_not_followed_and_names_the_target():
+    t = from_leg_end("remote_final", False, 302, "Moved Temporarily",
+                     detail="redirect to <sip:x@127.0.0.1:5070> not followed")
+    assert (t.result, t.reason, t.kind, t.retryable) == (
+        "failure", "redirected (not followed)", "redirected", False)
+    assert t.detail == ("SIP 302 Moved Temporarily; redirect to <sip:x@127.0.0.1:5070> "
+                        "not followed")

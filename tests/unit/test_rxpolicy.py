@@ -150,6 +150,15 @@ def test_in_dialog_requests_need_a_known_call_id() -> None:
         v = p.decide(request(method, call_id="live-1", to_tag="t1"), "198.51.100.7", "udp",
                      _accepting)
         assert v.passes, (method, v)
+    # an unusable offer inside the call is refused (488), the call goes on; an ACK with
+    # one is dropped (nothing can answer an ACK)
+    for method, action in (("INVITE", Action.RESPOND), ("UPDATE", Action.RESPOND),
+                           ("ACK", Action.DROP), ("PRACK", Action.DROP)):
+        v = p.decide(request(method, call_id="live-1", to_tag="t1", body=b"garbage\r\n",
+                             extra=["Content-Type: application/sdp"]), "198.51.100.7", "udp",
+                     _accepting)
+        assert (v.action, v.reason) == (action, "bad_sdp"), method
+        assert v.status == (488 if action is Action.RESPOND else v.status)
     p.dialogs.end("live-1")
     clk.t += 30  # a retransmitted BYE still reaches pjsip
     assert p.decide(bye, "203.0.113.9", "udp", _accepting).passes
