@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from sipbridge.devtools.sipp import SippUas
 from sipbridge.sip.pool import PoolFull, WorkerPool
 from tests.integration.test_sip_pool import Recorder, plan, run, sip_cfg
-from tests.sipp import SippUas
 
 pytestmark = pytest.mark.integration
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.bridge import Stack, bridge_config
-from tests.sipp import SippUas
+from sipbridge.devtools.bridge import Stack, bridge_config
+from sipbridge.devtools.sipp import SippUas
 
 pytestmark = pytest.mark.integration
 

@@ -19,6 +19,7 @@ import pytest
 
 from sipbridge import ipc
 from sipbridge.config import SipConfig
+from sipbridge.devtools.sipp import SippUas, render_scenario, ulaw_wav
 from sipbridge.plan import DialPlan
 from sipbridge.sip.pool import PoolEvent, PoolFull, WorkerPool
 from tests.rtp import (
@@ -30,7 +31,6 @@ from tests.rtp import (
     tone_ratio,
     ulaw_decode,
 )
-from tests.sipp import SCENARIOS, SippUas
 
 pytestmark = [
     pytest.mark.integration,
@@ -134,12 +134,9 @@ class Harness:
     def sipp(self, scenario: str | Path, **subst: str) -> SippUas:
         path = Path(scenario)
         if subst:
-            text = (SCENARIOS / scenario).read_text()
-            for k, v in subst.items():
-                text = text.replace(f"@{k}@", v)
             path = self.tmp / str(scenario).removesuffix(".in")
-            path = path.with_name(f"{path.stem}-{len(self.procs)}{path.suffix}")
-            path.write_text(text)
+            path = render_scenario(str(scenario), path.with_name(
+                f"{path.stem}-{len(self.procs)}{path.suffix}"), **subst)
         uas = SippUas(path, self.tmp).start()
         self.procs.append(uas)
         return uas
@@ -465,9 +462,7 @@ def test_listen_hold_reports_a_live_person(h: Harness) -> None:
     subprocess.run(["espeak-ng", "-v", "en-us", "-s", "160", "-w", str(speech),
                     "Hello, this is Sarah in billing. How can I help you today?"],
                    check=True, capture_output=True)
-    audio = h.tmp / "person-ulaw.wav"
-    subprocess.run(["sox", str(speech), "-r", "8000", "-c", "1", "-e", "u-law", str(audio),
-                    "pad", "1.0", "0"], check=True, capture_output=True)
+    audio = ulaw_wav(speech, h.tmp / "person-ulaw.wav", "pad", "1.0", "0")
     carrier = h.sipp("uas_answer_play.xml.in", AUDIO=str(audio))
 
     async def body(pool: WorkerPool, rec: Recorder) -> None:

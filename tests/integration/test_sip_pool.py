@@ -15,10 +15,10 @@ from typing import Any, TypeVar
 import pytest
 
 from sipbridge.config import SipConfig
+from sipbridge.devtools.sipp import SipMessage, SippUas
 from sipbridge.ipc import LegEvent
 from sipbridge.plan import DialPlan
 from sipbridge.sip.pool import PoolFull, WorkerPool
-from tests.sipp import SipMessage, SippUas
 
 pytestmark = pytest.mark.integration
 
@@ -371,7 +371,7 @@ def test_stop_hangs_up_live_legs(h: Harness) -> None:
 
 def test_transport_error_tcp_connection_refused(h: Harness) -> None:
     """A TCP connect that is refused ends the leg as transport_error (no SIP response)."""
-    from tests.sipp import free_port
+    from sipbridge.devtools.ports import free_port
 
     cfg = sip_cfg(workers=1).model_copy(update={"transport": "tcp"})
     dead = f"127.0.0.1:{free_port(socket.SOCK_STREAM)}"
