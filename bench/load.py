@@ -500,7 +500,7 @@ def phase_conc(work: Path, quick: bool, steps: list[int] | None = None) -> list[
                 detecting = sum(1 for s in sts if s["status"] == "calling" and not any(
                     e["kind"] == "detection" and e["data"].get("final")
                     for e in s.get("events", [])))
-                res = {
+                res: dict[str, Any] = {
                     "target": target, "up": up_n, "detecting": detecting,
                     "failed": nfail, "failure_reasons": reasons,
                     "workers": len(ws),

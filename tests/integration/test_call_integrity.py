@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from sipbridge.devtools.bridge import Bridge, Stack, bridge_config
-from sipbridge.devtools.sipp import SippUas, render_scenario
+from sipbridge.devtools.sipp import SipMessage, SippUas, render_scenario
 from sipbridge.store import CallRecord, SQLiteStore
 from tests.integration.test_agent_bridge import (
     _got,
@@ -43,8 +43,11 @@ def _all_legs_ended(bridge: Bridge, sid: str, timeout: float = 10.0) -> dict[str
 def _agent_ended_on_the_wire(agent: SippUas, sid: str) -> None:
     """Every agent INVITE of the call got its CANCEL or BYE (or was never sent)."""
     for inv in _agent_invites(agent, sid):
-        agent.wait_for(lambda m, cid=inv.call_id: m.direction == "received" and m.is_request
-                       and m.method in ("CANCEL", "BYE") and m.call_id == cid, 10)
+        def ends(m: SipMessage, cid: str = inv.call_id) -> bool:
+            return (m.direction == "received" and m.is_request
+                    and m.method in ("CANCEL", "BYE") and m.call_id == cid)
+
+        agent.wait_for(ends, 10)
 
 
 def test_carrier_bye_before_ack_leaves_no_agent_leg(stack: Stack) -> None:
