@@ -134,21 +134,13 @@ def cpu_window(pids: list[int], seconds: float) -> dict[int, float]:
 
 
 # --------------------------------------------------------------------------- SIPp logs
-_INV_RE = re.compile(
-    r"-{20,} (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)\s*\n\w+ message received[^\n]*\n\s*\n"
-    r"INVITE [^\n]*\n(.*?)\n\s*\n", re.S)
-_SID_RE = re.compile(rf"^{SID_HDR}:\s*(\S+)", re.M | re.I)
-
-
 def carrier_invites(sipp: SippUas) -> dict[str, float]:
     """call_sid -> wall time SIPp received its (first) INVITE."""
-    text = sipp.message_file.read_text(errors="replace")
     out: dict[str, float] = {}
-    for m in _INV_RE.finditer(text):
-        sid = _SID_RE.search(m.group(2))
-        if sid:
-            ts = dt.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S.%f").timestamp()
-            out.setdefault(sid.group(1), ts)
+    for m in sipp.received("INVITE"):
+        sid = m.header(SID_HDR)
+        if sid and m.ts is not None:
+            out.setdefault(sid, m.ts)
     return out
 
 
