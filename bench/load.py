@@ -37,18 +37,15 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import httpx
+from results import write_section
 
-import httpx  # noqa: E402
-from results import write_section  # noqa: E402
-
-from tests.bridge import AUTH, Bridge, bridge_config, start_bridge  # noqa: E402
-from tests.sipp import SCENARIOS, SippUas  # noqa: E402
+from sipbridge.devtools.bridge import AUTH, Bridge, Stack, bridge_config
+from sipbridge.devtools.sipp import SippUas, render_scenario, ulaw_wav
 
 TICK = os.sysconf("SC_CLK_TCK")
 NUMBER = "+12125550123"
@@ -137,21 +134,13 @@ def cpu_window(pids: list[int], seconds: float) -> dict[int, float]:
 
 
 # --------------------------------------------------------------------------- SIPp logs
-_INV_RE = re.compile(
-    r"-{20,} (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)\s*\n\w+ message received[^\n]*\n\s*\n"
-    r"INVITE [^\n]*\n(.*?)\n\s*\n", re.S)
-_SID_RE = re.compile(rf"^{SID_HDR}:\s*(\S+)", re.M | re.I)
-
-
 def carrier_invites(sipp: SippUas) -> dict[str, float]:
     """call_sid -> wall time SIPp received its (first) INVITE."""
-    text = sipp.message_file.read_text(errors="replace")
     out: dict[str, float] = {}
-    for m in _INV_RE.finditer(text):
-        sid = _SID_RE.search(m.group(2))
-        if sid:
-            ts = dt.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S.%f").timestamp()
-            out.setdefault(sid.group(1), ts)
+    for m in sipp.received("INVITE"):
+        sid = m.header(SID_HDR)
+        if sid and m.ts is not None:
+            out.setdefault(sid, m.ts)
     return out
 
 
@@ -163,41 +152,6 @@ def pct(xs: list[float], q: float) -> float:
 
 
 # --------------------------------------------------------------------------- bridge
-class Stack:
-    """Processes of one phase, stopped in reverse order."""
-
-    def __init__(self) -> None:
-        self.items: list[Any] = []
-
-    def sipp(self, scenario: str | Path, log_dir: Path, extra: list[str] | None = None) -> SippUas:
-        s = SippUas(scenario, log_dir, extra_args=extra).start()
-        self.items.append(s)
-        return s
-
-    def bridge(self, log_dir: Path, cfg: dict[str, Any]) -> Bridge:
-        b = start_bridge(log_dir, cfg)
-        self.items.append(b)
-        return b
-
-    def close(self) -> None:
-        for it in reversed(self.items):
-            with contextlib.suppress(Exception):
-                if isinstance(it, Bridge):
-                    if it.proc.poll() is None:
-                        it.stop()
-                else:
-                    it.stop()
-
-
-@contextlib.contextmanager
-def stack() -> Iterator[Stack]:
-    st = Stack()
-    try:
-        yield st
-    finally:
-        st.close()
-
-
 def make_config(log_dir: Path, carrier: SippUas, agent: SippUas, sip: dict[str, Any],
                 detection: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
     base = 20000 + (os.getpid() % 50) * 800
@@ -318,10 +272,10 @@ def phase_idle(work: Path, quick: bool) -> dict[str, Any]:
     window = 5.0 if quick else 10.0
     log_dir = work / "idle"
     log_dir.mkdir()
-    with stack() as st:
-        carrier = st.sipp("uas_answer_then_bye.xml", log_dir)
-        agent = st.sipp("uas_answer_wait_bye.xml", log_dir)
-        b = st.bridge(log_dir, make_config(log_dir, carrier, agent, {"workers": 2}))
+    with Stack(log_dir) as st:
+        carrier = st.sipp("uas_answer_then_bye.xml")
+        agent = st.sipp("uas_answer_wait_bye.xml")
+        b = st.bridge(make_config(log_dir, carrier, agent, {"workers": 2}))
         time.sleep(2.0)
         ws = workers_of(b.proc.pid)
         cpu = cpu_window([b.proc.pid, *ws], window)
@@ -367,10 +321,10 @@ def phase_cps(work: Path, quick: bool, rates: list[float]) -> list[dict[str, Any
     for rate in rates:
         log_dir = work / f"cps-{rate:g}"
         log_dir.mkdir()
-        with stack() as st:
-            carrier = st.sipp("uas_answer_then_bye.xml", log_dir)
-            agent = st.sipp("uas_answer_wait_bye.xml", log_dir)
-            b = st.bridge(log_dir, make_config(log_dir, carrier, agent, _cps_sip(rate)))
+        with Stack(log_dir) as st:
+            carrier = st.sipp("uas_answer_then_bye.xml")
+            agent = st.sipp("uas_answer_wait_bye.xml")
+            b = st.bridge(make_config(log_dir, carrier, agent, _cps_sip(rate)))
             n = int(rate * dur)
             pids0 = [b.proc.pid]
             cpu0 = cpu_ticks(b.proc.pid)
@@ -423,12 +377,6 @@ def phase_cps(work: Path, quick: bool, rates: list[float]) -> list[dict[str, Any
     return out
 
 
-def _ulaw(src: Path, dst: Path) -> Path:
-    subprocess.run(["sox", str(src), "-r", "8000", "-c", "1", "-e", "u-law", str(dst)],
-                   check=True, capture_output=True)
-    return dst
-
-
 def _speech_wav(work: Path) -> Path:
     """A voicemail greeting with no beep and no long pause (G.711 u-law WAV): looped by
     the carrier, it keeps every call's detector listening for a beep that never comes."""
@@ -447,7 +395,7 @@ def _speech_wav(work: Path) -> Path:
                     "0.5%", "reverse", "silence", "1", "0.05", "0.5%", "reverse",
                     "pad", "0", "0.3"],
                    check=True, capture_output=True)
-    return _ulaw(trimmed, work / "greeting_no_beep_ulaw.wav")
+    return ulaw_wav(trimmed, work / "greeting_no_beep_ulaw.wav")
 
 
 def rtp_sample(port: int, seconds: float, out: Path) -> dict[str, Any]:
@@ -485,22 +433,22 @@ def phase_conc(work: Path, quick: bool, steps: list[int] | None = None) -> list[
     log_dir = work / "conc"
     log_dir.mkdir()
     audio = _speech_wav(log_dir)
-    scen = log_dir / "uas_answer_loop.xml"
-    scen.write_text((SCENARIOS / "uas_answer_play.xml.in").read_text()
-                    .replace("@AUDIO@,1,0", f"{audio},-1,0"))
+    scen = render_scenario("uas_answer_stream.xml.in", log_dir / "uas_answer_loop.xml",
+                           AUDIO=str(audio))
     out: list[dict[str, Any]] = []
-    with stack() as st:
-        carrier = st.sipp(scen, log_dir, extra=["-rtp_threadtasks", "50"])
-        agent = st.sipp("uas_answer_wait_bye.xml", log_dir)
+    with Stack(log_dir) as st:
+        carrier = st.sipp(scen, extra_args=["-rtp_threadtasks", "50"])
+        agent = st.sipp("uas_answer_wait_bye.xml")
         # The SIPp agent sends no RTP: no media timeout, or the calls would end after 30 s.
         sip = {"workers": 2, "min_workers": 2, "max_workers": steps[-1] // 2 + 8,
                "spare_slots": 16, "idle_worker_ttl_s": 600.0, "media_timeout_s": 0}
-        # No beep ever comes and the wait for it outlasts the run: every call's detector
-        # stays on (tap connected, every frame analysed) for the whole measurement.
-        detection = {"wait_for_beep": True, "thresholds": {"max_beep_wait_ms": 3_600_000}}
+        # No beep ever comes and the wait for it (the config's upper bound, 5 min) outlasts
+        # the measurement (a step takes ~10-20 s): every call's detector stays on (tap
+        # connected, every frame analysed) for the whole measurement.
+        detection = {"wait_for_beep": True, "thresholds": {"max_beep_wait_ms": 300_000}}
         cfg = make_config(log_dir, carrier, agent, sip, detection=detection,
                           timers={"max_call_duration_s": 900, "ring_timeout_s": 30})
-        b = st.bridge(log_dir, cfg)
+        b = st.bridge(cfg)
         sids: list[str] = []
         deadline_all = time.monotonic() + (240 if quick else 600)
         try:
@@ -544,7 +492,7 @@ def phase_conc(work: Path, quick: bool, steps: list[int] | None = None) -> list[
                 detecting = sum(1 for s in sts if s["status"] == "calling" and not any(
                     e["kind"] == "detection" and e["data"].get("final")
                     for e in s.get("events", [])))
-                res = {
+                res: dict[str, Any] = {
                     "target": target, "up": up_n, "detecting": detecting,
                     "failed": nfail, "failure_reasons": reasons,
                     "workers": len(ws),
@@ -586,11 +534,11 @@ def phase_memory(work: Path, quick: bool, rate: float) -> dict[str, Any]:
     first, total = (200, 2000) if quick else (1000, 10000)
     log_dir = work / "memory"
     log_dir.mkdir()
-    with stack() as st:
-        carrier = st.sipp("uas_answer_then_bye.xml", log_dir)
-        agent = st.sipp("uas_answer_wait_bye.xml", log_dir)
+    with Stack(log_dir) as st:
+        carrier = st.sipp("uas_answer_then_bye.xml")
+        agent = st.sipp("uas_answer_wait_bye.xml")
         sip = dict(_cps_sip(rate), idle_worker_ttl_s=3600.0)
-        b = st.bridge(log_dir, make_config(log_dir, carrier, agent, sip))
+        b = st.bridge(make_config(log_dir, carrier, agent, sip))
 
         def snapshot() -> dict[str, Any]:
             time.sleep(3.0)

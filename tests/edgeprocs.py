@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.sipp import free_port
+from sipbridge.devtools.ports import free_port
 
 INSIDE, PUBLIC, CARRIER = "127.0.0.1", "127.0.0.2", "127.0.0.3"
 KAMAILIO = shutil.which("kamailio") or "/usr/sbin/kamailio"

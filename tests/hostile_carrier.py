@@ -1,6 +1,6 @@
 """Building blocks for SIPp carriers that answer our INVITE in hostile or unusual ways.
 
-:func:`carrier_scenario` fills ``tests/scenarios/uas_hostile_answer.xml.in``: the
+:func:`carrier_scenario` fills ``sipbridge/devtools/scenarios/uas_hostile_answer.xml.in``: the
 provisional responses (``early``), the final response(s) (``final``), in-dialog requests
 of the carrier's after the ACK (``midcall``); the call then ends with the bridge's BYE or
 the carrier's own after ``hangup_ms``. The helpers return SIPp XML fragments; the INVITE's
@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from tests.sipp import SCENARIOS
+from sipbridge.devtools.sipp import SCENARIOS
 
 # SIPp options every hostile carrier runs with: unexpected messages (retransmitted ACKs
 # and responses, requests the scenario does not wait for) are ignored, not fatal.

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.bridge import Stack
+from sipbridge.devtools.bridge import Stack
 
 
 @pytest.fixture

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from tests.bridge import Bridge, Stack, bridge_config
+from sipbridge.devtools.bridge import Bridge, Stack, bridge_config
+from sipbridge.devtools.sipp import SippUas, render_scenario, ulaw_wav
 from tests.rtp import TsharkCapture, digits_of, rtp_events, rtp_packets, tone_ratio, ulaw_decode
-from tests.sipp import SCENARIOS, SippUas
 
 pytestmark = pytest.mark.integration
 
@@ -25,11 +25,6 @@ def tone_wav(path: Path, hz: float, seconds: float, encoding: str = "u-law") -> 
         ["-b", "16"] if encoding == "signed-integer" else []), str(path),
         "synth", str(seconds), "sine", str(hz), "vol", "0.3"], check=True, capture_output=True)
     return path
-
-
-def scenario_from(template: str, audio: Path, out: Path) -> Path:
-    out.write_text((SCENARIOS / template).read_text().replace("@AUDIO@", str(audio)))
-    return out
 
 
 def carrier_bridge(stack: Stack, carrier: SippUas, agent: SippUas | None,
@@ -128,10 +123,10 @@ def _wait_tone(pcap: Path, port: int, hz: float, timeout: float = 15.0) -> float
 
 def test_audio_crosses_the_bridge_both_ways(stack: Stack) -> None:
     tmp = stack.tmp
-    carrier = stack.sipp(scenario_from("uas_answer_play.xml.in",
-                                       tone_wav(tmp / "c.wav", 1000, 20), tmp / "carrier.xml"))
-    agent = stack.sipp(scenario_from("uas_answer_play.xml.in",
-                                     tone_wav(tmp / "a.wav", 1400, 20), tmp / "agent.xml"))
+    carrier = stack.sipp(render_scenario("uas_answer_play.xml.in", tmp / "carrier.xml",
+                                         AUDIO=str(tone_wav(tmp / "c.wav", 1000, 20))))
+    agent = stack.sipp(render_scenario("uas_answer_play.xml.in", tmp / "agent.xml",
+                                       AUDIO=str(tone_wav(tmp / "a.wav", 1400, 20))))
     with TsharkCapture(agent.media_port, tmp / "to_agent.pcap") as to_agent, \
             TsharkCapture(carrier.media_port, tmp / "to_carrier.pcap") as to_carrier:
         bridge = carrier_bridge(stack, carrier, agent, detection={"answer": False,
@@ -170,12 +165,10 @@ def test_dtmf_from_the_api_is_sent_as_rfc4733(stack: Stack) -> None:
 def test_leave_message_after_the_beep(stack: Stack, tmp_path: Path,
                                       corpus: tuple[Path, dict[str, Any]]) -> None:
     corpus_dir, labels = corpus
-    greeting = tmp_path / "vm.wav"
-    subprocess.run(["sox", str(corpus_dir / "machine_00.wav"), "-e", "u-law", str(greeting)],
-                   check=True)
+    greeting = ulaw_wav(corpus_dir / "machine_00.wav", tmp_path / "vm.wav")
     message = tone_wav(tmp_path / "message.wav", 1400, 2.0, encoding="signed-integer")
-    carrier = stack.sipp(scenario_from("uas_answer_play.xml.in", greeting,
-                                       tmp_path / "vm.xml"))
+    carrier = stack.sipp(render_scenario("uas_answer_play.xml.in", tmp_path / "vm.xml",
+                                         AUDIO=str(greeting)))
     agent = stack.sipp("uas_answer_wait_bye.xml")
     with TsharkCapture(carrier.media_port, tmp_path / "carrier.pcap") as cap:
         bridge = carrier_bridge(stack, carrier, agent, route={"detection": {

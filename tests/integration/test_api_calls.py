@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.bridge import Bridge, bridge_config, start_bridge
-from tests.sipp import SippUas
+from sipbridge.devtools.bridge import Bridge, bridge_config, start_bridge
+from sipbridge.devtools.sipp import SippUas
 
 pytestmark = pytest.mark.integration
 

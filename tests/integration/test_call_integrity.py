@@ -14,16 +14,15 @@ from typing import Any
 
 import pytest
 
+from sipbridge.devtools.bridge import Bridge, Stack, bridge_config
+from sipbridge.devtools.sipp import SipMessage, SippUas, render_scenario
 from sipbridge.store import CallRecord, SQLiteStore
-from tests.bridge import Bridge, Stack, bridge_config
 from tests.integration.test_agent_bridge import (
     _got,
     _invite,
     carrier_bridge,
-    scenario_from,
     tone_wav,
 )
-from tests.sipp import SCENARIOS, SippUas
 
 pytestmark = pytest.mark.integration
 
@@ -44,8 +43,11 @@ def _all_legs_ended(bridge: Bridge, sid: str, timeout: float = 10.0) -> dict[str
 def _agent_ended_on_the_wire(agent: SippUas, sid: str) -> None:
     """Every agent INVITE of the call got its CANCEL or BYE (or was never sent)."""
     for inv in _agent_invites(agent, sid):
-        agent.wait_for(lambda m, cid=inv.call_id: m.direction == "received" and m.is_request
-                       and m.method in ("CANCEL", "BYE") and m.call_id == cid, 10)
+        def ends(m: SipMessage, cid: str = inv.call_id) -> bool:
+            return (m.direction == "received" and m.is_request
+                    and m.method in ("CANCEL", "BYE") and m.call_id == cid)
+
+        agent.wait_for(ends, 10)
 
 
 def test_carrier_bye_before_ack_leaves_no_agent_leg(stack: Stack) -> None:
@@ -109,7 +111,8 @@ def test_agent_refusal_mid_ivr_hangs_up_the_carrier(stack: Stack) -> None:
 def _streaming_agent(stack: Stack) -> SippUas:
     """An agent that answers and sends RTP (a tone, looped) until the bridge's BYE."""
     wav = tone_wav(stack.tmp / "agent.wav", 600, 2)
-    return stack.sipp(scenario_from("uas_answer_stream.xml.in", wav, stack.tmp / "agent.xml"))
+    return stack.sipp(render_scenario("uas_answer_stream.xml.in", stack.tmp / "agent.xml",
+                                      AUDIO=str(wav)))
 
 
 def test_no_rtp_after_answer_ends_both_legs_with_media_timeout(stack: Stack) -> None:
@@ -143,9 +146,8 @@ def test_hold_is_not_a_media_timeout_and_session_refresh_is_answered(stack: Stac
     """The carrier answers without RTP, then holds (re-INVITE a=sendonly with
     Session-Expires) for 5 s, then resumes without RTP: the hold outlives the 2 s media
     timeout, the refresh gets 200 with the session timer, the resumed silence ends it."""
-    scen = stack.tmp / "hold.xml"
-    scen.write_text((SCENARIOS / "uas_answer_hold_resume.xml.in").read_text()
-                    .replace("@HOLD_MS@", "5000"))
+    scen = render_scenario("uas_answer_hold_resume.xml.in", stack.tmp / "hold.xml",
+                           HOLD_MS="5000")
     carrier = stack.sipp(scen)
     agent = _streaming_agent(stack)
     bridge = carrier_bridge(stack, carrier, agent, sip={

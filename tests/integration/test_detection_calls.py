@@ -5,15 +5,14 @@ what a user checks: status, reason, answered_by and the detection timings."""
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.bridge import Bridge, bridge_config, start_bridge
-from tests.sipp import SCENARIOS, SippUas
+from sipbridge.devtools.bridge import Bridge, bridge_config, start_bridge
+from sipbridge.devtools.sipp import SippUas, render_scenario, ulaw_wav
 
 pytestmark = pytest.mark.integration
 
@@ -31,13 +30,6 @@ CASES: dict[str, tuple[str, str, dict[str, Any]]] = {
 }
 
 
-def _ulaw(src: Path, dst: Path) -> Path:
-    """G.711 u-law WAV for SIPp's rtp_stream (payload type 0)."""
-    subprocess.run(["sox", str(src), "-r", "8000", "-c", "1", "-e", "u-law", str(dst)],
-                   check=True, capture_output=True)
-    return dst
-
-
 @pytest.fixture(scope="module")
 def bridge(tmp_path_factory: pytest.TempPathFactory,
            corpus: tuple[Path, dict[str, Any]]) -> Iterator[Bridge]:
@@ -47,10 +39,9 @@ def bridge(tmp_path_factory: pytest.TempPathFactory,
     try:
         for area, (name, template, _) in CASES.items():
             assert name in labels, f"corpus has no {name}"
-            wav = _ulaw(audio_dir / name, log_dir / f"{area}-{name}")
-            text = (SCENARIOS / template).read_text().replace("@AUDIO@", str(wav))
-            scenario = log_dir / f"{area}-{template.removesuffix('.in')}"
-            scenario.write_text(text)
+            wav = ulaw_wav(audio_dir / name, log_dir / f"{area}-{name}")
+            scenario = render_scenario(template, log_dir / f"{area}-{template.removesuffix('.in')}",
+                                       AUDIO=str(wav))
             carriers[area] = SippUas(scenario, log_dir).start()
         cfg = bridge_config(
             log_dir,

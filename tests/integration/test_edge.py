@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 
 from sipbridge.config import parse_config
+from sipbridge.devtools.bridge import TOKEN, Bridge, Stack, bridge_config
+from sipbridge.devtools.sipp import SCENARIOS, SippUas
 from sipbridge.edge.generate import write_files
-from tests.bridge import TOKEN, Bridge, Stack, bridge_config
 from tests.edgeprocs import (
     CARRIER,
     INSIDE,
@@ -28,7 +29,6 @@ from tests.edgeprocs import (
 )
 from tests.rtp import TsharkCapture
 from tests.sipfuzz import SipFuzzer
-from tests.sipp import SCENARIOS, SippUas
 from tests.tlspeer import make_ca, make_leaf
 
 pytestmark = pytest.mark.integration
@@ -117,7 +117,8 @@ def start_edge(edge: Edge, cfg: dict[str, Any]) -> None:
     sec = cfg["edge"]
     edge.rtp = edge.stack.add(
         rtpengine(edge.dir / "rtpengine.conf", edge.dir / "rtpengine.log",
-                  sec["rtpengine"]["control_port"]).start(), lambda: edge.rtp and edge.rtp.stop())
+                  sec["rtpengine"]["control_port"]).start(),
+        lambda: edge.rtp.stop() if edge.rtp else None)
     edge.kam = kamailio(edge.dir / "kamailio.cfg", edge.dir / "kamailio.log",
                         [(INSIDE, sec["inside_port"], "udp"),
                          (PUBLIC, sec["public_udp_port"], "udp"),
@@ -317,20 +318,20 @@ def test_sip_triggered_invites_spread_over_nodes_and_fail_over(edge: Edge) -> No
         b_base = node_ports(2)
     nodes = [{"address": INSIDE, "port_min": a_base, "port_max": a_base + 1},
              {"address": INSIDE, "port_min": b_base, "port_max": b_base + 1}]
-    common = dict(trunks=[trunk], routes=[{"prefix": "+1", "trunk": "plain"}],
-                  inbound=inbound,
-                  edge=edge_section(edge, nodes, agent_allow=["127.0.0.1/32"],
-                                    probe_failures=2))
+    common: dict[str, Any] = dict(
+        inbound=inbound,
+        edge=edge_section(edge, nodes, agent_allow=["127.0.0.1/32"], probe_failures=2))
     bridges = []
     for i, base in enumerate((a_base, b_base)):
         sip = {"listen_address": INSIDE, "port_min": base, "port_max": base + 1,
                "workers": 2, "calls_per_worker": 4, "inbound_allow": ["127.0.0.0/8"]}
-        cfg = bridge_config(edge.stack.tmp, sip=sip, **common)
+        cfg = bridge_config(edge.stack.tmp, [trunk], [{"prefix": "+1", "trunk": "plain"}],
+                            sip=sip, **common)
         cfg["api"]["port"] = free_ports(1, "127.0.0.1", (socket.SOCK_STREAM,))[0]
         cfg["store"] = {"path": str(edge.stack.tmp / f"node{i}.db")}
         if i == 0:
             start_edge(edge, cfg)
-        from tests.bridge import start_bridge
+        from sipbridge.devtools.bridge import start_bridge
 
         b = start_bridge(edge.stack.tmp, cfg, name=f"node{i}")
         edge.stack.add(b, lambda b=b: b.proc.poll() is None and b.stop())

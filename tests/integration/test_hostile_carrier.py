@@ -21,7 +21,9 @@ from typing import Any
 
 import pytest
 
-from tests.bridge import Bridge, Stack, bridge_config
+from sipbridge.devtools.bridge import Bridge, Stack, bridge_config
+from sipbridge.devtools.ports import free_port
+from sipbridge.devtools.sipp import SippUas
 from tests.hostile_carrier import (
     SDP_OK,
     SIPP_ARGS,
@@ -37,7 +39,6 @@ from tests.hostile_carrier import (
     sdp_with,
 )
 from tests.integration.test_call_integrity import _agent_ended_on_the_wire, _agent_invites
-from tests.sipp import SippUas, free_port
 
 pytestmark = pytest.mark.integration
 

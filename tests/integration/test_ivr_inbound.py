@@ -5,16 +5,15 @@ and an INVITE from the agent platform routed out to the carrier and bridged back
 from __future__ import annotations
 
 import socket
-import subprocess
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.bridge import Stack, bridge_config
+from sipbridge.devtools.bridge import Stack, bridge_config
+from sipbridge.devtools.sipp import SCENARIOS, render_scenario, ulaw_wav
 from tests.rtp import TsharkCapture, digits_of, rtp_events
-from tests.sipp import SCENARIOS
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,13 +24,8 @@ def _ts(iso: str) -> float:
 
 
 def _play_scenario(tmp: Path, wav: Path, name: str) -> Path:
-    ulaw = tmp / f"{name}.ulaw.wav"
-    subprocess.run(["sox", str(wav), "-r", "8000", "-c", "1", "-e", "u-law", str(ulaw)],
-                   check=True, capture_output=True)
-    out = tmp / f"{name}.xml"
-    out.write_text((SCENARIOS / "uas_answer_play.xml.in").read_text()
-                   .replace("@AUDIO@", str(ulaw)))
-    return out
+    ulaw = ulaw_wav(wav, tmp / f"{name}.ulaw.wav")
+    return render_scenario("uas_answer_play.xml.in", tmp / f"{name}.xml", AUDIO=str(ulaw))
 
 
 def test_digits_then_hold_until_a_person_speaks(stack: Stack,

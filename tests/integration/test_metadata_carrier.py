@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.bridge import Stack, bridge_config
+from sipbridge.devtools.bridge import Stack, bridge_config
 
 pytestmark = pytest.mark.integration
 

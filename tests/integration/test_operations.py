@@ -17,8 +17,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from sipbridge.devtools.bridge import TOKEN_ENV, Bridge, Stack, bridge_config
 from sipbridge.webhooks import verify
-from tests.bridge import Bridge, Stack, bridge_config
 from tests.webhook_receiver import Receiver
 
 pytestmark = pytest.mark.integration
@@ -81,7 +81,7 @@ def test_metrics_callbacks_readiness_and_cdrs_after_a_real_call(
     out = subprocess.run(
         [sys.executable, "-m", "sipbridge", "cdr", "-c", str(bridge.cfg_path),
          "--since", "2000-01-01T00:00:00Z", "--format", "jsonl"],
-        capture_output=True, text=True, timeout=30, env=dict(os.environ, SB_IT_TOKEN="x"),
+        capture_output=True, text=True, timeout=30, env=dict(os.environ, **{TOKEN_ENV: "x"}),
     )
     assert out.returncode == 0, out.stderr
     (cdr,) = [json.loads(x) for x in out.stdout.splitlines()]

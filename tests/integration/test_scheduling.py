@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.bridge import Stack, bridge_config
-from tests.sipp import SippUas
+from sipbridge.devtools.bridge import Stack, bridge_config
+from sipbridge.devtools.sipp import SippUas
 
 pytestmark = pytest.mark.integration
 
@@ -151,7 +151,7 @@ def test_restart_keeps_queued_calls_and_marks_in_flight(tmp_path: Path,
         assert bridge2.client.post(f"/v1/outbound-calling/{sid}/hangup").status_code == 200
         assert bridge2.wait_terminal(sid)["status"] == "success"
     # nothing was dialled twice: one INVITE per call at the carrier
-    per_call = {}
+    per_call: dict[str, int] = {}
     for m in carrier.received("INVITE"):
         per_call[m.call_id] = per_call.get(m.call_id, 0) + 1
     assert len(per_call) == 3 and set(per_call.values()) == {1}

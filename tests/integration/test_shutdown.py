@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from tests.bridge import Bridge, Stack, bridge_config
-from tests.sipp import SippUas
+from sipbridge.devtools.bridge import Bridge, Stack, bridge_config
+from sipbridge.devtools.sipp import SippUas
 
 pytestmark = pytest.mark.integration
 

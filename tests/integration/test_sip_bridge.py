@@ -5,22 +5,23 @@ out and relay (RFC 4733 on the wire), playback, inbound INVITEs, slot reservatio
 from __future__ import annotations
 
 import asyncio
-import random
 import re
 import shutil
 import subprocess
 import wave
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pytest
 
 from sipbridge import ipc
 from sipbridge.config import SipConfig
-from sipbridge.plan import DialPlan
-from sipbridge.sip.pool import PoolEvent, PoolFull, WorkerPool
+from sipbridge.devtools.sipp import SippUas, render_scenario, ulaw_wav
+from sipbridge.sip.pool import PoolFull, WorkerPool
+from tests.integration import test_sip_pool as base
+from tests.integration.test_sip_pool import CALLEE, Recorder, plan, run, sip_cfg
 from tests.rtp import (
     TsharkCapture,
     digits_of,
@@ -30,100 +31,19 @@ from tests.rtp import (
     tone_ratio,
     ulaw_decode,
 )
-from tests.sipp import SCENARIOS, SippUas
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed"),
 ]
 
-T = TypeVar("T")
-CALLER = "+15557654321"
-CALLEE = "+15551234567"
 SIPP_PCAPS = Path("/usr/share/sip-tester")
-
-
-def run(coro: Awaitable[T], timeout: float = 40.0) -> T:
-    async def _guard() -> T:
-        return await asyncio.wait_for(coro, timeout)
-
-    return asyncio.run(_guard())
-
-
-class Recorder:
-    """Every event the pool reports; tests wait for one matching a predicate."""
-
-    def __init__(self) -> None:
-        self.events: list[PoolEvent] = []
-        self._waiters: list[tuple[Callable[[Any], bool], asyncio.Future[Any]]] = []
-
-    def __call__(self, ev: PoolEvent) -> None:
-        self.events.append(ev)
-        for pred, fut in list(self._waiters):
-            if not fut.done() and pred(ev):
-                fut.set_result(ev)
-
-    async def wait(self, pred: Callable[[Any], bool], timeout: float = 5.0) -> Any:
-        for ev in self.events:
-            if pred(ev):
-                return ev
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._waiters.append((pred, fut))
-        try:
-            return await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            raise AssertionError(
-                f"no matching event within {timeout} s; got: {self.events}"
-            ) from None
-
-    async def state(self, leg_id: str, state: str, timeout: float = 5.0) -> ipc.LegEvent:
-        ev: ipc.LegEvent = await self.wait(
-            lambda e: isinstance(e, ipc.LegEvent) and e.leg_id == leg_id and e.state == state,
-            timeout,
-        )
-        return ev
-
-    def of(self, kind: type) -> list[Any]:
-        return [e for e in self.events if isinstance(e, kind)]
-
-
-def sip_cfg(workers: int = 1, inbound_allow: list[str] | None = None) -> SipConfig:
-    base = random.randrange(30000, 58000, 200)
-    return SipConfig(
-        listen_address="127.0.0.1", port_min=0, port_max=0, workers=workers,
-        calls_per_worker=4, rtp_port_min=base, rtp_port_max=base + 199, log_level=1,
-        inbound_allow=inbound_allow or [],
-    )
-
-
-def plan(uas: SippUas, leg_id: str, *, role: str = "carrier", bridge_with: str | None = None,
-         call_sid: str | None = None) -> DialPlan:
-    return DialPlan(
-        call_sid=call_sid or leg_id.split("/")[0],
-        leg_id=leg_id,
-        trunk="sipp",
-        request_uri=f"sip:{CALLEE}@{uas.uri_hostport};transport=udp",
-        from_uri=f"<sip:{CALLER}@127.0.0.1>",
-        to_uri=f"<sip:{CALLEE}@{uas.uri_hostport}>",
-        headers=(),
-        ring_timeout_s=10.0,
-        max_duration_s=30.0,
-        role=role,
-        bridge_with=bridge_with,
-    )
 
 
 async def with_pool(body: Callable[[WorkerPool, Recorder], Awaitable[None]],
                     cfg: SipConfig | None = None) -> None:
-    rec = Recorder()
-    cfg = cfg or sip_cfg()
-    pool = WorkerPool(cfg, rec)
-    await pool.start()
-    try:
-        await body(pool, rec)
-    finally:
-        await pool.stop()
-    assert pool.exit_codes == {i: 0 for i in range(cfg.workers)}, pool.exit_codes
+    """:func:`tests.integration.test_sip_pool.with_pool` with one worker by default."""
+    await base.with_pool(body, cfg=cfg or sip_cfg(1))
 
 
 class Harness:
@@ -134,12 +54,9 @@ class Harness:
     def sipp(self, scenario: str | Path, **subst: str) -> SippUas:
         path = Path(scenario)
         if subst:
-            text = (SCENARIOS / scenario).read_text()
-            for k, v in subst.items():
-                text = text.replace(f"@{k}@", v)
             path = self.tmp / str(scenario).removesuffix(".in")
-            path = path.with_name(f"{path.stem}-{len(self.procs)}{path.suffix}")
-            path.write_text(text)
+            path = render_scenario(str(scenario), path.with_name(
+                f"{path.stem}-{len(self.procs)}{path.suffix}"), **subst)
         uas = SippUas(path, self.tmp).start()
         self.procs.append(uas)
         return uas
@@ -404,7 +321,7 @@ def test_inbound_invite_allowed_respond_180_then_200(h: Harness) -> None:
         assert (end.cause, end.answered) == ("remote_bye", True)
         assert pool.free_slots() == 4
 
-    run(with_pool(body, sip_cfg(inbound_allow=["127.0.0.0/8"])))
+    run(with_pool(body, sip_cfg(1, inbound_allow=["127.0.0.0/8"])))
 
 
 def test_inbound_invite_from_disallowed_source_gets_403(h: Harness) -> None:
@@ -414,7 +331,7 @@ def test_inbound_invite_from_disallowed_source_gets_403(h: Harness) -> None:
         assert not rec.of(ipc.InboundCall)
         assert pool.free_slots() == 4
 
-    run(with_pool(body, sip_cfg(inbound_allow=["10.0.0.0/8"])))
+    run(with_pool(body, sip_cfg(1, inbound_allow=["10.0.0.0/8"])))
 
 
 # --------------------------------------------------------------------------- slots
@@ -465,9 +382,7 @@ def test_listen_hold_reports_a_live_person(h: Harness) -> None:
     subprocess.run(["espeak-ng", "-v", "en-us", "-s", "160", "-w", str(speech),
                     "Hello, this is Sarah in billing. How can I help you today?"],
                    check=True, capture_output=True)
-    audio = h.tmp / "person-ulaw.wav"
-    subprocess.run(["sox", str(speech), "-r", "8000", "-c", "1", "-e", "u-law", str(audio),
-                    "pad", "1.0", "0"], check=True, capture_output=True)
+    audio = ulaw_wav(speech, h.tmp / "person-ulaw.wav", "pad", "1.0", "0")
     carrier = h.sipp("uas_answer_play.xml.in", AUDIO=str(audio))
 
     async def body(pool: WorkerPool, rec: Recorder) -> None:
@@ -510,4 +425,4 @@ def test_inbound_183_carries_the_carrier_early_media(h: Harness) -> None:
         assert len(heard) >= 8000 * 0.8
         assert tone_ratio(heard, 1000.0) > 10
 
-    run(with_pool(body, sip_cfg(inbound_allow=["127.0.0.0/8"])))
+    run(with_pool(body, sip_cfg(1, inbound_allow=["127.0.0.0/8"])))

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from tests.bridge import Bridge, Stack, bridge_config
+from sipbridge.devtools.bridge import Bridge, Stack, bridge_config
+from sipbridge.devtools.sipp import SippUas
 from tests.sipfuzz import LiveDialog, SipFuzzer
-from tests.sipp import SippUas
 
 pytestmark = pytest.mark.integration
 SEED = int(os.environ.get("SIPBRIDGE_FUZZ_SEED", "20261201"))

@@ -15,14 +15,15 @@ from typing import Any, TypeVar
 import pytest
 
 from sipbridge.config import SipConfig
+from sipbridge.devtools.sipp import SipMessage, SippUas
 from sipbridge.ipc import LegEvent
 from sipbridge.plan import DialPlan
-from sipbridge.sip.pool import PoolFull, WorkerPool
-from tests.sipp import SipMessage, SippUas
+from sipbridge.sip.pool import PoolEvent, PoolFull, WorkerPool
 
 pytestmark = pytest.mark.integration
 
 T = TypeVar("T")
+E = TypeVar("E")
 CALLER = "+15557654321"
 CALLEE = "+15551234567"
 
@@ -37,23 +38,24 @@ def run(coro: Awaitable[T], timeout: float = 40.0) -> T:
 
 
 class Recorder:
-    """Collects every LegEvent and lets a test wait for one matching a predicate."""
+    """Every event the pool reports (leg states, detection, DTMF, inbound calls, ...);
+    a test waits for one matching a predicate. Shared by the SIP engine tests."""
 
     def __init__(self) -> None:
-        self.events: list[LegEvent] = []
-        self._waiters: list[tuple[Callable[[LegEvent], bool], asyncio.Future[LegEvent]]] = []
+        self.events: list[PoolEvent] = []
+        self._waiters: list[tuple[Callable[[Any], bool], asyncio.Future[Any]]] = []
 
-    def __call__(self, ev: LegEvent) -> None:
+    def __call__(self, ev: PoolEvent) -> None:
         self.events.append(ev)
         for pred, fut in list(self._waiters):
             if not fut.done() and pred(ev):
                 fut.set_result(ev)
 
-    async def wait(self, pred: Callable[[LegEvent], bool], timeout: float = 5.0) -> LegEvent:
+    async def wait(self, pred: Callable[[Any], bool], timeout: float = 5.0) -> Any:
         for ev in self.events:
             if pred(ev):
                 return ev
-        fut: asyncio.Future[LegEvent] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiters.append((pred, fut))
         try:
             return await asyncio.wait_for(fut, timeout)
@@ -63,16 +65,23 @@ class Recorder:
             ) from None
 
     async def state(self, leg_id: str, state: str, timeout: float = 5.0) -> LegEvent:
-        return await self.wait(lambda e: e.leg_id == leg_id and e.state == state, timeout)
+        ev: LegEvent = await self.wait(
+            lambda e: isinstance(e, LegEvent) and e.leg_id == leg_id and e.state == state,
+            timeout,
+        )
+        return ev
+
+    def of(self, kind: type[E]) -> list[E]:
+        return [e for e in self.events if isinstance(e, kind)]
 
     def states(self, leg_id: str) -> list[str]:
-        return [e.state for e in self.events if e.leg_id == leg_id]
+        return [e.state for e in self.of(LegEvent) if e.leg_id == leg_id]
 
     def ended(self, leg_id: str) -> list[LegEvent]:
-        return [e for e in self.events if e.leg_id == leg_id and e.state == "ended"]
+        return [e for e in self.of(LegEvent) if e.leg_id == leg_id and e.state == "ended"]
 
 
-def sip_cfg(workers: int = 2) -> SipConfig:
+def sip_cfg(workers: int = 2, inbound_allow: list[str] | None = None) -> SipConfig:
     # A random RTP slice so concurrent test runs on this host rarely collide.
     base = random.randrange(30000, 58000, 200)
     return SipConfig(
@@ -84,6 +93,7 @@ def sip_cfg(workers: int = 2) -> SipConfig:
         rtp_port_min=base,
         rtp_port_max=base + 199,
         log_level=1,
+        inbound_allow=inbound_allow or [],
     )
 
 
@@ -95,10 +105,13 @@ def plan(
     max_duration_s: float = 30.0,
     headers: tuple[tuple[str, str], ...] = (),
     request_uri: str | None = None,
+    role: str = "carrier",
+    bridge_with: str | None = None,
+    call_sid: str | None = None,
 ) -> DialPlan:
     ruri = request_uri or f"sip:{CALLEE}@{uas.uri_hostport};transport=udp"
     return DialPlan(
-        call_sid=leg_id.split("/")[0],
+        call_sid=call_sid or leg_id.split("/")[0],
         leg_id=leg_id,
         trunk="sipp",
         request_uri=ruri,
@@ -107,6 +120,8 @@ def plan(
         headers=headers,
         ring_timeout_s=ring_timeout_s,
         max_duration_s=max_duration_s,
+        role=role,
+        bridge_with=bridge_with,
     )
 
 
@@ -133,17 +148,20 @@ def h(tmp_path: Path) -> Iterator[Harness]:
 
 
 async def with_pool(
-    body: Callable[[WorkerPool, Recorder], Awaitable[None]], workers: int = 2
+    body: Callable[[WorkerPool, Recorder], Awaitable[None]], workers: int = 2,
+    cfg: SipConfig | None = None,
 ) -> WorkerPool:
+    """Run ``body`` against a started pool (``cfg``, or :func:`sip_cfg` with ``workers``)."""
     rec = Recorder()
-    pool = WorkerPool(sip_cfg(workers), rec)
+    cfg = cfg or sip_cfg(workers)
+    pool = WorkerPool(cfg, rec)
     await pool.start()
     try:
         await body(pool, rec)
     finally:
         await pool.stop()
     # Clean shutdown: no pjsua2 assertion / crash at libDestroy, no process left.
-    assert pool.exit_codes == {i: 0 for i in range(workers)}, pool.exit_codes
+    assert pool.exit_codes == {i: 0 for i in range(cfg.workers)}, pool.exit_codes
     return pool
 
 
@@ -371,7 +389,7 @@ def test_stop_hangs_up_live_legs(h: Harness) -> None:
 
 def test_transport_error_tcp_connection_refused(h: Harness) -> None:
     """A TCP connect that is refused ends the leg as transport_error (no SIP response)."""
-    from tests.sipp import free_port
+    from sipbridge.devtools.ports import free_port
 
     cfg = sip_cfg(workers=1).model_copy(update={"transport": "tcp"})
     dead = f"127.0.0.1:{free_port(socket.SOCK_STREAM)}"

@@ -18,10 +18,11 @@ from typing import Any
 
 import pytest
 
+from sipbridge.devtools.ports import free_port
+from sipbridge.devtools.sipp import SipMessage, SippUas
 from sipbridge.plan import DialPlan
 from sipbridge.sip.pool import WorkerPool
 from tests.integration import test_sip_pool as base
-from tests.sipp import SipMessage, SippUas, free_port
 from tests.tlspeer import TlsTerminator, self_signed
 
 pytestmark = pytest.mark.integration

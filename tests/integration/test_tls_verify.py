@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 
+from sipbridge.devtools.bridge import Stack, bridge_config
+from sipbridge.devtools.sipp import SippUas
 from sipbridge.ipc import LegEvent
 from sipbridge.sip.pool import WorkerPool
-from tests.bridge import Stack, bridge_config
 from tests.integration import test_sip_pool as base
 from tests.integration.test_sip_trunks import Harness, h, plan
-from tests.sipp import SippUas
 from tests.tlspeer import TlsTerminator, make_ca, make_leaf
 
 pytestmark = pytest.mark.integration

@@ -187,7 +187,7 @@ def test_webhook_retried_after_500_and_signed() -> None:
 def test_webhook_gives_up_on_connection_errors() -> None:
     import socket
 
-    from tests.sipp import free_port
+    from sipbridge.devtools.ports import free_port
 
     port = free_port(socket.SOCK_STREAM)  # nothing listens there
     cfg = WebhookConfig(backoff_s=0.05, max_attempts=3, allow_cidrs=["127.0.0.0/8"])

@@ -11,10 +11,15 @@ Usage::
 
 Every message SIPp sends or receives is in ``-message_file``; :meth:`SippUas.messages`
 parses it into :class:`SipMessage` objects (first line, case-insensitive headers, body).
+
+Scenarios are looked up by name in :data:`SCENARIOS` (this package's ``scenarios/``, shared
+by the integration tests, ``bench/load.py``, ``scripts/demo.py`` and the Docker ``sipp``
+image); ``*.xml.in`` templates are filled in by :func:`render_scenario`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -27,8 +32,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from sipbridge.devtools.ports import ADDRESS, free_even_port_pair, free_port
+
 SCENARIOS = Path(__file__).parent / "scenarios"
-ADDRESS = "127.0.0.1"
 
 # SIPp -trace_msg separators, e.g.
 #   "----------------------------------------------- 2024-01-01 10:00:00.123456"
@@ -49,30 +55,6 @@ _COMPACT = {
     "t": "to",
     "v": "via",
 }
-
-
-def free_port(kind: int = socket.SOCK_DGRAM, address: str = ADDRESS) -> int:
-    """A port that was free a moment ago (bind to 0, read, close)."""
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind((address, 0))
-        return int(s.getsockname()[1])
-
-
-def free_even_port_pair(address: str = ADDRESS) -> int:
-    """An even UDP port p with p and p+1 free (SIPp's -mp uses p for RTP, p+1 for RTCP)."""
-    for _ in range(50):
-        p = free_port(socket.SOCK_DGRAM, address) & ~1
-        try:
-            with (
-                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a,
-                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b,
-            ):
-                a.bind((address, p))
-                b.bind((address, p + 1))
-            return p
-        except OSError:
-            continue
-    raise RuntimeError("no free even UDP port pair found")
 
 
 @dataclass
@@ -299,37 +281,32 @@ class SippUas:
             and (method is None or (m.is_request and m.method == method))
         ]
 
+    def _match(self, predicate: Callable[[SipMessage], bool]) -> SipMessage | None:
+        return next((m for m in self.messages() if predicate(m)), None)
+
+    def _not_seen(self, timeout: float) -> TimeoutError:
+        return TimeoutError(f"no matching SIP message within {timeout} s; SIPp saw: "
+                            + ", ".join(str(m) for m in self.messages()))
+
     def wait_for(self, predicate: Callable[[SipMessage], bool], timeout: float = 5.0) -> SipMessage:
         """Poll the message log until a message matches; return it or raise TimeoutError."""
         deadline = time.monotonic() + timeout
-        while True:
-            for m in self.messages():
-                if predicate(m):
-                    return m
+        while (m := self._match(predicate)) is None:
             if time.monotonic() >= deadline:
-                raise TimeoutError(
-                    f"no matching SIP message within {timeout} s; SIPp saw: "
-                    + ", ".join(str(m) for m in self.messages())
-                )
+                raise self._not_seen(timeout)
             time.sleep(0.02)  # the log is a file: poll it
+        return m
 
     async def async_wait_for(
         self, predicate: Callable[[SipMessage], bool], timeout: float = 5.0
     ) -> SipMessage:
         """Like :meth:`wait_for`, without blocking the event loop."""
-        import asyncio
-
         deadline = time.monotonic() + timeout
-        while True:
-            for m in self.messages():
-                if predicate(m):
-                    return m
+        while (m := self._match(predicate)) is None:
             if time.monotonic() >= deadline:
-                raise TimeoutError(
-                    f"no matching SIP message within {timeout} s; SIPp saw: "
-                    + ", ".join(str(m) for m in self.messages())
-                )
+                raise self._not_seen(timeout)
             await asyncio.sleep(0.02)
+        return m
 
     def stop(self) -> None:
         """Stop SIPp (SIGTERM, then SIGKILL). Idempotent."""
@@ -355,3 +332,23 @@ class SippUas:
         with contextlib.suppress(Exception):
             if self.proc is not None and self.proc.poll() is None:
                 os.kill(self.proc.pid, 9)
+
+
+def render_scenario(template: str, out: Path, **subst: str) -> Path:
+    """Write ``out``: the scenario ``template`` (a name in :data:`SCENARIOS`, usually an
+    ``.xml.in``) with every ``@KEY@`` replaced by ``subst[KEY]``; return ``out``."""
+    text = (SCENARIOS / template).read_text()
+    for key, value in subst.items():
+        if f"@{key}@" not in text:
+            raise KeyError(f"{template} has no @{key}@")
+        text = text.replace(f"@{key}@", value)
+    out.write_text(text)
+    return out
+
+
+def ulaw_wav(src: Path, dst: Path, *effects: str) -> Path:
+    """``src`` as an 8 kHz mono G.711 u-law WAV (what SIPp's ``rtp_stream`` plays as
+    payload type 0), through sox with optional ``effects`` (e.g. ``"pad", "1.0", "0"``)."""
+    subprocess.run(["sox", str(src), "-r", "8000", "-c", "1", "-e", "u-law", str(dst),
+                    *effects], check=True, capture_output=True)
+    return dst

@@ -1,8 +1,22 @@
-"""Run `sipbridge run` as a real subprocess for integration tests and talk to its API."""
+"""Run `sipbridge run` as a real subprocess against a config and talk to its API.
+
+Used by the integration tests, ``bench/load.py`` and ``scripts/demo.py``::
+
+    with Stack(log_dir) as st:
+        carrier = st.sipp("uas_answer_then_bye.xml")
+        bridge = st.bridge(bridge_config(log_dir, trunks=[...], routes=[...]))
+        sid = bridge.trigger(to_number="+12125550123")
+        body = bridge.wait_terminal(sid)
+    # every process stopped, in reverse order; logs stay in log_dir
+
+The API token reaches the bridge through the environment variable :data:`TOKEN_ENV`
+(``api.tokens: [{env: ...}]`` in the config), never through the config file.
+"""
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import socket
 import subprocess
@@ -15,9 +29,11 @@ from typing import Any
 import httpx
 import yaml
 
-from tests.sipp import SippUas, free_port
+from sipbridge.devtools.ports import free_port
+from sipbridge.devtools.sipp import SippUas
 
 TOKEN = "integration-token"
+TOKEN_ENV = "SIPBRIDGE_DEV_TOKEN"
 AUTH = {"X-PolyAi-Auth-Token": TOKEN}
 
 
@@ -31,10 +47,12 @@ class Bridge:
     cfg_path: Path
     # SIPp carriers the test started for this bridge, by a name the test chooses.
     carriers: dict[str, Any] = field(default_factory=dict)
+    token: str = TOKEN
     client: httpx.Client = field(init=False)
 
     def __post_init__(self) -> None:
-        self.client = httpx.Client(base_url=self.base, headers=AUTH, timeout=5)
+        self.client = httpx.Client(base_url=self.base, timeout=5,
+                                   headers={"X-PolyAi-Auth-Token": self.token})
 
     def trigger(self, **body: Any) -> str:
         r = self.client.post("/v1/outbound-calling/trigger", json=body)
@@ -67,7 +85,7 @@ class Bridge:
                                 timeout)
 
     def log(self) -> str:
-        return (self.log_dir / "bridge.log").read_text(errors="replace")
+        return self.cfg_path.with_suffix(".log").read_text(errors="replace")
 
     def stop(self, sig_kill: bool = False) -> int:
         """Stop the process (SIGTERM, or SIGKILL to simulate a crash); return its code."""
@@ -110,7 +128,7 @@ def bridge_config(log_dir: Path, trunks: list[dict[str, Any]], routes: list[dict
         "sip": {"listen_address": "127.0.0.1", "port_min": 0, "port_max": 0,
                 "workers": 2, "calls_per_worker": 4},
         "api": {"listen_address": "127.0.0.1", "port": free_port(socket.SOCK_STREAM),
-                "tokens": [{"env": "SB_IT_TOKEN"}]},
+                "tokens": [{"env": TOKEN_ENV}]},
         "trunks": trunks,
         "routes": routes,
         "store": {"path": str(log_dir / "calls.db")},
@@ -124,17 +142,18 @@ def bridge_config(log_dir: Path, trunks: list[dict[str, Any]], routes: list[dict
 
 
 def start_bridge(log_dir: Path, cfg: dict[str, Any], name: str = "bridge",
-                 own_session: bool = False) -> Bridge:
-    """Write the config, start the bridge, wait for /healthz. Appends to <name>.log.
-    ``own_session``: the bridge leads its own session and process group (as under a
-    service manager), so a test can signal the whole group."""
+                 own_session: bool = False, token: str = TOKEN,
+                 log_level: str = "debug") -> Bridge:
+    """Write the config to <name>.yaml in ``log_dir``, start the bridge, wait for /healthz.
+    Appends to <name>.log. ``own_session``: the bridge leads its own session and process
+    group (as under a service manager), so a test can signal the whole group."""
     cfg_path = log_dir / f"{name}.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
-    env = dict(os.environ, SB_IT_TOKEN=TOKEN)
+    env = dict(os.environ, **{TOKEN_ENV: token})
     with open(log_dir / f"{name}.log", "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "sipbridge", "run", "-c", str(cfg_path),
-             "--log-level", "debug"],
+             "--log-level", log_level],
             stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=own_session,
         )
     base = f"http://127.0.0.1:{cfg['api']['port']}"
@@ -150,19 +169,20 @@ def start_bridge(log_dir: Path, cfg: dict[str, Any], name: str = "bridge",
             raise RuntimeError("bridge did not start:\n" +
                                (log_dir / f"{name}.log").read_text(errors="replace"))
         time.sleep(0.1)  # polling a port another process opens
-    return Bridge(base, log_dir, proc, cfg_path)
+    return Bridge(base, log_dir, proc, cfg_path, token=token)
 
 
 class Stack:
-    """The processes one test starts — SIPp peers, bridges, receivers — stopped in
-    reverse order when the test ends (the ``stack`` fixture)."""
+    """The processes one run starts — SIPp peers, bridges, receivers — stopped in reverse
+    order by :meth:`close` (the tests' ``stack`` fixture; a ``with`` block in the bench and
+    the demo). Every stop runs even if an earlier one raises; the first error is raised."""
 
     def __init__(self, log_dir: Path) -> None:
         self.tmp = log_dir
-        self._stops: list[Any] = []
+        self._stops = contextlib.ExitStack()
 
     def add(self, item: Any, stop: Any) -> Any:
-        self._stops.append(stop)
+        self._stops.callback(stop)
         return item
 
     def sipp(self, scenario: str | Path, extra_args: list[str] | None = None,
@@ -170,8 +190,9 @@ class Stack:
         s = SippUas(scenario, self.tmp, extra_args=extra_args, transport=transport).start()
         return self.add(s, s.stop)
 
-    def bridge(self, cfg: dict[str, Any], own_session: bool = False) -> Bridge:
-        b = start_bridge(self.tmp, cfg, own_session=own_session)
+    def bridge(self, cfg: dict[str, Any], own_session: bool = False, **kw: Any) -> Bridge:
+        """:func:`start_bridge` in this stack's folder (``kw``: its other arguments)."""
+        b = start_bridge(self.tmp, cfg, own_session=own_session, **kw)
 
         def stop() -> None:
             if b.proc.poll() is None:
@@ -180,6 +201,10 @@ class Stack:
         return self.add(b, stop)
 
     def close(self) -> None:
-        for stop in reversed(self._stops):
-            stop()
-        self._stops.clear()
+        self._stops.close()
+
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
