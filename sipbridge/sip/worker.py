@@ -1786,6 +1786,16 @@ class Worker:
         self.graveyard.append(leg.call)
         self._release_tap(leg)
 
+    def _drop_players(self) -> None:
+        for player in list(self.players):
+            self._drop_player(player)
+
+    def _drop_rejected(self) -> None:
+        for call in self.rejected.values():
+            call._worker = None
+        self.graveyard.extend(self.rejected.values())
+        self.rejected.clear()
+
     def shutdown(self) -> None:
         """Hang up every leg, wait (bounded) for DISCONNECTED, drop pj objects, libDestroy.
 
@@ -1805,12 +1815,8 @@ class Worker:
         # Legs that never reached DISCONNECTED (e.g. CANCEL pending a provisional response).
         for leg_id in list(self.legs):
             self._force_end(leg_id)
-        for player in list(self.players):
-            self._drop_player(player)
-        for call in self.rejected.values():
-            call._worker = None
-        self.graveyard.extend(self.rejected.values())
-        self.rejected.clear()
+        self._drop_players()
+        self._drop_rejected()
         self.soon.clear()
         self.graveyard.clear()
         # Audio ports last, once the bridge has applied the disconnects of the calls that
