@@ -4,8 +4,9 @@ pjsua2 is imported only in this package, and only in the worker process (the poo
 fork server imports the modules but never initialises pjsua2). Where a leg lives and what
 each file may touch:
 
-- supervisor side (asyncio, no pjsua2): ``pool`` (the worker processes, placement,
-  commands, elastic scaling);
+- supervisor side (asyncio, no pjsua2): ``pool`` (the :class:`WorkerPool`, placement and
+  commands), ``scaling`` (elastic pool), ``workerproc`` (one worker process's handle),
+  ``forkserver`` (starting worker processes);
 - worker process: ``worker`` (the loop, commands, the leg table, dialling, hangups,
   timers) and the parts it owns: ``endpoint`` (Endpoint start-up, transports, TLS
   profiles), ``accounts``, ``mixer`` (bridges, players, taps, port cooling),

@@ -1,7 +1,7 @@
 """A SIP worker process: one pjsua2 Endpoint, a few call legs, driven over a Pipe.
 
 It runs as a ``multiprocessing`` target (:func:`run_worker`, forked from the pool's fork
-server, see :mod:`sipbridge.sip.pool`). The process main thread owns the Endpoint
+server, :mod:`sipbridge.sip.forkserver`). The process main thread owns the Endpoint
 (``threadCnt = 0``, ``mainThreadOnly = True``): it alternates ``libHandleEvents`` with
 draining commands from the supervisor and checking the per-leg timers, so every pjsua2
 callback and every Python reference to a pj object lives on one thread. Callbacks
