@@ -1,16 +1,24 @@
-"""A small, strict-enough SIP request reader for the packet guard (no pjsua2, no asyncio).
+"""Pure SIP message helpers (no pjsua2, no asyncio), in two parts.
 
-:func:`parse_request` turns the raw bytes pjsip received into a :class:`Request` with the
-few facts the guard decides on (method, top Via, Call-ID, To tag, body), or raises
-:class:`SipParseError` naming what is wrong. It never raises anything else, whatever the
-bytes (property-tested). It reads only what it needs: it is not a full RFC 3261 parser.
+The packet guard's strict-enough request reader: :func:`parse_request` turns the raw bytes
+pjsip received into a :class:`Request` with the few facts the guard decides on (method,
+top Via, Call-ID, To tag, body), or raises :class:`SipParseError` naming what is wrong. It
+never raises anything else, whatever the bytes (property-tested). It reads only what it
+needs: it is not a full RFC 3261 parser.
+
+The worker's lenient readers of messages pjsip already accepted (the ``wholeMsg`` text
+pjsua2 hands to a callback): :func:`split_message`, :func:`header`, :func:`status_code`
+and :func:`final_response_retry_after`. They never raise, whatever the text.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+from sipbridge.trunkselect import parse_retry_after
 
 # RFC 3261 25.1: token = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~")
 _TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
@@ -244,5 +252,71 @@ def dtmf_relay_crashes_pjsua(body: bytes) -> bool:
     return token > 0 and len(text) < token + 2
 
 
-__all__ = ["Request", "SipParseError", "Via", "dtmf_relay_crashes_pjsua", "is_ip_literal",
-           "parse_request", "parse_via", "sdp_problem"]
+# ---------------------------------------------------------------- accepted messages
+# Compact forms (RFC 3261 7.3.3) understood by :func:`header`.
+_COMPACT_ANY = {**_COMPACT, "m": "contact"}
+
+
+def split_message(whole_msg: str) -> tuple[str, list[tuple[str, str]], str]:
+    """(start line, headers in order with folding undone, body) of a raw SIP message."""
+    text = whole_msg.replace("\r\n", "\n")
+    head, _, body = text.partition("\n\n")
+    lines = head.split("\n")
+    start = lines[0].strip() if lines else ""
+    headers: list[tuple[str, str]] = []
+    for line in lines[1:]:
+        if not line.strip():
+            continue
+        if line[:1] in (" ", "\t") and headers:  # folded (RFC 3261 7.3.1)
+            n, v = headers[-1]
+            headers[-1] = (n, f"{v} {line.strip()}")
+            continue
+        n, sep, v = line.partition(":")
+        if sep:
+            headers.append((n.strip(), v.strip()))
+    return start, headers, body
+
+
+def header(headers: Iterable[tuple[str, str]], name: str) -> str:
+    """First value of a header (case-insensitive, compact forms understood), or ''."""
+    want = name.lower()
+    for n, v in headers:
+        if _COMPACT_ANY.get(n.lower(), n.lower()) == want:
+            return v
+    return ""
+
+
+def status_code(whole_msg: str) -> int | None:
+    """The status code of a response (``SIP/2.0 486 Busy Here``), None for anything else."""
+    if not whole_msg.startswith("SIP/2.0 "):
+        return None
+    try:
+        return int(whole_msg.split(" ", 2)[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def final_response_retry_after(whole_msg: str) -> tuple[bool, float | None]:
+    """(is a final non-2xx INVITE response, its Retry-After seconds or None).
+
+    RFC 3261 20.33: a 404, 413, 480, 486, 500, 503, 600 or 603 may say when to retry; the
+    value is read from any final non-2xx response to an INVITE (by its CSeq method)."""
+    code = status_code(whole_msg)
+    if code is None or code < 300:
+        return False, None
+    _start, headers, _body = split_message(whole_msg)
+    if not header(headers, "cseq").upper().endswith("INVITE"):
+        return False, None
+    return True, parse_retry_after(header(headers, "retry-after") or None)
+
+
+def is_invite_2xx(whole_msg: str) -> bool:
+    """A 2xx response to the INVITE: the carrier answered, whatever pjsua then makes of
+    its SDP (RFC 3261 13.2.2.4: pjsua ACKs it, then sends BYE if the answer is unusable)."""
+    cseq = header(split_message(whole_msg)[1], "cseq")
+    return whole_msg.startswith("SIP/2.0 2") and cseq.upper().endswith("INVITE")
+
+
+__all__ = ["Request", "SipParseError", "Via", "dtmf_relay_crashes_pjsua",
+           "final_response_retry_after", "header", "is_invite_2xx", "is_ip_literal",
+           "parse_request", "parse_via", "sdp_problem", "split_message", "status_code"]

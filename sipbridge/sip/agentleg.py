@@ -1,5 +1,6 @@
-"""Pure helpers for the agent side of a call: DTMF strings, inbound INVITE parsing and
-source filtering, SIP INFO DTMF bodies. No pjsua2 here (unit-tested on its own)."""
+"""Pure helpers for the agent side of a call: DTMF strings, inbound INVITE source
+filtering, SIP INFO DTMF bodies. No pjsua2 here (unit-tested on its own). Reading the
+INVITE itself: :func:`sipbridge.sipmsg.split_message` and :func:`sipbridge.sipmsg.header`."""
 
 from __future__ import annotations
 
@@ -48,39 +49,6 @@ def event_digit(code: int | str) -> str:
         return _EVENT_DIGITS[n] if 0 <= n < 16 else ""
     s = s.upper()
     return s if len(s) == 1 and s in DTMF_DIGITS else ""
-
-
-def split_message(whole_msg: str) -> tuple[str, list[tuple[str, str]], str]:
-    """(start line, headers in order with folding undone, body) of a raw SIP message."""
-    text = whole_msg.replace("\r\n", "\n")
-    head, _, body = text.partition("\n\n")
-    lines = head.split("\n")
-    start = lines[0].strip() if lines else ""
-    headers: list[tuple[str, str]] = []
-    for line in lines[1:]:
-        if not line.strip():
-            continue
-        if line[:1] in (" ", "\t") and headers:  # folded (RFC 3261 7.3.1)
-            n, v = headers[-1]
-            headers[-1] = (n, f"{v} {line.strip()}")
-            continue
-        n, sep, v = line.partition(":")
-        if sep:
-            headers.append((n.strip(), v.strip()))
-    return start, headers, body
-
-
-_COMPACT = {"f": "from", "t": "to", "i": "call-id", "c": "content-type", "m": "contact",
-            "v": "via", "l": "content-length"}
-
-
-def header(headers: Iterable[tuple[str, str]], name: str) -> str:
-    """First value of a header (case-insensitive, compact forms understood), or ''."""
-    want = name.lower()
-    for n, v in headers:
-        if _COMPACT.get(n.lower(), n.lower()) == want:
-            return v
-    return ""
 
 
 def parse_info_dtmf(content_type: str, body: str) -> tuple[str, int] | None:
@@ -138,9 +106,7 @@ __all__ = [
     "DTMF_DIGITS",
     "dtmf_steps",
     "event_digit",
-    "header",
     "parse_info_dtmf",
     "source_allowed",
     "source_ip",
-    "split_message",
 ]

@@ -1,4 +1,4 @@
-"""Preloaded by the SIP workers' fork server only (see ``pool._worker_context``).
+"""Preloaded by the SIP workers' fork server only (see ``forkserver.worker_context``).
 
 A service manager stops a service by signalling its whole process group (systemd's
 default ``KillMode=control-group``; a terminal's Ctrl-C does the same with SIGINT). The

@@ -1,10 +1,11 @@
 """Supervisor side of the SIP engine: a pool of SIP worker processes (asyncio).
 
 Each worker (see :mod:`sipbridge.sip.worker`) is a process (forked from a preloaded
-fork server, see :func:`_worker_context`) with one pjsua2
-Endpoint holding at most ``calls_per_worker`` legs. The pool picks a worker per leg,
-relays commands over a Pipe and turns the worker's messages back into
-:class:`sipbridge.ipc.LegEvent` callbacks on the event loop thread.
+fork server, see :mod:`sipbridge.sip.forkserver`) with one pjsua2 Endpoint holding at
+most ``calls_per_worker`` legs; the supervisor's handle on it is a
+:class:`~sipbridge.sip.workerproc.WorkerProc`, the only record of the legs it holds.
+The pool picks a worker per leg, relays commands over a Pipe and turns the worker's
+messages back into :class:`sipbridge.ipc.LegEvent` callbacks on the event loop thread.
 
 Bridged calls need every leg in one worker: ``dial(plan, reserve=n)`` keeps ``n`` more
 slots of the chosen worker for that ``call_sid`` (for the agent leg), consumed by a later
@@ -17,14 +18,10 @@ Guarantees:
   when the pool is stopped and the worker could not report it;
 - a dead worker is restarted (same worker_id, same SIP port when possible).
 
-Elastic pool (``min_workers`` < ``max_workers``): the pool starts ``min_workers``
-processes and keeps ``spare_slots`` slots (default: one worker's worth) free or starting,
-spawning another worker (up to ``max_workers``) as soon as calls eat into that headroom,
-since a worker takes ~60 ms to start (~0.4 s for the first, which starts the fork
-server). A worker above ``min_workers`` with no legs and no
-reservations for ``idle_worker_ttl_s`` is retired (``Shutdown``, then its process is
-reaped; it takes no new dials meanwhile). :class:`PoolFull` is raised only when every
-worker up to ``max_workers`` is full (or still starting).
+Elastic pool (``min_workers`` < ``max_workers``, :mod:`sipbridge.sip.scaling`): workers
+are added as calls eat into ``spare_slots`` and idle ones retired after
+``idle_worker_ttl_s``. :class:`PoolFull` is raised only when every worker up to
+``max_workers`` is full (or still starting).
 
 No pjsua2 import here.
 """
@@ -34,24 +31,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import multiprocessing
 import os
 import signal
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine
 from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
 from typing import Any
 
 from sipbridge import ipc
 from sipbridge.config import SipConfig
 from sipbridge.plan import DialPlan
+from sipbridge.sip.forkserver import start_worker_process, worker_context
+from sipbridge.sip.scaling import Scaler, worker_bounds
+from sipbridge.sip.workerproc import START_TIMEOUT_S, STOP_TIMEOUT_S, WorkerProc
 
 log = logging.getLogger("sipbridge.sip.pool")
 
-START_TIMEOUT_S = 20.0
-STOP_TIMEOUT_S = 5.0
 _RESTART_BACKOFF_MAX_S = 10.0
 
 
@@ -68,63 +63,36 @@ class PoolError(RuntimeError):
     """The pool could not start its workers."""
 
 
-@dataclass
-class _WorkerSlot:
-    worker_id: int
-    process: BaseProcess | None = None
-    conn: Connection | None = None
-    sip_port: int = 0
-    capacity: int = 0
-    ready: bool = False
-    ready_future: asyncio.Future[ipc.WorkerReady] | None = None
-    legs: dict[str, str] = field(default_factory=dict)  # leg_id -> call_sid
-    # Live legs the worker reported answered: a synthesised end says so too (a call
-    # answered and then cut by a shutdown must never look unanswered, i.e. requeued).
-    answered: set[str] = field(default_factory=set)
-    reserved: dict[str, int] = field(default_factory=dict)  # call_sid -> reserved slots
-    last_log: str = ""
-    restarts: int = 0
-    started_at: float = 0.0
-    # Elastic pool: idle (no legs, no reservations) since; being retired since (0: no).
-    idle_since: float = 0.0
-    retiring_since: float = 0.0
-
-
-def worker_bounds(cfg: SipConfig) -> tuple[int, int, int]:
-    """(min_workers, max_workers, spare_slots) with the config's defaults applied."""
-    lo = cfg.min_workers if cfg.min_workers is not None else cfg.workers
-    hi = cfg.max_workers if cfg.max_workers is not None else max(cfg.workers, lo)
-    spare = cfg.spare_slots if cfg.spare_slots is not None else cfg.calls_per_worker
-    return lo, max(lo, hi), spare
-
-
 class WorkerPool:
-    """A pool of SIP worker processes. All methods must be called on the event loop thread."""
+    """A pool of SIP worker processes. All methods must be called on the event loop thread.
+
+    Why 30 methods: 18 are the public API the call manager, ``ops`` and the tests use
+    (lifecycle, capacity, placement, one per command); ``spawn``, ``track`` and ``free``
+    serve the :class:`~sipbridge.sip.scaling.Scaler`; the rest are the event path and the
+    restart of dead workers, which share the worker table with placement.
+    """
 
     def __init__(self, cfg: SipConfig, on_event: Callable[[PoolEvent], None]) -> None:
         self.cfg = cfg
         self.on_event = on_event
-        self._ctx = _worker_context()
+        self._ctx = worker_context()
         self.min_workers, self.max_workers, self.spare_slots = worker_bounds(cfg)
         self.elastic = self.max_workers > self.min_workers
-        self._workers: dict[int, _WorkerSlot] = {
-            i: _WorkerSlot(worker_id=i) for i in range(self.min_workers)
+        self.workers: dict[int, WorkerProc] = {
+            i: WorkerProc(worker_id=i) for i in range(self.min_workers)
         }
-        self._leg_worker: dict[str, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
-        self._stopping = False
-        self._running = False
+        self.stopping = False
+        self.running = False
         # Exit code of each worker process at stop() (diagnostics, tests).
         self.exit_codes: dict[int, int | None] = {}
-        self._restart_tasks: set[asyncio.Task[None]] = set()
-        # Elastic pool: exit codes of retired workers, spawn/retire counters, the
-        # maintenance task, and a pause on growing after a failed start.
+        self._tasks: set[asyncio.Task[None]] = set()  # restarts, start watchers
+        # Elastic pool: exit codes of retired workers, spawn/retire counters.
         self.retired_exit_codes: list[int | None] = []
         self.spawned_total = 0
         self.retired_total = 0
-        self._maint_task: asyncio.Task[None] | None = None
-        self._grow_blocked_until = 0.0
+        self._scaler = Scaler(self)
 
     # ---------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -136,14 +104,14 @@ class WorkerPool:
             return
         self._loop = asyncio.get_running_loop()
         self._started = True
-        futs = [self._spawn(w) for w in self._workers.values()]
+        futs = [self.spawn(w) for w in self.workers.values()]
         try:
             await asyncio.wait_for(asyncio.gather(*futs), START_TIMEOUT_S)
         except (TimeoutError, PoolError) as e:
             details = "; ".join(
                 f"worker {w.worker_id}: "
                 + ("ready" if w.ready else (w.last_log or "no WorkerReady received"))
-                for w in self._workers.values()
+                for w in self.workers.values()
             )
             await self.stop()
             if isinstance(e, PoolError):
@@ -151,39 +119,19 @@ class WorkerPool:
             raise PoolError(
                 f"SIP workers did not start within {START_TIMEOUT_S:.0f} s ({details})"
             ) from None
-        self._running = True
+        self.running = True
         log.info(
-            "SIP pool started: %d workers on ports %s", len(self._workers), self.worker_ports()
+            "SIP pool started: %d workers on ports %s", len(self.workers), self.worker_ports()
         )
         if self.elastic:
-            log.info(
-                "SIP pool is elastic: %d-%d workers, %d spare slots, idle TTL %.1f s",
-                self.min_workers, self.max_workers, self.spare_slots,
-                self.cfg.idle_worker_ttl_s,
-            )
-            self._scale_up()
-            self._maint_task = asyncio.get_running_loop().create_task(self._maintain())
+            self._scaler.start()
 
-    def _spawn(self, w: _WorkerSlot, sip_port: int = 0) -> asyncio.Future[ipc.WorkerReady]:
+    def spawn(self, w: WorkerProc, sip_port: int = 0) -> asyncio.Future[ipc.WorkerReady]:
+        """Start ``w``'s process; the future resolves with its WorkerReady."""
         assert self._loop is not None
-        parent, child = self._ctx.Pipe(duplex=True)
-        cfg = self.cfg.model_dump()
-        # The worker takes slice ``worker_id % workers`` of the RTP range: hand each worker
-        # its own slice (over max_workers, so the workers an elastic pool adds get theirs)
-        # as a one-worker range.
-        slots = max(self.cfg.workers, self.max_workers)
-        per = max(2, (self.cfg.rtp_port_max - self.cfg.rtp_port_min + 1) // slots)
-        base = self.cfg.rtp_port_min + (w.worker_id % slots) * per
-        cfg.update(workers=1, min_workers=None, max_workers=None, spare_slots=None,
-                   rtp_port_min=base, rtp_port_max=min(base + per - 1, 65535))
-        proc = self._ctx.Process(
-            target=_worker_main,
-            args=(w.worker_id, cfg, child, sip_port),
-            name=f"sipbridge-sip-{w.worker_id}",
-            daemon=True,
+        proc, parent = start_worker_process(
+            self._ctx, self.cfg, w.worker_id, max(self.cfg.workers, self.max_workers), sip_port
         )
-        proc.start()
-        child.close()
         w.process = proc
         w.conn = parent
         w.ready = False
@@ -193,6 +141,13 @@ class WorkerPool:
         w.ready_future = self._loop.create_future()
         self._loop.add_reader(parent.fileno(), self._on_readable, w.worker_id, parent)
         return w.ready_future
+
+    def track(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run a background task of the pool (cancelled by :meth:`stop`)."""
+        assert self._loop is not None
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def stop(self) -> None:
         """Shut every worker down (hang up their legs), bounded; then kill. Idempotent.
@@ -204,24 +159,21 @@ class WorkerPool:
         (exit code 255); the pool would then stop waiting at once and report their
         answered legs as unanswered.
         """
-        if self._stopping or not self._started:
+        if self.stopping or not self._started:
             return
-        self._stopping = True
-        for t in list(self._restart_tasks):
+        self.stopping = True
+        for t in list(self._tasks):
             t.cancel()
-        if self._maint_task is not None:
-            self._maint_task.cancel()
-        for w in list(self._workers.values()):
-            if w.conn is not None:
-                with contextlib.suppress(OSError, ValueError):
-                    w.conn.send(ipc.encode(ipc.Shutdown()))
+        self._scaler.stop()
+        for w in list(self.workers.values()):
+            w.send(ipc.Shutdown())
         deadline = time.monotonic() + STOP_TIMEOUT_S
         # The reader (_on_readable) delivers the workers' last events and closes each
         # pipe at EOF.
-        while (any(w.conn is not None for w in self._workers.values())
+        while (any(w.conn is not None for w in self.workers.values())
                and time.monotonic() < deadline):
             await asyncio.sleep(0.02)  # waiting on the readers, bounded by deadline
-        for w in list(self._workers.values()):
+        for w in list(self.workers.values()):
             proc = w.process
             if proc is None:
                 continue
@@ -230,23 +182,20 @@ class WorkerPool:
                 # follow the supervisor over the pipe): SIGKILL, by pid (the handle's
                 # own kill() is skipped when the fork server is gone).
                 log.warning("SIP worker %d did not stop in time: killing", w.worker_id)
-                self._drain(w, w.conn)  # whatever it sent before
+                w.drain(w.conn, self._dispatch)  # whatever it sent before
                 with contextlib.suppress(OSError):
                     os.kill(proc.pid, signal.SIGKILL)
             proc.join(1.0)
             self.exit_codes[w.worker_id] = proc.exitcode
             if proc.exitcode != 0:
                 log.warning("SIP worker %d exited with code %s", w.worker_id, proc.exitcode)
-        for w in list(self._workers.values()):
-            self._close_worker(w)
+        for w in list(self.workers.values()):
+            w.close(self._loop)
             for leg_id, call_sid in list(w.legs.items()):
                 self._synth_end(
                     w, leg_id, call_sid, "local_hangup", "SIP pool stopped before the leg ended"
                 )
-            if w.process is not None:
-                with contextlib.suppress(Exception):
-                    w.process.close()
-                w.process = None
+            w.release_process()
 
     # ---------------------------------------------------------------- capacity
     def capacity(self) -> int:
@@ -256,52 +205,48 @@ class WorkerPool:
 
     def worker_count(self) -> int:
         """Worker processes running or starting (not counting those being retired)."""
-        return sum(1 for w in self._workers.values() if not w.retiring_since)
+        return sum(1 for w in self.workers.values() if not w.retiring_since)
 
     def worker_pids(self) -> dict[int, int]:
         """OS process id of every worker process (retiring ones included), by worker_id."""
         return {
             w.worker_id: w.process.pid
-            for w in self._workers.values()
+            for w in self.workers.values()
             if w.process is not None and w.process.pid is not None
         }
 
-    def _free(self, w: _WorkerSlot) -> int:
-        if not w.ready or self._stopping:
-            return 0
-        used = len(w.legs) + sum(w.reserved.values())
-        return max(0, (w.capacity or self.cfg.calls_per_worker) - used)
+    def free(self, w: WorkerProc) -> int:
+        """Slots free on one worker right now (none while the pool stops)."""
+        return 0 if self.stopping else w.free(self.cfg.calls_per_worker)
 
     def free_slots(self) -> int:
         """Slots free right now on running workers (reserved slots are not free)."""
-        return sum(self._free(w) for w in self._workers.values())
+        return sum(self.free(w) for w in self.workers.values())
 
     def ready_workers(self) -> int:
         """Workers running and ready for calls (for /readyz)."""
-        return 0 if self._stopping else sum(1 for w in self._workers.values() if w.ready)
+        return 0 if self.stopping else sum(1 for w in self.workers.values() if w.ready)
 
     def worker_ports(self) -> list[int]:
         """SIP port of each worker, by worker_id (0 while a worker is not ready)."""
-        return [self._workers[i].sip_port for i in sorted(self._workers)]
+        return [self.workers[i].sip_port for i in sorted(self.workers)]
+
+    def _holder(self, leg_id: str) -> WorkerProc | None:
+        """The worker holding a live leg."""
+        return next((w for w in self.workers.values() if leg_id in w.legs), None)
 
     def worker_of(self, leg_id: str) -> int | None:
         """The worker holding a live leg, or None."""
-        return self._leg_worker.get(leg_id)
+        w = self._holder(leg_id)
+        return w.worker_id if w is not None else None
 
     def worker_pid(self, worker_id: int) -> int | None:
         """OS process id of a worker (for diagnostics and tests)."""
-        w = self._workers.get(worker_id)
+        w = self.workers.get(worker_id)
         p = w.process if w is not None else None
         return p.pid if p is not None else None
 
     # ---------------------------------------------------------------- commands
-    def _room(self, w: _WorkerSlot, call_sid: str) -> int:
-        """Slots a dial for ``call_sid`` may use on ``w``: the free ones plus one of the
-        call's own reservation."""
-        if not w.ready or self._stopping:
-            return 0
-        return self._free(w) + (1 if w.reserved.get(call_sid, 0) > 0 else 0)
-
     def dial(self, plan: DialPlan, prefer_worker: int | None = None, reserve: int = 0) -> int:
         """Send a Dial to the least-loaded worker with a free slot; return its worker_id.
 
@@ -318,81 +263,60 @@ class WorkerPool:
 
         Raises ``ValueError`` for a leg_id that is still live or a negative ``reserve``.
         """
-        if plan.leg_id in self._leg_worker:
+        if self._holder(plan.leg_id) is not None:
             raise ValueError(f"leg {plan.leg_id!r} is already live")
         if reserve < 0:
             raise ValueError("reserve must be >= 0")
         need = 1 + reserve
         cs = plan.call_sid
+        cpw = self.cfg.calls_per_worker
+
+        def room(w: WorkerProc) -> int:
+            return 0 if self.stopping else w.room(cs, cpw)
+
         if prefer_worker is None:
-            held = [w for w in self._workers.values() if w.reserved.get(cs, 0) > 0 and w.ready]
+            held = [w for w in self.workers.values() if w.reserved.get(cs, 0) > 0 and w.ready]
             if held:
                 prefer_worker = held[0].worker_id
         if prefer_worker is not None:
-            w = self._workers.get(prefer_worker)
+            w = self.workers.get(prefer_worker)
             if w is None:
                 raise ValueError(f"no worker {prefer_worker}")
-            if self._room(w, cs) < need:
+            if room(w) < need:
                 raise PoolFull(
                     f"SIP worker {prefer_worker} has no free slot"
                     + (f" (need {need} for this call)" if need > 1 else "")
                 )
         else:
-            candidates = [w for w in self._workers.values() if self._room(w, cs) >= need]
+            candidates = [w for w in self.workers.values() if room(w) >= need]
             if not candidates:
-                self._scale_up()
+                self._scaler.scale_up()
                 raise PoolFull(
                     f"no SIP worker has {need} free slot{'s' if need > 1 else ''} "
                     f"({self.free_slots()} of {self.capacity()} free or their workers are down)"
                 )
-            w = max(candidates, key=lambda c: (self._free(c), -c.worker_id))
+            w = max(candidates, key=lambda c: (self.free(c), -c.worker_id))
         assert w.conn is not None
         try:
             w.conn.send(ipc.encode(ipc.Dial(plan)))
         except (OSError, ValueError) as e:
             raise PoolFull(f"SIP worker {w.worker_id} is not reachable: {e}") from None
-        held_now = w.reserved.get(cs, 0)
-        left = held_now - (1 if held_now > 0 else 0) + reserve
-        if left > 0:
-            w.reserved[cs] = left
-        else:
-            w.reserved.pop(cs, None)
-        w.legs[plan.leg_id] = cs
-        self._leg_worker[plan.leg_id] = w.worker_id
+        w.take_slot(plan.leg_id, cs, reserve)
         if self.elastic:
-            self._scale_up()
+            self._scaler.scale_up()
         return w.worker_id
 
     def reserved_slots(self, call_sid: str) -> dict[int, int]:
         """Slots reserved for a call, by worker_id (diagnostics, tests)."""
         return {
             w.worker_id: w.reserved[call_sid]
-            for w in self._workers.values()
+            for w in self.workers.values()
             if w.reserved.get(call_sid, 0) > 0
         }
 
-    def _forget_leg(self, w: _WorkerSlot, leg_id: str) -> None:
-        """A leg ended: free its slot, and its call's reservation with its last leg."""
-        call_sid = w.legs.pop(leg_id, None)
-        w.answered.discard(leg_id)
-        self._leg_worker.pop(leg_id, None)
-        if call_sid is not None and call_sid not in w.legs.values():
-            w.reserved.pop(call_sid, None)
-        if not w.legs and not w.reserved:
-            w.idle_since = time.monotonic()
-
     def _send_to_leg(self, leg_id: str, msg: ipc.Command) -> bool:
-        wid = self._leg_worker.get(leg_id)
-        if wid is None:
-            return False
-        w = self._workers[wid]
-        if w.conn is None:
-            return False
-        try:
-            w.conn.send(ipc.encode(msg))
-        except (OSError, ValueError):
-            return False
-        return True
+        w = self._holder(leg_id)
+        return w is not None and w.send(msg)
 
     def hangup(self, leg_id: str) -> bool:
         """Ask the leg's worker to hang up (CANCEL or BYE). False if unknown/already ended."""
@@ -409,7 +333,7 @@ class WorkerPool:
         """Join two legs' audio both ways in their worker; either's end ends the other and
         DTMF from ``agent_leg`` is relayed to ``carrier_leg``. Raises ``ValueError`` if
         the legs live in different workers; False if either is unknown/ended."""
-        wa, wb = self._leg_worker.get(carrier_leg), self._leg_worker.get(agent_leg)
+        wa, wb = self.worker_of(carrier_leg), self.worker_of(agent_leg)
         if wa is None or wb is None:
             return False
         if wa != wb:
@@ -435,42 +359,27 @@ class WorkerPool:
         audio is sent into this one as early media), 200 (bridged with ``media_from``),
         or a final error status. ``media_from`` must live in the same worker."""
         if media_from is not None:
-            wm, wl = self._leg_worker.get(media_from), self._leg_worker.get(leg_id)
+            wm, wl = self.worker_of(media_from), self.worker_of(leg_id)
             if wm is not None and wl is not None and wm != wl:
                 raise ValueError(f"leg {media_from!r} is in worker {wm}, not {wl}")
         return self._send_to_leg(leg_id, ipc.Respond(leg_id, status, reason, media_from))
 
     # ---------------------------------------------------------------- events
     def _on_readable(self, worker_id: int, conn: Connection) -> None:
-        w = self._workers.get(worker_id)
+        w = self.workers.get(worker_id)
         if w is None or w.conn is not conn:  # stale reader of a previous process
             return
-        alive = self._drain(w, conn)
+        alive = w.drain(conn, self._dispatch)
         if not alive:
             self._on_worker_exit(w)
 
-    def _drain(self, w: _WorkerSlot, conn: Connection) -> bool:
-        """Deliver every pending message; False on EOF (the worker process is gone)."""
-        try:
-            while conn.poll(0):
-                raw = conn.recv()
-                try:
-                    msg = ipc.decode(raw)
-                except ipc.ProtocolError as e:
-                    log.error("SIP worker %d sent a bad message: %s", w.worker_id, e)
-                    continue
-                self._dispatch(w, msg)
-        except (EOFError, OSError, ValueError):
-            return False
-        return True
-
-    def _dispatch(self, w: _WorkerSlot, msg: ipc.Command | ipc.Event) -> None:
+    def _dispatch(self, w: WorkerProc, msg: ipc.Command | ipc.Event) -> None:
         if isinstance(msg, ipc.LegEvent):
             if msg.state == "ended":
                 if msg.leg_id not in w.legs:
                     log.warning("ended event for unknown leg %s ignored", msg.leg_id)
                     return
-                self._forget_leg(w, msg.leg_id)
+                w.forget_leg(msg.leg_id)
             elif msg.leg_id not in w.legs:
                 return
             elif msg.state == "answered":
@@ -485,7 +394,6 @@ class WorkerPool:
             # The inbound leg holds a slot of its worker like a dialled leg (its call_sid
             # in LegEvents is its leg_id until the supervisor maps it).
             w.legs[msg.leg_id] = msg.leg_id
-            self._leg_worker[msg.leg_id] = w.worker_id
             self._emit(msg)
         elif isinstance(msg, ipc.WorkerReady):
             w.sip_port = msg.sip_port
@@ -514,10 +422,10 @@ class WorkerPool:
             log.exception("on_event callback failed for %s", ev)
 
     def _synth_end(
-        self, w: _WorkerSlot, leg_id: str, call_sid: str, cause: ipc.EndCause, detail: str
+        self, w: WorkerProc, leg_id: str, call_sid: str, cause: ipc.EndCause, detail: str
     ) -> None:
         answered = leg_id in w.answered
-        self._forget_leg(w, leg_id)
+        w.forget_leg(leg_id)
         self._emit(
             ipc.LegEvent(
                 leg_id=leg_id,
@@ -531,36 +439,26 @@ class WorkerPool:
             )
         )
 
-    def _close_worker(self, w: _WorkerSlot) -> None:
-        if w.conn is not None:
-            if self._loop is not None:
-                with contextlib.suppress(Exception):
-                    self._loop.remove_reader(w.conn.fileno())
-            with contextlib.suppress(Exception):
-                w.conn.close()
-            w.conn = None
-        w.ready = False
-
-    def _on_worker_exit(self, w: _WorkerSlot) -> None:
+    def _on_worker_exit(self, w: WorkerProc) -> None:
         proc = w.process
         code: int | None = None
         if proc is not None:
             proc.join(1.0)
             code = proc.exitcode
-        self._close_worker(w)
-        if self._stopping:
+        w.close(self._loop)
+        if self.stopping:
             return
         text = f"SIP worker {w.worker_id} exited with code {code}"
         starting = w.ready_future if (
             w.ready_future is not None and not w.ready_future.done()) else None
-        if self._running and self.elastic and (
+        if self.running and self.elastic and (
             w.retiring_since
             or (starting is not None and not w.legs and self.worker_count() > self.min_workers)
         ):
             # Retired (or a worker added for load that failed to start): not restarted.
             if starting is not None:
                 log.error("%s while starting; not restarted", text)
-                self._grow_blocked_until = time.monotonic() + 1.0
+                self._scaler.grow_blocked_until = time.monotonic() + 1.0
                 starting.set_exception(PoolError(text))
                 starting.exception()  # mark retrieved
             else:
@@ -569,12 +467,9 @@ class WorkerPool:
                 log.info("SIP worker %d retired (exit code %s)", w.worker_id, code)
             for leg_id, call_sid in list(w.legs.items()):
                 self._synth_end(w, leg_id, call_sid, "worker_died", text)
-            if proc is not None:
-                with contextlib.suppress(Exception):
-                    proc.close()
-            w.process = None
-            self._workers.pop(w.worker_id, None)
-            self._scale_up()
+            w.release_process()
+            self.workers.pop(w.worker_id, None)
+            self._scaler.scale_up()
             return
         if w.ready_future is not None and not w.ready_future.done():
             # Died during start-up.
@@ -585,29 +480,23 @@ class WorkerPool:
                 )
             )
             w.ready_future.exception()  # mark retrieved
-            if not self._running:
+            if not self.running:
                 return  # start() reports it
         log.error("%s; %d legs lost; restarting", text, len(w.legs))
         for leg_id, call_sid in list(w.legs.items()):
             self._synth_end(w, leg_id, call_sid, "worker_died", text)
-        if proc is not None:
-            with contextlib.suppress(Exception):
-                proc.close()
-            w.process = None
-        assert self._loop is not None
-        task = self._loop.create_task(self._restart(w))
-        self._restart_tasks.add(task)
-        task.add_done_callback(self._restart_tasks.discard)
+        w.release_process()
+        self.track(self._restart(w))
 
-    async def _restart(self, w: _WorkerSlot) -> None:
+    async def _restart(self, w: WorkerProc) -> None:
         w.restarts += 1
         delay = min(_RESTART_BACKOFF_MAX_S, 0.2 * (2 ** min(w.restarts - 1, 6)))
         if time.monotonic() - w.started_at > 60:
             delay = 0.2  # it ran fine for a while: restart promptly
         await asyncio.sleep(delay)
-        if self._stopping or self._workers.get(w.worker_id) is not w:
+        if self.stopping or self.workers.get(w.worker_id) is not w:
             return
-        fut = self._spawn(w, w.sip_port)
+        fut = self.spawn(w, w.sip_port)
         try:
             await asyncio.wait_for(asyncio.shield(fut), START_TIMEOUT_S)
             log.info("SIP worker %d restarted on port %d", w.worker_id, w.sip_port)
@@ -615,124 +504,3 @@ class WorkerPool:
             log.error("SIP worker %d restart failed: %s", w.worker_id, e)
             if w.process is not None and w.process.is_alive():
                 w.process.kill()  # the reader sees EOF and schedules another restart
-
-
-    # ---------------------------------------------------------------- elastic pool
-    def _headroom(self) -> int:
-        """Free slots on ready workers plus the slots of workers still starting."""
-        n = 0
-        for w in self._workers.values():
-            if w.retiring_since:
-                continue
-            if w.ready:
-                n += self._free(w)
-            elif w.process is not None:
-                n += self.cfg.calls_per_worker
-        return n
-
-    def _scale_up(self) -> None:
-        """Spawn workers (up to max_workers) until ``spare_slots`` slots are free or
-        starting, and at least min_workers exist."""
-        if not self._running or self._stopping:
-            return
-        if time.monotonic() < self._grow_blocked_until:
-            return
-        n = self.worker_count()
-        headroom = self._headroom()
-        while n < self.max_workers and (n < self.min_workers or headroom < self.spare_slots):
-            wid = next(i for i in range(self.max_workers + len(self._workers) + 1)
-                       if i not in self._workers)
-            w = _WorkerSlot(worker_id=wid)
-            self._workers[wid] = w
-            fut = self._spawn(w)
-            fut.add_done_callback(_consume_exception)
-            assert self._loop is not None
-            task = self._loop.create_task(self._watch_start(w, fut))
-            self._restart_tasks.add(task)
-            task.add_done_callback(self._restart_tasks.discard)
-            n += 1
-            headroom += self.cfg.calls_per_worker
-            log.info("SIP pool growing: worker %d starting (%d workers)", wid, n)
-
-    async def _watch_start(self, w: _WorkerSlot, fut: asyncio.Future[ipc.WorkerReady]) -> None:
-        try:
-            await asyncio.wait_for(asyncio.shield(fut), START_TIMEOUT_S)
-        except (TimeoutError, PoolError) as e:
-            log.error("SIP worker %d did not start: %s", w.worker_id, e or "timeout")
-            if w.process is not None and w.process.is_alive():
-                w.process.kill()  # the reader sees EOF: the slot is dropped
-
-    def _retire_idle(self, now: float) -> None:
-        ttl = self.cfg.idle_worker_ttl_s
-        n = self.worker_count()
-        headroom = self._headroom()
-        for w in sorted(self._workers.values(), key=lambda x: -x.worker_id):
-            if n <= self.min_workers:
-                break
-            if (w.retiring_since or not w.ready or w.legs or w.reserved
-                    or now - w.idle_since < ttl):
-                continue
-            free = self._free(w)
-            if headroom - free < self.spare_slots:
-                continue
-            w.retiring_since = now
-            w.ready = False
-            n -= 1
-            headroom -= free
-            log.info("SIP pool shrinking: retiring idle worker %d (%d workers)", w.worker_id, n)
-            if w.conn is not None:
-                with contextlib.suppress(OSError, ValueError):
-                    w.conn.send(ipc.encode(ipc.Shutdown()))
-        # A retiring worker that does not exit in time is terminated (its EOF reaps it).
-        for w in list(self._workers.values()):
-            p = w.process
-            if (w.retiring_since and p is not None and p.is_alive()
-                    and now - w.retiring_since > STOP_TIMEOUT_S):
-                log.warning("SIP worker %d did not retire in time: killing", w.worker_id)
-                p.kill()
-
-    async def _maintain(self) -> None:
-        period = min(1.0, max(0.05, self.cfg.idle_worker_ttl_s / 4))
-        while not self._stopping:
-            await asyncio.sleep(period)
-            try:
-                self._retire_idle(time.monotonic())
-                self._scale_up()
-            except Exception:
-                log.exception("SIP pool maintenance failed")
-
-
-def _consume_exception(fut: asyncio.Future[Any]) -> None:
-    if not fut.cancelled():
-        fut.exception()
-
-
-def _worker_context() -> Any:
-    """The multiprocessing context that starts workers: *forkserver*, preloaded.
-
-    A spawned worker starts a fresh interpreter and imports pjsua2, numpy, the DSP and
-    (through ``__main__``) the supervisor's own modules: ~0.4 s of CPU and ~60 MB of
-    private memory per worker, paid again for every worker an elastic pool adds under
-    load. The fork server imports all of that once; each worker is a fork of it, started
-    in milliseconds, sharing those pages copy-on-write. The server is a fresh interpreter
-    too (no supervisor threads or event loop are forked), and pjsua2 is only imported
-    there, never initialised: each worker creates its own Endpoint after the fork.
-    OpenBLAS (under numpy) is kept to one thread: workers do small FFTs, never BLAS, and
-    a fork server with no extra threads forks cleanly.
-    """
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    ctx = multiprocessing.get_context("forkserver")
-    # forkserver_init first: the server ignores SIGTERM/SIGINT from then on (a signal to
-    # the whole process group must reach only the supervisor).
-    ctx.set_forkserver_preload(["sipbridge.sip.forkserver_init", "__main__",
-                                "sipbridge.sip.pool", "sipbridge.sip.worker"])
-    return ctx
-
-
-def _worker_main(
-    worker_id: int, sip_cfg_dict: dict[str, Any], conn: Connection, sip_port: int
-) -> None:
-    """Spawn target: imports the pjsua2 worker only in the child process."""
-    from sipbridge.sip.worker import run_worker
-
-    run_worker(worker_id, sip_cfg_dict, conn, sip_port)

@@ -18,6 +18,12 @@ def sdp_of(whole_msg: str) -> str:
     return body if sep and body.lstrip().startswith("v=0") else ""
 
 
+def carries_sdp(whole_msg: str) -> bool:
+    """Does a raw SIP message look like it carries SDP (a 183's early media)? A quick
+    test: a body starting ``v=0`` or an ``application/sdp`` anywhere in the message."""
+    return "\r\n\r\nv=0" in whole_msg or "application/sdp" in whole_msg.lower()
+
+
 def audio_codecs(sdp: str) -> tuple[str, list[str]]:
     """(transport profile, codec names) of the first ``m=audio`` line of an SDP, e.g.
     ``("RTP/AVP", ["G729/8000", "telephone-event/8000"])``; ("", []) without one."""
@@ -81,4 +87,4 @@ def negotiation_detail(offered: list[str], answer_sdp: str) -> str:
     return f"offered {', '.join(offered) or '?'}; answered {got}"
 
 
-__all__ = ["audio_codecs", "audio_connection", "negotiation_detail", "sdp_of"]
+__all__ = ["audio_codecs", "audio_connection", "carries_sdp", "negotiation_detail", "sdp_of"]

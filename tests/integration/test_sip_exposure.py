@@ -43,7 +43,7 @@ def test_accounts_disable_ice_stun_turn_and_optional_srtp() -> None:
 
     wk, _ = _bare_worker()
     for srtp, use in (("off", pj.PJMEDIA_SRTP_DISABLED), ("mandatory", pj.PJMEDIA_SRTP_MANDATORY)):
-        acfg = wk._account_config("udp", srtp, None)
+        acfg = wk.accounts.config("udp", srtp, None)
         nat = acfg.natConfig
         assert (nat.iceEnabled, nat.turnEnabled) == (False, False)
         assert nat.sipStunUse == nat.mediaStunUse == pj.PJSUA_STUN_USE_DISABLED

@@ -510,9 +510,9 @@ def _bare_worker() -> tuple[Any, _Conn]:
 
     conn = _Conn()
     wk = w.Worker(0, SipConfig(port_min=0, port_max=0), conn, 0)  # type: ignore[arg-type]
-    wk.transports = {"udp": 0, "tcp": 1}
-    wk.transport_ports = {"udp": 5080, "tcp": 5080}
-    wk.transport_errors = {"tls": "Unsupported transport (PJSIP_EUNSUPTRANSPORT)"}
+    wk.transports.ids = {"udp": 0, "tcp": 1}
+    wk.transports.ports = {"udp": 5080, "tcp": 5080}
+    wk.transports.errors = {"tls": "Unsupported transport (PJSIP_EUNSUPTRANSPORT)"}
     return wk, conn
 
 
@@ -531,23 +531,24 @@ def test_missing_transport_is_a_dial_error_naming_it() -> None:
     end = _ended(conn)
     assert end.cause == "dial_error"
     assert "'tls'" in end.detail and "PJSIP_EUNSUPTRANSPORT" in end.detail
-    assert wk.legs == {} and wk.accounts == {}
+    assert wk.legs == {} and wk.accounts.accounts == {}
 
 
 def test_all_accounts_busy_is_a_dial_error() -> None:
-    from sipbridge.sip import worker as w
+    from sipbridge.sip.accounts import MAX_ACCOUNTS
+    from sipbridge.sip.leg import Leg
 
     wk, conn = _bare_worker()
-    for i in range(w._MAX_ACCOUNTS):
+    for i in range(MAX_ACCOUNTS):
         key = ("udp", "off", (f"u{i}", "p", "*"))
-        wk.accounts[key] = object()
-        wk.legs[f"busy{i}"] = w._Leg(
+        wk.accounts.accounts[key] = object()
+        wk.legs[f"busy{i}"] = Leg(
             plan=plan("h:1", f"busy{i}"), call=None, started=0, acc_key=key
         )
     wk.dial(plan("127.0.0.1:5060", "m2/b1", auth=("new", "pw", "*")))
     end = _ended(conn)
     assert end.cause == "dial_error" and "PJSUA_MAX_ACC" in end.detail
-    assert len(wk.accounts) == w._MAX_ACCOUNTS  # nothing evicted
+    assert len(wk.accounts.accounts) == MAX_ACCOUNTS  # nothing evicted
 
 
 def test_bad_srtp_mode_is_a_dial_error() -> None:
@@ -555,24 +556,3 @@ def test_bad_srtp_mode_is_a_dial_error() -> None:
     wk.dial(plan("127.0.0.1:5060", "m3/b1", srtp="optional"))
     end = _ended(conn)
     assert end.cause == "dial_error" and "optional" in end.detail
-
-
-@pytest.mark.parametrize(
-    ("msg", "expected"),
-    [
-        ("SIP/2.0 503 Busy\r\nCSeq: 1 INVITE\r\nRetry-After: 30\r\n\r\n", (True, 30.0)),
-        (
-            "SIP/2.0 503 Busy\r\nretry-after:  120 (x);duration=9\r\nCSeq: 2 INVITE\r\n\r\n",
-            (True, 120.0),
-        ),
-        ("SIP/2.0 486 Busy\r\nCSeq: 1 INVITE\r\n\r\n", (True, None)),
-        ("SIP/2.0 503 Busy\r\nCSeq: 1 INVITE\r\nRetry-After: soon\r\n\r\n", (True, None)),
-        ("SIP/2.0 503 Busy\r\nCSeq: 3 BYE\r\nRetry-After: 30\r\n\r\n", (False, None)),
-        ("SIP/2.0 180 Ringing\r\nCSeq: 1 INVITE\r\nRetry-After: 30\r\n\r\n", (False, None)),
-        ("BYE sip:a@b SIP/2.0\r\nCSeq: 1 BYE\r\n\r\n", (False, None)),
-    ],
-)
-def test_final_response_retry_after(msg: str, expected: tuple[bool, float | None]) -> None:
-    from sipbridge.sip.worker import _final_response_retry_after
-
-    assert _final_response_retry_after(msg) == expected

@@ -14,8 +14,8 @@ from sipbridge.sip.agentleg import (
     event_digit,
     parse_info_dtmf,
     source_allowed,
-    split_message,
 )
+from sipbridge.sipmsg import split_message
 from tests.rtp import (
     digits_of,
     rtp_events,
