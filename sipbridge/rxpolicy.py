@@ -5,8 +5,13 @@ sees it: pass it on, drop it silently, or answer it statelessly. Pure logic (no 
 Why a request is dropped (each a way one datagram or a flood could take a worker down or
 starve it; see README "Security"):
 
-- more messages from one source IP than its token bucket allows (bounded table of
-  sources, least recently seen forgotten first);
+- more messages than a token bucket allows: a message of one of this worker's calls
+  (its Call-ID is live: in-dialog requests and responses) against that call's bucket,
+  any other against its source IP's (bounded tables, least recently seen forgotten
+  first). Per call, not per source, for our own calls: a carrier's SBC is one source
+  for every call it carries (at 20 calls a second, 100+ messages a second), while a peer
+  that loops on one call (a 2xx retransmitted on every ACK) is held to that call's
+  budget;
 - unreadable, oversize or missing/repeated mandatory headers (RFC 3261 8.1.1);
 - a top Via whose transport is not the one the request came in on, or with ``maddr``
   (RFC 3261 18.2.2 would send the response to that address, resolving a host name on
@@ -26,6 +31,7 @@ has no free slot, 503 while it shuts down, 488 for an unusable SDP offer.
 from __future__ import annotations
 
 import enum
+import re
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
@@ -47,6 +53,15 @@ _SDP_METHODS = frozenset({"INVITE", "ACK", "UPDATE", "PRACK"})
 DIALOG_LINGER_S = 34.0
 _MAX_SOURCES = 4096
 _MAX_LINGERING = 4096
+# The Call-ID header's value (compact form "i", RFC 3261 20.8), read before any parsing so
+# that a flood is counted cheaply.
+_CALL_ID_RE = re.compile(rb"\n(?:call-id|i)[ \t]*:[ \t]*([^\r\n]{1,256})", re.IGNORECASE)
+
+
+def call_id_of(raw: bytes) -> str:
+    """The Call-ID of a raw SIP message ('' when none is found)."""
+    m = _CALL_ID_RE.search(raw, 0, MAX_MESSAGE_BYTES)
+    return m.group(1).strip().decode("utf-8", "replace") if m else ""
 
 
 class Action(enum.Enum):
@@ -142,13 +157,26 @@ class RxPolicy:
     """The decision for one received request (see the module docstring)."""
 
     inbound_allow: list[str]
-    limiter: SourceLimiter
+    limiter: SourceLimiter  # per source IP, for messages not of our own calls
+    # Per Call-ID, for messages of our own calls (default: the same numbers as ``limiter``).
+    dialog_limiter: SourceLimiter | None = None
     dialogs: KnownDialogs = field(default_factory=KnownDialogs)
     max_message_bytes: int = MAX_MESSAGE_BYTES
     counts: Counter[str] = field(default_factory=Counter)
 
-    def check_source(self, source_ip: str) -> Verdict | None:
-        """The per-source rate limit alone (responses too): a DROP verdict, or None."""
+    def __post_init__(self) -> None:
+        if self.dialog_limiter is None:
+            self.dialog_limiter = SourceLimiter(self.limiter.rate_per_s, self.limiter.burst)
+
+    def check_rate(self, raw: bytes, source_ip: str) -> Verdict | None:
+        """The rate limit alone (requests and responses): a DROP verdict, or None. A
+        message of a live or recently ended call of ours counts against that call's
+        budget, any other against its source's."""
+        call_id = call_id_of(raw)
+        if call_id and call_id in self.dialogs:
+            if (self.dialog_limiter or self.limiter).allow(call_id):
+                return None
+            return self._count(Verdict(Action.DROP, "dialog_rate"))
         if self.limiter.allow(source_ip):
             return None
         return self._count(Verdict(Action.DROP, "rate"))
@@ -158,7 +186,7 @@ class RxPolicy:
         """``transport``: the receiving transport ("udp", "tcp", "tls"). ``accepting``:
         None when the worker can take a new inbound call, else why not ("full",
         "stopping"); called only for an INVITE that would otherwise pass."""
-        limited = self.check_source(source_ip)
+        limited = self.check_rate(raw, source_ip)
         if limited is not None:
             return limited
         return self._count(self._decide(raw, source_ip, transport, accepting))
@@ -228,4 +256,4 @@ def summary(counts: Iterable[tuple[str, int]]) -> str:
 
 
 __all__ = ["DIALOG_LINGER_S", "MAX_MESSAGE_BYTES", "PASS", "Action", "KnownDialogs",
-           "RxPolicy", "SourceLimiter", "Verdict", "summary"]
+           "RxPolicy", "SourceLimiter", "Verdict", "call_id_of", "summary"]

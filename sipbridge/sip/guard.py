@@ -238,7 +238,7 @@ class PacketGuard:
             if not self.calibrated:
                 return _PJ_TRUE
             pkt = _Packet(rdata_ptr)
-            return _PJ_FALSE if self.policy.check_source(pkt.source_ip) is None else _PJ_TRUE
+            return _PJ_FALSE if self.policy.check_rate(pkt.raw, pkt.source_ip) is None else _PJ_TRUE
         except BaseException:
             with contextlib.suppress(BaseException):
                 self.policy.counts["guard_error"] += 1

@@ -43,6 +43,7 @@ class GuardLink:
         policy = RxPolicy(
             inbound_allow=list(cfg.inbound_allow),
             limiter=SourceLimiter(cfg.source_rate_limit_per_s, cfg.source_rate_burst),
+            dialog_limiter=SourceLimiter(cfg.source_rate_limit_per_s, cfg.source_rate_burst),
         )
         guard = PacketGuard(pj_lib(), policy, self._accepting,
                             lambda level, msg: w.log(level, msg))

@@ -9,7 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sipbridge.rxpolicy import Action, KnownDialogs, RxPolicy, SourceLimiter, summary
+from sipbridge.rxpolicy import (
+    Action,
+    KnownDialogs,
+    RxPolicy,
+    SourceLimiter,
+    call_id_of,
+    summary,
+)
 from sipbridge.sipmsg import (
     SipParseError,
     dtmf_relay_crashes_pjsua,
@@ -36,6 +43,7 @@ def _policy(allow: list[str] | None = None, rate: float = 1000, burst: int = 100
             clock: FakeClock | None = None) -> RxPolicy:
     clk = clock or FakeClock()
     return RxPolicy(inbound_allow=allow or [], limiter=SourceLimiter(rate, burst, clock=clk),
+                    dialog_limiter=SourceLimiter(rate, burst, clock=clk),
                     dialogs=KnownDialogs(clock=clk))
 
 
@@ -207,6 +215,37 @@ def test_rate_limit_per_source_and_bounded_table() -> None:
         lim.allow(f"10.0.{i // 256}.{i % 256}")
     assert len(lim) == 100
     assert summary(p.take_counts().items()) == "rate=3"
+
+
+def _response(call_id: str, status: int = 200) -> bytes:
+    return (f"SIP/2.0 {status} OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK1\r\n"
+            f"From: <sip:a@h>;tag=1\r\nTo: <sip:b@h>;tag=2\r\nCall-ID: {call_id}\r\n"
+            f"CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n").encode()
+
+
+def test_our_calls_are_counted_per_call_not_per_source() -> None:
+    """A carrier's SBC is one source for all its calls: the messages of our own calls
+    (responses, in-dialog requests) count against each call's budget, so 20 live calls
+    from one address are not throttled as one; a call that loops (a 2xx retransmitted on
+    every ACK) is held to its own budget, and strangers to the source's."""
+    clk = FakeClock()
+    p = _policy(rate=10, burst=5, clock=clk)
+    for i in range(20):
+        p.dialogs.add(f"call-{i}")
+    for _round in range(4):  # 80 messages from one source within the same instant
+        for i in range(20):
+            assert p.check_rate(_response(f"call-{i}"), "192.0.2.9") is None
+    looping = [p.check_rate(_response("call-0", 200), "192.0.2.9") for _ in range(3)]
+    assert [v.reason if v else "ok" for v in looping] == ["ok", "dialog_rate", "dialog_rate"]
+    assert p.check_rate(_response("call-1"), "192.0.2.9") is None  # the others go on
+    # in-dialog requests of a live call take the same per-call path
+    bye = request("BYE", call_id="call-2", to_tag="t")
+    assert p.decide(bye, "192.0.2.9", "udp", _accepting).passes
+    # a message of no call of ours counts against its source
+    stray = [p.check_rate(_response("nobody"), "192.0.2.9") for _ in range(7)]
+    assert [v.reason if v else "ok" for v in stray] == ["ok"] * 5 + ["rate"] * 2
+    assert call_id_of(b"INVITE x SIP/2.0\r\ni: compact@h\r\n\r\n") == "compact@h"
+    assert call_id_of(b"garbage") == ""
 
 
 def test_known_dialogs_are_bounded() -> None:
