@@ -38,6 +38,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from sipbridge.media.cadence import CadenceTracker, best_cp_signature
 from sipbridge.media.frames import (
     FRAME_BYTES,
     FRAME_MS,
@@ -54,17 +55,14 @@ from sipbridge.media.result import (
     DetectionEvent,
     TimelineEntry,
 )
+from sipbridge.media.sit import SitDecoder, SitResult
 from sipbridge.media.thresholds import DetectionConfig, config_from_overrides
 from sipbridge.media.tones import (
     CP_REGION,
     CP_SIGNATURES,
-    CadenceTracker,
-    SitDecoder,
-    SitResult,
     ToneAnalyzer,
     ToneRun,
     ToneRunTracker,
-    best_cp_signature,
     is_ced,
     is_cng,
 )
@@ -95,7 +93,9 @@ class Detector:
         self._tones = ToneAnalyzer()
         self._runs = ToneRunTracker()
         self._sit = SitDecoder(confirm_ms=self.cfg.sit_confirm_ms)
-        self._cadence = CadenceTracker()
+        # after answer speech and music are common: a busy/reorder cadence must hold for three
+        # bursts; in early media (network tones and announcements only) two suffice
+        self._cadence = CadenceTracker(bursts=3 if mode == "answer" else 2)
         self._speech = SpeechTracker(self.cfg.vad)
         self._pending = np.zeros(0, dtype=np.float64)
         self._t = 0  # start time of the next frame (ms)
@@ -224,7 +224,7 @@ class Detector:
                 return
         if is_tone:
             self._tone_activity_ms += FRAME_MS
-        sit = self._sit.check(cur)
+        sit = self._sit.check(cur, t_end)
         if sit is not None:
             self._on_sit(sit, t_end, events)
             return
@@ -232,12 +232,15 @@ class Detector:
             self._check_run_live(cur, t_end, events)
             if self._done:
                 return
-        self._on_cp(sig, t, t_end, events)
-        if self._done:
-            return
-        # --- speech -----------------------------------------------------------------------
+        # --- speech (before call progress: a cadence must have no speech in it) -----------
         sp = self._speech
         ev = sp.update(pcm, level, is_tone, t)
+        if ev == SpeechTracker.WORD_START:
+            self._sit.interrupt()
+        self._on_cp(sig, t, t_end, events, sp.last_speech,
+                    ta.peak_hz if sig is not None else None, level)
+        if self._done:
+            return
         if ev == SpeechTracker.WORD_START:
             self._note(sp.word_start_ms, "speech_start", dbfs=round(level, 1))
             self._on_word_start(sp.word_start_ms, t_end, events)
@@ -288,9 +291,10 @@ class Detector:
         self._decide("sit", t_end, events, sit_code=sit.code,
                      reason=f"SIT {sit.code}: {sit.meaning} (started {sit.start_ms} ms)")
 
-    def _on_cp(self, sig: str | None, t: int, t_end: int, events: list[DetectionEvent]) -> None:
+    def _on_cp(self, sig: str | None, t: int, t_end: int, events: list[DetectionEvent],
+               speech: bool, hz: float | None, level: float) -> None:
         prev = self._cadence.current
-        res = self._cadence.update(sig, t)
+        res = self._cadence.update(sig, t, speech, hz, level)
         if sig != prev:
             if prev is not None and self._cadence.current != prev:
                 self._note(t, "cp_off", signature=prev)

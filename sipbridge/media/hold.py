@@ -75,6 +75,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from sipbridge.media.cadence import best_cp_signature
 from sipbridge.media.detect import AnsweredBy, Detection, DetectionEvent
 from sipbridge.media.frames import (
     FRAME_BYTES,
@@ -88,7 +89,7 @@ from sipbridge.media.frames import (
 )
 from sipbridge.media.hold_config import HoldConfig, config_from_overrides
 from sipbridge.media.match import HI_BIN, LO_BIN, N_BANDS, band_matrix, best_match, clamp_bands
-from sipbridge.media.tones import CP_BLOCK, CP_FREQS, GoertzelBank, best_cp_signature
+from sipbridge.media.tones import CP_BLOCK, CP_FREQS, GoertzelBank
 from sipbridge.media.vad import SpeechTracker, VadConfig
 
 _BLOCK = 2 * FRAME_SAMPLES  # 40 ms analysis block, 25 Hz bins

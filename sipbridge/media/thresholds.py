@@ -59,7 +59,9 @@ class DetectionConfig:
     cp_purity: float = 0.7
     cp_max_twist_db: float = 6.0
     # SIT: decided once segment 2 held its frequency this long (first two segments suffice).
-    sit_confirm_ms: int = 100
+    # 60 ms is three frames at the exact frequency (±1.5 %) right after a 200–460 ms segment 1
+    # at its own exact frequency: nothing but a SIT does that; a longer wait only delays it.
+    sit_confirm_ms: int = 60
     # CED (2100 Hz) this long → fax; the real tone lasts 2.6–4 s.
     ced_min_ms: int = 400
     vad: VadConfig = field(default_factory=VadConfig)
