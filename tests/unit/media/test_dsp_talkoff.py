@@ -99,7 +99,7 @@ def test_cadence_with_a_long_dropout(drop_ms: int, freqs: tuple[float, ...], pat
 
 
 def sit_signal(code: str, lead_ms: float = 500) -> np.ndarray:
-    f1, d1, f2, d2 = SIT_TABLE[code]
+    _, d1, _, d2 = SIT_TABLE[code]
     return np.concatenate([sil(lead_ms), tone((f1,), d1, -20, 2), tone((f2,), d2, -20, 2),
                            tone((1776.7,), 380, -20, 2), sil(1200)])
 
@@ -113,7 +113,7 @@ def test_sit_with_a_dropout_inside_a_segment(code: str, drop_ms: int, where: str
     """A dropout strictly inside one segment (not touching its edges): right code within
     700 ms of the SIT's start, unless less than 60 ms of segment 2 came before the dropout
     (then the decision waits for segment 2 to come back)."""
-    f1, d1, f2, d2 = SIT_TABLE[code]
+    _, d1, _, d2 = SIT_TABLE[code]
     seg = {"seg1": (0, d1), "seg2": (d1, d2), "seg3": (d1 + d2, 380)}[where]
     if drop_ms > seg[1] - 40:
         pytest.skip("dropout longer than the segment")
@@ -126,7 +126,7 @@ def test_sit_with_a_dropout_inside_a_segment(code: str, drop_ms: int, where: str
 
 @pytest.mark.parametrize("code", list(SIT_TABLE))
 def test_sit_with_a_300ms_dropout_anywhere_is_still_a_sit(code: str) -> None:
-    f1, d1, f2, d2 = SIT_TABLE[code]
+    _, d1, _, d2 = SIT_TABLE[code]
     for at in range(-200, int(d1 + d2 + 300), 60):
         r = run(dropout(sit_signal(code), 500 + at, 300), "early")
         assert r.answered_by == "sit", (at, r)
