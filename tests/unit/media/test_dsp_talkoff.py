@@ -99,7 +99,7 @@ def test_cadence_with_a_long_dropout(drop_ms: int, freqs: tuple[float, ...], pat
 
 
 def sit_signal(code: str, lead_ms: float = 500) -> np.ndarray:
-    _, d1, _, d2 = SIT_TABLE[code]
+    f1, d1, f2, d2 = SIT_TABLE[code]
     return np.concatenate([sil(lead_ms), tone((f1,), d1, -20, 2), tone((f2,), d2, -20, 2),
                            tone((1776.7,), 380, -20, 2), sil(1200)])
 
