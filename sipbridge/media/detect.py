@@ -33,6 +33,7 @@ Usage::
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Literal
 
 import numpy as np
@@ -48,6 +49,7 @@ from sipbridge.media.frames import (
     float_to_pcm16,
     pcm16_to_float,
 )
+from sipbridge.media.liveness import FloorTracker, rises_at_end
 from sipbridge.media.result import (
     ANSWERED_BY_VALUES,
     AnsweredBy,
@@ -72,6 +74,9 @@ __all__ = ["ANSWERED_BY_VALUES", "AnsweredBy", "Detection", "DetectionConfig", "
            "Detector", "Mode", "TimelineEntry", "config_from_overrides"]
 
 Mode = Literal["answer", "early"]
+# A long greeting over an audible room waits for this many pause frames (the ~13-frame lead-in
+# before the first word plus 400 ms of pauses) before its floor is judged live or not.
+_LIVE_PENDING_FRAMES = 35
 
 
 class Detector:
@@ -108,6 +113,17 @@ class Detector:
         self._tone_activity_ms = 0
         self._machine_at: int | None = None
         self._ringback_reported = False
+        # timers of the answer rules start here: the answer, or the end of the last ringback
+        # burst heard after it (the far end was still ringing)
+        self._ref_ms = 0
+        self._beep_run: ToneRun | None = None  # a decided beep followed to its end
+        self._floor = FloorTracker()
+        self._live_long = False  # a long greeting in a live voice (operator candidate)
+        self._live_pending = False  # long greeting, audible room, no pause yet to compare
+        self._last_word_start = 0
+        self._question: tuple[int, bool] | None = None  # (last word end, rises?)
+        self._last_word_audio: FloatArray | None = None
+        self._audio: list[FloatArray] = []  # the last 1.6 s, for the last word's pitch
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -203,6 +219,11 @@ class Detector:
         level = dbfs(x)
         ta = self._tones
         ta.analyze(x)
+        if self._beep_run is not None:
+            self._follow_beep(single_tone=ta.purity >= cfg.tone_purity
+                              and level >= cfg.tone_min_dbfs, hz=ta.peak_hz,
+                              purity=ta.purity, t=t, events=events)
+            return
         is_tone = ta.purity >= cfg.tone_purity and level >= cfg.tone_min_dbfs
         sig = (best_cp_signature(ta.cp_power, cfg.cp_purity, cfg.cp_max_twist_db)
                if level >= cfg.tone_min_dbfs else None)
@@ -237,6 +258,11 @@ class Detector:
         ev = sp.update(pcm, level, is_tone, t)
         if ev == SpeechTracker.WORD_START:
             self._sit.interrupt()
+        if self.mode == "answer":
+            self._floor.update(t, level, sp.state == 0 and not is_tone and not sp.last_speech)
+            self._audio.append(x)
+            if len(self._audio) > 80:
+                del self._audio[0]
         self._on_cp(sig, t, t_end, events, sp.last_speech,
                     ta.peak_hz if sig is not None else None, level)
         if self._done:
@@ -248,6 +274,12 @@ class Detector:
             self._note(sp.word_end_ms, "speech_end",
                        floor_dbfs=round(sp.floor_dbfs or -100.0, 1))
             self._last_word_end = sp.word_end_ms
+            if self.mode == "answer" and self._audio:
+                # keep the word (up to its last 1.5 s) for its pitch, asked for later
+                audio = np.concatenate(self._audio)
+                end = audio.size - (t_end - sp.word_end_ms) * 8
+                start = max(0, end - max(0, sp.word_end_ms - self._last_word_start) * 8)
+                self._last_word_audio = audio[start:end] if end > start else None
         if self.mode == "answer" and not self._done:
             self._answer_rules(t_end, events)
 
@@ -284,6 +316,27 @@ class Detector:
                      kind="update" if self._machine_at is not None else "decision",
                      greeting_end_ms=gend, beep_ms=run.start_ms, beep_hz=round(run.hz, 1),
                      reason=f"{reason} (machine decided at {decided} ms)")
+        # the decision is final (the SIP side may act on the onset); keep listening until the
+        # tone stops to report its end in an update
+        self._done = False
+        self._beep_run = run
+
+    def _follow_beep(self, single_tone: bool, hz: float, purity: float, t: int,
+                     events: list[DetectionEvent]) -> None:
+        run = self._beep_run
+        assert run is not None
+        ended = self._runs.update(single_tone, hz, purity, t)
+        over = t + FRAME_MS - run.start_ms >= self.cfg.beep_end_max_ms
+        if ended is None and not over and self._runs.current is run:
+            return
+        self._beep_run = None
+        self._note(run.end_ms, "beep_end", ms=run.duration_ms)
+        assert self._result is not None
+        det = replace(self._result, beep_end_ms=run.end_ms)
+        self._result = det
+        self._done = True
+        events.append(DetectionEvent("update", t + FRAME_MS, det))
+        self._note(t + FRAME_MS, "decision", **det.to_dict())
 
     def _on_sit(self, sit: SitResult, t_end: int, events: list[DetectionEvent]) -> None:
         self._note(sit.start_ms, "sit", code=sit.code, seg1_hz=round(sit.seg1_hz, 1),
@@ -304,6 +357,10 @@ class Detector:
             return
         name, kind = res
         region = CP_REGION[name]
+        if kind == "ringback" and self._greeting_start is None:
+            # answered while still ringing: the answer rules' clocks start after the ringback
+            self._ref_ms = t_end
+            self._tone_activity_ms = 0
         if kind == "ringback":
             if self.mode == "early" and not self._ringback_reported:
                 self._ringback_reported = True
@@ -328,6 +385,8 @@ class Detector:
                 return
         if self._greeting_start is None:
             self._greeting_start = start
+            self._floor.greeting_started(start)
+        self._last_word_start = start
         self._words += 1
 
     def _finalise_machine(self, t_end: int, gend: int | None, why: str,
@@ -341,6 +400,14 @@ class Detector:
         sp = self._speech
         if self._machine_at is not None:
             lw = self._last_word_end
+            if (not sp.in_word and lw is not None and self._runs.current is None
+                    and t_end - lw >= cfg.screening_silence_ms and self._screening_ok(lw)):
+                self._decide("human", t_end, events, kind="update", greeting_end_ms=lw,
+                             hint="screening",
+                             reason="recorded greeting ending in a question, then "
+                                    f"{cfg.screening_silence_ms} ms silence and no beep: "
+                                    "call-screening assistant")
+                return
             if not sp.in_word and lw is not None and t_end - lw >= cfg.beep_timeout_ms and (
                     self._runs.current is None):
                 self._finalise_machine(t_end, lw, f"{cfg.beep_timeout_ms} ms after greeting",
@@ -350,17 +417,35 @@ class Detector:
             return
         gs = self._greeting_start
         if gs is None:
-            if t_end >= cfg.initial_silence_ms and self._tone_activity_ms == 0 and (
-                    sp.state == 0):
-                self._decide("silence", t_end, events,
-                             reason=f"no speech in {cfg.initial_silence_ms} ms")
-            elif t_end >= cfg.total_analysis_ms:
+            since = t_end - self._ref_ms
+            if self._tone_activity_ms == 0:
+                if since >= cfg.initial_silence_ms and sp.state == 0:
+                    after = " after ringback" if self._ref_ms else ""
+                    self._decide("silence", t_end, events,
+                                 reason=f"no speech in {cfg.initial_silence_ms} ms{after}")
+            elif since >= cfg.total_analysis_ms:
                 self._decide("unknown", t_end, events,
                              reason="no speech; unclassified tone or noise")
             return
-        if sp.in_word:
-            span = t_end - gs
-            if span > cfg.max_greeting_ms:
+        if self._live_long and t_end - gs > cfg.operator_max_greeting_ms:
+            self._live_long = False
+            self._machine(t_end, f"greeting longer than {cfg.operator_max_greeting_ms} ms "
+                          "(too long for a person, even in a live-sounding voice)", events)
+            return
+        if t_end - gs > cfg.max_greeting_ms and not self._live_long and (
+                sp.in_word or self._live_pending):
+            verdict = self._floor.verdict()
+            pre = self._floor.pre_db
+            if verdict == "live":
+                # a live voice that talks on: wait for it to stop and listen (operator)
+                self._live_long = True
+                self._note(t_end, "live_voice", pre_db=pre)
+            elif (verdict != "recorded" and pre is not None
+                  and self._floor.gap_frames < _LIVE_PENDING_FRAMES
+                  and pre >= self._floor.cfg.live_floor_dbfs
+                  and t_end - gs < cfg.total_analysis_ms):
+                self._live_pending = True  # an audible room, no pause heard yet: wait for one
+            else:
                 self._machine(t_end, f"greeting longer than {cfg.max_greeting_ms} ms", events)
                 return
             if self._words > cfg.max_words:
@@ -369,13 +454,38 @@ class Detector:
         lw = self._last_word_end
         if lw is not None and sp.state == 0 and t_end - lw >= cfg.after_greeting_silence_ms:
             span = lw - gs
-            if span <= cfg.max_greeting_ms:
+            if span <= cfg.max_greeting_ms and not self._live_long:
+                if self._floor.verdict(lw + 200) == "recorded":
+                    self._machine(t_end, f"short recorded prompt ({span} ms; the line's noise "
+                                  "floor changed under it) then silence", events)
+                    return
                 self._decide("human", t_end, events, greeting_end_ms=lw,
                              reason=f"{span} ms greeting then "
                                     f"{cfg.after_greeting_silence_ms} ms silence")
                 return
-        if t_end >= cfg.total_analysis_ms:
+            if self._live_long and t_end - lw >= cfg.operator_silence_ms * (
+                    1.0 if self._ends_in_question(lw) else 5.0 / 3.0):
+                self._decide("human", t_end, events, greeting_end_ms=lw, hint="operator",
+                             reason=f"{span} ms greeting in a live voice (noise floor "
+                                    f"{self._floor.pre_db:.0f} dBFS unchanged under it), then "
+                                    f"{cfg.operator_silence_ms} ms silence: operator")
+                return
+        if t_end - gs >= cfg.total_analysis_ms and not self._live_long:
             self._machine(t_end, "speech still undecided at total analysis time", events)
+
+    def _screening_ok(self, last_word_end: int) -> bool:
+        """A recorded/synthetic greeting (not a live voice) whose last word rises."""
+        if self._floor.verdict(last_word_end + 200) == "live":
+            return False
+        return self._ends_in_question(last_word_end)
+
+    def _ends_in_question(self, last_word_end: int) -> bool:
+        """Does the pitch rise at the end of the last word (ending at ``last_word_end``)?"""
+        if self._question is not None and self._question[0] == last_word_end:
+            return self._question[1]
+        q = self._last_word_audio is not None and rises_at_end(self._last_word_audio)
+        self._question = (last_word_end, q)
+        return q
 
     def _machine(self, t_end: int, why: str, events: list[DetectionEvent]) -> None:
         self._machine_at = t_end

@@ -30,7 +30,18 @@ class Detection:
     greeting_end_ms: int | None = None
     beep_ms: int | None = None
     beep_hz: float | None = None
+    # End of the beep (ms): set by an ``update`` that follows the beep decision once the tone
+    # stops (a mailbox records from the beep's end; a message started during it is clipped).
+    beep_end_ms: int | None = None
     ivr_hint: bool = False
+    # What kind of human or machine, when the audio says more: "operator" (a live voice with a
+    # long, scripted greeting, then waiting), "screening" (a recorded/synthetic greeting ending
+    # in a question, then silence, no beep), or "prompt" (a prompt-library match). Operators and
+    # screeners come as ``answered_by="human"``: both should be spoken to at once.
+    hint: str | None = None
+    # A prompt-library match: the prompt's name and the label its folder gives it.
+    prompt: str | None = None
+    prompt_label: str | None = None
     reason: str = ""
 
     def to_dict(self) -> dict[str, Any]:

@@ -13,10 +13,17 @@ class DetectionConfig:
     """Detection thresholds. Defaults are chosen for latency with a safety margin; each comment
     says why. Times are in milliseconds from the start of analysis (answer or 183)."""
 
-    # No speech and no tone for this long after answer → ``silence``. People answering speak
-    # within ~1–2 s; voicemail greetings start within ~1–2.5 s (Asterisk uses 2500 ms and calls it
-    # machine; a silent callee is more often a person waiting for us to speak, so we report it).
-    initial_silence_ms: int = 3000
+    # No speech and no tone for this long after answer (or after the last ringback burst: some
+    # networks answer while the far end still rings) → ``silence``. People answering speak
+    # within ~1–2 s. Voicemail platforms usually start within 2.5 s, but real greetings start
+    # after 3–6 s of silence or comfort noise (a slow mailbox, a carrier's voicemail behind a
+    # forwarded call): a machine that waits is still a machine, and deciding ``silence`` at
+    # 3 s hangs up on it (with ``connect_on: human``) before ``leave_message`` or ``retry``
+    # can run. We do not guess "machine" from the silence itself (Asterisk does): a person who
+    # picks up and waits for us is as likely, and a dead line too. 6.5 s lets a greeting that
+    # starts within 6 s be heard and judged by its timing; only a line silent for longer is
+    # ``silence``.
+    initial_silence_ms: int = 6500
     # Longest greeting (speech from its first word, pauses included) still counted as a person.
     # "Hello?" is 0.4–0.8 s, "Hi, this is Sam" ~1.2 s; voicemail greetings run 3–10 s.
     # Asterisk uses 1500 ms; 1800 ms tolerates slow talkers without delaying machine decisions.
@@ -28,8 +35,9 @@ class DetectionConfig:
     # More words than this before the greeting ends → machine (Asterisk maximum_number_of_words).
     # A person's greeting is at most 3–4 words-as-seen-by-VAD; a fast machine can pack 6 in 1.8 s.
     max_words: int = 6
-    # Hard stop for the human/machine decision: undecided after this → machine if someone is
-    # talking, else unknown. Asterisk's total_analysis_time default.
+    # Hard stop for the human/machine decision: speech still undecided this long after the
+    # greeting started → machine; tones or noise but no speech this long after answer →
+    # unknown. Asterisk's total_analysis_time default.
     total_analysis_ms: int = 5000
     # Voicemail beep: a steady single tone in 400–2000 Hz of at least 150 ms after speech.
     # Real beeps are 0.2–1 s; 150 ms is above any steady vowel harmonic we see in speech.
@@ -39,8 +47,32 @@ class DetectionConfig:
     beep_min_hz: float = 380.0
     beep_max_hz: float = 2050.0
     # After the greeting ends, wait this long for a beep before settling on "machine, no beep".
-    # Beeps follow the greeting within ~0.2–1.5 s.
-    beep_timeout_ms: int = 4000
+    # Most beeps follow the greeting within 0.2–1.5 s, but carrier mailboxes leave 2–5 s of
+    # silence before theirs (the recorder starts late); 6 s catches those. A beep-less mailbox
+    # is settled 6 s after its greeting (it records meanwhile: leave_message loses nothing
+    # worse than leading silence).
+    beep_timeout_ms: int = 6000
+    # A long greeting in a live voice (the line's noise floor unchanged under it, see
+    # sipbridge.media.liveness) followed by this much silence is a person — an operator or
+    # receptionist ("Thank you for calling …, how can I help you?") or someone who simply
+    # talks for longer — waiting for an answer: ``human`` with ``hint="operator"``. A live
+    # speaker pauses for a reply within a second; 900 ms is above sentence pauses. When the
+    # greeting does not end in a question the wait is 5/3 of this (1.5 s), past the time most
+    # mailbox beeps come: a recording on a noisy line can look live, its beep must win.
+    operator_silence_ms: int = 900
+    # ... and a live voice talking longer than this (first word to last) is not waiting for
+    # anyone: a person who answers lets the caller speak within ~5 s (scripted greetings run
+    # 2–5 s), voicemail greetings run 3–15 s. A recording on a noisy line can look live: past
+    # this it is a machine again.
+    operator_max_greeting_ms: int = 6000
+    # A recorded or synthetic greeting whose last word rises (a question) followed by this much
+    # silence and no beep is a call-screening assistant (Android Call Screen, iOS Live
+    # Voicemail): ``human`` with ``hint="screening"`` (state your name and purpose to it). Most
+    # mailbox beeps come within 1.5 s; a mailbox whose greeting ends in a question and beeps
+    # later is misread (rare: greetings end "…after the tone.").
+    screening_silence_ms: int = 2000
+    # Follow a beep to its end (for ``beep_end_ms``) at most this long; real beeps are 0.1–1 s.
+    beep_end_max_ms: int = 2500
     # Stop waiting for the beep altogether this long after the start (greetings up to ~25 s).
     max_beep_wait_ms: int = 30000
     # A machine that talks again after this pause is an IVR menu (options are separate prompts;
