@@ -6,6 +6,7 @@ A bad file fails with :class:`ConfigError`, whose message names the file, the ke
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -417,9 +418,14 @@ class DetectionSettings(_Model):
         from sipbridge.media.detect import DetectionConfig
 
         known = {f.name for f in fields(DetectionConfig) if f.name != "vad"}
-        for k in v:
+        for k, x in v.items():
             if k not in known:
                 raise ValueError(f"unknown threshold {k!r} (known: {', '.join(sorted(known))})")
+            # levels (…_dbfs) are negative; every other threshold is a duration, frequency,
+            # ratio or dB difference: finite, not negative, and not absurd
+            lo = -200.0 if k.endswith("_dbfs") else 0.0
+            if not math.isfinite(x) or not lo <= x <= 1e7:
+                raise ValueError(f"threshold {k!r}: {x!r} is out of range ({lo:g}..1e7)")
         return v
 
 
