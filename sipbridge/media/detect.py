@@ -50,6 +50,7 @@ from sipbridge.media.frames import (
     pcm16_to_float,
 )
 from sipbridge.media.liveness import FloorTracker, rises_at_end
+from sipbridge.media.promptlib import PromptLibrary, PromptMatch, label_result
 from sipbridge.media.result import (
     ANSWERED_BY_VALUES,
     AnsweredBy,
@@ -88,7 +89,7 @@ class Detector:
     """
 
     def __init__(self, config: DetectionConfig | None = None, mode: Mode = "answer",
-                 keep_timeline: bool = True) -> None:
+                 keep_timeline: bool = True, prompts: PromptLibrary | None = None) -> None:
         if mode not in ("answer", "early"):
             raise ValueError(f"mode must be 'answer' or 'early', got {mode!r}")
         self.cfg = config or DetectionConfig()
@@ -118,6 +119,8 @@ class Detector:
         self._ref_ms = 0
         self._beep_run: ToneRun | None = None  # a decided beep followed to its end
         self._floor = FloorTracker()
+        # known prompts (an operator-supplied library): recognised by fingerprint
+        self._prompts = prompts.matcher() if prompts is not None and len(prompts) else None
         self._live_long = False  # a long greeting in a live voice (operator candidate)
         self._live_pending = False  # long greeting, audible room, no pause yet to compare
         self._last_word_start = 0
@@ -219,6 +222,12 @@ class Detector:
         level = dbfs(x)
         ta = self._tones
         ta.analyze(x)
+        if self._prompts is not None:
+            hit = self._prompts.push(ta.power, level)
+            if hit is not None:
+                self._on_prompt(hit, t_end, events)
+                if self._done:
+                    return
         if self._beep_run is not None:
             self._follow_beep(single_tone=ta.purity >= cfg.tone_purity
                               and level >= cfg.tone_min_dbfs, hz=ta.peak_hz,
@@ -337,6 +346,22 @@ class Detector:
         self._done = True
         events.append(DetectionEvent("update", t + FRAME_MS, det))
         self._note(t + FRAME_MS, "decision", **det.to_dict())
+
+    def _on_prompt(self, hit: PromptMatch, t_end: int, events: list[DetectionEvent]) -> None:
+        self._note(hit.start_ms, "prompt", name=hit.name, label=hit.label, ber=hit.ber)
+        answered_by, hint = label_result(hit.label)
+        if self._beep_run is not None or (self._result is not None and self._result.final):
+            return  # a beep is being followed: the verdict is already final
+        final = answered_by != "machine"  # a known mailbox greeting still has its beep to come
+        if final or self._machine_at is None:
+            if not final:
+                self._machine_at = t_end
+            self._decide(answered_by, t_end, events, final=final,  # type: ignore[arg-type]
+                         kind="update" if self._result is not None else "decision",
+                         hint=hint or "prompt", prompt=hit.name, prompt_label=hit.label,
+                         ivr_hint=answered_by == "ivr",
+                         reason=f"known prompt {hit.name!r} ({hit.label}), started at "
+                                f"{hit.start_ms} ms, bit error rate {hit.ber:.2f}")
 
     def _on_sit(self, sit: SitResult, t_end: int, events: list[DetectionEvent]) -> None:
         self._note(sit.start_ms, "sit", code=sit.code, seg1_hz=round(sit.seg1_hz, 1),

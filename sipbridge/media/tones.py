@@ -117,6 +117,7 @@ class ToneAnalyzer:
         self.peak_hz = 0.0
         self.purity = 0.0
         self.cp_power: FloatArray = np.zeros(len(CP_FREQS))
+        self.power: FloatArray = np.zeros(BLOCK // 2 + 1)
         self.total = 0.0
 
     def reset(self) -> None:
@@ -131,6 +132,7 @@ class ToneAnalyzer:
         xw = blk * self._win
         spec = np.fft.rfft(xw)
         p = spec.real * spec.real + spec.imag * spec.imag
+        self.power = p  # for other per-frame features (prompt fingerprints)
         total = float(p[1:-1].sum()) + 1e-20
         self.total = total
         band = p[self._kmin : self._kmax + 1]
