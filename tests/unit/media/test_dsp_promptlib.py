@@ -108,7 +108,7 @@ def test_labels_json_layout_and_hostile_files(tmp_path: Path,
     with pytest.raises(ValueError, match="outside the library"):
         PromptLibrary.from_folder(tmp_path)
     (tmp_path / "labels.json").write_text("{not json")
-    with pytest.raises(ValueError, match="labels.json"):
+    with pytest.raises(ValueError, match=r"labels\.json"):
         PromptLibrary.from_folder(tmp_path)
     (tmp_path / "labels.json").write_text(json.dumps({"a.wav": 3}))
     with pytest.raises(ValueError, match="label strings"):
@@ -116,7 +116,7 @@ def test_labels_json_layout_and_hostile_files(tmp_path: Path,
     (tmp_path / "labels.json").unlink()
     (tmp_path / "ivr").mkdir()
     (tmp_path / "ivr" / "broken.wav").write_bytes(b"RIFF....WAVEjunk")
-    with pytest.raises(ValueError, match="broken.wav"):
+    with pytest.raises(ValueError, match=r"broken\.wav"):
         PromptLibrary.from_folder(tmp_path)
     with pytest.raises(ValueError, match="not a folder"):
         PromptLibrary.from_folder(tmp_path / "missing")
