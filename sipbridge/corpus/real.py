@@ -81,8 +81,10 @@ def _segment(seg: dict[str, Any], fetch: Fetcher, sources: dict[str, dict[str, s
         return sil(float(seg["silence_ms"])), False
     if "ringback" in seg:
         kind = seg["ringback"]
-        freqs, pat = {"us": ((440.0, 480.0), [2000, 4000]),
-                      "uk": ((400.0, 450.0), [400, 200, 400, 2000])}[kind]
+        rings: dict[str, tuple[tuple[float, ...], list[float]]] = {
+            "us": ((440.0, 480.0), [2000.0, 4000.0]),
+            "uk": ((400.0, 450.0), [400.0, 200.0, 400.0, 2000.0])}
+        freqs, pat = rings[kind]
         return cadence(freqs, pat, float(seg.get("ms", 6000)), -22.0), False
     if "tone_hz" in seg:
         return tone((float(seg["tone_hz"]),), float(seg.get("ms", 500)), -18.0), False
