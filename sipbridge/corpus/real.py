@@ -126,20 +126,19 @@ def build(out: Path = DEFAULT_OUT, mirror_root: Path | None = None,
                                  for s in item["segments"] if "source" in s})
         labels[name] = lab
     (out / "labels.json").write_text(json.dumps(labels, indent=1, sort_keys=True))
+    speech = out / "speech"
+    speech.mkdir(exist_ok=True)
+    for key, src in sources.items():
+        for path in src.get("speech_only", []):
+            x = fetch.audio(src["repo"], src["commit"], path)
+            write_wav(speech / f"{key}-{path.replace('/', '-')}", x)
     return labels
 
 
-def speech_clips(out: Path = DEFAULT_OUT, mirror_root: Path | None = None,
-                 manifest: Path = MANIFEST) -> list[FloatArray]:
-    """Every file of the sources' ``speech_only`` lists (real speech, no tones) for the
-    talk-off test."""
-    spec = json.loads(manifest.read_text())
-    fetch = Fetcher(out / ".cache", mirror_root)
-    clips = []
-    for src in spec["sources"].values():
-        for path in src.get("speech_only", []):
-            clips.append(fetch.audio(src["repo"], src["commit"], path))
-    return clips
+def speech_clips(out: Path = DEFAULT_OUT) -> list[FloatArray]:
+    """The real speech (no tones) :func:`build` extracted into ``out/speech`` (the sources'
+    ``speech_only`` lists), for the talk-off test; empty when the corpus was not built."""
+    return [load_audio(p) for p in sorted((out / "speech").glob("*.wav"))]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,7 +43,7 @@ N_BANDS = 17
 N_BITS = N_BANDS - 1
 SUB_OFFSETS = (0, 40, 80, 120)  # samples: 0, 5, 10, 15 ms
 LAG = 2  # frames between the compared band differences (40 ms: non-overlapping blocks)
-SILENT_DBFS = -55.0  # frames quieter than this get no code
+SILENT_DBFS = -62.0  # frames quieter than this get no code (quiet prompts at -40 dBFS keep theirs)
 
 # Labels a deployer may give prompts, and what the detector reports for them (answered_by,
 # hint). Other labels are reported as answered_by "unknown" with the label in prompt_label.
@@ -72,6 +72,10 @@ def _band_matrix() -> FloatArray:
 
 
 _BANDS = _band_matrix()
+# the same bands as index ranges for np.add.reduceat (contiguous bins; the last range ends at
+# 3400 Hz): bins of band b are _BAND_STARTS[b] .. _BAND_STARTS[b + 1] - 1
+_BAND_STARTS = np.append(np.argmax(_BANDS > 0, axis=0),
+                         int(np.nonzero(_BANDS[:, -1])[0][-1]) + 1).astype(np.intp)
 _WIN = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(BLOCK) / BLOCK)
 _BIT_WEIGHTS = (1 << np.arange(N_BITS)).astype(np.int64)
 
@@ -84,14 +88,14 @@ class CodeStream:
 
     def push(self, power: FloatArray, level_dbfs: float) -> tuple[int, FloatArray] | None:
         """One frame's 40 ms power spectrum (161 bins) and level → (code, |bit margins|)."""
-        e = np.log10(power @ _BANDS + 1e-12)
+        e = np.log10(np.add.reduceat(power, _BAND_STARTS)[:N_BANDS] + 1e-12)
         d = e[:-1] - e[1:]
         old = self._d[0]
         self._d = [*self._d[1:], d if level_dbfs >= SILENT_DBFS else None]
         if old is None or level_dbfs < SILENT_DBFS:
             return None
         diff = d - old
-        return int(_BIT_WEIGHTS[diff > 0].sum()), np.abs(diff)
+        return int((diff > 0) @ _BIT_WEIGHTS), np.abs(diff)
 
 
 def spectrum(block: FloatArray) -> FloatArray:
@@ -142,6 +146,16 @@ class PromptLibrary:
     def __init__(self) -> None:
         self.prompts: list[Prompt] = []
         self.index: dict[int, list[tuple[int, int, int]]] = {}  # code -> (prompt, sub, frame)
+        self._arrays: dict[tuple[int, int], npt.NDArray[np.int32]] = {}
+
+    def codes_array(self, pid: int, sub: int) -> npt.NDArray[np.int32]:
+        """A prompt's codes at one alignment as an array (-1 for silent frames)."""
+        arr = self._arrays.get((pid, sub))
+        if arr is None:
+            arr = np.array([-1 if c is None else c for c in self.prompts[pid].codes[sub]],
+                           dtype=np.int32)
+            self._arrays[(pid, sub)] = arr
+        return arr
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -154,9 +168,13 @@ class PromptLibrary:
         per_sub = tuple(tuple(codes_of(x, s)) for s in SUB_OFFSETS)
         p = Prompt(name, label, x.size * 1000 // SAMPLE_RATE, per_sub)
         self.prompts.append(p)
+        seen: set[tuple[int, int]] = set()
         for sub, codes in enumerate(per_sub):
             for k, c in enumerate(codes):
-                if c is not None:
+                # one posting per (code, frame): alignments that give the same code vote for the
+                # same offset anyway (verification then uses the first of them)
+                if c is not None and (c, k) not in seen:
+                    seen.add((c, k))
                     self.index.setdefault(c, []).append((pid, sub, k))
         return p
 
@@ -199,16 +217,16 @@ class PromptLibrary:
                 raise ValueError(f"prompt library: {e}") from None
         return lib
 
-    def matcher(self, max_ber: float = 0.33) -> PromptMatcher:
+    def matcher(self, max_ber: float = 0.25) -> PromptMatcher:
         """A per-call matcher over this library."""
         return PromptMatcher(self, max_ber=max_ber)
 
 
-@dataclass(slots=True)
-class _Vote:
-    n: int
-    last: int
-    first: int
+_RING = 256  # live codes kept (frames): more than any verification window
+_BACKS = np.arange(_RING, dtype=np.int64)
+# Codes indexed more often than this (across prompts and alignments) are too common to tell
+# prompts apart (steady vowels, noise-like frames): skipped, as in Haitsma & Kalker's search.
+MAX_POSTINGS = 8
 
 
 @dataclass(slots=True)
@@ -222,13 +240,14 @@ class PromptMatcher:
 
     lib: PromptLibrary
     min_votes: int = 3
-    verify_frames: int = 40
-    min_pairs: int = 20
-    max_ber: float = 0.33
+    verify_frames: int = 60
+    min_pairs: int = 45
+    max_ber: float = 0.25
     _stream: CodeStream = field(default_factory=CodeStream)
-    _codes: list[int | None] = field(default_factory=list)
+    _ring: npt.NDArray[np.int32] = field(
+        default_factory=lambda: np.full(_RING, -1, dtype=np.int32))  # live codes by frame
     _n: int = 0  # frames pushed
-    _votes: dict[tuple[int, int, int], _Vote] = field(default_factory=dict)
+    _votes: dict[tuple[int, int, int], list[int]] = field(default_factory=dict)  # n, last, first
     _prev: FloatArray = field(default_factory=lambda: np.zeros(FRAME_SAMPLES))
     done: PromptMatch | None = None
 
@@ -250,9 +269,7 @@ class PromptMatcher:
             return None
         i = self._n
         self._n += 1
-        self._codes.append(None if r is None else r[0])
-        if len(self._codes) > 4 * self.verify_frames:
-            del self._codes[: len(self._codes) - 2 * self.verify_frames]
+        self._ring[i % _RING] = -1 if r is None else r[0]
         if i % 50 == 49:
             self._prune(i)
         if r is None:
@@ -265,50 +282,52 @@ class PromptMatcher:
         probes = (code, code ^ b0, code ^ b1, code ^ b2, code ^ b0 ^ b1, code ^ b0 ^ b2,
                   code ^ b1 ^ b2, code ^ b0 ^ b1 ^ b2)
         best: tuple[int, int, int] | None = None
+        best_n = self.min_votes - 1
         index = self.lib.index
+        votes = self._votes
         for c in probes:
-            for pid, sub, k in index.get(c, ()):
+            postings = index.get(c)
+            if postings is None or len(postings) > MAX_POSTINGS:
+                continue
+            for pid, sub, k in postings:
                 key = (pid, sub, i - k)
-                v = self._votes.get(key)
+                v = votes.get(key)
                 if v is None:
-                    self._votes[key] = _Vote(1, i, i)
+                    votes[key] = [1, i, i, 0]
                     continue
-                if v.last != i:
-                    v.n += 1
-                    v.last = i
-                if v.n >= self.min_votes and (best is None or v.n > self._votes[best].n):
-                    best = key
+                if v[1] != i:
+                    v[0] += 1
+                    v[1] = i
+                    # verify a candidate again only after two more votes for it
+                    if v[0] > best_n and v[0] >= v[3] + 2:
+                        best, best_n = key, v[0]
         if best is None:
             return None
+        votes[best][3] = best_n
         return self._verify(best, i)
 
     def _prune(self, i: int) -> None:
         horizon = i - 2 * self.verify_frames
-        for key in [k for k, v in self._votes.items() if v.last < horizon]:
+        for key in [k for k, v in self._votes.items() if v[1] < horizon]:
             del self._votes[key]
 
     def _verify(self, key: tuple[int, int, int], i: int) -> PromptMatch | None:
         pid, sub, off = key
-        pcodes = self.lib.prompts[pid].codes[sub]
-        n_live = len(self._codes)
-        errs = pairs = 0
-        for back in range(min(self.verify_frames, n_live)):
-            live = self._codes[n_live - 1 - back]
-            k = i - back - off
-            if live is None or not 0 <= k < len(pcodes):
-                continue
-            ref = pcodes[k]
-            if ref is None:
-                continue
-            errs += int(_POP[live ^ ref])
-            pairs += 1
+        ref_all = self.lib.codes_array(pid, sub)
+        backs = _BACKS[: min(self.verify_frames, i + 1)]
+        ks = i - off - backs
+        ok = (ks >= 0) & (ks < ref_all.size)
+        live = self._ring[(i - backs[ok]) % _RING]
+        ref = ref_all[ks[ok]]
+        both = (live >= 0) & (ref >= 0)
+        pairs = int(both.sum())
         if pairs < self.min_pairs:
             return None
-        ber = errs / (pairs * N_BITS)
+        ber = float(_POP[(live ^ ref)[both]].sum()) / (pairs * N_BITS)
         if ber > self.max_ber:
             return None
         p = self.lib.prompts[pid]
-        first = self._votes[key].first
+        first = self._votes[key][2]
         self.done = PromptMatch(p.name, p.label, (i + 1) * FRAME_MS, off * FRAME_MS,
                                 max(0, (first - off) * FRAME_MS), round(ber, 3))
         return self.done
@@ -332,7 +351,7 @@ class RepeatDetector:
     searched in it. Returns a :class:`RepeatMatch` once. Memory: one int per 20 ms.
     """
 
-    def __init__(self, history_ms: int = 60_000, min_ms: int = 1000, max_ber: float = 0.33
+    def __init__(self, history_ms: int = 60_000, min_ms: int = 1000, max_ber: float = 0.25
                  ) -> None:
         self.history_frames = history_ms // FRAME_MS
         self.min_frames = min_ms // FRAME_MS
