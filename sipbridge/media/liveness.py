@@ -46,6 +46,9 @@ class LivenessConfig:
     # The floor under the speech differs from the floor before it by this much: a recording.
     # Steady room noise measured over a few hundred ms varies by ±1–2 dB.
     step_db: float = 6.0
+    # ... and one of the two floors is audible (a change between digital silence and the
+    # -80 dBFS tail of a TTS clip or a codec's idle pattern means nothing).
+    audible_dbfs: float = -76.0
     # Same floor within this → consistent with a live microphone.
     same_db: float = 3.0
     # A live microphone's room noise is audible: ≥ -68 dBFS (a quiet room through a handset is
@@ -109,7 +112,7 @@ class FloorTracker:
         pre, gap = self.pre_db, self.gap_db(until_ms)
         if pre is None or gap is None:
             return "unknown"
-        if abs(gap - pre) >= self.cfg.step_db:
+        if abs(gap - pre) >= self.cfg.step_db and max(gap, pre) >= self.cfg.audible_dbfs:
             return "recorded"
         if pre >= self.cfg.live_floor_dbfs and abs(gap - pre) <= self.cfg.same_db:
             return "live"
