@@ -45,9 +45,14 @@ change.
 
 Known weaknesses (audio alone cannot settle them):
 
-* the *first* play of a recorded prompt that starts after a real pause (music fades to
-  silence, then the prompt) looks like a person: nothing has repeated yet and nothing joins
-  it to the music. Its repeats are recognised;
+* before any music, speech within ``first_prompt_window_ms`` of the hold step's start is
+  judged by what follows it: music or a tone → the IVR's one-off "please hold while we connect
+  your call"; ``first_prompt_wait_ms`` of silence → a person (who waits for an answer). A
+  person who speaks first is decided ~0.9 s after their words end instead of ~0.8 s after they
+  start;
+* the *first* play of a recorded prompt that starts after a real pause *later* on hold (music
+  fades to silence, then the prompt) looks like a person: nothing has repeated yet and
+  nothing joins it to the music. Its repeats are recognised;
 * a person who starts talking less than ``pre_gap_ms`` after the music stops, or over the
   music, is taken for a prompt for that utterance; they are decided at their next utterance
   after a pause of ``prompt_continue_ms`` or more;
@@ -165,6 +170,9 @@ class HoldListener:
         self._run_start = 0
         self._run_gap = 99
         self._restart = False
+        self._music_heard = False  # any music (tonal frames) or call-progress tone yet
+        self._first_seg: _Segment | None = None  # a would-be person heard before any music
+        self._first_last_ms = 0  # the last speech of it (and of what followed it)
         # fingerprint history: every frame's clamped band levels, written twice so the last
         # ``history_ms`` are always one contiguous slice
         self._fp_n = max(1, self.cfg.history_ms // FRAME_MS)
@@ -370,6 +378,19 @@ class HoldListener:
                         return
                 self._end_segment(seg)
         # --- what we hear (updates) ----------
+        steady_tone = self._tone_run * FRAME_MS >= 200  # ringback, a beep (not a vowel)
+        if self._first_seg is not None:
+            # music after the deferred speech: tonal frames outside it, or a new segment that
+            # is music (a stray tonal frame inside steady speech is not music)
+            cur = self._seg
+            music_after = tonal and (cur is None or (
+                cur.verdict != "pending" and cur.tonal >= cfg.music_share * len(cur.levels)))
+            self._resolve_pending(music_after or steady_tone, speech or sp.in_word, t_end,
+                                  events)
+            if self._done:
+                return
+        if tonal or steady_tone:
+            self._music_heard = True
         if self._seg is None:
             share = self._tonal_count / self._tonal_ring.size
             if share >= cfg.music_report_share:
@@ -481,6 +502,15 @@ class HoldListener:
         lv = np.sort(np.asarray(all_levels))
         depth = float(lv[(9 * (lv.size - 1)) // 10] - lv[(lv.size - 1) // 10])
         if seg.speech * FRAME_MS >= cfg.min_speech_ms and depth >= cfg.min_depth_db:
+            if self._first_seg is not None or (
+                    not self._music_heard and seg.start_ms < cfg.first_prompt_window_ms):
+                # nothing but this speech on hold yet: a person, or the one-off "please hold"
+                # prompt before the music? What follows tells (see first_prompt_wait_ms).
+                seg.verdict = "pending"
+                self._first_seg = self._first_seg or seg
+                self._first_last_ms = seg.last_speech_ms
+                self._note(t_end, "pending", start=seg.start_ms)
+                return
             self._note(t_end, "person", depth=round(depth, 1), corr=round(seg.best_corr, 3),
                        tonal=round(tonal_share, 3))
             seg.verdict = "person"
@@ -495,6 +525,30 @@ class HoldListener:
             seg.verdict = "short"  # ended without enough speech to call it a person
         elif elapsed >= cfg.decide_until_ms:
             self._verdict(seg, "other", "unclear sound", t_end, events)
+
+    def _resolve_pending(self, music_or_tone: bool, speaking: bool, t_end: int,
+                         events: list[DetectionEvent]) -> None:
+        """A would-be person heard before any music: music or a tone after it makes it the
+        one-off prompt; silence after it, a person waiting for an answer."""
+        seg = self._first_seg
+        assert seg is not None
+        if music_or_tone:
+            self._first_seg = None
+            self._verdict(seg, "prompt", "recorded prompt (one-off, before the music)", t_end,
+                          events)
+            self._prompt_end_ms = -10**9  # music follows: nothing continues this prompt
+            return
+        if self._seg is not None:
+            self._first_last_ms = max(self._first_last_ms, self._seg.last_speech_ms)
+        last = max(seg.last_speech_ms, self._first_last_ms)
+        if speaking or self._seg is not None or t_end - last < self.cfg.first_prompt_wait_ms:
+            return
+        self._first_seg = None
+        seg.verdict = "person"
+        self._note(t_end, "person", pending_from=seg.start_ms)
+        self._emit(t_end, events, "human",
+                   f"live speech from {seg.start_ms} ms, before any music, then "
+                   f"{t_end - last} ms of silence (no music or tone followed it)", final=True)
 
     def _verdict(self, seg: _Segment, verdict: str, reason: str, t_end: int,
                  events: list[DetectionEvent]) -> None:

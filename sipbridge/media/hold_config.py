@@ -103,6 +103,16 @@ class HoldConfig:
     # DetectionConfig.tone_purity), or a call-progress signature matches.
     tone_purity: float = 0.8
     tone_min_dbfs: float = -50.0
+    # Before any music was heard on hold, a speech segment may be the IVR's one-off "Thank you,
+    # please hold while we connect your call" (heard once, between the digits and the music):
+    # its verdict waits until it ends and this long passes with no music, tone or more speech.
+    # A person who answers then waits for a reply (silence); a one-off prompt is followed by
+    # music or ringback within ~0.5 s. 900 ms costs a person who speaks first ~0.9 s.
+    first_prompt_wait_ms: int = 900
+    # ... for speech that starts this soon after the hold step began (the one-off prompt plays
+    # right after the digits, after at most a short pause); later speech on a silent hold is
+    # judged at once, as a person is then the likelier source.
+    first_prompt_window_ms: int = 4000
     # No sound above the speech floor for this long → "silence" update.
     silence_report_ms: int = 3000
 
