@@ -87,7 +87,8 @@ class CodeStream:
         self._d: list[FloatArray | None] = [None] * LAG
 
     def push(self, power: FloatArray, level_dbfs: float) -> tuple[int, FloatArray] | None:
-        """One frame's 40 ms power spectrum (161 bins) and level → (code, |bit margins|)."""
+        """One frame's 40 ms power spectrum (161 bins) and level → (code, the band-difference
+        changes its bits are the signs of; their size is each bit's reliability)."""
         e = np.log10(np.add.reduceat(power, _BAND_STARTS)[:N_BANDS] + 1e-12)
         d = e[:-1] - e[1:]
         old = self._d[0]
@@ -95,7 +96,7 @@ class CodeStream:
         if old is None or level_dbfs < SILENT_DBFS:
             return None
         diff = d - old
-        return int((diff > 0) @ _BIT_WEIGHTS), np.abs(diff)
+        return int((diff > 0) @ _BIT_WEIGHTS), diff
 
 
 def spectrum(block: FloatArray) -> FloatArray:
@@ -222,6 +223,13 @@ class PromptLibrary:
         return PromptMatcher(self, max_ber=max_ber)
 
 
+# Bits flipped in the look-ups (2**N_WEAK probes per frame).
+N_WEAK = 3
+# Votes for one (prompt, alignment, offset) before it is verified.
+MIN_VOTES = 3
+# Look codes up on every VOTE_EVERY-th frame (all frames are kept for verification). 2 halves
+# the search cost but misses more prompts in noise; measured with 100 prompts (bench/dsp.py).
+VOTE_EVERY = 1
 _RING = 256  # live codes kept (frames): more than any verification window
 _BACKS = np.arange(_RING, dtype=np.int64)
 # Codes indexed more often than this (across prompts and alignments) are too common to tell
@@ -239,7 +247,7 @@ class PromptMatcher:
     """
 
     lib: PromptLibrary
-    min_votes: int = 3
+    min_votes: int = MIN_VOTES
     verify_frames: int = 60
     min_pairs: int = 45
     max_ber: float = 0.25
@@ -264,7 +272,8 @@ class PromptMatcher:
         return self.step(self._stream.push(power, level_dbfs))
 
     def step(self, r: tuple[int, FloatArray] | None) -> PromptMatch | None:
-        """One frame's code and bit margins (from a :class:`CodeStream`), or None if silent."""
+        """One frame's code and band-difference changes (from a :class:`CodeStream`), or None
+        if silent."""
         if self.done is not None:
             return None
         i = self._n
@@ -272,15 +281,15 @@ class PromptMatcher:
         self._ring[i % _RING] = -1 if r is None else r[0]
         if i % 50 == 49:
             self._prune(i)
-        if r is None:
+        if r is None or i % VOTE_EVERY:
             return None
-        code, margin = r
-        # the code and its variants with the three least reliable bits flipped: noise flips
-        # the bits whose band differences barely changed
-        weak = np.argpartition(margin, 3)[:3]
-        b0, b1, b2 = (1 << int(w) for w in weak)
-        probes = (code, code ^ b0, code ^ b1, code ^ b2, code ^ b0 ^ b1, code ^ b0 ^ b2,
-                  code ^ b1 ^ b2, code ^ b0 ^ b1 ^ b2)
+        code, diff = r
+        # the code and its variants with its least reliable bits flipped: noise flips the
+        # bits whose band differences barely changed
+        probes = [code]
+        for w in np.argpartition(np.abs(diff), N_WEAK)[:N_WEAK]:
+            bit = 1 << int(w)
+            probes += [c ^ bit for c in probes]
         best: tuple[int, int, int] | None = None
         best_n = self.min_votes - 1
         index = self.lib.index
