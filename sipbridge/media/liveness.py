@@ -19,7 +19,9 @@ voice ``recorded`` when they differ by ``step_db`` or more, ``live`` when an aud
 Limits (measured on the generated corpus only; see the README): a recording played into a
 noisy line whose noise masks its own bed looks live (a PBX auto-attendant behind an analog
 line); a live caller on a mobile network with noise suppression and digitally silent
-comfort noise gives no evidence either way.
+comfort noise gives no evidence either way; so does any greeting on a line that was
+digitally silent before it (the floor before it is not known: media that starts with the
+speech, silence suppression), which includes every mailbox whose line is digitally silent.
 
 :func:`rises_at_end` tells a question's final pitch rise (screening assistants and operators end
 their greeting with a question, voicemail greetings with a statement) from the pitch track of
@@ -37,6 +39,8 @@ import numpy as np
 from sipbridge.media.frames import FRAME_MS, SAMPLE_RATE, FloatArray
 
 Verdict = Literal["live", "recorded", "unknown"]
+# Frames at or below this are digital silence (no media, or a codec's idle pattern).
+DIGITAL_SILENCE_DBFS = -85.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,9 +88,14 @@ class FloorTracker:
         self._started = True
         # the line before the greeting, not the first 300 ms before its first word, where a
         # recording's own bed (or a live talker's breath) already plays
-        before = [lv for t, lv, q in self._recent if q and t < start_ms - 15 * FRAME_MS]
+        # Digital silence is no floor: it is what a receiver plays before the far end's media
+        # arrives, or while the far end suppresses silence (DTX) — a live caller's room noise
+        # then "starts" with their first packets. Only a line heard carrying something counts.
+        before = [lv for t, lv, q in self._recent
+                  if q and t < start_ms - 15 * FRAME_MS and lv > DIGITAL_SILENCE_DBFS]
         if len(before) < 5:  # the greeting started early: take what there is
-            before = [lv for t, lv, q in self._recent if q and t < start_ms - 2 * FRAME_MS]
+            before = [lv for t, lv, q in self._recent
+                      if q and t < start_ms - 2 * FRAME_MS and lv > DIGITAL_SILENCE_DBFS]
         self.pre_db = float(np.percentile(before, 20)) if len(before) >= 5 else None
         # the frames just before the first word belong to the greeting's floor: a recording's
         # bed starts 0.1–0.5 s before its first word (a live room was there all along)
