@@ -146,7 +146,7 @@ class PromptLibrary:
 
     def __init__(self) -> None:
         self.prompts: list[Prompt] = []
-        self.index: dict[int, list[tuple[int, int, int]]] = {}  # code -> (prompt, sub, frame)
+        self.index: dict[int, list[int]] = {}  # code -> postings (see _posting)
         self._arrays: dict[tuple[int, int], npt.NDArray[np.int32]] = {}
 
     def codes_array(self, pid: int, sub: int) -> npt.NDArray[np.int32]:
@@ -176,7 +176,7 @@ class PromptLibrary:
                 # same offset anyway (verification then uses the first of them)
                 if c is not None and (c, k) not in seen:
                     seen.add((c, k))
-                    self.index.setdefault(c, []).append((pid, sub, k))
+                    self.index.setdefault(c, []).append(_posting(pid, sub, k))
         return p
 
     @classmethod
@@ -225,10 +225,26 @@ class PromptLibrary:
 
 # Bits flipped in the look-ups (2**N_WEAK probes per frame).
 N_WEAK = 3
+# Postings and vote keys are packed ints: prompt << 24 | alignment << 22 | frame (or the live
+# frame's offset against it, biased by 2**21 so a call that joined a prompt late stays
+# positive): a tuple per look-up costs more than the whole search.
+_SUB_SHIFT = 22
+_PID_SHIFT = 24
+_K_MASK = (1 << _SUB_SHIFT) - 1
+_OFF_BIAS = 1 << 21
+
+
+def _posting(pid: int, sub: int, k: int) -> int:
+    if not 0 <= k < _OFF_BIAS:
+        raise ValueError("prompt too long to index (over 11 hours)")
+    return (pid << _PID_SHIFT) | (sub << _SUB_SHIFT) | k
+
+
 # Votes for one (prompt, alignment, offset) before it is verified.
 MIN_VOTES = 3
-# Look codes up on every VOTE_EVERY-th frame (all frames are kept for verification). 2 halves
-# the search cost but misses more prompts in noise; measured with 100 prompts (bench/dsp.py).
+# Look codes up on every VOTE_EVERY-th frame (all frames are kept for verification). With 100
+# prompts, 2 (and MIN_VOTES 2) takes the search from ~13 to ~8 µs per frame but misses 1 in 25
+# prompts at 20 dB SNR, none at 1 (bench/dsp.py; a shared 2-core machine).
 VOTE_EVERY = 1
 _RING = 256  # live codes kept (frames): more than any verification window
 _BACKS = np.arange(_RING, dtype=np.int64)
@@ -255,7 +271,7 @@ class PromptMatcher:
     _ring: npt.NDArray[np.int32] = field(
         default_factory=lambda: np.full(_RING, -1, dtype=np.int32))  # live codes by frame
     _n: int = 0  # frames pushed
-    _votes: dict[tuple[int, int, int], list[int]] = field(default_factory=dict)  # n, last, first
+    _votes: dict[int, list[int]] = field(default_factory=dict)  # key -> [n, last, first, checked]
     _prev: FloatArray = field(default_factory=lambda: np.zeros(FRAME_SAMPLES))
     done: PromptMatch | None = None
 
@@ -290,16 +306,19 @@ class PromptMatcher:
         for w in np.argpartition(np.abs(diff), N_WEAK)[:N_WEAK]:
             bit = 1 << int(w)
             probes += [c ^ bit for c in probes]
-        best: tuple[int, int, int] | None = None
+        best: int | None = None
         best_n = self.min_votes - 1
         index = self.lib.index
         votes = self._votes
+        base = i + _OFF_BIAS
         for c in probes:
             postings = index.get(c)
             if postings is None or len(postings) > MAX_POSTINGS:
                 continue
-            for pid, sub, k in postings:
-                key = (pid, sub, i - k)
+            for post in postings:
+                # one int per (prompt, alignment, offset): the posting's prompt/alignment
+                # bits and the biased offset of the live frame against the prompt's frame
+                key = (post & ~_K_MASK) | ((base - (post & _K_MASK)) & _K_MASK)
                 v = votes.get(key)
                 if v is None:
                     votes[key] = [1, i, i, 0]
@@ -320,8 +339,9 @@ class PromptMatcher:
         for key in [k for k, v in self._votes.items() if v[1] < horizon]:
             del self._votes[key]
 
-    def _verify(self, key: tuple[int, int, int], i: int) -> PromptMatch | None:
-        pid, sub, off = key
+    def _verify(self, key: int, i: int) -> PromptMatch | None:
+        pid, sub = key >> _PID_SHIFT, (key >> _SUB_SHIFT) & 3
+        off = (key & _K_MASK) - _OFF_BIAS
         ref_all = self.lib.codes_array(pid, sub)
         backs = _BACKS[: min(self.verify_frames, i + 1)]
         ks = i - off - backs
@@ -386,7 +406,7 @@ class RepeatDetector:
                                   (tuple(codes),)))
         for k, c in enumerate(codes):
             if c is not None:
-                lib.index.setdefault(c, []).append((0, 0, k))
+                lib.index.setdefault(c, []).append(_posting(0, 0, k))
         self._matcher = PromptMatcher(lib, max_ber=self.max_ber)
         return True
 
