@@ -101,9 +101,9 @@ def _analyze(argv: list[str]) -> int:
 
 
 def _corpus(args: argparse.Namespace) -> int:
-    from sipbridge.corpus import detection, hold
+    from sipbridge.corpus import detection, hold, regress
 
-    module = {"detection": detection, "hold": hold}[args.kind]
+    module = {"detection": detection, "hold": hold, "regress": regress}[args.kind]
     seed = module.DEFAULT_SEED if args.seed is None else args.seed
     labels = module.generate(Path(args.out), seed)
     print(f"wrote {len(labels)} files and labels.json to {args.out}")
@@ -143,8 +143,9 @@ def main(argv: list[str] | None = None) -> int:
                    "them (default: OUTDIR)")
     e.set_defaults(func=_edge_config)
     g = sub.add_parser("corpus", help="generate a labelled test corpus (needs espeak-ng)")
-    g.add_argument("kind", choices=("detection", "hold"),
-                   help="detection: answer/early-media classes; hold: IVR hold step")
+    g.add_argument("kind", choices=("detection", "hold", "regress"),
+                   help="detection: answer/early-media classes; hold: IVR hold step; regress: "
+                        "the classes real recordings exposed (late greetings, operators, ...)")
     g.add_argument("out", help="folder to write the WAVs and labels.json into")
     g.add_argument("--seed", type=int, default=None, help="generator seed (deterministic)")
     g.set_defaults(func=_corpus)

@@ -39,6 +39,10 @@ class DetectionThresholds(TypedDict, total=False):
     cp_max_twist_db: Annotated[float, Field(ge=0, le=40)]
     sit_confirm_ms: Annotated[int, _ms(10, 5_000)]
     ced_min_ms: Annotated[int, _ms(50, 10_000)]
+    operator_silence_ms: Annotated[int, _ms(100, 10_000)]
+    operator_max_greeting_ms: Annotated[int, _ms(500, 60_000)]
+    screening_silence_ms: Annotated[int, _ms(100, 30_000)]
+    beep_end_max_ms: Annotated[int, _ms(100, 10_000)]
 
 
 __all__ = ["DetectionThresholds"]

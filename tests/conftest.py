@@ -49,10 +49,11 @@ Corpus = tuple[Path, dict[str, dict[str, Any]]]
 def _build_corpus(tmp_path_factory: pytest.TempPathFactory, kind: str) -> Corpus:
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng not installed")
-    from sipbridge.corpus import detection, hold
+    from sipbridge.corpus import detection, hold, regress
 
     out = tmp_path_factory.mktemp(f"{kind}_corpus")
-    labels = {"detection": detection.generate, "hold": hold.generate}[kind](out)
+    labels = {"detection": detection.generate, "hold": hold.generate,
+              "regress": regress.generate}[kind](out)
     assert json.loads((out / "labels.json").read_text()) == labels
     return out, labels
 
@@ -61,6 +62,12 @@ def _build_corpus(tmp_path_factory: pytest.TempPathFactory, kind: str) -> Corpus
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
     """The generated detection corpus: (folder, labels by file name)."""
     return _build_corpus(tmp_path_factory, "detection")
+
+
+@pytest.fixture(scope="session")
+def regress_corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
+    """The generated regression corpus of issue #12's classes: (folder, labels by name)."""
+    return _build_corpus(tmp_path_factory, "regress")
 
 
 @pytest.fixture(scope="session")

@@ -173,7 +173,7 @@ def generate(out: Path, seed: int = DEFAULT_SEED) -> dict[str, dict[str, Any]]:
                 label["beep_ms"] = ms_of(int(lead * 8) + s.size + int(gap * 8))
                 desc = f"beep {bf:.0f} Hz {bl} ms at {blvl:.0f} dBFS"
             else:
-                seq += [sil(5000)]
+                seq += [sil(7000)]  # longer than beep_timeout_ms: settled in the audio
                 label["ivr_hint"] = True
                 desc = "no beep"
             label["desc"] = (f"machine greeting {s.size / 8000:.1f}s voice={req[1]} "
@@ -212,11 +212,12 @@ def generate(out: Path, seed: int = DEFAULT_SEED) -> dict[str, dict[str, Any]]:
                                          "desc": f"CED + V.21 at {lvl:.0f} dBFS"})
 
         # --- silence ----------
-        b.finish("silence_digital", sil(6000), {"answered_by": "silence",
+        # (longer than initial_silence_ms, 6.5 s)
+        b.finish("silence_digital", sil(8000), {"answered_by": "silence",
                                                 "desc": "digital silence"}, floor_dbfs=-120)
         for i, (kind, lv) in enumerate([("white", -65.0), ("pink", -50.0), ("white", -45.0),
                                         ("pink", -40.0)]):
-            x = noise(6 * FS, kind, b.rng) * 10 ** ((lv - 3) / 20)
+            x = noise(8 * FS, kind, b.rng) * 10 ** ((lv - 3) / 20)
             b.finish(f"silence_noise_{i}", x, {"answered_by": "silence",
                                                "desc": f"{kind} line noise {lv:.0f} dBFS"},
                      floor_dbfs=-120)

@@ -21,6 +21,7 @@ from sipbridge.media.frames import (
     alaw_decode,
     alaw_encode,
     float_to_pcm16,
+    scale_to_dbfs,
     ulaw_decode,
     ulaw_encode,
 )
@@ -135,3 +136,55 @@ def write_wav(path: Path, x: np.ndarray) -> None:
 
 def ms_of(n_samples: int) -> int:
     return round(n_samples * 1000 / FS)
+
+
+# Formants (Hz, bandwidth Hz) of a few vowels (adult averages, Peterson & Barney style values).
+VOWELS: dict[str, tuple[tuple[float, float], ...]] = {
+    "u": ((320.0, 80.0), (870.0, 100.0), (2250.0, 150.0)),
+    "o": ((480.0, 80.0), (900.0, 100.0), (2500.0, 150.0)),
+    "a": ((730.0, 90.0), (1100.0, 110.0), (2450.0, 160.0)),
+    "i": ((300.0, 70.0), (2300.0, 120.0), (3000.0, 180.0)),
+    "e": ((530.0, 80.0), (1850.0, 120.0), (2500.0, 160.0)),
+}
+
+
+def voiced(f0: float, ms: float, level_dbfs: float, rng: np.random.Generator, *,
+           vowel: str = "u", vibrato_hz: float = 0.0, vibrato_rel: float = 0.0,
+           jitter_rel: float = 0.004, drift_rel: float = 0.0, ramp_ms: float = 30.0) -> np.ndarray:
+    """A voiced sound (held vowel, hum or sung note) by additive synthesis.
+
+    Harmonics of a pitch contour ``f0 * (1 + drift + vibrato + jitter)`` (jitter: random
+    cycle-to-cycle pitch perturbation, smoothed over ~10 ms; natural voices 0.2–1 %), each
+    weighted by a -12 dB/octave glottal source and the vowel's formant resonances. At a pitch
+    of 300–450 Hz a close vowel (u, i) puts most of its power in the fundamental: the
+    talk-off case of tone detectors.
+    """
+    n = round(ms * FS / 1000)
+    t = np.arange(n) / FS
+    jit = rng.standard_normal(n // 80 + 2)
+    jit = np.interp(np.arange(n) / 80.0, np.arange(jit.size), jit) * jitter_rel
+    contour = f0 * (1.0 + drift_rel * t / max(t[-1], 1e-3) + jit
+                    + vibrato_rel * np.sin(2 * np.pi * vibrato_hz * t + rng.uniform(0, 6.3)))
+    phase = 2 * np.pi * np.cumsum(contour) / FS
+    y = np.zeros(n)
+    for h in range(1, int(3600 // f0) + 1):
+        fh = h * f0
+        gain = h ** -2.0  # -12 dB/octave source
+        for fc, bw in VOWELS[vowel]:
+            gain *= 1.0 / np.sqrt(1.0 + ((fh - fc) / (bw / 2)) ** 2) + 0.05
+        y += gain * np.sin(h * phase)
+    r = min(n // 2, int(ramp_ms * FS / 1000))
+    if r > 0:
+        w = 0.5 - 0.5 * np.cos(np.pi * np.arange(r) / r)
+        y[:r] *= w
+        y[-r:] *= w[::-1]
+    return scale_to_dbfs(y, level_dbfs)
+
+
+def dropout(x: np.ndarray, start_ms: float, ms: float) -> np.ndarray:
+    """A copy of ``x`` with ``ms`` of audio from ``start_ms`` replaced by silence (lost
+    packets / a jitter-buffer gap)."""
+    y = x.copy()
+    a = round(start_ms * FS / 1000)
+    y[a:a + round(ms * FS / 1000)] = 0.0
+    return y

@@ -25,6 +25,7 @@ from sipbridge.media.frames import (
     resample,
     ulaw_decode,
 )
+from sipbridge.media.promptlib import PromptLibrary
 
 _FMT_PCM, _FMT_FLOAT, _FMT_ALAW, _FMT_MULAW, _FMT_EXT = 1, 3, 6, 7, 0xFFFE
 
@@ -129,13 +130,14 @@ def load_audio(path: str | Path) -> FloatArray:
 
 
 def analyze_samples(x: FloatArray, mode: Mode = "answer", config: DetectionConfig | None = None,
-                    stop_when_done: bool = True) -> tuple[Detection, list[TimelineEntry]]:
+                    stop_when_done: bool = True, prompts: PromptLibrary | None = None,
+                    ) -> tuple[Detection, list[TimelineEntry]]:
     """Run the detector over 8 kHz float samples; returns the final detection and timeline.
 
     Provisional results (machine before its beep, ringback) are refined while audio lasts; at
     the end of the audio :meth:`Detector.finish` settles whatever is still open.
     """
-    det = Detector(config, mode=mode)
+    det = Detector(config, mode=mode, prompts=prompts)
     step = 160 * 50  # feed one second at a time (the detector buffers into 20 ms frames)
     for i in range(0, x.size, step):
         det.feed(x[i:i + step])
@@ -179,12 +181,31 @@ def analyze_main(argv: list[str]) -> int:
                     help="answer: after 200 OK (human/machine/...); early: 183 early media "
                          "(SIT, ringback/busy/reorder)")
     ap.add_argument("--json", action="store_true", help="machine-readable output")
+    ap.add_argument("--plot", metavar="OUT.png",
+                    help="also draw waveform, spectrogram, speech, tone runs, greeting end, beep "
+                         "and decision on a time axis (needs matplotlib: sipbridge[plot])")
+    ap.add_argument("--prompts", metavar="DIR",
+                    help="a prompt library folder (labels.json, or one sub-folder per label)")
     args = ap.parse_args(argv)
     try:
-        det, timeline = analyze_wav(args.file, mode=args.mode)
-    except AudioFormatError as e:
+        lib = PromptLibrary.from_folder(args.prompts) if args.prompts else None
+        x = load_audio(args.file)
+        det, timeline = analyze_samples(x, mode=args.mode, prompts=lib)
+    except (AudioFormatError, ValueError) as e:
         print(f"sipbridge analyze: error: {e}", file=sys.stderr)
         return 2
+    if args.plot:
+        from sipbridge.media.plot import PlotUnavailable, plot_analysis
+
+        try:
+            plot_analysis(x, det, timeline, args.plot, title=Path(args.file).name)
+        except PlotUnavailable as e:
+            print(f"sipbridge analyze: error: {e}", file=sys.stderr)
+            return 2
+        except OSError as e:
+            print(f"sipbridge analyze: error: cannot write {args.plot}: {e.strerror or e}",
+                  file=sys.stderr)
+            return 2
     if args.json:
         out = {"file": args.file, "mode": args.mode, "detection": det.to_dict(),
                "timeline": [e.to_dict() for e in timeline]}

@@ -33,12 +33,13 @@ Usage::
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import replace
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
+from sipbridge.media.cadence import CadenceTracker, best_cp_signature
 from sipbridge.media.frames import (
     FRAME_BYTES,
     FRAME_MS,
@@ -48,131 +49,35 @@ from sipbridge.media.frames import (
     float_to_pcm16,
     pcm16_to_float,
 )
+from sipbridge.media.liveness import FloorTracker, rises_at_end
+from sipbridge.media.promptlib import PromptLibrary, PromptMatch, label_result
+from sipbridge.media.result import (
+    ANSWERED_BY_VALUES,
+    AnsweredBy,
+    Detection,
+    DetectionEvent,
+    TimelineEntry,
+)
+from sipbridge.media.sit import SitDecoder, SitResult
+from sipbridge.media.thresholds import DetectionConfig, config_from_overrides
 from sipbridge.media.tones import (
     CP_REGION,
     CP_SIGNATURES,
-    CadenceTracker,
-    ProgressKind,
-    SitDecoder,
-    SitResult,
     ToneAnalyzer,
     ToneRun,
     ToneRunTracker,
-    best_cp_signature,
     is_ced,
     is_cng,
 )
-from sipbridge.media.vad import SpeechTracker, VadConfig
+from sipbridge.media.vad import SpeechTracker
 
-AnsweredBy = Literal["human", "machine", "ivr", "fax", "silence", "unknown", "sit"]
+__all__ = ["ANSWERED_BY_VALUES", "AnsweredBy", "Detection", "DetectionConfig", "DetectionEvent",
+           "Detector", "Mode", "TimelineEntry", "config_from_overrides"]
+
 Mode = Literal["answer", "early"]
-ANSWERED_BY_VALUES: tuple[str, ...] = (
-    "human", "machine", "ivr", "fax", "silence", "unknown", "sit")
-
-
-@dataclass(frozen=True, slots=True)
-class DetectionConfig:
-    """Detection thresholds. Defaults are chosen for latency with a safety margin; each comment
-    says why. Times are in milliseconds from the start of analysis (answer or 183)."""
-
-    # No speech and no tone for this long after answer → ``silence``. People answering speak
-    # within ~1–2 s; voicemail greetings start within ~1–2.5 s (Asterisk uses 2500 ms and calls it
-    # machine; a silent callee is more often a person waiting for us to speak, so we report it).
-    initial_silence_ms: int = 3000
-    # Longest greeting (speech from its first word, pauses included) still counted as a person.
-    # "Hello?" is 0.4–0.8 s, "Hi, this is Sam" ~1.2 s; voicemail greetings run 3–10 s.
-    # Asterisk uses 1500 ms; 1800 ms tolerates slow talkers without delaying machine decisions.
-    max_greeting_ms: int = 1800
-    # Silence after a short greeting that means a person is waiting for us. Sentence pauses in
-    # recorded greetings are mostly 0.2–0.6 s; Asterisk uses 800 ms. 700 ms plus the word-end
-    # hangover keeps the human decision within 1 s of the greeting's end.
-    after_greeting_silence_ms: int = 700
-    # More words than this before the greeting ends → machine (Asterisk maximum_number_of_words).
-    # A person's greeting is at most 3–4 words-as-seen-by-VAD; a fast machine can pack 6 in 1.8 s.
-    max_words: int = 6
-    # Hard stop for the human/machine decision: undecided after this → machine if someone is
-    # talking, else unknown. Asterisk's total_analysis_time default.
-    total_analysis_ms: int = 5000
-    # Voicemail beep: a steady single tone in 400–2000 Hz of at least 150 ms after speech.
-    # Real beeps are 0.2–1 s; 150 ms is above any steady vowel harmonic we see in speech.
-    # The band edges carry ~5 % slack so a nominal 400 Hz or 2000 Hz beep is never lost to
-    # estimation error or line drift (CED at 2100 Hz stays outside).
-    beep_min_ms: int = 150
-    beep_min_hz: float = 380.0
-    beep_max_hz: float = 2050.0
-    # After the greeting ends, wait this long for a beep before settling on "machine, no beep".
-    # Beeps follow the greeting within ~0.2–1.5 s.
-    beep_timeout_ms: int = 4000
-    # Stop waiting for the beep altogether this long after the start (greetings up to ~25 s).
-    max_beep_wait_ms: int = 30000
-    # A machine that talks again after this pause is an IVR menu (options are separate prompts;
-    # a voicemail does not speak again once it has finished its greeting). Longer than sentence
-    # pauses inside a greeting (≤ ~0.8 s).
-    ivr_resume_gap_ms: int = 1200
-    # A frame is a tone frame when the dominant tone holds this share of its power (clean tones
-    # ~0.95–1.0; tone + noise at 10 dB SNR ~0.85; voiced speech rarely > 0.6 and never for long).
-    tone_purity: float = 0.8
-    # Tones quieter than this are ignored (digital silence / comfort noise at -60..-70 dBFS).
-    tone_min_dbfs: float = -50.0
-    # Call progress: a signature's components hold this share of power; dual-tone twist limit.
-    # Both components are sent at the same nominal level (e.g. -13 dBm0 each for US tones);
-    # 6 dB twist allows for line tilt yet rejects a single tone near one component (a 448 Hz
-    # beep leaks 9 dB down into the 480 Hz bin of 440+480).
-    cp_purity: float = 0.7
-    cp_max_twist_db: float = 6.0
-    # SIT: decided once segment 2 held its frequency this long (first two segments suffice).
-    sit_confirm_ms: int = 100
-    # CED (2100 Hz) this long → fax; the real tone lasts 2.6–4 s.
-    ced_min_ms: int = 400
-    vad: VadConfig = field(default_factory=VadConfig)
-
-
-@dataclass(frozen=True, slots=True)
-class Detection:
-    """A detection result (immutable). Times are ms from the start of analysis.
-
-    ``answered_by`` is ``sit`` for special information tones (``sit_code`` set), ``unknown`` with
-    ``progress`` set for call-progress results. ``final`` is False for provisional results
-    (``machine`` before its beep, early-media ``ringback``).
-    """
-
-    answered_by: AnsweredBy
-    decided_at_ms: int
-    final: bool = True
-    sit_code: str | None = None
-    progress: ProgressKind | None = None
-    progress_region: str | None = None
-    greeting_end_ms: int | None = None
-    beep_ms: int | None = None
-    beep_hz: float | None = None
-    ivr_hint: bool = False
-    reason: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly dict."""
-        return asdict(self)
-
-
-@dataclass(frozen=True, slots=True)
-class DetectionEvent:
-    """A new or updated detection, returned by :meth:`Detector.feed`."""
-
-    kind: Literal["decision", "update", "progress"]
-    t_ms: int
-    detection: Detection
-
-
-@dataclass(frozen=True, slots=True)
-class TimelineEntry:
-    """A feature event for the analyze tool: speech/tone starts and ends, SIT, decisions."""
-
-    t_ms: int
-    kind: str
-    detail: dict[str, Any]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly dict."""
-        return {"t_ms": self.t_ms, "kind": self.kind, **self.detail}
+# A long greeting over an audible room waits for this many pause frames (the ~13-frame lead-in
+# before the first word plus 400 ms of pauses) before its floor is judged live or not.
+_LIVE_PENDING_FRAMES = 35
 
 
 class Detector:
@@ -184,7 +89,7 @@ class Detector:
     """
 
     def __init__(self, config: DetectionConfig | None = None, mode: Mode = "answer",
-                 keep_timeline: bool = True) -> None:
+                 keep_timeline: bool = True, prompts: PromptLibrary | None = None) -> None:
         if mode not in ("answer", "early"):
             raise ValueError(f"mode must be 'answer' or 'early', got {mode!r}")
         self.cfg = config or DetectionConfig()
@@ -194,7 +99,9 @@ class Detector:
         self._tones = ToneAnalyzer()
         self._runs = ToneRunTracker()
         self._sit = SitDecoder(confirm_ms=self.cfg.sit_confirm_ms)
-        self._cadence = CadenceTracker()
+        # after answer speech and music are common: a busy/reorder cadence must hold for three
+        # bursts; in early media (network tones and announcements only) two suffice
+        self._cadence = CadenceTracker(bursts=3 if mode == "answer" else 2)
         self._speech = SpeechTracker(self.cfg.vad)
         self._pending = np.zeros(0, dtype=np.float64)
         self._t = 0  # start time of the next frame (ms)
@@ -207,6 +114,19 @@ class Detector:
         self._tone_activity_ms = 0
         self._machine_at: int | None = None
         self._ringback_reported = False
+        # timers of the answer rules start here: the answer, or the end of the last ringback
+        # burst heard after it (the far end was still ringing)
+        self._ref_ms = 0
+        self._beep_run: ToneRun | None = None  # a decided beep followed to its end
+        self._floor = FloorTracker()
+        # known prompts (an operator-supplied library): recognised by fingerprint
+        self._prompts = prompts.matcher() if prompts is not None and len(prompts) else None
+        self._live_long = False  # a long greeting in a live voice (operator candidate)
+        self._live_pending = False  # long greeting, audible room, no pause yet to compare
+        self._last_word_start = 0
+        self._question: tuple[int, bool] | None = None  # (last word end, rises?)
+        self._last_word_audio: FloatArray | None = None
+        self._audio: list[FloatArray] = []  # the last 1.6 s, for the last word's pitch
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -302,6 +222,17 @@ class Detector:
         level = dbfs(x)
         ta = self._tones
         ta.analyze(x)
+        if self._prompts is not None:
+            hit = self._prompts.push(ta.power, level)
+            if hit is not None:
+                self._on_prompt(hit, t_end, events)
+                if self._done:
+                    return
+        if self._beep_run is not None:
+            self._follow_beep(single_tone=ta.purity >= cfg.tone_purity
+                              and level >= cfg.tone_min_dbfs, hz=ta.peak_hz,
+                              purity=ta.purity, t=t, events=events)
+            return
         is_tone = ta.purity >= cfg.tone_purity and level >= cfg.tone_min_dbfs
         sig = (best_cp_signature(ta.cp_power, cfg.cp_purity, cfg.cp_max_twist_db)
                if level >= cfg.tone_min_dbfs else None)
@@ -323,7 +254,7 @@ class Detector:
                 return
         if is_tone:
             self._tone_activity_ms += FRAME_MS
-        sit = self._sit.check(cur)
+        sit = self._sit.check(cur, t_end)
         if sit is not None:
             self._on_sit(sit, t_end, events)
             return
@@ -331,12 +262,20 @@ class Detector:
             self._check_run_live(cur, t_end, events)
             if self._done:
                 return
-        self._on_cp(sig, t, t_end, events)
-        if self._done:
-            return
-        # --- speech -----------------------------------------------------------------------
+        # --- speech (before call progress: a cadence must have no speech in it) -----------
         sp = self._speech
         ev = sp.update(pcm, level, is_tone, t)
+        if ev == SpeechTracker.WORD_START:
+            self._sit.interrupt()
+        if self.mode == "answer":
+            self._floor.update(t, level, sp.state == 0 and not is_tone and not sp.last_speech)
+            self._audio.append(x)
+            if len(self._audio) > 80:
+                del self._audio[0]
+        self._on_cp(sig, t, t_end, events, sp.last_speech,
+                    ta.peak_hz if sig is not None else None, level)
+        if self._done:
+            return
         if ev == SpeechTracker.WORD_START:
             self._note(sp.word_start_ms, "speech_start", dbfs=round(level, 1))
             self._on_word_start(sp.word_start_ms, t_end, events)
@@ -344,6 +283,12 @@ class Detector:
             self._note(sp.word_end_ms, "speech_end",
                        floor_dbfs=round(sp.floor_dbfs or -100.0, 1))
             self._last_word_end = sp.word_end_ms
+            if self.mode == "answer" and self._audio:
+                # keep the word (up to its last 1.5 s) for its pitch, asked for later
+                audio = np.concatenate(self._audio)
+                end = audio.size - (t_end - sp.word_end_ms) * 8
+                start = max(0, end - max(0, sp.word_end_ms - self._last_word_start) * 8)
+                self._last_word_audio = audio[start:end] if end > start else None
         if self.mode == "answer" and not self._done:
             self._answer_rules(t_end, events)
 
@@ -380,6 +325,43 @@ class Detector:
                      kind="update" if self._machine_at is not None else "decision",
                      greeting_end_ms=gend, beep_ms=run.start_ms, beep_hz=round(run.hz, 1),
                      reason=f"{reason} (machine decided at {decided} ms)")
+        # the decision is final (the SIP side may act on the onset); keep listening until the
+        # tone stops to report its end in an update
+        self._done = False
+        self._beep_run = run
+
+    def _follow_beep(self, single_tone: bool, hz: float, purity: float, t: int,
+                     events: list[DetectionEvent]) -> None:
+        run = self._beep_run
+        assert run is not None
+        ended = self._runs.update(single_tone, hz, purity, t)
+        over = t + FRAME_MS - run.start_ms >= self.cfg.beep_end_max_ms
+        if ended is None and not over and self._runs.current is run:
+            return
+        self._beep_run = None
+        self._note(run.end_ms, "beep_end", ms=run.duration_ms)
+        assert self._result is not None
+        det = replace(self._result, beep_end_ms=run.end_ms)
+        self._result = det
+        self._done = True
+        events.append(DetectionEvent("update", t + FRAME_MS, det))
+        self._note(t + FRAME_MS, "decision", **det.to_dict())
+
+    def _on_prompt(self, hit: PromptMatch, t_end: int, events: list[DetectionEvent]) -> None:
+        self._note(hit.start_ms, "prompt", name=hit.name, label=hit.label, ber=hit.ber)
+        answered_by, hint = label_result(hit.label)
+        if self._beep_run is not None or (self._result is not None and self._result.final):
+            return  # a beep is being followed: the verdict is already final
+        final = answered_by != "machine"  # a known mailbox greeting still has its beep to come
+        if final or self._machine_at is None:
+            if not final:
+                self._machine_at = t_end
+            self._decide(answered_by, t_end, events, final=final,  # type: ignore[arg-type]
+                         kind="update" if self._result is not None else "decision",
+                         hint=hint or "prompt", prompt=hit.name, prompt_label=hit.label,
+                         ivr_hint=answered_by == "ivr",
+                         reason=f"known prompt {hit.name!r} ({hit.label}), started at "
+                                f"{hit.start_ms} ms, bit error rate {hit.ber:.2f}")
 
     def _on_sit(self, sit: SitResult, t_end: int, events: list[DetectionEvent]) -> None:
         self._note(sit.start_ms, "sit", code=sit.code, seg1_hz=round(sit.seg1_hz, 1),
@@ -387,9 +369,10 @@ class Detector:
         self._decide("sit", t_end, events, sit_code=sit.code,
                      reason=f"SIT {sit.code}: {sit.meaning} (started {sit.start_ms} ms)")
 
-    def _on_cp(self, sig: str | None, t: int, t_end: int, events: list[DetectionEvent]) -> None:
+    def _on_cp(self, sig: str | None, t: int, t_end: int, events: list[DetectionEvent],
+               speech: bool, hz: float | None, level: float) -> None:
         prev = self._cadence.current
-        res = self._cadence.update(sig, t)
+        res = self._cadence.update(sig, t, speech, hz, level)
         if sig != prev:
             if prev is not None and self._cadence.current != prev:
                 self._note(t, "cp_off", signature=prev)
@@ -399,6 +382,10 @@ class Detector:
             return
         name, kind = res
         region = CP_REGION[name]
+        if kind == "ringback" and self._greeting_start is None:
+            # answered while still ringing: the answer rules' clocks start after the ringback
+            self._ref_ms = t_end
+            self._tone_activity_ms = 0
         if kind == "ringback":
             if self.mode == "early" and not self._ringback_reported:
                 self._ringback_reported = True
@@ -423,6 +410,8 @@ class Detector:
                 return
         if self._greeting_start is None:
             self._greeting_start = start
+            self._floor.greeting_started(start)
+        self._last_word_start = start
         self._words += 1
 
     def _finalise_machine(self, t_end: int, gend: int | None, why: str,
@@ -436,6 +425,14 @@ class Detector:
         sp = self._speech
         if self._machine_at is not None:
             lw = self._last_word_end
+            if (not sp.in_word and lw is not None and self._runs.current is None
+                    and t_end - lw >= cfg.screening_silence_ms and self._screening_ok(lw)):
+                self._decide("human", t_end, events, kind="update", greeting_end_ms=lw,
+                             hint="screening",
+                             reason="recorded greeting ending in a question, then "
+                                    f"{cfg.screening_silence_ms} ms silence and no beep: "
+                                    "call-screening assistant")
+                return
             if not sp.in_word and lw is not None and t_end - lw >= cfg.beep_timeout_ms and (
                     self._runs.current is None):
                 self._finalise_machine(t_end, lw, f"{cfg.beep_timeout_ms} ms after greeting",
@@ -445,17 +442,35 @@ class Detector:
             return
         gs = self._greeting_start
         if gs is None:
-            if t_end >= cfg.initial_silence_ms and self._tone_activity_ms == 0 and (
-                    sp.state == 0):
-                self._decide("silence", t_end, events,
-                             reason=f"no speech in {cfg.initial_silence_ms} ms")
-            elif t_end >= cfg.total_analysis_ms:
+            since = t_end - self._ref_ms
+            if self._tone_activity_ms == 0:
+                if since >= cfg.initial_silence_ms and sp.state == 0:
+                    after = " after ringback" if self._ref_ms else ""
+                    self._decide("silence", t_end, events,
+                                 reason=f"no speech in {cfg.initial_silence_ms} ms{after}")
+            elif since >= cfg.total_analysis_ms:
                 self._decide("unknown", t_end, events,
                              reason="no speech; unclassified tone or noise")
             return
-        if sp.in_word:
-            span = t_end - gs
-            if span > cfg.max_greeting_ms:
+        if self._live_long and t_end - gs > cfg.operator_max_greeting_ms:
+            self._live_long = False
+            self._machine(t_end, f"greeting longer than {cfg.operator_max_greeting_ms} ms "
+                          "(too long for a person, even in a live-sounding voice)", events)
+            return
+        if t_end - gs > cfg.max_greeting_ms and not self._live_long and (
+                sp.in_word or self._live_pending):
+            verdict = self._floor.verdict()
+            pre = self._floor.pre_db
+            if verdict == "live":
+                # a live voice that talks on: wait for it to stop and listen (operator)
+                self._live_long = True
+                self._note(t_end, "live_voice", pre_db=pre)
+            elif (verdict != "recorded" and pre is not None
+                  and self._floor.gap_frames < _LIVE_PENDING_FRAMES
+                  and pre >= self._floor.cfg.live_floor_dbfs
+                  and t_end - gs < cfg.total_analysis_ms):
+                self._live_pending = True  # an audible room, no pause heard yet: wait for one
+            else:
                 self._machine(t_end, f"greeting longer than {cfg.max_greeting_ms} ms", events)
                 return
             if self._words > cfg.max_words:
@@ -464,30 +479,39 @@ class Detector:
         lw = self._last_word_end
         if lw is not None and sp.state == 0 and t_end - lw >= cfg.after_greeting_silence_ms:
             span = lw - gs
-            if span <= cfg.max_greeting_ms:
+            if span <= cfg.max_greeting_ms and not self._live_long:
+                if self._floor.verdict(lw + 200) == "recorded":
+                    self._machine(t_end, f"short recorded prompt ({span} ms; the line's noise "
+                                  "floor changed under it) then silence", events)
+                    return
                 self._decide("human", t_end, events, greeting_end_ms=lw,
                              reason=f"{span} ms greeting then "
                                     f"{cfg.after_greeting_silence_ms} ms silence")
                 return
-        if t_end >= cfg.total_analysis_ms:
+            if self._live_long and t_end - lw >= cfg.operator_silence_ms * (
+                    1.0 if self._ends_in_question(lw) else 5.0 / 3.0):
+                self._decide("human", t_end, events, greeting_end_ms=lw, hint="operator",
+                             reason=f"{span} ms greeting in a live voice (noise floor "
+                                    f"{self._floor.pre_db:.0f} dBFS unchanged under it), then "
+                                    f"{cfg.operator_silence_ms} ms silence: operator")
+                return
+        if t_end - gs >= cfg.total_analysis_ms and not self._live_long:
             self._machine(t_end, "speech still undecided at total analysis time", events)
+
+    def _screening_ok(self, last_word_end: int) -> bool:
+        """A recorded/synthetic greeting (not a live voice) whose last word rises."""
+        if self._floor.verdict(last_word_end + 200) == "live":
+            return False
+        return self._ends_in_question(last_word_end)
+
+    def _ends_in_question(self, last_word_end: int) -> bool:
+        """Does the pitch rise at the end of the last word (ending at ``last_word_end``)?"""
+        if self._question is not None and self._question[0] == last_word_end:
+            return self._question[1]
+        q = self._last_word_audio is not None and rises_at_end(self._last_word_audio)
+        self._question = (last_word_end, q)
+        return q
 
     def _machine(self, t_end: int, why: str, events: list[DetectionEvent]) -> None:
         self._machine_at = t_end
         self._decide("machine", t_end, events, final=False, reason=why)
-
-
-def config_from_overrides(overrides: dict[str, Any] | None) -> DetectionConfig:
-    """A :class:`DetectionConfig` with some thresholds replaced (values cast to the
-    field's type); unknown names raise ``ValueError`` naming them."""
-    base = DetectionConfig()
-    if not overrides:
-        return base
-    changes: dict[str, Any] = {}
-    for key, value in overrides.items():
-        if key == "vad" or not hasattr(base, key):
-            raise ValueError(f"unknown detection threshold {key!r}")
-        changes[key] = type(getattr(base, key))(value)
-    from dataclasses import replace
-
-    return replace(base, **changes)

@@ -45,9 +45,14 @@ change.
 
 Known weaknesses (audio alone cannot settle them):
 
-* the *first* play of a recorded prompt that starts after a real pause (music fades to
-  silence, then the prompt) looks like a person: nothing has repeated yet and nothing joins
-  it to the music. Its repeats are recognised;
+* before any music, speech within ``first_prompt_window_ms`` of the hold step's start is
+  judged by what follows it: music or a tone → the IVR's one-off "please hold while we connect
+  your call"; ``first_prompt_wait_ms`` of silence → a person (who waits for an answer). A
+  person who speaks first is decided ~0.9 s after their words end instead of ~0.8 s after they
+  start;
+* the *first* play of a recorded prompt that starts after a real pause *later* on hold (music
+  fades to silence, then the prompt) looks like a person: nothing has repeated yet and
+  nothing joins it to the music. Its repeats are recognised;
 * a person who starts talking less than ``pre_gap_ms`` after the music stops, or over the
   music, is taken for a prompt for that utterance; they are decided at their next utterance
   after a pause of ``prompt_continue_ms`` or more;
@@ -69,12 +74,13 @@ Usage::
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from sipbridge.media.cadence import best_cp_signature
 from sipbridge.media.detect import AnsweredBy, Detection, DetectionEvent
 from sipbridge.media.frames import (
     FRAME_BYTES,
@@ -86,117 +92,14 @@ from sipbridge.media.frames import (
     float_to_pcm16,
     pcm16_to_float,
 )
-from sipbridge.media.tones import CP_BLOCK, CP_FREQS, GoertzelBank, best_cp_signature
+from sipbridge.media.hold_config import HoldConfig, config_from_overrides
+from sipbridge.media.match import HI_BIN, LO_BIN, N_BANDS, band_matrix, best_match, clamp_bands
+from sipbridge.media.tones import CP_BLOCK, CP_FREQS, GoertzelBank
 from sipbridge.media.vad import SpeechTracker, VadConfig
 
 _BLOCK = 2 * FRAME_SAMPLES  # 40 ms analysis block, 25 Hz bins
-_BIN_HZ = SAMPLE_RATE / _BLOCK
-_LO_BIN = math.ceil(300 / _BIN_HZ)  # 12
-_HI_BIN = math.floor(3400 / _BIN_HZ)  # 136
-_TONE_HI_BIN = math.floor(2200 / _BIN_HZ)  # single tones (beeps) searched in 300–2200 Hz
-_N_BANDS = 12
+_TONEHI_BIN = math.floor(2200 * _BLOCK / SAMPLE_RATE)  # single tones (beeps): 300–2200 Hz
 _RING_NAMES = {"us_ring": "ringback", "uk_ring": "ringback"}
-
-
-@dataclass(frozen=True, slots=True)
-class HoldConfig:
-    """Thresholds of :class:`HoldListener`. Times in ms; each comment says why."""
-
-    # Stop listening after this long on hold: ``unknown`` / "max hold time" (the IVR escape
-    # hatch of the call plan usually fires first). 30 min covers real queue times.
-    max_hold_ms: int = 30 * 60 * 1000
-    # A segment is judged once this much of it has been heard. Long enough to see whether
-    # notes persist under it (music needs 200 ms to look tonal) and to fingerprint two or three
-    # syllables against earlier prompts; short enough that a person who says "Hello, this is
-    # Sam" hears the agent within ~1 s of starting.
-    decide_after_ms: int = 800
-    # Give up judging a segment (and keep it as "not a person") this long after its start;
-    # a person who has talked for 2.5 s without being recognised will pause and be judged
-    # again on the next segment.
-    decide_until_ms: int = 2500
-    # A person must start at least this long after music was last heard. Hold playlists join
-    # music and prompts with no pause (or duck the music under the prompt); an agent's
-    # speech follows the stream switch and the connect tone by ≥ 250 ms (reaction time).
-    pre_gap_ms: int = 200
-    # VAD words closer than this belong to one segment. Word gaps inside a sentence are
-    # 50–250 ms; a turn boundary or a change of source is longer.
-    segment_gap_ms: int = 200
-    # A segment starting within this long after one judged to be a recorded prompt continues
-    # that prompt (sentence pauses inside a recording are 0.3–0.8 s). An agent who picks up
-    # right after a prompt still waits ~1 s for the connect tone and the line to settle.
-    prompt_continue_ms: int = 900
-    # A 25 Hz spectral bin is a *peak* when it is a local maximum this far above the frame's
-    # mean log power in 300–3400 Hz (partials of notes stand 20–40 dB above the valleys
-    # between them; noise "peaks" are ~5–10 dB above the mean).
-    peak_db: float = 14.0
-    # ... and within this range of the frame's strongest bin (ignore weak side peaks).
-    peak_range_db: float = 35.0
-    # A peak is *stable* once its bin has been a peak for this many frames (with misses
-    # forgiven, see below): 200 ms. Notes and chords last 150 ms to several seconds; speech
-    # harmonics leave a 25 Hz bin within ~100 ms (intonation moves F0 by 1–5 % per 100 ms).
-    stable_frames: int = 10
-    # A frame is tonal (music) with this many stable peaks. A chord gives 3–10, a melody note
-    # 2–5 (its harmonics); a steady vowel rarely keeps even one for 200 ms.
-    min_stable_peaks: int = 2
-    # Share of tonal frames in a segment (onset to now) that makes it music / music under a
-    # prompt. Music reaches 0.6–1.0 once its first 200 ms have passed; speech stays < 0.1.
-    music_share: float = 0.3
-    # Only a prompt with at most this share of tonal frames (speech, not a repeating piece
-    # of music) makes the next segment "continue" it.
-    continue_max_tonal: float = 0.1
-    # Share of tonal frames over the last second that reports "music".
-    music_report_share: float = 0.5
-    # A fragment shorter than min_match_ms needs a word's worth of speech (200 ms) to count
-    # as part of a prompt; less is a click or the tail of a note.
-    min_word_ms: int = 200
-    # A segment (not attached to music) must rise this far above the speech gate's noise
-    # floor: VAD "words" made of line noise peak 4–8 dB above it; a quiet talker on a noisy
-    # line (speech -34 dBFS, noise -46 dBFS) still peaks 12+ dB above it.
-    min_snr_db: float = 10.0
-    # A person has at least this much VAD speech in the judged part of the segment.
-    min_speech_ms: int = 300
-    # Syllabic modulation: the segment's frame levels span at least this much (90th minus
-    # 10th percentile). Speech dips 15–30 dB between syllables and words; steady sounds
-    # (noise, drones) a few dB.
-    min_depth_db: float = 10.0
-    # Share of tone frames (call-progress / single steady tone) above which a segment is a
-    # tone, not speech.
-    tone_share: float = 0.2
-    # Fingerprint match (see :func:`best_match`): min of envelope and spectral-shape
-    # correlations with earlier audio at the best shift. Replays of one recording score
-    # 0.75–0.99 (0.75 when the earlier play had music ducked under it), other speech
-    # (another voice, other words) 0.3–0.65.
-    match_corr: float = 0.72
-    # Only audio that started at least this long before a segment can match it: loops
-    # repeat after the whole prompt plus music (≥ 8 s), while a person who says "Hello? …
-    # Hello?" repeats within a few seconds and must not match themselves.
-    min_repeat_ms: int = 5000
-    # Shortest template compared (ms of the new segment): fewer frames give chance matches.
-    min_match_ms: int = 400
-    # Fingerprint floor: each frame's band levels are lifted to at most this far below its
-    # strongest band, so line noise or a ducked music bed in weak bands does not decide the
-    # correlation (formant structure spans ~25 dB in the telephone band).
-    fp_floor_db: float = 25.0
-    # Audio kept for matching: prompts in hold loops recur every 20–90 s; 3 minutes holds two
-    # or more cycles of any loop (matching cost grows with it: ~1 ms per check per minute).
-    history_ms: int = 180_000
-    # After music, a frame is quiet (a real pause: the hold stream stopped) when it is this
-    # far below the music's level (peak hold, decaying 1 dB/s), or below ``quiet_dbfs``.
-    # Line noise sits 15–50 dB below hold music; the seam between music and a prompt that
-    # follows it dips < 10 dB (a ducked bed is quiet too, but the prompt's speech started
-    # before its first pause, so the prompt is already attached to the music).
-    quiet_drop_db: float = 12.0
-    quiet_dbfs: float = -55.0
-    # This much quiet ends the music context (anything after it is a new source). Shorter
-    # than the pause before a person speaks (≥ 250 ms), longer than dips between notes or
-    # at the seam between music and a prompt (≤ 100 ms).
-    quiet_gap_ms: int = 120
-    # Steady tones: a frame is a tone when one tone holds this share of power (see
-    # DetectionConfig.tone_purity), or a call-progress signature matches.
-    tone_purity: float = 0.8
-    tone_min_dbfs: float = -50.0
-    # No sound above the speech floor for this long → "silence" update.
-    silence_report_ms: int = 3000
 
 
 @dataclass(slots=True)
@@ -215,88 +118,6 @@ class _Segment:
     next_k: int = 0  # template length (frames) of the next fingerprint check
     verdict: str | None = None  # None while undecided; "person", "music", "prompt", ...
     best_corr: float = -1.0
-
-
-def config_from_overrides(overrides: dict[str, Any] | None) -> HoldConfig:
-    """A :class:`HoldConfig` with the named fields replaced (cast to the field's type).
-    Unknown names raise ``ValueError`` naming them and the valid ones."""
-    base = HoldConfig()
-    if not overrides:
-        return base
-    names = {f.name for f in fields(HoldConfig)}
-    unknown = sorted(set(overrides) - names)
-    if unknown:
-        raise ValueError(f"unknown hold listener setting(s) {', '.join(map(repr, unknown))}; "
-                         f"valid: {', '.join(sorted(names))}")
-    changes: dict[str, Any] = {}
-    for key, value in overrides.items():
-        typ = type(getattr(base, key))
-        try:
-            changes[key] = typ(value)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"hold listener setting {key!r}: bad value {value!r} ({e})") from e
-    return replace(base, **changes)
-
-
-def _band_matrix() -> FloatArray:
-    """(bins, bands) summing 25 Hz power bins into 12 log-spaced bands over 300–3400 Hz."""
-    edges = np.geomspace(300.0, 3400.0, _N_BANDS + 1)
-    hz = np.arange(_LO_BIN, _HI_BIN + 1) * _BIN_HZ
-    m = np.zeros((hz.size, _N_BANDS))
-    for b in range(_N_BANDS):
-        m[(hz >= edges[b]) & (hz < edges[b + 1]), b] = 1.0
-    m[-1, -1] = 1.0
-    return m
-
-
-def clamp_bands(bands_db: FloatArray, floor_db: float) -> FloatArray:
-    """Fingerprint frame: band levels (dB) lifted to at most ``floor_db`` below the frame's
-    strongest band (weak bands carry line noise, not the recording)."""
-    return np.maximum(bands_db, max(float(bands_db.max()) - floor_db, -100.0))
-
-
-def _sliding_pearson(template: FloatArray, history: FloatArray) -> FloatArray:
-    """Pearson correlation of ``template`` (n × k) with every n-frame window of ``history``
-    (m × k), over the flattened window (each window mean-removed); NaN where the window's
-    variance differs from the template's by more than 10× (silence, steady noise)."""
-    n, k = template.shape
-    t = template - template.mean()
-    tv = float(np.sum(t * t))
-    m = history.shape[0]
-    if tv <= 1e-9:
-        return np.full(m - n + 1, np.nan)
-    num = np.zeros(m - n + 1)
-    for b in range(k):
-        num += np.correlate(history[:, b], t[:, b], mode="valid")
-    r = np.concatenate([[0.0], np.cumsum(history.sum(axis=1))])
-    q = np.concatenate([[0.0], np.cumsum(np.einsum("ij,ij->i", history, history))])
-    sw = r[n:] - r[:-n]
-    var = (q[n:] - q[:-n]) - sw * sw / (n * k)
-    ok = (var > 0.1 * tv) & (var < 10.0 * tv)
-    out = np.full(m - n + 1, np.nan)
-    out[ok] = num[ok] / np.sqrt(var[ok] * tv)
-    return out
-
-
-def best_match(template: FloatArray, history: FloatArray) -> float:
-    """How well ``template`` (frames × bands, dB) matches some earlier stretch of ``history``.
-
-    Two correlations at the same time shift, both level-invariant: the *envelope* (per-frame
-    mean band level: syllable rhythm) and the *spectral shape* (bands minus the frame mean:
-    formant trajectories). A replay of the same recording matches both; music, another
-    voice or other words match at most one (a fade matches an onset's envelope; a steady
-    chord has one shape). Returns the best min(envelope, shape) over shifts, or -1."""
-    n = template.shape[0]
-    if history.shape[0] < n or n < 4:
-        return -1.0
-    env_t = template.mean(axis=1, keepdims=True)
-    env_h = history.mean(axis=1, keepdims=True)
-    env = _sliding_pearson(env_t, env_h)
-    shape = _sliding_pearson(template - env_t, history - env_h)
-    both = np.fmin(env, shape)
-    if np.all(np.isnan(both)):
-        return -1.0
-    return float(np.nanmax(both))
 
 
 class HoldListener:
@@ -321,8 +142,8 @@ class HoldListener:
         self._speech = SpeechTracker(VadConfig())
         self._win = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(_BLOCK) / _BLOCK)
         self._block = np.zeros(_BLOCK)
-        self._bands = _band_matrix()
-        self._pers = np.zeros(_HI_BIN - _LO_BIN + 1, dtype=np.int32)
+        self._bands = band_matrix()
+        self._pers = np.zeros(HI_BIN - LO_BIN + 1, dtype=np.int32)
         # capped so a note that ends stops counting as stable within 2 frames
         self._pers_cap = self.cfg.stable_frames + 4
         self._pending = np.zeros(0, dtype=np.float64)
@@ -349,10 +170,13 @@ class HoldListener:
         self._run_start = 0
         self._run_gap = 99
         self._restart = False
+        self._music_heard = False  # any music (tonal frames) or call-progress tone yet
+        self._first_seg: _Segment | None = None  # a would-be person heard before any music
+        self._first_last_ms = 0  # the last speech of it (and of what followed it)
         # fingerprint history: every frame's clamped band levels, written twice so the last
         # ``history_ms`` are always one contiguous slice
         self._fp_n = max(1, self.cfg.history_ms // FRAME_MS)
-        self._fp = np.zeros((2 * self._fp_n, _N_BANDS))
+        self._fp = np.zeros((2 * self._fp_n, N_BANDS))
         self._fp_count = 0
 
     # -- public API ---------------------------------------------------------------------------
@@ -440,14 +264,14 @@ class HoldListener:
             # single steady tone: purity of the strongest 300–2200 Hz bin and its neighbours
             # (see tones.ToneAnalyzer); call-progress pairs from the Goertzel bank (80 ms)
             total = float(pf[1:-1].sum()) + 1e-20
-            k = int(pf[_LO_BIN:_TONE_HI_BIN + 1].argmax()) + _LO_BIN
+            k = int(pf[LO_BIN:_TONEHI_BIN + 1].argmax()) + LO_BIN
             purity = float(pf[k - 1] + pf[k] + pf[k + 1]) / total
             cw = cb * self._cp_win
             e = float(np.dot(cw, cw)) + 1e-20
             sig = best_cp_signature(self._bank.power(cb) * (self._cp_norm / e), 0.7, 6.0)
             is_tone = sig is not None or purity >= cfg.tone_purity
         # --- stable peaks and bands ----------
-        p = pf[_LO_BIN:_HI_BIN + 1] + 1e-12
+        p = pf[LO_BIN:HI_BIN + 1] + 1e-12
         lp = np.log10(p)  # bels; thresholds below converted from dB
         pers = self._pers
         if level >= cfg.tone_min_dbfs:
@@ -554,6 +378,19 @@ class HoldListener:
                         return
                 self._end_segment(seg)
         # --- what we hear (updates) ----------
+        steady_tone = self._tone_run * FRAME_MS >= 200  # ringback, a beep (not a vowel)
+        if self._first_seg is not None:
+            # music after the deferred speech: tonal frames outside it, or a new segment that
+            # is music (a stray tonal frame inside steady speech is not music)
+            cur = self._seg
+            music_after = tonal and (cur is None or (
+                cur.verdict != "pending" and cur.tonal >= cfg.music_share * len(cur.levels)))
+            self._resolve_pending(music_after or steady_tone, speech or sp.in_word, t_end,
+                                  events)
+            if self._done:
+                return
+        if tonal or steady_tone:
+            self._music_heard = True
         if self._seg is None:
             share = self._tonal_count / self._tonal_ring.size
             if share >= cfg.music_report_share:
@@ -665,6 +502,15 @@ class HoldListener:
         lv = np.sort(np.asarray(all_levels))
         depth = float(lv[(9 * (lv.size - 1)) // 10] - lv[(lv.size - 1) // 10])
         if seg.speech * FRAME_MS >= cfg.min_speech_ms and depth >= cfg.min_depth_db:
+            if self._first_seg is not None or (
+                    not self._music_heard and seg.start_ms < cfg.first_prompt_window_ms):
+                # nothing but this speech on hold yet: a person, or the one-off "please hold"
+                # prompt before the music? What follows tells (see first_prompt_wait_ms).
+                seg.verdict = "pending"
+                self._first_seg = self._first_seg or seg
+                self._first_last_ms = seg.last_speech_ms
+                self._note(t_end, "pending", start=seg.start_ms)
+                return
             self._note(t_end, "person", depth=round(depth, 1), corr=round(seg.best_corr, 3),
                        tonal=round(tonal_share, 3))
             seg.verdict = "person"
@@ -679,6 +525,30 @@ class HoldListener:
             seg.verdict = "short"  # ended without enough speech to call it a person
         elif elapsed >= cfg.decide_until_ms:
             self._verdict(seg, "other", "unclear sound", t_end, events)
+
+    def _resolve_pending(self, music_or_tone: bool, speaking: bool, t_end: int,
+                         events: list[DetectionEvent]) -> None:
+        """A would-be person heard before any music: music or a tone after it makes it the
+        one-off prompt; silence after it, a person waiting for an answer."""
+        seg = self._first_seg
+        assert seg is not None
+        if music_or_tone:
+            self._first_seg = None
+            self._verdict(seg, "prompt", "recorded prompt (one-off, before the music)", t_end,
+                          events)
+            self._prompt_end_ms = -10**9  # music follows: nothing continues this prompt
+            return
+        if self._seg is not None:
+            self._first_last_ms = max(self._first_last_ms, self._seg.last_speech_ms)
+        last = max(seg.last_speech_ms, self._first_last_ms)
+        if speaking or self._seg is not None or t_end - last < self.cfg.first_prompt_wait_ms:
+            return
+        self._first_seg = None
+        seg.verdict = "person"
+        self._note(t_end, "person", pending_from=seg.start_ms)
+        self._emit(t_end, events, "human",
+                   f"live speech from {seg.start_ms} ms, before any music, then "
+                   f"{t_end - last} ms of silence (no music or tone followed it)", final=True)
 
     def _verdict(self, seg: _Segment, verdict: str, reason: str, t_end: int,
                  events: list[DetectionEvent]) -> None:
@@ -696,3 +566,6 @@ class HoldListener:
             self._prefix = seg
         if seg.verdict == "prompt" and seg.tonal <= cfg.continue_max_tonal * max(1, n):
             self._prompt_end_ms = seg.last_speech_ms
+
+
+__all__ = ["HoldConfig", "HoldListener", "best_match", "clamp_bands", "config_from_overrides"]

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from sipbridge.media.analyze import AudioFormatError, analyze_main, analyze_wav, read_wav
+from sipbridge.media.detect import DetectionConfig
 
 
 def wav_bytes(tag: int, ch: int, rate: int, bits: int, data: bytes) -> bytes:
@@ -78,11 +79,11 @@ def test_json_and_text_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         w.setnchannels(1)
         w.setsampwidth(2)
         w.setframerate(8000)
-        w.writeframes(b"\x00\x00" * 8000 * 4)
+        w.writeframes(b"\x00\x00" * 8000 * 8)
     assert analyze_main([str(p), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["detection"]["answered_by"] == "silence"
-    assert out["detection"]["decided_at_ms"] == 3000
+    assert out["detection"]["decided_at_ms"] == DetectionConfig().initial_silence_ms
     assert analyze_main([str(p)]) == 0
     assert "answered_by=silence" in capsys.readouterr().out
 

@@ -7,18 +7,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sipbridge.media.cadence import CadenceTracker
 from sipbridge.media.detect import Detector
 from sipbridge.media.frames import FRAME_SAMPLES
-from sipbridge.media.tones import (
-    SIT_CODES,
-    SIT_SEG1,
-    SIT_SEG2,
-    CadenceTracker,
-    GoertzelBank,
-    ToneAnalyzer,
-    ToneRun,
-    classify_sit_freq,
-)
+from sipbridge.media.sit import SIT_CODES, SIT_SEG1, SIT_SEG2, classify_sit_freq
+from sipbridge.media.tones import GoertzelBank, ToneAnalyzer, ToneRun
 
 FS = 8000
 

@@ -1,0 +1,167 @@
+"""Live voice or recording? What the line's noise floor and the last word's pitch say.
+
+A live person speaks into an open microphone: the room's noise is on the line from the moment
+the call is answered, and it is the same noise in the pauses between their words. A recording
+(voicemail greeting, IVR or carrier prompt, screening assistant) is played into the call by a
+machine: its own noise bed (the room it was recorded in, or the digital silence of a
+text-to-speech prompt) starts and stops with it, so the floor *changes under the speech*:
+
+* a recorded bed louder than the line before it (a greeting recorded on a phone, played from a
+  mailbox whose line is digitally silent): the floor rises by 10–40 dB;
+* a clean (TTS, studio) prompt on a line that carried comfort noise or line noise before it: the
+  floor in its pauses drops.
+
+:class:`FloorTracker` measures the floor before the first word (``pre_db``: the quietest
+frames of the 600 ms before it) and in the pauses of the greeting (``gap_db``), and calls the
+voice ``recorded`` when they differ by ``step_db`` or more, ``live`` when an audible floor
+(≥ ``live_floor_dbfs``) stays within ``same_db``, else ``unknown``.
+
+Limits (measured on the generated corpus only; see the README): a recording played into a
+noisy line whose noise masks its own bed looks live (a PBX auto-attendant behind an analog
+line); a live caller on a mobile network with noise suppression and digitally silent
+comfort noise gives no evidence either way; so does any greeting on a line that was
+digitally silent before it (the floor before it is not known: media that starts with the
+speech, silence suppression), which includes every mailbox whose line is digitally silent.
+
+:func:`rises_at_end` tells a question's final pitch rise (screening assistants and operators end
+their greeting with a question, voicemail greetings with a statement) from the pitch track of
+the last word.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from sipbridge.media.frames import FRAME_MS, SAMPLE_RATE, FloatArray
+
+Verdict = Literal["live", "recorded", "unknown"]
+# Frames at or below this are digital silence (no media, or a codec's idle pattern).
+DIGITAL_SILENCE_DBFS = -85.0
+
+
+@dataclass(frozen=True, slots=True)
+class LivenessConfig:
+    """Thresholds of :class:`FloorTracker` (dB)."""
+
+    # The floor under the speech differs from the floor before it by this much: a recording.
+    # Steady room noise measured over a few hundred ms varies by ±1–2 dB.
+    step_db: float = 6.0
+    # ... and one of the two floors is audible (a change between digital silence and the
+    # -80 dBFS tail of a TTS clip or a codec's idle pattern means nothing).
+    audible_dbfs: float = -76.0
+    # Same floor within this → consistent with a live microphone.
+    same_db: float = 3.0
+    # A live microphone's room noise is audible: ≥ -68 dBFS (a quiet room through a handset is
+    # -60..-50 dBFS; comfort noise of a digital line -70..-80; digital silence -100).
+    live_floor_dbfs: float = -68.0
+    # Pause frames needed to measure the floor in the greeting (100 ms): a short prompt has
+    # only the 100–300 ms after its last word.
+    min_gap_frames: int = 5
+
+
+class FloorTracker:
+    """Per-frame noise-floor bookkeeping around a greeting (see the module docstring)."""
+
+    def __init__(self, config: LivenessConfig | None = None) -> None:
+        self.cfg = config or LivenessConfig()
+        self._recent: deque[tuple[int, float, bool]] = deque(maxlen=40)  # 800 ms
+        self.pre_db: float | None = None
+        self._gaps: list[tuple[int, float]] = []
+        self._started = False
+
+    def update(self, t_ms: int, level_db: float, quiet: bool) -> None:
+        """One frame: its start, level, and whether it is a pause (no speech, no tone)."""
+        if self._started:
+            if quiet and len(self._gaps) < 3000:
+                self._gaps.append((t_ms, level_db))
+        else:
+            self._recent.append((t_ms, level_db, quiet))
+
+    def greeting_started(self, start_ms: int) -> None:
+        """The first word started at ``start_ms``: fix the floor before it."""
+        if self._started:
+            return
+        self._started = True
+        # the line before the greeting, not the first 300 ms before its first word, where a
+        # recording's own bed (or a live talker's breath) already plays
+        # Digital silence is no floor: it is what a receiver plays before the far end's media
+        # arrives, or while the far end suppresses silence (DTX) — a live caller's room noise
+        # then "starts" with their first packets. Only a line heard carrying something counts.
+        before = [lv for t, lv, q in self._recent
+                  if q and t < start_ms - 15 * FRAME_MS and lv > DIGITAL_SILENCE_DBFS]
+        if len(before) < 5:  # the greeting started early: take what there is
+            before = [lv for t, lv, q in self._recent
+                      if q and t < start_ms - 2 * FRAME_MS and lv > DIGITAL_SILENCE_DBFS]
+        self.pre_db = float(np.percentile(before, 20)) if len(before) >= 5 else None
+        # the frames just before the first word belong to the greeting's floor: a recording's
+        # bed starts 0.1–0.5 s before its first word (a live room was there all along)
+        self._gaps = [(t, lv) for t, lv, q in self._recent
+                      if q and start_ms - 15 * FRAME_MS <= t < start_ms - 2 * FRAME_MS]
+
+    def gap_db(self, until_ms: int | None = None) -> float | None:
+        """Floor in the greeting's pauses up to ``until_ms`` (the last word's end plus a
+        little: a recording's bed runs on briefly after its last word, then the line's floor
+        is back); None until enough pause frames."""
+        g = [lv for t, lv in self._gaps if until_ms is None or t < until_ms]
+        if len(g) < self.cfg.min_gap_frames:
+            return None
+        return float(np.median(g))
+
+    @property
+    def gap_frames(self) -> int:
+        """Pause frames measured so far."""
+        return len(self._gaps)
+
+    def verdict(self, until_ms: int | None = None) -> Verdict:
+        """``recorded`` / ``live`` / ``unknown`` from the floors measured so far."""
+        pre, gap = self.pre_db, self.gap_db(until_ms)
+        if pre is None or gap is None:
+            return "unknown"
+        if abs(gap - pre) >= self.cfg.step_db and max(gap, pre) >= self.cfg.audible_dbfs:
+            return "recorded"
+        if pre >= self.cfg.live_floor_dbfs and abs(gap - pre) <= self.cfg.same_db:
+            return "live"
+        return "unknown"
+
+
+def pitch_track(x: FloatArray, step: int = 160, win: int = 320, fmin: float = 70.0,
+                fmax: float = 400.0, min_corr: float = 0.5) -> FloatArray:
+    """F0 (Hz) every ``step`` samples by normalised autocorrelation; NaN where unvoiced."""
+    lo, hi = int(SAMPLE_RATE / fmax), int(SAMPLE_RATE / fmin)
+    out = []
+    for i in range(0, max(0, x.size - win - hi), step):
+        seg = x[i:i + win + hi]
+        a = seg[:win] - seg[:win].mean()
+        e0 = float(np.dot(a, a))
+        if e0 <= 1e-9:
+            out.append(np.nan)
+            continue
+        best, lag = 0.0, 0
+        for k in range(lo, hi):
+            b = seg[k:k + win]
+            c = float(np.dot(a, b)) / (np.sqrt(e0 * float(np.dot(b, b))) + 1e-12)
+            if c > best:
+                best, lag = c, k
+        out.append(SAMPLE_RATE / lag if best >= min_corr and lag else np.nan)
+    return np.asarray(out, dtype=np.float64)
+
+
+def rises_at_end(word: FloatArray, min_rise: float = 0.12) -> bool:
+    """Does the pitch at the end of ``word`` (the greeting's last stretch of speech, 8 kHz)
+    rise? The last 120 ms of voiced frames against the lowest point (3-frame median) of the
+    240 ms of voiced frames before them: a question's final rise is 15–60 % above that valley;
+    a statement ends at or below it. Octave errors (a frame read at half pitch) are folded."""
+    f0 = pitch_track(word)
+    v = f0[~np.isnan(f0)]
+    if v.size < 12:
+        return False
+    med = float(np.median(v))
+    v = np.where(v < 0.6 * med, 2.0 * v, v)
+    v = np.where(v > 1.7 * med, 0.5 * v, v)
+    tail, prev = v[-6:], v[-18:-6]
+    valley = min(float(np.median(prev[i:i + 3])) for i in range(prev.size - 2))
+    return bool(np.median(tail) >= (1.0 + min_rise) * valley and tail[-1] >= tail[0])

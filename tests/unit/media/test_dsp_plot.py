@@ -1,0 +1,60 @@
+"""`sipbridge analyze FILE.wav --plot out.png` renders a picture, and fails cleanly."""
+
+from __future__ import annotations
+
+import builtins
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from sipbridge.corpus.synth import cadence, sil, tone, write_wav
+from sipbridge.media.analyze import analyze_main
+
+
+def _wav(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    voice = np.concatenate([rng.standard_normal(8000 * 2) * 0.05 * np.sin(
+        np.linspace(0, 40 * np.pi, 8000 * 2)) ** 2])
+    x = np.concatenate([cadence((440.0, 480.0), [2000, 4000], 3000, -22), sil(500), voice,
+                        sil(600), tone((1000.0,), 400, -18), sil(1000)])
+    p = tmp_path / "call.wav"
+    write_wav(p, x)
+    return p
+
+
+def test_plot_renders_a_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "out.png"
+    assert analyze_main([str(_wav(tmp_path)), "--plot", str(out)]) == 0
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+    assert "decision:" in capsys.readouterr().out
+
+
+def test_plot_without_matplotlib_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    real_import = builtins.__import__
+
+    def no_mpl(name: str, *a: Any, **kw: Any) -> Any:
+        if name.startswith("matplotlib"):
+            raise ImportError(name)
+        return real_import(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_mpl)
+    assert analyze_main([str(_wav(tmp_path)), "--plot", str(tmp_path / "x.png")]) == 2
+    assert "sipbridge[plot]" in capsys.readouterr().err
+
+
+def test_plot_to_an_unwritable_place(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "missing-dir" / "x.png"
+    assert analyze_main([str(_wav(tmp_path)), "--plot", str(out)]) == 2
+    assert "cannot write" in capsys.readouterr().err
+
+
+def test_bad_prompt_library_is_a_clean_error(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    assert analyze_main([str(_wav(tmp_path)), "--prompts", str(tmp_path / "nope")]) == 2
+    assert "not a folder" in capsys.readouterr().err
