@@ -12,6 +12,8 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
+from sipbridge.errors import SipParseError
+
 # RFC 3261 25.1: token = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~")
 _TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
 # Compact header forms (RFC 3261 7.3.3) for the headers read here.
@@ -26,10 +28,6 @@ _VIA_RE = re.compile(
     r"\s*(?P<params>(?:;[^,]*)?)$"
 )
 _TAG_RE = re.compile(r";\s*tag\s*=\s*([^;\s>]+)", re.I)
-
-
-class SipParseError(ValueError):
-    """The bytes are not a SIP request the guard can read; the message says why."""
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ from typing import Any
 
 from sipbridge import ipc
 from sipbridge.config import SipConfig
+from sipbridge.errors import PoolError, PoolFull
 from sipbridge.plan import DialPlan
 
 log = logging.getLogger("sipbridge.sip.pool")
@@ -58,14 +59,6 @@ _RESTART_BACKOFF_MAX_S = 10.0
 # Everything the pool hands to ``on_event``.
 PoolEvent = (ipc.LegEvent | ipc.DetectionReport | ipc.DtmfReceived | ipc.DtmfSent
              | ipc.PlaybackDone | ipc.InboundCall)
-
-
-class PoolFull(Exception):
-    """No worker has a free slot (or the pinned worker is full / not running)."""
-
-
-class PoolError(RuntimeError):
-    """The pool could not start its workers."""
 
 
 @dataclass

@@ -1652,7 +1652,7 @@ class Worker:
         for phase, ev in found:
             self.send(ipc.DetectionReport(
                 leg_id=leg.plan.leg_id, call_sid=leg.plan.call_sid, worker_id=self.worker_id,
-                ts=time.time(), phase=phase, kind=ev.kind, detection=ev.detection.to_dict(),
+                ts=time.time(), phase=phase, kind=ev.kind, detection=ev.detection,
             ))
         if self._tap_idle(leg):
             self._disconnect_tap(leg)  # decided: stop paying for the tap

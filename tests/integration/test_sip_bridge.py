@@ -478,7 +478,7 @@ def test_listen_hold_reports_a_live_person(h: Harness) -> None:
             lambda e: isinstance(e, ipc.DetectionReport) and e.kind == "decision", 10
         )
         assert (rep.leg_id, rep.phase) == ("c7/b1", "hold")
-        assert rep.detection["answered_by"] == "human"
+        assert rep.detection.answered_by == "human"
         pool.hangup("c7/b1")
         await rec.state("c7/b1", "ended")
 
