@@ -17,17 +17,38 @@ import asyncio
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from sipbridge.calls import CallService, TriggerInput
-from sipbridge.config import Config
+from sipbridge.config import Config, parse_config
 from sipbridge.errors import PoolFull
 from sipbridge.ipc import DetectionReport, LegEvent
 from sipbridge.media.detect import Detection
 from sipbridge.plan import DialPlan
 from sipbridge.records import CallRecord
 from sipbridge.store import SQLiteStore
+
+# 2026-11-23 is a Monday. 15:00 UTC = 10:00 in New York.
+MON_15_UTC = datetime(2026, 11, 23, 15, 0, tzinfo=UTC).timestamp()
+
+
+def call_config(**over: Any) -> Config:
+    """A bridge config with an agent and two trunks hunting +1 numbers: ``a`` first,
+    ``b`` on failover. ``over`` replaces top-level keys."""
+    base: dict[str, Any] = {
+        "agent": {"uri": "sip:agent@127.0.0.1"},
+        "api": {"tokens": [{"value": "tok"}]},
+        "trunks": [
+            {"name": "a", "address": "127.0.0.1:5061", "caller_id": "+14155550100"},
+            {"name": "b", "address": "127.0.0.1:5062", "caller_id": "+14155550101"},
+        ],
+        "routes": [{"prefix": "+1", "trunks": [{"name": "a", "priority": 0},
+                                               {"name": "b", "priority": 1}]}],
+    }
+    base.update(over)
+    return parse_config(base)
 
 
 class Clock:
@@ -175,7 +196,7 @@ class CallHarness:
     """A CallService with a recording pool, a test clock and a SQLite store in ``tmp``;
     the helpers send what the SIP engine would."""
 
-    def __init__(self, tmp: Path, cfg: Config, t: float = 1000.0, slots: int = 8,
+    def __init__(self, tmp: Path, cfg: Config, t: float = MON_15_UTC, slots: int = 8,
                  seed: int = 7, db: str = "s.db") -> None:
         self.clock = Clock(t)
         self.pool = RecordingPool(slots, clock=self.clock)
@@ -232,4 +253,5 @@ class CallHarness:
                                               phase, kind, detection(answered_by, **fields)))
 
 
-__all__ = ["CallHarness", "Clock", "EventRecorder", "RecordingPool", "detection"]
+__all__ = ["MON_15_UTC", "CallHarness", "Clock", "EventRecorder", "RecordingPool", "call_config",
+           "detection"]

@@ -19,8 +19,8 @@ from sipbridge.ipc import DetectionReport, LegEvent
 from sipbridge.records import CallRecord
 from sipbridge.sip.sdp import audio_codecs, negotiation_detail, sdp_of
 from sipbridge.store import SQLiteStore
-from tests.doubles import CallHarness
-from tests.unit.test_scheduler import MON_15_UTC, cfg
+from tests.doubles import MON_15_UTC, CallHarness
+from tests.doubles import call_config as cfg
 
 
 def _dialled(tmp_path, config=None, **trigger):

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from sipbridge.calls.live import Attempt, CallRegistry
 from sipbridge.ipc import DetectionReport, InboundCall
-from tests.doubles import CallHarness
-from tests.unit.test_scheduler import MON_15_UTC, cfg
+from tests.doubles import MON_15_UTC, CallHarness
+from tests.doubles import call_config as cfg
 
 
 def test_registry_indexes_by_call_and_leg_and_drops_in_one_place():

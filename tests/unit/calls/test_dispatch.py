@@ -15,29 +15,10 @@ from hypothesis import strategies as st
 
 from sipbridge.calls import QUEUE_TIMEOUT_REASON
 from sipbridge.callsettings import DetectionSettings
-from sipbridge.config import parse_config
 from sipbridge.errors import RoutingError
 from sipbridge.schedule import CallingWindow, is_open
-from tests.doubles import CallHarness
-
-
-def cfg(**over):
-    base = {
-        "agent": {"uri": "sip:agent@127.0.0.1"},
-        "api": {"tokens": [{"value": "tok"}]},
-        "trunks": [
-            {"name": "a", "address": "127.0.0.1:5061", "caller_id": "+14155550100"},
-            {"name": "b", "address": "127.0.0.1:5062", "caller_id": "+14155550101"},
-        ],
-        "routes": [{"prefix": "+1", "trunks": [{"name": "a", "priority": 0},
-                                               {"name": "b", "priority": 1}]}],
-    }
-    base.update(over)
-    return parse_config(base)
-
-
-# 2026-11-23 is a Monday. 15:00 UTC = 10:00 in New York.
-MON_15_UTC = datetime(2026, 11, 23, 15, 0, tzinfo=UTC).timestamp()
+from tests.doubles import MON_15_UTC, CallHarness
+from tests.doubles import call_config as cfg
 
 
 def make(tmp_path, config, t=MON_15_UTC, slots=8) -> CallHarness:
