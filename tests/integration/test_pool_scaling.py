@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from sipbridge.sip.pool import PoolFull, WorkerPool
-from tests.integration.test_sip_pool import Recorder, plan, run, sip_cfg
+from tests.doubles import EventRecorder as Recorder
+from tests.integration.harness import run, sip_cfg
+from tests.integration.test_sip_pool import plan
 from tests.sipp import SippUas
 
 pytestmark = pytest.mark.integration

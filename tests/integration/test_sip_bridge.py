@@ -5,22 +5,22 @@ out and relay (RFC 4733 on the wire), playback, inbound INVITEs, slot reservatio
 from __future__ import annotations
 
 import asyncio
-import random
 import re
 import shutil
 import subprocess
 import wave
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pytest
 
 from sipbridge import ipc
-from sipbridge.config import SipConfig
 from sipbridge.plan import DialPlan
-from sipbridge.sip.pool import PoolEvent, PoolFull, WorkerPool
+from sipbridge.sip.pool import PoolFull, WorkerPool
+from tests.doubles import EventRecorder as Recorder
+from tests.integration.harness import CALLEE, CALLER, SippHarness, run, sip_cfg, with_pool
 from tests.rtp import (
     TsharkCapture,
     digits_of,
@@ -30,70 +30,14 @@ from tests.rtp import (
     tone_ratio,
     ulaw_decode,
 )
-from tests.sipp import SCENARIOS, SippUas
+from tests.sipp import SippUas
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed"),
 ]
 
-T = TypeVar("T")
-CALLER = "+15557654321"
-CALLEE = "+15551234567"
 SIPP_PCAPS = Path("/usr/share/sip-tester")
-
-
-def run(coro: Awaitable[T], timeout: float = 40.0) -> T:
-    async def _guard() -> T:
-        return await asyncio.wait_for(coro, timeout)
-
-    return asyncio.run(_guard())
-
-
-class Recorder:
-    """Every event the pool reports; tests wait for one matching a predicate."""
-
-    def __init__(self) -> None:
-        self.events: list[PoolEvent] = []
-        self._waiters: list[tuple[Callable[[Any], bool], asyncio.Future[Any]]] = []
-
-    def __call__(self, ev: PoolEvent) -> None:
-        self.events.append(ev)
-        for pred, fut in list(self._waiters):
-            if not fut.done() and pred(ev):
-                fut.set_result(ev)
-
-    async def wait(self, pred: Callable[[Any], bool], timeout: float = 5.0) -> Any:
-        for ev in self.events:
-            if pred(ev):
-                return ev
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._waiters.append((pred, fut))
-        try:
-            return await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            raise AssertionError(
-                f"no matching event within {timeout} s; got: {self.events}"
-            ) from None
-
-    async def state(self, leg_id: str, state: str, timeout: float = 5.0) -> ipc.LegEvent:
-        ev: ipc.LegEvent = await self.wait(
-            lambda e: isinstance(e, ipc.LegEvent) and e.leg_id == leg_id and e.state == state,
-            timeout,
-        )
-        return ev
-
-    def of(self, kind: type) -> list[Any]:
-        return [e for e in self.events if isinstance(e, kind)]
-
-
-def sip_cfg(workers: int = 1, inbound_allow: list[str] | None = None) -> SipConfig:
-    base = random.randrange(30000, 58000, 200)
-    return SipConfig(
-        listen_address="127.0.0.1", port_min=0, port_max=0, workers=workers,
-        calls_per_worker=4, rtp_port_min=base, rtp_port_max=base + 199, log_level=1,
-        inbound_allow=inbound_allow or [],
-    )
 
 
 def plan(uas: SippUas, leg_id: str, *, role: str = "carrier", bridge_with: str | None = None,
@@ -111,72 +55,6 @@ def plan(uas: SippUas, leg_id: str, *, role: str = "carrier", bridge_with: str |
         role=role,
         bridge_with=bridge_with,
     )
-
-
-async def with_pool(body: Callable[[WorkerPool, Recorder], Awaitable[None]],
-                    cfg: SipConfig | None = None) -> None:
-    rec = Recorder()
-    cfg = cfg or sip_cfg()
-    pool = WorkerPool(cfg, rec)
-    await pool.start()
-    try:
-        await body(pool, rec)
-    finally:
-        await pool.stop()
-    assert pool.exit_codes == {i: 0 for i in range(cfg.workers)}, pool.exit_codes
-
-
-class Harness:
-    def __init__(self, tmp_path: Path) -> None:
-        self.tmp = tmp_path
-        self.procs: list[SippUas | TsharkCapture] = []
-
-    def sipp(self, scenario: str | Path, **subst: str) -> SippUas:
-        path = Path(scenario)
-        if subst:
-            text = (SCENARIOS / scenario).read_text()
-            for k, v in subst.items():
-                text = text.replace(f"@{k}@", v)
-            path = self.tmp / str(scenario).removesuffix(".in")
-            path = path.with_name(f"{path.stem}-{len(self.procs)}{path.suffix}")
-            path.write_text(text)
-        uas = SippUas(path, self.tmp).start()
-        self.procs.append(uas)
-        return uas
-
-    def uac(self, scenario: str, target_port: int) -> SippUas:
-        uac = SippUas(scenario, self.tmp,
-                      extra_args=[f"127.0.0.1:{target_port}", "-m", "1", "-s", "agent"]).start()
-        self.procs.append(uac)
-        return uac
-
-    def capture(self, port: int, name: str) -> TsharkCapture:
-        cap = TsharkCapture(port, self.tmp / f"{name}.pcap").start()
-        self.procs.append(cap)
-        return cap
-
-    def tone(self, freq: int, seconds: float, encoding: str = "u-law") -> Path:
-        """A tone WAV: u-law for SIPp's rtp_stream, signed-integer (PCM) for PlayAudio."""
-        out = self.tmp / f"tone-{freq}-{encoding}.wav"
-        if not out.exists():
-            subprocess.run(
-                ["sox", "-n", "-r", "8000", "-c", "1", "-e", encoding, "-b",
-                 "8" if encoding == "u-law" else "16", str(out),
-                 "synth", str(seconds), "sine", str(freq), "vol", "0.5"],
-                check=True, capture_output=True,
-            )
-        return out
-
-    def stop(self) -> None:
-        for p in self.procs:
-            p.stop()
-
-
-@pytest.fixture
-def h(tmp_path: Path) -> Iterator[Harness]:
-    harness = Harness(tmp_path)
-    yield harness
-    harness.stop()
 
 
 def received_audio(cap: TsharkCapture) -> np.ndarray:
@@ -209,7 +87,7 @@ def event_pt(cap: TsharkCapture) -> int:
 # --------------------------------------------------------------------------- bridge
 
 
-def test_bridge_audio_crosses_both_ways(h: Harness) -> None:
+def test_bridge_audio_crosses_both_ways(h: SippHarness) -> None:
     carrier = h.sipp("uas_answer_stream.xml.in", AUDIO=str(h.tone(1000, 3)))
     agent = h.sipp("uas_answer_stream.xml.in", AUDIO=str(h.tone(1400, 3)))
     to_agent = h.capture(agent.media_port, "to-agent")
@@ -227,7 +105,7 @@ def test_bridge_audio_crosses_both_ways(h: Harness) -> None:
         end = await rec.state("c1/a1", "ended")
         assert end.cause == "bridged_bye" and end.answered
 
-    run(with_pool(body))
+    run(with_pool(body, workers=1))
     at_agent = voiced(received_audio(to_agent))
     at_carrier = voiced(received_audio(to_carrier))
     assert len(at_agent) >= 8000 * 0.8 and len(at_carrier) >= 8000 * 0.8
@@ -235,7 +113,7 @@ def test_bridge_audio_crosses_both_ways(h: Harness) -> None:
     assert tone_ratio(at_carrier, 1400.0) > 10, "agent's 1.4 kHz not heard by the carrier"
 
 
-def test_carrier_bye_ends_agent_leg(h: Harness) -> None:
+def test_carrier_bye_ends_agent_leg(h: SippHarness) -> None:
     carrier = h.sipp("uas_answer_then_bye_3s.xml")
     agent = h.sipp("uas_answer_wait_bye.xml")
 
@@ -251,10 +129,10 @@ def test_carrier_bye_ends_agent_leg(h: Harness) -> None:
         await agent.async_wait_for(lambda m: m.direction == "received" and m.method == "BYE", 3)
         assert pool.free_slots() == 4 and pool.reserved_slots("c2") == {}
 
-    run(with_pool(body))
+    run(with_pool(body, workers=1))
 
 
-def test_agent_bye_ends_carrier_leg(h: Harness) -> None:
+def test_agent_bye_ends_carrier_leg(h: SippHarness) -> None:
     carrier = h.sipp("uas_answer_wait_bye.xml")
     agent = h.sipp("uas_answer_then_bye.xml")
 
@@ -270,13 +148,13 @@ def test_agent_bye_ends_carrier_leg(h: Harness) -> None:
             lambda m: m.direction == "received" and m.method == "BYE", 3
         )
 
-    run(with_pool(body))
+    run(with_pool(body, workers=1))
 
 
 # --------------------------------------------------------------------------- DTMF
 
 
-def test_send_dtmf_rfc4733_with_durations_and_pauses(h: Harness) -> None:
+def test_send_dtmf_rfc4733_with_durations_and_pauses(h: SippHarness) -> None:
     carrier = h.sipp("uas_answer_wait_bye.xml")
     cap = h.capture(carrier.media_port, "dtmf-out")
 
@@ -289,7 +167,7 @@ def test_send_dtmf_rfc4733_with_durations_and_pauses(h: Harness) -> None:
         pool.hangup("c4/b1")
         await rec.state("c4/b1", "ended")
 
-    run(with_pool(body))
+    run(with_pool(body, workers=1))
     cap.stop()
     digits = digits_of(rtp_events(cap.path, cap.port, event_pt(cap)))
     assert [d for d, _ in digits] == ["1", "2", "#"]
@@ -305,7 +183,7 @@ def test_send_dtmf_rfc4733_with_durations_and_pauses(h: Harness) -> None:
 
 
 @pytest.mark.skipif(not (SIPP_PCAPS / "dtmf_2833_1.pcap").exists(), reason="no SIPp pcaps")
-def test_agent_dtmf_relayed_to_carrier(h: Harness) -> None:
+def test_agent_dtmf_relayed_to_carrier(h: SippHarness) -> None:
     carrier = h.sipp("uas_answer_wait_bye.xml")
     cap = h.capture(carrier.media_port, "relay")
 
@@ -340,7 +218,7 @@ def test_agent_dtmf_relayed_to_carrier(h: Harness) -> None:
         pool.hangup("c5/a1")
         await rec.state("c5/b1", "ended")
 
-    run(with_pool(body))
+    run(with_pool(body, workers=1))
     cap.stop()
     digits = digits_of(rtp_events(cap.path, cap.port, event_pt(cap)))
     assert [d for d, _ in digits] == ["1", "5", "7"]
@@ -351,7 +229,7 @@ def test_agent_dtmf_relayed_to_carrier(h: Harness) -> None:
 # --------------------------------------------------------------------------- playback
 
 
-def test_play_wav_into_carrier_leg(h: Harness) -> None:
+def test_play_wav_into_carrier_leg(h: SippHarness) -> None:
     carrier = h.sipp("uas_answer_wait_bye.xml")
     cap = h.capture(carrier.media_port, "play")
     wav = h.tone(1000, 1.0, encoding="signed-integer")
@@ -372,7 +250,7 @@ def test_play_wav_into_carrier_leg(h: Harness) -> None:
         pool.hangup("c6/b1")
         await rec.state("c6/b1", "ended")
 
-    run(with_pool(body))
+    run(with_pool(body, workers=1))
     audio = voiced(received_audio(cap))
     assert len(audio) >= 8000 * 0.8
     assert tone_ratio(audio, 1000.0) > 10
@@ -381,7 +259,7 @@ def test_play_wav_into_carrier_leg(h: Harness) -> None:
 # --------------------------------------------------------------------------- inbound
 
 
-def test_inbound_invite_allowed_respond_180_then_200(h: Harness) -> None:
+def test_inbound_invite_allowed_respond_180_then_200(h: SippHarness) -> None:
     async def body(pool: WorkerPool, rec: Recorder) -> None:
         port = pool.worker_ports()[0]
         uac = h.uac("uac_agent_invite.xml", port)
@@ -404,23 +282,23 @@ def test_inbound_invite_allowed_respond_180_then_200(h: Harness) -> None:
         assert (end.cause, end.answered) == ("remote_bye", True)
         assert pool.free_slots() == 4
 
-    run(with_pool(body, sip_cfg(inbound_allow=["127.0.0.0/8"])))
+    run(with_pool(body, sip_cfg(1, inbound_allow=["127.0.0.0/8"])))
 
 
-def test_inbound_invite_from_disallowed_source_gets_403(h: Harness) -> None:
+def test_inbound_invite_from_disallowed_source_gets_403(h: SippHarness) -> None:
     async def body(pool: WorkerPool, rec: Recorder) -> None:
         uac = h.uac("uac_agent_invite_refused.xml", pool.worker_ports()[0])
         await uac.async_wait_for(lambda m: m.direction == "received" and m.status == 403, 5)
         assert not rec.of(ipc.InboundCall)
         assert pool.free_slots() == 4
 
-    run(with_pool(body, sip_cfg(inbound_allow=["10.0.0.0/8"])))
+    run(with_pool(body, sip_cfg(1, inbound_allow=["10.0.0.0/8"])))
 
 
 # --------------------------------------------------------------------------- slots
 
 
-def test_reserve_slots_for_the_agent_leg(h: Harness) -> None:
+def test_reserve_slots_for_the_agent_leg(h: SippHarness) -> None:
     carrier = h.sipp("uas_answer_wait_bye.xml")
     agent = h.sipp("uas_answer_wait_bye.xml")
 
@@ -454,13 +332,13 @@ def test_reserve_slots_for_the_agent_leg(h: Harness) -> None:
         await rec.state("cd/b1", "ended")
         assert pool.free_slots() == 4 and pool.reserved_slots("cd") == {}
 
-    run(with_pool(body))
+    run(with_pool(body, workers=1))
 
 
 # --------------------------------------------------------------------------- listen
 
 
-def test_listen_hold_reports_a_live_person(h: Harness) -> None:
+def test_listen_hold_reports_a_live_person(h: SippHarness) -> None:
     speech = h.tmp / "person.wav"
     subprocess.run(["espeak-ng", "-v", "en-us", "-s", "160", "-w", str(speech),
                     "Hello, this is Sarah in billing. How can I help you today?"],
@@ -482,10 +360,10 @@ def test_listen_hold_reports_a_live_person(h: Harness) -> None:
         pool.hangup("c7/b1")
         await rec.state("c7/b1", "ended")
 
-    run(with_pool(body))
+    run(with_pool(body, workers=1))
 
 
-def test_inbound_183_carries_the_carrier_early_media(h: Harness) -> None:
+def test_inbound_183_carries_the_carrier_early_media(h: SippHarness) -> None:
     carrier = h.sipp("uas_early_play.xml.in", AUDIO=str(h.tone(1000, 3)))
 
     async def body(pool: WorkerPool, rec: Recorder) -> None:
@@ -510,4 +388,4 @@ def test_inbound_183_carries_the_carrier_early_media(h: Harness) -> None:
         assert len(heard) >= 8000 * 0.8
         assert tone_ratio(heard, 1000.0) > 10
 
-    run(with_pool(body, sip_cfg(inbound_allow=["127.0.0.0/8"])))
+    run(with_pool(body, sip_cfg(1, inbound_allow=["127.0.0.0/8"])))
