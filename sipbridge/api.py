@@ -27,6 +27,7 @@ from pydantic import (
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sipbridge.bodylimit import BodyLimit
+from sipbridge.calls import CallService, TriggerInput
 from sipbridge.config import (
     DetectionSettings,
     IvrSettings,
@@ -34,15 +35,14 @@ from sipbridge.config import (
     WindowConfig,
     check_dtmf,
 )
-from sipbridge.headers import HeaderError, is_token, validate_header_value
-from sipbridge.mediafiles import MediaFileError, media_path
+from sipbridge.errors import ApiError, CallNotFound, InputError, InvalidTransition
+from sipbridge.headers import is_token, validate_header_value
+from sipbridge.mediafiles import media_path
 from sipbridge.netpolicy import callback_url_problem
-from sipbridge.numbers import MAX_NUMBER_CHARS, NumberError, to_e164, validate_country_code
+from sipbridge.numbers import MAX_NUMBER_CHARS, to_e164, validate_country_code
 from sipbridge.ops import Operations
-from sipbridge.routing import RoutingError
+from sipbridge.records import CallEvent, CallRecord, CallStatus
 from sipbridge.schedule import zone
-from sipbridge.service import CallNotFound, CallService, InvalidTransition, TriggerInput
-from sipbridge.store import CallEvent, CallRecord
 
 log = logging.getLogger("sipbridge.api")
 
@@ -50,16 +50,6 @@ METADATA_MAX_B64_BYTES = 26 * 1024
 API_KEY = APIKeyHeader(name="X-PolyAi-Auth-Token", auto_error=False,
                        description="an API token from api.tokens")
 SID_RE = re.compile(r"^OUT-[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, field: str | None = None,
-                 headers: dict[str, str] | None = None):
-        self.status = status
-        self.message = message
-        self.field = field
-        self.headers = headers or {}
-        super().__init__(message)
 
 
 class TriggerBody(BaseModel):
@@ -163,7 +153,7 @@ class EventOut(BaseModel):
 
 class StatusResponse(BaseModel):
     callSid: str
-    status: Literal["queued", "calling", "success", "failure"]
+    status: CallStatus
     reason: str = Field(description="a short cause from the documented outcomes table")
     detail: str = Field("", description="technical text behind the reason (SIP reason "
                         "phrase, codecs, error text); not a stable value")
@@ -204,24 +194,19 @@ def _iso(ts: float) -> str:
         "+00:00", "Z")
 
 
-def _latest_detection(rec: CallRecord) -> dict[str, Any] | None:
-    latest: dict[str, Any] | None = None
-    for leg in rec.legs.values():
-        det = leg.get("detection") or {}
-        latest = det.get("answer") or det.get("early") or latest
-    return latest
-
-
 def status_body(rec: CallRecord, events: list[CallEvent]) -> StatusResponse:
+    detection = rec.latest_detection()
     return StatusResponse(
-        callSid=rec.call_sid, status=rec.status,  # type: ignore[arg-type]
+        callSid=rec.call_sid, status=rec.status,
         reason=rec.reason, detail=rec.detail, created_at=_iso(rec.created_at),
         last_updated=_iso(rec.last_updated), answered_by=rec.answered_by,
-        sip_status=rec.sip_status, attempts=rec.attempts, attempt_history=rec.attempt_history,
+        sip_status=rec.sip_status, attempts=rec.attempts,
+        attempt_history=[a.to_json() for a in rec.attempt_history],
         next_attempt_at=_iso(rec.not_before) if rec.not_before and not rec.terminal else None,
         polyai_call_id=rec.polyai_call_id,
         trunk=rec.trunk or None, to_number=rec.to_number, from_number=rec.from_number,
-        legs=rec.legs, detection=_latest_detection(rec),
+        legs={leg_id: leg.to_json() for leg_id, leg in rec.legs.items()},
+        detection=detection.to_dict() if detection is not None else None,
         events=[EventOut(ts=_iso(e.ts), kind=e.kind, data=e.data) for e in events],
     )
 
@@ -423,7 +408,7 @@ def create_app(
                 detection=body.detection, status_callback=body.status_callback,
                 ivr=body.ivr,
             ))
-        except (NumberError, HeaderError, RoutingError) as e:
+        except InputError as e:  # NumberError, HeaderError, RoutingError
             raise ApiError(400, str(e), e.field) from None
         return TriggerResponse(callSid=rec.call_sid)
 
@@ -480,7 +465,7 @@ def create_app(
         if wav is not None:
             try:
                 media_path(cfg.media.dir, wav, "detection.message_wav")
-            except MediaFileError as e:
+            except InputError as e:  # MediaFileError
                 raise ApiError(400, str(e), e.field) from None
 
     def openapi() -> dict[str, Any]:

@@ -11,9 +11,9 @@ import uvicorn
 from fastapi import FastAPI
 
 from sipbridge.api import create_app
+from sipbridge.calls import CallService
 from sipbridge.config import Config
 from sipbridge.ops import Operations
-from sipbridge.service import CallService
 from sipbridge.store import open_store
 
 log = logging.getLogger("sipbridge")
@@ -36,14 +36,14 @@ def warn_unverified_tls(cfg: Config) -> list[str]:
 
 def build(cfg: Config) -> tuple[FastAPI, CallService]:
     """Create the service and its ASGI app; the app's lifespan starts and stops the service."""
-    from sipbridge.sip.pool import PoolFull, WorkerPool
+    from sipbridge.sip.pool import WorkerPool
 
     warn_unverified_tls(cfg)
 
     store = open_store(cfg.store.kind, cfg.store.path, cfg.store.retention_s)
     service: CallService
     pool = WorkerPool(cfg.sip, lambda ev: service.on_sip_event(ev))
-    service = CallService(cfg, store, pool, pool_full_errors=(PoolFull,))
+    service = CallService(cfg, store, pool)
     app = create_app(service, [t.resolve() for t in cfg.api.tokens], on_shutdown=store.close)
     return app, service
 

@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from sipbridge.store import CallEvent, CallRecord, CallStore
+from sipbridge.records import CallEvent, CallRecord, LegRecord
+from sipbridge.store import CallStore
 
 log = logging.getLogger("sipbridge.cdr")
 
@@ -36,27 +37,27 @@ def build_cdr(rec: CallRecord, attempt: int, result: str, reason: str,
               ended_at: float, detail: str = "") -> dict[str, Any]:
     """The CDR of attempt ``attempt`` of ``rec`` (``rec`` as of the attempt's end)."""
     legs = [leg for leg in rec.legs.values()
-            if leg.get("role", "carrier") == "carrier" and leg.get("attempt") == attempt]
-    legs.sort(key=lambda leg: _f(leg.get("invite_at")) or 0.0)
-    last = legs[-1] if legs else {}
-    invite_at = _f(last.get("invite_at"))
-    ring_at = _f(last.get("ring_at"))
-    answered_at = _f(last.get("answered_at"))
-    leg_end = _f(last.get("ended_at"))
+            if leg.role == "carrier" and leg.attempt == attempt]
+    legs.sort(key=lambda leg: _f(leg.invite_at) or 0.0)
+    last = legs[-1] if legs else LegRecord()
+    invite_at = _f(last.invite_at)
+    ring_at = _f(last.ring_at)
+    answered_at = _f(last.answered_at)
+    leg_end = _f(last.ended_at)
     end = leg_end if leg_end is not None else ended_at
     pdd_ms = round((ring_at - invite_at) * 1000) if ring_at and invite_at else None
     duration = round(max(0.0, end - answered_at), 3) if answered_at else 0.0
     return {
         "call_sid": rec.call_sid, "attempt": attempt, "polyai_call_id": rec.polyai_call_id,
         "to_number": rec.to_number, "from_number": rec.from_number,
-        "trunk": last.get("trunk") or rec.trunk or None,
-        "trunks": [leg.get("trunk") for leg in legs if leg.get("trunk")],
-        "sip_call_ids": [leg["sip_call_id"] for leg in legs if leg.get("sip_call_id")],
+        "trunk": last.trunk or rec.trunk or None,
+        "trunks": [leg.trunk for leg in legs if leg.trunk],
+        "sip_call_ids": [leg.sip_call_id for leg in legs if leg.sip_call_id],
         "invite_at": invite_at, "ring_at": ring_at, "answered_at": answered_at,
         "ended_at": end, "pdd_ms": pdd_ms, "duration_s": duration,
-        "sip_status": last.get("sip_status", rec.sip_status),
+        "sip_status": last.sip_status if last.ended_at is not None else rec.sip_status,
         "result": result, "answered_by": rec.answered_by if answered_at else None,
-        "reason": reason, "cause": last.get("cause"), "detail": detail,
+        "reason": reason, "cause": last.cause, "detail": detail,
     }
 
 

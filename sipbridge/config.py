@@ -29,6 +29,7 @@ from sipbridge.callsettings import StrictModel
 from sipbridge.callsettings import WindowConfig as WindowConfig
 from sipbridge.callsettings import check_dtmf as check_dtmf
 from sipbridge.edge.model import EdgeConfig
+from sipbridge.errors import ConfigError
 from sipbridge.headers import (
     TEMPLATE_FIELDS,
     HeaderError,
@@ -45,16 +46,6 @@ Transport = Literal["udp", "tcp", "tls"]
 Encryption = Literal["TLS/SRTP", "TLS/RTP", "UDP/SRTP", "UDP/RTP"]
 
 _HOSTPORT_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+)(:(\d{1,5}))?$")
-
-
-class ConfigError(Exception):
-    """A configuration file that cannot be used; the message names file, key and reason."""
-
-    def __init__(self, path: str, problems: list[tuple[str, str]]):
-        self.path = path
-        self.problems = problems
-        lines = [f"{path}: {key}: {reason}" for key, reason in problems]
-        super().__init__("invalid configuration:\n  " + "\n  ".join(lines))
 
 
 _Model = StrictModel

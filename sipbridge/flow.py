@@ -15,9 +15,9 @@ States (one attempt)::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
-from sipbridge.config import DetectionSettings, IvrSettings
+from sipbridge.callsettings import DetectionSettings, IvrSettings
+from sipbridge.media.detect import Detection
 from sipbridge.outcomes import (
     Termination,
     from_detection,
@@ -134,16 +134,16 @@ class CallFlow:
             return [StartHold()]
         return self._connect()
 
-    def on_detection(self, phase: str, det: dict[str, Any]) -> list[Action]:
-        answered_by = det.get("answered_by")
+    def on_detection(self, phase: str, det: Detection) -> list[Action]:
+        answered_by = det.answered_by
         if self.state == "ending":
             return []
         # Special information tones and busy/reorder cadences end the attempt in any
         # phase (some networks answer before playing them).
         if answered_by == "sit":
-            return self._end(from_sit(det.get("sit_code")))
-        if det.get("progress"):
-            term = from_progress_tone(str(det["progress"]))
+            return self._end(from_sit(det.sit_code))
+        if det.progress:
+            term = from_progress_tone(str(det.progress))
             return self._end(term) if term is not None else []
         if phase == "hold":
             if self.state == "holding" and answered_by == "human":
@@ -154,11 +154,11 @@ class CallFlow:
             return []
         if self.state in ("ivr_digits", "holding"):
             return []  # walking an IVR: the answer-phase verdict is expected to be machine
-        self.answered_by = str(answered_by) if answered_by else None
+        self.answered_by = answered_by or None
         if answered_by == "fax":
             return self._end(from_detection("fax")) if self.detection.hangup_on_fax else []
         if answered_by in ("machine", "ivr"):
-            return self._on_machine(final=bool(det.get("final", True)))
+            return self._on_machine(final=det.final)
         if answered_by == "human" and self.state == "awaiting_person":
             return self._connect()
         if answered_by in ("silence", "unknown") and self.state == "awaiting_person":

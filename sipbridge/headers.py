@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from sipbridge.errors import HeaderError
+
 # RFC 3261 token = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~")
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~]+$")
 _TEMPLATE_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.\-]*)\}")
@@ -29,14 +31,6 @@ TEMPLATE_FIELDS = frozenset(
     {"call_sid", "to_number", "from_number", "polyai_call_id", "trunk", "attempt",
      "answered_by"}
 )
-
-
-class HeaderError(ValueError):
-    """A header name or value that must not be sent; ``field`` names where it came from."""
-
-    def __init__(self, field: str, message: str):
-        self.field = field
-        super().__init__(f"{field}: {message}")
 
 
 def is_token(name: str) -> bool:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from sipbridge.errors import ProtocolError
+from sipbridge.media.detect import Detection
 from sipbridge.plan import DialPlan
 
 PROTOCOL_VERSION = 1
@@ -30,10 +32,6 @@ EndCause = Literal[
     "media_timeout",  # no RTP on an answered sendrecv leg for media_timeout_s: BYE sent
     "worker_died",  # synthesised by the supervisor when a worker process dies
 ]
-
-
-class ProtocolError(ValueError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -130,7 +128,7 @@ class LegEvent:
 
 @dataclass(frozen=True)
 class DetectionReport:
-    """A recipient-detection result for a leg (sipbridge.media.detect.Detection as a dict).
+    """A recipient-detection result for a leg.
 
     ``phase`` is "early" (183 early media: SIT, call progress) or "answer" (after 200 OK:
     human / machine / ivr / fax / silence / unknown, then the beep). ``kind`` is the
@@ -143,7 +141,7 @@ class DetectionReport:
     ts: float
     phase: str
     kind: str
-    detection: dict[str, Any]
+    detection: Detection
     type: str = "detection"
 
 
@@ -248,6 +246,8 @@ def decode(d: Any) -> Command | Event:
             return Dial(plan=DialPlan(**plan))
         if kind == "inbound":
             body["headers"] = tuple(tuple(h) for h in body["headers"])
+        if kind == "detection":
+            body["detection"] = Detection(**body["detection"])
         cls = {
             "hangup": Hangup,
             "dtmf": SendDtmf,

@@ -11,16 +11,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from sipbridge.errors import MediaFileError
+
 # A plain file name: letters, digits and - _ . + (no separators, no spaces), not hidden.
 _NAME_RE = re.compile(r"^[A-Za-z0-9_+\-][A-Za-z0-9_+\-.]{0,254}$")
-
-
-class MediaFileError(ValueError):
-    """A media file name that cannot be used; ``field`` names where it came from."""
-
-    def __init__(self, field: str, message: str):
-        self.field = field
-        super().__init__(f"{field}: {message}" if field else message)
 
 
 def check_media_name(name: str, field: str = "message_wav") -> str:

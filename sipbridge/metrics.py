@@ -17,7 +17,7 @@ from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 
-from sipbridge.store import TERMINAL, CallEvent, CallRecord
+from sipbridge.records import TERMINAL, CallEvent, CallRecord, LegRecord
 
 log = logging.getLogger("sipbridge.metrics")
 
@@ -128,17 +128,16 @@ class Metrics:
             self.dials.labels(trunk=str(d.get("trunk") or "")).inc()
             return
         if ev.kind.startswith("carrier."):
-            leg = rec.legs.get(str(d.get("leg")), {})
-            trunk = str(leg.get("trunk") or rec.trunk or "")
+            leg = rec.leg(str(d.get("leg"))) or LegRecord()
+            trunk = str(leg.trunk or rec.trunk or "")
             state = ev.kind.removeprefix("carrier.")
             code = d.get("sip_status")
             # an answered leg's end repeats the 200 already counted
             if code and (state in ("ringing", "early", "answered")
-                         or (state == "ended" and "answered_at" not in leg)):
+                         or (state == "ended" and leg.answered_at is None)):
                 self.sip_responses.labels(trunk=trunk, code=str(code)).inc()
-            if (state in ("ringing", "early") and "ring_at" not in leg
-                    and leg.get("invite_at") is not None):
-                self.pdd.labels(trunk=trunk).observe(max(0.0, ev.ts - float(leg["invite_at"])))
+            if state in ("ringing", "early") and leg.ring_at is None and leg.invite_at is not None:
+                self.pdd.labels(trunk=trunk).observe(max(0.0, ev.ts - float(leg.invite_at)))
             return
         if ev.kind == "failover":
             self.failovers.labels(from_trunk=str(d.get("from_trunk") or "")).inc()

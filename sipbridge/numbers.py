@@ -5,14 +5,7 @@ from __future__ import annotations
 import phonenumbers
 from phonenumbers import NumberParseException, PhoneNumberFormat
 
-
-class NumberError(ValueError):
-    """A number or country code that cannot be dialled; ``field`` names the API field."""
-
-    def __init__(self, field: str, message: str):
-        self.field = field
-        super().__init__(f"{field}: {message}")
-
+from sipbridge.errors import NumberError
 
 _PARSE_ERRORS = {
     NumberParseException.INVALID_COUNTRY_CODE: "unknown country calling code",

@@ -12,10 +12,10 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 
+from sipbridge.calls import CallService
 from sipbridge.cdr import CdrWriter
 from sipbridge.metrics import CONTENT_TYPE, Metrics
-from sipbridge.service import CallService
-from sipbridge.store import CallRecord
+from sipbridge.records import CallRecord
 from sipbridge.webhooks import WebhookDispatcher
 
 log = logging.getLogger("sipbridge.ops")
@@ -33,9 +33,8 @@ class _ServiceGauges:
         return len(self.service.store.by_status("queued"))
 
     def pool_slots(self) -> tuple[int, int]:
-        pool: Any = self.service.pool
-        cap = pool.capacity() if hasattr(pool, "capacity") else 0
-        return int(cap), int(pool.free_slots())
+        pool = self.service.pool
+        return pool.capacity(), pool.free_slots()
 
 
 class Operations:
@@ -79,10 +78,8 @@ class Operations:
     def readiness(self) -> dict[str, str]:
         """Component -> "ok" or what is wrong."""
         checks: dict[str, str] = {}
-        pool: Any = self.service.pool
         try:
-            ready = pool.ready_workers() if hasattr(pool, "ready_workers") else (
-                1 if pool.free_slots() > 0 else 0)
+            ready = self.service.pool.ready_workers()
             checks["sip_pool"] = "ok" if ready > 0 else "no SIP worker is ready"
         except Exception as e:
             checks["sip_pool"] = f"error: {e}"

@@ -6,6 +6,7 @@ from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from sipbridge.config import Config, RouteConfig, TrunkConfig
+from sipbridge.errors import RoutingError
 from sipbridge.headers import (
     HeaderError,
     render_template,
@@ -14,12 +15,6 @@ from sipbridge.headers import (
     validate_header_value,
 )
 from sipbridge.plan import DialPlan
-
-
-class RoutingError(ValueError):
-    def __init__(self, field: str, message: str):
-        self.field = field
-        super().__init__(f"{field}: {message}")
 
 
 def choose_route(cfg: Config, e164: str) -> RouteConfig:

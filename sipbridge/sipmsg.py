@@ -18,6 +18,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from sipbridge.errors import SipParseError
 from sipbridge.trunkselect import parse_retry_after
 
 # RFC 3261 25.1: token = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~")
@@ -34,10 +35,6 @@ _VIA_RE = re.compile(
     r"\s*(?P<params>(?:;[^,]*)?)$"
 )
 _TAG_RE = re.compile(r";\s*tag\s*=\s*([^;\s>]+)", re.I)
-
-
-class SipParseError(ValueError):
-    """The bytes are not a SIP request the guard can read; the message says why."""
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Call state storage.
 
-:class:`CallStore` is the interface; :class:`SQLiteStore` the embedded default (WAL,
-durable across restarts). A shared store (Redis) implements the same interface later.
+:class:`CallStore` is the interface (a protocol: the call manager knows nothing else);
+:class:`SQLiteStore` the embedded default (WAL, durable across restarts). A shared store
+(PostgreSQL) implements the same protocol later. The records are in sipbridge.records.
 """
 
 from __future__ import annotations
@@ -10,112 +11,61 @@ import json
 import sqlite3
 import threading
 import time
-from abc import ABC, abstractmethod
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-TERMINAL = frozenset({"success", "failure"})
-STATUSES = ("queued", "calling", "success", "failure")
-
-
-@dataclass(frozen=True)
-class CallEvent:
-    ts: float
-    kind: str
-    data: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class CallRecord:
-    call_sid: str
-    status: str
-    to_number: str
-    from_number: str
-    created_at: float
-    last_updated: float
-    reason: str = ""
-    trunk: str = ""
-    sip_status: int | None = None
-    answered_by: str | None = None
-    polyai_call_id: str | None = None
-    attempts: int = 0
-    ended_at: float | None = None
-    # The validated trigger (metadata, extensions) as given, for dialling and retries.
-    request: dict[str, Any] = field(default_factory=dict)
-    # Per-leg facts: SIP Call-IDs, worker, ...
-    legs: dict[str, Any] = field(default_factory=dict)
-    # Not dialled before this epoch time (calling window, retry backoff).
-    not_before: float | None = None
-    idempotency_key: str | None = None
-    # One entry per finished attempt: attempt, trunks, sip_status, result, reason, times.
-    attempt_history: list[dict[str, Any]] = field(default_factory=list)
-    # Technical text behind ``reason`` (SIP reason phrase, pjsua error, codecs, exception).
-    detail: str = ""
-    # Not stored: why a row could not be read as written (unparseable JSON column). The
-    # call manager fails such a call instead of acting on half of it.
-    damaged: str = ""
-
-    @property
-    def terminal(self) -> bool:
-        return self.status in TERMINAL
+from sipbridge.errors import DuplicateCall, StoreError
+from sipbridge.records import (
+    STATUSES,
+    TERMINAL,
+    AttemptRecord,
+    CallEvent,
+    CallRecord,
+    CallRequest,
+    CallStatus,
+    LegRecord,
+    call_status,
+)
 
 
-class StoreError(RuntimeError):
-    pass
+class CallStore(Protocol):
+    """What the call manager needs from call storage. A backend keeps every field of a
+    :class:`CallRecord` as written (``to_json`` of its typed parts) and answers these
+    queries; a row it cannot read comes back with ``damaged`` saying why."""
 
+    def create(self, rec: CallRecord) -> None:
+        """Store a new call; :class:`DuplicateCall` if its callSid or key exists."""
 
-class DuplicateCall(StoreError):
-    """A call with this callSid or idempotency key exists already."""
-
-
-class CallStore(ABC):
-    """What the supervisor needs from call storage."""
-
-    @abstractmethod
-    def create(self, rec: CallRecord) -> None: ...
-
-    @abstractmethod
     def get(self, call_sid: str, now: float | None = None) -> CallRecord | None:
         """The call, or None if unknown or ended longer than the retention window ago."""
 
-    @abstractmethod
     def save(self, rec: CallRecord) -> None:
         """Write all fields of an existing call."""
 
-    @abstractmethod
     def add_event(self, call_sid: str, event: CallEvent) -> None: ...
 
-    @abstractmethod
     def events(self, call_sid: str) -> list[CallEvent]: ...
 
-    @abstractmethod
-    def by_status(self, *statuses: str) -> list[CallRecord]:
+    def by_status(self, *statuses: CallStatus) -> list[CallRecord]:
         """Calls in any of these statuses, oldest first."""
 
-    @abstractmethod
     def find_by_idempotency_key(self, key: str) -> CallRecord | None: ...
 
-    @abstractmethod
     def find_by_polyai_call_id(self, polyai_call_id: str) -> CallRecord | None: ...
 
-    @abstractmethod
     def purge_expired(self, now: float | None = None) -> int:
         """Delete calls that ended more than the retention window ago; return how many."""
 
-    @abstractmethod
     def add_cdr(self, cdr: dict[str, Any]) -> None:
         """Store one call detail record (a JSON object with ``call_sid``, ``attempt`` and
         ``ended_at`` epoch seconds). CDRs are kept when their call is purged."""
 
-    @abstractmethod
     def cdrs(self, since: float, until: float | None = None) -> list[dict[str, Any]]:
         """CDRs whose attempt ended in ``[since, until)``, oldest first."""
 
-    @abstractmethod
     def ping(self) -> bool: ...
 
-    @abstractmethod
     def close(self) -> None: ...
 
 
@@ -178,7 +128,28 @@ _COLS = (
 _JSON_COLS = ("request", "legs", "attempt_history")
 
 
-class SQLiteStore(CallStore):
+def _json_object(v: Any) -> dict[str, Any]:
+    if not isinstance(v, dict):
+        raise ValueError("not a JSON object")
+    return v
+
+
+def _json_list(v: Any) -> list[Any]:
+    if not isinstance(v, list):
+        raise ValueError("not a JSON list")
+    return v
+
+
+# How each JSON column becomes its typed field (ValueError/TypeError/KeyError: damaged).
+_PARSE: dict[str, Any] = {
+    "request": lambda v: CallRequest.from_json(_json_object(v)),
+    "legs": lambda v: {str(k): LegRecord.from_json(x) for k, x in _json_object(v).items()},
+    "attempt_history": lambda v: tuple(AttemptRecord.from_json(x) for x in _json_list(v)),
+}
+_EMPTY: dict[str, Any] = {"request": CallRequest(), "legs": {}, "attempt_history": ()}
+
+
+class SQLiteStore:
     """SQLite in WAL mode; every write is committed before the call returns."""
 
     def __init__(self, path: str | Path, retention_s: float = 7200.0):
@@ -214,21 +185,24 @@ class SQLiteStore(CallStore):
         d = dict(zip(_COLS, row, strict=True))
         damaged = []
         for c in _JSON_COLS:
-            empty: Any = [] if c == "attempt_history" else {}
             try:
-                d[c] = json.loads(d[c])
-            except (TypeError, ValueError) as e:
+                d[c] = _PARSE[c](json.loads(d[c]))
+            except (TypeError, ValueError, KeyError) as e:
                 damaged.append(f"column {c}: {e}")
-                d[c] = empty
-            if not isinstance(d[c], type(empty)):
-                damaged.append(f"column {c}: not a JSON {type(empty).__name__}")
-                d[c] = empty
+                d[c] = _EMPTY[c]
+        try:
+            d["status"] = call_status(d["status"])
+        except ValueError as e:
+            damaged.append(f"column status: {e}")
         if damaged:
             d["damaged"] = "; ".join(damaged)
         return CallRecord(**d)
 
     def _values(self, rec: CallRecord) -> tuple[Any, ...]:
         d = {c: getattr(rec, c) for c in _COLS}
+        d["request"] = rec.request.to_json()
+        d["legs"] = {k: leg.to_json() for k, leg in rec.legs.items()}
+        d["attempt_history"] = [a.to_json() for a in rec.attempt_history]
         for c in _JSON_COLS:
             d[c] = json.dumps(d[c], separators=(",", ":"))
         return tuple(d[c] for c in _COLS)
@@ -285,7 +259,7 @@ class SQLiteStore(CallStore):
             ).fetchall()
         return [CallEvent(ts, kind, json.loads(data)) for ts, kind, data in rows]
 
-    def by_status(self, *statuses: str) -> list[CallRecord]:
+    def by_status(self, *statuses: CallStatus) -> list[CallRecord]:
         marks = ",".join("?" * len(statuses))
         with self._lock:
             rows = self._db.execute(
@@ -352,6 +326,7 @@ def open_store(kind: str, path: str, retention_s: float) -> CallStore:
 
 
 __all__ = [
-    "STATUSES", "TERMINAL", "CallEvent", "CallRecord", "CallStore", "DuplicateCall", "SQLiteStore",
-    "StoreError", "open_store", "replace",
+    "STATUSES", "TERMINAL", "AttemptRecord", "CallEvent", "CallRecord", "CallRequest",
+    "CallStatus", "CallStore", "DuplicateCall", "LegRecord", "SQLiteStore", "StoreError",
+    "open_store", "replace",
 ]

@@ -37,8 +37,9 @@ import httpx
 
 from sipbridge.aio import cancel_all
 from sipbridge.config import WebhookConfig
+from sipbridge.errors import TargetRefused
 from sipbridge.netpolicy import address_problem, callback_url_problem
-from sipbridge.store import CallEvent, CallRecord
+from sipbridge.records import CallEvent, CallRecord
 
 # (host, port) -> the IP addresses to try, in order.
 Resolver = Callable[[str, int], Awaitable[list[str]]]
@@ -74,10 +75,6 @@ async def system_resolve(host: str, port: int) -> list[str]:
     infos = await asyncio.get_running_loop().getaddrinfo(host, port,
                                                          type=socket.SOCK_STREAM)
     return [str(info[4][0]) for info in infos]
-
-
-class TargetRefused(Exception):
-    """The callback's target is not allowed by webhooks.allow_private / allow_cidrs."""
 
 
 @dataclass(frozen=True)
@@ -131,7 +128,7 @@ class WebhookDispatcher:
         if ev.kind != "status":
             return
         try:
-            url = rec.request.get("status_callback") or self.cfg.url
+            url = rec.request.status_callback or self.cfg.url
             if not url:
                 return
             body = json.dumps(self.render(rec), separators=(",", ":")).encode()

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from sipbridge.errors import AudioFormatError
 from sipbridge.media.detect import Detection, DetectionConfig, Detector, Mode, TimelineEntry
 from sipbridge.media.frames import (
     SAMPLE_RATE,
@@ -28,10 +29,6 @@ from sipbridge.media.frames import (
 from sipbridge.media.promptlib import PromptLibrary
 
 _FMT_PCM, _FMT_FLOAT, _FMT_ALAW, _FMT_MULAW, _FMT_EXT = 1, 3, 6, 7, 0xFFFE
-
-
-class AudioFormatError(ValueError):
-    """The input is not a WAV file this tool can read; the message names the problem."""
 
 
 def read_wav(path: str | Path) -> tuple[FloatArray, int]:

@@ -115,7 +115,7 @@ class Detection:
         for phase, ev in found:
             w.send(ipc.DetectionReport(
                 leg_id=leg.leg_id, call_sid=leg.plan.call_sid, worker_id=w.worker_id,
-                ts=time.time(), phase=phase, kind=ev.kind, detection=ev.detection.to_dict(),
+                ts=time.time(), phase=phase, kind=ev.kind, detection=ev.detection,
             ))
         if not ls.wants_tap():
             self._disconnect_tap(leg)  # decided: stop paying for the tap

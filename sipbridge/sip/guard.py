@@ -29,6 +29,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from sipbridge.errors import GuardError
 from sipbridge.rxpolicy import Action, RxPolicy, Verdict
 
 PJSIP_MAX_PKT_LEN = 4000  # the wheel's build setting (pjsip/sip_config.h default)
@@ -37,10 +38,6 @@ PJ_INET6_ADDRSTRLEN = 46
 # transaction, a dialog or a call exists for it; above the transport layer's (8).
 GUARD_PRIORITY = 12
 _PJ_TRUE, _PJ_FALSE = 1, 0
-
-
-class GuardError(RuntimeError):
-    """The guard could not be installed or its view of pjsip's structures is wrong."""
 
 
 class _PjStr(ctypes.Structure):

@@ -40,6 +40,7 @@ from typing import Any
 
 from sipbridge import ipc
 from sipbridge.config import SipConfig
+from sipbridge.errors import PoolError, PoolFull
 from sipbridge.plan import DialPlan
 from sipbridge.sip.forkserver import start_worker_process, worker_context
 from sipbridge.sip.scaling import Scaler, worker_bounds
@@ -55,12 +56,6 @@ PoolEvent = (ipc.LegEvent | ipc.DetectionReport | ipc.DtmfReceived | ipc.DtmfSen
              | ipc.PlaybackDone | ipc.InboundCall)
 
 
-class PoolFull(Exception):
-    """No worker has a free slot (or the pinned worker is full / not running)."""
-
-
-class PoolError(RuntimeError):
-    """The pool could not start its workers."""
 
 
 class WorkerPool:

@@ -217,14 +217,15 @@ def test_start_up_fails_poisoned_records_and_goes_on(tmp_path: Path) -> None:
                                     last_updated=now, attempts=1 if status == "calling" else 0,
                                     **kw))
 
-        huge = {"max_attempts": 3, "base_s": 1e308, "cap_s": 1e308, "factor": 2,
-                "jitter": 0, "retry_on": ["bridge_error"]}
-        rec("OUT-00000000-0000-4000-8000-000000000001", "calling", request={"retry": huge})
+        huge = ('{"retry": {"max_attempts": 3, "base_s": 1e308, "cap_s": 1e308, "factor": 2, '
+                '"jitter": 0, "retry_on": ["bridge_error"]}}')
+        rec("OUT-00000000-0000-4000-8000-000000000001", "calling")
         rec("OUT-00000000-0000-4000-8000-000000000002", "calling")
-        rec("OUT-00000000-0000-4000-8000-000000000003", "queued",
-            request={"metadata": {}, "encryption": None, "from_number": None})
+        rec("OUT-00000000-0000-4000-8000-000000000003", "queued")
         store.close()
         db = sqlite3.connect(cfg["store"]["path"])
+        # a retry policy out of bounds (its backoff would overflow), unparseable JSON
+        db.execute("UPDATE calls SET request=? WHERE call_sid LIKE '%0001'", (huge,))
         db.execute("UPDATE calls SET legs='{not json' WHERE call_sid LIKE '%0002'")
         db.commit()
         db.close()

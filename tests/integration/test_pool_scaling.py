@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from sipbridge.devtools.sipp import SippUas
-from sipbridge.ipc import LegEvent
 from sipbridge.sip.pool import PoolFull, WorkerPool
-from tests.integration.test_sip_pool import Recorder, plan, run, sip_cfg
+from tests.doubles import EventRecorder as Recorder
+from tests.integration.harness import run, sip_cfg
+from tests.integration.test_sip_pool import plan
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +52,7 @@ def test_pool_grows_to_max_and_shrinks_after_ttl(tmp_path: Path) -> None:
                     await asyncio.sleep(0.05)  # the pool is spawning a worker
             assert pool.worker_count() == 3
             await asyncio.gather(*(rec.state(leg, "answered", 10) for leg in legs))
-            used = {e.worker_id for e in rec.of(LegEvent) if e.state == "answered"}
+            used = {e.worker_id for e in rec.events if e.state == "answered"}
             assert len(used) == 3, used
             # Two more fit (12 slots); beyond that PoolFull, and the pool stays at max.
             pool.dial(plan(uas, "g10/b1"))

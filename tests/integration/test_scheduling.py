@@ -118,7 +118,7 @@ def test_cps_cap_holds_when_50_calls_arrive_at_once(tmp_path: Path,
     # are taken by SIPp on arrival: on a loaded 2-core machine one INVITE can be stamped
     # late and the next on time, compressing a gap; allow 50 ms of stamping jitter at
     # each end of a window. (The scheduler's own dial times are checked exactly, without
-    # slack, by the property test in tests/unit/test_scheduler.py.)
+    # slack, by the property test in tests/unit/calls/test_dispatch.py.)
     slack_s = 0.1
     for i in range(len(times)):
         for j in range(i, len(times)):

@@ -9,7 +9,7 @@ import re
 import shutil
 import subprocess
 import wave
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 
 from sipbridge import ipc
-from sipbridge.config import SipConfig
-from sipbridge.devtools.sipp import SippUas, render_scenario, ulaw_wav
+from sipbridge.devtools.sipp import SippUas
+from sipbridge.plan import DialPlan
 from sipbridge.sip.pool import PoolFull, WorkerPool
-from tests.integration import test_sip_pool as base
-from tests.integration.test_sip_pool import CALLEE, Recorder, plan, run, sip_cfg
+from tests.doubles import EventRecorder as Recorder
+from tests.integration.harness import CALLEE, CALLER, SippHarness, run, sip_cfg, with_pool
 from tests.rtp import (
     TsharkCapture,
     digits_of,
@@ -40,60 +40,21 @@ pytestmark = [
 SIPP_PCAPS = Path("/usr/share/sip-tester")
 
 
-async def with_pool(body: Callable[[WorkerPool, Recorder], Awaitable[None]],
-                    cfg: SipConfig | None = None) -> None:
-    """:func:`tests.integration.test_sip_pool.with_pool` with one worker by default."""
-    await base.with_pool(body, cfg=cfg or sip_cfg(1))
-
-
-class Harness:
-    def __init__(self, tmp_path: Path) -> None:
-        self.tmp = tmp_path
-        self.procs: list[SippUas | TsharkCapture] = []
-
-    def sipp(self, scenario: str | Path, **subst: str) -> SippUas:
-        path = Path(scenario)
-        if subst:
-            path = self.tmp / str(scenario).removesuffix(".in")
-            path = render_scenario(str(scenario), path.with_name(
-                f"{path.stem}-{len(self.procs)}{path.suffix}"), **subst)
-        uas = SippUas(path, self.tmp).start()
-        self.procs.append(uas)
-        return uas
-
-    def uac(self, scenario: str, target_port: int) -> SippUas:
-        uac = SippUas(scenario, self.tmp,
-                      extra_args=[f"127.0.0.1:{target_port}", "-m", "1", "-s", "agent"]).start()
-        self.procs.append(uac)
-        return uac
-
-    def capture(self, port: int, name: str) -> TsharkCapture:
-        cap = TsharkCapture(port, self.tmp / f"{name}.pcap").start()
-        self.procs.append(cap)
-        return cap
-
-    def tone(self, freq: int, seconds: float, encoding: str = "u-law") -> Path:
-        """A tone WAV: u-law for SIPp's rtp_stream, signed-integer (PCM) for PlayAudio."""
-        out = self.tmp / f"tone-{freq}-{encoding}.wav"
-        if not out.exists():
-            subprocess.run(
-                ["sox", "-n", "-r", "8000", "-c", "1", "-e", encoding, "-b",
-                 "8" if encoding == "u-law" else "16", str(out),
-                 "synth", str(seconds), "sine", str(freq), "vol", "0.5"],
-                check=True, capture_output=True,
-            )
-        return out
-
-    def stop(self) -> None:
-        for p in self.procs:
-            p.stop()
-
-
-@pytest.fixture
-def h(tmp_path: Path) -> Iterator[Harness]:
-    harness = Harness(tmp_path)
-    yield harness
-    harness.stop()
+def plan(uas: SippUas, leg_id: str, *, role: str = "carrier", bridge_with: str | None = None,
+         call_sid: str | None = None) -> DialPlan:
+    return DialPlan(
+        call_sid=call_sid or leg_id.split("/")[0],
+        leg_id=leg_id,
+        trunk="sipp",
+        request_uri=f"sip:{CALLEE}@{uas.uri_hostport};transport=udp",
+        from_uri=f"<sip:{CALLER}@127.0.0.1>",
+        to_uri=f"<sip:{CALLEE}@{uas.uri_hostport}>",
+        headers=(),
+        ring_timeout_s=10.0,
+        max_duration_s=30.0,
+        role=role,
+        bridge_with=bridge_with,
+    )
 
 
 def received_audio(cap: TsharkCapture) -> np.ndarray:
@@ -126,7 +87,7 @@ def event_pt(cap: TsharkCapture) -> int:
 # --------------------------------------------------------------------------- bridge
 
 
-def test_bridge_audio_crosses_both_ways(h: Harness) -> None:
+def test_bridge_audio_crosses_both_ways(h: SippHarness) -> None:
     carrier = h.sipp("uas_answer_stream.xml.in", AUDIO=str(h.tone(1000, 3)))
     agent = h.sipp("uas_answer_stream.xml.in", AUDIO=str(h.tone(1400, 3)))
     to_agent = h.capture(agent.media_port, "to-agent")
@@ -144,7 +105,7 @@ def test_bridge_audio_crosses_both_ways(h: Harness) -> None:
         end = await rec.state("c1/a1", "ended")
         assert end.cause == "bridged_bye" and end.answered
 
-    run(with_pool(body))
+    run(with_pool(body, workers=1))
     at_agent = voiced(received_audio(to_agent))
     at_carrier = voiced(received_audio(to_carrier))
     assert len(at_agent) >= 8000 * 0.8 and len(at_carrier) >= 8000 * 0.8
@@ -152,7 +113,7 @@ def test_bridge_audio_crosses_both_ways(h: Harness) -> None:
     assert tone_ratio(at_carrier, 1400.0) > 10, "agent's 1.4 kHz not heard by the carrier"
 
 
-def test_carrier_bye_ends_agent_leg(h: Harness) -> None:
+def test_carrier_bye_ends_agent_leg(h: SippHarness) -> None:
     carrier = h.sipp("uas_answer_then_bye_3s.xml")
     agent = h.sipp("uas_answer_wait_bye.xml")
 
@@ -168,10 +129,10 @@ def test_carrier_bye_ends_agent_leg(h: Harness) -> None:
         await agent.async_wait_for(lambda m: m.direction == "received" and m.method == "BYE", 3)
         assert pool.free_slots() == 4 and pool.reserved_slots("c2") == {}
 
-    run(with_pool(body))
+    run(with_pool(body, workers=1))
 
 
-def test_agent_bye_ends_carrier_leg(h: Harness) -> None:
+def test_agent_bye_ends_carrier_leg(h: SippHarness) -> None:
     carrier = h.sipp("uas_answer_wait_bye.xml")
     agent = h.sipp("uas_answer_then_bye.xml")
 
@@ -187,13 +148,13 @@ def test_agent_bye_ends_carrier_leg(h: Harness) -> None:
             lambda m: m.direction == "received" and m.method == "BYE", 3
         )
 
-    run(with_pool(body))
+    run(with_pool(body, workers=1))
 
 
 # --------------------------------------------------------------------------- DTMF
 
 
-def test_send_dtmf_rfc4733_with_durations_and_pauses(h: Harness) -> None:
+def test_send_dtmf_rfc4733_with_durations_and_pauses(h: SippHarness) -> None:
     carrier = h.sipp("uas_answer_wait_bye.xml")
     cap = h.capture(carrier.media_port, "dtmf-out")
 
@@ -206,7 +167,7 @@ def test_send_dtmf_rfc4733_with_durations_and_pauses(h: Harness) -> None:
         pool.hangup("c4/b1")
         await rec.state("c4/b1", "ended")
 
-    run(with_pool(body))
+    run(with_pool(body, workers=1))
     cap.stop()
     digits = digits_of(rtp_events(cap.path, cap.port, event_pt(cap)))
     assert [d for d, _ in digits] == ["1", "2", "#"]
@@ -222,7 +183,7 @@ def test_send_dtmf_rfc4733_with_durations_and_pauses(h: Harness) -> None:
 
 
 @pytest.mark.skipif(not (SIPP_PCAPS / "dtmf_2833_1.pcap").exists(), reason="no SIPp pcaps")
-def test_agent_dtmf_relayed_to_carrier(h: Harness) -> None:
+def test_agent_dtmf_relayed_to_carrier(h: SippHarness) -> None:
     carrier = h.sipp("uas_answer_wait_bye.xml")
     cap = h.capture(carrier.media_port, "relay")
 
@@ -257,7 +218,7 @@ def test_agent_dtmf_relayed_to_carrier(h: Harness) -> None:
         pool.hangup("c5/a1")
         await rec.state("c5/b1", "ended")
 
-    run(with_pool(body))
+    run(with_pool(body, workers=1))
     cap.stop()
     digits = digits_of(rtp_events(cap.path, cap.port, event_pt(cap)))
     assert [d for d, _ in digits] == ["1", "5", "7"]
@@ -268,7 +229,7 @@ def test_agent_dtmf_relayed_to_carrier(h: Harness) -> None:
 # --------------------------------------------------------------------------- playback
 
 
-def test_play_wav_into_carrier_leg(h: Harness) -> None:
+def test_play_wav_into_carrier_leg(h: SippHarness) -> None:
     carrier = h.sipp("uas_answer_wait_bye.xml")
     cap = h.capture(carrier.media_port, "play")
     wav = h.tone(1000, 1.0, encoding="signed-integer")
@@ -289,7 +250,7 @@ def test_play_wav_into_carrier_leg(h: Harness) -> None:
         pool.hangup("c6/b1")
         await rec.state("c6/b1", "ended")
 
-    run(with_pool(body))
+    run(with_pool(body, workers=1))
     audio = voiced(received_audio(cap))
     assert len(audio) >= 8000 * 0.8
     assert tone_ratio(audio, 1000.0) > 10
@@ -298,7 +259,7 @@ def test_play_wav_into_carrier_leg(h: Harness) -> None:
 # --------------------------------------------------------------------------- inbound
 
 
-def test_inbound_invite_allowed_respond_180_then_200(h: Harness) -> None:
+def test_inbound_invite_allowed_respond_180_then_200(h: SippHarness) -> None:
     async def body(pool: WorkerPool, rec: Recorder) -> None:
         port = pool.worker_ports()[0]
         uac = h.uac("uac_agent_invite.xml", port)
@@ -324,7 +285,7 @@ def test_inbound_invite_allowed_respond_180_then_200(h: Harness) -> None:
     run(with_pool(body, sip_cfg(1, inbound_allow=["127.0.0.0/8"])))
 
 
-def test_inbound_invite_from_disallowed_source_gets_403(h: Harness) -> None:
+def test_inbound_invite_from_disallowed_source_gets_403(h: SippHarness) -> None:
     async def body(pool: WorkerPool, rec: Recorder) -> None:
         uac = h.uac("uac_agent_invite_refused.xml", pool.worker_ports()[0])
         await uac.async_wait_for(lambda m: m.direction == "received" and m.status == 403, 5)
@@ -337,7 +298,7 @@ def test_inbound_invite_from_disallowed_source_gets_403(h: Harness) -> None:
 # --------------------------------------------------------------------------- slots
 
 
-def test_reserve_slots_for_the_agent_leg(h: Harness) -> None:
+def test_reserve_slots_for_the_agent_leg(h: SippHarness) -> None:
     carrier = h.sipp("uas_answer_wait_bye.xml")
     agent = h.sipp("uas_answer_wait_bye.xml")
 
@@ -371,18 +332,20 @@ def test_reserve_slots_for_the_agent_leg(h: Harness) -> None:
         await rec.state("cd/b1", "ended")
         assert pool.free_slots() == 4 and pool.reserved_slots("cd") == {}
 
-    run(with_pool(body))
+    run(with_pool(body, workers=1))
 
 
 # --------------------------------------------------------------------------- listen
 
 
-def test_listen_hold_reports_a_live_person(h: Harness) -> None:
+def test_listen_hold_reports_a_live_person(h: SippHarness) -> None:
     speech = h.tmp / "person.wav"
     subprocess.run(["espeak-ng", "-v", "en-us", "-s", "160", "-w", str(speech),
                     "Hello, this is Sarah in billing. How can I help you today?"],
                    check=True, capture_output=True)
-    audio = ulaw_wav(speech, h.tmp / "person-ulaw.wav", "pad", "1.0", "0")
+    audio = h.tmp / "person-ulaw.wav"
+    subprocess.run(["sox", str(speech), "-r", "8000", "-c", "1", "-e", "u-law", str(audio),
+                    "pad", "1.0", "0"], check=True, capture_output=True)
     carrier = h.sipp("uas_answer_play.xml.in", AUDIO=str(audio))
 
     async def body(pool: WorkerPool, rec: Recorder) -> None:
@@ -393,14 +356,14 @@ def test_listen_hold_reports_a_live_person(h: Harness) -> None:
             lambda e: isinstance(e, ipc.DetectionReport) and e.kind == "decision", 10
         )
         assert (rep.leg_id, rep.phase) == ("c7/b1", "hold")
-        assert rep.detection["answered_by"] == "human"
+        assert rep.detection.answered_by == "human"
         pool.hangup("c7/b1")
         await rec.state("c7/b1", "ended")
 
-    run(with_pool(body))
+    run(with_pool(body, workers=1))
 
 
-def test_inbound_183_carries_the_carrier_early_media(h: Harness) -> None:
+def test_inbound_183_carries_the_carrier_early_media(h: SippHarness) -> None:
     carrier = h.sipp("uas_early_play.xml.in", AUDIO=str(h.tone(1000, 3)))
 
     async def body(pool: WorkerPool, rec: Recorder) -> None:

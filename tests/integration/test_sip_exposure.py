@@ -8,20 +8,20 @@ from __future__ import annotations
 import pytest
 
 from sipbridge.sip.pool import WorkerPool
-from tests.integration import test_sip_pool as base
-from tests.integration.test_sip_trunks import Harness, _bare_worker, h, plan
+from tests.doubles import EventRecorder
+from tests.integration import harness as base
+from tests.integration.harness import SippHarness
+from tests.integration.test_sip_trunks import _bare_worker, plan
 
 pytestmark = pytest.mark.integration
 
-__all__ = ["h"]
 
-
-def test_plain_trunk_offer_has_no_ice_and_no_srtp(h: Harness) -> None:
+def test_plain_trunk_offer_has_no_ice_and_no_srtp(h: SippHarness) -> None:
     uas = h.sipp("uas_answer_ice_crypto.xml")
     # by name: resolved by the OS (pjsip has no nameserver, so no resolver of its own)
     hostport = f"localhost:{uas.port}"
 
-    async def body(pool: WorkerPool, rec: base.Recorder) -> None:
+    async def body(pool: WorkerPool, rec: EventRecorder) -> None:
         pool.dial(plan(hostport, "x1/b1"))
         await rec.state("x1/b1", "answered")
         (inv,) = uas.received("INVITE")

@@ -4,98 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
-from sipbridge.config import SipConfig
 from sipbridge.devtools.sipp import SipMessage, SippUas
-from sipbridge.ipc import LegEvent
 from sipbridge.plan import DialPlan
-from sipbridge.sip.pool import PoolEvent, PoolFull, WorkerPool
+from sipbridge.sip.pool import PoolFull, WorkerPool
+from tests.doubles import EventRecorder as Recorder
+from tests.integration.harness import CALLEE, CALLER, SippHarness, run, sip_cfg, with_pool
 
 pytestmark = pytest.mark.integration
-
-T = TypeVar("T")
-E = TypeVar("E")
-CALLER = "+15557654321"
-CALLEE = "+15551234567"
-
-
-def run(coro: Awaitable[T], timeout: float = 40.0) -> T:
-    """Run one test coroutine with an overall deadline."""
-
-    async def _guard() -> T:
-        return await asyncio.wait_for(coro, timeout)
-
-    return asyncio.run(_guard())
-
-
-class Recorder:
-    """Every event the pool reports (leg states, detection, DTMF, inbound calls, ...);
-    a test waits for one matching a predicate. Shared by the SIP engine tests."""
-
-    def __init__(self) -> None:
-        self.events: list[PoolEvent] = []
-        self._waiters: list[tuple[Callable[[Any], bool], asyncio.Future[Any]]] = []
-
-    def __call__(self, ev: PoolEvent) -> None:
-        self.events.append(ev)
-        for pred, fut in list(self._waiters):
-            if not fut.done() and pred(ev):
-                fut.set_result(ev)
-
-    async def wait(self, pred: Callable[[Any], bool], timeout: float = 5.0) -> Any:
-        for ev in self.events:
-            if pred(ev):
-                return ev
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._waiters.append((pred, fut))
-        try:
-            return await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            raise AssertionError(
-                f"no matching event within {timeout} s; got: {self.events}"
-            ) from None
-
-    async def state(self, leg_id: str, state: str, timeout: float = 5.0) -> LegEvent:
-        ev: LegEvent = await self.wait(
-            lambda e: isinstance(e, LegEvent) and e.leg_id == leg_id and e.state == state,
-            timeout,
-        )
-        return ev
-
-    def of(self, kind: type[E]) -> list[E]:
-        return [e for e in self.events if isinstance(e, kind)]
-
-    def states(self, leg_id: str) -> list[str]:
-        return [e.state for e in self.of(LegEvent) if e.leg_id == leg_id]
-
-    def ended(self, leg_id: str) -> list[LegEvent]:
-        return [e for e in self.of(LegEvent) if e.leg_id == leg_id and e.state == "ended"]
-
-
-def sip_cfg(workers: int = 2, inbound_allow: list[str] | None = None) -> SipConfig:
-    # A random RTP slice so concurrent test runs on this host rarely collide.
-    base = random.randrange(30000, 58000, 200)
-    return SipConfig(
-        listen_address="127.0.0.1",
-        port_min=0,
-        port_max=0,
-        workers=workers,
-        calls_per_worker=4,
-        rtp_port_min=base,
-        rtp_port_max=base + 199,
-        log_level=1,
-        inbound_allow=inbound_allow or [],
-    )
-
 
 def plan(
     uas: SippUas,
@@ -105,13 +27,10 @@ def plan(
     max_duration_s: float = 30.0,
     headers: tuple[tuple[str, str], ...] = (),
     request_uri: str | None = None,
-    role: str = "carrier",
-    bridge_with: str | None = None,
-    call_sid: str | None = None,
 ) -> DialPlan:
     ruri = request_uri or f"sip:{CALLEE}@{uas.uri_hostport};transport=udp"
     return DialPlan(
-        call_sid=call_sid or leg_id.split("/")[0],
+        call_sid=leg_id.split("/")[0],
         leg_id=leg_id,
         trunk="sipp",
         request_uri=ruri,
@@ -120,49 +39,7 @@ def plan(
         headers=headers,
         ring_timeout_s=ring_timeout_s,
         max_duration_s=max_duration_s,
-        role=role,
-        bridge_with=bridge_with,
     )
-
-
-class Harness:
-    def __init__(self, tmp_path: Path) -> None:
-        self.tmp_path = tmp_path
-        self.uases: list[SippUas] = []
-
-    def sipp(self, scenario: str) -> SippUas:
-        uas = SippUas(scenario, self.tmp_path).start()
-        self.uases.append(uas)
-        return uas
-
-    def stop(self) -> None:
-        for u in self.uases:
-            u.stop()
-
-
-@pytest.fixture
-def h(tmp_path: Path) -> Iterator[Harness]:
-    harness = Harness(tmp_path)
-    yield harness
-    harness.stop()
-
-
-async def with_pool(
-    body: Callable[[WorkerPool, Recorder], Awaitable[None]], workers: int = 2,
-    cfg: SipConfig | None = None,
-) -> WorkerPool:
-    """Run ``body`` against a started pool (``cfg``, or :func:`sip_cfg` with ``workers``)."""
-    rec = Recorder()
-    cfg = cfg or sip_cfg(workers)
-    pool = WorkerPool(cfg, rec)
-    await pool.start()
-    try:
-        await body(pool, rec)
-    finally:
-        await pool.stop()
-    # Clean shutdown: no pjsua2 assertion / crash at libDestroy, no process left.
-    assert pool.exit_codes == {i: 0 for i in range(cfg.workers)}, pool.exit_codes
-    return pool
 
 
 def invites(uas: SippUas) -> list[SipMessage]:
@@ -172,7 +49,7 @@ def invites(uas: SippUas) -> list[SipMessage]:
 # --------------------------------------------------------------------------- tests
 
 
-def test_answer_headers_and_local_hangup(h: Harness) -> None:
+def test_answer_headers_and_local_hangup(h: SippHarness) -> None:
     uas = h.sipp("uas_answer_wait_bye.xml")
     hdrs = (("X-Call-Sid", "OUT-1234"), ("X-Customer-Ref", "a b;c=d"), ("P-Test", "1"))
 
@@ -202,7 +79,7 @@ def test_answer_headers_and_local_hangup(h: Harness) -> None:
     ("scenario", "status"),
     [("uas_busy.xml", 486), ("uas_not_found.xml", 404), ("uas_unavailable.xml", 503)],
 )
-def test_remote_final_failure(h: Harness, scenario: str, status: int) -> None:
+def test_remote_final_failure(h: SippHarness, scenario: str, status: int) -> None:
     uas = h.sipp(scenario)
 
     async def body(pool: WorkerPool, rec: Recorder) -> None:
@@ -217,7 +94,7 @@ def test_remote_final_failure(h: Harness, scenario: str, status: int) -> None:
     run(with_pool(body))
 
 
-def test_ring_timeout_sends_cancel(h: Harness) -> None:
+def test_ring_timeout_sends_cancel(h: SippHarness) -> None:
     uas = h.sipp("uas_ring_no_answer.xml")
 
     async def body(pool: WorkerPool, rec: Recorder) -> None:
@@ -234,7 +111,7 @@ def test_ring_timeout_sends_cancel(h: Harness) -> None:
     run(with_pool(body))
 
 
-def test_max_duration_sends_bye(h: Harness) -> None:
+def test_max_duration_sends_bye(h: SippHarness) -> None:
     uas = h.sipp("uas_answer_wait_bye.xml")
 
     async def body(pool: WorkerPool, rec: Recorder) -> None:
@@ -248,7 +125,7 @@ def test_max_duration_sends_bye(h: Harness) -> None:
     run(with_pool(body))
 
 
-def test_remote_bye(h: Harness) -> None:
+def test_remote_bye(h: SippHarness) -> None:
     uas = h.sipp("uas_answer_then_bye.xml")
 
     async def body(pool: WorkerPool, rec: Recorder) -> None:
@@ -264,7 +141,7 @@ def test_remote_bye(h: Harness) -> None:
     run(with_pool(body))
 
 
-def test_early_media_then_answer(h: Harness) -> None:
+def test_early_media_then_answer(h: SippHarness) -> None:
     uas = h.sipp("uas_early_media_answer.xml")
 
     async def body(pool: WorkerPool, rec: Recorder) -> None:
@@ -280,7 +157,7 @@ def test_early_media_then_answer(h: Harness) -> None:
     run(with_pool(body))
 
 
-def test_dial_error_bad_uri(h: Harness) -> None:
+def test_dial_error_bad_uri(h: SippHarness) -> None:
     uas = h.sipp("uas_answer_wait_bye.xml")
 
     async def body(pool: WorkerPool, rec: Recorder) -> None:
@@ -292,7 +169,7 @@ def test_dial_error_bad_uri(h: Harness) -> None:
     run(with_pool(body))
 
 
-def test_concurrent_calls_span_workers(h: Harness) -> None:
+def test_concurrent_calls_span_workers(h: SippHarness) -> None:
     uas = h.sipp("uas_answer_wait_bye.xml")
 
     async def body(pool: WorkerPool, rec: Recorder) -> None:
@@ -313,7 +190,7 @@ def test_concurrent_calls_span_workers(h: Harness) -> None:
     run(with_pool(body))
 
 
-def test_pool_full(h: Harness) -> None:
+def test_pool_full(h: SippHarness) -> None:
     uas = h.sipp("uas_answer_wait_bye.xml")
 
     async def body(pool: WorkerPool, rec: Recorder) -> None:
@@ -338,7 +215,7 @@ def test_pool_full(h: Harness) -> None:
     assert rec_pool.free_slots() == 0  # stopped
 
 
-def test_worker_death_is_reported_and_worker_restarted(h: Harness) -> None:
+def test_worker_death_is_reported_and_worker_restarted(h: SippHarness) -> None:
     uas = h.sipp("uas_answer_wait_bye.xml")
 
     async def body(pool: WorkerPool, rec: Recorder) -> None:
@@ -371,7 +248,7 @@ def test_worker_death_is_reported_and_worker_restarted(h: Harness) -> None:
     run(with_pool(body))
 
 
-def test_stop_hangs_up_live_legs(h: Harness) -> None:
+def test_stop_hangs_up_live_legs(h: SippHarness) -> None:
     uas = h.sipp("uas_answer_wait_bye.xml")
     recorded: dict[str, Any] = {}
 
@@ -387,7 +264,7 @@ def test_stop_hangs_up_live_legs(h: Harness) -> None:
     uas.wait_for(lambda m: m.direction == "received" and m.method == "BYE", 2)
 
 
-def test_transport_error_tcp_connection_refused(h: Harness) -> None:
+def test_transport_error_tcp_connection_refused(h: SippHarness) -> None:
     """A TCP connect that is refused ends the leg as transport_error (no SIP response)."""
     from sipbridge.devtools.ports import free_port
 

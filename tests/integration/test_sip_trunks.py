@@ -10,9 +10,8 @@ import asyncio
 import hashlib
 import logging
 import re
-import shutil
 import socket
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,49 +21,19 @@ from sipbridge.devtools.ports import free_port
 from sipbridge.devtools.sipp import SipMessage, SippUas
 from sipbridge.plan import DialPlan
 from sipbridge.sip.pool import WorkerPool
-from tests.integration import test_sip_pool as base
+from tests.doubles import EventRecorder as Recorder
+from tests.integration import harness
+from tests.integration.harness import CALLEE, CALLER, SippHarness, run
 from tests.tlspeer import TlsTerminator, self_signed
 
 pytestmark = pytest.mark.integration
 
-Recorder = base.Recorder
-run = base.run
-CALLER, CALLEE = base.CALLER, base.CALLEE
 USER, PASSWORD = "carrier-user", "s3cret-pw"
-
-
-class Harness:
-    def __init__(self, tmp_path: Path) -> None:
-        self.tmp_path = tmp_path
-        self.uases: list[SippUas] = []
-
-    def sipp(
-        self, scenario: str, *, transport: str = "udp", keys: dict[str, str] | None = None
-    ) -> SippUas:
-        args: list[str] = []
-        for k, v in (keys or {}).items():
-            args += ["-key", k, v]
-        uas = SippUas(scenario, self.tmp_path, extra_args=args, transport=transport).start()
-        self.uases.append(uas)
-        return uas
-
-    def stop(self) -> None:
-        for uas in self.uases:
-            uas.stop()
-
-
-@pytest.fixture
-def h(tmp_path: Path) -> Iterator[Harness]:
-    if shutil.which("sipp") is None:
-        pytest.skip("sipp (Debian sip-tester) is not installed")
-    harness = Harness(tmp_path)
-    yield harness
-    harness.stop()
 
 
 def with_pool(body: Callable[[WorkerPool, Recorder], Awaitable[None]]) -> WorkerPool:
     """One worker is enough here (and starts faster)."""
-    return run(base.with_pool(body, workers=1))
+    return run(harness.with_pool(body, workers=1))
 
 
 def plan(
@@ -128,7 +97,7 @@ def md5_digest(user: str, password: str, realm: str, method: str, uri: str, nonc
     return h(f"{h(f'{user}:{realm}:{password}')}:{nonce}:{h(f'{method}:{uri}')}")
 
 
-def auth_uas(h: Harness, code: int, transport: str = "udp") -> SippUas:
+def auth_uas(h: SippHarness, code: int, transport: str = "udp") -> SippUas:
     scenario = CHALLENGES[code][0]
     keys = {"auth_user": USER, "auth_pass": PASSWORD}
     port = free_port(socket.SOCK_STREAM if transport == "tcp" else socket.SOCK_DGRAM)
@@ -144,7 +113,7 @@ def auth_uas(h: Harness, code: int, transport: str = "udp") -> SippUas:
     for k, v in keys.items():
         extra += ["-key", k, v]
     uas.extra_args = extra
-    h.uases.append(uas)
+    h.track(uas)
     return uas.start()
 
 
@@ -152,7 +121,7 @@ def auth_uas(h: Harness, code: int, transport: str = "udp") -> SippUas:
 
 
 @pytest.mark.parametrize("code", [401, 407])
-def test_digest_challenge_answered_with_right_password(h: Harness, code: int) -> None:
+def test_digest_challenge_answered_with_right_password(h: SippHarness, code: int) -> None:
     uas = auth_uas(h, code)
     cred_hdr = CHALLENGES[code][1]
 
@@ -186,7 +155,7 @@ def test_digest_challenge_answered_with_right_password(h: Harness, code: int) ->
 
 
 @pytest.mark.parametrize("code", [401, 407])
-def test_digest_wrong_password_ends_with_carrier_status(h: Harness, code: int) -> None:
+def test_digest_wrong_password_ends_with_carrier_status(h: SippHarness, code: int) -> None:
     uas = auth_uas(h, code)
 
     async def body(pool: WorkerPool, rec: Recorder) -> None:
@@ -200,7 +169,7 @@ def test_digest_wrong_password_ends_with_carrier_status(h: Harness, code: int) -
     with_pool(body)
 
 
-def test_repeated_challenge_gives_up_after_one_retry(h: Harness) -> None:
+def test_repeated_challenge_gives_up_after_one_retry(h: SippHarness) -> None:
     """Challenged again with the same nonce (credentials rejected): pjsua stops at once."""
     uas = h.sipp("uas_auth_always.xml")
 
@@ -216,7 +185,7 @@ def test_repeated_challenge_gives_up_after_one_retry(h: Harness) -> None:
     with_pool(body)
 
 
-def test_rotating_nonce_challenges_are_bounded(h: Harness) -> None:
+def test_rotating_nonce_challenges_are_bounded(h: SippHarness) -> None:
     """Challenged again with a fresh nonce each time: pjsip takes it as a stale nonce and
     retries, but at most PJSIP_MAX_STALE_COUNT (3) times: 4 INVITEs, then the 401."""
     uas = h.sipp("uas_auth_rotating_nonce.xml")
@@ -236,7 +205,7 @@ def test_rotating_nonce_challenges_are_bounded(h: Harness) -> None:
     with_pool(body)
 
 
-def test_challenge_without_credentials_ends_401(h: Harness) -> None:
+def test_challenge_without_credentials_ends_401(h: SippHarness) -> None:
     uas = auth_uas(h, 401)
 
     async def body(pool: WorkerPool, rec: Recorder) -> None:
@@ -248,7 +217,7 @@ def test_challenge_without_credentials_ends_401(h: Harness) -> None:
     with_pool(body)
 
 
-def test_challenge_with_other_realm_credentials_ends_401(h: Harness) -> None:
+def test_challenge_with_other_realm_credentials_ends_401(h: SippHarness) -> None:
     """Credentials for another realm are not sent (RFC 3261 22.2: realm selects them)."""
     uas = auth_uas(h, 401)
 
@@ -269,7 +238,7 @@ async def _wait_count(uas: SippUas, method: str, n: int, timeout: float = 3.0) -
 # --------------------------------------------------------------------------- accounts
 
 
-def test_accounts_are_cached_and_evicted(h: Harness, caplog: pytest.LogCaptureFixture) -> None:
+def test_accounts_are_cached_and_evicted(h: SippHarness, caplog: pytest.LogCaptureFixture) -> None:
     """More credential sets than PJSUA_MAX_ACC (8): idle accounts are evicted LRU."""
     uas = h.sipp("uas_answer_wait_bye.xml")
     caplog.set_level(logging.DEBUG, logger="sipbridge.sip.pool")
@@ -315,7 +284,7 @@ def test_accounts_are_cached_and_evicted(h: Harness, caplog: pytest.LogCaptureFi
     assert not any("pw" in e for e in evictions)  # passwords never logged
 
 
-def test_unknown_transport_is_a_dial_error(h: Harness) -> None:
+def test_unknown_transport_is_a_dial_error(h: SippHarness) -> None:
     uas = h.sipp("uas_answer_wait_bye.xml")
 
     async def body(pool: WorkerPool, rec: Recorder) -> None:
@@ -330,7 +299,7 @@ def test_unknown_transport_is_a_dial_error(h: Harness) -> None:
 # --------------------------------------------------------------------------- transports
 
 
-def test_tcp_trunk_answered(h: Harness) -> None:
+def test_tcp_trunk_answered(h: SippHarness) -> None:
     uas = h.sipp("uas_answer_wait_bye.xml", transport="tcp")
 
     async def body(pool: WorkerPool, rec: Recorder) -> None:
@@ -349,7 +318,7 @@ def test_tcp_trunk_answered(h: Harness) -> None:
     with_pool(body)
 
 
-def test_tcp_trunk_with_digest_auth(h: Harness) -> None:
+def test_tcp_trunk_with_digest_auth(h: SippHarness) -> None:
     uas = auth_uas(h, 407, transport="tcp")
 
     async def body(pool: WorkerPool, rec: Recorder) -> None:
@@ -367,7 +336,7 @@ def test_tcp_trunk_with_digest_auth(h: Harness) -> None:
 # --------------------------------------------------------------------------- TLS
 
 
-def test_tls_trunk_answered(h: Harness, tmp_path: Path) -> None:
+def test_tls_trunk_answered(h: SippHarness, tmp_path: Path) -> None:
     """sips: over TLS to a self-signed carrier (verifyServer off), relayed to SIPp/TCP."""
     cert, key = self_signed(tmp_path)
 
@@ -397,7 +366,7 @@ def test_tls_trunk_answered(h: Harness, tmp_path: Path) -> None:
                 )
                 assert (bye.header("Via") or "").startswith("SIP/2.0/TLS ")
 
-            await base.with_pool(body, workers=1)
+            await harness.with_pool(body, workers=1)
         finally:
             await tls.stop()
         assert tls.handshakes >= 1
@@ -413,7 +382,7 @@ def _audio_line(sdp: str) -> str:
     return next(ln for ln in sdp.splitlines() if ln.startswith("m=audio"))
 
 
-def test_srtp_mandatory_offer_answered(h: Harness) -> None:
+def test_srtp_mandatory_offer_answered(h: SippHarness) -> None:
     uas = h.sipp("uas_answer_srtp.xml")
 
     async def body(pool: WorkerPool, rec: Recorder) -> None:
@@ -430,7 +399,7 @@ def test_srtp_mandatory_offer_answered(h: Harness) -> None:
     with_pool(body)
 
 
-def test_srtp_off_offers_plain_rtp(h: Harness) -> None:
+def test_srtp_off_offers_plain_rtp(h: SippHarness) -> None:
     uas = h.sipp("uas_answer_wait_bye.xml")
 
     async def body(pool: WorkerPool, rec: Recorder) -> None:
@@ -445,7 +414,7 @@ def test_srtp_off_offers_plain_rtp(h: Harness) -> None:
     with_pool(body)
 
 
-def test_srtp_mandatory_rejects_plain_rtp_answer(h: Harness) -> None:
+def test_srtp_mandatory_rejects_plain_rtp_answer(h: SippHarness) -> None:
     """The carrier answers the SAVP offer with plain RTP/AVP: the call must not go on.
 
     pjsua ACKs the 200 (the dialog is confirmed, so an ``answered`` event is sent) and at
@@ -468,7 +437,7 @@ def test_srtp_mandatory_rejects_plain_rtp_answer(h: Harness) -> None:
 # --------------------------------------------------------------------------- Retry-After
 
 
-def test_503_retry_after(h: Harness) -> None:
+def test_503_retry_after(h: SippHarness) -> None:
     uas = h.sipp("uas_unavailable_retry_after.xml")
 
     async def body(pool: WorkerPool, rec: Recorder) -> None:
@@ -480,7 +449,7 @@ def test_503_retry_after(h: Harness) -> None:
     with_pool(body)
 
 
-def test_503_without_retry_after(h: Harness) -> None:
+def test_503_without_retry_after(h: SippHarness) -> None:
     uas = h.sipp("uas_unavailable.xml")
 
     async def body(pool: WorkerPool, rec: Recorder) -> None:

@@ -20,13 +20,13 @@ from sipbridge.devtools.bridge import Stack, bridge_config
 from sipbridge.devtools.sipp import SippUas
 from sipbridge.ipc import LegEvent
 from sipbridge.sip.pool import WorkerPool
-from tests.integration import test_sip_pool as base
-from tests.integration.test_sip_trunks import Harness, h, plan
+from tests.doubles import EventRecorder
+from tests.integration import harness as base
+from tests.integration.harness import SippHarness
+from tests.integration.test_sip_trunks import plan
 from tests.tlspeer import TlsTerminator, make_ca, make_leaf
 
 pytestmark = pytest.mark.integration
-
-__all__ = ["h"]  # the SIPp harness fixture, shared with test_sip_trunks
 
 Pair = tuple[Path, Path]
 
@@ -52,8 +52,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 async def _with_carrier(
-    h: Harness, cert: Pair,
-    body: Callable[[WorkerPool, base.Recorder, TlsTerminator, object], Awaitable[None]],
+    h: SippHarness, cert: Pair,
+    body: Callable[[WorkerPool, EventRecorder, TlsTerminator, object], Awaitable[None]],
 ) -> TlsTerminator:
     tls = await TlsTerminator(*cert).start()
     uas = h.sipp("uas_answer_tls.xml", transport="tcp", keys={"tls_port": str(tls.port)})
@@ -65,14 +65,14 @@ async def _with_carrier(
     return tls
 
 
-async def _answered_then_hangup(pool: WorkerPool, rec: base.Recorder, leg: str) -> None:
+async def _answered_then_hangup(pool: WorkerPool, rec: EventRecorder, leg: str) -> None:
     await rec.state(leg, "answered")
     assert pool.hangup(leg)
     end = await rec.state(leg, "ended")
     assert (end.cause, end.answered) == ("local_hangup", True)
 
 
-async def _refused(rec: base.Recorder, uas: object, leg: str) -> LegEvent:
+async def _refused(rec: EventRecorder, uas: object, leg: str) -> LegEvent:
     end = await rec.state(leg, "ended", timeout=10)
     assert "answered" not in rec.states(leg), rec.states(leg)
     assert (end.cause, end.answered) == ("transport_error", False), end
@@ -81,8 +81,8 @@ async def _refused(rec: base.Recorder, uas: object, leg: str) -> LegEvent:
     return end
 
 
-def test_trusted_certificate_with_the_right_name(h: Harness, pki: Pki) -> None:
-    async def body(pool: WorkerPool, rec: base.Recorder, tls: TlsTerminator, uas: object) -> None:
+def test_trusted_certificate_with_the_right_name(h: SippHarness, pki: Pki) -> None:
+    async def body(pool: WorkerPool, rec: EventRecorder, tls: TlsTerminator, uas: object) -> None:
         pool.dial(plan(f"127.0.0.1:{tls.port}", "v1/b1", transport="tls", scheme="sips",
                        tls_ca_file=str(pki.ca[0])))
         await _answered_then_hangup(pool, rec, "v1/b1")
@@ -92,10 +92,10 @@ def test_trusted_certificate_with_the_right_name(h: Harness, pki: Pki) -> None:
     assert set(tls.sni) == {None}  # an IP address is never sent as SNI (RFC 6066 3)
 
 
-def test_host_name_is_checked_and_sent_as_sni(h: Harness, pki: Pki) -> None:
+def test_host_name_is_checked_and_sent_as_sni(h: SippHarness, pki: Pki) -> None:
     """A trunk named by host: resolved by the OS (no pjsip resolver), the name is the
     SNI and must be in the certificate."""
-    async def body(pool: WorkerPool, rec: base.Recorder, tls: TlsTerminator, uas: object) -> None:
+    async def body(pool: WorkerPool, rec: EventRecorder, tls: TlsTerminator, uas: object) -> None:
         pool.dial(plan(f"localhost:{tls.port}", "v2/b1", transport="tls", scheme="sips",
                        tls_ca_file=str(pki.ca[0])))
         await _answered_then_hangup(pool, rec, "v2/b1")
@@ -104,8 +104,8 @@ def test_host_name_is_checked_and_sent_as_sni(h: Harness, pki: Pki) -> None:
     assert "localhost" in tls.sni
 
 
-def test_untrusted_ca_is_refused(h: Harness, pki: Pki) -> None:
-    async def body(pool: WorkerPool, rec: base.Recorder, tls: TlsTerminator, uas: object) -> None:
+def test_untrusted_ca_is_refused(h: SippHarness, pki: Pki) -> None:
+    async def body(pool: WorkerPool, rec: EventRecorder, tls: TlsTerminator, uas: object) -> None:
         pool.dial(plan(f"127.0.0.1:{tls.port}", "v3/b1", transport="tls", scheme="sips",
                        tls_ca_file=str(pki.ca[0])))
         end = await _refused(rec, uas, "v3/b1")
@@ -117,8 +117,8 @@ def test_untrusted_ca_is_refused(h: Harness, pki: Pki) -> None:
 
 
 def test_os_bundle_is_the_default_and_does_not_trust_a_private_ca(
-        h: Harness, pki: Pki) -> None:
-    async def body(pool: WorkerPool, rec: base.Recorder, tls: TlsTerminator, uas: object) -> None:
+        h: SippHarness, pki: Pki) -> None:
+    async def body(pool: WorkerPool, rec: EventRecorder, tls: TlsTerminator, uas: object) -> None:
         pool.dial(plan(f"127.0.0.1:{tls.port}", "v4/b1", transport="tls", scheme="sips"))
         end = await _refused(rec, uas, "v4/b1")
         assert "untrusted" in end.detail, end.detail
@@ -126,8 +126,8 @@ def test_os_bundle_is_the_default_and_does_not_trust_a_private_ca(
     base.run(_with_carrier(h, pki.good, body))
 
 
-def test_wrong_host_name_is_refused(h: Harness, pki: Pki) -> None:
-    async def body(pool: WorkerPool, rec: base.Recorder, tls: TlsTerminator, uas: object) -> None:
+def test_wrong_host_name_is_refused(h: SippHarness, pki: Pki) -> None:
+    async def body(pool: WorkerPool, rec: EventRecorder, tls: TlsTerminator, uas: object) -> None:
         pool.dial(plan(f"127.0.0.1:{tls.port}", "v5/b1", transport="tls", scheme="sips",
                        tls_ca_file=str(pki.ca[0])))
         end = await _refused(rec, uas, "v5/b1")
@@ -136,8 +136,8 @@ def test_wrong_host_name_is_refused(h: Harness, pki: Pki) -> None:
     base.run(_with_carrier(h, pki.wrong_name, body))
 
 
-def test_verify_false_accepts_any_certificate(h: Harness, pki: Pki) -> None:
-    async def body(pool: WorkerPool, rec: base.Recorder, tls: TlsTerminator, uas: object) -> None:
+def test_verify_false_accepts_any_certificate(h: SippHarness, pki: Pki) -> None:
+    async def body(pool: WorkerPool, rec: EventRecorder, tls: TlsTerminator, uas: object) -> None:
         pool.dial(plan(f"127.0.0.1:{tls.port}", "v6/b1", transport="tls", scheme="sips",
                        tls_verify=False))
         await _answered_then_hangup(pool, rec, "v6/b1")

@@ -9,10 +9,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from sipbridge.api import create_app
+from sipbridge.calls import CallService
 from sipbridge.config import parse_config
 from sipbridge.ipc import LegEvent
-from sipbridge.service import CallService, PoolFullError
 from sipbridge.store import SQLiteStore
+from tests.doubles import RecordingPool
 
 CFG = parse_config({
     "agent": {"uri": "sip:agent@127.0.0.1"},
@@ -22,32 +23,6 @@ CFG = parse_config({
     "routes": [{"prefix": "+", "trunk": "t1"}],
 })
 AUTH = {"X-PolyAi-Auth-Token": "tok"}
-
-
-class RecordingPool:
-    def __init__(self, slots=8):
-        self.slots = slots
-        self.plans = []
-        self.hangups = []
-
-    async def start(self):
-        pass
-
-    async def stop(self):
-        pass
-
-    def free_slots(self):
-        return self.slots - len(self.plans) + len(self.hangups)
-
-    def dial(self, plan, prefer_worker=None, reserve=0):
-        if self.free_slots() <= 0:
-            raise PoolFullError()
-        self.plans.append(plan)
-        return 0
-
-    def hangup(self, leg_id):
-        self.hangups.append(leg_id)
-        return True
 
 
 @pytest.fixture
@@ -155,7 +130,7 @@ def test_busy_maps_to_failure(env):
     sid = client.post("/v1/outbound-calling/trigger", headers=AUTH,
                       json={"to_number": "+14155552671"}).json()["callSid"]
     assert _wait(lambda: len(pool.plans) == 1)
-    client.portal.call(svc.on_leg_event, LegEvent(pool.plans[0].leg_id, sid, "ended", 0,
+    client.portal.call(svc.on_sip_event, LegEvent(pool.plans[0].leg_id, sid, "ended", 0,
                                                   time.time(), 486, "Busy Here", "",
                                                   "remote_final", False))
     body = client.get(f"/v1/outbound-calling/{sid}/status", headers=AUTH).json()
@@ -238,8 +213,9 @@ def test_trigger_shortcuts_fold_into_settings(env):
                     json={"to_number": "+14155552671", "send_digits": "1w2",
                           "voicemail_action": "hangup"})
     rec = svc.get(r.json()["callSid"])[0]
-    assert rec.request["ivr"]["send_digits"] == "1w2"
-    assert rec.request["detection"]["machine_action"] == "hangup"
+    assert rec.request.ivr is not None and rec.request.ivr.send_digits == "1w2"
+    assert rec.request.detection is not None
+    assert rec.request.detection.machine_action == "hangup"
     r = client.post("/v1/outbound-calling/trigger", headers=AUTH,
                     json={"to_number": "+14155552671", "send_digits": "9z"})
     assert r.status_code == 400 and "'z'" in r.json()["error"]

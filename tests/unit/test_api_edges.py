@@ -17,10 +17,11 @@ from hypothesis import strategies as st
 
 from sipbridge.api import create_app
 from sipbridge.bodylimit import BodyLimit
+from sipbridge.calls import CallService
 from sipbridge.config import ConfigError, parse_config
-from sipbridge.service import CallService
 from sipbridge.store import SQLiteStore
-from tests.unit.test_api import AUTH, RecordingPool
+from tests.doubles import RecordingPool
+from tests.unit.test_api import AUTH
 
 TRIGGER = "/v1/outbound-calling/trigger"
 BASE: dict[str, Any] = {

@@ -27,10 +27,10 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from sipbridge.api import create_app
+from sipbridge.calls import CallService, TriggerInput
 from sipbridge.config import parse_config
-from sipbridge.service import CallService, TriggerInput
 from sipbridge.store import SQLiteStore
-from tests.unit.test_api import RecordingPool
+from tests.doubles import RecordingPool
 
 EXAMPLES_PER_OPERATION = 200
 

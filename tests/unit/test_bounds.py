@@ -18,11 +18,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sipbridge.api import create_app
+from sipbridge.calls import CallService
 from sipbridge.config import Config, ConfigError, RetryConfig, load_config, parse_config
 from sipbridge.schedule import MAX_BACKOFF_S, RetryPolicy, backoff_s, next_attempt_time
-from sipbridge.service import CallService
 from sipbridge.store import SQLiteStore
-from tests.unit.test_api import AUTH, CFG, RecordingPool
+from tests.doubles import RecordingPool
+from tests.unit.test_api import AUTH, CFG
 
 BASE: dict[str, Any] = {
     "agent": {"uri": "sip:agent@127.0.0.1:5070"},

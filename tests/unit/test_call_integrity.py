@@ -6,6 +6,7 @@ reasons come from the outcomes table with the technical text in ``detail``."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 from dataclasses import replace
@@ -15,80 +16,73 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sipbridge.ipc import DetectionReport, LegEvent
-from sipbridge.service import TriggerInput
+from sipbridge.records import CallRecord
 from sipbridge.sip.sdp import audio_codecs, audio_connection, negotiation_detail, sdp_of
-from sipbridge.store import CallRecord, SQLiteStore
-from tests.unit.test_scheduler import cfg, connect, end, make_h
-
-
-def _answered(svc, plan):
-    svc.on_sip_event(LegEvent(plan.leg_id, plan.call_sid, "answered", 0, svc.clock(), 200))
+from sipbridge.store import SQLiteStore
+from tests.doubles import MON_15_UTC, CallHarness
+from tests.doubles import call_config as cfg
 
 
 def _dialled(tmp_path, config=None, **trigger):
-    svc, pool = make_h(tmp_path, config or cfg())
-    sid = svc.trigger(TriggerInput("+12125550123", **trigger)).call_sid
-    svc._dispatch()
-    return svc, pool, sid, pool.plans[0]
+    h = CallHarness(tmp_path, config or cfg(), t=MON_15_UTC)
+    sid, plan = h.dial("+12125550123", **trigger)
+    return h, sid, plan
 
 
 def test_handler_exception_ends_the_call_as_internal_error(tmp_path, caplog):
-    svc, pool, sid, plan = _dialled(tmp_path)
-    _answered(svc, plan)
-    agent = pool.plans[1]
-    # a malformed report from a worker: its detection is not a mapping
+    h, sid, plan = _dialled(tmp_path)
+    h.answer(plan)
+    agent = h.pool.plans[1]
+    # a malformed report from a worker: its detection is not a Detection
     with caplog.at_level(logging.ERROR, "sipbridge.calls"):
-        svc.on_sip_event(DetectionReport(plan.leg_id, sid, 0, svc.clock(), "answer",
-                                         "decision", ["not", "a", "dict"]))  # type: ignore[arg-type]
-    rec = svc.get(sid)[0]
+        h.svc.on_sip_event(DetectionReport(plan.leg_id, sid, 0, h.clock(), "answer",
+                                           "decision", ["not", "a", "dict"]))  # type: ignore[arg-type]
+    rec = h.rec(sid)
     assert (rec.status, rec.reason) == ("failure", "internal error")
     assert "AttributeError" in rec.detail
     assert "Traceback" in caplog.text and "AttributeError" in caplog.text
-    assert set(pool.hung) == {plan.leg_id, agent.leg_id}  # both legs hung up
+    assert set(h.pool.hung) == {plan.leg_id, agent.leg_id}  # both legs hung up
     # the legs' ends arrive later and change nothing; the slot is given back
-    end(svc, plan, 200, "local_hangup", answered=True)
-    assert svc.get(sid)[0].reason == "internal error"
-    assert svc.limiter.active("a") == 0
+    h.end(plan, 200, "local_hangup", answered=True)
+    assert h.rec(sid).reason == "internal error"
+    assert h.svc.limiter.active("a") == 0
 
 
-def test_action_exception_ends_the_call(tmp_path, monkeypatch):
-    svc, pool, sid, plan = _dialled(tmp_path)
-
-    def boom(*a, **k):
-        raise RuntimeError("pool exploded")
-
-    monkeypatch.setattr(svc, "_dial_agent", boom)
-    _answered(svc, plan)
-    rec = svc.get(sid)[0]
+def test_action_exception_ends_the_call(tmp_path):
+    h, sid, plan = _dialled(tmp_path)
+    h.pool.fail_dial = RuntimeError("pool exploded")  # the agent leg's dial raises
+    h.answer(plan)
+    rec = h.rec(sid)
     assert (rec.status, rec.reason, rec.detail) == ("failure", "internal error",
                                                     "RuntimeError: pool exploded")
-    assert pool.hung == [plan.leg_id]
+    assert h.pool.hung == [plan.leg_id]
 
 
 def test_recover_fails_poisoned_records_and_goes_on(tmp_path):
     db = tmp_path / "s.db"
     store = SQLiteStore(db)
     t = 1_790_000_000.0
-
-    def rec(sid, status, **kw):
-        store.create(CallRecord(call_sid=sid, status=status, to_number="+12125550123",
+    for sid in ("OUT-a", "OUT-b", "OUT-c"):
+        store.create(CallRecord(call_sid=sid, status="calling", to_number="+12125550123",
                                 from_number="+14155550100", created_at=t, last_updated=t,
-                                attempts=1, **kw))
-
-    huge = {"max_attempts": 3, "base_s": 1e308, "cap_s": 1e308, "jitter": 0,
-            "retry_on": ["bridge_error"]}
-    rec("OUT-a", "calling", request={"retry": huge})  # the backoff overflows timedelta
-    rec("OUT-b", "calling")
-    rec("OUT-c", "calling")
+                                attempts=1))
     store.close()
     con = sqlite3.connect(db)
+    # a retry policy out of bounds (the backoff would overflow), and unparseable JSON
+    con.execute("UPDATE calls SET request=? WHERE call_sid='OUT-a'",
+                ('{"retry": {"max_attempts": 3, "base_s": 1e308, "cap_s": 1e308, '
+                 '"jitter": 0, "retry_on": ["bridge_error"]}}',))
     con.execute("UPDATE calls SET request='{oops' WHERE call_sid='OUT-b'")
     con.commit()
     con.close()
-    svc, _pool = make_h(tmp_path, cfg(retry={"max_attempts": 1}))
-    svc.store = SQLiteStore(db)
-    svc._recover()  # does not raise
-    a, b, c = (svc.get(s)[0] for s in ("OUT-a", "OUT-b", "OUT-c"))
+    h = CallHarness(tmp_path, cfg(retry={"max_attempts": 1}))
+
+    async def start_stop():
+        await h.svc.start()  # recovery: does not raise
+        await h.svc.stop()
+
+    asyncio.run(start_stop())
+    a, b, c = (h.rec(s) for s in ("OUT-a", "OUT-b", "OUT-c"))
     assert (a.status, a.reason) == ("failure", "internal error")
     assert (b.status, b.reason) == ("failure", "internal error")
     assert "column request" in b.detail
@@ -96,64 +90,64 @@ def test_recover_fails_poisoned_records_and_goes_on(tmp_path):
 
 
 def test_damaged_queued_record_fails_alone(tmp_path):
-    svc, pool = make_h(tmp_path, cfg())
-    bad = svc.trigger(TriggerInput("+12125550123")).call_sid
-    good = svc.trigger(TriggerInput("+12125550124")).call_sid
-    svc.store._db.execute("UPDATE calls SET attempt_history='[1' WHERE call_sid=?", (bad,))
-    svc._dispatch()
-    assert svc.get(bad)[0].reason == "internal error"
-    assert [p.call_sid for p in pool.plans] == [good]
+    h = CallHarness(tmp_path, cfg(), t=MON_15_UTC)
+    bad = h.trigger("+12125550123")
+    good = h.trigger("+12125550124")
+    h.store._db.execute("UPDATE calls SET attempt_history='[1' WHERE call_sid=?", (bad,))
+    h.svc.dispatch_once()
+    assert h.rec(bad).reason == "internal error"
+    assert [p.call_sid for p in h.pool.plans] == [good]
 
 
 def test_carrier_bye_before_the_agent_answers_is_not_a_success(tmp_path):
-    svc, pool, sid, plan = _dialled(tmp_path)
-    _answered(svc, plan)
-    agent = pool.plans[1]
-    end(svc, plan, 200, "remote_bye", answered=True)
-    rec = svc.get(sid)[0]
+    h, sid, plan = _dialled(tmp_path)
+    h.answer(plan)
+    agent = h.pool.plans[1]
+    h.end(plan, 200, "remote_bye", answered=True)
+    rec = h.rec(sid)
     assert (rec.status, rec.reason) == ("failure", "hung up before the agent was connected")
-    assert agent.leg_id in pool.hung  # the agent leg does not outlive the carrier
+    assert agent.leg_id in h.pool.hung  # the agent leg does not outlive the carrier
     # the agent leg answers after all (its 200 crossed our CANCEL): it is hung up again
-    pool.hung.clear()
-    svc.on_sip_event(LegEvent(agent.leg_id, sid, "answered", 0, svc.clock(), 200))
-    assert pool.hung == [agent.leg_id]
-    assert svc.get(sid)[0].status == "failure"
+    h.pool.hung.clear()
+    h.svc.on_sip_event(LegEvent(agent.leg_id, sid, "answered", 0, h.clock(), 200))
+    assert h.pool.hung == [agent.leg_id]
+    assert h.rec(sid).status == "failure"
 
 
 def test_connected_then_bye_is_success(tmp_path):
-    svc, _pool, sid, plan = _dialled(tmp_path)
-    connect(svc, plan)
-    end(svc, plan, 200, "remote_bye", answered=True)
-    assert (svc.get(sid)[0].status, svc.get(sid)[0].reason) == ("success", "")
+    h, sid, plan = _dialled(tmp_path)
+    h.connect(plan)
+    h.end(plan, 200, "remote_bye", answered=True)
+    assert (h.rec(sid).status, h.rec(sid).reason) == ("success", "")
 
 
 def test_agent_header_failing_at_dial_time_is_a_failure(tmp_path):
     # the trunk does not carry polyai_call_id, the agent leg does (X-PolyAI-Call-ID). The
     # trigger refuses CR/LF (400), so the bad value comes from a record stored before that
     # check existed: the dial-time check is the last line of defence.
-    svc, pool = make_h(tmp_path, cfg())
-    sid = svc.trigger(TriggerInput("+12125550123", polyai_call_id="P-1")).call_sid
-    svc.store.save(replace(svc.get(sid)[0], polyai_call_id="P-1\r\nX-Evil: 1"))
-    svc._dispatch()
-    plan = pool.plans[0]
-    _answered(svc, plan)
-    assert len(pool.plans) == 1  # no agent INVITE
-    assert pool.hung == [plan.leg_id]
-    end(svc, plan, 200, "local_hangup", answered=True)
-    rec = svc.get(sid)[0]
+    h = CallHarness(tmp_path, cfg(), t=MON_15_UTC)
+    sid = h.trigger("+12125550123", polyai_call_id="P-1")
+    h.store.save(replace(h.rec(sid), polyai_call_id="P-1\r\nX-Evil: 1"))
+    h.svc.dispatch_once()
+    plan = h.pool.plans[0]
+    h.answer(plan)
+    assert len(h.pool.plans) == 1  # no agent INVITE
+    assert h.pool.hung == [plan.leg_id]
+    h.end(plan, 200, "local_hangup", answered=True)
+    rec = h.rec(sid)
     assert (rec.status, rec.reason) == ("failure", "agent leg failed")
     assert "cannot dial the agent" in rec.detail and rec.attempts == 1
 
 
 def test_agent_media_timeout_ends_the_call(tmp_path):
-    svc, pool, sid, plan = _dialled(tmp_path)
-    connect(svc, plan)
-    agent = pool.plans[1]
-    svc.on_sip_event(LegEvent(agent.leg_id, sid, "ended", 0, svc.clock(), 200, "", "",
+    h, sid, plan = _dialled(tmp_path)
+    h.connect(plan)
+    agent = h.pool.plans[1]
+    h.svc.on_sip_event(LegEvent(agent.leg_id, sid, "ended", 0, h.clock(), 200, "", "",
                               "media_timeout", True, "no RTP received for 30 s"))
-    assert plan.leg_id in pool.hung
-    end(svc, plan, 200, "bridged_bye", answered=True)
-    rec = svc.get(sid)[0]
+    assert plan.leg_id in h.pool.hung
+    h.end(plan, 200, "bridged_bye", answered=True)
+    rec = h.rec(sid)
     assert (rec.status, rec.reason) == ("failure", "media timeout")
     assert "no RTP" in rec.detail
 
@@ -161,11 +155,11 @@ def test_agent_media_timeout_ends_the_call(tmp_path):
 @pytest.mark.parametrize(("status", "phrase"), [(403, "Forbidden"), (503, "Busy Out"),
                                                 (480, "Temporarily Unavailable")])
 def test_reasons_never_carry_the_carrier_text(tmp_path, status, phrase):
-    svc, _pool, sid, plan = _dialled(tmp_path, config=cfg(routes=[{"prefix": "+1",
+    h, sid, plan = _dialled(tmp_path, config=cfg(routes=[{"prefix": "+1",
                                                                   "trunk": "a"}]))
-    svc.on_sip_event(LegEvent(plan.leg_id, sid, "ended", 0, svc.clock(), status, phrase, "",
+    h.svc.on_sip_event(LegEvent(plan.leg_id, sid, "ended", 0, h.clock(), status, phrase, "",
                               "remote_final", False))
-    body = svc.get(sid)[0]
+    body = h.rec(sid)
     assert phrase not in body.reason and body.detail == f"SIP {status} {phrase}"
     assert body.sip_status == status
 

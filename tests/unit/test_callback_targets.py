@@ -12,12 +12,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from sipbridge.api import create_app
+from sipbridge.calls import CallService
 from sipbridge.config import ConfigError, WebhookConfig, parse_config
 from sipbridge.netpolicy import TargetPolicy, address_problem, callback_url_problem
-from sipbridge.service import CallService
 from sipbridge.store import SQLiteStore
 from sipbridge.webhooks import Delivery, WebhookDispatcher
-from tests.unit.test_api import AUTH, CFG, RecordingPool
+from tests.doubles import RecordingPool
+from tests.unit.test_api import AUTH, CFG
 from tests.webhook_receiver import Receiver
 
 STRICT = TargetPolicy()

@@ -17,6 +17,7 @@ from sipbridge.flow import (
     StartHold,
     StartTimer,
 )
+from tests.doubles import detection as det
 
 
 def flow(**det) -> CallFlow:
@@ -26,7 +27,7 @@ def flow(**det) -> CallFlow:
 def test_connect_on_answer_dials_agent_at_once():
     f = flow()
     assert f.on_answered() == [DialAgent(None)]
-    assert f.on_detection("answer", {"answered_by": "human"}) == []
+    assert f.on_detection("answer", det("human")) == []
     f.on_agent_answered()
     assert f.history == ["ringing -> answered", "answered -> connecting",
                          "connecting -> bridged"]
@@ -35,21 +36,21 @@ def test_connect_on_answer_dials_agent_at_once():
 def test_connect_on_human_waits_for_the_decision():
     f = flow(connect_on="human")
     assert f.on_answered() == []
-    assert f.on_detection("answer", {"answered_by": "human"}) == [DialAgent("human")]
+    assert f.on_detection("answer", det("human")) == [DialAgent("human")]
 
 
 def test_machine_hangup_after_agent_connected_on_answer():
     f = flow(machine_action="hangup")
     f.on_answered()
-    (end,) = f.on_detection("answer", {"answered_by": "machine", "final": True})
+    (end,) = f.on_detection("answer", det("machine", final=True))
     assert isinstance(end, EndCall) and end.term.reason == "answered by machine"
-    assert f.on_detection("answer", {"answered_by": "machine", "final": True}) == []
+    assert f.on_detection("answer", det("machine", final=True)) == []
 
 
 def test_machine_connect_passes_result_to_agent():
     f = flow(connect_on="human", machine_action="connect")
     f.on_answered()
-    assert f.on_detection("answer", {"answered_by": "machine", "final": False}) == [
+    assert f.on_detection("answer", det("machine", final=False)) == [
         DialAgent("machine")]
 
 
@@ -58,9 +59,8 @@ def test_leave_message_waits_for_beep_then_plays_and_succeeds():
     wav = "m.wav"
     f = flow(connect_on="human", machine_action="leave_message", message_wav=wav)
     f.on_answered()
-    assert f.on_detection("answer", {"answered_by": "machine", "final": False}) == []
-    assert f.on_detection("answer", {"answered_by": "machine", "final": True,
-                                     "beep_ms": 5000}) == [PlayMessage(wav)]
+    assert f.on_detection("answer", det("machine", final=False)) == []
+    assert f.on_detection("answer", det("machine", final=True, beep_ms=5000)) == [PlayMessage(wav)]
     (end,) = f.on_playback_done()
     assert (end.term.result, end.term.reason) == ("success", "voicemail message left")
 
@@ -77,13 +77,12 @@ def test_leave_message_needs_a_file_and_human_connect(tmp_path: Path):
 
 def test_sit_and_busy_end_in_any_phase():
     f = flow()
-    (end,) = f.on_detection("early", {"answered_by": "sit", "sit_code": "VC"})
+    (end,) = f.on_detection("early", det("sit", sit_code="VC"))
     assert end.term.reason == "number not in service (SIT VC)"
     g = flow()
-    (end,) = g.on_detection("early", {"answered_by": "unknown", "progress": "reorder"})
+    (end,) = g.on_detection("early", det("unknown", progress="reorder"))
     assert end.term.kind == "carrier_error"
-    assert flow().on_detection("early", {"answered_by": "unknown",
-                                         "progress": "ringback"}) == []
+    assert flow().on_detection("early", det("unknown", progress="ringback")) == []
 
 
 def test_ivr_digits_then_hold_then_person():
@@ -91,11 +90,11 @@ def test_ivr_digits_then_hold_then_person():
                                                   send_digits_delay_s=0.5, max_ivr_s=90))
     assert f.on_answered() == [StartTimer("ivr_timeout", 90), StartTimer("send_digits", 0.5)]
     # the answer-phase verdict on an IVR is ignored while walking it
-    assert f.on_detection("answer", {"answered_by": "machine", "final": True}) == []
+    assert f.on_detection("answer", det("machine", final=True)) == []
     assert f.on_timer("send_digits") == [SendDigits("1w2#", 160, 80)]
     assert f.on_digits_sent() == [StartHold()]
-    assert f.on_detection("hold", {"answered_by": "unknown", "reason": "music"}) == []
-    assert f.on_detection("hold", {"answered_by": "human"}) == [DialAgent("human")]
+    assert f.on_detection("hold", det("unknown", reason="music")) == []
+    assert f.on_detection("hold", det("human")) == [DialAgent("human")]
     assert f.on_timer("ivr_timeout") == []  # connected: the escape hatch no longer applies
 
 
@@ -117,7 +116,7 @@ def test_agent_failure_ends_call():
 def test_silence_when_waiting_for_a_person():
     f = flow(connect_on="human")
     f.on_answered()
-    (end,) = f.on_detection("answer", {"answered_by": "silence"})
+    (end,) = f.on_detection("answer", det("silence"))
     assert end.term.reason == "no person detected (silence)"
 
 

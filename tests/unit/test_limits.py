@@ -9,17 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sipbridge.limits import ConcurrencyLimiter, RateLimiter, TokenBucket
-
-
-class FakeClock:
-    def __init__(self, t: float = 1000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, dt: float) -> None:
-        self.t += dt
+from tests.doubles import Clock as FakeClock
 
 
 def test_bucket_burst_then_rate() -> None:

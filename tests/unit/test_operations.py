@@ -20,15 +20,17 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from sipbridge.api import create_app
+from sipbridge.calls import CallService
 from sipbridge.cdr import build_cdr, export, parse_time
 from sipbridge.cli import main
 from sipbridge.config import WebhookConfig, parse_config
 from sipbridge.ipc import DetectionReport, LegEvent
 from sipbridge.logfmt import JsonFormatter
-from sipbridge.service import CallService
-from sipbridge.store import CallRecord, SQLiteStore
+from sipbridge.records import CallRecord, LegRecord
+from sipbridge.store import SQLiteStore
 from sipbridge.webhooks import Delivery, WebhookDispatcher, sign, verify
-from tests.unit.test_api import AUTH, RecordingPool, _wait
+from tests.doubles import RecordingPool, detection
+from tests.unit.test_api import AUTH, _wait
 from tests.webhook_receiver import Receiver
 
 BASE: dict[str, Any] = {
@@ -67,16 +69,17 @@ def _answer_then_bye(client: TestClient, svc: CallService, leg: str, sid: str,
         ("trying", 100, None, False), ("ringing", 180, None, False),
         ("answered", 200, None, False)]
     for state, code, cause, answered in steps:
-        client.portal.call(svc.on_leg_event, LegEvent(leg, sid, state, 0, t0, code, "",
+        client.portal.call(svc.on_sip_event, LegEvent(leg, sid, state, 0, t0, code, "",
                                                       "cid-1@x", cause, answered))
     if answered_by:
-        det = {"answered_by": answered_by, "decided_at_ms": 900, "final": True}
-        client.portal.call(svc.on_detection,
+        det = detection(answered_by, decided_at_ms=900, final=True)
+        client.portal.call(svc.on_sip_event,
                            DetectionReport(leg, sid, 0, t0, "answer", "decision", det))
     # the agent answers (a success needs the agent connected)
-    agent = next(p for p in reversed(svc.pool.plans) if p.bridge_with == leg)  # type: ignore[attr-defined]
+    assert isinstance(svc.pool, RecordingPool)
+    agent = next(p for p in reversed(svc.pool.plans) if p.bridge_with == leg)
     client.portal.call(svc.on_sip_event, LegEvent(agent.leg_id, sid, "answered", 0, t0, 200))
-    client.portal.call(svc.on_leg_event, LegEvent(leg, sid, "ended", 0, time.time(), 200, "",
+    client.portal.call(svc.on_sip_event, LegEvent(leg, sid, "ended", 0, time.time(), 200, "",
                                                   "cid-1@x", "remote_bye", True))
 
 
@@ -259,13 +262,12 @@ def _rec(**kw: Any) -> CallRecord:
         call_sid="OUT-a", status="success", to_number="+14155552671",
         from_number="+14155550100", created_at=100.0, last_updated=130.0, trunk="t2",
         attempts=1, answered_by="machine", polyai_call_id="P-1",
-        legs={"l1": {"role": "carrier", "trunk": "t1", "attempt": 1, "invite_at": 101.0,
-                     "sip_call_id": "c1@x", "ended_at": 101.5, "sip_status": 503,
-                     "cause": "remote_final"},
-              "l2": {"role": "carrier", "trunk": "t2", "attempt": 1, "invite_at": 102.0,
-                     "ring_at": 103.25, "answered_at": 105.0, "ended_at": 125.5,
-                     "sip_call_id": "c2@x", "sip_status": 200, "cause": "remote_bye"},
-              "l0": {"role": "carrier", "trunk": "t1", "attempt": 0, "invite_at": 1.0}})
+        legs={"l1": LegRecord(trunk="t1", attempt=1, invite_at=101.0, sip_call_id="c1@x",
+                              ended_at=101.5, sip_status=503, cause="remote_final"),
+              "l2": LegRecord(trunk="t2", attempt=1, invite_at=102.0, ring_at=103.25,
+                              answered_at=105.0, ended_at=125.5, sip_call_id="c2@x",
+                              sip_status=200, cause="remote_bye"),
+              "l0": LegRecord(trunk="t1", attempt=0, invite_at=1.0)})
     base.update(kw)
     return CallRecord(**base)
 
@@ -279,8 +281,8 @@ def test_build_cdr_covers_the_attempts_legs() -> None:
     assert (cdr["pdd_ms"], cdr["duration_s"], cdr["sip_status"]) == (1250, 20.5, 200)
     assert (cdr["answered_by"], cdr["result"], cdr["polyai_call_id"]) == (
         "machine", "success", "P-1")
-    busy = build_cdr(_rec(legs={"l": {"trunk": "t1", "attempt": 1, "invite_at": 5.0,
-                                      "ended_at": 5.2, "sip_status": 486}}),
+    busy = build_cdr(_rec(legs={"l": LegRecord(trunk="t1", attempt=1, invite_at=5.0,
+                                               ended_at=5.2, sip_status=486)}),
                      1, "failure", "busy", 6.0)
     assert (busy["duration_s"], busy["pdd_ms"], busy["answered_by"], busy["reason"]) == (
         0.0, None, None, "busy")
@@ -313,7 +315,7 @@ def test_cdrs_written_per_attempt_and_cli_export(
     with TestClient(create_app(svc, ["tok"])) as client:
         sid = _trigger(client)
         assert _wait(lambda: len(pool.plans) == 1)
-        client.portal.call(svc.on_leg_event, LegEvent(pool.plans[0].leg_id, sid, "ended", 0,
+        client.portal.call(svc.on_sip_event, LegEvent(pool.plans[0].leg_id, sid, "ended", 0,
                                                       time.time(), 486, "Busy Here", "b@x",
                                                       "remote_final", False))
         assert _wait(lambda: len(pool.plans) == 2)
@@ -415,7 +417,7 @@ def test_drain_keeps_queued_calls_queued(tmp_path: Path) -> None:
         async def drain_then_end() -> int:
             task = asyncio.create_task(svc.drain(5.0))
             await asyncio.sleep(0.1)
-            svc.on_leg_event(LegEvent(pool.plans[0].leg_id, first, "ended", 0, time.time(),
+            svc.on_sip_event(LegEvent(pool.plans[0].leg_id, first, "ended", 0, time.time(),
                                       486, "Busy", "", "remote_final", False))
             return await task
 

@@ -24,24 +24,16 @@ from sipbridge.sipmsg import (
     parse_via,
     sdp_problem,
 )
+from tests.doubles import Clock
 from tests.sipfuzz import SipFuzzer, request
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 100.0
-
-    def __call__(self) -> float:
-        return self.t
-
 
 SDP = (b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
        b"m=audio 4000 RTP/AVP 0\r\n")
 
 
 def _policy(allow: list[str] | None = None, rate: float = 1000, burst: int = 1000,
-            clock: FakeClock | None = None) -> RxPolicy:
-    clk = clock or FakeClock()
+            clock: Clock | None = None) -> RxPolicy:
+    clk = clock or Clock(100.0)
     return RxPolicy(inbound_allow=allow or [], limiter=SourceLimiter(rate, burst, clock=clk),
                     dialog_limiter=SourceLimiter(rate, burst, clock=clk),
                     dialogs=KnownDialogs(clock=clk))
@@ -149,7 +141,7 @@ def test_host_name_in_via_is_passed() -> None:
 
 
 def test_in_dialog_requests_need_a_known_call_id() -> None:
-    clk = FakeClock()
+    clk = Clock(100.0)
     p = _policy(clock=clk)
     bye = request("BYE", call_id="live-1", to_tag="t1")
     assert p.decide(bye, "203.0.113.9", "udp", _accepting).reason == "unknown_dialog"
@@ -201,7 +193,7 @@ def test_out_of_dialog_methods() -> None:
 
 
 def test_rate_limit_per_source_and_bounded_table() -> None:
-    clk = FakeClock()
+    clk = Clock(100.0)
     p = _policy(rate=10, burst=5, clock=clk)
     got = [p.decide(request("OPTIONS"), "192.0.2.1", "udp", _accepting).reason
            for _ in range(8)]
@@ -228,7 +220,7 @@ def test_our_calls_are_counted_per_call_not_per_source() -> None:
     (responses, in-dialog requests) count against each call's budget, so 20 live calls
     from one address are not throttled as one; a call that loops (a 2xx retransmitted on
     every ACK) is held to its own budget, and strangers to the source's."""
-    clk = FakeClock()
+    clk = Clock()
     p = _policy(rate=10, burst=5, clock=clk)
     for i in range(20):
         p.dialogs.add(f"call-{i}")

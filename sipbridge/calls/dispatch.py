@@ -1,0 +1,278 @@
+"""The scheduler: turns queued calls into carrier legs when their window, backoff and the
+limits allow (global and per-trunk concurrency, per-trunk CPS buckets, trunk health),
+and dials the next hop of attempts waiting in the failover queue."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+
+from sipbridge.calls.context import CallContext
+from sipbridge.calls.ending import iso
+from sipbridge.calls.live import Attempt, LiveCall
+from sipbridge.errors import PoolFull
+from sipbridge.flow import CallFlow
+from sipbridge.headers import validate_header_value
+from sipbridge.limits import ConcurrencyLimiter, TokenBucket
+from sipbridge.records import CallRecord, LegRecord
+from sipbridge.routing import effective_caller_id, resolve_plan
+from sipbridge.schedule import is_open, next_open
+from sipbridge.trunkselect import TrunkHealth, hunt_list
+
+log = logging.getLogger("sipbridge.calls")
+
+QUEUE_TIMEOUT_REASON = "call queueing: max timeout limit exceeded"
+_NO_SLOT = -1.0  # a queued call found no SIP slot free: stop this scheduling pass
+_RETRY_SOON_S = 0.05  # a limit that frees up when a leg ends (a slot, a trunk's cap)
+
+
+class Dispatcher:
+    def __init__(self, ctx: CallContext, on_error: Callable[[str, BaseException], None]):
+        self.ctx = ctx
+        self.on_error = on_error  # a call whose dispatch raised: end it
+        cfg = ctx.cfg
+        self.limiter = ConcurrencyLimiter(
+            global_cap=cfg.limits.max_concurrent_calls,
+            per_key={t.name: t.max_concurrent for t in cfg.trunks if t.max_concurrent},
+        )
+        self.buckets = {t.name: TokenBucket(t.cps, t.cps_burst, ctx.clock)
+                        for t in cfg.trunks if t.cps}
+        self.health = TrunkHealth()
+        self._failover: list[str] = []  # calls whose next hop waits for capacity
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """Something changed (a new call, a free slot): schedule a pass now."""
+        self._wake.set()
+
+    async def run(self, stopping: Callable[[], bool]) -> None:
+        while not stopping():
+            delay = 1.0
+            try:
+                delay = self.run_once()
+            except Exception:  # never let the dispatcher die; the next wake retries
+                log.exception("dispatcher error")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=max(0.005, delay))
+            self._wake.clear()
+
+    def run_once(self) -> float:
+        """One scheduling pass; returns seconds until the next pass is useful."""
+        now = self.ctx.clock()
+        wait = 1.0
+        for sid in list(self._failover):
+            try:
+                blocked = self._dispatch_failover(sid, now)
+            except Exception as e:  # one bad call never stops the others
+                log.exception("%s: failover dial failed", sid, extra={"call_sid": sid})
+                self.on_error(sid, e)
+                continue
+            if blocked is not None:
+                wait = min(wait, blocked)
+        for rec in self.ctx.journal.store.by_status("queued"):
+            try:
+                blocked = self._dispatch_queued(rec, now)
+            except Exception as e:
+                log.exception("%s: cannot dispatch the call", rec.call_sid,
+                              extra={"call_sid": rec.call_sid})
+                self.on_error(rec.call_sid, e)
+                continue
+            if blocked == _NO_SLOT:
+                break
+            if blocked is not None:
+                wait = min(wait, blocked)
+        return wait
+
+    # ---- failover queue --------------------------------------------------------------
+
+    def queue_failover(self, live: LiveCall) -> None:
+        """The attempt's next hop waits for capacity (dialled by the next pass)."""
+        assert live.attempt is not None
+        live.attempt.waiting = True
+        self._failover.append(live.call_sid)
+        self.wake()
+
+    def cancel_failover(self, live: LiveCall) -> bool:
+        """Take a call out of the failover queue; False if it was not waiting."""
+        if live.attempt is None or not live.attempt.waiting:
+            return False
+        live.attempt.waiting = False
+        if live.call_sid in self._failover:
+            self._failover.remove(live.call_sid)
+        return True
+
+    def _dispatch_failover(self, sid: str, now: float) -> float | None:
+        rec = self.ctx.journal.store.get(sid, now)
+        live = self.ctx.registry.get(sid)
+        if (rec is None or rec.terminal or live is None or live.attempt is None
+                or not live.attempt.waiting):
+            self._failover.remove(sid)
+            return None
+        blocked = self.dial_hop(rec, live)
+        if blocked is None:
+            self._failover.remove(sid)
+        return blocked
+
+    # ---- queued calls ----------------------------------------------------------------
+
+    def _dispatch_queued(self, rec: CallRecord, now: float) -> float | None:
+        """One queued call in a scheduling pass: None, seconds until it is worth looking
+        at again, or ``_NO_SLOT`` (the pass stops: no SIP slot is free)."""
+        if rec.damaged:
+            raise ValueError(f"stored call record is damaged: {rec.damaged}")
+        if now - rec.created_at > self.ctx.cfg.scheduler.max_queue_time_s:
+            self.ctx.journal.set_status(rec, "failure", QUEUE_TIMEOUT_REASON,
+                                        kind="queue_timeout")
+            return None
+        if rec.not_before is not None and rec.not_before > now:
+            return rec.not_before - now
+        opens = self._window_opens_at(rec, now)
+        if opens is not None:
+            return max(opens - now, 0.005)
+        if self.ctx.pool.free_slots() <= 0:
+            return _NO_SLOT
+        return self.start_attempt(rec, now)
+
+    def _window_opens_at(self, rec: CallRecord, now: float) -> float | None:
+        """None if the call may be dialled now; else when its window opens (the call
+        is parked with not_before and a reason saying when)."""
+        journal = self.ctx.journal
+        try:
+            policy = self.ctx.policies.of(rec)
+            if policy.window_problem:
+                raise ValueError(policy.window_problem)
+        except ValueError as e:
+            journal.set_status(rec, "failure", "cannot schedule", kind="window_error",
+                               detail=str(e))
+            return now + 3600
+        window, zones = policy.window, policy.zones
+        if window is None or is_open(window, zones, now):
+            return None
+        nxt = next_open(window, zones, now)
+        if nxt is None:
+            journal.set_status(rec, "failure", "calling window never opens",
+                               kind="window_error",
+                               detail=f"not within 8 days in {', '.join(zones)}")
+            return now + 3600
+        at = nxt.timestamp()
+        rec = journal.update(rec, not_before=at,
+                             reason=f"outside calling window; will be attempted at {iso(at)}")
+        journal.event(rec, "scheduled", {"not_before": iso(at), "zones": list(zones)})
+        return at
+
+    def start_attempt(self, rec: CallRecord, now: float) -> float | None:
+        """Begin the next attempt of a call; None when dialled, else seconds to wait
+        (all its trunks resting, or trunk limits)."""
+        policy = self.ctx.policies.of(rec)
+        hunt = hunt_list(policy.candidates, self.ctx.rng, self.health, now)
+        if not hunt:
+            resting = self.health.earliest_available(policy.trunks, now)
+            wait = (resting - now) if resting else 1.0
+            return max(wait, 0.005)
+        live = self.ctx.registry.open(rec.call_sid)
+        live.attempt = Attempt(number=rec.attempts + 1, hunt=hunt, started_at=now)
+        blocked = self.dial_hop(rec, live)
+        if blocked is not None:
+            live.end_attempt()
+            self.ctx.registry.settle(rec.call_sid)
+        return blocked
+
+    # ---- dialling one hop ------------------------------------------------------------
+
+    def _next_trunk(self, attempt: Attempt) -> str | None:
+        """The hop's trunk if its limits allow a leg now (its concurrency slot taken).
+        A trunk at its concurrency cap is passed over (overflow) before the first leg of
+        the attempt; a trunk out of CPS tokens makes the call wait, since a carrier's
+        CPS cap is per trunk and waiting a fraction of a second beats spilling traffic
+        to a lower-priority carrier."""
+        while attempt.hop < len(attempt.hunt):
+            name = attempt.hunt[attempt.hop]
+            limit = self.limiter.limit(name)
+            if limit is not None and self.limiter.active(name) >= limit:
+                if attempt.tried or attempt.hop + 1 >= len(attempt.hunt):
+                    return None
+                attempt.hop += 1
+                continue
+            return name if self.limiter.try_acquire(name) else None
+        return None
+
+    def dial_hop(self, rec: CallRecord, live: LiveCall) -> float | None:
+        """Dial the current hop of the call's attempt if limits allow: None when
+        dialled, else the seconds until it may be possible."""
+        ctx = self.ctx
+        attempt = live.attempt
+        assert attempt is not None
+        if ctx.pool.free_slots() <= 0:
+            return _RETRY_SOON_S
+        now = ctx.clock()
+        name = self._next_trunk(attempt)
+        if name is None:
+            return _RETRY_SOON_S
+        bucket = self.buckets.get(name)
+        if bucket is not None and not bucket.try_take():
+            self.limiter.release(name)
+            return max(bucket.wait_time(), 0.001)
+        trunk = ctx.cfg.trunk(name)
+        req = rec.request
+        from_number = effective_caller_id(trunk, req.from_number)
+        policy = ctx.policies.of(rec)
+        try:
+            plan = resolve_plan(
+                ctx.cfg, call_sid=rec.call_sid, to_number=rec.to_number,
+                from_number=from_number, metadata=req.metadata,
+                polyai_call_id=rec.polyai_call_id, attempt=attempt.number,
+                bridge_host=ctx.bridge_host, trunk=trunk, hop=attempt.hop,
+                encryption=req.encryption, detection=policy.detection_plan(),
+            )
+        except ValueError as e:  # config changed since the trigger: fail clearly
+            self.limiter.release(name)
+            live.end_attempt()
+            ctx.journal.set_status(rec, "failure", "could not place call", kind="plan_error",
+                                   detail=str(e))
+            return None
+        if req.copy_headers:  # SIP-triggered: headers the config copies from the INVITE
+            extra = tuple((k, validate_header_value(v, f"header {k}"))
+                          for k, v in req.copy_headers.items())
+            plan = replace(plan, headers=plan.headers + extra)
+        try:
+            # One slot stays reserved on the same worker for the agent leg (an inbound
+            # call's agent leg exists already: its carrier leg joins it on its worker).
+            if live.inbound_worker is not None:
+                worker = ctx.pool.dial(plan, prefer_worker=live.inbound_worker)
+            else:
+                worker = ctx.pool.dial(plan, reserve=1)
+        except PoolFull:
+            self.limiter.release(name)
+            return _RETRY_SOON_S
+        attempt.leg_id, attempt.trunk, attempt.waiting = plan.leg_id, name, False
+        ctx.registry.add_leg(live, plan.leg_id, "carrier", worker)
+        if live.flow is None:  # one flow per attempt, whatever hop answers
+            live.flow = CallFlow(policy.detection, policy.ivr)
+        leg = LegRecord(role="carrier", trunk=name, worker=worker, attempt=attempt.number,
+                        request_uri=plan.request_uri, invite_at=now)
+        if rec.status == "calling":
+            rec = ctx.journal.update_leg(rec, plan.leg_id, leg, trunk=name,
+                                         from_number=from_number)
+            ctx.journal.event(rec, "dial", {"leg": plan.leg_id, "trunk": name,
+                                            "hop": attempt.hop})
+        else:
+            ctx.journal.set_status(rec, "calling", "", kind="dial", attempts=attempt.number,
+                                   trunk=name, legs=rec.with_leg(plan.leg_id, leg),
+                                   not_before=None, from_number=from_number)
+        return None
+
+    def leg_ended(self, trunk: str | None, sip_status: int | None,
+                  retry_after_s: float | None) -> None:
+        """A carrier leg on ``trunk`` ended: its concurrency slot is free again."""
+        if trunk and self.limiter.active(trunk) > 0:
+            self.limiter.release(trunk)
+        if trunk and sip_status == 503 and retry_after_s:
+            # RFC 3261 21.5.4: the trunk asked us to stay away for Retry-After seconds.
+            self.health.mark_unavailable(trunk, self.ctx.clock() + retry_after_s)
+        self.wake()
+
+
+__all__ = ["QUEUE_TIMEOUT_REASON", "Dispatcher"]

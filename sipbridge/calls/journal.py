@@ -1,0 +1,72 @@
+"""The one writer of call records: status changes (logged ``old -> new``, with an event),
+other field updates, and events with their listeners (CDRs, metrics, callbacks)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from sipbridge.errors import InvalidTransition
+from sipbridge.records import TERMINAL, CallEvent, CallRecord, CallStatus, LegRecord
+from sipbridge.store import CallStore
+
+log = logging.getLogger("sipbridge.calls")
+
+Listener = Callable[[CallRecord, CallEvent], None]
+
+
+class Journal:
+    def __init__(self, store: CallStore, clock: Callable[[], float]) -> None:
+        self.store = store
+        self.clock = clock
+        # Listeners see every (record, event) pair; tests record whole histories.
+        self.listeners: list[Listener] = []
+        # Called with the callSid when a call reaches a terminal status.
+        self.on_terminal: list[Callable[[str], None]] = []
+
+    def set_status(self, rec: CallRecord, new: CallStatus, reason: str, kind: str = "status",
+                   detail: str = "", **changes: Any) -> CallRecord:
+        """The state setter: ``rec`` -> ``new`` with ``reason`` (and other fields)."""
+        if rec.terminal:
+            raise InvalidTransition(f"{rec.call_sid}: {rec.status} is terminal, not -> {new}")
+        now = self.clock()
+        updated = replace(rec, status=new, reason=reason, detail=detail, last_updated=now,
+                          **changes)
+        if new in TERMINAL:
+            updated = replace(updated, ended_at=now, not_before=None)
+        self.store.save(updated)
+        log.info("%s: %s -> %s (%s)%s", rec.call_sid, rec.status, new, reason or "-",
+                 f" [{detail}]" if detail else "", extra={"call_sid": rec.call_sid})
+        data = {"from": rec.status, "to": new, "reason": reason, "why": kind}
+        if detail:
+            data["detail"] = detail
+        self.event(updated, "status", data)
+        if new in TERMINAL:
+            for hook in self.on_terminal:
+                hook(rec.call_sid)
+        return updated
+
+    def update(self, rec: CallRecord, *, touch: bool = True, **changes: Any) -> CallRecord:
+        """Save other fields of ``rec`` (never its status); ``touch`` sets last_updated."""
+        if "status" in changes:
+            raise ValueError("a status changes through set_status")
+        if touch:
+            changes["last_updated"] = self.clock()
+        updated = replace(rec, **changes)
+        self.store.save(updated)
+        return updated
+
+    def update_leg(self, rec: CallRecord, leg_id: str, leg: LegRecord, *, touch: bool = True,
+                   **changes: Any) -> CallRecord:
+        return self.update(rec, touch=touch, legs=rec.with_leg(leg_id, leg), **changes)
+
+    def event(self, rec: CallRecord, kind: str, data: dict[str, Any]) -> None:
+        ev = CallEvent(self.clock(), kind, data)
+        self.store.add_event(rec.call_sid, ev)
+        for listener in self.listeners:
+            listener(rec, ev)
+
+
+__all__ = ["Journal", "Listener"]

@@ -1,0 +1,93 @@
+"""A call's policy: which route and trunks, retry policy, detection and IVR settings,
+calling window and time zones. Resolved once per call from the config and the call's
+request (at trigger time, or on first use after a restart) and kept typed in a
+:class:`PolicyBook` until the call ends: nothing is looked up or validated again."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sipbridge.callsettings import DetectionSettings, IvrSettings
+from sipbridge.config import Config, RouteConfig
+from sipbridge.records import CallRecord, CallRequest
+from sipbridge.routing import choose_route
+from sipbridge.schedule import CallingWindow, RetryPolicy, resolve_zones
+
+
+@dataclass(frozen=True)
+class CallPolicy:
+    route: RouteConfig
+    # The route's (trunk, priority, weight) candidates offering the call's encryption.
+    candidates: tuple[tuple[str, int, float], ...]
+    retry: RetryPolicy
+    detection: DetectionSettings
+    ivr: IvrSettings | None
+    window: CallingWindow | None
+    zones: tuple[str, ...]  # judged in all of them (empty when no window)
+    # Why the window cannot be judged (no time zone known for the number), or "".
+    window_problem: str = ""
+
+    @property
+    def trunks(self) -> list[str]:
+        return [c[0] for c in self.candidates]
+
+    def detection_plan(self) -> dict[str, Any] | None:
+        """What the worker analyses on the carrier leg (DialPlan.detection)."""
+        d = self.detection
+        if not (d.early_media or d.answer):
+            return None
+        return {"early": d.early_media, "answer": d.answer, "config": dict(d.thresholds)}
+
+
+def resolve_policy(cfg: Config, to_number: str, request: CallRequest) -> CallPolicy:
+    """The policy of a call to ``to_number``; RoutingError when no route matches."""
+    route = choose_route(cfg, to_number)
+    cands = route.candidates()
+    if request.encryption:
+        cands = [c for c in cands if request.encryption in cfg.trunk(c[0]).encryptions()]
+    window_cfg = request.calling_window or route.window
+    window = window_cfg.window() if window_cfg is not None else None
+    zones: tuple[str, ...] = ()
+    problem = ""
+    if window is not None:
+        try:
+            zones = resolve_zones(to_number, request.timezone,
+                                  route.timezone or cfg.scheduler.default_timezone)
+        except ValueError as e:
+            problem = str(e)
+    return CallPolicy(
+        route=route, candidates=tuple(cands),
+        retry=(request.retry or route.retry or cfg.retry).policy(),
+        detection=request.detection or route.detection or cfg.detection,
+        ivr=request.ivr or route.ivr, window=window, zones=zones, window_problem=problem,
+    )
+
+
+class PolicyBook:
+    """The policy of every call that has not ended, by callSid."""
+
+    def __init__(self, resolve: Callable[[str, CallRequest], CallPolicy]) -> None:
+        self._resolve = resolve
+        self._policies: dict[str, CallPolicy] = {}
+
+    def __len__(self) -> int:
+        return len(self._policies)
+
+    def keep(self, call_sid: str, policy: CallPolicy) -> None:
+        self._policies[call_sid] = policy
+
+    def of(self, rec: CallRecord) -> CallPolicy:
+        """The call's policy, resolved now if it has none yet (a call stored before a
+        restart); raises what resolving raises."""
+        policy = self._policies.get(rec.call_sid)
+        if policy is None:
+            policy = self._policies[rec.call_sid] = self._resolve(rec.to_number, rec.request)
+        return policy
+
+    def forget(self, call_sid: str) -> None:
+        self._policies.pop(call_sid, None)
+
+
+__all__ = ["CallPolicy", "PolicyBook", "resolve_policy"]

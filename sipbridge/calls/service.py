@@ -1,0 +1,197 @@
+"""The call manager's public face: the API triggers, looks up, hangs up and sends DTMF
+through :class:`CallService`; the SIP engine reports into :meth:`CallService.on_sip_event`.
+It wires the parts together and owns nothing else; all of it runs on the supervisor's
+asyncio loop, the only thread that touches call state."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+
+from sipbridge.aio import cancel_all
+from sipbridge.calls.actions import Actions
+from sipbridge.calls.context import CallContext
+from sipbridge.calls.dispatch import Dispatcher
+from sipbridge.calls.ending import Endings
+from sipbridge.calls.engine import Pool
+from sipbridge.calls.events import SipEvent, SipEvents
+from sipbridge.calls.inbound import InboundCalls
+from sipbridge.calls.journal import Journal, Listener
+from sipbridge.calls.live import CallRegistry
+from sipbridge.calls.policy import PolicyBook, resolve_policy
+from sipbridge.calls.trigger import TriggerInput, Triggers
+from sipbridge.config import Config, check_dtmf
+from sipbridge.errors import CallNotFound, InvalidTransition
+from sipbridge.limits import ConcurrencyLimiter, RateLimiter
+from sipbridge.records import CallEvent, CallRecord
+from sipbridge.store import CallStore
+
+log = logging.getLogger("sipbridge.calls")
+
+
+class CallService:
+    """Owns every call's state machine; the only writer of call status (through its
+    :class:`Journal`). Where the state lives:
+
+    * ``store`` — the records (status, request, legs, attempt history) and events;
+    * ``registry`` — the live calls (attempt, flow, timers, legs), see calls/live.py;
+    * ``policies`` — each unfinished call's resolved policy;
+    * ``dispatcher`` — limits, CPS buckets, trunk health and the failover queue.
+    """
+
+    def __init__(self, cfg: Config, store: CallStore, pool: Pool,
+                 clock: Callable[[], float] = time.time, rng: random.Random | None = None):
+        self.cfg = cfg
+        self.store = store
+        self.pool = pool
+        self.clock = clock
+        self.journal = Journal(store, clock)
+        self.registry = CallRegistry()
+        self.policies = PolicyBook(lambda to, req: resolve_policy(cfg, to, req))
+        ctx = CallContext(cfg=cfg, pool=pool, journal=self.journal, registry=self.registry,
+                          policies=self.policies, clock=clock, rng=rng or random.Random(),
+                          bridge_host=cfg.sip.public_address or cfg.sip.listen_address)
+        self.endings = Endings(ctx, wake=lambda: self.dispatcher.wake())
+        self.dispatcher = Dispatcher(ctx, on_error=self.endings.fail_call)
+        self.triggers = Triggers(ctx, wake=self.dispatcher.wake)
+        self.inbound = InboundCalls(ctx, self.dispatcher, self.triggers.trigger)
+        self.actions = Actions(ctx, self.endings, self.inbound)
+        self.events = SipEvents(ctx, self.dispatcher, self.endings, self.actions, self.inbound,
+                                stopping=lambda: self._stopping)
+        self.journal.on_terminal.append(self._ended)
+        self.api_limiter = RateLimiter(cfg.limits.api_rate_per_s, cfg.limits.api_burst, clock)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    @property
+    def limiter(self) -> ConcurrencyLimiter:
+        return self.dispatcher.limiter
+
+    @property
+    def listeners(self) -> list[Listener]:
+        """Called with every (record, event) pair: CDRs, metrics, callbacks, tests."""
+        return self.journal.listeners
+
+    def _ended(self, call_sid: str) -> None:
+        """A call reached a terminal status: its attempt and policy are over."""
+        self.policies.forget(call_sid)
+        live = self.registry.get(call_sid)
+        if live is not None:
+            live.end_attempt()
+            self.registry.settle(call_sid)
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.endings.recover()
+        await self.pool.start()
+        self._tasks.append(asyncio.create_task(
+            self.dispatcher.run(lambda: self._stopping), name="dispatcher"))
+        self._tasks.append(asyncio.create_task(self._purger(), name="purger"))
+        self.dispatcher.wake()
+
+    async def stop(self) -> None:
+        """Stop dialling, end live legs (the pool hangs them up), keep queued calls."""
+        self._stopping = True
+        await cancel_all(self._tasks)
+        await self.pool.stop()
+
+    async def drain(self, grace_s: float) -> int:
+        """Stop dialling (queued calls stay queued) and wait up to ``grace_s`` for the
+        live carrier legs to end; returns how many are left for ``stop()`` to hang up."""
+        for t in self._tasks:  # no new dials; live calls keep their normal handling
+            if t.get_name() == "dispatcher":
+                t.cancel()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        while True:
+            left = self.registry.carrier_legs_up()
+            if not left or loop.time() >= deadline:
+                return left
+            await asyncio.sleep(0.05)  # polling our own state, bounded by grace_s
+
+    async def _purger(self) -> None:
+        while not self._stopping:
+            try:
+                n = self.store.purge_expired(self.clock())
+                if n:
+                    log.info("purged %d calls past the retention window", n)
+            except Exception:
+                log.exception("purge failed")
+            await asyncio.sleep(60.0)
+
+    def dispatch_once(self) -> float:
+        """One scheduling pass now (the dispatcher task runs these when woken); returns
+        the seconds until the next pass is useful."""
+        return self.dispatcher.run_once()
+
+    # ---- API-facing operations -------------------------------------------------------
+
+    def check_api_rate(self, token: str) -> float | None:
+        """None if this token may trigger now, else the Retry-After seconds."""
+        return self.api_limiter.check(token)
+
+    def trigger(self, req: TriggerInput, start: bool = True) -> CallRecord:
+        """Validate routing, encryption, window and headers now, then store the call as
+        queued. Idempotent on ``idempotency_key``. Raises RoutingError / HeaderError."""
+        return self.triggers.trigger(req, start)
+
+    def _record(self, call_sid: str) -> CallRecord:
+        rec = self.store.get(call_sid, self.clock())
+        if rec is None:
+            raise CallNotFound(call_sid)
+        return rec
+
+    def get(self, call_sid: str) -> tuple[CallRecord, list[CallEvent]]:
+        """The call and its events; CallNotFound."""
+        return self._record(call_sid), self.store.events(call_sid)
+
+    def find_by_polyai_call_id(self, polyai_call_id: str) -> CallRecord | None:
+        return self.store.find_by_polyai_call_id(polyai_call_id)
+
+    def hangup(self, call_sid: str) -> CallRecord:
+        """Cancel a queued call, or CANCEL/BYE a live one. Terminal calls are unchanged."""
+        rec = self._record(call_sid)
+        if rec.status == "queued":
+            return self.journal.set_status(rec, "failure", "canceled", kind="api_hangup")
+        if rec.status == "calling":
+            live = self.registry.get(call_sid)
+            attempt = live.attempt if live is not None else None
+            leg = attempt.leg_id if attempt is not None else None
+            if live is not None:
+                live.hangup_requested = True
+            self.journal.event(rec, "hangup_requested", {"leg": leg})
+            if live is not None and self.dispatcher.cancel_failover(live):
+                # between two hops: nothing on the wire
+                return self.journal.set_status(rec, "failure", "canceled", kind="api_hangup")
+            if leg is None or not self.pool.hangup(leg):
+                log.warning("%s: hangup requested but no live leg", call_sid)
+        return rec
+
+    def send_dtmf(self, call_sid: str, digits: str, duration_ms: int = 160,
+                  gap_ms: int = 80) -> CallRecord:
+        """Send DTMF (RFC 4733) on the answered carrier leg. ValueError on bad digits,
+        CallNotFound, or InvalidTransition when the call has no answered carrier leg."""
+        check_dtmf(digits)
+        rec = self._record(call_sid)
+        live = self.registry.get(call_sid)
+        carrier = live.carrier_leg if live is not None else None
+        leg = rec.leg(carrier) if carrier is not None else None
+        if rec.terminal or carrier is None or leg is None or leg.answered_at is None:
+            raise InvalidTransition(f"call {call_sid} has no answered carrier leg "
+                                    f"(status {rec.status})")
+        self.journal.event(rec, "dtmf.send", {"leg": carrier, "digits": digits, "by": "api"})
+        self.pool.send_dtmf(carrier, digits, duration_ms, gap_ms)
+        return rec
+
+    # ---- the SIP engine --------------------------------------------------------------
+
+    def on_sip_event(self, ev: SipEvent) -> None:
+        """Entry point for everything the worker pool reports."""
+        self.events.handle(ev)
+
+
+__all__ = ["CallService"]
