@@ -16,6 +16,7 @@ import pytest
 
 from sipbridge.devtools.bridge import Bridge, Stack, bridge_config
 from sipbridge.devtools.sipp import SipMessage, SippUas, render_scenario
+from sipbridge.records import CallStatus
 from sipbridge.store import CallRecord, SQLiteStore
 from tests.integration.test_agent_bridge import (
     _got,
@@ -211,7 +212,7 @@ def test_start_up_fails_poisoned_records_and_goes_on(tmp_path: Path) -> None:
         store = SQLiteStore(cfg["store"]["path"])
         now = time.time()
 
-        def rec(sid: str, status: str, **kw: Any) -> None:
+        def rec(sid: str, status: CallStatus, **kw: Any) -> None:
             store.create(CallRecord(call_sid=sid, status=status, to_number="+12125550260",
                                     from_number="+14155550100", created_at=now,
                                     last_updated=now, attempts=1 if status == "calling" else 0,
