@@ -41,8 +41,8 @@ class WindowConfig(_Model):
 class RetryConfig(_Model):
     """Which outcomes are retried, how often and how far apart."""
 
-    # Outcome kinds (sipbridge.outcomes): busy, no_answer, carrier_error,
-    # transport_error, bridge_error, machine, ...
+    # Outcome kinds (sipbridge.outcomes.OUTCOME_KINDS): busy, no_answer, carrier_error,
+    # transport_error, bridge_error, machine, ...; an unknown kind is refused.
     retry_on: Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=32)] = Field(
         default_factory=lambda: ["busy", "no_answer", "carrier_error", "transport_error",
                                  "bridge_error"])
@@ -54,6 +54,17 @@ class RetryConfig(_Model):
     factor: Annotated[float, Field(ge=1, le=10)] = 2.0
     cap_s: Annotated[float, Field(ge=0, le=604800)] = 3600.0
     jitter: Annotated[float, Field(ge=0, le=1)] = 0.2
+
+    @field_validator("retry_on")
+    @classmethod
+    def _known_kinds(cls, v: list[str]) -> list[str]:
+        from sipbridge.outcomes import OUTCOME_KINDS
+
+        unknown = [k for k in v if k not in OUTCOME_KINDS]
+        if unknown:
+            raise ValueError(f"unknown outcome kind(s) {', '.join(map(repr, unknown))} "
+                             f"(known: {', '.join(sorted(OUTCOME_KINDS))})")
+        return v
 
     def policy(self) -> RetryPolicy:
         return RetryPolicy(retry_on=frozenset(self.retry_on), max_attempts=self.max_attempts,

@@ -28,6 +28,23 @@ class Termination:
     detail: str = ""
 
 
+# Every outcome kind a Termination can carry: what a route's ``retry.retry_on`` may list
+# and what metrics count (tests/unit/test_outcomes.py checks every kind in the code is here).
+OUTCOME_KINDS: frozenset[str] = frozenset({
+    # the call itself
+    "completed", "message_left", "abandoned", "max_duration", "canceled",
+    # the carrier's answer
+    "busy", "no_answer", "not_in_service", "declined", "rejected", "auth", "redirected",
+    "carrier_error", "transport_error", "error", "dial_error",
+    # media and detection
+    "media_error", "media_timeout", "machine", "fax", "no_person", "ivr_timeout",
+    "message_error",
+    # the agent and the bridge
+    "agent_error", "bridge_error", "internal_error",
+    # scheduling
+    "queue_timeout", "window_error",
+})
+
 # Fixed outcomes the call manager uses directly.
 INTERNAL_ERROR = "internal error"
 MEDIA_NEGOTIATION_FAILED = "media negotiation failed"

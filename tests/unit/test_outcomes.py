@@ -66,3 +66,31 @@ def test_redirect_is_not_followed_and_names_the_target():
         "failure", "redirected (not followed)", "redirected", False)
     assert t.detail == ("SIP 302 Moved Temporarily; redirect to <sip:x@127.0.0.1:5070> "
                         "not followed")
+
+
+def test_every_kind_in_the_code_is_a_known_outcome_kind() -> None:
+    """retry_on is validated against OUTCOME_KINDS: a kind produced anywhere in the code but
+    missing from the set could never be retried (or counted) by name."""
+    import re
+    from pathlib import Path
+
+    import sipbridge
+    from sipbridge.outcomes import OUTCOME_KINDS
+
+    made = re.compile(r'Termination\(\s*"(?:success|failure)",\s*[^,]+,\s*"([a-z_]+)"', re.S)
+    kinds: set[str] = set()
+    for path in Path(sipbridge.__file__).parent.rglob("*.py"):
+        kinds |= set(made.findall(path.read_text()))
+    assert kinds, "the pattern found no Termination at all"
+    assert kinds <= OUTCOME_KINDS, sorted(kinds - OUTCOME_KINDS)
+
+
+def test_retry_on_refuses_unknown_kinds() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    from sipbridge.callsettings import RetryConfig
+
+    assert RetryConfig(retry_on=["busy", "machine", "ivr_timeout"]).retry_on
+    with pytest.raises(ValidationError, match=r"unknown outcome kind.*'bussy'"):
+        RetryConfig(retry_on=["bussy"])
