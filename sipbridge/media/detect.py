@@ -37,17 +37,13 @@ from dataclasses import replace
 from typing import Any, Literal
 
 import numpy as np
-import numpy.typing as npt
 
 from sipbridge.media.cadence import CadenceTracker, best_cp_signature
+from sipbridge.media.feeder import FrameFeeder
 from sipbridge.media.frames import (
-    FRAME_BYTES,
     FRAME_MS,
-    FRAME_SAMPLES,
     FloatArray,
     dbfs,
-    float_to_pcm16,
-    pcm16_to_float,
 )
 from sipbridge.media.liveness import FloorTracker, rises_at_end
 from sipbridge.media.promptlib import PromptLibrary, PromptMatch, label_result
@@ -80,7 +76,7 @@ Mode = Literal["answer", "early"]
 _LIVE_PENDING_FRAMES = 35
 
 
-class Detector:
+class Detector(FrameFeeder):
     """Streaming recipient detector; feed it 20 ms frames of 8 kHz audio.
 
     ``feed`` accepts PCM16 bytes or an int16/float array of any length (buffered into 160-sample
@@ -103,10 +99,7 @@ class Detector:
         # bursts; in early media (network tones and announcements only) two suffice
         self._cadence = CadenceTracker(bursts=3 if mode == "answer" else 2)
         self._speech = SpeechTracker(self.cfg.vad)
-        self._pending = np.zeros(0, dtype=np.float64)
-        self._t = 0  # start time of the next frame (ms)
-        self._result: Detection | None = None
-        self._done = False
+        super().__init__()
         # greeting state
         self._greeting_start: int | None = None
         self._last_word_end: int | None = None
@@ -129,44 +122,6 @@ class Detector:
         self._audio: list[FloatArray] = []  # the last 1.6 s, for the last word's pitch
 
     # -- public API ---------------------------------------------------------------------------
-
-    @property
-    def done(self) -> bool:
-        """True once a final result exists; further frames are ignored."""
-        return self._done
-
-    @property
-    def now_ms(self) -> int:
-        """Time (ms) up to which audio has been analysed."""
-        return self._t
-
-    def result(self) -> Detection | None:
-        """The latest detection (possibly provisional), or None if nothing decided yet."""
-        return self._result
-
-    def feed(self, frame: bytes | bytearray | npt.NDArray[np.generic],
-             t_ms: int | None = None) -> list[DetectionEvent]:
-        """Analyse audio; returns the detections decided or updated by it."""
-        events: list[DetectionEvent] = []
-        if self._done:
-            return events
-        if isinstance(frame, bytes | bytearray) and len(frame) == FRAME_BYTES and (
-                t_ms is None or t_ms == self._t) and self._pending.size == 0:
-            self._process(bytes(frame), None, events)
-            return events
-        x = pcm16_to_float(frame)
-        if t_ms is not None and t_ms > self._t + self._pending.size * 1000 // 8000 + FRAME_MS:
-            gap = (t_ms - self._t) * 8 - self._pending.size
-            x = np.concatenate([np.zeros(gap), x])
-        buf = np.concatenate([self._pending, x]) if self._pending.size else x
-        n = buf.size // FRAME_SAMPLES
-        for i in range(n):
-            if self._done:
-                break
-            f = buf[i * FRAME_SAMPLES:(i + 1) * FRAME_SAMPLES]
-            self._process(float_to_pcm16(f).tobytes(), f, events)
-        self._pending = buf[n * FRAME_SAMPLES:].copy()
-        return events
 
     def finish(self) -> Detection:
         """End of audio: decide with what we have (``unknown``/``silence``/machine as fits)."""

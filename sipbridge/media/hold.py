@@ -78,19 +78,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from sipbridge.media.cadence import best_cp_signature
 from sipbridge.media.detect import AnsweredBy, Detection, DetectionEvent
+from sipbridge.media.feeder import FrameFeeder
 from sipbridge.media.frames import (
-    FRAME_BYTES,
     FRAME_MS,
     FRAME_SAMPLES,
     SAMPLE_RATE,
     FloatArray,
     dbfs,
-    float_to_pcm16,
-    pcm16_to_float,
 )
 from sipbridge.media.hold_config import HoldConfig, config_from_overrides
 from sipbridge.media.match import HI_BIN, LO_BIN, N_BANDS, band_matrix, best_match, clamp_bands
@@ -120,7 +117,7 @@ class _Segment:
     best_corr: float = -1.0
 
 
-class HoldListener:
+class HoldListener(FrameFeeder):
     """Streaming hold-step listener; feed 20 ms frames of 8 kHz 16-bit audio.
 
     ``config`` overrides :class:`HoldConfig` fields by name (unknown names → ``ValueError``).
@@ -146,10 +143,7 @@ class HoldListener:
         self._pers = np.zeros(HI_BIN - LO_BIN + 1, dtype=np.int32)
         # capped so a note that ends stops counting as stable within 2 frames
         self._pers_cap = self.cfg.stable_frames + 4
-        self._pending = np.zeros(0, dtype=np.float64)
-        self._t = 0
-        self._done = False
-        self._result: Detection | None = None
+        super().__init__()
         self._reported = ""
         # recent history (for back-filling a segment's first frames): ring of 16 frames
         self._hist: list[tuple[FloatArray, float, bool, bool, bool, int, bool]] = []
@@ -181,46 +175,6 @@ class HoldListener:
 
     # -- public API ---------------------------------------------------------------------------
 
-    @property
-    def done(self) -> bool:
-        """True after the person decision (or ``max_hold_ms``); further audio is ignored."""
-        return self._done
-
-    @property
-    def now_ms(self) -> int:
-        """Time (ms) up to which audio has been analysed."""
-        return self._t
-
-    def result(self) -> Detection | None:
-        """The decision (``human`` / ``unknown`` on timeout), else the latest update or None."""
-        return self._result
-
-    def feed(self, frame: bytes | bytearray | npt.NDArray[np.generic],
-             t_ms: int | None = None) -> list[DetectionEvent]:
-        """Analyse audio; returns the update/decision events it produced."""
-        events: list[DetectionEvent] = []
-        if self._done:
-            return events
-        if isinstance(frame, bytes | bytearray) and len(frame) == FRAME_BYTES and (
-                t_ms is None or t_ms == self._t) and self._pending.size == 0:
-            pcm = bytes(frame)
-            self._process(pcm, np.frombuffer(pcm, dtype="<i2") * (1.0 / 32768.0), events)
-            return events
-        x = pcm16_to_float(frame)
-        if t_ms is not None:
-            have = self._t + self._pending.size * 1000 // SAMPLE_RATE
-            if t_ms > have + FRAME_MS:
-                x = np.concatenate([np.zeros((t_ms - have) * SAMPLE_RATE // 1000), x])
-        buf = np.concatenate([self._pending, x]) if self._pending.size else x
-        n = buf.size // FRAME_SAMPLES
-        for i in range(n):
-            if self._done:
-                break
-            f = buf[i * FRAME_SAMPLES:(i + 1) * FRAME_SAMPLES]
-            self._process(float_to_pcm16(f).tobytes(), f, events)
-        self._pending = buf[n * FRAME_SAMPLES:].copy()
-        return events
-
     # -- internals ----------------------------------------------------------------------------
 
     def _note(self, t_ms: int, kind: str, **detail: Any) -> None:
@@ -242,7 +196,9 @@ class HoldListener:
             self._reported = what
             self._emit(t_end, events, "unknown", what, final=False)
 
-    def _process(self, pcm: bytes, x: FloatArray, events: list[DetectionEvent]) -> None:
+    def _process(self, pcm: bytes, x: FloatArray | None, events: list[DetectionEvent]) -> None:
+        if x is None:
+            x = np.frombuffer(pcm, dtype="<i2") * (1.0 / 32768.0)
         cfg = self.cfg
         t = self._t
         t_end = t + FRAME_MS
