@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sipbridge.bodylimit import BodyLimit
 from sipbridge.calls import CallService, TriggerInput
+from sipbridge.callsettings import StrictModel
 from sipbridge.config import (
     DetectionSettings,
     IvrSettings,
@@ -52,10 +53,10 @@ API_KEY = APIKeyHeader(name="X-PolyAi-Auth-Token", auto_error=False,
 SID_RE = re.compile(r"^OUT-[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 
 
-class TriggerBody(BaseModel):
+class TriggerBody(StrictModel):
     """Body of POST /v1/outbound-calling/trigger."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=False)  # shortcuts fold in below
 
     to_number: str = Field(max_length=MAX_NUMBER_CHARS,
                            description="E.164 number, or a national number with country_code; "
@@ -211,7 +212,7 @@ def status_body(rec: CallRecord, events: list[CallEvent]) -> StatusResponse:
     )
 
 
-class DtmfBody(BaseModel):
+class DtmfBody(StrictModel):
     """Body of POST /v1/outbound-calling/{callSid}/dtmf."""
 
     model_config = ConfigDict(extra="forbid")

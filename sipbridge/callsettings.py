@@ -5,7 +5,8 @@ as minimum/maximum); NaN and +-Infinity are refused.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -14,10 +15,31 @@ from sipbridge.schedule import CallingWindow, RetryPolicy
 from sipbridge.thresholds import DetectionThresholds
 
 
+def _is_number_type(annotation: Any) -> bool:
+    """``int``, ``float`` or an optional/union of them (never ``bool``)."""
+    if annotation in (int, float):
+        return True
+    args = get_args(annotation)
+    return bool(args) and get_origin(annotation) in (Union, UnionType) and any(
+        a in (int, float) for a in args) and bool not in args
+
+
 class StrictModel(BaseModel):
     # Bounds policy: every number has a lower and an upper bound (visible in the OpenAPI
     # schema as minimum/maximum); NaN and +-Infinity are refused everywhere.
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, data: Any) -> Any:
+        # pydantic's lax mode reads true/false as 1/0 for a number field: a JSON or YAML
+        # boolean where the schema says number is a client's mistake, refused by name.
+        if isinstance(data, dict):
+            for name, info in cls.model_fields.items():
+                value = data.get(info.alias or name)
+                if isinstance(value, bool) and _is_number_type(info.annotation):
+                    raise ValueError(f"{name}: a number is required, not {str(value).lower()}")
+        return data
 
 
 _Model = StrictModel

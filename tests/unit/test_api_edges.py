@@ -408,3 +408,30 @@ def test_message_wav_in_config_is_checked_at_start_up(tmp_path: Path, name: str,
     with pytest.raises(ConfigError) as ei:
         parse_config({**BASE, "routes": routes, "media": {"dir": str(media)}}, "c.yaml")
     assert "routes.0.detection.message_wav" in str(ei.value) and words in str(ei.value)
+
+
+# ---- booleans are not numbers -------------------------------------------------------------
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"ivr": {"send_digits_delay_s": False}}, "ivr.send_digits_delay_s"),
+    ({"retry": {"max_attempts": True}}, "retry.max_attempts"),
+    ({"detection": {"thresholds": {"initial_silence_ms": True}}},
+     "detection.thresholds.initial_silence_ms"),
+])
+def test_a_boolean_for_a_number_is_400_naming_it(env: Any, body: dict[str, Any],
+                                                 field: str) -> None:
+    """pydantic's lax mode would read true/false as 1/0: a client's mistake, refused."""
+    client, pool = env
+    r = _post(client, {"to_number": "+14155552671", **body})
+    assert r.status_code == 400, r.text
+    assert _shape(r)["field"].startswith(field.rsplit(".", 1)[0]), r.text
+    assert field.rsplit(".", 1)[1] in r.text
+    assert pool.plans == []
+
+
+def test_dtmf_duration_must_be_a_number(env: Any) -> None:
+    client, _pool = env
+    sid = _post(client, {"to_number": "+14155552671"}).json()["callSid"]
+    r = client.post(f"/v1/outbound-calling/{sid}/dtmf", json={"digits": "1", "duration_ms": True},
+                    headers=AUTH)
+    assert r.status_code == 400 and "duration_ms" in r.text, r.text
