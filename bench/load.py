@@ -154,7 +154,8 @@ def pct(xs: list[float], q: float) -> float:
 # --------------------------------------------------------------------------- bridge
 def make_config(log_dir: Path, carrier: SippUas, agent: SippUas, sip: dict[str, Any],
                 detection: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
-    base = 20000 + (os.getpid() % 50) * 800
+    # an RTP range of 8000 ports inside 20000-59999, spread by pid (parallel runs)
+    base = 20000 + (os.getpid() % 40) * 800
     sip_cfg = {"listen_address": "127.0.0.1", "port_min": 0, "port_max": 0,
                "calls_per_worker": 4, "log_level": 1,
                "rtp_port_min": base, "rtp_port_max": base + 7999, **sip}
