@@ -502,7 +502,8 @@ class WebhookConfig(_Model):
     max_attempts: Annotated[int, Field(ge=1, le=20)] = 5
     # First retry after backoff_s, then doubling (capped at 60 s).
     backoff_s: Annotated[float, Field(gt=0, le=60)] = 1.0
-    # Deliveries waiting in memory; above this the oldest is dropped (and logged).
+    # Unused since callbacks live in the store's outbox (nothing is dropped); accepted so
+    # that existing configs still load.
     queue_size: Annotated[int, Field(ge=1, le=1_000_000)] = 10000
 
     # Callback targets must be global addresses (checked on the URL and again after DNS
