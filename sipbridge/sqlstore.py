@@ -34,6 +34,11 @@ _OUTBOX_COLS = ("delivery_id", "call_sid", "status", "url", "body", "created_at"
                 "next_at")
 
 
+# An undelivered callback with no undelivered earlier one of the same call.
+_HEAD = ("o.done_at IS NULL AND NOT EXISTS (SELECT 1 FROM outbox p WHERE "
+         "p.call_sid = o.call_sid AND p.done_at IS NULL AND p.id < o.id)")
+
+
 def _json_object(v: Any) -> dict[str, Any]:
     if not isinstance(v, dict):
         raise ValueError("not a JSON object")
@@ -215,16 +220,15 @@ class SqlStore:
         """Pending callbacks due by ``now``, oldest first, at most one per call (the
         oldest pending one: a call's callbacks go out in order)."""
         rows = self._one(
-            f"SELECT {','.join(_OUTBOX_COLS)} FROM outbox o WHERE o.done_at IS NULL "
-            "AND o.next_at <= ? AND NOT EXISTS (SELECT 1 FROM outbox p WHERE "
-            "p.call_sid = o.call_sid AND p.done_at IS NULL AND p.id < o.id) "
-            "ORDER BY o.id LIMIT ?", (now, limit))
+            f"SELECT {','.join(_OUTBOX_COLS)} FROM outbox o WHERE {_HEAD} "
+            "AND o.next_at <= ? ORDER BY o.id LIMIT ?", (now, limit))
         return [OutboxMessage(d, sid, st, url, body.encode(), float(c), int(a), float(n))
                 for d, sid, st, url, body, c, a, n in rows]
 
     def outbox_next_at(self) -> float | None:
-        """When the earliest pending callback is due (None: nothing pending)."""
-        rows = self._one("SELECT MIN(next_at) FROM outbox WHERE done_at IS NULL")
+        """When the earliest sendable callback is due (None: nothing pending); one
+        waiting behind an earlier callback of its call does not count."""
+        rows = self._one(f"SELECT MIN(o.next_at) FROM outbox o WHERE {_HEAD}")
         return None if not rows or rows[0][0] is None else float(rows[0][0])
 
     def outbox_pending(self) -> int:

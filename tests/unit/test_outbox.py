@@ -73,7 +73,7 @@ def test_due_one_per_call_in_order_with_retry_schedule(open_store):
     store.outbox_retry("a1", 1, 1010.0, "HTTP 500")
     # a1 waits for its retry, and a2 waits behind it (one call's callbacks in order)
     assert [m.delivery_id for m in store.outbox_due(1006.0, 10)] == ["b1"]
-    assert store.outbox_next_at() == 1000.0  # a2, blocked behind a1
+    assert store.outbox_next_at() == 1005.0  # b1; a2 (due) waits behind a1 (at 1010)
     due = store.outbox_due(1010.0, 10)
     assert [(m.delivery_id, m.attempts) for m in due] == [("a1", 1), ("b1", 0)]
     store.outbox_done("a1", "delivered", 2, 1011.0)
