@@ -21,7 +21,6 @@ in the row too). One call's callbacks go out in order; up to ``LANES`` calls at 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import hashlib
 import hmac
@@ -118,6 +117,7 @@ class WebhookDispatcher:
         self._wake = asyncio.Event()
         self._inflight: dict[str, asyncio.Task[None]] = {}  # callSid -> its POST
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._client: httpx.AsyncClient | None = None
 
     # ---- the outbox hook and listener (on the service's loop; never block) ------------
@@ -151,6 +151,7 @@ class WebhookDispatcher:
     async def start(self) -> None:
         self._client = httpx.AsyncClient(timeout=self.cfg.timeout_s, transport=self._transport,
                                          follow_redirects=False, trust_env=False)
+        self._stopping = False
         if self.store is not None:
             self._task = asyncio.create_task(self._run(), name="webhooks")
 
@@ -166,6 +167,7 @@ class WebhookDispatcher:
                 break
             self._wake.set()
             await asyncio.sleep(0.05)  # bounded wait for in-flight deliveries
+        self._stopping = True
         await cancel_all([self._task] if self._task is not None else [])
         await cancel_all(list(self._inflight.values()))
         self._task = None
@@ -189,7 +191,7 @@ class WebhookDispatcher:
 
     async def _run(self) -> None:
         assert self.store is not None
-        while True:
+        while not self._stopping:
             wait_s = 1.0  # polling fallback: retries fall due without a wake-up
             started = 0
             try:
@@ -212,8 +214,13 @@ class WebhookDispatcher:
             except Exception:
                 log.exception("status callback loop failed; retrying")
             if not started:  # woken by a new status, a finished POST, or the next due time
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), max(wait_s, 0.05))
+                # (asyncio.wait, not wait_for: on 3.11 wait_for can swallow a cancel that
+                # crosses the wake-up, and stop() would wait for this task forever)
+                waiter = asyncio.ensure_future(self._wake.wait())
+                try:
+                    await asyncio.wait({waiter}, timeout=max(wait_s, 0.05))
+                finally:
+                    waiter.cancel()
 
     def _done(self, call_sid: str, _task: asyncio.Task[None]) -> None:
         self._inflight.pop(call_sid, None)
