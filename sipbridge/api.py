@@ -36,7 +36,13 @@ from sipbridge.config import (
     WindowConfig,
     check_dtmf,
 )
-from sipbridge.errors import ApiError, CallNotFound, InputError, InvalidTransition
+from sipbridge.errors import (
+    ApiError,
+    CallNotFound,
+    InputError,
+    InvalidTransition,
+    StoreError,
+)
 from sipbridge.headers import is_token, validate_header_value
 from sipbridge.mediafiles import media_path
 from sipbridge.netpolicy import callback_url_problem
@@ -275,7 +281,7 @@ _ERROR_TEXT = {
     409: "the call is not in a state that allows this",
     413: "request body larger than api.max_body_bytes",
     429: "over the per-token API rate limit (see Retry-After)",
-    503: "shutting down: not taking new calls (see Retry-After)",
+    503: "shutting down, or the call store is unavailable (see Retry-After)",
 }
 
 
@@ -357,6 +363,14 @@ def create_app(
         return JSONResponse(status_code=exc.status_code, headers=exc.headers,
                             content=ErrorBody(error=message, field=field).model_dump())
 
+    @app.exception_handler(StoreError)
+    async def _store_down(_: Request, exc: StoreError) -> JSONResponse:
+        # The call store (e.g. PostgreSQL) cannot be reached: try again later, not a bug.
+        log.warning("API request failed: %s", exc)
+        return JSONResponse(status_code=503, headers={"Retry-After": "5"},
+                            content=ErrorBody(error=f"call store unavailable: {exc}"
+                                              ).model_dump())
+
     @app.exception_handler(Exception)
     async def _internal(_: Request, exc: Exception) -> JSONResponse:
         log.error("internal error in an API request", exc_info=exc)
@@ -414,13 +428,13 @@ def create_app(
         return TriggerResponse(callSid=rec.call_sid)
 
     @app.get("/v1/outbound-calling/{call_sid}/status", response_model=StatusResponse,
-             dependencies=[Depends(auth)], responses=_errors(400, 401, 404))
+             dependencies=[Depends(auth)], responses=_errors(400, 401, 404, 503))
     async def status(call_sid: str) -> StatusResponse:
         """Status of a call, with its event history."""
         return status_body(*lookup(call_sid))
 
     @app.post("/v1/outbound-calling/{call_sid}/hangup", response_model=StatusResponse,
-              dependencies=[Depends(auth)], responses=_errors(400, 401, 404, 413))
+              dependencies=[Depends(auth)], responses=_errors(400, 401, 404, 413, 503))
     async def hangup(call_sid: str) -> StatusResponse:
         """Cancel a queued call or hang up a live one (CANCEL before answer, BYE after)."""
         lookup(call_sid)
@@ -429,7 +443,7 @@ def create_app(
 
     @app.post("/v1/outbound-calling/{call_sid}/dtmf", response_model=StatusResponse,
               dependencies=[Depends(auth)],
-              responses=_errors(400, 401, 404, 409, 413))
+              responses=_errors(400, 401, 404, 409, 413, 503))
     async def dtmf(call_sid: str, body: DtmfBody) -> StatusResponse:
         """Send DTMF digits on the answered carrier leg as RFC 4733 telephone-events."""
         lookup(call_sid)
@@ -441,7 +455,7 @@ def create_app(
 
     @app.get("/v1/outbound-calling/by-polyai-call-id/{polyai_call_id}",
              response_model=StatusResponse, dependencies=[Depends(auth)],
-             responses=_errors(400, 401, 404))
+             responses=_errors(400, 401, 404, 503))
     async def by_polyai_call_id(polyai_call_id: str) -> StatusResponse:
         """Look a call up by the agent platform's call ID."""
         rec = service.find_by_polyai_call_id(polyai_call_id)

@@ -40,7 +40,7 @@ def build(cfg: Config) -> tuple[FastAPI, CallService]:
 
     warn_unverified_tls(cfg)
 
-    store = open_store(cfg.store.kind, cfg.store.path, cfg.store.retention_s)
+    store = open_store(cfg.store)
     service: CallService
     pool = WorkerPool(cfg.sip, lambda ev: service.on_sip_event(ev))
     service = CallService(cfg, store, pool)

@@ -18,7 +18,8 @@ def _check_config(args: argparse.Namespace) -> int:
         print(str(e), file=sys.stderr)
         return 2
     resolved = cfg.model_dump(mode="json")
-    secrets = [*resolved["api"]["tokens"], resolved["webhooks"].get("secret") or {}]
+    secrets = [*resolved["api"]["tokens"], resolved["webhooks"].get("secret") or {},
+               resolved["store"].get("dsn") or {}]
     for tok in secrets:  # never print secrets
         if tok.get("value") is not None:
             tok["value"] = "***"
@@ -72,16 +73,19 @@ def _cdr(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"sipbridge cdr: {e}", file=sys.stderr)
         return 2
-    if not Path(cfg.store.path).exists():
+    if cfg.store.kind == "sqlite" and not Path(cfg.store.path).exists():
         print(f"sipbridge cdr: no store at {cfg.store.path}", file=sys.stderr)
         return 1
     try:
-        store = open_store(cfg.store.kind, cfg.store.path, cfg.store.retention_s)
+        store = open_store(cfg.store)
     except StoreError as e:
         print(f"sipbridge cdr: {e}", file=sys.stderr)
         return 1
     try:
         rows = store.cdrs(since, until)
+    except StoreError as e:
+        print(f"sipbridge cdr: {e}", file=sys.stderr)
+        return 1
     finally:
         store.close()
     write = write_csv if args.format == "csv" else write_jsonl

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AliasChoices,
     Field,
     ValidationError,
     field_validator,
@@ -469,10 +470,25 @@ class TimersConfig(_Model):
 
 
 class StoreConfig(_Model):
-    kind: Literal["sqlite"] = "sqlite"
+    """Call storage: ``sqlite`` (embedded, the default: ``path``) or ``postgresql``
+    (shared: ``dsn``, a secret reference such as ``{env: SIPBRIDGE_PG_DSN}``).
+    ``backend`` is the key to use; ``kind`` is its older name."""
+
+    kind: Literal["sqlite", "postgresql"] = Field(
+        "sqlite", validation_alias=AliasChoices("backend", "kind"))
     path: str = "var/sipbridge.db"
+    # libpq connection string or URI; never printed (check-config masks it).
+    dsn: SecretRef | None = None
     # Ended calls answer 404 after this long (SPEC: 2 hours).
     retention_s: Annotated[float, Field(gt=0, le=366 * 86400)] = 7200.0
+
+    @model_validator(mode="after")
+    def _dsn(self) -> StoreConfig:
+        if self.kind == "postgresql" and self.dsn is None:
+            raise ValueError("backend postgresql needs dsn (e.g. dsn: {env: SIPBRIDGE_PG_DSN})")
+        if self.kind == "sqlite" and self.dsn is not None:
+            raise ValueError("dsn is for backend postgresql; sqlite uses path")
+        return self
 
 
 class WebhookConfig(_Model):
@@ -486,7 +502,8 @@ class WebhookConfig(_Model):
     max_attempts: Annotated[int, Field(ge=1, le=20)] = 5
     # First retry after backoff_s, then doubling (capped at 60 s).
     backoff_s: Annotated[float, Field(gt=0, le=60)] = 1.0
-    # Deliveries waiting in memory; above this the oldest is dropped (and logged).
+    # Unused since callbacks live in the store's outbox (nothing is dropped); accepted so
+    # that existing configs still load.
     queue_size: Annotated[int, Field(ge=1, le=1_000_000)] = 10000
 
     # Callback targets must be global addresses (checked on the URL and again after DNS
@@ -531,7 +548,7 @@ class Config(_Model):
     trunks: list[TrunkConfig]
     routes: list[RouteConfig]
     timers: TimersConfig = Field(default_factory=TimersConfig)
-    store: StoreConfig = Field(default_factory=StoreConfig)
+    store: StoreConfig = Field(default_factory=lambda: StoreConfig.model_validate({}))
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     # Default retry policy for routes that give none.

@@ -22,7 +22,8 @@
     └── TargetRefused ...................... a status-callback target the policy forbids
 
 How they map to HTTP answers (sipbridge.api): ``InputError`` -> 400 naming ``.field``,
-``CallNotFound`` -> 404, ``InvalidTransition`` -> 409, ``ApiError`` -> its ``.status``;
+``CallNotFound`` -> 404, ``InvalidTransition`` -> 409, ``ApiError`` -> its ``.status``,
+``StoreError`` -> 503 (the store is unreachable; ``Retry-After``);
 anything else -> 500 "internal error". The classes keep the builtin bases they had
 (``ValueError``, ``KeyError``, ``RuntimeError``) so existing ``except`` clauses still match.
 

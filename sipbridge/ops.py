@@ -46,7 +46,9 @@ class Operations:
         self.metrics = Metrics(_ServiceGauges(service))
         self.webhooks = WebhookDispatcher(
             service.cfg.webhooks, render,
-            on_result=lambda r: self.metrics.webhooks.labels(result=r).inc())
+            on_result=lambda r: self.metrics.webhooks.labels(result=r).inc(),
+            store=service.store)
+        service.journal.outbox.append(self.webhooks.outbox_for)
         self.cdrs = CdrWriter(service.store, on_written=self.metrics.cdrs.inc)
         service.listeners.extend([self.cdrs.on_event, self.metrics.on_event,
                                   self.webhooks.on_event])

@@ -36,6 +36,21 @@ class CallEvent:
 
 
 @dataclass(frozen=True)
+class OutboxMessage:
+    """One status callback in the durable outbox: written in the same transaction as the
+    status it reports, sent with the same ``delivery_id`` on every attempt."""
+
+    delivery_id: str
+    call_sid: str
+    status: str
+    url: str
+    body: bytes
+    created_at: float
+    attempts: int = 0
+    next_at: float = 0.0
+
+
+@dataclass(frozen=True)
 class CallRequest:
     """The validated trigger as given (API body or SIP-triggered INVITE): what dialling,
     retries and detection need from the client. Parsed once when a row is read."""
@@ -230,5 +245,5 @@ class CallRecord:
 
 __all__ = [
     "STATUSES", "TERMINAL", "AttemptRecord", "CallEvent", "CallRecord", "CallRequest",
-    "CallStatus", "LegRecord", "LegRole", "call_status",
+    "CallStatus", "LegRecord", "LegRole", "OutboxMessage", "call_status",
 ]

@@ -1,19 +1,20 @@
 """Call state storage.
 
 :class:`CallStore` is the interface (a protocol: the call manager knows nothing else);
-:class:`SQLiteStore` the embedded default (WAL, durable across restarts). A shared store
-(PostgreSQL) implements the same protocol later. The records are in sipbridge.records.
+:class:`SQLiteStore` the embedded default (WAL, durable across restarts);
+:class:`sipbridge.pgstore.PostgresStore` the shared one. Both run the queries of
+:class:`sipbridge.sqlstore.SqlStore`. The records are in sipbridge.records.
 """
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
-import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sipbridge.errors import DuplicateCall, StoreError
 from sipbridge.records import (
@@ -25,8 +26,12 @@ from sipbridge.records import (
     CallRequest,
     CallStatus,
     LegRecord,
-    call_status,
+    OutboxMessage,
 )
+from sipbridge.sqlstore import SqlStore
+
+if TYPE_CHECKING:
+    from sipbridge.config import StoreConfig
 
 
 class CallStore(Protocol):
@@ -34,8 +39,10 @@ class CallStore(Protocol):
     :class:`CallRecord` as written (``to_json`` of its typed parts) and answers these
     queries; a row it cannot read comes back with ``damaged`` saying why."""
 
-    def create(self, rec: CallRecord) -> None:
-        """Store a new call; :class:`DuplicateCall` if its callSid or key exists."""
+    def create(self, rec: CallRecord, event: CallEvent | None = None,
+               outbox: Sequence[OutboxMessage] = ()) -> None:
+        """Store a new call (with its first event and the callbacks reporting it, in one
+        transaction); :class:`DuplicateCall` if its callSid or key exists."""
 
     def get(self, call_sid: str, now: float | None = None) -> CallRecord | None:
         """The call, or None if unknown or ended longer than the retention window ago."""
@@ -64,15 +71,50 @@ class CallStore(Protocol):
     def cdrs(self, since: float, until: float | None = None) -> list[dict[str, Any]]:
         """CDRs whose attempt ended in ``[since, until)``, oldest first."""
 
+    def save_status(self, rec: CallRecord, event: CallEvent,
+                    outbox: Sequence[OutboxMessage] = ()) -> None:
+        """A status change in one transaction: the record, its ``status`` event and the
+        status callbacks that report it (the webhook outbox)."""
+
+    def outbox_due(self, now: float, limit: int) -> list[OutboxMessage]:
+        """Undelivered callbacks due by ``now``, oldest first, one per call at most."""
+
+    def outbox_next_at(self) -> float | None: ...
+
+    def outbox_pending(self) -> int: ...
+
+    def outbox_retry(self, delivery_id: str, attempts: int, next_at: float,
+                     error: str) -> None: ...
+
+    def outbox_done(self, delivery_id: str, result: str, attempts: int, now: float,
+                    error: str = "") -> None: ...
+
     def ping(self) -> bool: ...
 
     def close(self) -> None: ...
 
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+# The durable webhook outbox (version 3).
+_OUTBOX_TABLE = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    delivery_id TEXT NOT NULL UNIQUE,
+    call_sid TEXT NOT NULL,
+    status TEXT NOT NULL,
+    url TEXT NOT NULL,
+    body TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at REAL NOT NULL,
+    result TEXT,
+    last_error TEXT NOT NULL DEFAULT '',
+    done_at REAL
+)"""
 # Migrations from each older version to the next, applied in order at open.
 _MIGRATIONS: dict[int, str] = {
     1: "ALTER TABLE calls ADD COLUMN detail TEXT NOT NULL DEFAULT ''",
+    2: _OUTBOX_TABLE,
 }
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS calls (
@@ -118,38 +160,22 @@ CREATE TABLE IF NOT EXISTS cdrs (
 );
 CREATE INDEX IF NOT EXISTS cdrs_ended ON cdrs(ended_at, id);
 CREATE INDEX IF NOT EXISTS cdrs_sid ON cdrs(call_sid);
+"""+_OUTBOX_TABLE+""";
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(call_sid, id) WHERE done_at IS NULL;
+CREATE INDEX IF NOT EXISTS outbox_done ON outbox(done_at);
 """
 
-_COLS = (
-    "call_sid", "status", "reason", "to_number", "from_number", "trunk", "sip_status",
-    "answered_by", "polyai_call_id", "attempts", "created_at", "last_updated", "ended_at",
-    "request", "legs", "not_before", "idempotency_key", "attempt_history", "detail",
-)
-_JSON_COLS = ("request", "legs", "attempt_history")
+
+class _SQLiteTx:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def run(self, sql: str, params: Sequence[Any] = ()) -> tuple[list[tuple[Any, ...]], int]:
+        cur = self.db.execute(sql, tuple(params))
+        return cur.fetchall(), cur.rowcount
 
 
-def _json_object(v: Any) -> dict[str, Any]:
-    if not isinstance(v, dict):
-        raise ValueError("not a JSON object")
-    return v
-
-
-def _json_list(v: Any) -> list[Any]:
-    if not isinstance(v, list):
-        raise ValueError("not a JSON list")
-    return v
-
-
-# How each JSON column becomes its typed field (ValueError/TypeError/KeyError: damaged).
-_PARSE: dict[str, Any] = {
-    "request": lambda v: CallRequest.from_json(_json_object(v)),
-    "legs": lambda v: {str(k): LegRecord.from_json(x) for k, x in _json_object(v).items()},
-    "attempt_history": lambda v: tuple(AttemptRecord.from_json(x) for x in _json_list(v)),
-}
-_EMPTY: dict[str, Any] = {"request": CallRequest(), "legs": {}, "attempt_history": ()}
-
-
-class SQLiteStore:
+class SQLiteStore(SqlStore):
     """SQLite in WAL mode; every write is committed before the call returns."""
 
     def __init__(self, path: str | Path, retention_s: float = 7200.0):
@@ -181,130 +207,23 @@ class SQLiteStore:
         except sqlite3.Error as e:
             raise StoreError(f"cannot open SQLite store {self.path}: {e}") from None
 
-    def _row(self, row: tuple[Any, ...]) -> CallRecord:
-        d = dict(zip(_COLS, row, strict=True))
-        damaged = []
-        for c in _JSON_COLS:
+    @contextmanager
+    def _tx(self) -> Iterator[_SQLiteTx]:
+        with self._lock:
             try:
-                d[c] = _PARSE[c](json.loads(d[c]))
-            except (TypeError, ValueError, KeyError) as e:
-                damaged.append(f"column {c}: {e}")
-                d[c] = _EMPTY[c]
-        try:
-            d["status"] = call_status(d["status"])
-        except ValueError as e:
-            damaged.append(f"column status: {e}")
-        if damaged:
-            d["damaged"] = "; ".join(damaged)
-        return CallRecord(**d)
-
-    def _values(self, rec: CallRecord) -> tuple[Any, ...]:
-        d = {c: getattr(rec, c) for c in _COLS}
-        d["request"] = rec.request.to_json()
-        d["legs"] = {k: leg.to_json() for k, leg in rec.legs.items()}
-        d["attempt_history"] = [a.to_json() for a in rec.attempt_history]
-        for c in _JSON_COLS:
-            d[c] = json.dumps(d[c], separators=(",", ":"))
-        return tuple(d[c] for c in _COLS)
-
-    def create(self, rec: CallRecord) -> None:
-        marks = ",".join("?" * len(_COLS))
-        try:
-            with self._lock:
-                self._db.execute(f"INSERT INTO calls ({','.join(_COLS)}) VALUES ({marks})",
-                                 self._values(rec))
-        except sqlite3.IntegrityError as e:
-            raise DuplicateCall(f"{rec.call_sid}: {e}") from None
-
-    def find_by_idempotency_key(self, key: str) -> CallRecord | None:
-        with self._lock:
-            row = self._db.execute(
-                f"SELECT {','.join(_COLS)} FROM calls WHERE idempotency_key=?", (key,)
-            ).fetchone()
-        return None if row is None else self.get(self._row(row).call_sid)
-
-    def save(self, rec: CallRecord) -> None:
-        sets = ",".join(f"{c}=?" for c in _COLS[1:])
-        vals = self._values(rec)
-        with self._lock:
-            cur = self._db.execute(f"UPDATE calls SET {sets} WHERE call_sid=?",
-                                   (*vals[1:], vals[0]))
-        if cur.rowcount != 1:
-            raise StoreError(f"call {rec.call_sid} does not exist")
-
-    def get(self, call_sid: str, now: float | None = None) -> CallRecord | None:
-        with self._lock:
-            row = self._db.execute(
-                f"SELECT {','.join(_COLS)} FROM calls WHERE call_sid=?", (call_sid,)
-            ).fetchone()
-        if row is None:
-            return None
-        rec = self._row(row)
-        now = time.time() if now is None else now
-        if rec.ended_at is not None and now - rec.ended_at > self.retention_s:
-            return None
-        return rec
-
-    def add_event(self, call_sid: str, event: CallEvent) -> None:
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO events (call_sid, ts, kind, data) VALUES (?,?,?,?)",
-                (call_sid, event.ts, event.kind, json.dumps(event.data, separators=(",", ":"))),
-            )
-
-    def events(self, call_sid: str) -> list[CallEvent]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT ts, kind, data FROM events WHERE call_sid=? ORDER BY id", (call_sid,)
-            ).fetchall()
-        return [CallEvent(ts, kind, json.loads(data)) for ts, kind, data in rows]
-
-    def by_status(self, *statuses: CallStatus) -> list[CallRecord]:
-        marks = ",".join("?" * len(statuses))
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT {','.join(_COLS)} FROM calls WHERE status IN ({marks}) "
-                "ORDER BY created_at",
-                statuses,
-            ).fetchall()
-        return [self._row(r) for r in rows]
-
-    def find_by_polyai_call_id(self, polyai_call_id: str) -> CallRecord | None:
-        with self._lock:
-            row = self._db.execute(
-                f"SELECT {','.join(_COLS)} FROM calls WHERE polyai_call_id=? "
-                "ORDER BY created_at DESC LIMIT 1",
-                (polyai_call_id,),
-            ).fetchone()
-        if row is None:
-            return None
-        rec = self._row(row)
-        return self.get(rec.call_sid)
-
-    def purge_expired(self, now: float | None = None) -> int:
-        cutoff = (time.time() if now is None else now) - self.retention_s
-        with self._lock:
-            cur = self._db.execute(
-                "DELETE FROM calls WHERE ended_at IS NOT NULL AND ended_at < ?", (cutoff,)
-            )
-        return cur.rowcount
-
-    def add_cdr(self, cdr: dict[str, Any]) -> None:
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO cdrs (call_sid, attempt, ended_at, data) VALUES (?,?,?,?)",
-                (cdr["call_sid"], int(cdr.get("attempt") or 0), float(cdr["ended_at"]),
-                 json.dumps(cdr, separators=(",", ":"))),
-            )
-
-    def cdrs(self, since: float, until: float | None = None) -> list[dict[str, Any]]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT data FROM cdrs WHERE ended_at >= ? AND ended_at < ? "
-                "ORDER BY ended_at, id",
-                (since, float("inf") if until is None else until),
-            ).fetchall()
-        return [json.loads(r[0]) for r in rows]
+                self._db.execute("BEGIN")
+                try:
+                    yield _SQLiteTx(self._db)
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.IntegrityError as e:
+                if "UNIQUE" in str(e):
+                    raise DuplicateCall(str(e)) from None
+                raise StoreError(f"SQLite store {self.path}: {e}") from None
+            except sqlite3.Error as e:
+                raise StoreError(f"SQLite store {self.path}: {e}") from None
 
     def ping(self) -> bool:
         try:
@@ -319,14 +238,21 @@ class SQLiteStore:
             self._db.close()
 
 
-def open_store(kind: str, path: str, retention_s: float) -> CallStore:
-    if kind == "sqlite":
-        return SQLiteStore(path, retention_s)
-    raise StoreError(f"unknown store kind {kind!r}")
+def open_store(cfg: StoreConfig) -> CallStore:
+    """The configured backend: SQLite (embedded default) or PostgreSQL."""
+    if cfg.kind == "sqlite":
+        return SQLiteStore(cfg.path, cfg.retention_s)
+    if cfg.kind == "postgresql":
+        from sipbridge.pgstore import PostgresStore
+
+        assert cfg.dsn is not None  # the config requires it
+        return PostgresStore(cfg.dsn.resolve(), cfg.retention_s)
+    raise StoreError(f"unknown store backend {cfg.kind!r}")
 
 
 __all__ = [
     "STATUSES", "TERMINAL", "AttemptRecord", "CallEvent", "CallRecord", "CallRequest",
-    "CallStatus", "CallStore", "DuplicateCall", "LegRecord", "SQLiteStore", "StoreError",
+    "CallStatus", "CallStore", "DuplicateCall", "LegRecord", "OutboxMessage", "SQLiteStore",
+    "StoreError",
     "open_store", "replace",
 ]

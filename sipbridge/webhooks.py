@@ -12,15 +12,16 @@ against the same policy, and the request goes to the checked address (the URL's 
 stays in ``Host`` and in TLS SNI/certificate checks), so DNS rebinding cannot redirect a
 callback to an address the policy refuses. Environment proxies are not used.
 
-Deliveries live in memory: bounded lanes (per call, so one call's statuses arrive in
-order), the oldest dropped with a log line when a lane is full; undelivered callbacks
-are lost when the process exits.
+Deliveries are durable: each callback is a row of the store's outbox, written in the
+same transaction as the status it reports, and delivered at least once with the same
+``X-Sipbridge-Delivery`` ID on every attempt, across restarts (the retry schedule is
+in the row too). One call's callbacks go out in order; up to ``LANES`` calls at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -37,9 +38,10 @@ import httpx
 
 from sipbridge.aio import cancel_all
 from sipbridge.config import WebhookConfig
-from sipbridge.errors import TargetRefused
+from sipbridge.errors import StoreError, TargetRefused
 from sipbridge.netpolicy import address_problem, callback_url_problem
-from sipbridge.records import CallEvent, CallRecord
+from sipbridge.records import CallEvent, CallRecord, OutboxMessage
+from sipbridge.store import CallStore
 
 # (host, port) -> the IP addresses to try, in order.
 Resolver = Callable[[str, int], Awaitable[list[str]]]
@@ -84,17 +86,14 @@ class PinnedTarget:
     extensions: dict[str, Any]
 
 
-@dataclass
-class Delivery:
-    url: str
-    body: bytes
-    call_sid: str
-    status: str
-    delivery_id: str
+# One status callback; the outbox row it is stored as (sipbridge.records).
+Delivery = OutboxMessage
 
 
 class WebhookDispatcher:
-    """A ``CallService.listeners`` callback plus the tasks that POST the callbacks."""
+    """Writes each status change's callback into the store's outbox (``outbox_for``, a
+    ``Journal.outbox`` hook: same transaction as the status) and delivers the outbox from
+    one background task, up to ``LANES`` POSTs at a time, one call's callbacks in order."""
 
     def __init__(
         self,
@@ -104,6 +103,7 @@ class WebhookDispatcher:
         clock: Callable[[], float] = time.time,
         transport: httpx.AsyncBaseTransport | None = None,
         resolve: Resolver = system_resolve,
+        store: CallStore | None = None,
     ) -> None:
         self.cfg = cfg
         self.policy = cfg.policy()
@@ -112,86 +112,147 @@ class WebhookDispatcher:
         self.secret = cfg.secret.resolve() if cfg.secret is not None else None
         self.on_result = on_result or (lambda _r: None)
         self.clock = clock
+        self.store = store
         self._transport = transport
-        per_lane = max(1, cfg.queue_size // LANES)
-        self._lanes: list[collections.deque[Delivery]] = [
-            collections.deque(maxlen=per_lane) for _ in range(LANES)]
-        self._ready = [asyncio.Event() for _ in range(LANES)]
-        self._busy = [False] * LANES
-        self._tasks: list[asyncio.Task[None]] = []
+        self._wake = asyncio.Event()
+        self._inflight: dict[str, asyncio.Task[None]] = {}  # callSid -> its POST
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._client: httpx.AsyncClient | None = None
-        self.dropped = 0
 
-    # ---- the listener (runs on the service's loop; never blocks) ----------------------
+    # ---- the outbox hook and listener (on the service's loop; never block) ------------
 
-    def on_event(self, rec: CallRecord, ev: CallEvent) -> None:
-        if ev.kind != "status":
-            return
+    def outbox_for(self, rec: CallRecord, ev: CallEvent) -> list[OutboxMessage]:
+        """The callback reporting this status change (none without a URL)."""
         try:
             url = rec.request.status_callback or self.cfg.url
             if not url:
-                return
+                return []
             body = json.dumps(self.render(rec), separators=(",", ":")).encode()
-            self.enqueue(Delivery(url=str(url), body=body, call_sid=rec.call_sid,
-                                  status=rec.status, delivery_id=str(uuid.uuid4())))
+            now = self.clock()
+            return [OutboxMessage(delivery_id=str(uuid.uuid4()), call_sid=rec.call_sid,
+                                  status=rec.status, url=str(url), body=body, created_at=now,
+                                  next_at=now)]
         except Exception:
-            log.exception("%s: cannot queue status callback", rec.call_sid,
+            log.exception("%s: cannot render the status callback", rec.call_sid,
                           extra={"call_sid": rec.call_sid})
+            return []
 
-    def enqueue(self, d: Delivery) -> None:
-        lane = int(hashlib.blake2s(d.call_sid.encode(), digest_size=2).hexdigest(), 16) % LANES
-        q = self._lanes[lane]
-        if q.maxlen is not None and len(q) >= q.maxlen:
-            old = q.popleft()
-            self.dropped += 1
-            self.on_result("dropped")
-            log.warning("%s: status callback queue full: dropped the oldest (%s, status %s)",
-                        old.call_sid, old.delivery_id, old.status,
-                        extra={"call_sid": old.call_sid})
-        q.append(d)
-        self._ready[lane].set()
+    def on_event(self, rec: CallRecord, ev: CallEvent) -> None:
+        if ev.kind == "status":
+            self._wake.set()  # a callback may have been committed with it
 
     def pending(self) -> int:
-        return sum(len(q) for q in self._lanes) + sum(self._busy)
+        """Callbacks not delivered yet (in the outbox)."""
+        return self.store.outbox_pending() if self.store is not None else 0
 
     # ---- lifecycle --------------------------------------------------------------------
 
     async def start(self) -> None:
         self._client = httpx.AsyncClient(timeout=self.cfg.timeout_s, transport=self._transport,
                                          follow_redirects=False, trust_env=False)
-        self._tasks = [asyncio.create_task(self._lane(i), name=f"webhooks-{i}")
-                       for i in range(LANES)]
+        self._stopping = False
+        if self.store is not None:
+            self._task = asyncio.create_task(self._run(), name="webhooks")
 
     async def stop(self, flush_s: float = 5.0) -> None:
-        """Give queued callbacks up to ``flush_s`` to go out, then stop."""
+        """Give due callbacks up to ``flush_s`` to go out, then stop. What is left stays
+        in the outbox for the next start (with the same delivery IDs)."""
         deadline = time.monotonic() + flush_s
-        while self._tasks and self.pending() and time.monotonic() < deadline:
+        while self._task is not None and time.monotonic() < deadline:
+            try:
+                if not self._inflight and not self._due(1):
+                    break
+            except StoreError:
+                break
+            self._wake.set()
             await asyncio.sleep(0.05)  # bounded wait for in-flight deliveries
-        if self.pending():
-            log.warning("exiting with %d status callbacks undelivered", self.pending())
-        await cancel_all(self._tasks)
+        self._stopping = True
+        await cancel_all([self._task] if self._task is not None else [])
+        await cancel_all(list(self._inflight.values()))
+        self._task = None
+        try:
+            left = self.pending()
+        except StoreError:
+            left = -1
+        if left:
+            log.warning("stopping with %s status callbacks undelivered: they stay in the "
+                        "outbox and go out after the next start",
+                        left if left > 0 else "some")
         if self._client is not None:
             await self._client.aclose()
             self._client = None
 
-    # ---- delivery ---------------------------------------------------------------------
+    # ---- the outbox loop --------------------------------------------------------------
 
-    async def _lane(self, i: int) -> None:
-        q, ready = self._lanes[i], self._ready[i]
-        while True:
-            if not q:
-                ready.clear()
-                await ready.wait()
-                continue
-            d = q.popleft()
-            self._busy[i] = True
+    def _due(self, limit: int) -> list[OutboxMessage]:
+        assert self.store is not None
+        return self.store.outbox_due(self.clock(), limit)
+
+    async def _run(self) -> None:
+        assert self.store is not None
+        while not self._stopping:
+            wait_s = 1.0  # polling fallback: retries fall due without a wake-up
+            started = 0
             try:
-                await self.deliver(d)
+                self._wake.clear()
+                free = LANES - len(self._inflight)
+                for m in self._due(LANES * 2) if free > 0 else []:
+                    if started == free:
+                        break
+                    if m.call_sid in self._inflight:
+                        continue
+                    task = asyncio.create_task(self._send(m), name="webhook-post")
+                    self._inflight[m.call_sid] = task
+                    task.add_done_callback(functools.partial(self._done, m.call_sid))
+                    started += 1
+                nxt = self.store.outbox_next_at()
+                if nxt is not None:
+                    wait_s = min(wait_s, nxt - self.clock())
+            except StoreError as e:
+                log.warning("status callbacks: store unavailable (%s); retrying", e)
             except Exception:
-                log.exception("%s: status callback failed", d.call_sid,
-                              extra={"call_sid": d.call_sid})
-            finally:
-                self._busy[i] = False
+                log.exception("status callback loop failed; retrying")
+            if not started:  # woken by a new status, a finished POST, or the next due time
+                # (asyncio.wait, not wait_for: on 3.11 wait_for can swallow a cancel that
+                # crosses the wake-up, and stop() would wait for this task forever)
+                waiter = asyncio.ensure_future(self._wake.wait())
+                try:
+                    await asyncio.wait({waiter}, timeout=max(wait_s, 0.05))
+                finally:
+                    waiter.cancel()
+
+    def _done(self, call_sid: str, _task: asyncio.Task[None]) -> None:
+        self._inflight.pop(call_sid, None)
+        self._wake.set()
+
+    async def _send(self, m: OutboxMessage) -> None:
+        """One attempt, its outcome written back to the outbox."""
+        assert self.store is not None
+        result, why = await self.attempt(m, m.attempts + 1)
+        attempts = m.attempts + 1
+        now = self.clock()
+        try:
+            if result == "retry" and attempts < self.cfg.max_attempts:
+                delay = min(self.cfg.backoff_s * 2 ** (attempts - 1), MAX_BACKOFF_S)
+                self.on_result("retried")
+                log.info("%s: status callback %s to %s: %s; retry in %.1f s", m.call_sid,
+                         m.status, m.url, why, delay, extra={"call_sid": m.call_sid})
+                self.store.outbox_retry(m.delivery_id, attempts, now + delay, why)
+                return
+            if result == "retry":
+                result = "failed"
+                self.on_result("failed")
+                log.warning("%s: status callback %s to %s failed after %d attempts (%s)",
+                            m.call_sid, m.status, m.url, attempts, why,
+                            extra={"call_sid": m.call_sid})
+            self.store.outbox_done(m.delivery_id, result, attempts, now, why)
+        except StoreError as e:
+            # Not recorded: the row stays due and is sent again (same delivery ID).
+            log.warning("%s: status callback %s: outcome not recorded (%s)", m.call_sid,
+                        m.delivery_id, e, extra={"call_sid": m.call_sid})
+
+    # ---- delivery ---------------------------------------------------------------------
 
     def headers(self, d: Delivery, attempt: int) -> dict[str, str]:
         ts = str(int(self.clock()))
@@ -222,43 +283,43 @@ class WebhookDispatcher:
         return PinnedTarget(u.copy_with(host=addrs[0].split("%", 1)[0]),
                             u.netloc.decode("ascii"), ext)
 
-    async def deliver(self, d: Delivery) -> bool:
-        """POST with retries (exponential backoff from ``backoff_s``); True if a 2xx came.
-        A target the policy refuses is not retried."""
+    async def attempt(self, d: OutboxMessage, attempt: int) -> tuple[str, str]:
+        """One POST: ("delivered", ""), ("refused", why) for a target the policy
+        refuses (not retried), or ("retry", why)."""
         assert self._client is not None, "start() first"
+        try:
+            target = await self.pin(d.url)
+            r = await self._client.post(
+                target.url, content=d.body, extensions=target.extensions,
+                headers={**self.headers(d, attempt), "Host": target.host_header})
+            if 200 <= r.status_code < 300:
+                self.on_result("delivered")
+                log.debug("%s: status callback %s delivered to %s (attempt %d)",
+                          d.call_sid, d.status, d.url, attempt,
+                          extra={"call_sid": d.call_sid})
+                return "delivered", ""
+            return "retry", f"HTTP {r.status_code}"
+        except TargetRefused as e:
+            self.on_result("refused")
+            log.warning("%s: status callback %s to %s refused: %s", d.call_sid, d.status,
+                        d.url, e, extra={"call_sid": d.call_sid})
+            return "refused", str(e)
+        except (httpx.HTTPError, OSError) as e:
+            return "retry", f"{type(e).__name__}: {e}"
+
+    async def deliver(self, d: OutboxMessage) -> bool:
+        """POST now with in-memory retries (exponential backoff from ``backoff_s``), outside
+        the outbox; True if a 2xx came. A target the policy refuses is not retried."""
         delay = self.cfg.backoff_s
         for attempt in range(1, self.cfg.max_attempts + 1):
-            why: str
-            try:
-                target = await self.pin(d.url)
-                r = await self._client.post(
-                    target.url, content=d.body, extensions=target.extensions,
-                    headers={**self.headers(d, attempt), "Host": target.host_header})
-                if 200 <= r.status_code < 300:
-                    self.on_result("delivered")
-                    log.debug("%s: status callback %s delivered to %s (attempt %d)",
-                              d.call_sid, d.status, d.url, attempt,
-                              extra={"call_sid": d.call_sid})
-                    return True
-                why = f"HTTP {r.status_code}"
-            except TargetRefused as e:
-                self.on_result("refused")
-                log.warning("%s: status callback %s to %s refused: %s", d.call_sid, d.status,
-                            d.url, e, extra={"call_sid": d.call_sid})
-                return False
-            except (httpx.HTTPError, OSError) as e:
-                why = f"{type(e).__name__}: {e}"
-            if attempt == self.cfg.max_attempts:
-                self.on_result("failed")
-                log.warning("%s: status callback %s to %s failed after %d attempts (%s)",
-                            d.call_sid, d.status, d.url, attempt, why,
-                            extra={"call_sid": d.call_sid})
-                return False
-            self.on_result("retried")
-            log.info("%s: status callback %s to %s: %s; retry in %.1f s", d.call_sid,
-                     d.status, d.url, why, delay, extra={"call_sid": d.call_sid})
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, MAX_BACKOFF_S)
+            result, _why = await self.attempt(d, attempt)
+            if result != "retry":
+                return result == "delivered"
+            if attempt < self.cfg.max_attempts:
+                self.on_result("retried")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF_S)
+        self.on_result("failed")
         return False
 
 

@@ -13,7 +13,7 @@ import contextlib
 import json
 import re
 import shutil
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,3 +74,50 @@ def regress_corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
 def hold_corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
     """The generated IVR hold-step corpus: (folder, labels by file name)."""
     return _build_corpus(tmp_path_factory, "hold")
+
+
+# ---- call stores: SQLite and a real PostgreSQL server ---------------------------------
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Any]:
+    """A PostgreSQL 15 server of this test session (sipbridge.devtools.pgserver): initdb in
+    a temp folder, a free loopback port; stopped and deleted at the end."""
+    from sipbridge.devtools.pgserver import PgServer, available
+
+    why = available()
+    if why:
+        pytest.skip(why)
+    srv = PgServer().start()
+    try:
+        yield srv
+    finally:
+        srv.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """Opens the store under test, each backend in turn: ``open_store(retention_s=...)``;
+    every call opens the same (fresh) database, so reopening is a restart."""
+    from sipbridge.store import SQLiteStore
+
+    opened: list[Any] = []
+    if request.param == "sqlite":
+        def make(retention_s: float = 7200.0) -> Any:
+            return SQLiteStore(tmp_path / "s.db", retention_s)
+    else:
+        from sipbridge.pgstore import PostgresStore
+
+        dsn = request.getfixturevalue("pg_server").new_database()
+
+        def make(retention_s: float = 7200.0) -> Any:
+            return PostgresStore(dsn, retention_s)
+
+    def opener(retention_s: float = 7200.0) -> Any:
+        opened.append(make(retention_s))
+        return opened[-1]
+
+    opener.backend = request.param  # type: ignore[attr-defined]
+    yield opener
+    for s in opened:
+        with contextlib.suppress(Exception):
+            s.close()

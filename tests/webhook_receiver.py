@@ -25,7 +25,7 @@ class Received:
 
 
 class Receiver:
-    def __init__(self, fail_first: list[int] | None = None) -> None:
+    def __init__(self, fail_first: list[int] | None = None, port: int = 0) -> None:
         self.requests: list[Received] = []
         self.fail_codes = list(fail_first or [])
         self._lock = threading.Lock()
@@ -47,7 +47,7 @@ class Receiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property

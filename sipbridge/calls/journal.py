@@ -9,7 +9,14 @@ from dataclasses import replace
 from typing import Any
 
 from sipbridge.errors import InvalidTransition
-from sipbridge.records import TERMINAL, CallEvent, CallRecord, CallStatus, LegRecord
+from sipbridge.records import (
+    TERMINAL,
+    CallEvent,
+    CallRecord,
+    CallStatus,
+    LegRecord,
+    OutboxMessage,
+)
 from sipbridge.store import CallStore
 
 log = logging.getLogger("sipbridge.calls")
@@ -23,8 +30,21 @@ class Journal:
         self.clock = clock
         # Listeners see every (record, event) pair; tests record whole histories.
         self.listeners: list[Listener] = []
+        # Called with each status change before it is written: the status callbacks to
+        # write with it (the webhook outbox, sipbridge.webhooks).
+        self.outbox: list[Callable[[CallRecord, CallEvent], list[OutboxMessage]]] = []
         # Called with the callSid when a call reaches a terminal status.
         self.on_terminal: list[Callable[[str], None]] = []
+
+    def create(self, rec: CallRecord, data: dict[str, Any]) -> None:
+        """Store a new call with its first ``status`` event and the callbacks reporting
+        it, in one transaction; DuplicateCall if its callSid or key exists."""
+        ev = CallEvent(self.clock(), "status", data)
+        self.store.create(rec, ev, self._callbacks(rec, ev))
+        self._notify(rec, ev)
+
+    def _callbacks(self, rec: CallRecord, ev: CallEvent) -> list[OutboxMessage]:
+        return [m for hook in self.outbox for m in hook(rec, ev)]
 
     def set_status(self, rec: CallRecord, new: CallStatus, reason: str, kind: str = "status",
                    detail: str = "", **changes: Any) -> CallRecord:
@@ -36,13 +56,15 @@ class Journal:
                           **changes)
         if new in TERMINAL:
             updated = replace(updated, ended_at=now, not_before=None)
-        self.store.save(updated)
-        log.info("%s: %s -> %s (%s)%s", rec.call_sid, rec.status, new, reason or "-",
-                 f" [{detail}]" if detail else "", extra={"call_sid": rec.call_sid})
         data = {"from": rec.status, "to": new, "reason": reason, "why": kind}
         if detail:
             data["detail"] = detail
-        self.event(updated, "status", data)
+        ev = CallEvent(now, "status", data)
+        # The record, its event and the callbacks reporting it: one transaction.
+        self.store.save_status(updated, ev, self._callbacks(updated, ev))
+        log.info("%s: %s -> %s (%s)%s", rec.call_sid, rec.status, new, reason or "-",
+                 f" [{detail}]" if detail else "", extra={"call_sid": rec.call_sid})
+        self._notify(updated, ev)
         if new in TERMINAL:
             for hook in self.on_terminal:
                 hook(rec.call_sid)
@@ -65,6 +87,9 @@ class Journal:
     def event(self, rec: CallRecord, kind: str, data: dict[str, Any]) -> None:
         ev = CallEvent(self.clock(), kind, data)
         self.store.add_event(rec.call_sid, ev)
+        self._notify(rec, ev)
+
+    def _notify(self, rec: CallRecord, ev: CallEvent) -> None:
         for listener in self.listeners:
             listener(rec, ev)
 

@@ -90,7 +90,8 @@ class Triggers:
             request=request, idempotency_key=req.idempotency_key,
         )
         try:
-            store.create(rec)
+            ctx.journal.create(rec, {"from": None, "to": "queued", "reason": "",
+                                     "why": "trigger"})
         except DuplicateCall:
             if req.idempotency_key:
                 prior = store.find_by_idempotency_key(req.idempotency_key)
@@ -98,8 +99,6 @@ class Triggers:
                     return prior
             raise
         ctx.policies.keep(call_sid, policy)
-        ctx.journal.event(rec, "status", {"from": None, "to": "queued", "reason": "",
-                                          "why": "trigger"})
         log.info("%s: queued to %s via %s", call_sid, req.to_number, first.name,
                  extra={"call_sid": call_sid})
         if start:

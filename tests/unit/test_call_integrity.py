@@ -188,7 +188,7 @@ def test_store_migrates_a_version_1_file(tmp_path):
     store.close()
     again = SQLiteStore(db)
     assert again.get("OUT-old", now=3).detail == "SIP 486 Busy Here"
-    assert again._db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert again._db.execute("PRAGMA user_version").fetchone()[0] == 3
 
 
 # ---- SDP helpers ---------------------------------------------------------------------

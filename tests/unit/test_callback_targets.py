@@ -15,8 +15,9 @@ from sipbridge.api import create_app
 from sipbridge.calls import CallService
 from sipbridge.config import ConfigError, WebhookConfig, parse_config
 from sipbridge.netpolicy import TargetPolicy, address_problem, callback_url_problem
+from sipbridge.records import OutboxMessage
 from sipbridge.store import SQLiteStore
-from sipbridge.webhooks import Delivery, WebhookDispatcher
+from sipbridge.webhooks import WebhookDispatcher
 from tests.doubles import RecordingPool
 from tests.unit.test_api import AUTH, CFG
 from tests.webhook_receiver import Receiver
@@ -121,7 +122,7 @@ def _deliver(cfg: WebhookConfig, url: str, names: dict[str, list[str]]) -> tuple
                                resolve=resolve)
         await wh.start()
         try:
-            return await wh.deliver(Delivery(url, b"{}", "OUT-x", "queued", "d-1"))
+            return await wh.deliver(OutboxMessage("d-1", "OUT-x", "queued", url, b"{}", 0.0))
         finally:
             await wh.stop(flush_s=0)
 

@@ -26,9 +26,9 @@ from sipbridge.cli import main
 from sipbridge.config import WebhookConfig, parse_config
 from sipbridge.ipc import DetectionReport, LegEvent
 from sipbridge.logfmt import JsonFormatter
-from sipbridge.records import CallRecord, LegRecord
+from sipbridge.records import CallRecord, LegRecord, OutboxMessage
 from sipbridge.store import SQLiteStore
-from sipbridge.webhooks import Delivery, WebhookDispatcher, sign, verify
+from sipbridge.webhooks import WebhookDispatcher, sign, verify
 from tests.doubles import RecordingPool, detection
 from tests.unit.test_api import AUTH, _wait
 from tests.webhook_receiver import Receiver
@@ -168,8 +168,8 @@ def test_webhook_retried_after_500_and_signed() -> None:
         wh = WebhookDispatcher(cfg, lambda rec: {}, on_result=results.append)
         await wh.start()
         try:
-            return await wh.deliver(Delivery(url, b'{"status":"calling"}', "OUT-x", "calling",
-                                             "d-1"))
+            return await wh.deliver(OutboxMessage("d-1", "OUT-x", "calling", url,
+                                                  b'{"status":"calling"}', 0.0))
         finally:
             await wh.stop()
 
@@ -200,22 +200,13 @@ def test_webhook_gives_up_on_connection_errors() -> None:
         wh = WebhookDispatcher(cfg, lambda rec: {}, on_result=results.append)
         await wh.start()
         try:
-            return await wh.deliver(Delivery(f"http://127.0.0.1:{port}/", b"{}", "OUT-x",
-                                             "queued", "d"))
+            return await wh.deliver(OutboxMessage("d", "OUT-x", "queued",
+                                                  f"http://127.0.0.1:{port}/", b"{}", 0.0))
         finally:
             await wh.stop(flush_s=0)
 
     assert asyncio.run(run()) is False
     assert results == ["retried", "retried", "failed"]
-
-
-def test_webhook_queue_drops_oldest_when_full(caplog: pytest.LogCaptureFixture) -> None:
-    wh = WebhookDispatcher(WebhookConfig(queue_size=4), lambda rec: {})
-    with caplog.at_level(logging.WARNING, "sipbridge.webhooks"):
-        for i in range(3):
-            wh.enqueue(Delivery("http://127.0.0.1:9/", b"{}", "OUT-same", f"s{i}", str(i)))
-    assert wh.dropped == 2 and wh.pending() == 1  # 4 slots over 4 lanes: 1 per lane
-    assert "dropped the oldest" in caplog.text
 
 
 def test_status_callbacks_from_the_app(tmp_path: Path) -> None:

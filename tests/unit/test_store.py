@@ -1,13 +1,16 @@
-"""The SQLite store: durability, retention, and the typed record parts (request, legs,
-attempt history) written as JSON and read back equal; an unreadable row is marked
-damaged, never half-read."""
+"""The call stores, each test run against SQLite and a real PostgreSQL server (the
+``open_store`` fixture): durability, retention, unique keys, the typed record parts
+(request, legs, attempt history) written as JSON and read back equal; an unreadable row
+is marked damaged, never half-read."""
 
 from dataclasses import replace
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from sipbridge.callsettings import DetectionSettings, RetryConfig, WindowConfig
+from sipbridge.errors import DuplicateCall, StoreError
 from sipbridge.records import AttemptRecord, CallRequest, LegRecord
 from sipbridge.store import CallEvent, CallRecord, CallStore, SQLiteStore
 from tests.doubles import detection
@@ -18,13 +21,12 @@ def _rec(sid="OUT-1", status="queued", t=1000.0, **kw):
                       from_number="+14155550100", created_at=t, last_updated=t, **kw)
 
 
-def test_survives_reopen(tmp_path):
-    db = tmp_path / "s.db"
-    s = SQLiteStore(db)
+def test_survives_reopen(open_store):
+    s = open_store()
     s.create(_rec(request=CallRequest(metadata={"a": "b"}), polyai_call_id="P1"))
     s.add_event("OUT-1", CallEvent(1001.0, "status", {"to": "queued"}))
     s.close()
-    s2 = SQLiteStore(db)
+    s2 = open_store()
     rec = s2.get("OUT-1", now=1002.0)
     assert rec is not None and rec.request == CallRequest(metadata={"a": "b"})
     assert [e.kind for e in s2.events("OUT-1")] == ["status"]
@@ -33,8 +35,8 @@ def test_survives_reopen(tmp_path):
     assert s2.by_status("calling") == []
 
 
-def test_retention_hides_then_purges(tmp_path):
-    s = SQLiteStore(tmp_path / "s.db", retention_s=100)
+def test_retention_hides_then_purges(open_store):
+    s = open_store(retention_s=100)
     s.create(_rec())
     s.save(replace(_rec(), status="success", ended_at=2000.0))
     assert s.get("OUT-1", now=2099.0) is not None
@@ -44,18 +46,21 @@ def test_retention_hides_then_purges(tmp_path):
     assert s.events("OUT-1") == []
 
 
-def test_unknown_is_none(tmp_path):
-    s = SQLiteStore(tmp_path / "s.db")
+def test_unknown_is_none(open_store):
+    s = open_store()
     assert s.get("OUT-nope") is None and s.ping()
 
 
-def test_sqlite_store_is_a_call_store(tmp_path):
-    store: CallStore = SQLiteStore(tmp_path / "s.db")  # the protocol, checked by mypy
-    assert store.ping()
+def test_both_stores_are_call_stores(tmp_path, pg_server):
+    from sipbridge.pgstore import PostgresStore
+
+    stores: list[CallStore] = [SQLiteStore(tmp_path / "s.db"),  # the protocol, checked by mypy
+                               PostgresStore(pg_server.new_database())]
+    assert all(s.ping() for s in stores)
 
 
-def test_typed_parts_round_trip(tmp_path):
-    s = SQLiteStore(tmp_path / "s.db")
+def test_typed_parts_round_trip(open_store):
+    s = open_store()
     request = CallRequest(
         metadata={"k": "v"}, encryption="UDP/RTP", from_number="+14155550100",
         timezone="America/Chicago", calling_window=WindowConfig(days="mon-fri"),
@@ -78,6 +83,37 @@ def test_typed_parts_round_trip(tmp_path):
     assert back == rec and not back.damaged
 
 
+def test_duplicate_sid_and_idempotency_key_refused(open_store):
+    s = open_store()
+    s.create(_rec("OUT-1", idempotency_key="k1"))
+    with pytest.raises(DuplicateCall):
+        s.create(_rec("OUT-1"))
+    with pytest.raises(DuplicateCall):
+        s.create(_rec("OUT-2", idempotency_key="k1"))
+    s.create(_rec("OUT-3"))  # no key: any number of calls without one
+    s.create(_rec("OUT-4"))
+    assert s.find_by_idempotency_key("k1").call_sid == "OUT-1"
+    assert s.get("OUT-2") is None
+
+
+def test_save_of_unknown_call_is_a_store_error(open_store):
+    s = open_store()
+    with pytest.raises(StoreError, match="does not exist"):
+        s.save(_rec("OUT-nope"))
+
+
+def test_cdrs_by_time_window_survive_purge(open_store):
+    s = open_store(retention_s=10)
+    s.create(_rec())
+    s.save(replace(_rec(), status="success", ended_at=1000.0))
+    for i, t in enumerate((1000.0, 1005.0, 2000.0)):
+        s.add_cdr({"call_sid": "OUT-1", "attempt": i + 1, "ended_at": t, "x": "é"})
+    assert [c["attempt"] for c in s.cdrs(1000.0, 2000.0)] == [1, 2]
+    assert [c["attempt"] for c in s.cdrs(1001.0)] == [2, 3]
+    assert s.purge_expired(now=5000.0) == 1
+    assert [c["x"] for c in s.cdrs(0)] == ["é"] * 3
+
+
 def test_leg_json_shows_what_is_known():
     leg = LegRecord(trunk="t1", worker=0, attempt=1, invite_at=1.0)
     assert leg.to_json() == {"role": "carrier", "trunk": "t1", "worker": 0, "attempt": 1,
@@ -86,12 +122,12 @@ def test_leg_json_shows_what_is_known():
     assert ended.to_json()["cause"] is None and ended.to_json()["sip_status"] is None
 
 
-def test_unreadable_parts_mark_the_row_damaged(tmp_path):
-    s = SQLiteStore(tmp_path / "s.db")
+def test_unreadable_parts_mark_the_row_damaged(open_store):
+    s = open_store()
     s.create(_rec())
-    s._db.execute("UPDATE calls SET status='ringing', "
-                  "legs='{\"l\": {\"role\": \"robot\"}}', "
-                  "request='{\"retry\": {\"max_attempts\": 0}}'")
+    s._one("UPDATE calls SET status='ringing', "
+           "legs='{\"l\": {\"role\": \"robot\"}}', "
+           "request='{\"retry\": {\"max_attempts\": 0}}'")
     rec = s.get("OUT-1", now=1001.0)
     assert "column status" in rec.damaged and "column legs" in rec.damaged
     assert "column request" in rec.damaged

@@ -1,0 +1,214 @@
+"""PostgreSQL call store (psycopg 3): the same queries as SQLite (sipbridge.sqlstore), a
+schema versioned by numbered migrations, applied at open inside one transaction under an
+advisory lock (several nodes may start at once), recorded in ``schema_version``.
+
+One connection, used from the supervisor's loop thread like the SQLite one. A lost
+connection makes every operation raise :class:`StoreError` ("PostgreSQL store
+unavailable: ..."); the next operation reconnects (at most one try per
+``RECONNECT_EVERY_S``, so a dead server does not stall the loop on every call).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg import errors as pgerrors
+
+from sipbridge.errors import DuplicateCall, StoreError
+from sipbridge.sqlstore import SqlStore, iter_statements
+
+# Numbered migrations: version N's script takes the schema from N-1 to N. Never edit
+# a released one; add the next number. (Cluster mode adds owner node, attempt epoch and
+# lease columns as a later version.)
+MIGRATIONS: dict[int, str] = {
+    1: """
+CREATE TABLE calls (
+    call_sid TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    to_number TEXT NOT NULL,
+    from_number TEXT NOT NULL,
+    trunk TEXT NOT NULL DEFAULT '',
+    sip_status INTEGER,
+    answered_by TEXT,
+    polyai_call_id TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at DOUBLE PRECISION NOT NULL,
+    last_updated DOUBLE PRECISION NOT NULL,
+    ended_at DOUBLE PRECISION,
+    request TEXT NOT NULL DEFAULT '{}',
+    legs TEXT NOT NULL DEFAULT '{}',
+    not_before DOUBLE PRECISION,
+    idempotency_key TEXT,
+    attempt_history TEXT NOT NULL DEFAULT '[]',
+    detail TEXT NOT NULL DEFAULT ''
+);
+CREATE UNIQUE INDEX calls_idem ON calls(idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE INDEX calls_status ON calls(status, created_at);
+CREATE INDEX calls_polyai ON calls(polyai_call_id);
+CREATE INDEX calls_ended ON calls(ended_at);
+CREATE TABLE events (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    call_sid TEXT NOT NULL REFERENCES calls(call_sid) ON DELETE CASCADE,
+    ts DOUBLE PRECISION NOT NULL,
+    kind TEXT NOT NULL,
+    data TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX events_sid ON events(call_sid, id);
+CREATE TABLE cdrs (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    call_sid TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    ended_at DOUBLE PRECISION NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE INDEX cdrs_ended ON cdrs(ended_at, id);
+CREATE INDEX cdrs_sid ON cdrs(call_sid)
+""",
+    2: """
+CREATE TABLE outbox (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    delivery_id TEXT NOT NULL UNIQUE,
+    call_sid TEXT NOT NULL,
+    status TEXT NOT NULL,
+    url TEXT NOT NULL,
+    body TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at DOUBLE PRECISION NOT NULL,
+    result TEXT,
+    last_error TEXT NOT NULL DEFAULT '',
+    done_at DOUBLE PRECISION
+);
+CREATE INDEX outbox_pending ON outbox(call_sid, id) WHERE done_at IS NULL;
+CREATE INDEX outbox_due ON outbox(next_at) WHERE done_at IS NULL;
+CREATE INDEX outbox_done ON outbox(done_at)
+""",
+}
+SCHEMA_VERSION = max(MIGRATIONS)
+# pg_advisory_xact_lock key: "sipb" — serialises migrations of nodes starting together.
+_MIGRATION_LOCK = 0x73697062
+CONNECT_TIMEOUT_S = 5
+RECONNECT_EVERY_S = 1.0
+
+
+def _pg_sql(sql: str) -> str:
+    """The shared queries use ``?``; psycopg uses ``%s`` (and ``%`` must be doubled)."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+def migrate(conn: psycopg.Connection[Any]) -> int:
+    """Apply the missing migrations in one transaction; the version now in place."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version ("
+                     "version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL "
+                     "DEFAULT now())")
+        row = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()
+        have = int(row[0]) if row else 0
+        if have > SCHEMA_VERSION:
+            raise StoreError(f"PostgreSQL schema version {have}, this build reads "
+                             f"{SCHEMA_VERSION}: upgrade sipbridge")
+        for v in range(have + 1, SCHEMA_VERSION + 1):
+            for stmt in iter_statements(MIGRATIONS[v]):
+                conn.execute(stmt.encode())
+            conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (v,))
+    return SCHEMA_VERSION
+
+
+def _problem(e: BaseException) -> str:
+    """A one-line reason without the connection string (which may hold a password)."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return re.sub(r"password=\S+", "password=***", text)[:300]
+
+
+class _PgTx:
+    def __init__(self, cur: psycopg.Cursor[Any]) -> None:
+        self.cur = cur
+
+    def run(self, sql: str, params: Sequence[Any] = ()) -> tuple[list[tuple[Any, ...]], int]:
+        self.cur.execute(_pg_sql(sql).encode(), tuple(params))
+        rows = self.cur.fetchall() if self.cur.description is not None else []
+        return rows, self.cur.rowcount
+
+
+class PostgresStore(SqlStore):
+    """PostgreSQL; every write is committed before the call returns."""
+
+    def __init__(self, dsn: str, retention_s: float = 7200.0,
+                 clock: Any = time.monotonic) -> None:
+        self._dsn = dsn
+        self.retention_s = retention_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._conn: psycopg.Connection[Any] | None = None
+        self._last_try = float("-inf")
+        self._conn = self._connect()
+        try:
+            migrate(self._conn)
+        except psycopg.Error as e:
+            self._conn.close()
+            raise StoreError(f"cannot migrate the PostgreSQL store: {_problem(e)}") from None
+
+    def __repr__(self) -> str:  # never the DSN
+        return "PostgresStore()"
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        self._last_try = self._clock()
+        try:
+            return psycopg.connect(self._dsn, autocommit=True,
+                                   connect_timeout=CONNECT_TIMEOUT_S,
+                                   application_name="sipbridge")
+        except psycopg.Error as e:
+            raise StoreError(f"PostgreSQL store unavailable: {_problem(e)}") from None
+
+    def _live(self) -> psycopg.Connection[Any]:
+        if self._conn is not None and not self._conn.closed and not self._conn.broken:
+            return self._conn
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if self._clock() - self._last_try < RECONNECT_EVERY_S:
+            raise StoreError("PostgreSQL store unavailable: reconnecting")
+        self._conn = self._connect()
+        return self._conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[_PgTx]:
+        with self._lock:
+            try:
+                conn = self._live()
+                with conn.transaction(), conn.cursor() as cur:
+                    yield _PgTx(cur)
+            except pgerrors.UniqueViolation as e:
+                raise DuplicateCall(_problem(e)) from None
+            except psycopg.OperationalError as e:
+                raise StoreError(f"PostgreSQL store unavailable: {_problem(e)}") from None
+            except psycopg.Error as e:
+                raise StoreError(f"PostgreSQL store: {_problem(e)}") from None
+
+    def schema_version(self) -> int:
+        rows = self._one("SELECT MAX(version) FROM schema_version")
+        return int(rows[0][0])
+
+    def ping(self) -> bool:
+        try:
+            self._one("SELECT 1")
+            return True
+        except StoreError:
+            return False
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "PostgresStore", "migrate"]

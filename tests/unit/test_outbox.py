@@ -1,0 +1,119 @@
+"""The durable webhook outbox, on both stores (``open_store``: SQLite and a real
+PostgreSQL server): a callback row exists exactly when its status was written, one call's
+callbacks go out in order, and callbacks left undelivered at exit go out after a restart
+with their original delivery IDs (against a real local HTTP receiver)."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import replace
+
+import pytest
+from fastapi.testclient import TestClient
+
+from sipbridge.api import create_app
+from sipbridge.calls import CallService
+from sipbridge.calls.journal import Journal
+from sipbridge.config import parse_config
+from sipbridge.devtools.ports import free_port
+from sipbridge.errors import StoreError
+from sipbridge.records import CallEvent, CallRecord, OutboxMessage
+from tests.doubles import RecordingPool
+from tests.webhook_receiver import Receiver
+
+AUTH = {"X-PolyAi-Auth-Token": "tok"}
+
+
+def _cfg(**webhooks):
+    return parse_config({
+        "agent": {"uri": "sip:agent@127.0.0.1"},
+        "api": {"tokens": [{"value": "tok"}]},
+        "trunks": [{"name": "t1", "address": "127.0.0.1:5060", "caller_id": "+14155550100"}],
+        "routes": [{"prefix": "+", "trunk": "t1"}],
+        "webhooks": {"allow_private": True, **webhooks},
+    })
+
+
+def _rec(sid="OUT-1"):
+    return CallRecord(call_sid=sid, status="queued", to_number="+14155552671",
+                      from_number="+14155550100", created_at=1000.0, last_updated=1000.0)
+
+
+def _msg(did, sid="OUT-1", next_at=1000.0):
+    return OutboxMessage(did, sid, "calling", "http://127.0.0.1:9/", b"{}", 1000.0, 0, next_at)
+
+
+def _all_ids(store):
+    return [r[0] for r in store._one("SELECT delivery_id FROM outbox ORDER BY id")]
+
+
+def test_callback_row_written_with_its_status_or_not_at_all(open_store):
+    store = open_store()
+    journal = Journal(store, clock=lambda: 1001.0)
+    journal.outbox.append(lambda rec, ev: [_msg(f"d-{rec.call_sid}-{rec.status}",
+                                                rec.call_sid)])
+    rec = _rec()
+    journal.create(rec, {"from": None, "to": "queued"})
+    journal.set_status(rec, "calling", "")
+    assert _all_ids(store) == ["d-OUT-1-queued", "d-OUT-1-calling"]
+    assert [e.kind for e in store.events("OUT-1")] == ["status", "status"]
+    # A status that cannot be written leaves no callback (and no event) behind.
+    with pytest.raises(StoreError):
+        journal.set_status(_rec("OUT-ghost"), "calling", "")
+    assert _all_ids(store) == ["d-OUT-1-queued", "d-OUT-1-calling"]
+    assert store.events("OUT-ghost") == []
+
+
+def test_due_one_per_call_in_order_with_retry_schedule(open_store):
+    store = open_store()
+    store.create(_rec("OUT-1"), CallEvent(1000.0, "status", {}), [_msg("a1"), _msg("a2")])
+    store.create(_rec("OUT-2"), None, [_msg("b1", "OUT-2", next_at=1005.0)])
+    assert [m.delivery_id for m in store.outbox_due(1001.0, 10)] == ["a1"]
+    assert [m.delivery_id for m in store.outbox_due(1005.0, 10)] == ["a1", "b1"]
+    store.outbox_retry("a1", 1, 1010.0, "HTTP 500")
+    # a1 waits for its retry, and a2 waits behind it (one call's callbacks in order)
+    assert [m.delivery_id for m in store.outbox_due(1006.0, 10)] == ["b1"]
+    assert store.outbox_next_at() == 1005.0  # b1; a2 (due) waits behind a1 (at 1010)
+    due = store.outbox_due(1010.0, 10)
+    assert [(m.delivery_id, m.attempts) for m in due] == [("a1", 1), ("b1", 0)]
+    store.outbox_done("a1", "delivered", 2, 1011.0)
+    assert [m.delivery_id for m in store.outbox_due(1011.0, 10)] == ["a2", "b1"]
+    assert store.outbox_pending() == 2
+    store.outbox_done("a2", "failed", 5, 1012.0, "HTTP 500")
+    store.outbox_done("b1", "refused", 1, 1012.0, "loopback")
+    assert store.outbox_pending() == 0 and store.outbox_next_at() is None
+    # finished callbacks go with the retention window, like ended calls
+    store.save(replace(_rec("OUT-1"), status="success", ended_at=1012.0))
+    store.purge_expired(now=1012.0 + store.retention_s + 1)
+    assert _all_ids(store) == []
+
+
+def test_undelivered_callbacks_survive_a_restart_with_their_ids(open_store):
+    port = free_port(socket.SOCK_STREAM)  # the receiver is down at first
+    url = f"http://127.0.0.1:{port}/hook"
+    cfg = _cfg(backoff_s=0.5, max_attempts=20)
+
+    store = open_store()
+    svc = CallService(cfg, store, RecordingPool())
+    with TestClient(create_app(svc, ["tok"])) as client:
+        r = client.post("/v1/outbound-calling/trigger", headers=AUTH,
+                        json={"to_number": "+14155552671", "status_callback": url})
+        sid = r.json()["callSid"]
+        client.post(f"/v1/outbound-calling/{sid}/hangup", headers=AUTH)
+    rows = store._one("SELECT delivery_id, status FROM outbox ORDER BY id")
+    assert [st for _, st in rows][:1] == ["queued"] and len(rows) >= 2
+    assert store.outbox_pending() == len(rows)  # none delivered, none dropped
+    store.close()
+
+    with Receiver(port=port) as rx:
+        store2 = open_store()
+        svc2 = CallService(cfg, store2, RecordingPool())
+        with TestClient(create_app(svc2, ["tok"])):
+            got = rx.wait(lambda rs: len(rs) >= len(rows), timeout=15)
+    # (the restart may add its own: a call left "calling" is ended at start-up)
+    got = got[:len(rows)]
+    assert [g.headers["x-sipbridge-delivery"] for g in got] == [d for d, _ in rows]
+    assert [g.json()["status"] for g in got] == [st for _, st in rows]
+    assert all(g.json()["callSid"] == sid for g in got)
+    # the first POST after the restart counts the attempts made before it
+    assert int(got[0].headers["x-sipbridge-attempt"]) >= 2
