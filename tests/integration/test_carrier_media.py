@@ -16,7 +16,7 @@ from sipbridge import ipc
 from sipbridge.sip.pool import WorkerPool
 from sipbridge.sip.sdp import audio_codecs
 from tests.doubles import EventRecorder
-from tests.integration.harness import SippHarness, run, with_pool
+from tests.integration.harness import SippHarness, run, sip_cfg, with_pool
 from tests.integration.test_sip_bridge import SIPP_PCAPS, plan
 from tests.rtp import digits_of, rewrite_rtp_pt, rtp_events, rtp_packets
 
@@ -84,3 +84,29 @@ def test_unknown_codec_is_a_dial_error(h: SippHarness) -> None:
 
     run(with_pool(body, workers=1))
     assert carrier.received("INVITE") == []
+
+
+def test_inbound_offer_of_101_is_answered_and_used_for_dtmf(h: SippHarness) -> None:
+    # The agent platform (SIP-triggered mode) offers telephone-event 101: our answer keeps
+    # 101 (RFC 3264 6.1) and the digits we send on that leg go out on 101.
+    captured: dict[str, Any] = {}
+
+    async def body(pool: WorkerPool, rec: EventRecorder) -> None:
+        uac = h.uac("uac_agent_invite.xml", pool.worker_ports()[0])
+        cap = h.capture(uac.media_port, "inbound")
+        captured["cap"] = cap
+        inv: Any = await rec.wait(lambda e: isinstance(e, ipc.InboundCall), 5)
+        assert pool.respond(inv.leg_id, 200)
+        ok = await uac.async_wait_for(lambda m: m.direction == "received" and m.status == 200)
+        captured["answer"] = ok.body
+        await rec.state(inv.leg_id, "answered")
+        assert pool.send_dtmf(inv.leg_id, "9")
+        await rec.wait(lambda e: isinstance(e, ipc.DtmfSent) and e.leg_id == inv.leg_id, 3)
+        await rec.state(inv.leg_id, "ended", 5)  # the UAC hangs up after 1 s
+
+    run(with_pool(body, sip_cfg(1, inbound_allow=["127.0.0.0/8"])))
+    cap = captured["cap"]
+    cap.stop()
+    assert "a=rtpmap:101 telephone-event/8000" in captured["answer"]
+    assert {p.pt for p in rtp_packets(cap.path, cap.port)} - {0} == {101}
+    assert [d for d, _ in digits_of(rtp_events(cap.path, cap.port, 101))] == ["9"]
