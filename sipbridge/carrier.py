@@ -81,6 +81,9 @@ class Throttle(StrictModel):
     recover_s: Annotated[float, Field(ge=1, le=3600)] = 30.0
     # The slowest the trunk is ever throttled to (calls per second).
     min_cps: Annotated[float, Field(gt=0, le=100)] = 0.1
+    # Pushbacks one call is queued again for; the next one ends its attempt as usual
+    # (failure, or the route's retry policy).
+    max_requeues: Annotated[int, Field(ge=0, le=1000)] = 10
 
 
 def escape_user(user: str) -> str:

@@ -47,6 +47,8 @@ class Dispatcher:
                                               t.throttle.min_cps)
                           for t in cfg.trunks if t.cps and t.throttle.enabled}
         self._failover: list[str] = []  # calls whose next hop waits for capacity
+        # Pushback requeues per call (bounded by throttle.max_requeues; in memory).
+        self._requeues: dict[str, int] = {}
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
@@ -271,6 +273,17 @@ class Dispatcher:
                                    trunk=name, legs=rec.with_leg(plan.leg_id, leg),
                                    not_before=None, from_number=from_number)
         return None
+
+    def may_requeue(self, call_sid: str, trunk: str) -> bool:
+        """Count one pushback requeue of ``call_sid``; False past the trunk's
+        ``throttle.max_requeues`` (the attempt then ends as usual)."""
+        n = self._requeues.pop(call_sid, 0) + 1
+        if n > self.ctx.cfg.trunk(trunk).throttle.max_requeues:
+            return False
+        self._requeues[call_sid] = n
+        while len(self._requeues) > 10_000:  # forget the oldest calls first
+            self._requeues.pop(next(iter(self._requeues)))
+        return True
 
     def leg_ended(self, trunk: str | None, sip_status: int | None,
                   retry_after_s: float | None, sip_reason: str = "",

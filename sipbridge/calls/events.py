@@ -265,8 +265,9 @@ class SipEvents:
             ctx.journal.set_status(rec, "queued", "requeued: bridge shut down before answer",
                                    kind="requeued", attempts=max(rec.attempts - 1, 0))
             return
-        if (pushback and not answered and not hangup and pending is None and not inbound
-                and not self.stopping()):
+        if (pushback and trunk and not answered and not hangup and pending is None
+                and not inbound and not self.stopping()
+                and self.dispatcher.may_requeue(rec.call_sid, trunk)):
             # The carrier asked us to slow down (503/403 naming CPS or rate, or a
             # Retry-After): the trunk's rate is cut and the call waits its turn again;
             # the attempt does not count (max_queue_time_s still bounds the wait).

@@ -21,12 +21,14 @@ def _carrier(stack: Stack, status_line: str) -> Path:
                            stack.tmp / "reject_then_answer.xml", STATUS_LINE=status_line)
 
 
-def _cfg(stack: Stack, address: str, throttle: bool) -> dict[str, object]:
+def _cfg(stack: Stack, address: str, throttle: bool,
+         max_requeues: int = 10) -> dict[str, object]:
     return bridge_config(
         stack.tmp,
         trunks=[{"name": "t", "address": address, "caller_id": "+14155550100",
                  "cps": 4, "cps_burst": 1,
-                 "throttle": {"enabled": throttle, "factor": 0.5, "recover_s": 60}}],
+                 "throttle": {"enabled": throttle, "factor": 0.5, "recover_s": 60,
+                              "max_requeues": max_requeues}}],
         routes=[{"prefix": "+1", "trunk": "t"}],
     )
 
@@ -58,3 +60,12 @@ def test_without_throttling_the_pushback_fails_the_call(stack: Stack) -> None:
     sid = bridge.trigger(to_number="+12125550123")
     body = bridge.wait_terminal(sid, timeout=20)
     assert body["status"] == "failure" and body["sip_status"] == 403, body
+
+
+def test_requeues_per_call_are_bounded(stack: Stack) -> None:
+    carrier = stack.sipp(_carrier(stack, "503 Rate Limit Exceeded"))
+    bridge = stack.bridge(_cfg(stack, carrier.uri_hostport, throttle=True, max_requeues=1))
+    sid = bridge.trigger(to_number="+12125550123")
+    body = bridge.wait_terminal(sid, timeout=20)
+    assert body["status"] == "failure" and body["sip_status"] == 503, body
+    assert len(carrier.received("INVITE")) == 2  # one requeue, then the attempt ends
