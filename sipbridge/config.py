@@ -29,6 +29,7 @@ from sipbridge.callsettings import RetryConfig as RetryConfig
 from sipbridge.callsettings import StrictModel
 from sipbridge.callsettings import WindowConfig as WindowConfig
 from sipbridge.callsettings import check_dtmf as check_dtmf
+from sipbridge.carrier import PROFILE_HEADERS, CallerIdentity, Codec, HealthCheck, Throttle
 from sipbridge.edge.model import EdgeConfig
 from sipbridge.errors import ConfigError
 from sipbridge.headers import (
@@ -341,6 +342,32 @@ class TrunkConfig(_WithHeaders):
 
     # transport: tls only: how the carrier's certificate is checked.
     tls: TlsSettings = Field(default_factory=TlsSettings)
+
+    # Carrier profile (README "Carrier profiles"): identity headers and URI form.
+    identity: CallerIdentity = Field(default_factory=CallerIdentity)
+    # Audio codecs offered, in order (None: pjsua's defaults).
+    codecs: Annotated[list[Codec], Field(min_length=1, max_length=3)] | None = None
+    # RFC 4733 telephone-event payload type of our offers (dynamic range, RFC 3551).
+    telephone_event_pt: Annotated[int, Field(ge=96, le=127)] = 101
+    # RFC 4028 session timer values for this trunk (None: sip.session_*).
+    session_expires_s: Annotated[int, Field(ge=90, le=86400)] | None = None
+    min_se_s: Annotated[int, Field(ge=90, le=86400)] | None = None
+    # OPTIONS health checks (None: off, the trunk is always up).
+    health_check: HealthCheck | None = None
+    # Carrier pushback slows this trunk's dial rate (needs `cps`).
+    throttle: Throttle = Field(default_factory=Throttle)
+
+    @model_validator(mode="after")
+    def _profile_fits(self) -> TrunkConfig:
+        if self.codecs is not None and len(set(self.codecs)) != len(self.codecs):
+            raise ValueError(f"codecs: listed twice in {self.codecs}")
+        if (self.session_expires_s and self.min_se_s
+                and self.min_se_s > self.session_expires_s):
+            raise ValueError("min_se_s must be <= session_expires_s")
+        for name in (*self.headers, *self.header_templates):
+            if name.lower() in PROFILE_HEADERS:
+                raise ValueError(f"header {name!r}: set it with identity: (carrier profile)")
+        return self
 
     @model_validator(mode="before")
     @classmethod

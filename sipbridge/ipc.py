@@ -243,6 +243,9 @@ def decode(d: Any) -> Command | Event:
             plan["headers"] = tuple(tuple(h) for h in plan["headers"])
             if plan.get("auth") is not None:
                 plan["auth"] = tuple(plan["auth"])
+            plan["codecs"] = tuple(plan.get("codecs") or ())
+            if plan.get("session_timers") is not None:
+                plan["session_timers"] = tuple(plan["session_timers"])
             return Dial(plan=DialPlan(**plan))
         if kind == "inbound":
             body["headers"] = tuple(tuple(h) for h in body["headers"])

@@ -55,6 +55,16 @@ class TokenBucket:
             return True
         return False
 
+    def set_rate(self, rate_per_s: float) -> None:
+        """Change the refill rate from now on (tokens earned so far are kept)."""
+        self._refill()
+        self.rate_per_s = float(rate_per_s)
+
+    def drain(self) -> None:
+        """Drop the tokens held (no burst right after a carrier's pushback)."""
+        self._refill()
+        self._tokens = 0.0
+
     def wait_time(self, n: int = 1) -> float:
         """Seconds until ``n`` tokens are available (0 if now; ``inf`` if never: ``n > burst``
         or a zero rate)."""

@@ -63,6 +63,17 @@ class _LiveCollector(Collector):
                                 value=capacity)
         yield GaugeMetricFamily("sipbridge_sip_free_slots",
                                 "Call-leg slots free on running SIP workers", value=free)
+        up = GaugeMetricFamily("sipbridge_trunk_up",
+                               "1 if the trunk is up (OPTIONS health checks), else 0",
+                               labels=["trunk"])
+        trunks_up = getattr(self.gauges, "trunks_up", None)
+        if trunks_up is not None:
+            try:
+                for trunk, ok in sorted(trunks_up().items()):
+                    up.add_metric([trunk], 1 if ok else 0)
+            except Exception:
+                log.exception("cannot read trunk health")
+        yield up
 
 
 class Metrics:

@@ -36,6 +36,9 @@ class _ServiceGauges:
         pool = self.service.pool
         return pool.capacity(), pool.free_slots()
 
+    def trunks_up(self) -> dict[str, bool]:
+        return self.service.prober.states()
+
 
 class Operations:
     """Built once per app by :func:`sipbridge.api.create_app`."""
@@ -91,7 +94,19 @@ class Operations:
             checks["store"] = f"error: {e}"
         if self.draining:
             checks["api"] = "draining: shutting down"
+        states = self.service.prober.states()
+        if states and not any(states.values()):
+            checks["trunks"] = "every trunk is down (OPTIONS health checks)"
         return checks
+
+    def trunk_detail(self) -> dict[str, str]:
+        """Trunk -> "up" or "down: <last OPTIONS result>" (README "Carrier profiles")."""
+        prober = self.service.prober
+        out: dict[str, str] = {}
+        for name, up in prober.states().items():
+            last = prober.last_status.get(name, "no check yet")
+            out[name] = "up" if up else f"down: OPTIONS {last or 'not answered'}"
+        return out
 
     def install(self, app: FastAPI) -> None:
         """Add the metrics middleware and the unauthenticated /metrics and /readyz."""
@@ -109,13 +124,14 @@ class Operations:
             """200 when a SIP worker is ready and the store answers; else 503 naming what
             is down (also 503 while draining)."""
             checks = self.readiness()
+            trunks = self.trunk_detail()
             down = {k: v for k, v in checks.items() if v != "ok"}
             if down:
                 return JSONResponse(status_code=503, content={
                     "status": "unavailable", "down": sorted(down),
                     "error": "; ".join(f"{k}: {v}" for k, v in sorted(down.items())),
-                    "checks": checks})
-            return JSONResponse({"status": "ok", "checks": checks})
+                    "checks": checks, "trunks": trunks})
+            return JSONResponse({"status": "ok", "checks": checks, "trunks": trunks})
 
 
 __all__ = ["Operations"]

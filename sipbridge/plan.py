@@ -38,3 +38,9 @@ class DialPlan:
     # Once this leg and the named leg are both answered, the worker connects their audio
     # both ways and relays DTMF received on the agent leg to the carrier leg (RFC 4733).
     bridge_with: str | None = None
+    # Carrier profile (sipbridge.carrier): pjsua codec ids offered in this order (empty:
+    # pjsua's defaults), the RFC 4733 telephone-event payload type of our offer (0: as
+    # pjsua makes it), RFC 4028 (Session-Expires, Min-SE) seconds (None: sip-wide).
+    codecs: tuple[str, ...] = ()
+    telephone_event_pt: int = 0
+    session_timers: tuple[int, int] | None = None

@@ -5,6 +5,14 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
+from sipbridge.carrier import (
+    CODEC_IDS,
+    caller_user,
+    dialled_user,
+    identity_headers,
+    name_addr,
+    uri_params,
+)
 from sipbridge.config import Config, RouteConfig, TrunkConfig
 from sipbridge.errors import RoutingError
 from sipbridge.headers import (
@@ -156,9 +164,11 @@ def resolve_plan(
         "attempt": str(attempt),
     }
     headers = carrier_headers(trunk, fields, metadata)
+    ident = trunk.identity
+    callee = dialled_user(ident, to_number)
     params = "" if trunk.transport == "udp" else f";transport={trunk.transport}"
     scheme = "sips" if trunk.transport == "tls" else "sip"
-    target = f"{scheme}:{to_number}@{trunk.address}"
+    target = f"{scheme}:{callee}@{trunk.address}{uri_params(ident)}"
     srtp = srtp_mode(encryption or trunk.encryption)
     request_uri, transport = target + params, trunk.transport
     if cfg.edge is not None:
@@ -166,15 +176,17 @@ def resolve_plan(
         # RTP; the edge sends it on to the trunk named in the header (transport, TLS and
         # SRTP as configured) with the Request-URI sip(s):<number>@<trunk address>.
         scheme, transport, params = "sip", "udp", ""
-        target = f"sip:{to_number}@{trunk.address}"
+        target = f"sip:{callee}@{trunk.address}{uri_params(ident)}"
         host = cfg.edge.inside_address
         host = f"[{host}]" if ":" in host else host
-        request_uri = f"sip:{to_number}@{host}:{cfg.edge.inside_port}"
+        request_uri = f"sip:{callee}@{host}:{cfg.edge.inside_port}{uri_params(ident)}"
         mark = f"{trunk.name};srtp={'yes' if srtp == 'mandatory' else 'no'}"
         headers = (*headers, ("X-Sipbridge-Trunk", mark))
         srtp = "off"
         bridge_host = cfg.edge.public_address  # the carrier sees the edge only
     from_host = trunk.from_domain or bridge_host
+    caller_uri = f"{scheme}:{caller_user(ident, from_number)}@{from_host}{uri_params(ident)}"
+    headers = (*identity_headers(ident, caller_uri, scheme, from_host), *headers)
     auth = None
     if trunk.auth is not None:
         auth = (trunk.auth.username, trunk.auth.password.resolve(), trunk.auth.realm)
@@ -183,7 +195,7 @@ def resolve_plan(
         leg_id=f"{call_sid}/b{attempt}" + (f".{hop + 1}" if hop else ""),
         trunk=trunk.name,
         request_uri=request_uri,
-        from_uri=f"<{scheme}:{from_number}@{from_host}>",
+        from_uri=name_addr(ident, caller_uri),
         to_uri=f"<{target}>",
         headers=headers,
         ring_timeout_s=cfg.timers.ring_timeout_s,
@@ -194,13 +206,25 @@ def resolve_plan(
         detection=detection,
         tls_verify=trunk.tls.verify,
         tls_ca_file=trunk.tls.ca_list(),
+        codecs=tuple(CODEC_IDS[c] for c in trunk.codecs or ()),
+        telephone_event_pt=trunk.telephone_event_pt,
+        session_timers=session_timers(cfg, trunk),
     )
+
+
+def session_timers(cfg: Config, trunk: TrunkConfig) -> tuple[int, int] | None:
+    """RFC 4028 (Session-Expires, Min-SE) for the trunk, None when it keeps the
+    sip-wide values."""
+    if trunk.session_expires_s is None and trunk.min_se_s is None:
+        return None
+    se = trunk.session_expires_s or cfg.sip.session_expires_s
+    return se, min(trunk.min_se_s or cfg.sip.session_min_se_s, se)
 
 
 __all__ = [
     "HeaderError", "RoutingError", "caller_id_for", "carrier_headers", "check_trigger",
     "choose_route", "choose_trunk", "effective_caller_id", "resolve_agent_plan",
-    "resolve_plan", "srtp_mode",
+    "resolve_plan", "session_timers", "srtp_mode",
 ]
 
 

@@ -38,6 +38,18 @@ class TrunkHealth:
     def __init__(self, max_rest_s: float = 3600.0) -> None:
         self.max_rest_s = max_rest_s
         self._until: dict[str, float] = {}
+        # Trunks an OPTIONS health check marked down (sipbridge.calls.probe): skipped
+        # by hunting until a check marks them up.
+        self._down: set[str] = set()
+
+    def set_down(self, trunk: str, down: bool) -> None:
+        if down:
+            self._down.add(trunk)
+        else:
+            self._down.discard(trunk)
+
+    def is_down(self, trunk: str) -> bool:
+        return trunk in self._down
 
     def mark_unavailable(self, trunk: str, until_ts: float) -> None:
         """Skip ``trunk`` until ``until_ts``; an earlier mark that lasts longer is kept."""
@@ -45,6 +57,8 @@ class TrunkHealth:
 
     def available(self, trunk: str, now: float) -> bool:
         """May ``trunk`` be tried at ``now``?"""
+        if trunk in self._down:
+            return False
         until = self._until.get(trunk)
         if until is None:
             return True
@@ -60,7 +74,8 @@ class TrunkHealth:
     def earliest_available(self, trunks: Iterable[str], now: float) -> float | None:
         """The first time any of ``trunks`` is available (``now`` if one is already),
         ``None`` for an empty list. Lets the scheduler requeue when all are resting."""
-        times = [now if self.available(t, now) else self._until[t] for t in trunks]
+        times = [now if self.available(t, now) else self._until[t] for t in trunks
+                 if t not in self._down]  # a down trunk: no known time
         return min(times) if times else None
 
     def observe(

@@ -20,6 +20,7 @@ from sipbridge.limits import ConcurrencyLimiter, TokenBucket
 from sipbridge.records import CallRecord, LegRecord
 from sipbridge.routing import effective_caller_id, resolve_plan
 from sipbridge.schedule import is_open, next_open
+from sipbridge.throttle import CpsThrottle, is_pushback
 from sipbridge.trunkselect import TrunkHealth, hunt_list
 
 log = logging.getLogger("sipbridge.calls")
@@ -41,7 +42,13 @@ class Dispatcher:
         self.buckets = {t.name: TokenBucket(t.cps, t.cps_burst, ctx.clock)
                         for t in cfg.trunks if t.cps}
         self.health = TrunkHealth()
+        # Carrier pushback cuts a trunk's CPS bucket (README "Carrier profiles").
+        self.throttles = {t.name: CpsThrottle(t.cps, t.throttle.factor, t.throttle.recover_s,
+                                              t.throttle.min_cps)
+                          for t in cfg.trunks if t.cps and t.throttle.enabled}
         self._failover: list[str] = []  # calls whose next hop waits for capacity
+        # Pushback requeues per call (bounded by throttle.max_requeues; in memory).
+        self._requeues: dict[str, int] = {}
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
@@ -212,6 +219,9 @@ class Dispatcher:
         if name is None:
             return _RETRY_SOON_S
         bucket = self.buckets.get(name)
+        throttle = self.throttles.get(name)
+        if bucket is not None and throttle is not None:
+            bucket.set_rate(throttle.current(now))
         if bucket is not None and not bucket.try_take():
             self.limiter.release(name)
             return max(bucket.wait_time(), 0.001)
@@ -264,15 +274,44 @@ class Dispatcher:
                                    not_before=None, from_number=from_number)
         return None
 
+    def may_requeue(self, call_sid: str, trunk: str) -> bool:
+        """Count one pushback requeue of ``call_sid``; False past the trunk's
+        ``throttle.max_requeues`` (the attempt then ends as usual)."""
+        n = self._requeues.pop(call_sid, 0) + 1
+        if n > self.ctx.cfg.trunk(trunk).throttle.max_requeues:
+            return False
+        self._requeues[call_sid] = n
+        while len(self._requeues) > 10_000:  # forget the oldest calls first
+            self._requeues.pop(next(iter(self._requeues)))
+        return True
+
     def leg_ended(self, trunk: str | None, sip_status: int | None,
-                  retry_after_s: float | None) -> None:
-        """A carrier leg on ``trunk`` ended: its concurrency slot is free again."""
+                  retry_after_s: float | None, sip_reason: str = "",
+                  answered: bool = False) -> bool:
+        """A carrier leg on ``trunk`` ended: its concurrency slot is free again. True
+        when the end was the carrier pushing back (sipbridge.throttle): the trunk's dial
+        rate is cut (or, without a ``cps``, the trunk rests a moment) and the caller
+        queues the call again instead of failing it."""
         if trunk and self.limiter.active(trunk) > 0:
             self.limiter.release(trunk)
+        now = self.ctx.clock()
         if trunk and sip_status == 503 and retry_after_s:
             # RFC 3261 21.5.4: the trunk asked us to stay away for Retry-After seconds.
-            self.health.mark_unavailable(trunk, self.ctx.clock() + retry_after_s)
+            self.health.mark_unavailable(trunk, now + retry_after_s)
+        pushback = (trunk is not None and not answered
+                    and self.ctx.cfg.trunk(trunk).throttle.enabled
+                    and is_pushback(sip_status, sip_reason, retry_after_s))
+        if trunk and pushback:
+            throttle, bucket = self.throttles.get(trunk), self.buckets.get(trunk)
+            if throttle is not None and bucket is not None:
+                bucket.set_rate(throttle.pushback(now, retry_after_s))
+                bucket.drain()
+                log.warning("trunk %s pushed back (%s %s): dial rate cut to %.3g cps",
+                            trunk, sip_status, sip_reason, bucket.rate_per_s)
+            else:  # no CPS bucket to cut: at most one call a second while it pushes back
+                self.health.mark_unavailable(trunk, now + max(retry_after_s or 0.0, 1.0))
         self.wake()
+        return pushback
 
 
 __all__ = ["QUEUE_TIMEOUT_REASON", "Dispatcher"]

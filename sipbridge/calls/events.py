@@ -215,16 +215,17 @@ class SipEvents:
         leg = replace(leg, ended_at=ev.ts, cause=ev.cause, sip_status=ev.sip_status)
         attempt = live.attempt if live is not None else None
         trunk = leg.trunk or (attempt.trunk if attempt else None)
-        self.dispatcher.leg_ended(trunk, ev.sip_status, ev.retry_after_s)
+        pushback = self.dispatcher.leg_ended(trunk, ev.sip_status, ev.retry_after_s,
+                                             ev.sip_reason or "", ev.answered)
         if rec.terminal:
             ctx.journal.update_leg(rec, ev.leg_id, leg, touch=False)
             return
         # (no LiveCall: a late end of a call whose attempt is over; it ends as recorded)
         self._end_attempt(live or LiveCall(sid), replace(rec, legs=rec.with_leg(ev.leg_id, leg)),
-                          ev, trunk)
+                          ev, trunk, pushback)
 
     def _end_attempt(self, live: LiveCall, rec: CallRecord, ev: LegEvent,
-                     trunk: str | None) -> None:
+                     trunk: str | None, pushback: bool = False) -> None:
         """The carrier leg of the attempt ended (``rec`` has its end): fail over, requeue
         or finish the attempt."""
         ctx = self.ctx
@@ -263,6 +264,18 @@ class SipEvents:
             # Shut down before answer: the call is not lost, it waits for the next start.
             ctx.journal.set_status(rec, "queued", "requeued: bridge shut down before answer",
                                    kind="requeued", attempts=max(rec.attempts - 1, 0))
+            return
+        if (pushback and trunk and not answered and not hangup and pending is None
+                and not inbound and not self.stopping()
+                and self.dispatcher.may_requeue(rec.call_sid, trunk)):
+            # The carrier asked us to slow down (503/403 naming CPS or rate, or a
+            # Retry-After): the trunk's rate is cut and the call waits its turn again;
+            # the attempt does not count (max_queue_time_s still bounds the wait).
+            ctx.journal.set_status(
+                rec, "queued", f"requeued: trunk {trunk} pushed back "
+                f"({ev.sip_status} {ev.sip_reason or ''}".rstrip() + "); dialling it slower",
+                kind="requeued", attempts=max(rec.attempts - 1, 0), sip_status=ev.sip_status)
+            self.dispatcher.wake()
             return
         term = from_leg_end(ev.cause, answered, ev.sip_status, ev.sip_reason, ev.detail,
                             connected=connected)

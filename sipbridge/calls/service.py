@@ -22,6 +22,7 @@ from sipbridge.calls.inbound import InboundCalls
 from sipbridge.calls.journal import Journal, Listener
 from sipbridge.calls.live import CallRegistry
 from sipbridge.calls.policy import PolicyBook, resolve_policy
+from sipbridge.calls.probe import TrunkProber
 from sipbridge.calls.trigger import TriggerInput, Triggers
 from sipbridge.config import Config, check_dtmf
 from sipbridge.errors import CallNotFound, InvalidTransition
@@ -56,6 +57,9 @@ class CallService:
                           bridge_host=cfg.sip.public_address or cfg.sip.listen_address)
         self.endings = Endings(ctx, wake=lambda: self.dispatcher.wake())
         self.dispatcher = Dispatcher(ctx, on_error=self.endings.fail_call)
+        # OPTIONS health checks: a trunk marked up again may take queued calls at once.
+        self.prober = TrunkProber(ctx.cfg, self.dispatcher.health,
+                                  on_change=lambda _trunk, _up: self.dispatcher.wake())
         self.triggers = Triggers(ctx, wake=self.dispatcher.wake)
         self.inbound = InboundCalls(ctx, self.dispatcher, self.triggers.trigger)
         self.actions = Actions(ctx, self.endings, self.inbound)
@@ -91,6 +95,8 @@ class CallService:
         self._tasks.append(asyncio.create_task(
             self.dispatcher.run(lambda: self._stopping), name="dispatcher"))
         self._tasks.append(asyncio.create_task(self._purger(), name="purger"))
+        self._tasks.append(asyncio.create_task(
+            self.prober.run(lambda: self._stopping), name="trunk-probe"))
         self.dispatcher.wake()
 
     async def stop(self) -> None:

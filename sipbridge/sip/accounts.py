@@ -4,7 +4,7 @@ used.
 pjsua answers digest challenges (RFC 3261 22.2/22.3) from an account's credentials and
 binds requests to the account's transport, and SRTP is an account media setting. So legs
 use local accounts (no registration) created on demand and cached, keyed by
-``(transport, srtp, auth)`` (:data:`sipbridge.sip.leg.AccountKey`). pjsua allows
+``(transport, srtp, auth, session timers)`` (:data:`sipbridge.sip.leg.AccountKey`). pjsua allows
 ``PJSUA_MAX_ACC`` (8) accounts: the least recently used account without a live leg is
 deleted to make room; if all 8 have live legs the dial fails with ``dial_error``.
 
@@ -58,7 +58,7 @@ class AccountCache:
         """The account for inbound INVITEs on the primary transport (SIP-triggered mode;
         it takes one of the PJSUA_MAX_ACC slots, so only when inbound calls are allowed
         at all: otherwise any dial account refuses them with 403)."""
-        key: AccountKey = (self.cfg.transport, "off", None)
+        key: AccountKey = (self.cfg.transport, "off", None, None)
         acc = WorkerAccount(self.worker)
         acc.create(self.config(self.cfg.transport, "off", None), True)
         self.accounts[key] = acc
@@ -78,7 +78,13 @@ class AccountCache:
             if len(plan.auth) != 3 or not all(isinstance(x, str) for x in plan.auth):
                 raise DialRefused("auth must be (username, password, realm) strings")
             auth = (plan.auth[0], plan.auth[1], plan.auth[2])
-        key: AccountKey = (kind, plan.srtp, auth)
+        timers: tuple[int, int] | None = None
+        if plan.session_timers is not None:
+            se, min_se = (int(x) for x in plan.session_timers)
+            if not 90 <= min_se <= se <= 86400:  # RFC 4028 4: Min-SE at least 90 s
+                raise DialRefused(f"bad session timers {plan.session_timers!r}")
+            timers = (se, min_se)
+        key: AccountKey = (kind, plan.srtp, auth, timers)
         acc = self.accounts.get(key)
         if acc is not None:
             self.accounts.move_to_end(key)
@@ -87,7 +93,7 @@ class AccountCache:
             self._evict_one()
         acc = WorkerAccount(self.worker)
         try:
-            acc.create(self.config(kind, plan.srtp, auth), False)
+            acc.create(self.config(kind, plan.srtp, auth, timers), False)
         except pj.Error as e:
             raise DialRefused(f"cannot create a pjsua account: {pj_error_text(e)}") from None
         self.accounts[key] = acc
@@ -110,7 +116,8 @@ class AccountCache:
             f"user={user!r} realm={realm!r}",
         )
 
-    def config(self, kind: str, srtp: str, auth: tuple[str, ...] | None) -> Any:
+    def config(self, kind: str, srtp: str, auth: tuple[str, ...] | None,
+               timers: tuple[int, int] | None = None) -> Any:
         """The pjsua ``AccountConfig`` of a local account on transport ``kind``."""
         cfg = self.cfg
         port = self.transports.ports[kind]
@@ -145,8 +152,9 @@ class AccountCache:
         # the peer are answered; when the peer asks for timers, pjsua ends a session that
         # is not refreshed in time (BYE), and a refresh of ours that fails ends it too.
         acfg.callConfig.timerUse = pj.PJSUA_SIP_TIMER_OPTIONAL
-        acfg.callConfig.timerSessExpiresSec = cfg.session_expires_s
-        acfg.callConfig.timerMinSESec = cfg.session_min_se_s
+        se, min_se = timers or (cfg.session_expires_s, cfg.session_min_se_s)
+        acfg.callConfig.timerSessExpiresSec = se  # a trunk's own values (DialPlan)
+        acfg.callConfig.timerMinSESec = min_se
         # SRTP only where the trunk asks for it: "off" is PJMEDIA_SRTP_DISABLED (no
         # optional SRTP offer, SDES a=crypto lines are never processed), never OPTIONAL.
         acfg.mediaConfig.srtpUse = _SRTP_USE[srtp]

@@ -30,9 +30,10 @@ from sipbridge.plan import DialPlan
 if TYPE_CHECKING:
     from sipbridge.sip.tap import LegAnalysis, PhaseListener
 
-# An account is shared by every leg with the same transport, SRTP use and credentials:
-# (transport key, SRTP mode, (username, password, realm) or None).
-AccountKey = tuple[str, str, tuple[str, str, str] | None]
+# An account is shared by every leg with the same transport, SRTP use, credentials and
+# session timers: (transport key, SRTP mode, (username, password, realm) or None,
+# RFC 4028 (Session-Expires, Min-SE) or None for the sip-wide values).
+AccountKey = tuple[str, str, tuple[str, str, str] | None, tuple[int, int] | None]
 
 
 @dataclass

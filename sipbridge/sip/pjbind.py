@@ -107,6 +107,9 @@ class LegCall(pj.Call):
     def onCallTsxState(self, prm: Any) -> None:
         self._dispatch("onCallTsxState", lambda w: w.on_call_tsx_state(self._leg_id, prm))
 
+    def onCallSdpCreated(self, prm: Any) -> None:
+        self._dispatch("onCallSdpCreated", lambda w: w.on_sdp_created(self._leg_id, prm))
+
     def onDtmfEvent(self, prm: Any) -> None:
         self._dispatch("onDtmfEvent", lambda w: w.dtmf.on_dtmf_event(self._leg_id, prm))
 

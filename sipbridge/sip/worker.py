@@ -54,6 +54,7 @@ from sipbridge import ipc
 from sipbridge.config import SipConfig
 from sipbridge.plan import DialPlan
 from sipbridge.sip.accounts import AccountCache
+from sipbridge.sip.codecs import CodecOrder
 from sipbridge.sip.detection import Detection
 from sipbridge.sip.dtmf import Dtmf
 from sipbridge.sip.endcause import (
@@ -72,6 +73,7 @@ from sipbridge.sip.mediawatch import MediaWatch
 from sipbridge.sip.mixer import PORT_COOLING_S, Mixer
 from sipbridge.sip.pjbind import LegCall, pj_error_text, pj_lib, respond_in_dialog
 from sipbridge.sip.sdp import carries_sdp, sdp_of
+from sipbridge.sip.sdpoffer import set_event_pt
 from sipbridge.sip.waker import Waker
 from sipbridge.sipmsg import final_response_retry_after, is_invite_2xx
 
@@ -125,6 +127,7 @@ class Worker:
         self.kicked = False
         # The audio codecs pjsua offers (for a negotiation failure's detail).
         self.offered_codecs: list[str] = []
+        self.codecs: CodecOrder | None = None  # per-trunk codec order (after start)
         self.transports = Transports(cfg, worker_id, sip_port)
         self.accounts = AccountCache(self, self.transports, self._busy_accounts)
         self.mixer = Mixer(self)
@@ -150,6 +153,7 @@ class Worker:
     def start(self) -> None:
         self.ep = create_endpoint(self)
         self.offered_codecs = offered_codecs(self.ep)
+        self.codecs = CodecOrder(self.ep)
         self.sip_port = self.transports.create_all(self.ep, self.log)
         self.ep.libStart()
         self.guard.install(self.transports.ports, self.ep.libHandleEvents)
@@ -231,6 +235,8 @@ class Worker:
             h.hValue = value
             prm.txOption.headers.append(h)
         try:
+            if self.codecs is not None:
+                self.codecs.apply(plan.codecs)
             call.makeCall(plan.to_uri or plan.request_uri, prm)
         except pj.Error as e:
             del self.legs[plan.leg_id]
@@ -255,11 +261,19 @@ class Worker:
                     return
             self._end_without_call(plan, "dial_error", pj_error_text(e))
             return
+        except DialRefused as e:  # a codec this pjsua build lacks
+            del self.legs[plan.leg_id]
+            self.graveyard.append(call)
+            self._end_without_call(plan, "dial_error", str(e))
+            return
         except Exception as e:  # e.g. SWIG type errors on odd input
             del self.legs[plan.leg_id]
             self.graveyard.append(call)
             self._end_without_call(plan, "dial_error", repr(e))
             return
+        finally:
+            if self.codecs is not None:  # the offer is built: pjsua's defaults again
+                self.codecs.apply(())
         if plan.bridge_with:
             self.mixer.pair(plan.leg_id, plan.bridge_with, connect=False)
         if "trying" not in leg.sent_states and not leg.ended:
@@ -377,7 +391,8 @@ class Worker:
                 any_response=leg.peer.rx_any, transport=leg.plan.transport,
                 tls_reject=(tls_reject_detail(leg.plan.request_uri, leg.started,
                                               self.transports.tls_rejects) if tls else ""),
-                offered_codecs=tuple(self.offered_codecs), remote_sdp=leg.peer.remote_sdp,
+                offered_codecs=tuple(leg.plan.codecs or self.offered_codecs),
+                remote_sdp=leg.peer.remote_sdp,
                 answer_received=leg.peer.answer_received,
             ))
             redirect = redirect_report(whole) if cause == "remote_final" else None
@@ -425,6 +440,17 @@ class Worker:
                 self.log("warning", f"could not answer an in-dialog {method} on {leg_id}")
             return
         self._note_reply(leg, whole)
+
+    def on_sdp_created(self, leg_id: str, prm: Any) -> None:
+        """Our SDP, before pjsua sends it: an offer (no remote SDP) gets the trunk's
+        telephone-event payload type. An answer keeps the offerer's (RFC 3264 6.1)."""
+        leg = self.legs.get(leg_id)
+        if leg is None or not leg.plan.telephone_event_pt or str(prm.remSdp.wholeSdp):
+            return
+        sdp = str(prm.sdp.wholeSdp)
+        new = set_event_pt(sdp, leg.plan.telephone_event_pt)
+        if new != sdp:
+            prm.sdp.wholeSdp = new
 
     def on_call_media_state(self, leg_id: str, call: Any) -> None:
         """Media became active (183 early media or the answer): connect the detection
