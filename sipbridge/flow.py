@@ -158,7 +158,7 @@ class CallFlow:
         if answered_by == "fax":
             return self._end(from_detection("fax")) if self.detection.hangup_on_fax else []
         if answered_by in ("machine", "ivr"):
-            return self._on_machine(final=det.final)
+            return self._on_machine(det.final, det.beep_ms, det.beep_end_ms)
         if answered_by == "human" and self.state == "awaiting_person":
             return self._connect()
         if answered_by in ("silence", "unknown") and self.state == "awaiting_person":
@@ -166,7 +166,8 @@ class CallFlow:
                                          "no_person", True))
         return []
 
-    def _on_machine(self, final: bool) -> list[Action]:
+    def _on_machine(self, final: bool, beep_ms: int | None = None,
+                    beep_end_ms: int | None = None) -> list[Action]:
         action = self.detection.machine_action
         settled = final or not self.detection.wait_for_beep
         if action == "connect":
@@ -176,9 +177,13 @@ class CallFlow:
                 return []
             return self._end(from_detection(self.answered_by or "machine",
                                             retry=action == "retry"))
-        # leave_message: the message starts at the beep (or when the greeting ended
-        # without one), i.e. on the final machine decision.
+        # leave_message: the message starts at the beep's END (a mailbox records from
+        # there; a message started during the tone is clipped), which the detector reports
+        # in an ``update`` after the final beep decision; or when the greeting ended
+        # without a beep (final, no beep_ms).
         if not final or self.state in ("leaving_message", "ending"):
+            return []
+        if beep_ms is not None and beep_end_ms is None:
             return []
         assert self.detection.message_wav
         self._to("leaving_message")

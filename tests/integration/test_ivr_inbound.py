@@ -57,6 +57,8 @@ def test_digits_then_hold_until_a_person_speaks(stack: Stack,
     assert [k for k in ("dtmf.send", "dtmf.sent", "hold") if k not in ev] == []
     assert [d for d, _ in digits_of(rtp_events(cap.path, carrier.media_port))] == ["1"]
     assert final["status"] == "success"
+    # what the agent's header said, the status (and so the CDR and metrics) says too
+    assert final["answered_by"] == "human", final
 
 
 def test_ivr_escape_hatch_ends_with_retryable_failure(

@@ -60,9 +60,20 @@ def test_leave_message_waits_for_beep_then_plays_and_succeeds():
     f = flow(connect_on="human", machine_action="leave_message", message_wav=wav)
     f.on_answered()
     assert f.on_detection("answer", det("machine", final=False)) == []
-    assert f.on_detection("answer", det("machine", final=True, beep_ms=5000)) == [PlayMessage(wav)]
+    # the beep's onset: the tone is still sounding, the message waits for its end
+    assert f.on_detection("answer", det("machine", final=True, beep_ms=5000)) == []
+    assert f.on_detection("answer", det("machine", final=True, beep_ms=5000,
+                                        beep_end_ms=5400)) == [PlayMessage(wav)]
+    assert f.on_detection("answer", det("machine", final=True, beep_ms=5000,
+                                        beep_end_ms=5400)) == []
     (end,) = f.on_playback_done()
     assert (end.term.result, end.term.reason) == ("success", "voicemail message left")
+
+
+def test_leave_message_without_a_beep_plays_when_the_greeting_ends():
+    f = flow(connect_on="human", machine_action="leave_message", message_wav="m.wav")
+    f.on_answered()
+    assert f.on_detection("answer", det("machine", final=True)) == [PlayMessage("m.wav")]
 
 
 def test_leave_message_needs_a_file_and_human_connect(tmp_path: Path):
