@@ -35,6 +35,16 @@ class DialAgent:
 
 
 @dataclass(frozen=True)
+class TellAgent:
+    """The detection result became known (or changed) after the agent was dialled: tell
+    the agent leg (a SIP INFO, see sipbridge.routing.detection_info)."""
+
+    answered_by: str
+    hint: str | None
+    final: bool
+
+
+@dataclass(frozen=True)
 class SendDigits:
     digits: str
     duration_ms: int
@@ -64,7 +74,8 @@ class StartTimer:
     delay_s: float
 
 
-Action = DialAgent | SendDigits | StartHold | PlayMessage | EndCall | StartTimer
+Action = (DialAgent | SendDigits | StartHold | PlayMessage | EndCall | StartTimer
+          | TellAgent)
 
 
 @dataclass
@@ -79,6 +90,9 @@ class CallFlow:
     # The agent answered while this attempt was connecting it: what makes an answered
     # call a success (with a left voicemail message, see MESSAGE_LEFT).
     agent_connected: bool = False
+    # What the agent was told (at its dial, or by TellAgent), and what waits for its answer.
+    agent_told: tuple[str, str | None] | None = None
+    tell_pending: TellAgent | None = None
     history: list[str] = field(default_factory=list)
 
     def _to(self, state: str) -> None:
@@ -97,7 +111,24 @@ class CallFlow:
             return []
         self.agent_dialled = True
         self._to("connecting")
+        if self.answered_by is not None:
+            self.agent_told = (self.answered_by, None)
         return [DialAgent(self.answered_by)]
+
+    def _tell_agent(self, det: Detection) -> list[Action]:
+        """The agent was dialled before the result was known (``connect_on: answer``) or
+        the result changed since: tell it, once it has answered."""
+        if not self.agent_dialled or self.state == "ending" or det.answered_by == "sit":
+            return []
+        key = (det.answered_by, det.hint)
+        if key == self.agent_told:
+            return []
+        tell = TellAgent(det.answered_by, det.hint, det.final)
+        if not self.agent_connected:
+            self.tell_pending = tell
+            return []
+        self.agent_told = key
+        return [tell]
 
     # ---- events ----------------------------------------------------------------------
 
@@ -155,6 +186,11 @@ class CallFlow:
         if self.state in ("ivr_digits", "holding"):
             return []  # walking an IVR: the answer-phase verdict is expected to be machine
         self.answered_by = answered_by or None
+        actions = self._on_answer_result(det)
+        return actions + self._tell_agent(det)
+
+    def _on_answer_result(self, det: Detection) -> list[Action]:
+        answered_by = det.answered_by
         if answered_by == "fax":
             return self._end(from_detection("fax")) if self.detection.hangup_on_fax else []
         if answered_by in ("machine", "ivr"):
@@ -201,6 +237,10 @@ class CallFlow:
         if self.state == "connecting":
             self._to("bridged")
             self.agent_connected = True
+            tell, self.tell_pending = self.tell_pending, None
+            if tell is not None and (tell.answered_by, tell.hint) != self.agent_told:
+                self.agent_told = (tell.answered_by, tell.hint)
+                return [tell]
         return []
 
     def on_agent_failed(self, sip_status: int | None, reason: str) -> list[Action]:
@@ -226,5 +266,6 @@ __all__ = [
     "SendDigits",
     "StartHold",
     "StartTimer",
+    "TellAgent",
     "agent_failure",
 ]

@@ -5,6 +5,7 @@ agent failures, and leaving a voicemail message after the beep."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 import wave
@@ -258,3 +259,28 @@ def test_leave_message_starts_after_the_beep_ends(stack: Stack, tmp_path: Path,
     # The message starts after the beep's end (within the detector's end check + playback
     # start), never while it sounds.
     assert beep_end_s <= min(msg) < beep_end_s + 1.0, (beep_end_s, min(msg))
+
+
+def test_agent_dialled_at_answer_is_told_the_result_by_info(
+        stack: Stack, tmp_path: Path, corpus: tuple[Path, dict[str, Any]]) -> None:
+    """connect_on: answer dials the agent before detection decides (its INVITE says
+    ``unknown``); the result follows as a SIP INFO in the agent's dialog."""
+    corpus_dir, labels = corpus
+    name = next(n for n, lab in sorted(labels.items()) if lab["answered_by"] == "human")
+    carrier = stack.sipp(render_scenario("uas_answer_play.xml.in", tmp_path / "p.xml",
+                                         AUDIO=str(ulaw_wav(corpus_dir / name,
+                                                            tmp_path / "p.wav"))))
+    agent = stack.sipp("uas_answer_info_bye.xml")
+    bridge = carrier_bridge(stack, carrier, agent)
+    sid = bridge.trigger(to_number="+12125550130")
+    inv = _invite(agent)
+    assert inv.header("X-Sipbridge-Answered-By") == "unknown"
+    info = _got(agent, "INFO", inv.call_id, timeout=15)
+    assert info.header("Content-Type") == "application/vnd.sipbridge.detection+json"
+    assert info.header("X-Sipbridge-Answered-By") == "human"
+    body = json.loads(info.body)
+    assert (body["call_sid"], body["answered_by"]) == (sid, "human"), body
+    status = bridge.wait_event(sid, "agent.info")
+    assert status["answered_by"] == "human"
+    bridge.client.post(f"/v1/outbound-calling/{sid}/hangup")
+    bridge.wait_terminal(sid)

@@ -16,6 +16,7 @@ from sipbridge.flow import (
     SendDigits,
     StartHold,
     StartTimer,
+    TellAgent,
 )
 from tests.doubles import detection as det
 
@@ -137,3 +138,23 @@ def test_dtmf_validation_names_the_character(bad: str):
         check_dtmf(bad)
     assert ("empty" if not bad else repr(next(c for c in bad if c not in
                                                "0123456789*#ABCDabcdwW"))) in str(ei.value)
+
+
+def test_agent_dialled_at_answer_is_told_the_result_once_it_answered():
+    f = flow()
+    assert f.on_answered() == [DialAgent(None)]
+    # decided while the agent still rings: held until it answers
+    assert f.on_detection("answer", det("machine", final=False)) == []
+    assert f.on_detection("answer", det("human", hint="operator")) == []
+    assert f.on_agent_answered() == [TellAgent("human", "operator", True)]
+    assert f.on_detection("answer", det("human", hint="operator")) == []  # nothing new
+    assert f.on_detection("answer", det("human", hint="screening")) == [
+        TellAgent("human", "screening", True)]
+
+
+def test_agent_dialled_on_human_is_not_told_again():
+    f = flow(connect_on="human")
+    f.on_answered()
+    assert f.on_detection("answer", det("human")) == [DialAgent("human")]
+    f.on_agent_answered()
+    assert f.on_detection("answer", det("human")) == []
