@@ -80,6 +80,18 @@ class DetectionSettings(_Model):
     # (the same, retryable), "leave_message" (wait for the beep or the greeting's end,
     # play message_wav, hang up with success).
     machine_action: Literal["connect", "hangup", "retry", "leave_message"] = "connect"
+    # "hangup"/"retry" without wait_for_beep: how long a provisional machine result (decided
+    # ~1.8 s into a long greeting) may still turn into an operator or a screening assistant
+    # before the flow acts on it; a final result (beep, greeting end) acts at once. The
+    # detector decides an operator 0.9-1.5 s after they stop and a screener 2 s after its
+    # question, so 4 s covers a greeting that goes on ~2 s past the provisional decision;
+    # 0 acts on the provisional result at once.
+    machine_settle_s: Annotated[float, Field(ge=0, le=30)] = 4.0
+    # A live operator ("human" with hint "operator") or a phone-side screening assistant
+    # ("human" with hint "screening"): "connect" the agent (it should speak at once: state
+    # name and purpose to a screener), or end the call ("hangup", "retry": retryable).
+    operator_action: Literal["connect", "hangup", "retry"] = "connect"
+    screening_action: Literal["connect", "hangup", "retry"] = "connect"
     # WAV (8 or 16 kHz mono PCM) played by "leave_message": a file name in media.dir.
     message_wav: Annotated[str, Field(max_length=255)] | None = None
     # Hang up on fax machines (CNG/CED).

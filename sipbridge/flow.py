@@ -26,6 +26,8 @@ from sipbridge.outcomes import (
 )
 
 IVR_TIMEOUT = Termination("failure", "IVR/hold time limit exceeded", "ivr_timeout", True)
+HINT_REASONS = {"operator": "answered by operator",
+                "screening": "answered by screening assistant"}
 MESSAGE_LEFT = Termination("success", "voicemail message left", "message_left", False)
 
 
@@ -93,6 +95,7 @@ class CallFlow:
     # What the agent was told (at its dial, or by TellAgent), and what waits for its answer.
     agent_told: tuple[str, str | None] | None = None
     tell_pending: TellAgent | None = None
+    settle_started: bool = False  # the machine_settle timer runs (or ran)
     history: list[str] = field(default_factory=list)
 
     def _to(self, state: str) -> None:
@@ -149,6 +152,12 @@ class CallFlow:
         return []
 
     def on_timer(self, name: str) -> list[Action]:
+        if name == "machine_settle":
+            if self.answered_by in ("machine", "ivr") and self.state in (
+                    "awaiting_person", "connecting", "bridged"):
+                return self._end(from_detection(
+                    self.answered_by, retry=self.detection.machine_action == "retry"))
+            return []
         if name == "ivr_timeout" and self.state in ("ivr_digits", "holding"):
             return self._end(IVR_TIMEOUT)
         if name == "send_digits" and self.state == "ivr_digits" and self.ivr is not None:
@@ -195,6 +204,8 @@ class CallFlow:
             return self._end(from_detection("fax")) if self.detection.hangup_on_fax else []
         if answered_by in ("machine", "ivr"):
             return self._on_machine(det.final, det.beep_ms, det.beep_end_ms)
+        if answered_by == "human" and det.hint in ("operator", "screening"):
+            return self._on_hinted_human(det.hint)
         if answered_by == "human" and self.state == "awaiting_person":
             return self._connect()
         if answered_by in ("silence", "unknown") and self.state == "awaiting_person":
@@ -202,15 +213,27 @@ class CallFlow:
                                          "no_person", True))
         return []
 
+    def _on_hinted_human(self, hint: str) -> list[Action]:
+        action = (self.detection.operator_action if hint == "operator"
+                  else self.detection.screening_action)
+        if action == "connect":
+            return self._connect() if self.state == "awaiting_person" else []
+        return self._end(Termination("failure", HINT_REASONS[hint], hint, action == "retry"))
+
     def _on_machine(self, final: bool, beep_ms: int | None = None,
                     beep_end_ms: int | None = None) -> list[Action]:
         action = self.detection.machine_action
-        settled = final or not self.detection.wait_for_beep
         if action == "connect":
             return self._connect() if self.state == "awaiting_person" else []
         if action in ("hangup", "retry"):
-            if not settled:
-                return []
+            if not final:
+                # A provisional machine may still become an operator or a screener: act
+                # after machine_settle_s unless a later result came (see on_timer).
+                if self.detection.wait_for_beep or self.settle_started:
+                    return []
+                self.settle_started = True
+                if self.detection.machine_settle_s > 0:
+                    return [StartTimer("machine_settle", self.detection.machine_settle_s)]
             return self._end(from_detection(self.answered_by or "machine",
                                             retry=action == "retry"))
         # leave_message: the message starts at the beep's END (a mailbox records from

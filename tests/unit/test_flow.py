@@ -158,3 +158,51 @@ def test_agent_dialled_on_human_is_not_told_again():
     assert f.on_detection("answer", det("human")) == [DialAgent("human")]
     f.on_agent_answered()
     assert f.on_detection("answer", det("human")) == []
+
+
+def test_provisional_machine_waits_for_an_operator_or_screener_before_hanging_up():
+    f = flow(machine_action="hangup", connect_on="human")
+    f.on_answered()
+    # ~1.8 s into a long greeting: no hangup yet, a settle timer instead
+    assert f.on_detection("answer", det("machine", final=False)) == [
+        StartTimer("machine_settle", 4.0)]
+    assert f.on_detection("answer", det("machine", final=False)) == []  # one timer
+    # the greeting was a receptionist's: connected, and the timer does nothing
+    assert f.on_detection("answer", det("human", hint="operator")) == [DialAgent("human")]
+    assert f.on_timer("machine_settle") == []
+
+
+def test_provisional_machine_acts_at_the_settle_timer_or_the_final_result():
+    f = flow(machine_action="retry", connect_on="human")
+    f.on_answered()
+    f.on_detection("answer", det("machine", final=False))
+    (end,) = f.on_timer("machine_settle")
+    assert isinstance(end, EndCall) and end.term.retryable
+    assert end.term.reason == "answered by machine"
+    g = flow(machine_action="hangup", connect_on="human")
+    g.on_answered()
+    g.on_detection("answer", det("machine", final=False))
+    (end,) = g.on_detection("answer", det("machine", final=True, beep_ms=3000))
+    assert isinstance(end, EndCall) and not end.term.retryable
+    h = flow(machine_action="hangup", connect_on="human", machine_settle_s=0)
+    h.on_answered()
+    (end,) = h.on_detection("answer", det("machine", final=False))
+    assert isinstance(end, EndCall)  # 0: the old behaviour, act on the provisional result
+
+
+@pytest.mark.parametrize("hint,key,reason", [
+    ("operator", "operator_action", "answered by operator"),
+    ("screening", "screening_action", "answered by screening assistant")])
+def test_operator_and_screening_actions(hint: str, key: str, reason: str):
+    f = flow(connect_on="human")
+    f.on_answered()
+    assert f.on_detection("answer", det("human", hint=hint)) == [DialAgent("human")]
+    g = flow(connect_on="human", **{key: "retry"})
+    g.on_answered()
+    (end,) = g.on_detection("answer", det("human", hint=hint))
+    assert isinstance(end, EndCall)
+    assert (end.term.reason, end.term.kind, end.term.retryable) == (reason, hint, True)
+    with pytest.raises(ValidationError, match=key):
+        DetectionSettings(**{key: "leave_message"})
+    with pytest.raises(ValidationError, match="machine_settle_s"):
+        DetectionSettings(machine_settle_s=31)
