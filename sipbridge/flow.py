@@ -181,7 +181,9 @@ class CallFlow:
         # Special information tones and busy/reorder cadences end the attempt in any
         # phase (some networks answer before playing them).
         if answered_by == "sit":
-            return self._end(from_sit(det.sit_code))
+            # a known spoken intercept (prompt library) is the SIT IC outcome
+            spoken = det.prompt_label in ("not_in_service", "intercept")
+            return self._end(from_sit(det.sit_code or ("IC" if spoken else None)))
         if det.progress:
             term = from_progress_tone(str(det.progress))
             return self._end(term) if term is not None else []
