@@ -148,6 +148,10 @@ class IvrSettings(_Model):
     # Escape hatch: the whole IVR/hold phase may last this long after answer; then the
     # call ends with a retryable failure.
     max_ivr_s: Annotated[float, Field(gt=0, le=7200)] = 600.0
+    # The IVR plays the menu heard before the digits again after them (a looping menu: the
+    # digits were not accepted): "fail" ends the call at once as a retryable failure "IVR
+    # menu repeated"; "ignore" keeps waiting (max_ivr_s still applies).
+    on_menu_repeat: Literal["fail", "ignore"] = "fail"
 
     @field_validator("send_digits")
     @classmethod

@@ -25,6 +25,7 @@ from sipbridge.outcomes import (
     from_sit,
 )
 
+IVR_REPEATED = Termination("failure", "IVR menu repeated", "ivr_repeat", True)
 IVR_TIMEOUT = Termination("failure", "IVR/hold time limit exceeded", "ivr_timeout", True)
 HINT_REASONS = {"operator": "answered by operator",
                 "screening": "answered by screening assistant"}
@@ -59,6 +60,11 @@ class StartHold:
 
 
 @dataclass(frozen=True)
+class WatchRepeat:
+    """Watch the IVR phase for the menu heard again after the digits."""
+
+
+@dataclass(frozen=True)
 class PlayMessage:
     path: str
 
@@ -77,7 +83,7 @@ class StartTimer:
 
 
 Action = (DialAgent | SendDigits | StartHold | PlayMessage | EndCall | StartTimer
-          | TellAgent)
+          | TellAgent | WatchRepeat)
 
 
 @dataclass
@@ -141,8 +147,9 @@ class CallFlow:
         self._to("answered")
         if self.ivr is not None and self.ivr.send_digits:
             self._to("ivr_digits")
+            watch: list[Action] = [WatchRepeat()] if self.ivr.on_menu_repeat == "fail" else []
             return [StartTimer("ivr_timeout", self.ivr.max_ivr_s),
-                    StartTimer("send_digits", self.ivr.send_digits_delay_s)]
+                    StartTimer("send_digits", self.ivr.send_digits_delay_s), *watch]
         if self.ivr is not None and self.ivr.hold:
             self._to("holding")
             return [StartTimer("ivr_timeout", self.ivr.max_ivr_s), StartHold()]
@@ -187,6 +194,11 @@ class CallFlow:
         if det.progress:
             term = from_progress_tone(str(det.progress))
             return self._end(term) if term is not None else []
+        if phase == "repeat":
+            if self.state in ("ivr_digits", "holding") and self.ivr is not None \
+                    and self.ivr.on_menu_repeat == "fail":
+                return self._end(IVR_REPEATED)
+            return []
         if phase == "hold":
             if self.state == "holding" and answered_by == "human":
                 self.answered_by = "human"
@@ -292,5 +304,6 @@ __all__ = [
     "StartHold",
     "StartTimer",
     "TellAgent",
+    "WatchRepeat",
     "agent_failure",
 ]

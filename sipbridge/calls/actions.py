@@ -23,6 +23,7 @@ from sipbridge.flow import (
     StartHold,
     StartTimer,
     TellAgent,
+    WatchRepeat,
     agent_failure,
 )
 from sipbridge.mediafiles import media_path
@@ -74,6 +75,8 @@ class Actions:
         elif isinstance(action, SendDigits) and carrier is not None:
             ctx.journal.event(rec, "dtmf.send", {"leg": carrier, "digits": action.digits})
             ctx.pool.send_dtmf(carrier, action.digits, action.duration_ms, action.gap_ms)
+        elif isinstance(action, WatchRepeat) and carrier is not None:
+            ctx.pool.listen(carrier, "repeat", {})
         elif isinstance(action, StartHold) and carrier is not None:
             ctx.journal.event(rec, "hold", {"leg": carrier})
             ctx.pool.listen(carrier, "hold", {})

@@ -17,6 +17,7 @@ from sipbridge.flow import (
     StartHold,
     StartTimer,
     TellAgent,
+    WatchRepeat,
 )
 from tests.doubles import detection as det
 
@@ -100,7 +101,8 @@ def test_sit_and_busy_end_in_any_phase():
 def test_ivr_digits_then_hold_then_person():
     f = CallFlow(DetectionSettings(), IvrSettings(send_digits="1w2#", hold=True,
                                                   send_digits_delay_s=0.5, max_ivr_s=90))
-    assert f.on_answered() == [StartTimer("ivr_timeout", 90), StartTimer("send_digits", 0.5)]
+    assert f.on_answered() == [StartTimer("ivr_timeout", 90), StartTimer("send_digits", 0.5),
+                               WatchRepeat()]
     # the answer-phase verdict on an IVR is ignored while walking it
     assert f.on_detection("answer", det("machine", final=True)) == []
     assert f.on_timer("send_digits") == [SendDigits("1w2#", 160, 80)]
@@ -206,3 +208,16 @@ def test_operator_and_screening_actions(hint: str, key: str, reason: str):
         DetectionSettings(**{key: "leave_message"})
     with pytest.raises(ValidationError, match="machine_settle_s"):
         DetectionSettings(machine_settle_s=31)
+
+
+def test_a_repeated_ivr_menu_ends_the_call_retryable_unless_ignored():
+    f = CallFlow(DetectionSettings(), IvrSettings(send_digits="1", hold=True))
+    f.on_answered()
+    (end,) = f.on_detection("repeat", det("ivr", ivr_hint=True))
+    assert isinstance(end, EndCall)
+    assert (end.term.reason, end.term.retryable) == ("IVR menu repeated", True)
+    g = CallFlow(DetectionSettings(), IvrSettings(send_digits="1", on_menu_repeat="ignore"))
+    assert WatchRepeat() not in g.on_answered()
+    assert g.on_detection("repeat", det("ivr")) == []
+    with pytest.raises(ValidationError, match="on_menu_repeat"):
+        IvrSettings(on_menu_repeat="next")
