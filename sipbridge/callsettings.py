@@ -113,6 +113,18 @@ class DetectionSettings(_Model):
     # (the same, retryable), "leave_message" (wait for the beep or the greeting's end,
     # play message_wav, hang up with success).
     machine_action: Literal["connect", "hangup", "retry", "leave_message"] = "connect"
+    # "hangup"/"retry" without wait_for_beep: how long a provisional machine result (decided
+    # ~1.8 s into a long greeting) may still turn into an operator or a screening assistant
+    # before the flow acts on it; a final result (beep, greeting end) acts at once. The
+    # detector decides an operator 0.9-1.5 s after they stop and a screener 2 s after its
+    # question, so 4 s covers a greeting that goes on ~2 s past the provisional decision;
+    # 0 acts on the provisional result at once.
+    machine_settle_s: Annotated[float, Field(ge=0, le=30)] = 4.0
+    # A live operator ("human" with hint "operator") or a phone-side screening assistant
+    # ("human" with hint "screening"): "connect" the agent (it should speak at once: state
+    # name and purpose to a screener), or end the call ("hangup", "retry": retryable).
+    operator_action: Literal["connect", "hangup", "retry"] = "connect"
+    screening_action: Literal["connect", "hangup", "retry"] = "connect"
     # WAV (8 or 16 kHz mono PCM) played by "leave_message": a file name in media.dir.
     message_wav: Annotated[str, Field(max_length=255)] | None = None
     # Hang up on fax machines (CNG/CED).
@@ -169,6 +181,10 @@ class IvrSettings(_Model):
     # Escape hatch: the whole IVR/hold phase may last this long after answer; then the
     # call ends with a retryable failure.
     max_ivr_s: Annotated[float, Field(gt=0, le=7200)] = 600.0
+    # The IVR plays the menu heard before the digits again after them (a looping menu: the
+    # digits were not accepted): "fail" ends the call at once as a retryable failure "IVR
+    # menu repeated"; "ignore" keeps waiting (max_ivr_s still applies).
+    on_menu_repeat: Literal["fail", "ignore"] = "fail"
 
     @field_validator("send_digits")
     @classmethod

@@ -39,7 +39,7 @@ from sipbridge.headers import (
     template_fields,
     validate_header_name,
 )
-from sipbridge.mediafiles import media_path
+from sipbridge.mediafiles import media_folder, media_path
 from sipbridge.netpolicy import TargetPolicy, callback_url_problem
 from sipbridge.schedule import zone
 from sipbridge.tlsca import check_ca_file, os_ca_bundle
@@ -561,6 +561,9 @@ class MediaConfig(_Model):
     # Folder of the audio files the API and the config may name (detection.message_wav):
     # a name is a file in this folder, never a path.
     dir: str | None = None
+    # A prompt library (sipbridge.media.promptlib: labels.json or one sub-folder per label),
+    # a folder name inside `dir`; loaded and checked at start-up, used by every detector.
+    prompt_dir: Annotated[str, Field(max_length=255)] | None = None
 
 
 class ShutdownConfig(_Model):
@@ -645,6 +648,13 @@ class Config(_Model):
                     media_path(self.media.dir, det.message_wav, "")
                 except ValueError as e:
                     raise ValueError(f"{key}.message_wav: {e}") from None
+        if self.media.prompt_dir is not None:
+            from sipbridge.media.promptlib import PromptLibrary
+
+            try:
+                PromptLibrary.from_folder(media_folder(self.media.dir, self.media.prompt_dir))
+            except ValueError as e:
+                raise ValueError(f"media.prompt_dir: {e}") from None
 
     def trunk(self, name: str) -> TrunkConfig:
         for t in self.trunks:

@@ -25,13 +25,26 @@ from sipbridge.outcomes import (
     from_sit,
 )
 
+IVR_REPEATED = Termination("failure", "IVR menu repeated", "ivr_repeat", True)
 IVR_TIMEOUT = Termination("failure", "IVR/hold time limit exceeded", "ivr_timeout", True)
+HINT_REASONS = {"operator": "answered by operator",
+                "screening": "answered by screening assistant"}
 MESSAGE_LEFT = Termination("success", "voicemail message left", "message_left", False)
 
 
 @dataclass(frozen=True)
 class DialAgent:
     answered_by: str | None
+
+
+@dataclass(frozen=True)
+class TellAgent:
+    """The detection result became known (or changed) after the agent was dialled: tell
+    the agent leg (a SIP INFO, see sipbridge.routing.detection_info)."""
+
+    answered_by: str
+    hint: str | None
+    final: bool
 
 
 @dataclass(frozen=True)
@@ -44,6 +57,11 @@ class SendDigits:
 @dataclass(frozen=True)
 class StartHold:
     pass
+
+
+@dataclass(frozen=True)
+class WatchRepeat:
+    """Watch the IVR phase for the menu heard again after the digits."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +82,8 @@ class StartTimer:
     delay_s: float
 
 
-Action = DialAgent | SendDigits | StartHold | PlayMessage | EndCall | StartTimer
+Action = (DialAgent | SendDigits | StartHold | PlayMessage | EndCall | StartTimer
+          | TellAgent | WatchRepeat)
 
 
 @dataclass
@@ -79,6 +98,10 @@ class CallFlow:
     # The agent answered while this attempt was connecting it: what makes an answered
     # call a success (with a left voicemail message, see MESSAGE_LEFT).
     agent_connected: bool = False
+    # What the agent was told (at its dial, or by TellAgent), and what waits for its answer.
+    agent_told: tuple[str, str | None] | None = None
+    tell_pending: TellAgent | None = None
+    settle_started: bool = False  # the machine_settle timer runs (or ran)
     history: list[str] = field(default_factory=list)
 
     def _to(self, state: str) -> None:
@@ -97,7 +120,24 @@ class CallFlow:
             return []
         self.agent_dialled = True
         self._to("connecting")
+        if self.answered_by is not None:
+            self.agent_told = (self.answered_by, None)
         return [DialAgent(self.answered_by)]
+
+    def _tell_agent(self, det: Detection) -> list[Action]:
+        """The agent was dialled before the result was known (``connect_on: answer``) or
+        the result changed since: tell it, once it has answered."""
+        if not self.agent_dialled or self.state == "ending" or det.answered_by == "sit":
+            return []
+        key = (det.answered_by, det.hint)
+        if key == self.agent_told:
+            return []
+        tell = TellAgent(det.answered_by, det.hint, det.final)
+        if not self.agent_connected:
+            self.tell_pending = tell
+            return []
+        self.agent_told = key
+        return [tell]
 
     # ---- events ----------------------------------------------------------------------
 
@@ -107,8 +147,9 @@ class CallFlow:
         self._to("answered")
         if self.ivr is not None and self.ivr.send_digits:
             self._to("ivr_digits")
+            watch: list[Action] = [WatchRepeat()] if self.ivr.on_menu_repeat == "fail" else []
             return [StartTimer("ivr_timeout", self.ivr.max_ivr_s),
-                    StartTimer("send_digits", self.ivr.send_digits_delay_s)]
+                    StartTimer("send_digits", self.ivr.send_digits_delay_s), *watch]
         if self.ivr is not None and self.ivr.hold:
             self._to("holding")
             return [StartTimer("ivr_timeout", self.ivr.max_ivr_s), StartHold()]
@@ -118,6 +159,12 @@ class CallFlow:
         return []
 
     def on_timer(self, name: str) -> list[Action]:
+        if name == "machine_settle":
+            if self.answered_by in ("machine", "ivr") and self.state in (
+                    "awaiting_person", "connecting", "bridged"):
+                return self._end(from_detection(
+                    self.answered_by, retry=self.detection.machine_action == "retry"))
+            return []
         if name == "ivr_timeout" and self.state in ("ivr_digits", "holding"):
             return self._end(IVR_TIMEOUT)
         if name == "send_digits" and self.state == "ivr_digits" and self.ivr is not None:
@@ -141,10 +188,17 @@ class CallFlow:
         # Special information tones and busy/reorder cadences end the attempt in any
         # phase (some networks answer before playing them).
         if answered_by == "sit":
-            return self._end(from_sit(det.sit_code))
+            # a known spoken intercept (prompt library) is the SIT IC outcome
+            spoken = det.prompt_label in ("not_in_service", "intercept")
+            return self._end(from_sit(det.sit_code or ("IC" if spoken else None)))
         if det.progress:
             term = from_progress_tone(str(det.progress))
             return self._end(term) if term is not None else []
+        if phase == "repeat":
+            if self.state in ("ivr_digits", "holding") and self.ivr is not None \
+                    and self.ivr.on_menu_repeat == "fail":
+                return self._end(IVR_REPEATED)
+            return []
         if phase == "hold":
             if self.state == "holding" and answered_by == "human":
                 self.answered_by = "human"
@@ -155,10 +209,17 @@ class CallFlow:
         if self.state in ("ivr_digits", "holding"):
             return []  # walking an IVR: the answer-phase verdict is expected to be machine
         self.answered_by = answered_by or None
+        actions = self._on_answer_result(det)
+        return actions + self._tell_agent(det)
+
+    def _on_answer_result(self, det: Detection) -> list[Action]:
+        answered_by = det.answered_by
         if answered_by == "fax":
             return self._end(from_detection("fax")) if self.detection.hangup_on_fax else []
         if answered_by in ("machine", "ivr"):
-            return self._on_machine(final=det.final)
+            return self._on_machine(det.final, det.beep_ms, det.beep_end_ms)
+        if answered_by == "human" and det.hint in ("operator", "screening"):
+            return self._on_hinted_human(det.hint)
         if answered_by == "human" and self.state == "awaiting_person":
             return self._connect()
         if answered_by in ("silence", "unknown") and self.state == "awaiting_person":
@@ -166,19 +227,36 @@ class CallFlow:
                                          "no_person", True))
         return []
 
-    def _on_machine(self, final: bool) -> list[Action]:
+    def _on_hinted_human(self, hint: str) -> list[Action]:
+        action = (self.detection.operator_action if hint == "operator"
+                  else self.detection.screening_action)
+        if action == "connect":
+            return self._connect() if self.state == "awaiting_person" else []
+        return self._end(Termination("failure", HINT_REASONS[hint], hint, action == "retry"))
+
+    def _on_machine(self, final: bool, beep_ms: int | None = None,
+                    beep_end_ms: int | None = None) -> list[Action]:
         action = self.detection.machine_action
-        settled = final or not self.detection.wait_for_beep
         if action == "connect":
             return self._connect() if self.state == "awaiting_person" else []
         if action in ("hangup", "retry"):
-            if not settled:
-                return []
+            if not final:
+                # A provisional machine may still become an operator or a screener: act
+                # after machine_settle_s unless a later result came (see on_timer).
+                if self.detection.wait_for_beep or self.settle_started:
+                    return []
+                self.settle_started = True
+                if self.detection.machine_settle_s > 0:
+                    return [StartTimer("machine_settle", self.detection.machine_settle_s)]
             return self._end(from_detection(self.answered_by or "machine",
                                             retry=action == "retry"))
-        # leave_message: the message starts at the beep (or when the greeting ended
-        # without one), i.e. on the final machine decision.
+        # leave_message: the message starts at the beep's END (a mailbox records from
+        # there; a message started during the tone is clipped), which the detector reports
+        # in an ``update`` after the final beep decision; or when the greeting ended
+        # without a beep (final, no beep_ms).
         if not final or self.state in ("leaving_message", "ending"):
+            return []
+        if beep_ms is not None and beep_end_ms is None:
             return []
         assert self.detection.message_wav
         self._to("leaving_message")
@@ -196,6 +274,10 @@ class CallFlow:
         if self.state == "connecting":
             self._to("bridged")
             self.agent_connected = True
+            tell, self.tell_pending = self.tell_pending, None
+            if tell is not None and (tell.answered_by, tell.hint) != self.agent_told:
+                self.agent_told = (tell.answered_by, tell.hint)
+                return [tell]
         return []
 
     def on_agent_failed(self, sip_status: int | None, reason: str) -> list[Action]:
@@ -221,5 +303,7 @@ __all__ = [
     "SendDigits",
     "StartHold",
     "StartTimer",
+    "TellAgent",
+    "WatchRepeat",
     "agent_failure",
 ]

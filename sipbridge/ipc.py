@@ -102,6 +102,17 @@ class Respond:
 
 
 @dataclass(frozen=True)
+class SendInfo:
+    """Send a SIP INFO (RFC 6086) in an answered leg's dialog."""
+
+    leg_id: str
+    content_type: str
+    body: str
+    headers: tuple[tuple[str, str], ...] = ()
+    type: str = "info"
+
+
+@dataclass(frozen=True)
 class Shutdown:
     type: str = "shutdown"
 
@@ -218,7 +229,8 @@ class WorkerLog:
     type: str = "log"
 
 
-Command = Dial | Hangup | SendDtmf | BridgeLegs | PlayAudio | Listen | Respond | Shutdown
+Command = (Dial | Hangup | SendDtmf | BridgeLegs | PlayAudio | Listen | Respond | SendInfo
+           | Shutdown)
 Event = (LegEvent | DetectionReport | DtmfReceived | DtmfSent | PlaybackDone | InboundCall
          | WorkerReady | WorkerLog)
 
@@ -247,7 +259,7 @@ def decode(d: Any) -> Command | Event:
             if plan.get("session_timers") is not None:
                 plan["session_timers"] = tuple(plan["session_timers"])
             return Dial(plan=DialPlan(**plan))
-        if kind == "inbound":
+        if kind in ("inbound", "info"):
             body["headers"] = tuple(tuple(h) for h in body["headers"])
         if kind == "detection":
             body["detection"] = Detection(**body["detection"])
@@ -258,6 +270,7 @@ def decode(d: Any) -> Command | Event:
             "play": PlayAudio,
             "listen": Listen,
             "respond": Respond,
+            "info": SendInfo,
             "shutdown": Shutdown,
             "leg": LegEvent,
             "detection": DetectionReport,

@@ -40,4 +40,18 @@ def media_path(media_dir: str | None, name: str, field: str = "message_wav") -> 
     return path
 
 
-__all__ = ["MediaFileError", "check_media_name", "media_path"]
+def media_folder(media_dir: str | None, name: str, field: str = "prompt_dir") -> Path:
+    """The sub-folder ``name`` of ``media_dir``, checked like a file name."""
+    check_media_name(name, field)
+    if not media_dir:
+        raise MediaFileError(field, "no media folder is configured (set media.dir)")
+    root = Path(media_dir).resolve()
+    path = (root / name).resolve()
+    if path.parent != root:
+        raise MediaFileError(field, f"{name!r} leads outside the media folder")
+    if not path.is_dir():
+        raise MediaFileError(field, f"folder {name!r} does not exist in the media folder")
+    return path
+
+
+__all__ = ["MediaFileError", "check_media_name", "media_folder", "media_path"]

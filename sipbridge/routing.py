@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
@@ -222,9 +223,9 @@ def session_timers(cfg: Config, trunk: TrunkConfig) -> tuple[int, int] | None:
 
 
 __all__ = [
-    "HeaderError", "RoutingError", "caller_id_for", "carrier_headers", "check_trigger",
-    "choose_route", "choose_trunk", "effective_caller_id", "resolve_agent_plan",
-    "resolve_plan", "session_timers", "srtp_mode",
+    "DETECTION_INFO_TYPE", "HeaderError", "RoutingError", "caller_id_for", "carrier_headers",
+    "check_trigger", "choose_route", "choose_trunk", "detection_info", "effective_caller_id",
+    "resolve_agent_plan", "resolve_plan", "session_timers", "srtp_mode",
 ]
 
 
@@ -281,3 +282,19 @@ def resolve_agent_plan(
         tls_verify=agent.tls.verify,
         tls_ca_file=agent.tls.ca_list(),
     )
+
+
+# The SIP INFO (RFC 6086) that tells an agent leg dialled before detection decided what
+# answered. A JSON body; agents that cannot read bodies read the header instead.
+DETECTION_INFO_TYPE = "application/vnd.sipbridge.detection+json"
+
+
+def detection_info(call_sid: str, answered_by: str, hint: str | None,
+                   final: bool) -> tuple[str, str, tuple[tuple[str, str], ...]]:
+    """(content type, body, headers) of the detection INFO sent on the agent leg."""
+    body = json.dumps({"call_sid": call_sid, "answered_by": answered_by, "hint": hint,
+                       "final": final}, separators=(",", ":"))
+    headers = [("X-Sipbridge-Answered-By", answered_by)]
+    if hint:
+        headers.append(("X-Sipbridge-Answered-By-Hint", hint))
+    return DETECTION_INFO_TYPE, body, tuple(headers)

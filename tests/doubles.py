@@ -78,6 +78,7 @@ class RecordingPool:
     dtmf: list[tuple[str, str]] = field(default_factory=list)
     plays: list[tuple[str, str]] = field(default_factory=list)
     listens: list[tuple[str, str]] = field(default_factory=list)
+    infos: list[tuple[str, str, str]] = field(default_factory=list)
     responses: list[tuple[str, int, str]] = field(default_factory=list)
     dial_times: list[float] = field(default_factory=list)
     started: bool = False
@@ -128,6 +129,11 @@ class RecordingPool:
 
     def play(self, leg_id: str, path: str) -> bool:
         self.plays.append((leg_id, path))
+        return leg_id in self.live
+
+    def send_info(self, leg_id: str, content_type: str, body: str,
+                  headers: tuple[tuple[str, str], ...] = ()) -> bool:
+        self.infos.append((leg_id, content_type, body))
         return leg_id in self.live
 
     def listen(self, leg_id: str, phase: str, config: dict[str, Any]) -> bool:

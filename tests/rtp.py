@@ -42,6 +42,8 @@ class RtpPacket:
     timestamp: int
     marker: bool
     payload: bytes
+    time_s: float = 0.0  # capture time (from the capture's start)
+    dst_port: int = 0
 
 
 @dataclass(frozen=True)
@@ -150,18 +152,20 @@ def _hex(s: str) -> bytes:
 
 
 def rtp_packets(pcap: Path, port: int) -> list[RtpPacket]:
-    """Every RTP packet to UDP ``port`` in the pcap, in capture order."""
+    """Every RTP packet to or from UDP ``port`` in the pcap, in capture order."""
     rows = _tshark_fields(
         pcap, [f"udp.port=={port},rtp"],
-        ["rtp.p_type", "rtp.seq", "rtp.timestamp", "rtp.marker", "rtp.payload"], "rtp",
+        ["rtp.p_type", "rtp.seq", "rtp.timestamp", "rtp.marker", "rtp.payload",
+         "frame.time_relative", "udp.dstport"], "rtp",
     )
     out: list[RtpPacket] = []
     for r in rows:
-        r += [""] * (5 - len(r))
+        r += [""] * (7 - len(r))
         if not r[0]:
             continue
         out.append(RtpPacket(int(r[0]), int(r[1] or 0), int(r[2] or 0),
-                             r[3] in ("1", "True"), _hex(r[4])))
+                             r[3] in ("1", "True"), _hex(r[4]), float(r[5] or 0),
+                             int(r[6] or 0)))
     return out
 
 

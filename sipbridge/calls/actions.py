@@ -22,12 +22,14 @@ from sipbridge.flow import (
     SendDigits,
     StartHold,
     StartTimer,
+    TellAgent,
+    WatchRepeat,
     agent_failure,
 )
 from sipbridge.mediafiles import media_path
 from sipbridge.outcomes import Termination
 from sipbridge.records import CallRecord, LegRecord
-from sipbridge.routing import resolve_agent_plan
+from sipbridge.routing import detection_info, resolve_agent_plan
 
 log = logging.getLogger("sipbridge.calls")
 
@@ -73,6 +75,8 @@ class Actions:
         elif isinstance(action, SendDigits) and carrier is not None:
             ctx.journal.event(rec, "dtmf.send", {"leg": carrier, "digits": action.digits})
             ctx.pool.send_dtmf(carrier, action.digits, action.duration_ms, action.gap_ms)
+        elif isinstance(action, WatchRepeat) and carrier is not None:
+            ctx.pool.listen(carrier, "repeat", {})
         elif isinstance(action, StartHold) and carrier is not None:
             ctx.journal.event(rec, "hold", {"leg": carrier})
             ctx.pool.listen(carrier, "hold", {})
@@ -80,6 +84,13 @@ class Actions:
             path = str(media_path(ctx.cfg.media.dir, action.path))  # re-checked now
             ctx.journal.event(rec, "voicemail.play", {"leg": carrier, "path": action.path})
             ctx.pool.play(carrier, path)
+        elif isinstance(action, TellAgent) and live.agent_leg is not None:
+            ctype, body, headers = detection_info(call_sid, action.answered_by, action.hint,
+                                                  action.final)
+            ctx.journal.event(rec, "agent.info", {"leg": live.agent_leg,
+                                                  "answered_by": action.answered_by,
+                                                  "hint": action.hint})
+            ctx.pool.send_info(live.agent_leg, ctype, body, headers)
         elif isinstance(action, StartTimer):
             loop = asyncio.get_running_loop()
             live.timers.append(loop.call_later(action.delay_s, self.on_timer, call_sid,

@@ -41,9 +41,11 @@ class Endings:
             trunks=tuple(t.trunk for t in tried if t.trunk)))
         policy = ctx.policies.of(rec)
         retry = policy.retry
-        # A "retry" machine action asks for a retry whatever retry_on lists.
+        # A "retry" machine (operator, screening) action asks for a retry whatever
+        # retry_on lists (its Termination is retryable only then).
         wants_retry = retry.should_retry(term.kind, rec.attempts) or (
-            term.kind == "machine" and rec.attempts < retry.max_attempts)
+            term.kind in ("machine", "operator", "screening")
+            and rec.attempts < retry.max_attempts)
         if (term.result == "failure" and not (no_retry or inbound) and term.retryable
                 and wants_retry):
             if policy.window_problem:

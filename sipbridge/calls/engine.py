@@ -35,6 +35,9 @@ class Pool(Protocol):
     def send_dtmf(self, leg_id: str, digits: str, duration_ms: int = 160,
                   gap_ms: int = 80) -> bool: ...
     def play(self, leg_id: str, path: str) -> bool: ...
+    def send_info(self, leg_id: str, content_type: str, body: str,
+                  headers: tuple[tuple[str, str], ...] = ()) -> bool:
+        """A SIP INFO in an answered leg's dialog."""
     def listen(self, leg_id: str, phase: str, config: dict[str, Any]) -> bool: ...
     def respond(self, leg_id: str, status: int, reason: str = "",
                 media_from: str | None = None) -> bool:

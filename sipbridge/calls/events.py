@@ -141,6 +141,11 @@ class SipEvents:
         changes: dict[str, Any] = {}
         if rep.phase == "answer" and answered_by and answered_by != "sit":
             changes["answered_by"] = answered_by
+        elif (rep.phase == "hold" and answered_by == "human" and live is not None
+              and live.flow is not None and live.flow.state == "holding"):
+            # The hold listener heard the person after the IVR: the call was answered by
+            # a human (status, CDR and metrics say what the agent's header says).
+            changes["answered_by"] = "human"
         self.ctx.journal.update_leg(rec, rep.leg_id, leg, **changes)
         if live is not None and live.flow is not None:
             self.actions.execute(sid, live.flow.on_detection(rep.phase, det))

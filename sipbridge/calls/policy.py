@@ -11,6 +11,7 @@ from typing import Any
 
 from sipbridge.callsettings import DetectionSettings, IvrSettings
 from sipbridge.config import Config, RouteConfig
+from sipbridge.mediafiles import media_folder
 from sipbridge.records import CallRecord, CallRequest
 from sipbridge.routing import choose_route
 from sipbridge.schedule import CallingWindow, RetryPolicy, resolve_zones
@@ -28,6 +29,8 @@ class CallPolicy:
     zones: tuple[str, ...]  # judged in all of them (empty when no window)
     # Why the window cannot be judged (no time zone known for the number), or "".
     window_problem: str = ""
+    # The prompt library's folder (media.prompt_dir, checked at start-up), or None.
+    prompts: str | None = None
 
     @property
     def trunks(self) -> list[str]:
@@ -38,7 +41,11 @@ class CallPolicy:
         d = self.detection
         if not (d.early_media or d.answer):
             return None
-        return {"early": d.early_media, "answer": d.answer, "config": dict(d.thresholds)}
+        plan: dict[str, Any] = {"early": d.early_media, "answer": d.answer,
+                                "config": dict(d.thresholds)}
+        if self.prompts:
+            plan["prompts"] = self.prompts
+        return plan
 
 
 def resolve_policy(cfg: Config, to_number: str, request: CallRequest) -> CallPolicy:
@@ -62,6 +69,8 @@ def resolve_policy(cfg: Config, to_number: str, request: CallRequest) -> CallPol
         retry=(request.retry or route.retry or cfg.retry).policy(),
         detection=request.detection or route.detection or cfg.detection,
         ivr=request.ivr or route.ivr, window=window, zones=zones, window_problem=problem,
+        prompts=(str(media_folder(cfg.media.dir, cfg.media.prompt_dir))
+                 if cfg.media.prompt_dir else None),
     )
 
 

@@ -18,9 +18,13 @@ import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pjsua2 as pj
 
 from sipbridge import ipc
+from sipbridge.media.promptlib import RepeatDetector
+from sipbridge.media.result import Detection as MediaDetection
+from sipbridge.media.result import DetectionEvent
 from sipbridge.sip.leg import Leg
 from sipbridge.sip.pjbind import pj_error_text
 from sipbridge.sip.tap import LegAnalysis, PhaseListener
@@ -43,6 +47,12 @@ class Detection:
             self.worker.log("warning", f"Listen for unknown leg {leg_id!r}")
             return
         ls = leg.listening
+        if phase == "repeat":
+            # the IVR phase: is the menu heard before the digits heard again after them?
+            ls.repeat = RepeatDetector()
+            if not ls.tap_connected:
+                self._connect_tap(leg, leg.call)
+            return
         try:
             ls.listener = PhaseListener(phase, config)
         except Exception as e:
@@ -111,6 +121,8 @@ class Detection:
         listener = ls.listener
         if listener is not None and listener.active:
             found += [(listener.phase, ev) for ev in listener.feed(frames)]
+        if ls.repeat is not None and ls.repeat.done is None:
+            found += self._feed_repeat(ls.repeat, frames)
         w = self.worker
         for phase, ev in found:
             w.send(ipc.DetectionReport(
@@ -119,6 +131,26 @@ class Detection:
             ))
         if not ls.wants_tap():
             self._disconnect_tap(leg)  # decided: stop paying for the tap
+
+    @staticmethod
+    def _feed_repeat(repeat: RepeatDetector, frames: list[bytes]) -> list[tuple[str, Any]]:
+        for data in frames:
+            x = np.frombuffer(data, dtype="<i2").astype(np.float64) / 32768.0
+            hit = repeat.feed(x)
+            if hit is not None:
+                det = MediaDetection(
+                    "ivr", hit.decided_ms, ivr_hint=True,
+                    reason=f"IVR menu repeated: audio heard at {hit.earlier_ms} ms came "
+                           f"again after the digits (bit error rate {hit.ber:.2f})")
+                return [("repeat", DetectionEvent("decision", hit.decided_ms, det))]
+        return []
+
+    def mark_digits_sent(self, leg: Leg) -> None:
+        """Digits were sent on the leg: what was heard so far is the menu to watch for."""
+        repeat = leg.listening.repeat
+        if repeat is not None and repeat.done is None:
+            self.pump(leg)  # frames heard before the mark belong to the menu
+            repeat.mark()
 
     def _connect_tap(self, leg: Leg, call: Any) -> None:
         ls = leg.listening

@@ -77,6 +77,7 @@ class Dtmf:
                     break
                 if job.index >= len(job.steps):
                     leg.dtmf_jobs.popleft()
+                    w.detection.mark_digits_sent(leg)
                     w.send(ipc.DtmfSent(
                         leg_id=leg.leg_id, call_sid=leg.plan.call_sid,
                         worker_id=w.worker_id, ts=time.time(), digits=job.digits,

@@ -71,10 +71,13 @@ class Listening:
     tap_connected: bool = False
     analysis: LegAnalysis | None = None  # recipient detection (early / answer phases)
     listener: PhaseListener | None = None  # Listen: a later phase ("hold")
+    repeat: Any = None  # Listen "repeat": a RepeatDetector over the IVR phase (looping menus)
 
     def wants_tap(self) -> bool:
         """Something still needs the tap (an early phase keeps it for the answer)."""
         if self.listener is not None and self.listener.active:
+            return True
+        if self.repeat is not None and self.repeat.done is None:
             return True
         a = self.analysis
         return a is not None and (a.active or a.phase == "early")

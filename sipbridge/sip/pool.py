@@ -338,6 +338,11 @@ class WorkerPool:
             )
         return self._send_to_leg(carrier_leg, ipc.BridgeLegs(carrier_leg, agent_leg))
 
+    def send_info(self, leg_id: str, content_type: str, body: str,
+                  headers: tuple[tuple[str, str], ...] = ()) -> bool:
+        """Send a SIP INFO in an answered leg's dialog."""
+        return self._send_to_leg(leg_id, ipc.SendInfo(leg_id, content_type, body, headers))
+
     def play(self, leg_id: str, path: str) -> bool:
         """Play a WAV file (8/16 kHz mono PCM) into a leg; ``PlaybackDone`` follows."""
         return self._send_to_leg(leg_id, ipc.PlayAudio(leg_id, path))

@@ -30,6 +30,7 @@ import pjsua2 as pj
 
 from sipbridge.media.detect import DetectionEvent, Detector, config_from_overrides
 from sipbridge.media.frames import FRAME_BYTES
+from sipbridge.media.promptlib import PromptLibrary
 
 CLOCK_RATE_HZ = 8000
 FRAME_MS = 20
@@ -107,6 +108,22 @@ class FrameTap(pj.AudioMediaPort):
             frame.size = 0
 
 
+_PROMPT_LIBRARIES: dict[str, PromptLibrary | None] = {}
+
+
+def prompt_library(folder: Any) -> PromptLibrary | None:
+    """The prompt library of ``folder`` (media.prompt_dir), loaded once per worker process
+    (checked at the bridge's start-up; a folder broken since then is left out)."""
+    if not isinstance(folder, str) or not folder:
+        return None
+    if folder not in _PROMPT_LIBRARIES:
+        try:
+            _PROMPT_LIBRARIES[folder] = PromptLibrary.from_folder(folder)
+        except ValueError:
+            _PROMPT_LIBRARIES[folder] = None
+    return _PROMPT_LIBRARIES[folder]
+
+
 class LegAnalysis:
     """Recipient detection for one leg: an early-media phase, then an answer phase.
 
@@ -148,7 +165,8 @@ class LegAnalysis:
             return False
         self.phase = phase
         self.detector = Detector(self.config, mode="early" if phase == "early" else "answer",
-                                 keep_timeline=False)
+                                 keep_timeline=False,
+                                 prompts=prompt_library(self.settings.get("prompts")))
         self.frames_fed = 0
         return True
 

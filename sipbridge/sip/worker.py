@@ -68,6 +68,7 @@ from sipbridge.sip.endpoint import DialRefused, Transports, create_endpoint, off
 from sipbridge.sip.forkserver_init import ignore_stop_signals
 from sipbridge.sip.guardlink import GuardLink
 from sipbridge.sip.inbound import Inbound
+from sipbridge.sip.info import send_info
 from sipbridge.sip.leg import AccountKey, Leg, next_deadline
 from sipbridge.sip.mediawatch import MediaWatch
 from sipbridge.sip.mixer import PORT_COOLING_S, Mixer
@@ -179,6 +180,8 @@ class Worker:
             self.mixer.play(msg.leg_id, msg.path)
         elif isinstance(msg, ipc.Listen):
             self.detection.listen(msg.leg_id, msg.phase, msg.config)
+        elif isinstance(msg, ipc.SendInfo):
+            send_info(self, msg)
         elif isinstance(msg, ipc.Respond):
             self.inbound.respond(msg.leg_id, msg.status, msg.reason, msg.media_from)
         elif isinstance(msg, ipc.Shutdown):

@@ -5,12 +5,15 @@ agent failures, and leaving a voicemail message after the beep."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
+import wave
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from sipbridge.devtools.bridge import Bridge, Stack, bridge_config
@@ -194,3 +197,90 @@ def test_leave_message_after_the_beep(stack: Stack, tmp_path: Path,
                for i in range(0, max(len(audio) - window, 1), window // 2))
     assert best > 10, best
     assert not agent.received("INVITE")
+
+
+def _greeting_then_beep(src: Path, cut_ms: int, dst: Path, beep_ms: int = 400) -> Path:
+    """``src``'s first ``cut_ms`` (a greeting, without its own beep), a ``beep_ms`` 1 kHz
+    beep, then 4 s of silence, as a 16-bit 8 kHz WAV."""
+    with wave.open(str(src)) as w:
+        rate = w.getframerate()
+        x = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
+    assert rate == 8000
+    t = np.arange(beep_ms * 8) / 8000
+    beep = (0.3 * 32767 * np.sin(2 * np.pi * 1000 * t)).astype(np.int16)
+    y = np.concatenate([x[:cut_ms * 8], beep, np.zeros(4 * 8000, dtype=np.int16)])
+    with wave.open(str(dst), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(y.tobytes())
+    return dst
+
+
+def test_leave_message_starts_after_the_beep_ends(stack: Stack, tmp_path: Path,
+                                                  corpus: tuple[Path, dict[str, Any]]) -> None:
+    """A 400 ms beep: the message's first audio reaches the carrier after the beep's last
+    packet left it (both read from one capture on the carrier's side)."""
+    corpus_dir, labels = corpus
+    src = _greeting_then_beep(corpus_dir / "machine_00.wav", labels["machine_00.wav"]["beep_ms"],
+                              tmp_path / "greeting.wav")
+    greeting = ulaw_wav(src, tmp_path / "vm.wav")
+    message = tone_wav(tmp_path / "message.wav", 1400, 1.0, encoding="signed-integer")
+    carrier = stack.sipp(render_scenario("uas_answer_play.xml.in", tmp_path / "vm.xml",
+                                         AUDIO=str(greeting)))
+    mp = carrier.media_port
+    # both ways: what the carrier plays and what the bridge sends it
+    with TsharkCapture(mp, tmp_path / "carrier.pcap", bpf=f"port {mp}") as cap:
+        bridge = carrier_bridge(stack, carrier, None, route={"detection": {
+            "connect_on": "human", "machine_action": "leave_message",
+            "message_wav": message.name}}, media={"dir": str(message.parent)})
+        sid = bridge.trigger(to_number="+12125550129")
+        body = bridge.wait_terminal(sid, timeout=30)
+    assert (body["status"], body["reason"]) == ("success", "voicemail message left"), body
+    pkts = [p for p in rtp_packets(cap.path, mp) if p.pt == 0]
+    sent = [p for p in pkts if p.dst_port == mp]
+    played = [p for p in pkts if p.dst_port != mp]
+
+    def tone_times(pkts: list[Any], hz: float) -> list[float]:
+        return [p.time_s for p in pkts if tone_ratio(ulaw_decode(p.payload), hz) > 10]
+
+    # the beep: the longest run of 1 kHz packets the carrier sent (a voice can have one)
+    runs: list[list[float]] = []
+    for t in tone_times(played, 1000):
+        if runs and t - runs[-1][-1] < 0.05:
+            runs[-1].append(t)
+        else:
+            runs.append([t])
+    beep = max(runs, key=len, default=[])
+    msg = tone_times(sent, 1400)  # sent by the bridge
+    assert beep and msg, (len(beep), len(msg))
+    beep_end_s = max(beep) + 0.02
+    assert 0.3 <= beep_end_s - min(beep) <= 0.5, (min(beep), beep_end_s)
+    # The message starts after the beep's end (within the detector's end check + playback
+    # start), never while it sounds.
+    assert beep_end_s <= min(msg) < beep_end_s + 1.0, (beep_end_s, min(msg))
+
+
+def test_agent_dialled_at_answer_is_told_the_result_by_info(
+        stack: Stack, tmp_path: Path, corpus: tuple[Path, dict[str, Any]]) -> None:
+    """connect_on: answer dials the agent before detection decides (its INVITE says
+    ``unknown``); the result follows as a SIP INFO in the agent's dialog."""
+    corpus_dir, labels = corpus
+    name = next(n for n, lab in sorted(labels.items()) if lab["answered_by"] == "human")
+    carrier = stack.sipp(render_scenario("uas_answer_play.xml.in", tmp_path / "p.xml",
+                                         AUDIO=str(ulaw_wav(corpus_dir / name,
+                                                            tmp_path / "p.wav"))))
+    agent = stack.sipp("uas_answer_info_bye.xml")
+    bridge = carrier_bridge(stack, carrier, agent)
+    sid = bridge.trigger(to_number="+12125550130")
+    inv = _invite(agent)
+    assert inv.header("X-Sipbridge-Answered-By") == "unknown"
+    info = _got(agent, "INFO", inv.call_id, timeout=15)
+    assert info.header("Content-Type") == "application/vnd.sipbridge.detection+json"
+    assert info.header("X-Sipbridge-Answered-By") == "human"
+    body = json.loads(info.body)
+    assert (body["call_sid"], body["answered_by"]) == (sid, "human"), body
+    status = bridge.wait_event(sid, "agent.info")
+    assert status["answered_by"] == "human"
+    bridge.client.post(f"/v1/outbound-calling/{sid}/hangup")
+    bridge.wait_terminal(sid)

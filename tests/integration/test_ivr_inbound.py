@@ -5,6 +5,8 @@ and an INVITE from the agent platform routed out to the carrier and bridged back
 from __future__ import annotations
 
 import socket
+import subprocess
+import wave
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -57,6 +59,8 @@ def test_digits_then_hold_until_a_person_speaks(stack: Stack,
     assert [k for k in ("dtmf.send", "dtmf.sent", "hold") if k not in ev] == []
     assert [d for d, _ in digits_of(rtp_events(cap.path, carrier.media_port))] == ["1"]
     assert final["status"] == "success"
+    # what the agent's header said, the status (and so the CDR and metrics) says too
+    assert final["answered_by"] == "human", final
 
 
 def test_ivr_escape_hatch_ends_with_retryable_failure(
@@ -147,3 +151,36 @@ def test_sip_triggered_call_is_routed_relayed_and_bridged(stack: Stack) -> None:
     sid2 = bridge.client.get("/v1/outbound-calling/by-polyai-call-id/agent-call-43").json()[
         "callSid"]
     assert bridge.wait_terminal(sid2)["reason"] == "busy"
+
+
+def test_looping_ivr_menu_ends_the_call_after_the_digits(stack: Stack) -> None:
+    """The carrier plays its menu, the bridge sends a digit, the carrier plays the same
+    menu again: the call ends "IVR menu repeated" (retryable) without waiting for
+    max_ivr_s; the agent is never dialled."""
+    menu = stack.tmp / "menu.wav"
+    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "160", "-w", str(menu),
+                    "For sales, press one. For support, press two. "
+                    "To hear these options again, press star."],
+                   check=True, capture_output=True)
+    # the menu, 3 s of silence (the digit goes out in it), the menu again
+    audio = ulaw_wav(menu, stack.tmp / "loop.wav", "pad", "0", "3", "repeat", "1")
+    with wave.open(str(menu)) as w:
+        menu_s = w.getnframes() / w.getframerate()
+    carrier = stack.sipp(render_scenario("uas_answer_play.xml.in", stack.tmp / "loop.xml",
+                                         AUDIO=str(audio)))
+    cfg = bridge_config(stack.tmp,
+                        trunks=[{"name": "t", "address": carrier.uri_hostport,
+                                 "caller_id": "+14155550100"}],
+                        routes=[{"prefix": "+1", "trunk": "t"}])
+    bridge = stack.bridge(cfg)
+    sid = bridge.trigger(to_number="+12125550162", send_digits="9",
+                         ivr={"hold": True, "send_digits_delay_s": round(menu_s + 0.5, 2),
+                              "max_ivr_s": 60})
+    body = bridge.wait_terminal(sid, timeout=40)
+    assert (body["status"], body["reason"]) == ("failure", "IVR menu repeated"), [
+        (e["kind"], e["data"].get("phase"), e["data"].get("reason")) for e in body["events"]]
+    ev = {e["kind"]: e for e in body["events"]}
+    assert "dtmf.sent" in ev and "agent.dial" not in ev
+    rep = [e for e in body["events"] if e["kind"] == "detection"
+           and e["data"]["phase"] == "repeat"]
+    assert rep and _ts(rep[0]["ts"]) >= _ts(ev["dtmf.sent"]["ts"])
