@@ -38,7 +38,7 @@ OUTCOME_KINDS: frozenset[str] = frozenset({
     "carrier_error", "transport_error", "error", "dial_error",
     # media and detection
     "media_error", "media_timeout", "machine", "fax", "no_person", "ivr_timeout",
-    "message_error",
+    "message_error", "ivr_repeat", "operator", "screening",
     # the agent and the bridge
     "agent_error", "bridge_error", "internal_error",
     # scheduling
