@@ -296,8 +296,8 @@ def phase_idle(work: Path, quick: bool) -> dict[str, Any]:
 
 
 async def _spawn_time() -> list[float]:
-    from sipbridge.config import SipConfig
     from sipbridge.sip.pool import WorkerPool
+    from sipbridge.sipconfig import SipConfig
 
     out = []
     for _ in range(3):

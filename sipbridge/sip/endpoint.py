@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING, Any
 
 import pjsua2 as pj
 
-from sipbridge.config import MAX_TLS_PROFILES, SipConfig
 from sipbridge.plan import DialPlan
 from sipbridge.sip.endcause import TlsReject
 from sipbridge.sip.pjbind import WorkerEndpoint, pj_error_text
 from sipbridge.sip.tap import CLOCK_RATE_HZ
+from sipbridge.sipconfig import MAX_TLS_PROFILES, SipConfig
 from sipbridge.tlsca import os_ca_bundle
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from sipbridge.config import SipConfig
+from sipbridge.sipconfig import SipConfig
 
 
 def worker_context() -> Any:

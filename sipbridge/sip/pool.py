@@ -39,12 +39,12 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from sipbridge import ipc
-from sipbridge.config import SipConfig
 from sipbridge.errors import PoolError, PoolFull
 from sipbridge.plan import DialPlan
 from sipbridge.sip.forkserver import start_worker_process, worker_context
 from sipbridge.sip.scaling import Scaler, worker_bounds
 from sipbridge.sip.workerproc import START_TIMEOUT_S, STOP_TIMEOUT_S, WorkerProc
+from sipbridge.sipconfig import SipConfig
 
 log = logging.getLogger("sipbridge.sip.pool")
 

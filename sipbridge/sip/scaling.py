@@ -19,8 +19,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from sipbridge import ipc
-from sipbridge.config import SipConfig
 from sipbridge.sip.workerproc import START_TIMEOUT_S, STOP_TIMEOUT_S, WorkerProc
+from sipbridge.sipconfig import SipConfig
 
 if TYPE_CHECKING:
     from sipbridge.sip.pool import WorkerPool

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
-import gc
 import math
 import sys
 import time
@@ -51,7 +50,6 @@ from typing import Any
 import pjsua2 as pj
 
 from sipbridge import ipc
-from sipbridge.config import SipConfig
 from sipbridge.plan import DialPlan
 from sipbridge.sip.accounts import AccountCache
 from sipbridge.sip.codecs import CodecOrder
@@ -71,14 +69,15 @@ from sipbridge.sip.inbound import Inbound
 from sipbridge.sip.info import send_info
 from sipbridge.sip.leg import AccountKey, Leg, next_deadline
 from sipbridge.sip.mediawatch import MediaWatch
-from sipbridge.sip.mixer import PORT_COOLING_S, Mixer
+from sipbridge.sip.mixer import Mixer
 from sipbridge.sip.pjbind import LegCall, pj_error_text, pj_lib, respond_in_dialog
 from sipbridge.sip.sdp import carries_sdp, sdp_of
 from sipbridge.sip.sdpoffer import set_event_pt
+from sipbridge.sip.teardown import shutdown
 from sipbridge.sip.waker import Waker
+from sipbridge.sipconfig import SipConfig
 from sipbridge.sipmsg import final_response_retry_after, is_invite_2xx
 
-_SHUTDOWN_DRAIN_S = 3.0
 # libHandleEvents waits: the longest sleep with nothing due (commands, SIP and RTP wake
 # it; a closed pipe to the supervisor wakes it too), while detection or listening
 # taps are fed, and with deferred work (or without a waker). Taps are drained in batches
@@ -560,59 +559,10 @@ class Worker:
                 self.log("error", f"deferred work failed: {e!r}")
 
     # ----------------------------------------------------------------- shutdown
-    def _force_end(self, leg_id: str) -> None:
-        leg = self.legs.pop(leg_id)
-        if not leg.ended:
-            leg.ended = True
-            self._event(
-                leg,
-                "ended",
-                cause="local_hangup",
-                answered=leg.answered_at is not None,
-                detail="worker shut down before the leg was disconnected",
-            )
-        self.mixer.end_players(leg_id)
-        leg.call._worker = None
-        self.graveyard.append(leg.call)
-        self.detection.release(leg)
-
     def shutdown(self) -> None:
-        """Hang up every leg, wait (bounded) for DISCONNECTED, drop pj objects, libDestroy.
-
-        pjsua2 pitfall: a Call whose C++ destructor runs after libDestroy asserts
-        (``pjsua_call_set_user_data``), so no local variable here may keep a Call alive
-        across ``libDestroy`` — per-leg work is done in helper methods.
-        """
-        if self.ep is None:
-            return
-        for leg_id in list(self.pending):
-            self.hangup(leg_id, "local_hangup")
-        for leg_id in list(self.legs):
-            self.hangup(leg_id, "local_hangup")
-        deadline = time.monotonic() + _SHUTDOWN_DRAIN_S
-        while (self.legs or self.inbound.rejected) and time.monotonic() < deadline:
-            self.ep.libHandleEvents(10)
-        # Legs that never reached DISCONNECTED (e.g. CANCEL pending a provisional response).
-        for leg_id in list(self.legs):
-            self._force_end(leg_id)
-        self.mixer.drop_players()
-        self.inbound.drop_rejected()
-        self.soon.clear()
-        self.graveyard.clear()
-        # Audio ports last, once the bridge has applied the disconnects of the calls that
-        # just ended (no loop variable may keep a port alive past libDestroy).
-        deadline = time.monotonic() + PORT_COOLING_S
-        while time.monotonic() < deadline:
-            self.ep.libHandleEvents(10)
-        self.mixer.drop_ports()
-        gc.collect()
-        # Accounts go after every Call and before libDestroy.
-        self.accounts.delete_all()
-        gc.collect()
-        with contextlib.suppress(Exception):
-            self.ep.libDestroy()
-        self.ep = None
-        gc.collect()
+        """Hang up every leg, wait (bounded), drop pj objects, libDestroy
+        (:func:`sipbridge.sip.teardown.shutdown`)."""
+        shutdown(self)
 
 
 def run_worker(

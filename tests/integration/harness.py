@@ -12,9 +12,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from sipbridge.config import SipConfig
 from sipbridge.devtools.sipp import SCENARIOS, SippUas
 from sipbridge.sip.pool import WorkerPool
+from sipbridge.sipconfig import SipConfig
 from tests.doubles import EventRecorder
 from tests.rtp import TsharkCapture
 

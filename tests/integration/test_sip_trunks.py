@@ -474,8 +474,8 @@ class _Conn:
 
 
 def _bare_worker() -> tuple[Any, _Conn]:
-    from sipbridge.config import SipConfig
     from sipbridge.sip import worker as w
+    from sipbridge.sipconfig import SipConfig
 
     conn = _Conn()
     wk = w.Worker(0, SipConfig(port_min=0, port_max=0), conn, 0)  # type: ignore[arg-type]

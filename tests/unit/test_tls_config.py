@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from sipbridge.app import warn_unverified_tls
-from sipbridge.config import MAX_TLS_PROFILES, ConfigError, parse_config
+from sipbridge.config import ConfigError, parse_config
 from sipbridge.routing import resolve_agent_plan, resolve_plan
+from sipbridge.sipconfig import MAX_TLS_PROFILES
 from sipbridge.tlsca import check_ca_file, os_ca_bundle, tls_reject_text
 from tests.tlspeer import make_ca, self_signed
 
