@@ -24,7 +24,7 @@ from typing import Any
 from sipbridge.calls import CallService, TriggerInput
 from sipbridge.config import Config, parse_config
 from sipbridge.errors import PoolFull
-from sipbridge.ipc import DetectionReport, LegEvent
+from sipbridge.ipc import DetectionReport, LegEvent, LegState
 from sipbridge.media.detect import Detection
 from sipbridge.plan import DialPlan
 from sipbridge.records import CallRecord
@@ -230,14 +230,14 @@ class CallHarness:
 
     # ---- the SIP engine's side -------------------------------------------------------
 
-    def leg(self, plan: DialPlan | str, state: str, sip_status: int | None = None,
+    def leg(self, plan: DialPlan | str, state: LegState, sip_status: int | None = None,
             **kw: Any) -> None:
         leg_id = plan if isinstance(plan, str) else plan.leg_id
         call_sid = kw.pop("call_sid", plan.call_sid if isinstance(plan, DialPlan) else "")
-        self.svc.on_sip_event(LegEvent(leg_id, call_sid, state, 0, self.clock(),  # type: ignore[arg-type]
+        self.svc.on_sip_event(LegEvent(leg_id, call_sid, state, 0, self.clock(),
                                        sip_status, **kw))
 
-    def answer(self, plan: DialPlan) -> None:
+    def answer(self, plan: DialPlan | str) -> None:
         self.leg(plan, "answered", 200)
 
     def end(self, plan: DialPlan | str, sip_status: int | None, cause: str = "remote_final",

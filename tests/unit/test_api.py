@@ -4,6 +4,7 @@ paths are covered by tests/integration against SIPp)."""
 from __future__ import annotations
 
 import time
+from typing import Literal
 
 import pytest
 from fastapi.testclient import TestClient
@@ -11,7 +12,7 @@ from fastapi.testclient import TestClient
 from sipbridge.api import create_app
 from sipbridge.calls import CallService
 from sipbridge.config import parse_config
-from sipbridge.ipc import LegEvent
+from sipbridge.ipc import EndCause, LegEvent, LegState
 from sipbridge.store import SQLiteStore
 from tests.doubles import RecordingPool
 
@@ -96,11 +97,13 @@ def test_trigger_status_and_history(env):
     # metadata reaches a carrier only where the trunk opts in (metadata_to_carrier)
     assert all(name != "X-cust" for name, _ in plan.headers)
     leg = plan.leg_id
-    for state, status, cause, answered in [("trying", 100, None, False),
+    steps: list[tuple[LegState | Literal["agent"], int, EndCause | None, bool]] = [
+        ("trying", 100, None, False),
                                            ("ringing", 180, None, False),
                                            ("answered", 200, None, False),
                                            ("agent", 200, None, False),
-                                           ("ended", 200, "remote_bye", True)]:
+                                           ("ended", 200, "remote_bye", True)]
+    for state, status, cause, answered in steps:
         if state == "agent":  # the agent answers: the call is connected
             ev = LegEvent(pool.plans[1].leg_id, sid, "answered", 0, time.time(), 200)
         else:

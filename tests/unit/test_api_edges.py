@@ -6,7 +6,7 @@ SQLite store."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -316,8 +316,8 @@ def _run_limit(headers: list[tuple[bytes, bytes]], feed: _Feed,
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
 
-    async def send(msg: dict[str, Any]) -> None:
-        sent.append(msg)
+    async def send(msg: MutableMapping[str, Any]) -> None:
+        sent.append(dict(msg))
 
     scope = {"type": "http", "method": "POST", "path": "/", "headers": headers}
     asyncio.run(BodyLimit(app, limit)(scope, feed, send))

@@ -187,7 +187,8 @@ def test_store_migrates_a_version_1_file(tmp_path):
     store.save(CallRecord(**{**rec.__dict__, "detail": "SIP 486 Busy Here"}))
     store.close()
     again = SQLiteStore(db)
-    assert again.get("OUT-old", now=3).detail == "SIP 486 Busy Here"
+    migrated = again.get("OUT-old", now=3)
+    assert migrated is not None and migrated.detail == "SIP 486 Busy Here"
     assert again._db.execute("PRAGMA user_version").fetchone()[0] == 3
 
 

@@ -69,6 +69,7 @@ def test_leave_message_waits_for_beep_then_plays_and_succeeds():
     assert f.on_detection("answer", det("machine", final=True, beep_ms=5000,
                                         beep_end_ms=5400)) == []
     (end,) = f.on_playback_done()
+    assert isinstance(end, EndCall)
     assert (end.term.result, end.term.reason) == ("success", "voicemail message left")
 
 
@@ -91,9 +92,11 @@ def test_leave_message_needs_a_file_and_human_connect(tmp_path: Path):
 def test_sit_and_busy_end_in_any_phase():
     f = flow()
     (end,) = f.on_detection("early", det("sit", sit_code="VC"))
+    assert isinstance(end, EndCall)
     assert end.term.reason == "number not in service (SIT VC)"
     g = flow()
     (end,) = g.on_detection("early", det("unknown", progress="reorder"))
+    assert isinstance(end, EndCall)
     assert end.term.kind == "carrier_error"
     assert flow().on_detection("early", det("unknown", progress="ringback")) == []
 
@@ -116,6 +119,7 @@ def test_ivr_escape_hatch():
     f = CallFlow(DetectionSettings(), IvrSettings(hold=True, max_ivr_s=30))
     assert f.on_answered() == [StartTimer("ivr_timeout", 30), StartHold()]
     (end,) = f.on_timer("ivr_timeout")
+    assert isinstance(end, EndCall)
     assert (end.term.reason, end.term.retryable) == ("IVR/hold time limit exceeded", True)
 
 
@@ -123,6 +127,7 @@ def test_agent_failure_ends_call():
     f = flow()
     f.on_answered()
     (end,) = f.on_agent_failed(503, "Service Unavailable")
+    assert isinstance(end, EndCall)
     assert (end.term.reason, end.term.detail) == ("agent leg failed",
                                                   "SIP 503 Service Unavailable")
 
@@ -131,6 +136,7 @@ def test_silence_when_waiting_for_a_person():
     f = flow(connect_on="human")
     f.on_answered()
     (end,) = f.on_detection("answer", det("silence"))
+    assert isinstance(end, EndCall)
     assert end.term.reason == "no person detected (silence)"
 
 
@@ -205,7 +211,7 @@ def test_operator_and_screening_actions(hint: str, key: str, reason: str):
     assert isinstance(end, EndCall)
     assert (end.term.reason, end.term.kind, end.term.retryable) == (reason, hint, True)
     with pytest.raises(ValidationError, match=key):
-        DetectionSettings(**{key: "leave_message"})
+        DetectionSettings.model_validate({key: "leave_message"})
     with pytest.raises(ValidationError, match="machine_settle_s"):
         DetectionSettings(machine_settle_s=31)
 
@@ -220,4 +226,4 @@ def test_a_repeated_ivr_menu_ends_the_call_retryable_unless_ignored():
     assert WatchRepeat() not in g.on_answered()
     assert g.on_detection("repeat", det("ivr")) == []
     with pytest.raises(ValidationError, match="on_menu_repeat"):
-        IvrSettings(on_menu_repeat="next")
+        IvrSettings(on_menu_repeat="next")  # type: ignore[arg-type]  # deliberately invalid

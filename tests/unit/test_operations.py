@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+from anyio.from_thread import BlockingPortal
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -24,7 +25,7 @@ from sipbridge.calls import CallService
 from sipbridge.cdr import build_cdr, export, parse_time
 from sipbridge.cli import main
 from sipbridge.config import WebhookConfig, parse_config
-from sipbridge.ipc import DetectionReport, LegEvent
+from sipbridge.ipc import DetectionReport, EndCause, LegEvent, LegState
 from sipbridge.logfmt import JsonFormatter
 from sipbridge.records import CallRecord, LegRecord, OutboxMessage
 from sipbridge.store import SQLiteStore
@@ -62,24 +63,30 @@ def _trigger(client: TestClient, **body: Any) -> str:
     return sid
 
 
+def _on_loop(client: TestClient) -> BlockingPortal:
+    """The portal to the app's event loop (set while the client is open)."""
+    assert client.portal is not None
+    return client.portal
+
+
 def _answer_then_bye(client: TestClient, svc: CallService, leg: str, sid: str,
                      answered_by: str | None = "human") -> None:
     t0 = time.time()
-    steps: list[tuple[str, int, Any, bool]] = [
+    steps: list[tuple[LegState, int, EndCause | None, bool]] = [
         ("trying", 100, None, False), ("ringing", 180, None, False),
         ("answered", 200, None, False)]
     for state, code, cause, answered in steps:
-        client.portal.call(svc.on_sip_event, LegEvent(leg, sid, state, 0, t0, code, "",
+        _on_loop(client).call(svc.on_sip_event, LegEvent(leg, sid, state, 0, t0, code, "",
                                                       "cid-1@x", cause, answered))
     if answered_by:
         det = detection(answered_by, decided_at_ms=900, final=True)
-        client.portal.call(svc.on_sip_event,
+        _on_loop(client).call(svc.on_sip_event,
                            DetectionReport(leg, sid, 0, t0, "answer", "decision", det))
     # the agent answers (a success needs the agent connected)
     assert isinstance(svc.pool, RecordingPool)
     agent = next(p for p in reversed(svc.pool.plans) if p.bridge_with == leg)
-    client.portal.call(svc.on_sip_event, LegEvent(agent.leg_id, sid, "answered", 0, t0, 200))
-    client.portal.call(svc.on_sip_event, LegEvent(leg, sid, "ended", 0, time.time(), 200, "",
+    _on_loop(client).call(svc.on_sip_event, LegEvent(agent.leg_id, sid, "answered", 0, t0, 200))
+    _on_loop(client).call(svc.on_sip_event, LegEvent(leg, sid, "ended", 0, time.time(), 200, "",
                                                   "cid-1@x", "remote_bye", True))
 
 
@@ -306,7 +313,7 @@ def test_cdrs_written_per_attempt_and_cli_export(
     with TestClient(create_app(svc, ["tok"])) as client:
         sid = _trigger(client)
         assert _wait(lambda: len(pool.plans) == 1)
-        client.portal.call(svc.on_sip_event, LegEvent(pool.plans[0].leg_id, sid, "ended", 0,
+        _on_loop(client).call(svc.on_sip_event, LegEvent(pool.plans[0].leg_id, sid, "ended", 0,
                                                       time.time(), 486, "Busy Here", "b@x",
                                                       "remote_final", False))
         assert _wait(lambda: len(pool.plans) == 2)
@@ -384,7 +391,7 @@ def test_drain_refuses_triggers_and_waits_for_live_calls(tmp_path: Path) -> None
         assert _wait(lambda: len(pool.plans) == 1)
         ops = app.state.ops
         t0 = time.monotonic()
-        left = client.portal.call(ops.drain, 0.3)  # the call is still up: grace runs out
+        left = _on_loop(client).call(ops.drain, 0.3)  # the call is still up: grace runs out
         assert left is None and time.monotonic() - t0 >= 0.3
         r = client.post("/v1/outbound-calling/trigger", headers=AUTH,
                         json={"to_number": "+14155552672"})
@@ -392,7 +399,7 @@ def test_drain_refuses_triggers_and_waits_for_live_calls(tmp_path: Path) -> None
         assert client.get("/readyz").status_code == 503
         assert client.get("/healthz").status_code == 200
         _answer_then_bye(client, svc, pool.plans[0].leg_id, sid)
-        assert client.portal.call(svc.drain, 5.0) == 0
+        assert _on_loop(client).call(svc.drain, 5.0) == 0
         assert client.get(f"/v1/outbound-calling/{sid}/status",
                           headers=AUTH).json()["status"] == "success"
 
@@ -412,7 +419,7 @@ def test_drain_keeps_queued_calls_queued(tmp_path: Path) -> None:
                                       486, "Busy", "", "remote_final", False))
             return await task
 
-        assert client.portal.call(drain_then_end) == 0
+        assert _on_loop(client).call(drain_then_end) == 0
         time.sleep(0.2)
         assert len(pool.plans) == 1  # the freed slot was not used
         assert client.get(f"/v1/outbound-calling/{second}/status",

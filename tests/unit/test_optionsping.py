@@ -4,6 +4,7 @@ marks: the request, which replies count, the up/down hysteresis, hostile replies
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -19,10 +20,10 @@ from sipbridge.optionsping import (
 from sipbridge.trunkselect import TrunkHealth, hunt_list
 
 
-def _req(**kw):
-    args = dict(host="sip.carrier.example", port=5060, transport="udp", via_host="10.0.0.1",
-                via_port=40000, call_id="abc@sipbridge", branch="b1", tag="t1",
-                user_agent="sipbridge")
+def _req(**kw: Any) -> str:
+    args: dict[str, Any] = dict(host="sip.carrier.example", port=5060, transport="udp",
+                                via_host="10.0.0.1", via_port=40000, call_id="abc@sipbridge",
+                                branch="b1", tag="t1", user_agent="sipbridge")
     args.update(kw)
     return options_request(**args).decode()
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import struct
 import wave
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from sipbridge.media.analyze import AudioFormatError, analyze_main, analyze_wav, read_wav
@@ -54,7 +57,8 @@ def test_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     (3, 32, lambda x: x.astype("<f4").tobytes()),
     (1, 8, lambda x: (x * 127 + 128).astype(np.uint8).tobytes()),
 ])
-def test_formats_read(tmp_path: Path, tag: int, bits: int, conv) -> None:  # type: ignore[no-untyped-def]
+def test_formats_read(tmp_path: Path, tag: int, bits: int,
+                      conv: Callable[[npt.NDArray[Any]], bytes]) -> None:
     x = sine(16000)
     p = tmp_path / "ok.wav"
     p.write_bytes(wav_bytes(tag, 1, 16000, bits, conv(x)))

@@ -75,7 +75,7 @@ def test_sung_notes_in_a_steady_rhythm_make_no_tone_decision(f0: float, on: int,
     ((425.0,), [500, 500], "busy"), ((425.0,), [250, 250], "reorder"),
 ])
 @pytest.mark.parametrize("mode", ["answer", "early"])
-def test_real_cadences_still_decided_after_answer(freqs: tuple[float, ...], pattern: list[int],
+def test_real_cadences_still_decided_after_answer(freqs: tuple[float, ...], pattern: list[float],
                                                    kind: str, mode: str) -> None:
     x = np.concatenate([sil(400), cadence(freqs, pattern, 6000, -22)])
     assert run(codec(x, "alaw"), mode).progress == kind
@@ -86,7 +86,7 @@ def test_real_cadences_still_decided_after_answer(freqs: tuple[float, ...], patt
     ((480.0, 620.0), [500, 500], "busy"), ((425.0,), [500, 500], "busy"),
     ((400.0,), [375, 375], "busy"), ((480.0, 620.0), [250, 250], "reorder"),
 ])
-def test_cadence_with_a_long_dropout(drop_ms: int, freqs: tuple[float, ...], pattern: list[int],
+def test_cadence_with_a_long_dropout(drop_ms: int, freqs: tuple[float, ...], pattern: list[float],
                                      kind: str) -> None:
     rng = np.random.default_rng(drop_ms)
     x = np.concatenate([sil(300), cadence(freqs, pattern, 7000, -20)])

@@ -15,22 +15,24 @@ from sipbridge.media.detect import DetectionConfig, config_from_overrides
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, -1.0, 1e12])
 def test_bad_values_refused_naming_the_key(value: float) -> None:
     with pytest.raises(ValidationError, match="initial_silence_ms"):
-        DetectionSettings(thresholds={"initial_silence_ms": value})
+        # the values are deliberately out of range (NaN, inf, floats where an int is typed)
+        DetectionSettings(thresholds={"initial_silence_ms": value})  # type: ignore[typeddict-item]
 
 
 def test_levels_may_be_negative() -> None:
     s = DetectionSettings(thresholds={"tone_min_dbfs": -45.0, "operator_silence_ms": 1200})
-    cfg = config_from_overrides(s.thresholds)
+    cfg = config_from_overrides(dict(s.thresholds))
     assert cfg.tone_min_dbfs == -45.0 and cfg.operator_silence_ms == 1200
 
 
 def test_unknown_key_refused() -> None:
     with pytest.raises(ValidationError, match=r"thresholds\.initial_silence\b"):
-        DetectionSettings(thresholds={"initial_silence": 3000})
+        # a deliberately unknown key
+        DetectionSettings(thresholds={"initial_silence": 3000})  # type: ignore[typeddict-unknown-key]
 
 
 def test_new_thresholds_are_settable() -> None:
     names = {"initial_silence_ms", "beep_timeout_ms", "beep_end_max_ms", "operator_silence_ms",
              "operator_max_greeting_ms", "screening_silence_ms"}
     assert names <= set(DetectionConfig.__dataclass_fields__)
-    DetectionSettings(thresholds=dict.fromkeys(names, 1000.0))
+    DetectionSettings.model_validate({"thresholds": dict.fromkeys(names, 1000.0)})

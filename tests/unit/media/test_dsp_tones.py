@@ -127,7 +127,7 @@ def test_tone_run_properties() -> None:
 
 def feed_cadence(sig: str, pattern: list[int], total: int = 6000) -> list[tuple[str, str]]:
     c = CadenceTracker()
-    out = []
+    out: list[tuple[str, str]] = []
     t = 0
     i = 0
     while t < total:
