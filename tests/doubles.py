@@ -26,6 +26,7 @@ from sipbridge.config import Config, parse_config
 from sipbridge.errors import PoolFull
 from sipbridge.ipc import DetectionReport, LegEvent, LegState
 from sipbridge.media.detect import Detection
+from sipbridge.media.result import AnsweredBy
 from sipbridge.plan import DialPlan
 from sipbridge.records import CallRecord
 from sipbridge.store import SQLiteStore
@@ -192,10 +193,10 @@ class EventRecorder:
         return [e for e in self.events if isinstance(e, kind)]
 
 
-def detection(answered_by: str = "human", **fields: Any) -> Detection:
+def detection(answered_by: AnsweredBy = "human", **fields: Any) -> Detection:
     """A detection result (decided at 0 ms unless given)."""
     fields.setdefault("decided_at_ms", 0)
-    return Detection(answered_by=answered_by, **fields)  # type: ignore[arg-type]
+    return Detection(answered_by=answered_by, **fields)
 
 
 class CallHarness:
@@ -254,7 +255,7 @@ class CallHarness:
         return agent
 
     def report(self, plan: DialPlan, phase: str, kind: str = "decision",
-               answered_by: str = "human", **fields: Any) -> None:
+               answered_by: AnsweredBy = "human", **fields: Any) -> None:
         self.svc.on_sip_event(DetectionReport(plan.leg_id, plan.call_sid, 0, self.clock(),
                                               phase, kind, detection(answered_by, **fields)))
 

@@ -27,6 +27,7 @@ from sipbridge.cli import main
 from sipbridge.config import WebhookConfig, parse_config
 from sipbridge.ipc import DetectionReport, EndCause, LegEvent, LegState
 from sipbridge.logfmt import JsonFormatter
+from sipbridge.media.result import AnsweredBy
 from sipbridge.records import CallRecord, LegRecord, OutboxMessage
 from sipbridge.store import SQLiteStore
 from sipbridge.webhooks import WebhookDispatcher, sign, verify
@@ -70,7 +71,7 @@ def _on_loop(client: TestClient) -> BlockingPortal:
 
 
 def _answer_then_bye(client: TestClient, svc: CallService, leg: str, sid: str,
-                     answered_by: str | None = "human") -> None:
+                     answered_by: AnsweredBy | None = "human") -> None:
     t0 = time.time()
     steps: list[tuple[LegState, int, EndCause | None, bool]] = [
         ("trying", 100, None, False), ("ringing", 180, None, False),
