@@ -52,7 +52,7 @@ def run_file(path: Path) -> tuple[HoldListener, list[int]]:
     per: list[int] = []
     pc = time.perf_counter_ns
     for i in range(0, len(pcm) - 319, 320):
-        fr = pcm[i:i + 320]
+        fr = pcm[i : i + 320]
         t0 = pc()
         feed(fr)
         per.append(pc() - t0)
@@ -87,11 +87,19 @@ def bench(corpora: list[tuple[str, Path, dict[str, dict[str, Any]]]]) -> dict[st
             if d is not None and d >= 0:
                 lat.append(d)
     us = np.asarray(per) / 1000.0
-    return {"frames": us.size, "median_us": float(np.median(us)),
-            "p99_us": float(np.percentile(us, 99)), "mean_us": float(us.mean()),
-            "max_us": float(us.max()), "lat": lat, "misses": misses,
-            "false_person": false_person, "n_person": n_person, "n_none": n_none,
-            "none_audio_min": none_audio_s / 60}
+    return {
+        "frames": us.size,
+        "median_us": float(np.median(us)),
+        "p99_us": float(np.percentile(us, 99)),
+        "mean_us": float(us.mean()),
+        "max_us": float(us.max()),
+        "lat": lat,
+        "misses": misses,
+        "false_person": false_person,
+        "n_person": n_person,
+        "n_none": n_none,
+        "none_audio_min": none_audio_s / 60,
+    }
 
 
 def match_cost_ms() -> float:
@@ -111,15 +119,20 @@ def match_cost_ms() -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="hold-step listener benchmark")
     ap.add_argument("--corpus", type=Path, default=None, help="existing hold corpus dir")
-    ap.add_argument("--seeds", type=int, default=3,
-                    help="extra corpora generated with seeds 1..N (0 = default corpus only)")
+    ap.add_argument(
+        "--seeds",
+        type=int,
+        default=3,
+        help="extra corpora generated with seeds 1..N (0 = default corpus only)",
+    )
     ap.add_argument("--no-write", action="store_true", help="do not update bench/RESULTS.md")
     a = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as td:
         corpora: list[tuple[str, Path, dict[str, dict[str, Any]]]] = []
         if a.corpus is not None and (a.corpus / "labels.json").exists():
-            corpora.append(("default", a.corpus,
-                            json.loads((a.corpus / "labels.json").read_text())))
+            corpora.append(
+                ("default", a.corpus, json.loads((a.corpus / "labels.json").read_text()))
+            )
         else:
             out = Path(td) / "default"
             corpora.append(("default", out, hold.generate(out, DEFAULT_SEED)))
@@ -131,29 +144,28 @@ def main(argv: list[str] | None = None) -> int:
     misses = f" ({', '.join(res['misses'])})" if res["misses"] else ""
     false_p = f" ({', '.join(res['false_person'])})" if res["false_person"] else ""
     ok = "meets" if res["median_us"] < TARGET_US else "MISSES"
-    lat_s = (f"median {statistics.median(lat):.0f}, max {max(lat)} (n={len(lat)})"
-             if lat else "n/a")
+    lat_s = f"median {statistics.median(lat):.0f}, max {max(lat)} (n={len(lat)})" if lat else "n/a"
     text = f"""## Hold step: live-person listener (`bench/hold.py`)
 
 Machine: {platform.processor() or platform.machine()}, Python {platform.python_version()},
 numpy {np.__version__}. `HoldListener` with default thresholds over {len(corpora)} generated
 hold corpora (`sipbridge corpus hold`, seeds {DEFAULT_SEED} and 1..{a.seeds}):
-{res['n_person']} person files, {res['n_none']} no-person files
-({res['none_audio_min']:.0f} min of music, looping prompts and ringback); frames fed as
-320-byte PCM like a SIP worker does, {res['frames']} frames timed.
+{res["n_person"]} person files, {res["n_none"]} no-person files
+({res["none_audio_min"]:.0f} min of music, looping prompts and ringback); frames fed as
+320-byte PCM like a SIP worker does, {res["frames"]} frames timed.
 
 | metric | value |
 |---|---|
-| CPU per 20 ms frame, median (wall per `feed()`) | **{res['median_us']:.1f} µs** \
+| CPU per 20 ms frame, median (wall per `feed()`) | **{res["median_us"]:.1f} µs** \
 ({ok} the {TARGET_US:.0f} µs target) |
-| p99 / mean / max per frame | {res['p99_us']:.1f} µs / {res['mean_us']:.1f} µs / \
-{res['max_us'] / 1000:.1f} ms |
+| p99 / mean / max per frame | {res["p99_us"]:.1f} µs / {res["mean_us"]:.1f} µs / \
+{res["max_us"] / 1000:.1f} ms |
 | one fingerprint search over the full 3 min history (≤ 3 per speech segment) | \
 {match_cost_ms():.1f} ms |
 | decision latency after the person's onset | {lat_s} |
 | person missed or decided outside [onset, onset + {MAX_LATENCY_MS} ms] | \
-{len(res['misses'])}/{res['n_person']}{misses} |
-| false "person" on no-person files | **{len(res['false_person'])}/{res['n_none']}**{false_p} |
+{len(res["misses"])}/{res["n_person"]}{misses} |
+| false "person" on no-person files | **{len(res["false_person"])}/{res["n_none"]}**{false_p} |
 
 The corpora are synthetic (numpy music, espeak-ng voices); real hold audio and real agents
 will differ — see the weaknesses listed in `sipbridge/media/hold.py`.

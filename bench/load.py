@@ -152,20 +152,39 @@ def pct(xs: list[float], q: float) -> float:
 
 
 # --------------------------------------------------------------------------- bridge
-def make_config(log_dir: Path, carrier: SippUas, agent: SippUas, sip: dict[str, Any],
-                detection: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+def make_config(
+    log_dir: Path,
+    carrier: SippUas,
+    agent: SippUas,
+    sip: dict[str, Any],
+    detection: dict[str, Any] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
     # an RTP range of 8000 ports inside 20000-59999, spread by pid (parallel runs)
     base = 20000 + (os.getpid() % 40) * 800
-    sip_cfg = {"listen_address": "127.0.0.1", "port_min": 0, "port_max": 0,
-               "calls_per_worker": 4, "log_level": 1,
-               "rtp_port_min": base, "rtp_port_max": base + 7999, **sip}
+    sip_cfg = {
+        "listen_address": "127.0.0.1",
+        "port_min": 0,
+        "port_max": 0,
+        "calls_per_worker": 4,
+        "log_level": 1,
+        "rtp_port_min": base,
+        "rtp_port_max": base + 7999,
+        **sip,
+    }
     cfg = bridge_config(
         log_dir,
-        trunks=[{"name": "carrier", "address": carrier.uri_hostport,
-                 "caller_id": "+14155550100",
-                 "header_templates": {SID_HDR: "{call_sid}"}}],
-        routes=[{"prefix": "+1", "trunk": "carrier",
-                 **({"detection": detection} if detection else {})}],
+        trunks=[
+            {
+                "name": "carrier",
+                "address": carrier.uri_hostport,
+                "caller_id": "+14155550100",
+                "header_templates": {SID_HDR: "{call_sid}"},
+            }
+        ],
+        routes=[
+            {"prefix": "+1", "trunk": "carrier", **({"detection": detection} if detection else {})}
+        ],
         sip=sip_cfg,
         agent={"uri": f"sip:agent@{agent.uri_hostport}"},
         limits={"api_rate_per_s": 10000.0, "api_burst": 10000},
@@ -179,7 +198,7 @@ def metric_sum(text: str, name: str, label_filter: str = "") -> float:
     total = 0.0
     for line in text.splitlines():
         if line.startswith(name) and (not label_filter or label_filter in line):
-            rest = line[len(name):]
+            rest = line[len(name) :]
             if rest[:1] in ("{", " "):
                 with contextlib.suppress(ValueError):
                     total += float(line.rsplit(" ", 1)[1])
@@ -203,21 +222,24 @@ def wait_terminal_total(b: Bridge, n: int, timeout: float) -> bool:
     return False
 
 
-async def drive(base: str, n: int, rate: float, max_s: float,
-                on_sid: Callable[[str, float, float], None] | None = None) -> dict[str, Any]:
+async def drive(
+    base: str,
+    n: int,
+    rate: float,
+    max_s: float,
+    on_sid: Callable[[str, float, float], None] | None = None,
+) -> dict[str, Any]:
     """Trigger ``n`` calls at ``rate`` per second (paced, not waiting for responses),
     stopping after ``max_s`` s. Returns sids with send/200 wall times and errors."""
     sent: list[tuple[str, float, float]] = []
     errors: Counter[str] = Counter()
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx.AsyncClient(base_url=base, headers=AUTH, timeout=10,
-                                 limits=limits) as client:
+    async with httpx.AsyncClient(base_url=base, headers=AUTH, timeout=10, limits=limits) as client:
 
         async def one(i: int) -> None:
             t_send = time.time()
             try:
-                r = await client.post("/v1/outbound-calling/trigger",
-                                      json={"to_number": NUMBER})
+                r = await client.post("/v1/outbound-calling/trigger", json={"to_number": NUMBER})
             except httpx.HTTPError as e:
                 errors[f"http error {type(e).__name__}"] += 1
                 return
@@ -253,16 +275,20 @@ async def statuses(base: str, sids: list[str]) -> list[dict[str, Any]]:
         async def one(sid: str) -> None:
             async with sem:
                 r = await client.get(f"/v1/outbound-calling/{sid}/status")
-                out.append(r.json() if r.status_code == 200 else
-                           {"callSid": sid, "status": f"HTTP {r.status_code}", "reason": ""})
+                out.append(
+                    r.json()
+                    if r.status_code == 200
+                    else {"callSid": sid, "status": f"HTTP {r.status_code}", "reason": ""}
+                )
 
         await asyncio.wait_for(asyncio.gather(*(one(s) for s in sids)), 120)
     return out
 
 
 def fmt_failures(sts: list[dict[str, Any]]) -> tuple[int, str]:
-    bad = Counter(f"{s['status']}: {s.get('reason') or '-'}"
-                  for s in sts if s["status"] != "success")
+    bad = Counter(
+        f"{s['status']}: {s.get('reason') or '-'}" for s in sts if s["status"] != "success"
+    )
     return sum(bad.values()), ", ".join(f"{k} ×{v}" for k, v in bad.most_common(4)) or "none"
 
 
@@ -312,8 +338,13 @@ async def _spawn_time() -> list[float]:
 def _cps_sip(rate: float) -> dict[str, Any]:
     # ~1.5 s per call (answer, 0.5 s, BYE, agent leg) x rate, 2 legs per call, 4 per worker
     need = int(rate * 1.5 * 2 / 4) + 4
-    return {"workers": 2, "min_workers": 2, "max_workers": max(8, need),
-            "spare_slots": max(8, int(rate * 2 * 0.6)), "idle_worker_ttl_s": 30.0}
+    return {
+        "workers": 2,
+        "min_workers": 2,
+        "max_workers": max(8, need),
+        "spare_slots": max(8, int(rate * 2 * 0.6)),
+        "idle_worker_ttl_s": 30.0,
+    }
 
 
 def phase_cps(work: Path, quick: bool, rates: list[float]) -> list[dict[str, Any]]:
@@ -357,21 +388,34 @@ def phase_cps(work: Path, quick: bool, rates: list[float]) -> list[dict[str, Any
             lat = [1000 * (inv[s] - t_send) for s, t_send, _ in d["sent"] if s in inv]
             # steady state: without the first 3 s (the elastic pool grows from 2 workers)
             t_first = min((t for _, t, _ in d["sent"]), default=0.0)
-            lat_ss = [1000 * (inv[s] - t_send) for s, t_send, _ in d["sent"]
-                      if s in inv and t_send - t_first >= 3.0]
+            lat_ss = [
+                1000 * (inv[s] - t_send)
+                for s, t_send, _ in d["sent"]
+                if s in inv and t_send - t_first >= 3.0
+            ]
             api = [1000 * (t_ok - t_send) for _, t_send, t_ok in d["sent"]]
             res = {
-                "rate": rate, "duration_s": dur, "triggered": len(sids),
-                "api_errors": dict(d["errors"]), "drive_s": d["elapsed"],
-                "all_terminal": done, "failed": nfail, "failure_reasons": reasons,
-                "invites": len(times), "achieved_cps": achieved,
+                "rate": rate,
+                "duration_s": dur,
+                "triggered": len(sids),
+                "api_errors": dict(d["errors"]),
+                "drive_s": d["elapsed"],
+                "all_terminal": done,
+                "failed": nfail,
+                "failure_reasons": reasons,
+                "invites": len(times),
+                "achieved_cps": achieved,
                 "min_cps_1s": min(full_secs) if full_secs else 0,
                 "max_cps_1s": max(full_secs) if full_secs else 0,
-                "lat_p50_ms": pct(lat, 50), "lat_p99_ms": pct(lat, 99),
+                "lat_p50_ms": pct(lat, 50),
+                "lat_p99_ms": pct(lat, 99),
                 "lat_max_ms": max(lat) if lat else float("nan"),
-                "lat_ss_p50_ms": pct(lat_ss, 50), "lat_ss_p99_ms": pct(lat_ss, 99),
-                "api_p50_ms": pct(api, 50), "api_p99_ms": pct(api, 99),
-                "supervisor_cpu_pct": cpu_sup, "peak_workers": peak_workers,
+                "lat_ss_p50_ms": pct(lat_ss, 50),
+                "lat_ss_p99_ms": pct(lat_ss, 99),
+                "api_p50_ms": pct(api, 50),
+                "api_p99_ms": pct(api, 99),
+                "supervisor_cpu_pct": cpu_sup,
+                "peak_workers": peak_workers,
             }
             print(f"  cps {rate:g}: {json.dumps(res, default=str)}", flush=True)
             out.append(res)
@@ -387,35 +431,82 @@ def _speech_wav(work: Path) -> Path:
     cdir.mkdir()
     detection.generate(cdir)
     labels = json.loads((cdir / "labels.json").read_text())
-    name = min(Path(n).stem for n, lab in labels.items()
-               if lab.get("answered_by") == "machine" and lab.get("beep_ms") is None)
+    name = min(
+        Path(n).stem
+        for n, lab in labels.items()
+        if lab.get("answered_by") == "machine" and lab.get("beep_ms") is None
+    )
     trimmed = work / "greeting_no_beep.wav"
     # drop the leading and trailing silence, keep 0.3 s between loops (under the
     # detector's 1.2 s "spoke again after a pause: IVR" gap and its 4 s beep timeout)
-    subprocess.run(["sox", str(cdir / f"{name}.wav"), str(trimmed), "silence", "1", "0.05",
-                    "0.5%", "reverse", "silence", "1", "0.05", "0.5%", "reverse",
-                    "pad", "0", "0.3"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "sox",
+            str(cdir / f"{name}.wav"),
+            str(trimmed),
+            "silence",
+            "1",
+            "0.05",
+            "0.5%",
+            "reverse",
+            "silence",
+            "1",
+            "0.05",
+            "0.5%",
+            "reverse",
+            "pad",
+            "0",
+            "0.3",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return ulaw_wav(trimmed, work / "greeting_no_beep_ulaw.wav")
 
 
 def rtp_sample(port: int, seconds: float, out: Path) -> dict[str, Any]:
     """Capture RTP to ``port`` on lo for ``seconds``; per-stream packets/loss/max delta."""
     pcap = out / f"rtp-{port}-{int(time.time())}.pcap"
-    subprocess.run(["tshark", "-i", "lo", "-q", "-f", f"udp dst port {port}",
-                    "-a", f"duration:{seconds:g}", "-w", str(pcap)],
-                   capture_output=True, timeout=seconds + 30)
-    r = subprocess.run(["tshark", "-r", str(pcap), "-q", "-d", f"udp.port=={port},rtp",
-                        "-z", "rtp,streams"], capture_output=True, text=True, timeout=120)
+    subprocess.run(
+        [
+            "tshark",
+            "-i",
+            "lo",
+            "-q",
+            "-f",
+            f"udp dst port {port}",
+            "-a",
+            f"duration:{seconds:g}",
+            "-w",
+            str(pcap),
+        ],
+        capture_output=True,
+        timeout=seconds + 30,
+    )
+    r = subprocess.run(
+        ["tshark", "-r", str(pcap), "-q", "-d", f"udp.port=={port},rtp", "-z", "rtp,streams"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     streams = []
     for line in r.stdout.splitlines():
         # Src IP  Port  Dst IP  Port  SSRC  Payload  Pkts  Lost  Min Delta  Mean Delta
         # Max Delta  Min Jitter  Mean Jitter  Max Jitter  Problem?
-        m = re.search(r"0x[0-9A-Fa-f]+\s+(.+?)\s+(\d+)\s+(-?\d+)\s+\((-?[\d.]+)%\)\s+"
-                      r"([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)", line)
+        m = re.search(
+            r"0x[0-9A-Fa-f]+\s+(.+?)\s+(\d+)\s+(-?\d+)\s+\((-?[\d.]+)%\)\s+"
+            r"([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)",
+            line,
+        )
         if m:
-            streams.append({"pkts": int(m.group(2)), "lost": int(m.group(3)),
-                            "max_delta": float(m.group(7)), "max_jitter": float(m.group(10))})
+            streams.append(
+                {
+                    "pkts": int(m.group(2)),
+                    "lost": int(m.group(3)),
+                    "max_delta": float(m.group(7)),
+                    "max_jitter": float(m.group(10)),
+                }
+            )
     pcap.unlink(missing_ok=True)
     return {
         "streams": len(streams),
@@ -434,21 +525,34 @@ def phase_conc(work: Path, quick: bool, steps: list[int] | None = None) -> list[
     log_dir = work / "conc"
     log_dir.mkdir()
     audio = _speech_wav(log_dir)
-    scen = render_scenario("uas_answer_stream.xml.in", log_dir / "uas_answer_loop.xml",
-                           AUDIO=str(audio))
+    scen = render_scenario(
+        "uas_answer_stream.xml.in", log_dir / "uas_answer_loop.xml", AUDIO=str(audio)
+    )
     out: list[dict[str, Any]] = []
     with Stack(log_dir) as st:
         carrier = st.sipp(scen, extra_args=["-rtp_threadtasks", "50"])
         agent = st.sipp("uas_answer_wait_bye.xml")
         # The SIPp agent sends no RTP: no media timeout, or the calls would end after 30 s.
-        sip = {"workers": 2, "min_workers": 2, "max_workers": steps[-1] // 2 + 8,
-               "spare_slots": 16, "idle_worker_ttl_s": 600.0, "media_timeout_s": 0}
+        sip = {
+            "workers": 2,
+            "min_workers": 2,
+            "max_workers": steps[-1] // 2 + 8,
+            "spare_slots": 16,
+            "idle_worker_ttl_s": 600.0,
+            "media_timeout_s": 0,
+        }
         # No beep ever comes and the wait for it (the config's upper bound, 5 min) outlasts
         # the measurement (a step takes ~10-20 s): every call's detector stays on (tap
         # connected, every frame analysed) for the whole measurement.
         detection = {"wait_for_beep": True, "thresholds": {"max_beep_wait_ms": 300_000}}
-        cfg = make_config(log_dir, carrier, agent, sip, detection=detection,
-                          timers={"max_call_duration_s": 900, "ring_timeout_s": 30})
+        cfg = make_config(
+            log_dir,
+            carrier,
+            agent,
+            sip,
+            detection=detection,
+            timers={"max_call_duration_s": 900, "ring_timeout_s": 30},
+        )
         b = st.bridge(cfg)
         sids: list[str] = []
         deadline_all = time.monotonic() + (240 if quick else 600)
@@ -463,8 +567,12 @@ def phase_conc(work: Path, quick: bool, steps: list[int] | None = None) -> list[
                 t_wait = time.monotonic() + 60
                 while True:
                     sts = asyncio.run(statuses(b.base, sids))
-                    up = [s for s in sts if s["status"] == "calling"
-                          and any(e["kind"] == "answered" for e in s.get("events", []))]
+                    up = [
+                        s
+                        for s in sts
+                        if s["status"] == "calling"
+                        and any(e["kind"] == "answered" for e in s.get("events", []))
+                    ]
                     term = [s for s in sts if s["status"] in ("success", "failure")]
                     if len(up) + len(term) >= len(sids) or time.monotonic() > t_wait:
                         break
@@ -482,48 +590,66 @@ def phase_conc(work: Path, quick: bool, steps: list[int] | None = None) -> list[
                 th = threading.Thread(target=sample)
                 th.start()
                 cpu = cpu_window(pids, window)
-                sipp_cpu = cpu_window([carrier.proc.pid, agent.proc.pid], 1.0) \
-                    if carrier.proc and agent.proc else {}
+                sipp_cpu = (
+                    cpu_window([carrier.proc.pid, agent.proc.pid], 1.0)
+                    if carrier.proc and agent.proc
+                    else {}
+                )
                 th.join(60)
                 sts = asyncio.run(statuses(b.base, sids))
                 up_n = sum(1 for s in sts if s["status"] == "calling")
                 nfail, reasons = fmt_failures([s for s in sts if s["status"] != "calling"])
                 det = Counter(s.get("answered_by") or "-" for s in sts)
                 # calls whose detector is still running: no final detection result yet
-                detecting = sum(1 for s in sts if s["status"] == "calling" and not any(
-                    e["kind"] == "detection" and e["data"].get("final")
-                    for e in s.get("events", [])))
+                detecting = sum(
+                    1
+                    for s in sts
+                    if s["status"] == "calling"
+                    and not any(
+                        e["kind"] == "detection" and e["data"].get("final")
+                        for e in s.get("events", [])
+                    )
+                )
                 res: dict[str, Any] = {
-                    "target": target, "up": up_n, "detecting": detecting,
-                    "failed": nfail, "failure_reasons": reasons,
+                    "target": target,
+                    "up": up_n,
+                    "detecting": detecting,
+                    "failed": nfail,
+                    "failure_reasons": reasons,
                     "workers": len(ws),
                     "bridge_cpu_pct": sum(cpu.values()),
                     "supervisor_cpu_pct": cpu[b.proc.pid],
                     "worker_cpu_mean_pct": statistics.mean([cpu[p] for p in ws]) if ws else 0,
                     "sipp_cpu_pct": sum(sipp_cpu.values()),
                     "bridge_rss_mb": sum(rss_kb(p) for p in pids) / 1024,
-                    "bridge_pss_mb": sum(mem_kb(p)["pss"] for p in
-                                         [*pids, forkserver_of(b.proc.pid) or 0]) / 1024,
-                    "worker_uss_mean_mb": statistics.mean(
-                        [mem_kb(p)["uss"] for p in ws]) / 1024 if ws else 0,
+                    "bridge_pss_mb": sum(
+                        mem_kb(p)["pss"] for p in [*pids, forkserver_of(b.proc.pid) or 0]
+                    )
+                    / 1024,
+                    "worker_uss_mean_mb": statistics.mean([mem_kb(p)["uss"] for p in ws]) / 1024
+                    if ws
+                    else 0,
                     "answered_by": dict(det),
-                    "rtp": res_rtp, "rtp_expected_pkts": up_n * 50 * (window - 1),
+                    "rtp": res_rtp,
+                    "rtp_expected_pkts": up_n * 50 * (window - 1),
                 }
                 print(f"  conc {target}: {json.dumps(res, default=str)}", flush=True)
                 out.append(res)
                 if nfail or up_n < target or res["bridge_cpu_pct"] > 190:
                     break
         finally:
+
             async def hang() -> None:
                 sem = asyncio.Semaphore(16)
-                async with httpx.AsyncClient(base_url=b.base, headers=AUTH,
-                                             timeout=10) as client:
+                async with httpx.AsyncClient(base_url=b.base, headers=AUTH, timeout=10) as client:
+
                     async def one(sid: str) -> None:
                         async with sem:
                             await client.post(f"/v1/outbound-calling/{sid}/hangup")
 
-                    await asyncio.wait_for(asyncio.gather(*(one(s) for s in sids),
-                                                          return_exceptions=True), 120)
+                    await asyncio.wait_for(
+                        asyncio.gather(*(one(s) for s in sids), return_exceptions=True), 120
+                    )
 
             with contextlib.suppress(Exception):
                 asyncio.run(hang())
@@ -544,10 +670,12 @@ def phase_memory(work: Path, quick: bool, rate: float) -> dict[str, Any]:
         def snapshot() -> dict[str, Any]:
             time.sleep(3.0)
             ws = workers_of(b.proc.pid)
-            return {"supervisor_kb": rss_kb(b.proc.pid),
-                    "forkserver_kb": mem_kb(forkserver_of(b.proc.pid) or 0)["pss"],
-                    "workers_kb": {p: mem_kb(p)["pss"] for p in ws},
-                    "workers_rss_kb": {p: rss_kb(p) for p in ws}}
+            return {
+                "supervisor_kb": rss_kb(b.proc.pid),
+                "forkserver_kb": mem_kb(forkserver_of(b.proc.pid) or 0)["pss"],
+                "workers_kb": {p: mem_kb(p)["pss"] for p in ws},
+                "workers_rss_kb": {p: rss_kb(p) for p in ws},
+            }
 
         t0 = time.monotonic()
         d1 = asyncio.run(drive(b.base, first, rate, first / rate + 5))
@@ -570,12 +698,17 @@ def phase_memory(work: Path, quick: bool, rate: float) -> dict[str, Any]:
     return {
         "common_workers_rss_mb": (r1 / 1024, r2 / 1024),
         "common_workers_rss_growth_pct": 100 * (r2 / r1 - 1) if r1 else float("nan"),
-        "rate": rate, "first": first, "total": n, "success": int(succ),
-        "all_terminal": ok1 and ok2, "elapsed_s": elapsed,
+        "rate": rate,
+        "first": first,
+        "total": n,
+        "success": int(succ),
+        "all_terminal": ok1 and ok2,
+        "elapsed_s": elapsed,
         "api_errors": dict(d1["errors"] + d2["errors"]),
         "sup_mb": (s1["supervisor_kb"] / 1024, s2["supervisor_kb"] / 1024),
         "sup_growth_pct": 100 * (s2["supervisor_kb"] / s1["supervisor_kb"] - 1),
-        "workers": (len(s1["workers_kb"]), len(s2["workers_kb"])), "common_workers": len(common),
+        "workers": (len(s1["workers_kb"]), len(s2["workers_kb"])),
+        "common_workers": len(common),
         "common_workers_mb": (w1 / 1024, w2 / 1024),
         "common_workers_growth_pct": 100 * (w2 / w1 - 1) if w1 else float("nan"),
         "total_mb": (tot1 / 1024, tot2 / 1024),
@@ -600,7 +733,8 @@ def report(res: dict[str, Any], quick: bool) -> str:
         lines += [
             "### Idle SIP worker cost",
             "",
-            "| metric | value |", "|---|---|",
+            "| metric | value |",
+            "|---|---|",
             f"| RSS per idle worker | {', '.join(f'{x:.1f}' for x in r['worker_rss_mb'])} MB |",
             f"| PSS / USS (private) per idle worker | "
             f"{', '.join(f'{x:.1f}' for x in r.get('worker_pss_mb', []))} / "
@@ -638,7 +772,8 @@ def report(res: dict[str, Any], quick: bool) -> str:
                 f"{r['lat_p50_ms']:.1f} / {r['lat_p99_ms']:.1f} / {r['lat_max_ms']:.1f} ms | "
                 f"{r['lat_ss_p50_ms']:.1f} / {r['lat_ss_p99_ms']:.1f} ms | "
                 f"{r['api_p50_ms']:.1f} / {r['api_p99_ms']:.1f} ms | "
-                f"{r['supervisor_cpu_pct']:.0f} % | {r['peak_workers']} |")
+                f"{r['supervisor_cpu_pct']:.0f} % | {r['peak_workers']} |"
+            )
         lines.append("")
     if "conc" in res:
         lines += [
@@ -665,7 +800,8 @@ def report(res: dict[str, Any], quick: bool) -> str:
                 f"{p.get('streams')}, {p.get('pkts')} "
                 f"({r['rtp_expected_pkts']:.0f}), {p.get('lost')}, {p.get('late_streams')}, "
                 f"{p.get('max_delta_p50', float('nan')):.0f}/"
-                f"{p.get('max_delta_max', float('nan')):.0f} ms |")
+                f"{p.get('max_delta_max', float('nan')):.0f} ms |"
+            )
         lines.append("")
     if "memory" in res:
         r = res["memory"]
@@ -705,14 +841,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="short phases (about 4 minutes)")
     ap.add_argument("--phases", default="idle,cps,conc,memory")
     ap.add_argument("--rates", default="10,20,50")
-    ap.add_argument("--conc-steps", default="",
-                    help="concurrent-call steps (default 25,50,100,150,200)")
-    ap.add_argument("--memory-rate", type=float, default=0.0,
-                    help="CPS of the memory phase (default: 20 quick, 40 full)")
+    ap.add_argument(
+        "--conc-steps", default="", help="concurrent-call steps (default 25,50,100,150,200)"
+    )
+    ap.add_argument(
+        "--memory-rate",
+        type=float,
+        default=0.0,
+        help="CPS of the memory phase (default: 20 quick, 40 full)",
+    )
     ap.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
-    ap.add_argument("--merge", default="", help="JSON file of earlier phase results to "
-                    "merge with (and update), to run phases separately")
+    ap.add_argument(
+        "--merge",
+        default="",
+        help="JSON file of earlier phase results to "
+        "merge with (and update), to run phases separately",
+    )
     a = ap.parse_args(argv)
     for tool in ("sipp", "tshark", "sox"):
         if shutil.which(tool) is None:

@@ -14,7 +14,7 @@ def write_section(name: str, text: str, path: Path = RESULTS) -> Path:
     block = f"{start}\n{text.rstrip()}\n{end}"
     cur = path.read_text() if path.exists() else "# Benchmarks\n"
     if start in cur and end in cur:
-        cur = cur[: cur.index(start)] + block + cur[cur.index(end) + len(end):]
+        cur = cur[: cur.index(start)] + block + cur[cur.index(end) + len(end) :]
     else:
         cur = cur.rstrip("\n") + "\n\n" + block + "\n"
     path.write_text(cur)

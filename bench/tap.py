@@ -69,7 +69,7 @@ def main() -> int:
     # Whole path: speech-like audio through copy -> deque -> drain -> Detector.feed.
     t = np.arange(8000 * 60) / 8000
     audio = (3000 * np.sin(2 * np.pi * 220 * t) * (np.sin(2 * np.pi * 4 * t) > 0)).astype(np.int16)
-    frames = [audio[i:i + 160].tobytes() for i in range(0, len(audio) - 160, 160)]
+    frames = [audio[i : i + 160].tobytes() for i in range(0, len(audio) - 160, 160)]
     vectors = []
     for f in frames[:500]:
         v = pj.ByteVector(320)

@@ -56,8 +56,11 @@ def follow(bridge: Bridge, sid: str, timeout_s: float) -> dict[str, Any]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--to", default="+14155552671", help="number to call")
-    ap.add_argument("--scenario", default="uas_answer_then_bye.xml",
-                    help=f"SIPp carrier scenario, a file in {SCENARIOS.relative_to(ROOT)}/")
+    ap.add_argument(
+        "--scenario",
+        default="uas_answer_then_bye.xml",
+        help=f"SIPp carrier scenario, a file in {SCENARIOS.relative_to(ROOT)}/",
+    )
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="sipbridge-demo-"))
@@ -66,23 +69,35 @@ def main() -> int:
             carrier = st.sipp(args.scenario)
             agent = st.sipp("uas_answer_wait_bye.xml")
             cfg = demo_config(work, carrier, agent)
-            print(f"== demo in {work}: carrier (SIPp) on udp/{carrier.port}, agent (SIPp) on "
-                  f"udp/{agent.port}, API on tcp/{cfg['api']['port']}", flush=True)
+            print(
+                f"== demo in {work}: carrier (SIPp) on udp/{carrier.port}, agent (SIPp) on "
+                f"udp/{agent.port}, API on tcp/{cfg['api']['port']}",
+                flush=True,
+            )
             bridge = st.bridge(cfg, token=secrets.token_hex(16), log_level="info")
-            body = {"to_number": args.to, "metadata": {"customer_id": "C-1001"},
-                    "polyai_call_id": "demo-call-1"}
+            body = {
+                "to_number": args.to,
+                "metadata": {"customer_id": "C-1001"},
+                "polyai_call_id": "demo-call-1",
+            }
             r = bridge.client.post("/v1/outbound-calling/trigger", json=body)
             print(f"POST /v1/outbound-calling/trigger -> {r.status_code} {r.json()}")
             if r.status_code != 200:
                 return 1
             st_body = follow(bridge, r.json()["callSid"], 60.0)
-            print(f"final: status={st_body['status']} reason={st_body['reason']!r} "
-                  f"sip_status={st_body.get('sip_status')}")
+            print(
+                f"final: status={st_body['status']} reason={st_body['reason']!r} "
+                f"sip_status={st_body.get('sip_status')}"
+            )
             invites = carrier.received("INVITE")
             if invites:
                 inv = invites[0]
-                print("INVITE as the carrier received it:\n  " + inv.first_line + "\n  " +
-                      "\n  ".join(f"{n}: {v}" for n, v in inv.headers))
+                print(
+                    "INVITE as the carrier received it:\n  "
+                    + inv.first_line
+                    + "\n  "
+                    + "\n  ".join(f"{n}: {v}" for n, v in inv.headers)
+                )
             return 0 if st_body["status"] == "success" else 1
     except (RuntimeError, AssertionError, TimeoutError) as e:
         print(f"demo failed: {e}", file=sys.stderr)

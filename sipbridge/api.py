@@ -54,8 +54,9 @@ from sipbridge.schedule import zone
 log = logging.getLogger("sipbridge.api")
 
 METADATA_MAX_B64_BYTES = 26 * 1024
-API_KEY = APIKeyHeader(name="X-PolyAi-Auth-Token", auto_error=False,
-                       description="an API token from api.tokens")
+API_KEY = APIKeyHeader(
+    name="X-PolyAi-Auth-Token", auto_error=False, description="an API token from api.tokens"
+)
 SID_RE = re.compile(r"^OUT-[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 
 
@@ -64,45 +65,64 @@ class TriggerBody(StrictModel):
 
     model_config = ConfigDict(extra="forbid", frozen=False)  # shortcuts fold in below
 
-    to_number: str = Field(max_length=MAX_NUMBER_CHARS,
-                           description="E.164 number, or a national number with country_code; "
-                                       "ASCII digits, a leading '+' and spaces - . ( ) / only")
-    country_code: str | None = Field(None, min_length=2, max_length=2,
-                                     description="ISO 3166-1 alpha-2, for national numbers")
+    to_number: str = Field(
+        max_length=MAX_NUMBER_CHARS,
+        description="E.164 number, or a national number with country_code; "
+        "ASCII digits, a leading '+' and spaces - . ( ) / only",
+    )
+    country_code: str | None = Field(
+        None, min_length=2, max_length=2, description="ISO 3166-1 alpha-2, for national numbers"
+    )
     from_number: str | None = Field(
-        None, max_length=MAX_NUMBER_CHARS,
-        description="caller ID; default: the trunk's caller_id (required when the trunk "
-                    "has none)")
+        None,
+        max_length=MAX_NUMBER_CHARS,
+        description="caller ID; default: the trunk's caller_id (required when the trunk has none)",
+    )
     encryption: Literal["TLS/SRTP", "TLS/RTP", "UDP/SRTP", "UDP/RTP"] | None = None
     metadata: dict[str, str] | None = Field(
         None, description="string values; each key is sent as a SIP header; base64(JSON) < 26 KB"
     )
-    polyai_call_id: str | None = Field(None, max_length=256,
-                                       description="the agent platform's call ID")
+    polyai_call_id: str | None = Field(
+        None, max_length=256, description="the agent platform's call ID"
+    )
     idempotency_key: str | None = Field(
-        None, min_length=1, max_length=256,
-        description="a repeated trigger with the same key returns the same callSid")
+        None,
+        min_length=1,
+        max_length=256,
+        description="a repeated trigger with the same key returns the same callSid",
+    )
     timezone: str | None = Field(
-        None, max_length=64,
-        description="IANA zone of the recipient, overriding the number's zone(s)")
+        None,
+        max_length=64,
+        description="IANA zone of the recipient, overriding the number's zone(s)",
+    )
     calling_window: WindowConfig | None = Field(
-        None, description="allowed local days and hours, e.g. {days: mon-fri, hours: 09:00-20:00}")
+        None, description="allowed local days and hours, e.g. {days: mon-fri, hours: 09:00-20:00}"
+    )
     retry: RetryConfig | None = Field(None, description="retry policy for this call")
     detection: DetectionSettings | None = Field(
-        None, description="recipient detection settings for this call")
+        None, description="recipient detection settings for this call"
+    )
     voicemail_action: Literal["connect", "hangup", "retry", "leave_message"] | None = Field(
-        None, description="what to do when a machine answers (overrides detection's "
-                          "machine_action; leave_message needs detection.connect_on=human "
-                          "and detection.message_wav)")
+        None,
+        description="what to do when a machine answers (overrides detection's "
+        "machine_action; leave_message needs detection.connect_on=human "
+        "and detection.message_wav)",
+    )
     send_digits: str | None = Field(
-        None, max_length=256,
-        description="DTMF sent after answer (0-9 * # A-D, w = 0.5 s pause, W = 1 s)")
+        None,
+        max_length=256,
+        description="DTMF sent after answer (0-9 * # A-D, w = 0.5 s pause, W = 1 s)",
+    )
     ivr: IvrSettings | None = Field(
-        None, description="IVR walking: digits, delay, hold until a person speaks, max time")
+        None, description="IVR walking: digits, delay, hold until a person speaks, max time"
+    )
     status_callback: str | None = Field(
-        None, max_length=2048,
+        None,
+        max_length=2048,
         description="http(s) URL that gets a signed POST on every status change; global "
-                    "addresses only unless the config allows private ones")
+        "addresses only unless the config allows private ones",
+    )
 
     @model_validator(mode="after")
     def _merge_shortcuts(self) -> TriggerBody:
@@ -139,12 +159,15 @@ class TriggerBody(StrictModel):
             return v
         for key in v:
             if not is_token(key):
-                raise ValueError(f"key {key!r} is not usable as a SIP header name "
-                                 "(letters, digits and -.!%*_+`'~ only)")
+                raise ValueError(
+                    f"key {key!r} is not usable as a SIP header name "
+                    "(letters, digits and -.!%*_+`'~ only)"
+                )
         size = len(base64.b64encode(json.dumps(v, separators=(",", ":")).encode()))
         if size >= METADATA_MAX_B64_BYTES:
-            raise ValueError(f"too large: {size} bytes as base64 JSON "
-                             f"(limit {METADATA_MAX_B64_BYTES})")
+            raise ValueError(
+                f"too large: {size} bytes as base64 JSON (limit {METADATA_MAX_B64_BYTES})"
+            )
         return v
 
 
@@ -162,8 +185,11 @@ class StatusResponse(BaseModel):
     callSid: str
     status: CallStatus
     reason: str = Field(description="a short cause from the documented outcomes table")
-    detail: str = Field("", description="technical text behind the reason (SIP reason "
-                        "phrase, codecs, error text); not a stable value")
+    detail: str = Field(
+        "",
+        description="technical text behind the reason (SIP reason "
+        "phrase, codecs, error text); not a stable value",
+    )
     created_at: str
     last_updated: str
     answered_by: str | None = None
@@ -176,7 +202,8 @@ class StatusResponse(BaseModel):
     to_number: str
     from_number: str
     detection: dict[str, Any] | None = Field(
-        None, description="the latest detection result with its timings (ms from answer)")
+        None, description="the latest detection result with its timings (ms from answer)"
+    )
     legs: dict[str, Any] = Field(default_factory=dict)
     events: list[EventOut] = Field(default_factory=list)
 
@@ -193,25 +220,32 @@ class ErrorBody(BaseModel):
     error: str
     field: str | None = None
     details: list[ErrorDetail] | None = Field(
-        default=None, description="every problem found, for 400s from validation")
+        default=None, description="every problem found, for 400s from validation"
+    )
 
 
 def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def status_body(rec: CallRecord, events: list[CallEvent]) -> StatusResponse:
     detection = rec.latest_detection()
     return StatusResponse(
-        callSid=rec.call_sid, status=rec.status,
-        reason=rec.reason, detail=rec.detail, created_at=_iso(rec.created_at),
-        last_updated=_iso(rec.last_updated), answered_by=rec.answered_by,
-        sip_status=rec.sip_status, attempts=rec.attempts,
+        callSid=rec.call_sid,
+        status=rec.status,
+        reason=rec.reason,
+        detail=rec.detail,
+        created_at=_iso(rec.created_at),
+        last_updated=_iso(rec.last_updated),
+        answered_by=rec.answered_by,
+        sip_status=rec.sip_status,
+        attempts=rec.attempts,
         attempt_history=[a.to_json() for a in rec.attempt_history],
         next_attempt_at=_iso(rec.not_before) if rec.not_before and not rec.terminal else None,
         polyai_call_id=rec.polyai_call_id,
-        trunk=rec.trunk or None, to_number=rec.to_number, from_number=rec.from_number,
+        trunk=rec.trunk or None,
+        to_number=rec.to_number,
+        from_number=rec.from_number,
         legs={leg_id: leg.to_json() for leg_id, leg in rec.legs.items()},
         detection=detection.to_dict() if detection is not None else None,
         events=[EventOut(ts=_iso(e.ts), kind=e.kind, data=e.data) for e in events],
@@ -223,8 +257,7 @@ class DtmfBody(StrictModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    digits: str = Field(max_length=256,
-                        description="0-9 * # A-D; w = 0.5 s pause, W = 1 s pause")
+    digits: str = Field(max_length=256, description="0-9 * # A-D; w = 0.5 s pause, W = 1 s pause")
     duration_ms: int = Field(160, ge=40, le=2000, description="length of each digit")
     gap_ms: int = Field(80, ge=20, le=2000, description="silence between digits")
 
@@ -251,10 +284,17 @@ def _message(err: Any) -> str:
         pos = err.get("loc", ("body", None))[-1]
         return "not valid JSON" + (f" (at character {pos})" if isinstance(pos, int) else "")
     loc = err.get("loc") or ()
-    if tuple(loc) == ("body",) and kind in ("missing", "model_attributes_type", "dict_type",
-                                            "model_type"):  # the body as a whole
-        return ("required: a JSON object" if kind == "missing"
-                else "must be a JSON object, sent with Content-Type: application/json")
+    if tuple(loc) == ("body",) and kind in (
+        "missing",
+        "model_attributes_type",
+        "dict_type",
+        "model_type",
+    ):  # the body as a whole
+        return (
+            "required: a JSON object"
+            if kind == "missing"
+            else "must be a JSON object, sent with Content-Type: application/json"
+        )
     last = str(loc[-1]) if loc else ""
     return msg.removeprefix(f"{last}: ") if last else msg
 
@@ -302,7 +342,8 @@ def _drop_422(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def create_app(
-    service: CallService, tokens: list[str],
+    service: CallService,
+    tokens: list[str],
     on_shutdown: Callable[[], None] | None = None,
     ops: Operations | None = None,
 ) -> FastAPI:
@@ -314,7 +355,8 @@ def create_app(
     """
 
     ops = ops or Operations(
-        service, lambda rec: status_body(rec, []).model_dump(exclude={"events"}))
+        service, lambda rec: status_body(rec, []).model_dump(exclude={"events"})
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -328,9 +370,13 @@ def create_app(
             if on_shutdown:
                 on_shutdown()
 
-    app = FastAPI(title="sipbridge", version="0.1.0", lifespan=lifespan,
-                  description="Outbound SIP bridge for voice-AI agents "
-                              "(PolyAI Outbound Calling API compatible)")
+    app = FastAPI(
+        title="sipbridge",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Outbound SIP bridge for voice-AI agents "
+        "(PolyAI Outbound Calling API compatible)",
+    )
     app.state.ops = ops
     # Oversized bodies never reach the app; the metrics middleware (added next, so
     # outside this one) still counts their 413s.
@@ -340,8 +386,11 @@ def create_app(
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(status_code=exc.status, headers=exc.headers,
-                            content=ErrorBody(error=exc.message, field=exc.field).model_dump())
+        return JSONResponse(
+            status_code=exc.status,
+            headers=exc.headers,
+            content=ErrorBody(error=exc.message, field=exc.field).model_dump(),
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -349,8 +398,12 @@ def create_app(
         located = [_located(e) for e in errs]
         field, message = located[0]
         details = [ErrorDetail(field=f, message=m) for f, m in located]
-        return JSONResponse(status_code=400, content=ErrorBody(
-            error=f"{field}: {message}", field=field, details=details).model_dump())
+        return JSONResponse(
+            status_code=400,
+            content=ErrorBody(
+                error=f"{field}: {message}", field=field, details=details
+            ).model_dump(),
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -360,22 +413,26 @@ def create_app(
         if exc.status_code == 400 and "parsing the body" in message:
             message = "body cannot be read as JSON (not UTF-8, or not JSON)"
         field = "body" if exc.status_code in (400, 413) else None
-        return JSONResponse(status_code=exc.status_code, headers=exc.headers,
-                            content=ErrorBody(error=message, field=field).model_dump())
+        return JSONResponse(
+            status_code=exc.status_code,
+            headers=exc.headers,
+            content=ErrorBody(error=message, field=field).model_dump(),
+        )
 
     @app.exception_handler(StoreError)
     async def _store_down(_: Request, exc: StoreError) -> JSONResponse:
         # The call store (e.g. PostgreSQL) cannot be reached: try again later, not a bug.
         log.warning("API request failed: %s", exc)
-        return JSONResponse(status_code=503, headers={"Retry-After": "5"},
-                            content=ErrorBody(error=f"call store unavailable: {exc}"
-                                              ).model_dump())
+        return JSONResponse(
+            status_code=503,
+            headers={"Retry-After": "5"},
+            content=ErrorBody(error=f"call store unavailable: {exc}").model_dump(),
+        )
 
     @app.exception_handler(Exception)
     async def _internal(_: Request, exc: Exception) -> JSONResponse:
         log.error("internal error in an API request", exc_info=exc)
-        return JSONResponse(status_code=500,
-                            content=ErrorBody(error="internal error").model_dump())
+        return JSONResponse(status_code=500, content=ErrorBody(error="internal error").model_dump())
 
     def auth(x_polyai_auth_token: Annotated[str | None, Security(API_KEY)] = None) -> str:
         if not x_polyai_auth_token:
@@ -390,60 +447,88 @@ def create_app(
 
     def lookup(call_sid: str) -> tuple[CallRecord, list[CallEvent]]:
         if not SID_RE.match(call_sid):
-            raise ApiError(400, f"malformed callSid {call_sid!r} (expected OUT-<uuid4>)",
-                           "callSid")
+            raise ApiError(400, f"malformed callSid {call_sid!r} (expected OUT-<uuid4>)", "callSid")
         try:
             return service.get(call_sid)
         except CallNotFound:
             raise ApiError(404, f"call {call_sid} not found", "callSid") from None
 
-    @app.post("/v1/outbound-calling/trigger", response_model=TriggerResponse,
-              responses=_errors(400, 401, 413, 429, 503))
+    @app.post(
+        "/v1/outbound-calling/trigger",
+        response_model=TriggerResponse,
+        responses=_errors(400, 401, 413, 429, 503),
+    )
     async def trigger(body: TriggerBody, token: str = Depends(auth)) -> TriggerResponse:
         """Queue an outbound call; returns its callSid."""
         if ops.draining:
-            raise ApiError(503, "shutting down: not taking new calls",
-                           headers={"Retry-After": "30"})
+            raise ApiError(
+                503, "shutting down: not taking new calls", headers={"Retry-After": "30"}
+            )
         retry_after = service.check_api_rate(token)
         if retry_after is not None:
-            raise ApiError(429, "API rate limit exceeded for this token",
-                           headers={"Retry-After": str(int(retry_after))})
+            raise ApiError(
+                429,
+                "API rate limit exceeded for this token",
+                headers={"Retry-After": str(int(retry_after))},
+            )
         _check_targets(body)
         try:
             if body.country_code is not None:
                 validate_country_code(body.country_code)
             to = to_e164(body.to_number, body.country_code, "to_number")
-            frm = (to_e164(body.from_number, body.country_code, "from_number")
-                   if body.from_number else None)
-            rec = service.trigger(TriggerInput(
-                to_number=to, from_number=frm, metadata=body.metadata or {},
-                polyai_call_id=body.polyai_call_id, encryption=body.encryption,
-                idempotency_key=body.idempotency_key, timezone=body.timezone,
-                calling_window=body.calling_window, retry=body.retry,
-                detection=body.detection, status_callback=body.status_callback,
-                ivr=body.ivr,
-            ))
+            frm = (
+                to_e164(body.from_number, body.country_code, "from_number")
+                if body.from_number
+                else None
+            )
+            rec = service.trigger(
+                TriggerInput(
+                    to_number=to,
+                    from_number=frm,
+                    metadata=body.metadata or {},
+                    polyai_call_id=body.polyai_call_id,
+                    encryption=body.encryption,
+                    idempotency_key=body.idempotency_key,
+                    timezone=body.timezone,
+                    calling_window=body.calling_window,
+                    retry=body.retry,
+                    detection=body.detection,
+                    status_callback=body.status_callback,
+                    ivr=body.ivr,
+                )
+            )
         except InputError as e:  # NumberError, HeaderError, RoutingError
             raise ApiError(400, str(e), e.field) from None
         return TriggerResponse(callSid=rec.call_sid)
 
-    @app.get("/v1/outbound-calling/{call_sid}/status", response_model=StatusResponse,
-             dependencies=[Depends(auth)], responses=_errors(400, 401, 404, 503))
+    @app.get(
+        "/v1/outbound-calling/{call_sid}/status",
+        response_model=StatusResponse,
+        dependencies=[Depends(auth)],
+        responses=_errors(400, 401, 404, 503),
+    )
     async def status(call_sid: str) -> StatusResponse:
         """Status of a call, with its event history."""
         return status_body(*lookup(call_sid))
 
-    @app.post("/v1/outbound-calling/{call_sid}/hangup", response_model=StatusResponse,
-              dependencies=[Depends(auth)], responses=_errors(400, 401, 404, 413, 503))
+    @app.post(
+        "/v1/outbound-calling/{call_sid}/hangup",
+        response_model=StatusResponse,
+        dependencies=[Depends(auth)],
+        responses=_errors(400, 401, 404, 413, 503),
+    )
     async def hangup(call_sid: str) -> StatusResponse:
         """Cancel a queued call or hang up a live one (CANCEL before answer, BYE after)."""
         lookup(call_sid)
         service.hangup(call_sid)
         return status_body(*service.get(call_sid))
 
-    @app.post("/v1/outbound-calling/{call_sid}/dtmf", response_model=StatusResponse,
-              dependencies=[Depends(auth)],
-              responses=_errors(400, 401, 404, 409, 413, 503))
+    @app.post(
+        "/v1/outbound-calling/{call_sid}/dtmf",
+        response_model=StatusResponse,
+        dependencies=[Depends(auth)],
+        responses=_errors(400, 401, 404, 409, 413, 503),
+    )
     async def dtmf(call_sid: str, body: DtmfBody) -> StatusResponse:
         """Send DTMF digits on the answered carrier leg as RFC 4733 telephone-events."""
         lookup(call_sid)
@@ -453,15 +538,17 @@ def create_app(
             raise ApiError(409, str(e), "callSid") from None
         return status_body(*service.get(call_sid))
 
-    @app.get("/v1/outbound-calling/by-polyai-call-id/{polyai_call_id}",
-             response_model=StatusResponse, dependencies=[Depends(auth)],
-             responses=_errors(400, 401, 404, 503))
+    @app.get(
+        "/v1/outbound-calling/by-polyai-call-id/{polyai_call_id}",
+        response_model=StatusResponse,
+        dependencies=[Depends(auth)],
+        responses=_errors(400, 401, 404, 503),
+    )
     async def by_polyai_call_id(polyai_call_id: str) -> StatusResponse:
         """Look a call up by the agent platform's call ID."""
         rec = service.find_by_polyai_call_id(polyai_call_id)
         if rec is None:
-            raise ApiError(404, f"no call with polyai_call_id {polyai_call_id!r}",
-                           "polyai_call_id")
+            raise ApiError(404, f"no call with polyai_call_id {polyai_call_id!r}", "polyai_call_id")
         return status_body(*service.get(rec.call_sid))
 
     @app.get("/healthz")

@@ -23,13 +23,16 @@ def warn_unverified_tls(cfg: Config) -> list[str]:
     """Log (and return) a warning for every TLS leg whose peer certificate is not
     verified (``tls.verify: false``): anyone on the path can take those calls."""
     legs: list[tuple[str, str, str, bool]] = [
-        (f"trunk {t.name}", t.address, t.transport, t.tls.verify) for t in cfg.trunks]
+        (f"trunk {t.name}", t.address, t.transport, t.tls.verify) for t in cfg.trunks
+    ]
     legs.append(("agent", cfg.agent.uri, cfg.agent.transport(), cfg.agent.tls.verify))
     out = []
     for name, where, transport, verify in legs:
         if transport == "tls" and not verify:
-            out.append(f"{name}: TLS certificate verification is OFF (tls.verify: false): "
-                       f"anyone on the path to {where} can pose as it and take the calls")
+            out.append(
+                f"{name}: TLS certificate verification is OFF (tls.verify: false): "
+                f"anyone on the path to {where} can pose as it and take the calls"
+            )
             log.warning("%s", out[-1])
     return out
 
@@ -76,8 +79,7 @@ class _Server(uvicorn.Server):
     def _start_drain(self, sig: int) -> None:
         if self._drain_task is not None:
             return
-        log.info("signal %d: draining (grace %.0f s; send it again to exit now)", sig,
-                 self.grace_s)
+        log.info("signal %d: draining (grace %.0f s; send it again to exit now)", sig, self.grace_s)
         self._drain_task = asyncio.create_task(self._drain(), name="drain")
 
     async def _drain(self) -> None:
@@ -91,8 +93,14 @@ class _Server(uvicorn.Server):
 
 async def serve(cfg: Config) -> None:
     app, _ = build(cfg)
-    config = uvicorn.Config(app, host=cfg.api.listen_address, port=cfg.api.port,
-                            log_level="warning", lifespan="on", log_config=None)
+    config = uvicorn.Config(
+        app,
+        host=cfg.api.listen_address,
+        port=cfg.api.port,
+        log_level="warning",
+        lifespan="on",
+        log_config=None,
+    )
     # uvicorn installs SIGINT/SIGTERM handlers (signal.signal) that call handle_exit.
     server = _Server(config, app.state.ops, cfg.shutdown.grace_s)
     await server.serve()

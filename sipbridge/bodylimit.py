@@ -22,10 +22,17 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 async def send_error(send: Send, status: int, message: str, field: str | None) -> None:
     """An ``{"error", "field"}`` JSON response, sent directly over ASGI."""
     body = json.dumps({"error": message, "field": field}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -39,8 +46,9 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         too_big = f"request body larger than {self.max_bytes} bytes (api.max_body_bytes)"
-        length = next((v for k, v in scope.get("headers", ()) if k.lower() == b"content-length"),
-                      None)
+        length = next(
+            (v for k, v in scope.get("headers", ()) if k.lower() == b"content-length"), None
+        )
         if length is not None:
             if not length.strip().isdigit():
                 await send_error(send, 400, "Content-Length is not a number", "body")

@@ -20,8 +20,12 @@ def _is_number_type(annotation: Any) -> bool:
     if annotation in (int, float):
         return True
     args = get_args(annotation)
-    return bool(args) and get_origin(annotation) in (Union, UnionType) and any(
-        a in (int, float) for a in args) and bool not in args
+    return (
+        bool(args)
+        and get_origin(annotation) in (Union, UnionType)
+        and any(a in (int, float) for a in args)
+        and bool not in args
+    )
 
 
 class StrictModel(BaseModel):
@@ -66,8 +70,14 @@ class RetryConfig(_Model):
     # Outcome kinds (sipbridge.outcomes.OUTCOME_KINDS): busy, no_answer, carrier_error,
     # transport_error, bridge_error, machine, ...; an unknown kind is refused.
     retry_on: Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=32)] = Field(
-        default_factory=lambda: ["busy", "no_answer", "carrier_error", "transport_error",
-                                 "bridge_error"])
+        default_factory=lambda: [
+            "busy",
+            "no_answer",
+            "carrier_error",
+            "transport_error",
+            "bridge_error",
+        ]
+    )
     # Counts the first attempt: 1 means never retry.
     max_attempts: Annotated[int, Field(ge=1, le=20)] = 1
     # Backoff: min(cap_s, base_s * factor**(n-1)) shortened by up to `jitter` (0..1).
@@ -84,14 +94,21 @@ class RetryConfig(_Model):
 
         unknown = [k for k in v if k not in OUTCOME_KINDS]
         if unknown:
-            raise ValueError(f"unknown outcome kind(s) {', '.join(map(repr, unknown))} "
-                             f"(known: {', '.join(sorted(OUTCOME_KINDS))})")
+            raise ValueError(
+                f"unknown outcome kind(s) {', '.join(map(repr, unknown))} "
+                f"(known: {', '.join(sorted(OUTCOME_KINDS))})"
+            )
         return v
 
     def policy(self) -> RetryPolicy:
-        return RetryPolicy(retry_on=frozenset(self.retry_on), max_attempts=self.max_attempts,
-                           base_s=self.base_s, factor=self.factor, cap_s=self.cap_s,
-                           jitter=self.jitter)
+        return RetryPolicy(
+            retry_on=frozenset(self.retry_on),
+            max_attempts=self.max_attempts,
+            base_s=self.base_s,
+            factor=self.factor,
+            cap_s=self.cap_s,
+            jitter=self.jitter,
+        )
 
 
 class DetectionSettings(_Model):
@@ -137,9 +154,11 @@ class DetectionSettings(_Model):
     def _message(self) -> DetectionSettings:
         if self.machine_action == "leave_message":
             if self.connect_on != "human":
-                raise ValueError("connect_on: must be 'human' when machine_action is "
-                                 "leave_message (the agent must not be bridged to the "
-                                 "voicemail before the message)")
+                raise ValueError(
+                    "connect_on: must be 'human' when machine_action is "
+                    "leave_message (the agent must not be bridged to the "
+                    "voicemail before the message)"
+                )
             if not self.message_wav:
                 raise ValueError("message_wav: required when machine_action is leave_message")
         return self
@@ -162,8 +181,10 @@ def check_dtmf(digits: str, field: str = "digits") -> str:
         raise ValueError(f"{prefix}empty")
     for i, c in enumerate(digits):
         if c not in DTMF_DIGITS and c not in DTMF_PAUSES:
-            raise ValueError(f"{prefix}character {c!r} at position {i} is not a DTMF digit "
-                             "(0-9 * # A-D, w = 0.5 s pause, W = 1 s pause)")
+            raise ValueError(
+                f"{prefix}character {c!r} at position {i} is not a DTMF digit "
+                "(0-9 * # A-D, w = 0.5 s pause, W = 1 s pause)"
+            )
     return digits
 
 

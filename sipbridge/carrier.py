@@ -19,8 +19,16 @@ CODEC_IDS: dict[str, str] = {"PCMU": "PCMU/8000", "PCMA": "PCMA/8000", "G722": "
 # RFC 3551 static payload types, and G.722's (9): the order checked on an m= line.
 STATIC_PT: dict[str, int] = {"PCMU": 0, "PCMA": 8, "G722": 9}
 DiversionReason = Literal[
-    "unknown", "user-busy", "no-answer", "unconditional", "time-of-day", "do-not-disturb",
-    "deflection", "follow-me", "out-of-service", "away",
+    "unknown",
+    "user-busy",
+    "no-answer",
+    "unconditional",
+    "time-of-day",
+    "do-not-disturb",
+    "deflection",
+    "follow-me",
+    "out-of-service",
+    "away",
 ]
 # Display names: no quotes, backslashes or control characters (RFC 3261 25.1
 # quoted-string, kept simple so no escaping is ever needed).
@@ -114,8 +122,9 @@ def name_addr(ident: CallerIdentity, uri: str) -> str:
     return f"<{uri}>"
 
 
-def identity_headers(ident: CallerIdentity, caller_uri: str, scheme: str,
-                     host: str) -> tuple[tuple[str, str], ...]:
+def identity_headers(
+    ident: CallerIdentity, caller_uri: str, scheme: str, host: str
+) -> tuple[tuple[str, str], ...]:
     """The identity headers the trunk asks for, in a fixed order."""
     out: list[tuple[str, str]] = []
     who = name_addr(ident, caller_uri)
@@ -136,13 +145,29 @@ def identity_headers(ident: CallerIdentity, caller_uri: str, scheme: str,
 
 
 # Headers the profile owns: set verbatim too, they would be sent twice.
-PROFILE_HEADERS = frozenset({
-    "p-asserted-identity", "p-preferred-identity", "remote-party-id", "privacy", "diversion",
-})
+PROFILE_HEADERS = frozenset(
+    {
+        "p-asserted-identity",
+        "p-preferred-identity",
+        "remote-party-id",
+        "privacy",
+        "diversion",
+    }
+)
 
 
 __all__ = [
-    "CODEC_IDS", "PROFILE_HEADERS", "STATIC_PT", "CallerIdentity", "Codec", "HealthCheck",
-    "Throttle", "caller_user", "dialled_user", "escape_user", "identity_headers",
-    "name_addr", "uri_params",
+    "CODEC_IDS",
+    "PROFILE_HEADERS",
+    "STATIC_PT",
+    "CallerIdentity",
+    "Codec",
+    "HealthCheck",
+    "Throttle",
+    "caller_user",
+    "dialled_user",
+    "escape_user",
+    "identity_headers",
+    "name_addr",
+    "uri_params",
 ]

@@ -22,9 +22,26 @@ from sipbridge.store import CallStore
 log = logging.getLogger("sipbridge.cdr")
 
 FIELDS = (
-    "call_sid", "attempt", "polyai_call_id", "to_number", "from_number", "trunk", "trunks",
-    "sip_call_ids", "invite_at", "ring_at", "answered_at", "ended_at", "pdd_ms",
-    "duration_s", "sip_status", "result", "answered_by", "reason", "cause", "detail",
+    "call_sid",
+    "attempt",
+    "polyai_call_id",
+    "to_number",
+    "from_number",
+    "trunk",
+    "trunks",
+    "sip_call_ids",
+    "invite_at",
+    "ring_at",
+    "answered_at",
+    "ended_at",
+    "pdd_ms",
+    "duration_s",
+    "sip_status",
+    "result",
+    "answered_by",
+    "reason",
+    "cause",
+    "detail",
 )
 _TIME_FIELDS = ("invite_at", "ring_at", "answered_at", "ended_at")
 
@@ -33,11 +50,11 @@ def _f(v: Any) -> float | None:
     return float(v) if isinstance(v, int | float) else None
 
 
-def build_cdr(rec: CallRecord, attempt: int, result: str, reason: str,
-              ended_at: float, detail: str = "") -> dict[str, Any]:
+def build_cdr(
+    rec: CallRecord, attempt: int, result: str, reason: str, ended_at: float, detail: str = ""
+) -> dict[str, Any]:
     """The CDR of attempt ``attempt`` of ``rec`` (``rec`` as of the attempt's end)."""
-    legs = [leg for leg in rec.legs.values()
-            if leg.role == "carrier" and leg.attempt == attempt]
+    legs = [leg for leg in rec.legs.values() if leg.role == "carrier" and leg.attempt == attempt]
     legs.sort(key=lambda leg: _f(leg.invite_at) or 0.0)
     last = legs[-1] if legs else LegRecord()
     invite_at = _f(last.invite_at)
@@ -48,16 +65,26 @@ def build_cdr(rec: CallRecord, attempt: int, result: str, reason: str,
     pdd_ms = round((ring_at - invite_at) * 1000) if ring_at and invite_at else None
     duration = round(max(0.0, end - answered_at), 3) if answered_at else 0.0
     return {
-        "call_sid": rec.call_sid, "attempt": attempt, "polyai_call_id": rec.polyai_call_id,
-        "to_number": rec.to_number, "from_number": rec.from_number,
+        "call_sid": rec.call_sid,
+        "attempt": attempt,
+        "polyai_call_id": rec.polyai_call_id,
+        "to_number": rec.to_number,
+        "from_number": rec.from_number,
         "trunk": last.trunk or rec.trunk or None,
         "trunks": [leg.trunk for leg in legs if leg.trunk],
         "sip_call_ids": [leg.sip_call_id for leg in legs if leg.sip_call_id],
-        "invite_at": invite_at, "ring_at": ring_at, "answered_at": answered_at,
-        "ended_at": end, "pdd_ms": pdd_ms, "duration_s": duration,
+        "invite_at": invite_at,
+        "ring_at": ring_at,
+        "answered_at": answered_at,
+        "ended_at": end,
+        "pdd_ms": pdd_ms,
+        "duration_s": duration,
         "sip_status": last.sip_status if last.ended_at is not None else rec.sip_status,
-        "result": result, "answered_by": rec.answered_by if answered_at else None,
-        "reason": reason, "cause": last.cause, "detail": detail,
+        "result": result,
+        "answered_by": rec.answered_by if answered_at else None,
+        "reason": reason,
+        "cause": last.cause,
+        "detail": detail,
     }
 
 
@@ -81,14 +108,18 @@ class CdrWriter:
             if ev.data.get("from") != "calling":
                 return
             attempt = self._attempt.pop(rec.call_sid, rec.attempts)
-            cdr = build_cdr(rec, attempt, str(ev.data.get("to")),
-                            str(ev.data.get("reason") or ""), ev.ts,
-                            str(ev.data.get("detail") or ""))
+            cdr = build_cdr(
+                rec,
+                attempt,
+                str(ev.data.get("to")),
+                str(ev.data.get("reason") or ""),
+                ev.ts,
+                str(ev.data.get("detail") or ""),
+            )
             self.store.add_cdr(cdr)
             self.on_written()
         except Exception:  # a CDR problem never breaks call handling
-            log.exception("%s: cannot write CDR", rec.call_sid,
-                          extra={"call_sid": rec.call_sid})
+            log.exception("%s: cannot write CDR", rec.call_sid, extra={"call_sid": rec.call_sid})
 
 
 # ---- export --------------------------------------------------------------------------
@@ -97,8 +128,7 @@ class CdrWriter:
 def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def parse_time(text: str) -> float:
@@ -148,5 +178,4 @@ def export(cdrs: Iterable[dict[str, Any]], fmt: str) -> str:
     return buf.getvalue()
 
 
-__all__ = ["FIELDS", "CdrWriter", "build_cdr", "export", "parse_time", "write_csv",
-           "write_jsonl"]
+__all__ = ["FIELDS", "CdrWriter", "build_cdr", "export", "parse_time", "write_csv", "write_jsonl"]

@@ -18,8 +18,11 @@ def _check_config(args: argparse.Namespace) -> int:
         print(str(e), file=sys.stderr)
         return 2
     resolved = cfg.model_dump(mode="json")
-    secrets = [*resolved["api"]["tokens"], resolved["webhooks"].get("secret") or {},
-               resolved["store"].get("dsn") or {}]
+    secrets = [
+        *resolved["api"]["tokens"],
+        resolved["webhooks"].get("secret") or {},
+        resolved["store"].get("dsn") or {},
+    ]
     for tok in secrets:  # never print secrets
         if tok.get("value") is not None:
             tok["value"] = "***"
@@ -123,12 +126,20 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("run", help="run the bridge")
     r.add_argument("-c", "--config", default="config/example.yaml")
     r.add_argument("--log-level", default="info")
-    r.add_argument("--log-format", choices=("text", "json"), default="text",
-                   help="text (default) or json: one JSON object per line")
+    r.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="text (default) or json: one JSON object per line",
+    )
     r.set_defaults(func=_run)
     d = sub.add_parser("cdr", help="export call detail records (one per attempt)")
-    d.add_argument("-c", "--config", default="config/example.yaml",
-                   help="the bridge's config (for the store path)")
+    d.add_argument(
+        "-c",
+        "--config",
+        default="config/example.yaml",
+        help="the bridge's config (for the store path)",
+    )
     d.add_argument("--since", required=True, help="ISO 8601; attempts that ended from then")
     d.add_argument("--until", help="ISO 8601, exclusive (default: now)")
     d.add_argument("--format", choices=("csv", "jsonl"), default="csv")
@@ -137,19 +148,30 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("check-config", help="validate a config file and print it resolved")
     c.add_argument("file")
     c.set_defaults(func=_check_config)
-    e = sub.add_parser("edge-config", help="write the edge's Kamailio and rtpengine files "
-                       "from the config's edge section")
+    e = sub.add_parser(
+        "edge-config",
+        help="write the edge's Kamailio and rtpengine files from the config's edge section",
+    )
     e.add_argument("-c", "--config", required=True)
-    e.add_argument("outdir", help="folder to write kamailio.cfg, dispatcher.list, tls.cfg, "
-                   "rtpengine.conf (and topoh.key, kept across runs) into")
-    e.add_argument("--install-dir", default=None,
-                   help="where the files will live on the edge host, for the paths inside "
-                   "them (default: OUTDIR)")
+    e.add_argument(
+        "outdir",
+        help="folder to write kamailio.cfg, dispatcher.list, tls.cfg, "
+        "rtpengine.conf (and topoh.key, kept across runs) into",
+    )
+    e.add_argument(
+        "--install-dir",
+        default=None,
+        help="where the files will live on the edge host, for the paths inside "
+        "them (default: OUTDIR)",
+    )
     e.set_defaults(func=_edge_config)
     g = sub.add_parser("corpus", help="generate a labelled test corpus (needs espeak-ng)")
-    g.add_argument("kind", choices=("detection", "hold", "regress"),
-                   help="detection: answer/early-media classes; hold: IVR hold step; regress: "
-                        "the classes real recordings exposed (late greetings, operators, ...)")
+    g.add_argument(
+        "kind",
+        choices=("detection", "hold", "regress"),
+        help="detection: answer/early-media classes; hold: IVR hold step; regress: "
+        "the classes real recordings exposed (late greetings, operators, ...)",
+    )
     g.add_argument("out", help="folder to write the WAVs and labels.json into")
     g.add_argument("--seed", type=int, default=None, help="generator seed (deterministic)")
     g.set_defaults(func=_corpus)

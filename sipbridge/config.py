@@ -116,14 +116,16 @@ class AgentConfig(_WithHeaders):
     # ({call_sid}, {to_number}, {from_number}, {polyai_call_id}, {answered_by}, ...).
     # A template that renders empty (e.g. no polyai_call_id) is not sent.
     headers: dict[str, str] = Field(default_factory=dict)
-    header_templates: dict[str, str] = Field(default_factory=lambda: {
-        "X-Sipbridge-Call-SID": "{call_sid}",
-        "X-PolyAI-Call-SID": "{call_sid}",
-        "X-PolyAI-Call-ID": "{polyai_call_id}",
-        "X-Sipbridge-Callee": "{to_number}",
-        "X-Sipbridge-Caller": "{from_number}",
-        "X-Sipbridge-Answered-By": "{answered_by}",
-    })
+    header_templates: dict[str, str] = Field(
+        default_factory=lambda: {
+            "X-Sipbridge-Call-SID": "{call_sid}",
+            "X-PolyAI-Call-SID": "{call_sid}",
+            "X-PolyAI-Call-ID": "{polyai_call_id}",
+            "X-Sipbridge-Callee": "{to_number}",
+            "X-Sipbridge-Caller": "{from_number}",
+            "X-Sipbridge-Answered-By": "{answered_by}",
+        }
+    )
     # Every metadata key K is sent as header "<prefix>K" (None disables).
     metadata_header_prefix: str | None = "X-"
     # The agent should answer at once; a slow agent leaves a person in silence.
@@ -141,7 +143,6 @@ class AgentConfig(_WithHeaders):
     def _tls_fits(self) -> AgentConfig:
         check_tls(self.tls, self.transport(), "tls" in self.model_fields_set)
         return self
-
 
     @field_validator("uri")
     @classmethod
@@ -245,8 +246,7 @@ class TrunkConfig(_WithHeaders):
     def _profile_fits(self) -> TrunkConfig:
         if self.codecs is not None and len(set(self.codecs)) != len(self.codecs):
             raise ValueError(f"codecs: listed twice in {self.codecs}")
-        if (self.session_expires_s and self.min_se_s
-                and self.min_se_s > self.session_expires_s):
+        if self.session_expires_s and self.min_se_s and self.min_se_s > self.session_expires_s:
             raise ValueError("min_se_s must be <= session_expires_s")
         for name in (*self.headers, *self.header_templates):
             if name.lower() in PROFILE_HEADERS:
@@ -257,9 +257,11 @@ class TrunkConfig(_WithHeaders):
     @classmethod
     def _renamed(cls, data: Any) -> Any:
         if isinstance(data, dict) and "metadata_header_prefix" in data:
-            raise ValueError("metadata_header_prefix: replaced by metadata_to_carrier: "
-                             "{keys: [KEY, ...], prefix: 'X-'} (metadata reaches a carrier "
-                             "only for the keys listed there)")
+            raise ValueError(
+                "metadata_header_prefix: replaced by metadata_to_carrier: "
+                "{keys: [KEY, ...], prefix: 'X-'} (metadata reaches a carrier "
+                "only for the keys listed there)"
+            )
         return data
 
     @model_validator(mode="after")
@@ -291,7 +293,6 @@ class TrunkConfig(_WithHeaders):
         if m.group(3) and not 0 < int(m.group(3)) < 65536:
             raise ValueError("port must be 1-65535")
         return v
-
 
 
 class RouteTrunk(_Model):
@@ -386,7 +387,8 @@ class StoreConfig(_Model):
     ``backend`` is the key to use; ``kind`` is its older name."""
 
     kind: Literal["sqlite", "postgresql"] = Field(
-        "sqlite", validation_alias=AliasChoices("backend", "kind"))
+        "sqlite", validation_alias=AliasChoices("backend", "kind")
+    )
     path: str = "var/sipbridge.db"
     # libpq connection string or URI; never printed (check-config masks it).
     dsn: SecretRef | None = None
@@ -493,13 +495,16 @@ class Config(_Model):
             for j, t in enumerate(r.trunks):
                 if t.name not in names:
                     raise ValueError(
-                        f"routes.{i}.trunks.{j}.name: unknown trunk {t.name!r} (known: {names})")
+                        f"routes.{i}.trunks.{j}.name: unknown trunk {t.name!r} (known: {names})"
+                    )
         self._check_media()
         if self.inbound.enabled:  # SIP-triggered calls carry no from_number
             for i, trunk in enumerate(self.trunks):
                 if not trunk.caller_id:
-                    raise ValueError(f"trunks.{i}.caller_id: required when inbound.enabled "
-                                     "(SIP-triggered calls give no caller ID)")
+                    raise ValueError(
+                        f"trunks.{i}.caller_id: required when inbound.enabled "
+                        "(SIP-triggered calls give no caller ID)"
+                    )
         return self
 
     @model_validator(mode="after")
@@ -508,12 +513,12 @@ class Config(_Model):
         # per distinct (verify, CA file) and keeps at most MAX_TLS_PROFILES of them.
         legs: list[tuple[str, TlsSettings]] = [(t.transport, t.tls) for t in self.trunks]
         legs.append((self.agent.transport(), self.agent.tls))
-        profiles = {(tls.verify, tls.ca_list()) for transport, tls in legs
-                    if transport == "tls"}
+        profiles = {(tls.verify, tls.ca_list()) for transport, tls in legs if transport == "tls"}
         if len(profiles) > MAX_TLS_PROFILES:
             raise ValueError(
                 f"trunks: {len(profiles)} different TLS settings (verify, ca_file); at most "
-                f"{MAX_TLS_PROFILES}: let trunks share a CA file (a PEM file may hold several)")
+                f"{MAX_TLS_PROFILES}: let trunks share a CA file (a PEM file may hold several)"
+            )
         return self
 
     @model_validator(mode="after")
@@ -525,7 +530,8 @@ class Config(_Model):
 
     def _check_media(self) -> None:
         where = [("detection", self.detection)] + [
-            (f"routes.{i}.detection", r.detection) for i, r in enumerate(self.routes)]
+            (f"routes.{i}.detection", r.detection) for i, r in enumerate(self.routes)
+        ]
         for key, det in where:
             if det is not None and det.message_wav is not None:
                 try:

@@ -77,8 +77,13 @@ class MediaFileError(InputError):
 class ApiError(SipBridgeError):
     """An HTTP error answer in the documented shape (``sipbridge.api.ErrorBody``)."""
 
-    def __init__(self, status: int, message: str, field: str | None = None,
-                 headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         self.status = status
         self.message = message
         self.field = field
@@ -136,8 +141,24 @@ class TargetRefused(SipBridgeError):
 
 
 __all__ = [
-    "ApiError", "AudioFormatError", "CallError", "CallNotFound", "ConfigError",
-    "DuplicateCall", "GuardError", "HeaderError", "InputError", "InvalidTransition",
-    "MediaFileError", "NumberError", "PoolError", "PoolFull", "ProtocolError", "RoutingError",
-    "SipBridgeError", "SipParseError", "StoreError", "TargetRefused",
+    "ApiError",
+    "AudioFormatError",
+    "CallError",
+    "CallNotFound",
+    "ConfigError",
+    "DuplicateCall",
+    "GuardError",
+    "HeaderError",
+    "InputError",
+    "InvalidTransition",
+    "MediaFileError",
+    "NumberError",
+    "PoolError",
+    "PoolFull",
+    "ProtocolError",
+    "RoutingError",
+    "SipBridgeError",
+    "SipParseError",
+    "StoreError",
+    "TargetRefused",
 ]

@@ -27,8 +27,7 @@ from sipbridge.outcomes import (
 
 IVR_REPEATED = Termination("failure", "IVR menu repeated", "ivr_repeat", True)
 IVR_TIMEOUT = Termination("failure", "IVR/hold time limit exceeded", "ivr_timeout", True)
-HINT_REASONS = {"operator": "answered by operator",
-                "screening": "answered by screening assistant"}
+HINT_REASONS = {"operator": "answered by operator", "screening": "answered by screening assistant"}
 MESSAGE_LEFT = Termination("success", "voicemail message left", "message_left", False)
 
 
@@ -82,8 +81,16 @@ class StartTimer:
     delay_s: float
 
 
-Action = (DialAgent | SendDigits | StartHold | PlayMessage | EndCall | StartTimer
-          | TellAgent | WatchRepeat)
+Action = (
+    DialAgent
+    | SendDigits
+    | StartHold
+    | PlayMessage
+    | EndCall
+    | StartTimer
+    | TellAgent
+    | WatchRepeat
+)
 
 
 @dataclass
@@ -148,8 +155,11 @@ class CallFlow:
         if self.ivr is not None and self.ivr.send_digits:
             self._to("ivr_digits")
             watch: list[Action] = [WatchRepeat()] if self.ivr.on_menu_repeat == "fail" else []
-            return [StartTimer("ivr_timeout", self.ivr.max_ivr_s),
-                    StartTimer("send_digits", self.ivr.send_digits_delay_s), *watch]
+            return [
+                StartTimer("ivr_timeout", self.ivr.max_ivr_s),
+                StartTimer("send_digits", self.ivr.send_digits_delay_s),
+                *watch,
+            ]
         if self.ivr is not None and self.ivr.hold:
             self._to("holding")
             return [StartTimer("ivr_timeout", self.ivr.max_ivr_s), StartHold()]
@@ -161,16 +171,21 @@ class CallFlow:
     def on_timer(self, name: str) -> list[Action]:
         if name == "machine_settle":
             if self.answered_by in ("machine", "ivr") and self.state in (
-                    "awaiting_person", "connecting", "bridged"):
-                return self._end(from_detection(
-                    self.answered_by, retry=self.detection.machine_action == "retry"))
+                "awaiting_person",
+                "connecting",
+                "bridged",
+            ):
+                return self._end(
+                    from_detection(self.answered_by, retry=self.detection.machine_action == "retry")
+                )
             return []
         if name == "ivr_timeout" and self.state in ("ivr_digits", "holding"):
             return self._end(IVR_TIMEOUT)
         if name == "send_digits" and self.state == "ivr_digits" and self.ivr is not None:
             assert self.ivr.send_digits
-            return [SendDigits(self.ivr.send_digits, self.ivr.digit_duration_ms,
-                               self.ivr.digit_gap_ms)]
+            return [
+                SendDigits(self.ivr.send_digits, self.ivr.digit_duration_ms, self.ivr.digit_gap_ms)
+            ]
         return []
 
     def on_digits_sent(self) -> list[Action]:
@@ -195,8 +210,11 @@ class CallFlow:
             term = from_progress_tone(str(det.progress))
             return self._end(term) if term is not None else []
         if phase == "repeat":
-            if self.state in ("ivr_digits", "holding") and self.ivr is not None \
-                    and self.ivr.on_menu_repeat == "fail":
+            if (
+                self.state in ("ivr_digits", "holding")
+                and self.ivr is not None
+                and self.ivr.on_menu_repeat == "fail"
+            ):
                 return self._end(IVR_REPEATED)
             return []
         if phase == "hold":
@@ -223,19 +241,24 @@ class CallFlow:
         if answered_by == "human" and self.state == "awaiting_person":
             return self._connect()
         if answered_by in ("silence", "unknown") and self.state == "awaiting_person":
-            return self._end(Termination("failure", f"no person detected ({answered_by})",
-                                         "no_person", True))
+            return self._end(
+                Termination("failure", f"no person detected ({answered_by})", "no_person", True)
+            )
         return []
 
     def _on_hinted_human(self, hint: str) -> list[Action]:
-        action = (self.detection.operator_action if hint == "operator"
-                  else self.detection.screening_action)
+        action = (
+            self.detection.operator_action
+            if hint == "operator"
+            else self.detection.screening_action
+        )
         if action == "connect":
             return self._connect() if self.state == "awaiting_person" else []
         return self._end(Termination("failure", HINT_REASONS[hint], hint, action == "retry"))
 
-    def _on_machine(self, final: bool, beep_ms: int | None = None,
-                    beep_end_ms: int | None = None) -> list[Action]:
+    def _on_machine(
+        self, final: bool, beep_ms: int | None = None, beep_end_ms: int | None = None
+    ) -> list[Action]:
         action = self.detection.machine_action
         if action == "connect":
             return self._connect() if self.state == "awaiting_person" else []
@@ -248,8 +271,7 @@ class CallFlow:
                 self.settle_started = True
                 if self.detection.machine_settle_s > 0:
                     return [StartTimer("machine_settle", self.detection.machine_settle_s)]
-            return self._end(from_detection(self.answered_by or "machine",
-                                            retry=action == "retry"))
+            return self._end(from_detection(self.answered_by or "machine", retry=action == "retry"))
         # leave_message: the message starts at the beep's END (a mailbox records from
         # there; a message started during the tone is clipped), which the detector reports
         # in an ``update`` after the final beep decision; or when the greeting ended
@@ -266,8 +288,11 @@ class CallFlow:
         if self.state != "leaving_message":
             return []
         if error:
-            return self._end(Termination("failure", "voicemail message not played",
-                                         "message_error", True, None, error))
+            return self._end(
+                Termination(
+                    "failure", "voicemail message not played", "message_error", True, None, error
+                )
+            )
         return self._end(MESSAGE_LEFT)
 
     def on_agent_answered(self) -> list[Action]:
@@ -290,8 +315,9 @@ def agent_failure(sip_status: int | None, reason: str, detail: str = "") -> Term
     """The agent leg ended without answering (4xx/5xx/6xx, timeout), or could not be
     dialled (``detail`` says why); the SIP status and phrase go to ``detail``."""
     what = f"SIP {sip_status} {reason}".strip() if sip_status else (reason or "no answer")
-    return Termination("failure", "agent leg failed", "agent_error", True, sip_status,
-                       detail or what)
+    return Termination(
+        "failure", "agent leg failed", "agent_error", True, sip_status, detail or what
+    )
 
 
 __all__ = [

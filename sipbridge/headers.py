@@ -20,16 +20,31 @@ _TEMPLATE_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.\-]*)\}")
 RESERVED_HEADERS = frozenset(
     h.lower()
     for h in (
-        "Via", "From", "To", "Call-ID", "CSeq", "Contact", "Max-Forwards", "Content-Length",
-        "Content-Type", "Route", "Record-Route", "Authorization", "Proxy-Authorization",
-        "Expires", "Allow", "Supported", "Require", "Session-Expires", "Min-SE",
+        "Via",
+        "From",
+        "To",
+        "Call-ID",
+        "CSeq",
+        "Contact",
+        "Max-Forwards",
+        "Content-Length",
+        "Content-Type",
+        "Route",
+        "Record-Route",
+        "Authorization",
+        "Proxy-Authorization",
+        "Expires",
+        "Allow",
+        "Supported",
+        "Require",
+        "Session-Expires",
+        "Min-SE",
     )
 )
 
 # Call fields a header template may use, besides metadata.KEY.
 TEMPLATE_FIELDS = frozenset(
-    {"call_sid", "to_number", "from_number", "polyai_call_id", "trunk", "attempt",
-     "answered_by"}
+    {"call_sid", "to_number", "from_number", "polyai_call_id", "trunk", "attempt", "answered_by"}
 )
 
 

@@ -229,10 +229,17 @@ class WorkerLog:
     type: str = "log"
 
 
-Command = (Dial | Hangup | SendDtmf | BridgeLegs | PlayAudio | Listen | Respond | SendInfo
-           | Shutdown)
-Event = (LegEvent | DetectionReport | DtmfReceived | DtmfSent | PlaybackDone | InboundCall
-         | WorkerReady | WorkerLog)
+Command = Dial | Hangup | SendDtmf | BridgeLegs | PlayAudio | Listen | Respond | SendInfo | Shutdown
+Event = (
+    LegEvent
+    | DetectionReport
+    | DtmfReceived
+    | DtmfSent
+    | PlaybackDone
+    | InboundCall
+    | WorkerReady
+    | WorkerLog
+)
 
 
 def encode(msg: Command | Event) -> dict[str, Any]:

@@ -89,8 +89,11 @@ class ConcurrencyLimiter:
         per_key: Mapping[str, int] | None = None,
         default_per_key: int | None = None,
     ) -> None:
-        for name, lim in [("global_cap", global_cap), ("default_per_key", default_per_key),
-                          *((f"per_key[{k}]", v) for k, v in (per_key or {}).items())]:
+        for name, lim in [
+            ("global_cap", global_cap),
+            ("default_per_key", default_per_key),
+            *((f"per_key[{k}]", v) for k, v in (per_key or {}).items()),
+        ]:
             if lim is not None and lim < 0:
                 raise ValueError(f"{name} must be >= 0, got {lim}")
         self.global_cap = global_cap

@@ -21,8 +21,10 @@ def check_media_name(name: str, field: str = "message_wav") -> str:
     """Refuse anything that is not a plain file name (before touching the file system)."""
     if not _NAME_RE.match(name) or name in (".", ".."):
         raise MediaFileError(
-            field, f"{name[:80]!r} is not a file name in the media folder (letters, digits, "
-            "- _ . + only; no '/', no '..', not starting with '.')")
+            field,
+            f"{name[:80]!r} is not a file name in the media folder (letters, digits, "
+            "- _ . + only; no '/', no '..', not starting with '.')",
+        )
     return name
 
 

@@ -43,29 +43,35 @@ class _LiveCollector(Collector):
         self.gauges = gauges
 
     def collect(self) -> Iterable[Metric]:
-        active = GaugeMetricFamily("sipbridge_active_calls",
-                                   "Carrier legs in progress, by trunk", labels=["trunk"])
+        active = GaugeMetricFamily(
+            "sipbridge_active_calls", "Carrier legs in progress, by trunk", labels=["trunk"]
+        )
         try:
             for trunk, n in sorted(self.gauges.active_calls().items()):
                 active.add_metric([trunk], n)
         except Exception:
             log.exception("cannot read active calls")
         yield active
-        queued = GaugeMetricFamily("sipbridge_queued_calls",
-                                   "Calls waiting in the scheduler queue (status queued)")
+        queued = GaugeMetricFamily(
+            "sipbridge_queued_calls", "Calls waiting in the scheduler queue (status queued)"
+        )
         try:
             queued.add_metric([], self.gauges.queued_calls())
         except Exception:
             log.exception("cannot read the queue depth")
         yield queued
         capacity, free = self.gauges.pool_slots()
-        yield GaugeMetricFamily("sipbridge_sip_slots", "Call-leg slots of the SIP worker pool",
-                                value=capacity)
-        yield GaugeMetricFamily("sipbridge_sip_free_slots",
-                                "Call-leg slots free on running SIP workers", value=free)
-        up = GaugeMetricFamily("sipbridge_trunk_up",
-                               "1 if the trunk is up (OPTIONS health checks), else 0",
-                               labels=["trunk"])
+        yield GaugeMetricFamily(
+            "sipbridge_sip_slots", "Call-leg slots of the SIP worker pool", value=capacity
+        )
+        yield GaugeMetricFamily(
+            "sipbridge_sip_free_slots", "Call-leg slots free on running SIP workers", value=free
+        )
+        up = GaugeMetricFamily(
+            "sipbridge_trunk_up",
+            "1 if the trunk is up (OPTIONS health checks), else 0",
+            labels=["trunk"],
+        )
         trunks_up = getattr(self.gauges, "trunks_up", None)
         if trunks_up is not None:
             try:
@@ -83,38 +89,64 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.calls = Counter(
-            "sipbridge_calls", "Calls that reached a terminal status",
-            ["status", "reason", "answered_by"], registry=r)
+            "sipbridge_calls",
+            "Calls that reached a terminal status",
+            ["status", "reason", "answered_by"],
+            registry=r,
+        )
         self.dials = Counter(
-            "sipbridge_dials", "INVITEs sent to carriers (attempts and failover hops)",
-            ["trunk"], registry=r)
+            "sipbridge_dials",
+            "INVITEs sent to carriers (attempts and failover hops)",
+            ["trunk"],
+            registry=r,
+        )
         self.pdd = Histogram(
             "sipbridge_post_dial_delay_seconds",
-            "INVITE sent to first 180/183 from the carrier", ["trunk"],
-            buckets=PDD_BUCKETS, registry=r)
+            "INVITE sent to first 180/183 from the carrier",
+            ["trunk"],
+            buckets=PDD_BUCKETS,
+            registry=r,
+        )
         self.detection = Histogram(
             "sipbridge_detection_latency_seconds",
             "When recipient detection decided, from answer (phase=answer) or from the start "
-            "of early media (phase=early)", ["phase", "answered_by"],
-            buckets=DETECTION_BUCKETS, registry=r)
+            "of early media (phase=early)",
+            ["phase", "answered_by"],
+            buckets=DETECTION_BUCKETS,
+            registry=r,
+        )
         self.sip_responses = Counter(
-            "sipbridge_sip_responses", "SIP responses from carriers, by trunk and code",
-            ["trunk", "code"], registry=r)
+            "sipbridge_sip_responses",
+            "SIP responses from carriers, by trunk and code",
+            ["trunk", "code"],
+            registry=r,
+        )
         self.failovers = Counter(
-            "sipbridge_failovers", "Hops to the next trunk of a hunt list", ["from_trunk"],
-            registry=r)
+            "sipbridge_failovers",
+            "Hops to the next trunk of a hunt list",
+            ["from_trunk"],
+            registry=r,
+        )
         self.api_requests = Counter(
-            "sipbridge_api_requests", "HTTP API requests by route template, method and code",
-            ["route", "method", "code"], registry=r)
+            "sipbridge_api_requests",
+            "HTTP API requests by route template, method and code",
+            ["route", "method", "code"],
+            registry=r,
+        )
         self.api_latency = Histogram(
-            "sipbridge_api_request_duration_seconds", "HTTP API request handling time",
-            ["route", "method"], buckets=API_BUCKETS, registry=r)
+            "sipbridge_api_request_duration_seconds",
+            "HTTP API request handling time",
+            ["route", "method"],
+            buckets=API_BUCKETS,
+            registry=r,
+        )
         self.webhooks = Counter(
             "sipbridge_webhook_deliveries",
             "Status callback POSTs by result (delivered, retried, failed, dropped)",
-            ["result"], registry=r)
-        self.cdrs = Counter("sipbridge_cdrs_written", "Call detail records written",
-                            registry=r)
+            ["result"],
+            registry=r,
+        )
+        self.cdrs = Counter("sipbridge_cdrs_written", "Call detail records written", registry=r)
         if gauges is not None:
             r.register(_LiveCollector(gauges))
 
@@ -130,8 +162,9 @@ class Metrics:
         d = ev.data
         if ev.kind == "status":
             if d.get("to") in TERMINAL:
-                self.calls.labels(status=d["to"], reason=d.get("reason") or "",
-                                  answered_by=rec.answered_by or "").inc()
+                self.calls.labels(
+                    status=d["to"], reason=d.get("reason") or "", answered_by=rec.answered_by or ""
+                ).inc()
             elif d.get("to") == "calling":  # an attempt's first INVITE
                 self.dials.labels(trunk=rec.trunk or "").inc()
             return
@@ -144,8 +177,10 @@ class Metrics:
             state = ev.kind.removeprefix("carrier.")
             code = d.get("sip_status")
             # an answered leg's end repeats the 200 already counted
-            if code and (state in ("ringing", "early", "answered")
-                         or (state == "ended" and leg.answered_at is None)):
+            if code and (
+                state in ("ringing", "early", "answered")
+                or (state == "ended" and leg.answered_at is None)
+            ):
                 self.sip_responses.labels(trunk=trunk, code=str(code)).inc()
             if state in ("ringing", "early") and leg.ring_at is None and leg.invite_at is not None:
                 self.pdd.labels(trunk=trunk).observe(max(0.0, ev.ts - float(leg.invite_at)))
@@ -153,19 +188,23 @@ class Metrics:
         if ev.kind == "failover":
             self.failovers.labels(from_trunk=str(d.get("from_trunk") or "")).inc()
             return
-        if (ev.kind == "detection" and d.get("decided_at_ms") is not None
-                and d.get("kind") == "decision"):
-            self.detection.labels(phase=str(d.get("phase") or ""),
-                                  answered_by=str(d.get("answered_by") or "")).observe(
-                float(d["decided_at_ms"]) / 1000.0)
+        if (
+            ev.kind == "detection"
+            and d.get("decided_at_ms") is not None
+            and d.get("kind") == "decision"
+        ):
+            self.detection.labels(
+                phase=str(d.get("phase") or ""), answered_by=str(d.get("answered_by") or "")
+            ).observe(float(d["decided_at_ms"]) / 1000.0)
 
     # ---- HTTP --------------------------------------------------------------------------
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
-    async def middleware(self, request: Request,
-                         call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    async def middleware(
+        self, request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
         """Count requests by route template (``/v1/outbound-calling/{call_sid}/status``),
         never by raw path, so call IDs do not become label values."""
         start = time.perf_counter()
@@ -178,10 +217,10 @@ class Metrics:
             route = request.scope.get("route")
             path: Any = getattr(route, "path", None) if route is not None else None
             template = str(path) if path else "unmatched"
-            self.api_requests.labels(route=template, method=request.method,
-                                     code=str(code)).inc()
+            self.api_requests.labels(route=template, method=request.method, code=str(code)).inc()
             self.api_latency.labels(route=template, method=request.method).observe(
-                time.perf_counter() - start)
+                time.perf_counter() - start
+            )
 
 
 __all__ = ["CONTENT_TYPE", "Gauges", "Metrics"]

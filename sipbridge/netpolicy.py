@@ -73,8 +73,10 @@ def address_problem(addr: IPAddress, policy: TargetPolicy) -> str | None:
         kind = "private"
     if policy.allow_private:
         return None
-    return (f"{addr} is a {kind} address (set webhooks.allow_private or "
-            "webhooks.allow_cidrs to allow it)")
+    return (
+        f"{addr} is a {kind} address (set webhooks.allow_private or "
+        "webhooks.allow_cidrs to allow it)"
+    )
 
 
 def literal_address(host: str) -> IPAddress | None:
@@ -120,5 +122,10 @@ def callback_url_problem(url: str, policy: TargetPolicy) -> str | None:
     return None
 
 
-__all__ = ["TargetPolicy", "address_problem", "callback_url_problem", "embedded_v4",
-           "literal_address"]
+__all__ = [
+    "TargetPolicy",
+    "address_problem",
+    "callback_url_problem",
+    "embedded_v4",
+    "literal_address",
+]

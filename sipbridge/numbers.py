@@ -38,9 +38,11 @@ def check_number_chars(raw: str, field: str) -> None:
         if c not in _NUMBER_CHARS:
             kind = "a non-ASCII digit" if c.isdigit() else "not allowed"
             raise NumberError(
-                field, f"{raw[:MAX_NUMBER_CHARS]!r} is not a phone number: character "
+                field,
+                f"{raw[:MAX_NUMBER_CHARS]!r} is not a phone number: character "
                 f"{c!r} (U+{ord(c):04X}) at position {i} is {kind} (ASCII digits 0-9, a "
-                "leading '+', spaces and - . ( ) / only)")
+                "leading '+', spaces and - . ( ) / only)",
+            )
     if "+" in raw[1:]:
         raise NumberError(field, f"{raw!r} is not a phone number: '+' only at the start")
 
@@ -59,8 +61,9 @@ def to_e164(number: str, country_code: str | None = None, field: str = "to_numbe
     region = validate_country_code(country_code) if country_code else None
     if not raw.startswith("+") and region is None:
         raise NumberError(
-            field, f"{raw!r} is not in E.164 form (+<country><number>); give country_code "
-            "for a national number"
+            field,
+            f"{raw!r} is not in E.164 form (+<country><number>); give country_code "
+            "for a national number",
         )
     try:
         parsed = phonenumbers.parse(raw, region)

@@ -43,18 +43,22 @@ class _ServiceGauges:
 class Operations:
     """Built once per app by :func:`sipbridge.api.create_app`."""
 
-    def __init__(self, service: CallService,
-                 render: Callable[[CallRecord], dict[str, Any]]) -> None:
+    def __init__(
+        self, service: CallService, render: Callable[[CallRecord], dict[str, Any]]
+    ) -> None:
         self.service = service
         self.metrics = Metrics(_ServiceGauges(service))
         self.webhooks = WebhookDispatcher(
-            service.cfg.webhooks, render,
+            service.cfg.webhooks,
+            render,
             on_result=lambda r: self.metrics.webhooks.labels(result=r).inc(),
-            store=service.store)
+            store=service.store,
+        )
         service.journal.outbox.append(self.webhooks.outbox_for)
         self.cdrs = CdrWriter(service.store, on_written=self.metrics.cdrs.inc)
-        service.listeners.extend([self.cdrs.on_event, self.metrics.on_event,
-                                  self.webhooks.on_event])
+        service.listeners.extend(
+            [self.cdrs.on_event, self.metrics.on_event, self.webhooks.on_event]
+        )
         self.draining = False
 
     # ---- lifecycle (the app's lifespan) ----------------------------------------------
@@ -112,8 +116,9 @@ class Operations:
         """Add the metrics middleware and the unauthenticated /metrics and /readyz."""
         app.middleware("http")(self.metrics.middleware)
 
-        @app.get("/metrics", response_class=Response,
-                 responses={200: {"content": {CONTENT_TYPE: {}}}})
+        @app.get(
+            "/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE: {}}}}
+        )
         async def metrics() -> Response:
             """Prometheus text format (no auth: keep it on the operators' network)."""
             body = await asyncio.get_running_loop().run_in_executor(None, self.metrics.render)
@@ -127,10 +132,16 @@ class Operations:
             trunks = self.trunk_detail()
             down = {k: v for k, v in checks.items() if v != "ok"}
             if down:
-                return JSONResponse(status_code=503, content={
-                    "status": "unavailable", "down": sorted(down),
-                    "error": "; ".join(f"{k}: {v}" for k, v in sorted(down.items())),
-                    "checks": checks, "trunks": trunks})
+                return JSONResponse(
+                    status_code=503,
+                    content={
+                        "status": "unavailable",
+                        "down": sorted(down),
+                        "error": "; ".join(f"{k}: {v}" for k, v in sorted(down.items())),
+                        "checks": checks,
+                        "trunks": trunks,
+                    },
+                )
             return JSONResponse({"status": "ok", "checks": checks, "trunks": trunks})
 
 

@@ -18,8 +18,18 @@ def split_hostport(address: str, default_port: int) -> tuple[str, int]:
     return (host, int(port)) if sep else (address, default_port)
 
 
-def options_request(*, host: str, port: int, transport: str, via_host: str, via_port: int,
-                    call_id: str, branch: str, tag: str, user_agent: str) -> bytes:
+def options_request(
+    *,
+    host: str,
+    port: int,
+    transport: str,
+    via_host: str,
+    via_port: int,
+    call_id: str,
+    branch: str,
+    tag: str,
+    user_agent: str,
+) -> bytes:
     """An out-of-dialog OPTIONS to ``host:port``. ``;rport`` (RFC 3581): a UDP reply comes
     back to the port it was sent from."""
     name = f"[{host}]" if ":" in host else host
@@ -37,7 +47,8 @@ def options_request(*, host: str, port: int, transport: str, via_host: str, via_
         "Accept: application/sdp",
         f"User-Agent: {user_agent}",
         "Content-Length: 0",
-        "", "",
+        "",
+        "",
     ]
     return "\r\n".join(lines).encode()
 
@@ -86,5 +97,4 @@ class ProbeCounter:
         return False
 
 
-__all__ = ["ProbeCounter", "answered_alive", "options_request", "reply_status",
-           "split_hostport"]
+__all__ = ["ProbeCounter", "answered_alive", "options_request", "reply_status", "split_hostport"]

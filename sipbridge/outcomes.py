@@ -30,20 +30,46 @@ class Termination:
 
 # Every outcome kind a Termination can carry: what a route's ``retry.retry_on`` may list
 # and what metrics count (tests/unit/test_outcomes.py checks every kind in the code is here).
-OUTCOME_KINDS: frozenset[str] = frozenset({
-    # the call itself
-    "completed", "message_left", "abandoned", "max_duration", "canceled",
-    # the carrier's answer
-    "busy", "no_answer", "not_in_service", "declined", "rejected", "auth", "redirected",
-    "carrier_error", "transport_error", "error", "dial_error",
-    # media and detection
-    "media_error", "media_timeout", "machine", "fax", "no_person", "ivr_timeout",
-    "message_error", "ivr_repeat", "operator", "screening",
-    # the agent and the bridge
-    "agent_error", "bridge_error", "internal_error",
-    # scheduling
-    "queue_timeout", "window_error",
-})
+OUTCOME_KINDS: frozenset[str] = frozenset(
+    {
+        # the call itself
+        "completed",
+        "message_left",
+        "abandoned",
+        "max_duration",
+        "canceled",
+        # the carrier's answer
+        "busy",
+        "no_answer",
+        "not_in_service",
+        "declined",
+        "rejected",
+        "auth",
+        "redirected",
+        "carrier_error",
+        "transport_error",
+        "error",
+        "dial_error",
+        # media and detection
+        "media_error",
+        "media_timeout",
+        "machine",
+        "fax",
+        "no_person",
+        "ivr_timeout",
+        "message_error",
+        "ivr_repeat",
+        "operator",
+        "screening",
+        # the agent and the bridge
+        "agent_error",
+        "bridge_error",
+        "internal_error",
+        # scheduling
+        "queue_timeout",
+        "window_error",
+    }
+)
 
 # Fixed outcomes the call manager uses directly.
 INTERNAL_ERROR = "internal error"
@@ -82,27 +108,34 @@ def from_sip(status: int | None, sip_reason: str = "", note: str = "") -> Termin
     """A final non-2xx SIP response from the carrier (``note``: more technical text)."""
     detail = "; ".join(t for t in (_sip_text(status, sip_reason), note) if t)
     if status is None or status < 300:
-        return Termination("failure", "call failed", "error", True, status,
-                           detail or "no SIP final response")
+        return Termination(
+            "failure", "call failed", "error", True, status, detail or "no SIP final response"
+        )
     if status in _SIP_TABLE:
         kind, reason, retry = _SIP_TABLE[status]
         return Termination("failure", reason, kind, retry, status, detail)
     if 300 <= status < 400:
         # RFC 3261 8.1.3.4: the bridge never follows a redirect (the carrier would
         # choose whom we call); the call ends, the target is in ``detail``.
-        return Termination("failure", "redirected (not followed)", "redirected", False,
-                           status, detail)
+        return Termination(
+            "failure", "redirected (not followed)", "redirected", False, status, detail
+        )
     if 500 <= status < 600:
-        return Termination("failure", "carrier error", "carrier_error",
-                           status in (500, 503, 504), status, detail)
+        return Termination(
+            "failure", "carrier error", "carrier_error", status in (500, 503, 504), status, detail
+        )
     if status >= 600:
         return Termination("failure", "call rejected", "rejected", False, status, detail)
     return Termination("failure", "call failed", "error", False, status, detail)
 
 
 def from_leg_end(
-    cause: str | None, answered: bool, sip_status: int | None, sip_reason: str = "",
-    detail: str = "", connected: bool = True,
+    cause: str | None,
+    answered: bool,
+    sip_status: int | None,
+    sip_reason: str = "",
+    detail: str = "",
+    connected: bool = True,
 ) -> Termination:
     """The carrier leg ended: combine why (``cause``) with the SIP status seen.
 
@@ -110,20 +143,26 @@ def from_leg_end(
     the end. An answered call is a success only then; answered but never connected is a
     failure naming why it ended."""
     if cause == "worker_died":
-        return Termination("failure", "SIP worker failed", "bridge_error", True, sip_status,
-                           detail)
+        return Termination("failure", "SIP worker failed", "bridge_error", True, sip_status, detail)
     if cause == "media_error":
         # The 200 OK's SDP could not be used (no common codec, RTP vs SRTP, RFC 3264 6):
         # pjsua ACKed it and sent BYE itself.
-        return Termination("failure", MEDIA_NEGOTIATION_FAILED, "media_error", False,
-                           sip_status, detail)
+        return Termination(
+            "failure", MEDIA_NEGOTIATION_FAILED, "media_error", False, sip_status, detail
+        )
     if cause == "media_timeout":
         return Termination("failure", MEDIA_TIMEOUT, "media_timeout", False, sip_status, detail)
     if answered and cause == "transport_error":
         # The dialog died under an answered call: a session refresh (RFC 4028) or a BYE
         # that got no answer, or the transport broke.
-        return Termination("failure", "call lost", "transport_error", False, sip_status,
-                           detail or _sip_text(sip_status, sip_reason))
+        return Termination(
+            "failure",
+            "call lost",
+            "transport_error",
+            False,
+            sip_status,
+            detail or _sip_text(sip_status, sip_reason),
+        )
     if answered and connected:
         reason = {
             "remote_bye": "",
@@ -143,11 +182,13 @@ def from_leg_end(
     if cause == "local_hangup":
         return Termination("failure", "canceled", "canceled", False, sip_status, detail)
     if cause == "transport_error":
-        return Termination("failure", "carrier unreachable", "transport_error", True,
-                           sip_status, detail)
+        return Termination(
+            "failure", "carrier unreachable", "transport_error", True, sip_status, detail
+        )
     if cause == "dial_error":
-        return Termination("failure", "could not place call", "dial_error", True,
-                           sip_status, detail)
+        return Termination(
+            "failure", "could not place call", "dial_error", True, sip_status, detail
+        )
     return from_sip(sip_status, sip_reason, detail)
 
 
@@ -172,8 +213,9 @@ def from_sit(code: str | None) -> Termination:
     if code in _SIT_TABLE:
         kind, reason, retry = _SIT_TABLE[code]
         return Termination("failure", reason, kind, retry)
-    return Termination("failure", "special information tone", "not_in_service", False,
-                       None, f"SIT {code or '?'}")
+    return Termination(
+        "failure", "special information tone", "not_in_service", False, None, f"SIT {code or '?'}"
+    )
 
 
 def from_progress_tone(progress: str) -> Termination | None:
@@ -195,5 +237,6 @@ def from_detection(answered_by: str, retry: bool = False) -> Termination:
     kind = "machine" if answered_by in ("machine", "ivr") else answered_by
     if answered_by in reasons:
         return Termination("failure", reasons[answered_by], kind, retry)
-    return Termination("failure", "answered by machine", "machine", retry, None,
-                       f"answered by {answered_by}")
+    return Termination(
+        "failure", "answered by machine", "machine", retry, None, f"answered by {answered_by}"
+    )

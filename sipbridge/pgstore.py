@@ -107,14 +107,18 @@ def migrate(conn: psycopg.Connection[Any]) -> int:
     """Apply the missing migrations in one transaction; the version now in place."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-        conn.execute("CREATE TABLE IF NOT EXISTS schema_version ("
-                     "version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL "
-                     "DEFAULT now())")
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version ("
+            "version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL "
+            "DEFAULT now())"
+        )
         row = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()
         have = int(row[0]) if row else 0
         if have > SCHEMA_VERSION:
-            raise StoreError(f"PostgreSQL schema version {have}, this build reads "
-                             f"{SCHEMA_VERSION}: upgrade sipbridge")
+            raise StoreError(
+                f"PostgreSQL schema version {have}, this build reads "
+                f"{SCHEMA_VERSION}: upgrade sipbridge"
+            )
         for v in range(have + 1, SCHEMA_VERSION + 1):
             for stmt in iter_statements(MIGRATIONS[v]):
                 conn.execute(stmt.encode())
@@ -141,8 +145,7 @@ class _PgTx:
 class PostgresStore(SqlStore):
     """PostgreSQL; every write is committed before the call returns."""
 
-    def __init__(self, dsn: str, retention_s: float = 7200.0,
-                 clock: Any = time.monotonic) -> None:
+    def __init__(self, dsn: str, retention_s: float = 7200.0, clock: Any = time.monotonic) -> None:
         self._dsn = dsn
         self.retention_s = retention_s
         self._clock = clock
@@ -162,9 +165,12 @@ class PostgresStore(SqlStore):
     def _connect(self) -> psycopg.Connection[Any]:
         self._last_try = self._clock()
         try:
-            return psycopg.connect(self._dsn, autocommit=True,
-                                   connect_timeout=CONNECT_TIMEOUT_S,
-                                   application_name="sipbridge")
+            return psycopg.connect(
+                self._dsn,
+                autocommit=True,
+                connect_timeout=CONNECT_TIMEOUT_S,
+                application_name="sipbridge",
+            )
         except psycopg.Error as e:
             raise StoreError(f"PostgreSQL store unavailable: {_problem(e)}") from None
 

@@ -70,8 +70,11 @@ class CallRequest:
     inbound_leg: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"metadata": dict(self.metadata), "encryption": self.encryption,
-                               "from_number": self.from_number}
+        out: dict[str, Any] = {
+            "metadata": dict(self.metadata),
+            "encryption": self.encryption,
+            "from_number": self.from_number,
+        }
         for name in ("timezone", "status_callback", "inbound_leg"):
             if getattr(self, name):
                 out[name] = getattr(self, name)
@@ -96,20 +99,25 @@ class CallRequest:
             if v is None:
                 return None
             if not isinstance(v, dict) or not all(
-                    isinstance(k, str) and isinstance(x, str) for k, x in v.items()):
+                isinstance(k, str) and isinstance(x, str) for k, x in v.items()
+            ):
                 raise ValueError(f"request.{name}: not a string map")
             return v
 
-        window, retry, det, ivr = (d.get(k) for k in ("calling_window", "retry", "detection",
-                                                     "ivr"))
+        window, retry, det, ivr = (
+            d.get(k) for k in ("calling_window", "retry", "detection", "ivr")
+        )
         return cls(
-            metadata=strings("metadata") or {}, encryption=text("encryption"),
-            from_number=text("from_number"), timezone=text("timezone"),
+            metadata=strings("metadata") or {},
+            encryption=text("encryption"),
+            from_number=text("from_number"),
+            timezone=text("timezone"),
             calling_window=WindowConfig.model_validate(window) if window else None,
             retry=RetryConfig.model_validate(retry) if retry is not None else None,
             detection=DetectionSettings.model_validate(det) if det is not None else None,
             ivr=IvrSettings.model_validate(ivr) if ivr is not None else None,
-            status_callback=text("status_callback"), copy_headers=strings("copy_headers"),
+            status_callback=text("status_callback"),
+            copy_headers=strings("copy_headers"),
             inbound_leg=text("inbound_leg"),
         )
 
@@ -180,18 +188,31 @@ class AttemptRecord:
     trunks: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {"attempt": self.attempt, "result": self.result, "reason": self.reason,
-                "detail": self.detail, "kind": self.kind, "sip_status": self.sip_status,
-                "ended_at": self.ended_at, "trunks": list(self.trunks)}
+        return {
+            "attempt": self.attempt,
+            "result": self.result,
+            "reason": self.reason,
+            "detail": self.detail,
+            "kind": self.kind,
+            "sip_status": self.sip_status,
+            "ended_at": self.ended_at,
+            "trunks": list(self.trunks),
+        }
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> AttemptRecord:
         if not isinstance(d, Mapping):
             raise ValueError("an attempt is not a JSON object")
-        return cls(attempt=int(d["attempt"]), result=str(d["result"]),
-                   reason=str(d.get("reason", "")), detail=str(d.get("detail", "")),
-                   kind=str(d.get("kind", "")), sip_status=d.get("sip_status"),
-                   ended_at=str(d.get("ended_at", "")), trunks=tuple(d.get("trunks") or ()))
+        return cls(
+            attempt=int(d["attempt"]),
+            result=str(d["result"]),
+            reason=str(d.get("reason", "")),
+            detail=str(d.get("detail", "")),
+            kind=str(d.get("kind", "")),
+            sip_status=d.get("sip_status"),
+            ended_at=str(d.get("ended_at", "")),
+            trunks=tuple(d.get("trunks") or ()),
+        )
 
 
 @dataclass(frozen=True)
@@ -244,6 +265,15 @@ class CallRecord:
 
 
 __all__ = [
-    "STATUSES", "TERMINAL", "AttemptRecord", "CallEvent", "CallRecord", "CallRequest",
-    "CallStatus", "LegRecord", "LegRole", "OutboxMessage", "call_status",
+    "STATUSES",
+    "TERMINAL",
+    "AttemptRecord",
+    "CallEvent",
+    "CallRecord",
+    "CallRequest",
+    "CallStatus",
+    "LegRecord",
+    "LegRole",
+    "OutboxMessage",
+    "call_status",
 ]

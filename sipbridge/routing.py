@@ -71,8 +71,9 @@ def caller_id_for(trunk: TrunkConfig, requested: str | None) -> str:
 _CLIENT_FIELDS = ("polyai_call_id", "from_number", "to_number")
 
 
-def _render_checked(name: str, tmpl: str, fields: Mapping[str, str],
-                    metadata: Mapping[str, str], where: str) -> str:
+def _render_checked(
+    name: str, tmpl: str, fields: Mapping[str, str], metadata: Mapping[str, str], where: str
+) -> str:
     """Render a header template; a client-supplied value that makes it unsafe is
     reported under that value's field (``polyai_call_id``, ``metadata.KEY``)."""
     for used in template_fields(tmpl):
@@ -84,8 +85,12 @@ def _render_checked(name: str, tmpl: str, fields: Mapping[str, str],
     return validate_header_value(render_template(tmpl, fields, metadata), where)
 
 
-def _metadata_headers(out: dict[str, tuple[str, str]], prefix: str,
-                      metadata: Mapping[str, str], keys: Collection[str] | None) -> None:
+def _metadata_headers(
+    out: dict[str, tuple[str, str]],
+    prefix: str,
+    metadata: Mapping[str, str],
+    keys: Collection[str] | None,
+) -> None:
     """Metadata as "<prefix>KEY" headers (only ``keys`` if given), validated."""
     for key, value in metadata.items():
         if keys is not None and key not in keys:
@@ -110,8 +115,7 @@ def carrier_headers(
         where = f"trunk {trunk.name} header {name}"
         out[name.lower()] = (name, validate_header_value(value, where))
     for name, tmpl in trunk.header_templates.items():
-        out[name.lower()] = (name, _render_checked(name, tmpl, fields, metadata,
-                                                   f"header {name}"))
+        out[name.lower()] = (name, _render_checked(name, tmpl, fields, metadata, f"header {name}"))
     opt_in = trunk.metadata_to_carrier
     if opt_in is not None:
         _metadata_headers(out, opt_in.prefix, metadata, frozenset(opt_in.keys))
@@ -119,9 +123,16 @@ def carrier_headers(
 
 
 def check_trigger(
-    cfg: Config, trunks: Iterable[TrunkConfig], *, call_sid: str, to_number: str,
-    from_number: str | None, metadata: Mapping[str, str], polyai_call_id: str | None,
-    bridge_host: str, encryption: str | None = None,
+    cfg: Config,
+    trunks: Iterable[TrunkConfig],
+    *,
+    call_sid: str,
+    to_number: str,
+    from_number: str | None,
+    metadata: Mapping[str, str],
+    polyai_call_id: str | None,
+    bridge_host: str,
+    encryption: str | None = None,
 ) -> None:
     """Dry run of every leg a trigger can reach (each trunk of its hunt list, and the
     agent leg), so a value that would be unsafe on any of them is a 400 now, never a
@@ -129,14 +140,28 @@ def check_trigger(
     the field."""
     for trunk in trunks:
         resolve_plan(
-            cfg, call_sid=call_sid, to_number=to_number,
-            from_number=caller_id_for(trunk, from_number), metadata=metadata,
-            polyai_call_id=polyai_call_id, attempt=1, bridge_host=bridge_host,
-            trunk=trunk, encryption=encryption)
+            cfg,
+            call_sid=call_sid,
+            to_number=to_number,
+            from_number=caller_id_for(trunk, from_number),
+            metadata=metadata,
+            polyai_call_id=polyai_call_id,
+            attempt=1,
+            bridge_host=bridge_host,
+            trunk=trunk,
+            encryption=encryption,
+        )
         resolve_agent_plan(
-            cfg, call_sid=call_sid, carrier_leg_id=f"{call_sid}/b1", to_number=to_number,
-            from_number=caller_id_for(trunk, from_number), metadata=metadata,
-            polyai_call_id=polyai_call_id, answered_by="unknown", bridge_host=bridge_host)
+            cfg,
+            call_sid=call_sid,
+            carrier_leg_id=f"{call_sid}/b1",
+            to_number=to_number,
+            from_number=caller_id_for(trunk, from_number),
+            metadata=metadata,
+            polyai_call_id=polyai_call_id,
+            answered_by="unknown",
+            bridge_host=bridge_host,
+        )
 
 
 def resolve_plan(
@@ -223,9 +248,20 @@ def session_timers(cfg: Config, trunk: TrunkConfig) -> tuple[int, int] | None:
 
 
 __all__ = [
-    "DETECTION_INFO_TYPE", "HeaderError", "RoutingError", "caller_id_for", "carrier_headers",
-    "check_trigger", "choose_route", "choose_trunk", "detection_info", "effective_caller_id",
-    "resolve_agent_plan", "resolve_plan", "session_timers", "srtp_mode",
+    "DETECTION_INFO_TYPE",
+    "HeaderError",
+    "RoutingError",
+    "caller_id_for",
+    "carrier_headers",
+    "check_trigger",
+    "choose_route",
+    "choose_trunk",
+    "detection_info",
+    "effective_caller_id",
+    "resolve_agent_plan",
+    "resolve_plan",
+    "session_timers",
+    "srtp_mode",
 ]
 
 
@@ -248,8 +284,12 @@ def resolve_agent_plan(
     every metadata key as a header; bridged with ``carrier_leg_id`` once answered."""
     agent = cfg.agent
     fields = {
-        "call_sid": call_sid, "to_number": to_number, "from_number": from_number,
-        "polyai_call_id": polyai_call_id or "", "trunk": "", "attempt": str(index),
+        "call_sid": call_sid,
+        "to_number": to_number,
+        "from_number": from_number,
+        "polyai_call_id": polyai_call_id or "",
+        "trunk": "",
+        "attempt": str(index),
         "answered_by": answered_by or "unknown",
     }
     out: dict[str, tuple[str, str]] = {}
@@ -289,11 +329,14 @@ def resolve_agent_plan(
 DETECTION_INFO_TYPE = "application/vnd.sipbridge.detection+json"
 
 
-def detection_info(call_sid: str, answered_by: str, hint: str | None,
-                   final: bool) -> tuple[str, str, tuple[tuple[str, str], ...]]:
+def detection_info(
+    call_sid: str, answered_by: str, hint: str | None, final: bool
+) -> tuple[str, str, tuple[tuple[str, str], ...]]:
     """(content type, body, headers) of the detection INFO sent on the agent leg."""
-    body = json.dumps({"call_sid": call_sid, "answered_by": answered_by, "hint": hint,
-                       "final": final}, separators=(",", ":"))
+    body = json.dumps(
+        {"call_sid": call_sid, "answered_by": answered_by, "hint": hint, "final": final},
+        separators=(",", ":"),
+    )
     headers = [("X-Sipbridge-Answered-By", answered_by)]
     if hint:
         headers.append(("X-Sipbridge-Answered-By-Hint", hint))

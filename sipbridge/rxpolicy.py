@@ -89,8 +89,13 @@ class SourceLimiter:
     ``burst`` at once). At most ``max_sources`` buckets are kept; the least recently seen
     is forgotten first (a new source starts full, so forgetting only lets a source in)."""
 
-    def __init__(self, rate_per_s: float, burst: int, max_sources: int = _MAX_SOURCES,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        rate_per_s: float,
+        burst: int,
+        max_sources: int = _MAX_SOURCES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.rate_per_s = rate_per_s
         self.burst = burst
         self.max_sources = max_sources
@@ -115,8 +120,12 @@ class SourceLimiter:
 class KnownDialogs:
     """Call-IDs of this worker's calls: live ones, and ended ones for ``linger_s``."""
 
-    def __init__(self, linger_s: float = DIALOG_LINGER_S, max_lingering: int = _MAX_LINGERING,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        linger_s: float = DIALOG_LINGER_S,
+        max_lingering: int = _MAX_LINGERING,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.live: dict[str, int] = {}  # Call-ID -> number of legs using it
         self.ended: OrderedDict[str, float] = OrderedDict()  # Call-ID -> forget after
         self.linger_s = linger_s
@@ -181,8 +190,9 @@ class RxPolicy:
             return None
         return self._count(Verdict(Action.DROP, "rate"))
 
-    def decide(self, raw: bytes, source_ip: str, transport: str,
-               accepting: Callable[[], str | None]) -> Verdict:
+    def decide(
+        self, raw: bytes, source_ip: str, transport: str, accepting: Callable[[], str | None]
+    ) -> Verdict:
         """``transport``: the receiving transport ("udp", "tcp", "tls"). ``accepting``:
         None when the worker can take a new inbound call, else why not ("full",
         "stopping"); called only for an INVITE that would otherwise pass."""
@@ -195,16 +205,16 @@ class RxPolicy:
         self.counts[v.reason if v.action is not Action.PASS else "pass"] += 1
         return v
 
-    def _decide(self, raw: bytes, source_ip: str, transport: str,
-                accepting: Callable[[], str | None]) -> Verdict:
+    def _decide(
+        self, raw: bytes, source_ip: str, transport: str, accepting: Callable[[], str | None]
+    ) -> Verdict:
         if len(raw) > self.max_message_bytes:
             return Verdict(Action.DROP, "oversize")
         try:
             req = parse_request(raw)
         except SipParseError:
             return Verdict(Action.DROP, "malformed")
-        if req.cseq_method != req.method and not (
-                req.method == "ACK" and req.cseq_method == "ACK"):
+        if req.cseq_method != req.method and not (req.method == "ACK" and req.cseq_method == "ACK"):
             return Verdict(Action.DROP, "malformed")
         # RFC 3261 18.2.2: a Via naming another transport or a maddr would make pjsip
         # answer somewhere else than where the request came from.
@@ -219,8 +229,11 @@ class RxPolicy:
             refused = self._new_call_refusal(source_ip, accepting)
             if refused is not None:
                 return refused
-        if req.method in _SDP_METHODS and req.body and (
-                req.content_type != "application/sdp" or sdp_problem(req.body)):
+        if (
+            req.method in _SDP_METHODS
+            and req.body
+            and (req.content_type != "application/sdp" or sdp_problem(req.body))
+        ):
             # A new call, or an offer inside a live one (re-INVITE, RFC 3261 14.2; UPDATE,
             # RFC 3311 5.2), is refused with 488 and the session goes on unchanged: a
             # silently dropped offer would be retransmitted until Timer B and the carrier
@@ -232,8 +245,9 @@ class RxPolicy:
             return Verdict(Action.DROP, "bad_dtmf_relay")
         return PASS
 
-    def _new_call_refusal(self, source_ip: str,
-                          accepting: Callable[[], str | None]) -> Verdict | None:
+    def _new_call_refusal(
+        self, source_ip: str, accepting: Callable[[], str | None]
+    ) -> Verdict | None:
         if not source_allowed(source_ip, self.inbound_allow):
             return Verdict(Action.RESPOND, "forbidden_source", 403)
         why = accepting()
@@ -255,5 +269,15 @@ def summary(counts: Iterable[tuple[str, int]]) -> str:
     return " ".join(f"{k}={n}" for k, n in sorted(counts) if k != "pass" and n)
 
 
-__all__ = ["DIALOG_LINGER_S", "MAX_MESSAGE_BYTES", "PASS", "Action", "KnownDialogs",
-           "RxPolicy", "SourceLimiter", "Verdict", "call_id_of", "summary"]
+__all__ = [
+    "DIALOG_LINGER_S",
+    "MAX_MESSAGE_BYTES",
+    "PASS",
+    "Action",
+    "KnownDialogs",
+    "RxPolicy",
+    "SourceLimiter",
+    "Verdict",
+    "call_id_of",
+    "summary",
+]

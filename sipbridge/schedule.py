@@ -44,13 +44,23 @@ __all__ = [
 ]
 
 _DAY_NAMES = {
-    "mon": 0, "monday": 0,
-    "tue": 1, "tues": 1, "tuesday": 1,
-    "wed": 2, "wednesday": 2,
-    "thu": 3, "thur": 3, "thurs": 3, "thursday": 3,
-    "fri": 4, "friday": 4,
-    "sat": 5, "saturday": 5,
-    "sun": 6, "sunday": 6,
+    "mon": 0,
+    "monday": 0,
+    "tue": 1,
+    "tues": 1,
+    "tuesday": 1,
+    "wed": 2,
+    "wednesday": 2,
+    "thu": 3,
+    "thur": 3,
+    "thurs": 3,
+    "thursday": 3,
+    "fri": 4,
+    "friday": 4,
+    "sat": 5,
+    "saturday": 5,
+    "sun": 6,
+    "sunday": 6,
 }
 _ALL_DAYS = frozenset(range(7))
 _HHMM = re.compile(r"^(\d{1,2}):(\d{2})(?::(\d{2}))?$")
@@ -148,9 +158,7 @@ class CallingWindow:
         wd = local.weekday()
         if not self.crosses_midnight:
             return wd in self.days and self.start <= t < self.end
-        return (wd in self.days and t >= self.start) or (
-            (wd - 1) % 7 in self.days and t < self.end
-        )
+        return (wd in self.days and t >= self.start) or ((wd - 1) % 7 in self.days and t < self.end)
 
 
 @lru_cache(maxsize=1024)

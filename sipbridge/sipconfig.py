@@ -128,8 +128,10 @@ def check_tls(tls: TlsSettings, transport: str, explicit: bool) -> None:
     if explicit and transport != "tls":
         raise ValueError(f"tls: only for TLS (this leg uses {transport})")
     if transport == "tls" and tls.verify and not tls.ca_list():
-        raise ValueError("tls.ca_file: no CA bundle found on this system "
-                         "(ca-certificates); name one, or set tls.verify: false")
+        raise ValueError(
+            "tls.ca_file: no CA bundle found on this system "
+            "(ca-certificates); name one, or set tls.verify: false"
+        )
 
 
 __all__ = ["MAX_TLS_PROFILES", "SipConfig", "TlsSettings", "Transport", "check_tls"]

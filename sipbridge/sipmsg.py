@@ -24,8 +24,14 @@ from sipbridge.trunkselect import parse_retry_after
 # RFC 3261 25.1: token = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~")
 _TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
 # Compact header forms (RFC 3261 7.3.3) for the headers read here.
-_COMPACT = {"i": "call-id", "f": "from", "t": "to", "v": "via", "l": "content-length",
-            "c": "content-type"}
+_COMPACT = {
+    "i": "call-id",
+    "f": "from",
+    "t": "to",
+    "v": "via",
+    "l": "content-length",
+    "c": "content-type",
+}
 # Headers a request must carry exactly once (RFC 3261 8.1.1, 20; one value each).
 _SINGLE = ("call-id", "from", "to", "cseq")
 # A Via's sent-protocol and sent-by (RFC 3261 20.42): SIP / 2.0 / transport host[:port].
@@ -201,9 +207,14 @@ def parse_request(raw: bytes) -> Request:
         raise SipParseError("To tag repeated")
     ctype = by.get("content-type", [""])[0].split(";", 1)[0].strip().lower()
     return Request(
-        method=method, uri=uri, via=parse_via(by["via"][0]), call_id=call_id,
-        to_tag=to_tags[0] if to_tags else None, cseq_method=cseq[1],
-        content_type=ctype, body=_content_length(by.get("content-length", []), body),
+        method=method,
+        uri=uri,
+        via=parse_via(by["via"][0]),
+        call_id=call_id,
+        to_tag=to_tags[0] if to_tags else None,
+        cseq_method=cseq[1],
+        content_type=ctype,
+        body=_content_length(by.get("content-length", []), body),
         headers=headers,
     )
 
@@ -229,7 +240,7 @@ def sdp_problem(body: bytes, max_line_bytes: int = 512) -> str | None:
     if "o" not in kinds or "m" not in kinds:
         return "SDP without origin or media line"
     session_c = "c" in kinds[: kinds.index("m")]
-    media_blocks = "\n".join(kinds[kinds.index("m"):]).split("m")[1:]
+    media_blocks = "\n".join(kinds[kinds.index("m") :]).split("m")[1:]
     if not session_c and any("c" not in blk for blk in media_blocks):
         return "SDP media without a connection address"
     return None
@@ -314,6 +325,18 @@ def is_invite_2xx(whole_msg: str) -> bool:
     return whole_msg.startswith("SIP/2.0 2") and cseq.upper().endswith("INVITE")
 
 
-__all__ = ["Request", "SipParseError", "Via", "dtmf_relay_crashes_pjsua",
-           "final_response_retry_after", "header", "is_invite_2xx", "is_ip_literal",
-           "parse_request", "parse_via", "sdp_problem", "split_message", "status_code"]
+__all__ = [
+    "Request",
+    "SipParseError",
+    "Via",
+    "dtmf_relay_crashes_pjsua",
+    "final_response_retry_after",
+    "header",
+    "is_invite_2xx",
+    "is_ip_literal",
+    "parse_request",
+    "parse_via",
+    "sdp_problem",
+    "split_message",
+    "status_code",
+]

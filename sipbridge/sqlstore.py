@@ -25,18 +25,44 @@ from sipbridge.records import (
 )
 
 COLS = (
-    "call_sid", "status", "reason", "to_number", "from_number", "trunk", "sip_status",
-    "answered_by", "polyai_call_id", "attempts", "created_at", "last_updated", "ended_at",
-    "request", "legs", "not_before", "idempotency_key", "attempt_history", "detail",
+    "call_sid",
+    "status",
+    "reason",
+    "to_number",
+    "from_number",
+    "trunk",
+    "sip_status",
+    "answered_by",
+    "polyai_call_id",
+    "attempts",
+    "created_at",
+    "last_updated",
+    "ended_at",
+    "request",
+    "legs",
+    "not_before",
+    "idempotency_key",
+    "attempt_history",
+    "detail",
 )
 _JSON_COLS = ("request", "legs", "attempt_history")
-_OUTBOX_COLS = ("delivery_id", "call_sid", "status", "url", "body", "created_at", "attempts",
-                "next_at")
+_OUTBOX_COLS = (
+    "delivery_id",
+    "call_sid",
+    "status",
+    "url",
+    "body",
+    "created_at",
+    "attempts",
+    "next_at",
+)
 
 
 # An undelivered callback with no undelivered earlier one of the same call.
-_HEAD = ("o.done_at IS NULL AND NOT EXISTS (SELECT 1 FROM outbox p WHERE "
-         "p.call_sid = o.call_sid AND p.done_at IS NULL AND p.id < o.id)")
+_HEAD = (
+    "o.done_at IS NULL AND NOT EXISTS (SELECT 1 FROM outbox p WHERE "
+    "p.call_sid = o.call_sid AND p.done_at IS NULL AND p.id < o.id)"
+)
 
 
 def _json_object(v: Any) -> dict[str, Any]:
@@ -118,8 +144,9 @@ class SqlStore:
 
     # ---- calls -----------------------------------------------------------------------
 
-    def create(self, rec: CallRecord, event: CallEvent | None = None,
-               outbox: Sequence[OutboxMessage] = ()) -> None:
+    def create(
+        self, rec: CallRecord, event: CallEvent | None = None, outbox: Sequence[OutboxMessage] = ()
+    ) -> None:
         marks = ",".join("?" * len(COLS))
         with self._tx() as tx:
             tx.run(f"INSERT INTO calls ({','.join(COLS)}) VALUES ({marks})", self._values(rec))
@@ -130,9 +157,19 @@ class SqlStore:
     def _add_outbox(self, tx: Tx, outbox: Sequence[OutboxMessage]) -> None:
         marks = ",".join("?" * len(_OUTBOX_COLS))
         for m in outbox:
-            tx.run(f"INSERT INTO outbox ({','.join(_OUTBOX_COLS)}) VALUES ({marks})",
-                   (m.delivery_id, m.call_sid, m.status, m.url, m.body.decode(),
-                    m.created_at, m.attempts, m.next_at))
+            tx.run(
+                f"INSERT INTO outbox ({','.join(_OUTBOX_COLS)}) VALUES ({marks})",
+                (
+                    m.delivery_id,
+                    m.call_sid,
+                    m.status,
+                    m.url,
+                    m.body.decode(),
+                    m.created_at,
+                    m.attempts,
+                    m.next_at,
+                ),
+            )
 
     def _save(self, tx: Tx, rec: CallRecord) -> None:
         sets = ",".join(f"{c}=?" for c in COLS[1:])
@@ -144,8 +181,9 @@ class SqlStore:
         with self._tx() as tx:
             self._save(tx, rec)
 
-    def save_status(self, rec: CallRecord, event: CallEvent,
-                    outbox: Sequence[OutboxMessage] = ()) -> None:
+    def save_status(
+        self, rec: CallRecord, event: CallEvent, outbox: Sequence[OutboxMessage] = ()
+    ) -> None:
         """A status change in one transaction: the record, its event and the callbacks
         reporting it (so a callback exists exactly when its status was written)."""
         with self._tx() as tx:
@@ -168,8 +206,7 @@ class SqlStore:
         return self.get(found[0].call_sid) if found else None
 
     def find_by_polyai_call_id(self, polyai_call_id: str) -> CallRecord | None:
-        found = self._select("polyai_call_id=? ORDER BY created_at DESC LIMIT 1",
-                             (polyai_call_id,))
+        found = self._select("polyai_call_id=? ORDER BY created_at DESC LIMIT 1", (polyai_call_id,))
         return self.get(found[0].call_sid) if found else None
 
     def by_status(self, *statuses: CallStatus) -> list[CallRecord]:
@@ -181,37 +218,50 @@ class SqlStore:
         cutoff = (time.time() if now is None else now) - self.retention_s
         with self._tx() as tx:
             tx.run("DELETE FROM outbox WHERE done_at IS NOT NULL AND done_at < ?", (cutoff,))
-            return tx.run("DELETE FROM calls WHERE ended_at IS NOT NULL AND ended_at < ?",
-                          (cutoff,))[1]
+            return tx.run(
+                "DELETE FROM calls WHERE ended_at IS NOT NULL AND ended_at < ?", (cutoff,)
+            )[1]
 
     # ---- events and CDRs -------------------------------------------------------------
 
     def _add_event(self, tx: Tx, call_sid: str, event: CallEvent) -> None:
-        tx.run("INSERT INTO events (call_sid, ts, kind, data) VALUES (?,?,?,?)",
-               (call_sid, event.ts, event.kind, _dumps(event.data)))
+        tx.run(
+            "INSERT INTO events (call_sid, ts, kind, data) VALUES (?,?,?,?)",
+            (call_sid, event.ts, event.kind, _dumps(event.data)),
+        )
 
     def add_event(self, call_sid: str, event: CallEvent) -> None:
         with self._tx() as tx:
             self._add_event(tx, call_sid, event)
 
     def events(self, call_sid: str) -> list[CallEvent]:
-        rows = self._one("SELECT ts, kind, data FROM events WHERE call_sid=? ORDER BY id",
-                         (call_sid,))
+        rows = self._one(
+            "SELECT ts, kind, data FROM events WHERE call_sid=? ORDER BY id", (call_sid,)
+        )
         return [CallEvent(ts, kind, json.loads(data)) for ts, kind, data in rows]
 
     def add_cdr(self, cdr: dict[str, Any]) -> None:
         with self._tx() as tx:
-            tx.run("INSERT INTO cdrs (call_sid, attempt, ended_at, data) VALUES (?,?,?,?)",
-                   (cdr["call_sid"], int(cdr.get("attempt") or 0), float(cdr["ended_at"]),
-                    _dumps(cdr)))
+            tx.run(
+                "INSERT INTO cdrs (call_sid, attempt, ended_at, data) VALUES (?,?,?,?)",
+                (
+                    cdr["call_sid"],
+                    int(cdr.get("attempt") or 0),
+                    float(cdr["ended_at"]),
+                    _dumps(cdr),
+                ),
+            )
 
     def cdrs(self, since: float, until: float | None = None) -> list[dict[str, Any]]:
         if until is None:
-            rows = self._one("SELECT data FROM cdrs WHERE ended_at >= ? ORDER BY ended_at, id",
-                             (since,))
+            rows = self._one(
+                "SELECT data FROM cdrs WHERE ended_at >= ? ORDER BY ended_at, id", (since,)
+            )
         else:
-            rows = self._one("SELECT data FROM cdrs WHERE ended_at >= ? AND ended_at < ? "
-                             "ORDER BY ended_at, id", (since, until))
+            rows = self._one(
+                "SELECT data FROM cdrs WHERE ended_at >= ? AND ended_at < ? ORDER BY ended_at, id",
+                (since, until),
+            )
         return [json.loads(r[0]) for r in rows]
 
     # ---- the webhook outbox ----------------------------------------------------------
@@ -221,9 +271,13 @@ class SqlStore:
         oldest pending one: a call's callbacks go out in order)."""
         rows = self._one(
             f"SELECT {','.join(_OUTBOX_COLS)} FROM outbox o WHERE {_HEAD} "
-            "AND o.next_at <= ? ORDER BY o.id LIMIT ?", (now, limit))
-        return [OutboxMessage(d, sid, st, url, body.encode(), float(c), int(a), float(n))
-                for d, sid, st, url, body, c, a, n in rows]
+            "AND o.next_at <= ? ORDER BY o.id LIMIT ?",
+            (now, limit),
+        )
+        return [
+            OutboxMessage(d, sid, st, url, body.encode(), float(c), int(a), float(n))
+            for d, sid, st, url, body, c, a, n in rows
+        ]
 
     def outbox_next_at(self) -> float | None:
         """When the earliest sendable callback is due (None: nothing pending); one
@@ -234,18 +288,23 @@ class SqlStore:
     def outbox_pending(self) -> int:
         return int(self._one("SELECT COUNT(*) FROM outbox WHERE done_at IS NULL")[0][0])
 
-    def outbox_retry(self, delivery_id: str, attempts: int, next_at: float,
-                     error: str) -> None:
+    def outbox_retry(self, delivery_id: str, attempts: int, next_at: float, error: str) -> None:
         with self._tx() as tx:
-            tx.run("UPDATE outbox SET attempts=?, next_at=?, last_error=? WHERE delivery_id=?",
-                   (attempts, next_at, error[:500], delivery_id))
+            tx.run(
+                "UPDATE outbox SET attempts=?, next_at=?, last_error=? WHERE delivery_id=?",
+                (attempts, next_at, error[:500], delivery_id),
+            )
 
-    def outbox_done(self, delivery_id: str, result: str, attempts: int, now: float,
-                    error: str = "") -> None:
+    def outbox_done(
+        self, delivery_id: str, result: str, attempts: int, now: float, error: str = ""
+    ) -> None:
         """Finished: ``result`` is delivered, failed or refused."""
         with self._tx() as tx:
-            tx.run("UPDATE outbox SET result=?, attempts=?, done_at=?, last_error=? "
-                   "WHERE delivery_id=?", (result, attempts, now, error[:500], delivery_id))
+            tx.run(
+                "UPDATE outbox SET result=?, attempts=?, done_at=?, last_error=? "
+                "WHERE delivery_id=?",
+                (result, attempts, now, error[:500], delivery_id),
+            )
 
 
 def iter_statements(script: str) -> Iterator[str]:

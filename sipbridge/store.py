@@ -39,8 +39,9 @@ class CallStore(Protocol):
     :class:`CallRecord` as written (``to_json`` of its typed parts) and answers these
     queries; a row it cannot read comes back with ``damaged`` saying why."""
 
-    def create(self, rec: CallRecord, event: CallEvent | None = None,
-               outbox: Sequence[OutboxMessage] = ()) -> None:
+    def create(
+        self, rec: CallRecord, event: CallEvent | None = None, outbox: Sequence[OutboxMessage] = ()
+    ) -> None:
         """Store a new call (with its first event and the callbacks reporting it, in one
         transaction); :class:`DuplicateCall` if its callSid or key exists."""
 
@@ -71,8 +72,9 @@ class CallStore(Protocol):
     def cdrs(self, since: float, until: float | None = None) -> list[dict[str, Any]]:
         """CDRs whose attempt ended in ``[since, until)``, oldest first."""
 
-    def save_status(self, rec: CallRecord, event: CallEvent,
-                    outbox: Sequence[OutboxMessage] = ()) -> None:
+    def save_status(
+        self, rec: CallRecord, event: CallEvent, outbox: Sequence[OutboxMessage] = ()
+    ) -> None:
         """A status change in one transaction: the record, its ``status`` event and the
         status callbacks that report it (the webhook outbox)."""
 
@@ -83,11 +85,11 @@ class CallStore(Protocol):
 
     def outbox_pending(self) -> int: ...
 
-    def outbox_retry(self, delivery_id: str, attempts: int, next_at: float,
-                     error: str) -> None: ...
+    def outbox_retry(self, delivery_id: str, attempts: int, next_at: float, error: str) -> None: ...
 
-    def outbox_done(self, delivery_id: str, result: str, attempts: int, now: float,
-                    error: str = "") -> None: ...
+    def outbox_done(
+        self, delivery_id: str, result: str, attempts: int, now: float, error: str = ""
+    ) -> None: ...
 
     def ping(self) -> bool: ...
 
@@ -116,7 +118,8 @@ _MIGRATIONS: dict[int, str] = {
     1: "ALTER TABLE calls ADD COLUMN detail TEXT NOT NULL DEFAULT ''",
     2: _OUTBOX_TABLE,
 }
-_SCHEMA = """
+_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS calls (
     call_sid TEXT PRIMARY KEY,
     status TEXT NOT NULL,
@@ -160,10 +163,13 @@ CREATE TABLE IF NOT EXISTS cdrs (
 );
 CREATE INDEX IF NOT EXISTS cdrs_ended ON cdrs(ended_at, id);
 CREATE INDEX IF NOT EXISTS cdrs_sid ON cdrs(call_sid);
-"""+_OUTBOX_TABLE+""";
+"""
+    + _OUTBOX_TABLE
+    + """;
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(call_sid, id) WHERE done_at IS NULL;
 CREATE INDEX IF NOT EXISTS outbox_done ON outbox(done_at);
 """
+)
 
 
 class _SQLiteTx:
@@ -190,11 +196,13 @@ class SQLiteStore(SqlStore):
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             had_calls = self._db.execute(
-                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='calls'").fetchone()
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='calls'"
+            ).fetchone()
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
-                raise StoreError(f"{self.path}: schema version {version}, this build "
-                                 f"reads {SCHEMA_VERSION}")
+                raise StoreError(
+                    f"{self.path}: schema version {version}, this build reads {SCHEMA_VERSION}"
+                )
             if had_calls and version < SCHEMA_VERSION:
                 # A file from an older build: bring it up to date in one transaction.
                 self._db.execute("BEGIN IMMEDIATE")
@@ -251,8 +259,19 @@ def open_store(cfg: StoreConfig) -> CallStore:
 
 
 __all__ = [
-    "STATUSES", "TERMINAL", "AttemptRecord", "CallEvent", "CallRecord", "CallRequest",
-    "CallStatus", "CallStore", "DuplicateCall", "LegRecord", "OutboxMessage", "SQLiteStore",
+    "STATUSES",
+    "TERMINAL",
+    "AttemptRecord",
+    "CallEvent",
+    "CallRecord",
+    "CallRequest",
+    "CallStatus",
+    "CallStore",
+    "DuplicateCall",
+    "LegRecord",
+    "OutboxMessage",
+    "SQLiteStore",
     "StoreError",
-    "open_store", "replace",
+    "open_store",
+    "replace",
 ]

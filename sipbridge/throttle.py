@@ -14,8 +14,9 @@ import re
 _PUSHBACK_REASON = re.compile(r"\bcps\b|\brate\b|rate[- ]?limit", re.IGNORECASE)
 
 
-def is_pushback(sip_status: int | None, sip_reason: str | None,
-                retry_after_s: float | None) -> bool:
+def is_pushback(
+    sip_status: int | None, sip_reason: str | None, retry_after_s: float | None
+) -> bool:
     """Is this final response the carrier slowing us down (not the callee refusing)?"""
     if sip_status is None or sip_status < 400:
         return False
@@ -30,8 +31,7 @@ class CpsThrottle:
     ``factor``) every ``recover_s`` without a new pushback. Times are ``now`` seconds
     of one clock."""
 
-    def __init__(self, base_cps: float, factor: float, recover_s: float,
-                 min_cps: float) -> None:
+    def __init__(self, base_cps: float, factor: float, recover_s: float, min_cps: float) -> None:
         if not (base_cps > 0 and 0 < factor < 1 and recover_s > 0 and min_cps > 0):
             raise ValueError("base_cps, recover_s, min_cps > 0 and 0 < factor < 1")
         self.base_cps = base_cps

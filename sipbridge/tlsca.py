@@ -26,8 +26,11 @@ _OS_BUNDLES = (
 @functools.cache
 def os_ca_bundle() -> str | None:
     """Path of the operating system's CA bundle (PEM), or None if none is found."""
-    candidates = [os.environ.get("SSL_CERT_FILE") or "",
-                  ssl.get_default_verify_paths().cafile or "", *_OS_BUNDLES]
+    candidates = [
+        os.environ.get("SSL_CERT_FILE") or "",
+        ssl.get_default_verify_paths().cafile or "",
+        *_OS_BUNDLES,
+    ]
     for path in candidates:
         if path and os.path.isfile(path):
             return path
@@ -67,8 +70,9 @@ _VERIFY_FLAGS = (
 _IDENTITY_NOT_MATCH = 1 << 30
 
 
-def tls_reject_text(verify_status: int, peer: str, host: str, subject_cn: str,
-                    alt_names: list[str]) -> str:
+def tls_reject_text(
+    verify_status: int, peer: str, host: str, subject_cn: str, alt_names: list[str]
+) -> str:
     """Why a TLS peer was refused, for a leg's ``detail``: pjsip's verification bits
     (``pj_ssl_cert_verify_flag_t``) with the names the certificate carries."""
     why = [text for bit, text in _VERIFY_FLAGS if verify_status & bit]

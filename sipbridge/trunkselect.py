@@ -74,8 +74,9 @@ class TrunkHealth:
     def earliest_available(self, trunks: Iterable[str], now: float) -> float | None:
         """The first time any of ``trunks`` is available (``now`` if one is already),
         ``None`` for an empty list. Lets the scheduler requeue when all are resting."""
-        times = [now if self.available(t, now) else self._until[t] for t in trunks
-                 if t not in self._down]  # a down trunk: no known time
+        times = [
+            now if self.available(t, now) else self._until[t] for t in trunks if t not in self._down
+        ]  # a down trunk: no known time
         return min(times) if times else None
 
     def observe(

@@ -61,8 +61,14 @@ def sign(secret: str | bytes, timestamp: str, body: bytes) -> str:
     return "v1=" + mac.hexdigest()
 
 
-def verify(secret: str | bytes, timestamp: str, body: bytes, signature: str,
-           tolerance_s: float = 300.0, now: float | None = None) -> bool:
+def verify(
+    secret: str | bytes,
+    timestamp: str,
+    body: bytes,
+    signature: str,
+    tolerance_s: float = 300.0,
+    now: float | None = None,
+) -> bool:
     """Receiver side: the signature matches and the timestamp is recent (replay guard)."""
     try:
         age = abs((time.time() if now is None else now) - int(timestamp))
@@ -74,8 +80,7 @@ def verify(secret: str | bytes, timestamp: str, body: bytes, signature: str,
 
 
 async def system_resolve(host: str, port: int) -> list[str]:
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port,
-                                                         type=socket.SOCK_STREAM)
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return [str(info[4][0]) for info in infos]
 
 
@@ -130,12 +135,23 @@ class WebhookDispatcher:
                 return []
             body = json.dumps(self.render(rec), separators=(",", ":")).encode()
             now = self.clock()
-            return [OutboxMessage(delivery_id=str(uuid.uuid4()), call_sid=rec.call_sid,
-                                  status=rec.status, url=str(url), body=body, created_at=now,
-                                  next_at=now)]
+            return [
+                OutboxMessage(
+                    delivery_id=str(uuid.uuid4()),
+                    call_sid=rec.call_sid,
+                    status=rec.status,
+                    url=str(url),
+                    body=body,
+                    created_at=now,
+                    next_at=now,
+                )
+            ]
         except Exception:
-            log.exception("%s: cannot render the status callback", rec.call_sid,
-                          extra={"call_sid": rec.call_sid})
+            log.exception(
+                "%s: cannot render the status callback",
+                rec.call_sid,
+                extra={"call_sid": rec.call_sid},
+            )
             return []
 
     def on_event(self, rec: CallRecord, ev: CallEvent) -> None:
@@ -149,8 +165,12 @@ class WebhookDispatcher:
     # ---- lifecycle --------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._client = httpx.AsyncClient(timeout=self.cfg.timeout_s, transport=self._transport,
-                                         follow_redirects=False, trust_env=False)
+        self._client = httpx.AsyncClient(
+            timeout=self.cfg.timeout_s,
+            transport=self._transport,
+            follow_redirects=False,
+            trust_env=False,
+        )
         self._stopping = False
         if self.store is not None:
             self._task = asyncio.create_task(self._run(), name="webhooks")
@@ -176,9 +196,11 @@ class WebhookDispatcher:
         except StoreError:
             left = -1
         if left:
-            log.warning("stopping with %s status callbacks undelivered: they stay in the "
-                        "outbox and go out after the next start",
-                        left if left > 0 else "some")
+            log.warning(
+                "stopping with %s status callbacks undelivered: they stay in the "
+                "outbox and go out after the next start",
+                left if left > 0 else "some",
+            )
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -236,29 +258,51 @@ class WebhookDispatcher:
             if result == "retry" and attempts < self.cfg.max_attempts:
                 delay = min(self.cfg.backoff_s * 2 ** (attempts - 1), MAX_BACKOFF_S)
                 self.on_result("retried")
-                log.info("%s: status callback %s to %s: %s; retry in %.1f s", m.call_sid,
-                         m.status, m.url, why, delay, extra={"call_sid": m.call_sid})
+                log.info(
+                    "%s: status callback %s to %s: %s; retry in %.1f s",
+                    m.call_sid,
+                    m.status,
+                    m.url,
+                    why,
+                    delay,
+                    extra={"call_sid": m.call_sid},
+                )
                 self.store.outbox_retry(m.delivery_id, attempts, now + delay, why)
                 return
             if result == "retry":
                 result = "failed"
                 self.on_result("failed")
-                log.warning("%s: status callback %s to %s failed after %d attempts (%s)",
-                            m.call_sid, m.status, m.url, attempts, why,
-                            extra={"call_sid": m.call_sid})
+                log.warning(
+                    "%s: status callback %s to %s failed after %d attempts (%s)",
+                    m.call_sid,
+                    m.status,
+                    m.url,
+                    attempts,
+                    why,
+                    extra={"call_sid": m.call_sid},
+                )
             self.store.outbox_done(m.delivery_id, result, attempts, now, why)
         except StoreError as e:
             # Not recorded: the row stays due and is sent again (same delivery ID).
-            log.warning("%s: status callback %s: outcome not recorded (%s)", m.call_sid,
-                        m.delivery_id, e, extra={"call_sid": m.call_sid})
+            log.warning(
+                "%s: status callback %s: outcome not recorded (%s)",
+                m.call_sid,
+                m.delivery_id,
+                e,
+                extra={"call_sid": m.call_sid},
+            )
 
     # ---- delivery ---------------------------------------------------------------------
 
     def headers(self, d: Delivery, attempt: int) -> dict[str, str]:
         ts = str(int(self.clock()))
-        h = {"Content-Type": "application/json", TIMESTAMP_HEADER: ts,
-             "X-Sipbridge-Delivery": d.delivery_id, "X-Sipbridge-Attempt": str(attempt),
-             "User-Agent": "sipbridge-webhooks/1"}
+        h = {
+            "Content-Type": "application/json",
+            TIMESTAMP_HEADER: ts,
+            "X-Sipbridge-Delivery": d.delivery_id,
+            "X-Sipbridge-Attempt": str(attempt),
+            "User-Agent": "sipbridge-webhooks/1",
+        }
         if self.secret is not None:
             h[SIGNATURE_HEADER] = sign(self.secret, ts, d.body)
         return h
@@ -280,8 +324,9 @@ class WebhookDispatcher:
             if why:
                 raise TargetRefused(f"{u.host} resolves to {why}")
         ext: dict[str, Any] = {"sni_hostname": u.host} if u.scheme == "https" else {}
-        return PinnedTarget(u.copy_with(host=addrs[0].split("%", 1)[0]),
-                            u.netloc.decode("ascii"), ext)
+        return PinnedTarget(
+            u.copy_with(host=addrs[0].split("%", 1)[0]), u.netloc.decode("ascii"), ext
+        )
 
     async def attempt(self, d: OutboxMessage, attempt: int) -> tuple[str, str]:
         """One POST: ("delivered", ""), ("refused", why) for a target the policy
@@ -290,19 +335,33 @@ class WebhookDispatcher:
         try:
             target = await self.pin(d.url)
             r = await self._client.post(
-                target.url, content=d.body, extensions=target.extensions,
-                headers={**self.headers(d, attempt), "Host": target.host_header})
+                target.url,
+                content=d.body,
+                extensions=target.extensions,
+                headers={**self.headers(d, attempt), "Host": target.host_header},
+            )
             if 200 <= r.status_code < 300:
                 self.on_result("delivered")
-                log.debug("%s: status callback %s delivered to %s (attempt %d)",
-                          d.call_sid, d.status, d.url, attempt,
-                          extra={"call_sid": d.call_sid})
+                log.debug(
+                    "%s: status callback %s delivered to %s (attempt %d)",
+                    d.call_sid,
+                    d.status,
+                    d.url,
+                    attempt,
+                    extra={"call_sid": d.call_sid},
+                )
                 return "delivered", ""
             return "retry", f"HTTP {r.status_code}"
         except TargetRefused as e:
             self.on_result("refused")
-            log.warning("%s: status callback %s to %s refused: %s", d.call_sid, d.status,
-                        d.url, e, extra={"call_sid": d.call_sid})
+            log.warning(
+                "%s: status callback %s to %s refused: %s",
+                d.call_sid,
+                d.status,
+                d.url,
+                e,
+                extra={"call_sid": d.call_sid},
+            )
             return "refused", str(e)
         except (httpx.HTTPError, OSError) as e:
             return "retry", f"{type(e).__name__}: {e}"
@@ -323,5 +382,14 @@ class WebhookDispatcher:
         return False
 
 
-__all__ = ["SIGNATURE_HEADER", "TIMESTAMP_HEADER", "Delivery", "PinnedTarget", "TargetRefused",
-           "WebhookDispatcher", "sign", "system_resolve", "verify"]
+__all__ = [
+    "SIGNATURE_HEADER",
+    "TIMESTAMP_HEADER",
+    "Delivery",
+    "PinnedTarget",
+    "TargetRefused",
+    "WebhookDispatcher",
+    "sign",
+    "system_resolve",
+    "verify",
+]

@@ -52,8 +52,9 @@ def _build_corpus(tmp_path_factory: pytest.TempPathFactory, kind: str) -> Corpus
     from sipbridge.corpus import detection, hold, regress
 
     out = tmp_path_factory.mktemp(f"{kind}_corpus")
-    labels = {"detection": detection.generate, "hold": hold.generate,
-              "regress": regress.generate}[kind](out)
+    labels = {"detection": detection.generate, "hold": hold.generate, "regress": regress.generate}[
+        kind
+    ](out)
     assert json.loads((out / "labels.json").read_text()) == labels
     return out, labels
 
@@ -77,6 +78,7 @@ def hold_corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
 
 
 # ---- call stores: SQLite and a real PostgreSQL server ---------------------------------
+
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[Any]:
@@ -102,6 +104,7 @@ def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
 
     opened: list[Any] = []
     if request.param == "sqlite":
+
         def make(retention_s: float = 7200.0) -> Any:
             return SQLiteStore(tmp_path / "s.db", retention_s)
     else:

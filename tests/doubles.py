@@ -45,8 +45,9 @@ def call_config(**over: Any) -> Config:
             {"name": "a", "address": "127.0.0.1:5061", "caller_id": "+14155550100"},
             {"name": "b", "address": "127.0.0.1:5062", "caller_id": "+14155550101"},
         ],
-        "routes": [{"prefix": "+1", "trunks": [{"name": "a", "priority": 0},
-                                               {"name": "b", "priority": 1}]}],
+        "routes": [
+            {"prefix": "+1", "trunks": [{"name": "a", "priority": 0}, {"name": "b", "priority": 1}]}
+        ],
     }
     base.update(over)
     return parse_config(base)
@@ -123,8 +124,7 @@ class RecordingPool:
         self.hung.append(leg_id)
         return leg_id in self.live
 
-    def send_dtmf(self, leg_id: str, digits: str, duration_ms: int = 160,
-                  gap_ms: int = 80) -> bool:
+    def send_dtmf(self, leg_id: str, digits: str, duration_ms: int = 160, gap_ms: int = 80) -> bool:
         self.dtmf.append((leg_id, digits))
         return leg_id in self.live
 
@@ -132,8 +132,9 @@ class RecordingPool:
         self.plays.append((leg_id, path))
         return leg_id in self.live
 
-    def send_info(self, leg_id: str, content_type: str, body: str,
-                  headers: tuple[tuple[str, str], ...] = ()) -> bool:
+    def send_info(
+        self, leg_id: str, content_type: str, body: str, headers: tuple[tuple[str, str], ...] = ()
+    ) -> bool:
         self.infos.append((leg_id, content_type, body))
         return leg_id in self.live
 
@@ -141,8 +142,9 @@ class RecordingPool:
         self.listens.append((leg_id, phase))
         return leg_id in self.live
 
-    def respond(self, leg_id: str, status: int, reason: str = "",
-                media_from: str | None = None) -> bool:
+    def respond(
+        self, leg_id: str, status: int, reason: str = "", media_from: str | None = None
+    ) -> bool:
         self.responses.append((leg_id, status, reason))
         return True
 
@@ -179,8 +181,8 @@ class EventRecorder:
 
     async def state(self, leg_id: str, state: str, timeout: float = 5.0) -> LegEvent:
         ev: LegEvent = await self.wait(
-            lambda e: isinstance(e, LegEvent) and e.leg_id == leg_id and e.state == state,
-            timeout)
+            lambda e: isinstance(e, LegEvent) and e.leg_id == leg_id and e.state == state, timeout
+        )
         return ev
 
     def states(self, leg_id: str) -> list[str]:
@@ -203,13 +205,21 @@ class CallHarness:
     """A CallService with a recording pool, a test clock and a SQLite store in ``tmp``;
     the helpers send what the SIP engine would."""
 
-    def __init__(self, tmp: Path, cfg: Config, t: float = MON_15_UTC, slots: int = 8,
-                 seed: int = 7, db: str = "s.db") -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        cfg: Config,
+        t: float = MON_15_UTC,
+        slots: int = 8,
+        seed: int = 7,
+        db: str = "s.db",
+    ) -> None:
         self.clock = Clock(t)
         self.pool = RecordingPool(slots, clock=self.clock)
         self.store = SQLiteStore(tmp / db)
-        self.svc = CallService(cfg, self.store, self.pool, clock=self.clock,
-                               rng=random.Random(seed))
+        self.svc = CallService(
+            cfg, self.store, self.pool, clock=self.clock, rng=random.Random(seed)
+        )
 
     # ---- calls -----------------------------------------------------------------------
 
@@ -226,23 +236,30 @@ class CallHarness:
         return self.svc.get(sid)[0]
 
     def statuses(self, sid: str) -> list[tuple[str, str]]:
-        return [(e.data["to"], e.data["reason"]) for e in self.store.events(sid)
-                if e.kind == "status"]
+        return [
+            (e.data["to"], e.data["reason"]) for e in self.store.events(sid) if e.kind == "status"
+        ]
 
     # ---- the SIP engine's side -------------------------------------------------------
 
-    def leg(self, plan: DialPlan | str, state: LegState, sip_status: int | None = None,
-            **kw: Any) -> None:
+    def leg(
+        self, plan: DialPlan | str, state: LegState, sip_status: int | None = None, **kw: Any
+    ) -> None:
         leg_id = plan if isinstance(plan, str) else plan.leg_id
         call_sid = kw.pop("call_sid", plan.call_sid if isinstance(plan, DialPlan) else "")
-        self.svc.on_sip_event(LegEvent(leg_id, call_sid, state, 0, self.clock(),
-                                       sip_status, **kw))
+        self.svc.on_sip_event(LegEvent(leg_id, call_sid, state, 0, self.clock(), sip_status, **kw))
 
     def answer(self, plan: DialPlan | str) -> None:
         self.leg(plan, "answered", 200)
 
-    def end(self, plan: DialPlan | str, sip_status: int | None, cause: str = "remote_final",
-            answered: bool = False, **kw: Any) -> None:
+    def end(
+        self,
+        plan: DialPlan | str,
+        sip_status: int | None,
+        cause: str = "remote_final",
+        answered: bool = False,
+        **kw: Any,
+    ) -> None:
         """The leg ended (its slot is free again)."""
         self.pool.end(plan if isinstance(plan, str) else plan.leg_id)
         self.leg(plan, "ended", sip_status, cause=cause, answered=answered, **kw)
@@ -254,11 +271,33 @@ class CallHarness:
         self.answer(agent)
         return agent
 
-    def report(self, plan: DialPlan, phase: str, kind: str = "decision",
-               answered_by: AnsweredBy = "human", **fields: Any) -> None:
-        self.svc.on_sip_event(DetectionReport(plan.leg_id, plan.call_sid, 0, self.clock(),
-                                              phase, kind, detection(answered_by, **fields)))
+    def report(
+        self,
+        plan: DialPlan,
+        phase: str,
+        kind: str = "decision",
+        answered_by: AnsweredBy = "human",
+        **fields: Any,
+    ) -> None:
+        self.svc.on_sip_event(
+            DetectionReport(
+                plan.leg_id,
+                plan.call_sid,
+                0,
+                self.clock(),
+                phase,
+                kind,
+                detection(answered_by, **fields),
+            )
+        )
 
 
-__all__ = ["MON_15_UTC", "CallHarness", "Clock", "EventRecorder", "RecordingPool", "call_config",
-           "detection"]
+__all__ = [
+    "MON_15_UTC",
+    "CallHarness",
+    "Clock",
+    "EventRecorder",
+    "RecordingPool",
+    "call_config",
+    "detection",
+]

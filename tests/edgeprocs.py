@@ -45,16 +45,27 @@ class Proc:
     """A daemon in the foreground, logging to ``log``; :meth:`start` waits until every
     ``(address, port, proto)`` in ``sockets`` is open."""
 
-    def __init__(self, name: str, cmd: list[str], log: Path,
-                 sockets: list[tuple[str, int, str]], ready: str = "") -> None:
+    def __init__(
+        self,
+        name: str,
+        cmd: list[str],
+        log: Path,
+        sockets: list[tuple[str, int, str]],
+        ready: str = "",
+    ) -> None:
         self.name, self.cmd, self.log, self.sockets = name, cmd, log, sockets
         self.ready = ready  # a log line that says the daemon is up
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 15.0) -> Proc:
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=out,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while not all(_listening(p, a, k) for a, p, k in self.sockets):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -80,8 +91,9 @@ class Proc:
                 if needle in line:
                     return line
             if time.monotonic() > deadline or (self.proc and self.proc.poll() is not None):
-                raise AssertionError(f"{self.name}: no {needle!r} in the log within "
-                                     f"{timeout} s:\n{text[-3000:]}")
+                raise AssertionError(
+                    f"{self.name}: no {needle!r} in the log within {timeout} s:\n{text[-3000:]}"
+                )
             time.sleep(0.05)  # the log is a file: poll it
 
     def stop(self) -> None:
@@ -103,14 +115,33 @@ class Proc:
 def kamailio(cfg: Path, log: Path, sockets: list[tuple[str, int, str]]) -> Proc:
     run = cfg.parent / f"run-{cfg.stem}"
     run.mkdir(exist_ok=True)
-    cmd = [KAMAILIO, "-f", str(cfg), "-DD", "-E", "-m", "64", "-M", "8",
-           "-Y", str(run), "-w", str(run)]
+    cmd = [
+        KAMAILIO,
+        "-f",
+        str(cfg),
+        "-DD",
+        "-E",
+        "-m",
+        "64",
+        "-M",
+        "8",
+        "-Y",
+        str(run),
+        "-w",
+        str(run),
+    ]
     return Proc(f"kamailio {cfg.name}", cmd, log, sockets, ready="edge: ready")
 
 
 def rtpengine(conf: Path, log: Path, control_port: int) -> Proc:
-    cmd = [RTPENGINE, f"--config-file={conf}", "--config-section=rtpengine",
-           "--foreground", "--log-stderr", f"--pidfile={conf.parent / 'rtpengine.pid'}"]
+    cmd = [
+        RTPENGINE,
+        f"--config-file={conf}",
+        "--config-section=rtpengine",
+        "--foreground",
+        "--log-stderr",
+        f"--pidfile={conf.parent / 'rtpengine.pid'}",
+    ]
     return Proc("rtpengine", cmd, log, [("127.0.0.1", control_port, "udp")])
 
 
@@ -178,18 +209,22 @@ request_route {
 def carrier_tls(dir_: Path, cert: Path, key: Path, uas_port: int) -> tuple[Proc, int]:
     """The carrier's TLS side in front of a SIPp UAS on ``CARRIER:uas_port``; returns the
     process (not started) and its TLS port."""
-    tls_port, udp_port = free_ports(1, CARRIER, (socket.SOCK_STREAM,))[0], \
-        free_ports(1, CARRIER)[0]
+    tls_port, udp_port = free_ports(1, CARRIER, (socket.SOCK_STREAM,))[0], free_ports(1, CARRIER)[0]
     tls_cfg = dir_ / "carrier-tls.cfg"
-    tls_cfg.write_text(f"[server:default]\nmethod = TLSv1.2+\ncertificate = {cert}\n"
-                       f"private_key = {key}\nverify_certificate = no\n"
-                       "require_certificate = no\n\n[client:default]\n"
-                       "verify_certificate = no\nrequire_certificate = no\n")
+    tls_cfg.write_text(
+        f"[server:default]\nmethod = TLSv1.2+\ncertificate = {cert}\n"
+        f"private_key = {key}\nverify_certificate = no\n"
+        "require_certificate = no\n\n[client:default]\n"
+        "verify_certificate = no\nrequire_certificate = no\n"
+    )
     cfg = dir_ / "carrier-kamailio.cfg"
-    cfg.write_text(CARRIER_TLS_CFG.replace("@@TLS@@", f"{CARRIER}:{tls_port}")
-                   .replace("@@UDP@@", f"{CARRIER}:{udp_port}")
-                   .replace("@@TLSCFG@@", str(tls_cfg))
-                   .replace("@@UAS@@", f"{CARRIER}:{uas_port}"))
-    proc = kamailio(cfg, dir_ / "carrier-kamailio.log",
-                    [(CARRIER, tls_port, "tcp"), (CARRIER, udp_port, "udp")])
+    cfg.write_text(
+        CARRIER_TLS_CFG.replace("@@TLS@@", f"{CARRIER}:{tls_port}")
+        .replace("@@UDP@@", f"{CARRIER}:{udp_port}")
+        .replace("@@TLSCFG@@", str(tls_cfg))
+        .replace("@@UAS@@", f"{CARRIER}:{uas_port}")
+    )
+    proc = kamailio(
+        cfg, dir_ / "carrier-kamailio.log", [(CARRIER, tls_port, "tcp"), (CARRIER, udp_port, "udp")]
+    )
     return proc, tls_port

@@ -65,8 +65,9 @@ class TsharkCapture:
     is complete.
     """
 
-    def __init__(self, port: int, path: Path, interface: str = "lo",
-                 bpf: str | None = None) -> None:
+    def __init__(
+        self, port: int, path: Path, interface: str = "lo", bpf: str | None = None
+    ) -> None:
         self.port = port
         self.bpf = bpf or f"dst port {port}"  # a capture filter instead of the port
         self.path = Path(path)
@@ -84,10 +85,18 @@ class TsharkCapture:
         err = self.path.with_suffix(".stderr")
         with open(err, "wb") as f:
             self.proc = subprocess.Popen(
-                [TSHARK, "-i", self.interface, "-f",
-                 f"udp and (({self.bpf}) or dst port {self.marker_port})",
-                 "-w", str(self.path)],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=f,
+                [
+                    TSHARK,
+                    "-i",
+                    self.interface,
+                    "-f",
+                    f"udp and (({self.bpf}) or dst port {self.marker_port})",
+                    "-w",
+                    str(self.path),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=f,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -121,7 +130,10 @@ class TsharkCapture:
             self.marker.sendto(b"sipbridge-capture-end", ("127.0.0.1", self.marker_port))
             out = subprocess.run(
                 [TSHARK, "-r", str(self.path), "-Y", f"udp.dstport=={self.marker_port}"],
-                capture_output=True, text=True, timeout=30)
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
             if out.stdout.strip():
                 return
             time.sleep(0.1)  # polling the pcap for the marker, bounded by the deadline
@@ -133,8 +145,9 @@ class TsharkCapture:
         self.stop()
 
 
-def _tshark_fields(pcap: Path, decode: list[str], fields: list[str],
-                   display_filter: str = "") -> list[list[str]]:
+def _tshark_fields(
+    pcap: Path, decode: list[str], fields: list[str], display_filter: str = ""
+) -> list[list[str]]:
     cmd = [TSHARK, "-r", str(pcap)]
     for d in decode:
         cmd += ["-d", d]
@@ -154,18 +167,35 @@ def _hex(s: str) -> bytes:
 def rtp_packets(pcap: Path, port: int) -> list[RtpPacket]:
     """Every RTP packet to or from UDP ``port`` in the pcap, in capture order."""
     rows = _tshark_fields(
-        pcap, [f"udp.port=={port},rtp"],
-        ["rtp.p_type", "rtp.seq", "rtp.timestamp", "rtp.marker", "rtp.payload",
-         "frame.time_relative", "udp.dstport"], "rtp",
+        pcap,
+        [f"udp.port=={port},rtp"],
+        [
+            "rtp.p_type",
+            "rtp.seq",
+            "rtp.timestamp",
+            "rtp.marker",
+            "rtp.payload",
+            "frame.time_relative",
+            "udp.dstport",
+        ],
+        "rtp",
     )
     out: list[RtpPacket] = []
     for r in rows:
         r += [""] * (7 - len(r))
         if not r[0]:
             continue
-        out.append(RtpPacket(int(r[0]), int(r[1] or 0), int(r[2] or 0),
-                             r[3] in ("1", "True"), _hex(r[4]), float(r[5] or 0),
-                             int(r[6] or 0)))
+        out.append(
+            RtpPacket(
+                int(r[0]),
+                int(r[1] or 0),
+                int(r[2] or 0),
+                r[3] in ("1", "True"),
+                _hex(r[4]),
+                float(r[5] or 0),
+                int(r[6] or 0),
+            )
+        )
     return out
 
 
@@ -175,17 +205,25 @@ def rtp_events(pcap: Path, port: int, pt: int = 101) -> list[RtpEvent]:
     if pt != 101:
         decode.append(f"rtp.pt=={pt},rtpevent")
     rows = _tshark_fields(
-        pcap, decode,
-        ["rtpevent.event_id", "rtpevent.end_of_event", "rtpevent.duration",
-         "rtp.timestamp", "rtp.seq", "frame.time_relative"],
+        pcap,
+        decode,
+        [
+            "rtpevent.event_id",
+            "rtpevent.end_of_event",
+            "rtpevent.duration",
+            "rtp.timestamp",
+            "rtp.seq",
+            "frame.time_relative",
+        ],
         "rtpevent",
     )
     out: list[RtpEvent] = []
     for r in rows:
         if len(r) < 6 or not r[0]:
             continue
-        out.append(RtpEvent(int(r[0]), r[1] in ("1", "True"), int(r[2]), int(r[3]),
-                            int(r[4]), float(r[5])))
+        out.append(
+            RtpEvent(int(r[0]), r[1] in ("1", "True"), int(r[2]), int(r[3]), int(r[4]), float(r[5]))
+        )
     return out
 
 
@@ -199,11 +237,9 @@ def digits_of(events: list[RtpEvent]) -> list[tuple[str, RtpEvent]]:
         if ev.timestamp not in seen:
             order.append(ev.timestamp)
             seen[ev.timestamp] = ev
-        elif ev.end and (not seen[ev.timestamp].end
-                         or ev.duration > seen[ev.timestamp].duration):
+        elif ev.end and (not seen[ev.timestamp].end or ev.duration > seen[ev.timestamp].duration):
             seen[ev.timestamp] = ev
-    return [(names[seen[ts].event_id] if seen[ts].event_id < 16 else "?", seen[ts])
-            for ts in order]
+    return [(names[seen[ts].event_id] if seen[ts].event_id < 16 else "?", seen[ts]) for ts in order]
 
 
 # ------------------------------------------------------------------ audio
@@ -243,9 +279,12 @@ def goertzel_power(x: npt.NDArray[np.float64], freq: float, rate: int = 8000) ->
     return float((s1 * s1 + s2 * s2 - coeff * s1 * s2) / (n * n))
 
 
-def tone_ratio(x: npt.NDArray[np.float64], freq: float, rate: int = 8000,
-               others: tuple[float, ...] = (400.0, 700.0, 1400.0, 1000.0, 1800.0, 2500.0,
-                                            3000.0)) -> float:
+def tone_ratio(
+    x: npt.NDArray[np.float64],
+    freq: float,
+    rate: int = 8000,
+    others: tuple[float, ...] = (400.0, 700.0, 1400.0, 1000.0, 1800.0, 2500.0, 3000.0),
+) -> float:
     """Goertzel power at ``freq`` over the strongest of the ``others`` (excluding
     ``freq`` itself): > 10 means the tone clearly dominates."""
     p = goertzel_power(x, freq, rate)
@@ -254,17 +293,33 @@ def tone_ratio(x: npt.NDArray[np.float64], freq: float, rate: int = 8000,
 
 
 # ------------------------------------------------------------------ pcap writing
-def write_rtp_pcap(path: Path, packets: list[tuple[int, int, int, bool, bytes]],
-                   dst_port: int, src_port: int = 40000) -> None:
+def write_rtp_pcap(
+    path: Path,
+    packets: list[tuple[int, int, int, bool, bytes]],
+    dst_port: int,
+    src_port: int = 40000,
+) -> None:
     """Write a pcap (Ethernet/IPv4/UDP) of RTP packets ``(pt, seq, timestamp, marker,
     payload)`` 20 ms apart, 127.0.0.1 -> 127.0.0.1 (for testing the readers)."""
     out = bytearray(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
     for i, (pt, seq, ts, marker, payload) in enumerate(packets):
-        rtp = struct.pack("!BBHII", 0x80, (0x80 if marker else 0) | pt, seq, ts,
-                          0x12345678) + payload
+        rtp = (
+            struct.pack("!BBHII", 0x80, (0x80 if marker else 0) | pt, seq, ts, 0x12345678) + payload
+        )
         udp = struct.pack("!HHHH", src_port, dst_port, 8 + len(rtp), 0) + rtp
-        ip_hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), i, 0, 64, 17, 0,
-                             bytes([127, 0, 0, 1]), bytes([127, 0, 0, 1]))
+        ip_hdr = struct.pack(
+            "!BBHHHBBH4s4s",
+            0x45,
+            0,
+            20 + len(udp),
+            i,
+            0,
+            64,
+            17,
+            0,
+            bytes([127, 0, 0, 1]),
+            bytes([127, 0, 0, 1]),
+        )
         csum = 0
         for j in range(0, 20, 2):
             csum += (ip_hdr[j] << 8) + ip_hdr[j + 1]

@@ -13,12 +13,31 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-METHODS = ["INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "UPDATE", "PRACK",
-           "REGISTER", "SUBSCRIBE", "NOTIFY", "MESSAGE", "REFER", "PUBLISH", "FOO"]
-SDP = ("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
-       "m=audio {port} RTP/AVP 0 8 101\r\na=rtpmap:101 telephone-event/8000\r\n")
+METHODS = [
+    "INVITE",
+    "ACK",
+    "BYE",
+    "CANCEL",
+    "OPTIONS",
+    "INFO",
+    "UPDATE",
+    "PRACK",
+    "REGISTER",
+    "SUBSCRIBE",
+    "NOTIFY",
+    "MESSAGE",
+    "REFER",
+    "PUBLISH",
+    "FOO",
+]
+SDP = (
+    "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+    "m=audio {port} RTP/AVP 0 8 101\r\na=rtpmap:101 telephone-event/8000\r\n"
+)
 BAD_SDPS = [
-    "garbage", "v=0\r\n", "v=0\r\nm=audio 99999999 RTP/AVP 0\r\n",
+    "garbage",
+    "v=0\r\n",
+    "v=0\r\nm=audio 99999999 RTP/AVP 0\r\n",
     "v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\ns=-\r\nm=audio 4000 RTP/AVP\r\n",
     "v=0\r\no=- 1 1 IN IP4 x\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
     "m=audio 4000 RTP/AVP 0\r\na=ice-ufrag:" + "u" * 900 + "\r\n",
@@ -27,17 +46,31 @@ BAD_SDPS = [
 ]
 
 
-def request(method: str, *, call_id: str = "fuzz-1@127.0.0.1", to_tag: str | None = None,
-            from_tag: str = "f1", via: str = "SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK1",
-            target: str = "127.0.0.1:5060", body: bytes = b"",
-            extra: list[str] | None = None, cseq: int = 1) -> bytes:
+def request(
+    method: str,
+    *,
+    call_id: str = "fuzz-1@127.0.0.1",
+    to_tag: str | None = None,
+    from_tag: str = "f1",
+    via: str = "SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK1",
+    target: str = "127.0.0.1:5060",
+    body: bytes = b"",
+    extra: list[str] | None = None,
+    cseq: int = 1,
+) -> bytes:
     """A well-formed request (``extra`` headers appended; a Content-Length is added unless
     one is in ``extra``; Content-Type application/sdp for a body unless given)."""
     to = f"<sip:bridge@{target}>" + (f";tag={to_tag}" if to_tag else "")
-    lines = [f"{method} sip:bridge@{target} SIP/2.0", f"Via: {via}", "Max-Forwards: 70",
-             f"From: <sip:fuzz@127.0.0.1>;tag={from_tag}", f"To: {to}",
-             f"Call-ID: {call_id}", f"CSeq: {cseq} {method}",
-             "Contact: <sip:fuzz@127.0.0.1:5999>"]
+    lines = [
+        f"{method} sip:bridge@{target} SIP/2.0",
+        f"Via: {via}",
+        "Max-Forwards: 70",
+        f"From: <sip:fuzz@127.0.0.1>;tag={from_tag}",
+        f"To: {to}",
+        f"Call-ID: {call_id}",
+        f"CSeq: {cseq} {method}",
+        "Contact: <sip:fuzz@127.0.0.1:5999>",
+    ]
     extra = list(extra or [])
     names = {e.split(":", 1)[0].strip().lower() for e in extra}
     if body and not names & {"content-type", "c"}:
@@ -106,8 +139,7 @@ class SipFuzzer:
                 method = self.rng.choice(["OPTIONS", "INFO"])
                 call_id, to_tag, from_tag = d.call_id, d.bridge_tag, d.carrier_tag
             else:  # the live call's Call-ID, wrong tags
-                call_id = self.rng.choice(
-                    [d.call_id for d in self.live] + list(self.live_call_ids))
+                call_id = self.rng.choice([d.call_id for d in self.live] + list(self.live_call_ids))
                 to_tag = self._token(8)
         elif r < 0.5:
             to_tag = self._token(8)  # a dialog nobody has
@@ -116,11 +148,20 @@ class SipFuzzer:
             extra.append("Content-Type: application/dtmf-relay")
         body = self._body(method)
         if method == "INFO" and extra:
-            body = self.rng.choice([b"Signal=5\r\nDuration=160\r\n", b"Signal=\xff\r\n",
-                                     b"Signal=5", b"Signal=1\n"])
-        return request(method, call_id=call_id, to_tag=to_tag, from_tag=from_tag,
-                       via=self._via(transport), target=self.target, body=body,
-                       extra=extra, cseq=self.rng.randint(1, 2**31 - 1))
+            body = self.rng.choice(
+                [b"Signal=5\r\nDuration=160\r\n", b"Signal=\xff\r\n", b"Signal=5", b"Signal=1\n"]
+            )
+        return request(
+            method,
+            call_id=call_id,
+            to_tag=to_tag,
+            from_tag=from_tag,
+            via=self._via(transport),
+            target=self.target,
+            body=body,
+            extra=extra,
+            cseq=self.rng.randint(1, 2**31 - 1),
+        )
 
     # ----------------------------------------------------------------- mutations
     def _mutate(self, msg: bytes) -> bytes:
@@ -134,10 +175,10 @@ class SipFuzzer:
             return b"\r\n".join([*lines[:2], pad, *lines[2:]])
         if kind == 2:  # a mandatory header removed
             i = self.rng.randrange(1, max(2, head_end))
-            return b"\r\n".join(lines[:i] + lines[i + 1:])
+            return b"\r\n".join(lines[:i] + lines[i + 1 :])
         if kind == 3:  # a header repeated
             i = self.rng.randrange(1, max(2, head_end))
-            return b"\r\n".join([*lines[: i + 1], lines[i], *lines[i + 1:]])
+            return b"\r\n".join([*lines[: i + 1], lines[i], *lines[i + 1 :]])
         if kind == 4:  # bytes flipped
             b = bytearray(msg)
             for _ in range(self.rng.randint(1, 8)):
@@ -153,8 +194,14 @@ class SipFuzzer:
         if kind == 8:  # a response nobody asked for
             return b"SIP/2.0 200 OK\r\n" + b"\r\n".join(lines[1:])
         if kind == 9:  # odd start lines
-            start = self.rng.choice([b"INVITE  SIP/2.0", b"INVITE sip:a@b SIP/9.9",
-                                     b"INVITE sip:%00@b SIP/2.0", b"\x00INVITE x SIP/2.0"])
+            start = self.rng.choice(
+                [
+                    b"INVITE  SIP/2.0",
+                    b"INVITE sip:a@b SIP/9.9",
+                    b"INVITE sip:%00@b SIP/2.0",
+                    b"\x00INVITE x SIP/2.0",
+                ]
+            )
             return b"\r\n".join([start, *lines[1:]])
         return msg.replace(b"\r\n", b"\n")  # bare LF line ends
 

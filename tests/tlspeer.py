@@ -27,23 +27,52 @@ def _openssl(*args: str) -> None:
 def self_signed(dir_: Path, cn: str = "carrier.test") -> tuple[Path, Path]:
     """A self-signed server certificate and its key (no CA)."""
     cert, key = dir_ / f"{cn}-self.crt", dir_ / f"{cn}-self.key"
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-             "-subj", f"/CN={cn}", "-keyout", str(key), "-out", str(cert))
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        f"/CN={cn}",
+        "-keyout",
+        str(key),
+        "-out",
+        str(cert),
+    )
     return cert, key
 
 
 def make_ca(dir_: Path, name: str) -> tuple[Path, Path]:
     """A CA certificate (basicConstraints CA:TRUE) and its key."""
     cert, key = dir_ / f"{name}.crt", dir_ / f"{name}.key"
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-             "-subj", f"/CN={name}", "-keyout", str(key), "-out", str(cert),
-             "-addext", "basicConstraints=critical,CA:TRUE",
-             "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        f"/CN={name}",
+        "-keyout",
+        str(key),
+        "-out",
+        str(cert),
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    )
     return cert, key
 
 
-def make_leaf(dir_: Path, ca: tuple[Path, Path], name: str, cn: str,
-              sans: list[str]) -> tuple[Path, Path]:
+def make_leaf(
+    dir_: Path, ca: tuple[Path, Path], name: str, cn: str, sans: list[str]
+) -> tuple[Path, Path]:
     """A server certificate for ``cn`` with subjectAltNames ``sans`` (e.g.
     ``["IP:127.0.0.1", "DNS:localhost"]``), signed by ``ca``; and its key."""
     cert, key, csr = dir_ / f"{name}.crt", dir_ / f"{name}.key", dir_ / f"{name}.csr"
@@ -52,11 +81,36 @@ def make_leaf(dir_: Path, ca: tuple[Path, Path], name: str, cn: str,
     if sans:
         lines.append("subjectAltName=" + ",".join(sans))
     ext.write_text("\n".join(lines) + "\n")
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}",
-             "-keyout", str(key), "-out", str(csr))
-    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca[0]), "-CAkey", str(ca[1]),
-             "-set_serial", str(abs(hash(name)) % 10**9 + 1), "-days", "1",
-             "-extfile", str(ext), "-out", str(cert))
+    _openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        f"/CN={cn}",
+        "-keyout",
+        str(key),
+        "-out",
+        str(csr),
+    )
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        str(csr),
+        "-CA",
+        str(ca[0]),
+        "-CAkey",
+        str(ca[1]),
+        "-set_serial",
+        str(abs(hash(name)) % 10**9 + 1),
+        "-days",
+        "1",
+        "-extfile",
+        str(ext),
+        "-out",
+        str(cert),
+    )
     return cert, key
 
 
@@ -119,8 +173,7 @@ class TlsTerminator:
     def start_in_thread(self) -> TlsTerminator:
         loop = asyncio.new_event_loop()
         self._loop = loop
-        self._thread = threading.Thread(target=loop.run_forever, name="tls-relay",
-                                        daemon=True)
+        self._thread = threading.Thread(target=loop.run_forever, name="tls-relay", daemon=True)
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self.start(), loop).result(10)
         return self

@@ -36,9 +36,15 @@ class Receiver:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with outer._lock:
                     code = outer.fail_codes.pop(0) if outer.fail_codes else 200
-                    outer.requests.append(Received(
-                        self.path, {k.lower(): v for k, v in self.headers.items()}, body,
-                        code, time.time()))
+                    outer.requests.append(
+                        Received(
+                            self.path,
+                            {k.lower(): v for k, v in self.headers.items()},
+                            body,
+                            code,
+                            time.time(),
+                        )
+                    )
                 self.send_response(code)
                 self.send_header("Content-Length", "2")
                 self.end_headers()
@@ -72,5 +78,7 @@ class Receiver:
             if pred(self.accepted()):
                 return self.accepted()
             time.sleep(0.02)
-        raise AssertionError(f"receiver: condition not met in {timeout}s: "
-                             f"{[(r.answered, r.body[:80]) for r in self.requests]}")
+        raise AssertionError(
+            f"receiver: condition not met in {timeout}s: "
+            f"{[(r.answered, r.body[:80]) for r in self.requests]}"
+        )

@@ -33,8 +33,14 @@ from sipbridge.routing import detection_info, resolve_agent_plan
 
 log = logging.getLogger("sipbridge.calls")
 
-NO_AGENT_SLOT = Termination("failure", "agent leg failed", "bridge_error", True, None,
-                            "no SIP worker capacity for the agent leg")
+NO_AGENT_SLOT = Termination(
+    "failure",
+    "agent leg failed",
+    "bridge_error",
+    True,
+    None,
+    "no SIP worker capacity for the agent leg",
+)
 
 
 class Actions:
@@ -48,8 +54,9 @@ class Actions:
             try:
                 self.execute_one(call_sid, action)
             except Exception as e:
-                log.exception("%s: action %r failed", call_sid, action,
-                              extra={"call_sid": call_sid})
+                log.exception(
+                    "%s: action %r failed", call_sid, action, extra={"call_sid": call_sid}
+                )
                 self.endings.fail_call(call_sid, e)
                 return
 
@@ -63,8 +70,9 @@ class Actions:
         if isinstance(action, EndCall):
             if live.pending_term is None:
                 live.pending_term = action.term
-            log.info("%s: ending call: %s", call_sid, action.term.reason,
-                     extra={"call_sid": call_sid})
+            log.info(
+                "%s: ending call: %s", call_sid, action.term.reason, extra={"call_sid": call_sid}
+            )
             hung = carrier is not None and ctx.pool.hangup(carrier)
             if live.agent_leg is not None:
                 ctx.pool.hangup(live.agent_leg)
@@ -85,16 +93,20 @@ class Actions:
             ctx.journal.event(rec, "voicemail.play", {"leg": carrier, "path": action.path})
             ctx.pool.play(carrier, path)
         elif isinstance(action, TellAgent) and live.agent_leg is not None:
-            ctype, body, headers = detection_info(call_sid, action.answered_by, action.hint,
-                                                  action.final)
-            ctx.journal.event(rec, "agent.info", {"leg": live.agent_leg,
-                                                  "answered_by": action.answered_by,
-                                                  "hint": action.hint})
+            ctype, body, headers = detection_info(
+                call_sid, action.answered_by, action.hint, action.final
+            )
+            ctx.journal.event(
+                rec,
+                "agent.info",
+                {"leg": live.agent_leg, "answered_by": action.answered_by, "hint": action.hint},
+            )
             ctx.pool.send_info(live.agent_leg, ctype, body, headers)
         elif isinstance(action, StartTimer):
             loop = asyncio.get_running_loop()
-            live.timers.append(loop.call_later(action.delay_s, self.on_timer, call_sid,
-                                               action.name, live.flow))
+            live.timers.append(
+                loop.call_later(action.delay_s, self.on_timer, call_sid, action.name, live.flow)
+            )
 
     def on_timer(self, call_sid: str, name: str, flow: CallFlow | None) -> None:
         live = self.ctx.registry.get(call_sid)
@@ -116,16 +128,22 @@ class Actions:
             return  # SIP-triggered: the agent is already on the line (the inbound leg)
         try:
             plan = resolve_agent_plan(
-                ctx.cfg, call_sid=rec.call_sid, carrier_leg_id=carrier,
-                to_number=rec.to_number, from_number=rec.from_number,
-                metadata=rec.request.metadata, polyai_call_id=rec.polyai_call_id,
-                answered_by=answered_by, bridge_host=ctx.bridge_host, index=rec.attempts,
+                ctx.cfg,
+                call_sid=rec.call_sid,
+                carrier_leg_id=carrier,
+                to_number=rec.to_number,
+                from_number=rec.from_number,
+                metadata=rec.request.metadata,
+                polyai_call_id=rec.polyai_call_id,
+                answered_by=answered_by,
+                bridge_host=ctx.bridge_host,
+                index=rec.attempts,
             )
         except ValueError as e:  # e.g. a header value the agent leg must not carry
-            log.warning("%s: cannot dial the agent: %s", rec.call_sid, e,
-                        extra={"call_sid": rec.call_sid})
-            term = replace(agent_failure(None, "", f"cannot dial the agent: {e}"),
-                           retryable=False)
+            log.warning(
+                "%s: cannot dial the agent: %s", rec.call_sid, e, extra={"call_sid": rec.call_sid}
+            )
+            term = replace(agent_failure(None, "", f"cannot dial the agent: {e}"), retryable=False)
             self.execute(rec.call_sid, [EndCall(term)])
             return
         try:
@@ -134,8 +152,13 @@ class Actions:
             self.execute(rec.call_sid, [EndCall(NO_AGENT_SLOT)])
             return
         ctx.registry.add_leg(live, plan.leg_id, "agent", worker)
-        leg = LegRecord(role="agent", worker=worker, request_uri=plan.request_uri,
-                        invite_at=ctx.clock(), bridge_with=carrier)
+        leg = LegRecord(
+            role="agent",
+            worker=worker,
+            request_uri=plan.request_uri,
+            invite_at=ctx.clock(),
+            bridge_with=carrier,
+        )
         rec = ctx.journal.update_leg(rec, plan.leg_id, leg)
         ctx.journal.event(rec, "agent.dial", {"leg": plan.leg_id, "answered_by": answered_by})
 

@@ -39,13 +39,16 @@ class Dispatcher:
             global_cap=cfg.limits.max_concurrent_calls,
             per_key={t.name: t.max_concurrent for t in cfg.trunks if t.max_concurrent},
         )
-        self.buckets = {t.name: TokenBucket(t.cps, t.cps_burst, ctx.clock)
-                        for t in cfg.trunks if t.cps}
+        self.buckets = {
+            t.name: TokenBucket(t.cps, t.cps_burst, ctx.clock) for t in cfg.trunks if t.cps
+        }
         self.health = TrunkHealth()
         # Carrier pushback cuts a trunk's CPS bucket (README "Carrier profiles").
-        self.throttles = {t.name: CpsThrottle(t.cps, t.throttle.factor, t.throttle.recover_s,
-                                              t.throttle.min_cps)
-                          for t in cfg.trunks if t.cps and t.throttle.enabled}
+        self.throttles = {
+            t.name: CpsThrottle(t.cps, t.throttle.factor, t.throttle.recover_s, t.throttle.min_cps)
+            for t in cfg.trunks
+            if t.cps and t.throttle.enabled
+        }
         self._failover: list[str] = []  # calls whose next hop waits for capacity
         # Pushback requeues per call (bounded by throttle.max_requeues; in memory).
         self._requeues: dict[str, int] = {}
@@ -83,8 +86,9 @@ class Dispatcher:
             try:
                 blocked = self._dispatch_queued(rec, now)
             except Exception as e:
-                log.exception("%s: cannot dispatch the call", rec.call_sid,
-                              extra={"call_sid": rec.call_sid})
+                log.exception(
+                    "%s: cannot dispatch the call", rec.call_sid, extra={"call_sid": rec.call_sid}
+                )
                 self.on_error(rec.call_sid, e)
                 continue
             if blocked == _NO_SLOT:
@@ -114,8 +118,13 @@ class Dispatcher:
     def _dispatch_failover(self, sid: str, now: float) -> float | None:
         rec = self.ctx.journal.store.get(sid, now)
         live = self.ctx.registry.get(sid)
-        if (rec is None or rec.terminal or live is None or live.attempt is None
-                or not live.attempt.waiting):
+        if (
+            rec is None
+            or rec.terminal
+            or live is None
+            or live.attempt is None
+            or not live.attempt.waiting
+        ):
             self._failover.remove(sid)
             return None
         blocked = self.dial_hop(rec, live)
@@ -131,8 +140,7 @@ class Dispatcher:
         if rec.damaged:
             raise ValueError(f"stored call record is damaged: {rec.damaged}")
         if now - rec.created_at > self.ctx.cfg.scheduler.max_queue_time_s:
-            self.ctx.journal.set_status(rec, "failure", QUEUE_TIMEOUT_REASON,
-                                        kind="queue_timeout")
+            self.ctx.journal.set_status(rec, "failure", QUEUE_TIMEOUT_REASON, kind="queue_timeout")
             return None
         if rec.not_before is not None and rec.not_before > now:
             return rec.not_before - now
@@ -152,21 +160,27 @@ class Dispatcher:
             if policy.window_problem:
                 raise ValueError(policy.window_problem)
         except ValueError as e:
-            journal.set_status(rec, "failure", "cannot schedule", kind="window_error",
-                               detail=str(e))
+            journal.set_status(
+                rec, "failure", "cannot schedule", kind="window_error", detail=str(e)
+            )
             return now + 3600
         window, zones = policy.window, policy.zones
         if window is None or is_open(window, zones, now):
             return None
         nxt = next_open(window, zones, now)
         if nxt is None:
-            journal.set_status(rec, "failure", "calling window never opens",
-                               kind="window_error",
-                               detail=f"not within 8 days in {', '.join(zones)}")
+            journal.set_status(
+                rec,
+                "failure",
+                "calling window never opens",
+                kind="window_error",
+                detail=f"not within 8 days in {', '.join(zones)}",
+            )
             return now + 3600
         at = nxt.timestamp()
-        rec = journal.update(rec, not_before=at,
-                             reason=f"outside calling window; will be attempted at {iso(at)}")
+        rec = journal.update(
+            rec, not_before=at, reason=f"outside calling window; will be attempted at {iso(at)}"
+        )
         journal.event(rec, "scheduled", {"not_before": iso(at), "zones": list(zones)})
         return at
 
@@ -231,21 +245,30 @@ class Dispatcher:
         policy = ctx.policies.of(rec)
         try:
             plan = resolve_plan(
-                ctx.cfg, call_sid=rec.call_sid, to_number=rec.to_number,
-                from_number=from_number, metadata=req.metadata,
-                polyai_call_id=rec.polyai_call_id, attempt=attempt.number,
-                bridge_host=ctx.bridge_host, trunk=trunk, hop=attempt.hop,
-                encryption=req.encryption, detection=policy.detection_plan(),
+                ctx.cfg,
+                call_sid=rec.call_sid,
+                to_number=rec.to_number,
+                from_number=from_number,
+                metadata=req.metadata,
+                polyai_call_id=rec.polyai_call_id,
+                attempt=attempt.number,
+                bridge_host=ctx.bridge_host,
+                trunk=trunk,
+                hop=attempt.hop,
+                encryption=req.encryption,
+                detection=policy.detection_plan(),
             )
         except ValueError as e:  # config changed since the trigger: fail clearly
             self.limiter.release(name)
             live.end_attempt()
-            ctx.journal.set_status(rec, "failure", "could not place call", kind="plan_error",
-                                   detail=str(e))
+            ctx.journal.set_status(
+                rec, "failure", "could not place call", kind="plan_error", detail=str(e)
+            )
             return None
         if req.copy_headers:  # SIP-triggered: headers the config copies from the INVITE
-            extra = tuple((k, validate_header_value(v, f"header {k}"))
-                          for k, v in req.copy_headers.items())
+            extra = tuple(
+                (k, validate_header_value(v, f"header {k}")) for k, v in req.copy_headers.items()
+            )
             plan = replace(plan, headers=plan.headers + extra)
         try:
             # One slot stays reserved on the same worker for the agent leg (an inbound
@@ -261,17 +284,29 @@ class Dispatcher:
         ctx.registry.add_leg(live, plan.leg_id, "carrier", worker)
         if live.flow is None:  # one flow per attempt, whatever hop answers
             live.flow = CallFlow(policy.detection, policy.ivr)
-        leg = LegRecord(role="carrier", trunk=name, worker=worker, attempt=attempt.number,
-                        request_uri=plan.request_uri, invite_at=now)
+        leg = LegRecord(
+            role="carrier",
+            trunk=name,
+            worker=worker,
+            attempt=attempt.number,
+            request_uri=plan.request_uri,
+            invite_at=now,
+        )
         if rec.status == "calling":
-            rec = ctx.journal.update_leg(rec, plan.leg_id, leg, trunk=name,
-                                         from_number=from_number)
-            ctx.journal.event(rec, "dial", {"leg": plan.leg_id, "trunk": name,
-                                            "hop": attempt.hop})
+            rec = ctx.journal.update_leg(rec, plan.leg_id, leg, trunk=name, from_number=from_number)
+            ctx.journal.event(rec, "dial", {"leg": plan.leg_id, "trunk": name, "hop": attempt.hop})
         else:
-            ctx.journal.set_status(rec, "calling", "", kind="dial", attempts=attempt.number,
-                                   trunk=name, legs=rec.with_leg(plan.leg_id, leg),
-                                   not_before=None, from_number=from_number)
+            ctx.journal.set_status(
+                rec,
+                "calling",
+                "",
+                kind="dial",
+                attempts=attempt.number,
+                trunk=name,
+                legs=rec.with_leg(plan.leg_id, leg),
+                not_before=None,
+                from_number=from_number,
+            )
         return None
 
     def may_requeue(self, call_sid: str, trunk: str) -> bool:
@@ -285,9 +320,14 @@ class Dispatcher:
             self._requeues.pop(next(iter(self._requeues)))
         return True
 
-    def leg_ended(self, trunk: str | None, sip_status: int | None,
-                  retry_after_s: float | None, sip_reason: str = "",
-                  answered: bool = False) -> bool:
+    def leg_ended(
+        self,
+        trunk: str | None,
+        sip_status: int | None,
+        retry_after_s: float | None,
+        sip_reason: str = "",
+        answered: bool = False,
+    ) -> bool:
         """A carrier leg on ``trunk`` ended: its concurrency slot is free again. True
         when the end was the carrier pushing back (sipbridge.throttle): the trunk's dial
         rate is cut (or, without a ``cps``, the trunk rests a moment) and the caller
@@ -298,16 +338,24 @@ class Dispatcher:
         if trunk and sip_status == 503 and retry_after_s:
             # RFC 3261 21.5.4: the trunk asked us to stay away for Retry-After seconds.
             self.health.mark_unavailable(trunk, now + retry_after_s)
-        pushback = (trunk is not None and not answered
-                    and self.ctx.cfg.trunk(trunk).throttle.enabled
-                    and is_pushback(sip_status, sip_reason, retry_after_s))
+        pushback = (
+            trunk is not None
+            and not answered
+            and self.ctx.cfg.trunk(trunk).throttle.enabled
+            and is_pushback(sip_status, sip_reason, retry_after_s)
+        )
         if trunk and pushback:
             throttle, bucket = self.throttles.get(trunk), self.buckets.get(trunk)
             if throttle is not None and bucket is not None:
                 bucket.set_rate(throttle.pushback(now, retry_after_s))
                 bucket.drain()
-                log.warning("trunk %s pushed back (%s %s): dial rate cut to %.3g cps",
-                            trunk, sip_status, sip_reason, bucket.rate_per_s)
+                log.warning(
+                    "trunk %s pushed back (%s %s): dial rate cut to %.3g cps",
+                    trunk,
+                    sip_status,
+                    sip_reason,
+                    bucket.rate_per_s,
+                )
             else:  # no CPS bucket to cut: at most one call a second while it pushes back
                 self.health.mark_unavailable(trunk, now + max(retry_after_s or 0.0, 1.0))
         self.wake()

@@ -29,43 +29,73 @@ class Endings:
         self.ctx = ctx
         self.wake = wake
 
-    def finish_attempt(self, rec: CallRecord, term: Termination, tried: list[TriedLeg],
-                       no_retry: bool = False, inbound: bool = False) -> None:
+    def finish_attempt(
+        self,
+        rec: CallRecord,
+        term: Termination,
+        tried: list[TriedLeg],
+        no_retry: bool = False,
+        inbound: bool = False,
+    ) -> None:
         """Record the attempt's outcome, then retry or end the call. An inbound
         (SIP-triggered) call is never retried: the agent was on the line."""
         ctx = self.ctx
         now = ctx.clock()
-        history = (*rec.attempt_history, AttemptRecord(
-            attempt=rec.attempts, result=term.result, reason=term.reason, detail=term.detail,
-            kind=term.kind, sip_status=term.sip_status, ended_at=iso(now),
-            trunks=tuple(t.trunk for t in tried if t.trunk)))
+        history = (
+            *rec.attempt_history,
+            AttemptRecord(
+                attempt=rec.attempts,
+                result=term.result,
+                reason=term.reason,
+                detail=term.detail,
+                kind=term.kind,
+                sip_status=term.sip_status,
+                ended_at=iso(now),
+                trunks=tuple(t.trunk for t in tried if t.trunk),
+            ),
+        )
         policy = ctx.policies.of(rec)
         retry = policy.retry
         # A "retry" machine (operator, screening) action asks for a retry whatever
         # retry_on lists (its Termination is retryable only then).
         wants_retry = retry.should_retry(term.kind, rec.attempts) or (
-            term.kind in ("machine", "operator", "screening")
-            and rec.attempts < retry.max_attempts)
-        if (term.result == "failure" and not (no_retry or inbound) and term.retryable
-                and wants_retry):
+            term.kind in ("machine", "operator", "screening") and rec.attempts < retry.max_attempts
+        )
+        if (
+            term.result == "failure"
+            and not (no_retry or inbound)
+            and term.retryable
+            and wants_retry
+        ):
             if policy.window_problem:
                 raise ValueError(policy.window_problem)
-            when = next_attempt_time(retry, rec.attempts, now, ctx.rng.random, policy.window,
-                                     policy.zones)
+            when = next_attempt_time(
+                retry, rec.attempts, now, ctx.rng.random, policy.window, policy.zones
+            )
             if when is not None:
                 at = when.timestamp()
                 ctx.journal.set_status(
-                    rec, "queued",
+                    rec,
+                    "queued",
                     f"{term.reason}; attempt {rec.attempts + 1} of {retry.max_attempts} "
                     f"at {iso(at)}",
-                    kind="retry", detail=term.detail, not_before=at,
-                    attempt_history=history, sip_status=term.sip_status,
+                    kind="retry",
+                    detail=term.detail,
+                    not_before=at,
+                    attempt_history=history,
+                    sip_status=term.sip_status,
                 )
                 self.wake()
                 return
-        ctx.journal.set_status(rec, term.result, term.reason, kind=term.kind,
-                               detail=term.detail, sip_status=term.sip_status,
-                               attempt_history=history)
+        ctx.journal.set_status(
+            rec,
+            term.result,
+            term.reason,
+            kind=term.kind,
+            detail=term.detail,
+            sip_status=term.sip_status,
+            attempt_history=history,
+        )
 
     def fail_call(self, call_sid: str, exc: BaseException) -> None:
         """End a call after an unexpected error: hang up every leg it has, end its
@@ -81,12 +111,16 @@ class Endings:
             rec = ctx.journal.store.get(call_sid, ctx.clock())
             if rec is not None and not rec.terminal:
                 term = internal_error(f"{type(exc).__name__}: {exc}"[:500])
-                ctx.journal.set_status(rec, term.result, term.reason, kind=term.kind,
-                                       detail=term.detail)
+                ctx.journal.set_status(
+                    rec, term.result, term.reason, kind=term.kind, detail=term.detail
+                )
             ctx.registry.settle(call_sid)
         except Exception:
-            log.exception("%s: cannot end the call after an internal error", call_sid,
-                          extra={"call_sid": call_sid})
+            log.exception(
+                "%s: cannot end the call after an internal error",
+                call_sid,
+                extra={"call_sid": call_sid},
+            )
 
     def recover(self) -> None:
         """Calls that were in flight when the process died cannot be resumed: their SIP
@@ -98,8 +132,9 @@ class Endings:
                     raise ValueError(rec.damaged)
                 self.finish_attempt(rec, RESTARTED, tried=[])
             except Exception as e:  # a poisoned record fails alone; start-up goes on
-                log.exception("%s: cannot recover the call", rec.call_sid,
-                              extra={"call_sid": rec.call_sid})
+                log.exception(
+                    "%s: cannot recover the call", rec.call_sid, extra={"call_sid": rec.call_sid}
+                )
                 self.fail_call(rec.call_sid, e)
 
 

@@ -25,22 +25,25 @@ class Pool(Protocol):
     def ready_workers(self) -> int:
         """Workers that can take a dial now."""
 
-    def dial(self, plan: DialPlan, prefer_worker: int | None = None,
-             reserve: int = 0) -> int:
+    def dial(self, plan: DialPlan, prefer_worker: int | None = None, reserve: int = 0) -> int:
         """Start the leg; returns its worker. ``prefer_worker`` pins the leg to that
         worker; ``reserve`` keeps that many more slots free on it (the agent leg).
         Raises :class:`sipbridge.errors.PoolFull` when no slot fits."""
 
     def hangup(self, leg_id: str) -> bool: ...
-    def send_dtmf(self, leg_id: str, digits: str, duration_ms: int = 160,
-                  gap_ms: int = 80) -> bool: ...
+    def send_dtmf(
+        self, leg_id: str, digits: str, duration_ms: int = 160, gap_ms: int = 80
+    ) -> bool: ...
     def play(self, leg_id: str, path: str) -> bool: ...
-    def send_info(self, leg_id: str, content_type: str, body: str,
-                  headers: tuple[tuple[str, str], ...] = ()) -> bool:
+    def send_info(
+        self, leg_id: str, content_type: str, body: str, headers: tuple[tuple[str, str], ...] = ()
+    ) -> bool:
         """A SIP INFO in an answered leg's dialog."""
+
     def listen(self, leg_id: str, phase: str, config: dict[str, Any]) -> bool: ...
-    def respond(self, leg_id: str, status: int, reason: str = "",
-                media_from: str | None = None) -> bool:
+    def respond(
+        self, leg_id: str, status: int, reason: str = "", media_from: str | None = None
+    ) -> bool:
         """Answer an inbound INVITE (provisional, 200 or final error)."""
 
 

@@ -49,15 +49,26 @@ def _agent_failure(rec: CallRecord) -> Termination | None:
     """The carrier leg was ended because its agent leg ended: if the agent never
     answered, that is an agent failure, whatever order the two ends arrived in."""
     for leg in rec.legs.values():
-        if (leg.role == "agent" and leg.ended_at and leg.answered_at is None
-                and leg.direction != "inbound"):
+        if (
+            leg.role == "agent"
+            and leg.ended_at
+            and leg.answered_at is None
+            and leg.direction != "inbound"
+        ):
             return agent_failure(leg.sip_status, leg.sip_reason or "")
     return None
 
 
 class SipEvents:
-    def __init__(self, ctx: CallContext, dispatcher: Dispatcher, endings: Endings,
-                 actions: Actions, inbound: InboundCalls, stopping: Callable[[], bool]):
+    def __init__(
+        self,
+        ctx: CallContext,
+        dispatcher: Dispatcher,
+        endings: Endings,
+        actions: Actions,
+        inbound: InboundCalls,
+        stopping: Callable[[], bool],
+    ):
         self.ctx = ctx
         self.dispatcher = dispatcher
         self.endings = endings
@@ -75,8 +86,12 @@ class SipEvents:
         try:
             self._handle(ev)
         except Exception as e:
-            log.exception("%s: handling %s failed", sid or "-", type(ev).__name__,
-                          extra={"call_sid": sid} if sid else {})
+            log.exception(
+                "%s: handling %s failed",
+                sid or "-",
+                type(ev).__name__,
+                extra={"call_sid": sid} if sid else {},
+            )
             if sid:
                 self.endings.fail_call(sid, e)
             elif isinstance(ev, InboundCall):
@@ -94,31 +109,53 @@ class SipEvents:
             else:
                 self.on_carrier(ev)
         elif isinstance(ev, DtmfSent):
-            self._on_flow_event(ev.leg_id, ev.call_sid, "dtmf.sent", {"digits": ev.digits},
-                                lambda f: f.on_digits_sent())
+            self._on_flow_event(
+                ev.leg_id,
+                ev.call_sid,
+                "dtmf.sent",
+                {"digits": ev.digits},
+                lambda f: f.on_digits_sent(),
+            )
         elif isinstance(ev, PlaybackDone):
-            self._on_flow_event(ev.leg_id, ev.call_sid, "voicemail.played",
-                                {"path": ev.path, "error": ev.error},
-                                lambda f: f.on_playback_done(ev.error))
+            self._on_flow_event(
+                ev.leg_id,
+                ev.call_sid,
+                "voicemail.played",
+                {"path": ev.path, "error": ev.error},
+                lambda f: f.on_playback_done(ev.error),
+            )
         elif isinstance(ev, DtmfReceived):
-            self._on_flow_event(ev.leg_id, ev.call_sid, "dtmf.received",
-                                {"digit": ev.digit, "duration_ms": ev.duration_ms,
-                                 "method": ev.method, "relayed_to": ev.relayed_to},
-                                lambda f: [])
+            self._on_flow_event(
+                ev.leg_id,
+                ev.call_sid,
+                "dtmf.received",
+                {
+                    "digit": ev.digit,
+                    "duration_ms": ev.duration_ms,
+                    "method": ev.method,
+                    "relayed_to": ev.relayed_to,
+                },
+                lambda f: [],
+            )
         elif isinstance(ev, InboundCall):
             self.inbound.on_invite(ev)
         else:
             log.warning("unexpected event from the SIP engine: %r", ev)
 
-    def _call(self, leg_id: str, call_sid: str) -> tuple[str, LiveCall | None,
-                                                          CallRecord | None]:
+    def _call(self, leg_id: str, call_sid: str) -> tuple[str, LiveCall | None, CallRecord | None]:
         live = self.ctx.registry.of_leg(leg_id)
         sid = live.call_sid if live else call_sid
         live = live or self.ctx.registry.get(sid)
         return sid, live, self.ctx.journal.store.get(sid, self.ctx.clock())
 
-    def _on_flow_event(self, leg_id: str, call_sid: str, kind: str, data: dict[str, Any],
-                       step: Callable[[CallFlow], list[Action]]) -> None:
+    def _on_flow_event(
+        self,
+        leg_id: str,
+        call_sid: str,
+        kind: str,
+        data: dict[str, Any],
+        step: Callable[[CallFlow], list[Action]],
+    ) -> None:
         sid, live, rec = self._call(leg_id, call_sid)
         if rec is None or rec.terminal:
             return
@@ -134,15 +171,23 @@ class SipEvents:
             return
         det = rep.detection
         answered_by = det.answered_by
-        self.ctx.journal.event(rec, "detection", {"leg": rep.leg_id, "phase": rep.phase,
-                                                  "kind": rep.kind, **det.to_dict()})
+        self.ctx.journal.event(
+            rec,
+            "detection",
+            {"leg": rep.leg_id, "phase": rep.phase, "kind": rep.kind, **det.to_dict()},
+        )
         leg = rec.leg(rep.leg_id) or LegRecord()
         leg = replace(leg, detection={**leg.detection, rep.phase: det})
         changes: dict[str, Any] = {}
         if rep.phase == "answer" and answered_by and answered_by != "sit":
             changes["answered_by"] = answered_by
-        elif (rep.phase == "hold" and answered_by == "human" and live is not None
-              and live.flow is not None and live.flow.state == "holding"):
+        elif (
+            rep.phase == "hold"
+            and answered_by == "human"
+            and live is not None
+            and live.flow is not None
+            and live.flow.state == "holding"
+        ):
             # The hold listener heard the person after the IVR: the call was answered by
             # a human (status, CDR and metrics say what the agent's header says).
             changes["answered_by"] = "human"
@@ -155,23 +200,36 @@ class SipEvents:
         sid, live, rec = self._call(ev.leg_id, ev.call_sid)
         if rec is None:
             return
-        ctx.journal.event(rec, f"agent.{ev.state}",
-                          _sip_data(ev, ("sip_reason", "sip_call_id", "cause", "detail")))
+        ctx.journal.event(
+            rec,
+            f"agent.{ev.state}",
+            _sip_data(ev, ("sip_reason", "sip_call_id", "cause", "detail")),
+        )
         leg = rec.leg(ev.leg_id) or LegRecord(role="agent")
         if ev.sip_call_id:
             leg = replace(leg, sip_call_id=ev.sip_call_id)
         if ev.state == "answered":
             leg = replace(leg, answered_at=ev.ts)
         if ev.state == "ended":
-            leg = replace(leg, ended_at=ev.ts, cause=ev.cause, sip_status=ev.sip_status,
-                          sip_reason=ev.sip_reason)
+            leg = replace(
+                leg,
+                ended_at=ev.ts,
+                cause=ev.cause,
+                sip_status=ev.sip_status,
+                sip_reason=ev.sip_reason,
+            )
         rec = ctx.journal.update_leg(rec, ev.leg_id, leg)
         flow = live.flow if live is not None else None
         if ev.state != "ended" and (rec.terminal or flow is None):
             # The call (or this attempt's carrier leg) is over already: an agent leg
             # that is still ringing or answered must not outlive it (CANCEL / BYE).
-            log.info("%s: agent leg %s %s after its call ended: hanging it up", sid,
-                     ev.leg_id, ev.state, extra={"call_sid": sid})
+            log.info(
+                "%s: agent leg %s %s after its call ended: hanging it up",
+                sid,
+                ev.leg_id,
+                ev.state,
+                extra={"call_sid": sid},
+            )
             ctx.pool.hangup(ev.leg_id)
             return
         if ev.state == "answered" and flow is not None:
@@ -183,9 +241,21 @@ class SipEvents:
             return
         if ev.cause == "media_timeout":
             # No RTP from the agent: the worker ends the carrier leg with it.
-            self.actions.execute(sid, [EndCall(Termination(
-                "failure", MEDIA_TIMEOUT, "media_timeout", False, None,
-                f"no RTP from the agent leg: {ev.detail}".rstrip(": ")))])
+            self.actions.execute(
+                sid,
+                [
+                    EndCall(
+                        Termination(
+                            "failure",
+                            MEDIA_TIMEOUT,
+                            "media_timeout",
+                            False,
+                            None,
+                            f"no RTP from the agent leg: {ev.detail}".rstrip(": "),
+                        )
+                    )
+                ],
+            )
         elif live.inbound:
             # The agent platform hung up (or cancelled) its INVITE: end the carrier leg.
             if not ev.answered:
@@ -199,8 +269,11 @@ class SipEvents:
         if rec is None:
             log.warning("event for unknown call %s: %s", sid, ev)
             return
-        ctx.journal.event(rec, f"carrier.{ev.state}", _sip_data(
-            ev, ("sip_reason", "sip_call_id", "cause", "detail", "retry_after_s")))
+        ctx.journal.event(
+            rec,
+            f"carrier.{ev.state}",
+            _sip_data(ev, ("sip_reason", "sip_call_id", "cause", "detail", "retry_after_s")),
+        )
         leg = rec.leg(ev.leg_id) or LegRecord()
         if ev.sip_call_id:
             leg = replace(leg, sip_call_id=ev.sip_call_id)
@@ -209,8 +282,9 @@ class SipEvents:
         if ev.state == "answered":
             leg = replace(leg, answered_at=ev.ts)
         if ev.state != "ended":
-            rec = ctx.journal.update_leg(rec, ev.leg_id, leg,
-                                         sip_status=ev.sip_status or rec.sip_status)
+            rec = ctx.journal.update_leg(
+                rec, ev.leg_id, leg, sip_status=ev.sip_status or rec.sip_status
+            )
             if live is not None and live.inbound and not rec.terminal:
                 self.inbound.relay(live, ev)
             if ev.state == "answered" and live is not None and live.flow is not None:
@@ -220,39 +294,65 @@ class SipEvents:
         leg = replace(leg, ended_at=ev.ts, cause=ev.cause, sip_status=ev.sip_status)
         attempt = live.attempt if live is not None else None
         trunk = leg.trunk or (attempt.trunk if attempt else None)
-        pushback = self.dispatcher.leg_ended(trunk, ev.sip_status, ev.retry_after_s,
-                                             ev.sip_reason or "", ev.answered)
+        pushback = self.dispatcher.leg_ended(
+            trunk, ev.sip_status, ev.retry_after_s, ev.sip_reason or "", ev.answered
+        )
         if rec.terminal:
             ctx.journal.update_leg(rec, ev.leg_id, leg, touch=False)
             return
         # (no LiveCall: a late end of a call whose attempt is over; it ends as recorded)
-        self._end_attempt(live or LiveCall(sid), replace(rec, legs=rec.with_leg(ev.leg_id, leg)),
-                          ev, trunk, pushback)
+        self._end_attempt(
+            live or LiveCall(sid),
+            replace(rec, legs=rec.with_leg(ev.leg_id, leg)),
+            ev,
+            trunk,
+            pushback,
+        )
 
-    def _end_attempt(self, live: LiveCall, rec: CallRecord, ev: LegEvent,
-                     trunk: str | None, pushback: bool = False) -> None:
+    def _end_attempt(
+        self,
+        live: LiveCall,
+        rec: CallRecord,
+        ev: LegEvent,
+        trunk: str | None,
+        pushback: bool = False,
+    ) -> None:
         """The carrier leg of the attempt ended (``rec`` has its end): fail over, requeue
         or finish the attempt."""
         ctx = self.ctx
         attempt = live.attempt
-        tried = [*(attempt.tried if attempt else []),
-                 TriedLeg(trunk, ev.leg_id, ev.sip_status, ev.cause)]
+        tried = [
+            *(attempt.tried if attempt else []),
+            TriedLeg(trunk, ev.leg_id, ev.sip_status, ev.cause),
+        ]
         hangup = live.hangup_requested
         # Answered per the worker's end event, or per the record (an end the pool had to
         # synthesise cannot always know): an answered leg is never requeued or failed over.
         leg = rec.leg(ev.leg_id)
         answered = ev.answered or (leg is not None and leg.answered_at is not None)
-        if (attempt is not None and not answered and not hangup and not self.stopping()
-                and live.pending_term is None
-                and should_failover(ev.sip_status, ev.cause)
-                and attempt.hop + 1 < len(attempt.hunt)):
+        if (
+            attempt is not None
+            and not answered
+            and not hangup
+            and not self.stopping()
+            and live.pending_term is None
+            and should_failover(ev.sip_status, ev.cause)
+            and attempt.hop + 1 < len(attempt.hunt)
+        ):
             attempt.tried = tried
             attempt.hop += 1
             attempt.leg_id = None
             rec = ctx.journal.update(rec, touch=False)
-            ctx.journal.event(rec, "failover", {
-                "from_trunk": trunk, "to_trunk": attempt.hunt[attempt.hop],
-                "sip_status": ev.sip_status, "cause": ev.cause})
+            ctx.journal.event(
+                rec,
+                "failover",
+                {
+                    "from_trunk": trunk,
+                    "to_trunk": attempt.hunt[attempt.hop],
+                    "sip_status": ev.sip_status,
+                    "cause": ev.cause,
+                },
+            )
             self.dispatcher.queue_failover(live)
             return
         connected = live.flow is not None and live.flow.agent_connected
@@ -264,26 +364,44 @@ class SipEvents:
             self.inbound.carrier_ended(live, ev)
         pending, inbound = live.pending_term, live.inbound
         live.end_attempt()
-        if (self.stopping() and ev.cause == "local_hangup" and not answered
-                and pending is None):
+        if self.stopping() and ev.cause == "local_hangup" and not answered and pending is None:
             # Shut down before answer: the call is not lost, it waits for the next start.
-            ctx.journal.set_status(rec, "queued", "requeued: bridge shut down before answer",
-                                   kind="requeued", attempts=max(rec.attempts - 1, 0))
+            ctx.journal.set_status(
+                rec,
+                "queued",
+                "requeued: bridge shut down before answer",
+                kind="requeued",
+                attempts=max(rec.attempts - 1, 0),
+            )
             return
-        if (pushback and trunk and not answered and not hangup and pending is None
-                and not inbound and not self.stopping()
-                and self.dispatcher.may_requeue(rec.call_sid, trunk)):
+        if (
+            pushback
+            and trunk
+            and not answered
+            and not hangup
+            and pending is None
+            and not inbound
+            and not self.stopping()
+            and self.dispatcher.may_requeue(rec.call_sid, trunk)
+        ):
             # The carrier asked us to slow down (503/403 naming CPS or rate, or a
             # Retry-After): the trunk's rate is cut and the call waits its turn again;
             # the attempt does not count (max_queue_time_s still bounds the wait).
             ctx.journal.set_status(
-                rec, "queued", f"requeued: trunk {trunk} pushed back "
-                f"({ev.sip_status} {ev.sip_reason or ''}".rstrip() + "); dialling it slower",
-                kind="requeued", attempts=max(rec.attempts - 1, 0), sip_status=ev.sip_status)
+                rec,
+                "queued",
+                f"requeued: trunk {trunk} pushed back "
+                f"({ev.sip_status} {ev.sip_reason or ''}".rstrip()
+                + "); dialling it slower",
+                kind="requeued",
+                attempts=max(rec.attempts - 1, 0),
+                sip_status=ev.sip_status,
+            )
             self.dispatcher.wake()
             return
-        term = from_leg_end(ev.cause, answered, ev.sip_status, ev.sip_reason, ev.detail,
-                            connected=connected)
+        term = from_leg_end(
+            ev.cause, answered, ev.sip_status, ev.sip_reason, ev.detail, connected=connected
+        )
         if pending is None and ev.cause == "bridged_bye":
             pending = _agent_failure(rec)
         if pending is not None and ev.cause in _OUR_END_CAUSES:

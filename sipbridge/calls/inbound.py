@@ -40,8 +40,12 @@ def inbound_status(ev: LegEvent, term: Termination | None) -> tuple[int, str]:
 
 
 class InboundCalls:
-    def __init__(self, ctx: CallContext, dispatcher: Dispatcher,
-                 trigger: Callable[[TriggerInput, bool], CallRecord]) -> None:
+    def __init__(
+        self,
+        ctx: CallContext,
+        dispatcher: Dispatcher,
+        trigger: Callable[[TriggerInput, bool], CallRecord],
+    ) -> None:
         self.ctx = ctx
         self.dispatcher = dispatcher
         self.trigger = trigger  # CallService.trigger(req, start)
@@ -67,11 +71,13 @@ class InboundCalls:
             log.warning("inbound INVITE %s refused: %s", ev.sip_call_id, e)
             ctx.pool.respond(ev.leg_id, 484, "Address Incomplete")
             return
-        copied = {name: headers[name.lower()] for name in icfg.copy_headers
-                  if name.lower() in headers}
+        copied = {
+            name: headers[name.lower()] for name in icfg.copy_headers if name.lower() in headers
+        }
         try:
-            rec = self.trigger(TriggerInput(to_number=to, polyai_call_id=polyai,
-                                            metadata={}), False)
+            rec = self.trigger(
+                TriggerInput(to_number=to, polyai_call_id=polyai, metadata={}), False
+            )
         except ValueError as e:  # RoutingError, HeaderError: no route, unsafe value
             log.warning("inbound INVITE %s refused: %s", ev.sip_call_id, e)
             ctx.pool.respond(ev.leg_id, 404, "Not Found")
@@ -79,13 +85,24 @@ class InboundCalls:
         live = ctx.registry.open(rec.call_sid)
         live.inbound, live.inbound_worker = True, ev.worker_id
         ctx.registry.add_leg(live, ev.leg_id, "agent", ev.worker_id)
-        leg = LegRecord(role="agent", direction="inbound", worker=ev.worker_id,
-                        sip_call_id=ev.sip_call_id, source=ev.source)
-        rec = ctx.journal.update(rec, touch=False, legs={ev.leg_id: leg},
-                                 request=replace(rec.request, copy_headers=copied,
-                                                 inbound_leg=ev.leg_id))
-        ctx.journal.event(rec, "agent.inbound", {"leg": ev.leg_id, "source": ev.source,
-                                                 "request_uri": ev.request_uri})
+        leg = LegRecord(
+            role="agent",
+            direction="inbound",
+            worker=ev.worker_id,
+            sip_call_id=ev.sip_call_id,
+            source=ev.source,
+        )
+        rec = ctx.journal.update(
+            rec,
+            touch=False,
+            legs={ev.leg_id: leg},
+            request=replace(rec.request, copy_headers=copied, inbound_leg=ev.leg_id),
+        )
+        ctx.journal.event(
+            rec,
+            "agent.inbound",
+            {"leg": ev.leg_id, "source": ev.source, "request_uri": ev.request_uri},
+        )
         self._start_attempt(rec, live)
 
     def _start_attempt(self, rec: CallRecord, live: LiveCall) -> None:
@@ -100,15 +117,20 @@ class InboundCalls:
             live.end_attempt()
             self.finish_without_carrier(rec, live, TRUNKS_BUSY)
 
-    def finish_without_carrier(self, rec: CallRecord, live: LiveCall,
-                               term: Termination) -> None:
+    def finish_without_carrier(self, rec: CallRecord, live: LiveCall, term: Termination) -> None:
         """End an inbound call that has no carrier leg up: the INVITE gets a final
         error response, the call ``term``."""
         if live.agent_leg is not None:
             self.ctx.pool.respond(live.agent_leg, term.sip_status or 503, term.reason)
         if not rec.terminal:
-            self.ctx.journal.set_status(rec, term.result, term.reason, kind=term.kind,
-                                        detail=term.detail, sip_status=term.sip_status)
+            self.ctx.journal.set_status(
+                rec,
+                term.result,
+                term.reason,
+                kind=term.kind,
+                detail=term.detail,
+                sip_status=term.sip_status,
+            )
 
     def relay(self, live: LiveCall, ev: LegEvent) -> None:
         """The carrier leg's progress, as the inbound INVITE's responses."""

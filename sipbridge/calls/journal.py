@@ -46,14 +46,22 @@ class Journal:
     def _callbacks(self, rec: CallRecord, ev: CallEvent) -> list[OutboxMessage]:
         return [m for hook in self.outbox for m in hook(rec, ev)]
 
-    def set_status(self, rec: CallRecord, new: CallStatus, reason: str, kind: str = "status",
-                   detail: str = "", **changes: Any) -> CallRecord:
+    def set_status(
+        self,
+        rec: CallRecord,
+        new: CallStatus,
+        reason: str,
+        kind: str = "status",
+        detail: str = "",
+        **changes: Any,
+    ) -> CallRecord:
         """The state setter: ``rec`` -> ``new`` with ``reason`` (and other fields)."""
         if rec.terminal:
             raise InvalidTransition(f"{rec.call_sid}: {rec.status} is terminal, not -> {new}")
         now = self.clock()
-        updated = replace(rec, status=new, reason=reason, detail=detail, last_updated=now,
-                          **changes)
+        updated = replace(
+            rec, status=new, reason=reason, detail=detail, last_updated=now, **changes
+        )
         if new in TERMINAL:
             updated = replace(updated, ended_at=now, not_before=None)
         data = {"from": rec.status, "to": new, "reason": reason, "why": kind}
@@ -62,8 +70,15 @@ class Journal:
         ev = CallEvent(now, "status", data)
         # The record, its event and the callbacks reporting it: one transaction.
         self.store.save_status(updated, ev, self._callbacks(updated, ev))
-        log.info("%s: %s -> %s (%s)%s", rec.call_sid, rec.status, new, reason or "-",
-                 f" [{detail}]" if detail else "", extra={"call_sid": rec.call_sid})
+        log.info(
+            "%s: %s -> %s (%s)%s",
+            rec.call_sid,
+            rec.status,
+            new,
+            reason or "-",
+            f" [{detail}]" if detail else "",
+            extra={"call_sid": rec.call_sid},
+        )
         self._notify(updated, ev)
         if new in TERMINAL:
             for hook in self.on_terminal:
@@ -80,8 +95,9 @@ class Journal:
         self.store.save(updated)
         return updated
 
-    def update_leg(self, rec: CallRecord, leg_id: str, leg: LegRecord, *, touch: bool = True,
-                   **changes: Any) -> CallRecord:
+    def update_leg(
+        self, rec: CallRecord, leg_id: str, leg: LegRecord, *, touch: bool = True, **changes: Any
+    ) -> CallRecord:
         return self.update(rec, touch=touch, legs=rec.with_leg(leg_id, leg), **changes)
 
     def event(self, rec: CallRecord, kind: str, data: dict[str, Any]) -> None:

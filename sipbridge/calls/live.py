@@ -167,8 +167,11 @@ class CallRegistry:
 
     def carrier_legs_up(self) -> int:
         """Calls whose current attempt has a carrier leg up (what draining waits for)."""
-        return sum(1 for live in self._calls.values()
-                   if live.attempt is not None and live.attempt.leg_id is not None)
+        return sum(
+            1
+            for live in self._calls.values()
+            if live.attempt is not None and live.attempt.leg_id is not None
+        )
 
 
 __all__ = ["Attempt", "CallRegistry", "LiveCall", "LiveLeg", "TriedLeg"]

@@ -41,8 +41,11 @@ class CallPolicy:
         d = self.detection
         if not (d.early_media or d.answer):
             return None
-        plan: dict[str, Any] = {"early": d.early_media, "answer": d.answer,
-                                "config": dict(d.thresholds)}
+        plan: dict[str, Any] = {
+            "early": d.early_media,
+            "answer": d.answer,
+            "config": dict(d.thresholds),
+        }
         if self.prompts:
             plan["prompts"] = self.prompts
         return plan
@@ -60,17 +63,23 @@ def resolve_policy(cfg: Config, to_number: str, request: CallRequest) -> CallPol
     problem = ""
     if window is not None:
         try:
-            zones = resolve_zones(to_number, request.timezone,
-                                  route.timezone or cfg.scheduler.default_timezone)
+            zones = resolve_zones(
+                to_number, request.timezone, route.timezone or cfg.scheduler.default_timezone
+            )
         except ValueError as e:
             problem = str(e)
     return CallPolicy(
-        route=route, candidates=tuple(cands),
+        route=route,
+        candidates=tuple(cands),
         retry=(request.retry or route.retry or cfg.retry).policy(),
         detection=request.detection or route.detection or cfg.detection,
-        ivr=request.ivr or route.ivr, window=window, zones=zones, window_problem=problem,
-        prompts=(str(media_folder(cfg.media.dir, cfg.media.prompt_dir))
-                 if cfg.media.prompt_dir else None),
+        ivr=request.ivr or route.ivr,
+        window=window,
+        zones=zones,
+        window_problem=problem,
+        prompts=(
+            str(media_folder(cfg.media.dir, cfg.media.prompt_dir)) if cfg.media.prompt_dir else None
+        ),
     )
 
 

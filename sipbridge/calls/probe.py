@@ -44,23 +44,28 @@ class _Replies(asyncio.DatagramProtocol):
 class TrunkProber:
     """One probe loop per trunk with ``health_check``; flips :class:`TrunkHealth`."""
 
-    def __init__(self, cfg: Config, health: TrunkHealth,
-                 on_change: Callable[[str, bool], None] | None = None) -> None:
+    def __init__(
+        self, cfg: Config, health: TrunkHealth, on_change: Callable[[str, bool], None] | None = None
+    ) -> None:
         self.cfg = cfg
         self.health = health
         self.on_change = on_change
         self.trunks = [t for t in cfg.trunks if t.health_check is not None]
         self.counters = {
             t.name: ProbeCounter(t.health_check.failures_to_down, t.health_check.successes_to_up)
-            for t in self.trunks if t.health_check is not None}
+            for t in self.trunks
+            if t.health_check is not None
+        }
         self.last_status: dict[str, int | None] = {}
         self._udp: asyncio.DatagramTransport | None = None
         self._replies = _Replies()
 
     def states(self) -> dict[str, bool]:
         """Trunk -> up (every trunk; one without health checks is always up)."""
-        return {t.name: (self.counters[t.name].up if t.name in self.counters else True)
-                for t in self.cfg.trunks}
+        return {
+            t.name: (self.counters[t.name].up if t.name in self.counters else True)
+            for t in self.cfg.trunks
+        }
 
     async def run(self, stopping: Callable[[], bool]) -> None:
         if not self.trunks:
@@ -68,7 +73,8 @@ class TrunkProber:
         loop = asyncio.get_running_loop()
         if any(t.transport == "udp" for t in self.trunks):
             transport, _ = await loop.create_datagram_endpoint(
-                lambda: self._replies, local_addr=(self.cfg.sip.listen_address, 0))
+                lambda: self._replies, local_addr=(self.cfg.sip.listen_address, 0)
+            )
             self._udp = transport
         try:
             await asyncio.gather(*(self._loop(t, stopping) for t in self.trunks))
@@ -95,8 +101,12 @@ class TrunkProber:
         counter = self.counters[name]
         if counter.record(answered_alive(status)):
             self.health.set_down(name, not counter.up)
-            log.warning("trunk %s is %s (OPTIONS: %s)", name,
-                        "up" if counter.up else "DOWN", status or "no answer")
+            log.warning(
+                "trunk %s is %s (OPTIONS: %s)",
+                name,
+                "up" if counter.up else "DOWN",
+                status or "no answer",
+            )
             if self.on_change is not None:
                 self.on_change(name, counter.up)
 
@@ -105,14 +115,23 @@ class TrunkProber:
         port0 = 5061 if trunk.transport == "tls" else 5060
         host, port = split_hostport(trunk.address, port0)
         call_id = secrets.token_hex(12) + "@sipbridge"
-        args = dict(host=host, port=port, transport=trunk.transport, call_id=call_id,
-                    branch=secrets.token_hex(8), tag=secrets.token_hex(4),
-                    user_agent=self.cfg.sip.user_agent)
+        args = dict(
+            host=host,
+            port=port,
+            transport=trunk.transport,
+            call_id=call_id,
+            branch=secrets.token_hex(8),
+            tag=secrets.token_hex(4),
+            user_agent=self.cfg.sip.user_agent,
+        )
         if trunk.transport == "udp":
             assert self._udp is not None
             via_host, via_port = self._udp.get_extra_info("sockname")[:2]
-            req = options_request(via_host=self.cfg.sip.public_address or via_host,
-                                  via_port=via_port, **args)  # type: ignore[arg-type]
+            req = options_request(
+                via_host=self.cfg.sip.public_address or via_host,
+                via_port=via_port,
+                **args,  # type: ignore[arg-type]
+            )
             fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
             self._replies.waiting[call_id] = fut
             try:
@@ -125,12 +144,18 @@ class TrunkProber:
             ctx = ssl.create_default_context(cafile=trunk.tls.ca_list() or None)
             if not trunk.tls.verify:
                 ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-        reader, writer = await asyncio.open_connection(host, port, ssl=ctx,
-                                                       server_hostname=host if ctx else None)
+        reader, writer = await asyncio.open_connection(
+            host, port, ssl=ctx, server_hostname=host if ctx else None
+        )
         try:
             via_host, via_port = writer.get_extra_info("sockname")[:2]
-            writer.write(options_request(via_host=self.cfg.sip.public_address or via_host,
-                                         via_port=via_port, **args))  # type: ignore[arg-type]
+            writer.write(
+                options_request(
+                    via_host=self.cfg.sip.public_address or via_host,
+                    via_port=via_port,
+                    **args,  # type: ignore[arg-type]
+                )
+            )
             while True:  # replies until the final one (bounded by the caller's timeout)
                 head = await reader.readuntil(b"\r\n\r\n")
                 status = reply_status(head, call_id)

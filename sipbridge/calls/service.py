@@ -43,8 +43,14 @@ class CallService:
     * ``dispatcher`` — limits, CPS buckets, trunk health and the failover queue.
     """
 
-    def __init__(self, cfg: Config, store: CallStore, pool: Pool,
-                 clock: Callable[[], float] = time.time, rng: random.Random | None = None):
+    def __init__(
+        self,
+        cfg: Config,
+        store: CallStore,
+        pool: Pool,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ):
         self.cfg = cfg
         self.store = store
         self.pool = pool
@@ -52,19 +58,33 @@ class CallService:
         self.journal = Journal(store, clock)
         self.registry = CallRegistry()
         self.policies = PolicyBook(lambda to, req: resolve_policy(cfg, to, req))
-        ctx = CallContext(cfg=cfg, pool=pool, journal=self.journal, registry=self.registry,
-                          policies=self.policies, clock=clock, rng=rng or random.Random(),
-                          bridge_host=cfg.sip.public_address or cfg.sip.listen_address)
+        ctx = CallContext(
+            cfg=cfg,
+            pool=pool,
+            journal=self.journal,
+            registry=self.registry,
+            policies=self.policies,
+            clock=clock,
+            rng=rng or random.Random(),
+            bridge_host=cfg.sip.public_address or cfg.sip.listen_address,
+        )
         self.endings = Endings(ctx, wake=lambda: self.dispatcher.wake())
         self.dispatcher = Dispatcher(ctx, on_error=self.endings.fail_call)
         # OPTIONS health checks: a trunk marked up again may take queued calls at once.
-        self.prober = TrunkProber(ctx.cfg, self.dispatcher.health,
-                                  on_change=lambda _trunk, _up: self.dispatcher.wake())
+        self.prober = TrunkProber(
+            ctx.cfg, self.dispatcher.health, on_change=lambda _trunk, _up: self.dispatcher.wake()
+        )
         self.triggers = Triggers(ctx, wake=self.dispatcher.wake)
         self.inbound = InboundCalls(ctx, self.dispatcher, self.triggers.trigger)
         self.actions = Actions(ctx, self.endings, self.inbound)
-        self.events = SipEvents(ctx, self.dispatcher, self.endings, self.actions, self.inbound,
-                                stopping=lambda: self._stopping)
+        self.events = SipEvents(
+            ctx,
+            self.dispatcher,
+            self.endings,
+            self.actions,
+            self.inbound,
+            stopping=lambda: self._stopping,
+        )
         self.journal.on_terminal.append(self._ended)
         self.api_limiter = RateLimiter(cfg.limits.api_rate_per_s, cfg.limits.api_burst, clock)
         self._tasks: list[asyncio.Task[None]] = []
@@ -92,11 +112,13 @@ class CallService:
     async def start(self) -> None:
         self.endings.recover()
         await self.pool.start()
-        self._tasks.append(asyncio.create_task(
-            self.dispatcher.run(lambda: self._stopping), name="dispatcher"))
+        self._tasks.append(
+            asyncio.create_task(self.dispatcher.run(lambda: self._stopping), name="dispatcher")
+        )
         self._tasks.append(asyncio.create_task(self._purger(), name="purger"))
-        self._tasks.append(asyncio.create_task(
-            self.prober.run(lambda: self._stopping), name="trunk-probe"))
+        self._tasks.append(
+            asyncio.create_task(self.prober.run(lambda: self._stopping), name="trunk-probe")
+        )
         self.dispatcher.wake()
 
     async def stop(self) -> None:
@@ -177,8 +199,9 @@ class CallService:
                 log.warning("%s: hangup requested but no live leg", call_sid)
         return rec
 
-    def send_dtmf(self, call_sid: str, digits: str, duration_ms: int = 160,
-                  gap_ms: int = 80) -> CallRecord:
+    def send_dtmf(
+        self, call_sid: str, digits: str, duration_ms: int = 160, gap_ms: int = 80
+    ) -> CallRecord:
         """Send DTMF (RFC 4733) on the answered carrier leg. ValueError on bad digits,
         CallNotFound, or InvalidTransition when the call has no answered carrier leg."""
         check_dtmf(digits)
@@ -187,8 +210,9 @@ class CallService:
         carrier = live.carrier_leg if live is not None else None
         leg = rec.leg(carrier) if carrier is not None else None
         if rec.terminal or carrier is None or leg is None or leg.answered_at is None:
-            raise InvalidTransition(f"call {call_sid} has no answered carrier leg "
-                                    f"(status {rec.status})")
+            raise InvalidTransition(
+                f"call {call_sid} has no answered carrier leg (status {rec.status})"
+            )
         self.journal.event(rec, "dtmf.send", {"leg": carrier, "digits": digits, "by": "api"})
         self.pool.send_dtmf(carrier, digits, duration_ms, gap_ms)
         return rec

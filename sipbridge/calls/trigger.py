@@ -58,40 +58,69 @@ class Triggers:
                 return prior
         call_sid = new_call_sid()
         request = CallRequest(
-            metadata=req.metadata, encryption=req.encryption, from_number=req.from_number,
-            timezone=req.timezone, calling_window=req.calling_window, retry=req.retry,
-            detection=req.detection, ivr=req.ivr, status_callback=req.status_callback)
+            metadata=req.metadata,
+            encryption=req.encryption,
+            from_number=req.from_number,
+            timezone=req.timezone,
+            calling_window=req.calling_window,
+            retry=req.retry,
+            detection=req.detection,
+            ivr=req.ivr,
+            status_callback=req.status_callback,
+        )
         policy = resolve_policy(ctx.cfg, req.to_number, request)
         names = policy.trunks
         if not names:
-            offered = sorted({e for c in policy.route.candidates()
-                              for e in ctx.cfg.trunk(c[0]).encryptions()})
-            raise RoutingError("encryption", f"{req.encryption} is not available on the "
-                               f"trunks for {req.to_number} (they offer {', '.join(offered)})")
+            offered = sorted(
+                {e for c in policy.route.candidates() for e in ctx.cfg.trunk(c[0]).encryptions()}
+            )
+            raise RoutingError(
+                "encryption",
+                f"{req.encryption} is not available on the "
+                f"trunks for {req.to_number} (they offer {', '.join(offered)})",
+            )
         first = ctx.cfg.trunk(names[0])
         # dry run of every leg (each trunk, the agent): refuses unsafe values before storing
-        check_trigger(ctx.cfg, [ctx.cfg.trunk(n) for n in names], call_sid=call_sid,
-                      to_number=req.to_number, from_number=req.from_number,
-                      metadata=req.metadata, polyai_call_id=req.polyai_call_id,
-                      bridge_host=ctx.bridge_host, encryption=req.encryption)
+        check_trigger(
+            ctx.cfg,
+            [ctx.cfg.trunk(n) for n in names],
+            call_sid=call_sid,
+            to_number=req.to_number,
+            from_number=req.from_number,
+            metadata=req.metadata,
+            polyai_call_id=req.polyai_call_id,
+            bridge_host=ctx.bridge_host,
+            encryption=req.encryption,
+        )
         now = ctx.clock()
         if policy.window is not None:
             if policy.window_problem:
-                raise RoutingError("timezone", f"the time zone of {req.to_number} is unknown: "
-                                   "give 'timezone' or set the route's timezone")
+                raise RoutingError(
+                    "timezone",
+                    f"the time zone of {req.to_number} is unknown: "
+                    "give 'timezone' or set the route's timezone",
+                )
             if next_open(policy.window, policy.zones, now) is None:
-                raise RoutingError("calling_window", "the calling window never opens in all of "
-                                   f"the number's time zones ({', '.join(policy.zones)}) "
-                                   "within 8 days; give 'timezone'")
+                raise RoutingError(
+                    "calling_window",
+                    "the calling window never opens in all of "
+                    f"the number's time zones ({', '.join(policy.zones)}) "
+                    "within 8 days; give 'timezone'",
+                )
         rec = CallRecord(
-            call_sid=call_sid, status="queued", to_number=req.to_number,
-            from_number=effective_caller_id(first, req.from_number), created_at=now,
-            last_updated=now, trunk=first.name, polyai_call_id=req.polyai_call_id,
-            request=request, idempotency_key=req.idempotency_key,
+            call_sid=call_sid,
+            status="queued",
+            to_number=req.to_number,
+            from_number=effective_caller_id(first, req.from_number),
+            created_at=now,
+            last_updated=now,
+            trunk=first.name,
+            polyai_call_id=req.polyai_call_id,
+            request=request,
+            idempotency_key=req.idempotency_key,
         )
         try:
-            ctx.journal.create(rec, {"from": None, "to": "queued", "reason": "",
-                                     "why": "trigger"})
+            ctx.journal.create(rec, {"from": None, "to": "queued", "reason": "", "why": "trigger"})
         except DuplicateCall:
             if req.idempotency_key:
                 prior = store.find_by_idempotency_key(req.idempotency_key)
@@ -99,8 +128,13 @@ class Triggers:
                     return prior
             raise
         ctx.policies.keep(call_sid, policy)
-        log.info("%s: queued to %s via %s", call_sid, req.to_number, first.name,
-                 extra={"call_sid": call_sid})
+        log.info(
+            "%s: queued to %s via %s",
+            call_sid,
+            req.to_number,
+            first.name,
+            extra={"call_sid": call_sid},
+        )
         if start:
             self.wake()
         return rec

@@ -79,8 +79,9 @@ def bandlimit(x: np.ndarray, lo: float = 300.0, hi: float = 3400.0) -> np.ndarra
     return np.asarray(np.fft.irfft(spec * m, x.size), dtype=np.float64)
 
 
-def _note(f0: float, n: int, env: np.ndarray, harm: tuple[float, ...], vib: float,
-          phase: float) -> np.ndarray:
+def _note(
+    f0: float, n: int, env: np.ndarray, harm: tuple[float, ...], vib: float, phase: float
+) -> np.ndarray:
     t = np.arange(n) / FS
     inst = f0 * (1 + vib * np.sin(2 * np.pi * 5.5 * t + phase))
     ph = 2 * np.pi * np.cumsum(inst) / FS
@@ -92,9 +93,17 @@ def _note(f0: float, n: int, env: np.ndarray, harm: tuple[float, ...], vib: floa
     return y * env
 
 
-def synth_music(rng: np.random.Generator, seconds: float, tempo_bpm: float, root_hz: float,
-                style: str = "pad", percussion: bool = False, vibrato: bool = False,
-                level_dbfs: float = -20.0, progression: int = 0) -> np.ndarray:
+def synth_music(
+    rng: np.random.Generator,
+    seconds: float,
+    tempo_bpm: float,
+    root_hz: float,
+    style: str = "pad",
+    percussion: bool = False,
+    vibrato: bool = False,
+    level_dbfs: float = -20.0,
+    progression: int = 0,
+) -> np.ndarray:
     """Synthetic hold music: chords + melody (+ percussion), band-limited, at ``level_dbfs``."""
     n = int(seconds * FS)
     beat = 60.0 / tempo_bpm
@@ -113,27 +122,29 @@ def synth_music(rng: np.random.Generator, seconds: float, tempo_bpm: float, root
         if style == "pad":
             m = int(bar * FS)
             env = np.minimum(1, np.arange(m) / (0.08 * FS)) * np.minimum(
-                1, (m - np.arange(m)) / (0.1 * FS))
+                1, (m - np.arange(m)) / (0.1 * FS)
+            )
             for f in [*notes, bass]:
-                y[s0:s0 + m] += 0.5 * _note(f, m, env, harm_chord, 0.0, rng.uniform(0, 6))
+                y[s0 : s0 + m] += 0.5 * _note(f, m, env, harm_chord, 0.0, rng.uniform(0, 6))
         elif style == "piano":
             for b in range(4):
                 m = int(beat * FS)
                 s = s0 + int(b * beat * FS)
                 env = np.exp(-np.arange(m) / (0.5 * FS)) * np.minimum(1, np.arange(m) / 40)
                 for f in [*notes, bass]:
-                    y[s:s + m] += 0.5 * _note(f, m, env, harm_chord, 0.0, rng.uniform(0, 6))
+                    y[s : s + m] += 0.5 * _note(f, m, env, harm_chord, 0.0, rng.uniform(0, 6))
         else:  # arp
             seq = [*notes, notes[1] * 2, notes[2], notes[1]]
             for e in range(8):
                 m = int(beat / 2 * FS * 1.6)
                 s = s0 + int(e * beat / 2 * FS)
                 env = np.exp(-np.arange(m) / (0.35 * FS)) * np.minimum(1, np.arange(m) / 40)
-                y[s:s + m] += 0.6 * _note(seq[e % len(seq)], m, env, harm_chord, 0.0,
-                                          rng.uniform(0, 6))
+                y[s : s + m] += 0.6 * _note(
+                    seq[e % len(seq)], m, env, harm_chord, 0.0, rng.uniform(0, 6)
+                )
             m = int(bar * FS)
             env = np.minimum(1, np.arange(m) / 400) * np.minimum(1, (m - np.arange(m)) / 400)
-            y[s0:s0 + m] += 0.4 * _note(bass, m, env, harm_chord, 0.0, 0.0)
+            y[s0 : s0 + m] += 0.4 * _note(bass, m, env, harm_chord, 0.0, 0.0)
         # melody: a walk over the scale, one or two notes per beat
         tb = 0.0
         idx = int(rng.integers(7, 12))
@@ -144,21 +155,26 @@ def synth_music(rng: np.random.Generator, seconds: float, tempo_bpm: float, root
             f = root_hz * 2 * 2 ** ((MAJOR[idx % 7] + 12 * (idx // 7) - 12) / 12)
             m = int(d * FS)
             s = s0 + int(tb * FS)
-            env = np.minimum(1, np.arange(m) / 80) * np.exp(-np.arange(m) / (1.2 * FS)) * \
-                np.minimum(1, (m - np.arange(m)) / 160)
-            y[s:s + m] += 0.8 * _note(f, m, env, harm_mel, 0.004 if vibrato else 0.0,
-                                      rng.uniform(0, 6))
+            env = (
+                np.minimum(1, np.arange(m) / 80)
+                * np.exp(-np.arange(m) / (1.2 * FS))
+                * np.minimum(1, (m - np.arange(m)) / 160)
+            )
+            y[s : s + m] += 0.8 * _note(
+                f, m, env, harm_mel, 0.004 if vibrato else 0.0, rng.uniform(0, 6)
+            )
             tb += d
         if percussion:
             for e in range(8):
                 s = s0 + int(e * beat / 2 * FS)
                 m = int(0.06 * FS)
                 hat = rng.standard_normal(m) * np.exp(-np.arange(m) / (0.012 * FS))
-                y[s:s + m] += 0.25 * np.diff(np.concatenate([[0.0], hat]))
+                y[s : s + m] += 0.25 * np.diff(np.concatenate([[0.0], hat]))
                 if e % 4 == 2:  # snare on beats 2 and 4
                     m2 = int(0.15 * FS)
-                    y[s:s + m2] += 0.35 * rng.standard_normal(m2) * np.exp(
-                        -np.arange(m2) / (0.04 * FS))
+                    y[s : s + m2] += (
+                        0.35 * rng.standard_normal(m2) * np.exp(-np.arange(m2) / (0.04 * FS))
+                    )
         t0 += bar
         ci += 1
     out = bandlimit(y[:n])
@@ -182,16 +198,20 @@ def click(level_dbfs: float = -12.0) -> np.ndarray:
     return 10 ** (level_dbfs / 20) * np.exp(-np.arange(m) / 4.0) * np.sign(np.arange(m) % 2 - 0.5)
 
 
-def random_music(rng: np.random.Generator, r: random.Random, seconds: float,
-                 level: float) -> tuple[np.ndarray, str]:
+def random_music(
+    rng: np.random.Generator, r: random.Random, seconds: float, level: float
+) -> tuple[np.ndarray, str]:
     style = r.choice(["pad", "piano", "arp"])
     tempo = r.uniform(60, 150)
     root = 130.8 * 2 ** (r.randrange(12) / 12)
     perc = r.random() < 0.4
     vib = r.random() < 0.4
     x = synth_music(rng, seconds, tempo, root, style, perc, vib, level, r.randrange(5))
-    return x, f"{style} {tempo:.0f}bpm root {root:.0f}Hz{' perc' if perc else ''}" \
-              f"{' vibrato' if vib else ''}"
+    return (
+        x,
+        f"{style} {tempo:.0f}bpm root {root:.0f}Hz{' perc' if perc else ''}"
+        f"{' vibrato' if vib else ''}",
+    )
 
 
 def prompt_len(last: np.ndarray, prompt: np.ndarray) -> int:
@@ -199,15 +219,15 @@ def prompt_len(last: np.ndarray, prompt: np.ndarray) -> int:
     return prompt.size if last.size >= prompt.size else last.size
 
 
-def prompt_block(rng: np.random.Generator, r: random.Random, prompt: np.ndarray,
-                 music_level: float, first: bool) -> tuple[list[np.ndarray], str]:
+def prompt_block(
+    rng: np.random.Generator, r: random.Random, prompt: np.ndarray, music_level: float, first: bool
+) -> tuple[list[np.ndarray], str]:
     """Music then a prompt, joined the way hold playlists do it."""
     mus, md = random_music(rng, r, r.uniform(6, 12), music_level)
-    way = r.choice(["duck", "fade", "cut"]) if first else r.choice(
-        ["duck", "fade", "cut", "pause"])
+    way = r.choice(["duck", "fade", "cut"]) if first else r.choice(["duck", "fade", "cut", "pause"])
     if way == "duck":  # music continues 18-24 dB under the prompt
         bed, _ = random_music(rng, r, prompt.size / FS + 0.5, music_level - r.uniform(18, 24))
-        bed = fade(fade(bed[:prompt.size], 200), 150, out=False)
+        bed = fade(fade(bed[: prompt.size], 200), 150, out=False)
         return [mus, prompt + bed], f"music({md}) ducked under prompt"
     if way == "fade":  # crossfade: the prompt starts during the last 100-300 ms of the fade
         mf = fade(mus, r.uniform(400, 1000))
@@ -216,8 +236,11 @@ def prompt_block(rng: np.random.Generator, r: random.Random, prompt: np.ndarray,
         return [mixed], f"music({md}) crossfaded into prompt"
     if way == "cut":
         return [mus, gc.sil(r.uniform(0, 100)), prompt], f"music({md}) cut into prompt"
-    return [fade(mus, 800), gc.sil(r.uniform(400, 1000)), prompt], \
-        f"music({md}) pause then prompt (repeat)"
+    return [
+        fade(mus, 800),
+        gc.sil(r.uniform(400, 1000)),
+        prompt,
+    ], f"music({md}) pause then prompt (repeat)"
 
 
 class HoldBuilder:
@@ -227,8 +250,14 @@ class HoldBuilder:
         self.r = random.Random(seed)
         self.labels: dict[str, dict[str, Any]] = {}
 
-    def finish(self, name: str, parts: list[np.ndarray], person_at: int | None,
-               desc: str, prompts_at: list[int] | None = None) -> None:
+    def finish(
+        self,
+        name: str,
+        parts: list[np.ndarray],
+        person_at: int | None,
+        desc: str,
+        prompts_at: list[int] | None = None,
+    ) -> None:
         """Line noise, µ-law round trip, write; ``person_at`` is a sample index."""
         x = np.concatenate(parts)
         kind = self.r.choice(["white", "pink"])
@@ -241,7 +270,8 @@ class HoldBuilder:
             "person_ms": None if person_at is None else gc.ms_of(person_at),
             "duration_ms": gc.ms_of(x.size),
             "prompts_ms": [gc.ms_of(p) for p in prompts_at or []],
-            "desc": f"{desc}; {kind} line noise {lv:.0f} dBFS; ulaw"}
+            "desc": f"{desc}; {kind} line noise {lv:.0f} dBFS; ulaw",
+        }
 
 
 def generate(out: Path, seed: int = DEFAULT_SEED) -> dict[str, dict[str, Any]]:
@@ -251,12 +281,13 @@ def generate(out: Path, seed: int = DEFAULT_SEED) -> dict[str, dict[str, Any]]:
     r, rng = b.r, b.rng
     with tempfile.TemporaryDirectory() as td:
         sp = gc.Speech(Path(td))
-        preqs = [(p, PROMPT_VOICES[i % len(PROMPT_VOICES)], 150, 50)
-                 for i, p in enumerate(PROMPTS)]
-        hreqs = [(p, v, r.choice([150, 165, 180]), r.choice([35, 50, 65]))
-                 for p in PERSONS for v in PERSON_VOICES[:3]]
-        hreqs += [(PERSONS[i % len(PERSONS)], v, 170, 45)
-                  for i, v in enumerate(PERSON_VOICES[3:])]
+        preqs = [(p, PROMPT_VOICES[i % len(PROMPT_VOICES)], 150, 50) for i, p in enumerate(PROMPTS)]
+        hreqs = [
+            (p, v, r.choice([150, 165, 180]), r.choice([35, 50, 65]))
+            for p in PERSONS
+            for v in PERSON_VOICES[:3]
+        ]
+        hreqs += [(PERSONS[i % len(PERSONS)], v, 170, 45) for i, v in enumerate(PERSON_VOICES[3:])]
         sp.render_many(preqs + hreqs)
 
         def person(i: int, level: float) -> tuple[np.ndarray, str]:
@@ -267,8 +298,16 @@ def generate(out: Path, seed: int = DEFAULT_SEED) -> dict[str, dict[str, Any]]:
             return s, f"person '{req[0][:28]}…' voice={req[1]} level={level:.0f}"
 
         # --- person files ----------
-        scenarios = ["stop_silence", "cut_mid", "prompt_then_person", "stop_click",
-                     "silent_hold", "ringback_hold", "prompt_loop_then_person", "beeps_hold"]
+        scenarios = [
+            "stop_silence",
+            "cut_mid",
+            "prompt_then_person",
+            "stop_click",
+            "silent_hold",
+            "ringback_hold",
+            "prompt_loop_then_person",
+            "beeps_hold",
+        ]
         for i in range(18):
             sc = scenarios[i % len(scenarios)]
             mlv = r.uniform(-30, -14)
@@ -287,8 +326,9 @@ def generate(out: Path, seed: int = DEFAULT_SEED) -> dict[str, dict[str, Any]]:
                 parts.append(gc.sil(r.uniform(8000, 15000)))
                 descs.append("silent hold")
             elif sc == "ringback_hold":
-                parts.append(gc.cadence((440.0, 480.0), [2000, 4000], r.uniform(8000, 14000),
-                                        mlv - 3))
+                parts.append(
+                    gc.cadence((440.0, 480.0), [2000, 4000], r.uniform(8000, 14000), mlv - 3)
+                )
                 parts.append(gc.sil(r.uniform(300, 900)))
                 descs.append("ringback as hold")
             elif sc == "beeps_hold":
@@ -302,12 +342,18 @@ def generate(out: Path, seed: int = DEFAULT_SEED) -> dict[str, dict[str, Any]]:
                     parts += [mus, gc.sil(r.uniform(250, 600))]
                     descs.append(f"music({md}) cut mid-phrase")
                 elif sc == "stop_click":
-                    parts += [mus, gc.sil(r.uniform(100, 300)), click(mlv + 6),
-                              gc.sil(r.uniform(300, 1000))]
+                    parts += [
+                        mus,
+                        gc.sil(r.uniform(100, 300)),
+                        click(mlv + 6),
+                        gc.sil(r.uniform(300, 1000)),
+                    ]
                     descs.append(f"music({md}) stop, click")
                 else:
-                    parts += [fade(mus, r.uniform(0, 1200)) if r.random() < 0.5 else mus,
-                              gc.sil(r.uniform(300, 1500))]
+                    parts += [
+                        fade(mus, r.uniform(0, 1200)) if r.random() < 0.5 else mus,
+                        gc.sil(r.uniform(300, 1500)),
+                    ]
                     descs.append(f"music({md}) stop, silence")
             at = sum(p.size for p in parts)
             s, d = person(i, plv)

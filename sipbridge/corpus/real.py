@@ -52,9 +52,20 @@ class Fetcher:
         d = self.cache / repo.replace("/", "+")
         if not d.is_dir():
             self.cache.mkdir(parents=True, exist_ok=True)
-            r = subprocess.run(["git", "clone", "--bare", "--filter=blob:none", "--quiet",
-                                f"https://github.com/{repo}.git", str(d)],
-                               capture_output=True, text=True, check=False)
+            r = subprocess.run(
+                [
+                    "git",
+                    "clone",
+                    "--bare",
+                    "--filter=blob:none",
+                    "--quiet",
+                    f"https://github.com/{repo}.git",
+                    str(d),
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
             if r.returncode:
                 raise SourceError(f"cannot clone {repo}: {r.stderr.strip()}")
         return d
@@ -62,11 +73,15 @@ class Fetcher:
     def audio(self, repo: str, commit: str, path: str) -> FloatArray:
         key = (repo, commit, path)
         if key not in self._audio:
-            r = subprocess.run(["git", "--git-dir", str(self._git_dir(repo)), "show",
-                                f"{commit}:{path}"], capture_output=True, check=False)
+            r = subprocess.run(
+                ["git", "--git-dir", str(self._git_dir(repo)), "show", f"{commit}:{path}"],
+                capture_output=True,
+                check=False,
+            )
             if r.returncode:
-                raise SourceError(f"{repo}@{commit[:10]}:{path}: "
-                                  f"{r.stderr.decode(errors='replace').strip()}")
+                raise SourceError(
+                    f"{repo}@{commit[:10]}:{path}: {r.stderr.decode(errors='replace').strip()}"
+                )
             with tempfile.NamedTemporaryFile(suffix=".wav") as f:
                 f.write(r.stdout)
                 f.flush()
@@ -74,8 +89,9 @@ class Fetcher:
         return self._audio[key]
 
 
-def _segment(seg: dict[str, Any], fetch: Fetcher, sources: dict[str, dict[str, str]]
-             ) -> tuple[FloatArray, bool]:
+def _segment(
+    seg: dict[str, Any], fetch: Fetcher, sources: dict[str, dict[str, str]]
+) -> tuple[FloatArray, bool]:
     """One segment's audio and whether it is speech (for the greeting's end)."""
     if "silence_ms" in seg:
         return sil(float(seg["silence_ms"])), False
@@ -83,7 +99,8 @@ def _segment(seg: dict[str, Any], fetch: Fetcher, sources: dict[str, dict[str, s
         kind = seg["ringback"]
         rings: dict[str, tuple[tuple[float, ...], list[float]]] = {
             "us": ((440.0, 480.0), [2000.0, 4000.0]),
-            "uk": ((400.0, 450.0), [400.0, 200.0, 400.0, 2000.0])}
+            "uk": ((400.0, 450.0), [400.0, 200.0, 400.0, 2000.0]),
+        }
         freqs, pat = rings[kind]
         return cadence(freqs, pat, float(seg.get("ms", 6000)), -22.0), False
     if "tone_hz" in seg:
@@ -92,8 +109,9 @@ def _segment(seg: dict[str, Any], fetch: Fetcher, sources: dict[str, dict[str, s
     return fetch.audio(src["repo"], src["commit"], seg["path"]), bool(seg.get("speech", True))
 
 
-def build(out: Path = DEFAULT_OUT, mirror_root: Path | None = None,
-          manifest: Path = MANIFEST) -> dict[str, dict[str, Any]]:
+def build(
+    out: Path = DEFAULT_OUT, mirror_root: Path | None = None, manifest: Path = MANIFEST
+) -> dict[str, dict[str, Any]]:
     """Assemble the corpus into ``out``; returns the labels (also written to labels.json)."""
     spec = json.loads(manifest.read_text())
     sources: dict[str, dict[str, str]] = spec["sources"]
@@ -114,16 +132,29 @@ def build(out: Path = DEFAULT_OUT, mirror_root: Path | None = None,
         audio = np.concatenate(parts)
         name = f"{item['name']}.wav"
         write_wav(out / name, audio)
-        lab = {"mode": "answer", "answered_by": None, "sit_code": None, "progress": None,
-               "ivr_hint": False, "hint": None, "greeting_end_ms": None, "beep_ms": None,
-               "sit_start_ms": None, **item["label"]}
+        lab = {
+            "mode": "answer",
+            "answered_by": None,
+            "sit_code": None,
+            "progress": None,
+            "ivr_hint": False,
+            "hint": None,
+            "greeting_end_ms": None,
+            "beep_ms": None,
+            "sit_start_ms": None,
+            **item["label"],
+        }
         if lab["answered_by"] in ("human", "machine"):
             lab["greeting_end_ms"] = ms_of(greeting_end) if greeting_end is not None else None
         lab["beep_ms"] = ms_of(beep_at) if beep_at is not None else None
         lab["desc"] = item.get("desc", "")
-        lab["sources"] = sorted({f"{sources[s['source']]['repo']}@"
-                                 f"{sources[s['source']]['commit'][:10]}:{s['path']}"
-                                 for s in item["segments"] if "source" in s})
+        lab["sources"] = sorted(
+            {
+                f"{sources[s['source']]['repo']}@{sources[s['source']]['commit'][:10]}:{s['path']}"
+                for s in item["segments"]
+                if "source" in s
+            }
+        )
         labels[name] = lab
     (out / "labels.json").write_text(json.dumps(labels, indent=1, sort_keys=True))
     speech = out / "speech"
@@ -145,9 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     """``scripts/real_corpus``: build the corpus; exit 1 naming a source that failed."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out", nargs="?", type=Path, default=DEFAULT_OUT)
-    ap.add_argument("--mirror-root", type=Path, default=None,
-                    help="folder of local git mirrors (OWNER+NAME/repo) to read instead of "
-                         "cloning")
+    ap.add_argument(
+        "--mirror-root",
+        type=Path,
+        default=None,
+        help="folder of local git mirrors (OWNER+NAME/repo) to read instead of cloning",
+    )
     a = ap.parse_args(argv)
     try:
         labels = build(a.out, a.mirror_root)
@@ -156,4 +190,3 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"wrote {len(labels)} files and labels.json to {a.out}")
     return 0
-

@@ -52,8 +52,13 @@ GREETINGS = [
     "Hey, it's Alex. Leave me a message and I'll call you back.",
 ]
 HELLOS = ["Hello?", "Yeah?", "Hi, who is this?", "Hello, Sam speaking."]
-SHORT_PROMPTS = ["Please hold.", "All circuits are busy now.", "Welcome.",
-                 "Please leave a message.", "Goodbye."]
+SHORT_PROMPTS = [
+    "Please hold.",
+    "All circuits are busy now.",
+    "Welcome.",
+    "Please leave a message.",
+    "Goodbye.",
+]
 CONTINUOUS = [
     "Hello yes this is Sam I was just about to call you back about the order actually",
     "Hi there I'm driving right now so keep it short what is it you need from me today",
@@ -88,8 +93,7 @@ class _Gen:
         self.r = self.b.r
         self.sp = sp
 
-    def say(self, text: str, voice: str, speed: int, level: float,
-            pitch: int = 50) -> np.ndarray:
+    def say(self, text: str, voice: str, speed: int, level: float, pitch: int = 50) -> np.ndarray:
         return scale_to_dbfs(self.sp.get(text, voice, speed, pitch), level)
 
     def recorded(self, speech: np.ndarray) -> tuple[np.ndarray, int, int]:
@@ -98,11 +102,17 @@ class _Gen:
         tail = round(self.r.uniform(100, 500) * FS / 1000)
         bed = _room(lead + speech.size + tail, self.rng, self.r.uniform(-60, -46))
         x = bed.copy()
-        x[lead:lead + speech.size] += speech
+        x[lead : lead + speech.size] += speech
         return x, lead, lead + speech_end(speech)
 
-    def write(self, name: str, x: np.ndarray, label: dict[str, Any],
-              cn: float | None = -72.0, room: float | None = None) -> None:
+    def write(
+        self,
+        name: str,
+        x: np.ndarray,
+        label: dict[str, Any],
+        cn: float | None = -72.0,
+        room: float | None = None,
+    ) -> None:
         """Add the line floor (and a live room), write through the corpus builder."""
         y = x + _line(x.size, self.rng, cn)
         if room is not None:
@@ -140,8 +150,9 @@ def generate(out: Path, seed: int = DEFAULT_SEED) -> dict[str, dict[str, Any]]:
 
 
 def _greeting(g: _Gen, i: int, level: float) -> np.ndarray:
-    return g.say(GREETINGS[i % len(GREETINGS)], VOICES[i % len(GREETINGS) % len(VOICES)], 160,
-                 level)
+    return g.say(
+        GREETINGS[i % len(GREETINGS)], VOICES[i % len(GREETINGS) % len(VOICES)], 160, level
+    )
 
 
 def _machines(g: _Gen, reqs: list[tuple[str, str, int, int]]) -> None:
@@ -159,34 +170,59 @@ def _machines(g: _Gen, reqs: list[tuple[str, str, int, int]]) -> None:
             parts += [tone((beep_hz[i % len(beep_hz)],), 400, -18), sil(2000)]
         else:
             parts.append(sil(7000))
-        g.write(f"late_greeting_{i}", np.concatenate(parts), {
-            "answered_by": "machine", "greeting_end_ms": ms_of(gend),
-            "beep_ms": ms_of(beep_at) if has_beep else None, "ivr_hint": not has_beep,
-            "desc": f"greeting after {lead:.0f} ms of {'comfort noise' if cn else 'silence'}"},
-            cn=cn)
+        g.write(
+            f"late_greeting_{i}",
+            np.concatenate(parts),
+            {
+                "answered_by": "machine",
+                "greeting_end_ms": ms_of(gend),
+                "beep_ms": ms_of(beep_at) if has_beep else None,
+                "ivr_hint": not has_beep,
+                "desc": f"greeting after {lead:.0f} ms of {'comfort noise' if cn else 'silence'}",
+            },
+            cn=cn,
+        )
     for i in range(6):  # beeps after 2–5 s of silence
         gap = 2000 + 3000 * i / 5
         s, _, send = g.recorded(_greeting(g, i + 1, r.uniform(-26, -16)))
         parts = [sil(r.uniform(300, 900)), s, sil(gap)]
         beep_at = sum(p.size for p in parts)
-        parts += [tone((beep_hz[(i + 2) % len(beep_hz)],), r.choice([250, 500, 800]), -20),
-                  sil(1500)]
-        g.write(f"beep_late_{i}", np.concatenate(parts), {
-            "answered_by": "machine", "greeting_end_ms": ms_of(parts[0].size + send),
-            "beep_ms": ms_of(beep_at), "desc": f"beep {gap:.0f} ms after the greeting"})
+        parts += [
+            tone((beep_hz[(i + 2) % len(beep_hz)],), r.choice([250, 500, 800]), -20),
+            sil(1500),
+        ]
+        g.write(
+            f"beep_late_{i}",
+            np.concatenate(parts),
+            {
+                "answered_by": "machine",
+                "greeting_end_ms": ms_of(parts[0].size + send),
+                "beep_ms": ms_of(beep_at),
+                "desc": f"beep {gap:.0f} ms after the greeting",
+            },
+        )
     rings: list[tuple[tuple[float, ...], list[float], float]] = [
-        ((440.0, 480.0), [2000, 4000], 6000), ((400.0, 450.0), [400, 200, 400, 2000], 3000),
-             ((425.0,), [1000, 4000], 5000), ((440.0,), [1500, 3500], 5000)]
+        ((440.0, 480.0), [2000, 4000], 6000),
+        ((400.0, 450.0), [400, 200, 400, 2000], 3000),
+        ((425.0,), [1000, 4000], 5000),
+        ((440.0,), [1500, 3500], 5000),
+    ]
     for i, (f, pat, ms) in enumerate(rings):  # ringback, then the greeting
         ring = cadence(f, pat, ms, -22)
         s, _, send = g.recorded(_greeting(g, i + 2, -20))
         parts = [ring, sil(r.uniform(200, 800)), s, sil(600)]
         beep_at = sum(p.size for p in parts)
         parts += [tone((1000.0,), 400, -18), sil(1500)]
-        g.write(f"ringback_greeting_{i}", np.concatenate(parts), {
-            "answered_by": "machine", "greeting_end_ms": ms_of(parts[0].size + parts[1].size
-                                                                + send),
-            "beep_ms": ms_of(beep_at), "desc": f"ringback {f} then greeting and beep"})
+        g.write(
+            f"ringback_greeting_{i}",
+            np.concatenate(parts),
+            {
+                "answered_by": "machine",
+                "greeting_end_ms": ms_of(parts[0].size + parts[1].size + send),
+                "beep_ms": ms_of(beep_at),
+                "desc": f"ringback {f} then greeting and beep",
+            },
+        )
     for i in range(4):  # 10 dB SNR line, recorded greeting and beep
         lvl = r.uniform(-30, -20)
         s, _, send = g.recorded(_greeting(g, i, lvl))
@@ -196,9 +232,16 @@ def _machines(g: _Gen, reqs: list[tuple[str, str, int, int]]) -> None:
         parts += [tone((1000.0,), 500, lvl + 2), sil(1500)]
         x = np.concatenate(parts)
         x += noise(x.size, ["white", "pink"][i % 2], g.rng) * 10 ** ((lvl - 10 - 3) / 20)
-        g.write(f"snr10_machine_{i}", x, {
-            "answered_by": "machine", "greeting_end_ms": ms_of(pre.size + send),
-            "beep_ms": ms_of(beep_at), "desc": f"greeting at {lvl:.0f} dBFS, 10 dB SNR"})
+        g.write(
+            f"snr10_machine_{i}",
+            x,
+            {
+                "answered_by": "machine",
+                "greeting_end_ms": ms_of(pre.size + send),
+                "beep_ms": ms_of(beep_at),
+                "desc": f"greeting at {lvl:.0f} dBFS, 10 dB SNR",
+            },
+        )
     for i, text in enumerate(SHORT_PROMPTS):  # short prompts then silence (no beep)
         speech = g.say(text, VOICES[(i + 1) % len(VOICES)], 150, r.uniform(-24, -16))
         recorded = i % 2 == 0
@@ -207,45 +250,93 @@ def _machines(g: _Gen, reqs: list[tuple[str, str, int, int]]) -> None:
         else:  # synthetic, on a comfort-noise line
             s, send = speech, speech_end(speech)
         pre = sil(r.uniform(300, 1200))
-        g.write(f"short_prompt_{i}", np.concatenate([pre, s, sil(7000)]), {
-            "answered_by": "machine", "ivr_hint": True,
-            "greeting_end_ms": ms_of(pre.size + send),
-            "desc": f"{'recorded' if recorded else 'synthetic'} prompt "
-                    f"{speech.size / FS:.1f} s then silence"}, cn=-72.0)
+        g.write(
+            f"short_prompt_{i}",
+            np.concatenate([pre, s, sil(7000)]),
+            {
+                "answered_by": "machine",
+                "ivr_hint": True,
+                "greeting_end_ms": ms_of(pre.size + send),
+                "desc": f"{'recorded' if recorded else 'synthetic'} prompt "
+                f"{speech.size / FS:.1f} s then silence",
+            },
+            cn=-72.0,
+        )
     for i, text in enumerate(SCREENING):  # screening assistant: synthetic, question, silence
         speech = g.say(text, VOICES[(i + 4) % len(VOICES)], 165, -18)
         pre = sil(r.uniform(400, 1200))
-        g.write(f"screening_{i}", np.concatenate([pre, speech, sil(8000)]), {
-            "answered_by": "human", "hint": "screening",
-            "greeting_end_ms": ms_of(pre.size + speech_end(speech)),
-            "desc": "screening assistant greeting ending in a question"}, cn=-74.0)
+        g.write(
+            f"screening_{i}",
+            np.concatenate([pre, speech, sil(8000)]),
+            {
+                "answered_by": "human",
+                "hint": "screening",
+                "greeting_end_ms": ms_of(pre.size + speech_end(speech)),
+                "desc": "screening assistant greeting ending in a question",
+            },
+            cn=-74.0,
+        )
 
 
 def _humans(g: _Gen, reqs: list[tuple[str, str, int, int]]) -> None:
     r = g.r
 
-    def live(name: str, text: str, voice: str, speed: int, label: dict[str, Any],
-             snr_db: float | None = None) -> None:
+    def live(
+        name: str,
+        text: str,
+        voice: str,
+        speed: int,
+        label: dict[str, Any],
+        snr_db: float | None = None,
+    ) -> None:
         lvl = r.uniform(-28, -14)
         speech = g.say(text, voice, speed, lvl)
         lead = sil(r.uniform(200, 1000))
         room = lvl - snr_db if snr_db is not None else r.uniform(-58, -46)
         x = np.concatenate([lead, speech, sil(4000)])
-        g.write(name, x, {"answered_by": "human",
-                          "greeting_end_ms": ms_of(lead.size + speech_end(speech)), **label},
-                room=room)
+        g.write(
+            name,
+            x,
+            {
+                "answered_by": "human",
+                "greeting_end_ms": ms_of(lead.size + speech_end(speech)),
+                **label,
+            },
+            room=room,
+        )
 
     for i, h in enumerate(HELLOS):
-        live(f"live_hello_{i}", h, VOICES[(i + 3) % len(VOICES)], 165,
-             {"desc": f"live '{h}' in a room"})
-        live(f"snr10_human_{i}", h, VOICES[(i + 3) % len(VOICES)], 165,
-             {"desc": f"live '{h}', 10 dB SNR"}, snr_db=10.0)
+        live(
+            f"live_hello_{i}",
+            h,
+            VOICES[(i + 3) % len(VOICES)],
+            165,
+            {"desc": f"live '{h}' in a room"},
+        )
+        live(
+            f"snr10_human_{i}",
+            h,
+            VOICES[(i + 3) % len(VOICES)],
+            165,
+            {"desc": f"live '{h}', 10 dB SNR"},
+            snr_db=10.0,
+        )
     for i, t in enumerate(CONTINUOUS):
-        live(f"continuous_{i}", t, VOICES[(i + 5) % len(VOICES)], 190,
-             {"hint": "operator", "desc": "live talker, 3+ s without a pause"})
+        live(
+            f"continuous_{i}",
+            t,
+            VOICES[(i + 5) % len(VOICES)],
+            190,
+            {"hint": "operator", "desc": "live talker, 3+ s without a pause"},
+        )
     for i, t in enumerate(OPERATORS):
-        live(f"operator_{i}", t, VOICES[(i + 2) % len(VOICES)], 175,
-             {"hint": "operator", "desc": "live receptionist, scripted greeting"})
+        live(
+            f"operator_{i}",
+            t,
+            VOICES[(i + 2) % len(VOICES)],
+            175,
+            {"hint": "operator", "desc": "live receptionist, scripted greeting"},
+        )
 
 
 def _tones(g: _Gen) -> None:
@@ -259,22 +350,41 @@ def _tones(g: _Gen) -> None:
         f1, d1, f2, d2 = SIT_TABLE[code]
         drop = [100, 200, 300][i % 3]
         lead = r.uniform(200, 600)
-        sit = np.concatenate([tone((f1,), d1, -20, 2), tone((f2,), d2, -20, 2),
-                              tone((1776.7,), 380, -20, 2)])
+        sit = np.concatenate(
+            [tone((f1,), d1, -20, 2), tone((f2,), d2, -20, 2), tone((1776.7,), 380, -20, 2)]
+        )
         seg_start, seg_ms = [(0, d1), (d1 + d2, 380)][i % 2]
         at = seg_start + max(20.0, (seg_ms - drop) / 2)
         x = np.concatenate([sil(lead), dropout(sit, at, min(drop, seg_ms - 40)), sil(1500)])
-        g.write(f"sit_dropout_{i}_{code.replace(chr(39), 'x')}", x, {
-            "mode": ["early", "answer"][i % 2], "answered_by": "sit", "sit_code": code,
-            "sit_start_ms": ms_of(round(lead * FS / 1000)),
-            "desc": f"SIT {code}, {drop} ms dropout"})
+        g.write(
+            f"sit_dropout_{i}_{code.replace(chr(39), 'x')}",
+            x,
+            {
+                "mode": ["early", "answer"][i % 2],
+                "answered_by": "sit",
+                "sit_code": code,
+                "sit_start_ms": ms_of(round(lead * FS / 1000)),
+                "desc": f"SIT {code}, {drop} ms dropout",
+            },
+        )
     cps: list[tuple[str, tuple[float, ...], list[float], str]] = [
-        ("busy", (480.0, 620.0), [500, 500], "us"), ("reorder", (480.0, 620.0), [250, 250], "us"),
-        ("busy", (425.0,), [500, 500], "425"), ("busy", (400.0,), [375, 375], "uk")]
+        ("busy", (480.0, 620.0), [500, 500], "us"),
+        ("reorder", (480.0, 620.0), [250, 250], "us"),
+        ("busy", (425.0,), [500, 500], "425"),
+        ("busy", (400.0,), [375, 375], "uk"),
+    ]
     for i, (kind, f, pat, region) in enumerate(cps):
         drop = [100, 200, 300, 250][i]
         x = np.concatenate([sil(300), cadence(f, pat, 7000, -20)])
         x = dropout(x, 300 + pat[0] * 0.3, min(drop, pat[0] - 60))
-        g.write(f"cp_dropout_{kind}_{region}_{i}", x, {
-            "mode": ["early", "answer"][i % 2], "answered_by": "unknown", "progress": kind,
-            "progress_region": region, "desc": f"{kind} with a {drop} ms dropout"})
+        g.write(
+            f"cp_dropout_{kind}_{region}_{i}",
+            x,
+            {
+                "mode": ["early", "answer"][i % 2],
+                "answered_by": "unknown",
+                "progress": kind,
+                "progress_region": region,
+                "desc": f"{kind} with a {drop} ms dropout",
+            },
+        )

@@ -33,8 +33,11 @@ def check(path: Path, lab: dict[str, Any], det: Detection | None = None) -> list
     exp = (lab["answered_by"], lab["sit_code"], lab["progress"])
     if got != exp:
         return [f"{path.name}: expected {exp}, got {got} ({det.reason})"]
-    if lab["progress"] and lab.get("progress_region") and \
-            det.progress_region != lab["progress_region"]:
+    if (
+        lab["progress"]
+        and lab.get("progress_region")
+        and det.progress_region != lab["progress_region"]
+    ):
         errs.append(f"{path.name}: region {det.progress_region} != {lab['progress_region']}")
     if lab["sit_start_ms"] is not None:
         lat = det.decided_at_ms - lab["sit_start_ms"]
@@ -43,26 +46,33 @@ def check(path: Path, lab: dict[str, Any], det: Detection | None = None) -> list
     if lab["answered_by"] == "human":
         lat = det.decided_at_ms - lab["greeting_end_ms"]
         cfg = DetectionConfig()
-        limit = {None: HUMAN_MAX_LATENCY_MS,
-                 "operator": cfg.operator_silence_ms * 5 // 3 + 300,
-                 "screening": cfg.screening_silence_ms + 300}.get(lab.get("hint"),
-                                                                 HUMAN_MAX_LATENCY_MS)
+        limit = {
+            None: HUMAN_MAX_LATENCY_MS,
+            "operator": cfg.operator_silence_ms * 5 // 3 + 300,
+            "screening": cfg.screening_silence_ms + 300,
+        }.get(lab.get("hint"), HUMAN_MAX_LATENCY_MS)
         if not 0 <= lat <= limit:
             errs.append(f"{path.name}: human decided {lat} ms after greeting end")
-        if det.greeting_end_ms is None or abs(det.greeting_end_ms - lab["greeting_end_ms"]) > \
-                GREETING_END_TOL_MS:
-            errs.append(f"{path.name}: greeting end {det.greeting_end_ms} vs "
-                        f"{lab['greeting_end_ms']}")
+        if (
+            det.greeting_end_ms is None
+            or abs(det.greeting_end_ms - lab["greeting_end_ms"]) > GREETING_END_TOL_MS
+        ):
+            errs.append(
+                f"{path.name}: greeting end {det.greeting_end_ms} vs {lab['greeting_end_ms']}"
+            )
     if lab["answered_by"] == "machine":
         if not det.final:
             errs.append(f"{path.name}: machine result not final")
         if lab["beep_ms"] is not None:
             if det.beep_ms is None or abs(det.beep_ms - lab["beep_ms"]) > BEEP_TOL_MS:
                 errs.append(f"{path.name}: beep at {det.beep_ms}, expected {lab['beep_ms']}")
-            if det.greeting_end_ms is None or abs(det.greeting_end_ms - lab["greeting_end_ms"]) \
-                    > GREETING_END_TOL_MS:
-                errs.append(f"{path.name}: greeting end {det.greeting_end_ms} vs "
-                            f"{lab['greeting_end_ms']}")
+            if (
+                det.greeting_end_ms is None
+                or abs(det.greeting_end_ms - lab["greeting_end_ms"]) > GREETING_END_TOL_MS
+            ):
+                errs.append(
+                    f"{path.name}: greeting end {det.greeting_end_ms} vs {lab['greeting_end_ms']}"
+                )
         else:
             if det.beep_ms is not None:
                 errs.append(f"{path.name}: false beep at {det.beep_ms}")
@@ -70,7 +80,9 @@ def check(path: Path, lab: dict[str, Any], det: Detection | None = None) -> list
                 errs.append(f"{path.name}: ivr_hint {det.ivr_hint}")
     if lab.get("hint") is not None and det.hint != lab["hint"]:
         errs.append(f"{path.name}: hint {det.hint} != {lab['hint']}")
-    if lab["answered_by"] in ("human", "silence", "fax", "sit", "unknown", "ivr") and \
-            det.beep_ms is not None:
+    if (
+        lab["answered_by"] in ("human", "silence", "fax", "sit", "unknown", "ivr")
+        and det.beep_ms is not None
+    ):
         errs.append(f"{path.name}: unexpected beep at {det.beep_ms}")
     return errs

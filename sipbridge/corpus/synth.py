@@ -42,8 +42,22 @@ class Speech:
         def one(i_req: tuple[int, tuple[str, str, int, int]]) -> None:
             i, (text, voice, speed, pitch) = i_req
             out = self.tmp / f"s{i}.wav"
-            subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch),
-                            "-w", str(out), text], check=True, capture_output=True)
+            subprocess.run(
+                [
+                    "espeak-ng",
+                    "-v",
+                    voice,
+                    "-s",
+                    str(speed),
+                    "-p",
+                    str(pitch),
+                    "-w",
+                    str(out),
+                    text,
+                ],
+                check=True,
+                capture_output=True,
+            )
             x = load_audio(out)
             self.cache[(text, voice, speed, pitch)] = trim(x)
 
@@ -57,18 +71,18 @@ class Speech:
 def trim(x: np.ndarray) -> np.ndarray:
     """Trim leading/trailing near-silence (10 ms windows 45 dB below the loudest)."""
     n = x.size // 80
-    e = np.array([np.mean(x[i * 80:(i + 1) * 80] ** 2) for i in range(n)]) + 1e-12
+    e = np.array([np.mean(x[i * 80 : (i + 1) * 80] ** 2) for i in range(n)]) + 1e-12
     act = np.nonzero(10 * np.log10(e / e.max()) > -45)[0]
     if act.size == 0:
         return x
-    return x[act[0] * 80:(act[-1] + 1) * 80].copy()
+    return x[act[0] * 80 : (act[-1] + 1) * 80].copy()
 
 
 def speech_end(x: np.ndarray, rel_db: float = -35.0) -> int:
     """Ground-truth end of speech in a clip (samples): the last 10 ms window within 35 dB of the
     loudest one. Quieter tails (a fading fricative) are inaudible on a phone line."""
     n = x.size // 80
-    e = np.array([np.mean(x[i * 80:(i + 1) * 80] ** 2) for i in range(n)]) + 1e-12
+    e = np.array([np.mean(x[i * 80 : (i + 1) * 80] ** 2) for i in range(n)]) + 1e-12
     act = np.nonzero(10 * np.log10(e / e.max()) > rel_db)[0]
     return int((act[-1] + 1) * 80) if act.size else x.size
 
@@ -77,8 +91,13 @@ def sil(ms: float) -> np.ndarray:
     return np.zeros(round(ms * FS / 1000))
 
 
-def tone(freqs: tuple[float, ...] | list[float], ms: float, level_dbfs: float,
-         ramp_ms: float = 4.0, phase: float = 0.0) -> np.ndarray:
+def tone(
+    freqs: tuple[float, ...] | list[float],
+    ms: float,
+    level_dbfs: float,
+    ramp_ms: float = 4.0,
+    phase: float = 0.0,
+) -> np.ndarray:
     """Sum of equal-level sines; ``level_dbfs`` is per component (telephony convention)."""
     n = round(ms * FS / 1000)
     t = np.arange(n) / FS
@@ -93,8 +112,9 @@ def tone(freqs: tuple[float, ...] | list[float], ms: float, level_dbfs: float,
     return y
 
 
-def cadence(freqs: tuple[float, ...], pattern_ms: list[float], total_ms: float,
-            level: float) -> np.ndarray:
+def cadence(
+    freqs: tuple[float, ...], pattern_ms: list[float], total_ms: float, level: float
+) -> np.ndarray:
     """Repeat an on/off pattern (on, off, on, off, ...) for ``total_ms``."""
     out: list[np.ndarray] = []
     t = 0.0
@@ -148,9 +168,19 @@ VOWELS: dict[str, tuple[tuple[float, float], ...]] = {
 }
 
 
-def voiced(f0: float, ms: float, level_dbfs: float, rng: np.random.Generator, *,
-           vowel: str = "u", vibrato_hz: float = 0.0, vibrato_rel: float = 0.0,
-           jitter_rel: float = 0.004, drift_rel: float = 0.0, ramp_ms: float = 30.0) -> np.ndarray:
+def voiced(
+    f0: float,
+    ms: float,
+    level_dbfs: float,
+    rng: np.random.Generator,
+    *,
+    vowel: str = "u",
+    vibrato_hz: float = 0.0,
+    vibrato_rel: float = 0.0,
+    jitter_rel: float = 0.004,
+    drift_rel: float = 0.0,
+    ramp_ms: float = 30.0,
+) -> np.ndarray:
     """A voiced sound (held vowel, hum or sung note) by additive synthesis.
 
     Harmonics of a pitch contour ``f0 * (1 + drift + vibrato + jitter)`` (jitter: random
@@ -163,13 +193,17 @@ def voiced(f0: float, ms: float, level_dbfs: float, rng: np.random.Generator, *,
     t = np.arange(n) / FS
     jit = rng.standard_normal(n // 80 + 2)
     jit = np.interp(np.arange(n) / 80.0, np.arange(jit.size), jit) * jitter_rel
-    contour = f0 * (1.0 + drift_rel * t / max(t[-1], 1e-3) + jit
-                    + vibrato_rel * np.sin(2 * np.pi * vibrato_hz * t + rng.uniform(0, 6.3)))
+    contour = f0 * (
+        1.0
+        + drift_rel * t / max(t[-1], 1e-3)
+        + jit
+        + vibrato_rel * np.sin(2 * np.pi * vibrato_hz * t + rng.uniform(0, 6.3))
+    )
     phase = 2 * np.pi * np.cumsum(contour) / FS
     y = np.zeros(n)
     for h in range(1, int(3600 // f0) + 1):
         fh = h * f0
-        gain = h ** -2.0  # -12 dB/octave source
+        gain = h**-2.0  # -12 dB/octave source
         for fc, bw in VOWELS[vowel]:
             gain *= 1.0 / np.sqrt(1.0 + ((fh - fc) / (bw / 2)) ** 2) + 0.05
         y += gain * np.sin(h * phase)
@@ -186,5 +220,5 @@ def dropout(x: np.ndarray, start_ms: float, ms: float) -> np.ndarray:
     packets / a jitter-buffer gap)."""
     y = x.copy()
     a = round(start_ms * FS / 1000)
-    y[a:a + round(ms * FS / 1000)] = 0.0
+    y[a : a + round(ms * FS / 1000)] = 0.0
     return y

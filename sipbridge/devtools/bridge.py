@@ -51,8 +51,9 @@ class Bridge:
     client: httpx.Client = field(init=False)
 
     def __post_init__(self) -> None:
-        self.client = httpx.Client(base_url=self.base, timeout=5,
-                                   headers={"X-PolyAi-Auth-Token": self.token})
+        self.client = httpx.Client(
+            base_url=self.base, timeout=5, headers={"X-PolyAi-Auth-Token": self.token}
+        )
 
     def trigger(self, **body: Any) -> str:
         r = self.client.post("/v1/outbound-calling/trigger", json=body)
@@ -81,8 +82,7 @@ class Bridge:
         return self.wait_status(sid, lambda b: b["status"] in ("success", "failure"), timeout)
 
     def wait_event(self, sid: str, kind: str, timeout: float = 10.0) -> dict[str, Any]:
-        return self.wait_status(sid, lambda b: any(e["kind"] == kind for e in b["events"]),
-                                timeout)
+        return self.wait_status(sid, lambda b: any(e["kind"] == kind for e in b["events"]), timeout)
 
     def log(self) -> str:
         return self.cfg_path.with_suffix(".log").read_text(errors="replace")
@@ -121,14 +121,23 @@ def default_agent(log_dir: Path) -> str:
     return f"sip:agent@{uas.uri_hostport}"
 
 
-def bridge_config(log_dir: Path, trunks: list[dict[str, Any]], routes: list[dict[str, Any]],
-                  **sections: Any) -> dict[str, Any]:
+def bridge_config(
+    log_dir: Path, trunks: list[dict[str, Any]], routes: list[dict[str, Any]], **sections: Any
+) -> dict[str, Any]:
     """A test config; without an ``agent`` section, agent legs go to :func:`default_agent`."""
     cfg: dict[str, Any] = {
-        "sip": {"listen_address": "127.0.0.1", "port_min": 0, "port_max": 0,
-                "workers": 2, "calls_per_worker": 4},
-        "api": {"listen_address": "127.0.0.1", "port": free_port(socket.SOCK_STREAM),
-                "tokens": [{"env": TOKEN_ENV}]},
+        "sip": {
+            "listen_address": "127.0.0.1",
+            "port_min": 0,
+            "port_max": 0,
+            "workers": 2,
+            "calls_per_worker": 4,
+        },
+        "api": {
+            "listen_address": "127.0.0.1",
+            "port": free_port(socket.SOCK_STREAM),
+            "tokens": [{"env": TOKEN_ENV}],
+        },
         "trunks": trunks,
         "routes": routes,
         "store": {"path": str(log_dir / "calls.db")},
@@ -141,9 +150,14 @@ def bridge_config(log_dir: Path, trunks: list[dict[str, Any]], routes: list[dict
     return cfg
 
 
-def start_bridge(log_dir: Path, cfg: dict[str, Any], name: str = "bridge",
-                 own_session: bool = False, token: str = TOKEN,
-                 log_level: str = "debug") -> Bridge:
+def start_bridge(
+    log_dir: Path,
+    cfg: dict[str, Any],
+    name: str = "bridge",
+    own_session: bool = False,
+    token: str = TOKEN,
+    log_level: str = "debug",
+) -> Bridge:
     """Write the config to <name>.yaml in ``log_dir``, start the bridge, wait for /healthz.
     Appends to <name>.log. ``own_session``: the bridge leads its own session and process
     group (as under a service manager), so a test can signal the whole group."""
@@ -152,9 +166,20 @@ def start_bridge(log_dir: Path, cfg: dict[str, Any], name: str = "bridge",
     env = dict(os.environ, **{TOKEN_ENV: token})
     with open(log_dir / f"{name}.log", "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "sipbridge", "run", "-c", str(cfg_path),
-             "--log-level", log_level],
-            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=own_session,
+            [
+                sys.executable,
+                "-m",
+                "sipbridge",
+                "run",
+                "-c",
+                str(cfg_path),
+                "--log-level",
+                log_level,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=own_session,
         )
     base = f"http://127.0.0.1:{cfg['api']['port']}"
     deadline = time.monotonic() + 30
@@ -166,8 +191,9 @@ def start_bridge(log_dir: Path, cfg: dict[str, Any], name: str = "bridge",
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            raise RuntimeError("bridge did not start:\n" +
-                               (log_dir / f"{name}.log").read_text(errors="replace"))
+            raise RuntimeError(
+                "bridge did not start:\n" + (log_dir / f"{name}.log").read_text(errors="replace")
+            )
         time.sleep(0.1)  # polling a port another process opens
     return Bridge(base, log_dir, proc, cfg_path, token=token)
 
@@ -185,8 +211,9 @@ class Stack:
         self._stops.callback(stop)
         return item
 
-    def sipp(self, scenario: str | Path, extra_args: list[str] | None = None,
-             transport: str = "udp") -> SippUas:
+    def sipp(
+        self, scenario: str | Path, extra_args: list[str] | None = None, transport: str = "udp"
+    ) -> SippUas:
         s = SippUas(scenario, self.tmp, extra_args=extra_args, transport=transport).start()
         return self.add(s, s.stop)
 

@@ -45,21 +45,49 @@ class PgServer:
             self._as = ["runuser", "-u", "postgres", "--"]
 
     def _run(self, *argv: str, timeout_s: float = 60) -> None:
-        subprocess.run([*self._as, *argv], check=True, timeout=timeout_s,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        subprocess.run(
+            [*self._as, *argv],
+            check=True,
+            timeout=timeout_s,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
 
     def start(self) -> PgServer:
-        self._run(str(BIN / "initdb"), "-D", str(self.data), "-U", USER, "--auth=trust",
-                  "-E", "UTF8", "--no-sync", "--locale=C")
+        self._run(
+            str(BIN / "initdb"),
+            "-D",
+            str(self.data),
+            "-U",
+            USER,
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+            "--locale=C",
+        )
         self.port = free_port(socket.SOCK_STREAM)
         self._pg_ctl_start()
         return self
 
     def _pg_ctl_start(self) -> None:
-        opts = (f"-c listen_addresses={ADDRESS} -c port={self.port} "
-                "-c unix_socket_directories='' -c fsync=off -c max_connections=200")
-        self._run(str(BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "log"),
-                  "-o", opts, "-w", "-t", "60", "start")
+        opts = (
+            f"-c listen_addresses={ADDRESS} -c port={self.port} "
+            "-c unix_socket_directories='' -c fsync=off -c max_connections=200"
+        )
+        self._run(
+            str(BIN / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.dir / "log"),
+            "-o",
+            opts,
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
 
     def stop(self, mode: str = "fast") -> None:
         if self.port:

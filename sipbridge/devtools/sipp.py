@@ -146,8 +146,7 @@ def parse_message_log(text: str) -> list[SipMessage]:
                 continue
             n, _, v = ln.partition(":")
             hdrs.append((n.strip(), v.strip()))
-        msgs.append(SipMessage(m.group(2), lines[0].strip(), hdrs, body.strip("\n"),
-                               _stamp(stamp)))
+        msgs.append(SipMessage(m.group(2), lines[0].strip(), hdrs, body.strip("\n"), _stamp(stamp)))
     return msgs
 
 
@@ -285,8 +284,10 @@ class SippUas:
         return next((m for m in self.messages() if predicate(m)), None)
 
     def _not_seen(self, timeout: float) -> TimeoutError:
-        return TimeoutError(f"no matching SIP message within {timeout} s; SIPp saw: "
-                            + ", ".join(str(m) for m in self.messages()))
+        return TimeoutError(
+            f"no matching SIP message within {timeout} s; SIPp saw: "
+            + ", ".join(str(m) for m in self.messages())
+        )
 
     def wait_for(self, predicate: Callable[[SipMessage], bool], timeout: float = 5.0) -> SipMessage:
         """Poll the message log until a message matches; return it or raise TimeoutError."""
@@ -349,6 +350,9 @@ def render_scenario(template: str, out: Path, **subst: str) -> Path:
 def ulaw_wav(src: Path, dst: Path, *effects: str) -> Path:
     """``src`` as an 8 kHz mono G.711 u-law WAV (what SIPp's ``rtp_stream`` plays as
     payload type 0), through sox with optional ``effects`` (e.g. ``"pad", "1.0", "0"``)."""
-    subprocess.run(["sox", str(src), "-r", "8000", "-c", "1", "-e", "u-law", str(dst),
-                    *effects], check=True, capture_output=True)
+    subprocess.run(
+        ["sox", str(src), "-r", "8000", "-c", "1", "-e", "u-law", str(dst), *effects],
+        check=True,
+        capture_output=True,
+    )
     return dst

@@ -64,25 +64,47 @@ class KamailioParams:
     mask_key: str
 
 
-_MODULES = ("kex", "tm", "tmx", "sl", "rr", "pv", "maxfwd", "textops", "siputils", "xlog",
-            "sanity", "pike", "pipelimit", "htable", "ipops", "dispatcher", "rtpengine",
-            "topoh", "tcpops")
+_MODULES = (
+    "kex",
+    "tm",
+    "tmx",
+    "sl",
+    "rr",
+    "pv",
+    "maxfwd",
+    "textops",
+    "siputils",
+    "xlog",
+    "sanity",
+    "pike",
+    "pipelimit",
+    "htable",
+    "ipops",
+    "dispatcher",
+    "rtpengine",
+    "topoh",
+    "tcpops",
+)
 
 # rtpengine flags. The carrier side gets SRTP (RFC 4568 SDES) when the call asks for it;
 # the node side always gets plain RTP/AVP: pjsua never sees a carrier's crypto lines.
 _RTP_COMMON = "replace-origin replace-session-connection ICE=remove"
 # SDES only (no DTLS fingerprint), and only suites that encrypt (RFC 4568 6.2: no NULL
 # cipher, no F8 mode).
-_OFFER = ("direction=internal direction=external DTLS=off SDES-no-NULL_HMAC_SHA1_80 "
-          "SDES-no-NULL_HMAC_SHA1_32 SDES-no-F8_128_HMAC_SHA1_80 SDES-no-F8_128_HMAC_SHA1_32 "
-          + _RTP_COMMON)
+_OFFER = (
+    "direction=internal direction=external DTLS=off SDES-no-NULL_HMAC_SHA1_80 "
+    "SDES-no-NULL_HMAC_SHA1_32 SDES-no-F8_128_HMAC_SHA1_80 SDES-no-F8_128_HMAC_SHA1_32 "
+    + _RTP_COMMON
+)
 
 
 def _trunk_case(t: TrunkRoute, sockets: dict[str, str]) -> str:
     lines = [f'        case "{t.name}":']
     if t.cps_per_s:
-        lines.append(f'            if (!pl_check("trunk-{t.name}", "TAILDROP", {t.cps_per_s})) '
-                     "{ route(CPS_LIMIT); }")
+        lines.append(
+            f'            if (!pl_check("trunk-{t.name}", "TAILDROP", {t.cps_per_s})) '
+            "{ route(CPS_LIMIT); }"
+        )
     lines += [
         f'            $ru = "{t.ruri_scheme}:" + $rU + "@{t.ruri_host}{t.ruri_params}";',
         f'            $du = "{t.dst_uri}";',
@@ -92,7 +114,7 @@ def _trunk_case(t: TrunkRoute, sockets: dict[str, str]) -> str:
     if t.transport == "tls" and t.tls_verify:
         # only over a connection whose certificate was checked (route TLS_PEER); never
         # a new, unchecked one
-        lines += ['            route(TLS_CONNECTION);']
+        lines += ["            route(TLS_CONNECTION);"]
     lines.append("            break;")
     return "\n".join(lines)
 
@@ -105,17 +127,17 @@ def _tls_expect(trunks: list[TrunkRoute]) -> str:
         if t.transport != "tls" or not t.tls_verify:
             continue
         if not t.sni:
-            out.append(f'    if ($var(peer) == "{t.host}:{t.port}") '
-                       f'{{ $var(want) = "{t.host}"; }}')
+            out.append(f'    if ($var(peer) == "{t.host}:{t.port}") {{ $var(want) = "{t.host}"; }}')
             continue
-        out += [f'    if ($var(want) == "" && $sp == {t.port} && '
-                f'dns_query("{t.host}", "dq")) {{',
-                "        $var(i) = 0;",
-                "        while ($var(i) < $dns(dq=>count)) {",
-                f'            if ($dns(dq=>addr[$var(i)]) == $si) {{ $var(want) = "{t.host}"; }}',
-                "            $var(i) = $var(i) + 1;",
-                "        }",
-                "    }"]
+        out += [
+            f'    if ($var(want) == "" && $sp == {t.port} && dns_query("{t.host}", "dq")) {{',
+            "        $var(i) = 0;",
+            "        while ($var(i) < $dns(dq=>count)) {",
+            f'            if ($dns(dq=>addr[$var(i)]) == $si) {{ $var(want) = "{t.host}"; }}',
+            "            $var(i) = $var(i) + 1;",
+            "        }",
+            "    }",
+        ]
     return "\n".join(out) or "    # (no verified TLS trunk)"
 
 
@@ -135,8 +157,7 @@ def kamailio_cfg(p: KamailioParams) -> str:
         listens.append(f"listen={p.public_tls}")
     cases = "\n".join(_trunk_case(t, sockets) for t in p.trunks)
     tls_params = f'modparam("tls", "config", "{p.tls_cfg}")\n' if p.tls_enabled else ""
-    tls_route = _TLS_ROUTE.replace("@@EXPECT@@", _tls_expect(p.trunks)) \
-        if p.tls_enabled else ""
+    tls_route = _TLS_ROUTE.replace("@@EXPECT@@", _tls_expect(p.trunks)) if p.tls_enabled else ""
     text = _TEMPLATE
     for key, value in {
         "SOURCE": p.source or "the bridge's config",

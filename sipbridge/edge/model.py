@@ -159,8 +159,7 @@ class EdgeConfig(StrictModel):
     def _sockets(self) -> EdgeConfig:
         if self.public_udp_port == self.public_tls_port:
             raise ValueError("public_tls_port: must differ from public_udp_port")
-        if (self.inside_address, self.inside_port) == (self.public_address,
-                                                        self.public_udp_port):
+        if (self.inside_address, self.inside_port) == (self.public_address, self.public_udp_port):
             raise ValueError("inside_port: the inside and public sockets must differ")
         return self
 

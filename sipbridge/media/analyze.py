@@ -54,9 +54,9 @@ def read_wav(path: str | Path) -> tuple[FloatArray, int]:
     pcm: bytes | None = None
     pos = 12
     while pos + 8 <= len(data):
-        cid = data[pos:pos + 4]
+        cid = data[pos : pos + 4]
         (size,) = struct.unpack_from("<I", data, pos + 4)
-        body = data[pos + 8:pos + 8 + size]
+        body = data[pos + 8 : pos + 8 + size]
         if cid == b"fmt ":
             if len(body) < 16:
                 raise AudioFormatError(f"{p}: corrupt WAV: fmt chunk is {len(body)} bytes")
@@ -96,8 +96,11 @@ def _decode(p: Path, pcm: bytes, tag: int, bits: int) -> FloatArray:
             return np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2") / 32768.0
         if bits == 24:
             b = np.frombuffer(pcm[: len(pcm) // 3 * 3], dtype=np.uint8).reshape(-1, 3)
-            v = (b[:, 0].astype(np.int32) | (b[:, 1].astype(np.int32) << 8)
-                 | (b[:, 2].astype(np.int32) << 16))
+            v = (
+                b[:, 0].astype(np.int32)
+                | (b[:, 1].astype(np.int32) << 8)
+                | (b[:, 2].astype(np.int32) << 16)
+            )
             v = np.where(v >= 1 << 23, v - (1 << 24), v)
             return v / float(1 << 23)
         if bits == 32:
@@ -126,9 +129,13 @@ def load_audio(path: str | Path) -> FloatArray:
     return resample(x, rate, SAMPLE_RATE) if rate != SAMPLE_RATE else x
 
 
-def analyze_samples(x: FloatArray, mode: Mode = "answer", config: DetectionConfig | None = None,
-                    stop_when_done: bool = True, prompts: PromptLibrary | None = None,
-                    ) -> tuple[Detection, list[TimelineEntry]]:
+def analyze_samples(
+    x: FloatArray,
+    mode: Mode = "answer",
+    config: DetectionConfig | None = None,
+    stop_when_done: bool = True,
+    prompts: PromptLibrary | None = None,
+) -> tuple[Detection, list[TimelineEntry]]:
     """Run the detector over 8 kHz float samples; returns the final detection and timeline.
 
     Provisional results (machine before its beep, ringback) are refined while audio lasts; at
@@ -137,21 +144,23 @@ def analyze_samples(x: FloatArray, mode: Mode = "answer", config: DetectionConfi
     det = Detector(config, mode=mode, prompts=prompts)
     step = 160 * 50  # feed one second at a time (the detector buffers into 20 ms frames)
     for i in range(0, x.size, step):
-        det.feed(x[i:i + step])
+        det.feed(x[i : i + step])
         if det.done and stop_when_done:
             break
     return det.finish(), det.timeline
 
 
-def analyze_wav(path: str | Path, mode: Mode = "answer",
-                config: DetectionConfig | None = None) -> tuple[Detection, list[TimelineEntry]]:
+def analyze_wav(
+    path: str | Path, mode: Mode = "answer", config: DetectionConfig | None = None
+) -> tuple[Detection, list[TimelineEntry]]:
     """Analyse a WAV file (any rate/channels/encoding) with the streaming detector."""
     return analyze_samples(load_audio(path), mode=mode, config=config)
 
 
 def _fmt_detail(d: dict[str, Any]) -> str:
-    return " ".join(f"{k}={v}" for k, v in d.items() if v is not None and v is not False
-                    and v != "")
+    return " ".join(
+        f"{k}={v}" for k, v in d.items() if v is not None and v is not False and v != ""
+    )
 
 
 def format_report(path: str, det: Detection, timeline: list[TimelineEntry]) -> str:
@@ -163,26 +172,38 @@ def format_report(path: str, det: Detection, timeline: list[TimelineEntry]) -> s
         lines.append(f"  {e.t_ms / 1000:8.3f}s  {e.kind:<13} {_fmt_detail(e.detail)}")
     lines.append("decision:")
     d = det.to_dict()
-    lines.append(f"  answered_by={det.answered_by} decided_at={det.decided_at_ms} ms "
-                 + _fmt_detail({k: v for k, v in d.items()
-                                if k not in ("answered_by", "decided_at_ms")}))
+    lines.append(
+        f"  answered_by={det.answered_by} decided_at={det.decided_at_ms} ms "
+        + _fmt_detail({k: v for k, v in d.items() if k not in ("answered_by", "decided_at_ms")})
+    )
     return "\n".join(lines)
 
 
 def analyze_main(argv: list[str]) -> int:
     """Entry point for ``sipbridge analyze``; returns a process exit code (0 ok, 2 bad input)."""
-    ap = argparse.ArgumentParser(prog="sipbridge analyze",
-                                 description="Run recipient detection over a WAV recording.")
+    ap = argparse.ArgumentParser(
+        prog="sipbridge analyze", description="Run recipient detection over a WAV recording."
+    )
     ap.add_argument("file", help="WAV file (any rate/channels; PCM, float, µ-law or A-law)")
-    ap.add_argument("--mode", choices=["answer", "early"], default="answer",
-                    help="answer: after 200 OK (human/machine/...); early: 183 early media "
-                         "(SIT, ringback/busy/reorder)")
+    ap.add_argument(
+        "--mode",
+        choices=["answer", "early"],
+        default="answer",
+        help="answer: after 200 OK (human/machine/...); early: 183 early media "
+        "(SIT, ringback/busy/reorder)",
+    )
     ap.add_argument("--json", action="store_true", help="machine-readable output")
-    ap.add_argument("--plot", metavar="OUT.png",
-                    help="also draw waveform, spectrogram, speech, tone runs, greeting end, beep "
-                         "and decision on a time axis (needs matplotlib: sipbridge[plot])")
-    ap.add_argument("--prompts", metavar="DIR",
-                    help="a prompt library folder (labels.json, or one sub-folder per label)")
+    ap.add_argument(
+        "--plot",
+        metavar="OUT.png",
+        help="also draw waveform, spectrogram, speech, tone runs, greeting end, beep "
+        "and decision on a time axis (needs matplotlib: sipbridge[plot])",
+    )
+    ap.add_argument(
+        "--prompts",
+        metavar="DIR",
+        help="a prompt library folder (labels.json, or one sub-folder per label)",
+    )
     args = ap.parse_args(argv)
     try:
         lib = PromptLibrary.from_folder(args.prompts) if args.prompts else None
@@ -200,12 +221,18 @@ def analyze_main(argv: list[str]) -> int:
             print(f"sipbridge analyze: error: {e}", file=sys.stderr)
             return 2
         except OSError as e:
-            print(f"sipbridge analyze: error: cannot write {args.plot}: {e.strerror or e}",
-                  file=sys.stderr)
+            print(
+                f"sipbridge analyze: error: cannot write {args.plot}: {e.strerror or e}",
+                file=sys.stderr,
+            )
             return 2
     if args.json:
-        out = {"file": args.file, "mode": args.mode, "detection": det.to_dict(),
-               "timeline": [e.to_dict() for e in timeline]}
+        out = {
+            "file": args.file,
+            "mode": args.mode,
+            "detection": det.to_dict(),
+            "timeline": [e.to_dict() for e in timeline],
+        }
         print(json.dumps(out, indent=2))
     else:
         print(format_report(args.file, det, timeline))

@@ -81,8 +81,12 @@ SINGLE_HZ_TOL = 0.02
 PATTERNS: dict[str, list[tuple[ProgressKind, tuple[int, ...]]]] = {
     "us_busy": [("busy", (500, 500)), ("reorder", (250, 250)), ("reorder", (300, 200))],
     "uk_400": [("busy", (375, 375)), ("reorder", (400, 350, 225, 525))],
-    "eu_425": [("busy", (500, 500)), ("busy", (480, 480)), ("reorder", (250, 250)),
-               ("reorder", (200, 200))],
+    "eu_425": [
+        ("busy", (500, 500)),
+        ("busy", (480, 480)),
+        ("reorder", (250, 250)),
+        ("reorder", (200, 200)),
+    ],
     "eu_440": [("busy", (500, 500)), ("reorder", (250, 250))],
 }
 RINGBACK_DUAL = ("us_ring", "uk_ring")
@@ -134,9 +138,15 @@ def _template(pattern: tuple[int, ...], end_index: int, bursts: int) -> list[tup
     return out
 
 
-def match_cadence(on: np.ndarray, speech: np.ndarray, pattern: tuple[int, ...],
-                  bursts: int, end_frame: int | None = None, dropout: bool = True,
-                  loud: np.ndarray | None = None) -> bool:
+def match_cadence(
+    on: np.ndarray,
+    speech: np.ndarray,
+    pattern: tuple[int, ...],
+    bursts: int,
+    end_frame: int | None = None,
+    dropout: bool = True,
+    loud: np.ndarray | None = None,
+) -> bool:
     """Do the frames of ``on`` (bool per frame, oldest first) up to ``end_frame`` (the first
     frame after a burst ended; default: the last frame) follow ``pattern`` for ``bursts``
     bursts, with at most one dropout and no speech? Tries every burst of the pattern as the one
@@ -149,16 +159,24 @@ def match_cadence(on: np.ndarray, speech: np.ndarray, pattern: tuple[int, ...],
         span_frames = -ivals[-1][0] // FRAME_MS + SHIFT_FRAMES + 10
         pad = max(0, span_frames + SHIFT_FRAMES + 1 - end)
         z = np.zeros(pad, dtype=bool)
-        o, sp, b = (np.concatenate([z, a]) for a in (on, speech, busy)) if pad else (
-            on, speech, busy)
+        o, sp, b = (
+            (np.concatenate([z, a]) for a in (on, speech, busy)) if pad else (on, speech, busy)
+        )
         for shift in range(-SHIFT_FRAMES, SHIFT_FRAMES + 1):
             if _fits(o, sp, b, ivals, end + pad + shift, span_frames, dropout):
                 return True
     return False
 
 
-def _fits(on: np.ndarray, speech: np.ndarray, busy: np.ndarray, ivals: list[tuple[int, int]],
-          end_frame: int, span_frames: int, dropout: bool) -> bool:
+def _fits(
+    on: np.ndarray,
+    speech: np.ndarray,
+    busy: np.ndarray,
+    ivals: list[tuple[int, int]],
+    end_frame: int,
+    span_frames: int,
+    dropout: bool,
+) -> bool:
     n = on.size
     first = max(0, end_frame - span_frames)
     last = min(n, end_frame + 1)
@@ -167,13 +185,13 @@ def _fits(on: np.ndarray, speech: np.ndarray, busy: np.ndarray, ivals: list[tupl
     for a_ms, b_ms in ivals:
         a = end_frame + a_ms // FRAME_MS - first
         b = end_frame + b_ms // FRAME_MS - first
-        want[max(0, a):max(0, b)] = 1
+        want[max(0, a) : max(0, b)] = 1
         # every burst must have been heard: a dropout shortens a burst, never removes it
-        if np.count_nonzero(seg[max(0, a):max(0, b)]) < 2:
+        if np.count_nonzero(seg[max(0, a) : max(0, b)]) < 2:
             return False
     edges = np.flatnonzero(np.diff(want.astype(np.int16)) != 0) + 1
     for e in edges:
-        want[max(0, e - EDGE_FRAMES):e + EDGE_FRAMES] = -1
+        want[max(0, e - EDGE_FRAMES) : e + EDGE_FRAMES] = -1
     # speech frames at the edges are the tone's own transients (a partly filled block), and a
     # damaged frame (a lost packet) looks like a click: a word is 100 ms of speech or more
     if np.count_nonzero(speech[first:last] & (want != -1)) > MAX_SPEECH_FRAMES:
@@ -234,9 +252,14 @@ class CadenceTracker:
         self._lv.clear()
         self._bursts.clear()
 
-    def update(self, sig: str | None, t_ms: int, speech: bool = False,
-               hz: float | None = None, level_db: float | None = None,
-               ) -> tuple[str, ProgressKind] | None:
+    def update(
+        self,
+        sig: str | None,
+        t_ms: int,
+        speech: bool = False,
+        hz: float | None = None,
+        level_db: float | None = None,
+    ) -> tuple[str, ProgressKind] | None:
         """Feed one frame: its best signature (or None), whether it was speech, the single
         tone's frequency and the frame's level; returns (signature, kind) when a cadence is
         recognised."""
@@ -288,8 +311,10 @@ class CadenceTracker:
         if len(hz) < 3:
             return True
         a = np.asarray(hz)
-        return (abs(float(np.median(a)) - nominal[0]) <= SINGLE_HZ_TOL * nominal[0]
-                and float(a.std()) <= MAX_HZ_SPREAD)
+        return (
+            abs(float(np.median(a)) - nominal[0]) <= SINGLE_HZ_TOL * nominal[0]
+            and float(a.std()) <= MAX_HZ_SPREAD
+        )
 
     def _check_burst(self, sig: str, t_ms: int) -> None:
         lv = self._lv[2:-2] if len(self._lv) > 6 else self._lv
@@ -299,8 +324,7 @@ class CadenceTracker:
             self._bad_until[sig] = t_ms
             return
         hz = float(np.median(self._hz)) if self._hz and len(CP_SIGNATURES[sig]) == 1 else None
-        self._bursts.append(_Burst(self.cur_end, hz,
-                                   float(np.median(lv)) if lv else 0.0))
+        self._bursts.append(_Burst(self.cur_end, hz, float(np.median(lv)) if lv else 0.0))
         del self._bursts[:-8]
 
     def _consistent(self, since_ms: int) -> bool:
@@ -327,18 +351,18 @@ class CadenceTracker:
         # the burst ended at cur_end; the frames since (bridged misses) are ignored
         n = len(self._sig)
         end_frame = n - 1 - (t_ms - self.cur_end) // FRAME_MS
-        bad_frames = (t_ms - self._bad_until.get(sig, -10**9)) // FRAME_MS
+        bad_frames = (t_ms - self._bad_until.get(sig, -(10**9))) // FRAME_MS
         usable = min(n, max(0, bad_frames))
         if usable < 10:
             return None
-        on = np.fromiter((s == sig for s in self._sig[n - usable:]), dtype=bool, count=usable)
-        sp = np.fromiter(self._speech[n - usable:], dtype=bool, count=usable)
+        on = np.fromiter((s == sig for s in self._sig[n - usable :]), dtype=bool, count=usable)
+        sp = np.fromiter(self._speech[n - usable :], dtype=bool, count=usable)
         end_frame -= n - usable
         if end_frame < 0:
             return None
         # a cadence switches its tone off: off-times are quiet (line noise), not a sound as loud
         # as the bursts that merely left the signature's band (vibrato, a gliding vowel)
-        lv = np.asarray(self._level[n - usable:])
+        lv = np.asarray(self._level[n - usable :])
         ref = float(np.median(lv[on])) if on.any() else float("nan")
         with np.errstate(invalid="ignore"):
             loud = lv > ref - OFF_DROP_DB  # (no level given: never loud)
@@ -347,6 +371,7 @@ class CadenceTracker:
         for dropout in (False, True):
             for kind, pattern in PATTERNS[sig]:
                 if match_cadence(on, sp, pattern, self.bursts, end_frame, dropout, loud) and (
-                        self._consistent(self.cur_end - 2 * sum(pattern) * self.bursts)):
+                    self._consistent(self.cur_end - 2 * sum(pattern) * self.bursts)
+                ):
                     return (sig, kind)
         return None

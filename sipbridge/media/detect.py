@@ -67,8 +67,17 @@ from sipbridge.media.tones import (
 )
 from sipbridge.media.vad import SpeechTracker
 
-__all__ = ["ANSWERED_BY_VALUES", "AnsweredBy", "Detection", "DetectionConfig", "DetectionEvent",
-           "Detector", "Mode", "TimelineEntry", "config_from_overrides"]
+__all__ = [
+    "ANSWERED_BY_VALUES",
+    "AnsweredBy",
+    "Detection",
+    "DetectionConfig",
+    "DetectionEvent",
+    "Detector",
+    "Mode",
+    "TimelineEntry",
+    "config_from_overrides",
+]
 
 Mode = Literal["answer", "early"]
 # A long greeting over an audible room waits for this many pause frames (the ~13-frame lead-in
@@ -84,8 +93,13 @@ class Detector(FrameFeeder):
     when omitted the clock continues. A forward gap (lost packets) is filled with silence.
     """
 
-    def __init__(self, config: DetectionConfig | None = None, mode: Mode = "answer",
-                 keep_timeline: bool = True, prompts: PromptLibrary | None = None) -> None:
+    def __init__(
+        self,
+        config: DetectionConfig | None = None,
+        mode: Mode = "answer",
+        keep_timeline: bool = True,
+        prompts: PromptLibrary | None = None,
+    ) -> None:
         if mode not in ("answer", "early"):
             raise ValueError(f"mode must be 'answer' or 'early', got {mode!r}")
         self.cfg = config or DetectionConfig()
@@ -135,11 +149,21 @@ class Detector(FrameFeeder):
             if self.mode == "answer":
                 if self._machine_at is not None:
                     self._finalise_machine(t, None, "end of audio before beep", events)
-                elif self._greeting_start is not None and self._last_word_end is not None and (
+                elif (
+                    self._greeting_start is not None
+                    and self._last_word_end is not None
+                    and (
                         self._last_word_end - self._greeting_start <= self.cfg.max_greeting_ms
-                        and not self._speech.in_word):
-                    self._decide("human", t, events, greeting_end_ms=self._last_word_end,
-                                 reason="short greeting, audio ended")
+                        and not self._speech.in_word
+                    )
+                ):
+                    self._decide(
+                        "human",
+                        t,
+                        events,
+                        greeting_end_ms=self._last_word_end,
+                        reason="short greeting, audio ended",
+                    )
                 elif self._greeting_start is None and self._tone_activity_ms == 0:
                     self._decide("silence", t, events, reason="no speech before end of audio")
                 else:
@@ -157,9 +181,15 @@ class Detector(FrameFeeder):
         if self.keep_timeline:
             self.timeline.append(TimelineEntry(t_ms, kind, detail))
 
-    def _decide(self, answered_by: AnsweredBy, t_end: int, events: list[DetectionEvent],
-                final: bool = True, kind: Literal["decision", "update", "progress"] = "decision",
-                **kw: Any) -> None:
+    def _decide(
+        self,
+        answered_by: AnsweredBy,
+        t_end: int,
+        events: list[DetectionEvent],
+        final: bool = True,
+        kind: Literal["decision", "update", "progress"] = "decision",
+        **kw: Any,
+    ) -> None:
         det = Detection(answered_by=answered_by, decided_at_ms=t_end, final=final, **kw)
         self._result = det
         if final:
@@ -184,13 +214,20 @@ class Detector(FrameFeeder):
                 if self._done:
                     return
         if self._beep_run is not None:
-            self._follow_beep(single_tone=ta.purity >= cfg.tone_purity
-                              and level >= cfg.tone_min_dbfs, hz=ta.peak_hz,
-                              purity=ta.purity, t=t, events=events)
+            self._follow_beep(
+                single_tone=ta.purity >= cfg.tone_purity and level >= cfg.tone_min_dbfs,
+                hz=ta.peak_hz,
+                purity=ta.purity,
+                t=t,
+                events=events,
+            )
             return
         is_tone = ta.purity >= cfg.tone_purity and level >= cfg.tone_min_dbfs
-        sig = (best_cp_signature(ta.cp_power, cfg.cp_purity, cfg.cp_max_twist_db)
-               if level >= cfg.tone_min_dbfs else None)
+        sig = (
+            best_cp_signature(ta.cp_power, cfg.cp_purity, cfg.cp_max_twist_db)
+            if level >= cfg.tone_min_dbfs
+            else None
+        )
         if sig is not None:
             is_tone = True
         # dual call-progress tones are not "a single steady tone"; single ones (400/425/440 Hz)
@@ -201,8 +238,13 @@ class Detector(FrameFeeder):
         ended = self._runs.update(single, ta.peak_hz, ta.purity, t)
         cur = self._runs.current
         if cur is not None and cur is not prev_run:
-            self._note(t, "tone_start", hz=round(ta.peak_hz, 1), purity=round(ta.purity, 3),
-                       dbfs=round(level, 1))
+            self._note(
+                t,
+                "tone_start",
+                hz=round(ta.peak_hz, 1),
+                purity=round(ta.purity, 3),
+                dbfs=round(level, 1),
+            )
         if ended is not None:
             self._on_run_end(ended, t_end, events)
             if self._done:
@@ -227,16 +269,16 @@ class Detector(FrameFeeder):
             self._audio.append(x)
             if len(self._audio) > 80:
                 del self._audio[0]
-        self._on_cp(sig, t, t_end, events, sp.last_speech,
-                    ta.peak_hz if sig is not None else None, level)
+        self._on_cp(
+            sig, t, t_end, events, sp.last_speech, ta.peak_hz if sig is not None else None, level
+        )
         if self._done:
             return
         if ev == SpeechTracker.WORD_START:
             self._note(sp.word_start_ms, "speech_start", dbfs=round(level, 1))
             self._on_word_start(sp.word_start_ms, t_end, events)
         elif ev == SpeechTracker.WORD_END:
-            self._note(sp.word_end_ms, "speech_end",
-                       floor_dbfs=round(sp.floor_dbfs or -100.0, 1))
+            self._note(sp.word_end_ms, "speech_end", floor_dbfs=round(sp.floor_dbfs or -100.0, 1))
             self._last_word_end = sp.word_end_ms
             if self.mode == "answer" and self._audio:
                 # keep the word (up to its last 1.5 s) for its pitch, asked for later
@@ -248,21 +290,30 @@ class Detector(FrameFeeder):
             self._answer_rules(t_end, events)
 
     def _on_run_end(self, run: ToneRun, t_end: int, events: list[DetectionEvent]) -> None:
-        self._note(run.end_ms, "tone_end", hz=round(run.hz, 1), ms=run.duration_ms,
-                   purity=round(run.purity, 3))
+        self._note(
+            run.end_ms,
+            "tone_end",
+            hz=round(run.hz, 1),
+            ms=run.duration_ms,
+            purity=round(run.purity, 3),
+        )
         self._sit.on_run_end(run)
         if is_cng(run) and self._greeting_start is None:
-            self._decide("fax", t_end, events, reason=f"fax CNG {run.hz:.0f} Hz "
-                                                       f"{run.duration_ms} ms")
+            self._decide(
+                "fax", t_end, events, reason=f"fax CNG {run.hz:.0f} Hz {run.duration_ms} ms"
+            )
 
     def _check_run_live(self, run: ToneRun, t_end: int, events: list[DetectionEvent]) -> None:
         cfg = self.cfg
         if is_ced(run, cfg.ced_min_ms):
             self._decide("fax", t_end, events, reason=f"fax/modem answer tone {run.hz:.0f} Hz")
             return
-        if (self.mode == "answer" and self._greeting_start is not None
-                and run.duration_ms >= cfg.beep_min_ms
-                and cfg.beep_min_hz <= run.hz <= cfg.beep_max_hz):
+        if (
+            self.mode == "answer"
+            and self._greeting_start is not None
+            and run.duration_ms >= cfg.beep_min_ms
+            and cfg.beep_min_hz <= run.hz <= cfg.beep_max_hz
+        ):
             self._on_beep(run, t_end, events)
 
     def _on_beep(self, run: ToneRun, t_end: int, events: list[DetectionEvent]) -> None:
@@ -274,19 +325,29 @@ class Detector(FrameFeeder):
             gend = run.start_ms
         self._note(run.start_ms, "beep", hz=round(run.hz, 1))
         decided = self._machine_at if self._machine_at is not None else t_end
-        reason = "greeting followed by beep" if self._machine_at is not None else \
-            "speech followed by beep"
-        self._decide("machine", t_end, events,
-                     kind="update" if self._machine_at is not None else "decision",
-                     greeting_end_ms=gend, beep_ms=run.start_ms, beep_hz=round(run.hz, 1),
-                     reason=f"{reason} (machine decided at {decided} ms)")
+        reason = (
+            "greeting followed by beep"
+            if self._machine_at is not None
+            else "speech followed by beep"
+        )
+        self._decide(
+            "machine",
+            t_end,
+            events,
+            kind="update" if self._machine_at is not None else "decision",
+            greeting_end_ms=gend,
+            beep_ms=run.start_ms,
+            beep_hz=round(run.hz, 1),
+            reason=f"{reason} (machine decided at {decided} ms)",
+        )
         # the decision is final (the SIP side may act on the onset); keep listening until the
         # tone stops to report its end in an update
         self._done = False
         self._beep_run = run
 
-    def _follow_beep(self, single_tone: bool, hz: float, purity: float, t: int,
-                     events: list[DetectionEvent]) -> None:
+    def _follow_beep(
+        self, single_tone: bool, hz: float, purity: float, t: int, events: list[DetectionEvent]
+    ) -> None:
         run = self._beep_run
         assert run is not None
         ended = self._runs.update(single_tone, hz, purity, t)
@@ -311,21 +372,47 @@ class Detector(FrameFeeder):
         if final or self._machine_at is None:
             if not final:
                 self._machine_at = t_end
-            self._decide(answered_by, t_end, events, final=final,  # type: ignore[arg-type]
-                         kind="update" if self._result is not None else "decision",
-                         hint=hint or "prompt", prompt=hit.name, prompt_label=hit.label,
-                         ivr_hint=answered_by == "ivr",
-                         reason=f"known prompt {hit.name!r} ({hit.label}), started at "
-                                f"{hit.start_ms} ms, bit error rate {hit.ber:.2f}")
+            self._decide(
+                answered_by,  # type: ignore[arg-type]
+                t_end,
+                events,
+                final=final,
+                kind="update" if self._result is not None else "decision",
+                hint=hint or "prompt",
+                prompt=hit.name,
+                prompt_label=hit.label,
+                ivr_hint=answered_by == "ivr",
+                reason=f"known prompt {hit.name!r} ({hit.label}), started at "
+                f"{hit.start_ms} ms, bit error rate {hit.ber:.2f}",
+            )
 
     def _on_sit(self, sit: SitResult, t_end: int, events: list[DetectionEvent]) -> None:
-        self._note(sit.start_ms, "sit", code=sit.code, seg1_hz=round(sit.seg1_hz, 1),
-                   seg1_ms=sit.seg1_ms, seg2_hz=round(sit.seg2_hz, 1))
-        self._decide("sit", t_end, events, sit_code=sit.code,
-                     reason=f"SIT {sit.code}: {sit.meaning} (started {sit.start_ms} ms)")
+        self._note(
+            sit.start_ms,
+            "sit",
+            code=sit.code,
+            seg1_hz=round(sit.seg1_hz, 1),
+            seg1_ms=sit.seg1_ms,
+            seg2_hz=round(sit.seg2_hz, 1),
+        )
+        self._decide(
+            "sit",
+            t_end,
+            events,
+            sit_code=sit.code,
+            reason=f"SIT {sit.code}: {sit.meaning} (started {sit.start_ms} ms)",
+        )
 
-    def _on_cp(self, sig: str | None, t: int, t_end: int, events: list[DetectionEvent],
-               speech: bool, hz: float | None, level: float) -> None:
+    def _on_cp(
+        self,
+        sig: str | None,
+        t: int,
+        t_end: int,
+        events: list[DetectionEvent],
+        speech: bool,
+        hz: float | None,
+        level: float,
+    ) -> None:
         prev = self._cadence.current
         res = self._cadence.update(sig, t, speech, hz, level)
         if sig != prev:
@@ -344,12 +431,25 @@ class Detector(FrameFeeder):
         if kind == "ringback":
             if self.mode == "early" and not self._ringback_reported:
                 self._ringback_reported = True
-                self._decide("unknown", t_end, events, final=False, kind="progress",
-                             progress="ringback", progress_region=region,
-                             reason=f"ringback ({region})")
+                self._decide(
+                    "unknown",
+                    t_end,
+                    events,
+                    final=False,
+                    kind="progress",
+                    progress="ringback",
+                    progress_region=region,
+                    reason=f"ringback ({region})",
+                )
             return
-        self._decide("unknown", t_end, events, progress=kind, progress_region=region,
-                     reason=f"{kind} tone ({region})")
+        self._decide(
+            "unknown",
+            t_end,
+            events,
+            progress=kind,
+            progress_region=region,
+            reason=f"{kind} tone ({region})",
+        )
 
     def _on_word_start(self, start: int, t_end: int, events: list[DetectionEvent]) -> None:
         if self.mode != "answer":
@@ -358,10 +458,15 @@ class Detector(FrameFeeder):
         if self._machine_at is not None:
             lw = self._last_word_end
             if lw is not None and start - lw >= cfg.ivr_resume_gap_ms:
-                self._decide("ivr", t_end, events, kind="update", greeting_end_ms=lw,
-                             ivr_hint=True,
-                             reason=f"machine spoke again after {start - lw} ms pause "
-                                    "(menu prompts)")
+                self._decide(
+                    "ivr",
+                    t_end,
+                    events,
+                    kind="update",
+                    greeting_end_ms=lw,
+                    ivr_hint=True,
+                    reason=f"machine spoke again after {start - lw} ms pause (menu prompts)",
+                )
                 return
         if self._greeting_start is None:
             self._greeting_start = start
@@ -369,29 +474,52 @@ class Detector(FrameFeeder):
         self._last_word_start = start
         self._words += 1
 
-    def _finalise_machine(self, t_end: int, gend: int | None, why: str,
-                          events: list[DetectionEvent]) -> None:
-        self._decide("machine", t_end, events, kind="update",
-                     greeting_end_ms=gend if gend is not None else self._last_word_end,
-                     ivr_hint=True, reason=f"machine, no beep ({why}); could be an IVR")
+    def _finalise_machine(
+        self, t_end: int, gend: int | None, why: str, events: list[DetectionEvent]
+    ) -> None:
+        self._decide(
+            "machine",
+            t_end,
+            events,
+            kind="update",
+            greeting_end_ms=gend if gend is not None else self._last_word_end,
+            ivr_hint=True,
+            reason=f"machine, no beep ({why}); could be an IVR",
+        )
 
     def _answer_rules(self, t_end: int, events: list[DetectionEvent]) -> None:
         cfg = self.cfg
         sp = self._speech
         if self._machine_at is not None:
             lw = self._last_word_end
-            if (not sp.in_word and lw is not None and self._runs.current is None
-                    and t_end - lw >= cfg.screening_silence_ms and self._screening_ok(lw)):
-                self._decide("human", t_end, events, kind="update", greeting_end_ms=lw,
-                             hint="screening",
-                             reason="recorded greeting ending in a question, then "
-                                    f"{cfg.screening_silence_ms} ms silence and no beep: "
-                                    "call-screening assistant")
+            if (
+                not sp.in_word
+                and lw is not None
+                and self._runs.current is None
+                and t_end - lw >= cfg.screening_silence_ms
+                and self._screening_ok(lw)
+            ):
+                self._decide(
+                    "human",
+                    t_end,
+                    events,
+                    kind="update",
+                    greeting_end_ms=lw,
+                    hint="screening",
+                    reason="recorded greeting ending in a question, then "
+                    f"{cfg.screening_silence_ms} ms silence and no beep: "
+                    "call-screening assistant",
+                )
                 return
-            if not sp.in_word and lw is not None and t_end - lw >= cfg.beep_timeout_ms and (
-                    self._runs.current is None):
-                self._finalise_machine(t_end, lw, f"{cfg.beep_timeout_ms} ms after greeting",
-                                       events)
+            if (
+                not sp.in_word
+                and lw is not None
+                and t_end - lw >= cfg.beep_timeout_ms
+                and (self._runs.current is None)
+            ):
+                self._finalise_machine(
+                    t_end, lw, f"{cfg.beep_timeout_ms} ms after greeting", events
+                )
             elif t_end >= cfg.max_beep_wait_ms:
                 self._finalise_machine(t_end, None, "max beep wait", events)
             return
@@ -401,29 +529,44 @@ class Detector(FrameFeeder):
             if self._tone_activity_ms == 0:
                 if since >= cfg.initial_silence_ms and sp.state == 0:
                     after = " after ringback" if self._ref_ms else ""
-                    self._decide("silence", t_end, events,
-                                 reason=f"no speech in {cfg.initial_silence_ms} ms{after}")
+                    self._decide(
+                        "silence",
+                        t_end,
+                        events,
+                        reason=f"no speech in {cfg.initial_silence_ms} ms{after}",
+                    )
             elif since >= cfg.total_analysis_ms:
-                self._decide("unknown", t_end, events,
-                             reason="no speech; unclassified tone or noise")
+                self._decide(
+                    "unknown", t_end, events, reason="no speech; unclassified tone or noise"
+                )
             return
         if self._live_long and t_end - gs > cfg.operator_max_greeting_ms:
             self._live_long = False
-            self._machine(t_end, f"greeting longer than {cfg.operator_max_greeting_ms} ms "
-                          "(too long for a person, even in a live-sounding voice)", events)
+            self._machine(
+                t_end,
+                f"greeting longer than {cfg.operator_max_greeting_ms} ms "
+                "(too long for a person, even in a live-sounding voice)",
+                events,
+            )
             return
-        if t_end - gs > cfg.max_greeting_ms and not self._live_long and (
-                sp.in_word or self._live_pending):
+        if (
+            t_end - gs > cfg.max_greeting_ms
+            and not self._live_long
+            and (sp.in_word or self._live_pending)
+        ):
             verdict = self._floor.verdict()
             pre = self._floor.pre_db
             if verdict == "live":
                 # a live voice that talks on: wait for it to stop and listen (operator)
                 self._live_long = True
                 self._note(t_end, "live_voice", pre_db=pre)
-            elif (verdict != "recorded" and pre is not None
-                  and self._floor.gap_frames < _LIVE_PENDING_FRAMES
-                  and pre >= self._floor.cfg.live_floor_dbfs
-                  and t_end - gs < cfg.total_analysis_ms):
+            elif (
+                verdict != "recorded"
+                and pre is not None
+                and self._floor.gap_frames < _LIVE_PENDING_FRAMES
+                and pre >= self._floor.cfg.live_floor_dbfs
+                and t_end - gs < cfg.total_analysis_ms
+            ):
                 self._live_pending = True  # an audible room, no pause heard yet: wait for one
             else:
                 self._machine(t_end, f"greeting longer than {cfg.max_greeting_ms} ms", events)
@@ -436,19 +579,34 @@ class Detector(FrameFeeder):
             span = lw - gs
             if span <= cfg.max_greeting_ms and not self._live_long:
                 if self._floor.verdict(lw + 200) == "recorded":
-                    self._machine(t_end, f"short recorded prompt ({span} ms; the line's noise "
-                                  "floor changed under it) then silence", events)
+                    self._machine(
+                        t_end,
+                        f"short recorded prompt ({span} ms; the line's noise "
+                        "floor changed under it) then silence",
+                        events,
+                    )
                     return
-                self._decide("human", t_end, events, greeting_end_ms=lw,
-                             reason=f"{span} ms greeting then "
-                                    f"{cfg.after_greeting_silence_ms} ms silence")
+                self._decide(
+                    "human",
+                    t_end,
+                    events,
+                    greeting_end_ms=lw,
+                    reason=f"{span} ms greeting then {cfg.after_greeting_silence_ms} ms silence",
+                )
                 return
             if self._live_long and t_end - lw >= cfg.operator_silence_ms * (
-                    1.0 if self._ends_in_question(lw) else 5.0 / 3.0):
-                self._decide("human", t_end, events, greeting_end_ms=lw, hint="operator",
-                             reason=f"{span} ms greeting in a live voice (noise floor "
-                                    f"{self._floor.pre_db:.0f} dBFS unchanged under it), then "
-                                    f"{cfg.operator_silence_ms} ms silence: operator")
+                1.0 if self._ends_in_question(lw) else 5.0 / 3.0
+            ):
+                self._decide(
+                    "human",
+                    t_end,
+                    events,
+                    greeting_end_ms=lw,
+                    hint="operator",
+                    reason=f"{span} ms greeting in a live voice (noise floor "
+                    f"{self._floor.pre_db:.0f} dBFS unchanged under it), then "
+                    f"{cfg.operator_silence_ms} ms silence: operator",
+                )
                 return
         if t_end - gs >= cfg.total_analysis_ms and not self._live_long:
             self._machine(t_end, "speech still undecided at total analysis time", events)

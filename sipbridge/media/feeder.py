@@ -52,14 +52,19 @@ class FrameFeeder(ABC):
         """The latest result (possibly provisional), or None if nothing was decided yet."""
         return self._result
 
-    def feed(self, frame: bytes | bytearray | npt.NDArray[np.generic],
-             t_ms: int | None = None) -> list[DetectionEvent]:
+    def feed(
+        self, frame: bytes | bytearray | npt.NDArray[np.generic], t_ms: int | None = None
+    ) -> list[DetectionEvent]:
         """Analyse audio; returns the events (decisions, updates) it produced."""
         events: list[DetectionEvent] = []
         if self._done:
             return events
-        if isinstance(frame, bytes | bytearray) and len(frame) == FRAME_BYTES and (
-                t_ms is None or t_ms == self._t) and self._pending.size == 0:
+        if (
+            isinstance(frame, bytes | bytearray)
+            and len(frame) == FRAME_BYTES
+            and (t_ms is None or t_ms == self._t)
+            and self._pending.size == 0
+        ):
             self._process(bytes(frame), None, events)
             return events
         x = pcm16_to_float(frame)
@@ -72,9 +77,9 @@ class FrameFeeder(ABC):
         for i in range(n):
             if self._done:
                 break
-            f = buf[i * FRAME_SAMPLES:(i + 1) * FRAME_SAMPLES]
+            f = buf[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES]
             self._process(float_to_pcm16(f).tobytes(), f, events)
-        self._pending = buf[n * FRAME_SAMPLES:].copy()
+        self._pending = buf[n * FRAME_SAMPLES :].copy()
         return events
 
     @abstractmethod

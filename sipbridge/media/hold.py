@@ -126,16 +126,18 @@ class HoldListener(FrameFeeder):
     (a forward gap is filled with silence). Returns the events produced by the chunk.
     """
 
-    def __init__(self, config: dict[str, Any] | None = None, *,
-                 keep_timeline: bool = False) -> None:
+    def __init__(
+        self, config: dict[str, Any] | None = None, *, keep_timeline: bool = False
+    ) -> None:
         self.cfg = config_from_overrides(config)
         self.keep_timeline = keep_timeline
         self.timeline: list[tuple[int, str, dict[str, Any]]] = []
         self._cp_win = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(CP_BLOCK) / CP_BLOCK)
         self._cp_block = np.zeros(CP_BLOCK)
         self._bank = GoertzelBank(CP_FREQS, CP_BLOCK, self._cp_win)
-        self._cp_norm = 2.0 * float(np.dot(self._cp_win, self._cp_win)) / float(
-            self._cp_win.sum()) ** 2
+        self._cp_norm = (
+            2.0 * float(np.dot(self._cp_win, self._cp_win)) / float(self._cp_win.sum()) ** 2
+        )
         self._speech = SpeechTracker(VadConfig())
         self._win = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(_BLOCK) / _BLOCK)
         self._block = np.zeros(_BLOCK)
@@ -150,14 +152,14 @@ class HoldListener(FrameFeeder):
         self._tonal_ring = np.zeros(50, dtype=bool)  # last second
         self._ring_i = 0
         self._tonal_count = 0
-        self._last_music_ms = -10**9
+        self._last_music_ms = -(10**9)
         self._last_sound_ms = 0
         self._tone_run = 0
         self._tone_sig: str | None = None
         self._seg: _Segment | None = None
-        self._prompt_end_ms = -10**9
+        self._prompt_end_ms = -(10**9)
         self._prefix: _Segment | None = None
-        self._last_tonal_ms = -10**9
+        self._last_tonal_ms = -(10**9)
         self._music_ctx = False
         self._quiet_run = 0
         self._music_ref = -100.0  # level of tonal (music) frames, dBFS
@@ -181,10 +183,15 @@ class HoldListener(FrameFeeder):
         if self.keep_timeline:
             self.timeline.append((t_ms, kind, detail))
 
-    def _emit(self, t_end: int, events: list[DetectionEvent], answered_by: AnsweredBy,
-              reason: str, final: bool) -> None:
-        det = Detection(answered_by=answered_by, decided_at_ms=t_end, final=final,
-                        reason=reason)
+    def _emit(
+        self,
+        t_end: int,
+        events: list[DetectionEvent],
+        answered_by: AnsweredBy,
+        reason: str,
+        final: bool,
+    ) -> None:
+        det = Detection(answered_by=answered_by, decided_at_ms=t_end, final=final, reason=reason)
         self._result = det
         if final:
             self._done = True
@@ -220,19 +227,20 @@ class HoldListener(FrameFeeder):
             # single steady tone: purity of the strongest 300–2200 Hz bin and its neighbours
             # (see tones.ToneAnalyzer); call-progress pairs from the Goertzel bank (80 ms)
             total = float(pf[1:-1].sum()) + 1e-20
-            k = int(pf[LO_BIN:_TONEHI_BIN + 1].argmax()) + LO_BIN
+            k = int(pf[LO_BIN : _TONEHI_BIN + 1].argmax()) + LO_BIN
             purity = float(pf[k - 1] + pf[k] + pf[k + 1]) / total
             cw = cb * self._cp_win
             e = float(np.dot(cw, cw)) + 1e-20
             sig = best_cp_signature(self._bank.power(cb) * (self._cp_norm / e), 0.7, 6.0)
             is_tone = sig is not None or purity >= cfg.tone_purity
         # --- stable peaks and bands ----------
-        p = pf[LO_BIN:HI_BIN + 1] + 1e-12
+        p = pf[LO_BIN : HI_BIN + 1] + 1e-12
         lp = np.log10(p)  # bels; thresholds below converted from dB
         pers = self._pers
         if level >= cfg.tone_min_dbfs:
-            thr = max(float(lp.mean()) + cfg.peak_db / 10.0,
-                      float(lp.max()) - cfg.peak_range_db / 10.0)
+            thr = max(
+                float(lp.mean()) + cfg.peak_db / 10.0, float(lp.max()) - cfg.peak_range_db / 10.0
+            )
             mid = lp[1:-1]
             pk = (mid > lp[:-2]) & (mid >= lp[2:]) & (mid > thr)
             # a peak extends its run; a miss costs 3 frames (a drum hit or a codec glitch
@@ -261,8 +269,9 @@ class HoldListener(FrameFeeder):
         # line's noise after the hold stream stops, not a ducked music bed under a prompt
         # (music level: peak hold of tonal frames, decaying 1 dB/s, so a fade-out does not
         # drag the reference down to the line noise)
-        self._music_ref = level if tonal and level > self._music_ref - 0.02 else (
-            self._music_ref - 0.02)
+        self._music_ref = (
+            level if tonal and level > self._music_ref - 0.02 else (self._music_ref - 0.02)
+        )
         quiet = level < max(self._music_ref - cfg.quiet_drop_db, cfg.quiet_dbfs)
         if tonal:
             self._music_ctx = True
@@ -320,7 +329,8 @@ class HoldListener(FrameFeeder):
                 if self._done:
                     return
             if seg.tonal >= cfg.music_share * len(seg.levels) and (
-                    t_end - self._last_tonal_ms >= cfg.pre_gap_ms):
+                t_end - self._last_tonal_ms >= cfg.pre_gap_ms
+            ):
                 # the music under/in this segment stopped: what follows is judged afresh,
                 # unless sound ran on from the music with no quiet gap (a playlist item)
                 self._end_segment(seg)
@@ -339,10 +349,11 @@ class HoldListener(FrameFeeder):
             # music after the deferred speech: tonal frames outside it, or a new segment that
             # is music (a stray tonal frame inside steady speech is not music)
             cur = self._seg
-            music_after = tonal and (cur is None or (
-                cur.verdict != "pending" and cur.tonal >= cfg.music_share * len(cur.levels)))
-            self._resolve_pending(music_after or steady_tone, speech or sp.in_word, t_end,
-                                  events)
+            music_after = tonal and (
+                cur is None
+                or (cur.verdict != "pending" and cur.tonal >= cfg.music_share * len(cur.levels))
+            )
+            self._resolve_pending(music_after or steady_tone, speech or sp.in_word, t_end, events)
             if self._done:
                 return
         if tonal or steady_tone:
@@ -353,8 +364,9 @@ class HoldListener(FrameFeeder):
                 self._report("music", t_end, events)
             elif self._tone_run * FRAME_MS >= 400:
                 kind = _RING_NAMES.get(self._tone_sig or "", "tone")
-                self._report(f"call-progress tone ({kind})" if self._tone_sig else "beep/tone",
-                             t_end, events)
+                self._report(
+                    f"call-progress tone ({kind})" if self._tone_sig else "beep/tone", t_end, events
+                )
             elif t_end - self._last_sound_ms >= cfg.silence_report_ms:
                 self._report("silence", t_end, events)
         if t_end >= cfg.max_hold_ms:
@@ -368,13 +380,18 @@ class HoldListener(FrameFeeder):
         pre_music = self._music_gap(start_ms)
         prefix, self._prefix = self._prefix, None
         seg = _Segment(
-            start_ms=start_ms, last_speech_ms=t_end, fp_start=self._fp_count - back,
-            attached=pre_music < cfg.pre_gap_ms, music_gap_ms=pre_music,
+            start_ms=start_ms,
+            last_speech_ms=t_end,
+            fp_start=self._fp_count - back,
+            attached=pre_music < cfg.pre_gap_ms,
+            music_gap_ms=pre_music,
             floor_dbfs=self._speech.floor_dbfs or -100.0,
             continues=start_ms - self._prompt_end_ms < cfg.prompt_continue_ms,
             levels=[h[1] for h in hist],
-            tonal=sum(h[2] for h in hist), tone=sum(h[3] for h in hist),
-            speech=sum(h[4] for h in hist))
+            tonal=sum(h[2] for h in hist),
+            tone=sum(h[3] for h in hist),
+            speech=sum(h[4] for h in hist),
+        )
         if prefix is not None and start_ms - prefix.last_speech_ms < cfg.prompt_continue_ms:
             # a short first word ("Hi,") then a pause: one utterance, judged from its start
             seg.start_ms, seg.fp_start = prefix.start_ms, prefix.fp_start
@@ -385,8 +402,13 @@ class HoldListener(FrameFeeder):
             seg.tone += prefix.tone
             seg.speech += prefix.speech
         self._seg = seg
-        self._note(start_ms, "segment_start", attached=seg.attached, continues=seg.continues,
-                   since_music=pre_music)
+        self._note(
+            start_ms,
+            "segment_start",
+            attached=seg.attached,
+            continues=seg.continues,
+            since_music=pre_music,
+        )
         return seg
 
     def _music_gap(self, start_ms: int) -> int:
@@ -400,15 +422,16 @@ class HoldListener(FrameFeeder):
         # the only music since is inside the segment; before it, none within the history
         return start_ms - (self._hist[0][5] - FRAME_MS)
 
-    def _judge(self, seg: _Segment, t_end: int, events: list[DetectionEvent],
-               final: bool = False) -> None:
+    def _judge(
+        self, seg: _Segment, t_end: int, events: list[DetectionEvent], final: bool = False
+    ) -> None:
         """Judge a segment; ``final`` when it has just ended (judge what there is)."""
         cfg = self.cfg
         n = len(seg.levels)
         all_levels = seg.levels  # (with the trailing pause: a word then silence modulates)
         if final:  # drop the trailing pause (segment_gap_ms of it) from the statistics
             drop = min(n - 1, cfg.segment_gap_ms // FRAME_MS)
-            seg.levels = seg.levels[:n - drop]
+            seg.levels = seg.levels[: n - drop]
             n = len(seg.levels)
         elapsed = t_end - seg.start_ms
         if not seg.attached and max(seg.levels) < seg.floor_dbfs + cfg.min_snr_db:
@@ -428,22 +451,30 @@ class HoldListener(FrameFeeder):
             if avail > k:
                 first = seg.fp_start % self._fp_n
                 end = self._fp_count % self._fp_n + self._fp_n - skip
-                c = best_match(self._fp[first:first + k], self._fp[end - avail:end])
+                c = best_match(self._fp[first : first + k], self._fp[end - avail : end])
                 seg.best_corr = max(seg.best_corr, c)
                 if c >= cfg.match_corr:
                     self._verdict(seg, "prompt", "recorded prompt (repeat)", t_end, events)
                     return
         if not final and (elapsed < cfg.decide_after_ms or (speechy and seg.next_k <= kmax)):
             return
-        if final and n * FRAME_MS < cfg.min_match_ms and not (
-                (seg.attached or seg.continues) and seg.speech * FRAME_MS >= cfg.min_word_ms):
+        if (
+            final
+            and n * FRAME_MS < cfg.min_match_ms
+            and not ((seg.attached or seg.continues) and seg.speech * FRAME_MS >= cfg.min_word_ms)
+        ):
             seg.verdict = "short"  # too short to judge (a click, a note's tail, "uh")
             return
         tonal_share = seg.tonal / n
         if tonal_share >= cfg.music_share:
             over = seg.speech * FRAME_MS >= cfg.min_speech_ms and tonal_share < 0.6
-            self._verdict(seg, "prompt" if over else "music",
-                          "recorded prompt (over music)" if over else "music", t_end, events)
+            self._verdict(
+                seg,
+                "prompt" if over else "music",
+                "recorded prompt (over music)" if over else "music",
+                t_end,
+                events,
+            )
             return
         if seg.attached:
             self._verdict(seg, "prompt", "recorded prompt (follows music)", t_end, events)
@@ -459,7 +490,8 @@ class HoldListener(FrameFeeder):
         depth = float(lv[(9 * (lv.size - 1)) // 10] - lv[(lv.size - 1) // 10])
         if seg.speech * FRAME_MS >= cfg.min_speech_ms and depth >= cfg.min_depth_db:
             if self._first_seg is not None or (
-                    not self._music_heard and seg.start_ms < cfg.first_prompt_window_ms):
+                not self._music_heard and seg.start_ms < cfg.first_prompt_window_ms
+            ):
                 # nothing but this speech on hold yet: a person, or the one-off "please hold"
                 # prompt before the music? What follows tells (see first_prompt_wait_ms).
                 seg.verdict = "pending"
@@ -467,32 +499,44 @@ class HoldListener(FrameFeeder):
                 self._first_last_ms = seg.last_speech_ms
                 self._note(t_end, "pending", start=seg.start_ms)
                 return
-            self._note(t_end, "person", depth=round(depth, 1), corr=round(seg.best_corr, 3),
-                       tonal=round(tonal_share, 3))
+            self._note(
+                t_end,
+                "person",
+                depth=round(depth, 1),
+                corr=round(seg.best_corr, 3),
+                tonal=round(tonal_share, 3),
+            )
             seg.verdict = "person"
             since = seg.music_gap_ms
             ctx = f"{since} ms after music" if since < 10**8 else "no music before"
-            self._emit(t_end, events, "human",
-                       f"live speech from {seg.start_ms} ms ({ctx}; {seg.speech * FRAME_MS} ms "
-                       f"speech, {depth:.0f} dB syllabic depth, tonal {tonal_share:.2f}, "
-                       f"best match with earlier audio {seg.best_corr:.2f})", final=True)
+            self._emit(
+                t_end,
+                events,
+                "human",
+                f"live speech from {seg.start_ms} ms ({ctx}; {seg.speech * FRAME_MS} ms "
+                f"speech, {depth:.0f} dB syllabic depth, tonal {tonal_share:.2f}, "
+                f"best match with earlier audio {seg.best_corr:.2f})",
+                final=True,
+            )
             return
         if final:
             seg.verdict = "short"  # ended without enough speech to call it a person
         elif elapsed >= cfg.decide_until_ms:
             self._verdict(seg, "other", "unclear sound", t_end, events)
 
-    def _resolve_pending(self, music_or_tone: bool, speaking: bool, t_end: int,
-                         events: list[DetectionEvent]) -> None:
+    def _resolve_pending(
+        self, music_or_tone: bool, speaking: bool, t_end: int, events: list[DetectionEvent]
+    ) -> None:
         """A would-be person heard before any music: music or a tone after it makes it the
         one-off prompt; silence after it, a person waiting for an answer."""
         seg = self._first_seg
         assert seg is not None
         if music_or_tone:
             self._first_seg = None
-            self._verdict(seg, "prompt", "recorded prompt (one-off, before the music)", t_end,
-                          events)
-            self._prompt_end_ms = -10**9  # music follows: nothing continues this prompt
+            self._verdict(
+                seg, "prompt", "recorded prompt (one-off, before the music)", t_end, events
+            )
+            self._prompt_end_ms = -(10**9)  # music follows: nothing continues this prompt
             return
         if self._seg is not None:
             self._first_last_ms = max(self._first_last_ms, self._seg.last_speech_ms)
@@ -502,15 +546,27 @@ class HoldListener(FrameFeeder):
         self._first_seg = None
         seg.verdict = "person"
         self._note(t_end, "person", pending_from=seg.start_ms)
-        self._emit(t_end, events, "human",
-                   f"live speech from {seg.start_ms} ms, before any music, then "
-                   f"{t_end - last} ms of silence (no music or tone followed it)", final=True)
+        self._emit(
+            t_end,
+            events,
+            "human",
+            f"live speech from {seg.start_ms} ms, before any music, then "
+            f"{t_end - last} ms of silence (no music or tone followed it)",
+            final=True,
+        )
 
-    def _verdict(self, seg: _Segment, verdict: str, reason: str, t_end: int,
-                 events: list[DetectionEvent]) -> None:
+    def _verdict(
+        self, seg: _Segment, verdict: str, reason: str, t_end: int, events: list[DetectionEvent]
+    ) -> None:
         seg.verdict = verdict
-        self._note(t_end, "verdict", verdict=verdict, reason=reason,
-                   corr=round(seg.best_corr, 3), tonal=round(seg.tonal / len(seg.levels), 3))
+        self._note(
+            t_end,
+            "verdict",
+            verdict=verdict,
+            reason=reason,
+            corr=round(seg.best_corr, 3),
+            tonal=round(seg.tonal / len(seg.levels), 3),
+        )
         self._report(reason, t_end, events)
 
     def _end_segment(self, seg: _Segment) -> None:

@@ -117,7 +117,6 @@ class HoldConfig:
     silence_report_ms: int = 3000
 
 
-
 def config_from_overrides(overrides: dict[str, Any] | None) -> HoldConfig:
     """A :class:`HoldConfig` with the named fields replaced (cast to the field's type).
     Unknown names raise ``ValueError`` naming them and the valid ones."""
@@ -127,8 +126,10 @@ def config_from_overrides(overrides: dict[str, Any] | None) -> HoldConfig:
     names = {f.name for f in fields(HoldConfig)}
     unknown = sorted(set(overrides) - names)
     if unknown:
-        raise ValueError(f"unknown hold listener setting(s) {', '.join(map(repr, unknown))}; "
-                         f"valid: {', '.join(sorted(names))}")
+        raise ValueError(
+            f"unknown hold listener setting(s) {', '.join(map(repr, unknown))}; "
+            f"valid: {', '.join(sorted(names))}"
+        )
     changes: dict[str, Any] = {}
     for key, value in overrides.items():
         typ = type(getattr(base, key))

@@ -91,16 +91,25 @@ class FloorTracker:
         # Digital silence is no floor: it is what a receiver plays before the far end's media
         # arrives, or while the far end suppresses silence (DTX) — a live caller's room noise
         # then "starts" with their first packets. Only a line heard carrying something counts.
-        before = [lv for t, lv, q in self._recent
-                  if q and t < start_ms - 15 * FRAME_MS and lv > DIGITAL_SILENCE_DBFS]
+        before = [
+            lv
+            for t, lv, q in self._recent
+            if q and t < start_ms - 15 * FRAME_MS and lv > DIGITAL_SILENCE_DBFS
+        ]
         if len(before) < 5:  # the greeting started early: take what there is
-            before = [lv for t, lv, q in self._recent
-                      if q and t < start_ms - 2 * FRAME_MS and lv > DIGITAL_SILENCE_DBFS]
+            before = [
+                lv
+                for t, lv, q in self._recent
+                if q and t < start_ms - 2 * FRAME_MS and lv > DIGITAL_SILENCE_DBFS
+            ]
         self.pre_db = float(np.percentile(before, 20)) if len(before) >= 5 else None
         # the frames just before the first word belong to the greeting's floor: a recording's
         # bed starts 0.1–0.5 s before its first word (a live room was there all along)
-        self._gaps = [(t, lv) for t, lv, q in self._recent
-                      if q and start_ms - 15 * FRAME_MS <= t < start_ms - 2 * FRAME_MS]
+        self._gaps = [
+            (t, lv)
+            for t, lv, q in self._recent
+            if q and start_ms - 15 * FRAME_MS <= t < start_ms - 2 * FRAME_MS
+        ]
 
     def gap_db(self, until_ms: int | None = None) -> float | None:
         """Floor in the greeting's pauses up to ``until_ms`` (the last word's end plus a
@@ -128,13 +137,19 @@ class FloorTracker:
         return "unknown"
 
 
-def pitch_track(x: FloatArray, step: int = 160, win: int = 320, fmin: float = 70.0,
-                fmax: float = 400.0, min_corr: float = 0.5) -> FloatArray:
+def pitch_track(
+    x: FloatArray,
+    step: int = 160,
+    win: int = 320,
+    fmin: float = 70.0,
+    fmax: float = 400.0,
+    min_corr: float = 0.5,
+) -> FloatArray:
     """F0 (Hz) every ``step`` samples by normalised autocorrelation; NaN where unvoiced."""
     lo, hi = int(SAMPLE_RATE / fmax), int(SAMPLE_RATE / fmin)
     out = []
     for i in range(0, max(0, x.size - win - hi), step):
-        seg = x[i:i + win + hi]
+        seg = x[i : i + win + hi]
         a = seg[:win] - seg[:win].mean()
         e0 = float(np.dot(a, a))
         if e0 <= 1e-9:
@@ -142,7 +157,7 @@ def pitch_track(x: FloatArray, step: int = 160, win: int = 320, fmin: float = 70
             continue
         best, lag = 0.0, 0
         for k in range(lo, hi):
-            b = seg[k:k + win]
+            b = seg[k : k + win]
             c = float(np.dot(a, b)) / (np.sqrt(e0 * float(np.dot(b, b))) + 1e-12)
             if c > best:
                 best, lag = c, k
@@ -163,5 +178,5 @@ def rises_at_end(word: FloatArray, min_rise: float = 0.12) -> bool:
     v = np.where(v < 0.6 * med, 2.0 * v, v)
     v = np.where(v > 1.7 * med, 0.5 * v, v)
     tail, prev = v[-6:], v[-18:-6]
-    valley = min(float(np.median(prev[i:i + 3])) for i in range(prev.size - 2))
+    valley = min(float(np.median(prev[i : i + 3])) for i in range(prev.size - 2))
     return bool(np.median(tail) >= (1.0 + min_rise) * valley and tail[-1] >= tail[0])

@@ -37,8 +37,14 @@ def _spans(timeline: list[TimelineEntry], start: str, end: str) -> list[tuple[fl
     return out
 
 
-def plot_analysis(x: FloatArray, det: Detection, timeline: list[TimelineEntry],
-                  out: str | Path, title: str = "", dpi: int = 80) -> Path:
+def plot_analysis(
+    x: FloatArray,
+    det: Detection,
+    timeline: list[TimelineEntry],
+    out: str | Path,
+    title: str = "",
+    dpi: int = 80,
+) -> Path:
     """Render the analysis of ``x`` (8 kHz) to ``out`` (PNG); returns the path."""
     try:
         import matplotlib
@@ -49,7 +55,8 @@ def plot_analysis(x: FloatArray, det: Detection, timeline: list[TimelineEntry],
         raise PlotUnavailable("--plot needs matplotlib: pip install 'sipbridge[plot]'") from err
     dur = max(x.size / SAMPLE_RATE, 0.1)
     fig, (ax_w, ax_s, ax_e) = plt.subplots(
-        3, 1, figsize=(12, 6.5), sharex=True, gridspec_kw={"height_ratios": [2, 3, 1.3]})
+        3, 1, figsize=(12, 6.5), sharex=True, gridspec_kw={"height_ratios": [2, 3, 1.3]}
+    )
     t = np.arange(x.size) / SAMPLE_RATE
     ax_w.plot(t, x, lw=0.4, color="#333")
     for a, b in _spans(timeline, "speech_start", "speech_end"):
@@ -64,17 +71,25 @@ def plot_analysis(x: FloatArray, det: Detection, timeline: list[TimelineEntry],
     for e in timeline:
         if e.kind == "tone_end":
             end = e.t_ms / 1000
-            ax_s.plot([end - e.detail["ms"] / 1000, end], [e.detail["hz"]] * 2, color="#00e5ff",
-                      lw=2.5, solid_capstyle="butt")
+            ax_s.plot(
+                [end - e.detail["ms"] / 1000, end],
+                [e.detail["hz"]] * 2,
+                color="#00e5ff",
+                lw=2.5,
+                solid_capstyle="butt",
+            )
     _events(ax_e, det, timeline, dur)
     for ax in (ax_w, ax_s, ax_e):
         _marks(ax, det)
     ax_e.set_xlabel("seconds")
     ax_e.set_xlim(0, dur)
     head = f"{title}  " if title else ""
-    fig.suptitle(f"{head}answered_by={det.answered_by}"
-                 + (f" ({det.hint})" if det.hint else "")
-                 + f" at {det.decided_at_ms / 1000:.2f} s — {det.reason[:90]}", fontsize=9)
+    fig.suptitle(
+        f"{head}answered_by={det.answered_by}"
+        + (f" ({det.hint})" if det.hint else "")
+        + f" at {det.decided_at_ms / 1000:.2f} s — {det.reason[:90]}",
+        fontsize=9,
+    )
     fig.tight_layout()
     path = Path(out)
     buf = io.BytesIO()

@@ -74,8 +74,9 @@ def _band_matrix() -> FloatArray:
 _BANDS = _band_matrix()
 # the same bands as index ranges for np.add.reduceat (contiguous bins; the last range ends at
 # 3400 Hz): bins of band b are _BAND_STARTS[b] .. _BAND_STARTS[b + 1] - 1
-_BAND_STARTS = np.append(np.argmax(_BANDS > 0, axis=0),
-                         int(np.nonzero(_BANDS[:, -1])[0][-1]) + 1).astype(np.intp)
+_BAND_STARTS = np.append(
+    np.argmax(_BANDS > 0, axis=0), int(np.nonzero(_BANDS[:, -1])[0][-1]) + 1
+).astype(np.intp)
 _WIN = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(BLOCK) / BLOCK)
 _BIT_WEIGHTS = (1 << np.arange(N_BITS)).astype(np.int64)
 
@@ -112,7 +113,7 @@ def codes_of(x: FloatArray, sub_offset: int = 0) -> list[int | None]:
     out: list[int | None] = []
     prev = np.zeros(FRAME_SAMPLES)
     for i in range(sub_offset, x.size - FRAME_SAMPLES + 1, FRAME_SAMPLES):
-        cur = x[i:i + FRAME_SAMPLES]
+        cur = x[i : i + FRAME_SAMPLES]
         r = cs.push(spectrum(np.concatenate([prev, cur])), dbfs(cur))
         out.append(None if r is None else r[0])
         prev = cur
@@ -153,8 +154,9 @@ class PromptLibrary:
         """A prompt's codes at one alignment as an array (-1 for silent frames)."""
         arr = self._arrays.get((pid, sub))
         if arr is None:
-            arr = np.array([-1 if c is None else c for c in self.prompts[pid].codes[sub]],
-                           dtype=np.int32)
+            arr = np.array(
+                [-1 if c is None else c for c in self.prompts[pid].codes[sub]], dtype=np.int32
+            )
             self._arrays[(pid, sub)] = arr
         return arr
 
@@ -196,10 +198,12 @@ class PromptLibrary:
             try:
                 raw = json.loads(labels_file.read_text())
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise ValueError(f"{labels_file}: not a JSON object of file -> label ({e})") \
-                    from None
+                raise ValueError(
+                    f"{labels_file}: not a JSON object of file -> label ({e})"
+                ) from None
             if not isinstance(raw, dict) or not all(
-                    isinstance(k, str) and isinstance(v, str) and v for k, v in raw.items()):
+                isinstance(k, str) and isinstance(v, str) and v for k, v in raw.items()
+            ):
                 raise ValueError(f"{labels_file}: must map WAV file names to label strings")
             for fname, label in sorted(raw.items()):
                 path = (root / fname).resolve()
@@ -269,7 +273,8 @@ class PromptMatcher:
     max_ber: float = 0.25
     _stream: CodeStream = field(default_factory=CodeStream)
     _ring: npt.NDArray[np.int32] = field(
-        default_factory=lambda: np.full(_RING, -1, dtype=np.int32))  # live codes by frame
+        default_factory=lambda: np.full(_RING, -1, dtype=np.int32)
+    )  # live codes by frame
     _n: int = 0  # frames pushed
     _votes: dict[int, list[int]] = field(default_factory=dict)  # key -> [n, last, first, checked]
     _prev: FloatArray = field(default_factory=lambda: np.zeros(FRAME_SAMPLES))
@@ -357,8 +362,14 @@ class PromptMatcher:
             return None
         p = self.lib.prompts[pid]
         first = self._votes[key][2]
-        self.done = PromptMatch(p.name, p.label, (i + 1) * FRAME_MS, off * FRAME_MS,
-                                max(0, (first - off) * FRAME_MS), round(ber, 3))
+        self.done = PromptMatch(
+            p.name,
+            p.label,
+            (i + 1) * FRAME_MS,
+            off * FRAME_MS,
+            max(0, (first - off) * FRAME_MS),
+            round(ber, 3),
+        )
         return self.done
 
 
@@ -380,8 +391,7 @@ class RepeatDetector:
     searched in it. Returns a :class:`RepeatMatch` once. Memory: one int per 20 ms.
     """
 
-    def __init__(self, history_ms: int = 60_000, min_ms: int = 1000, max_ber: float = 0.25
-                 ) -> None:
+    def __init__(self, history_ms: int = 60_000, min_ms: int = 1000, max_ber: float = 0.25) -> None:
         self.history_frames = history_ms // FRAME_MS
         self.min_frames = min_ms // FRAME_MS
         self.max_ber = max_ber
@@ -402,8 +412,7 @@ class RepeatDetector:
             self._matcher = None
             return False
         lib = PromptLibrary()
-        lib.prompts.append(Prompt("before-digits", "ivr", len(codes) * FRAME_MS,
-                                  (tuple(codes),)))
+        lib.prompts.append(Prompt("before-digits", "ivr", len(codes) * FRAME_MS, (tuple(codes),)))
         for k, c in enumerate(codes):
             if c is not None:
                 lib.index.setdefault(c, []).append(_posting(0, 0, k))
@@ -432,8 +441,9 @@ class RepeatDetector:
         if hit is None:
             return None
         # the matcher's "prompt" is the history: joined_ms is where in it the repeat begins
-        self.done = RepeatMatch(self._n * FRAME_MS,
-                                self._history_start * FRAME_MS + hit.joined_ms, hit.ber)
+        self.done = RepeatMatch(
+            self._n * FRAME_MS, self._history_start * FRAME_MS + hit.joined_ms, hit.ber
+        )
         return self.done
 
 

@@ -9,7 +9,14 @@ from sipbridge.media.tones import ProgressKind
 
 AnsweredBy = Literal["human", "machine", "ivr", "fax", "silence", "unknown", "sit"]
 ANSWERED_BY_VALUES: tuple[str, ...] = (
-    "human", "machine", "ivr", "fax", "silence", "unknown", "sit")
+    "human",
+    "machine",
+    "ivr",
+    "fax",
+    "silence",
+    "unknown",
+    "sit",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,5 +76,3 @@ class TimelineEntry:
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict."""
         return {"t_ms": self.t_ms, "kind": self.kind, **self.detail}
-
-

@@ -152,11 +152,19 @@ class SitDecoder:
         last = segs[-1] if segs else None
         if last is not None and run.start_ms - last.end_ms > MAX_DROPOUT_MS:
             segs, last = [], None
-        if last is not None and last.which == which and (
-                abs(run.hz - last.hz) <= max(8.0, 0.012 * last.hz)):
-            joined = _Seg(which, last.start_ms, run.end_ms, last.hz_sum + run.hz_sum,
-                          last.frames + run.frames,
-                          last.gaps or run.start_ms - last.end_ms > self.max_gap_ms)
+        if (
+            last is not None
+            and last.which == which
+            and (abs(run.hz - last.hz) <= max(8.0, 0.012 * last.hz))
+        ):
+            joined = _Seg(
+                which,
+                last.start_ms,
+                run.end_ms,
+                last.hz_sum + run.hz_sum,
+                last.frames + run.frames,
+                last.gaps or run.start_ms - last.end_ms > self.max_gap_ms,
+            )
             return [*segs[:-1], joined]
         if last is not None and which <= last.which:
             segs = []
@@ -178,8 +186,12 @@ class SitDecoder:
                 if res is not None:
                     self._segs = []
                     return res
-            if (now_ms is not None and s2 is not None and len(segs) >= 2
-                    and now_ms - segs[-1].end_ms > MAX_DROPOUT_MS):
+            if (
+                now_ms is not None
+                and s2 is not None
+                and len(segs) >= 2
+                and now_ms - segs[-1].end_ms > MAX_DROPOUT_MS
+            ):
                 s1 = next((s for s in segs if s.which == 1), None)
                 self._segs = []
                 # segments 1 and 2 heard, then the sequence stopped: still a SIT
@@ -194,8 +206,13 @@ class SitDecoder:
             # code, and the call should not wait for it
             s1 = next((s for s in segs if s.which == 1), None)
             s2 = next((s for s in segs if s.which == 2), None)
-            res = self._guess(s1, s2, current.end_ms, "dropout; decided at the deadline",
-                              span=s2 is not None and s2 is not segs[-1])
+            res = self._guess(
+                s1,
+                s2,
+                current.end_ms,
+                "dropout; decided at the deadline",
+                span=s2 is not None and s2 is not segs[-1],
+            )
         if res is not None:
             self._segs = []
         return res
@@ -206,8 +223,13 @@ class SitDecoder:
         is whole, so short): decide now when both readings give the same code."""
         s1 = next((s for s in segs if s.which == 1), None)
         s2 = segs[-1]
-        if s1 is None or s1.ms >= _MID_MS or s2.ms >= _MID_MS or s1.gaps or (
-                s2.start_ms - s1.end_ms > self.max_gap_ms):
+        if (
+            s1 is None
+            or s1.ms >= _MID_MS
+            or s2.ms >= _MID_MS
+            or s1.gaps
+            or (s2.start_ms - s1.end_ms > self.max_gap_ms)
+        ):
             return None
         b1 = classify_sit_freq(1, s1.hz)[0]
         b2 = classify_sit_freq(2, s2.hz)[0]
@@ -235,14 +257,20 @@ class SitDecoder:
         b1 = classify_sit_freq(1, s1.hz)[0] if s1 is not None else None
         if b2 is None or (s1 is not None and b1 is None):  # an ITU-T E.180 sequence
             if s2_held or s2_done:
-                return self._make("ITU", "ITU-T E.180 special information tone (no code)",
-                                  s1, s2, decided_ms)
+                return self._make(
+                    "ITU", "ITU-T E.180 special information tone (no code)", s1, s2, decided_ms
+                )
             return None
         if s1 is None or b1 is None:  # segment 1 lost: segment 2's duration narrows it down
             if not s2_done or s3 is None:
                 return None
-            return self._guess(None, s2, decided_ms, "segment 1 lost",
-                               clean2=s3.start_ms - s2.end_ms <= self.max_gap_ms and not s2.gaps)
+            return self._guess(
+                None,
+                s2,
+                decided_ms,
+                "segment 1 lost",
+                clean2=s3.start_ms - s2.end_ms <= self.max_gap_ms and not s2.gaps,
+            )
         boundary_gap = s2.start_ms - s1.end_ms > self.max_gap_ms
         long1 = s1.ms >= _MID_MS  # a dropout only shortens: this is a long segment 1
         if (long1 or (s1.gaps and not boundary_gap)) and (s2_held or s2_done):
@@ -261,27 +289,47 @@ class SitDecoder:
             return self._guess(s1, s2, decided_ms, "dropout between segments 1 and 2")
         return None
 
-    def _make(self, code: str, meaning: str, s1: _Seg | None, s2: _Seg | None,
-              decided_ms: int, dropout: bool = False) -> SitResult:
+    def _make(
+        self,
+        code: str,
+        meaning: str,
+        s1: _Seg | None,
+        s2: _Seg | None,
+        decided_ms: int,
+        dropout: bool = False,
+    ) -> SitResult:
         first = s1 or s2
         start = first.start_ms if first is not None else decided_ms
-        return SitResult(code, meaning, start, decided_ms, s1.hz if s1 else 0.0,
-                         s1.ms if s1 else 0, s2.hz if s2 else 0.0, dropout)
+        return SitResult(
+            code,
+            meaning,
+            start,
+            decided_ms,
+            s1.hz if s1 else 0.0,
+            s1.ms if s1 else 0,
+            s2.hz if s2 else 0.0,
+            dropout,
+        )
 
-    def _code(self, b1: str, d1: str, b2: str, s1: _Seg, s2: _Seg,
-              decided_ms: int) -> SitResult:
+    def _code(self, b1: str, d1: str, b2: str, s1: _Seg, s2: _Seg, decided_ms: int) -> SitResult:
         code, _, meaning = SIT_CODES[(b1, d1, b2)]
         return self._make(code, meaning, s1, s2, decided_ms, s1.gaps or s2.gaps)
 
-    def _by_seg2(self, b1: str, b2: str, d2: str, s1: _Seg, s2: _Seg,
-                 decided_ms: int) -> SitResult:
+    def _by_seg2(self, b1: str, b2: str, d2: str, s1: _Seg, s2: _Seg, decided_ms: int) -> SitResult:
         for (f1, d1, f2), (code, dd2, meaning) in SIT_CODES.items():
             if (f1, f2, dd2) == (b1, b2, d2):
                 return self._make(code, meaning, s1, s2, decided_ms, d1 == "L" and s1.ms < _MID_MS)
         raise AssertionError("SIT code table covers every (seg1 Hz, seg2 Hz, seg2 length)")
 
-    def _guess(self, s1: _Seg | None, s2: _Seg | None, decided_ms: int,
-               why: str, clean2: bool = False, span: bool = True) -> SitResult | None:
+    def _guess(
+        self,
+        s1: _Seg | None,
+        s2: _Seg | None,
+        decided_ms: int,
+        why: str,
+        clean2: bool = False,
+        span: bool = True,
+    ) -> SitResult | None:
         """Best code when a dropout hid part of the sequence: the candidates consistent with
         the frequencies seen, ranked by how well their nominal lengths fit (segments can only
         be shortened) and by the whole span from segment 1 to segment 2's end."""
@@ -306,5 +354,6 @@ class SitDecoder:
         if best is None:
             return None
         _, code, meaning = best
-        return self._make(code, f"{meaning} ({why}; code is a best guess)", s1, s2, decided_ms,
-                          True)
+        return self._make(
+            code, f"{meaning} ({why}; code is a best guess)", s1, s2, decided_ms, True
+        )

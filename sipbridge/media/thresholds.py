@@ -99,7 +99,6 @@ class DetectionConfig:
     vad: VadConfig = field(default_factory=VadConfig)
 
 
-
 def config_from_overrides(overrides: dict[str, Any] | None) -> DetectionConfig:
     """A :class:`DetectionConfig` with some thresholds replaced (values cast to the
     field's type); unknown names raise ``ValueError`` naming them."""

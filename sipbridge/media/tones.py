@@ -51,8 +51,13 @@ CP_SIGNATURES: dict[str, tuple[float, ...]] = {
     "eu_440": (440.0,),  # FR and others: ring 1.5/3.5, busy 0.5/0.5
 }
 CP_REGION = {
-    "us_ring": "us", "us_busy": "us", "us_dial": "us",
-    "uk_ring": "uk", "uk_400": "uk", "eu_425": "425", "eu_440": "440",
+    "us_ring": "us",
+    "us_busy": "us",
+    "us_dial": "us",
+    "uk_ring": "uk",
+    "uk_400": "uk",
+    "eu_425": "425",
+    "eu_440": "440",
 }
 CP_FREQS: tuple[float, ...] = tuple(sorted({f for sig in CP_SIGNATURES.values() for f in sig}))
 
@@ -70,21 +75,27 @@ class GoertzelBank:
     ``block @ table`` with a ``(n, 2K)`` table of windowed cos/sin rows.
     """
 
-    def __init__(self, freqs: tuple[float, ...] | list[float], n: int = BLOCK,
-                 window: FloatArray | None = None, rate: int = SAMPLE_RATE) -> None:
+    def __init__(
+        self,
+        freqs: tuple[float, ...] | list[float],
+        n: int = BLOCK,
+        window: FloatArray | None = None,
+        rate: int = SAMPLE_RATE,
+    ) -> None:
         self.freqs = np.asarray(freqs, dtype=np.float64)
         w = np.ones(n) if window is None else window
         t = np.arange(n)[:, None] / rate
         ang = 2.0 * np.pi * self.freqs[None, :] * t
         self._table = np.ascontiguousarray(
-            np.hstack([np.cos(ang) * w[:, None], -np.sin(ang) * w[:, None]]))
+            np.hstack([np.cos(ang) * w[:, None], -np.sin(ang) * w[:, None]])
+        )
         self._k = len(self.freqs)
 
     def power(self, block: FloatArray) -> FloatArray:
         """Squared DFT magnitude |X(f)|² of ``block`` at each bank frequency."""
         y = block @ self._table
         re = y[: self._k]
-        im = y[self._k:]
+        im = y[self._k :]
         return np.asarray(re * re + im * im, dtype=np.float64)
 
 
@@ -107,8 +118,9 @@ class ToneAnalyzer:
         self._cp_win = _hann(CP_BLOCK)
         self._cp_block = np.zeros(CP_BLOCK, dtype=np.float64)
         self._bank = GoertzelBank(CP_FREQS, CP_BLOCK, self._cp_win)
-        self._cp_norm = 2.0 * float(np.dot(self._cp_win, self._cp_win)) / float(
-            self._cp_win.sum()) ** 2
+        self._cp_norm = (
+            2.0 * float(np.dot(self._cp_win, self._cp_win)) / float(self._cp_win.sum()) ** 2
+        )
         # |X|² of a bin-centred unit-amplitude sine through the window, and the total one-sided
         # power such a sine puts into the spectrum: both used to normalise to "1 = pure tone".
         s = float(self._win.sum())
@@ -189,8 +201,9 @@ class ToneRunTracker:
     of the run's mean. One missing frame (a codec glitch, a noise burst) is bridged.
     """
 
-    def __init__(self, tol_rel: float = 0.012, tol_hz: float = 8.0,
-                 max_gap_frames: int = 1) -> None:
+    def __init__(
+        self, tol_rel: float = 0.012, tol_hz: float = 8.0, max_gap_frames: int = 1
+    ) -> None:
         self.tol_rel = tol_rel
         self.tol_hz = tol_hz
         self.max_gap = max_gap_frames

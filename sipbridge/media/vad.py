@@ -101,9 +101,12 @@ class SpeechTracker:
             self._blk_n = 0
         floor = max(floor, -90.0)
         self.floor_dbfs = floor
-        speech = (not is_tone and level_dbfs >= cfg.min_speech_dbfs
-                  and level_dbfs >= floor + cfg.margin_db
-                  and self._vad.is_speech(pcm16, SAMPLE_RATE))
+        speech = (
+            not is_tone
+            and level_dbfs >= cfg.min_speech_dbfs
+            and level_dbfs >= floor + cfg.margin_db
+            and self._vad.is_speech(pcm16, SAMPLE_RATE)
+        )
         self.last_speech = speech
         return speech
 

@@ -44,8 +44,9 @@ _SRTP_USE = {"off": pj.PJMEDIA_SRTP_DISABLED, "mandatory": pj.PJMEDIA_SRTP_MANDA
 class AccountCache:
     """Local accounts by (transport, srtp, auth), least recently used first."""
 
-    def __init__(self, worker: Worker, transports: Transports,
-                 busy: Callable[[], set[AccountKey | None]]) -> None:
+    def __init__(
+        self, worker: Worker, transports: Transports, busy: Callable[[], set[AccountKey | None]]
+    ) -> None:
         self.worker = worker
         self.cfg = worker.cfg
         self.transports = transports
@@ -116,8 +117,13 @@ class AccountCache:
             f"user={user!r} realm={realm!r}",
         )
 
-    def config(self, kind: str, srtp: str, auth: tuple[str, ...] | None,
-               timers: tuple[int, int] | None = None) -> Any:
+    def config(
+        self,
+        kind: str,
+        srtp: str,
+        auth: tuple[str, ...] | None,
+        timers: tuple[int, int] | None = None,
+    ) -> Any:
         """The pjsua ``AccountConfig`` of a local account on transport ``kind``."""
         cfg = self.cfg
         port = self.transports.ports[kind]

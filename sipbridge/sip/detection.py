@@ -125,10 +125,17 @@ class Detection:
             found += self._feed_repeat(ls.repeat, frames)
         w = self.worker
         for phase, ev in found:
-            w.send(ipc.DetectionReport(
-                leg_id=leg.leg_id, call_sid=leg.plan.call_sid, worker_id=w.worker_id,
-                ts=time.time(), phase=phase, kind=ev.kind, detection=ev.detection,
-            ))
+            w.send(
+                ipc.DetectionReport(
+                    leg_id=leg.leg_id,
+                    call_sid=leg.plan.call_sid,
+                    worker_id=w.worker_id,
+                    ts=time.time(),
+                    phase=phase,
+                    kind=ev.kind,
+                    detection=ev.detection,
+                )
+            )
         if not ls.wants_tap():
             self._disconnect_tap(leg)  # decided: stop paying for the tap
 
@@ -139,9 +146,12 @@ class Detection:
             hit = repeat.feed(x)
             if hit is not None:
                 det = MediaDetection(
-                    "ivr", hit.decided_ms, ivr_hint=True,
+                    "ivr",
+                    hit.decided_ms,
+                    ivr_hint=True,
                     reason=f"IVR menu repeated: audio heard at {hit.earlier_ms} ms came "
-                           f"again after the digits (bit error rate {hit.ber:.2f})")
+                    f"again after the digits (bit error rate {hit.ber:.2f})",
+                )
                 return [("repeat", DetectionEvent("decision", hit.decided_ms, det))]
         return []
 

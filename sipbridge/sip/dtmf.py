@@ -78,10 +78,15 @@ class Dtmf:
                 if job.index >= len(job.steps):
                     leg.dtmf_jobs.popleft()
                     w.detection.mark_digits_sent(leg)
-                    w.send(ipc.DtmfSent(
-                        leg_id=leg.leg_id, call_sid=leg.plan.call_sid,
-                        worker_id=w.worker_id, ts=time.time(), digits=job.digits,
-                    ))
+                    w.send(
+                        ipc.DtmfSent(
+                            leg_id=leg.leg_id,
+                            call_sid=leg.plan.call_sid,
+                            worker_id=w.worker_id,
+                            ts=time.time(),
+                            digits=job.digits,
+                        )
+                    )
                     continue
                 digit, wait_s = job.steps[job.index]
                 job.index += 1
@@ -136,11 +141,18 @@ class Dtmf:
             w.soon.append(lambda: self._send_digit(target, digit, dur))
         else:
             relay = None
-        w.send(ipc.DtmfReceived(
-            leg_id=leg.leg_id, call_sid=leg.plan.call_sid, worker_id=w.worker_id,
-            ts=time.time(), digit=digit, duration_ms=int(duration_ms), method=method,
-            relayed_to=relay,
-        ))
+        w.send(
+            ipc.DtmfReceived(
+                leg_id=leg.leg_id,
+                call_sid=leg.plan.call_sid,
+                worker_id=w.worker_id,
+                ts=time.time(),
+                digit=digit,
+                duration_ms=int(duration_ms),
+                method=method,
+                relayed_to=relay,
+            )
+        )
 
 
 __all__ = ["Dtmf"]

@@ -65,8 +65,9 @@ def classify_end(d: Disconnect) -> tuple[EndCause, str]:
         if d.transport == "tls":
             detail = d.tls_reject or detail
         return "transport_error", detail
-    if d.status in MEDIA_REFUSED and ((d.answered and response)
-                                      or (not d.answered and d.answer_received)):
+    if d.status in MEDIA_REFUSED and (
+        (d.answered and response) or (not d.answered and d.answer_received)
+    ):
         # pjsua hung up by itself (it sent the BYE) right after the answer: the carrier's
         # SDP answer is unusable (RFC 3264 6: no codec we offered, or plain RTP/AVP to a
         # mandatory-SRTP offer). pjsua ACKs the 200, then sends BYE with "Reason: SIP
@@ -76,16 +77,19 @@ def classify_end(d: Disconnect) -> tuple[EndCause, str]:
         # cannot parse (415) is refused before the call is CONFIRMED: the same outcome,
         # though the leg was never answered.
         offered = list(d.offered_codecs)
-        return "media_error", (f"{negotiation_detail(offered, d.remote_sdp)} "
-                               f"({d.status} {d.reason})")
+        return "media_error", (
+            f"{negotiation_detail(offered, d.remote_sdp)} ({d.status} {d.reason})"
+        )
     if d.answered and response:
         # The SIP stack ended the session itself (it sent the BYE), or a failed in-dialog
         # request ended it: a session refresh (RFC 4028 10: the re-INVITE/UPDATE answered
         # 408/481, or not refreshed in time).
         first = d.received.split("\n", 1)[0].strip()
-        return "transport_error", (f"session ended by the SIP stack: {d.status} {d.reason}"
-                                   if d.received.startswith("SIP/2.0 2")
-                                   else f"in-dialog request failed: {first}")
+        return "transport_error", (
+            f"session ended by the SIP stack: {d.status} {d.reason}"
+            if d.received.startswith("SIP/2.0 2")
+            else f"in-dialog request failed: {first}"
+        )
     if d.answered:
         return "remote_bye", ""
     if d.status in (408, 503) and not d.any_response:
@@ -100,7 +104,7 @@ def redirect_report(received: str) -> tuple[int, str, str] | None:
     None for any other message."""
     if not received.startswith("SIP/2.0 3") or not final_response_retry_after(received)[0]:
         return None
-    code, _, text = received[len("SIP/2.0 "):].partition(" ")
+    code, _, text = received[len("SIP/2.0 ") :].partition(" ")
     _start, headers, _body = split_message(received)
     target = header(headers, "contact")
     detail = f"redirect to {(target or 'no Contact')[:160]} not followed"
@@ -128,10 +132,16 @@ def tls_reject_detail(request_uri: str, since: float, rejects: Iterable[TlsRejec
     recent = [r for r in rejects if r.at >= since and r.peer.rsplit(":", 1)[-1] == port]
     exact = [r for r in recent if r.peer == f"{host}:{port}"]
     for r in (exact or recent)[-1:]:
-        return tls_reject_text(r.verify_status, r.peer, host, r.subject_cn,
-                               list(r.alt_names))
+        return tls_reject_text(r.verify_status, r.peer, host, r.subject_cn, list(r.alt_names))
     return ""
 
 
-__all__ = ["MEDIA_REFUSED", "Disconnect", "EventSource", "TlsReject", "classify_end",
-           "redirect_report", "tls_reject_detail"]
+__all__ = [
+    "MEDIA_REFUSED",
+    "Disconnect",
+    "EventSource",
+    "TlsReject",
+    "classify_end",
+    "redirect_report",
+    "tls_reject_detail",
+]

@@ -171,8 +171,9 @@ class Transports:
                 log("warning", f"no SIP {kind} transport: {self.errors[kind]}")
         return sip_port
 
-    def create(self, kind: str, port: int, key: str = "", verify: bool = True,
-               ca_file: str = "") -> int:
+    def create(
+        self, kind: str, port: int, key: str = "", verify: bool = True, ca_file: str = ""
+    ) -> int:
         """Create a transport, known as ``key`` (default: ``kind``)."""
         tcfg = pj.TransportConfig()
         tcfg.port = port
@@ -210,14 +211,18 @@ class Transports:
         use): legs with other CA files or verification settings never share one."""
         ca_file = plan.tls_ca_file or os_ca_bundle() or ""
         if plan.tls_verify and not ca_file:
-            raise DialRefused("TLS: no CA list to verify the peer with (no OS CA bundle; "
-                              "set tls.ca_file, or tls.verify: false)")
+            raise DialRefused(
+                "TLS: no CA list to verify the peer with (no OS CA bundle; "
+                "set tls.ca_file, or tls.verify: false)"
+            )
         key = f"tls|{'verify' if plan.tls_verify else 'noverify'}|{ca_file}"
         if key in self.ids:
             return key
         if sum(1 for k in self.ids if k.startswith("tls|")) >= MAX_TLS_PROFILES:
-            raise DialRefused(f"more than {MAX_TLS_PROFILES} TLS profiles (CA file, verify) "
-                              "in use: share CA files between trunks")
+            raise DialRefused(
+                f"more than {MAX_TLS_PROFILES} TLS profiles (CA file, verify) "
+                "in use: share CA files between trunks"
+            )
         try:
             self.create("tls", 0, key, plan.tls_verify, ca_file)
         except pj.Error as e:
@@ -231,13 +236,21 @@ class Transports:
         if info.isEmpty() or not info.verifyStatus:
             return
         cert = info.remoteCertInfo
-        kinds = {pj.PJ_SSL_CERT_NAME_DNS: "DNS", pj.PJ_SSL_CERT_NAME_IP: "IP",
-                 pj.PJ_SSL_CERT_NAME_URI: "URI"}
-        names = tuple(f"{kinds[n.type]}:{n.name}" for n in cert.subjectAltName
-                      if n.type in kinds)
-        self.tls_rejects.append(TlsReject(time.monotonic(), str(info.remoteAddr),
-                                          int(info.verifyStatus), str(cert.subjectCn), names))
+        kinds = {
+            pj.PJ_SSL_CERT_NAME_DNS: "DNS",
+            pj.PJ_SSL_CERT_NAME_IP: "IP",
+            pj.PJ_SSL_CERT_NAME_URI: "URI",
+        }
+        names = tuple(f"{kinds[n.type]}:{n.name}" for n in cert.subjectAltName if n.type in kinds)
+        self.tls_rejects.append(
+            TlsReject(
+                time.monotonic(),
+                str(info.remoteAddr),
+                int(info.verifyStatus),
+                str(cert.subjectCn),
+                names,
+            )
+        )
 
 
-__all__ = ["TRANSPORT_TYPES", "DialRefused", "Transports", "create_endpoint",
-           "offered_codecs"]
+__all__ = ["TRANSPORT_TYPES", "DialRefused", "Transports", "create_endpoint", "offered_codecs"]

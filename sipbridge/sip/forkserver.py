@@ -32,13 +32,15 @@ def worker_context() -> Any:
     ctx = multiprocessing.get_context("forkserver")
     # forkserver_init first: the server ignores SIGTERM/SIGINT from then on (a signal to
     # the whole process group must reach only the supervisor).
-    ctx.set_forkserver_preload(["sipbridge.sip.forkserver_init", "__main__",
-                                "sipbridge.sip.pool", "sipbridge.sip.worker"])
+    ctx.set_forkserver_preload(
+        ["sipbridge.sip.forkserver_init", "__main__", "sipbridge.sip.pool", "sipbridge.sip.worker"]
+    )
     return ctx
 
 
-def start_worker_process(ctx: Any, cfg: SipConfig, worker_id: int, slots: int,
-                         sip_port: int) -> tuple[BaseProcess, Connection]:
+def start_worker_process(
+    ctx: Any, cfg: SipConfig, worker_id: int, slots: int, sip_port: int
+) -> tuple[BaseProcess, Connection]:
     """Start worker ``worker_id``'s process; return it and the supervisor's end of its
     pipe. ``slots``: how many workers the RTP port range is shared between."""
     parent, child = ctx.Pipe(duplex=True)
@@ -48,8 +50,14 @@ def start_worker_process(ctx: Any, cfg: SipConfig, worker_id: int, slots: int,
     # as a one-worker range.
     per = max(2, (cfg.rtp_port_max - cfg.rtp_port_min + 1) // slots)
     base = cfg.rtp_port_min + (worker_id % slots) * per
-    cfg_dict.update(workers=1, min_workers=None, max_workers=None, spare_slots=None,
-                    rtp_port_min=base, rtp_port_max=min(base + per - 1, 65535))
+    cfg_dict.update(
+        workers=1,
+        min_workers=None,
+        max_workers=None,
+        spare_slots=None,
+        rtp_port_min=base,
+        rtp_port_max=min(base + per - 1, 65535),
+    )
     proc = ctx.Process(
         target=worker_main,
         args=(worker_id, cfg_dict, child, sip_port),

@@ -51,19 +51,30 @@ class _PjsipModule(ctypes.Structure):
     """``struct pjsip_module`` (pjsip/sip_module.h)."""
 
     _fields_ = (
-        ("prev", ctypes.c_void_p), ("next", ctypes.c_void_p),
-        ("name", _PjStr), ("id", ctypes.c_int), ("priority", ctypes.c_int),
-        ("load", ctypes.c_void_p), ("start", ctypes.c_void_p), ("stop", ctypes.c_void_p),
+        ("prev", ctypes.c_void_p),
+        ("next", ctypes.c_void_p),
+        ("name", _PjStr),
+        ("id", ctypes.c_int),
+        ("priority", ctypes.c_int),
+        ("load", ctypes.c_void_p),
+        ("start", ctypes.c_void_p),
+        ("stop", ctypes.c_void_p),
         ("unload", ctypes.c_void_p),
-        ("on_rx_request", _RX_CB), ("on_rx_response", _RX_CB),
-        ("on_tx_request", ctypes.c_void_p), ("on_tx_response", ctypes.c_void_p),
+        ("on_rx_request", _RX_CB),
+        ("on_rx_response", _RX_CB),
+        ("on_tx_request", ctypes.c_void_p),
+        ("on_tx_response", ctypes.c_void_p),
         ("on_tsx_state", ctypes.c_void_p),
     )
 
 
 class _OpKey(ctypes.Structure):  # pjsip_rx_data_op_key (pj_ioqueue_op_key_t + rdata)
-    _fields_ = (("internal", ctypes.c_void_p * 32), ("activesock_data", ctypes.c_void_p),
-                ("user_data", ctypes.c_void_p), ("rdata", ctypes.c_void_p))
+    _fields_ = (
+        ("internal", ctypes.c_void_p * 32),
+        ("activesock_data", ctypes.c_void_p),
+        ("user_data", ctypes.c_void_p),
+        ("rdata", ctypes.c_void_p),
+    )
 
 
 class _SockAddr(ctypes.Union):  # pj_sockaddr: the largest member is sockaddr_in6
@@ -74,14 +85,20 @@ class _RxData(ctypes.Structure):
     """The leading part of ``struct pjsip_rx_data`` (pjsip/sip_transport.h)."""
 
     _fields_ = (
-        ("pool", ctypes.c_void_p), ("transport", ctypes.c_void_p),
-        ("tp_data", ctypes.c_void_p), ("op_key", _OpKey),
+        ("pool", ctypes.c_void_p),
+        ("transport", ctypes.c_void_p),
+        ("tp_data", ctypes.c_void_p),
+        ("op_key", _OpKey),
         ("timestamp", ctypes.c_long * 2),
-        ("packet", ctypes.c_char * PJSIP_MAX_PKT_LEN), ("zero", ctypes.c_uint32),
-        ("pkt_len", ctypes.c_ssize_t), ("src_addr", _SockAddr),
+        ("packet", ctypes.c_char * PJSIP_MAX_PKT_LEN),
+        ("zero", ctypes.c_uint32),
+        ("pkt_len", ctypes.c_ssize_t),
+        ("src_addr", _SockAddr),
         ("src_addr_len", ctypes.c_int),
-        ("src_name", ctypes.c_char * PJ_INET6_ADDRSTRLEN), ("src_port", ctypes.c_int),
-        ("msg_buf", ctypes.c_void_p), ("msg_len", ctypes.c_int),
+        ("src_name", ctypes.c_char * PJ_INET6_ADDRSTRLEN),
+        ("src_port", ctypes.c_int),
+        ("msg_buf", ctypes.c_void_p),
+        ("msg_len", ctypes.c_int),
     )
 
 
@@ -89,7 +106,7 @@ _PACKET_OFFSET = _RxData.packet.offset
 
 
 def _transport_kind(transport_ptr: int) -> str | None:
-    """"udp" / "tcp" / "tls" from a ``pjsip_transport``'s ``obj_name`` (its first field:
+    """ "udp" / "tcp" / "tls" from a ``pjsip_transport``'s ``obj_name`` (its first field:
     "udp0x..", "tcps0x.." / "tcpc0x..", "tlss0x.." / "tlsc0x.." in sip_transport_*.c)."""
     if not transport_ptr:
         return None
@@ -125,8 +142,13 @@ class PacketGuard:
     ``libHandleEvents``. ``accepting`` tells whether a new inbound call could be taken
     (see :meth:`RxPolicy.decide`); ``log(level, message)`` reports to the supervisor."""
 
-    def __init__(self, lib: Any, policy: RxPolicy, accepting: Callable[[], str | None],
-                 log: Callable[[str, str], None]) -> None:
+    def __init__(
+        self,
+        lib: Any,
+        policy: RxPolicy,
+        accepting: Callable[[], str | None],
+        log: Callable[[str, str], None],
+    ) -> None:
         self.lib = lib
         self.policy = policy
         self.accepting = accepting
@@ -155,8 +177,13 @@ class PacketGuard:
         lib.pjsip_endpt_register_module.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
         lib.pjsip_endpt_respond_stateless.restype = ctypes.c_int
         lib.pjsip_endpt_respond_stateless.argtypes = [
-            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
-            ctypes.c_void_p, ctypes.c_void_p]
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_int,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+        ]
         self.endpt = int(lib.pjsua_get_pjsip_endpt() or 0)
         if not self.endpt:
             raise GuardError("no pjsip endpoint (pjsua not initialised)")
@@ -165,8 +192,12 @@ class PacketGuard:
             raise GuardError(f"pjsip_endpt_register_module failed ({status})")
 
     # ----------------------------------------------------------------- calibration
-    def calibrate(self, udp_target: tuple[str, int] | None,
-                  handle_events: Callable[[int], None], timeout_s: float = 3.0) -> None:
+    def calibrate(
+        self,
+        udp_target: tuple[str, int] | None,
+        handle_events: Callable[[int], None],
+        timeout_s: float = 3.0,
+    ) -> None:
         """Send ourselves an OPTIONS and check every field the guard reads (the message
         bytes, their length, the source address and port, the transport). Until this
         succeeds every request is dropped; on failure :class:`GuardError`."""
@@ -180,10 +211,12 @@ class PacketGuard:
             self.probe_source = (str(src[0]), int(src[1]))
             hp = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
             sp = f"[{src[0]}]:{src[1]}" if family == socket.AF_INET6 else f"{src[0]}:{src[1]}"
-            probe = (f"OPTIONS sip:guard@{hp} SIP/2.0\r\nVia: SIP/2.0/UDP {sp};branch=z9hG4bK"
-                     f"{uuid.uuid4().hex}\r\nFrom: <sip:guard@{sp}>;tag=1\r\n"
-                     f"To: <sip:guard@{hp}>\r\nCall-ID: {self.probe_token}\r\n"
-                     "CSeq: 1 OPTIONS\r\nMax-Forwards: 1\r\nContent-Length: 0\r\n\r\n")
+            probe = (
+                f"OPTIONS sip:guard@{hp} SIP/2.0\r\nVia: SIP/2.0/UDP {sp};branch=z9hG4bK"
+                f"{uuid.uuid4().hex}\r\nFrom: <sip:guard@{sp}>;tag=1\r\n"
+                f"To: <sip:guard@{hp}>\r\nCall-ID: {self.probe_token}\r\n"
+                "CSeq: 1 OPTIONS\r\nMax-Forwards: 1\r\nContent-Length: 0\r\n\r\n"
+            )
             self._probe = probe.encode()
             deadline = time.monotonic() + timeout_s
             next_send = 0.0
@@ -193,8 +226,10 @@ class PacketGuard:
                     next_send = time.monotonic() + 0.5
                 handle_events(50)
         if not self.calibrated:
-            raise GuardError("the packet guard could not read pjsip's rx data as expected "
-                             "(pjsua2 wheel with another layout?): refusing to run unguarded")
+            raise GuardError(
+                "the packet guard could not read pjsip's rx data as expected "
+                "(pjsua2 wheel with another layout?): refusing to run unguarded"
+            )
 
     def _check_probe(self, rdata_ptr: int) -> None:
         pkt = _Packet(rdata_ptr)
@@ -211,14 +246,14 @@ class PacketGuard:
         try:
             if not self.calibrated:
                 if rdata_ptr and self.probe_token.encode() in ctypes.string_at(
-                        rdata_ptr + _PACKET_OFFSET, PJSIP_MAX_PKT_LEN):
+                    rdata_ptr + _PACKET_OFFSET, PJSIP_MAX_PKT_LEN
+                ):
                     self._check_probe(rdata_ptr)
                 return _PJ_TRUE  # fail closed until the layout is known
             pkt = _Packet(rdata_ptr)
             if pkt.transport is None:
                 return _PJ_TRUE
-            verdict = self.policy.decide(pkt.raw, pkt.source_ip, pkt.transport,
-                                         self.accepting)
+            verdict = self.policy.decide(pkt.raw, pkt.source_ip, pkt.transport, self.accepting)
             if verdict.action is Action.PASS:
                 return _PJ_FALSE
             if verdict.action is Action.RESPOND:
@@ -246,8 +281,11 @@ class PacketGuard:
         # transaction, dialog or call is created. The response goes where pjsip sends any
         # response: the request's source address (Via "received", RFC 3261 18.2.2),
         # maddr and foreign transports having been refused by the policy.
-        status = int(self.lib.pjsip_endpt_respond_stateless(
-            self.endpt, rdata_ptr, verdict.status, None, None, None))
+        status = int(
+            self.lib.pjsip_endpt_respond_stateless(
+                self.endpt, rdata_ptr, verdict.status, None, None, None
+            )
+        )
         if status != 0:
             self.policy.counts["respond_failed"] += 1
 

@@ -45,8 +45,7 @@ class GuardLink:
             limiter=SourceLimiter(cfg.source_rate_limit_per_s, cfg.source_rate_burst),
             dialog_limiter=SourceLimiter(cfg.source_rate_limit_per_s, cfg.source_rate_burst),
         )
-        guard = PacketGuard(pj_lib(), policy, self._accepting,
-                            lambda level, msg: w.log(level, msg))
+        guard = PacketGuard(pj_lib(), policy, self._accepting, lambda level, msg: w.log(level, msg))
         guard.install()
         self.guard = guard
         port = ports.get("udp")

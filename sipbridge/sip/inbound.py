@@ -80,22 +80,42 @@ class Inbound:
         ruri = parts[1] if len(parts) > 1 else ""
         acc_key = w.accounts.key_of(acc)
         plan = DialPlan(
-            call_sid=leg_id, leg_id=leg_id, trunk="inbound", request_uri=ruri,
-            from_uri=header(headers, "from"), to_uri=header(headers, "to"), headers=(),
-            ring_timeout_s=RESPOND_S, max_duration_s=_MAX_DURATION_S,
-            transport=acc_key[0] if acc_key else w.cfg.transport, role="agent",
+            call_sid=leg_id,
+            leg_id=leg_id,
+            trunk="inbound",
+            request_uri=ruri,
+            from_uri=header(headers, "from"),
+            to_uri=header(headers, "to"),
+            headers=(),
+            ring_timeout_s=RESPOND_S,
+            max_duration_s=_MAX_DURATION_S,
+            transport=acc_key[0] if acc_key else w.cfg.transport,
+            role="agent",
         )
         now = time.monotonic()
-        leg = Leg(plan=plan, call=call, started=now, acc_key=acc_key,
-                  inbound=InboundState(deadline=now + RESPOND_S),
-                  peer=PeerReplies(rx_any=True))
+        leg = Leg(
+            plan=plan,
+            call=call,
+            started=now,
+            acc_key=acc_key,
+            inbound=InboundState(deadline=now + RESPOND_S),
+            peer=PeerReplies(rx_any=True),
+        )
         self.legs[leg_id] = leg
         w.guard.dialog_known(leg, call_id)
-        w.send(ipc.InboundCall(
-            leg_id=leg_id, worker_id=w.worker_id, ts=time.time(), request_uri=ruri,
-            from_uri=plan.from_uri, to_uri=plan.to_uri,
-            sip_call_id=call_id, source=src, headers=tuple(headers),
-        ))
+        w.send(
+            ipc.InboundCall(
+                leg_id=leg_id,
+                worker_id=w.worker_id,
+                ts=time.time(),
+                request_uri=ruri,
+                from_uri=plan.from_uri,
+                to_uri=plan.to_uri,
+                sip_call_id=call_id,
+                source=src,
+                headers=tuple(headers),
+            )
+        )
 
     def _refuse(self, leg_id: str, status: int) -> None:
         """Answer a refused inbound INVITE (from the loop, see :meth:`on_incoming_call`)."""

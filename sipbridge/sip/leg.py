@@ -156,5 +156,14 @@ def next_deadline(leg: Leg, media_timeout_s: float) -> tuple[float, ipc.EndCause
     return ends, "max_duration"
 
 
-__all__ = ["AccountKey", "BridgeLink", "DtmfJob", "InboundState", "Leg", "Listening",
-           "PeerReplies", "RtpWatch", "next_deadline"]
+__all__ = [
+    "AccountKey",
+    "BridgeLink",
+    "DtmfJob",
+    "InboundState",
+    "Leg",
+    "Listening",
+    "PeerReplies",
+    "RtpWatch",
+    "next_deadline",
+]

@@ -45,8 +45,12 @@ ACCEPT_BURST = 10
 
 
 class _SockFilter(ctypes.Structure):
-    _fields_ = (("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
-                ("k", ctypes.c_uint32))
+    _fields_ = (
+        ("code", ctypes.c_uint16),
+        ("jt", ctypes.c_uint8),
+        ("jf", ctypes.c_uint8),
+        ("k", ctypes.c_uint32),
+    )
 
 
 _DROP_ALL = (_SockFilter * 1)(_SockFilter(_BPF_RET_K, 0, 0, 0))
@@ -72,9 +76,11 @@ def find_listeners(port: int) -> list[socket.socket]:
             os.close(fd)
             continue
         try:
-            ok = (s.type == socket.SOCK_STREAM
-                  and s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
-                  and s.getsockname()[1] == port)
+            ok = (
+                s.type == socket.SOCK_STREAM
+                and s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
+                and s.getsockname()[1] == port
+            )
         except OSError:
             ok = False
         if ok:
@@ -86,7 +92,7 @@ def find_listeners(port: int) -> list[socket.socket]:
 
 
 def _server_kind(tp: int) -> str | None:
-    """"tcp" / "tls" for a server-side (accepted) transport, from its obj_name."""
+    """ "tcp" / "tls" for a server-side (accepted) transport, from its obj_name."""
     if not tp:
         return None
     name = ctypes.string_at(tp, 4)
@@ -94,9 +100,14 @@ def _server_kind(tp: int) -> str | None:
 
 
 class ListenGate:
-    def __init__(self, lib: Any, log: Callable[[str, str], None],
-                 max_live: int = MAX_LIVE_INBOUND, rate_per_s: float = ACCEPT_RATE_PER_S,
-                 burst: int = ACCEPT_BURST) -> None:
+    def __init__(
+        self,
+        lib: Any,
+        log: Callable[[str, str], None],
+        max_live: int = MAX_LIVE_INBOUND,
+        rate_per_s: float = ACCEPT_RATE_PER_S,
+        burst: int = ACCEPT_BURST,
+    ) -> None:
         self.lib = lib
         self.log = log
         self.max_live = max_live

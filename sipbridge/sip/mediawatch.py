@@ -70,8 +70,10 @@ class MediaWatch:
             for m in ci.media:
                 if m.type == pj.PJMEDIA_TYPE_AUDIO:
                     idx = int(m.index)
-                    live = (m.status == pj.PJSUA_CALL_MEDIA_ACTIVE
-                            and m.dir == pj.PJMEDIA_DIR_ENCODING_DECODING)
+                    live = (
+                        m.status == pj.PJSUA_CALL_MEDIA_ACTIVE
+                        and m.dir == pj.PJMEDIA_DIR_ENCODING_DECODING
+                    )
                     break
         if live != leg.rtp.live or idx != leg.rtp.audio_idx:
             leg.rtp.live, leg.rtp.audio_idx = live, idx

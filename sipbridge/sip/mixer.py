@@ -165,7 +165,8 @@ class Mixer:
         """
         with contextlib.suppress(pj.Error):
             self.worker.ep.audDevManager().getCaptureDevMedia().startTransmit(
-                call.getAudioMedia(-1))
+                call.getAudioMedia(-1)
+            )
 
     # ----------------------------------------------------------------- players
     def play(self, leg_id: str, path: str) -> None:
@@ -190,10 +191,16 @@ class Mixer:
         self.players.append(player)
 
     def _play_done(self, leg_id: str, call_sid: str, path: str, error: str = "") -> None:
-        self.worker.send(ipc.PlaybackDone(
-            leg_id=leg_id, call_sid=call_sid, worker_id=self.worker.worker_id, ts=time.time(),
-            path=path, error=error,
-        ))
+        self.worker.send(
+            ipc.PlaybackDone(
+                leg_id=leg_id,
+                call_sid=call_sid,
+                worker_id=self.worker.worker_id,
+                ts=time.time(),
+                path=path,
+                error=error,
+            )
+        )
 
     def _drop_player(self, player: Player) -> None:
         self.players.remove(player)
@@ -213,8 +220,12 @@ class Mixer:
         for player in list(self.players):
             if player.leg_id == leg_id:
                 self._drop_player(player)
-                self._play_done(player.leg_id, player.call_sid, player.path,
-                                "leg ended before the end of the file")
+                self._play_done(
+                    player.leg_id,
+                    player.call_sid,
+                    player.path,
+                    "leg ended before the end of the file",
+                )
 
     # ----------------------------------------------------------------- ports
     def take_tap(self) -> FrameTap:

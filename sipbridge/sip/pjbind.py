@@ -30,8 +30,14 @@ def pj_lib() -> Any:
         lib.pjsip_rdata_get_dlg.restype = ctypes.c_void_p
         lib.pjsip_rdata_get_dlg.argtypes = [ctypes.c_void_p]
         lib.pjsip_dlg_respond.restype = ctypes.c_int
-        lib.pjsip_dlg_respond.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
-                                          ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+        lib.pjsip_dlg_respond.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_int,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+        ]
         lib.pjsua_call_get_count.restype = ctypes.c_uint
         lib.pjsua_call_get_count.argtypes = []
         _PJ_LIB = lib
@@ -125,8 +131,11 @@ class LegCall(pj.Call):
         worker = getattr(self, "_worker", None)
         if worker is not None:
             with contextlib.suppress(BaseException):
-                worker.log("warning", f"{self._leg_id}: REFER to {str(prm.dstUri)[:200]!r} "
-                           "refused (603): the bridge does not transfer calls")
+                worker.log(
+                    "warning",
+                    f"{self._leg_id}: REFER to {str(prm.dstUri)[:200]!r} "
+                    "refused (603): the bridge does not transfer calls",
+                )
 
     def onCallRedirected(self, prm: Any) -> int:
         return int(pj.PJSIP_REDIRECT_STOP)
@@ -141,8 +150,11 @@ class WorkerAccount(pj.Account):
 
     def onIncomingCall(self, prm: Any) -> None:
         # never into pjsua2 (see LegCall)
-        _guarded(getattr(self, "_worker", None), "onIncomingCall",
-                 lambda w: w.inbound.on_incoming_call(self, prm))
+        _guarded(
+            getattr(self, "_worker", None),
+            "onIncomingCall",
+            lambda w: w.inbound.on_incoming_call(self, prm),
+        )
 
 
 class WorkerEndpoint(pj.Endpoint):
@@ -164,5 +176,11 @@ class WorkerEndpoint(pj.Endpoint):
                 w.log("error", f"onTransportState failed: {e!r}")
 
 
-__all__ = ["LegCall", "WorkerAccount", "WorkerEndpoint", "pj_error_text", "pj_lib",
-           "respond_in_dialog"]
+__all__ = [
+    "LegCall",
+    "WorkerAccount",
+    "WorkerEndpoint",
+    "pj_error_text",
+    "pj_lib",
+    "respond_in_dialog",
+]

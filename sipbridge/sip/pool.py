@@ -52,10 +52,14 @@ _RESTART_BACKOFF_MAX_S = 10.0
 
 
 # Everything the pool hands to ``on_event``.
-PoolEvent = (ipc.LegEvent | ipc.DetectionReport | ipc.DtmfReceived | ipc.DtmfSent
-             | ipc.PlaybackDone | ipc.InboundCall)
-
-
+PoolEvent = (
+    ipc.LegEvent
+    | ipc.DetectionReport
+    | ipc.DtmfReceived
+    | ipc.DtmfSent
+    | ipc.PlaybackDone
+    | ipc.InboundCall
+)
 
 
 class WorkerPool:
@@ -115,9 +119,7 @@ class WorkerPool:
                 f"SIP workers did not start within {START_TIMEOUT_S:.0f} s ({details})"
             ) from None
         self.running = True
-        log.info(
-            "SIP pool started: %d workers on ports %s", len(self.workers), self.worker_ports()
-        )
+        log.info("SIP pool started: %d workers on ports %s", len(self.workers), self.worker_ports())
         if self.elastic:
             self._scaler.start()
 
@@ -165,8 +167,9 @@ class WorkerPool:
         deadline = time.monotonic() + STOP_TIMEOUT_S
         # The reader (_on_readable) delivers the workers' last events and closes each
         # pipe at EOF.
-        while (any(w.conn is not None for w in self.workers.values())
-               and time.monotonic() < deadline):
+        while (
+            any(w.conn is not None for w in self.workers.values()) and time.monotonic() < deadline
+        ):
             await asyncio.sleep(0.02)  # waiting on the readers, bounded by deadline
         for w in list(self.workers.values()):
             proc = w.process
@@ -317,9 +320,7 @@ class WorkerPool:
         """Ask the leg's worker to hang up (CANCEL or BYE). False if unknown/already ended."""
         return self._send_to_leg(leg_id, ipc.Hangup(leg_id))
 
-    def send_dtmf(
-        self, leg_id: str, digits: str, duration_ms: int = 160, gap_ms: int = 80
-    ) -> bool:
+    def send_dtmf(self, leg_id: str, digits: str, duration_ms: int = 160, gap_ms: int = 80) -> bool:
         """Send RFC 4733 DTMF digits on a live leg (``w`` = 0.5 s pause, ``W`` = 1 s);
         ``DtmfSent`` follows when done. False if unknown/already ended."""
         return self._send_to_leg(leg_id, ipc.SendDtmf(leg_id, digits, duration_ms, gap_ms))
@@ -338,8 +339,9 @@ class WorkerPool:
             )
         return self._send_to_leg(carrier_leg, ipc.BridgeLegs(carrier_leg, agent_leg))
 
-    def send_info(self, leg_id: str, content_type: str, body: str,
-                  headers: tuple[tuple[str, str], ...] = ()) -> bool:
+    def send_info(
+        self, leg_id: str, content_type: str, body: str, headers: tuple[tuple[str, str], ...] = ()
+    ) -> bool:
         """Send a SIP INFO in an answered leg's dialog."""
         return self._send_to_leg(leg_id, ipc.SendInfo(leg_id, content_type, body, headers))
 
@@ -449,11 +451,16 @@ class WorkerPool:
         if self.stopping:
             return
         text = f"SIP worker {w.worker_id} exited with code {code}"
-        starting = w.ready_future if (
-            w.ready_future is not None and not w.ready_future.done()) else None
-        if self.running and self.elastic and (
-            w.retiring_since
-            or (starting is not None and not w.legs and self.worker_count() > self.min_workers)
+        starting = (
+            w.ready_future if (w.ready_future is not None and not w.ready_future.done()) else None
+        )
+        if (
+            self.running
+            and self.elastic
+            and (
+                w.retiring_since
+                or (starting is not None and not w.legs and self.worker_count() > self.min_workers)
+            )
         ):
             # Retired (or a worker added for load that failed to start): not restarted.
             if starting is not None:

@@ -49,7 +49,10 @@ class Scaler:
         p = self.pool
         log.info(
             "SIP pool is elastic: %d-%d workers, %d spare slots, idle TTL %.1f s",
-            p.min_workers, p.max_workers, p.spare_slots, self.cfg.idle_worker_ttl_s,
+            p.min_workers,
+            p.max_workers,
+            p.spare_slots,
+            self.cfg.idle_worker_ttl_s,
         )
         self.scale_up()
         self.maint_task = asyncio.get_running_loop().create_task(self._maintain())
@@ -81,8 +84,7 @@ class Scaler:
         n = p.worker_count()
         headroom = self.headroom()
         while n < p.max_workers and (n < p.min_workers or headroom < p.spare_slots):
-            wid = next(i for i in range(p.max_workers + len(p.workers) + 1)
-                       if i not in p.workers)
+            wid = next(i for i in range(p.max_workers + len(p.workers) + 1) if i not in p.workers)
             w = WorkerProc(worker_id=wid)
             p.workers[wid] = w
             fut = p.spawn(w)
@@ -110,8 +112,7 @@ class Scaler:
         for w in sorted(p.workers.values(), key=lambda x: -x.worker_id):
             if n <= p.min_workers:
                 break
-            if (w.retiring_since or not w.ready or w.legs or w.reserved
-                    or now - w.idle_since < ttl):
+            if w.retiring_since or not w.ready or w.legs or w.reserved or now - w.idle_since < ttl:
                 continue
             free = p.free(w)
             if headroom - free < p.spare_slots:
@@ -125,8 +126,12 @@ class Scaler:
         # A retiring worker that does not exit in time is terminated (its EOF reaps it).
         for w in list(p.workers.values()):
             proc = w.process
-            if (w.retiring_since and proc is not None and proc.is_alive()
-                    and now - w.retiring_since > STOP_TIMEOUT_S):
+            if (
+                w.retiring_since
+                and proc is not None
+                and proc.is_alive()
+                and now - w.retiring_since > STOP_TIMEOUT_S
+            ):
                 log.warning("SIP worker %d did not retire in time: killing", w.worker_id)
                 proc.kill()
 

@@ -5,8 +5,14 @@ from __future__ import annotations
 
 # RFC 3551 static payload types a carrier may answer with without an rtpmap line.
 _STATIC_PT = {
-    0: "PCMU/8000", 3: "GSM/8000", 4: "G723/8000", 8: "PCMA/8000", 9: "G722/8000",
-    13: "CN/8000", 15: "G728/8000", 18: "G729/8000",
+    0: "PCMU/8000",
+    3: "GSM/8000",
+    4: "G723/8000",
+    8: "PCMA/8000",
+    9: "G722/8000",
+    13: "CN/8000",
+    15: "G728/8000",
+    18: "G729/8000",
 }
 _MAX_NAMES = 16  # a hostile SDP may list hundreds of formats: name the first few
 
@@ -40,9 +46,9 @@ def audio_codecs(sdp: str) -> tuple[str, list[str]]:
             in_audio = bool(parts) and parts[0] == "audio"
             if in_audio:
                 proto = parts[2] if len(parts) > 2 else ""
-                pts = parts[3:3 + _MAX_NAMES]
+                pts = parts[3 : 3 + _MAX_NAMES]
         elif in_audio and line.startswith("a=rtpmap:"):
-            pt, _, enc = line[len("a=rtpmap:"):].partition(" ")
+            pt, _, enc = line[len("a=rtpmap:") :].partition(" ")
             names[pt.strip()] = enc.strip()
     out = []
     for pt in pts:

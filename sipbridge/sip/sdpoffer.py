@@ -39,8 +39,11 @@ def set_event_pt(sdp: str, pt: int, rate_hz: int = 8000) -> str:
     old = None
     for line in lines[start:end]:
         m = _RTPMAP.match(line)
-        if m and m.group(1) == "rtpmap" and (m.group(3) or "").strip().lower() \
-                .startswith(f"telephone-event/{rate_hz}"):
+        if (
+            m
+            and m.group(1) == "rtpmap"
+            and (m.group(3) or "").strip().lower().startswith(f"telephone-event/{rate_hz}")
+        ):
             old = m.group(2)
             break
     new = str(pt)

@@ -164,9 +164,12 @@ class LegAnalysis:
             self.phase, self.detector = None, None
             return False
         self.phase = phase
-        self.detector = Detector(self.config, mode="early" if phase == "early" else "answer",
-                                 keep_timeline=False,
-                                 prompts=prompt_library(self.settings.get("prompts")))
+        self.detector = Detector(
+            self.config,
+            mode="early" if phase == "early" else "answer",
+            keep_timeline=False,
+            prompts=prompt_library(self.settings.get("prompts")),
+        )
         self.frames_fed = 0
         return True
 

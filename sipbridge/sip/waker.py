@@ -35,8 +35,14 @@ class Waker:
         self.thread = threading.Thread(target=self._run, name="sip-waker", daemon=True)
 
     @classmethod
-    def start_for(cls, conn: Connection, listen_address: str, udp_port: int | None,
-                  poll_ms: int, log: Callable[[str, str], None]) -> Waker | None:
+    def start_for(
+        cls,
+        conn: Connection,
+        listen_address: str,
+        udp_port: int | None,
+        poll_ms: int,
+        log: Callable[[str, str], None],
+    ) -> Waker | None:
         """A waker aimed at the worker's UDP transport, or None (the loop then polls)."""
         if not udp_port:
             return None

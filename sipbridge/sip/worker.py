@@ -161,8 +161,13 @@ class Worker:
         # so one must exist before any dial.
         if self.cfg.inbound_allow:
             self.accounts.create_default()
-        self.waker = Waker.start_for(self.conn, self.cfg.listen_address,
-                                     self.transports.ports.get("udp"), _BUSY_WAIT_MS, self.log)
+        self.waker = Waker.start_for(
+            self.conn,
+            self.cfg.listen_address,
+            self.transports.ports.get("udp"),
+            _BUSY_WAIT_MS,
+            self.log,
+        )
         self.send(ipc.WorkerReady(self.worker_id, self.sip_port, self.cfg.calls_per_worker))
 
     # ----------------------------------------------------------------- commands
@@ -192,8 +197,16 @@ class Worker:
         self._leg_event(leg.plan, state, **kw)
 
     def _leg_event(self, plan: DialPlan, state: ipc.LegState, **kw: Any) -> None:
-        self.send(ipc.LegEvent(leg_id=plan.leg_id, call_sid=plan.call_sid, state=state,
-                               worker_id=self.worker_id, ts=time.time(), **kw))
+        self.send(
+            ipc.LegEvent(
+                leg_id=plan.leg_id,
+                call_sid=plan.call_sid,
+                state=state,
+                worker_id=self.worker_id,
+                ts=time.time(),
+                **kw,
+            )
+        )
 
     def _end_without_call(self, plan: DialPlan, cause: ipc.EndCause, detail: str) -> None:
         self._leg_event(plan, "ended", cause=cause, detail=detail)
@@ -216,8 +229,9 @@ class Worker:
             # refused the media, between its answer and this Dial): never send it.
             partner = self.legs.get(plan.bridge_with)
             if partner is None or not partner.live:
-                self._end_without_call(plan, "bridged_bye",
-                                       f"leg {plan.bridge_with} ended before this INVITE")
+                self._end_without_call(
+                    plan, "bridged_bye", f"leg {plan.bridge_with} ended before this INVITE"
+                )
                 return
         try:
             acc_key, acc = self.accounts.for_plan(plan)
@@ -255,8 +269,11 @@ class Worker:
                 if self._lingering_slots() > 0:
                     window = _LINGER_RETRY_S
                     if retry_until is None:
-                        self.log("warning", f"{plan.leg_id}: waiting for a pjsua call slot "
-                                 "held by a hung-up unanswered INVITE (Timer B)")
+                        self.log(
+                            "warning",
+                            f"{plan.leg_id}: waiting for a pjsua call slot "
+                            "held by a hung-up unanswered INVITE (Timer B)",
+                        )
                 deadline = retry_until or time.monotonic() + window
                 if time.monotonic() < deadline:
                     self.pending[plan.leg_id] = (plan, deadline)
@@ -377,8 +394,9 @@ class Worker:
         elif st == pj.PJSIP_INV_STATE_DISCONNECTED:
             self._on_disconnected(leg, call, ci, source, whole, common)
 
-    def _on_disconnected(self, leg: Leg, call: Any, ci: Any, source: EventSource,
-                         whole: str, common: dict[str, Any]) -> None:
+    def _on_disconnected(
+        self, leg: Leg, call: Any, ci: Any, source: EventSource, whole: str, common: dict[str, Any]
+    ) -> None:
         leg.ended = True
         answered = leg.answered_at is not None
         cause: ipc.EndCause
@@ -387,16 +405,28 @@ class Worker:
         else:
             by_stack = source in ("timer", "transport_error")
             tls = leg.plan.transport == "tls" and by_stack
-            cause, detail = classify_end(Disconnect(
-                source=source, status=common["sip_status"], reason=common["sip_reason"],
-                received=whole, answered=answered, inbound=leg.inbound is not None,
-                any_response=leg.peer.rx_any, transport=leg.plan.transport,
-                tls_reject=(tls_reject_detail(leg.plan.request_uri, leg.started,
-                                              self.transports.tls_rejects) if tls else ""),
-                offered_codecs=tuple(leg.plan.codecs or self.offered_codecs),
-                remote_sdp=leg.peer.remote_sdp,
-                answer_received=leg.peer.answer_received,
-            ))
+            cause, detail = classify_end(
+                Disconnect(
+                    source=source,
+                    status=common["sip_status"],
+                    reason=common["sip_reason"],
+                    received=whole,
+                    answered=answered,
+                    inbound=leg.inbound is not None,
+                    any_response=leg.peer.rx_any,
+                    transport=leg.plan.transport,
+                    tls_reject=(
+                        tls_reject_detail(
+                            leg.plan.request_uri, leg.started, self.transports.tls_rejects
+                        )
+                        if tls
+                        else ""
+                    ),
+                    offered_codecs=tuple(leg.plan.codecs or self.offered_codecs),
+                    remote_sdp=leg.peer.remote_sdp,
+                    answer_received=leg.peer.answer_received,
+                )
+            )
             redirect = redirect_report(whole) if cause == "remote_final" else None
             if redirect is not None:
                 common["sip_status"], common["sip_reason"], detail = redirect

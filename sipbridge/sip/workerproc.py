@@ -90,8 +90,9 @@ class WorkerProc:
             return False
         return True
 
-    def drain(self, conn: Connection,
-              dispatch: Callable[[WorkerProc, ipc.Command | ipc.Event], None]) -> bool:
+    def drain(
+        self, conn: Connection, dispatch: Callable[[WorkerProc, ipc.Command | ipc.Event], None]
+    ) -> bool:
         """Deliver every pending message; False on EOF (the worker process is gone)."""
         try:
             while conn.poll(0):

@@ -36,14 +36,24 @@ def sip_cfg(workers: int = 2, inbound_allow: list[str] | None = None) -> SipConf
     # A random RTP slice so concurrent test runs on this host rarely collide.
     base = random.randrange(30000, 58000, 200)
     return SipConfig(
-        listen_address="127.0.0.1", port_min=0, port_max=0, workers=workers,
-        calls_per_worker=4, rtp_port_min=base, rtp_port_max=base + 199, log_level=1,
+        listen_address="127.0.0.1",
+        port_min=0,
+        port_max=0,
+        workers=workers,
+        calls_per_worker=4,
+        rtp_port_min=base,
+        rtp_port_max=base + 199,
+        log_level=1,
         inbound_allow=inbound_allow or [],
     )
 
 
-async def with_pool(body: Callable[[WorkerPool, EventRecorder], Awaitable[None]],
-                    cfg: SipConfig | None = None, *, workers: int = 2) -> WorkerPool:
+async def with_pool(
+    body: Callable[[WorkerPool, EventRecorder], Awaitable[None]],
+    cfg: SipConfig | None = None,
+    *,
+    workers: int = 2,
+) -> WorkerPool:
     """Start a pool (``cfg``, or ``workers`` on loopback), run ``body``, stop it; the
     workers must exit cleanly (no pjsua2 assertion or crash at libDestroy)."""
     rec = EventRecorder()
@@ -67,8 +77,14 @@ class SippHarness:
         self.tmp = self.tmp_path = tmp_path
         self.procs: list[_Stoppable] = []
 
-    def sipp(self, scenario: str | Path, *, transport: str = "udp",
-             keys: dict[str, str] | None = None, **subst: str) -> SippUas:
+    def sipp(
+        self,
+        scenario: str | Path,
+        *,
+        transport: str = "udp",
+        keys: dict[str, str] | None = None,
+        **subst: str,
+    ) -> SippUas:
         """A SIPp UAS; ``subst`` fills ``@NAME@`` in a ``.xml.in`` scenario, ``keys``
         are SIPp ``-key`` values."""
         path = Path(scenario)
@@ -85,8 +101,13 @@ class SippHarness:
         return self.track(SippUas(path, self.tmp, extra_args=args, transport=transport).start())
 
     def uac(self, scenario: str, target_port: int) -> SippUas:
-        return self.track(SippUas(scenario, self.tmp, extra_args=[
-            f"127.0.0.1:{target_port}", "-m", "1", "-s", "agent"]).start())
+        return self.track(
+            SippUas(
+                scenario,
+                self.tmp,
+                extra_args=[f"127.0.0.1:{target_port}", "-m", "1", "-s", "agent"],
+            ).start()
+        )
 
     def capture(self, port: int, name: str) -> TsharkCapture:
         return self.track(TsharkCapture(port, self.tmp / f"{name}.pcap").start())
@@ -101,10 +122,27 @@ class SippHarness:
         out = self.tmp / f"tone-{freq}-{encoding}.wav"
         if not out.exists():
             subprocess.run(
-                ["sox", "-n", "-r", "8000", "-c", "1", "-e", encoding, "-b",
-                 "8" if encoding == "u-law" else "16", str(out),
-                 "synth", str(seconds), "sine", str(freq), "vol", "0.5"],
-                check=True, capture_output=True,
+                [
+                    "sox",
+                    "-n",
+                    "-r",
+                    "8000",
+                    "-c",
+                    "1",
+                    "-e",
+                    encoding,
+                    "-b",
+                    "8" if encoding == "u-law" else "16",
+                    str(out),
+                    "synth",
+                    str(seconds),
+                    "sine",
+                    str(freq),
+                    "vol",
+                    "0.5",
+                ],
+                check=True,
+                capture_output=True,
             )
         return out
 

@@ -24,45 +24,81 @@ pytestmark = pytest.mark.integration
 
 
 def tone_wav(path: Path, hz: float, seconds: float, encoding: str = "u-law") -> Path:
-    subprocess.run(["sox", "-n", "-r", "8000", "-c", "1", "-e", encoding, *(
-        ["-b", "16"] if encoding == "signed-integer" else []), str(path),
-        "synth", str(seconds), "sine", str(hz), "vol", "0.3"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "sox",
+            "-n",
+            "-r",
+            "8000",
+            "-c",
+            "1",
+            "-e",
+            encoding,
+            *(["-b", "16"] if encoding == "signed-integer" else []),
+            str(path),
+            "synth",
+            str(seconds),
+            "sine",
+            str(hz),
+            "vol",
+            "0.3",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return path
 
 
-def carrier_bridge(stack: Stack, carrier: SippUas, agent: SippUas | None,
-                   **sections: Any) -> Bridge:
+def carrier_bridge(
+    stack: Stack, carrier: SippUas, agent: SippUas | None, **sections: Any
+) -> Bridge:
     """A bridge whose one trunk is ``carrier`` and whose agent is ``agent``."""
     if agent is not None:
         sections["agent"] = {"uri": f"sip:agent@{agent.uri_hostport}"}
     cfg = bridge_config(
         stack.tmp,
-        trunks=[{"name": "carrier", "address": carrier.uri_hostport,
-                 "caller_id": "+14155550100",
-                 "header_templates": {"X-PolyAI-Call-SID": "{call_sid}"}}],
+        trunks=[
+            {
+                "name": "carrier",
+                "address": carrier.uri_hostport,
+                "caller_id": "+14155550100",
+                "header_templates": {"X-PolyAI-Call-SID": "{call_sid}"},
+            }
+        ],
         routes=[{"prefix": "+1", "trunk": "carrier", **sections.pop("route", {})}],
         **sections,
     )
     return stack.bridge(cfg)
 
 
-def _invite(sipp: SippUas, pred: Callable[[Any], bool] = lambda m: True,
-            timeout: float = 10) -> Any:
-    return sipp.wait_for(lambda m: m.direction == "received" and m.is_request
-                         and m.method == "INVITE" and pred(m), timeout)
+def _invite(
+    sipp: SippUas, pred: Callable[[Any], bool] = lambda m: True, timeout: float = 10
+) -> Any:
+    return sipp.wait_for(
+        lambda m: m.direction == "received" and m.is_request and m.method == "INVITE" and pred(m),
+        timeout,
+    )
 
 
 def _got(sipp: SippUas, method: str, call_id: str, timeout: float = 10) -> Any:
-    return sipp.wait_for(lambda m: m.direction == "received" and m.is_request
-                         and m.method == method and m.call_id == call_id, timeout)
+    return sipp.wait_for(
+        lambda m: (
+            m.direction == "received"
+            and m.is_request
+            and m.method == method
+            and m.call_id == call_id
+        ),
+        timeout,
+    )
 
 
 def test_agent_invite_carries_mapping_and_carrier_bye_reaches_agent(stack: Stack) -> None:
     carrier = stack.sipp("uas_answer_then_bye_3s.xml")
     agent = stack.sipp("uas_answer_wait_bye.xml")
     bridge = carrier_bridge(stack, carrier, agent)
-    sid = bridge.trigger(to_number="+12125550123", polyai_call_id="agent-42",
-                         metadata={"customer": "C-9"})
+    sid = bridge.trigger(
+        to_number="+12125550123", polyai_call_id="agent-42", metadata={"customer": "C-9"}
+    )
     inv = _invite(agent)
     assert inv.header("X-Sipbridge-Call-SID") == sid
     assert inv.header("X-PolyAI-Call-SID") == sid
@@ -81,8 +117,9 @@ def test_agent_invite_carries_mapping_and_carrier_bye_reaches_agent(stack: Stack
     carrier_inv = _invite(carrier)
     assert roles["carrier"]["sip_call_id"] == carrier_inv.call_id
     kinds = [e["kind"] for e in body["events"]]
-    assert kinds.index("carrier.answered") < kinds.index("agent.dial") < kinds.index(
-        "agent.answered")
+    assert (
+        kinds.index("carrier.answered") < kinds.index("agent.dial") < kinds.index("agent.answered")
+    )
 
 
 def test_agent_hangup_ends_the_carrier_leg(stack: Stack) -> None:
@@ -105,7 +142,10 @@ def test_agent_failure_ends_the_call(stack: Stack) -> None:
     _got(carrier, "BYE", cinv.call_id)
     body = bridge.wait_terminal(sid)
     assert (body["status"], body["reason"], body["detail"]) == (
-        "failure", "agent leg failed", "SIP 503 Service Unavailable"), body
+        "failure",
+        "agent leg failed",
+        "SIP 503 Service Unavailable",
+    ), body
 
 
 def _wait_tone(pcap: Path, port: int, hz: float, timeout: float = 15.0) -> float:
@@ -126,14 +166,27 @@ def _wait_tone(pcap: Path, port: int, hz: float, timeout: float = 15.0) -> float
 
 def test_audio_crosses_the_bridge_both_ways(stack: Stack) -> None:
     tmp = stack.tmp
-    carrier = stack.sipp(render_scenario("uas_answer_play.xml.in", tmp / "carrier.xml",
-                                         AUDIO=str(tone_wav(tmp / "c.wav", 1000, 20))))
-    agent = stack.sipp(render_scenario("uas_answer_play.xml.in", tmp / "agent.xml",
-                                       AUDIO=str(tone_wav(tmp / "a.wav", 1400, 20))))
-    with TsharkCapture(agent.media_port, tmp / "to_agent.pcap") as to_agent, \
-            TsharkCapture(carrier.media_port, tmp / "to_carrier.pcap") as to_carrier:
-        bridge = carrier_bridge(stack, carrier, agent, detection={"answer": False,
-                                                         "early_media": False})
+    carrier = stack.sipp(
+        render_scenario(
+            "uas_answer_play.xml.in",
+            tmp / "carrier.xml",
+            AUDIO=str(tone_wav(tmp / "c.wav", 1000, 20)),
+        )
+    )
+    agent = stack.sipp(
+        render_scenario(
+            "uas_answer_play.xml.in",
+            tmp / "agent.xml",
+            AUDIO=str(tone_wav(tmp / "a.wav", 1400, 20)),
+        )
+    )
+    with (
+        TsharkCapture(agent.media_port, tmp / "to_agent.pcap") as to_agent,
+        TsharkCapture(carrier.media_port, tmp / "to_carrier.pcap") as to_carrier,
+    ):
+        bridge = carrier_bridge(
+            stack, carrier, agent, detection={"answer": False, "early_media": False}
+        )
         sid = bridge.trigger(to_number="+12125550126")
         bridge.wait_event(sid, "agent.answered")
         # the carrier's 1 kHz reaches the agent, the agent's 1.4 kHz reaches the carrier
@@ -150,8 +203,10 @@ def test_dtmf_from_the_api_is_sent_as_rfc4733(stack: Stack) -> None:
         bridge = carrier_bridge(stack, carrier, agent)
         sid = bridge.trigger(to_number="+12125550127")
         bridge.wait_event(sid, "carrier.answered")
-        r = bridge.client.post(f"/v1/outbound-calling/{sid}/dtmf",
-                               json={"digits": "12w#", "duration_ms": 200, "gap_ms": 100})
+        r = bridge.client.post(
+            f"/v1/outbound-calling/{sid}/dtmf",
+            json={"digits": "12w#", "duration_ms": 200, "gap_ms": 100},
+        )
         assert r.status_code == 200, r.text
         bridge.wait_event(sid, "dtmf.sent")
         bridge.client.post(f"/v1/outbound-calling/{sid}/hangup")
@@ -165,36 +220,56 @@ def test_dtmf_from_the_api_is_sent_as_rfc4733(stack: Stack) -> None:
     assert (t3.timestamp - (t2.timestamp + t2.duration)) / 8000 >= 0.45
 
 
-def test_leave_message_after_the_beep(stack: Stack, tmp_path: Path,
-                                      corpus: tuple[Path, dict[str, Any]]) -> None:
+def test_leave_message_after_the_beep(
+    stack: Stack, tmp_path: Path, corpus: tuple[Path, dict[str, Any]]
+) -> None:
     corpus_dir, labels = corpus
     greeting = ulaw_wav(corpus_dir / "machine_00.wav", tmp_path / "vm.wav")
     message = tone_wav(tmp_path / "message.wav", 1400, 2.0, encoding="signed-integer")
-    carrier = stack.sipp(render_scenario("uas_answer_play.xml.in", tmp_path / "vm.xml",
-                                         AUDIO=str(greeting)))
+    carrier = stack.sipp(
+        render_scenario("uas_answer_play.xml.in", tmp_path / "vm.xml", AUDIO=str(greeting))
+    )
     agent = stack.sipp("uas_answer_wait_bye.xml")
     with TsharkCapture(carrier.media_port, tmp_path / "carrier.pcap") as cap:
-        bridge = carrier_bridge(stack, carrier, agent, route={"detection": {
-            "connect_on": "human", "machine_action": "leave_message",
-            "message_wav": message.name}}, media={"dir": str(message.parent)})
+        bridge = carrier_bridge(
+            stack,
+            carrier,
+            agent,
+            route={
+                "detection": {
+                    "connect_on": "human",
+                    "machine_action": "leave_message",
+                    "message_wav": message.name,
+                }
+            },
+            media={"dir": str(message.parent)},
+        )
         sid = bridge.trigger(to_number="+12125550128")
         body = bridge.wait_terminal(sid, timeout=30)
     assert (body["status"], body["reason"], body["answered_by"]) == (
-        "success", "voicemail message left", "machine"), body
+        "success",
+        "voicemail message left",
+        "machine",
+    ), body
     kinds = [e["kind"] for e in body["events"]]
     assert "voicemail.play" in kinds and "voicemail.played" in kinds
     assert "agent.dial" not in kinds  # never bridged to the voicemail
     play_at = next(e for e in body["events"] if e["kind"] == "voicemail.play")
-    det = next(e for e in body["events"] if e["kind"] == "detection"
-               and e["data"].get("final") and e["data"].get("beep_ms"))
+    det = next(
+        e
+        for e in body["events"]
+        if e["kind"] == "detection" and e["data"].get("final") and e["data"].get("beep_ms")
+    )
     assert play_at["ts"] >= det["ts"]
     assert det["data"]["beep_ms"] >= labels["machine_00.wav"]["beep_ms"]
     # the message's 1.4 kHz reached the carrier
     pkts = [p for p in rtp_packets(cap.path, carrier.media_port) if p.pt == 0]
     audio = ulaw_decode(b"".join(p.payload for p in pkts))
     window = 8000  # 1 s windows: the best one is inside the message
-    best = max(tone_ratio(audio[i:i + window], 1400)
-               for i in range(0, max(len(audio) - window, 1), window // 2))
+    best = max(
+        tone_ratio(audio[i : i + window], 1400)
+        for i in range(0, max(len(audio) - window, 1), window // 2)
+    )
     assert best > 10, best
     assert not agent.received("INVITE")
 
@@ -208,7 +283,7 @@ def _greeting_then_beep(src: Path, cut_ms: int, dst: Path, beep_ms: int = 400) -
     assert rate == 8000
     t = np.arange(beep_ms * 8) / 8000
     beep = (0.3 * 32767 * np.sin(2 * np.pi * 1000 * t)).astype(np.int16)
-    y = np.concatenate([x[:cut_ms * 8], beep, np.zeros(4 * 8000, dtype=np.int16)])
+    y = np.concatenate([x[: cut_ms * 8], beep, np.zeros(4 * 8000, dtype=np.int16)])
     with wave.open(str(dst), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
@@ -217,23 +292,38 @@ def _greeting_then_beep(src: Path, cut_ms: int, dst: Path, beep_ms: int = 400) -
     return dst
 
 
-def test_leave_message_starts_after_the_beep_ends(stack: Stack, tmp_path: Path,
-                                                  corpus: tuple[Path, dict[str, Any]]) -> None:
+def test_leave_message_starts_after_the_beep_ends(
+    stack: Stack, tmp_path: Path, corpus: tuple[Path, dict[str, Any]]
+) -> None:
     """A 400 ms beep: the message's first audio reaches the carrier after the beep's last
     packet left it (both read from one capture on the carrier's side)."""
     corpus_dir, labels = corpus
-    src = _greeting_then_beep(corpus_dir / "machine_00.wav", labels["machine_00.wav"]["beep_ms"],
-                              tmp_path / "greeting.wav")
+    src = _greeting_then_beep(
+        corpus_dir / "machine_00.wav",
+        labels["machine_00.wav"]["beep_ms"],
+        tmp_path / "greeting.wav",
+    )
     greeting = ulaw_wav(src, tmp_path / "vm.wav")
     message = tone_wav(tmp_path / "message.wav", 1400, 1.0, encoding="signed-integer")
-    carrier = stack.sipp(render_scenario("uas_answer_play.xml.in", tmp_path / "vm.xml",
-                                         AUDIO=str(greeting)))
+    carrier = stack.sipp(
+        render_scenario("uas_answer_play.xml.in", tmp_path / "vm.xml", AUDIO=str(greeting))
+    )
     mp = carrier.media_port
     # both ways: what the carrier plays and what the bridge sends it
     with TsharkCapture(mp, tmp_path / "carrier.pcap", bpf=f"port {mp}") as cap:
-        bridge = carrier_bridge(stack, carrier, None, route={"detection": {
-            "connect_on": "human", "machine_action": "leave_message",
-            "message_wav": message.name}}, media={"dir": str(message.parent)})
+        bridge = carrier_bridge(
+            stack,
+            carrier,
+            None,
+            route={
+                "detection": {
+                    "connect_on": "human",
+                    "machine_action": "leave_message",
+                    "message_wav": message.name,
+                }
+            },
+            media={"dir": str(message.parent)},
+        )
         sid = bridge.trigger(to_number="+12125550129")
         body = bridge.wait_terminal(sid, timeout=30)
     assert (body["status"], body["reason"]) == ("success", "voicemail message left"), body
@@ -262,14 +352,19 @@ def test_leave_message_starts_after_the_beep_ends(stack: Stack, tmp_path: Path,
 
 
 def test_agent_dialled_at_answer_is_told_the_result_by_info(
-        stack: Stack, tmp_path: Path, corpus: tuple[Path, dict[str, Any]]) -> None:
+    stack: Stack, tmp_path: Path, corpus: tuple[Path, dict[str, Any]]
+) -> None:
     """connect_on: answer dials the agent before detection decides (its INVITE says
     ``unknown``); the result follows as a SIP INFO in the agent's dialog."""
     corpus_dir, labels = corpus
     name = next(n for n, lab in sorted(labels.items()) if lab["answered_by"] == "human")
-    carrier = stack.sipp(render_scenario("uas_answer_play.xml.in", tmp_path / "p.xml",
-                                         AUDIO=str(ulaw_wav(corpus_dir / name,
-                                                            tmp_path / "p.wav"))))
+    carrier = stack.sipp(
+        render_scenario(
+            "uas_answer_play.xml.in",
+            tmp_path / "p.xml",
+            AUDIO=str(ulaw_wav(corpus_dir / name, tmp_path / "p.wav")),
+        )
+    )
     agent = stack.sipp("uas_answer_info_bye.xml")
     bridge = carrier_bridge(stack, carrier, agent)
     sid = bridge.trigger(to_number="+12125550130")

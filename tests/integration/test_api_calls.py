@@ -46,14 +46,19 @@ def bridge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bridge]:
         cfg = bridge_config(
             log_dir,
             trunks=[
-                {"name": name, "address": carriers[area].uri_hostport,
-                 "caller_id": "+14155550100", "headers": {"X-Carrier-Account": "acct-7"},
-                 "header_templates": {"X-PolyAI-Call-SID": "{call_sid}",
-                                      "X-PolyAI-Call-ID": "{polyai_call_id}"}}
+                {
+                    "name": name,
+                    "address": carriers[area].uri_hostport,
+                    "caller_id": "+14155550100",
+                    "headers": {"X-Carrier-Account": "acct-7"},
+                    "header_templates": {
+                        "X-PolyAI-Call-SID": "{call_sid}",
+                        "X-PolyAI-Call-ID": "{polyai_call_id}",
+                    },
+                }
                 for area, (name, _) in CARRIERS.items()
             ],
-            routes=[{"prefix": f"+1{area}", "trunk": name}
-                    for area, (name, _) in CARRIERS.items()],
+            routes=[{"prefix": f"+1{area}", "trunk": name} for area, (name, _) in CARRIERS.items()],
             timers={"ring_timeout_s": RING_TIMEOUT_S, "max_call_duration_s": MAX_DURATION_S},
         )
         b = start_bridge(log_dir, cfg)
@@ -69,8 +74,9 @@ def bridge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bridge]:
 
 
 def test_answered_call_carries_headers_and_succeeds(bridge: Bridge) -> None:
-    sid = bridge.trigger(to_number="+12175550123", metadata={"customer_id": "C-42"},
-                         polyai_call_id="agent-call-1")
+    sid = bridge.trigger(
+        to_number="+12175550123", metadata={"customer_id": "C-42"}, polyai_call_id="agent-call-1"
+    )
     body = bridge.wait_terminal(sid)
     assert (body["status"], body["reason"]) == ("success", ""), body
     kinds = [e["kind"] for e in body["events"]]
@@ -79,9 +85,13 @@ def test_answered_call_carries_headers_and_succeeds(bridge: Bridge) -> None:
     body = bridge.wait_event(sid, "agent.ended")
     kinds = [e["kind"] for e in body["events"]]
     assert "carrier.answered" in kinds and kinds.index("carrier.answered") < kinds.index(
-        "carrier.ended")
+        "carrier.ended"
+    )
     assert [e["data"]["to"] for e in body["events"] if e["kind"] == "status"] == [
-        "queued", "calling", "success"]
+        "queued",
+        "calling",
+        "success",
+    ]
     sipp = bridge.carriers["217"]
     (invite,) = _invites_for(sipp, sid)
     assert invite.request_uri == f"sip:+12175550123@{sipp.uri_hostport}"
@@ -94,10 +104,18 @@ def test_answered_call_carries_headers_and_succeeds(bridge: Bridge) -> None:
     leg = next(iter(body["legs"].values()))
     assert leg["sip_call_id"] == invite.call_id
     # the carrier hung up: the bridge answered its BYE
-    sipp.wait_for(lambda m: m.direction == "received" and m.status == 200
-                  and m.call_id == invite.call_id and "BYE" in (m.header("CSeq") or ""))
-    assert bridge.client.get("/v1/outbound-calling/by-polyai-call-id/agent-call-1").json()[
-        "callSid"] == sid
+    sipp.wait_for(
+        lambda m: (
+            m.direction == "received"
+            and m.status == 200
+            and m.call_id == invite.call_id
+            and "BYE" in (m.header("CSeq") or "")
+        )
+    )
+    assert (
+        bridge.client.get("/v1/outbound-calling/by-polyai-call-id/agent-call-1").json()["callSid"]
+        == sid
+    )
 
 
 @pytest.mark.parametrize(
@@ -108,12 +126,17 @@ def test_answered_call_carries_headers_and_succeeds(bridge: Bridge) -> None:
         ("+12155550123", "carrier error", 503, "SIP 503 Service Unavailable"),
     ],
 )
-def test_carrier_rejections_map_to_failure(bridge: Bridge, number: str, reason: str,
-                                           sip_status: int, detail: str) -> None:
+def test_carrier_rejections_map_to_failure(
+    bridge: Bridge, number: str, reason: str, sip_status: int, detail: str
+) -> None:
     sid = bridge.trigger(to_number=number)
     body = bridge.wait_terminal(sid)
     assert (body["status"], body["reason"], body["sip_status"], body["detail"]) == (
-        "failure", reason, sip_status, detail), body
+        "failure",
+        reason,
+        sip_status,
+        detail,
+    ), body
     assert len(_invites_for(bridge.carriers[number[2:5]], sid)) == 1
 
 
@@ -123,8 +146,14 @@ def test_ring_timeout_cancels_and_reports_no_answer(bridge: Bridge) -> None:
     assert (body["status"], body["reason"]) == ("failure", "no answer"), body
     sipp = bridge.carriers["216"]
     (invite,) = _invites_for(sipp, sid)
-    cancel = sipp.wait_for(lambda m: m.direction == "received" and m.is_request
-                           and m.method == "CANCEL" and m.call_id == invite.call_id)
+    cancel = sipp.wait_for(
+        lambda m: (
+            m.direction == "received"
+            and m.is_request
+            and m.method == "CANCEL"
+            and m.call_id == invite.call_id
+        )
+    )
     assert cancel.request_uri == invite.request_uri  # RFC 3261 9.1
 
 
@@ -137,8 +166,14 @@ def test_api_hangup_before_answer_sends_cancel(bridge: Bridge) -> None:
     assert (body["status"], body["reason"]) == ("failure", "canceled"), body
     sipp = bridge.carriers["216"]
     (invite,) = _invites_for(sipp, sid)
-    sipp.wait_for(lambda m: m.direction == "received" and m.is_request
-                  and m.method == "CANCEL" and m.call_id == invite.call_id)
+    sipp.wait_for(
+        lambda m: (
+            m.direction == "received"
+            and m.is_request
+            and m.method == "CANCEL"
+            and m.call_id == invite.call_id
+        )
+    )
 
 
 def test_api_hangup_after_answer_sends_bye(bridge: Bridge) -> None:
@@ -149,8 +184,14 @@ def test_api_hangup_after_answer_sends_bye(bridge: Bridge) -> None:
     assert (body["status"], body["reason"]) == ("success", "hung up by API"), body
     sipp = bridge.carriers["212"]
     (invite,) = _invites_for(sipp, sid)
-    sipp.wait_for(lambda m: m.direction == "received" and m.is_request and m.method == "BYE"
-                  and m.call_id == invite.call_id)
+    sipp.wait_for(
+        lambda m: (
+            m.direction == "received"
+            and m.is_request
+            and m.method == "BYE"
+            and m.call_id == invite.call_id
+        )
+    )
 
 
 def test_max_duration_sends_bye(bridge: Bridge) -> None:
@@ -160,8 +201,14 @@ def test_max_duration_sends_bye(bridge: Bridge) -> None:
     assert (body["status"], body["reason"]) == ("success", "max call duration reached"), body
     sipp = bridge.carriers["312"]
     (invite,) = _invites_for(sipp, sid)
-    sipp.wait_for(lambda m: m.direction == "received" and m.is_request and m.method == "BYE"
-                  and m.call_id == invite.call_id)
+    sipp.wait_for(
+        lambda m: (
+            m.direction == "received"
+            and m.is_request
+            and m.method == "BYE"
+            and m.call_id == invite.call_id
+        )
+    )
     assert answered["status"] == "calling"
 
 
@@ -173,9 +220,11 @@ def test_more_calls_than_one_worker_holds(bridge: Bridge) -> None:
     deadline = time.monotonic() + 15
     while True:
         bodies = [bridge.status(s) for s in sids]
-        answered = [b for b in bodies
-                    if any(e["kind"] == "agent.answered" for e in b["events"])
-                    and b["status"] == "calling"]
+        answered = [
+            b
+            for b in bodies
+            if any(e["kind"] == "agent.answered" for e in b["events"]) and b["status"] == "calling"
+        ]
         if len(answered) == 4:
             break
         assert time.monotonic() < deadline, [b["status"] for b in bodies]
@@ -196,9 +245,10 @@ def test_more_calls_than_one_worker_holds(bridge: Bridge) -> None:
 
 def test_unsafe_header_value_is_refused_and_never_sent(bridge: Bridge) -> None:
     before = len(bridge.carriers["217"].received("INVITE"))
-    r = bridge.client.post("/v1/outbound-calling/trigger",
-                           json={"to_number": "+12175550199",
-                                 "metadata": {"note": "hi\r\nX-Injected: 1"}})
+    r = bridge.client.post(
+        "/v1/outbound-calling/trigger",
+        json={"to_number": "+12175550199", "metadata": {"note": "hi\r\nX-Injected: 1"}},
+    )
     assert r.status_code == 400 and r.json()["field"] == "metadata.note", r.text
     # a good call afterwards reaches the carrier; the refused one never did
     sid = bridge.trigger(to_number="+12175550198")

@@ -37,16 +37,26 @@ def _agent_invites(agent: SippUas, sid: str) -> list[Any]:
 def _all_legs_ended(bridge: Bridge, sid: str, timeout: float = 10.0) -> dict[str, Any]:
     """Wait until every leg of the call has ended (the status body's ``legs``)."""
     return bridge.wait_status(
-        sid, lambda b: b["status"] in ("success", "failure") and all(
-            "ended_at" in leg for leg in b["legs"].values()), timeout)
+        sid,
+        lambda b: (
+            b["status"] in ("success", "failure")
+            and all("ended_at" in leg for leg in b["legs"].values())
+        ),
+        timeout,
+    )
 
 
 def _agent_ended_on_the_wire(agent: SippUas, sid: str) -> None:
     """Every agent INVITE of the call got its CANCEL or BYE (or was never sent)."""
     for inv in _agent_invites(agent, sid):
+
         def ends(m: SipMessage, cid: str = inv.call_id) -> bool:
-            return (m.direction == "received" and m.is_request
-                    and m.method in ("CANCEL", "BYE") and m.call_id == cid)
+            return (
+                m.direction == "received"
+                and m.is_request
+                and m.method in ("CANCEL", "BYE")
+                and m.call_id == cid
+            )
 
         agent.wait_for(ends, 10)
 
@@ -55,8 +65,7 @@ def test_carrier_bye_before_ack_leaves_no_agent_leg(stack: Stack) -> None:
     """The carrier answers and hangs up at once: the agent leg is never left up (it is not
     dialled, or it gets CANCEL/BYE), and the call is no success. Three calls: the race
     between the answer reaching the supervisor and the BYE reaching the worker."""
-    carrier = stack.sipp("uas_answer_bye_before_ack.xml",
-                         ["-default_behaviors", "all,-abortunexp"])
+    carrier = stack.sipp("uas_answer_bye_before_ack.xml", ["-default_behaviors", "all,-abortunexp"])
     agent = stack.sipp("uas_answer_wait_bye.xml")
     bridge = carrier_bridge(stack, carrier, agent)
     for i in range(3):
@@ -66,10 +75,10 @@ def test_carrier_bye_before_ack_leaves_no_agent_leg(stack: Stack) -> None:
         _agent_ended_on_the_wire(agent, sid)
 
 
-@pytest.mark.parametrize("agent_scenario", ["uas_ring_no_answer.xml",
-                                            "uas_early_media_no_answer.xml"])
-def test_carrier_bye_while_agent_rings_cancels_the_agent(stack: Stack,
-                                                         agent_scenario: str) -> None:
+@pytest.mark.parametrize(
+    "agent_scenario", ["uas_ring_no_answer.xml", "uas_early_media_no_answer.xml"]
+)
+def test_carrier_bye_while_agent_rings_cancels_the_agent(stack: Stack, agent_scenario: str) -> None:
     carrier = stack.sipp("uas_answer_then_bye.xml")  # BYE 500 ms after the answer
     agent = stack.sipp(agent_scenario)  # 180 (or 183 with SDP), never answers
     bridge = carrier_bridge(stack, carrier, agent)
@@ -97,14 +106,18 @@ def test_codec_refused_after_answer_is_a_media_failure(stack: Stack) -> None:
 def test_agent_refusal_mid_ivr_hangs_up_the_carrier(stack: Stack) -> None:
     carrier = stack.sipp("uas_answer_wait_bye.xml")
     agent = stack.sipp("uas_unavailable.xml")  # 503
-    bridge = carrier_bridge(stack, carrier, agent,
-                            route={"ivr": {"send_digits": "1w2", "send_digits_delay_s": 0.2}})
+    bridge = carrier_bridge(
+        stack, carrier, agent, route={"ivr": {"send_digits": "1w2", "send_digits_delay_s": 0.2}}
+    )
     sid = bridge.trigger(to_number="+12125550230")
     cinv = _invite(carrier)
     _got(carrier, "BYE", cinv.call_id)
     body = _all_legs_ended(bridge, sid)
     assert (body["status"], body["reason"], body["detail"]) == (
-        "failure", "agent leg failed", "SIP 503 Service Unavailable"), body
+        "failure",
+        "agent leg failed",
+        "SIP 503 Service Unavailable",
+    ), body
     kinds = [e["kind"] for e in body["events"]]
     assert kinds.index("dtmf.sent") < kinds.index("agent.dial"), kinds
 
@@ -112,16 +125,27 @@ def test_agent_refusal_mid_ivr_hangs_up_the_carrier(stack: Stack) -> None:
 def _streaming_agent(stack: Stack) -> SippUas:
     """An agent that answers and sends RTP (a tone, looped) until the bridge's BYE."""
     wav = tone_wav(stack.tmp / "agent.wav", 600, 2)
-    return stack.sipp(render_scenario("uas_answer_stream.xml.in", stack.tmp / "agent.xml",
-                                      AUDIO=str(wav)))
+    return stack.sipp(
+        render_scenario("uas_answer_stream.xml.in", stack.tmp / "agent.xml", AUDIO=str(wav))
+    )
 
 
 def test_no_rtp_after_answer_ends_both_legs_with_media_timeout(stack: Stack) -> None:
     carrier = stack.sipp("uas_answer_wait_bye.xml")  # answers, never sends RTP
     agent = _streaming_agent(stack)
-    bridge = carrier_bridge(stack, carrier, agent, sip={
-        "listen_address": "127.0.0.1", "port_min": 0, "port_max": 0, "workers": 1,
-        "calls_per_worker": 4, "media_timeout_s": 2})
+    bridge = carrier_bridge(
+        stack,
+        carrier,
+        agent,
+        sip={
+            "listen_address": "127.0.0.1",
+            "port_min": 0,
+            "port_max": 0,
+            "workers": 1,
+            "calls_per_worker": 4,
+            "media_timeout_s": 2,
+        },
+    )
     sid = bridge.trigger(to_number="+12125550240")
     answered = bridge.wait_event(sid, "carrier.answered")
     t_answer = next(e for e in answered["events"] if e["kind"] == "carrier.answered")["ts"]
@@ -140,6 +164,7 @@ def test_no_rtp_after_answer_ends_both_legs_with_media_timeout(stack: Stack) -> 
 
 def _seconds(iso: str) -> float:
     from datetime import datetime
+
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
@@ -147,24 +172,41 @@ def test_hold_is_not_a_media_timeout_and_session_refresh_is_answered(stack: Stac
     """The carrier answers without RTP, then holds (re-INVITE a=sendonly with
     Session-Expires) for 5 s, then resumes without RTP: the hold outlives the 2 s media
     timeout, the refresh gets 200 with the session timer, the resumed silence ends it."""
-    scen = render_scenario("uas_answer_hold_resume.xml.in", stack.tmp / "hold.xml",
-                           HOLD_MS="5000")
+    scen = render_scenario("uas_answer_hold_resume.xml.in", stack.tmp / "hold.xml", HOLD_MS="5000")
     carrier = stack.sipp(scen)
     agent = _streaming_agent(stack)
-    bridge = carrier_bridge(stack, carrier, agent, sip={
-        "listen_address": "127.0.0.1", "port_min": 0, "port_max": 0, "workers": 1,
-        "calls_per_worker": 4, "media_timeout_s": 2})
+    bridge = carrier_bridge(
+        stack,
+        carrier,
+        agent,
+        sip={
+            "listen_address": "127.0.0.1",
+            "port_min": 0,
+            "port_max": 0,
+            "workers": 1,
+            "calls_per_worker": 4,
+            "media_timeout_s": 2,
+        },
+    )
     sid = bridge.trigger(to_number="+12125550250")
-    ok = carrier.wait_for(lambda m: m.direction == "received" and m.status == 200
-                          and (m.header("CSeq") or "") == "1 INVITE", 10)
+    ok = carrier.wait_for(
+        lambda m: (
+            m.direction == "received" and m.status == 200 and (m.header("CSeq") or "") == "1 INVITE"
+        ),
+        10,
+    )
     assert "sendonly" not in ok.body and ("recvonly" in ok.body or "inactive" in ok.body)
     assert (ok.header("Session-Expires") or "").startswith("90"), ok.header_dict
     held_at = time.monotonic()
     while time.monotonic() - held_at < 4.0:  # twice the media timeout, on hold
         assert bridge.status(sid)["status"] == "calling"
         time.sleep(0.25)  # sampling the status while nothing should happen
-    carrier.wait_for(lambda m: m.direction == "received" and m.status == 200
-                     and (m.header("CSeq") or "") == "2 INVITE", 10)
+    carrier.wait_for(
+        lambda m: (
+            m.direction == "received" and m.status == 200 and (m.header("CSeq") or "") == "2 INVITE"
+        ),
+        10,
+    )
     resumed_at = time.monotonic()
     cinv = _invite(carrier)
     _got(carrier, "BYE", cinv.call_id, timeout=10)
@@ -181,15 +223,32 @@ def test_failed_session_refresh_ends_the_call(stack: Stack) -> None:
     carrier = stack.sipp("uas_answer_refresh_fails.xml")
     agent = _streaming_agent(stack)
     # the carrier sends no RTP: media timeout off, so only the session timer can end it
-    bridge = carrier_bridge(stack, carrier, agent, sip={
-        "listen_address": "127.0.0.1", "port_min": 0, "port_max": 0, "workers": 1,
-        "calls_per_worker": 4, "media_timeout_s": 0})
+    bridge = carrier_bridge(
+        stack,
+        carrier,
+        agent,
+        sip={
+            "listen_address": "127.0.0.1",
+            "port_min": 0,
+            "port_max": 0,
+            "workers": 1,
+            "calls_per_worker": 4,
+            "media_timeout_s": 0,
+        },
+    )
     sid = bridge.trigger(to_number="+12125550260")
     cinv = _invite(carrier)
     ainv = _invite(agent)
-    carrier.wait_for(lambda m: m.direction == "received" and m.is_request
-                               and m.method == "INVITE" and m.call_id == cinv.call_id
-                               and m.header("CSeq") != cinv.header("CSeq"), 60)
+    carrier.wait_for(
+        lambda m: (
+            m.direction == "received"
+            and m.is_request
+            and m.method == "INVITE"
+            and m.call_id == cinv.call_id
+            and m.header("CSeq") != cinv.header("CSeq")
+        ),
+        60,
+    )
     _got(carrier, "BYE", cinv.call_id, timeout=20)
     _got(agent, "BYE", ainv.call_id, timeout=20)
     body = _all_legs_ended(bridge, sid)
@@ -206,20 +265,31 @@ def test_start_up_fails_poisoned_records_and_goes_on(tmp_path: Path) -> None:
     stack.add(carrier, carrier.stop)
     try:
         cfg = bridge_config(
-            tmp_path, trunks=[{"name": "c", "address": carrier.uri_hostport,
-                               "caller_id": "+14155550100"}],
-            routes=[{"prefix": "+1", "trunk": "c"}])
+            tmp_path,
+            trunks=[{"name": "c", "address": carrier.uri_hostport, "caller_id": "+14155550100"}],
+            routes=[{"prefix": "+1", "trunk": "c"}],
+        )
         store = SQLiteStore(cfg["store"]["path"])
         now = time.time()
 
         def rec(sid: str, status: CallStatus, **kw: Any) -> None:
-            store.create(CallRecord(call_sid=sid, status=status, to_number="+12125550260",
-                                    from_number="+14155550100", created_at=now,
-                                    last_updated=now, attempts=1 if status == "calling" else 0,
-                                    **kw))
+            store.create(
+                CallRecord(
+                    call_sid=sid,
+                    status=status,
+                    to_number="+12125550260",
+                    from_number="+14155550100",
+                    created_at=now,
+                    last_updated=now,
+                    attempts=1 if status == "calling" else 0,
+                    **kw,
+                )
+            )
 
-        huge = ('{"retry": {"max_attempts": 3, "base_s": 1e308, "cap_s": 1e308, "factor": 2, '
-                '"jitter": 0, "retry_on": ["bridge_error"]}}')
+        huge = (
+            '{"retry": {"max_attempts": 3, "base_s": 1e308, "cap_s": 1e308, "factor": 2, '
+            '"jitter": 0, "retry_on": ["bridge_error"]}}'
+        )
         rec("OUT-00000000-0000-4000-8000-000000000001", "calling")
         rec("OUT-00000000-0000-4000-8000-000000000002", "calling")
         rec("OUT-00000000-0000-4000-8000-000000000003", "queued")

@@ -41,12 +41,20 @@ def test_trunk_codec_order_event_pt_and_timers_on_the_wire(h: SippHarness) -> No
     cap = h.capture(carrier.media_port, "carrier")
 
     async def body(pool: WorkerPool, rec: EventRecorder) -> None:
-        leg = replace(plan(carrier, "p1/b1"), codecs=("PCMA/8000", "G722/16000", "PCMU/8000"),
-                      telephone_event_pt=101, session_timers=(300, 120))
+        leg = replace(
+            plan(carrier, "p1/b1"),
+            codecs=("PCMA/8000", "G722/16000", "PCMU/8000"),
+            telephone_event_pt=101,
+            session_timers=(300, 120),
+        )
         wid = pool.dial(leg)
         await rec.state("p1/b1", "answered")
-        one = await rec.wait(lambda e: isinstance(e, ipc.DtmfReceived)
-                             and e.leg_id == "p1/b1" and e.method == "rfc2833", 5)
+        one = await rec.wait(
+            lambda e: (
+                isinstance(e, ipc.DtmfReceived) and e.leg_id == "p1/b1" and e.method == "rfc2833"
+            ),
+            5,
+        )
         assert one.digit == "1"
         assert pool.send_dtmf("p1/b1", "42")
         await rec.wait(lambda e: isinstance(e, ipc.DtmfSent) and e.leg_id == "p1/b1", 5)

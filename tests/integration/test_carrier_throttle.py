@@ -17,18 +17,31 @@ pytestmark = pytest.mark.integration
 
 
 def _carrier(stack: Stack, status_line: str) -> Path:
-    return render_scenario("uas_reject_then_answer.xml.in",
-                           stack.tmp / "reject_then_answer.xml", STATUS_LINE=status_line)
+    return render_scenario(
+        "uas_reject_then_answer.xml.in",
+        stack.tmp / "reject_then_answer.xml",
+        STATUS_LINE=status_line,
+    )
 
 
-def _cfg(stack: Stack, address: str, throttle: bool,
-         max_requeues: int = 10) -> dict[str, object]:
+def _cfg(stack: Stack, address: str, throttle: bool, max_requeues: int = 10) -> dict[str, object]:
     return bridge_config(
         stack.tmp,
-        trunks=[{"name": "t", "address": address, "caller_id": "+14155550100",
-                 "cps": 4, "cps_burst": 1,
-                 "throttle": {"enabled": throttle, "factor": 0.5, "recover_s": 60,
-                              "max_requeues": max_requeues}}],
+        trunks=[
+            {
+                "name": "t",
+                "address": address,
+                "caller_id": "+14155550100",
+                "cps": 4,
+                "cps_burst": 1,
+                "throttle": {
+                    "enabled": throttle,
+                    "factor": 0.5,
+                    "recover_s": 60,
+                    "max_requeues": max_requeues,
+                },
+            }
+        ],
         routes=[{"prefix": "+1", "trunk": "t"}],
     )
 
@@ -39,14 +52,19 @@ def test_cps_pushback_requeues_and_slows_the_trunk(stack: Stack) -> None:
     sid = bridge.trigger(to_number="+12125550123")
     body = bridge.wait_terminal(sid, timeout=30)
     assert (body["status"], body["attempts"]) == ("success", 1), body
-    requeued = [e for e in body["events"] if e["kind"] == "status"
-                and e["data"].get("to") == "queued"]
+    requeued = [
+        e for e in body["events"] if e["kind"] == "status" and e["data"].get("to") == "queued"
+    ]
     assert len(requeued) == 3, body["events"]  # accepted, then two pushbacks
     statuses = [e["data"]["to"] for e in body["events"] if e["kind"] == "status"]
-    assert statuses == ["queued", "calling", "queued", "calling", "queued", "calling",
-                        "success"], statuses
-    invites = [m for m in carrier.messages() if m.direction == "received"
-               and m.is_request and m.method == "INVITE"]
+    assert statuses == ["queued", "calling", "queued", "calling", "queued", "calling", "success"], (
+        statuses
+    )
+    invites = [
+        m
+        for m in carrier.messages()
+        if m.direction == "received" and m.is_request and m.method == "INVITE"
+    ]
     times = [m.ts for m in invites]
     assert len(times) == 3 and all(t is not None for t in times)
     gaps = [b - a for a, b in itertools.pairwise(t for t in times if t is not None)]

@@ -23,16 +23,20 @@ CASES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "213": ("sit_early_00_IC.wav", "uas_early_play.xml.in", {}),
     "214": ("cp_us_busy.wav", "uas_early_play.xml.in", {}),
     "215": ("human_00.wav", "uas_answer_play.xml.in", {"machine_action": "hangup"}),
-    "216": ("machine_00.wav", "uas_answer_play.xml.in",
-            {"machine_action": "hangup", "wait_for_beep": True}),
+    "216": (
+        "machine_00.wav",
+        "uas_answer_play.xml.in",
+        {"machine_action": "hangup", "wait_for_beep": True},
+    ),
     "217": ("fax_cng_0.wav", "uas_answer_play.xml.in", {}),
     "218": ("silence_noise_1.wav", "uas_answer_play.xml.in", {}),
 }
 
 
 @pytest.fixture(scope="module")
-def bridge(tmp_path_factory: pytest.TempPathFactory,
-           corpus: tuple[Path, dict[str, Any]]) -> Iterator[Bridge]:
+def bridge(
+    tmp_path_factory: pytest.TempPathFactory, corpus: tuple[Path, dict[str, Any]]
+) -> Iterator[Bridge]:
     audio_dir, labels = corpus
     log_dir = tmp_path_factory.mktemp("detect-bridge")
     carriers: dict[str, SippUas] = {}
@@ -40,17 +44,25 @@ def bridge(tmp_path_factory: pytest.TempPathFactory,
         for area, (name, template, _) in CASES.items():
             assert name in labels, f"corpus has no {name}"
             wav = ulaw_wav(audio_dir / name, log_dir / f"{area}-{name}")
-            scenario = render_scenario(template, log_dir / f"{area}-{template.removesuffix('.in')}",
-                                       AUDIO=str(wav))
+            scenario = render_scenario(
+                template, log_dir / f"{area}-{template.removesuffix('.in')}", AUDIO=str(wav)
+            )
             carriers[area] = SippUas(scenario, log_dir).start()
         cfg = bridge_config(
             log_dir,
-            trunks=[{"name": f"c{area}", "address": carriers[area].uri_hostport,
-                     "caller_id": "+14155550100",
-                     "header_templates": {"X-PolyAI-Call-SID": "{call_sid}"}}
-                    for area in CASES],
-            routes=[{"prefix": f"+1{area}", "trunk": f"c{area}", "detection": det}
-                    for area, (_, _, det) in CASES.items()],
+            trunks=[
+                {
+                    "name": f"c{area}",
+                    "address": carriers[area].uri_hostport,
+                    "caller_id": "+14155550100",
+                    "header_templates": {"X-PolyAI-Call-SID": "{call_sid}"},
+                }
+                for area in CASES
+            ],
+            routes=[
+                {"prefix": f"+1{area}", "trunk": f"c{area}", "detection": det}
+                for area, (_, _, det) in CASES.items()
+            ],
             timers={"ring_timeout_s": 20, "max_call_duration_s": 30},
         )
         b = start_bridge(log_dir, cfg)
@@ -67,8 +79,9 @@ def _detections(body: dict[str, Any]) -> list[dict[str, Any]]:
     return [e["data"] for e in body["events"] if e["kind"] == "detection"]
 
 
-def test_sit_in_early_media_fails_call_before_answer(bridge: Bridge,
-                                                      corpus: tuple[Path, dict[str, Any]]) -> None:
+def test_sit_in_early_media_fails_call_before_answer(
+    bridge: Bridge, corpus: tuple[Path, dict[str, Any]]
+) -> None:
     sid = bridge.trigger(to_number="+12135550123")
     body = bridge.wait_terminal(sid, timeout=15)
     assert (body["status"], body["reason"]) == ("failure", "number not in service (SIT IC)"), body
@@ -81,8 +94,14 @@ def test_sit_in_early_media_fails_call_before_answer(bridge: Bridge,
     assert det["decided_at_ms"] - sit_start < 1500, det
     sipp = bridge.carriers["213"]
     (invite,) = [m for m in sipp.received("INVITE") if m.header("X-PolyAI-Call-SID") == sid]
-    sipp.wait_for(lambda m: m.direction == "received" and m.is_request
-                  and m.method == "CANCEL" and m.call_id == invite.call_id)
+    sipp.wait_for(
+        lambda m: (
+            m.direction == "received"
+            and m.is_request
+            and m.method == "CANCEL"
+            and m.call_id == invite.call_id
+        )
+    )
 
 
 def test_busy_tone_in_early_media(bridge: Bridge) -> None:
@@ -92,8 +111,9 @@ def test_busy_tone_in_early_media(bridge: Bridge) -> None:
     assert any(d.get("progress") == "busy" for d in _detections(body))
 
 
-def test_human_is_reported_and_call_stays_up(bridge: Bridge,
-                                             corpus: tuple[Path, dict[str, Any]]) -> None:
+def test_human_is_reported_and_call_stays_up(
+    bridge: Bridge, corpus: tuple[Path, dict[str, Any]]
+) -> None:
     sid = bridge.trigger(to_number="+12155550123")
     body = bridge.wait_status(sid, lambda b: b.get("answered_by") is not None, timeout=10)
     assert body["answered_by"] == "human" and body["status"] == "calling", body
@@ -106,12 +126,14 @@ def test_human_is_reported_and_call_stays_up(bridge: Bridge,
     assert (final["status"], final["answered_by"]) == ("success", "human")
 
 
-def test_machine_hangs_up_at_the_beep(bridge: Bridge,
-                                      corpus: tuple[Path, dict[str, Any]]) -> None:
+def test_machine_hangs_up_at_the_beep(bridge: Bridge, corpus: tuple[Path, dict[str, Any]]) -> None:
     sid = bridge.trigger(to_number="+12165550123")
     body = bridge.wait_terminal(sid, timeout=20)
     assert (body["status"], body["reason"], body["answered_by"]) == (
-        "failure", "answered by machine", "machine"), body
+        "failure",
+        "answered by machine",
+        "machine",
+    ), body
     final = [d for d in _detections(body) if d["answered_by"] == "machine" and d["final"]]
     assert final, _detections(body)
     label = corpus[1]["machine_00.wav"]
@@ -122,15 +144,24 @@ def test_machine_hangs_up_at_the_beep(bridge: Bridge,
     assert provisional[0]["final"] is False  # first decided, then confirmed at the beep
     sipp = bridge.carriers["216"]
     (invite,) = [m for m in sipp.received("INVITE") if m.header("X-PolyAI-Call-SID") == sid]
-    sipp.wait_for(lambda m: m.direction == "received" and m.is_request and m.method == "BYE"
-                  and m.call_id == invite.call_id)
+    sipp.wait_for(
+        lambda m: (
+            m.direction == "received"
+            and m.is_request
+            and m.method == "BYE"
+            and m.call_id == invite.call_id
+        )
+    )
 
 
 def test_fax_is_hung_up(bridge: Bridge) -> None:
     sid = bridge.trigger(to_number="+12175550123")
     body = bridge.wait_terminal(sid, timeout=15)
     assert (body["status"], body["reason"], body["answered_by"]) == (
-        "failure", "answered by fax", "fax"), body
+        "failure",
+        "answered by fax",
+        "fax",
+    ), body
 
 
 def test_silence(bridge: Bridge) -> None:

@@ -65,8 +65,9 @@ def edge_base(stack: Stack) -> Edge:
     d = stack.tmp / "pki"
     d.mkdir()
     ca = make_ca(d, "edge-test-ca")
-    return Edge(stack, stack.tmp / "edge", ca,
-                make_leaf(d, ca, "edge", "edge.test", ["IP:" + PUBLIC]))
+    return Edge(
+        stack, stack.tmp / "edge", ca, make_leaf(d, ca, "edge", "edge.test", ["IP:" + PUBLIC])
+    )
 
 
 def node_ports(n: int = 2) -> int:
@@ -92,18 +93,26 @@ def node_ports(n: int = 2) -> int:
 
 
 def edge_section(edge: Edge, nodes: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-    inside, = free_ports(1, INSIDE)
-    udp, = free_ports(1, PUBLIC, (socket.SOCK_DGRAM, socket.SOCK_STREAM))
-    tls, = free_ports(1, PUBLIC, (socket.SOCK_STREAM,))
-    ng, = free_ports(1, "127.0.0.1")
+    (inside,) = free_ports(1, INSIDE)
+    (udp,) = free_ports(1, PUBLIC, (socket.SOCK_DGRAM, socket.SOCK_STREAM))
+    (tls,) = free_ports(1, PUBLIC, (socket.SOCK_STREAM,))
+    (ng,) = free_ports(1, "127.0.0.1")
     media = free_ports(1, PUBLIC)[0] & ~1
     media = min(media, 65400)
-    sec = {"public_address": PUBLIC, "inside_address": INSIDE, "inside_port": inside,
-           "public_udp_port": udp, "public_tls_port": tls, "nodes": nodes,
-           "tls": {"certificate": str(edge.cert[0]), "private_key": str(edge.cert[1])},
-           "probe_interval_s": 1, "probe_failures": 1, "node_timeout_s": 1.0,
-           "carrier_timeout_s": 3.0,
-           "rtpengine": {"control_port": ng, "port_min": media, "port_max": media + 99}}
+    sec = {
+        "public_address": PUBLIC,
+        "inside_address": INSIDE,
+        "inside_port": inside,
+        "public_udp_port": udp,
+        "public_tls_port": tls,
+        "nodes": nodes,
+        "tls": {"certificate": str(edge.cert[0]), "private_key": str(edge.cert[1])},
+        "probe_interval_s": 1,
+        "probe_failures": 1,
+        "node_timeout_s": 1.0,
+        "carrier_timeout_s": 3.0,
+        "rtpengine": {"control_port": ng, "port_min": media, "port_max": media + 99},
+    }
     sec.update(extra)
     return sec
 
@@ -111,18 +120,28 @@ def edge_section(edge: Edge, nodes: list[dict[str, Any]], **extra: Any) -> dict[
 def start_edge(edge: Edge, cfg: dict[str, Any]) -> None:
     """Generate the edge's files from the bridge config ``cfg`` and start them."""
     edge.cfg = cfg
-    parsed = parse_config({**cfg, "api": {**cfg["api"], "tokens": [{"value": TOKEN}]}},
-                          "edge-test.yaml")
+    parsed = parse_config(
+        {**cfg, "api": {**cfg["api"], "tokens": [{"value": TOKEN}]}}, "edge-test.yaml"
+    )
     write_files(parsed, edge.dir)
     sec = cfg["edge"]
     edge.rtp = edge.stack.add(
-        rtpengine(edge.dir / "rtpengine.conf", edge.dir / "rtpengine.log",
-                  sec["rtpengine"]["control_port"]).start(),
-        lambda: edge.rtp.stop() if edge.rtp else None)
-    edge.kam = kamailio(edge.dir / "kamailio.cfg", edge.dir / "kamailio.log",
-                        [(INSIDE, sec["inside_port"], "udp"),
-                         (PUBLIC, sec["public_udp_port"], "udp"),
-                         (PUBLIC, sec["public_tls_port"], "tcp")])
+        rtpengine(
+            edge.dir / "rtpengine.conf",
+            edge.dir / "rtpengine.log",
+            sec["rtpengine"]["control_port"],
+        ).start(),
+        lambda: edge.rtp.stop() if edge.rtp else None,
+    )
+    edge.kam = kamailio(
+        edge.dir / "kamailio.cfg",
+        edge.dir / "kamailio.log",
+        [
+            (INSIDE, sec["inside_port"], "udp"),
+            (PUBLIC, sec["public_udp_port"], "udp"),
+            (PUBLIC, sec["public_tls_port"], "tcp"),
+        ],
+    )
     edge.stack.add(edge.kam.start(), edge.kam.stop)
 
 
@@ -136,22 +155,39 @@ def tls_carrier(edge: Edge, scenario: str, leaf: tuple[Path, Path]) -> tuple[Sip
 
 
 def tls_trunk(edge: Edge, port: int, **extra: Any) -> dict[str, Any]:
-    return {"name": "carrier", "address": f"{CARRIER}:{port}", "transport": "tls",
-            "encryption": "TLS/SRTP", "caller_id": "+14155550100",
-            "tls": {"ca_file": str(edge.ca[0])}, **extra}
+    return {
+        "name": "carrier",
+        "address": f"{CARRIER}:{port}",
+        "transport": "tls",
+        "encryption": "TLS/SRTP",
+        "caller_id": "+14155550100",
+        "tls": {"ca_file": str(edge.ca[0])},
+        **extra,
+    }
 
 
-def bridge_with_edge(edge: Edge, trunks: list[dict[str, Any]], rtp_base: int = 0,
-                     **sections: Any) -> Bridge:
+def bridge_with_edge(
+    edge: Edge, trunks: list[dict[str, Any]], rtp_base: int = 0, **sections: Any
+) -> Bridge:
     base = node_ports(2)
-    sip = {"listen_address": INSIDE, "port_min": base, "port_max": base + 1, "workers": 2,
-           "calls_per_worker": 4, "inbound_allow": ["127.0.0.0/8"]}
+    sip = {
+        "listen_address": INSIDE,
+        "port_min": base,
+        "port_max": base + 1,
+        "workers": 2,
+        "calls_per_worker": 4,
+        "inbound_allow": ["127.0.0.0/8"],
+    }
     if rtp_base:
         sip.update(rtp_port_min=rtp_base, rtp_port_max=rtp_base + 99)
-    cfg = bridge_config(edge.stack.tmp, trunks=trunks,
-                        routes=[{"prefix": "+1", "trunk": trunks[0]["name"]}], sip=sip,
-                        edge=edge_section(edge, [{"address": INSIDE, "port_min": base,
-                                                  "port_max": base + 1}]), **sections)
+    cfg = bridge_config(
+        edge.stack.tmp,
+        trunks=trunks,
+        routes=[{"prefix": "+1", "trunk": trunks[0]["name"]}],
+        sip=sip,
+        edge=edge_section(edge, [{"address": INSIDE, "port_min": base, "port_max": base + 1}]),
+        **sections,
+    )
     start_edge(edge, cfg)
     return edge.stack.bridge(cfg)
 
@@ -162,17 +198,38 @@ def edge(edge_base: Edge) -> Iterator[Edge]:
 
 
 def invites(uas: SippUas) -> list[Any]:
-    return [m for m in uas.messages() if m.direction == "received" and m.is_request
-            and m.method == "INVITE"]
+    return [
+        m
+        for m in uas.messages()
+        if m.direction == "received" and m.is_request and m.method == "INVITE"
+    ]
 
 
 def udp_payloads(pcap: Path) -> list[tuple[str, bytes]]:
     """(source ip:port, UDP payload) of every captured datagram."""
     import subprocess
 
-    out = subprocess.run(["tshark", "-r", str(pcap), "-T", "fields", "-E", "separator=\t",
-                          "-e", "ip.src", "-e", "udp.srcport", "-e", "udp.payload"],
-                         capture_output=True, text=True, timeout=60, check=True).stdout
+    out = subprocess.run(
+        [
+            "tshark",
+            "-r",
+            str(pcap),
+            "-T",
+            "fields",
+            "-E",
+            "separator=\t",
+            "-e",
+            "ip.src",
+            "-e",
+            "udp.srcport",
+            "-e",
+            "udp.payload",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
     rows = [line.split("\t") for line in out.splitlines() if line.count("\t") == 2]
     return [(f"{ip}:{port}", bytes.fromhex(data.replace(":", ""))) for ip, port, data in rows]
 
@@ -193,13 +250,17 @@ def test_tls_carrier_call_srtp_outside_rtp_inside_topology_hidden(edge: Edge) ->
     rtp_base = free_ports(1, INSIDE)[0] & ~1
     rtp_base = min(rtp_base, 65000)
     bridge = bridge_with_edge(edge, [tls_trunk(edge, port)], rtp_base=rtp_base)
-    inside_bpf = (f"src host {INSIDE} and dst host {INSIDE} and "
-                  f"src portrange {rtp_base}-{rtp_base + 99}")
-    with (TsharkCapture(uas.media_port, edge.stack.tmp / "outside.pcap") as outside,
-          TsharkCapture(0, edge.stack.tmp / "inside.pcap", bpf=inside_bpf) as inside):
+    inside_bpf = (
+        f"src host {INSIDE} and dst host {INSIDE} and src portrange {rtp_base}-{rtp_base + 99}"
+    )
+    with (
+        TsharkCapture(uas.media_port, edge.stack.tmp / "outside.pcap") as outside,
+        TsharkCapture(0, edge.stack.tmp / "inside.pcap", bpf=inside_bpf) as inside,
+    ):
         sid = bridge.trigger(to_number="+12125550100")
-        inv = uas.wait_for(lambda m: m.direction == "received" and m.is_request
-                           and m.method == "INVITE", 10)
+        inv = uas.wait_for(
+            lambda m: m.direction == "received" and m.is_request and m.method == "INVITE", 10
+        )
         bridge.wait_event(sid, "carrier.answered")
         # media flows for a while: wait (bounded: 50 reads of the growing pcap, each a
         # tshark run) until the outside capture holds 25 packets
@@ -228,14 +289,16 @@ def test_tls_carrier_call_srtp_outside_rtp_inside_topology_hidden(edge: Edge) ->
         plain, secret = rtp_in[seq], rtp_out[seq]
         assert plain[1] & 0x7F == 0, plain[:2]  # PCMU inside, readable
         assert len(secret) == len(plain) + 10, (len(plain), len(secret))
-        assert secret[12:len(plain)] != plain[12:], seq
-    assert all(src.startswith(PUBLIC + ":") for src, _ in udp_payloads(outside.path)
-               if _.startswith(b"\x80"))
+        assert secret[12 : len(plain)] != plain[12:], seq
+    assert all(
+        src.startswith(PUBLIC + ":")
+        for src, _ in udp_payloads(outside.path)
+        if _.startswith(b"\x80")
+    )
 
 
 @pytest.mark.parametrize("case", ["untrusted CA", "wrong name"])
-def test_bad_carrier_certificate_fails_the_call_before_any_invite(edge: Edge,
-                                                                   case: str) -> None:
+def test_bad_carrier_certificate_fails_the_call_before_any_invite(edge: Edge, case: str) -> None:
     d = edge.stack.tmp / "pki"
     if case == "untrusted CA":
         rogue = make_ca(d, "rogue-ca")
@@ -270,8 +333,10 @@ def test_garbage_and_floods_never_reach_a_worker(edge: Edge) -> None:
                 host, port = targets[i % 2]
                 s.sendto(SipFuzzer(i, f"{host}:{port}").message(), (host, port))
             for i in range(200):
-                s.sendto(SipFuzzer(1000 + i, f"{PUBLIC}:{edge.public_udp_port}")
-                         .message(), (PUBLIC, edge.public_udp_port))
+                s.sendto(
+                    SipFuzzer(1000 + i, f"{PUBLIC}:{edge.public_udp_port}").message(),
+                    (PUBLIC, edge.public_udp_port),
+                )
         assert edge.kam is not None
         edge.kam.wait_log("edge: flood from 127.0.0.5")
         # the edge still works: a real call goes through it afterwards
@@ -286,19 +351,29 @@ def test_garbage_and_floods_never_reach_a_worker(edge: Edge) -> None:
     assert from_edge, "no probes captured: the capture saw nothing"
     for data in from_edge:
         first = data.split(b"\r\n", 1)[0]
-        assert first.startswith(b"OPTIONS ") or first.startswith(b"SIP/2.0 ") \
-            or first.startswith(b"ACK ") or first.startswith(b"BYE "), data[:200]
+        assert (
+            first.startswith(b"OPTIONS ")
+            or first.startswith(b"SIP/2.0 ")
+            or first.startswith(b"ACK ")
+            or first.startswith(b"BYE ")
+        ), data[:200]
         assert b"fuzz" not in data.lower(), data[:300]
 
 
 def _uac(edge: Edge, n: int, tag: str) -> SippUas:
     """The agent platform: ``n`` SIP-triggered INVITEs to the edge, one at a time."""
     scen = edge.stack.tmp / f"uac-{tag}.xml"
-    scen.write_text((SCENARIOS / "uac_agent_invite.xml").read_text()
-                    .replace("agent-call-42", f"{tag}-[call_number]")
-                    .replace("+15551234567", "+12125550170"))
-    uac = SippUas(scen, edge.stack.tmp, extra_args=[
-        f"{INSIDE}:{edge.inside_port}", "-m", str(n), "-l", "1", "-s", "agent"])
+    scen.write_text(
+        (SCENARIOS / "uac_agent_invite.xml")
+        .read_text()
+        .replace("agent-call-42", f"{tag}-[call_number]")
+        .replace("+15551234567", "+12125550170")
+    )
+    uac = SippUas(
+        scen,
+        edge.stack.tmp,
+        extra_args=[f"{INSIDE}:{edge.inside_port}", "-m", str(n), "-l", "1", "-s", "agent"],
+    )
     return edge.stack.add(uac.start(), uac.stop)
 
 
@@ -311,22 +386,36 @@ def test_sip_triggered_invites_spread_over_nodes_and_fail_over(edge: Edge) -> No
     carrier = SippUas("uas_answer_wait_bye.xml", edge.stack.tmp, address=CARRIER).start()
     edge.stack.add(carrier, carrier.stop)
     trunk = {"name": "plain", "address": carrier.uri_hostport, "caller_id": "+14155550100"}
-    inbound = {"enabled": True, "number_source": "header", "number_header": "X-Dest-Number",
-               "call_id_header": "X-Agent-Call-Id"}
+    inbound = {
+        "enabled": True,
+        "number_source": "header",
+        "number_header": "X-Dest-Number",
+        "call_id_header": "X-Agent-Call-Id",
+    }
     a_base, b_base = node_ports(2), 0
     while not b_base or abs(b_base - a_base) < 2:
         b_base = node_ports(2)
-    nodes = [{"address": INSIDE, "port_min": a_base, "port_max": a_base + 1},
-             {"address": INSIDE, "port_min": b_base, "port_max": b_base + 1}]
+    nodes = [
+        {"address": INSIDE, "port_min": a_base, "port_max": a_base + 1},
+        {"address": INSIDE, "port_min": b_base, "port_max": b_base + 1},
+    ]
     common: dict[str, Any] = dict(
         inbound=inbound,
-        edge=edge_section(edge, nodes, agent_allow=["127.0.0.1/32"], probe_failures=2))
+        edge=edge_section(edge, nodes, agent_allow=["127.0.0.1/32"], probe_failures=2),
+    )
     bridges = []
     for i, base in enumerate((a_base, b_base)):
-        sip = {"listen_address": INSIDE, "port_min": base, "port_max": base + 1,
-               "workers": 2, "calls_per_worker": 4, "inbound_allow": ["127.0.0.0/8"]}
-        cfg = bridge_config(edge.stack.tmp, [trunk], [{"prefix": "+1", "trunk": "plain"}],
-                            sip=sip, **common)
+        sip = {
+            "listen_address": INSIDE,
+            "port_min": base,
+            "port_max": base + 1,
+            "workers": 2,
+            "calls_per_worker": 4,
+            "inbound_allow": ["127.0.0.0/8"],
+        }
+        cfg = bridge_config(
+            edge.stack.tmp, [trunk], [{"prefix": "+1", "trunk": "plain"}], sip=sip, **common
+        )
         cfg["api"]["port"] = free_ports(1, "127.0.0.1", (socket.SOCK_STREAM,))[0]
         cfg["store"] = {"path": str(edge.stack.tmp / f"node{i}.db")}
         if i == 0:

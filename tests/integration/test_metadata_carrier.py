@@ -14,23 +14,44 @@ pytestmark = pytest.mark.integration
 def test_carrier_gets_only_opted_in_metadata_and_the_agent_gets_all(stack: Stack) -> None:
     carrier = stack.sipp("uas_answer_then_bye_3s.xml")
     agent = stack.sipp("uas_answer_wait_bye.xml")
-    bridge = stack.bridge(bridge_config(
-        stack.tmp,
-        trunks=[{"name": "carrier", "address": carrier.uri_hostport,
-                 "caller_id": "+14155550100",
-                 "header_templates": {"X-PolyAI-Call-SID": "{call_sid}"},
-                 "metadata_to_carrier": {"keys": ["campaign"], "prefix": "X-Meta-"}}],
-        routes=[{"prefix": "+1", "trunk": "carrier"}],
-        agent={"uri": f"sip:agent@{agent.uri_hostport}"},
-    ))
-    sid = bridge.trigger(to_number="+12125550123", polyai_call_id="agent-7",
-                         metadata={"campaign": "spring", "customer_ssn": "123-45-6789"})
-    to_carrier = carrier.wait_for(lambda m: m.direction == "received" and m.is_request
-                                  and m.method == "INVITE"
-                                  and m.header("X-PolyAI-Call-SID") == sid)
-    to_agent = agent.wait_for(lambda m: m.direction == "received" and m.is_request
-                              and m.method == "INVITE"
-                              and m.header("X-Sipbridge-Call-SID") == sid, timeout=15)
+    bridge = stack.bridge(
+        bridge_config(
+            stack.tmp,
+            trunks=[
+                {
+                    "name": "carrier",
+                    "address": carrier.uri_hostport,
+                    "caller_id": "+14155550100",
+                    "header_templates": {"X-PolyAI-Call-SID": "{call_sid}"},
+                    "metadata_to_carrier": {"keys": ["campaign"], "prefix": "X-Meta-"},
+                }
+            ],
+            routes=[{"prefix": "+1", "trunk": "carrier"}],
+            agent={"uri": f"sip:agent@{agent.uri_hostport}"},
+        )
+    )
+    sid = bridge.trigger(
+        to_number="+12125550123",
+        polyai_call_id="agent-7",
+        metadata={"campaign": "spring", "customer_ssn": "123-45-6789"},
+    )
+    to_carrier = carrier.wait_for(
+        lambda m: (
+            m.direction == "received"
+            and m.is_request
+            and m.method == "INVITE"
+            and m.header("X-PolyAI-Call-SID") == sid
+        )
+    )
+    to_agent = agent.wait_for(
+        lambda m: (
+            m.direction == "received"
+            and m.is_request
+            and m.method == "INVITE"
+            and m.header("X-Sipbridge-Call-SID") == sid
+        ),
+        timeout=15,
+    )
     assert to_carrier.header("X-Meta-campaign") == "spring"
     assert to_carrier.header("X-Meta-customer_ssn") is None
     assert to_carrier.header("X-customer_ssn") is None

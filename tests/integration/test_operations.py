@@ -29,12 +29,16 @@ SECRET = "it-webhook-secret"
 def _metrics(bridge: Bridge) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     r = httpx.get(bridge.base + "/metrics", timeout=5)  # no token
     assert r.status_code == 200
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for fam in text_string_to_metric_families(r.text) for s in fam.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(r.text)
+        for s in fam.samples
+    }
 
 
 def test_metrics_callbacks_readiness_and_cdrs_after_a_real_call(
-        tmp_path: Path, stack: Stack) -> None:
+    tmp_path: Path, stack: Stack
+) -> None:
     carrier = stack.sipp("uas_answer_then_bye.xml")
     rx = Receiver(fail_first=[500]).__enter__()
     stack.add(rx, rx.__exit__)
@@ -43,8 +47,7 @@ def test_metrics_callbacks_readiness_and_cdrs_after_a_real_call(
         trunks=[{"name": "t", "address": carrier.uri_hostport, "caller_id": "+14155550100"}],
         routes=[{"prefix": "+1", "trunk": "t"}],
         # the receiver is on 127.0.0.1: loopback callback targets must be allowed
-        webhooks={"secret": {"value": SECRET}, "backoff_s": 0.2,
-                  "allow_cidrs": ["127.0.0.0/8"]},
+        webhooks={"secret": {"value": SECRET}, "backoff_s": 0.2, "allow_cidrs": ["127.0.0.0/8"]},
     )
     bridge = stack.bridge(cfg)
     r = httpx.get(bridge.base + "/readyz", timeout=5)
@@ -53,17 +56,22 @@ def test_metrics_callbacks_readiness_and_cdrs_after_a_real_call(
     body = bridge.wait_terminal(sid)
     assert body["status"] == "success", body
 
-    got = rx.wait(lambda rs: [r.json()["status"] for r in rs] == ["queued", "calling",
-                                                                  "success"])
+    got = rx.wait(lambda rs: [r.json()["status"] for r in rs] == ["queued", "calling", "success"])
     assert rx.requests[0].answered == 500 and rx.requests[0].json()["status"] == "queued"
     for req in got:
-        assert verify(SECRET, req.headers["x-sipbridge-timestamp"], req.body,
-                      req.headers["x-sipbridge-signature"])
+        assert verify(
+            SECRET,
+            req.headers["x-sipbridge-timestamp"],
+            req.body,
+            req.headers["x-sipbridge-signature"],
+        )
         assert req.json()["callSid"] == sid
 
     s = _metrics(bridge)
-    assert s[("sipbridge_calls_total", (("answered_by", ""), ("reason", ""),
-                                        ("status", "success")))] == 1
+    assert (
+        s[("sipbridge_calls_total", (("answered_by", ""), ("reason", ""), ("status", "success")))]
+        == 1
+    )
     assert s[("sipbridge_sip_responses_total", (("code", "180"), ("trunk", "t")))] == 1
     assert s[("sipbridge_sip_responses_total", (("code", "200"), ("trunk", "t")))] == 1
     pdd_n = s[("sipbridge_post_dial_delay_seconds_count", (("trunk", "t"),))]
@@ -72,35 +80,59 @@ def test_metrics_callbacks_readiness_and_cdrs_after_a_real_call(
     assert s[("sipbridge_active_calls", (("trunk", "t"),))] == 0
     assert s[("sipbridge_queued_calls", ())] == 0
     assert s[("sipbridge_sip_slots", ())] == 8
-    assert s[("sipbridge_api_requests_total", (
-        ("code", "200"), ("method", "POST"), ("route", "/v1/outbound-calling/trigger")))] == 1
+    assert (
+        s[
+            (
+                "sipbridge_api_requests_total",
+                (("code", "200"), ("method", "POST"), ("route", "/v1/outbound-calling/trigger")),
+            )
+        ]
+        == 1
+    )
     assert s[("sipbridge_webhook_deliveries_total", (("result", "delivered"),))] == 3
     assert s[("sipbridge_webhook_deliveries_total", (("result", "retried"),))] == 1
 
     # one CDR for the one attempt, exported while the bridge runs (WAL: readers welcome)
     out = subprocess.run(
-        [sys.executable, "-m", "sipbridge", "cdr", "-c", str(bridge.cfg_path),
-         "--since", "2000-01-01T00:00:00Z", "--format", "jsonl"],
-        capture_output=True, text=True, timeout=30, env=dict(os.environ, **{TOKEN_ENV: "x"}),
+        [
+            sys.executable,
+            "-m",
+            "sipbridge",
+            "cdr",
+            "-c",
+            str(bridge.cfg_path),
+            "--since",
+            "2000-01-01T00:00:00Z",
+            "--format",
+            "jsonl",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=dict(os.environ, **{TOKEN_ENV: "x"}),
     )
     assert out.returncode == 0, out.stderr
     (cdr,) = [json.loads(x) for x in out.stdout.splitlines()]
     (invite,) = carrier.received("INVITE")
-    assert (cdr["call_sid"], cdr["attempt"], cdr["trunk"], cdr["sip_status"]) == (
-        sid, 1, "t", 200)
+    assert (cdr["call_sid"], cdr["attempt"], cdr["trunk"], cdr["sip_status"]) == (sid, 1, "t", 200)
     assert cdr["sip_call_ids"] == [invite.call_id]
     assert cdr["pdd_ms"] is not None and cdr["ring_at"] and cdr["answered_at"]
     assert 0.3 <= cdr["duration_s"] <= 3.0, cdr  # SIPp hangs up 500 ms after the ACK
     assert bridge.stop() == 0
 
 
-def test_sigterm_drains_then_exits_and_keeps_queued_calls(
-        tmp_path: Path, stack: Stack) -> None:
+def test_sigterm_drains_then_exits_and_keeps_queued_calls(tmp_path: Path, stack: Stack) -> None:
     carrier = stack.sipp("uas_answer_then_bye_3s.xml")
     cfg = bridge_config(
         tmp_path,
-        trunks=[{"name": "t", "address": carrier.uri_hostport, "caller_id": "+14155550100",
-                 "max_concurrent": 1}],
+        trunks=[
+            {
+                "name": "t",
+                "address": carrier.uri_hostport,
+                "caller_id": "+14155550100",
+                "max_concurrent": 1,
+            }
+        ],
         routes=[{"prefix": "+1", "trunk": "t"}],
         shutdown={"grace_s": 20},
     )
@@ -114,8 +146,7 @@ def test_sigterm_drains_then_exits_and_keeps_queued_calls(
     bridge.proc.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + 2
     while True:  # the signal is handled asynchronously: wait for the 503
-        r = bridge.client.post("/v1/outbound-calling/trigger",
-                               json={"to_number": "+12125550102"})
+        r = bridge.client.post("/v1/outbound-calling/trigger", json={"to_number": "+12125550102"})
         if r.status_code == 503 or time.monotonic() > deadline:
             break
         time.sleep(0.05)
@@ -160,9 +191,11 @@ def test_sigterm_grace_over_hangs_up_with_bye(tmp_path: Path, stack: Stack) -> N
     assert bridge.proc.wait(30) == 0
     assert time.monotonic() - t0 >= 1.0
     db = sqlite3.connect(tmp_path / "calls.db")
-    status, reason = db.execute("SELECT status, reason FROM calls WHERE call_sid=?",
-                                (sid,)).fetchone()
+    status, reason = db.execute(
+        "SELECT status, reason FROM calls WHERE call_sid=?", (sid,)
+    ).fetchone()
     db.close()
     assert (status, reason) == ("success", "ended by bridge shutdown")
     assert [m.direction for m in carrier.messages() if m.method == "BYE" and m.is_request] == [
-        "received"]
+        "received"
+    ]

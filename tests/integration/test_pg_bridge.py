@@ -19,7 +19,8 @@ pytestmark = pytest.mark.integration
 
 
 def test_call_on_postgresql_and_callbacks_survive_a_restart(
-        tmp_path: Path, stack: Stack, pg_server) -> None:
+    tmp_path: Path, stack: Stack, pg_server
+) -> None:
     dsn = pg_server.new_database()
     carrier = stack.sipp("uas_answer_then_bye.xml")
     hook_port = free_port(socket.SOCK_STREAM)  # nothing listens yet: the receiver is down
@@ -28,8 +29,12 @@ def test_call_on_postgresql_and_callbacks_survive_a_restart(
         trunks=[{"name": "t", "address": carrier.uri_hostport, "caller_id": "+14155550100"}],
         routes=[{"prefix": "+1", "trunk": "t"}],
         store={"backend": "postgresql", "dsn": {"value": dsn}},
-        webhooks={"backoff_s": 0.5, "max_attempts": 20, "allow_cidrs": ["127.0.0.0/8"],
-                  "url": f"http://127.0.0.1:{hook_port}/hook"},
+        webhooks={
+            "backoff_s": 0.5,
+            "max_attempts": 20,
+            "allow_cidrs": ["127.0.0.0/8"],
+            "url": f"http://127.0.0.1:{hook_port}/hook",
+        },
     )
     bridge = stack.bridge(cfg)
     sid = bridge.trigger(to_number="+12125550123")
@@ -41,8 +46,9 @@ def test_call_on_postgresql_and_callbacks_survive_a_restart(
     # Everything the bridge wrote is in PostgreSQL; the callbacks wait in the outbox.
     store = PostgresStore(dsn)
     try:
-        rows = store._one("SELECT delivery_id, status, attempts FROM outbox "
-                          "WHERE done_at IS NULL ORDER BY id")
+        rows = store._one(
+            "SELECT delivery_id, status, attempts FROM outbox WHERE done_at IS NULL ORDER BY id"
+        )
         assert [st for _, st, _ in rows] == ["queued", "calling", "success"]
         assert rows[0][2] >= 1  # tried while the receiver was down
         assert [c["call_sid"] for c in store.cdrs(0)] == [sid]

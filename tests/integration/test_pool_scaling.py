@@ -70,8 +70,11 @@ def test_pool_grows_to_max_and_shrinks_after_ttl(tmp_path: Path) -> None:
             )
             assert {e.cause for e in ends} == {"local_hangup"}
             # Idle for the TTL: back to min_workers, the retired ones exited cleanly.
-            await _until(lambda: pool.worker_count() == 1 and len(pool.worker_pids()) == 1,
-                         15, "the pool to shrink to 1 worker")
+            await _until(
+                lambda: pool.worker_count() == 1 and len(pool.worker_pids()) == 1,
+                15,
+                "the pool to shrink to 1 worker",
+            )
             assert pool.retired_exit_codes == [0, 0], pool.retired_exit_codes
             (left,) = pool.worker_pids().values()
             assert left in pids
@@ -80,8 +83,9 @@ def test_pool_grows_to_max_and_shrinks_after_ttl(tmp_path: Path) -> None:
             pool.dial(plan(uas, "h1/b1"))
             pool.dial(plan(uas, "h2/b1"))
             await rec.state("h2/b1", "answered", 10)
-            await _until(lambda: pool.worker_count() == 2 and pool.free_slots() >= 4,
-                         15, "a spare worker")
+            await _until(
+                lambda: pool.worker_count() == 2 and pool.free_slots() >= 4, 15, "a spare worker"
+            )
         finally:
             await pool.stop()
         assert all(c == 0 for c in pool.exit_codes.values()), pool.exit_codes

@@ -19,28 +19,44 @@ pytestmark = pytest.mark.integration
 
 _LOG_RE = re.compile(
     r"-{20,} (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)\s*\n\w+ message received[^\n]*\n\s*\n"
-    r"INVITE ")
+    r"INVITE "
+)
 
 
 def invite_times(sipp: SippUas) -> list[float]:
     """When SIPp received each INVITE, from the timestamps of its message log."""
     text = sipp.message_file.read_text(errors="replace")
-    return sorted(datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S.%f").timestamp()
-                  for m in _LOG_RE.finditer(text))
+    return sorted(
+        datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S.%f").timestamp()
+        for m in _LOG_RE.finditer(text)
+    )
 
 
-def test_503_on_first_trunk_fails_over_to_second(tmp_path: Path,
-                                                 stack: Stack) -> None:
+def test_503_on_first_trunk_fails_over_to_second(tmp_path: Path, stack: Stack) -> None:
     a = stack.sipp("uas_unavailable.xml")
     b = stack.sipp("uas_answer_then_bye.xml")
     cfg = bridge_config(
         tmp_path,
-        trunks=[{"name": "primary", "address": a.uri_hostport, "caller_id": "+14155550100",
-                 "header_templates": {"X-PolyAI-Call-SID": "{call_sid}"}},
-                {"name": "backup", "address": b.uri_hostport, "caller_id": "+14155550100",
-                 "header_templates": {"X-PolyAI-Call-SID": "{call_sid}"}}],
-        routes=[{"prefix": "+1", "trunks": [{"name": "primary", "priority": 0},
-                                            {"name": "backup", "priority": 1}]}],
+        trunks=[
+            {
+                "name": "primary",
+                "address": a.uri_hostport,
+                "caller_id": "+14155550100",
+                "header_templates": {"X-PolyAI-Call-SID": "{call_sid}"},
+            },
+            {
+                "name": "backup",
+                "address": b.uri_hostport,
+                "caller_id": "+14155550100",
+                "header_templates": {"X-PolyAI-Call-SID": "{call_sid}"},
+            },
+        ],
+        routes=[
+            {
+                "prefix": "+1",
+                "trunks": [{"name": "primary", "priority": 0}, {"name": "backup", "priority": 1}],
+            }
+        ],
     )
     bridge = stack.bridge(cfg)
     sid = bridge.trigger(to_number="+12125550123")
@@ -57,15 +73,24 @@ def test_503_on_first_trunk_fails_over_to_second(tmp_path: Path,
     assert inv_a.call_id != inv_b.call_id
 
 
-def test_busy_retried_with_backoff_until_answered(tmp_path: Path,
-                                                  stack: Stack) -> None:
+def test_busy_retried_with_backoff_until_answered(tmp_path: Path, stack: Stack) -> None:
     carrier = stack.sipp("uas_busy_then_answer.xml")
     cfg = bridge_config(
         tmp_path,
         trunks=[{"name": "t", "address": carrier.uri_hostport, "caller_id": "+14155550100"}],
-        routes=[{"prefix": "+1", "trunk": "t",
-                 "retry": {"max_attempts": 4, "retry_on": ["busy"], "base_s": 1.0,
-                           "factor": 2.0, "jitter": 0.0}}],
+        routes=[
+            {
+                "prefix": "+1",
+                "trunk": "t",
+                "retry": {
+                    "max_attempts": 4,
+                    "retry_on": ["busy"],
+                    "base_s": 1.0,
+                    "factor": 2.0,
+                    "jitter": 0.0,
+                },
+            }
+        ],
     )
     bridge = stack.bridge(cfg)
     sid = bridge.trigger(to_number="+12125550123")
@@ -81,17 +106,30 @@ def test_busy_retried_with_backoff_until_answered(tmp_path: Path,
     # backoff 1 s then 2 s (no jitter); the busy answer itself takes a few ms
     assert gaps[0] >= 1.0 and gaps[1] >= 2.0, gaps
     assert [e["data"]["to"] for e in body["events"] if e["kind"] == "status"] == [
-        "queued", "calling", "queued", "calling", "queued", "calling", "success"]
+        "queued",
+        "calling",
+        "queued",
+        "calling",
+        "queued",
+        "calling",
+        "success",
+    ]
 
 
-def test_cps_cap_holds_when_50_calls_arrive_at_once(tmp_path: Path,
-                                                     stack: Stack) -> None:
+def test_cps_cap_holds_when_50_calls_arrive_at_once(tmp_path: Path, stack: Stack) -> None:
     cps = 10.0
     carrier = stack.sipp("uas_busy.xml")
     cfg = bridge_config(
         tmp_path,
-        trunks=[{"name": "t", "address": carrier.uri_hostport, "caller_id": "+14155550100",
-                 "cps": cps, "cps_burst": 1}],
+        trunks=[
+            {
+                "name": "t",
+                "address": carrier.uri_hostport,
+                "caller_id": "+14155550100",
+                "cps": cps,
+                "cps_burst": 1,
+            }
+        ],
         routes=[{"prefix": "+1", "trunk": "t"}],
         limits={"api_rate_per_s": 1000, "api_burst": 1000},
     )
@@ -127,13 +165,18 @@ def test_cps_cap_holds_when_50_calls_arrive_at_once(tmp_path: Path,
     assert span >= (50 - 1) / cps - slack_s
 
 
-def test_restart_keeps_queued_calls_and_marks_in_flight(tmp_path: Path,
-                                                        stack: Stack) -> None:
+def test_restart_keeps_queued_calls_and_marks_in_flight(tmp_path: Path, stack: Stack) -> None:
     carrier = stack.sipp("uas_answer_wait_bye.xml")
     cfg = bridge_config(
         tmp_path,
-        trunks=[{"name": "t", "address": carrier.uri_hostport, "caller_id": "+14155550100",
-                 "max_concurrent": 1}],
+        trunks=[
+            {
+                "name": "t",
+                "address": carrier.uri_hostport,
+                "caller_id": "+14155550100",
+                "max_concurrent": 1,
+            }
+        ],
         routes=[{"prefix": "+1", "trunk": "t"}],
     )
     bridge = stack.bridge(cfg)

@@ -43,8 +43,7 @@ def _group(pgid: int) -> dict[int, str]:
 
 
 def _ignores(status: str, sig: int) -> bool:
-    mask = next(int(ln.split()[1], 16) for ln in status.splitlines()
-                if ln.startswith("SigIgn:"))
+    mask = next(int(ln.split()[1], 16) for ln in status.splitlines() if ln.startswith("SigIgn:"))
     return bool(mask >> (sig - 1) & 1)
 
 
@@ -56,15 +55,22 @@ def _wait_group_empty(pgid: int, timeout_s: float) -> dict[int, str]:
 
 
 def _requests(uas: SippUas, method: str) -> list[Any]:
-    return [m for m in uas.messages()
-            if m.direction == "received" and m.is_request and m.method == method]
+    return [
+        m
+        for m in uas.messages()
+        if m.direction == "received" and m.is_request and m.method == method
+    ]
 
 
 def _rows(db_path: Path) -> dict[str, tuple[str, str, int]]:
     db = sqlite3.connect(db_path)
     try:
-        return {sid: (st, reason, attempts) for sid, st, reason, attempts in db.execute(
-            "SELECT call_sid, status, reason, attempts FROM calls")}
+        return {
+            sid: (st, reason, attempts)
+            for sid, st, reason, attempts in db.execute(
+                "SELECT call_sid, status, reason, attempts FROM calls"
+            )
+        }
     finally:
         db.close()
 
@@ -72,9 +78,10 @@ def _rows(db_path: Path) -> dict[str, tuple[str, str, int]]:
 def _config(tmp_path: Path, answer: SippUas, ring: SippUas) -> dict[str, Any]:
     return bridge_config(
         tmp_path,
-        trunks=[{"name": "answer", "address": answer.uri_hostport,
-                 "caller_id": "+14155550100"},
-                {"name": "ring", "address": ring.uri_hostport, "caller_id": "+14155550100"}],
+        trunks=[
+            {"name": "answer", "address": answer.uri_hostport, "caller_id": "+14155550100"},
+            {"name": "ring", "address": ring.uri_hostport, "caller_id": "+14155550100"},
+        ],
         routes=[{"prefix": "+1212", "trunk": "answer"}, {"prefix": "+1313", "trunk": "ring"}],
         shutdown={"grace_s": GRACE_S},
     )
@@ -90,7 +97,8 @@ def _start_calls(bridge: Bridge) -> tuple[list[str], str]:
 
 
 def test_sigterm_to_the_process_group_drains_and_nothing_is_dialled_twice(
-        tmp_path: Path, stack: Stack) -> None:
+    tmp_path: Path, stack: Stack
+) -> None:
     answer = stack.sipp("uas_answer_wait_bye.xml")  # never hangs up itself
     ring = stack.sipp("uas_ring_no_answer.xml")  # rings until CANCEL
     cfg = _config(tmp_path, answer, ring)
@@ -116,8 +124,7 @@ def test_sigterm_to_the_process_group_drains_and_nothing_is_dialled_twice(
     cancels = _requests(ring, "CANCEL")
     assert len(byes) == 2 and len(cancels) == 1, (byes, cancels)
     for m in [*byes, *cancels]:
-        assert m.ts is not None and t_sig + GRACE_S - 0.05 <= m.ts <= t_exit, (
-            m, m.ts - t_sig)
+        assert m.ts is not None and t_sig + GRACE_S - 0.05 <= m.ts <= t_exit, (m, m.ts - t_sig)
     rows = _rows(tmp_path / "calls.db")
     for sid in answered:
         assert rows[sid] == ("success", "ended by bridge shutdown", 1), rows[sid]
@@ -126,8 +133,13 @@ def test_sigterm_to_the_process_group_drains_and_nothing_is_dialled_twice(
 
     # Restart on the same store: only the call that was never answered is dialled again.
     bridge2 = stack.bridge(cfg, own_session=True)
-    bridge2.wait_status(ringing, lambda b: b["attempts"] == 1 and any(
-        e["kind"] == "carrier.ringing" for e in b["events"][-3:]), timeout=20)
+    bridge2.wait_status(
+        ringing,
+        lambda b: (
+            b["attempts"] == 1 and any(e["kind"] == "carrier.ringing" for e in b["events"][-3:])
+        ),
+        timeout=20,
+    )
     assert len(_requests(ring, "INVITE")) == 2
     for sid in answered:
         body = bridge2.status(sid)
@@ -159,8 +171,7 @@ def _ppid(status: str) -> int:
     return next(int(ln.split()[1]) for ln in status.splitlines() if ln.startswith("PPid:"))
 
 
-def test_fork_server_death_does_not_requeue_answered_calls(
-        tmp_path: Path, stack: Stack) -> None:
+def test_fork_server_death_does_not_requeue_answered_calls(tmp_path: Path, stack: Stack) -> None:
     """The pool reads its workers' exit status through the fork server: once that is
     gone every live worker looks dead. A later stop must still wait for the workers' own
     reports, so answered calls end "ended by bridge shutdown", never requeued."""

@@ -40,8 +40,14 @@ pytestmark = [
 SIPP_PCAPS = Path("/usr/share/sip-tester")
 
 
-def plan(uas: SippUas, leg_id: str, *, role: str = "carrier", bridge_with: str | None = None,
-         call_sid: str | None = None) -> DialPlan:
+def plan(
+    uas: SippUas,
+    leg_id: str,
+    *,
+    role: str = "carrier",
+    bridge_with: str | None = None,
+    call_sid: str | None = None,
+) -> DialPlan:
     return DialPlan(
         call_sid=call_sid or leg_id.split("/")[0],
         leg_id=leg_id,
@@ -144,9 +150,7 @@ def test_agent_bye_ends_carrier_leg(h: SippHarness) -> None:
         assert a_end.cause == "remote_bye"
         b_end = await rec.state("c3/b1", "ended")
         assert b_end.cause == "bridged_bye" and b_end.answered
-        await carrier.async_wait_for(
-            lambda m: m.direction == "received" and m.method == "BYE", 3
-        )
+        await carrier.async_wait_for(lambda m: m.direction == "received" and m.method == "BYE", 3)
 
     run(with_pool(body, workers=1))
 
@@ -211,8 +215,13 @@ def test_agent_dtmf_relayed_to_carrier(h: SippHarness) -> None:
         assert (seven.method, seven.relayed_to) == ("info", "c5/b1")
         # the agent got 200 OK for both INFOs
         await agent.async_wait_for(
-            lambda m: m.direction == "received" and m.status == 200 and m.method == "INFO"
-            and (m.header("CSeq") or "").startswith("2 "), 3,
+            lambda m: (
+                m.direction == "received"
+                and m.status == 200
+                and m.method == "INFO"
+                and (m.header("CSeq") or "").startswith("2 ")
+            ),
+            3,
         )
         await asyncio.sleep(0.5)  # let the last relayed event's end packets go out
         pool.hangup("c5/a1")
@@ -243,9 +252,7 @@ def test_play_wav_into_carrier_leg(h: SippHarness) -> None:
         bad = await rec.wait(lambda e: isinstance(e, ipc.PlaybackDone), 3)
         assert bad.error and bad.path.endswith("missing.wav")
         assert pool.play("c6/b1", str(wav))
-        done = await rec.wait(
-            lambda e: isinstance(e, ipc.PlaybackDone) and e.path == str(wav), 5
-        )
+        done = await rec.wait(lambda e: isinstance(e, ipc.PlaybackDone) and e.path == str(wav), 5)
         assert done.error == "" and done.leg_id == "c6/b1"
         pool.hangup("c6/b1")
         await rec.state("c6/b1", "ended")
@@ -340,12 +347,26 @@ def test_reserve_slots_for_the_agent_leg(h: SippHarness) -> None:
 
 def test_listen_hold_reports_a_live_person(h: SippHarness) -> None:
     speech = h.tmp / "person.wav"
-    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "160", "-w", str(speech),
-                    "Hello, this is Sarah in billing. How can I help you today?"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "espeak-ng",
+            "-v",
+            "en-us",
+            "-s",
+            "160",
+            "-w",
+            str(speech),
+            "Hello, this is Sarah in billing. How can I help you today?",
+        ],
+        check=True,
+        capture_output=True,
+    )
     audio = h.tmp / "person-ulaw.wav"
-    subprocess.run(["sox", str(speech), "-r", "8000", "-c", "1", "-e", "u-law", str(audio),
-                    "pad", "1.0", "0"], check=True, capture_output=True)
+    subprocess.run(
+        ["sox", str(speech), "-r", "8000", "-c", "1", "-e", "u-law", str(audio), "pad", "1.0", "0"],
+        check=True,
+        capture_output=True,
+    )
     carrier = h.sipp("uas_answer_play.xml.in", AUDIO=str(audio))
 
     async def body(pool: WorkerPool, rec: Recorder) -> None:
@@ -374,9 +395,7 @@ def test_inbound_183_carries_the_carrier_early_media(h: SippHarness) -> None:
         assert pool.dial(plan(carrier, "c8/b1"), prefer_worker=wid) == wid
         await rec.state("c8/b1", "early")
         assert pool.respond(inv.leg_id, 183, "Session Progress", media_from="c8/b1")
-        prog = await uac.async_wait_for(
-            lambda m: m.direction == "received" and m.status == 183, 3
-        )
+        prog = await uac.async_wait_for(lambda m: m.direction == "received" and m.status == 183, 3)
         assert "m=audio" in prog.body
         await asyncio.sleep(1.5)  # a measurement window of early media, not an event
         pool.hangup("c8/b1")

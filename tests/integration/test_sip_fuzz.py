@@ -28,16 +28,20 @@ SOURCES = [f"127.0.0.{i}" for i in range(2, 18)]
 
 
 def _worker_ports(bridge: Bridge) -> list[int]:
-    ports = sorted({int(p) for p in re.findall(r"SIP worker \d+ ready on port (\d+)",
-                                               bridge.log())})
+    ports = sorted(
+        {int(p) for p in re.findall(r"SIP worker \d+ ready on port (\d+)", bridge.log())}
+    )
     assert ports, bridge.log()
     return ports
 
 
 def _assert_no_worker_died(bridge: Bridge) -> None:
     log = bridge.log()
-    bad = [ln for ln in log.splitlines()
-           if re.search(r"SIP worker \d+ exited|Assertion|restarting|Fatal Python", ln)]
+    bad = [
+        ln
+        for ln in log.splitlines()
+        if re.search(r"SIP worker \d+ exited|Assertion|restarting|Fatal Python", ln)
+    ]
     assert not bad, "\n".join(bad[:10])
     assert bridge.proc.poll() is None
 
@@ -70,18 +74,25 @@ def fuzz_bridge(stack: Stack) -> Iterator[tuple[Bridge, SippUas]]:
     quick = stack.sipp("uas_answer_then_bye.xml")
     cfg = bridge_config(
         stack.tmp,
-        trunks=[{"name": "live", "address": live.uri_hostport, "caller_id": "+14155550100"},
-                {"name": "quick", "address": quick.uri_hostport, "caller_id": "+14155550100"}],
+        trunks=[
+            {"name": "live", "address": live.uri_hostport, "caller_id": "+14155550100"},
+            {"name": "quick", "address": quick.uri_hostport, "caller_id": "+14155550100"},
+        ],
         routes=[{"prefix": "+1212", "trunk": "live"}, {"prefix": "+1213", "trunk": "quick"}],
-        sip={"listen_address": "127.0.0.1", "port_min": 0, "port_max": 0, "workers": 2,
-             "calls_per_worker": 4, "inbound_allow": ALLOWED},
+        sip={
+            "listen_address": "127.0.0.1",
+            "port_min": 0,
+            "port_max": 0,
+            "workers": 2,
+            "calls_per_worker": 4,
+            "inbound_allow": ALLOWED,
+        },
     )
     yield stack.bridge(cfg), live
 
 
 def _send_tcp(src: str, port: int, messages: list[bytes]) -> None:
-    with socket.create_connection(("127.0.0.1", port), timeout=2,
-                                  source_address=(src, 0)) as s:
+    with socket.create_connection(("127.0.0.1", port), timeout=2, source_address=(src, 0)) as s:
         for m in messages:
             s.sendall(m)
 
@@ -104,14 +115,16 @@ def test_mutated_sip_to_every_worker_kills_none(fuzz_bridge: tuple[Bridge, SippU
     sent = {"udp": 0, "tcp": 0}
     started = time.monotonic()
     with ExitStack() as es:
-        socks = {ip: es.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
-                 for ip in SOURCES}
+        socks = {
+            ip: es.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM)) for ip in SOURCES
+        }
         for s_ip, s in socks.items():
             s.bind((s_ip, 0))
             s.setblocking(False)
         for w, port in enumerate(ports):
-            fz = SipFuzzer(SEED + w, target=f"127.0.0.1:{port}", live=[live],
-                           source=f"127.0.0.2:{5990 + w}")
+            fz = SipFuzzer(
+                SEED + w, target=f"127.0.0.1:{port}", live=[live], source=f"127.0.0.2:{5990 + w}"
+            )
             for n in range(2500):
                 ip = SOURCES[n % len(SOURCES)]
                 try:
@@ -139,15 +152,17 @@ def test_mutated_sip_to_every_worker_kills_none(fuzz_bridge: tuple[Bridge, SippU
     assert bridge.client.post(f"/v1/outbound-calling/{live_sid}/hangup").status_code == 200
     body = bridge.wait_terminal(live_sid)
     assert (body["status"], body["reason"]) == ("success", "hung up by API"), body
-    live_carrier.wait_for(lambda m: m.direction == "received" and m.method == "BYE"
-                          and m.call_id == live.call_id, 10)
+    live_carrier.wait_for(
+        lambda m: m.direction == "received" and m.method == "BYE" and m.call_id == live.call_id, 10
+    )
     for i in range(len(ports)):  # and every worker still places calls
         _place_good_call(bridge, f"+1213555020{i}")
     _assert_no_worker_died(bridge)
 
 
 def test_flood_from_one_source_does_not_starve_good_calls(
-        fuzz_bridge: tuple[Bridge, SippUas]) -> None:
+    fuzz_bridge: tuple[Bridge, SippUas],
+) -> None:
     bridge, _ = fuzz_bridge
     ports = _worker_ports(bridge)
     fz = SipFuzzer(SEED + 100, target=f"127.0.0.1:{ports[0]}")

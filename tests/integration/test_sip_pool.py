@@ -19,6 +19,7 @@ from tests.integration.harness import CALLEE, CALLER, SippHarness, run, sip_cfg,
 
 pytestmark = pytest.mark.integration
 
+
 def plan(
     uas: SippUas,
     leg_id: str,

@@ -349,8 +349,7 @@ def test_tls_trunk_answered(h: SippHarness, tmp_path: Path) -> None:
 
             async def body(pool: WorkerPool, rec: Recorder) -> None:
                 hostport = f"127.0.0.1:{tls.port}"
-                pool.dial(plan(hostport, "t3/b1", transport="tls", scheme="sips",
-                               tls_verify=False))
+                pool.dial(plan(hostport, "t3/b1", transport="tls", scheme="sips", tls_verify=False))
                 ans = await rec.state("t3/b1", "answered")
                 inv = received(uas, "INVITE")[0]
                 assert inv.call_id == ans.sip_call_id
@@ -511,9 +510,7 @@ def test_all_accounts_busy_is_a_dial_error() -> None:
     for i in range(MAX_ACCOUNTS):
         key = ("udp", "off", (f"u{i}", "p", "*"), None)
         wk.accounts.accounts[key] = object()
-        wk.legs[f"busy{i}"] = Leg(
-            plan=plan("h:1", f"busy{i}"), call=None, started=0, acc_key=key
-        )
+        wk.legs[f"busy{i}"] = Leg(plan=plan("h:1", f"busy{i}"), call=None, started=0, acc_key=key)
     wk.dial(plan("127.0.0.1:5060", "m2/b1", auth=("new", "pw", "*")))
     end = _ended(conn)
     assert end.cause == "dial_error" and "PJSUA_MAX_ACC" in end.detail

@@ -52,7 +52,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 async def _with_carrier(
-    h: SippHarness, cert: Pair,
+    h: SippHarness,
+    cert: Pair,
     body: Callable[[WorkerPool, EventRecorder, TlsTerminator, object], Awaitable[None]],
 ) -> TlsTerminator:
     tls = await TlsTerminator(*cert).start()
@@ -83,8 +84,15 @@ async def _refused(rec: EventRecorder, uas: object, leg: str) -> LegEvent:
 
 def test_trusted_certificate_with_the_right_name(h: SippHarness, pki: Pki) -> None:
     async def body(pool: WorkerPool, rec: EventRecorder, tls: TlsTerminator, uas: object) -> None:
-        pool.dial(plan(f"127.0.0.1:{tls.port}", "v1/b1", transport="tls", scheme="sips",
-                       tls_ca_file=str(pki.ca[0])))
+        pool.dial(
+            plan(
+                f"127.0.0.1:{tls.port}",
+                "v1/b1",
+                transport="tls",
+                scheme="sips",
+                tls_ca_file=str(pki.ca[0]),
+            )
+        )
         await _answered_then_hangup(pool, rec, "v1/b1")
 
     tls = base.run(_with_carrier(h, pki.good, body))
@@ -95,9 +103,17 @@ def test_trusted_certificate_with_the_right_name(h: SippHarness, pki: Pki) -> No
 def test_host_name_is_checked_and_sent_as_sni(h: SippHarness, pki: Pki) -> None:
     """A trunk named by host: resolved by the OS (no pjsip resolver), the name is the
     SNI and must be in the certificate."""
+
     async def body(pool: WorkerPool, rec: EventRecorder, tls: TlsTerminator, uas: object) -> None:
-        pool.dial(plan(f"localhost:{tls.port}", "v2/b1", transport="tls", scheme="sips",
-                       tls_ca_file=str(pki.ca[0])))
+        pool.dial(
+            plan(
+                f"localhost:{tls.port}",
+                "v2/b1",
+                transport="tls",
+                scheme="sips",
+                tls_ca_file=str(pki.ca[0]),
+            )
+        )
         await _answered_then_hangup(pool, rec, "v2/b1")
 
     tls = base.run(_with_carrier(h, pki.good, body))
@@ -106,18 +122,25 @@ def test_host_name_is_checked_and_sent_as_sni(h: SippHarness, pki: Pki) -> None:
 
 def test_untrusted_ca_is_refused(h: SippHarness, pki: Pki) -> None:
     async def body(pool: WorkerPool, rec: EventRecorder, tls: TlsTerminator, uas: object) -> None:
-        pool.dial(plan(f"127.0.0.1:{tls.port}", "v3/b1", transport="tls", scheme="sips",
-                       tls_ca_file=str(pki.ca[0])))
+        pool.dial(
+            plan(
+                f"127.0.0.1:{tls.port}",
+                "v3/b1",
+                transport="tls",
+                scheme="sips",
+                tls_ca_file=str(pki.ca[0]),
+            )
+        )
         end = await _refused(rec, uas, "v3/b1")
         assert "TLS certificate of 127.0.0.1" in end.detail and "untrusted" in end.detail, (
-            end.detail)
+            end.detail
+        )
 
     tls = base.run(_with_carrier(h, pki.untrusted, body))
     assert tls.handshakes >= 1
 
 
-def test_os_bundle_is_the_default_and_does_not_trust_a_private_ca(
-        h: SippHarness, pki: Pki) -> None:
+def test_os_bundle_is_the_default_and_does_not_trust_a_private_ca(h: SippHarness, pki: Pki) -> None:
     async def body(pool: WorkerPool, rec: EventRecorder, tls: TlsTerminator, uas: object) -> None:
         pool.dial(plan(f"127.0.0.1:{tls.port}", "v4/b1", transport="tls", scheme="sips"))
         end = await _refused(rec, uas, "v4/b1")
@@ -128,8 +151,15 @@ def test_os_bundle_is_the_default_and_does_not_trust_a_private_ca(
 
 def test_wrong_host_name_is_refused(h: SippHarness, pki: Pki) -> None:
     async def body(pool: WorkerPool, rec: EventRecorder, tls: TlsTerminator, uas: object) -> None:
-        pool.dial(plan(f"127.0.0.1:{tls.port}", "v5/b1", transport="tls", scheme="sips",
-                       tls_ca_file=str(pki.ca[0])))
+        pool.dial(
+            plan(
+                f"127.0.0.1:{tls.port}",
+                "v5/b1",
+                transport="tls",
+                scheme="sips",
+                tls_ca_file=str(pki.ca[0]),
+            )
+        )
         end = await _refused(rec, uas, "v5/b1")
         assert "host name" in end.detail and "127.0.0.1" in end.detail, end.detail
 
@@ -138,8 +168,9 @@ def test_wrong_host_name_is_refused(h: SippHarness, pki: Pki) -> None:
 
 def test_verify_false_accepts_any_certificate(h: SippHarness, pki: Pki) -> None:
     async def body(pool: WorkerPool, rec: EventRecorder, tls: TlsTerminator, uas: object) -> None:
-        pool.dial(plan(f"127.0.0.1:{tls.port}", "v6/b1", transport="tls", scheme="sips",
-                       tls_verify=False))
+        pool.dial(
+            plan(f"127.0.0.1:{tls.port}", "v6/b1", transport="tls", scheme="sips", tls_verify=False)
+        )
         await _answered_then_hangup(pool, rec, "v6/b1")
 
     base.run(_with_carrier(h, pki.wrong_name, body))
@@ -152,27 +183,37 @@ def test_bridge_trunk_tls_settings(tmp_path: Path, stack: Stack, pki: Pki) -> No
     """Per-trunk TLS settings through the whole bridge: a pinned CA, an explicit
     ``verify: false`` (warned about at start-up) and the default (OS bundle)."""
     peers: dict[str, tuple[TlsTerminator, SippUas]] = {}
-    for name, cert in (("pinned", pki.good), ("insecure", pki.untrusted),
-                       ("strict", pki.good)):
+    for name, cert in (("pinned", pki.good), ("insecure", pki.untrusted), ("strict", pki.good)):
         tls = TlsTerminator(*cert).start_in_thread()
         stack.add(tls, tls.stop_thread)
-        uas = stack.sipp("uas_answer_tls.xml", extra_args=["-key", "tls_port", str(tls.port)],
-                         transport="tcp")
+        uas = stack.sipp(
+            "uas_answer_tls.xml", extra_args=["-key", "tls_port", str(tls.port)], transport="tcp"
+        )
         tls.target_port = uas.port
         peers[name] = (tls, uas)
 
     def trunk(name: str, **tls: Any) -> dict[str, Any]:
-        t: dict[str, Any] = {"name": name, "address": f"127.0.0.1:{peers[name][0].port}",
-                             "transport": "tls", "encryption": "TLS/RTP",
-                             "caller_id": "+14155550100"}
+        t: dict[str, Any] = {
+            "name": name,
+            "address": f"127.0.0.1:{peers[name][0].port}",
+            "transport": "tls",
+            "encryption": "TLS/RTP",
+            "caller_id": "+14155550100",
+        }
         return t | ({"tls": tls} if tls else {})
 
     cfg = bridge_config(
         tmp_path,
-        trunks=[trunk("pinned", ca_file=str(pki.ca[0])), trunk("insecure", verify=False),
-                trunk("strict")],
-        routes=[{"prefix": "+1212", "trunk": "pinned"}, {"prefix": "+1313", "trunk": "insecure"},
-                {"prefix": "+1414", "trunk": "strict"}],
+        trunks=[
+            trunk("pinned", ca_file=str(pki.ca[0])),
+            trunk("insecure", verify=False),
+            trunk("strict"),
+        ],
+        routes=[
+            {"prefix": "+1212", "trunk": "pinned"},
+            {"prefix": "+1313", "trunk": "insecure"},
+            {"prefix": "+1414", "trunk": "strict"},
+        ],
     )
     bridge = stack.bridge(cfg)
     log = bridge.log()

@@ -44,8 +44,11 @@ class OptionsPeer:
             self.received.append(text)
             if text.startswith("OPTIONS ") and self.answer:
                 head = text.split("\r\n\r\n", 1)[0].split("\r\n")[1:]
-                keep = [h for h in head if h.split(":", 1)[0].lower()
-                        in ("via", "from", "to", "call-id", "cseq")]
+                keep = [
+                    h
+                    for h in head
+                    if h.split(":", 1)[0].lower() in ("via", "from", "to", "call-id", "cseq")
+                ]
                 reply = "\r\n".join(["SIP/2.0 200 OK", *keep, "Content-Length: 0", "", ""])
                 self.sock.sendto(reply.encode(), addr)
 
@@ -80,17 +83,36 @@ def test_trunk_marked_down_skipped_by_hunting_then_up(stack: Stack) -> None:
     stack.add(peer, peer.stop)
     backup = stack.sipp("uas_busy.xml")
     hc = {"interval_s": 1, "timeout_s": 0.5, "failures_to_down": 2, "successes_to_up": 2}
-    bridge = stack.bridge(bridge_config(
-        stack.tmp,
-        trunks=[{"name": "primary", "address": f"127.0.0.1:{peer.port}",
-                 "caller_id": "+14155550100", "health_check": hc},
-                {"name": "backup", "address": backup.uri_hostport,
-                 "caller_id": "+14155550100"}],
-        routes=[{"prefix": "+1", "trunks": [{"name": "primary", "priority": 0},
-                                            {"name": "backup", "priority": 1}]}],
-    ))
-    ready = _wait(lambda: (r := bridge.client.get("/readyz").json())["trunks"]["primary"]
-                  .startswith("down") and r, 10, "primary marked down")
+    bridge = stack.bridge(
+        bridge_config(
+            stack.tmp,
+            trunks=[
+                {
+                    "name": "primary",
+                    "address": f"127.0.0.1:{peer.port}",
+                    "caller_id": "+14155550100",
+                    "health_check": hc,
+                },
+                {"name": "backup", "address": backup.uri_hostport, "caller_id": "+14155550100"},
+            ],
+            routes=[
+                {
+                    "prefix": "+1",
+                    "trunks": [
+                        {"name": "primary", "priority": 0},
+                        {"name": "backup", "priority": 1},
+                    ],
+                }
+            ],
+        )
+    )
+    ready = _wait(
+        lambda: (
+            (r := bridge.client.get("/readyz").json())["trunks"]["primary"].startswith("down") and r
+        ),
+        10,
+        "primary marked down",
+    )
     assert ready["status"] == "ok"  # backup is up: the bridge can still place calls
     assert ready["trunks"] == {"primary": "down: OPTIONS not answered", "backup": "up"}
     assert _trunk_up(bridge, "primary") == 0 and _trunk_up(bridge, "backup") == 1
@@ -101,8 +123,11 @@ def test_trunk_marked_down_skipped_by_hunting_then_up(stack: Stack) -> None:
     assert len(backup.received("INVITE")) == 1
     assert "INVITE" not in peer.methods()  # hunting skipped the down trunk
     peer.answer = True
-    _wait(lambda: bridge.client.get("/readyz").json()["trunks"]["primary"] == "up", 10,
-          "primary marked up")
+    _wait(
+        lambda: bridge.client.get("/readyz").json()["trunks"]["primary"] == "up",
+        10,
+        "primary marked up",
+    )
     assert _trunk_up(bridge, "primary") == 1
     sid = bridge.trigger(to_number="+12125550123")
     _wait(lambda: "INVITE" in peer.methods(), 10, "INVITE to the primary again")

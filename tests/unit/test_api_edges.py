@@ -25,23 +25,33 @@ from tests.unit.test_api import AUTH
 
 TRIGGER = "/v1/outbound-calling/trigger"
 BASE: dict[str, Any] = {
-    "agent": {"uri": "sip:agent@127.0.0.1",
-              # a custom agent template over a metadata key no trunk sends
-              "header_templates": {"X-PolyAI-Call-ID": "{polyai_call_id}",
-                                   "X-Ticket": "T-{metadata.ticket}"}},
+    "agent": {
+        "uri": "sip:agent@127.0.0.1",
+        # a custom agent template over a metadata key no trunk sends
+        "header_templates": {
+            "X-PolyAI-Call-ID": "{polyai_call_id}",
+            "X-Ticket": "T-{metadata.ticket}",
+        },
+    },
     "api": {"tokens": [{"value": "tok"}], "max_body_bytes": 4096},
     "limits": {"api_rate_per_s": 10000, "api_burst": 100000},
     "trunks": [
-        {"name": "t1", "address": "127.0.0.1:5060", "caller_id": "+14155550100",
-         "metadata_to_carrier": {"keys": ["campaign"], "prefix": "X-"}},
+        {
+            "name": "t1",
+            "address": "127.0.0.1:5060",
+            "caller_id": "+14155550100",
+            "metadata_to_carrier": {"keys": ["campaign"], "prefix": "X-"},
+        },
         {"name": "nocid", "address": "127.0.0.1:5061"},
         {"name": "hunt2", "address": "127.0.0.1:5062", "caller_id": "+14155550100"},
     ],
     "routes": [
         {"prefix": "+1", "trunk": "t1"},
         {"prefix": "+44", "trunk": "nocid"},
-        {"prefix": "+33", "trunks": [{"name": "hunt2", "priority": 0},
-                                     {"name": "nocid", "priority": 1}]},
+        {
+            "prefix": "+33",
+            "trunks": [{"name": "hunt2", "priority": 0}, {"name": "nocid", "priority": 1}],
+        },
     ],
 }
 
@@ -74,6 +84,7 @@ def _shape(r: Any) -> dict[str, Any]:
 
 # ---- values that become headers: checked at trigger time for every leg ---------------
 
+
 @pytest.mark.parametrize("bad", ["a\r\nVia: x", "a\nb", "nul\x00", "bell\x07", "x" * 300])
 def test_polyai_call_id_unsafe_for_the_agent_header_is_400(env: Any, bad: str) -> None:
     client, pool = env
@@ -94,8 +105,10 @@ def test_metadata_goes_to_the_carrier_only_for_opted_in_keys(env: Any) -> None:
     import time
 
     client, pool = env
-    r = _post(client, {"to_number": "+14155552671",
-                       "metadata": {"campaign": "spring", "ssn": "123-45-6789"}})
+    r = _post(
+        client,
+        {"to_number": "+14155552671", "metadata": {"campaign": "spring", "ssn": "123-45-6789"}},
+    )
     assert r.status_code == 200, r.text
     deadline = time.monotonic() + 5
     while not pool.plans:
@@ -110,18 +123,32 @@ def test_agent_gets_every_metadata_key() -> None:
     from sipbridge.routing import resolve_agent_plan
 
     cfg = parse_config(BASE)
-    plan = resolve_agent_plan(cfg, call_sid="OUT-x", carrier_leg_id="OUT-x/b1",
-                              to_number="+14155552671", from_number="+14155550100",
-                              metadata={"campaign": "spring", "ssn": "1"},
-                              polyai_call_id="p", answered_by=None, bridge_host="h")
+    plan = resolve_agent_plan(
+        cfg,
+        call_sid="OUT-x",
+        carrier_leg_id="OUT-x/b1",
+        to_number="+14155552671",
+        from_number="+14155550100",
+        metadata={"campaign": "spring", "ssn": "1"},
+        polyai_call_id="p",
+        answered_by=None,
+        bridge_host="h",
+    )
     h = dict(plan.headers)
     assert (h["X-campaign"], h["X-ssn"], h["X-PolyAI-Call-ID"]) == ("spring", "1", "p")
 
 
-@pytest.mark.parametrize("mtc", [
-    {"keys": []}, {"keys": ["bad key"]}, {"keys": ["Via"], "prefix": ""},
-    {"keys": ["k"], "prefix": "X Y"}, {"keys": ["k"], "extra": 1}, {"prefix": "X-"},
-])
+@pytest.mark.parametrize(
+    "mtc",
+    [
+        {"keys": []},
+        {"keys": ["bad key"]},
+        {"keys": ["Via"], "prefix": ""},
+        {"keys": ["k"], "prefix": "X Y"},
+        {"keys": ["k"], "extra": 1},
+        {"prefix": "X-"},
+    ],
+)
 def test_metadata_to_carrier_config_is_validated(mtc: dict[str, Any]) -> None:
     trunks = [{**BASE["trunks"][0], "metadata_to_carrier": mtc}, *BASE["trunks"][1:]]
     with pytest.raises(ConfigError) as ei:
@@ -138,13 +165,16 @@ def test_old_metadata_prefix_key_says_what_replaced_it() -> None:
 
 # ---- caller ID -------------------------------------------------------------------------
 
+
 def test_trunk_without_caller_id_needs_from_number(env: Any) -> None:
     client, _ = env
     r = _post(client, {"to_number": "+442079460958"})
     assert r.status_code == 400 and _shape(r)["field"] == "from_number", r.text
     assert "caller_id" in r.json()["error"]
-    assert _post(client, {"to_number": "+442079460958",
-                          "from_number": "+14155550111"}).status_code == 200
+    assert (
+        _post(client, {"to_number": "+442079460958", "from_number": "+14155550111"}).status_code
+        == 200
+    )
 
 
 def test_hunt_group_with_one_trunk_without_caller_id_needs_from_number(env: Any) -> None:
@@ -167,16 +197,20 @@ def test_caller_id_config_must_be_a_user_part(cid: str) -> None:
 
 # ---- numbers: ASCII digits only --------------------------------------------------------
 
-@pytest.mark.parametrize("number", [
-    "+１4155552671",            # fullwidth digit one
-    "+1415555267\u0661",       # Arabic-Indic one
-    "+1415555267\u0967",       # Devanagari one
-    "+1415555267\u00b9",       # superscript one
-    "+1-800-FLOWERS",           # vanity letters
-    "+14155552671;ext=1",
-    "+1415\u200b5552671",       # zero-width space
-    "+1415\x005552671",
-])
+
+@pytest.mark.parametrize(
+    "number",
+    [
+        "+１4155552671",  # fullwidth digit one
+        "+1415555267\u0661",  # Arabic-Indic one
+        "+1415555267\u0967",  # Devanagari one
+        "+1415555267\u00b9",  # superscript one
+        "+1-800-FLOWERS",  # vanity letters
+        "+14155552671;ext=1",
+        "+1415\u200b5552671",  # zero-width space
+        "+1415\x005552671",
+    ],
+)
 @pytest.mark.parametrize("field", ["to_number", "from_number"])
 def test_non_ascii_digits_and_letters_are_refused(env: Any, number: str, field: str) -> None:
     client, pool = env
@@ -188,19 +222,24 @@ def test_non_ascii_digits_and_letters_are_refused(env: Any, number: str, field: 
 
 # ---- error shape -------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("content", "ctype"), [
-    (b'{"to_number": "+14155552671"', "application/json"),    # truncated
-    (b'{"to_number": "\xff\xfe"}', "application/json"),         # not UTF-8
-    (b"\x00\x01\x02", "application/json"),
-    (b"to_number=+14155552671", "application/x-www-form-urlencoded"),
-    (b"hello", "text/plain"),
-    (b"", "application/json"),
-    (b"[1, 2]", "application/json"),
-    (b'"just a string"', "application/json"),
-    (b"null", "application/json"),
-])
-def test_unparseable_bodies_answer_400_in_the_error_shape(env: Any, content: bytes,
-                                                          ctype: str) -> None:
+
+@pytest.mark.parametrize(
+    ("content", "ctype"),
+    [
+        (b'{"to_number": "+14155552671"', "application/json"),  # truncated
+        (b'{"to_number": "\xff\xfe"}', "application/json"),  # not UTF-8
+        (b"\x00\x01\x02", "application/json"),
+        (b"to_number=+14155552671", "application/x-www-form-urlencoded"),
+        (b"hello", "text/plain"),
+        (b"", "application/json"),
+        (b"[1, 2]", "application/json"),
+        (b'"just a string"', "application/json"),
+        (b"null", "application/json"),
+    ],
+)
+def test_unparseable_bodies_answer_400_in_the_error_shape(
+    env: Any, content: bytes, ctype: str
+) -> None:
     client, pool = env
     r = client.post(TRIGGER, content=content, headers={**AUTH, "content-type": ctype})
     assert r.status_code == 400, r.text
@@ -210,32 +249,45 @@ def test_unparseable_bodies_answer_400_in_the_error_shape(env: Any, content: byt
 
 def test_invalid_json_names_the_body_not_an_offset(env: Any) -> None:
     client, _ = env
-    r = client.post(TRIGGER, content=b'{"to_number": ', headers={
-        **AUTH, "content-type": "application/json"})
+    r = client.post(
+        TRIGGER, content=b'{"to_number": ', headers={**AUTH, "content-type": "application/json"}
+    )
     assert r.status_code == 400 and r.json()["field"] == "body", r.text
     assert "not valid JSON" in r.json()["error"]
 
 
-@settings(max_examples=60, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(cut=st.integers(0, 200))
 def test_truncated_json_never_breaks_the_shape(env: Any, cut: int) -> None:
     client, _ = env
-    full = json.dumps({"to_number": "+14155552671", "metadata": {"a": "b"},
-                       "retry": {"max_attempts": 3, "base_s": 1.5},
-                       "detection": {"thresholds": {"tone_purity": 0.8}}}).encode()
-    r = client.post(TRIGGER, content=full[:cut], headers={
-        **AUTH, "content-type": "application/json"})
+    full = json.dumps(
+        {
+            "to_number": "+14155552671",
+            "metadata": {"a": "b"},
+            "retry": {"max_attempts": 3, "base_s": 1.5},
+            "detection": {"thresholds": {"tone_purity": 0.8}},
+        }
+    ).encode()
+    r = client.post(
+        TRIGGER, content=full[:cut], headers={**AUTH, "content-type": "application/json"}
+    )
     assert r.status_code in (200, 400), r.text
     if r.status_code == 400:
         _shape(r)
 
 
-@pytest.mark.parametrize(("method", "path", "code"), [
-    ("GET", "/nope", 404), ("DELETE", TRIGGER, 405), ("GET", TRIGGER, 405),
-    ("GET", "/v1/outbound-calling/OUT-nope/status", 400),
-    ("GET", "/v1/outbound-calling/OUT-00000000-0000-4000-8000-000000000000/status", 404),
-])
+@pytest.mark.parametrize(
+    ("method", "path", "code"),
+    [
+        ("GET", "/nope", 404),
+        ("DELETE", TRIGGER, 405),
+        ("GET", TRIGGER, 405),
+        ("GET", "/v1/outbound-calling/OUT-nope/status", 400),
+        ("GET", "/v1/outbound-calling/OUT-00000000-0000-4000-8000-000000000000/status", 404),
+    ],
+)
 def test_other_errors_have_the_shape(env: Any, method: str, path: str, code: int) -> None:
     client, _ = env
     r = client.request(method, path, headers=AUTH)
@@ -263,6 +315,7 @@ def test_openapi_declares_the_error_responses(env: Any) -> None:
 
 # ---- body size limit -----------------------------------------------------------------
 
+
 def test_body_over_the_limit_is_413_in_the_shape(env: Any) -> None:
     client, pool = env
     big = {"to_number": "+14155552671", "metadata": {"k": "x" * 5000}}
@@ -281,8 +334,7 @@ def test_chunked_body_over_the_limit_is_413(env: Any) -> None:
             yield b"x" * 1000
         yield b'"}}'
 
-    r = client.post(TRIGGER, content=chunks(), headers={**AUTH,
-                                                          "content-type": "application/json"})
+    r = client.post(TRIGGER, content=chunks(), headers={**AUTH, "content-type": "application/json"})
     assert r.status_code == 413, r.text
     _shape(r)
 
@@ -299,12 +351,16 @@ class _Feed:
         self.pulled += 1
         if i >= len(self.chunks):
             return {"type": "http.disconnect"}
-        return {"type": "http.request", "body": self.chunks[i],
-                "more_body": i < len(self.chunks) - 1}
+        return {
+            "type": "http.request",
+            "body": self.chunks[i],
+            "more_body": i < len(self.chunks) - 1,
+        }
 
 
-def _run_limit(headers: list[tuple[bytes, bytes]], feed: _Feed,
-               limit: int = 1000) -> tuple[list[dict[str, Any]], bytes | None]:
+def _run_limit(
+    headers: list[tuple[bytes, bytes]], feed: _Feed, limit: int = 1000
+) -> tuple[list[dict[str, Any]], bytes | None]:
     import asyncio
 
     sent: list[dict[str, Any]] = []
@@ -356,6 +412,7 @@ def test_body_limit_is_bounded_in_config() -> None:
 
 # ---- message_wav: a file in media.dir, never a path -------------------------------------
 
+
 def _media(tmp_path: Path) -> Path:
     d = tmp_path / "media"
     d.mkdir()
@@ -368,14 +425,33 @@ def _media(tmp_path: Path) -> Path:
 
 
 def _leave(name: str) -> dict[str, Any]:
-    return {"to_number": "+14155552671", "detection": {
-        "connect_on": "human", "machine_action": "leave_message", "message_wav": name}}
+    return {
+        "to_number": "+14155552671",
+        "detection": {
+            "connect_on": "human",
+            "machine_action": "leave_message",
+            "message_wav": name,
+        },
+    }
 
 
-@pytest.mark.parametrize("name", [
-    "../secret.wav", "/etc/passwd", "sub/../vm.wav", "escape.wav", "sub", "nope.wav",
-    ".hidden.wav", "..", "vm.wav\x00", "a b.wav", "vm.wav/", "C:\\x.wav",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../secret.wav",
+        "/etc/passwd",
+        "sub/../vm.wav",
+        "escape.wav",
+        "sub",
+        "nope.wav",
+        ".hidden.wav",
+        "..",
+        "vm.wav\x00",
+        "a b.wav",
+        "vm.wav/",
+        "C:\\x.wav",
+    ],
+)
 def test_message_wav_must_name_a_file_in_the_media_folder(tmp_path: Path, name: str) -> None:
     client, pool = make_client(tmp_path, media={"dir": str(_media(tmp_path))})
     with client:
@@ -397,14 +473,19 @@ def test_message_wav_without_media_dir_is_400(env: Any) -> None:
     assert r.status_code == 400 and "media.dir" in r.json()["error"], r.text
 
 
-@pytest.mark.parametrize(("name", "words"), [("../secret.wav", "not a file name"),
-                                             ("escape.wav", "outside the media folder"),
-                                             ("nope.wav", "does not exist")])
-def test_message_wav_in_config_is_checked_at_start_up(tmp_path: Path, name: str,
-                                                      words: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "words"),
+    [
+        ("../secret.wav", "not a file name"),
+        ("escape.wav", "outside the media folder"),
+        ("nope.wav", "does not exist"),
+    ],
+)
+def test_message_wav_in_config_is_checked_at_start_up(
+    tmp_path: Path, name: str, words: str
+) -> None:
     media = _media(tmp_path)
-    routes = [{**BASE["routes"][0], "detection": _leave(name)["detection"]},
-              *BASE["routes"][1:]]
+    routes = [{**BASE["routes"][0], "detection": _leave(name)["detection"]}, *BASE["routes"][1:]]
     with pytest.raises(ConfigError) as ei:
         parse_config({**BASE, "routes": routes, "media": {"dir": str(media)}}, "c.yaml")
     assert "routes.0.detection.message_wav" in str(ei.value) and words in str(ei.value)
@@ -412,14 +493,21 @@ def test_message_wav_in_config_is_checked_at_start_up(tmp_path: Path, name: str,
 
 # ---- booleans are not numbers -------------------------------------------------------------
 
-@pytest.mark.parametrize(("body", "field"), [
-    ({"ivr": {"send_digits_delay_s": False}}, "ivr.send_digits_delay_s"),
-    ({"retry": {"max_attempts": True}}, "retry.max_attempts"),
-    ({"detection": {"thresholds": {"initial_silence_ms": True}}},
-     "detection.thresholds.initial_silence_ms"),
-])
-def test_a_boolean_for_a_number_is_400_naming_it(env: Any, body: dict[str, Any],
-                                                 field: str) -> None:
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"ivr": {"send_digits_delay_s": False}}, "ivr.send_digits_delay_s"),
+        ({"retry": {"max_attempts": True}}, "retry.max_attempts"),
+        (
+            {"detection": {"thresholds": {"initial_silence_ms": True}}},
+            "detection.thresholds.initial_silence_ms",
+        ),
+    ],
+)
+def test_a_boolean_for_a_number_is_400_naming_it(
+    env: Any, body: dict[str, Any], field: str
+) -> None:
     """pydantic's lax mode would read true/false as 1/0: a client's mistake, refused."""
     client, pool = env
     r = _post(client, {"to_number": "+14155552671", **body})
@@ -432,6 +520,7 @@ def test_a_boolean_for_a_number_is_400_naming_it(env: Any, body: dict[str, Any],
 def test_dtmf_duration_must_be_a_number(env: Any) -> None:
     client, _pool = env
     sid = _post(client, {"to_number": "+14155552671"}).json()["callSid"]
-    r = client.post(f"/v1/outbound-calling/{sid}/dtmf", json={"digits": "1", "duration_ms": True},
-                    headers=AUTH)
+    r = client.post(
+        f"/v1/outbound-calling/{sid}/dtmf", json={"digits": "1", "duration_ms": True}, headers=AUTH
+    )
     assert r.status_code == 400 and "duration_ms" in r.text, r.text

@@ -39,13 +39,25 @@ CFG: dict[str, Any] = {
     "api": {"tokens": [{"value": "tok"}], "max_body_bytes": 65536},
     # the fuzzer sends far more triggers than the default per-token rate allows
     "limits": {"api_rate_per_s": 100000, "api_burst": 1000000},
-    "trunks": [{"name": "t1", "address": "127.0.0.1:5060", "caller_id": "+14155550100",
-                "allowed_encryption": ["UDP/SRTP"],
-                "header_templates": {"X-PolyAI-Call-SID": "{call_sid}"}}],
+    "trunks": [
+        {
+            "name": "t1",
+            "address": "127.0.0.1:5060",
+            "caller_id": "+14155550100",
+            "allowed_encryption": ["UDP/SRTP"],
+            "header_templates": {"X-PolyAI-Call-SID": "{call_sid}"},
+        }
+    ],
     "routes": [{"prefix": "+", "trunk": "t1"}],
 }
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
-          response_headers_conformance, response_schema_conformance, negative_data_rejection]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    negative_data_rejection,
+]
 
 
 TOKEN = "X-PolyAi-Auth-Token"
@@ -60,8 +72,10 @@ def _app(tmp: Path) -> tuple[Any, list[str]]:
     (media / "vm.wav").write_bytes(b"RIFF")
     cfg = parse_config({**CFG, "media": {"dir": str(media)}})
     svc = CallService(cfg, SQLiteStore(tmp / "calls.db"), RecordingPool(slots=10_000))
-    sids = [svc.trigger(TriggerInput("+14155552671", polyai_call_id=POLYAI_ID),
-                        start=False).call_sid for _ in range(2)]
+    sids = [
+        svc.trigger(TriggerInput("+14155552671", polyai_call_id=POLYAI_ID), start=False).call_sid
+        for _ in range(2)
+    ]
     return create_app(svc, ["tok"]), sids
 
 
@@ -77,8 +91,9 @@ def flatmap_body(context: Any, body: Any) -> Any:
     # only a schema-valid to_number is swapped, so a negative case stays negative
     number = body.get("to_number") if isinstance(body, dict) else None
     if isinstance(number, str) and len(number) <= 64:
-        return st.one_of(st.just(body), st.sampled_from(NUMBERS).map(
-            lambda n: {**body, "to_number": n}))
+        return st.one_of(
+            st.just(body), st.sampled_from(NUMBERS).map(lambda n: {**body, "to_number": n})
+        )
     digits = body.get("digits") if isinstance(body, dict) else None
     if isinstance(digits, str) and len(digits) <= 256:
         return st.sampled_from([body, {**body, "digits": "12w#"}])
@@ -88,8 +103,9 @@ def flatmap_body(context: Any, body: Any) -> Any:
 @schema.hook
 def flatmap_path_parameters(context: Any, params: Any) -> Any:
     if isinstance(params, dict) and "call_sid" in params:
-        return st.one_of(st.just(params), st.sampled_from(_SIDS).map(
-            lambda sid: {**params, "call_sid": sid}))
+        return st.one_of(
+            st.just(params), st.sampled_from(_SIDS).map(lambda sid: {**params, "call_sid": sid})
+        )
     if isinstance(params, dict) and "polyai_call_id" in params:
         return st.sampled_from([params, {**params, "polyai_call_id": POLYAI_ID}])
     return st.just(params)
@@ -103,8 +119,9 @@ def _cleanup() -> Iterator[None]:
 
 
 @schema.parametrize()
-@settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None,
-          suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=EXAMPLES_PER_OPERATION, deadline=None, suppress_health_check=list(HealthCheck)
+)
 def test_api_conforms_to_its_schema(case: Any) -> None:
     # authorised: 401s are covered by the unit tests, the fuzzer's budget goes behind auth
     case.headers = {**(case.headers or {}), TOKEN: "tok"}

@@ -51,8 +51,9 @@ def _ref(defs: dict[str, Any], prop: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def numeric_leaves(schema: dict[str, Any], defs: dict[str, Any],
-                   path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], dict[str, Any]]]:
+def numeric_leaves(
+    schema: dict[str, Any], defs: dict[str, Any], path: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], dict[str, Any]]]:
     for name, prop in schema.get("properties", {}).items():
         num = _numeric(prop)
         if num is not None:
@@ -74,8 +75,13 @@ CONFIG_LEAVES = list(numeric_leaves(CONFIG_SCHEMA, CONFIG_SCHEMA["$defs"]))
 def test_the_walk_finds_the_numbers() -> None:
     paths = {".".join(p) for p, _ in CONFIG_LEAVES}
     # one from each kind of place: a section, a list item, a nested typed dict
-    assert {"timers.ring_timeout_s", "trunks.0.cps", "routes.0.retry.base_s",
-            "detection.thresholds.beep_min_hz", "api.max_body_bytes"} <= paths
+    assert {
+        "timers.ring_timeout_s",
+        "trunks.0.cps",
+        "routes.0.retry.base_s",
+        "detection.thresholds.beep_min_hz",
+        "api.max_body_bytes",
+    } <= paths
     assert len(paths) > 50
 
 
@@ -116,14 +122,16 @@ def test_every_config_number_refuses_hostile_values(path: str) -> None:
 
 def test_yaml_infinity_and_nan_name_the_key(tmp_path: Path) -> None:
     p = tmp_path / "c.yaml"
-    p.write_text(textwrap.dedent("""\
+    p.write_text(
+        textwrap.dedent("""\
         agent: {uri: 'sip:a@127.0.0.1'}
         api: {tokens: [{value: t}]}
         trunks: [{name: t, address: 'h:5060', caller_id: '+14155550100'}]
         routes: [{trunk: t}]
         retry: {base_s: .inf, cap_s: 1e308}
         detection: {thresholds: {tone_purity: .nan}}
-        """))
+        """)
+    )
     with pytest.raises(ConfigError) as ei:
         load_config(p)
     keys = {k for k, _ in ei.value.problems}
@@ -142,16 +150,23 @@ def test_thresholds_cover_the_detector_fields() -> None:
     from sipbridge.thresholds import DetectionThresholds
 
     assert set(DetectionThresholds.__annotations__) == {
-        f.name for f in fields(DetectionConfig) if f.name != "vad"}
+        f.name for f in fields(DetectionConfig) if f.name != "vad"
+    }
 
 
 # ---- the API ------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     tmp = tmp_path_factory.mktemp("bounds")
-    cfg = CFG.model_copy(update={"limits": CFG.limits.model_copy(
-        update={"api_rate_per_s": 10_000.0, "api_burst": 100_000})})
+    cfg = CFG.model_copy(
+        update={
+            "limits": CFG.limits.model_copy(
+                update={"api_rate_per_s": 10_000.0, "api_burst": 100_000}
+            )
+        }
+    )
     svc = CallService(cfg, SQLiteStore(tmp / "s.db"), RecordingPool())
     with TestClient(create_app(svc, ["tok"])) as c:
         yield c
@@ -186,35 +201,49 @@ def test_every_trigger_number_refuses_hostile_values(client: TestClient) -> None
     for path in leaves:
         for value in HOSTILE:
             body = _set({"to_number": "+14155552671"}, path, value)
-            r = client.post("/v1/outbound-calling/trigger", content=_raw(body),
-                            headers={**AUTH, "content-type": "application/json"})
+            r = client.post(
+                "/v1/outbound-calling/trigger",
+                content=_raw(body),
+                headers={**AUTH, "content-type": "application/json"},
+            )
             assert r.status_code == 400, (path, value, r.text)
             assert r.json()["field"] == ".".join(path), (path, value, r.json())
 
 
 def test_dtmf_numbers_refuse_hostile_values(client: TestClient) -> None:
-    sid = client.post("/v1/outbound-calling/trigger", json={"to_number": "+14155552671"},
-                      headers=AUTH).json()["callSid"]
+    sid = client.post(
+        "/v1/outbound-calling/trigger", json={"to_number": "+14155552671"}, headers=AUTH
+    ).json()["callSid"]
     for name in ("duration_ms", "gap_ms"):
         for value in HOSTILE:
-            r = client.post(f"/v1/outbound-calling/{sid}/dtmf",
-                            content=_raw({"digits": "1", name: value}),
-                            headers={**AUTH, "content-type": "application/json"})
+            r = client.post(
+                f"/v1/outbound-calling/{sid}/dtmf",
+                content=_raw({"digits": "1", name: value}),
+                headers={**AUTH, "content-type": "application/json"},
+            )
             assert r.status_code == 400 and r.json()["field"] == name, (name, value, r.text)
 
 
 def test_huge_json_integer_literal(client: TestClient) -> None:
     body = b'{"to_number": "+14155552671", "retry": {"max_attempts": 1' + b"0" * 5000 + b"}}"
-    r = client.post("/v1/outbound-calling/trigger", content=body,
-                    headers={**AUTH, "content-type": "application/json"})
+    r = client.post(
+        "/v1/outbound-calling/trigger",
+        content=body,
+        headers={**AUTH, "content-type": "application/json"},
+    )
     assert r.status_code == 400 and r.json()["field"] in ("retry.max_attempts", "body"), r.text
 
 
 # ---- backoff arithmetic never overflows -----------------------------------------------
 
+
 def test_backoff_of_huge_and_infinite_inputs_is_clamped() -> None:
-    for base, factor, cap in [(1e308, 10, 1e308), (math.inf, 2, math.inf), (1, 1e308, math.inf),
-                              (0, math.inf, math.inf)]:
+    for base, factor, cap in [
+        (1e308, 10, 1e308),
+        (math.inf, 2, math.inf),
+        (1, 1e308, math.inf),
+        (0, math.inf, math.inf),
+    ]:
         d = backoff_s(20, base, factor, cap, 0, lambda: 0.0)
         assert 0 <= d <= MAX_BACKOFF_S
     with pytest.raises(ValueError):
@@ -224,11 +253,17 @@ def test_backoff_of_huge_and_infinite_inputs_is_clamped() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(base=st.floats(0, allow_nan=False), factor=st.floats(1, allow_nan=False),
-       cap=st.floats(0, allow_nan=False), jitter=st.floats(0, 1),
-       attempt=st.integers(1, 10_000), r=st.floats(0, 1, exclude_max=True))
-def test_next_attempt_time_never_overflows(base: float, factor: float, cap: float,
-                                           jitter: float, attempt: int, r: float) -> None:
+@given(
+    base=st.floats(0, allow_nan=False),
+    factor=st.floats(1, allow_nan=False),
+    cap=st.floats(0, allow_nan=False),
+    jitter=st.floats(0, 1),
+    attempt=st.integers(1, 10_000),
+    r=st.floats(0, 1, exclude_max=True),
+)
+def test_next_attempt_time_never_overflows(
+    base: float, factor: float, cap: float, jitter: float, attempt: int, r: float
+) -> None:
     """The issue's reproduction: retry {base_s: 1e308, cap_s: 1e308} overflowed timedelta."""
     policy = RetryPolicy(max_attempts=20, base_s=base, factor=factor, cap_s=cap, jitter=jitter)
     now = datetime(2030, 1, 1, tzinfo=UTC)

@@ -35,8 +35,17 @@ def test_handler_exception_ends_the_call_as_internal_error(tmp_path, caplog):
     agent = h.pool.plans[1]
     # a malformed report from a worker: its detection is not a Detection
     with caplog.at_level(logging.ERROR, "sipbridge.calls"):
-        h.svc.on_sip_event(DetectionReport(plan.leg_id, sid, 0, h.clock(), "answer",
-                                           "decision", ["not", "a", "dict"]))  # type: ignore[arg-type]
+        h.svc.on_sip_event(
+            DetectionReport(
+                plan.leg_id,
+                sid,
+                0,
+                h.clock(),
+                "answer",
+                "decision",
+                ["not", "a", "dict"],  # type: ignore[arg-type]
+            )
+        )
     rec = h.rec(sid)
     assert (rec.status, rec.reason) == ("failure", "internal error")
     assert "AttributeError" in rec.detail
@@ -53,8 +62,11 @@ def test_action_exception_ends_the_call(tmp_path):
     h.pool.fail_dial = RuntimeError("pool exploded")  # the agent leg's dial raises
     h.answer(plan)
     rec = h.rec(sid)
-    assert (rec.status, rec.reason, rec.detail) == ("failure", "internal error",
-                                                    "RuntimeError: pool exploded")
+    assert (rec.status, rec.reason, rec.detail) == (
+        "failure",
+        "internal error",
+        "RuntimeError: pool exploded",
+    )
     assert h.pool.hung == [plan.leg_id]
 
 
@@ -63,15 +75,27 @@ def test_recover_fails_poisoned_records_and_goes_on(tmp_path):
     store = SQLiteStore(db)
     t = 1_790_000_000.0
     for sid in ("OUT-a", "OUT-b", "OUT-c"):
-        store.create(CallRecord(call_sid=sid, status="calling", to_number="+12125550123",
-                                from_number="+14155550100", created_at=t, last_updated=t,
-                                attempts=1))
+        store.create(
+            CallRecord(
+                call_sid=sid,
+                status="calling",
+                to_number="+12125550123",
+                from_number="+14155550100",
+                created_at=t,
+                last_updated=t,
+                attempts=1,
+            )
+        )
     store.close()
     con = sqlite3.connect(db)
     # a retry policy out of bounds (the backoff would overflow), and unparseable JSON
-    con.execute("UPDATE calls SET request=? WHERE call_sid='OUT-a'",
-                ('{"retry": {"max_attempts": 3, "base_s": 1e308, "cap_s": 1e308, '
-                 '"jitter": 0, "retry_on": ["bridge_error"]}}',))
+    con.execute(
+        "UPDATE calls SET request=? WHERE call_sid='OUT-a'",
+        (
+            '{"retry": {"max_attempts": 3, "base_s": 1e308, "cap_s": 1e308, '
+            '"jitter": 0, "retry_on": ["bridge_error"]}}',
+        ),
+    )
     con.execute("UPDATE calls SET request='{oops' WHERE call_sid='OUT-b'")
     con.commit()
     con.close()
@@ -143,8 +167,21 @@ def test_agent_media_timeout_ends_the_call(tmp_path):
     h, sid, plan = _dialled(tmp_path)
     h.connect(plan)
     agent = h.pool.plans[1]
-    h.svc.on_sip_event(LegEvent(agent.leg_id, sid, "ended", 0, h.clock(), 200, "", "",
-                              "media_timeout", True, "no RTP received for 30 s"))
+    h.svc.on_sip_event(
+        LegEvent(
+            agent.leg_id,
+            sid,
+            "ended",
+            0,
+            h.clock(),
+            200,
+            "",
+            "",
+            "media_timeout",
+            True,
+            "no RTP received for 30 s",
+        )
+    )
     assert plan.leg_id in h.pool.hung
     h.end(plan, 200, "bridged_bye", answered=True)
     rec = h.rec(sid)
@@ -152,13 +189,14 @@ def test_agent_media_timeout_ends_the_call(tmp_path):
     assert "no RTP" in rec.detail
 
 
-@pytest.mark.parametrize(("status", "phrase"), [(403, "Forbidden"), (503, "Busy Out"),
-                                                (480, "Temporarily Unavailable")])
+@pytest.mark.parametrize(
+    ("status", "phrase"), [(403, "Forbidden"), (503, "Busy Out"), (480, "Temporarily Unavailable")]
+)
 def test_reasons_never_carry_the_carrier_text(tmp_path, status, phrase):
-    h, sid, plan = _dialled(tmp_path, config=cfg(routes=[{"prefix": "+1",
-                                                                  "trunk": "a"}]))
-    h.svc.on_sip_event(LegEvent(plan.leg_id, sid, "ended", 0, h.clock(), status, phrase, "",
-                              "remote_final", False))
+    h, sid, plan = _dialled(tmp_path, config=cfg(routes=[{"prefix": "+1", "trunk": "a"}]))
+    h.svc.on_sip_event(
+        LegEvent(plan.leg_id, sid, "ended", 0, h.clock(), status, phrase, "", "remote_final", False)
+    )
     body = h.rec(sid)
     assert phrase not in body.reason and body.detail == f"SIP {status} {phrase}"
     assert body.sip_status == status
@@ -194,32 +232,40 @@ def test_store_migrates_a_version_1_file(tmp_path):
 
 # ---- SDP helpers ---------------------------------------------------------------------
 
-G729_200 = ("SIP/2.0 200 OK\r\nCSeq: 1 INVITE\r\nContent-Type: application/sdp\r\n\r\n"
-            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
-            "m=audio 4000 RTP/AVP 18 101\r\na=rtpmap:101 telephone-event/8000\r\n"
-            "m=video 4002 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n")
+G729_200 = (
+    "SIP/2.0 200 OK\r\nCSeq: 1 INVITE\r\nContent-Type: application/sdp\r\n\r\n"
+    "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+    "m=audio 4000 RTP/AVP 18 101\r\na=rtpmap:101 telephone-event/8000\r\n"
+    "m=video 4002 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n"
+)
 
 
 def test_audio_codecs_of_an_answer():
     sdp = sdp_of(G729_200)
     assert audio_codecs(sdp) == ("RTP/AVP", ["G729/8000", "telephone-event/8000"])
     assert negotiation_detail(["PCMU/8000", "PCMA/8000"], sdp) == (
-        "offered PCMU/8000, PCMA/8000; answered G729/8000, telephone-event/8000 (RTP/AVP)")
+        "offered PCMU/8000, PCMA/8000; answered G729/8000, telephone-event/8000 (RTP/AVP)"
+    )
     assert sdp_of("BYE sip:x SIP/2.0\r\nCSeq: 2 BYE\r\n\r\n") == ""
     assert negotiation_detail(["PCMU/8000"], "") == (
-        "offered PCMU/8000; answered with no usable SDP")
+        "offered PCMU/8000; answered with no usable SDP"
+    )
     assert negotiation_detail(["PCMU/8000"], "v=0\r\nm=video 4 RTP/AVP 96\r\n") == (
-        "offered PCMU/8000; answered no audio codec")
+        "offered PCMU/8000; answered no audio codec"
+    )
 
 
 def test_audio_connection_of_an_answer():
-    v6 = ("v=0\r\nc=IN IP4 10.0.0.1\r\nm=audio 4000 RTP/AVP 0\r\nc=IN IP6 ::1\r\n"
-          "m=audio 5000 RTP/AVP 0\r\nc=IN IP4 127.0.0.1\r\n")
+    v6 = (
+        "v=0\r\nc=IN IP4 10.0.0.1\r\nm=audio 4000 RTP/AVP 0\r\nc=IN IP6 ::1\r\n"
+        "m=audio 5000 RTP/AVP 0\r\nc=IN IP4 127.0.0.1\r\n"
+    )
     assert audio_connection(v6) == "IN IP6 ::1"  # media level wins, first audio stream
     assert audio_connection(sdp_of(G729_200)) == "IN IP4 127.0.0.1"  # session level
     assert audio_connection("v=0\r\nm=audio 4000 RTP/AVP 0\r\n") == ""
     assert negotiation_detail(["PCMU/8000"], v6) == (
-        "offered PCMU/8000; answered PCMU/8000 (RTP/AVP, c=IN IP6 ::1)")
+        "offered PCMU/8000; answered PCMU/8000 (RTP/AVP, c=IN IP6 ::1)"
+    )
 
 
 @given(st.text(max_size=2000))

@@ -39,18 +39,33 @@ def test_defaults():
     [
         ({"routes": [{"prefix": "+1", "trunk": "nope"}]}, "routes.0.trunk", "unknown trunk"),
         ({"trunks": [{"name": "t1", "address": "bad host:x"}]}, "trunks.0.address", "host"),
-        ({"trunks": [{"name": "t1", "address": "h", "headers": {"Bad Name": "v"}}]},
-         "trunks.0.headers", "not a SIP token"),
-        ({"trunks": [{"name": "t1", "address": "h", "headers": {"Via": "v"}}]},
-         "trunks.0.headers", "managed by the SIP stack"),
-        ({"trunks": [{"name": "t1", "address": "h", "header_templates": {"X-A": "{nope}"}}]},
-         "trunks.0.header_templates", "unknown template field {nope}"),
-        ({"trunks": [{"name": "t1", "address": "h", "transport": "sctp"}]},
-         "trunks.0.transport", "udp"),
+        (
+            {"trunks": [{"name": "t1", "address": "h", "headers": {"Bad Name": "v"}}]},
+            "trunks.0.headers",
+            "not a SIP token",
+        ),
+        (
+            {"trunks": [{"name": "t1", "address": "h", "headers": {"Via": "v"}}]},
+            "trunks.0.headers",
+            "managed by the SIP stack",
+        ),
+        (
+            {"trunks": [{"name": "t1", "address": "h", "header_templates": {"X-A": "{nope}"}}]},
+            "trunks.0.header_templates",
+            "unknown template field {nope}",
+        ),
+        (
+            {"trunks": [{"name": "t1", "address": "h", "transport": "sctp"}]},
+            "trunks.0.transport",
+            "udp",
+        ),
         ({"sip": {"workers": 0}}, "sip.workers", "greater than or equal to 1"),
         ({"sip": {"port_min": 5090, "port_max": 5080}}, "sip", "port_min"),
-        ({"sip": {"source_rate_limit_per_s": float("nan")}}, "sip.source_rate_limit_per_s",
-         "finite"),
+        (
+            {"sip": {"source_rate_limit_per_s": float("nan")}},
+            "sip.source_rate_limit_per_s",
+            "finite",
+        ),
         ({"sip": {"source_rate_limit_per_s": 0}}, "sip.source_rate_limit_per_s", "greater than"),
         ({"sip": {"source_rate_burst": 0}}, "sip.source_rate_burst", "greater than or equal"),
         ({"api": {"tokens": []}}, "api.tokens", "at least one"),
@@ -70,11 +85,13 @@ def test_bad_config_names_key_and_reason(over, key, words):
 
 def test_yaml_syntax_error_names_line(tmp_path):
     p = tmp_path / "c.yaml"
-    p.write_text(textwrap.dedent("""\
+    p.write_text(
+        textwrap.dedent("""\
         agent:
           uri: sip:a@b
         api: [unclosed
-        """))
+        """)
+    )
     with pytest.raises(ConfigError) as ei:
         load_config(p)
     assert str(p) in str(ei.value) and "line" in str(ei.value) and "YAML" in str(ei.value)
@@ -107,8 +124,10 @@ def test_check_config_prints_resolved_without_secrets(tmp_path, capsys):
     from sipbridge.cli import main
 
     p = tmp_path / "c.yaml"
-    p.write_text("agent: {uri: 'sip:a@b'}\napi: {tokens: [{value: s3cr3t}]}\n"
-                 "trunks: [{name: t, address: 'h:5060'}]\nroutes: [{trunk: t}]\n")
+    p.write_text(
+        "agent: {uri: 'sip:a@b'}\napi: {tokens: [{value: s3cr3t}]}\n"
+        "trunks: [{name: t, address: 'h:5060'}]\nroutes: [{trunk: t}]\n"
+    )
     assert main(["check-config", str(p)]) == 0
     out = capsys.readouterr().out
     assert '"ring_timeout_s": 60.0' in out and "s3cr3t" not in out and "***" in out

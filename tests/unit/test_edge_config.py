@@ -30,7 +30,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def _cfg(pki: dict[str, Path], **edge: Any) -> dict[str, Any]:
     sec: dict[str, Any] = {
-        "public_address": "203.0.113.10", "inside_address": "10.0.0.2",
+        "public_address": "203.0.113.10",
+        "inside_address": "10.0.0.2",
         "nodes": [{"address": "10.0.0.11"}, {"address": "10.0.0.12"}],
         "agent_allow": ["10.0.1.0/24"],
         "tls": {"certificate": str(pki["cert"]), "private_key": str(pki["key"])},
@@ -41,9 +42,16 @@ def _cfg(pki: dict[str, Path], **edge: Any) -> dict[str, Any]:
         "api": {"tokens": [{"value": "secret"}]},
         "sip": {"port_min": 5080, "port_max": 5099, "workers": 2, "max_workers": 3},
         "trunks": [
-            {"name": "tls1", "address": "198.51.100.7:5061", "transport": "tls",
-             "encryption": "TLS/SRTP", "allowed_encryption": ["TLS/RTP"],
-             "caller_id": "+14155550100", "cps": 1.5, "tls": {"ca_file": str(pki["ca"])}},
+            {
+                "name": "tls1",
+                "address": "198.51.100.7:5061",
+                "transport": "tls",
+                "encryption": "TLS/SRTP",
+                "allowed_encryption": ["TLS/RTP"],
+                "caller_id": "+14155550100",
+                "cps": 1.5,
+                "tls": {"ca_file": str(pki["ca"])},
+            },
             {"name": "plain", "address": "198.51.100.8", "caller_id": "+14155550100"},
         ],
         "routes": [{"prefix": "+1", "trunk": "tls1"}, {"prefix": "+44", "trunk": "plain"}],
@@ -60,14 +68,23 @@ def _problems(data: dict[str, Any]) -> dict[str, str]:
 def test_a_valid_edge_generates_every_file(pki: dict[str, Path]) -> None:
     cfg = parse_config(_cfg(pki), "c.yaml")
     files = render(cfg, "/etc/sipbridge-edge", "k" * 32, "c.yaml")
-    assert set(files) == {"kamailio.cfg", "dispatcher.list", "tls.cfg", "carriers-ca.pem",
-                          "rtpengine.conf"}
+    assert set(files) == {
+        "kamailio.cfg",
+        "dispatcher.list",
+        "tls.cfg",
+        "carriers-ca.pem",
+        "rtpengine.conf",
+    }
     kam = files["kamailio.cfg"]
-    for line in ("listen=udp:10.0.0.2:5060", "listen=udp:203.0.113.10:5060",
-                 "listen=tcp:203.0.113.10:5060", "listen=tls:203.0.113.10:5061",
-                 'modparam("tls", "config", "/etc/sipbridge-edge/tls.cfg")',
-                 'modparam("topoh", "mask_ip", "203.0.113.10")',
-                 'is_in_subnet("$si", "10.0.1.0/24")'):
+    for line in (
+        "listen=udp:10.0.0.2:5060",
+        "listen=udp:203.0.113.10:5060",
+        "listen=tcp:203.0.113.10:5060",
+        "listen=tls:203.0.113.10:5061",
+        'modparam("tls", "config", "/etc/sipbridge-edge/tls.cfg")',
+        'modparam("topoh", "mask_ip", "203.0.113.10")',
+        'is_in_subnet("$si", "10.0.1.0/24")',
+    ):
         assert line in kam, line
     # the trunk's CPS backstop (1.5/s -> 2 per 1 s interval), its Request-URI and socket
     assert 'pl_check("trunk-tls1", "TAILDROP", 2)' in kam
@@ -84,58 +101,82 @@ def test_a_valid_edge_generates_every_file(pki: dict[str, Path]) -> None:
     rtp = files["rtpengine.conf"]
     assert "interface = internal/10.0.0.2;external/203.0.113.10" in rtp
     assert "table = -1" in rtp  # userspace forwarding only
-    assert "2 sip:198.51.100.7:5061;transport=tls 0 0 duid=trunk-tls1;" \
-           "socket=tls:203.0.113.10:5061" in files["dispatcher.list"]
+    assert (
+        "2 sip:198.51.100.7:5061;transport=tls 0 0 duid=trunk-tls1;"
+        "socket=tls:203.0.113.10:5061" in files["dispatcher.list"]
+    )
 
 
 def test_nodes_default_to_the_sip_sections_worker_ports(pki: dict[str, Path]) -> None:
     cfg = parse_config(_cfg(pki), "c.yaml")
     assert cfg.edge is not None
     assert node_ports(cfg, cfg.edge.nodes[0]) == [5080, 5081, 5082]  # max_workers 3
-    lines = [ln.split()[1] for ln in dispatcher_list(cfg).splitlines()
-             if ln.startswith("1 ")]
-    assert lines == ["sip:10.0.0.11:5080", "sip:10.0.0.12:5080", "sip:10.0.0.11:5081",
-                     "sip:10.0.0.12:5081", "sip:10.0.0.11:5082", "sip:10.0.0.12:5082"]
+    lines = [ln.split()[1] for ln in dispatcher_list(cfg).splitlines() if ln.startswith("1 ")]
+    assert lines == [
+        "sip:10.0.0.11:5080",
+        "sip:10.0.0.12:5080",
+        "sip:10.0.0.11:5081",
+        "sip:10.0.0.12:5081",
+        "sip:10.0.0.11:5082",
+        "sip:10.0.0.12:5082",
+    ]
 
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.integers(1, 8), min_size=1, max_size=5))
 def test_dispatcher_lists_every_port_once_and_alternates_nodes(sizes: list[int]) -> None:
-    nodes = [{"address": f"10.0.0.{10 + i}", "port_min": 6000, "port_max": 6000 + n - 1}
-             for i, n in enumerate(sizes)]
-    data = {"agent": {"uri": "sip:a@10.0.1.5"}, "api": {"tokens": [{"value": "x"}]},
-            "trunks": [{"name": "t", "address": "198.51.100.8"}],
-            "routes": [{"trunk": "t"}],
-            "edge": {"public_address": "203.0.113.10", "inside_address": "10.0.0.2",
-                     "nodes": nodes}}
+    nodes = [
+        {"address": f"10.0.0.{10 + i}", "port_min": 6000, "port_max": 6000 + n - 1}
+        for i, n in enumerate(sizes)
+    ]
+    data = {
+        "agent": {"uri": "sip:a@10.0.1.5"},
+        "api": {"tokens": [{"value": "x"}]},
+        "trunks": [{"name": "t", "address": "198.51.100.8"}],
+        "routes": [{"trunk": "t"}],
+        "edge": {"public_address": "203.0.113.10", "inside_address": "10.0.0.2", "nodes": nodes},
+    }
     cfg = parse_config(data, "c.yaml")
     dests = [ln.split()[1] for ln in dispatcher_list(cfg).splitlines() if ln.startswith("1 ")]
     assert len(dests) == len(set(dests)) == sum(sizes)
     hosts = [d.split(":")[1] for d in dests]
     # while two nodes still have ports left, neighbours are on different nodes
     for i in range(len(hosts) - 1):
-        left = {h for h in hosts[i + 1:]}
+        left = {h for h in hosts[i + 1 :]}
         if len(left | {hosts[i]}) > 1 and hosts[i + 1] == hosts[i]:
             assert left == {hosts[i]}, hosts
 
 
-@pytest.mark.parametrize("change, key, words", [
-    ({"public_address": "edge.example"}, "edge.public_address", "not an IP address"),
-    ({"agent_allow": ["10.0.1.0/33"]}, "edge.agent_allow", "is not an IP network"),
-    ({"nodes": []}, "edge.nodes", "at least 1"),
-    ({"nodes": [{"address": "10.0.0.11", "port_min": 5080}]}, "edge.nodes.0",
-     "both port_min and port_max"),
-    ({"nodes": [{"address": "10.0.0.11", "port_min": 5000, "port_max": 5100}]},
-     "edge.nodes.0", "at most 64"),
-    ({"public_tls_port": 5060}, "edge.public_tls_port", "must differ"),
-    ({"tls": None}, "edge.tls", "trunk 'tls1' uses TLS"),
-    ({"node_timeout_s": float("nan")}, "edge.node_timeout_s", "finite"),
-    ({"flood": {"window_s": 10**9}}, "edge.flood.window_s", "less than or equal"),
-    ({"rtpengine": {"port_min": 30000, "port_max": 30001}}, "edge.rtpengine.port_max",
-     "at least 4 ports"),
-])
-def test_bad_edge_settings_name_their_key(pki: dict[str, Path], change: dict[str, Any],
-                                          key: str, words: str) -> None:
+@pytest.mark.parametrize(
+    "change, key, words",
+    [
+        ({"public_address": "edge.example"}, "edge.public_address", "not an IP address"),
+        ({"agent_allow": ["10.0.1.0/33"]}, "edge.agent_allow", "is not an IP network"),
+        ({"nodes": []}, "edge.nodes", "at least 1"),
+        (
+            {"nodes": [{"address": "10.0.0.11", "port_min": 5080}]},
+            "edge.nodes.0",
+            "both port_min and port_max",
+        ),
+        (
+            {"nodes": [{"address": "10.0.0.11", "port_min": 5000, "port_max": 5100}]},
+            "edge.nodes.0",
+            "at most 64",
+        ),
+        ({"public_tls_port": 5060}, "edge.public_tls_port", "must differ"),
+        ({"tls": None}, "edge.tls", "trunk 'tls1' uses TLS"),
+        ({"node_timeout_s": float("nan")}, "edge.node_timeout_s", "finite"),
+        ({"flood": {"window_s": 10**9}}, "edge.flood.window_s", "less than or equal"),
+        (
+            {"rtpengine": {"port_min": 30000, "port_max": 30001}},
+            "edge.rtpengine.port_max",
+            "at least 4 ports",
+        ),
+    ],
+)
+def test_bad_edge_settings_name_their_key(
+    pki: dict[str, Path], change: dict[str, Any], key: str, words: str
+) -> None:
     problems = _problems(_cfg(pki, **change))
     assert key in problems and words in problems[key], problems
 
@@ -156,10 +197,18 @@ def test_edge_cross_checks(pki: dict[str, Path], tmp_path: Path) -> None:
 
 
 def _plan(cfg: Any, trunk: str, encryption: str | None = None) -> Any:
-    return resolve_plan(cfg, call_sid="OUT-1", to_number="+12125550100",
-                        from_number="+14155550100", metadata={}, polyai_call_id=None,
-                        attempt=1, bridge_host="10.0.0.11", trunk=cfg.trunk(trunk),
-                        encryption=encryption)
+    return resolve_plan(
+        cfg,
+        call_sid="OUT-1",
+        to_number="+12125550100",
+        from_number="+14155550100",
+        metadata={},
+        polyai_call_id=None,
+        attempt=1,
+        bridge_host="10.0.0.11",
+        trunk=cfg.trunk(trunk),
+        encryption=encryption,
+    )
 
 
 def test_carrier_plans_go_to_the_edge_as_plain_sip(pki: dict[str, Path]) -> None:
@@ -177,7 +226,8 @@ def test_carrier_plans_go_to_the_edge_as_plain_sip(pki: dict[str, Path]) -> None
 
 
 def test_edge_config_command_writes_files_and_keeps_the_mask_key(
-        pki: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pki: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import yaml
 
     conf = tmp_path / "c.yaml"
@@ -195,13 +245,22 @@ def test_edge_config_command_writes_files_and_keeps_the_mask_key(
     assert "no edge section" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(shutil.which("kamailio") is None and not Path("/usr/sbin/kamailio").exists(),
-                    reason="kamailio is not installed (scripts/install)")
+@pytest.mark.skipif(
+    shutil.which("kamailio") is None and not Path("/usr/sbin/kamailio").exists(),
+    reason="kamailio is not installed (scripts/install)",
+)
 @pytest.mark.parametrize("shape", ["tls", "udp-only", "dns-tls"])
-def test_kamailio_accepts_the_generated_script(pki: dict[str, Path], tmp_path: Path,
-                                               shape: str) -> None:
-    data = _cfg(pki, public_address="127.0.0.1", inside_address="127.0.0.1",
-                inside_port=15060, public_udp_port=15070, public_tls_port=15071)
+def test_kamailio_accepts_the_generated_script(
+    pki: dict[str, Path], tmp_path: Path, shape: str
+) -> None:
+    data = _cfg(
+        pki,
+        public_address="127.0.0.1",
+        inside_address="127.0.0.1",
+        inside_port=15060,
+        public_udp_port=15070,
+        public_tls_port=15071,
+    )
     if shape == "udp-only":
         data["trunks"] = [data["trunks"][1]]
         data["routes"] = [{"trunk": "plain"}]
@@ -211,8 +270,12 @@ def test_kamailio_accepts_the_generated_script(pki: dict[str, Path], tmp_path: P
     cfg = parse_config(data, "c.yaml")
     write_files(cfg, tmp_path)
     kam = shutil.which("kamailio") or "/usr/sbin/kamailio"
-    r = subprocess.run([kam, "-c", "-f", str(tmp_path / "kamailio.cfg")],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [kam, "-c", "-f", str(tmp_path / "kamailio.cfg")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     if shape == "dns-tls":
         assert 'dns_query("carrier.example", "dq")' in (tmp_path / "kamailio.cfg").read_text()

@@ -31,8 +31,7 @@ def test_connect_on_answer_dials_agent_at_once():
     assert f.on_answered() == [DialAgent(None)]
     assert f.on_detection("answer", det("human")) == []
     f.on_agent_answered()
-    assert f.history == ["ringing -> answered", "answered -> connecting",
-                         "connecting -> bridged"]
+    assert f.history == ["ringing -> answered", "answered -> connecting", "connecting -> bridged"]
 
 
 def test_connect_on_human_waits_for_the_decision():
@@ -52,8 +51,7 @@ def test_machine_hangup_after_agent_connected_on_answer():
 def test_machine_connect_passes_result_to_agent():
     f = flow(connect_on="human", machine_action="connect")
     f.on_answered()
-    assert f.on_detection("answer", det("machine", final=False)) == [
-        DialAgent("machine")]
+    assert f.on_detection("answer", det("machine", final=False)) == [DialAgent("machine")]
 
 
 def test_leave_message_waits_for_beep_then_plays_and_succeeds():
@@ -64,10 +62,12 @@ def test_leave_message_waits_for_beep_then_plays_and_succeeds():
     assert f.on_detection("answer", det("machine", final=False)) == []
     # the beep's onset: the tone is still sounding, the message waits for its end
     assert f.on_detection("answer", det("machine", final=True, beep_ms=5000)) == []
-    assert f.on_detection("answer", det("machine", final=True, beep_ms=5000,
-                                        beep_end_ms=5400)) == [PlayMessage(wav)]
-    assert f.on_detection("answer", det("machine", final=True, beep_ms=5000,
-                                        beep_end_ms=5400)) == []
+    assert f.on_detection("answer", det("machine", final=True, beep_ms=5000, beep_end_ms=5400)) == [
+        PlayMessage(wav)
+    ]
+    assert (
+        f.on_detection("answer", det("machine", final=True, beep_ms=5000, beep_end_ms=5400)) == []
+    )
     (end,) = f.on_playback_done()
     assert isinstance(end, EndCall)
     assert (end.term.result, end.term.reason) == ("success", "voicemail message left")
@@ -85,8 +85,11 @@ def test_leave_message_needs_a_file_and_human_connect(tmp_path: Path):
     with pytest.raises(ValidationError, match="connect_on"):
         DetectionSettings(machine_action="leave_message", message_wav="m.wav")
     with pytest.raises(ValidationError, match="not a file name"):
-        DetectionSettings(connect_on="human", machine_action="leave_message",
-                          message_wav=str(tmp_path / "nope.wav"))
+        DetectionSettings(
+            connect_on="human",
+            machine_action="leave_message",
+            message_wav=str(tmp_path / "nope.wav"),
+        )
 
 
 def test_sit_and_busy_end_in_any_phase():
@@ -102,10 +105,15 @@ def test_sit_and_busy_end_in_any_phase():
 
 
 def test_ivr_digits_then_hold_then_person():
-    f = CallFlow(DetectionSettings(), IvrSettings(send_digits="1w2#", hold=True,
-                                                  send_digits_delay_s=0.5, max_ivr_s=90))
-    assert f.on_answered() == [StartTimer("ivr_timeout", 90), StartTimer("send_digits", 0.5),
-                               WatchRepeat()]
+    f = CallFlow(
+        DetectionSettings(),
+        IvrSettings(send_digits="1w2#", hold=True, send_digits_delay_s=0.5, max_ivr_s=90),
+    )
+    assert f.on_answered() == [
+        StartTimer("ivr_timeout", 90),
+        StartTimer("send_digits", 0.5),
+        WatchRepeat(),
+    ]
     # the answer-phase verdict on an IVR is ignored while walking it
     assert f.on_detection("answer", det("machine", final=True)) == []
     assert f.on_timer("send_digits") == [SendDigits("1w2#", 160, 80)]
@@ -128,8 +136,7 @@ def test_agent_failure_ends_call():
     f.on_answered()
     (end,) = f.on_agent_failed(503, "Service Unavailable")
     assert isinstance(end, EndCall)
-    assert (end.term.reason, end.term.detail) == ("agent leg failed",
-                                                  "SIP 503 Service Unavailable")
+    assert (end.term.reason, end.term.detail) == ("agent leg failed", "SIP 503 Service Unavailable")
 
 
 def test_silence_when_waiting_for_a_person():
@@ -144,8 +151,9 @@ def test_silence_when_waiting_for_a_person():
 def test_dtmf_validation_names_the_character(bad: str):
     with pytest.raises(ValueError) as ei:
         check_dtmf(bad)
-    assert ("empty" if not bad else repr(next(c for c in bad if c not in
-                                               "0123456789*#ABCDabcdwW"))) in str(ei.value)
+    assert (
+        "empty" if not bad else repr(next(c for c in bad if c not in "0123456789*#ABCDabcdwW"))
+    ) in str(ei.value)
 
 
 def test_agent_dialled_at_answer_is_told_the_result_once_it_answered():
@@ -157,7 +165,8 @@ def test_agent_dialled_at_answer_is_told_the_result_once_it_answered():
     assert f.on_agent_answered() == [TellAgent("human", "operator", True)]
     assert f.on_detection("answer", det("human", hint="operator")) == []  # nothing new
     assert f.on_detection("answer", det("human", hint="screening")) == [
-        TellAgent("human", "screening", True)]
+        TellAgent("human", "screening", True)
+    ]
 
 
 def test_agent_dialled_on_human_is_not_told_again():
@@ -173,7 +182,8 @@ def test_provisional_machine_waits_for_an_operator_or_screener_before_hanging_up
     f.on_answered()
     # ~1.8 s into a long greeting: no hangup yet, a settle timer instead
     assert f.on_detection("answer", det("machine", final=False)) == [
-        StartTimer("machine_settle", 4.0)]
+        StartTimer("machine_settle", 4.0)
+    ]
     assert f.on_detection("answer", det("machine", final=False)) == []  # one timer
     # the greeting was a receptionist's: connected, and the timer does nothing
     assert f.on_detection("answer", det("human", hint="operator")) == [DialAgent("human")]
@@ -198,9 +208,13 @@ def test_provisional_machine_acts_at_the_settle_timer_or_the_final_result():
     assert isinstance(end, EndCall)  # 0: the old behaviour, act on the provisional result
 
 
-@pytest.mark.parametrize("hint,key,reason", [
-    ("operator", "operator_action", "answered by operator"),
-    ("screening", "screening_action", "answered by screening assistant")])
+@pytest.mark.parametrize(
+    "hint,key,reason",
+    [
+        ("operator", "operator_action", "answered by operator"),
+        ("screening", "screening_action", "answered by screening assistant"),
+    ],
+)
 def test_operator_and_screening_actions(hint: str, key: str, reason: str):
     f = flow(connect_on="human")
     f.on_answered()

@@ -20,9 +20,14 @@ from sipbridge import ipc
 from sipbridge.errors import ProtocolError
 
 MESSAGES = [*get_args(ipc.Command), *get_args(ipc.Event)]
-_SCALARS = st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.text(max_size=8)
-_JSONISH = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=3)
-                        | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=6)
+_SCALARS = st.none() | st.booleans() | st.integers(-(10**6), 10**6) | st.text(max_size=8)
+_JSONISH = st.recursive(
+    _SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
 
 
 def _strategy(t: Any) -> st.SearchStrategy[Any]:
@@ -47,14 +52,20 @@ def _strategy(t: Any) -> st.SearchStrategy[Any]:
 
 def _builds(cls: Any) -> st.SearchStrategy[Any]:
     hints = get_type_hints(cls)
-    return st.builds(cls, **{f.name: _strategy(hints[f.name])
-                             for f in dataclasses.fields(cls) if f.name != "type"})
+    return st.builds(
+        cls,
+        **{f.name: _strategy(hints[f.name]) for f in dataclasses.fields(cls) if f.name != "type"},
+    )
 
 
 def test_every_message_class_is_in_the_unions():
-    defined = {c for c in vars(ipc).values() if isinstance(c, type)
-               and dataclasses.is_dataclass(c)
-               and "type" in {f.name for f in dataclasses.fields(c)}}
+    defined = {
+        c
+        for c in vars(ipc).values()
+        if isinstance(c, type)
+        and dataclasses.is_dataclass(c)
+        and "type" in {f.name for f in dataclasses.fields(c)}
+    }
     assert defined == set(MESSAGES)
     assert len({c.__dataclass_fields__["type"].default for c in MESSAGES}) == len(MESSAGES)
 
@@ -71,16 +82,23 @@ def test_round_trip(cls: Any, data: st.DataObject) -> None:
 def test_detection_is_typed_on_both_sides():
     from tests.doubles import detection
 
-    rep = ipc.DetectionReport("l", "c", 0, 1.0, "answer", "decision",
-                              detection("machine", beep_ms=5200, final=False))
+    rep = ipc.DetectionReport(
+        "l", "c", 0, 1.0, "answer", "decision", detection("machine", beep_ms=5200, final=False)
+    )
     back = ipc.decode(ipc.encode(rep))
     assert isinstance(back, ipc.DetectionReport) and back.detection.beep_ms == 5200
 
 
-@given(st.dictionaries(st.text(max_size=10), _JSONISH, max_size=6)
-       | st.sampled_from(MESSAGES).flatmap(
-           lambda c: _builds(c).map(ipc.encode).flatmap(
-               lambda d: st.sampled_from(list(d)).map(lambda k: {**d, k: [object]}))))
+@given(
+    st.dictionaries(st.text(max_size=10), _JSONISH, max_size=6)
+    | st.sampled_from(MESSAGES).flatmap(
+        lambda c: (
+            _builds(c)
+            .map(ipc.encode)
+            .flatmap(lambda d: st.sampled_from(list(d)).map(lambda k: {**d, k: [object]}))
+        )
+    )
+)
 def test_malformed_is_a_protocol_error(d: dict[str, Any]) -> None:
     d = {"v": ipc.PROTOCOL_VERSION, **d}
     with contextlib.suppress(ProtocolError):  # anything else fails the test

@@ -12,9 +12,17 @@ from sipbridge.sip.leg import InboundState, Leg, next_deadline
 
 
 def _leg(**kw: Any) -> Leg:
-    plan = DialPlan(call_sid="c1", leg_id="c1/b1", trunk="t", request_uri="sip:+1@h",
-                    from_uri="sip:a@h", to_uri="", headers=(), ring_timeout_s=30.0,
-                    max_duration_s=600.0)
+    plan = DialPlan(
+        call_sid="c1",
+        leg_id="c1/b1",
+        trunk="t",
+        request_uri="sip:+1@h",
+        from_uri="sip:a@h",
+        to_uri="",
+        headers=(),
+        ring_timeout_s=30.0,
+        max_duration_s=600.0,
+    )
     return Leg(plan=plan, call=None, started=100.0, **kw)
 
 
@@ -47,13 +55,17 @@ def test_ended_or_ending_legs_have_no_deadline() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(answered=st.one_of(st.none(), st.floats(100, 1e6)), live=st.booleans(),
-       check_at=st.floats(0, 2e6), timeout_s=st.floats(0, 3600), inbound=st.booleans())
+@given(
+    answered=st.one_of(st.none(), st.floats(100, 1e6)),
+    live=st.booleans(),
+    check_at=st.floats(0, 2e6),
+    timeout_s=st.floats(0, 3600),
+    inbound=st.booleans(),
+)
 def test_deadline_never_later_than_the_call_limit(
     answered: float | None, live: bool, check_at: float, timeout_s: float, inbound: bool
 ) -> None:
-    leg = _leg(answered_at=answered,
-               inbound=InboundState(deadline=150.0) if inbound else None)
+    leg = _leg(answered_at=answered, inbound=InboundState(deadline=150.0) if inbound else None)
     leg.rtp.live, leg.rtp.check_at = live, check_at
     got = next_deadline(leg, timeout_s)
     assert got is not None
@@ -62,5 +74,6 @@ def test_deadline_never_later_than_the_call_limit(
     else:
         assert got[0] <= answered + leg.plan.max_duration_s
         assert got[1] in ("media_timeout", "max_duration")
-        assert (got[1] == "media_timeout") == (live and timeout_s > 0
-                                               and check_at < answered + 600.0)
+        assert (got[1] == "media_timeout") == (
+            live and timeout_s > 0 and check_at < answered + 600.0
+        )

@@ -61,9 +61,7 @@ def test_bucket_zero_rate_and_validation() -> None:
 @given(
     rate=st.sampled_from([0.5, 1.0, 3.0, 10.0, 0.1]),
     burst=st.integers(1, 5),
-    steps=st.lists(
-        st.tuples(st.integers(0, 1500), st.integers(1, 3)), min_size=1, max_size=120
-    ),
+    steps=st.lists(st.tuples(st.integers(0, 1500), st.integers(1, 3)), min_size=1, max_size=120),
 )
 def test_bucket_never_exceeds_burst_plus_rate_t(
     rate: float, burst: int, steps: list[tuple[int, int]]

@@ -69,25 +69,38 @@ def test_bad_header_names(name):
 
 
 def test_template_rendering():
-    out = render_template("{call_sid}/{metadata.k}/{metadata.missing}", {"call_sid": "S"},
-                          {"k": "v"})
+    out = render_template(
+        "{call_sid}/{metadata.k}/{metadata.missing}", {"call_sid": "S"}, {"k": "v"}
+    )
     assert out == "S/v/"
 
 
-CFG = parse_config({
-    "agent": {"uri": "sip:agent@127.0.0.1"},
-    "api": {"tokens": [{"value": "t"}]},
-    "trunks": [
-        {"name": "us", "address": "10.0.0.1:5060", "caller_id": "+14155550100",
-         "headers": {"X-Static": "s"},
-         "header_templates": {"X-PolyAI-Call-SID": "{call_sid}", "X-Cust": "{metadata.cust}"},
-         "metadata_to_carrier": {"keys": ["cust", "Tier"]}},
-        {"name": "uk", "address": "uk.example", "transport": "tcp"},
-        {"name": "any", "address": "any.example"},
-    ],
-    "routes": [{"prefix": "+1", "trunk": "us"}, {"prefix": "+44", "trunk": "uk"},
-               {"prefix": "", "trunk": "any"}],
-})
+CFG = parse_config(
+    {
+        "agent": {"uri": "sip:agent@127.0.0.1"},
+        "api": {"tokens": [{"value": "t"}]},
+        "trunks": [
+            {
+                "name": "us",
+                "address": "10.0.0.1:5060",
+                "caller_id": "+14155550100",
+                "headers": {"X-Static": "s"},
+                "header_templates": {
+                    "X-PolyAI-Call-SID": "{call_sid}",
+                    "X-Cust": "{metadata.cust}",
+                },
+                "metadata_to_carrier": {"keys": ["cust", "Tier"]},
+            },
+            {"name": "uk", "address": "uk.example", "transport": "tcp"},
+            {"name": "any", "address": "any.example"},
+        ],
+        "routes": [
+            {"prefix": "+1", "trunk": "us"},
+            {"prefix": "+44", "trunk": "uk"},
+            {"prefix": "", "trunk": "any"},
+        ],
+    }
+)
 
 
 def test_longest_prefix_routing():
@@ -103,9 +116,16 @@ def test_no_route():
 
 
 def test_dial_plan_resolution():
-    plan = resolve_plan(CFG, call_sid="OUT-x", to_number="+14155552671",
-                        from_number="+14155550100", metadata={"cust": "42", "Tier": "gold"},
-                        polyai_call_id="p1", attempt=1, bridge_host="192.0.2.1")
+    plan = resolve_plan(
+        CFG,
+        call_sid="OUT-x",
+        to_number="+14155552671",
+        from_number="+14155550100",
+        metadata={"cust": "42", "Tier": "gold"},
+        polyai_call_id="p1",
+        attempt=1,
+        bridge_host="192.0.2.1",
+    )
     assert plan.request_uri == "sip:+14155552671@10.0.0.1:5060"
     assert plan.from_uri == "<sip:+14155550100@192.0.2.1>"
     h = dict(plan.headers)
@@ -113,8 +133,16 @@ def test_dial_plan_resolution():
     # case-insensitive, RFC 3261 7.3.1): the template wins and no duplicate is sent.
     assert h == {"X-Static": "s", "X-PolyAI-Call-SID": "OUT-x", "X-Cust": "42", "X-Tier": "gold"}
     assert plan.leg_id == "OUT-x/b1"
-    uk = resolve_plan(CFG, call_sid="OUT-y", to_number="+442079460958", from_number="+1",
-                      metadata={}, polyai_call_id=None, attempt=2, bridge_host="h")
+    uk = resolve_plan(
+        CFG,
+        call_sid="OUT-y",
+        to_number="+442079460958",
+        from_number="+1",
+        metadata={},
+        polyai_call_id=None,
+        attempt=2,
+        bridge_host="h",
+    )
     assert uk.request_uri == "sip:+442079460958@uk.example;transport=tcp"
     assert uk.leg_id == "OUT-y/b2"
 
@@ -129,22 +157,36 @@ def test_unsafe_metadata_value_names_the_key():
 def test_caller_id_policy_per_trunk():
     from sipbridge.routing import effective_caller_id
 
-    cfg = parse_config({
-        "agent": {"uri": "sip:agent@127.0.0.1"},
-        "api": {"tokens": [{"value": "t"}]},
-        "trunks": [
-            {"name": "own-dids", "address": "a.example", "caller_id": "+14155550100",
-             "caller_id_policy": "trunk"},
-            {"name": "any", "address": "b.example", "caller_id": "+14155550101"},
-        ],
-        "routes": [{"trunk": "any"}],
-    })
+    cfg = parse_config(
+        {
+            "agent": {"uri": "sip:agent@127.0.0.1"},
+            "api": {"tokens": [{"value": "t"}]},
+            "trunks": [
+                {
+                    "name": "own-dids",
+                    "address": "a.example",
+                    "caller_id": "+14155550100",
+                    "caller_id_policy": "trunk",
+                },
+                {"name": "any", "address": "b.example", "caller_id": "+14155550101"},
+            ],
+            "routes": [{"trunk": "any"}],
+        }
+    )
     strict, free = cfg.trunk("own-dids"), cfg.trunk("any")
     # a carrier that only accepts its own DIDs always gets the trunk's caller ID
     assert effective_caller_id(strict, "+12125550199") == "+14155550100"
     assert effective_caller_id(free, "+12125550199") == "+12125550199"
     assert effective_caller_id(free, None) == "+14155550101"
-    plan = resolve_plan(cfg, call_sid="OUT-z", to_number="+12125550123",
-                        from_number=effective_caller_id(strict, "+12125550199"), metadata={},
-                        polyai_call_id=None, attempt=1, bridge_host="h", trunk=strict)
+    plan = resolve_plan(
+        cfg,
+        call_sid="OUT-z",
+        to_number="+12125550123",
+        from_number=effective_caller_id(strict, "+12125550199"),
+        metadata={},
+        polyai_call_id=None,
+        attempt=1,
+        bridge_host="h",
+        trunk=strict,
+    )
     assert plan.from_uri == "<sip:+14155550100@h>"

@@ -57,8 +57,9 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def _trigger(client: TestClient, **body: Any) -> str:
-    r = client.post("/v1/outbound-calling/trigger", headers=AUTH,
-                    json={"to_number": "+14155552671", **body})
+    r = client.post(
+        "/v1/outbound-calling/trigger", headers=AUTH, json={"to_number": "+14155552671", **body}
+    )
     assert r.status_code == 200, r.text
     sid: str = r.json()["callSid"]
     return sid
@@ -70,25 +71,36 @@ def _on_loop(client: TestClient) -> BlockingPortal:
     return client.portal
 
 
-def _answer_then_bye(client: TestClient, svc: CallService, leg: str, sid: str,
-                     answered_by: AnsweredBy | None = "human") -> None:
+def _answer_then_bye(
+    client: TestClient,
+    svc: CallService,
+    leg: str,
+    sid: str,
+    answered_by: AnsweredBy | None = "human",
+) -> None:
     t0 = time.time()
     steps: list[tuple[LegState, int, EndCause | None, bool]] = [
-        ("trying", 100, None, False), ("ringing", 180, None, False),
-        ("answered", 200, None, False)]
+        ("trying", 100, None, False),
+        ("ringing", 180, None, False),
+        ("answered", 200, None, False),
+    ]
     for state, code, cause, answered in steps:
-        _on_loop(client).call(svc.on_sip_event, LegEvent(leg, sid, state, 0, t0, code, "",
-                                                      "cid-1@x", cause, answered))
+        _on_loop(client).call(
+            svc.on_sip_event, LegEvent(leg, sid, state, 0, t0, code, "", "cid-1@x", cause, answered)
+        )
     if answered_by:
         det = detection(answered_by, decided_at_ms=900, final=True)
-        _on_loop(client).call(svc.on_sip_event,
-                           DetectionReport(leg, sid, 0, t0, "answer", "decision", det))
+        _on_loop(client).call(
+            svc.on_sip_event, DetectionReport(leg, sid, 0, t0, "answer", "decision", det)
+        )
     # the agent answers (a success needs the agent connected)
     assert isinstance(svc.pool, RecordingPool)
     agent = next(p for p in reversed(svc.pool.plans) if p.bridge_with == leg)
     _on_loop(client).call(svc.on_sip_event, LegEvent(agent.leg_id, sid, "answered", 0, t0, 200))
-    _on_loop(client).call(svc.on_sip_event, LegEvent(leg, sid, "ended", 0, time.time(), 200, "",
-                                                  "cid-1@x", "remote_bye", True))
+    _on_loop(client).call(
+        svc.on_sip_event,
+        LegEvent(leg, sid, "ended", 0, time.time(), 200, "", "cid-1@x", "remote_bye", True),
+    )
 
 
 @pytest.fixture
@@ -111,23 +123,48 @@ def test_metrics_after_a_call(app_env: Any) -> None:
     r = client.get("/metrics")  # no auth
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     s = samples(r.text)
-    assert s[("sipbridge_calls_total", (("answered_by", "human"), ("reason", ""),
-                                        ("status", "success")))] == 1
+    assert (
+        s[
+            (
+                "sipbridge_calls_total",
+                (("answered_by", "human"), ("reason", ""), ("status", "success")),
+            )
+        ]
+        == 1
+    )
     assert s[("sipbridge_sip_responses_total", (("code", "180"), ("trunk", "t1")))] == 1
     # the 200 of the answer, not again for the BYE-ended leg
     assert s[("sipbridge_sip_responses_total", (("code", "200"), ("trunk", "t1")))] == 1
     assert s[("sipbridge_dials_total", (("trunk", "t1"),))] == 1
     assert s[("sipbridge_post_dial_delay_seconds_count", (("trunk", "t1"),))] == 1
-    assert s[("sipbridge_detection_latency_seconds_sum",
-              (("answered_by", "human"), ("phase", "answer")))] == pytest.approx(0.9)
+    assert s[
+        ("sipbridge_detection_latency_seconds_sum", (("answered_by", "human"), ("phase", "answer")))
+    ] == pytest.approx(0.9)
     assert s[("sipbridge_active_calls", (("trunk", "t1"),))] == 0
     assert s[("sipbridge_queued_calls", ())] == 0
     assert ("sipbridge_sip_free_slots", ()) in s  # the double never frees its slots
-    assert s[("sipbridge_api_requests_total", (
-        ("code", "200"), ("method", "GET"),
-        ("route", "/v1/outbound-calling/{call_sid}/status")))] == 1
-    assert s[("sipbridge_api_requests_total", (
-        ("code", "200"), ("method", "POST"), ("route", "/v1/outbound-calling/trigger")))] == 1
+    assert (
+        s[
+            (
+                "sipbridge_api_requests_total",
+                (
+                    ("code", "200"),
+                    ("method", "GET"),
+                    ("route", "/v1/outbound-calling/{call_sid}/status"),
+                ),
+            )
+        ]
+        == 1
+    )
+    assert (
+        s[
+            (
+                "sipbridge_api_requests_total",
+                (("code", "200"), ("method", "POST"), ("route", "/v1/outbound-calling/trigger")),
+            )
+        ]
+        == 1
+    )
     assert s[("sipbridge_cdrs_written_total", ())] == 1
     assert not any(sid in str(k) for k in s)  # no call IDs as label values
 
@@ -144,12 +181,33 @@ def test_metrics_count_failures_queue_and_bad_requests(tmp_path: Path) -> None:
         client.get("/nope")
         s = samples(client.get("/metrics").text)
     assert s[("sipbridge_queued_calls", ())] == 1
-    assert s[("sipbridge_calls_total", (("answered_by", ""), ("reason", "canceled"),
-                                        ("status", "failure")))] == 1
-    assert s[("sipbridge_api_requests_total", (
-        ("code", "400"), ("method", "POST"), ("route", "/v1/outbound-calling/trigger")))] == 1
-    assert s[("sipbridge_api_requests_total", (
-        ("code", "404"), ("method", "GET"), ("route", "unmatched")))] == 1
+    assert (
+        s[
+            (
+                "sipbridge_calls_total",
+                (("answered_by", ""), ("reason", "canceled"), ("status", "failure")),
+            )
+        ]
+        == 1
+    )
+    assert (
+        s[
+            (
+                "sipbridge_api_requests_total",
+                (("code", "400"), ("method", "POST"), ("route", "/v1/outbound-calling/trigger")),
+            )
+        ]
+        == 1
+    )
+    assert (
+        s[
+            (
+                "sipbridge_api_requests_total",
+                (("code", "404"), ("method", "GET"), ("route", "unmatched")),
+            )
+        ]
+        == 1
+    )
 
 
 # ---- status callbacks ---------------------------------------------------------------
@@ -168,16 +226,21 @@ def test_sign_and_verify() -> None:
 
 def test_webhook_retried_after_500_and_signed() -> None:
     # the receiver is on 127.0.0.1: loopback targets must be allowed explicitly
-    cfg = WebhookConfig(secret={"value": SECRET}, backoff_s=0.2, max_attempts=3,  # type: ignore[arg-type]
-                        allow_private=True)
+    cfg = WebhookConfig(
+        secret={"value": SECRET},  # type: ignore[arg-type]
+        backoff_s=0.2,
+        max_attempts=3,
+        allow_private=True,
+    )
     results: list[str] = []
 
     async def run(url: str) -> bool:
         wh = WebhookDispatcher(cfg, lambda rec: {}, on_result=results.append)
         await wh.start()
         try:
-            return await wh.deliver(OutboxMessage("d-1", "OUT-x", "calling", url,
-                                                  b'{"status":"calling"}', 0.0))
+            return await wh.deliver(
+                OutboxMessage("d-1", "OUT-x", "calling", url, b'{"status":"calling"}', 0.0)
+            )
         finally:
             await wh.stop()
 
@@ -188,8 +251,9 @@ def test_webhook_retried_after_500_and_signed() -> None:
     assert second.at - first.at >= 0.2  # backoff
     for r in (first, second):
         assert r.headers["content-type"] == "application/json"
-        assert verify(SECRET, r.headers["x-sipbridge-timestamp"], r.body,
-                      r.headers["x-sipbridge-signature"])
+        assert verify(
+            SECRET, r.headers["x-sipbridge-timestamp"], r.body, r.headers["x-sipbridge-signature"]
+        )
     assert second.headers["x-sipbridge-attempt"] == "2"
     assert first.headers["x-sipbridge-delivery"] == second.headers["x-sipbridge-delivery"]
     assert results == ["retried", "delivered"]
@@ -208,8 +272,9 @@ def test_webhook_gives_up_on_connection_errors() -> None:
         wh = WebhookDispatcher(cfg, lambda rec: {}, on_result=results.append)
         await wh.start()
         try:
-            return await wh.deliver(OutboxMessage("d", "OUT-x", "queued",
-                                                  f"http://127.0.0.1:{port}/", b"{}", 0.0))
+            return await wh.deliver(
+                OutboxMessage("d", "OUT-x", "queued", f"http://127.0.0.1:{port}/", b"{}", 0.0)
+            )
         finally:
             await wh.stop(flush_s=0)
 
@@ -219,8 +284,7 @@ def test_webhook_gives_up_on_connection_errors() -> None:
 
 def test_status_callbacks_from_the_app(tmp_path: Path) -> None:
     with Receiver(fail_first=[500]) as rx:
-        cfg = _cfg(webhooks={"secret": {"value": SECRET}, "backoff_s": 0.1,
-                             "allow_private": True})
+        cfg = _cfg(webhooks={"secret": {"value": SECRET}, "backoff_s": 0.1, "allow_private": True})
         pool = RecordingPool()
         svc = CallService(cfg, SQLiteStore(tmp_path / "s.db"), pool)
         with TestClient(create_app(svc, ["tok"])) as client:
@@ -233,16 +297,21 @@ def test_status_callbacks_from_the_app(tmp_path: Path) -> None:
     assert [b["status"] for b in bodies] == ["queued", "calling", "success"]
     assert all(b["callSid"] == sid and "events" not in b for b in bodies)
     for r in got:
-        assert verify(SECRET, r.headers["x-sipbridge-timestamp"], r.body,
-                      r.headers["x-sipbridge-signature"])
+        assert verify(
+            SECRET, r.headers["x-sipbridge-timestamp"], r.body, r.headers["x-sipbridge-signature"]
+        )
 
 
-@pytest.mark.parametrize("url", ["ftp://example.com/x", "not a url", "http://",
-                                 "https://exa mple.com/"])
+@pytest.mark.parametrize(
+    "url", ["ftp://example.com/x", "not a url", "http://", "https://exa mple.com/"]
+)
 def test_bad_status_callback_is_400(app_env: Any, url: str) -> None:
     client, _, _ = app_env
-    r = client.post("/v1/outbound-calling/trigger", headers=AUTH,
-                    json={"to_number": "+14155552671", "status_callback": url})
+    r = client.post(
+        "/v1/outbound-calling/trigger",
+        headers=AUTH,
+        json={"to_number": "+14155552671", "status_callback": url},
+    )
     assert r.status_code == 400 and r.json()["field"] == "status_callback", r.text
 
 
@@ -258,15 +327,40 @@ def test_webhook_config_url_checked() -> None:
 
 def _rec(**kw: Any) -> CallRecord:
     base: dict[str, Any] = dict(
-        call_sid="OUT-a", status="success", to_number="+14155552671",
-        from_number="+14155550100", created_at=100.0, last_updated=130.0, trunk="t2",
-        attempts=1, answered_by="machine", polyai_call_id="P-1",
-        legs={"l1": LegRecord(trunk="t1", attempt=1, invite_at=101.0, sip_call_id="c1@x",
-                              ended_at=101.5, sip_status=503, cause="remote_final"),
-              "l2": LegRecord(trunk="t2", attempt=1, invite_at=102.0, ring_at=103.25,
-                              answered_at=105.0, ended_at=125.5, sip_call_id="c2@x",
-                              sip_status=200, cause="remote_bye"),
-              "l0": LegRecord(trunk="t1", attempt=0, invite_at=1.0)})
+        call_sid="OUT-a",
+        status="success",
+        to_number="+14155552671",
+        from_number="+14155550100",
+        created_at=100.0,
+        last_updated=130.0,
+        trunk="t2",
+        attempts=1,
+        answered_by="machine",
+        polyai_call_id="P-1",
+        legs={
+            "l1": LegRecord(
+                trunk="t1",
+                attempt=1,
+                invite_at=101.0,
+                sip_call_id="c1@x",
+                ended_at=101.5,
+                sip_status=503,
+                cause="remote_final",
+            ),
+            "l2": LegRecord(
+                trunk="t2",
+                attempt=1,
+                invite_at=102.0,
+                ring_at=103.25,
+                answered_at=105.0,
+                ended_at=125.5,
+                sip_call_id="c2@x",
+                sip_status=200,
+                cause="remote_bye",
+            ),
+            "l0": LegRecord(trunk="t1", attempt=0, invite_at=1.0),
+        },
+    )
     base.update(kw)
     return CallRecord(**base)
 
@@ -276,15 +370,34 @@ def test_build_cdr_covers_the_attempts_legs() -> None:
     assert cdr["trunk"] == "t2" and cdr["trunks"] == ["t1", "t2"]
     assert cdr["sip_call_ids"] == ["c1@x", "c2@x"]
     assert (cdr["invite_at"], cdr["ring_at"], cdr["answered_at"], cdr["ended_at"]) == (
-        102.0, 103.25, 105.0, 125.5)
+        102.0,
+        103.25,
+        105.0,
+        125.5,
+    )
     assert (cdr["pdd_ms"], cdr["duration_s"], cdr["sip_status"]) == (1250, 20.5, 200)
     assert (cdr["answered_by"], cdr["result"], cdr["polyai_call_id"]) == (
-        "machine", "success", "P-1")
-    busy = build_cdr(_rec(legs={"l": LegRecord(trunk="t1", attempt=1, invite_at=5.0,
-                                               ended_at=5.2, sip_status=486)}),
-                     1, "failure", "busy", 6.0)
+        "machine",
+        "success",
+        "P-1",
+    )
+    busy = build_cdr(
+        _rec(
+            legs={
+                "l": LegRecord(trunk="t1", attempt=1, invite_at=5.0, ended_at=5.2, sip_status=486)
+            }
+        ),
+        1,
+        "failure",
+        "busy",
+        6.0,
+    )
     assert (busy["duration_s"], busy["pdd_ms"], busy["answered_by"], busy["reason"]) == (
-        0.0, None, None, "busy")
+        0.0,
+        None,
+        None,
+        "busy",
+    )
 
 
 def test_cdr_store_and_export(tmp_path: Path) -> None:
@@ -304,19 +417,34 @@ def test_cdr_store_and_export(tmp_path: Path) -> None:
 
 
 def test_cdrs_written_per_attempt_and_cli_export(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     db = tmp_path / "s.db"
     pool = RecordingPool()
-    cfg_data = {**BASE, "store": {"path": str(db)},
-                "retry": {"max_attempts": 2, "retry_on": ["busy"], "base_s": 0.01,
-                          "jitter": 0.0}}
+    cfg_data = {
+        **BASE,
+        "store": {"path": str(db)},
+        "retry": {"max_attempts": 2, "retry_on": ["busy"], "base_s": 0.01, "jitter": 0.0},
+    }
     svc = CallService(parse_config(cfg_data), SQLiteStore(db), pool)
     with TestClient(create_app(svc, ["tok"])) as client:
         sid = _trigger(client)
         assert _wait(lambda: len(pool.plans) == 1)
-        _on_loop(client).call(svc.on_sip_event, LegEvent(pool.plans[0].leg_id, sid, "ended", 0,
-                                                      time.time(), 486, "Busy Here", "b@x",
-                                                      "remote_final", False))
+        _on_loop(client).call(
+            svc.on_sip_event,
+            LegEvent(
+                pool.plans[0].leg_id,
+                sid,
+                "ended",
+                0,
+                time.time(),
+                486,
+                "Busy Here",
+                "b@x",
+                "remote_final",
+                False,
+            ),
+        )
         assert _wait(lambda: len(pool.plans) == 2)
         _answer_then_bye(client, svc, pool.plans[1].leg_id, sid)
     cfg_file = tmp_path / "c.yaml"
@@ -327,11 +455,26 @@ def test_cdrs_written_per_attempt_and_cli_export(
     cdrs = [json.loads(x) for x in out.out.splitlines()]
     assert [(c["attempt"], c["result"], c["reason"], c["sip_status"]) for c in cdrs] == [
         (1, "queued", "busy; attempt 2 of 2 at " + cdrs[0]["reason"].split(" at ")[1], 486),
-        (2, "success", "", 200)]
+        (2, "success", "", 200),
+    ]
     assert cdrs[0]["sip_call_ids"] == ["b@x"] and cdrs[1]["answered_by"] == "human"
     out_file = tmp_path / "cdr.csv"
-    assert main(["cdr", "-c", str(cfg_file), "--since", "2000-01-01T00:00:00Z",
-                 "--until", "2999-01-01", "-o", str(out_file)]) == 0
+    assert (
+        main(
+            [
+                "cdr",
+                "-c",
+                str(cfg_file),
+                "--since",
+                "2000-01-01T00:00:00Z",
+                "--until",
+                "2999-01-01",
+                "-o",
+                str(out_file),
+            ]
+        )
+        == 0
+    )
     assert len(list(csv.DictReader(out_file.open()))) == 2
     assert main(["cdr", "-c", str(cfg_file), "--since", "yesterday"]) == 2
     assert "not an ISO 8601" in capsys.readouterr().err
@@ -348,8 +491,15 @@ def test_parse_time() -> None:
 
 def test_json_log_lines() -> None:
     fmt = JsonFormatter()
-    rec = logging.LogRecord("sipbridge.calls", logging.INFO, __file__, 1, "%s: %s -> %s",
-                            ("OUT-1", "queued", "calling"), None)
+    rec = logging.LogRecord(
+        "sipbridge.calls",
+        logging.INFO,
+        __file__,
+        1,
+        "%s: %s -> %s",
+        ("OUT-1", "queued", "calling"),
+        None,
+    )
     rec.call_sid = "OUT-1"
     line = json.loads(fmt.format(rec))
     assert line["level"] == "INFO" and line["logger"] == "sipbridge.calls"
@@ -394,15 +544,18 @@ def test_drain_refuses_triggers_and_waits_for_live_calls(tmp_path: Path) -> None
         t0 = time.monotonic()
         left = _on_loop(client).call(ops.drain, 0.3)  # the call is still up: grace runs out
         assert left is None and time.monotonic() - t0 >= 0.3
-        r = client.post("/v1/outbound-calling/trigger", headers=AUTH,
-                        json={"to_number": "+14155552672"})
+        r = client.post(
+            "/v1/outbound-calling/trigger", headers=AUTH, json={"to_number": "+14155552672"}
+        )
         assert r.status_code == 503 and r.headers["Retry-After"] == "30"
         assert client.get("/readyz").status_code == 503
         assert client.get("/healthz").status_code == 200
         _answer_then_bye(client, svc, pool.plans[0].leg_id, sid)
         assert _on_loop(client).call(svc.drain, 5.0) == 0
-        assert client.get(f"/v1/outbound-calling/{sid}/status",
-                          headers=AUTH).json()["status"] == "success"
+        assert (
+            client.get(f"/v1/outbound-calling/{sid}/status", headers=AUTH).json()["status"]
+            == "success"
+        )
 
 
 def test_drain_keeps_queued_calls_queued(tmp_path: Path) -> None:
@@ -416,12 +569,26 @@ def test_drain_keeps_queued_calls_queued(tmp_path: Path) -> None:
         async def drain_then_end() -> int:
             task = asyncio.create_task(svc.drain(5.0))
             await asyncio.sleep(0.1)
-            svc.on_sip_event(LegEvent(pool.plans[0].leg_id, first, "ended", 0, time.time(),
-                                      486, "Busy", "", "remote_final", False))
+            svc.on_sip_event(
+                LegEvent(
+                    pool.plans[0].leg_id,
+                    first,
+                    "ended",
+                    0,
+                    time.time(),
+                    486,
+                    "Busy",
+                    "",
+                    "remote_final",
+                    False,
+                )
+            )
             return await task
 
         assert _on_loop(client).call(drain_then_end) == 0
         time.sleep(0.2)
         assert len(pool.plans) == 1  # the freed slot was not used
-        assert client.get(f"/v1/outbound-calling/{second}/status",
-                          headers=AUTH).json()["status"] == "queued"
+        assert (
+            client.get(f"/v1/outbound-calling/{second}/status", headers=AUTH).json()["status"]
+            == "queued"
+        )

@@ -21,9 +21,17 @@ from sipbridge.trunkselect import TrunkHealth, hunt_list
 
 
 def _req(**kw: Any) -> str:
-    args: dict[str, Any] = dict(host="sip.carrier.example", port=5060, transport="udp",
-                                via_host="10.0.0.1", via_port=40000, call_id="abc@sipbridge",
-                                branch="b1", tag="t1", user_agent="sipbridge")
+    args: dict[str, Any] = dict(
+        host="sip.carrier.example",
+        port=5060,
+        transport="udp",
+        via_host="10.0.0.1",
+        via_port=40000,
+        call_id="abc@sipbridge",
+        branch="b1",
+        tag="t1",
+        user_agent="sipbridge",
+    )
     args.update(kw)
     return options_request(**args).decode()
 
@@ -37,10 +45,15 @@ def test_request_form():
     assert "OPTIONS sip:h:5060;transport=tcp" in _req(transport="tcp", host="h")
 
 
-@pytest.mark.parametrize(("address", "want"), [
-    ("h", ("h", 5060)), ("h:5080", ("h", 5080)), ("[::1]", ("::1", 5060)),
-    ("[::1]:7000", ("::1", 7000)),
-])
+@pytest.mark.parametrize(
+    ("address", "want"),
+    [
+        ("h", ("h", 5060)),
+        ("h:5080", ("h", 5080)),
+        ("[::1]", ("::1", 5060)),
+        ("[::1]:7000", ("::1", 7000)),
+    ],
+)
 def test_split_hostport(address, want):
     assert split_hostport(address, 5060) == want
 
@@ -50,8 +63,10 @@ def test_reply_matching():
     assert reply_status(ok, "abc@sipbridge") == 200
     assert reply_status(ok, "other") is None
     assert reply_status(ok.replace(b"200 OK", b"100 Trying"), "abc@sipbridge") is None
-    assert reply_status(b"OPTIONS sip:x SIP/2.0\r\nCall-ID: abc@sipbridge\r\n\r\n",
-                        "abc@sipbridge") is None
+    assert (
+        reply_status(b"OPTIONS sip:x SIP/2.0\r\nCall-ID: abc@sipbridge\r\n\r\n", "abc@sipbridge")
+        is None
+    )
     assert reply_status(b"i: abc@sipbridge", "abc@sipbridge") is None
 
 
@@ -60,10 +75,20 @@ def test_garbage_reply_never_raises(data):
     assert reply_status(data, "abc@sipbridge") in (None, *range(200, 1000))
 
 
-@pytest.mark.parametrize(("status", "alive"), [
-    (200, True), (404, True), (405, True), (403, True), (408, False), (500, False),
-    (503, False), (None, False), (603, True),
-])
+@pytest.mark.parametrize(
+    ("status", "alive"),
+    [
+        (200, True),
+        (404, True),
+        (405, True),
+        (403, True),
+        (408, False),
+        (500, False),
+        (503, False),
+        (None, False),
+        (603, True),
+    ],
+)
 def test_answered_alive(status, alive):
     assert answered_alive(status) is alive
 

@@ -25,18 +25,26 @@ AUTH = {"X-PolyAi-Auth-Token": "tok"}
 
 
 def _cfg(**webhooks):
-    return parse_config({
-        "agent": {"uri": "sip:agent@127.0.0.1"},
-        "api": {"tokens": [{"value": "tok"}]},
-        "trunks": [{"name": "t1", "address": "127.0.0.1:5060", "caller_id": "+14155550100"}],
-        "routes": [{"prefix": "+", "trunk": "t1"}],
-        "webhooks": {"allow_private": True, **webhooks},
-    })
+    return parse_config(
+        {
+            "agent": {"uri": "sip:agent@127.0.0.1"},
+            "api": {"tokens": [{"value": "tok"}]},
+            "trunks": [{"name": "t1", "address": "127.0.0.1:5060", "caller_id": "+14155550100"}],
+            "routes": [{"prefix": "+", "trunk": "t1"}],
+            "webhooks": {"allow_private": True, **webhooks},
+        }
+    )
 
 
 def _rec(sid="OUT-1"):
-    return CallRecord(call_sid=sid, status="queued", to_number="+14155552671",
-                      from_number="+14155550100", created_at=1000.0, last_updated=1000.0)
+    return CallRecord(
+        call_sid=sid,
+        status="queued",
+        to_number="+14155552671",
+        from_number="+14155550100",
+        created_at=1000.0,
+        last_updated=1000.0,
+    )
 
 
 def _msg(did, sid="OUT-1", next_at=1000.0):
@@ -50,8 +58,7 @@ def _all_ids(store):
 def test_callback_row_written_with_its_status_or_not_at_all(open_store):
     store = open_store()
     journal = Journal(store, clock=lambda: 1001.0)
-    journal.outbox.append(lambda rec, ev: [_msg(f"d-{rec.call_sid}-{rec.status}",
-                                                rec.call_sid)])
+    journal.outbox.append(lambda rec, ev: [_msg(f"d-{rec.call_sid}-{rec.status}", rec.call_sid)])
     rec = _rec()
     journal.create(rec, {"from": None, "to": "queued"})
     journal.set_status(rec, "calling", "")
@@ -96,8 +103,11 @@ def test_undelivered_callbacks_survive_a_restart_with_their_ids(open_store):
     store = open_store()
     svc = CallService(cfg, store, RecordingPool())
     with TestClient(create_app(svc, ["tok"])) as client:
-        r = client.post("/v1/outbound-calling/trigger", headers=AUTH,
-                        json={"to_number": "+14155552671", "status_callback": url})
+        r = client.post(
+            "/v1/outbound-calling/trigger",
+            headers=AUTH,
+            json={"to_number": "+14155552671", "status_callback": url},
+        )
         sid = r.json()["callSid"]
         client.post(f"/v1/outbound-calling/{sid}/hangup", headers=AUTH)
     rows = store._one("SELECT delivery_id, status FROM outbox ORDER BY id")
@@ -111,7 +121,7 @@ def test_undelivered_callbacks_survive_a_restart_with_their_ids(open_store):
         with TestClient(create_app(svc2, ["tok"])):
             got = rx.wait(lambda rs: len(rs) >= len(rows), timeout=15)
     # (the restart may add its own: a call left "calling" is ended at start-up)
-    got = got[:len(rows)]
+    got = got[: len(rows)]
     assert [g.headers["x-sipbridge-delivery"] for g in got] == [d for d, _ in rows]
     assert [g.json()["status"] for g in got] == [st for _, st in rows]
     assert all(g.json()["callSid"] == sid for g in got)

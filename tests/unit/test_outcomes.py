@@ -60,12 +60,22 @@ def test_remote_final_uses_sip_table():
 
 
 def test_redirect_is_not_followed_and_names_the_target():
-    t = from_leg_end("remote_final", False, 302, "Moved Temporarily",
-                     detail="redirect to <sip:x@127.0.0.1:5070> not followed")
+    t = from_leg_end(
+        "remote_final",
+        False,
+        302,
+        "Moved Temporarily",
+        detail="redirect to <sip:x@127.0.0.1:5070> not followed",
+    )
     assert (t.result, t.reason, t.kind, t.retryable) == (
-        "failure", "redirected (not followed)", "redirected", False)
-    assert t.detail == ("SIP 302 Moved Temporarily; redirect to <sip:x@127.0.0.1:5070> "
-                        "not followed")
+        "failure",
+        "redirected (not followed)",
+        "redirected",
+        False,
+    )
+    assert t.detail == (
+        "SIP 302 Moved Temporarily; redirect to <sip:x@127.0.0.1:5070> not followed"
+    )
 
 
 def test_every_kind_in_the_code_is_a_known_outcome_kind() -> None:

@@ -74,17 +74,20 @@ def test_server_down_means_503_then_recovery(tmp_path):
         store = PostgresStore(srv.new_database())
         svc = CallService(_cfg(), store, RecordingPool())
         with TestClient(create_app(svc, ["tok"])) as client:
-            r = client.post("/v1/outbound-calling/trigger", headers=AUTH,
-                            json={"to_number": "+14155552671"})
+            r = client.post(
+                "/v1/outbound-calling/trigger", headers=AUTH, json={"to_number": "+14155552671"}
+            )
             sid = r.json()["callSid"]
             srv.stop()
             with pytest.raises(StoreError, match="PostgreSQL store unavailable"):
                 store.get(sid)
             assert not store.ping()
-            for call in (lambda: client.get(f"/v1/outbound-calling/{sid}/status",
-                                            headers=AUTH),
-                         lambda: client.post("/v1/outbound-calling/trigger", headers=AUTH,
-                                             json={"to_number": "+14155552672"})):
+            for call in (
+                lambda: client.get(f"/v1/outbound-calling/{sid}/status", headers=AUTH),
+                lambda: client.post(
+                    "/v1/outbound-calling/trigger", headers=AUTH, json={"to_number": "+14155552672"}
+                ),
+            ):
                 r = call()
                 assert r.status_code == 503, r.text
                 assert "call store unavailable" in r.json()["error"]
@@ -102,21 +105,32 @@ def test_server_down_means_503_then_recovery(tmp_path):
 
 def _write_config(tmp_path: Path, dsn_ref: dict[str, str]) -> Path:
     path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump({
-        "agent": {"uri": "sip:agent@127.0.0.1"},
-        "api": {"tokens": [{"value": "tok"}]},
-        "trunks": [{"name": "t1", "address": "127.0.0.1:5060", "caller_id": "+14155550100"}],
-        "routes": [{"prefix": "+", "trunk": "t1"}],
-        "store": {"backend": "postgresql", "dsn": dsn_ref},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "agent": {"uri": "sip:agent@127.0.0.1"},
+                "api": {"tokens": [{"value": "tok"}]},
+                "trunks": [
+                    {"name": "t1", "address": "127.0.0.1:5060", "caller_id": "+14155550100"}
+                ],
+                "routes": [{"prefix": "+", "trunk": "t1"}],
+                "store": {"backend": "postgresql", "dsn": dsn_ref},
+            }
+        )
+    )
     return path
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     import os
 
-    return subprocess.run([sys.executable, "-m", "sipbridge", *args], capture_output=True,
-                          text=True, timeout=60, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "sipbridge", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_check_config_never_prints_the_dsn(tmp_path):
@@ -124,8 +138,11 @@ def test_check_config_never_prints_the_dsn(tmp_path):
     out = _cli("check-config", str(_write_config(tmp_path, {"value": secret_dsn})))
     assert out.returncode == 0, out.stderr
     assert "s3cret" not in out.stdout and json.loads(out.stdout)["store"]["kind"] == "postgresql"
-    out = _cli("check-config", str(_write_config(tmp_path, {"env": "SB_TEST_DSN"})),
-               env={"SB_TEST_DSN": secret_dsn})
+    out = _cli(
+        "check-config",
+        str(_write_config(tmp_path, {"env": "SB_TEST_DSN"})),
+        env={"SB_TEST_DSN": secret_dsn},
+    )
     assert out.returncode == 0 and "s3cret" not in out.stdout
     out = _cli("check-config", str(_write_config(tmp_path, {"env": "SB_NOT_SET_DSN"})))
     assert out.returncode == 2 and "store.dsn" in out.stderr
@@ -135,12 +152,20 @@ def test_cdr_export_reads_postgresql(tmp_path, pg_server):
     dsn = pg_server.new_database()
     s = PostgresStore(dsn)
     s.create(_rec())
-    s.add_cdr({"call_sid": "OUT-1", "attempt": 1, "ended_at": 1_700_000_000.0,
-               "outcome": "success"})
+    s.add_cdr(
+        {"call_sid": "OUT-1", "attempt": 1, "ended_at": 1_700_000_000.0, "outcome": "success"}
+    )
     s.close()
-    out = _cli("cdr", "-c", str(_write_config(tmp_path, {"env": "SB_TEST_DSN"})),
-               "--since", "2023-01-01T00:00:00Z", "--format", "jsonl",
-               env={"SB_TEST_DSN": dsn})
+    out = _cli(
+        "cdr",
+        "-c",
+        str(_write_config(tmp_path, {"env": "SB_TEST_DSN"})),
+        "--since",
+        "2023-01-01T00:00:00Z",
+        "--format",
+        "jsonl",
+        env={"SB_TEST_DSN": dsn},
+    )
     assert out.returncode == 0, out.stderr
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     assert [r["call_sid"] for r in rows] == ["OUT-1"] and "1 CDRs" in out.stderr

@@ -48,15 +48,18 @@ def test_rtp_payloads_and_events_from_a_written_pcap(tmp_path: Path) -> None:
     audio = ulaw_encode(_tone(1000.0, 0.4))
     pkts: list[tuple[int, int, int, bool, bytes]] = []
     for i in range(20):
-        pkts.append((0, 100 + i, 160 * i, i == 0, audio[160 * i: 160 * (i + 1)]))
+        pkts.append((0, 100 + i, 160 * i, i == 0, audio[160 * i : 160 * (i + 1)]))
     # digit 5 for 800 units (100 ms): start, update, 3 end packets; then digit #
-    for j, (dur, end) in enumerate([(160, False), (480, False), (800, True), (800, True),
-                                    (800, True)]):
-        pkts.append((101, 200 + j, 3200, j == 0,
-                     struct.pack("!BBH", 5, (0x80 if end else 0) | 10, dur)))
+    for j, (dur, end) in enumerate(
+        [(160, False), (480, False), (800, True), (800, True), (800, True)]
+    ):
+        pkts.append(
+            (101, 200 + j, 3200, j == 0, struct.pack("!BBH", 5, (0x80 if end else 0) | 10, dur))
+        )
     for j, (dur, end) in enumerate([(160, False), (1600, True)]):
-        pkts.append((101, 210 + j, 6400, j == 0,
-                     struct.pack("!BBH", 11, (0x80 if end else 0) | 10, dur)))
+        pkts.append(
+            (101, 210 + j, 6400, j == 0, struct.pack("!BBH", 11, (0x80 if end else 0) | 10, dur))
+        )
     pcap = tmp_path / "known.pcap"
     write_rtp_pcap(pcap, pkts, dst_port=42000)
 
@@ -84,8 +87,15 @@ def test_sipp_dtmf_pcap_is_digit_1() -> None:
 def test_dtmf_steps() -> None:
     steps, invalid = dtmf_steps("12w#xW*a", 200, 100)
     assert invalid == "x"
-    assert steps == [("1", 0.3), ("2", 0.3), (None, 0.5), ("#", 0.3), (None, 1.0),
-                     ("*", 0.3), ("A", 0.3)]
+    assert steps == [
+        ("1", 0.3),
+        ("2", 0.3),
+        (None, 0.5),
+        ("#", 0.3),
+        (None, 1.0),
+        ("*", 0.3),
+        ("A", 0.3),
+    ]
 
 
 def test_event_digits_and_info_bodies() -> None:

@@ -27,16 +27,25 @@ from sipbridge.sipmsg import (
 from tests.doubles import Clock
 from tests.sipfuzz import SipFuzzer, request
 
-SDP = (b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
-       b"m=audio 4000 RTP/AVP 0\r\n")
+SDP = (
+    b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+    b"m=audio 4000 RTP/AVP 0\r\n"
+)
 
 
-def _policy(allow: list[str] | None = None, rate: float = 1000, burst: int = 1000,
-            clock: Clock | None = None) -> RxPolicy:
+def _policy(
+    allow: list[str] | None = None,
+    rate: float = 1000,
+    burst: int = 1000,
+    clock: Clock | None = None,
+) -> RxPolicy:
     clk = clock or Clock(100.0)
-    return RxPolicy(inbound_allow=allow or [], limiter=SourceLimiter(rate, burst, clock=clk),
-                    dialog_limiter=SourceLimiter(rate, burst, clock=clk),
-                    dialogs=KnownDialogs(clock=clk))
+    return RxPolicy(
+        inbound_allow=allow or [],
+        limiter=SourceLimiter(rate, burst, clock=clk),
+        dialog_limiter=SourceLimiter(rate, burst, clock=clk),
+        dialogs=KnownDialogs(clock=clk),
+    )
 
 
 def _accepting() -> str | None:
@@ -45,35 +54,43 @@ def _accepting() -> str | None:
 
 # ----------------------------------------------------------------- sipmsg
 def test_parse_request_reads_the_guard_facts() -> None:
-    raw = request("INVITE", call_id="abc@h", to_tag=None, body=SDP,
-                  extra=["l: " + str(len(SDP))])
+    raw = request("INVITE", call_id="abc@h", to_tag=None, body=SDP, extra=["l: " + str(len(SDP))])
     req = parse_request(raw)
     assert (req.method, req.call_id, req.to_tag, req.cseq_method) == (
-        "INVITE", "abc@h", None, "INVITE")
+        "INVITE",
+        "abc@h",
+        None,
+        "INVITE",
+    )
     assert req.via.transport == "UDP" and req.via.host == "127.0.0.1" and req.via.port == 5999
     assert req.content_type == "application/sdp" and req.body == SDP
     assert not req.in_dialog
 
 
 def test_compact_forms_folding_and_to_tag() -> None:
-    raw = (b"BYE sip:a@127.0.0.1 SIP/2.0\r\nv: SIP/2.0/TCP [::1]:5070\r\n ;branch=z9hG4bK1\r\n"
-           b"f: <sip:b@h>;tag=x\r\nt: \"A, B\" <sip:a@h;tag=no>;tag=y7\r\ni: cid\r\n"
-           b"CSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n")
+    raw = (
+        b"BYE sip:a@127.0.0.1 SIP/2.0\r\nv: SIP/2.0/TCP [::1]:5070\r\n ;branch=z9hG4bK1\r\n"
+        b'f: <sip:b@h>;tag=x\r\nt: "A, B" <sip:a@h;tag=no>;tag=y7\r\ni: cid\r\n'
+        b"CSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+    )
     req = parse_request(raw)
     assert req.to_tag == "y7" and req.in_dialog
     assert req.via == parse_via("SIP/2.0/TCP [::1]:5070 ;branch=z9hG4bK1")
     assert req.via.host_is_ip and req.via.params == {"branch": "z9hG4bK1"}
 
 
-@pytest.mark.parametrize("raw, why", [
-    (b"", "end of headers"),
-    (b"INVITE sip:a@h SIP/2.0\r\nVia: SIP/2.0/UDP h\r\n", "end of headers"),
-    (b"INVITE sip:a@h SIP/3.0\r\n\r\n", "request line"),
-    (b"SIP/2.0 200 OK\r\n\r\n", "request line"),
-    (b"IN VITE sip:a@h SIP/2.0\r\n\r\n", "request line"),
-    (b"INVITE sip:a@h SIP/2.0\r\nVia: SIP/2.0/UDP h\r\n\r\n", "call-id header missing"),
-    (b"\xff\xfe\r\n\r\n", "UTF-8"),
-])
+@pytest.mark.parametrize(
+    "raw, why",
+    [
+        (b"", "end of headers"),
+        (b"INVITE sip:a@h SIP/2.0\r\nVia: SIP/2.0/UDP h\r\n", "end of headers"),
+        (b"INVITE sip:a@h SIP/3.0\r\n\r\n", "request line"),
+        (b"SIP/2.0 200 OK\r\n\r\n", "request line"),
+        (b"IN VITE sip:a@h SIP/2.0\r\n\r\n", "request line"),
+        (b"INVITE sip:a@h SIP/2.0\r\nVia: SIP/2.0/UDP h\r\n\r\n", "call-id header missing"),
+        (b"\xff\xfe\r\n\r\n", "UTF-8"),
+    ],
+)
 def test_unreadable_requests_name_the_problem(raw: bytes, why: str) -> None:
     with pytest.raises(SipParseError, match=why):
         parse_request(raw)
@@ -120,13 +137,15 @@ def test_allowed_invite_when_full_or_stopping() -> None:
     assert p.decide(bad, "127.0.0.1", "udp", _accepting).status == 488
 
 
-@pytest.mark.parametrize("via, transport, reason", [
-    ("SIP/2.0/TCP 127.0.0.1:5999;branch=z9hG4bK1", "udp", "via"),
-    ("SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK1;maddr=192.0.2.1", "udp", "via"),
-    ("SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK1", "tcp", "via"),
-])
-def test_via_that_redirects_the_response_is_dropped(via: str, transport: str,
-                                                    reason: str) -> None:
+@pytest.mark.parametrize(
+    "via, transport, reason",
+    [
+        ("SIP/2.0/TCP 127.0.0.1:5999;branch=z9hG4bK1", "udp", "via"),
+        ("SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK1;maddr=192.0.2.1", "udp", "via"),
+        ("SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK1", "tcp", "via"),
+    ],
+)
+def test_via_that_redirects_the_response_is_dropped(via: str, transport: str, reason: str) -> None:
     p = _policy(allow=["127.0.0.0/8"])
     v = p.decide(request("OPTIONS", via=via), "127.0.0.1", transport, _accepting)
     assert (v.action, v.reason) == (Action.DROP, reason)
@@ -147,16 +166,30 @@ def test_in_dialog_requests_need_a_known_call_id() -> None:
     assert p.decide(bye, "203.0.113.9", "udp", _accepting).reason == "unknown_dialog"
     p.dialogs.add("live-1")
     for method in ("BYE", "INFO", "UPDATE", "OPTIONS", "INVITE", "ACK"):
-        v = p.decide(request(method, call_id="live-1", to_tag="t1"), "198.51.100.7", "udp",
-                     _accepting)
+        v = p.decide(
+            request(method, call_id="live-1", to_tag="t1"), "198.51.100.7", "udp", _accepting
+        )
         assert v.passes, (method, v)
     # an unusable offer inside the call is refused (488), the call goes on; an ACK with
     # one is dropped (nothing can answer an ACK)
-    for method, action in (("INVITE", Action.RESPOND), ("UPDATE", Action.RESPOND),
-                           ("ACK", Action.DROP), ("PRACK", Action.DROP)):
-        v = p.decide(request(method, call_id="live-1", to_tag="t1", body=b"garbage\r\n",
-                             extra=["Content-Type: application/sdp"]), "198.51.100.7", "udp",
-                     _accepting)
+    for method, action in (
+        ("INVITE", Action.RESPOND),
+        ("UPDATE", Action.RESPOND),
+        ("ACK", Action.DROP),
+        ("PRACK", Action.DROP),
+    ):
+        v = p.decide(
+            request(
+                method,
+                call_id="live-1",
+                to_tag="t1",
+                body=b"garbage\r\n",
+                extra=["Content-Type: application/sdp"],
+            ),
+            "198.51.100.7",
+            "udp",
+            _accepting,
+        )
         assert (v.action, v.reason) == (action, "bad_sdp"), method
         assert v.status == (488 if action is Action.RESPOND else v.status)
     p.dialogs.end("live-1")
@@ -166,22 +199,30 @@ def test_in_dialog_requests_need_a_known_call_id() -> None:
     assert p.decide(bye, "203.0.113.9", "udp", _accepting).reason == "unknown_dialog"
 
 
-@pytest.mark.parametrize("body, crashes", [
-    (b"Signal=5\r\nDuration=160\r\n", False),
-    (b"Signal=5\r\n", False),
-    (b"", False),
-    (b"\r\n", False),
-    (b"Signal=5", True),  # no CRLF: pjsua's length goes negative
-    (b"Signal=5\n", True),  # bare LF: one byte short
-    (b"Signal=5\x00\r\nDuration=1\r\n", True),  # strlen stops at the NUL
-    (b"\r\nSignal=5", False),  # leading CRLF leaves enough bytes
-])
+@pytest.mark.parametrize(
+    "body, crashes",
+    [
+        (b"Signal=5\r\nDuration=160\r\n", False),
+        (b"Signal=5\r\n", False),
+        (b"", False),
+        (b"\r\n", False),
+        (b"Signal=5", True),  # no CRLF: pjsua's length goes negative
+        (b"Signal=5\n", True),  # bare LF: one byte short
+        (b"Signal=5\x00\r\nDuration=1\r\n", True),  # strlen stops at the NUL
+        (b"\r\nSignal=5", False),  # leading CRLF leaves enough bytes
+    ],
+)
 def test_dtmf_relay_bodies_that_abort_pjsua(body: bytes, crashes: bool) -> None:
     assert dtmf_relay_crashes_pjsua(body) is crashes
     p = _policy()
     p.dialogs.add("live-1")
-    info = request("INFO", call_id="live-1", to_tag="t", body=body,
-                   extra=["Content-Type: application/dtmf-relay"])
+    info = request(
+        "INFO",
+        call_id="live-1",
+        to_tag="t",
+        body=body,
+        extra=["Content-Type: application/dtmf-relay"],
+    )
     assert p.decide(info, "127.0.0.1", "udp", _accepting).passes is not crashes
 
 
@@ -195,8 +236,7 @@ def test_out_of_dialog_methods() -> None:
 def test_rate_limit_per_source_and_bounded_table() -> None:
     clk = Clock(100.0)
     p = _policy(rate=10, burst=5, clock=clk)
-    got = [p.decide(request("OPTIONS"), "192.0.2.1", "udp", _accepting).reason
-           for _ in range(8)]
+    got = [p.decide(request("OPTIONS"), "192.0.2.1", "udp", _accepting).reason for _ in range(8)]
     assert got == ["ok"] * 5 + ["rate"] * 3
     # another source is not affected
     assert p.decide(request("OPTIONS"), "192.0.2.2", "udp", _accepting).passes
@@ -210,9 +250,11 @@ def test_rate_limit_per_source_and_bounded_table() -> None:
 
 
 def _response(call_id: str, status: int = 200) -> bytes:
-    return (f"SIP/2.0 {status} OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK1\r\n"
-            f"From: <sip:a@h>;tag=1\r\nTo: <sip:b@h>;tag=2\r\nCall-ID: {call_id}\r\n"
-            f"CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n").encode()
+    return (
+        f"SIP/2.0 {status} OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK1\r\n"
+        f"From: <sip:a@h>;tag=1\r\nTo: <sip:b@h>;tag=2\r\nCall-ID: {call_id}\r\n"
+        f"CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
 
 
 def test_our_calls_are_counted_per_call_not_per_source() -> None:

@@ -236,14 +236,29 @@ def test_dst_europe_london() -> None:
 # --- property: next_open is exact ---------------------------------------------------------
 
 _ZONES = [
-    "America/New_York", "Europe/London", "Australia/Lord_Howe", "Asia/Kolkata",
-    "Pacific/Chatham", "America/St_Johns", "America/Los_Angeles", "Asia/Tokyo",
-    "America/Santiago", "Europe/Berlin", "Pacific/Apia", "UTC",
+    "America/New_York",
+    "Europe/London",
+    "Australia/Lord_Howe",
+    "Asia/Kolkata",
+    "Pacific/Chatham",
+    "America/St_Johns",
+    "America/Los_Angeles",
+    "Asia/Tokyo",
+    "America/Santiago",
+    "Europe/Berlin",
+    "Pacific/Apia",
+    "UTC",
 ]
 # DST transitions (UTC) to draw "now" close to.
 _TRANSITIONS = [
-    utc(2024, 3, 10, 7), utc(2024, 11, 3, 6), utc(2024, 3, 31, 1), utc(2024, 10, 27, 1),
-    utc(2024, 4, 6, 15), utc(2024, 10, 5, 15), utc(2024, 9, 8, 4), utc(2024, 4, 7, 3),
+    utc(2024, 3, 10, 7),
+    utc(2024, 11, 3, 6),
+    utc(2024, 3, 31, 1),
+    utc(2024, 10, 27, 1),
+    utc(2024, 4, 6, 15),
+    utc(2024, 10, 5, 15),
+    utc(2024, 9, 8, 4),
+    utc(2024, 4, 7, 3),
 ]
 
 _windows = st.builds(

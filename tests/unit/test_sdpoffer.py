@@ -8,15 +8,27 @@ from hypothesis import strategies as st
 from sipbridge.sip.sdp import audio_codecs
 from sipbridge.sip.sdpoffer import set_event_pt
 
-OFFER = "\r\n".join([
-    "v=0", "o=- 1 2 IN IP4 127.0.0.1", "s=pjmedia", "c=IN IP4 127.0.0.1", "t=0 0",
-    "m=audio 4000 RTP/AVP 0 8 9 101 120 121",
-    "a=rtpmap:0 PCMU/8000", "a=rtpmap:8 PCMA/8000", "a=rtpmap:9 G722/8000",
-    "a=rtpmap:101 speex/8000",
-    "a=rtpmap:120 telephone-event/16000", "a=fmtp:120 0-16",
-    "a=rtpmap:121 telephone-event/8000", "a=fmtp:121 0-16",
-    "m=video 0 RTP/AVP 121", "a=rtpmap:121 H264/90000", "",
-])
+OFFER = "\r\n".join(
+    [
+        "v=0",
+        "o=- 1 2 IN IP4 127.0.0.1",
+        "s=pjmedia",
+        "c=IN IP4 127.0.0.1",
+        "t=0 0",
+        "m=audio 4000 RTP/AVP 0 8 9 101 120 121",
+        "a=rtpmap:0 PCMU/8000",
+        "a=rtpmap:8 PCMA/8000",
+        "a=rtpmap:9 G722/8000",
+        "a=rtpmap:101 speex/8000",
+        "a=rtpmap:120 telephone-event/16000",
+        "a=fmtp:120 0-16",
+        "a=rtpmap:121 telephone-event/8000",
+        "a=fmtp:121 0-16",
+        "m=video 0 RTP/AVP 121",
+        "a=rtpmap:121 H264/90000",
+        "",
+    ]
+)
 
 
 def test_event_pt_moves_and_a_taken_pt_swaps():
@@ -27,8 +39,14 @@ def test_event_pt_moves_and_a_taken_pt_swaps():
     assert "a=rtpmap:120 telephone-event/16000" in out  # other rates untouched
     assert out.endswith("m=video 0 RTP/AVP 121\r\na=rtpmap:121 H264/90000\r\n")
     # The same formats in the same order, only numbered differently.
-    assert audio_codecs(out)[1] == ["PCMU/8000", "PCMA/8000", "G722/8000", "speex/8000",
-                                    "telephone-event/16000", "telephone-event/8000"]
+    assert audio_codecs(out)[1] == [
+        "PCMU/8000",
+        "PCMA/8000",
+        "G722/8000",
+        "speex/8000",
+        "telephone-event/16000",
+        "telephone-event/8000",
+    ]
 
 
 def test_unchanged_without_event_or_when_already_right():

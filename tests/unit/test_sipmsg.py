@@ -11,8 +11,10 @@ from hypothesis import strategies as st
 
 from sipbridge.sipmsg import final_response_retry_after, header, split_message, status_code
 
-INVITE_503 = ("SIP/2.0 503 Service Unavailable\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9\r\n"
-              "CSeq: 1 INVITE\r\nRetry-After: 30\r\nContent-Length: 0\r\n\r\n")
+INVITE_503 = (
+    "SIP/2.0 503 Service Unavailable\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9\r\n"
+    "CSeq: 1 INVITE\r\nRetry-After: 30\r\nContent-Length: 0\r\n\r\n"
+)
 
 
 @pytest.mark.parametrize(
@@ -46,9 +48,14 @@ def test_final_response_retry_after(msg: str, expected: tuple[bool, float | None
 
 @pytest.mark.parametrize(
     ("msg", "code"),
-    [("SIP/2.0 486 Busy Here\r\n\r\n", 486), ("SIP/2.0 200\r\n\r\n", 200),
-     ("SIP/2.0 xyz\r\n", None), ("SIP/2.0 ", None), ("INVITE sip:a@b SIP/2.0\r\n", None),
-     ("sip/2.0 486 Busy\r\n", None)],
+    [
+        ("SIP/2.0 486 Busy Here\r\n\r\n", 486),
+        ("SIP/2.0 200\r\n\r\n", 200),
+        ("SIP/2.0 xyz\r\n", None),
+        ("SIP/2.0 ", None),
+        ("INVITE sip:a@b SIP/2.0\r\n", None),
+        ("sip/2.0 486 Busy\r\n", None),
+    ],
 )
 def test_status_code(msg: str, code: int | None) -> None:
     assert status_code(msg) == code
@@ -91,25 +98,34 @@ def test_readers_never_raise(msg: str, name: str) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(code=st.integers(100, 699), seconds=st.integers(0, 10**6),
-       method=st.sampled_from(["INVITE", "BYE", "UPDATE", "invite"]),
-       crlf=st.sampled_from(["\r\n", "\n"]),
-       before=st.lists(st.tuples(_NAME, _VALUE), max_size=4))
+@given(
+    code=st.integers(100, 699),
+    seconds=st.integers(0, 10**6),
+    method=st.sampled_from(["INVITE", "BYE", "UPDATE", "invite"]),
+    crlf=st.sampled_from(["\r\n", "\n"]),
+    before=st.lists(st.tuples(_NAME, _VALUE), max_size=4),
+)
 def test_retry_after_is_read_from_final_invite_responses_only(
     code: int, seconds: int, method: str, crlf: str, before: list[tuple[str, str]]
 ) -> None:
     before = [(n, v) for n, v in before if n.lower() not in ("cseq", "retry-after")]
-    lines = [f"SIP/2.0 {code} Reason", *(f"{n}: {v}" for n, v in before),
-             f"CSeq: 7 {method}", f"Retry-After: {seconds}"]
+    lines = [
+        f"SIP/2.0 {code} Reason",
+        *(f"{n}: {v}" for n, v in before),
+        f"CSeq: 7 {method}",
+        f"Retry-After: {seconds}",
+    ]
     msg = crlf.join(lines) + crlf + crlf
     final_invite = code >= 300 and method.upper() == "INVITE"
-    assert final_response_retry_after(msg) == ((True, float(seconds)) if final_invite
-                                               else (False, None))
+    assert final_response_retry_after(msg) == (
+        (True, float(seconds)) if final_invite else (False, None)
+    )
 
 
 @settings(max_examples=200, deadline=None)
-@given(headers=st.lists(st.tuples(_LONG_NAME, _VALUE), min_size=1, max_size=6),
-       pick=st.integers(0, 5))
+@given(
+    headers=st.lists(st.tuples(_LONG_NAME, _VALUE), min_size=1, max_size=6), pick=st.integers(0, 5)
+)
 def test_header_finds_the_first_value_whatever_the_case(
     headers: list[tuple[str, str]], pick: int
 ) -> None:

@@ -17,8 +17,15 @@ from tests.doubles import detection
 
 
 def _rec(sid="OUT-1", status="queued", t=1000.0, **kw):
-    return CallRecord(call_sid=sid, status=status, to_number="+14155552671",
-                      from_number="+14155550100", created_at=t, last_updated=t, **kw)
+    return CallRecord(
+        call_sid=sid,
+        status=status,
+        to_number="+14155552671",
+        from_number="+14155550100",
+        created_at=t,
+        last_updated=t,
+        **kw,
+    )
 
 
 def test_survives_reopen(open_store):
@@ -54,29 +61,56 @@ def test_unknown_is_none(open_store):
 def test_both_stores_are_call_stores(tmp_path, pg_server):
     from sipbridge.pgstore import PostgresStore
 
-    stores: list[CallStore] = [SQLiteStore(tmp_path / "s.db"),  # the protocol, checked by mypy
-                               PostgresStore(pg_server.new_database())]
+    stores: list[CallStore] = [
+        SQLiteStore(tmp_path / "s.db"),  # the protocol, checked by mypy
+        PostgresStore(pg_server.new_database()),
+    ]
     assert all(s.ping() for s in stores)
 
 
 def test_typed_parts_round_trip(open_store):
     s = open_store()
     request = CallRequest(
-        metadata={"k": "v"}, encryption="UDP/RTP", from_number="+14155550100",
-        timezone="America/Chicago", calling_window=WindowConfig(days="mon-fri"),
-        retry=RetryConfig(max_attempts=3), detection=DetectionSettings(connect_on="human"),
-        status_callback="https://example.com/cb", copy_headers={"X-A": "1"},
-        inbound_leg="in-1")
+        metadata={"k": "v"},
+        encryption="UDP/RTP",
+        from_number="+14155550100",
+        timezone="America/Chicago",
+        calling_window=WindowConfig(days="mon-fri"),
+        retry=RetryConfig(max_attempts=3),
+        detection=DetectionSettings(connect_on="human"),
+        status_callback="https://example.com/cb",
+        copy_headers={"X-A": "1"},
+        inbound_leg="in-1",
+    )
     legs = {
-        "OUT-1/b1": LegRecord(trunk="t1", worker=0, attempt=1, invite_at=1.5, ring_at=2.0,
-                              answered_at=3.0, ended_at=9.0, cause="remote_bye",
-                              sip_status=200, detection={"answer": detection(
-                                  "machine", decided_at_ms=2400, beep_ms=5200)}),
-        "OUT-1/a1": LegRecord(role="agent", worker=0, bridge_with="OUT-1/b1", ended_at=9.1,
-                              sip_reason=""),
+        "OUT-1/b1": LegRecord(
+            trunk="t1",
+            worker=0,
+            attempt=1,
+            invite_at=1.5,
+            ring_at=2.0,
+            answered_at=3.0,
+            ended_at=9.0,
+            cause="remote_bye",
+            sip_status=200,
+            detection={"answer": detection("machine", decided_at_ms=2400, beep_ms=5200)},
+        ),
+        "OUT-1/a1": LegRecord(
+            role="agent", worker=0, bridge_with="OUT-1/b1", ended_at=9.1, sip_reason=""
+        ),
     }
-    history = (AttemptRecord(1, "failure", "busy", "SIP 486 Busy Here", "busy", 486,
-                             "2026-01-01T00:00:00Z", ("t1", "t2")),)
+    history = (
+        AttemptRecord(
+            1,
+            "failure",
+            "busy",
+            "SIP 486 Busy Here",
+            "busy",
+            486,
+            "2026-01-01T00:00:00Z",
+            ("t1", "t2"),
+        ),
+    )
     rec = _rec(request=request, legs=legs, attempt_history=history)
     s.create(rec)
     back = s.get("OUT-1", now=1001.0)
@@ -116,8 +150,13 @@ def test_cdrs_by_time_window_survive_purge(open_store):
 
 def test_leg_json_shows_what_is_known():
     leg = LegRecord(trunk="t1", worker=0, attempt=1, invite_at=1.0)
-    assert leg.to_json() == {"role": "carrier", "trunk": "t1", "worker": 0, "attempt": 1,
-                             "invite_at": 1.0}
+    assert leg.to_json() == {
+        "role": "carrier",
+        "trunk": "t1",
+        "worker": 0,
+        "attempt": 1,
+        "invite_at": 1.0,
+    }
     ended = replace(leg, ended_at=2.0)
     assert ended.to_json()["cause"] is None and ended.to_json()["sip_status"] is None
 
@@ -125,9 +164,11 @@ def test_leg_json_shows_what_is_known():
 def test_unreadable_parts_mark_the_row_damaged(open_store):
     s = open_store()
     s.create(_rec())
-    s._one("UPDATE calls SET status='ringing', "
-           "legs='{\"l\": {\"role\": \"robot\"}}', "
-           "request='{\"retry\": {\"max_attempts\": 0}}'")
+    s._one(
+        "UPDATE calls SET status='ringing', "
+        'legs=\'{"l": {"role": "robot"}}\', '
+        'request=\'{"retry": {"max_attempts": 0}}\''
+    )
     rec = s.get("OUT-1", now=1001.0)
     assert "column status" in rec.damaged and "column legs" in rec.damaged
     assert "column request" in rec.damaged
@@ -137,13 +178,25 @@ def test_unreadable_parts_mark_the_row_damaged(open_store):
 _times = st.none() | st.floats(0, 2e9, allow_nan=False)
 
 
-@given(st.builds(LegRecord, role=st.sampled_from(["carrier", "agent"]),
-                 trunk=st.none() | st.text(max_size=8), worker=st.none() | st.integers(0, 64),
-                 invite_at=_times, ended_at=_times, sip_status=st.none() | st.integers(100, 699),
-                 sip_reason=st.none() | st.text(max_size=8),
-                 detection=st.dictionaries(st.sampled_from(["early", "answer", "hold"]),
-                                           st.builds(detection, st.sampled_from(
-                                               ["human", "machine", "sit"]),
-                                               decided_at_ms=st.integers(0, 10**6)))))
+@given(
+    st.builds(
+        LegRecord,
+        role=st.sampled_from(["carrier", "agent"]),
+        trunk=st.none() | st.text(max_size=8),
+        worker=st.none() | st.integers(0, 64),
+        invite_at=_times,
+        ended_at=_times,
+        sip_status=st.none() | st.integers(100, 699),
+        sip_reason=st.none() | st.text(max_size=8),
+        detection=st.dictionaries(
+            st.sampled_from(["early", "answer", "hold"]),
+            st.builds(
+                detection,
+                st.sampled_from(["human", "machine", "sit"]),
+                decided_at_ms=st.integers(0, 10**6),
+            ),
+        ),
+    )
+)
 def test_leg_json_round_trip(leg):
     assert LegRecord.from_json(leg.to_json()) == leg

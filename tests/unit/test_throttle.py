@@ -11,22 +11,25 @@ from sipbridge.limits import TokenBucket
 from sipbridge.throttle import CpsThrottle, is_pushback
 
 
-@pytest.mark.parametrize(("status", "reason", "retry_after", "want"), [
-    (503, "CPS Limit Exceeded", None, True),
-    (403, "Rate limited", None, True),
-    (403, "Call rate exceeded", None, True),
-    (403, "Forbidden - cps", None, True),
-    (503, "Service Unavailable", None, False),
-    (403, "Forbidden", None, False),
-    (403, "Caller ID not verified", None, False),
-    (403, "Separate numbers", None, False),  # 'rate' inside a word is no pushback
-    (486, "Busy Here", None, False),
-    (480, "Temporarily Unavailable", 30.0, True),  # any Retry-After
-    (503, "", 5.0, True),
-    (200, "OK", 5.0, False),
-    (None, None, None, False),
-    (404, "Rate", None, False),  # only 403/503 by reason
-])
+@pytest.mark.parametrize(
+    ("status", "reason", "retry_after", "want"),
+    [
+        (503, "CPS Limit Exceeded", None, True),
+        (403, "Rate limited", None, True),
+        (403, "Call rate exceeded", None, True),
+        (403, "Forbidden - cps", None, True),
+        (503, "Service Unavailable", None, False),
+        (403, "Forbidden", None, False),
+        (403, "Caller ID not verified", None, False),
+        (403, "Separate numbers", None, False),  # 'rate' inside a word is no pushback
+        (486, "Busy Here", None, False),
+        (480, "Temporarily Unavailable", 30.0, True),  # any Retry-After
+        (503, "", 5.0, True),
+        (200, "OK", 5.0, False),
+        (None, None, None, False),
+        (404, "Rate", None, False),  # only 403/503 by reason
+    ],
+)
 def test_is_pushback(status, reason, retry_after, want):
     assert is_pushback(status, reason, retry_after) is want
 

@@ -27,15 +27,27 @@ def _cfg(trunks: list[dict[str, Any]], agent: dict[str, Any] | None = None) -> d
 
 
 def _tls_trunk(name: str = "t", **tls: Any) -> dict[str, Any]:
-    t: dict[str, Any] = {"name": name, "address": "127.0.0.1:5061", "transport": "tls",
-                         "encryption": "TLS/SRTP", "caller_id": "+14155550100"}
+    t: dict[str, Any] = {
+        "name": name,
+        "address": "127.0.0.1:5061",
+        "transport": "tls",
+        "encryption": "TLS/SRTP",
+        "caller_id": "+14155550100",
+    }
     return t | ({"tls": tls} if tls else {})
 
 
 def _plan(cfg: Any) -> Any:
-    return resolve_plan(cfg, call_sid="OUT-1", to_number="+12125550100",
-                        from_number="+14155550100", metadata={}, polyai_call_id=None,
-                        attempt=1, bridge_host="bridge")
+    return resolve_plan(
+        cfg,
+        call_sid="OUT-1",
+        to_number="+12125550100",
+        from_number="+14155550100",
+        metadata={},
+        polyai_call_id=None,
+        attempt=1,
+        bridge_host="bridge",
+    )
 
 
 def _problems(data: dict[str, Any]) -> dict[str, str]:
@@ -60,38 +72,56 @@ def test_tls_trunk_verifies_against_the_os_bundle_by_default() -> None:
 
 
 def test_ca_file_and_verify_reach_the_plan(ca: Path) -> None:
-    cfg = parse_config(_cfg([_tls_trunk(ca_file=str(ca))],
-                            agent={"uri": "sips:agent@127.0.0.1:5071", "tls": {"verify": False}}))
+    cfg = parse_config(
+        _cfg(
+            [_tls_trunk(ca_file=str(ca))],
+            agent={"uri": "sips:agent@127.0.0.1:5071", "tls": {"verify": False}},
+        )
+    )
     plan = _plan(cfg)
     assert (plan.tls_verify, plan.tls_ca_file) == (True, str(ca))
-    agent = resolve_agent_plan(cfg, call_sid="OUT-1", carrier_leg_id="OUT-1/b1",
-                               to_number="+12125550100", from_number="+14155550100",
-                               metadata={}, polyai_call_id=None, answered_by=None,
-                               bridge_host="bridge")
+    agent = resolve_agent_plan(
+        cfg,
+        call_sid="OUT-1",
+        carrier_leg_id="OUT-1/b1",
+        to_number="+12125550100",
+        from_number="+14155550100",
+        metadata={},
+        polyai_call_id=None,
+        answered_by=None,
+        bridge_host="bridge",
+    )
     assert (agent.transport, agent.tls_verify) == ("tls", False)
 
 
-@pytest.mark.parametrize(("ca_file", "words"), [
-    ("/nonexistent/ca.pem", "is not a file"),
-    ("__EMPTY__", "not a PEM list"),
-    ("__GARBAGE__", "not a PEM list"),
-])
-def test_bad_ca_file_is_refused_naming_the_key(tmp_path: Path, ca_file: str,
-                                               words: str) -> None:
+@pytest.mark.parametrize(
+    ("ca_file", "words"),
+    [
+        ("/nonexistent/ca.pem", "is not a file"),
+        ("__EMPTY__", "not a PEM list"),
+        ("__GARBAGE__", "not a PEM list"),
+    ],
+)
+def test_bad_ca_file_is_refused_naming_the_key(tmp_path: Path, ca_file: str, words: str) -> None:
     if ca_file == "__EMPTY__":
         (tmp_path / "empty.pem").write_text("")
         ca_file = str(tmp_path / "empty.pem")
     elif ca_file == "__GARBAGE__":
         (tmp_path / "bad.pem").write_text(
-            "-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n")
+            "-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n"
+        )
         ca_file = str(tmp_path / "bad.pem")
     problems = _problems(_cfg([_tls_trunk(ca_file=ca_file)]))
     assert words in problems["trunks.0.tls.ca_file"], problems
 
 
 def test_tls_settings_on_a_plain_trunk_are_refused() -> None:
-    t = {"name": "u", "address": "127.0.0.1:5060", "caller_id": "+14155550100",
-         "tls": {"verify": False}}
+    t = {
+        "name": "u",
+        "address": "127.0.0.1:5060",
+        "caller_id": "+14155550100",
+        "tls": {"verify": False},
+    }
     problems = _problems(_cfg([t]))
     assert any("only for TLS" in v for v in problems.values()), problems
 
@@ -119,10 +149,18 @@ def test_verify_false_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
 
 def test_reject_text_names_the_reasons() -> None:
     assert tls_reject_text(1 << 1, "10.0.0.1:5061", "10.0.0.1", "x", []) == (
-        "TLS certificate of 10.0.0.1:5061 rejected: untrusted")
-    text = tls_reject_text((1 << 30) | (1 << 2), "10.0.0.1:5061", "sip.carrier.example",
-                           "other.example", ["DNS:other.example", "IP:10.0.0.9"])
+        "TLS certificate of 10.0.0.1:5061 rejected: untrusted"
+    )
+    text = tls_reject_text(
+        (1 << 30) | (1 << 2),
+        "10.0.0.1:5061",
+        "sip.carrier.example",
+        "other.example",
+        ["DNS:other.example", "IP:10.0.0.9"],
+    )
     assert "expired or not yet valid" in text
-    assert ("host name 'sip.carrier.example' is not in the certificate "
-            "(CN=other.example, DNS:other.example, IP:10.0.0.9)") in text
+    assert (
+        "host name 'sip.carrier.example' is not in the certificate "
+        "(CN=other.example, DNS:other.example, IP:10.0.0.9)"
+    ) in text
     assert tls_reject_text(0, "p", "h", "", []).endswith("verification failed")

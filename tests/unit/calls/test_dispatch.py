@@ -61,8 +61,9 @@ def test_user_outcomes_stop_the_hunt(tmp_path, status):
 
 
 def test_busy_retried_with_backoff_until_success(tmp_path):
-    config = cfg(retry={"max_attempts": 3, "base_s": 10, "factor": 2, "jitter": 0,
-                        "retry_on": ["busy"]})
+    config = cfg(
+        retry={"max_attempts": 3, "base_s": 10, "factor": 2, "jitter": 0, "retry_on": ["busy"]}
+    )
     h = make(tmp_path, config)
     sid = h.trigger("+12125550123")
     h.svc.dispatch_once()
@@ -86,12 +87,18 @@ def test_busy_retried_with_backoff_until_success(tmp_path):
     assert (rec.status, rec.attempts) == ("success", 3)
     assert [a.reason for a in rec.attempt_history] == ["busy", "busy", ""]
     assert [s for s, _ in h.statuses(sid)] == [
-        "queued", "calling", "queued", "calling", "queued", "calling", "success"]
+        "queued",
+        "calling",
+        "queued",
+        "calling",
+        "queued",
+        "calling",
+        "success",
+    ]
 
 
 def test_retries_stop_at_max_attempts(tmp_path):
-    h = make(tmp_path, cfg(retry={"max_attempts": 2, "base_s": 1,
-                                                 "jitter": 0}))
+    h = make(tmp_path, cfg(retry={"max_attempts": 2, "base_s": 1, "jitter": 0}))
     sid = h.trigger("+12125550123")
     for _ in range(2):
         h.svc.dispatch_once()
@@ -104,11 +111,13 @@ def test_retries_stop_at_max_attempts(tmp_path):
 
 
 def test_outside_window_stays_queued_with_reason_then_dials(tmp_path):
-    config = cfg(routes=[{"prefix": "+1", "trunk": "a",
-                          "window": {"days": "mon-fri", "hours": "09:00-17:00"}}])
+    config = cfg(
+        routes=[
+            {"prefix": "+1", "trunk": "a", "window": {"days": "mon-fri", "hours": "09:00-17:00"}}
+        ]
+    )
     # 03:00 New York time on Monday
-    h = make(tmp_path, config, t=datetime(2026, 11, 23, 8, 0,
-                                                         tzinfo=UTC).timestamp())
+    h = make(tmp_path, config, t=datetime(2026, 11, 23, 8, 0, tzinfo=UTC).timestamp())
     sid = h.trigger("+12125550123")
     h.svc.dispatch_once()
     rec = h.svc.get(sid)[0]
@@ -120,11 +129,13 @@ def test_outside_window_stays_queued_with_reason_then_dials(tmp_path):
 
 
 def test_several_zones_need_all_open(tmp_path):
-    config = cfg(routes=[{"prefix": "+1", "trunk": "a",
-                          "window": {"days": "mon-sun", "hours": "09:00-17:00"}}])
+    config = cfg(
+        routes=[
+            {"prefix": "+1", "trunk": "a", "window": {"days": "mon-sun", "hours": "09:00-17:00"}}
+        ]
+    )
     # 14:30 UTC = 09:30 New York but 06:30 Los Angeles: a per-call zone list decides
-    h = make(tmp_path, config, t=datetime(2026, 11, 23, 14, 30,
-                                                     tzinfo=UTC).timestamp())
+    h = make(tmp_path, config, t=datetime(2026, 11, 23, 14, 30, tzinfo=UTC).timestamp())
     ny = h.trigger("+12125550123")
     la = h.trigger("+12125550124", timezone="America/Los_Angeles")
     h.svc.dispatch_once()
@@ -133,8 +144,11 @@ def test_several_zones_need_all_open(tmp_path):
 
 
 def test_toll_free_needs_timezone(tmp_path):
-    config = cfg(routes=[{"prefix": "+1", "trunk": "a",
-                          "window": {"days": "mon-fri", "hours": "09:00-17:00"}}])
+    config = cfg(
+        routes=[
+            {"prefix": "+1", "trunk": "a", "window": {"days": "mon-fri", "hours": "09:00-17:00"}}
+        ]
+    )
     h = make(tmp_path, config)
     with pytest.raises(RoutingError) as ei:
         h.trigger("+18005550199")
@@ -162,12 +176,23 @@ def test_idempotency_key_returns_same_call(tmp_path):
 
 
 def test_trunk_concurrency_overflows_to_next_trunk_and_global_cap(tmp_path):
-    config = cfg(trunks=[
-        {"name": "a", "address": "127.0.0.1:5061", "max_concurrent": 2,
-         "caller_id": "+14155550100"},
-        {"name": "b", "address": "127.0.0.1:5062", "max_concurrent": 1,
-         "caller_id": "+14155550100"},
-    ], limits={"max_concurrent_calls": 3})
+    config = cfg(
+        trunks=[
+            {
+                "name": "a",
+                "address": "127.0.0.1:5061",
+                "max_concurrent": 2,
+                "caller_id": "+14155550100",
+            },
+            {
+                "name": "b",
+                "address": "127.0.0.1:5062",
+                "max_concurrent": 1,
+                "caller_id": "+14155550100",
+            },
+        ],
+        limits={"max_concurrent_calls": 3},
+    )
     h = make(tmp_path, config)
     for i in range(5):
         h.trigger(f"+1212555012{i}")
@@ -189,14 +214,26 @@ def test_shutdown_before_answer_requeues_without_losing_the_call(tmp_path):
 
 
 @settings(max_examples=30, deadline=None)
-@given(cps=st.sampled_from([1.0, 2.0, 5.0]), burst=st.integers(1, 3),
-       steps=st.lists(st.floats(0.001, 0.7), min_size=20, max_size=60))
+@given(
+    cps=st.sampled_from([1.0, 2.0, 5.0]),
+    burst=st.integers(1, 3),
+    steps=st.lists(st.floats(0.001, 0.7), min_size=20, max_size=60),
+)
 def test_cps_cap_never_exceeded(tmp_path_factory, cps, burst, steps):
     """However the scheduler is woken, INVITEs on a trunk never exceed burst + cps*T in
     any window T; no call is dialled twice (RecordingPool asserts that)."""
-    config = cfg(trunks=[{"name": "a", "address": "127.0.0.1:5061", "cps": cps,
-                          "cps_burst": burst, "caller_id": "+14155550100"}],
-                 routes=[{"prefix": "+1", "trunk": "a"}])
+    config = cfg(
+        trunks=[
+            {
+                "name": "a",
+                "address": "127.0.0.1:5061",
+                "cps": cps,
+                "cps_burst": burst,
+                "caller_id": "+14155550100",
+            }
+        ],
+        routes=[{"prefix": "+1", "trunk": "a"}],
+    )
     h = make(tmp_path_factory.mktemp("cps"), config, slots=1000)
     for i in range(30):
         h.trigger(f"+1212555{1000 + i:04d}")
@@ -212,13 +249,17 @@ def test_cps_cap_never_exceeded(tmp_path_factory, cps, burst, steps):
 
 
 @settings(max_examples=25, deadline=None)
-@given(start_h=st.integers(0, 23), length_h=st.integers(1, 12),
-       offsets=st.lists(st.integers(0, 7 * 24 * 60), min_size=5, max_size=15))
+@given(
+    start_h=st.integers(0, 23),
+    length_h=st.integers(1, 12),
+    offsets=st.lists(st.integers(0, 7 * 24 * 60), min_size=5, max_size=15),
+)
 def test_no_call_started_outside_its_window(tmp_path_factory, start_h, length_h, offsets):
     end_h = (start_h + length_h) % 24
     hours = f"{start_h:02d}:00-{end_h:02d}:00" if end_h else f"{start_h:02d}:00-24:00"
-    config = cfg(routes=[{"prefix": "+1", "trunk": "a",
-                          "window": {"days": "mon-fri", "hours": hours}}])
+    config = cfg(
+        routes=[{"prefix": "+1", "trunk": "a", "window": {"days": "mon-fri", "hours": hours}}]
+    )
     h = make(tmp_path_factory.mktemp("win"), config)
     window = CallingWindow.parse("mon-fri", hours)
     for i, off in enumerate(sorted(offsets)):
@@ -266,8 +307,11 @@ def test_machine_hangup_waits_for_beep_when_configured(tmp_path):
     assert h.pool.hung == [plan.leg_id, f"{sid}/a1"]
     h.end(plan, 200, cause="local_hangup", answered=True)
     rec, _ = h.svc.get(sid)
-    assert (rec.status, rec.reason, rec.answered_by) == ("failure", "answered by machine",
-                                                          "machine")
+    assert (rec.status, rec.reason, rec.answered_by) == (
+        "failure",
+        "answered by machine",
+        "machine",
+    )
 
 
 def test_human_is_recorded_and_call_continues(tmp_path):

@@ -18,7 +18,10 @@ def test_registry_indexes_by_call_and_leg_and_drops_in_one_place():
     reg.add_leg(live, "OUT-1/a1", "agent", 2)
     assert reg.of_leg("OUT-1/a1") is live and reg.role_of("OUT-1/a1") == "agent"
     assert (live.carrier_leg, live.agent_leg, live.leg_worker("OUT-1/b1")) == (
-        "OUT-1/b1", "OUT-1/a1", 2)
+        "OUT-1/b1",
+        "OUT-1/a1",
+        2,
+    )
     live.attempt = Attempt(1, ["t"], 0.0, leg_id="OUT-1/b1")
     assert reg.carrier_legs_up() == 1
     reg.end_leg("OUT-1/b1")
@@ -49,9 +52,19 @@ def test_sip_triggered_call_is_forgotten(tmp_path):
     """The inbound leg's worker stayed behind after every SIP-triggered call."""
     config = cfg(inbound={"enabled": True}, sip={"inbound_allow": ["127.0.0.0/8"]})
     h = CallHarness(tmp_path, config, t=MON_15_UTC)
-    h.svc.on_sip_event(InboundCall("in-1", 3, h.clock(), "sip:+12125550123@127.0.0.1",
-                                   "<sip:agent@127.0.0.1>", "<sip:+12125550123@127.0.0.1>",
-                                   "cid-1", "127.0.0.1:5070", ()))
+    h.svc.on_sip_event(
+        InboundCall(
+            "in-1",
+            3,
+            h.clock(),
+            "sip:+12125550123@127.0.0.1",
+            "<sip:agent@127.0.0.1>",
+            "<sip:+12125550123@127.0.0.1>",
+            "cid-1",
+            "127.0.0.1:5070",
+            (),
+        )
+    )
     plan = h.pool.plans[0]
     assert plan.role == "carrier"
     h.answer(plan)
@@ -76,8 +89,9 @@ def test_api_hangup_between_failover_hops_is_forgotten(tmp_path):
 
 
 def test_retry_and_internal_error_are_forgotten(tmp_path):
-    h = CallHarness(tmp_path, cfg(retry={"max_attempts": 2, "base_s": 1, "jitter": 0}),
-                    t=MON_15_UTC)
+    h = CallHarness(
+        tmp_path, cfg(retry={"max_attempts": 2, "base_s": 1, "jitter": 0}), t=MON_15_UTC
+    )
     sid, plan = h.dial()
     h.end(plan, 486)
     assert h.rec(sid).status == "queued" and len(h.svc.registry) == 0
@@ -86,10 +100,8 @@ def test_retry_and_internal_error_are_forgotten(tmp_path):
     plan2 = h.pool.plans[-1]
     h.answer(plan2)
     agent = h.pool.agent_of(plan2)
-    h.svc.on_sip_event(DetectionReport(plan2.leg_id, sid, 0, h.clock(), "answer", "decision",
-                                       None))  # type: ignore[arg-type]
+    h.svc.on_sip_event(DetectionReport(plan2.leg_id, sid, 0, h.clock(), "answer", "decision", None))  # type: ignore[arg-type]
     assert h.rec(sid).reason == "internal error"
     h.end(plan2, 200, "local_hangup", answered=True)
     h.end(agent, 487, "local_hangup")
     assert len(h.svc.registry) == 0
-

@@ -18,8 +18,9 @@ from sipbridge.records import CallRequest
 from tests.doubles import CallHarness
 from tests.doubles import call_config as cfg
 
-WINDOWED = {"routes": [{"prefix": "+", "trunk": "a",
-                        "window": {"days": "mon-fri", "hours": "09:00-17:00"}}]}
+WINDOWED = {
+    "routes": [{"prefix": "+", "trunk": "a", "window": {"days": "mon-fri", "hours": "09:00-17:00"}}]
+}
 
 
 def test_route_chosen_once_per_call(tmp_path, monkeypatch):
@@ -50,17 +51,30 @@ def test_per_call_settings_win():
     base = resolve_policy(config, "+12125550123", CallRequest())
     assert (base.retry.max_attempts, base.detection.connect_on) == (2, "human")
     assert base.trunks == ["a", "b"] and base.window is None
-    own = resolve_policy(config, "+12125550123", CallRequest(
-        retry=RetryConfig(max_attempts=5), detection=DetectionSettings(early_media=False,
-                                                                       answer=False)))
+    own = resolve_policy(
+        config,
+        "+12125550123",
+        CallRequest(
+            retry=RetryConfig(max_attempts=5),
+            detection=DetectionSettings(early_media=False, answer=False),
+        ),
+    )
     assert own.retry.max_attempts == 5 and own.detection_plan() is None
 
 
 def test_encryption_filters_the_trunks():
-    config = cfg(trunks=[
-        {"name": "a", "address": "127.0.0.1:5061", "caller_id": "+14155550100"},
-        {"name": "b", "address": "127.0.0.1:5062", "caller_id": "+14155550101",
-         "transport": "tls", "encryption": "TLS/SRTP"}])
+    config = cfg(
+        trunks=[
+            {"name": "a", "address": "127.0.0.1:5061", "caller_id": "+14155550100"},
+            {
+                "name": "b",
+                "address": "127.0.0.1:5062",
+                "caller_id": "+14155550101",
+                "transport": "tls",
+                "encryption": "TLS/SRTP",
+            },
+        ]
+    )
     pol = resolve_policy(config, "+12125550123", CallRequest(encryption="TLS/SRTP"))
     assert pol.trunks == ["b"]
 
@@ -73,7 +87,10 @@ def test_unknown_zone_under_a_window_is_a_400(tmp_path):
     assert ei.value.field == "timezone"
     assert h.trigger("+80012345678", timezone="Europe/Paris")
     with TestClient(create_app(h.svc, ["tok"])) as client:
-        r = client.post("/v1/outbound-calling/trigger", headers={"X-PolyAi-Auth-Token": "tok"},
-                        json={"to_number": "+80012345678"})
+        r = client.post(
+            "/v1/outbound-calling/trigger",
+            headers={"X-PolyAi-Auth-Token": "tok"},
+            json={"to_number": "+80012345678"},
+        )
     assert r.status_code == 400 and r.json()["field"] == "timezone", r.text
     assert "time zone of +80012345678 is unknown" in r.json()["error"]

@@ -27,8 +27,11 @@ def speech() -> Any:
     def render(text: str, voice: str = "en-us", speed: int = 160) -> np.ndarray:
         with tempfile.TemporaryDirectory() as td:
             p = Path(td) / "s.wav"
-            subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(p), text],
-                           check=True, capture_output=True)
+            subprocess.run(
+                ["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(p), text],
+                check=True,
+                capture_output=True,
+            )
             return np.asarray(trim(load_audio(p)))
 
     return render

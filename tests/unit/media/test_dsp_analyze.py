@@ -20,8 +20,15 @@ from sipbridge.media.detect import DetectionConfig
 def wav_bytes(tag: int, ch: int, rate: int, bits: int, data: bytes) -> bytes:
     block = ch * bits // 8
     fmt = struct.pack("<HHIIHH", tag, ch, rate, rate * block, block, bits)
-    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + \
-        struct.pack("<I", len(data)) + data
+    body = (
+        b"WAVE"
+        + b"fmt "
+        + struct.pack("<I", len(fmt))
+        + fmt
+        + b"data"
+        + struct.pack("<I", len(data))
+        + data
+    )
     return b"RIFF" + struct.pack("<I", len(body)) + body
 
 
@@ -29,15 +36,19 @@ def sine(rate: int, f: float = 1000.0, sec: float = 0.5) -> np.ndarray:
     return 0.5 * np.sin(2 * np.pi * f * np.arange(int(rate * sec)) / rate)
 
 
-@pytest.mark.parametrize("content,msg", [
-    (b"", "not a WAV"), (b"hello world, not audio", "not a WAV"),
-    (b"RIFF\x00\x00\x00\x00WAVE", "no fmt chunk"),
-    (wav_bytes(1, 1, 8000, 16, b"")[:36], "no data chunk"),
-    (wav_bytes(0x55, 1, 8000, 16, b"\x00" * 100), "unsupported WAV encoding"),
-    (wav_bytes(1, 1, 8000, 12, b"\x00" * 100), "unsupported PCM sample size"),
-    (wav_bytes(1, 1, 8000, 16, b""), "no audio samples"),
-    (wav_bytes(1, 1, 100, 16, b"\x00" * 100), "unsupported sample rate"),
-])
+@pytest.mark.parametrize(
+    "content,msg",
+    [
+        (b"", "not a WAV"),
+        (b"hello world, not audio", "not a WAV"),
+        (b"RIFF\x00\x00\x00\x00WAVE", "no fmt chunk"),
+        (wav_bytes(1, 1, 8000, 16, b"")[:36], "no data chunk"),
+        (wav_bytes(0x55, 1, 8000, 16, b"\x00" * 100), "unsupported WAV encoding"),
+        (wav_bytes(1, 1, 8000, 12, b"\x00" * 100), "unsupported PCM sample size"),
+        (wav_bytes(1, 1, 8000, 16, b""), "no audio samples"),
+        (wav_bytes(1, 1, 100, 16, b"\x00" * 100), "unsupported sample rate"),
+    ],
+)
 def test_bad_wavs_raise_clear_errors(tmp_path: Path, content: bytes, msg: str) -> None:
     p = tmp_path / "bad.wav"
     p.write_bytes(content)
@@ -51,14 +62,18 @@ def test_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert "file not found" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("tag,bits,conv", [
-    (1, 16, lambda x: (x * 32767).astype("<i2").tobytes()),
-    (1, 32, lambda x: (x * 2**31).astype("<i4").tobytes()),
-    (3, 32, lambda x: x.astype("<f4").tobytes()),
-    (1, 8, lambda x: (x * 127 + 128).astype(np.uint8).tobytes()),
-])
-def test_formats_read(tmp_path: Path, tag: int, bits: int,
-                      conv: Callable[[npt.NDArray[Any]], bytes]) -> None:
+@pytest.mark.parametrize(
+    "tag,bits,conv",
+    [
+        (1, 16, lambda x: (x * 32767).astype("<i2").tobytes()),
+        (1, 32, lambda x: (x * 2**31).astype("<i4").tobytes()),
+        (3, 32, lambda x: x.astype("<f4").tobytes()),
+        (1, 8, lambda x: (x * 127 + 128).astype(np.uint8).tobytes()),
+    ],
+)
+def test_formats_read(
+    tmp_path: Path, tag: int, bits: int, conv: Callable[[npt.NDArray[Any]], bytes]
+) -> None:
     x = sine(16000)
     p = tmp_path / "ok.wav"
     p.write_bytes(wav_bytes(tag, 1, 16000, bits, conv(x)))
@@ -92,8 +107,9 @@ def test_json_and_text_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "answered_by=silence" in capsys.readouterr().out
 
 
-def test_corpus_file_timeline(corpus: tuple[Path, dict[str, dict[str, object]]],
-                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_corpus_file_timeline(
+    corpus: tuple[Path, dict[str, dict[str, object]]], capsys: pytest.CaptureFixture[str]
+) -> None:
     out, labels = corpus
     name = next(f for f, lab in labels.items() if lab["beep_ms"] is not None)
     assert analyze_main([str(out / name), "--json"]) == 0

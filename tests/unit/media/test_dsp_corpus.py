@@ -11,6 +11,7 @@ from sipbridge.corpus.score import check, class_of
 
 CLASSES = ["human", "machine", "ivr", "fax", "silence", "unknown", "sit", "progress"]
 
+
 def test_corpus_covers_every_class(corpus: tuple[Path, dict[str, dict[str, Any]]]) -> None:
     _, labels = corpus
     present = {class_of(v) for v in labels.values()}

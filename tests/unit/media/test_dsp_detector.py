@@ -21,10 +21,10 @@ def test_bytes_frames_and_arrays_agree(speech: Callable[..., np.ndarray]) -> Non
     pcm = float_to_pcm16(x)
     a = Detector()
     for i in range(0, pcm.size - 159, 160):
-        a.feed(pcm[i:i + 160].tobytes())
+        a.feed(pcm[i : i + 160].tobytes())
     b = Detector()
     for i in range(0, x.size, 777):  # odd chunk sizes
-        b.feed(x[i:i + 777])
+        b.feed(x[i : i + 777])
     ra, rb = a.result(), b.result()
     assert ra is not None and rb is not None
     assert ra == rb and ra.answered_by == "human"
@@ -32,11 +32,18 @@ def test_bytes_frames_and_arrays_agree(speech: Callable[..., np.ndarray]) -> Non
 
 
 def test_events_and_provisional_machine(speech: Callable[..., np.ndarray]) -> None:
-    g = scale_to_dbfs(speech("You have reached the voicemail of Alex Smith. Please leave a "
-                             "message after the tone.", "en-gb", 160), -18)
+    g = scale_to_dbfs(
+        speech(
+            "You have reached the voicemail of Alex Smith. Please leave a message after the tone.",
+            "en-gb",
+            160,
+        ),
+        -18,
+    )
     t = np.arange(4000) / 8000
-    x = np.concatenate([np.zeros(2000), g, np.zeros(3000), 0.1 * np.sin(2 * np.pi * 1000 * t),
-                        np.zeros(8000)])
+    x = np.concatenate(
+        [np.zeros(2000), g, np.zeros(3000), 0.1 * np.sin(2 * np.pi * 1000 * t), np.zeros(8000)]
+    )
     det = Detector()
     events = det.feed(x)
     kinds = [(e.kind, e.detection.answered_by, e.detection.final) for e in events]

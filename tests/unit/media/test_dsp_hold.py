@@ -21,15 +21,16 @@ ROOT = Path(__file__).resolve().parents[3]
 MAX_LATENCY_MS = 1500  # decided within 1.5 s of the person's first word
 
 
-def run(x: np.ndarray, config: dict[str, Any] | None = None,
-        chunk: int = 160) -> tuple[HoldListener, list[DetectionEvent]]:
+def run(
+    x: np.ndarray, config: dict[str, Any] | None = None, chunk: int = 160
+) -> tuple[HoldListener, list[DetectionEvent]]:
     """Feed 8 kHz float audio as PCM16 bytes in ``chunk``-sample pieces, to the end or done."""
     hl = HoldListener(config)
     pcm = float_to_pcm16(x).tobytes()
     events: list[DetectionEvent] = []
     step = 2 * chunk
     for i in range(0, len(pcm), step):
-        events += hl.feed(pcm[i:i + step])
+        events += hl.feed(pcm[i : i + step])
         if hl.done:
             break
     return hl, events
@@ -106,8 +107,9 @@ def test_any_chunk_size_same_decision(hold_corpus: tuple[Path, dict[str, Any]]) 
     assert (ra.answered_by, ra.decided_at_ms) == (rb.answered_by, rb.decided_at_ms)
 
 
-SETTINGS = settings(max_examples=8, deadline=None,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(
+    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 @SETTINGS
@@ -115,8 +117,9 @@ SETTINGS = settings(max_examples=8, deadline=None,
 # speech (about -45 dBFS over -59 dBFS line noise) is known to be missed at its first
 # utterance and decided at the next one, later than 1.5 s.
 @given(gain_db=st.floats(-10.0, 8.0), which=st.integers(0, 17))
-def test_level_invariance(hold_corpus: tuple[Path, dict[str, Any]], gain_db: float,
-                          which: int) -> None:
+def test_level_invariance(
+    hold_corpus: tuple[Path, dict[str, Any]], gain_db: float, which: int
+) -> None:
     """The whole call louder or quieter (a different line/codec gain): same outcome."""
     out, labels = hold_corpus
     persons = sorted(n for n, lab in labels.items() if lab["person_ms"] is not None)
@@ -128,11 +131,26 @@ def test_level_invariance(hold_corpus: tuple[Path, dict[str, Any]], gain_db: flo
 
 
 @settings(max_examples=12, deadline=None)
-@given(seed=st.integers(0, 10**6), tempo=st.floats(55, 170), semitone=st.integers(0, 11),
-       style=st.sampled_from(["pad", "piano", "arp"]), perc=st.booleans(), vib=st.booleans(),
-       level=st.floats(-34, -10), gap_ms=st.sampled_from([0, 400, 1500]))
-def test_music_never_human(seed: int, tempo: float, semitone: int, style: str, perc: bool,
-                           vib: bool, level: float, gap_ms: int) -> None:
+@given(
+    seed=st.integers(0, 10**6),
+    tempo=st.floats(55, 170),
+    semitone=st.integers(0, 11),
+    style=st.sampled_from(["pad", "piano", "arp"]),
+    perc=st.booleans(),
+    vib=st.booleans(),
+    level=st.floats(-34, -10),
+    gap_ms=st.sampled_from([0, 400, 1500]),
+)
+def test_music_never_human(
+    seed: int,
+    tempo: float,
+    semitone: int,
+    style: str,
+    perc: bool,
+    vib: bool,
+    level: float,
+    gap_ms: int,
+) -> None:
     """Hold music in any key/tempo/style — also restarting after a pause — is never a person."""
     rng = np.random.default_rng(seed)
     root = 130.8 * 2 ** (semitone / 12)

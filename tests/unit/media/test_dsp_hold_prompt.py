@@ -22,7 +22,7 @@ def run(x: np.ndarray) -> HoldListener:
     hl = HoldListener()
     pcm = float_to_pcm16(x).tobytes()
     for i in range(0, len(pcm), 320):
-        hl.feed(pcm[i:i + 320])
+        hl.feed(pcm[i : i + 320])
         if hl.done:
             break
     return hl
@@ -34,8 +34,9 @@ def line(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 @pytest.mark.parametrize("voice", ["en-us", "en-gb", "en+f3", "en+m7"])
 @pytest.mark.parametrize("pause_ms", [0, 1200])
-def test_one_off_prompt_before_music_is_not_the_person(speech: Callable[..., np.ndarray],
-                                                        voice: str, pause_ms: int) -> None:
+def test_one_off_prompt_before_music_is_not_the_person(
+    speech: Callable[..., np.ndarray], voice: str, pause_ms: int
+) -> None:
     seed = hash((voice, pause_ms)) & 0xFFFF
     rng, r = np.random.default_rng(seed), random.Random(seed)
     prompt = scale_to_dbfs(speech(PROMPT, voice, 165), -18)
@@ -50,7 +51,8 @@ def test_one_off_prompt_before_music_is_not_the_person(speech: Callable[..., np.
 
 
 def test_person_answering_at_once_is_decided_after_a_short_wait(
-        speech: Callable[..., np.ndarray]) -> None:
+    speech: Callable[..., np.ndarray],
+) -> None:
     rng = np.random.default_rng(3)
     person = scale_to_dbfs(speech(PERSON, "en-gb", 170), -20)
     x = line(np.concatenate([sil(400), person, sil(4000)]), rng)
@@ -65,8 +67,12 @@ def test_prompt_then_ringback_is_not_the_person(speech: Callable[..., np.ndarray
 
     rng = np.random.default_rng(5)
     prompt = scale_to_dbfs(speech(PROMPT, "en+f3", 165), -18)
-    x = line(np.concatenate([sil(300), prompt, sil(400),
-                             cadence((440.0, 480.0), [2000, 4000], 12000, -22)]), rng)
+    x = line(
+        np.concatenate(
+            [sil(300), prompt, sil(400), cadence((440.0, 480.0), [2000, 4000], 12000, -22)]
+        ),
+        rng,
+    )
     hl = run(x)
     r_ = hl.result()
     assert r_ is None or r_.answered_by != "human"

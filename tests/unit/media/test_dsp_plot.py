@@ -15,10 +15,19 @@ from sipbridge.media.analyze import analyze_main
 
 def _wav(tmp_path: Path) -> Path:
     rng = np.random.default_rng(0)
-    voice = np.concatenate([rng.standard_normal(8000 * 2) * 0.05 * np.sin(
-        np.linspace(0, 40 * np.pi, 8000 * 2)) ** 2])
-    x = np.concatenate([cadence((440.0, 480.0), [2000, 4000], 3000, -22), sil(500), voice,
-                        sil(600), tone((1000.0,), 400, -18), sil(1000)])
+    voice = np.concatenate(
+        [rng.standard_normal(8000 * 2) * 0.05 * np.sin(np.linspace(0, 40 * np.pi, 8000 * 2)) ** 2]
+    )
+    x = np.concatenate(
+        [
+            cadence((440.0, 480.0), [2000, 4000], 3000, -22),
+            sil(500),
+            voice,
+            sil(600),
+            tone((1000.0,), 400, -18),
+            sil(1000),
+        ]
+    )
     p = tmp_path / "call.wav"
     write_wav(p, x)
     return p
@@ -33,8 +42,9 @@ def test_plot_renders_a_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert "decision:" in capsys.readouterr().out
 
 
-def test_plot_without_matplotlib_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_plot_without_matplotlib_names_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     real_import = builtins.__import__
 
     def no_mpl(name: str, *a: Any, **kw: Any) -> Any:
@@ -54,7 +64,8 @@ def test_plot_to_an_unwritable_place(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "cannot write" in capsys.readouterr().err
 
 
-def test_bad_prompt_library_is_a_clean_error(tmp_path: Path,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_prompt_library_is_a_clean_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert analyze_main([str(_wav(tmp_path)), "--prompts", str(tmp_path / "nope")]) == 2
     assert "not a folder" in capsys.readouterr().err

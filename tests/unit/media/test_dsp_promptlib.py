@@ -18,18 +18,33 @@ from sipbridge.media.frames import scale_to_dbfs
 from sipbridge.media.promptlib import PromptLibrary, RepeatDetector
 
 TEXTS = {
-    "acme-intercept": ("not_in_service", "en-us",
-                       "The number you have reached is not in service. Please check the number."),
-    "pixel-screen": ("screening", "en+f3",
-                     "Hi, the person you're calling is using a screening service. Go ahead and "
-                     "say your name and why you're calling."),
-    "bank-menu": ("ivr", "en-gb", "Welcome to Northern Bank. For balances press one. For cards "
-                  "press two. For anything else, stay on the line."),
-    "clinic-menu": ("ivr", "en+m3", "You have reached the city clinic. To book an appointment, "
-                    "press one. To speak to a nurse, press two."),
+    "acme-intercept": (
+        "not_in_service",
+        "en-us",
+        "The number you have reached is not in service. Please check the number.",
+    ),
+    "pixel-screen": (
+        "screening",
+        "en+f3",
+        "Hi, the person you're calling is using a screening service. Go ahead and "
+        "say your name and why you're calling.",
+    ),
+    "bank-menu": (
+        "ivr",
+        "en-gb",
+        "Welcome to Northern Bank. For balances press one. For cards "
+        "press two. For anything else, stay on the line.",
+    ),
+    "clinic-menu": (
+        "ivr",
+        "en+m3",
+        "You have reached the city clinic. To book an appointment, "
+        "press one. To speak to a nurse, press two.",
+    ),
 }
-OTHER = ("Hello, this is Sam. I was calling about the parcel that came yesterday, "
-         "can you call me back?")
+OTHER = (
+    "Hello, this is Sam. I was calling about the parcel that came yesterday, can you call me back?"
+)
 
 
 @pytest.fixture(scope="module")
@@ -40,15 +55,19 @@ def clips() -> dict[str, np.ndarray]:
     with tempfile.TemporaryDirectory() as td:
         for name, (_, voice, text) in [*TEXTS.items(), ("other", ("", "en-us", OTHER))]:
             p = Path(td) / f"{name}.wav"
-            subprocess.run(["espeak-ng", "-v", voice, "-s", "165", "-w", str(p), text],
-                           check=True, capture_output=True)
+            subprocess.run(
+                ["espeak-ng", "-v", voice, "-s", "165", "-w", str(p), text],
+                check=True,
+                capture_output=True,
+            )
             out[name] = trim(load_audio(p))
     return out
 
 
 @pytest.fixture(scope="module")
-def library(clips: dict[str, np.ndarray], tmp_path_factory: pytest.TempPathFactory
-            ) -> PromptLibrary:
+def library(
+    clips: dict[str, np.ndarray], tmp_path_factory: pytest.TempPathFactory
+) -> PromptLibrary:
     root = tmp_path_factory.mktemp("prompts")
     for name, (label, _, _) in TEXTS.items():
         (root / label).mkdir(exist_ok=True)
@@ -58,11 +77,18 @@ def library(clips: dict[str, np.ndarray], tmp_path_factory: pytest.TempPathFacto
     return lib
 
 
-def heard(x: np.ndarray, lead_ms: float = 700, level: float = -20, snr_db: float | None = None,
-          late_ms: float = 0, codec_kind: str = "ulaw", seed: int = 1) -> np.ndarray:
+def heard(
+    x: np.ndarray,
+    lead_ms: float = 700,
+    level: float = -20,
+    snr_db: float | None = None,
+    late_ms: float = 0,
+    codec_kind: str = "ulaw",
+    seed: int = 1,
+) -> np.ndarray:
     """The prompt as a call hears it: later start, another level, line noise, G.711."""
     rng = np.random.default_rng(seed)
-    y = np.concatenate([sil(lead_ms), scale_to_dbfs(x, level)[round(late_ms * 8):], sil(1500)])
+    y = np.concatenate([sil(lead_ms), scale_to_dbfs(x, level)[round(late_ms * 8) :], sil(1500)])
     if snr_db is not None:
         y = y + noise(y.size, "pink", rng) * 10 ** ((level - snr_db - 3) / 20)
     return codec(y, codec_kind)
@@ -71,35 +97,48 @@ def heard(x: np.ndarray, lead_ms: float = 700, level: float = -20, snr_db: float
 def match(lib: PromptLibrary, y: np.ndarray) -> tuple[str, int] | None:
     m = lib.matcher()
     for k in range(0, y.size - 160, 160):
-        hit = m.feed(y[k:k + 160])
+        hit = m.feed(y[k : k + 160])
         if hit is not None:
             return hit.name, hit.decided_ms
     return None
 
 
 @pytest.mark.parametrize("name", list(TEXTS))
-@pytest.mark.parametrize("cond", [
-    {}, {"level": -38.0}, {"snr_db": 15.0}, {"late_ms": 1200.0}, {"codec_kind": "alaw"},
-    {"lead_ms": 713.0, "snr_db": 20.0, "level": -30.0}])
-def test_prompt_recognised_within_about_a_second(library: PromptLibrary,
-                                                 clips: dict[str, np.ndarray], name: str,
-                                                 cond: dict[str, float]) -> None:
+@pytest.mark.parametrize(
+    "cond",
+    [
+        {},
+        {"level": -38.0},
+        {"snr_db": 15.0},
+        {"late_ms": 1200.0},
+        {"codec_kind": "alaw"},
+        {"lead_ms": 713.0, "snr_db": 20.0, "level": -30.0},
+    ],
+)
+def test_prompt_recognised_within_about_a_second(
+    library: PromptLibrary, clips: dict[str, np.ndarray], name: str, cond: dict[str, float]
+) -> None:
     lead = cond.get("lead_ms", 700)
     got = match(library, heard(clips[name], **cond))  # type: ignore[arg-type]
     assert got is not None and got[0] == name
     assert got[1] - lead <= 2000  # decided ≤ 2 s after the (possibly late) prompt start
 
 
-def test_other_speech_and_noise_match_nothing(library: PromptLibrary,
-                                              clips: dict[str, np.ndarray]) -> None:
+def test_other_speech_and_noise_match_nothing(
+    library: PromptLibrary, clips: dict[str, np.ndarray]
+) -> None:
     rng = np.random.default_rng(7)
-    y = np.concatenate([heard(clips["other"]), noise(8000 * 5, "pink", rng) * 0.01,
-                        heard(clips["other"], level=-30, snr_db=10)])
+    y = np.concatenate(
+        [
+            heard(clips["other"]),
+            noise(8000 * 5, "pink", rng) * 0.01,
+            heard(clips["other"], level=-30, snr_db=10),
+        ]
+    )
     assert match(library, y) is None
 
 
-def test_labels_json_layout_and_hostile_files(tmp_path: Path,
-                                              clips: dict[str, np.ndarray]) -> None:
+def test_labels_json_layout_and_hostile_files(tmp_path: Path, clips: dict[str, np.ndarray]) -> None:
     write_wav(tmp_path / "a.wav", clips["bank-menu"])
     (tmp_path / "labels.json").write_text(json.dumps({"a.wav": "ivr"}))
     lib = PromptLibrary.from_folder(tmp_path)
@@ -122,16 +161,26 @@ def test_labels_json_layout_and_hostile_files(tmp_path: Path,
         PromptLibrary.from_folder(tmp_path / "missing")
 
 
-@pytest.mark.parametrize("name,answered_by,hint", [
-    ("acme-intercept", "sit", "prompt"), ("pixel-screen", "human", "screening"),
-    ("bank-menu", "ivr", "prompt")])
-def test_detector_applies_the_prompt_label(library: PromptLibrary, clips: dict[str, np.ndarray],
-                                           name: str, answered_by: str, hint: str) -> None:
+@pytest.mark.parametrize(
+    "name,answered_by,hint",
+    [
+        ("acme-intercept", "sit", "prompt"),
+        ("pixel-screen", "human", "screening"),
+        ("bank-menu", "ivr", "prompt"),
+    ],
+)
+def test_detector_applies_the_prompt_label(
+    library: PromptLibrary, clips: dict[str, np.ndarray], name: str, answered_by: str, hint: str
+) -> None:
     det = Detector(mode="answer", prompts=library)
     det.feed(heard(clips[name], snr_db=20.0))
     r = det.finish()
     assert (r.answered_by, r.hint, r.prompt, r.prompt_label) == (
-        answered_by, hint, name, TEXTS[name][0])
+        answered_by,
+        hint,
+        name,
+        TEXTS[name][0],
+    )
     assert r.decided_at_ms - 700 <= 1700
 
 
@@ -140,10 +189,10 @@ def test_repeat_detector_finds_the_menu_again(clips: dict[str, np.ndarray]) -> N
     rd = RepeatDetector()
     before = heard(menu, snr_db=25.0, seed=2)
     for k in range(0, before.size - 160, 160):
-        assert rd.feed(before[k:k + 160]) is None
+        assert rd.feed(before[k : k + 160]) is None
     assert rd.mark()
     after = np.concatenate([sil(800), heard(menu, snr_db=25.0, seed=3)])
-    hits = [rd.feed(after[k:k + 160]) for k in range(0, after.size - 160, 160)]
+    hits = [rd.feed(after[k : k + 160]) for k in range(0, after.size - 160, 160)]
     found = [h for h in hits if h is not None]
     assert len(found) == 1 and abs(found[0].earlier_ms - 700) <= 1200
     assert found[0].decided_ms - before.size // 8 - 800 - 700 <= 1500
@@ -153,7 +202,7 @@ def test_repeat_detector_ignores_a_new_prompt(clips: dict[str, np.ndarray]) -> N
     rd = RepeatDetector()
     for x, mark in ((heard(clips["clinic-menu"]), True), (heard(clips["bank-menu"]), False)):
         for k in range(0, x.size - 160, 160):
-            assert rd.feed(x[k:k + 160]) is None
+            assert rd.feed(x[k : k + 160]) is None
         if mark:
             assert rd.mark()
     assert rd.done is None

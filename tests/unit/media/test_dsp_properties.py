@@ -13,8 +13,9 @@ from sipbridge.media.frames import FRAME_MS, FRAME_SAMPLES, scale_to_dbfs
 from sipbridge.media.tones import ToneAnalyzer, ToneRunTracker
 
 FS = 8000
-SETTINGS = settings(max_examples=40, deadline=None,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 def tone(f: float, ms: float, level: float) -> np.ndarray:
@@ -28,15 +29,14 @@ def sil(ms: float) -> np.ndarray:
 
 @SETTINGS
 @given(st.floats(400, 2000), st.floats(-40, -10), st.integers(200, 800), st.floats(100, 2000))
-def test_tone_after_silence_found_with_onset(f: float, level: float, dur: int,
-                                             lead: float) -> None:
+def test_tone_after_silence_found_with_onset(f: float, level: float, dur: int, lead: float) -> None:
     x = np.concatenate([sil(lead), tone(f, dur, level), sil(300)])
     x += np.random.default_rng(int(f)).standard_normal(x.size) * 10 ** ((level - 35) / 20)
     a = ToneAnalyzer()
     tr = ToneRunTracker()
     runs = []
     for i in range(x.size // FRAME_SAMPLES):
-        a.analyze(x[i * FRAME_SAMPLES:(i + 1) * FRAME_SAMPLES])
+        a.analyze(x[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES])
         r = tr.update(a.purity >= 0.8, a.peak_hz, a.purity, i * FRAME_MS)
         if r:
             runs.append(r)
@@ -47,12 +47,20 @@ def test_tone_after_silence_found_with_onset(f: float, level: float, dur: int,
 
 
 @SETTINGS
-@given(st.floats(400, 2000), st.floats(-40, -12), st.integers(200, 800), st.floats(150, 1500),
-       st.sampled_from(["en-us", "en+f3", "en-gb"]))
-def test_beep_after_greeting(speech: Callable[..., np.ndarray], f: float, level: float, dur: int,
-                             gap: float, voice: str) -> None:
-    g = scale_to_dbfs(speech("Hi, you have reached Alex. Please leave a message after the tone.",
-                             voice, 170), -20.0)
+@given(
+    st.floats(400, 2000),
+    st.floats(-40, -12),
+    st.integers(200, 800),
+    st.floats(150, 1500),
+    st.sampled_from(["en-us", "en+f3", "en-gb"]),
+)
+def test_beep_after_greeting(
+    speech: Callable[..., np.ndarray], f: float, level: float, dur: int, gap: float, voice: str
+) -> None:
+    g = scale_to_dbfs(
+        speech("Hi, you have reached Alex. Please leave a message after the tone.", voice, 170),
+        -20.0,
+    )
     onset = 500 + g.size / 8 + gap
     x = np.concatenate([sil(500), g, sil(gap), tone(f, dur, level), sil(1000)])
     det = Detector()
@@ -77,10 +85,14 @@ def test_white_noise_never_sit_or_tone(seed: int, level: float, mode: str) -> No
 
 
 @SETTINGS
-@given(st.floats(-35, -10), st.sampled_from(["Hello?", "Hi, this is Sam.", "Yes, hello?"]),
-       st.sampled_from(["en-us", "en+f3", "en-gb", "en+m7"]))
-def test_short_greeting_is_human_within_1s(speech: Callable[..., np.ndarray], level: float,
-                                           text: str, voice: str) -> None:
+@given(
+    st.floats(-35, -10),
+    st.sampled_from(["Hello?", "Hi, this is Sam.", "Yes, hello?"]),
+    st.sampled_from(["en-us", "en+f3", "en-gb", "en+m7"]),
+)
+def test_short_greeting_is_human_within_1s(
+    speech: Callable[..., np.ndarray], level: float, text: str, voice: str
+) -> None:
     g = scale_to_dbfs(speech(text, voice, 160), level)
     x = np.concatenate([sil(700), g, sil(3000)])
     det = Detector()

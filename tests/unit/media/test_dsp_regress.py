@@ -18,9 +18,21 @@ Corpus = tuple[Path, dict[str, dict[str, Any]]]
 # carries comfort noise everywhere changes nothing a live voice would not.
 KNOWN_MISSES = {"short_prompt_3.wav"}
 
-GROUPS = ["late_greeting", "beep_late", "ringback_greeting", "fax_ringback", "snr10_machine",
-          "snr10_human", "short_prompt", "live_hello", "continuous", "operator", "screening",
-          "sit_dropout", "cp_dropout"]
+GROUPS = [
+    "late_greeting",
+    "beep_late",
+    "ringback_greeting",
+    "fax_ringback",
+    "snr10_machine",
+    "snr10_human",
+    "short_prompt",
+    "live_hello",
+    "continuous",
+    "operator",
+    "screening",
+    "sit_dropout",
+    "cp_dropout",
+]
 
 
 def test_every_group_present(regress_corpus: Corpus) -> None:

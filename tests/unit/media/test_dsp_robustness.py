@@ -32,16 +32,16 @@ def damage(x: np.ndarray, on_ms: int, off_ms: int, hits: list[tuple[int, int, bo
         if start + FRAME > len(x):
             continue
         if dropout:
-            x[start:start + FRAME] = 0.0
+            x[start : start + FRAME] = 0.0
         else:  # a phase jump: the frame's audio replaced by a time-shifted copy
-            x[start:start + FRAME] = np.roll(x[start:start + 2 * FRAME], 37)[:FRAME]
+            x[start : start + FRAME] = np.roll(x[start : start + 2 * FRAME], 37)[:FRAME]
 
 
 def classify(x: np.ndarray) -> str | None:
     det = Detector(mode="early", keep_timeline=False)
     pcm = float_to_pcm16(x).tobytes()
     for i in range(0, len(pcm) - 2 * FRAME + 1, 2 * FRAME):
-        det.feed(pcm[i:i + 2 * FRAME])
+        det.feed(pcm[i : i + 2 * FRAME])
         if det.done:
             break
     res = det.result() or det.finish()
@@ -60,10 +60,17 @@ def test_busy_with_dropouts_stays_busy(hits: list[tuple[int, int, bool]], level:
 
 
 @settings(max_examples=40, deadline=None)
-@given(hits=st.lists(st.tuples(st.integers(0, 6), st.integers(2, 4), st.booleans()),
-                     max_size=3, unique_by=lambda h: h[0]), level=st.floats(-35, -12))
-def test_reorder_with_dropouts_stays_reorder(hits: list[tuple[int, int, bool]],
-                                             level: float) -> None:
+@given(
+    hits=st.lists(
+        st.tuples(st.integers(0, 6), st.integers(2, 4), st.booleans()),
+        max_size=3,
+        unique_by=lambda h: h[0],
+    ),
+    level=st.floats(-35, -12),
+)
+def test_reorder_with_dropouts_stays_reorder(
+    hits: list[tuple[int, int, bool]], level: float
+) -> None:
     x = cadence(250, 250, 3000, level)
     damage(x, 250, 250, hits)
     assert classify(x) == "reorder"

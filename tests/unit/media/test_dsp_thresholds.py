@@ -32,7 +32,13 @@ def test_unknown_key_refused() -> None:
 
 
 def test_new_thresholds_are_settable() -> None:
-    names = {"initial_silence_ms", "beep_timeout_ms", "beep_end_max_ms", "operator_silence_ms",
-             "operator_max_greeting_ms", "screening_silence_ms"}
+    names = {
+        "initial_silence_ms",
+        "beep_timeout_ms",
+        "beep_end_max_ms",
+        "operator_silence_ms",
+        "operator_max_greeting_ms",
+        "screening_silence_ms",
+    }
     assert names <= set(DetectionConfig.__dataclass_fields__)
     DetectionSettings.model_validate({"thresholds": dict.fromkeys(names, 1000.0)})

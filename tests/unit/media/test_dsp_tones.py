@@ -43,7 +43,7 @@ def analyze_tone(f: float, level: float, frames: int = 4) -> ToneAnalyzer:
     a = ToneAnalyzer()
     x = sine(f, frames * 20, level, phase=0.7)
     for i in range(frames):
-        a.analyze(x[i * FRAME_SAMPLES:(i + 1) * FRAME_SAMPLES])
+        a.analyze(x[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES])
     return a
 
 
@@ -60,7 +60,7 @@ def test_noise_has_low_purity() -> None:
     x = np.random.default_rng(3).standard_normal(160 * 50) * 0.05
     pur = []
     for i in range(50):
-        a.analyze(x[i * 160:(i + 1) * 160])
+        a.analyze(x[i * 160 : (i + 1) * 160])
         pur.append(a.purity)
     assert max(pur[1:]) < 0.3
 
@@ -76,8 +76,15 @@ def test_sit_frequency_tolerances() -> None:
 
 
 def sit_signal(f1: float, d1: float, f2: float, d2: float, level: float = -20.0) -> np.ndarray:
-    return np.concatenate([np.zeros(2400), sine(f1, d1, level), sine(f2, d2, level),
-                           sine(1776.7, 380, level), np.zeros(4000)])
+    return np.concatenate(
+        [
+            np.zeros(2400),
+            sine(f1, d1, level),
+            sine(f2, d2, level),
+            sine(1776.7, 380, level),
+            np.zeros(4000),
+        ]
+    )
 
 
 def run_early(x: np.ndarray) -> Detector:
@@ -102,9 +109,17 @@ def test_sit_codes_decoded(key: tuple[str, str, str], offset: float) -> None:
 
 @pytest.mark.parametrize("level", [-10.0, -25.0, -40.0])
 def test_itu_sit_any_level(level: float) -> None:
-    x = np.concatenate([np.zeros(800), sine(950, 330, level), np.zeros(160),
-                        sine(1400, 330, level), np.zeros(160), sine(1800, 330, level),
-                        np.zeros(4000)])
+    x = np.concatenate(
+        [
+            np.zeros(800),
+            sine(950, 330, level),
+            np.zeros(160),
+            sine(1400, 330, level),
+            np.zeros(160),
+            sine(1800, 330, level),
+            np.zeros(4000),
+        ]
+    )
     r = run_early(x).result()
     assert r is not None and r.sit_code == "ITU"
 
@@ -141,12 +156,19 @@ def feed_cadence(sig: str, pattern: list[int], total: int = 6000) -> list[tuple[
     return out
 
 
-@pytest.mark.parametrize("sig,pattern,kind", [
-    ("us_busy", [500, 500], "busy"), ("us_busy", [240, 260], "reorder"),
-    ("uk_400", [380, 380], "busy"), ("uk_400", [400, 340, 220, 520], "reorder"),
-    ("eu_425", [1000, 4000], "ringback"), ("eu_425", [500, 500], "busy"),
-    ("eu_425", [240, 240], "reorder"), ("us_ring", [2000, 4000], "ringback"),
-])
+@pytest.mark.parametrize(
+    "sig,pattern,kind",
+    [
+        ("us_busy", [500, 500], "busy"),
+        ("us_busy", [240, 260], "reorder"),
+        ("uk_400", [380, 380], "busy"),
+        ("uk_400", [400, 340, 220, 520], "reorder"),
+        ("eu_425", [1000, 4000], "ringback"),
+        ("eu_425", [500, 500], "busy"),
+        ("eu_425", [240, 240], "reorder"),
+        ("us_ring", [2000, 4000], "ringback"),
+    ],
+)
 def test_cadences(sig: str, pattern: list[int], kind: str) -> None:
     res = feed_cadence(sig, pattern)
     assert res and res[0] == (sig, kind)
