@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
@@ -95,16 +96,16 @@ class Tx(Protocol):
         """Execute one statement; its rows (empty for writes) and its row count."""
 
 
-class SqlStore:
+class SqlStore(ABC):
     """A :class:`sipbridge.store.CallStore` over SQL; subclasses open the connection."""
 
     retention_s: float
 
+    @abstractmethod
     def _tx(self) -> AbstractContextManager[Tx]:
         """One transaction: committed when the block ends, rolled back on an exception.
         Maps a unique-key violation to DuplicateCall and other database errors to
         StoreError."""
-        raise NotImplementedError
 
     def _one(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._tx() as tx:
