@@ -33,7 +33,7 @@ def worker_context() -> Any:
     # forkserver_init first: the server ignores SIGTERM/SIGINT from then on (a signal to
     # the whole process group must reach only the supervisor).
     ctx.set_forkserver_preload(
-        ["sipbridge.sip.forkserver_init", "__main__", "sipbridge.sip.pool", "sipbridge.sip.worker"]
+        ["sipbridge.sip.forkserver_init", "__main__", "sipbridge.sip.pool", "sipbridge.sip.process"]
     )
     return ctx
 
@@ -73,7 +73,7 @@ def worker_main(
     worker_id: int, sip_cfg_dict: dict[str, Any], conn: Connection, sip_port: int
 ) -> None:
     """Process target: imports the pjsua2 worker only in the child process."""
-    from sipbridge.sip.worker import run_worker
+    from sipbridge.sip.process import run_worker
 
     run_worker(worker_id, sip_cfg_dict, conn, sip_port)
 

@@ -10,7 +10,7 @@ its workers (their exit status is read through the fork server).
 
 Importing this module ignores SIGTERM and SIGINT, but only inside a fork server
 process, so an accidental import elsewhere changes nothing. Workers inherit the
-dispositions at fork, and :func:`sipbridge.sip.worker.run_worker` sets them again.
+dispositions at fork, and :func:`sipbridge.sip.process.run_worker` sets them again.
 """
 
 from __future__ import annotations

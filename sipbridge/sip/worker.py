@@ -39,9 +39,7 @@ The :class:`Worker` keeps the loop, the command dispatch, the leg table
 from __future__ import annotations
 
 import contextlib
-import faulthandler
 import math
-import sys
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -63,7 +61,6 @@ from sipbridge.sip.endcause import (
     tls_reject_detail,
 )
 from sipbridge.sip.endpoint import DialRefused, Transports, create_endpoint, offered_codecs
-from sipbridge.sip.forkserver_init import ignore_stop_signals
 from sipbridge.sip.guardlink import GuardLink
 from sipbridge.sip.inbound import Inbound
 from sipbridge.sip.info import send_info
@@ -593,35 +590,3 @@ class Worker:
         """Hang up every leg, wait (bounded), drop pj objects, libDestroy
         (:func:`sipbridge.sip.teardown.shutdown`)."""
         shutdown(self)
-
-
-def run_worker(
-    worker_id: int, sip_cfg_dict: dict[str, Any], conn: Connection, sip_port: int = 0
-) -> None:
-    """Process entry point (``multiprocessing`` target, forked from the pool's fork server).
-
-    ``sip_port`` asks for a specific SIP port (used when the supervisor restarts a worker so
-    it keeps its port); 0 uses the config's range (or a free port for 0/0).
-    """
-    # The supervisor decides when we stop (Shutdown, or EOF on the pipe when it is
-    # gone): a SIGTERM/SIGINT sent to the whole process group by a service manager is
-    # the supervisor's cue to drain, not ours to hang up (see forkserver_init).
-    ignore_stop_signals()
-    # A crash in native code (pjsip, pjmedia, SWIG) prints every thread's Python stack to
-    # stderr, which the supervisor's log keeps.
-    faulthandler.enable(all_threads=True)
-    cfg = SipConfig(**sip_cfg_dict)
-    worker = Worker(worker_id, cfg, conn, sip_port)
-    try:
-        worker.start()
-    except Exception as e:
-        worker.log("error", f"SIP worker {worker_id} failed to start: {e}")
-        with contextlib.suppress(Exception):
-            worker.shutdown()
-        conn.close()
-        sys.exit(3)
-    try:
-        worker.run()
-    finally:
-        with contextlib.suppress(Exception):
-            conn.close()
