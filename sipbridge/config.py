@@ -6,7 +6,6 @@ A bad file fails with :class:`ConfigError`, whose message names the file, the ke
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -30,6 +29,7 @@ from sipbridge.callsettings import StrictModel
 from sipbridge.callsettings import WindowConfig as WindowConfig
 from sipbridge.callsettings import check_dtmf as check_dtmf
 from sipbridge.carrier import PROFILE_HEADERS, CallerIdentity, Codec, HealthCheck, Throttle
+from sipbridge.clusterconfig import ClusterConfig
 from sipbridge.edge.model import EdgeConfig
 from sipbridge.errors import ConfigError
 from sipbridge.headers import (
@@ -42,6 +42,7 @@ from sipbridge.headers import (
 from sipbridge.mediafiles import media_folder, media_path
 from sipbridge.netpolicy import TargetPolicy, callback_url_problem
 from sipbridge.schedule import zone
+from sipbridge.secretref import SecretRef as SecretRef
 from sipbridge.sipconfig import MAX_TLS_PROFILES, SipConfig, TlsSettings, Transport, check_tls
 
 Encryption = Literal["TLS/SRTP", "TLS/RTP", "UDP/SRTP", "UDP/RTP"]
@@ -50,27 +51,6 @@ _HOSTPORT_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+)(:(\d{1,5}))?$"
 
 
 _Model = StrictModel
-
-
-class SecretRef(_Model):
-    """A secret given inline (``value``) or read from an environment variable (``env``)."""
-
-    value: str | None = None
-    env: str | None = None
-
-    @model_validator(mode="after")
-    def _one_source(self) -> SecretRef:
-        if (self.value is None) == (self.env is None):
-            raise ValueError("give exactly one of 'value' or 'env'")
-        if self.env is not None and not os.environ.get(self.env):
-            raise ValueError(f"environment variable {self.env!r} is not set or empty")
-        return self
-
-    def resolve(self) -> str:
-        if self.value is not None:
-            return self.value
-        assert self.env is not None
-        return os.environ[self.env]
 
 
 class _WithHeaders(_Model):
@@ -478,6 +458,18 @@ class Config(_Model):
     # A Kamailio + rtpengine edge in front of the nodes (README "Edge proxy"): carrier
     # INVITEs go through it; `sipbridge edge-config` writes its files.
     edge: EdgeConfig | None = None
+    # Several nodes sharing one PostgreSQL store and one Redis (README "Running more than
+    # one node"); absent = a single node.
+    cluster: ClusterConfig | None = None
+
+    @model_validator(mode="after")
+    def _cluster_store(self) -> Config:
+        if self.cluster is not None and self.store.kind != "postgresql":
+            raise ValueError(
+                "cluster: needs store.backend postgresql (nodes share calls through it; "
+                "SQLite is one node's file)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _references(self) -> Config:
