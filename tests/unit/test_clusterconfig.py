@@ -37,7 +37,12 @@ def test_single_node_has_no_cluster():
         ({"lease_s": True}, PG, "cluster.lease_s", "number"),
         ({"redis": {}}, PG, "cluster.redis.url", "Field required"),
         ({"redis": {"url": {"env": "SB_TEST_UNSET_VAR"}}}, PG, "cluster.redis.url", "not set"),
-        ({"redis": {"url": {"value": "redis://x"}, "key_prefix": "a b"}}, PG, "cluster.redis.key_prefix", "pattern"),
+        (
+            {"redis": {"url": {"value": "redis://x"}, "key_prefix": "a b"}},
+            PG,
+            "cluster.redis.key_prefix",
+            "pattern",
+        ),
         ({"surprise": 1}, PG, "cluster.surprise", "Extra inputs"),
     ],
 )
