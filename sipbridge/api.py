@@ -26,6 +26,7 @@ from pydantic import (
 )
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from sipbridge.agentview import agent_view
 from sipbridge.bodylimit import BodyLimit
 from sipbridge.calls import CallService, TriggerInput
 from sipbridge.callsettings import StrictModel
@@ -193,6 +194,8 @@ class StatusResponse(BaseModel):
     created_at: str
     last_updated: str
     answered_by: str | None = None
+    agent_answered_by: str | None = Field(None, description="who answered, as the agent said")
+    disposition: dict[str, Any] | None = Field(None, description="the agent's BYE disposition")
     sip_status: int | None = None
     attempts: int = 0
     attempt_history: list[dict[str, Any]] = Field(default_factory=list)
@@ -230,6 +233,7 @@ def _iso(ts: float) -> str:
 
 def status_body(rec: CallRecord, events: list[CallEvent]) -> StatusResponse:
     detection = rec.latest_detection()
+    agent_answered_by, disposition = agent_view(rec)
     return StatusResponse(
         callSid=rec.call_sid,
         status=rec.status,
@@ -238,6 +242,8 @@ def status_body(rec: CallRecord, events: list[CallEvent]) -> StatusResponse:
         created_at=_iso(rec.created_at),
         last_updated=_iso(rec.last_updated),
         answered_by=rec.answered_by,
+        agent_answered_by=agent_answered_by,
+        disposition=disposition,
         sip_status=rec.sip_status,
         attempts=rec.attempts,
         attempt_history=[a.to_json() for a in rec.attempt_history],

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from sipbridge.agentview import agent_view
 from sipbridge.records import CallEvent, CallRecord, LegRecord
 from sipbridge.store import CallStore
 
@@ -39,6 +40,8 @@ FIELDS = (
     "sip_status",
     "result",
     "answered_by",
+    "agent_answered_by",
+    "disposition",
     "reason",
     "cause",
     "detail",
@@ -64,6 +67,7 @@ def build_cdr(
     end = leg_end if leg_end is not None else ended_at
     pdd_ms = round((ring_at - invite_at) * 1000) if ring_at and invite_at else None
     duration = round(max(0.0, end - answered_at), 3) if answered_at else 0.0
+    agent_answered_by, disposition = agent_view(rec, attempt)
     return {
         "call_sid": rec.call_sid,
         "attempt": attempt,
@@ -82,6 +86,9 @@ def build_cdr(
         "sip_status": last.sip_status if last.ended_at is not None else rec.sip_status,
         "result": result,
         "answered_by": rec.answered_by if answered_at else None,
+        "agent_answered_by": agent_answered_by,
+        # the agent's verdict: its value only (the full record is in the call's legs)
+        "disposition": disposition.get("value") if disposition else None,
         "reason": reason,
         "cause": last.cause,
         "detail": detail,

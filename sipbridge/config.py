@@ -30,6 +30,7 @@ from sipbridge.callsettings import WindowConfig as WindowConfig
 from sipbridge.callsettings import check_dtmf as check_dtmf
 from sipbridge.carrier import PROFILE_HEADERS, CallerIdentity, Codec, HealthCheck, Throttle
 from sipbridge.clusterconfig import ClusterConfig
+from sipbridge.dispositionconfig import DispositionConfig
 from sipbridge.edge.model import EdgeConfig
 from sipbridge.errors import ConfigError
 from sipbridge.headers import (
@@ -112,6 +113,8 @@ class AgentConfig(_WithHeaders):
     ring_timeout_s: Annotated[float, Field(gt=0, le=120)] = 15.0
     # A sips: / ;transport=tls agent URI: how its certificate is checked.
     tls: TlsSettings = Field(default_factory=TlsSettings)
+    # Dispositions in the agent's BYE (sipbridge.dispositionconfig).
+    disposition: DispositionConfig = Field(default_factory=DispositionConfig)
 
     def transport(self) -> str:
         low = self.uri.lower()

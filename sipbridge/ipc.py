@@ -213,6 +213,20 @@ class InboundCall:
 
 
 @dataclass(frozen=True)
+class ByeHeaders:
+    """The BYE that ended an agent leg carried these headers (its ``read_headers``; raw
+    values, bounded by :func:`sipbridge.disposition.bye_header_values`). Sent just
+    before that leg's ``ended`` event, so before its bridged carrier leg's end."""
+
+    leg_id: str
+    call_sid: str
+    worker_id: int
+    ts: float
+    headers: tuple[tuple[str, str], ...]
+    type: str = "bye_headers"
+
+
+@dataclass(frozen=True)
 class WorkerReady:
     worker_id: int
     sip_port: int
@@ -237,6 +251,7 @@ Event = (
     | DtmfSent
     | PlaybackDone
     | InboundCall
+    | ByeHeaders
     | WorkerReady
     | WorkerLog
 )
@@ -263,10 +278,11 @@ def decode(d: Any) -> Command | Event:
             if plan.get("auth") is not None:
                 plan["auth"] = tuple(plan["auth"])
             plan["codecs"] = tuple(plan.get("codecs") or ())
+            plan["read_headers"] = tuple(plan.get("read_headers") or ())
             if plan.get("session_timers") is not None:
                 plan["session_timers"] = tuple(plan["session_timers"])
             return Dial(plan=DialPlan(**plan))
-        if kind in ("inbound", "info"):
+        if kind in ("inbound", "info", "bye_headers"):
             body["headers"] = tuple(tuple(h) for h in body["headers"])
         if kind == "detection":
             body["detection"] = Detection(**body["detection"])
@@ -285,6 +301,7 @@ def decode(d: Any) -> Command | Event:
             "dtmf_sent": DtmfSent,
             "play_done": PlaybackDone,
             "inbound": InboundCall,
+            "bye_headers": ByeHeaders,
             "ready": WorkerReady,
             "log": WorkerLog,
         }.get(str(kind))

@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 
+from sipbridge.disposition import DISPOSITIONS
 from sipbridge.records import TERMINAL, CallEvent, CallRecord, LegRecord
 
 log = logging.getLogger("sipbridge.metrics")
@@ -147,6 +148,12 @@ class Metrics:
             registry=r,
         )
         self.cdrs = Counter("sipbridge_cdrs_written", "Call detail records written", registry=r)
+        self.dispositions = Counter(
+            "sipbridge_agent_dispositions",
+            "Dispositions in agents' BYEs, by value (invalid: refused) and source",
+            ["disposition", "source"],
+            registry=r,
+        )
         if gauges is not None:
             r.register(_LiveCollector(gauges))
 
@@ -184,6 +191,13 @@ class Metrics:
                 self.sip_responses.labels(trunk=trunk, code=str(code)).inc()
             if state in ("ringing", "early") and leg.ring_at is None and leg.invite_at is not None:
                 self.pdd.labels(trunk=trunk).observe(max(0.0, ev.ts - float(leg.invite_at)))
+            return
+        if ev.kind == "agent.disposition":
+            value = str(d.get("value"))
+            self.dispositions.labels(
+                disposition=value if value in DISPOSITIONS else "invalid",
+                source=str(d.get("source")) if d.get("source") in ("header", "reason") else "",
+            ).inc()
             return
         if ev.kind == "failover":
             self.failovers.labels(from_trunk=str(d.get("from_trunk") or "")).inc()

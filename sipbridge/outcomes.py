@@ -26,6 +26,9 @@ class Termination:
     sip_status: int | None = None
     # Technical detail for operators (never part of ``reason``).
     detail: str = ""
+    # Asked for by the agent (disposition ``retry=true``): retried under the retry policy
+    # (max_attempts, backoff) whatever its retry_on lists.
+    retry_requested: bool = False
 
 
 # Every outcome kind a Termination can carry: what a route's ``retry.retry_on`` may list
@@ -63,6 +66,7 @@ OUTCOME_KINDS: frozenset[str] = frozenset(
         "screening",
         # the agent and the bridge
         "agent_error",
+        "agent_retry",
         "bridge_error",
         "internal_error",
         # scheduling
@@ -240,3 +244,42 @@ def from_detection(answered_by: str, retry: bool = False) -> Termination:
     return Termination(
         "failure", "answered by machine", "machine", retry, None, f"answered by {answered_by}"
     )
+
+
+# Agent dispositions (sipbridge.disposition) -> (result, reason, kind, retryable). The
+# "(agent)" in a reason tells the agent's verdict from the bridge's own detection.
+AGENT_RETRY = "retry requested by agent"
+_DISPOSITION_TABLE: dict[str, tuple[Result, str, str, bool]] = {
+    "human": ("success", "ended by agent", "completed", False),
+    "completed": ("success", "ended by agent", "completed", False),
+    "machine": ("failure", "answered by machine (agent)", "machine", False),
+    "voicemail": ("failure", "answered by machine (agent)", "machine", False),
+    "ivr": ("failure", "answered by IVR (agent)", "machine", False),
+    "fax": ("failure", "answered by fax (agent)", "fax", False),
+    "not_in_service": ("failure", "number not in service (agent)", "not_in_service", False),
+    "operator": ("failure", "answered by operator (agent)", "operator", False),
+    "screening": ("failure", "answered by screening assistant (agent)", "screening", False),
+    "busy": ("failure", "busy (agent)", "busy", True),
+    "no_answer": ("failure", "no answer (agent)", "no_answer", True),
+    "retry": ("failure", AGENT_RETRY, "agent_retry", True),
+}
+# agent.disposition.voicemail: "message_left" makes machine/voicemail a success.
+VOICEMAIL_MESSAGE_LEFT = ("success", "voicemail message left (agent)", "message_left", False)
+
+
+def from_disposition(
+    value: str, retry: bool | None, detail: str = "", voicemail: str = "failure"
+) -> Termination:
+    """The outcome of an agent's disposition (README "Dispositions from the agent").
+    ``retry`` true asks for another attempt (a success becomes failure "retry requested
+    by agent"); false forbids one; None keeps the value's default."""
+    result, reason, kind, retryable = _DISPOSITION_TABLE.get(value, _DISPOSITION_TABLE["completed"])
+    if value in ("machine", "voicemail") and voicemail == "message_left":
+        result, reason, kind, retryable = VOICEMAIL_MESSAGE_LEFT  # type: ignore[assignment]
+    requested = value == "retry" if retry is None else retry
+    if retry is not None:
+        retryable = retry
+    if requested and result == "success":
+        result, reason, kind = "failure", AGENT_RETRY, "agent_retry"
+    status = 200
+    return Termination(result, reason, kind, retryable, status, detail, requested)

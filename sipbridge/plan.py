@@ -44,3 +44,6 @@ class DialPlan:
     codecs: tuple[str, ...] = ()
     telephone_event_pt: int = 0
     session_timers: tuple[int, int] | None = None
+    # Agent leg: the header names whose values the worker reports (ipc.ByeHeaders) from a
+    # BYE the agent sends (its disposition, sipbridge.disposition); empty: none.
+    read_headers: tuple[str, ...] = ()

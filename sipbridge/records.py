@@ -148,6 +148,8 @@ class LegRecord:
     sip_status: int | None = None
     sip_reason: str | None = None
     detection: Mapping[str, Detection] = field(default_factory=dict)  # phase -> result
+    # Agent leg: the disposition its BYE carried (sipbridge.disposition.Disposition.to_json).
+    disposition: Mapping[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -168,6 +170,8 @@ class LegRecord:
         kw = {k: v for k, v in d.items() if k in known and k != "detection"}
         if kw.get("role", "carrier") not in get_args(LegRole):
             raise ValueError(f"unknown leg role {kw.get('role')!r}")
+        if not isinstance(kw.get("disposition") or {}, Mapping):
+            raise ValueError("leg disposition is not a JSON object")
         dets = d.get("detection") or {}
         if not isinstance(dets, Mapping):
             raise ValueError("leg detection is not a JSON object")

@@ -321,6 +321,7 @@ def resolve_agent_plan(
         bridge_with=carrier_leg_id,
         tls_verify=agent.tls.verify,
         tls_ca_file=agent.tls.ca_list(),
+        read_headers=agent.disposition.policy().read_headers(),
     )
 
 

@@ -59,7 +59,8 @@ class Endings:
         # A "retry" machine (operator, screening) action asks for a retry whatever
         # retry_on lists (its Termination is retryable only then).
         wants_retry = retry.should_retry(term.kind, rec.attempts) or (
-            term.kind in ("machine", "operator", "screening") and rec.attempts < retry.max_attempts
+            (term.kind in ("machine", "operator", "screening") or term.retry_requested)
+            and rec.attempts < retry.max_attempts
         )
         if (
             term.result == "failure"

@@ -13,11 +13,13 @@ from typing import Any
 from sipbridge.calls.actions import Actions
 from sipbridge.calls.context import CallContext
 from sipbridge.calls.dispatch import Dispatcher
+from sipbridge.calls.dispositions import on_bye_headers
 from sipbridge.calls.ending import Endings
 from sipbridge.calls.inbound import InboundCalls
 from sipbridge.calls.live import LiveCall, TriedLeg
 from sipbridge.flow import Action, CallFlow, EndCall, agent_failure
 from sipbridge.ipc import (
+    ByeHeaders,
     DetectionReport,
     DtmfReceived,
     DtmfSent,
@@ -31,7 +33,9 @@ from sipbridge.trunkselect import should_failover
 
 log = logging.getLogger("sipbridge.calls")
 
-SipEvent = LegEvent | DetectionReport | DtmfReceived | DtmfSent | PlaybackDone | InboundCall
+SipEvent = (
+    LegEvent | DetectionReport | DtmfReceived | DtmfSent | PlaybackDone | InboundCall | ByeHeaders
+)
 CANCELED_BY_AGENT = Termination("failure", "canceled by agent platform", "canceled", False)
 # Ends after which a pending termination (why the bridge ended the call) applies.
 _OUR_END_CAUSES = ("local_hangup", "remote_bye", "remote_final", "bridged_bye")
@@ -139,6 +143,8 @@ class SipEvents:
             )
         elif isinstance(ev, InboundCall):
             self.inbound.on_invite(ev)
+        elif isinstance(ev, ByeHeaders):
+            on_bye_headers(self.ctx, ev)
         else:
             log.warning("unexpected event from the SIP engine: %r", ev)
 

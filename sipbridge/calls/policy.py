@@ -6,11 +6,12 @@ request (at trigger time, or on first use after a restart) and kept typed in a
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sipbridge.callsettings import DetectionSettings, IvrSettings
 from sipbridge.config import Config, RouteConfig
+from sipbridge.dispositionconfig import DispositionPolicy
 from sipbridge.mediafiles import media_folder
 from sipbridge.records import CallRecord, CallRequest
 from sipbridge.routing import choose_route
@@ -31,6 +32,8 @@ class CallPolicy:
     window_problem: str = ""
     # The prompt library's folder (media.prompt_dir, checked at start-up), or None.
     prompts: str | None = None
+    # How the agent's BYE dispositions map (agent.disposition).
+    disposition: DispositionPolicy = field(default_factory=DispositionPolicy)
 
     @property
     def trunks(self) -> list[str]:
@@ -80,6 +83,7 @@ def resolve_policy(cfg: Config, to_number: str, request: CallRequest) -> CallPol
         prompts=(
             str(media_folder(cfg.media.dir, cfg.media.prompt_dir)) if cfg.media.prompt_dir else None
         ),
+        disposition=cfg.agent.disposition.policy(),
     )
 
 

@@ -50,6 +50,7 @@ import pjsua2 as pj
 from sipbridge import ipc
 from sipbridge.plan import DialPlan
 from sipbridge.sip.accounts import AccountCache
+from sipbridge.sip.byeheaders import report_bye
 from sipbridge.sip.codecs import CodecOrder
 from sipbridge.sip.detection import Detection
 from sipbridge.sip.dtmf import Dtmf
@@ -430,6 +431,7 @@ class Worker:
         # Anything still running on the leg is reported before its end.
         self.mixer.end_players(leg.leg_id)
         self.detection.on_end(leg)
+        report_bye(self, leg, whole)
         self._event(
             leg,
             "ended",
