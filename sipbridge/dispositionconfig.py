@@ -47,7 +47,7 @@ class DispositionConfig(StrictModel):
     @field_validator("header")
     @classmethod
     def _header(cls, v: str) -> str:
-        validate_header_name(v, "agent.disposition.header")
+        validate_header_name(v, "")
         if v.lower() == REASON_HEADER.lower():
             raise ValueError("Reason is read by reason_header; name another header")
         return v

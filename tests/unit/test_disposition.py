@@ -1,6 +1,8 @@
 """Dispositions from the agent's BYE: parsing (header, RFC 3326 Reason), hostile values,
 the outcomes table, and the agent's view in the status and CDR."""
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -339,3 +341,20 @@ def test_agent_view_status_and_cdr():
     assert leg.disposition == d
     with pytest.raises(ValueError):
         LegRecord.from_json({"role": "agent", "disposition": "voicemail"})
+
+
+def test_config_error_names_the_key(monkeypatch):
+    import yaml
+
+    from sipbridge.config import parse_config
+    from sipbridge.errors import ConfigError
+
+    monkeypatch.setenv("SIPBRIDGE_API_TOKEN", "x")
+    with open(Path(__file__).parents[2] / "config" / "example.yaml") as f:
+        data = yaml.safe_load(f)
+    assert parse_config(data).agent.disposition.header == "X-Sipbridge-Disposition"
+    data["agent"]["disposition"] = {"header": "Call-ID"}
+    with pytest.raises(
+        ConfigError, match=r"agent\.disposition\.header: header 'Call-ID' is managed"
+    ):
+        parse_config(data)
