@@ -67,7 +67,7 @@ MAX_TEXT_CHARS = 128  # the free text (reason= / text=)
 MAX_PARAMS = 6
 MAX_VALUES = 8  # header instances (or comma-separated values) read per name
 # What the worker reports per value: longer is cut here (and refused as oversize).
-WIRE_VALUE_CHARS = 2 * MAX_VALUE_CHARS
+WIRE_VALUE_CHARS = MAX_VALUE_CHARS + 1
 REASON_HEADER = "Reason"
 SIPBRIDGE_PROTOCOL = "x-sipbridge"
 

@@ -119,6 +119,8 @@ def test_unknown_value_is_logged_and_the_call_ends_as_today(stack: Stack) -> Non
     agent = _agent(
         stack,
         "X-Sipbridge-Disposition: martian; retry=true",
+        # a second, oversize instance (a duplicated header): refused too
+        f'X-Sipbridge-Disposition: human; reason="{"x" * 300}"',
         "Reason: Q.850;cause=16",  # normal call clearing: no disposition
     )
     bridge = carrier_bridge(stack, carrier, agent)
@@ -128,7 +130,9 @@ def test_unknown_value_is_logged_and_the_call_ends_as_today(stack: Stack) -> Non
     assert body["disposition"] is None and body["agent_answered_by"] is None
     ev = next(e for e in body["events"] if e["kind"] == "agent.disposition")
     assert ev["data"]["value"] == "invalid"
-    assert "unknown disposition 'martian'" in bridge.log()
+    log = bridge.log()
+    assert "unknown disposition 'martian'" in log
+    assert "value longer than 256 characters ignored" in log
     assert _dispositions(bridge) == {("invalid", ""): 1}
 
 
