@@ -188,6 +188,7 @@ def _check_chars(what: str, value: str) -> str | None:
 def _params(what: str, parts: Sequence[str]) -> tuple[dict[str, str] | None, list[str]]:
     """``name=value`` params (names lower-cased, values unquoted); None if malformed."""
     problems: list[str] = []
+    parts = [p for p in parts if p]  # "human;" or ";;": nothing there, nothing wrong
     if len(parts) > MAX_PARAMS:
         return None, [f"{what}: more than {MAX_PARAMS} params: ignored"]
     out: dict[str, str] = {}

@@ -47,6 +47,7 @@ def _one(header=(), reason=()):
             "asked to call back, after 5",
         ),
         ("busy;reason=line_busy;retry=true", "busy", True, "line_busy"),
+        ("no_answer;", "no_answer", None, ""),
         ('ivr; reason="say \\"agent\\" failed"', "ivr", None, 'say "agent" failed'),
     ],
 )
