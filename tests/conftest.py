@@ -18,6 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Property tests check behaviour, not speed: on a loaded 2-core CI machine hypothesis's
+# default 200 ms deadline per example fails tests that are correct (speed is benched).
+settings.register_profile("sipbridge", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("sipbridge")
 
 TEST_LOGS = Path(__file__).resolve().parent.parent / "test-logs"
 
