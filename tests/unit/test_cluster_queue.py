@@ -185,7 +185,7 @@ def test_a_live_node_is_not_taken_over(nodes):
     a.create(_rec("OUT-1"))
     a.claim(1)
     assert membership.take_over(b, "a") is None
-    assert a.get("OUT-1").owner_node == "a"  # type: ignore[union-attr]
+    assert a.get("OUT-1").owner_node == "a"
 
 
 def test_release_claims_on_drain_keeps_dialled_calls(nodes):
@@ -228,7 +228,7 @@ def test_journal_logs_and_drops_a_fenced_write(nodes, caplog):
     out = journal.set_status(rec, "calling", "")
     journal.event(rec, "sip.ringing", {})
     assert out is rec and not seen
-    assert b.get("OUT-1").status == "queued"  # type: ignore[union-attr]
+    assert b.get("OUT-1").status == "queued"
     assert "dropped" in caplog.text and "stale" in caplog.text
 
 
