@@ -146,13 +146,12 @@ class ClusterNode:
 
     def _self_fence(self) -> None:
         """Our lease ended: whatever we still hold may be another node's. Hang up every
-        leg we have up and forget our claims (later writes about them are fenced)."""
+        leg we have up; what we write about them stays fenced by our old epochs."""
         pool = self.service.pool
         for live in self.service.registry:
             for leg_id in list(live.legs):
                 with contextlib.suppress(Exception):
                     pool.hangup(leg_id)
-        self.store.held.clear()
 
     def _end(self, t: membership.Takeover, term: Termination) -> None:
         """End the adopted in-flight attempts of a takeover (the retry policy decides)."""

@@ -43,7 +43,8 @@ class ClusterStore(PostgresStore):
         super().__init__(dsn, retention_s, **kw)
         self.node_id = node_id
         self.lease_s = lease_s
-        # call_sid -> the epoch of this node's claim on it.
+        # call_sid -> the epoch of this node's claim on it (after a release: the released
+        # epoch, so late reports about the attempt are fenced once another node claims).
         self.held: OrderedDict[str, int] = OrderedDict()
         self.stale_writes = 0  # writes fenced out (logged by the journal)
 
@@ -56,8 +57,10 @@ class ClusterStore(PostgresStore):
         while len(self.held) > _HELD_MAX:
             self.held.popitem(last=False)
 
-    def holds(self, call_sid: str) -> bool:
-        return call_sid in self.held
+    def fence_of(self, call_sid: str) -> int | None:
+        """The epoch this node's writes about the call are fenced by (None: it never
+        claimed the call; its writes are then fenced by the epoch they read)."""
+        return self.held.get(call_sid)
 
     # ---- fenced writes (overrides of the shared queries) ------------------------------
 
@@ -87,7 +90,9 @@ class ClusterStore(PostgresStore):
                 f"call {rec.call_sid}: epoch {fence} is stale (another node owns the call)"
             )
         if release:
-            self.held.pop(rec.call_sid, None)
+            # Late reports about the attempt just ended stay fenced: by the released
+            # epoch, which the next claim (by any node) moves on.
+            self._hold(rec.call_sid, fence + 1)
             tx.run(_NOTIFY)
 
     def _add_event(self, tx: Tx, call_sid: str, event: CallEvent) -> None:
@@ -152,14 +157,15 @@ class ClusterStore(PostgresStore):
         with self._tx() as tx:
             rows = tx.run(
                 "UPDATE calls SET owner_node=NULL, epoch=epoch+1, dialing=false "
-                "WHERE owner_node=? AND status='queued' AND NOT dialing RETURNING call_sid",
+                "WHERE owner_node=? AND status='queued' AND NOT dialing "
+                "RETURNING call_sid, epoch",
                 (self.node_id,),
             )[0]
             if rows:
                 tx.run(_NOTIFY)
-        for (sid,) in rows:
-            self.held.pop(sid, None)
-        return [sid for (sid,) in rows]
+        for sid, epoch in rows:
+            self._hold(sid, int(epoch))
+        return [sid for sid, _ in rows]
 
     def _tx_count(self, sql: str, params: tuple[Any, ...]) -> int:
         with self._tx() as tx:

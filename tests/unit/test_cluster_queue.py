@@ -195,8 +195,9 @@ def test_release_claims_on_drain_keeps_dialled_calls(nodes):
     assert a.claim(2) == ["OUT-1", "OUT-2"]
     assert a.mark_dialing("OUT-2")
     assert a.release_claims() == ["OUT-1"]
-    assert not a.holds("OUT-1") and a.holds("OUT-2")
     assert b.claim(5) == ["OUT-1"]
+    with pytest.raises(StaleClaim):  # a late write of the old claimer is fenced out
+        a.add_event("OUT-1", CallEvent(1002.0, "late", {}))
     assert not membership.leave(a)  # OUT-2 is still ours: the row stays for a takeover
 
 
@@ -207,10 +208,12 @@ def test_retry_requeue_releases_the_claim(nodes):
     rec = a.get("OUT-1")
     assert rec is not None
     a.save(replace(rec, not_before=1.0, reason="busy; attempt 2"))  # queued again
-    assert not a.holds("OUT-1")
     again = b.get("OUT-1")
     assert again is not None and again.owner_node is None and again.epoch == rec.epoch + 1
+    a.add_event("OUT-1", CallEvent(1002.0, "sip.late", {}))  # late report, nobody claimed
     assert b.claim(1) == ["OUT-1"]
+    with pytest.raises(StaleClaim):  # after b's claim, a's late reports are fenced
+        a.add_event("OUT-1", CallEvent(1003.0, "sip.later", {}))
 
 
 def test_journal_logs_and_drops_a_fenced_write(nodes, caplog):
