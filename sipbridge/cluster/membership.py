@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Literal
 
 from sipbridge.cluster.lease import Member, takeover_action
 from sipbridge.cluster.store import _NOTIFY, FRESH, ClusterStore
 
 log = logging.getLogger("sipbridge.cluster")
+
+Beat = Literal["ok", "lapsed", "lost"]
 
 
 @dataclass
@@ -34,15 +37,20 @@ def join(store: ClusterStore, draining: bool = False) -> None:
     )
 
 
-def heartbeat(store: ClusterStore, draining: bool) -> bool:
-    """Renew our lease; False when it had already expired (or our row was taken over):
-    then everything this node held may belong to another node now."""
+def heartbeat(store: ClusterStore, draining: bool) -> Beat:
+    """Renew our lease: "ok"; "lapsed" when it had expired but nobody took us over (a
+    takeover deletes our row in the same transaction that re-epochs our calls, so a row
+    still there means every claim of ours is intact); "lost" when we were taken over:
+    everything this node held may belong to another node now."""
     with store._tx() as tx:
-        n = tx.run(
-            f"UPDATE nodes SET last_seen=now(), draining=? WHERE node_id=? AND {FRESH}",
+        rows = tx.run(f"SELECT {FRESH} FROM nodes WHERE node_id=? FOR UPDATE", (store.node_id,))[0]
+        if not rows:
+            return "lost"
+        tx.run(
+            "UPDATE nodes SET last_seen=now(), draining=? WHERE node_id=?",
             (draining, store.node_id),
-        )[1]
-    return n == 1
+        )
+    return "ok" if rows[0][0] else "lapsed"
 
 
 def members(store: ClusterStore) -> list[Member]:

@@ -55,6 +55,7 @@ class ClusterNode:
         self.view: list[Member] = []
         self.view_at = 0.0
         self.takeovers = 0
+        self._connected_since: float | None = None  # monotonic: beating steadily since
         self._tasks: list[asyncio.Task[None]] = []
 
     # ---- hooks into the call service ---------------------------------------------------
@@ -79,6 +80,7 @@ class ClusterNode:
             self._end(t, RESTARTED)
         membership.join(self.store)
         self.lease_ok = True
+        self._connected_since = time.monotonic()
         self._refresh_view()
 
     async def start(self) -> None:
@@ -113,36 +115,50 @@ class ClusterNode:
                 self.problem = ""
             except Exception as e:
                 self.problem = f"{type(e).__name__}: {e}"[:300]
+                self._connected_since = None
                 log.warning("cluster heartbeat failed: %s", self.problem)
             await asyncio.sleep(self.cfg.heartbeat_s)
 
     def beat(self) -> None:
         """One heartbeat: renew our lease, take over lost nodes, refresh the view."""
         store = self.store
-        if not membership.heartbeat(store, self.draining):
-            if self.lease_ok:
-                log.error(
-                    "node %s: lease lost (no heartbeat for %.0f s): its calls may belong "
-                    "to other nodes now; hanging up what is still up",
-                    store.node_id,
-                    self.cfg.lease_s,
-                )
+        now = time.monotonic()
+        beat = membership.heartbeat(store, self.draining)
+        if beat == "lapsed":
+            log.warning(
+                "node %s: heartbeat late past the lease, nobody took over: renewed", store.node_id
+            )
+        if beat == "lost":
+            log.error(
+                "node %s: lease lost (no heartbeat for %.0f s, another node took over): "
+                "hanging up what is still up here",
+                store.node_id,
+                self.cfg.lease_s,
+            )
             self.lease_ok = False
             self._self_fence()
             t = membership.take_over(store, store.node_id, force=True)
             if t is not None:
                 self._end(t, node_lost(store.node_id))
             membership.join(store, self.draining)
+        if beat != "ok" or self._connected_since is None:
+            self._connected_since = now
         self.lease_ok = True
+        # Judge others only after beating steadily for a whole lease ourselves: after a
+        # database outage every node's heartbeat is old, and each must get the chance to
+        # renew before anyone counts it lost.
+        if now - self._connected_since >= self.cfg.lease_s:
+            self._take_over_lost()
+        self._refresh_view()
+
+    def _take_over_lost(self) -> None:
+        store = self.store
         lost = set(expired(membership.members(store))) | set(membership.orphan_owners(store))
         for node_id in sorted(lost - {store.node_id}):
             t = membership.take_over(store, node_id)
             if t is not None:
                 self.takeovers += 1
                 self._end(t, node_lost(node_id))
-                if t.requeued:
-                    self.service.dispatcher.wake()
-        self._refresh_view()
 
     def _self_fence(self) -> None:
         """Our lease ended: whatever we still hold may be another node's. Hang up every

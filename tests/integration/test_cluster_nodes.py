@@ -54,15 +54,18 @@ def start_cluster(
     dsn: str,
     carrier: SippUas,
     retry: dict[str, Any] | None = None,
+    trunk_extra: dict[int, dict[str, Any]] | None = None,
 ) -> list[Bridge]:
     nodes = []
     for i in range(NODES):
+        trunk = {"name": "t", "address": carrier.uri_hostport, "caller_id": _caller(i)}
+        trunk.update((trunk_extra or {}).get(i, {}))
         route: dict[str, Any] = {"prefix": "+1", "trunk": "t"}
         if retry:
             route["retry"] = retry
         cfg = bridge_config(
             tmp_path,
-            trunks=[{"name": "t", "address": carrier.uri_hostport, "caller_id": _caller(i)}],
+            trunks=[trunk],
             routes=[route],
             store={"backend": "postgresql", "dsn": {"value": dsn}},
             cluster={"node_id": f"n{i}", "lease_s": LEASE_S, "heartbeat_s": HEARTBEAT_S},
@@ -241,3 +244,30 @@ def test_a_paused_node_dials_and_writes_nothing_after_a_takeover(tmp_path, stack
     ]
     assert not late, late
     print(f"SIGSTOP: {len(taken)} call(s) taken over {lost_s:.1f} s after the pause")
+
+
+def test_a_draining_node_hands_its_claimed_calls_back(tmp_path, stack, pg_server):
+    """SIGTERM: the node stops claiming and its claimed, undialled calls (here: waiting
+    for its slow trunk's CPS tokens) are dialled by the other nodes, once each."""
+    carrier = stack.sipp("uas_answer_then_bye.xml")
+    slow = {0: {"cps": 0.2, "cps_burst": 1}}  # node 0 dials one call per 5 s
+    nodes = start_cluster(stack, tmp_path, pg_server.new_database(), carrier, trunk_extra=slow)
+    sids = [nodes[0].trigger(to_number=_to(i)) for i in range(12)]
+
+    def waiting_on_n0() -> list[str]:
+        return [
+            s
+            for s in sids
+            if (b := nodes[1].status(s))["owner_node"] == "n0" and b["status"] == "queued"
+        ]
+
+    wait_until(lambda: len(waiting_on_n0()) >= 2, 15, "node 0 holds undialled claims")
+    assert nodes[0].stop() == 0  # SIGTERM: drain, then exit
+    done = wait_all_terminal(nodes[1], sids, timeout=40)
+    assert all(b["status"] == "success" for b in done.values()), done
+    seen = invites(carrier)
+    assert {len(seen[_to(i)]) for i in range(12)} == {1}
+    handed = [ln for ln in nodes[0].log().splitlines() if "handed back to the queue" in ln]
+    assert handed and int(handed[-1].split("draining: ")[1].split()[0]) >= 2, handed
+    by_n0 = [i for i in range(12) if next(iter(seen[_to(i)].values())) == _caller(0)]
+    assert len(by_n0) <= 3  # the rest went out through the other nodes

@@ -101,7 +101,6 @@ def test_no_claims_without_a_fresh_lease_or_while_draining(nodes):
     a.create(_rec("OUT-1"))
     _age(a, "a", 6.0)
     assert a.claim(5) == []
-    assert not membership.heartbeat(a, draining=False)  # the lease is over: no renewal
     membership.join(a, draining=True)
     assert a.claim(5) == []
     membership.join(a)
@@ -245,3 +244,14 @@ def test_a_non_owner_status_change_fences_the_claimer(nodes):
     assert rec is not None
     b.save(replace(rec, status="failure", reason="canceled", ended_at=1001.0))
     assert not a.mark_dialing("OUT-1")
+
+
+def test_heartbeat_renews_a_lapsed_lease_unless_taken_over(nodes):
+    a, b = nodes("a", lease_s=5.0), nodes("b")
+    assert membership.heartbeat(a, draining=False) == "ok"
+    _age(a, "a", 6.0)  # e.g. the database was down for longer than the lease
+    assert membership.heartbeat(a, draining=False) == "lapsed"
+    assert membership.heartbeat(a, draining=False) == "ok"
+    _age(a, "a", 6.0)
+    assert membership.take_over(b, "a") is not None
+    assert membership.heartbeat(a, draining=False) == "lost"
