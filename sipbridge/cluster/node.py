@@ -32,6 +32,7 @@ from sipbridge.cluster.lease import Member, claim_budget, expired
 from sipbridge.cluster.store import CHANNEL, ClusterStore
 from sipbridge.clusterconfig import ClusterConfig
 from sipbridge.config import Config
+from sipbridge.errors import StoreError
 from sipbridge.outcomes import Termination, node_lost
 from sipbridge.records import CallRecord
 
@@ -57,16 +58,26 @@ class ClusterNode:
         self.takeovers = 0
         self._connected_since: float | None = None  # monotonic: beating steadily since
         self._tasks: list[asyncio.Task[None]] = []
+        self._queue_down = False
 
     # ---- hooks into the call service ---------------------------------------------------
 
     def queued(self) -> list[CallRecord]:
-        """The dispatcher's queued calls: ours, claiming more while slots are free."""
-        mine = self.store.claimed()
-        if not self.draining and self.lease_ok:
-            n = claim_budget(self.service.pool.free_slots(), SLOTS_PER_CALL, len(mine), CLAIM_BATCH)
-            if n and self.store.claim(n):
-                mine = self.store.claimed()
+        """The dispatcher's queued calls: ours, claiming more while slots are free. With
+        the store down: none (nothing can be dialled without the "dialling" write)."""
+        try:
+            mine = self.store.claimed()
+            if not self.draining and self.lease_ok:
+                free = self.service.pool.free_slots()
+                n = claim_budget(free, SLOTS_PER_CALL, len(mine), CLAIM_BATCH)
+                if n and self.store.claim(n):
+                    mine = self.store.claimed()
+        except StoreError as e:
+            if not self._queue_down:
+                log.warning("cluster: cannot read the queue (%s); retrying", e)
+            self._queue_down = True
+            return []
+        self._queue_down = False
         return mine
 
     def may_dial(self, rec: CallRecord) -> bool:
@@ -254,6 +265,7 @@ def attach(cfg: ClusterConfig, store: ClusterStore, service: CallService, dsn: s
     service.node = node
     service.dispatcher.queued = node.queued
     service.journal.dial_guard = node.may_dial
+    service.triggers.ctx.node_id = store.node_id  # the context every part shares
     return node
 
 

@@ -67,7 +67,15 @@ class ClusterStore(PostgresStore):
     def create(self, rec: CallRecord, event: CallEvent | None = None, outbox: Any = ()) -> None:
         with self._tx() as tx:
             self._create(tx, rec, event, outbox)
-            tx.run(_NOTIFY)
+            if rec.owner_node != self.node_id:
+                tx.run(_NOTIFY)
+                return
+            # Created claimed by this node (a SIP-triggered call it dials itself).
+            tx.run(
+                "UPDATE calls SET owner_node=?, epoch=1, claimed_at=now() WHERE call_sid=?",
+                (self.node_id, rec.call_sid),
+            )
+        self._hold(rec.call_sid, 1)
 
     def _save(self, tx: Tx, rec: CallRecord) -> None:
         held = self.held.get(rec.call_sid)

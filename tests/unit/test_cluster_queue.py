@@ -255,3 +255,14 @@ def test_heartbeat_renews_a_lapsed_lease_unless_taken_over(nodes):
     _age(a, "a", 6.0)
     assert membership.take_over(b, "a") is not None
     assert membership.heartbeat(a, draining=False) == "lost"
+
+
+def test_a_call_created_claimed_is_never_claimed_by_another_node(nodes):
+    """A SIP-triggered call is dialled by the node the agent's INVITE reached."""
+    a, b = nodes("a"), nodes("b")
+    a.create(_rec("OUT-in", owner_node="a"))
+    assert b.claim(5) == []
+    rec = a.get("OUT-in")
+    assert rec is not None and rec.owner_node == "a" and rec.epoch == 1
+    assert a.mark_dialing("OUT-in")
+    assert not b.mark_dialing("OUT-in")
