@@ -119,6 +119,7 @@ def test_round_robin_calls_are_each_dialled_once(tmp_path, stack, pg_server):
     view = readyz(nodes[0])
     assert view["cluster"]["node_id"] == "n0" and view["cluster"]["limits"] == "per node"
     wait_until(lambda: len(readyz(nodes[0])["cluster"]["members"]) == NODES, 10, "3 members seen")
+    wait_until(lambda: all(readyz(n)["cluster"]["listening"] for n in nodes), 10, "LISTEN up")
 
     n_calls = 30
     sids = [nodes[i % NODES].trigger(to_number=_to(i)) for i in range(n_calls)]
