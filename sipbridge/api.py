@@ -208,6 +208,7 @@ class StatusResponse(BaseModel):
         None, description="the latest detection result with its timings (ms from answer)"
     )
     legs: dict[str, Any] = Field(default_factory=dict)
+    owner_node: str | None = Field(None, description="cluster mode: the node owning the call")
     events: list[EventOut] = Field(default_factory=list)
 
 
@@ -254,6 +255,7 @@ def status_body(rec: CallRecord, events: list[CallEvent]) -> StatusResponse:
         from_number=rec.from_number,
         legs={leg_id: leg.to_json() for leg_id, leg in rec.legs.items()},
         detection=detection.to_dict() if detection is not None else None,
+        owner_node=rec.owner_node,
         events=[EventOut(ts=_iso(e.ts), kind=e.kind, data=e.data) for e in events],
     )
 

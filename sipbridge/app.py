@@ -14,7 +14,7 @@ from sipbridge.api import create_app
 from sipbridge.calls import CallService
 from sipbridge.config import Config
 from sipbridge.ops import Operations
-from sipbridge.store import open_store
+from sipbridge.store import CallStore, open_store
 
 log = logging.getLogger("sipbridge")
 
@@ -43,10 +43,19 @@ def build(cfg: Config) -> tuple[FastAPI, CallService]:
 
     warn_unverified_tls(cfg)
 
-    store = open_store(cfg.store)
+    store: CallStore
+    if cfg.cluster is not None:  # several nodes on one PostgreSQL (sipbridge.cluster)
+        from sipbridge.cluster.node import attach, open_cluster_store
+
+        cstore, dsn = open_cluster_store(cfg)
+        store = cstore
+    else:
+        store = open_store(cfg.store)
     service: CallService
     pool = WorkerPool(cfg.sip, lambda ev: service.on_sip_event(ev))
     service = CallService(cfg, store, pool)
+    if cfg.cluster is not None:
+        attach(cfg.cluster, cstore, service, dsn)
     app = create_app(service, [t.resolve() for t in cfg.api.tokens], on_shutdown=store.close)
     return app, service
 

@@ -12,7 +12,8 @@
     │   ├── CallNotFound (KeyError) ........ no such call (or purged)
     │   └── InvalidTransition (RuntimeError)  not allowed in the call's state
     ├── StoreError (RuntimeError) .......... call storage cannot be opened or written
-    │   └── DuplicateCall .................. the callSid or idempotency key exists already
+    │   ├── DuplicateCall .................. the callSid or idempotency key exists already
+    │   └── StaleClaim ..................... a write fenced out: another node owns the attempt now
     ├── PoolError (RuntimeError) ........... the SIP worker pool could not start its workers
     ├── PoolFull ........................... no SIP worker slot free for a dial: the call waits
     ├── ProtocolError (ValueError) ......... a malformed supervisor <-> worker IPC message
@@ -112,6 +113,11 @@ class DuplicateCall(StoreError):
     """A call with this callSid or idempotency key exists already."""
 
 
+class StaleClaim(StoreError):
+    """Cluster mode: a write about an attempt whose epoch moved on (another node took the
+    call over); the store wrote nothing."""
+
+
 class PoolError(SipBridgeError, RuntimeError):
     """The SIP worker pool could not start its workers."""
 
@@ -159,6 +165,7 @@ __all__ = [
     "RoutingError",
     "SipBridgeError",
     "SipParseError",
+    "StaleClaim",
     "StoreError",
     "TargetRefused",
 ]

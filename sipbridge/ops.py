@@ -98,6 +98,8 @@ class Operations:
             checks["store"] = f"error: {e}"
         if self.draining:
             checks["api"] = "draining: shutting down"
+        if self.service.node is not None:
+            checks["cluster"] = self.service.node.readiness()
         states = self.service.prober.states()
         if states and not any(states.values()):
             checks["trunks"] = "every trunk is down (OPTIONS health checks)"
@@ -130,6 +132,8 @@ class Operations:
             is down (also 503 while draining)."""
             checks = self.readiness()
             trunks = self.trunk_detail()
+            node = self.service.node
+            extra = {"cluster": node.describe()} if node is not None else {}
             down = {k: v for k, v in checks.items() if v != "ok"}
             if down:
                 return JSONResponse(
@@ -140,9 +144,10 @@ class Operations:
                         "error": "; ".join(f"{k}: {v}" for k, v in sorted(down.items())),
                         "checks": checks,
                         "trunks": trunks,
+                        **extra,
                     },
                 )
-            return JSONResponse({"status": "ok", "checks": checks, "trunks": trunks})
+            return JSONResponse({"status": "ok", "checks": checks, "trunks": trunks, **extra})
 
 
 __all__ = ["Operations"]

@@ -77,6 +77,9 @@ OUTCOME_KINDS: frozenset[str] = frozenset(
 
 # Fixed outcomes the call manager uses directly.
 INTERNAL_ERROR = "internal error"
+# Cluster mode: the node that owned the attempt lost its lease (died, paused, cut off); a
+# surviving node ends the attempt (sipbridge.cluster.node), and the retry policy decides.
+NODE_LOST = "bridge node lost"
 MEDIA_NEGOTIATION_FAILED = "media negotiation failed"
 MEDIA_TIMEOUT = "media timeout"
 
@@ -229,6 +232,13 @@ def from_progress_tone(progress: str) -> Termination | None:
     if progress == "reorder":
         return Termination("failure", "network congestion (reorder tone)", "carrier_error", True)
     return None
+
+
+def node_lost(node_id: str) -> Termination:
+    """The attempt's node lost its lease; its dialog is gone (retryable: bridge_error)."""
+    return Termination(
+        "failure", NODE_LOST, "bridge_error", True, None, f"node {node_id} lost its lease"
+    )
 
 
 def from_detection(answered_by: str, retry: bool = False) -> Termination:

@@ -24,8 +24,7 @@ from sipbridge.errors import DuplicateCall, StoreError
 from sipbridge.sqlstore import SqlStore, iter_statements
 
 # Numbered migrations: version N's script takes the schema from N-1 to N. Never edit
-# a released one; add the next number. (Cluster mode adds owner node, attempt epoch and
-# lease columns as a later version.)
+# a released one; add the next number.
 MIGRATIONS: dict[int, str] = {
     1: """
 CREATE TABLE calls (
@@ -90,6 +89,24 @@ CREATE INDEX outbox_pending ON outbox(call_sid, id) WHERE done_at IS NULL;
 CREATE INDEX outbox_due ON outbox(next_at) WHERE done_at IS NULL;
 CREATE INDEX outbox_done ON outbox(done_at)
 """,
+    # Cluster mode (sipbridge.cluster): who owns a call's attempt (the node that claimed
+    # it), the attempt epoch every write about the attempt is fenced by, whether the
+    # INVITE may have gone out (``dialing``), and the nodes' heartbeats (DB clock).
+    3: """
+ALTER TABLE calls ADD COLUMN owner_node TEXT;
+ALTER TABLE calls ADD COLUMN epoch BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE calls ADD COLUMN claimed_at TIMESTAMPTZ;
+ALTER TABLE calls ADD COLUMN dialing BOOLEAN NOT NULL DEFAULT false;
+CREATE INDEX calls_claimable ON calls(created_at) WHERE status = 'queued' AND owner_node IS NULL;
+CREATE INDEX calls_owner ON calls(owner_node, status) WHERE owner_node IS NOT NULL;
+CREATE TABLE nodes (
+    node_id TEXT PRIMARY KEY,
+    started_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    last_seen TIMESTAMPTZ NOT NULL DEFAULT now(),
+    lease_s DOUBLE PRECISION NOT NULL,
+    draining BOOLEAN NOT NULL DEFAULT false
+)
+""",
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 # pg_advisory_xact_lock key: "sipb" — serialises migrations of nodes starting together.
@@ -144,6 +161,8 @@ class _PgTx:
 
 class PostgresStore(SqlStore):
     """PostgreSQL; every write is committed before the call returns."""
+
+    EXTRA_COLS = ("owner_node", "epoch")
 
     def __init__(self, dsn: str, retention_s: float = 7200.0, clock: Any = time.monotonic) -> None:
         self._dsn = dsn

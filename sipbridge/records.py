@@ -245,6 +245,10 @@ class CallRecord:
     attempt_history: tuple[AttemptRecord, ...] = ()
     # Technical text behind ``reason`` (SIP reason phrase, pjsua error, codecs, exception).
     detail: str = ""
+    # Cluster mode (PostgreSQL): the node that claimed the call's current attempt (None:
+    # unclaimed) and the attempt epoch its writes are fenced by. Always None/0 on SQLite.
+    owner_node: str | None = None
+    epoch: int = 0
     # Not stored: why a row could not be read as written (unparseable JSON column). The
     # call manager fails such a call instead of acting on half of it.
     damaged: str = ""

@@ -100,6 +100,9 @@ class SqlStore(ABC):
     """A :class:`sipbridge.store.CallStore` over SQL; subclasses open the connection."""
 
     retention_s: float
+    # Columns read besides COLS (never written by the shared queries): the cluster's
+    # owner node and attempt epoch on PostgreSQL.
+    EXTRA_COLS: tuple[str, ...] = ()
 
     @abstractmethod
     def _tx(self) -> AbstractContextManager[Tx]:
@@ -114,7 +117,7 @@ class SqlStore(ABC):
     # ---- rows ------------------------------------------------------------------------
 
     def _row(self, row: Sequence[Any]) -> CallRecord:
-        d = dict(zip(COLS, row, strict=True))
+        d = dict(zip(COLS + self.EXTRA_COLS, row, strict=True))
         damaged = []
         for c in _JSON_COLS:
             try:
@@ -140,7 +143,8 @@ class SqlStore(ABC):
         return tuple(d[c] for c in COLS)
 
     def _select(self, where: str, params: Sequence[Any]) -> list[CallRecord]:
-        rows = self._one(f"SELECT {','.join(COLS)} FROM calls WHERE {where}", params)
+        cols = ",".join(COLS + self.EXTRA_COLS)
+        rows = self._one(f"SELECT {cols} FROM calls WHERE {where}", params)
         return [self._row(r) for r in rows]
 
     # ---- calls -----------------------------------------------------------------------
@@ -148,12 +152,17 @@ class SqlStore(ABC):
     def create(
         self, rec: CallRecord, event: CallEvent | None = None, outbox: Sequence[OutboxMessage] = ()
     ) -> None:
-        marks = ",".join("?" * len(COLS))
         with self._tx() as tx:
-            tx.run(f"INSERT INTO calls ({','.join(COLS)}) VALUES ({marks})", self._values(rec))
-            if event is not None:
-                self._add_event(tx, rec.call_sid, event)
-            self._add_outbox(tx, outbox)
+            self._create(tx, rec, event, outbox)
+
+    def _create(
+        self, tx: Tx, rec: CallRecord, event: CallEvent | None, outbox: Sequence[OutboxMessage]
+    ) -> None:
+        marks = ",".join("?" * len(COLS))
+        tx.run(f"INSERT INTO calls ({','.join(COLS)}) VALUES ({marks})", self._values(rec))
+        if event is not None:
+            self._add_event(tx, rec.call_sid, event)
+        self._add_outbox(tx, outbox)
 
     def _add_outbox(self, tx: Tx, outbox: Sequence[OutboxMessage]) -> None:
         marks = ",".join("?" * len(_OUTBOX_COLS))
@@ -225,10 +234,14 @@ class SqlStore(ABC):
 
     # ---- events and CDRs -------------------------------------------------------------
 
+    @staticmethod
+    def _event_data(event: CallEvent) -> str:
+        return _dumps(event.data)
+
     def _add_event(self, tx: Tx, call_sid: str, event: CallEvent) -> None:
         tx.run(
             "INSERT INTO events (call_sid, ts, kind, data) VALUES (?,?,?,?)",
-            (call_sid, event.ts, event.kind, _dumps(event.data)),
+            (call_sid, event.ts, event.kind, self._event_data(event)),
         )
 
     def add_event(self, call_sid: str, event: CallEvent) -> None:

@@ -24,6 +24,7 @@ class CallContext:
     clock: Callable[[], float]
     rng: random.Random
     bridge_host: str  # our host in From/Contact URIs
+    node_id: str | None = None  # cluster mode: this node (sipbridge.cluster.node.attach)
 
 
 __all__ = ["CallContext"]

@@ -53,6 +53,9 @@ class Dispatcher:
         # Pushback requeues per call (bounded by throttle.max_requeues; in memory).
         self._requeues: dict[str, int] = {}
         self._wake = asyncio.Event()
+        # The queued calls a pass looks at: every queued call on a single node; in
+        # cluster mode the ones this node claimed (sipbridge.cluster.node).
+        self.queued: Callable[[], list[CallRecord]] = lambda: ctx.journal.store.by_status("queued")
 
     def wake(self) -> None:
         """Something changed (a new call, a free slot): schedule a pass now."""
@@ -82,7 +85,7 @@ class Dispatcher:
                 continue
             if blocked is not None:
                 wait = min(wait, blocked)
-        for rec in self.ctx.journal.store.by_status("queued"):
+        for rec in self.queued():
             try:
                 blocked = self._dispatch_queued(rec, now)
             except Exception as e:
@@ -270,6 +273,12 @@ class Dispatcher:
                 (k, validate_header_value(v, f"header {k}")) for k, v in req.copy_headers.items()
             )
             plan = replace(plan, headers=plan.headers + extra)
+        if not ctx.journal.may_dial(rec):  # cluster: this node lost the call
+            self.limiter.release(name)
+            live.end_attempt()
+            ctx.registry.settle(rec.call_sid)
+            log.warning("%s: not dialled: the call belongs to another node now", rec.call_sid)
+            return None
         try:
             # One slot stays reserved on the same worker for the agent leg (an inbound
             # call's agent leg exists already: its carrier leg joins it on its worker).

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from sipbridge.errors import InvalidTransition
+from sipbridge.errors import InvalidTransition, StaleClaim
 from sipbridge.records import (
     TERMINAL,
     CallEvent,
@@ -35,6 +35,18 @@ class Journal:
         self.outbox: list[Callable[[CallRecord, CallEvent], list[OutboxMessage]]] = []
         # Called with the callSid when a call reaches a terminal status.
         self.on_terminal: list[Callable[[str], None]] = []
+        # Cluster mode: records "the INVITE is about to go out" and says whether this node
+        # may still send it (sipbridge.cluster). None: a single node always may.
+        self.dial_guard: Callable[[CallRecord], bool] | None = None
+
+    def may_dial(self, rec: CallRecord) -> bool:
+        """Called right before an INVITE is sent for ``rec``'s attempt."""
+        return self.dial_guard is None or self.dial_guard(rec)
+
+    @staticmethod
+    def _stale(rec: CallRecord, what: str, e: StaleClaim) -> None:
+        """Cluster mode: another node took the call over; this write was dropped."""
+        log.warning("%s: %s dropped: %s", rec.call_sid, what, e, extra={"call_sid": rec.call_sid})
 
     def create(self, rec: CallRecord, data: dict[str, Any]) -> None:
         """Store a new call with its first ``status`` event and the callbacks reporting
@@ -69,7 +81,11 @@ class Journal:
             data["detail"] = detail
         ev = CallEvent(now, "status", data)
         # The record, its event and the callbacks reporting it: one transaction.
-        self.store.save_status(updated, ev, self._callbacks(updated, ev))
+        try:
+            self.store.save_status(updated, ev, self._callbacks(updated, ev))
+        except StaleClaim as e:
+            self._stale(rec, f"status {rec.status} -> {new}", e)
+            return rec
         log.info(
             "%s: %s -> %s (%s)%s",
             rec.call_sid,
@@ -92,7 +108,11 @@ class Journal:
         if touch:
             changes["last_updated"] = self.clock()
         updated = replace(rec, **changes)
-        self.store.save(updated)
+        try:
+            self.store.save(updated)
+        except StaleClaim as e:
+            self._stale(rec, "update", e)
+            return rec
         return updated
 
     def update_leg(
@@ -102,7 +122,11 @@ class Journal:
 
     def event(self, rec: CallRecord, kind: str, data: dict[str, Any]) -> None:
         ev = CallEvent(self.clock(), kind, data)
-        self.store.add_event(rec.call_sid, ev)
+        try:
+            self.store.add_event(rec.call_sid, ev)
+        except StaleClaim as e:
+            self._stale(rec, f"event {kind}", e)
+            return
         self._notify(rec, ev)
 
     def _notify(self, rec: CallRecord, ev: CallEvent) -> None:

@@ -10,6 +10,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from typing import Any, Protocol
 
 from sipbridge.aio import cancel_all
 from sipbridge.calls.actions import Actions
@@ -31,6 +32,23 @@ from sipbridge.records import CallEvent, CallRecord
 from sipbridge.store import CallStore
 
 log = logging.getLogger("sipbridge.calls")
+
+
+class NodeHooks(Protocol):
+    """Cluster mode (sipbridge.cluster.node.ClusterNode): replaces start-up recovery, runs
+    beside the service, and hands claimed calls back when the node drains."""
+
+    def recover(self) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def drain(self) -> None: ...
+
+    def readiness(self) -> str: ...
+
+    def describe(self) -> dict[str, Any]: ...
 
 
 class CallService:
@@ -89,6 +107,7 @@ class CallService:
         self.api_limiter = RateLimiter(cfg.limits.api_rate_per_s, cfg.limits.api_burst, clock)
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self.node: NodeHooks | None = None  # set by sipbridge.cluster.node.attach
 
     @property
     def limiter(self) -> ConcurrencyLimiter:
@@ -110,8 +129,13 @@ class CallService:
     # ---- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.endings.recover()
+        if self.node is not None:
+            self.node.recover()
+        else:
+            self.endings.recover()
         await self.pool.start()
+        if self.node is not None:
+            await self.node.start()
         self._tasks.append(
             asyncio.create_task(self.dispatcher.run(lambda: self._stopping), name="dispatcher")
         )
@@ -126,6 +150,8 @@ class CallService:
         self._stopping = True
         await cancel_all(self._tasks)
         await self.pool.stop()
+        if self.node is not None:
+            await self.node.stop()
 
     async def drain(self, grace_s: float) -> int:
         """Stop dialling (queued calls stay queued) and wait up to ``grace_s`` for the
@@ -133,6 +159,8 @@ class CallService:
         for t in self._tasks:  # no new dials; live calls keep their normal handling
             if t.get_name() == "dispatcher":
                 t.cancel()
+        if self.node is not None:  # cluster: claimed, undialled calls go back to the queue
+            self.node.drain()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace_s
         while True:

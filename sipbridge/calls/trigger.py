@@ -118,6 +118,9 @@ class Triggers:
             polyai_call_id=req.polyai_call_id,
             request=request,
             idempotency_key=req.idempotency_key,
+            # Not started by the scheduler (a SIP-triggered call, dialled here at once):
+            # in cluster mode it is created claimed by this node.
+            owner_node=None if start else ctx.node_id,
         )
         try:
             ctx.journal.create(rec, {"from": None, "to": "queued", "reason": "", "why": "trigger"})

@@ -1,0 +1,135 @@
+"""The ``nodes`` table: heartbeats (last_seen by the database clock ``now()``), the
+members as seen from here, and takeover of a lost node's calls. Synchronous (called from
+the node's loop like every store call); the decisions are in sipbridge.cluster.lease."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Literal
+
+from sipbridge.cluster.lease import Member, takeover_action
+from sipbridge.cluster.store import _NOTIFY, FRESH, ClusterStore
+
+log = logging.getLogger("sipbridge.cluster")
+
+Beat = Literal["ok", "lapsed", "lost"]
+
+
+@dataclass
+class Takeover:
+    """What one takeover did: calls put back in the queue, and calls this node now holds
+    that must end as "bridge node lost" (``dialing_only``: never reached ``calling``)."""
+
+    node_id: str
+    requeued: list[str] = field(default_factory=list)
+    adopted: list[str] = field(default_factory=list)
+    dialing_only: set[str] = field(default_factory=set)
+
+
+def join(store: ClusterStore, draining: bool = False) -> None:
+    """Become a member (or refresh a stale row of ours)."""
+    store._one(
+        "INSERT INTO nodes (node_id, lease_s, draining) VALUES (?,?,?) "
+        "ON CONFLICT (node_id) DO UPDATE SET last_seen=now(), started_at=now(), "
+        "lease_s=EXCLUDED.lease_s, draining=EXCLUDED.draining",
+        (store.node_id, store.lease_s, draining),
+    )
+
+
+def heartbeat(store: ClusterStore, draining: bool) -> Beat:
+    """Renew our lease: "ok"; "lapsed" when it had expired but nobody took us over (a
+    takeover deletes our row in the same transaction that re-epochs our calls, so a row
+    still there means every claim of ours is intact); "lost" when we were taken over:
+    everything this node held may belong to another node now."""
+    with store._tx() as tx:
+        rows = tx.run(f"SELECT {FRESH} FROM nodes WHERE node_id=? FOR UPDATE", (store.node_id,))[0]
+        if not rows:
+            return "lost"
+        tx.run(
+            "UPDATE nodes SET last_seen=now(), draining=? WHERE node_id=?",
+            (draining, store.node_id),
+        )
+    return "ok" if rows[0][0] else "lapsed"
+
+
+def members(store: ClusterStore) -> list[Member]:
+    rows = store._one(
+        "SELECT node_id, EXTRACT(EPOCH FROM now()-last_seen), lease_s, draining, "
+        "EXTRACT(EPOCH FROM now()-started_at) FROM nodes ORDER BY node_id"
+    )
+    return [Member(n, float(a), float(lease), bool(d), float(up)) for n, a, lease, d, up in rows]
+
+
+def orphan_owners(store: ClusterStore) -> list[str]:
+    """Nodes that own unfinished calls but have no row (left or taken over meanwhile)."""
+    rows = store._one(
+        "SELECT DISTINCT owner_node FROM calls WHERE owner_node IS NOT NULL AND "
+        "status IN ('queued','calling') AND owner_node NOT IN (SELECT node_id FROM nodes)"
+    )
+    return [r[0] for r in rows]
+
+
+def take_over(store: ClusterStore, node_id: str, force: bool = False) -> Takeover | None:
+    """Take over the unfinished calls of ``node_id`` if its lease is over (``force``: our
+    own calls from before a restart or a lost lease). None when the node is alive again.
+    One transaction: the node's row goes, each of its calls is re-queued or adopted with
+    a new epoch (which fences out every later write of the lost node)."""
+    out = Takeover(node_id)
+    with store._tx() as tx:
+        if force:
+            tx.run("DELETE FROM nodes WHERE node_id=?", (node_id,))
+        else:
+            tx.run(f"DELETE FROM nodes WHERE node_id=? AND NOT ({FRESH})", (node_id,))
+            if tx.run("SELECT 1 FROM nodes WHERE node_id=?", (node_id,))[0]:
+                return None
+        rows = tx.run(
+            "SELECT call_sid, status, dialing FROM calls WHERE owner_node=? "
+            "AND status IN ('queued','calling') ORDER BY created_at FOR UPDATE",
+            (node_id,),
+        )[0]
+        for sid, status, dialing in rows:
+            action = takeover_action(status, bool(dialing))
+            if action == "requeue":
+                tx.run(
+                    "UPDATE calls SET owner_node=NULL, epoch=epoch+1, dialing=false "
+                    "WHERE call_sid=?",
+                    (sid,),
+                )
+                out.requeued.append(sid)
+            elif action == "end":
+                got = tx.run(
+                    "UPDATE calls SET owner_node=?, epoch=epoch+1 WHERE call_sid=? RETURNING epoch",
+                    (store.node_id, sid),
+                )[0]
+                store._hold(sid, int(got[0][0]))
+                out.adopted.append(sid)
+                if status == "queued":
+                    out.dialing_only.add(sid)
+        if out.requeued:
+            tx.run(_NOTIFY)
+    if out.requeued or out.adopted:
+        log.warning(
+            "took over node %s: %d call(s) re-queued, %d in flight ending as node lost",
+            node_id,
+            len(out.requeued),
+            len(out.adopted),
+        )
+    return out
+
+
+def leave(store: ClusterStore) -> bool:
+    """Leave the cluster at a clean stop: the row goes unless calls we own are still
+    unfinished (then the others take them over when the lease ends)."""
+    with store._tx() as tx:
+        left = tx.run(
+            "SELECT 1 FROM calls WHERE owner_node=? AND status IN ('queued','calling') LIMIT 1",
+            (store.node_id,),
+        )[0]
+        if left:
+            return False
+        tx.run("DELETE FROM nodes WHERE node_id=?", (store.node_id,))
+    return True
+
+
+__all__ = ["Takeover", "heartbeat", "join", "leave", "members", "orphan_owners", "take_over"]

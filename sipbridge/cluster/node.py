@@ -1,0 +1,272 @@
+"""A bridge node in a cluster: wires the shared queue into the call service and runs the
+node's background work on the supervisor's loop.
+
+* The dispatcher's queued calls are this node's claims (claimed as SIP slots free up);
+  every dial first records "dialing" through :meth:`ClusterStore.mark_dialing`.
+* Heartbeat every ``heartbeat_s``: renew the lease (DB clock). A node that finds its own
+  lease over (paused, cut off) hangs up what it still has up, drops its claims and takes
+  its own calls over before joining again. Each beat also takes over the calls of nodes
+  whose lease ended: undialled ones go back to the queue, in-flight ones end as
+  "bridge node lost" (retried if the policy allows).
+* LISTEN on the queue channel wakes the dispatcher when a call is queued anywhere; the
+  dispatcher still polls at least once a second, since a notification is never replayed.
+* Draining (SIGTERM): no more claims; claimed, undialled calls go back to the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import replace
+from typing import Any
+
+import psycopg
+
+from sipbridge.aio import cancel_all
+from sipbridge.calls import CallService
+from sipbridge.calls.ending import RESTARTED
+from sipbridge.cluster import membership
+from sipbridge.cluster.lease import Member, claim_budget, expired
+from sipbridge.cluster.store import CHANNEL, ClusterStore
+from sipbridge.clusterconfig import ClusterConfig
+from sipbridge.config import Config
+from sipbridge.errors import StoreError
+from sipbridge.outcomes import Termination, node_lost
+from sipbridge.records import CallRecord
+
+log = logging.getLogger("sipbridge.cluster")
+
+CLAIM_BATCH = 8  # calls claimed per scheduling pass at most
+SLOTS_PER_CALL = 2  # a carrier leg and the agent leg it is bridged to
+LISTEN_RETRY_S = 1.0
+
+
+class ClusterNode:
+    def __init__(self, cfg: ClusterConfig, store: ClusterStore, service: CallService, dsn: str):
+        self.cfg = cfg
+        self.store = store
+        self.service = service
+        self._dsn = dsn
+        self.draining = False
+        self.lease_ok = False
+        self.listening = False
+        self.problem = ""
+        self.view: list[Member] = []
+        self.view_at = 0.0
+        self.takeovers = 0
+        self._connected_since: float | None = None  # monotonic: beating steadily since
+        self._tasks: list[asyncio.Task[None]] = []
+        self._queue_down = False
+
+    # ---- hooks into the call service ---------------------------------------------------
+
+    def queued(self) -> list[CallRecord]:
+        """The dispatcher's queued calls: ours, claiming more while slots are free. With
+        the store down: none (nothing can be dialled without the "dialling" write)."""
+        try:
+            mine = self.store.claimed()
+            if not self.draining and self.lease_ok:
+                free = self.service.pool.free_slots()
+                n = claim_budget(free, SLOTS_PER_CALL, len(mine), CLAIM_BATCH)
+                if n and self.store.claim(n):
+                    mine = self.store.claimed()
+        except StoreError as e:
+            if not self._queue_down:
+                log.warning("cluster: cannot read the queue (%s); retrying", e)
+            self._queue_down = True
+            return []
+        self._queue_down = False
+        return mine
+
+    def may_dial(self, rec: CallRecord) -> bool:
+        return self.store.mark_dialing(rec.call_sid)
+
+    def recover(self) -> None:
+        """Start-up: our calls from before a restart end ("bridge restarted", retried if
+        the policy allows) or go back to the queue; then join."""
+        t = membership.take_over(self.store, self.store.node_id, force=True)
+        if t is not None:
+            self._end(t, RESTARTED)
+        membership.join(self.store)
+        self.lease_ok = True
+        self._connected_since = time.monotonic()
+        self._refresh_view()
+
+    async def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self._beat_loop(), name="cluster-heartbeat"))
+        self._tasks.append(asyncio.create_task(self._listen_loop(), name="cluster-listen"))
+
+    async def stop(self) -> None:
+        await cancel_all(self._tasks)
+        with contextlib.suppress(Exception):
+            if membership.leave(self.store):
+                log.info("node %s left the cluster", self.store.node_id)
+
+    def drain(self) -> None:
+        self.draining = True
+        try:
+            membership.heartbeat(self.store, draining=True)
+            back = self.store.release_claims()
+            log.info("draining: %d claimed call(s) handed back to the queue", len(back))
+        except Exception as e:
+            log.error(
+                "draining: cannot hand claimed calls back (%s); they return when "
+                "this node's lease ends",
+                e,
+            )
+
+    # ---- heartbeat and takeover ------------------------------------------------------
+
+    async def _beat_loop(self) -> None:
+        while True:
+            try:
+                self.beat()
+                self.problem = ""
+            except Exception as e:
+                self.problem = f"{type(e).__name__}: {e}"[:300]
+                self._connected_since = None
+                log.warning("cluster heartbeat failed: %s", self.problem)
+            await asyncio.sleep(self.cfg.heartbeat_s)
+
+    def beat(self) -> None:
+        """One heartbeat: renew our lease, take over lost nodes, refresh the view."""
+        store = self.store
+        now = time.monotonic()
+        beat = membership.heartbeat(store, self.draining)
+        if beat == "lapsed":
+            log.warning(
+                "node %s: heartbeat late past the lease, nobody took over: renewed", store.node_id
+            )
+        if beat == "lost":
+            log.error(
+                "node %s: lease lost (no heartbeat for %.0f s, another node took over): "
+                "hanging up what is still up here",
+                store.node_id,
+                self.cfg.lease_s,
+            )
+            self.lease_ok = False
+            self._self_fence()
+            t = membership.take_over(store, store.node_id, force=True)
+            if t is not None:
+                self._end(t, node_lost(store.node_id))
+            membership.join(store, self.draining)
+        if beat != "ok" or self._connected_since is None:
+            self._connected_since = now
+        self.lease_ok = True
+        # Judge others only after beating steadily for a whole lease ourselves: after a
+        # database outage every node's heartbeat is old, and each must get the chance to
+        # renew before anyone counts it lost.
+        if now - self._connected_since >= self.cfg.lease_s:
+            self._take_over_lost()
+        self._refresh_view()
+
+    def _take_over_lost(self) -> None:
+        store = self.store
+        lost = set(expired(membership.members(store))) | set(membership.orphan_owners(store))
+        for node_id in sorted(lost - {store.node_id}):
+            t = membership.take_over(store, node_id)
+            if t is not None:
+                self.takeovers += 1
+                self._end(t, node_lost(node_id))
+
+    def _self_fence(self) -> None:
+        """Our lease ended: whatever we still hold may be another node's. Hang up every
+        leg we have up; what we write about them stays fenced by our old epochs."""
+        pool = self.service.pool
+        for live in self.service.registry:
+            for leg_id in list(live.legs):
+                with contextlib.suppress(Exception):
+                    pool.hangup(leg_id)
+
+    def _end(self, t: membership.Takeover, term: Termination) -> None:
+        """End the adopted in-flight attempts of a takeover (the retry policy decides)."""
+        endings = self.service.endings
+        for sid in t.adopted:
+            try:
+                rec = self.store.get(sid)
+                if rec is None or rec.terminal:
+                    continue
+                if sid in t.dialing_only:  # its INVITE may be out: that attempt counts
+                    rec = replace(rec, attempts=rec.attempts + 1)
+                endings.finish_attempt(rec, term, tried=[])
+            except Exception as e:
+                log.exception("%s: cannot end the call of a lost node", sid)
+                endings.fail_call(sid, e)
+        if t.requeued or t.adopted:
+            self.service.dispatcher.wake()
+
+    def _refresh_view(self) -> None:
+        self.view = membership.members(self.store)
+        self.view_at = time.monotonic()
+
+    # ---- wake-ups --------------------------------------------------------------------
+
+    async def _listen_loop(self) -> None:
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(
+                    self._dsn, autocommit=True, connect_timeout=5, application_name="sipbridge"
+                )
+                async with conn:
+                    await conn.execute(f"LISTEN {CHANNEL}")
+                    self.listening = True
+                    self.service.dispatcher.wake()  # anything queued while we were away
+                    async for _ in conn.notifies():
+                        self.service.dispatcher.wake()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                if self.listening:
+                    log.warning("cluster: LISTEN connection lost (%s); polling meanwhile", e)
+            self.listening = False
+            await asyncio.sleep(LISTEN_RETRY_S)
+
+    # ---- readiness -------------------------------------------------------------------
+
+    def readiness(self) -> str:
+        """ "ok" or why this node should take no traffic."""
+        if self.problem:
+            return f"cluster heartbeat failing: {self.problem}"
+        if not self.lease_ok:
+            return "cluster lease not held"
+        return "ok"
+
+    def describe(self) -> dict[str, Any]:
+        """This node's view of the cluster (for /readyz)."""
+        return {
+            "node_id": self.store.node_id,
+            "lease_s": self.cfg.lease_s,
+            "heartbeat_s": self.cfg.heartbeat_s,
+            "lease_held": self.lease_ok,
+            "draining": self.draining,
+            "listening": self.listening,
+            "view_age_s": round(time.monotonic() - self.view_at, 3),
+            "members": [m.to_json() for m in self.view],
+            "claims_held": len(self.store.held),
+            "stale_writes_dropped": self.store.stale_writes,
+            "takeovers": self.takeovers,
+            "limits": "per node" if self.cfg.redis is None else "cluster-wide (Redis)",
+        }
+
+
+def open_cluster_store(cfg: Config) -> tuple[ClusterStore, str]:
+    """The cluster's store (the config requires store.backend postgresql) and its DSN."""
+    assert cfg.cluster is not None and cfg.store.dsn is not None
+    dsn = cfg.store.dsn.resolve()
+    store = ClusterStore(dsn, cfg.cluster.node_id, cfg.cluster.lease_s, cfg.store.retention_s)
+    return store, dsn
+
+
+def attach(cfg: ClusterConfig, store: ClusterStore, service: CallService, dsn: str) -> ClusterNode:
+    """Make ``service`` a member of the cluster ``store`` is the queue of."""
+    node = ClusterNode(cfg, store, service, dsn)
+    service.node = node
+    service.dispatcher.queued = node.queued
+    service.journal.dial_guard = node.may_dial
+    service.triggers.ctx.node_id = store.node_id  # the context every part shares
+    return node
+
+
+__all__ = ["ClusterNode", "attach", "open_cluster_store"]
