@@ -206,13 +206,7 @@ class Detector(FrameFeeder):
             x = np.frombuffer(pcm, dtype="<i2") * (1.0 / 32768.0)
         level = dbfs(x)
         ta = self._tones
-        ta.analyze(x)
-        if self._prompts is not None:
-            hit = self._prompts.push(ta.power, level)
-            if hit is not None:
-                self._on_prompt(hit, t_end, events)
-                if self._done:
-                    return
+        ta.analyze(x, level >= cfg.tone_min_dbfs)  # cp_power is read only above that level
         if self._beep_run is not None:
             self._follow_beep(
                 single_tone=ta.purity >= cfg.tone_purity and level >= cfg.tone_min_dbfs,
@@ -264,6 +258,13 @@ class Detector(FrameFeeder):
         ev = sp.update(pcm, level, is_tone, t)
         if ev == SpeechTracker.WORD_START:
             self._sit.interrupt()
+        if self._prompts is not None:
+            # every frame's code is kept; the index is searched only with speech frames
+            hit = self._prompts.push(ta.power, level, sp.last_speech)
+            if hit is not None:
+                self._on_prompt(hit, t_end, events)
+                if self._done:
+                    return
         if self.mode == "answer":
             self._floor.update(t, level, sp.state == 0 and not is_tone and not sp.last_speech)
             self._audio.append(x)
