@@ -266,7 +266,11 @@ class Detector(FrameFeeder):
                 if self._done:
                     return
         if self.mode == "answer":
-            self._floor.update(t, level, sp.state == 0 and not is_tone and not sp.last_speech)
+            quiet = sp.state == 0 and not is_tone and not sp.last_speech
+            # A-law's idle pattern is a constant +8 (-69 dBFS of DC, no sound): the floor is
+            # measured without the DC, so digital silence reads -100 in both G.711 laws
+            floor_db = dbfs(x - x.mean()) if quiet and level < -60.0 else level
+            self._floor.update(t, floor_db, quiet)
             self._audio.append(x)
             if len(self._audio) > 80:
                 del self._audio[0]
@@ -579,13 +583,9 @@ class Detector(FrameFeeder):
         if lw is not None and sp.state == 0 and t_end - lw >= cfg.after_greeting_silence_ms:
             span = lw - gs
             if span <= cfg.max_greeting_ms and not self._live_long:
-                if self._floor.verdict(lw + 200) == "recorded":
-                    self._machine(
-                        t_end,
-                        f"short recorded prompt ({span} ms; the line's noise "
-                        "floor changed under it) then silence",
-                        events,
-                    )
+                why = self._recorded_why(lw)
+                if why:
+                    self._machine(t_end, f"short recorded prompt ({span} ms; {why})", events)
                     return
                 self._decide(
                     "human",
@@ -611,6 +611,15 @@ class Detector(FrameFeeder):
                 return
         if t_end - gs >= cfg.total_analysis_ms and not self._live_long:
             self._machine(t_end, "speech still undecided at total analysis time", events)
+
+    def _recorded_why(self, last_word_end: int) -> str:
+        """Why a short greeting ending at ``last_word_end`` is a recording ('' if not)."""
+        if self._floor.verdict(last_word_end + 200) == "recorded":
+            return "the line's noise floor changed under it"
+        after = self._floor.after_db(last_word_end + 300)
+        if after is not None and after <= self.cfg.recorded_line_dbfs:
+            return f"then digital silence ({after:.0f} dBFS): no microphone on the line"
+        return ""
 
     def _screening_ok(self, last_word_end: int) -> bool:
         """A recorded/synthetic greeting (not a live voice) whose last word rises."""
