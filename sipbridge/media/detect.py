@@ -20,6 +20,10 @@ IVR vs voicemail: the audio alone cannot always separate them. Rules used:
   * the greeting ends and no beep comes within ``beep_timeout_ms`` → ``machine`` with
     ``ivr_hint=True`` (a beep-less voicemail and an IVR waiting for DTMF sound the same).
 
+This module holds the detector and its tone handling (SIT, call progress, fax, beep, known
+prompts); the answer-mode rules on the greeting's words are in
+:mod:`~sipbridge.media.answer_rules`.
+
 Usage::
 
     det = Detector(DetectionConfig(), mode="answer")
