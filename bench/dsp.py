@@ -378,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     real_clips = real.speech_clips(a.real) if has_real else []
     so = speech_only(a.speech_min, real_clips)
     sd = sit_dropouts()
-    sl = short_lines()
+    shl = short_lines()
     load1 = os.getloadavg()
 
     rows = []
@@ -421,14 +421,14 @@ usable licence were found, so those classes are covered by generated audio only.
 
 ### Short answers against short prompts (0.5–2 s, then silence)
 
-`sipbridge.corpus.short`, {sum(v["n"] for v in sl.values())} calls (espeak-ng voices, G.711
+`sipbridge.corpus.short`, {sum(v["n"] for v in shl.values())} calls (espeak-ng voices, G.711
 µ-law and A-law in turn, -30..-14 dBFS). A recording is told from a live voice by the line
 around it: a short greeting followed by 120 ms of digital silence is a recording
 (`recorded_line_dbfs`), as is one whose noise floor changed under it.
 
 | line condition | called human | human decided after end of speech, median / p90 (ms) |
 |---|---|---|
-{short_rows(sl)}
+{short_rows(shl)}
 
 The machine rows in which a recording is still called human are the limit of what the line
 tells: a clean prompt on a comfort-noise line sounds exactly like a live voice with noise
@@ -458,8 +458,8 @@ service". Without a dropout every code is decided within ~0.5 s (generated corpu
 ### Prompt library ({pl["n"]} prompts)
 
 Index: {pl["codes"]} distinct codes, built in {pl["build_s"]:.1f} s. {pl["tried"]} prompts
-played through pink noise at 20 dB SNR, µ-law, -36..-14 dBFS, a quarter of them joined
-0.6–1.5 s late: recognised {pl["tried"] - pl["missed"] - pl["wrong"]}, missed {pl["missed"]},
+played through pink noise at 20 dB SNR, µ-law, -36..-14 dBFS, half of them joined 0.6–1.5 s
+late, through the detector (index searched with speech frames): recognised {pl["tried"] - pl["missed"] - pl["wrong"]}, missed {pl["missed"]},
 wrong prompt {pl["wrong"]}; decided {pct(pl["lat"], 50)} ms (median) / {pct(pl["lat"], 90)} ms
 (p90) after the prompt started playing. False matches on 20 other utterances: {pl["false"]}.
 
@@ -472,7 +472,8 @@ wrong prompt {pl["wrong"]}; decided {pct(pl["lat"], 50)} ms (median) / {pct(pl["
 
 Target {TARGET_US:.0f} µs per frame: {"met" if fr1["median"] < TARGET_US else "MISSED"} (median,
 {int(fr1["frames"])} frames of corpus audio). The p99 holds the rare heavier frames (a pitch
-track at a greeting's end, a fingerprint verification).
+track at a greeting's end, a fingerprint verification). On a loaded machine compare with
+main in the same moment (section below).
 """
     print(text)
     if not a.no_write:
