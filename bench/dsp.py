@@ -459,7 +459,8 @@ service". Without a dropout every code is decided within ~0.5 s (generated corpu
 
 Index: {pl["codes"]} distinct codes, built in {pl["build_s"]:.1f} s. {pl["tried"]} prompts
 played through pink noise at 20 dB SNR, µ-law, -36..-14 dBFS, half of them joined 0.6–1.5 s
-late, through the detector (index searched with speech frames): recognised {pl["tried"] - pl["missed"] - pl["wrong"]}, missed {pl["missed"]},
+late, through the detector (index searched with speech frames): recognised
+{pl["tried"] - pl["missed"] - pl["wrong"]}, missed {pl["missed"]},
 wrong prompt {pl["wrong"]}; decided {pct(pl["lat"], 50)} ms (median) / {pct(pl["lat"], 90)} ms
 (p90) after the prompt started playing. False matches on 20 other utterances: {pl["false"]}.
 
