@@ -16,7 +16,8 @@ on (:mod:`sipbridge.media.liveness`), not on the voices (all are espeak-ng):
 
 Classes: late greetings (2–6 s of silence or comfort noise first), beeps 2–5 s after the
 greeting, ringback before a greeting, fax after ringback, 10 dB SNR lines, short recorded or
-synthetic prompts (0.5–2 s) then silence against short live answers, continuous talkers,
+synthetic prompts (0.5–2 s) then silence against short live answers (also on the lines of
+:mod:`sipbridge.corpus.short`), continuous talkers,
 operators, screening assistants, SIT and busy/reorder with 100–300 ms dropouts.
 """
 
@@ -29,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from sipbridge.corpus import short
 from sipbridge.corpus.detection import SIT_TABLE, VOICES, Builder
 from sipbridge.corpus.synth import (
     FS,
@@ -139,11 +141,17 @@ def generate(out: Path, seed: int = DEFAULT_SEED) -> dict[str, dict[str, Any]]:
             reqs.append((t, VOICES[(i + 2) % len(VOICES)], 175, 50))
         for i, t in enumerate(SCREENING):
             reqs.append((t, VOICES[(i + 4) % len(VOICES)], 165, 50))
-        sp.render_many(reqs)
+        sp.render_many(reqs + short.speech_requests())
         g = _Gen(out, seed, sp)
         _machines(g, reqs)
         _humans(g, reqs)
         _tones(g)
+        # short answers and short prompts on the lines that tell them apart (the conditions
+        # that do not are measured by bench/dsp.py and listed in the README's limits)
+        for cond in ("live_room", "live_cn", "rec_silent", "clean_silent"):
+            for k in range(3):
+                c = short.one(sp, cond, k, seed)
+                g.b.finish(f"short_line_{cond}_{k}", c.audio, dict(c.label), floor_dbfs=-120)
     labels = g.b.labels
     (out / "labels.json").write_text(json.dumps(labels, indent=1, sort_keys=True))
     return labels

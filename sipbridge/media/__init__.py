@@ -8,6 +8,8 @@ Modules:
   runs, fax CNG/CED; :mod:`~sipbridge.media.sit` (SIT decoder, dropout-tolerant) and
   :mod:`~sipbridge.media.cadence` (call-progress cadences as whole-cycle templates).
 * :mod:`~sipbridge.media.vad` — webrtcvad + minimum-statistics noise floor + hysteresis.
+* :mod:`~sipbridge.media.answer_rules` — the detector's answer-mode rules (human, machine, IVR,
+  operator, screening) from the greeting's timing and the line's floor;
 * :mod:`~sipbridge.media.liveness` — live voice or recording (noise floor under the speech),
   question intonation at a greeting's end.
 * :mod:`~sipbridge.media.promptlib` — prompt library (known prompts by fingerprint) and the

@@ -20,6 +20,10 @@ IVR vs voicemail: the audio alone cannot always separate them. Rules used:
   * the greeting ends and no beep comes within ``beep_timeout_ms`` → ``machine`` with
     ``ivr_hint=True`` (a beep-less voicemail and an IVR waiting for DTMF sound the same).
 
+This module holds the detector and its tone handling (SIT, call progress, fax, beep, known
+prompts); the answer-mode rules on the greeting's words are in
+:mod:`~sipbridge.media.answer_rules`.
+
 Usage::
 
     det = Detector(DetectionConfig(), mode="answer")
@@ -34,18 +38,18 @@ Usage::
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 
+from sipbridge.media.answer_rules import AnswerRules
 from sipbridge.media.cadence import CadenceTracker, best_cp_signature
-from sipbridge.media.feeder import FrameFeeder
 from sipbridge.media.frames import (
     FRAME_MS,
     FloatArray,
     dbfs,
 )
-from sipbridge.media.liveness import FloorTracker, rises_at_end
+from sipbridge.media.liveness import FloorTracker
 from sipbridge.media.promptlib import PromptLibrary, PromptMatch, label_result
 from sipbridge.media.result import (
     ANSWERED_BY_VALUES,
@@ -80,12 +84,9 @@ __all__ = [
 ]
 
 Mode = Literal["answer", "early"]
-# A long greeting over an audible room waits for this many pause frames (the ~13-frame lead-in
-# before the first word plus 400 ms of pauses) before its floor is judged live or not.
-_LIVE_PENDING_FRAMES = 35
 
 
-class Detector(FrameFeeder):
+class Detector(AnswerRules):
     """Streaming recipient detector; feed it 20 ms frames of 8 kHz audio.
 
     ``feed`` accepts PCM16 bytes or an int16/float array of any length (buffered into 160-sample
@@ -177,26 +178,6 @@ class Detector(FrameFeeder):
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _note(self, t_ms: int, kind: str, **detail: Any) -> None:
-        if self.keep_timeline:
-            self.timeline.append(TimelineEntry(t_ms, kind, detail))
-
-    def _decide(
-        self,
-        answered_by: AnsweredBy,
-        t_end: int,
-        events: list[DetectionEvent],
-        final: bool = True,
-        kind: Literal["decision", "update", "progress"] = "decision",
-        **kw: Any,
-    ) -> None:
-        det = Detection(answered_by=answered_by, decided_at_ms=t_end, final=final, **kw)
-        self._result = det
-        if final:
-            self._done = True
-        events.append(DetectionEvent(kind, t_end, det))
-        self._note(t_end, "decision" if kind != "progress" else "progress", **det.to_dict())
-
     def _process(self, pcm: bytes, x: FloatArray | None, events: list[DetectionEvent]) -> None:
         cfg = self.cfg
         t = self._t
@@ -206,13 +187,7 @@ class Detector(FrameFeeder):
             x = np.frombuffer(pcm, dtype="<i2") * (1.0 / 32768.0)
         level = dbfs(x)
         ta = self._tones
-        ta.analyze(x)
-        if self._prompts is not None:
-            hit = self._prompts.push(ta.power, level)
-            if hit is not None:
-                self._on_prompt(hit, t_end, events)
-                if self._done:
-                    return
+        ta.analyze(x, level >= cfg.tone_min_dbfs)  # cp_power is read only above that level
         if self._beep_run is not None:
             self._follow_beep(
                 single_tone=ta.purity >= cfg.tone_purity and level >= cfg.tone_min_dbfs,
@@ -264,8 +239,19 @@ class Detector(FrameFeeder):
         ev = sp.update(pcm, level, is_tone, t)
         if ev == SpeechTracker.WORD_START:
             self._sit.interrupt()
+        if self._prompts is not None:
+            # every frame's code is kept; the index is searched only with speech frames
+            hit = self._prompts.push(ta.power, level, sp.last_speech)
+            if hit is not None:
+                self._on_prompt(hit, t_end, events)
+                if self._done:
+                    return
         if self.mode == "answer":
-            self._floor.update(t, level, sp.state == 0 and not is_tone and not sp.last_speech)
+            quiet = sp.state == 0 and not is_tone and not sp.last_speech
+            # A-law's idle pattern is a constant +8 (-69 dBFS of DC, no sound): the floor is
+            # measured without the DC, so digital silence reads -100 in both G.711 laws
+            floor_db = dbfs(x - x.mean()) if quiet and level < -60.0 else level
+            self._floor.update(t, floor_db, quiet)
             self._audio.append(x)
             if len(self._audio) > 80:
                 del self._audio[0]
@@ -450,181 +436,3 @@ class Detector(FrameFeeder):
             progress_region=region,
             reason=f"{kind} tone ({region})",
         )
-
-    def _on_word_start(self, start: int, t_end: int, events: list[DetectionEvent]) -> None:
-        if self.mode != "answer":
-            return
-        cfg = self.cfg
-        if self._machine_at is not None:
-            lw = self._last_word_end
-            if lw is not None and start - lw >= cfg.ivr_resume_gap_ms:
-                self._decide(
-                    "ivr",
-                    t_end,
-                    events,
-                    kind="update",
-                    greeting_end_ms=lw,
-                    ivr_hint=True,
-                    reason=f"machine spoke again after {start - lw} ms pause (menu prompts)",
-                )
-                return
-        if self._greeting_start is None:
-            self._greeting_start = start
-            self._floor.greeting_started(start)
-        self._last_word_start = start
-        self._words += 1
-
-    def _finalise_machine(
-        self, t_end: int, gend: int | None, why: str, events: list[DetectionEvent]
-    ) -> None:
-        self._decide(
-            "machine",
-            t_end,
-            events,
-            kind="update",
-            greeting_end_ms=gend if gend is not None else self._last_word_end,
-            ivr_hint=True,
-            reason=f"machine, no beep ({why}); could be an IVR",
-        )
-
-    def _answer_rules(self, t_end: int, events: list[DetectionEvent]) -> None:
-        cfg = self.cfg
-        sp = self._speech
-        if self._machine_at is not None:
-            lw = self._last_word_end
-            if (
-                not sp.in_word
-                and lw is not None
-                and self._runs.current is None
-                and t_end - lw >= cfg.screening_silence_ms
-                and self._screening_ok(lw)
-            ):
-                self._decide(
-                    "human",
-                    t_end,
-                    events,
-                    kind="update",
-                    greeting_end_ms=lw,
-                    hint="screening",
-                    reason="recorded greeting ending in a question, then "
-                    f"{cfg.screening_silence_ms} ms silence and no beep: "
-                    "call-screening assistant",
-                )
-                return
-            if (
-                not sp.in_word
-                and lw is not None
-                and t_end - lw >= cfg.beep_timeout_ms
-                and (self._runs.current is None)
-            ):
-                self._finalise_machine(
-                    t_end, lw, f"{cfg.beep_timeout_ms} ms after greeting", events
-                )
-            elif t_end >= cfg.max_beep_wait_ms:
-                self._finalise_machine(t_end, None, "max beep wait", events)
-            return
-        gs = self._greeting_start
-        if gs is None:
-            since = t_end - self._ref_ms
-            if self._tone_activity_ms == 0:
-                if since >= cfg.initial_silence_ms and sp.state == 0:
-                    after = " after ringback" if self._ref_ms else ""
-                    self._decide(
-                        "silence",
-                        t_end,
-                        events,
-                        reason=f"no speech in {cfg.initial_silence_ms} ms{after}",
-                    )
-            elif since >= cfg.total_analysis_ms:
-                self._decide(
-                    "unknown", t_end, events, reason="no speech; unclassified tone or noise"
-                )
-            return
-        if self._live_long and t_end - gs > cfg.operator_max_greeting_ms:
-            self._live_long = False
-            self._machine(
-                t_end,
-                f"greeting longer than {cfg.operator_max_greeting_ms} ms "
-                "(too long for a person, even in a live-sounding voice)",
-                events,
-            )
-            return
-        if (
-            t_end - gs > cfg.max_greeting_ms
-            and not self._live_long
-            and (sp.in_word or self._live_pending)
-        ):
-            verdict = self._floor.verdict()
-            pre = self._floor.pre_db
-            if verdict == "live":
-                # a live voice that talks on: wait for it to stop and listen (operator)
-                self._live_long = True
-                self._note(t_end, "live_voice", pre_db=pre)
-            elif (
-                verdict != "recorded"
-                and pre is not None
-                and self._floor.gap_frames < _LIVE_PENDING_FRAMES
-                and pre >= self._floor.cfg.live_floor_dbfs
-                and t_end - gs < cfg.total_analysis_ms
-            ):
-                self._live_pending = True  # an audible room, no pause heard yet: wait for one
-            else:
-                self._machine(t_end, f"greeting longer than {cfg.max_greeting_ms} ms", events)
-                return
-            if self._words > cfg.max_words:
-                self._machine(t_end, f"more than {cfg.max_words} words", events)
-                return
-        lw = self._last_word_end
-        if lw is not None and sp.state == 0 and t_end - lw >= cfg.after_greeting_silence_ms:
-            span = lw - gs
-            if span <= cfg.max_greeting_ms and not self._live_long:
-                if self._floor.verdict(lw + 200) == "recorded":
-                    self._machine(
-                        t_end,
-                        f"short recorded prompt ({span} ms; the line's noise "
-                        "floor changed under it) then silence",
-                        events,
-                    )
-                    return
-                self._decide(
-                    "human",
-                    t_end,
-                    events,
-                    greeting_end_ms=lw,
-                    reason=f"{span} ms greeting then {cfg.after_greeting_silence_ms} ms silence",
-                )
-                return
-            if self._live_long and t_end - lw >= cfg.operator_silence_ms * (
-                1.0 if self._ends_in_question(lw) else 5.0 / 3.0
-            ):
-                self._decide(
-                    "human",
-                    t_end,
-                    events,
-                    greeting_end_ms=lw,
-                    hint="operator",
-                    reason=f"{span} ms greeting in a live voice (noise floor "
-                    f"{self._floor.pre_db:.0f} dBFS unchanged under it), then "
-                    f"{cfg.operator_silence_ms} ms silence: operator",
-                )
-                return
-        if t_end - gs >= cfg.total_analysis_ms and not self._live_long:
-            self._machine(t_end, "speech still undecided at total analysis time", events)
-
-    def _screening_ok(self, last_word_end: int) -> bool:
-        """A recorded/synthetic greeting (not a live voice) whose last word rises."""
-        if self._floor.verdict(last_word_end + 200) == "live":
-            return False
-        return self._ends_in_question(last_word_end)
-
-    def _ends_in_question(self, last_word_end: int) -> bool:
-        """Does the pitch rise at the end of the last word (ending at ``last_word_end``)?"""
-        if self._question is not None and self._question[0] == last_word_end:
-            return self._question[1]
-        q = self._last_word_audio is not None and rises_at_end(self._last_word_audio)
-        self._question = (last_word_end, q)
-        return q
-
-    def _machine(self, t_end: int, why: str, events: list[DetectionEvent]) -> None:
-        self._machine_at = t_end
-        self._decide("machine", t_end, events, final=False, reason=why)

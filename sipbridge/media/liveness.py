@@ -96,7 +96,10 @@ class FloorTracker:
             for t, lv, q in self._recent
             if q and t < start_ms - 15 * FRAME_MS and lv > DIGITAL_SILENCE_DBFS
         ]
-        if len(before) < 5:  # the greeting started early: take what there is
+        heard_before = sum(1 for t, _, _ in self._recent if t < start_ms - 15 * FRAME_MS)
+        if len(before) < 5 and heard_before < 10:  # it started early: take what there is
+            # (after 200 ms or more of digital silence the frames just before the first word
+            # are a recording's own bed, not the line's floor)
             before = [
                 lv
                 for t, lv, q in self._recent
@@ -119,6 +122,21 @@ class FloorTracker:
         if len(g) < self.cfg.min_gap_frames:
             return None
         return float(np.median(g))
+
+    def after_db(self, from_ms: int, run: int = 6) -> float | None:
+        """The quietest the line got in the pause from ``from_ms`` on: the lowest, over every
+        ``run`` consecutive pause frames (120 ms), of their loudest frame. A recording's bed
+        may run on 100–500 ms after its last word; a live microphone's room never drops to
+        digital silence for 120 ms. None until ``run`` frames."""
+        g = [(t, lv) for t, lv in self._gaps[-50:] if t >= from_ms]
+        best: float | None = None
+        for k in range(len(g) - run + 1):
+            if g[k + run - 1][0] - g[k][0] != (run - 1) * FRAME_MS:
+                continue  # not consecutive (a speech or tone frame in between)
+            top = max(lv for _, lv in g[k : k + run])
+            if best is None or top < best:
+                best = top
+        return best
 
     @property
     def gap_frames(self) -> int:

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from sipbridge.media.frames import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE, FloatArray, dbfs
+from sipbridge.media.frames import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE, FloatArray, dbfs, rfft
 
 BLOCK = 2 * FRAME_SAMPLES
 N_BANDS = 17
@@ -103,7 +103,7 @@ class CodeStream:
 def spectrum(block: FloatArray) -> FloatArray:
     """Power spectrum of a 40 ms block (Hann), as :class:`~sipbridge.media.tones.ToneAnalyzer`
     computes it."""
-    s = np.fft.rfft(block * _WIN)
+    s = rfft(block * _WIN)
     return np.asarray(s.real * s.real + s.imag * s.imag, dtype=np.float64)
 
 
@@ -251,6 +251,7 @@ MIN_VOTES = 3
 # prompts at 20 dB SNR, none at 1 (bench/dsp.py; a shared 2-core machine).
 VOTE_EVERY = 1
 _RING = 256  # live codes kept (frames): more than any verification window
+_PENDING = -2  # a live frame's code not computed yet (see PromptMatcher.push)
 _BACKS = np.arange(_RING, dtype=np.int64)
 # Codes indexed more often than this (across prompts and alignments) are too common to tell
 # prompts apart (steady vowels, noise-like frames): skipped, as in Haitsma & Kalker's search.
@@ -271,12 +272,16 @@ class PromptMatcher:
     verify_frames: int = 60
     min_pairs: int = 45
     max_ber: float = 0.25
-    _stream: CodeStream = field(default_factory=CodeStream)
     _ring: npt.NDArray[np.int32] = field(
         default_factory=lambda: np.full(_RING, -1, dtype=np.int32)
-    )  # live codes by frame
+    )  # live codes by frame (-1: silent, _PENDING: not computed yet)
+    _bands: FloatArray = field(default_factory=lambda: np.zeros((_RING, N_BANDS)))
+    _ok: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(_RING, dtype=bool))
     _n: int = 0  # frames pushed
     _votes: dict[int, list[int]] = field(default_factory=dict)  # key -> [n, last, first, checked]
+    # the previous generation of votes: keys not voted for in two generations (2 × 2 ×
+    # verify_frames) are dropped by swapping dicts, never by scanning them
+    _old: dict[int, list[int]] = field(default_factory=dict)
     _prev: FloatArray = field(default_factory=lambda: np.zeros(FRAME_SAMPLES))
     done: PromptMatch | None = None
 
@@ -286,35 +291,77 @@ class PromptMatcher:
         self._prev = np.asarray(frame, dtype=np.float64)
         return self.push(spectrum(block), dbfs(frame))
 
-    def push(self, power: FloatArray, level_dbfs: float) -> PromptMatch | None:
-        """One frame's 40 ms power spectrum and level; returns a match once (then None)."""
+    def push(self, power: FloatArray, level_dbfs: float, lookup: bool = True) -> PromptMatch | None:
+        """One frame's 40 ms power spectrum and level; returns a match once (then None).
+
+        ``lookup=False`` (the detector's VAD hears no speech in the frame): the frame is kept
+        for verification but not searched for. Only its 17 band energies are stored; its code
+        is computed when a lookup or a verification needs it (most frames never are)."""
         if self.done is not None or not self.lib.prompts:
             return None
-        return self.step(self._stream.push(power, level_dbfs))
+        i = self._n
+        j = i % _RING
+        ok = level_dbfs >= SILENT_DBFS
+        self._ok[j] = ok
+        if not ok:
+            self._advance(-1)
+            return None
+        self._bands[j] = np.add.reduceat(power, _BAND_STARTS)[:N_BANDS]
+        if i < LAG or not self._ok[(i - LAG) % _RING]:
+            self._advance(-1)  # no band differences 40 ms back: no code (as CodeStream)
+            return None
+        if not lookup or i % VOTE_EVERY:
+            self._advance(_PENDING)
+            return None
+        e = np.log10(self._bands[[j, (i - LAG) % _RING]] + 1e-12)
+        d = e[:, :-1] - e[:, 1:]
+        diff = d[0] - d[1]
+        code = int((diff > 0) @ _BIT_WEIGHTS)
+        self._advance(code)
+        return self._search(i, code, diff)
 
-    def step(self, r: tuple[int, FloatArray] | None) -> PromptMatch | None:
+    def step(self, r: tuple[int, FloatArray] | None, lookup: bool = True) -> PromptMatch | None:
         """One frame's code and band-difference changes (from a :class:`CodeStream`), or None
-        if silent."""
+        if silent. ``lookup``: search the index with it (else only keep it)."""
         if self.done is not None:
             return None
+        i = self._advance(-1 if r is None else r[0])
+        if r is None or not lookup or i % VOTE_EVERY:
+            return None
+        return self._search(i, *r)
+
+    def _advance(self, code: int) -> int:
         i = self._n
         self._n += 1
-        self._ring[i % _RING] = -1 if r is None else r[0]
-        if i % 50 == 49:
-            self._prune(i)
-        if r is None or i % VOTE_EVERY:
-            return None
-        code, diff = r
+        self._ring[i % _RING] = code
+        if i % (2 * self.verify_frames) == 0:
+            self._old, self._votes = self._votes, {}
+        return i
+
+    def _fill(self, frames: npt.NDArray[np.int64]) -> None:
+        """Compute the codes of ``frames`` (stream frame numbers) still pending, at once."""
+        j = frames % _RING
+        pend = self._ring[j] == _PENDING
+        if not pend.any():
+            return
+        jj = j[pend]
+        e = np.log10(self._bands[jj] + 1e-12)
+        ep = np.log10(self._bands[(frames[pend] - LAG) % _RING] + 1e-12)
+        diff = (e[:, :-1] - e[:, 1:]) - (ep[:, :-1] - ep[:, 1:])
+        self._ring[jj] = (diff > 0) @ _BIT_WEIGHTS
+
+    def _search(self, i: int, code: int, diff: FloatArray) -> PromptMatch | None:
         # the code and its variants with its least reliable bits flipped: noise flips the
         # bits whose band differences barely changed
         probes = [code]
-        for w in np.argpartition(np.abs(diff), N_WEAK)[:N_WEAK]:
-            bit = 1 << int(w)
+        for w in np.abs(diff).argsort()[:N_WEAK].tolist():
+            bit = 1 << w
             probes += [c ^ bit for c in probes]
         best: int | None = None
         best_n = self.min_votes - 1
         index = self.lib.index
         votes = self._votes
+        old = self._old
         base = i + _OFF_BIAS
         for c in probes:
             postings = index.get(c)
@@ -326,8 +373,11 @@ class PromptMatcher:
                 key = (post & ~_K_MASK) | ((base - (post & _K_MASK)) & _K_MASK)
                 v = votes.get(key)
                 if v is None:
-                    votes[key] = [1, i, i, 0]
-                    continue
+                    v = old.pop(key, None)
+                    if v is None:
+                        votes[key] = [1, i, i, 0]
+                        continue
+                    votes[key] = v
                 if v[1] != i:
                     v[0] += 1
                     v[1] = i
@@ -339,11 +389,6 @@ class PromptMatcher:
         votes[best][3] = best_n
         return self._verify(best, i)
 
-    def _prune(self, i: int) -> None:
-        horizon = i - 2 * self.verify_frames
-        for key in [k for k, v in self._votes.items() if v[1] < horizon]:
-            del self._votes[key]
-
     def _verify(self, key: int, i: int) -> PromptMatch | None:
         pid, sub = key >> _PID_SHIFT, (key >> _SUB_SHIFT) & 3
         off = (key & _K_MASK) - _OFF_BIAS
@@ -351,6 +396,7 @@ class PromptMatcher:
         backs = _BACKS[: min(self.verify_frames, i + 1)]
         ks = i - off - backs
         ok = (ks >= 0) & (ks < ref_all.size)
+        self._fill(i - backs[ok])
         live = self._ring[(i - backs[ok]) % _RING]
         ref = ref_all[ks[ok]]
         both = (live >= 0) & (ref >= 0)

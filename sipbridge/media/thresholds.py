@@ -71,6 +71,13 @@ class DetectionConfig:
     # mailbox beeps come within 1.5 s; a mailbox whose greeting ends in a question and beeps
     # later is misread (rare: greetings end "…after the tone.").
     screening_silence_ms: int = 2000
+    # A short greeting followed by a line this quiet (dBFS; the level nearly all frames of the
+    # pause after it stay under) is a recording: a live person speaks into an open microphone
+    # whose room (-65..-40 dBFS) or whose network's comfort noise (-80..-65) stays on the line
+    # after "Hello?"; digital silence (-100) after speech is a prompt played by a machine whose
+    # line carries nothing else (measured: bench/dsp.py). -120 turns the rule off (endpoints
+    # that suppress silence without comfort noise: their callers would be called machines).
+    recorded_line_dbfs: float = -85.0
     # Follow a beep to its end (for ``beep_end_ms``) at most this long; real beeps are 0.1–1 s.
     beep_end_max_ms: int = 2500
     # Stop waiting for the beep altogether this long after the start (greetings up to ~25 s).

@@ -27,7 +27,7 @@ from typing import Literal
 
 import numpy as np
 
-from sipbridge.media.frames import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE, FloatArray
+from sipbridge.media.frames import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE, FloatArray, rfft
 
 BLOCK = 2 * FRAME_SAMPLES  # 40 ms analysis block
 BIN_HZ = SAMPLE_RATE / BLOCK  # 25 Hz
@@ -136,13 +136,15 @@ class ToneAnalyzer:
         """Forget the previous frame (e.g. after a discontinuity)."""
         self._block[:] = 0.0
 
-    def analyze(self, frame: FloatArray) -> None:
-        """Analyse one 160-sample frame (float, [-1, 1)); results in the attributes."""
+    def analyze(self, frame: FloatArray, cp: bool = True) -> None:
+        """Analyse one 160-sample frame (float, [-1, 1)); results in the attributes.
+        ``cp=False``: skip the call-progress bank (``cp_power`` is left as it was) for a frame
+        too quiet to be a tone; the 80 ms block is still kept up to date."""
         blk = self._block
         blk[:FRAME_SAMPLES] = blk[FRAME_SAMPLES:]
         blk[FRAME_SAMPLES:] = frame
         xw = blk * self._win
-        spec = np.fft.rfft(xw)
+        spec = rfft(xw)
         p = spec.real * spec.real + spec.imag * spec.imag
         self.power = p  # for other per-frame features (prompt fingerprints)
         total = float(p[1:-1].sum()) + 1e-20
@@ -163,6 +165,8 @@ class ToneAnalyzer:
         cb = self._cp_block
         cb[:-FRAME_SAMPLES] = cb[FRAME_SAMPLES:]
         cb[-FRAME_SAMPLES:] = frame
+        if not cp:
+            return
         cw = cb * self._cp_win
         e = float(np.dot(cw, cw)) + 1e-20
         self.cp_power = self._bank.power(cb) * (self._cp_norm / e)

@@ -12,8 +12,10 @@ from sipbridge.media.frames import float_to_pcm16, scale_to_dbfs
 
 
 def greeting(speech: Callable[..., np.ndarray]) -> np.ndarray:
+    """A live "Hello?": the phone's comfort noise (-72 dBFS) on the line around it."""
     g = scale_to_dbfs(speech("Hello?", "en-us", 160), -20)
-    return np.concatenate([np.zeros(4000), g, np.zeros(16000)])
+    x = np.concatenate([np.zeros(4000), g, np.zeros(16000)])
+    return x + np.random.default_rng(1).standard_normal(x.size) * 10 ** (-75 / 20)
 
 
 def test_bytes_frames_and_arrays_agree(speech: Callable[..., np.ndarray]) -> None:

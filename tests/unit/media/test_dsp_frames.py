@@ -18,6 +18,7 @@ from sipbridge.media.frames import (
     float_to_pcm16,
     pcm16_to_float,
     resample,
+    rfft,
     scale_to_dbfs,
     ulaw_decode,
     ulaw_encode,
@@ -92,3 +93,9 @@ def test_resample_preserves_frequency(f: float, rate: int) -> None:
 def test_scale_to_dbfs() -> None:
     x = np.random.default_rng(1).standard_normal(8000)
     assert dbfs(scale_to_dbfs(x, -27.0)) == pytest.approx(-27.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("n", [320, 640, 321, 2])
+def test_rfft_is_numpys(n: int) -> None:
+    x = np.random.default_rng(n).standard_normal(n)
+    assert np.allclose(rfft(x), np.fft.rfft(x), rtol=1e-12, atol=1e-9)

@@ -89,12 +89,16 @@ def test_white_noise_never_sit_or_tone(seed: int, level: float, mode: str) -> No
     st.floats(-35, -10),
     st.sampled_from(["Hello?", "Hi, this is Sam.", "Yes, hello?"]),
     st.sampled_from(["en-us", "en+f3", "en-gb", "en+m7"]),
+    st.floats(-80, -46),
 )
 def test_short_greeting_is_human_within_1s(
-    speech: Callable[..., np.ndarray], level: float, text: str, voice: str
+    speech: Callable[..., np.ndarray], level: float, text: str, voice: str, line_dbfs: float
 ) -> None:
+    """A short answer on a live line (room noise or a network's comfort noise at
+    ``line_dbfs``; digital silence around it is a recording, see test_dsp_short)."""
     g = scale_to_dbfs(speech(text, voice, 160), level)
     x = np.concatenate([sil(700), g, sil(3000)])
+    x = x + np.random.default_rng(3).standard_normal(x.size) * 10 ** ((line_dbfs - 3) / 20)
     det = Detector()
     det.feed(x)
     r = det.finish()

@@ -27,6 +27,7 @@ GROUPS = [
     "snr10_human",
     "short_prompt",
     "live_hello",
+    "short_line",
     "continuous",
     "operator",
     "screening",
