@@ -19,6 +19,7 @@ from sipbridge.flow import (
     DialAgent,
     EndCall,
     PlayMessage,
+    SayPrompt,
     SendDigits,
     StartHold,
     StartTimer,
@@ -91,6 +92,12 @@ class Actions:
         elif isinstance(action, PlayMessage) and carrier is not None:
             path = str(media_path(ctx.cfg.media.dir, action.path))  # re-checked now
             ctx.journal.event(rec, "voicemail.play", {"leg": carrier, "path": action.path})
+            ctx.pool.play(carrier, path)
+        elif isinstance(action, SayPrompt) and carrier is not None:
+            path = str(media_path(ctx.cfg.media.dir, action.path, "say"))  # re-checked now
+            ctx.journal.event(rec, "ivr.say", {"leg": carrier, "path": action.path})
+            if action.mark_menu:
+                ctx.pool.listen(carrier, "repeat", {"mark": True})
             ctx.pool.play(carrier, path)
         elif isinstance(action, TellAgent) and live.agent_leg is not None:
             ctype, body, headers = detection_info(

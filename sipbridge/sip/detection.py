@@ -47,9 +47,13 @@ class Detection:
             self.worker.log("warning", f"Listen for unknown leg {leg_id!r}")
             return
         ls = leg.listening
+        if phase == "repeat" and config.get("mark"):
+            self.mark_digits_sent(leg)  # a say step starts the script: the menu ends now
+            return
         if phase == "repeat":
             # the IVR phase: is the menu heard before the digits heard again after them?
             ls.repeat = RepeatDetector()
+            ls.repeat_marked = False
             if not ls.tap_connected:
                 self._connect_tap(leg, leg.call)
             return
@@ -156,10 +160,14 @@ class Detection:
         return []
 
     def mark_digits_sent(self, leg: Leg) -> None:
-        """Digits were sent on the leg: what was heard so far is the menu to watch for."""
-        repeat = leg.listening.repeat
-        if repeat is not None and repeat.done is None:
+        """Digits were sent on the leg: what was heard so far is the menu to watch for.
+        Only the first step of a script marks (a script of several steps sends several
+        digit strings; what the IVR says between them is not the menu)."""
+        ls = leg.listening
+        repeat = ls.repeat
+        if repeat is not None and repeat.done is None and not ls.repeat_marked:
             self.pump(leg)  # frames heard before the mark belong to the menu
+            ls.repeat_marked = True
             repeat.mark()
 
     def _connect_tap(self, leg: Leg, call: Any) -> None:
