@@ -1,0 +1,69 @@
+"""Spoken IVR steps over SIP: a script ``["1", "w", {say: WAV}, "w2"]`` through a real
+`sipbridge run` against a SIPp carrier. tshark on the carrier's side sees the RFC 4733
+digits and the WAV's 1.4 kHz tone (Goertzel on the decoded RTP) in the scripted order and
+timing, the tone whole (not clipped by the next digit)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sipbridge.devtools.bridge import Stack
+from tests.integration.test_agent_bridge import carrier_bridge, tone_wav
+from tests.rtp import TsharkCapture, digits_of, rtp_events, rtp_packets, tone_packets
+
+pytestmark = pytest.mark.integration
+
+SAY_S = 0.8
+DIGIT_MS = 160
+GAP_MS = 80
+
+
+def test_say_step_plays_between_the_digits_in_order(stack: Stack, tmp_path: Path) -> None:
+    media = tmp_path / "media"
+    media.mkdir()
+    tone_wav(media / "agent.wav", 1400, SAY_S, encoding="signed-integer")
+    carrier = stack.sipp("uas_answer_wait_bye.xml")
+    agent = stack.sipp("uas_answer_wait_bye.xml")
+    with TsharkCapture(carrier.media_port, tmp_path / "carrier.pcap") as cap:
+        bridge = carrier_bridge(
+            stack,
+            carrier,
+            agent,
+            media={"dir": str(media)},
+            detection={"answer": False, "early_media": False},
+        )
+        sid = bridge.trigger(
+            to_number="+12125550170",
+            ivr={
+                "send_digits": ["1", "w", {"say": "agent.wav"}, "w2"],
+                "send_digits_delay_s": 0.3,
+                "digit_duration_ms": DIGIT_MS,
+                "digit_gap_ms": GAP_MS,
+            },
+        )
+        bridge.wait_event(sid, "agent.dial", timeout=15)
+        bridge.client.post(f"/v1/outbound-calling/{sid}/hangup")
+        body = bridge.wait_terminal(sid)
+    assert body["status"] == "success", body
+    kinds = [e["kind"] for e in body["events"]]
+    # the journal: digits, the say and its end, digits, then the agent
+    order = [k for k in kinds if k in ("dtmf.send", "ivr.say", "ivr.said", "agent.dial")]
+    assert order == ["dtmf.send", "ivr.say", "ivr.said", "dtmf.send", "agent.dial"], kinds
+
+    got = digits_of(rtp_events(cap.path, carrier.media_port))
+    assert [d for d, _ in got] == ["1", "2"], got
+    (_, one), (_, two) = got
+    tone = tone_packets(rtp_packets(cap.path, carrier.media_port), 1400)
+    assert tone, "the say step's 1.4 kHz tone never reached the carrier"
+    tone_start, tone_end = tone[0].time_s, tone[-1].time_s + 0.02
+    one_end = one.time_s
+    two_start = two.time_s - two.duration / 8000
+    # in order: 1, then (gap + w = 0.58 s) the tone, then (w = 0.5 s) 2
+    assert one_end < tone_start < tone_end < two_start, (one_end, tone_start, tone_end, two_start)
+    assert 0.45 <= tone_start - one_end <= 0.58 + 0.35, tone_start - one_end
+    assert 0.45 <= two_start - tone_end <= 0.5 + 0.35, two_start - tone_end
+    # the whole prompt was played (not clipped), as one run of tone packets
+    assert abs((tone_end - tone_start) - SAY_S) <= 0.1, tone_end - tone_start
+    assert len(tone) >= int(SAY_S / 0.02) - 3, len(tone)
