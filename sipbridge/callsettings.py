@@ -208,8 +208,6 @@ class IvrSettings(_Model):
                 raise ValueError(
                     "alternative_digits: required (1-8 scripts) when on_menu_repeat is next_digits"
                 )
-            if self.send_digits is None:
-                raise ValueError("send_digits: required when on_menu_repeat is next_digits")
         elif self.alternative_digits:
             raise ValueError(
                 "alternative_digits: only used with on_menu_repeat: next_digits "

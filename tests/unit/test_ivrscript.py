@@ -128,8 +128,6 @@ def test_alternatives_need_next_digits_and_are_bounded() -> None:
         IvrSettings(send_digits="1", on_menu_repeat="next_digits")
     with pytest.raises(ValidationError, match="alternative_digits: only used"):
         IvrSettings(send_digits="1", alternative_digits=["2"])
-    with pytest.raises(ValidationError, match="send_digits: required"):
-        IvrSettings(on_menu_repeat="next_digits", alternative_digits=["2"])
     with pytest.raises(ValidationError, match="alternative_digits"):
         IvrSettings(send_digits="1", on_menu_repeat="next_digits", alternative_digits=["2"] * 9)
     with pytest.raises(ValidationError, match=r"alternative_digits\.0"):
@@ -249,3 +247,22 @@ def test_a_repeat_during_a_step_waits_for_it_before_the_next_script() -> None:
     assert f.on_timer("send_digits") == []  # ... its say still plays
     assert f.on_playback_done() == [SendDigits("9", 160, 80)]
     assert f.on_digits_sent() == [DialAgent(None)]
+
+
+def test_openapi_shows_the_script_shape_and_bounds(tmp_path: Path) -> None:
+    client, _ = make_client(tmp_path)
+    with client:
+        doc = client.get("/openapi.json").json()
+    defs = doc["components"]["schemas"]
+    ivr = defs["IvrSettings"]["properties"]
+    script = ivr["send_digits"]["anyOf"]
+    steps = next(s for s in script if s.get("type") == "array")
+    assert (steps["minItems"], steps["maxItems"]) == (1, 32)
+    assert {"maxLength": 256, "type": "string"} in steps["items"]["anyOf"]
+    say = defs["SayStep"]
+    assert say["required"] == ["say"] and say["properties"]["say"]["maxLength"] == 255
+    assert say.get("additionalProperties") is False
+    assert ivr["alternative_digits"]["maxItems"] == 8
+    assert "next_digits" in ivr["on_menu_repeat"]["enum"]
+    trigger = next(v for k, v in defs.items() if k.startswith("TriggerBody"))
+    assert any(s.get("type") == "array" for s in trigger["properties"]["send_digits"]["anyOf"])

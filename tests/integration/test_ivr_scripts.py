@@ -1,7 +1,8 @@
-"""Spoken IVR steps over SIP: a script ``["1", "w", {say: WAV}, "w2"]`` through a real
-`sipbridge run` against a SIPp carrier. tshark on the carrier's side sees the RFC 4733
-digits and the WAV's 1.4 kHz tone (Goertzel on the decoded RTP) in the scripted order and
-timing, the tone whole (not clipped by the next digit)."""
+"""Scripted IVR steps over SIP, through a real `sipbridge run` against a SIPp carrier.
+Spoken steps: a script ``["1", "w", {say: WAV}, "w2"]``; tshark on the carrier's side sees
+the RFC 4733 digits and the WAV's 1.4 kHz tone (Goertzel on the decoded RTP) in the
+scripted order and timing, the tone whole (not clipped by the next digit). A looping menu
+gets the next alternative digit string once per repeat, then the call fails retryable."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from sipbridge.devtools.bridge import Stack
 from tests.integration.test_agent_bridge import carrier_bridge, tone_wav
+from tests.integration.test_ivr_inbound import looping_menu_carrier
 from tests.rtp import TsharkCapture, digits_of, rtp_events, rtp_packets, tone_packets
 
 pytestmark = pytest.mark.integration
@@ -67,3 +69,44 @@ def test_say_step_plays_between_the_digits_in_order(stack: Stack, tmp_path: Path
     # the whole prompt was played (not clipped), as one run of tone packets
     assert abs((tone_end - tone_start) - SAY_S) <= 0.1, tone_end - tone_start
     assert len(tone) >= int(SAY_S / 0.02) - 3, len(tone)
+
+
+def test_looping_menu_gets_the_next_digit_string_then_fails(stack: Stack) -> None:
+    """The carrier's menu comes back after each digit string: the bridge sends the next
+    alternative once per repeat (one menu cycle apart on the wire), and after the last
+    one ends the call "IVR menu repeated" (retryable) without dialling the agent."""
+    carrier, menu_s = looping_menu_carrier(stack, repeats=3)
+    cycle_s = menu_s + 3.0  # the menu, then 3 s of silence
+    with TsharkCapture(carrier.media_port, stack.tmp / "carrier.pcap") as cap:
+        bridge = carrier_bridge(stack, carrier, None)
+        sid = bridge.trigger(
+            to_number="+12125550171",
+            send_digits="9",
+            ivr={
+                "hold": True,
+                "send_digits_delay_s": round(menu_s + 0.5, 2),
+                "max_ivr_s": 90,
+                "on_menu_repeat": "next_digits",
+                "alternative_digits": ["2", "0#"],
+            },
+        )
+        body = bridge.wait_terminal(sid, timeout=4 * cycle_s + 20)
+    events = body["events"]
+    assert (body["status"], body["reason"]) == ("failure", "IVR menu repeated"), [
+        (e["kind"], e["data"].get("phase"), e["data"].get("reason")) for e in events
+    ]
+    kinds = [e["kind"] for e in events]
+    assert "agent.dial" not in kinds
+    steps = [
+        e["data"].get("digits") or "repeat"
+        for e in events
+        if e["kind"] == "dtmf.send" or (e["kind"] == "detection" and e["data"]["phase"] == "repeat")
+    ]
+    assert steps == ["9", "repeat", "2", "repeat", "0#", "repeat"], steps
+    # on the wire: the strings in order, each in the menu cycle after the previous one's
+    # (the repeat is recognised within the replayed menu, then send_digits_delay_s)
+    got = digits_of(rtp_events(cap.path, carrier.media_port))
+    assert [d for d, _ in got] == ["9", "2", "0", "#"], got
+    starts = [ev.time_s - ev.duration / 8000 for _, ev in got]
+    for a, b in ((starts[0], starts[1]), (starts[1], starts[2])):
+        assert cycle_s <= b - a < 2 * cycle_s, (b - a, cycle_s)
