@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from sipbridge.hints import call_hint
 from sipbridge.records import CallEvent, CallRecord, LegRecord
 from sipbridge.store import CallStore
 
@@ -39,6 +40,7 @@ FIELDS = (
     "sip_status",
     "result",
     "answered_by",
+    "answered_by_hint",
     "reason",
     "cause",
     "detail",
@@ -82,6 +84,7 @@ def build_cdr(
         "sip_status": last.sip_status if last.ended_at is not None else rec.sip_status,
         "result": result,
         "answered_by": rec.answered_by if answered_at else None,
+        "answered_by_hint": call_hint(rec) if answered_at else None,
         "reason": reason,
         "cause": last.cause,
         "detail": detail,
