@@ -110,3 +110,26 @@ def test_looping_menu_gets_the_next_digit_string_then_fails(stack: Stack) -> Non
     starts = [ev.time_s - ev.duration / 8000 for _, ev in got]
     for a, b in ((starts[0], starts[1]), (starts[1], starts[2])):
         assert cycle_s <= b - a < 2 * cycle_s, (b - a, cycle_s)
+
+
+def test_a_say_file_gone_since_the_trigger_ends_the_call_cleanly(
+    stack: Stack, tmp_path: Path
+) -> None:
+    media = tmp_path / "media"
+    media.mkdir()
+    wav = tone_wav(media / "agent.wav", 1400, SAY_S, encoding="signed-integer")
+    carrier = stack.sipp("uas_answer_wait_bye.xml")
+    bridge = carrier_bridge(
+        stack, carrier, None, media={"dir": str(media)}, detection={"answer": False}
+    )
+    sid = bridge.trigger(
+        to_number="+12125550172",
+        ivr={"send_digits": [{"say": "agent.wav"}, "1"], "send_digits_delay_s": 2.0},
+    )
+    bridge.wait_event(sid, "carrier.answered")
+    wav.unlink()  # the say step comes 2 s after the answer
+    body = bridge.wait_terminal(sid, timeout=15)
+    assert (body["status"], body["reason"]) == ("failure", "IVR say step not played"), body
+    assert "does not exist" in body["detail"], body
+    assert "agent.dial" not in [e["kind"] for e in body["events"]]
+    carrier.wait_for(lambda m: m.direction == "received" and m.method == "BYE")
