@@ -91,8 +91,8 @@ def report(results: list[PathResult], seconds: float, runs: int, load: str) -> s
     lines += [
         "",
         f"The tap and the hold listener change the median by {extra:+.1f} ms (tap+hold - "
-        f"plain); bursts sent while bridged but not heard: {', '.join(lost)} (a burst "
-        "split in two by a late packet counts as heard twice). Plain shows the path "
+        f"plain); bursts sent while bridged but not heard within 650 ms: {', '.join(lost)}. "
+        "Plain shows the path "
         "itself: pjmedia's adaptive jitter buffer on the agent's stream, the conference "
         "bridge's 20 ms frame, the carrier stream's packetiser. The jitter buffer grows when "
         "packets arrive late (a loaded machine) and shrinks again over seconds, dropping or "

@@ -101,9 +101,9 @@ def bursts(packets: list[RtpPacket]) -> list[Burst]:
     return [b for b in out if (b.end_s - b.onset_s) * 1000 >= BURST_MS * 0.5]
 
 
-def pair(sent: list[Burst], heard: list[Burst], max_ms: float = 400) -> list[tuple[Burst, Burst]]:
+def pair(sent: list[Burst], heard: list[Burst], max_ms: float = 650) -> list[tuple[Burst, Burst]]:
     """Each heard burst with the latest sent burst that started before it (within
-    ``max_ms``)."""
+    ``max_ms``, under the 700 ms burst period: a later burst is the next one's)."""
     pairs = []
     for hb in heard:
         before = [sb for sb in sent if 0 <= (hb.onset_s - sb.onset_s) * 1000 <= max_ms]
