@@ -8,6 +8,9 @@ States (one attempt)::
                                    +--(connect_on human: wait)-----> awaiting_person
                                    +--(IVR digits)--> ivr_digits --> holding -> connecting
     awaiting_person --human--> connecting; --machine--> voicemail policy
+    ivr_digits: the IVR script's steps one at a time (SendDigits / SayPrompt, each after
+    the previous one ended); a repeated menu (ivr_digits, holding) -> the next of
+    alternative_digits (back to ivr_digits), or ending when none is left
     leaving_message --playback done--> ending
     any --SIT / busy / reorder / fax / machine policy / IVR timeout--> ending
 """
