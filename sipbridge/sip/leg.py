@@ -72,7 +72,6 @@ class Listening:
     analysis: LegAnalysis | None = None  # recipient detection (early / answer phases)
     listener: PhaseListener | None = None  # Listen: a later phase ("hold")
     repeat: Any = None  # Listen "repeat": a RepeatDetector over the IVR phase (looping menus)
-    repeat_marked: bool = False  # its menu is fixed (first digits sent, or a say step began)
 
     def wants_tap(self) -> bool:
         """Something still needs the tap (an early phase keeps it for the answer)."""

@@ -186,9 +186,9 @@ def test_sip_triggered_call_is_routed_relayed_and_bridged(stack: Stack) -> None:
     assert bridge.wait_terminal(sid2)["reason"] == "busy"
 
 
-def looping_menu_carrier(stack: Stack, repeats: int) -> tuple[SippUas, float]:
-    """A SIPp carrier that answers and plays a spoken menu, then 3 s of silence, then the
-    same again ``repeats`` more times; and the menu's length in seconds."""
+def looping_menu_carrier(stack: Stack, repeats: int, pause_s: float = 3.0) -> tuple[SippUas, float]:
+    """A SIPp carrier that answers and plays a spoken menu, then ``pause_s`` of silence,
+    then the same again ``repeats`` more times; and the menu's length in seconds."""
     menu = stack.tmp / "menu.wav"
     subprocess.run(
         [
@@ -205,7 +205,7 @@ def looping_menu_carrier(stack: Stack, repeats: int) -> tuple[SippUas, float]:
         check=True,
         capture_output=True,
     )
-    audio = ulaw_wav(menu, stack.tmp / "loop.wav", "pad", "0", "3", "repeat", str(repeats))
+    audio = ulaw_wav(menu, stack.tmp / "loop.wav", "pad", "0", str(pause_s), "repeat", str(repeats))
     with wave.open(str(menu)) as w:
         menu_s = w.getnframes() / w.getframerate()
     carrier = stack.sipp(

@@ -75,7 +75,9 @@ def test_looping_menu_gets_the_next_digit_string_then_fails(stack: Stack) -> Non
     """The carrier's menu comes back after each digit string: the bridge sends the next
     alternative once per repeat (one menu cycle apart on the wire), and after the last
     one ends the call "IVR menu repeated" (retryable) without dialling the agent."""
-    carrier, menu_s = looping_menu_carrier(stack, repeats=3)
+    # a short pause: after several seconds of silence the hold step takes the replayed
+    # menu's first words for a person before the repeat is recognised (README)
+    carrier, menu_s = looping_menu_carrier(stack, repeats=3, pause_s=3.0)
     cycle_s = menu_s + 3.0  # the menu, then 3 s of silence
     with TsharkCapture(carrier.media_port, stack.tmp / "carrier.pcap") as cap:
         bridge = carrier_bridge(stack, carrier, None)
@@ -92,9 +94,11 @@ def test_looping_menu_gets_the_next_digit_string_then_fails(stack: Stack) -> Non
         )
         body = bridge.wait_terminal(sid, timeout=4 * cycle_s + 20)
     events = body["events"]
-    assert (body["status"], body["reason"]) == ("failure", "IVR menu repeated"), [
-        (e["kind"], e["data"].get("phase"), e["data"].get("reason")) for e in events
-    ]
+    assert (body["status"], body["reason"]) == ("failure", "IVR menu repeated"), "\n".join(
+        f"{e['ts']} {e['kind']} {e['data'].get('phase') or e['data'].get('digits') or ''} "
+        f"{e['data'].get('reason') or ''}"
+        for e in events
+    )
     kinds = [e["kind"] for e in events]
     assert "agent.dial" not in kinds
     steps = [
@@ -103,13 +107,14 @@ def test_looping_menu_gets_the_next_digit_string_then_fails(stack: Stack) -> Non
         if e["kind"] == "dtmf.send" or (e["kind"] == "detection" and e["data"]["phase"] == "repeat")
     ]
     assert steps == ["9", "repeat", "2", "repeat", "0#", "repeat"], steps
-    # on the wire: the strings in order, each in the menu cycle after the previous one's
-    # (the repeat is recognised within the replayed menu, then send_digits_delay_s)
+    # on the wire: the strings in order, each a menu cycle after the previous one (a
+    # re-armed watch recognises the replay as early as the first did, so the strings do
+    # not drift; on a starved machine a repeat can be caught one replay later)
     got = digits_of(rtp_events(cap.path, carrier.media_port))
     assert [d for d, _ in got] == ["9", "2", "0", "#"], got
     starts = [ev.time_s - ev.duration / 8000 for _, ev in got]
     for a, b in ((starts[0], starts[1]), (starts[1], starts[2])):
-        assert cycle_s <= b - a < 2 * cycle_s, (b - a, cycle_s)
+        assert cycle_s - 1.5 <= b - a <= 2 * cycle_s + 1.5, (b - a, cycle_s)
 
 
 def test_a_say_file_gone_since_the_trigger_ends_the_call_cleanly(
