@@ -45,6 +45,7 @@ from sipbridge.errors import (
     StoreError,
 )
 from sipbridge.headers import is_token, validate_header_value
+from sipbridge.ivrscript import IvrScript, check_ivr_media
 from sipbridge.mediafiles import media_path
 from sipbridge.netpolicy import callback_url_problem
 from sipbridge.numbers import MAX_NUMBER_CHARS, to_e164, validate_country_code
@@ -110,10 +111,10 @@ class TriggerBody(StrictModel):
         "machine_action; leave_message needs detection.connect_on=human "
         "and detection.message_wav)",
     )
-    send_digits: str | None = Field(
+    send_digits: IvrScript | None = Field(
         None,
-        max_length=256,
-        description="DTMF sent after answer (0-9 * # A-D, w = 0.5 s pause, W = 1 s)",
+        description="DTMF sent after answer (0-9 * # A-D, w = 0.5 s pause, W = 1 s), or a "
+        "list of DTMF strings and {say: FILE} steps (a WAV in media.dir played in order)",
     )
     ivr: IvrSettings | None = Field(
         None, description="IVR walking: digits, delay, hold until a person speaks, max time"
@@ -572,11 +573,12 @@ def create_app(
             if problem:
                 raise ApiError(400, f"status_callback: {problem}", "status_callback")
         wav = body.detection.message_wav if body.detection else None
-        if wav is not None:
-            try:
+        try:
+            if wav is not None:
                 media_path(cfg.media.dir, wav, "detection.message_wav")
-            except InputError as e:  # MediaFileError
-                raise ApiError(400, str(e), e.field) from None
+            check_ivr_media(cfg.media.dir, body.ivr, "ivr")
+        except InputError as e:  # MediaFileError
+            raise ApiError(400, str(e), e.field) from None
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

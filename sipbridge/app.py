@@ -12,6 +12,7 @@ from fastapi import FastAPI
 
 from sipbridge.api import create_app
 from sipbridge.calls import CallService
+from sipbridge.calls.policy import prompt_folder
 from sipbridge.config import Config
 from sipbridge.ops import Operations
 from sipbridge.store import CallStore, open_store
@@ -40,6 +41,7 @@ def warn_unverified_tls(cfg: Config) -> list[str]:
 def build(cfg: Config) -> tuple[FastAPI, CallService]:
     """Create the service and its ASGI app; the app's lifespan starts and stops the service."""
     from sipbridge.sip.pool import WorkerPool
+    from sipbridge.sip.promptpreload import request_preload
 
     warn_unverified_tls(cfg)
 
@@ -52,6 +54,8 @@ def build(cfg: Config) -> tuple[FastAPI, CallService]:
     else:
         store = open_store(cfg.store)
     service: CallService
+    # the workers' fork server loads the prompt library once (sipbridge.sip.promptpreload)
+    request_preload(prompt_folder(cfg))
     pool = WorkerPool(cfg.sip, lambda ev: service.on_sip_event(ev))
     service = CallService(cfg, store, pool)
     if cfg.cluster is not None:

@@ -10,6 +10,10 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from sipbridge.ivrscript import DTMF_DIGITS as DTMF_DIGITS
+from sipbridge.ivrscript import DTMF_PAUSES as DTMF_PAUSES
+from sipbridge.ivrscript import IvrScript
+from sipbridge.ivrscript import check_dtmf as check_dtmf
 from sipbridge.mediafiles import check_media_name
 from sipbridge.schedule import CallingWindow, RetryPolicy
 from sipbridge.thresholds import DetectionThresholds
@@ -170,29 +174,14 @@ class DetectionSettings(_Model):
         return None if v is None else check_media_name(v, "")
 
 
-DTMF_DIGITS = "0123456789*#ABCDabcd"
-DTMF_PAUSES = "wW"
-
-
-def check_dtmf(digits: str, field: str = "digits") -> str:
-    """0-9 * # A-D, and pauses w (0.5 s) / W (1 s); ValueError names a bad character."""
-    prefix = f"{field}: " if field else ""
-    if not digits:
-        raise ValueError(f"{prefix}empty")
-    for i, c in enumerate(digits):
-        if c not in DTMF_DIGITS and c not in DTMF_PAUSES:
-            raise ValueError(
-                f"{prefix}character {c!r} at position {i} is not a DTMF digit "
-                "(0-9 * # A-D, w = 0.5 s pause, W = 1 s pause)"
-            )
-    return digits
-
-
 class IvrSettings(_Model):
     """Walking an IVR after answer: digits, then optionally hold until a person speaks."""
 
-    # Sent as RFC 4733 events after answer (Twilio's SendDigits): 0-9 * # A-D, w, W.
-    send_digits: Annotated[str, Field(max_length=256)] | None = None
+    # Sent as RFC 4733 events after answer (Twilio's SendDigits): 0-9 * # A-D, w, W; or a
+    # list of such strings and {say: FILE} steps (a WAV in media.dir played into the
+    # carrier leg, in order: the next step starts when the playback ends), see
+    # sipbridge/ivrscript.py.
+    send_digits: IvrScript | None = None
     send_digits_delay_s: Annotated[float, Field(ge=0, le=60)] = 1.0
     digit_duration_ms: Annotated[int, Field(ge=40, le=2000)] = 160
     digit_gap_ms: Annotated[int, Field(ge=20, le=2000)] = 80
@@ -204,10 +193,24 @@ class IvrSettings(_Model):
     max_ivr_s: Annotated[float, Field(gt=0, le=7200)] = 600.0
     # The IVR plays the menu heard before the digits again after them (a looping menu: the
     # digits were not accepted): "fail" ends the call at once as a retryable failure "IVR
-    # menu repeated"; "ignore" keeps waiting (max_ivr_s still applies).
-    on_menu_repeat: Literal["fail", "ignore"] = "fail"
+    # menu repeated"; "ignore" keeps waiting (max_ivr_s still applies); "next_digits"
+    # sends the next script of alternative_digits send_digits_delay_s after the repeat
+    # was recognised, and fails as "fail" does once they are all used.
+    on_menu_repeat: Literal["fail", "ignore", "next_digits"] = "fail"
+    alternative_digits: Annotated[list[IvrScript], Field(max_length=8)] = Field(
+        default_factory=list
+    )
 
-    @field_validator("send_digits")
-    @classmethod
-    def _digits(cls, v: str | None) -> str | None:
-        return None if v is None else check_dtmf(v, "")
+    @model_validator(mode="after")
+    def _alternatives(self) -> IvrSettings:
+        if self.on_menu_repeat == "next_digits":
+            if not self.alternative_digits:
+                raise ValueError(
+                    "alternative_digits: required (1-8 scripts) when on_menu_repeat is next_digits"
+                )
+        elif self.alternative_digits:
+            raise ValueError(
+                "alternative_digits: only used with on_menu_repeat: next_digits "
+                f"(on_menu_repeat is {self.on_menu_repeat})"
+            )
+        return self

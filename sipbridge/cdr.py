@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from sipbridge.agentview import agent_view
+from sipbridge.hints import call_hint
 from sipbridge.records import CallEvent, CallRecord, LegRecord
 from sipbridge.store import CallStore
 
@@ -40,6 +41,7 @@ FIELDS = (
     "sip_status",
     "result",
     "answered_by",
+    "answered_by_hint",
     "agent_answered_by",
     "disposition",
     "reason",
@@ -86,6 +88,7 @@ def build_cdr(
         "sip_status": last.sip_status if last.ended_at is not None else rec.sip_status,
         "result": result,
         "answered_by": rec.answered_by if answered_at else None,
+        "answered_by_hint": call_hint(rec) if answered_at else None,
         "agent_answered_by": agent_answered_by,
         # the agent's verdict: its value only (the full record is in the call's legs)
         "disposition": disposition.get("value") if disposition else None,

@@ -40,6 +40,7 @@ from sipbridge.headers import (
     template_fields,
     validate_header_name,
 )
+from sipbridge.ivrscript import check_ivr_media
 from sipbridge.mediafiles import media_folder, media_path
 from sipbridge.netpolicy import TargetPolicy, callback_url_problem
 from sipbridge.schedule import zone
@@ -533,6 +534,8 @@ class Config(_Model):
                     media_path(self.media.dir, det.message_wav, "")
                 except ValueError as e:
                     raise ValueError(f"{key}.message_wav: {e}") from None
+        for i, r in enumerate(self.routes):
+            check_ivr_media(self.media.dir, r.ivr, f"routes.{i}.ivr")
         if self.media.prompt_dir is not None:
             from sipbridge.media.promptlib import PromptLibrary
 

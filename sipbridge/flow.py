@@ -8,6 +8,9 @@ States (one attempt)::
                                    +--(connect_on human: wait)-----> awaiting_person
                                    +--(IVR digits)--> ivr_digits --> holding -> connecting
     awaiting_person --human--> connecting; --machine--> voicemail policy
+    ivr_digits: the IVR script's steps one at a time (SendDigits / SayPrompt, each after
+    the previous one ended); a repeated menu (ivr_digits, holding) -> the next of
+    alternative_digits (back to ivr_digits), or ending when none is left
     leaving_message --playback done--> ending
     any --SIT / busy / reorder / fax / machine policy / IVR timeout--> ending
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sipbridge.callsettings import DetectionSettings, IvrSettings
+from sipbridge.ivrscript import SayStep, Step, segments
 from sipbridge.media.detect import Detection
 from sipbridge.outcomes import (
     Termination,
@@ -29,6 +33,7 @@ IVR_REPEATED = Termination("failure", "IVR menu repeated", "ivr_repeat", True)
 IVR_TIMEOUT = Termination("failure", "IVR/hold time limit exceeded", "ivr_timeout", True)
 HINT_REASONS = {"operator": "answered by operator", "screening": "answered by screening assistant"}
 MESSAGE_LEFT = Termination("success", "voicemail message left", "message_left", False)
+SAY_FAILED = "IVR say step not played"
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,16 @@ class SendDigits:
     digits: str
     duration_ms: int
     gap_ms: int
+
+
+@dataclass(frozen=True)
+class SayPrompt:
+    """Play a ``say`` step's WAV (a name in media.dir) into the carrier leg; with
+    ``mark_menu``, what was heard until now is the menu a repeat is compared with (a
+    script that starts with a ``say``: no digits were sent before it)."""
+
+    path: str
+    mark_menu: bool = False
 
 
 @dataclass(frozen=True)
@@ -84,6 +99,7 @@ class StartTimer:
 Action = (
     DialAgent
     | SendDigits
+    | SayPrompt
     | StartHold
     | PlayMessage
     | EndCall
@@ -109,6 +125,14 @@ class CallFlow:
     agent_told: tuple[str, str | None] | None = None
     tell_pending: TellAgent | None = None
     settle_started: bool = False  # the machine_settle timer runs (or ran)
+    # The IVR script running: its steps (None: none runs), the next one, the step whose
+    # end is awaited ("digits" / "say"), which script (0: send_digits, n: the n-th of
+    # alternative_digits), and a script to start once the awaited step ends.
+    script: list[Step] | None = None
+    script_step: int = 0
+    awaiting: str | None = None
+    script_index: int = 0
+    restart_pending: bool = False
     history: list[str] = field(default_factory=list)
 
     def _to(self, state: str) -> None:
@@ -154,7 +178,7 @@ class CallFlow:
         self._to("answered")
         if self.ivr is not None and self.ivr.send_digits:
             self._to("ivr_digits")
-            watch: list[Action] = [WatchRepeat()] if self.ivr.on_menu_repeat == "fail" else []
+            watch: list[Action] = [WatchRepeat()] if self.ivr.on_menu_repeat != "ignore" else []
             return [
                 StartTimer("ivr_timeout", self.ivr.max_ivr_s),
                 StartTimer("send_digits", self.ivr.send_digits_delay_s),
@@ -182,19 +206,71 @@ class CallFlow:
         if name == "ivr_timeout" and self.state in ("ivr_digits", "holding"):
             return self._end(IVR_TIMEOUT)
         if name == "send_digits" and self.state == "ivr_digits" and self.ivr is not None:
-            assert self.ivr.send_digits
-            return [
-                SendDigits(self.ivr.send_digits, self.ivr.digit_duration_ms, self.ivr.digit_gap_ms)
-            ]
+            if self.awaiting is not None:  # a step of the abandoned script still runs
+                self.restart_pending = True
+                return []
+            return self._start_script()
         return []
 
-    def on_digits_sent(self) -> list[Action]:
-        if self.state != "ivr_digits":
-            return []
-        if self.ivr is not None and self.ivr.hold:
+    # ---- the IVR script ----------------------------------------------------------------
+
+    def _start_script(self) -> list[Action]:
+        assert self.ivr is not None and self.ivr.send_digits is not None
+        i = self.script_index
+        self.script = segments(
+            self.ivr.send_digits if i == 0 else self.ivr.alternative_digits[i - 1]
+        )
+        self.script_step = 0
+        return self._next_step()
+
+    def _next_step(self) -> list[Action]:
+        """Start the script's next step, or go on after the IVR script (hold / agent)."""
+        assert self.ivr is not None and self.script is not None
+        if self.script_step < len(self.script):
+            step = self.script[self.script_step]
+            self.script_step += 1
+            if isinstance(step, SayStep):
+                self.awaiting = "say"
+                first = self.script_step == 1 and self.ivr.on_menu_repeat != "ignore"
+                return [SayPrompt(step.say, mark_menu=first)]
+            self.awaiting = "digits"
+            return [SendDigits(step, self.ivr.digit_duration_ms, self.ivr.digit_gap_ms)]
+        self.script = None
+        if self.ivr.hold:
             self._to("holding")
             return [StartHold()]
         return self._connect()
+
+    def _step_done(self, kind: str) -> list[Action]:
+        if self.state != "ivr_digits" or self.awaiting != kind:
+            return []
+        self.awaiting = None
+        if self.restart_pending:
+            self.restart_pending = False
+            return self._start_script()
+        if self.script is None:
+            return []  # an abandoned script's last step ended: the next one is timed
+        return self._next_step()
+
+    def _on_menu_repeat(self) -> list[Action]:
+        """The menu heard before the digits came again after them (a looping IVR)."""
+        ivr = self.ivr
+        if self.state not in ("ivr_digits", "holding") or ivr is None:
+            return []
+        if ivr.on_menu_repeat == "ignore":
+            return []
+        if ivr.on_menu_repeat == "next_digits" and self.script_index < len(ivr.alternative_digits):
+            # Try the next digit string: the IVR replays its menu now; send it as long
+            # after the repeat as the first was sent after the answer, and watch again
+            # (the new watch's menu is what is heard until those digits).
+            self.script_index += 1
+            self.script = None
+            self._to("ivr_digits")
+            return [WatchRepeat(), StartTimer("send_digits", ivr.send_digits_delay_s)]
+        return self._end(IVR_REPEATED)
+
+    def on_digits_sent(self) -> list[Action]:
+        return self._step_done("digits")
 
     def on_detection(self, phase: str, det: Detection) -> list[Action]:
         answered_by = det.answered_by
@@ -210,13 +286,7 @@ class CallFlow:
             term = from_progress_tone(str(det.progress))
             return self._end(term) if term is not None else []
         if phase == "repeat":
-            if (
-                self.state in ("ivr_digits", "holding")
-                and self.ivr is not None
-                and self.ivr.on_menu_repeat == "fail"
-            ):
-                return self._end(IVR_REPEATED)
-            return []
+            return self._on_menu_repeat()
         if phase == "hold":
             if self.state == "holding" and answered_by == "human":
                 self.answered_by = "human"
@@ -285,6 +355,12 @@ class CallFlow:
         return [PlayMessage(self.detection.message_wav)]
 
     def on_playback_done(self, error: str = "") -> list[Action]:
+        if self.state == "ivr_digits" and self.awaiting == "say":
+            if error:
+                return self._end(
+                    Termination("failure", SAY_FAILED, "media_error", True, None, error)
+                )
+            return self._step_done("say")
         if self.state != "leaving_message":
             return []
         if error:
@@ -326,6 +402,7 @@ __all__ = [
     "DialAgent",
     "EndCall",
     "PlayMessage",
+    "SayPrompt",
     "SendDigits",
     "StartHold",
     "StartTimer",

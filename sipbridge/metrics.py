@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from sipbridge.disposition import DISPOSITIONS
+from sipbridge.hints import call_hint, hint_label
 from sipbridge.records import TERMINAL, CallEvent, CallRecord, LegRecord
 
 log = logging.getLogger("sipbridge.metrics")
@@ -92,7 +93,7 @@ class Metrics:
         self.calls = Counter(
             "sipbridge_calls",
             "Calls that reached a terminal status",
-            ["status", "reason", "answered_by"],
+            ["status", "reason", "answered_by", "hint"],
             registry=r,
         )
         self.dials = Counter(
@@ -112,7 +113,7 @@ class Metrics:
             "sipbridge_detection_latency_seconds",
             "When recipient detection decided, from answer (phase=answer) or from the start "
             "of early media (phase=early)",
-            ["phase", "answered_by"],
+            ["phase", "answered_by", "hint"],
             buckets=DETECTION_BUCKETS,
             registry=r,
         )
@@ -170,7 +171,10 @@ class Metrics:
         if ev.kind == "status":
             if d.get("to") in TERMINAL:
                 self.calls.labels(
-                    status=d["to"], reason=d.get("reason") or "", answered_by=rec.answered_by or ""
+                    status=d["to"],
+                    reason=d.get("reason") or "",
+                    answered_by=rec.answered_by or "",
+                    hint=hint_label(call_hint(rec)),
                 ).inc()
             elif d.get("to") == "calling":  # an attempt's first INVITE
                 self.dials.labels(trunk=rec.trunk or "").inc()
@@ -208,7 +212,9 @@ class Metrics:
             and d.get("kind") == "decision"
         ):
             self.detection.labels(
-                phase=str(d.get("phase") or ""), answered_by=str(d.get("answered_by") or "")
+                phase=str(d.get("phase") or ""),
+                answered_by=str(d.get("answered_by") or ""),
+                hint=hint_label(d.get("hint")),
             ).observe(float(d["decided_at_ms"]) / 1000.0)
 
     # ---- HTTP --------------------------------------------------------------------------

@@ -292,6 +292,21 @@ def tone_ratio(
     return p / max(rest, 1e-12)
 
 
+def tone_packets(packets: list[RtpPacket], freq: float, min_share: float = 0.25) -> list[RtpPacket]:
+    """The G.711 u-law packets (payload type 0) whose audio is dominated by ``freq``: its
+    Goertzel power over the packet's mean square (0.5 for a pure tone, ~0 for other
+    audio), with a floor on the level so that silence never counts."""
+    out: list[RtpPacket] = []
+    for p in packets:
+        if p.pt != 0 or not p.payload:
+            continue
+        x = ulaw_decode(p.payload)
+        ms = float(np.mean(x * x))
+        if ms > 1e-4 and goertzel_power(x, freq) / ms >= min_share:
+            out.append(p)
+    return out
+
+
 # ------------------------------------------------------------------ pcap writing
 def write_rtp_pcap(
     path: Path,
@@ -382,6 +397,7 @@ __all__ = [
     "rewrite_rtp_pt",
     "rtp_events",
     "rtp_packets",
+    "tone_packets",
     "tone_ratio",
     "ulaw_decode",
     "ulaw_encode",

@@ -12,13 +12,14 @@ from sipbridge.calls.context import CallContext
 from sipbridge.calls.ending import Endings
 from sipbridge.calls.inbound import InboundCalls
 from sipbridge.calls.live import LiveCall
-from sipbridge.errors import PoolFull
+from sipbridge.errors import InputError, PoolFull
 from sipbridge.flow import (
     Action,
     CallFlow,
     DialAgent,
     EndCall,
     PlayMessage,
+    SayPrompt,
     SendDigits,
     StartHold,
     StartTimer,
@@ -91,6 +92,17 @@ class Actions:
         elif isinstance(action, PlayMessage) and carrier is not None:
             path = str(media_path(ctx.cfg.media.dir, action.path))  # re-checked now
             ctx.journal.event(rec, "voicemail.play", {"leg": carrier, "path": action.path})
+            ctx.pool.play(carrier, path)
+        elif isinstance(action, SayPrompt) and carrier is not None:
+            ctx.journal.event(rec, "ivr.say", {"leg": carrier, "path": action.path})
+            try:
+                path = str(media_path(ctx.cfg.media.dir, action.path, "say"))  # re-checked now
+            except InputError as e:  # gone since the trigger: the step fails, not the bridge
+                if live.flow is not None:
+                    self.execute(call_sid, live.flow.on_playback_done(str(e)))
+                return
+            if action.mark_menu:
+                ctx.pool.listen(carrier, "repeat", {"mark": True})
             ctx.pool.play(carrier, path)
         elif isinstance(action, TellAgent) and live.agent_leg is not None:
             ctype, body, headers = detection_info(

@@ -121,10 +121,12 @@ class SipEvents:
                 lambda f: f.on_digits_sent(),
             )
         elif isinstance(ev, PlaybackDone):
+            live = self.ctx.registry.get(ev.call_sid)
+            ivr = live is not None and live.flow is not None and live.flow.awaiting == "say"
             self._on_flow_event(
                 ev.leg_id,
                 ev.call_sid,
-                "voicemail.played",
+                "ivr.said" if ivr else "voicemail.played",
                 {"path": ev.path, "error": ev.error},
                 lambda f: f.on_playback_done(ev.error),
             )

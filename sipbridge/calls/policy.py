@@ -54,6 +54,14 @@ class CallPolicy:
         return plan
 
 
+def prompt_folder(cfg: Config) -> str | None:
+    """The prompt library's folder (media.prompt_dir inside media.dir), or None; the same
+    string the plans carry and the workers' library cache is keyed by."""
+    if not cfg.media.prompt_dir:
+        return None
+    return str(media_folder(cfg.media.dir, cfg.media.prompt_dir))
+
+
 def resolve_policy(cfg: Config, to_number: str, request: CallRequest) -> CallPolicy:
     """The policy of a call to ``to_number``; RoutingError when no route matches."""
     route = choose_route(cfg, to_number)
@@ -80,9 +88,7 @@ def resolve_policy(cfg: Config, to_number: str, request: CallRequest) -> CallPol
         window=window,
         zones=zones,
         window_problem=problem,
-        prompts=(
-            str(media_folder(cfg.media.dir, cfg.media.prompt_dir)) if cfg.media.prompt_dir else None
-        ),
+        prompts=prompt_folder(cfg),
         disposition=cfg.agent.disposition.policy(),
     )
 
@@ -112,4 +118,4 @@ class PolicyBook:
         self._policies.pop(call_sid, None)
 
 
-__all__ = ["CallPolicy", "PolicyBook", "resolve_policy"]
+__all__ = ["CallPolicy", "PolicyBook", "prompt_folder", "resolve_policy"]

@@ -18,14 +18,13 @@ import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pjsua2 as pj
 
 from sipbridge import ipc
-from sipbridge.media.promptlib import RepeatDetector
 from sipbridge.media.result import Detection as MediaDetection
 from sipbridge.media.result import DetectionEvent
 from sipbridge.sip.leg import Leg
+from sipbridge.sip.menuwatch import MenuWatch
 from sipbridge.sip.pjbind import pj_error_text
 from sipbridge.sip.tap import LegAnalysis, PhaseListener
 
@@ -47,9 +46,14 @@ class Detection:
             self.worker.log("warning", f"Listen for unknown leg {leg_id!r}")
             return
         ls = leg.listening
+        if phase == "repeat" and config.get("mark"):
+            self.mark_digits_sent(leg)  # a say step starts the script: the menu ends now
+            return
         if phase == "repeat":
             # the IVR phase: is the menu heard before the digits heard again after them?
-            ls.repeat = RepeatDetector()
+            # (after a repeat: watch again from the same menu, see menuwatch)
+            old = ls.repeat
+            ls.repeat = old.rearmed() if isinstance(old, MenuWatch) else MenuWatch()
             if not ls.tap_connected:
                 self._connect_tap(leg, leg.call)
             return
@@ -140,10 +144,9 @@ class Detection:
             self._disconnect_tap(leg)  # decided: stop paying for the tap
 
     @staticmethod
-    def _feed_repeat(repeat: RepeatDetector, frames: list[bytes]) -> list[tuple[str, Any]]:
+    def _feed_repeat(repeat: MenuWatch, frames: list[bytes]) -> list[tuple[str, Any]]:
         for data in frames:
-            x = np.frombuffer(data, dtype="<i2").astype(np.float64) / 32768.0
-            hit = repeat.feed(x)
+            hit = repeat.feed(data)
             if hit is not None:
                 det = MediaDetection(
                     "ivr",
@@ -156,9 +159,11 @@ class Detection:
         return []
 
     def mark_digits_sent(self, leg: Leg) -> None:
-        """Digits were sent on the leg: what was heard so far is the menu to watch for."""
+        """Digits were sent on the leg: what was heard so far is the menu to watch for.
+        Only the first step of a script marks (a script of several steps sends several
+        digit strings; what the IVR says between them is not the menu)."""
         repeat = leg.listening.repeat
-        if repeat is not None and repeat.done is None:
+        if repeat is not None and repeat.done is None and not repeat.marked:
             self.pump(leg)  # frames heard before the mark belong to the menu
             repeat.mark()
 

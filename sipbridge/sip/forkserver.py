@@ -33,7 +33,13 @@ def worker_context() -> Any:
     # forkserver_init first: the server ignores SIGTERM/SIGINT from then on (a signal to
     # the whole process group must reach only the supervisor).
     ctx.set_forkserver_preload(
-        ["sipbridge.sip.forkserver_init", "__main__", "sipbridge.sip.pool", "sipbridge.sip.process"]
+        [
+            "sipbridge.sip.forkserver_init",
+            "__main__",
+            "sipbridge.sip.pool",
+            "sipbridge.sip.process",
+            "sipbridge.sip.promptpreload",  # the prompt library, once (media.prompt_dir)
+        ]
     )
     return ctx
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from sipbridge.devtools.bridge import Stack, bridge_config
-from sipbridge.devtools.sipp import SCENARIOS, render_scenario, ulaw_wav
+from sipbridge.devtools.sipp import SCENARIOS, SippUas, render_scenario, ulaw_wav
 from tests.rtp import TsharkCapture, digits_of, rtp_events
 
 pytestmark = pytest.mark.integration
@@ -186,10 +186,9 @@ def test_sip_triggered_call_is_routed_relayed_and_bridged(stack: Stack) -> None:
     assert bridge.wait_terminal(sid2)["reason"] == "busy"
 
 
-def test_looping_ivr_menu_ends_the_call_after_the_digits(stack: Stack) -> None:
-    """The carrier plays its menu, the bridge sends a digit, the carrier plays the same
-    menu again: the call ends "IVR menu repeated" (retryable) without waiting for
-    max_ivr_s; the agent is never dialled."""
+def looping_menu_carrier(stack: Stack, repeats: int, pause_s: float = 3.0) -> tuple[SippUas, float]:
+    """A SIPp carrier that answers and plays a spoken menu, then ``pause_s`` of silence,
+    then the same again ``repeats`` more times; and the menu's length in seconds."""
     menu = stack.tmp / "menu.wav"
     subprocess.run(
         [
@@ -206,13 +205,21 @@ def test_looping_ivr_menu_ends_the_call_after_the_digits(stack: Stack) -> None:
         check=True,
         capture_output=True,
     )
-    # the menu, 3 s of silence (the digit goes out in it), the menu again
-    audio = ulaw_wav(menu, stack.tmp / "loop.wav", "pad", "0", "3", "repeat", "1")
+    audio = ulaw_wav(menu, stack.tmp / "loop.wav", "pad", "0", str(pause_s), "repeat", str(repeats))
     with wave.open(str(menu)) as w:
         menu_s = w.getnframes() / w.getframerate()
     carrier = stack.sipp(
         render_scenario("uas_answer_play.xml.in", stack.tmp / "loop.xml", AUDIO=str(audio))
     )
+    return carrier, menu_s
+
+
+def test_looping_ivr_menu_ends_the_call_after_the_digits(stack: Stack) -> None:
+    """The carrier plays its menu, the bridge sends a digit, the carrier plays the same
+    menu again: the call ends "IVR menu repeated" (retryable) without waiting for
+    max_ivr_s; the agent is never dialled."""
+    # the menu, 3 s of silence (the digit goes out in it), the menu again
+    carrier, menu_s = looping_menu_carrier(stack, repeats=1)
     cfg = bridge_config(
         stack.tmp,
         trunks=[{"name": "t", "address": carrier.uri_hostport, "caller_id": "+14155550100"}],

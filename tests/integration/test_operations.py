@@ -69,7 +69,12 @@ def test_metrics_callbacks_readiness_and_cdrs_after_a_real_call(
 
     s = _metrics(bridge)
     assert (
-        s[("sipbridge_calls_total", (("answered_by", ""), ("reason", ""), ("status", "success")))]
+        s[
+            (
+                "sipbridge_calls_total",
+                (("answered_by", ""), ("hint", ""), ("reason", ""), ("status", "success")),
+            )
+        ]
         == 1
     )
     assert s[("sipbridge_sip_responses_total", (("code", "180"), ("trunk", "t")))] == 1

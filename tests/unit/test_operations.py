@@ -127,7 +127,7 @@ def test_metrics_after_a_call(app_env: Any) -> None:
         s[
             (
                 "sipbridge_calls_total",
-                (("answered_by", "human"), ("reason", ""), ("status", "success")),
+                (("answered_by", "human"), ("hint", ""), ("reason", ""), ("status", "success")),
             )
         ]
         == 1
@@ -138,7 +138,10 @@ def test_metrics_after_a_call(app_env: Any) -> None:
     assert s[("sipbridge_dials_total", (("trunk", "t1"),))] == 1
     assert s[("sipbridge_post_dial_delay_seconds_count", (("trunk", "t1"),))] == 1
     assert s[
-        ("sipbridge_detection_latency_seconds_sum", (("answered_by", "human"), ("phase", "answer")))
+        (
+            "sipbridge_detection_latency_seconds_sum",
+            (("answered_by", "human"), ("hint", ""), ("phase", "answer")),
+        )
     ] == pytest.approx(0.9)
     assert s[("sipbridge_active_calls", (("trunk", "t1"),))] == 0
     assert s[("sipbridge_queued_calls", ())] == 0
@@ -185,7 +188,7 @@ def test_metrics_count_failures_queue_and_bad_requests(tmp_path: Path) -> None:
         s[
             (
                 "sipbridge_calls_total",
-                (("answered_by", ""), ("reason", "canceled"), ("status", "failure")),
+                (("answered_by", ""), ("hint", ""), ("reason", "canceled"), ("status", "failure")),
             )
         ]
         == 1
