@@ -44,6 +44,7 @@ from sipbridge.errors import (
     StoreError,
 )
 from sipbridge.headers import is_token, validate_header_value
+from sipbridge.holdapi import add_hold_route
 from sipbridge.mediafiles import media_path
 from sipbridge.netpolicy import callback_url_problem
 from sipbridge.numbers import MAX_NUMBER_CHARS, to_e164, validate_country_code
@@ -537,6 +538,8 @@ def create_app(
         except InvalidTransition as e:
             raise ApiError(409, str(e), "callSid") from None
         return status_body(*service.get(call_sid))
+
+    add_hold_route(app, service, auth, lookup, status_body, _errors(400, 401, 404, 409, 503))
 
     @app.get(
         "/v1/outbound-calling/by-polyai-call-id/{polyai_call_id}",

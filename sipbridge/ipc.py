@@ -81,7 +81,9 @@ class PlayAudio:
 @dataclass(frozen=True)
 class Listen:
     """Analyse a leg's audio in another phase: ``phase`` "hold" waits for a live person
-    (not music, not a looping prompt) and reports it as a DetectionReport of that phase."""
+    (not music, not a looping prompt) and reports it as a DetectionReport of that phase.
+    ``phase`` "agent_hold" on a bridged carrier leg puts its agent on hold the same way
+    (sipbridge.sip.agenthold; reported as AgentHoldEvent)."""
 
     leg_id: str
     phase: str
@@ -213,6 +215,24 @@ class InboundCall:
 
 
 @dataclass(frozen=True)
+class AgentHoldEvent:
+    """The agent's hold on request (sipbridge.sip.agenthold) changed: ``state`` is
+    "holding", "resumed" (a person spoke, or the agent took the call back), "caught_up"
+    (the agent hears the carrier directly again) or "refused" (``detail`` says why).
+    ``leg_id`` is the carrier leg; ``timings`` holds the measured ms values."""
+
+    leg_id: str
+    call_sid: str
+    worker_id: int
+    ts: float
+    state: str
+    via: str = ""  # "reinvite" | "info" | "api" | "person" | "agent"
+    detail: str = ""
+    timings: dict[str, int] = field(default_factory=dict)
+    type: str = "agent_hold"
+
+
+@dataclass(frozen=True)
 class WorkerReady:
     worker_id: int
     sip_port: int
@@ -237,6 +257,7 @@ Event = (
     | DtmfSent
     | PlaybackDone
     | InboundCall
+    | AgentHoldEvent
     | WorkerReady
     | WorkerLog
 )
@@ -285,6 +306,7 @@ def decode(d: Any) -> Command | Event:
             "dtmf_sent": DtmfSent,
             "play_done": PlaybackDone,
             "inbound": InboundCall,
+            "agent_hold": AgentHoldEvent,
             "ready": WorkerReady,
             "log": WorkerLog,
         }.get(str(kind))

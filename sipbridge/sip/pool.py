@@ -58,6 +58,7 @@ PoolEvent = (
     | ipc.DtmfReceived
     | ipc.DtmfSent
     | ipc.PlaybackDone
+    | ipc.AgentHoldEvent
     | ipc.InboundCall
 )
 
@@ -388,7 +389,12 @@ class WorkerPool:
                 w.answered.add(msg.leg_id)
             self._emit(msg)
         elif isinstance(
-            msg, ipc.DetectionReport | ipc.DtmfReceived | ipc.DtmfSent | ipc.PlaybackDone
+            msg,
+            ipc.DetectionReport
+            | ipc.DtmfReceived
+            | ipc.DtmfSent
+            | ipc.PlaybackDone
+            | ipc.AgentHoldEvent,
         ):
             if msg.leg_id in w.legs:
                 self._emit(msg)
