@@ -343,8 +343,9 @@ class AgentHold:
         s.reinvite_until = time.monotonic() + _REINVITE_RETRY_S
         self._reinvite(s, agent)
         self._event(carrier, "resumed", "person", timings=self._timings(s))
-        if agent.rtp.live:  # INFO / API hold: the agent's stream never stopped
-            self._play(s, agent)
+        # The delay port goes on the agent once the re-INVITE's answer is applied
+        # (on_media): pjsua may re-create the stream then, and frames played to it
+        # meanwhile would be lost.
 
     def _new_port(self) -> DelayPort:
         port = DelayPort(f"delay-{self.worker.worker_id}-{len(self.all_ports)}")
@@ -373,7 +374,7 @@ class AgentHold:
         agent once its stream sends (after the resume re-INVITE)."""
         for s in self.sessions.values():
             if leg.leg_id == s.agent_id and s.state in ("resuming", "catching_up"):
-                if leg.rtp.live:
+                if leg.rtp.live and s.reinvite_sent_at > 0:
                     self._play(s, leg)
             elif leg.leg_id == s.carrier_id and s.tap is not None:
                 with contextlib.suppress(pj.Error):

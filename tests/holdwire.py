@@ -1,0 +1,51 @@
+"""Hold on request, measured on the wire: from a tshark capture of the carrier's and the
+agent's RTP, when the person's first word left the carrier, and when (and whether) that
+word reached the agent (used by tests/integration/test_agent_hold.py and bench/holdresume.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from sipbridge.devtools.holdagent import HoldAudio, locate
+from tests.rtp import rtp_packets, ulaw_decode
+
+SAMPLES_PER_MS = 8
+
+
+@dataclass(frozen=True)
+class HoldWire:
+    match: float  # normalised correlation of the person's first words found at the agent
+    onset_to_agent_ms: float  # carrier sends the first word -> the agent receives it
+    agent_packets: int
+
+
+def hold_wire(
+    pcap: Path, carrier_port: int, agent_port: int, audio: HoldAudio, ref_ms: int = 400
+) -> HoldWire:
+    """Measure one call: ``carrier_port`` / ``agent_port`` are the SIPp media ports."""
+    sent = [p for p in rtp_packets(pcap, carrier_port) if p.dst_port != carrier_port and p.pt == 0]
+    if not sent:
+        return HoldWire(0.0, -1.0, 0)
+    onset_ts = sent[0].timestamp + audio.onset_ms * SAMPLES_PER_MS
+    t_onset = next(
+        (p.time_s for p in sent if ((p.timestamp - onset_ts) & 0xFFFFFFFF) < 1 << 31),
+        sent[-1].time_s,
+    )
+    to_agent = [p for p in rtp_packets(pcap, agent_port) if p.dst_port == agent_port and p.pt == 0]
+    rx = ulaw_decode(b"".join(p.payload for p in to_agent))
+    idx, score = locate(rx, audio.person[: ref_ms * SAMPLES_PER_MS])
+    if idx < 0:
+        return HoldWire(0.0, -1.0, len(to_agent))
+    # the packet that carried the first sample of the match
+    pos = 0
+    t_heard = to_agent[-1].time_s
+    for p in to_agent:
+        pos += len(p.payload)
+        if pos > idx:
+            t_heard = p.time_s
+            break
+    return HoldWire(score, (t_heard - t_onset) * 1000.0, len(to_agent))
+
+
+__all__ = ["HoldWire", "hold_wire"]
