@@ -539,7 +539,11 @@ def create_app(
             raise ApiError(409, str(e), "callSid") from None
         return status_body(*service.get(call_sid))
 
-    add_hold_route(app, service, auth, lookup, status_body, _errors(400, 401, 404, 409, 503))
+    hold_doc = {
+        "response_model": StatusResponse,
+        "responses": _errors(400, 401, 404, 409, 413, 503),
+    }
+    add_hold_route(app, service, auth, lookup, status_body, hold_doc)
 
     @app.get(
         "/v1/outbound-calling/by-polyai-call-id/{polyai_call_id}",

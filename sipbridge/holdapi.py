@@ -20,15 +20,16 @@ def add_hold_route(
     auth: Callable[..., str],
     lookup: Callable[[str], tuple[CallRecord, list[CallEvent]]],
     status_body: Callable[[CallRecord, list[CallEvent]], Any],
-    responses: dict[int | str, dict[str, Any]],
+    doc: dict[str, Any],
 ) -> None:
     """The route, authenticated like the other call actions; ``lookup`` gives 400 for a
-    malformed callSid and 404 for an unknown one."""
+    malformed callSid and 404 for an unknown one; it answers the status body. ``doc``: the
+    route's ``response_model`` and ``responses`` for the OpenAPI document."""
 
     @app.post(
         "/v1/outbound-calling/{call_sid}/hold",
         dependencies=[Depends(auth)],
-        responses=responses,
+        **doc,
     )
     async def hold(call_sid: str) -> Any:
         """Put the bridged call's agent on hold: the bridge listens to the carrier leg

@@ -21,15 +21,22 @@ class HoldWire:
 
 
 def hold_wire(
-    pcap: Path, carrier_port: int, agent_port: int, audio: HoldAudio, ref_ms: int = 400
+    pcap: Path,
+    carrier_port: int,
+    agent_port: int,
+    audio: HoldAudio,
+    ref_ms: int = 400,
+    mark_ms: int = 200,
 ) -> HoldWire:
-    """Measure one call: ``carrier_port`` / ``agent_port`` are the SIPp media ports."""
+    """Measure one call: ``carrier_port`` / ``agent_port`` are the SIPp media ports. The
+    time is taken at the sample ``mark_ms`` into the speech on both sides (its very first
+    samples are near silence, and may be cut by a late onset)."""
     sent = [p for p in rtp_packets(pcap, carrier_port) if p.dst_port != carrier_port and p.pt == 0]
     if not sent:
         return HoldWire(0.0, -1.0, 0)
-    onset_ts = sent[0].timestamp + audio.onset_ms * SAMPLES_PER_MS
-    t_onset = next(
-        (p.time_s for p in sent if ((p.timestamp - onset_ts) & 0xFFFFFFFF) < 1 << 31),
+    mark_ts = sent[0].timestamp + (audio.onset_ms + mark_ms) * SAMPLES_PER_MS
+    t_sent = next(
+        (p.time_s for p in sent if ((p.timestamp + 160 - mark_ts) & 0xFFFFFFFF) < 1 << 31),
         sent[-1].time_s,
     )
     to_agent = [p for p in rtp_packets(pcap, agent_port) if p.dst_port == agent_port and p.pt == 0]
@@ -37,15 +44,15 @@ def hold_wire(
     idx, score = locate(rx, audio.person[: ref_ms * SAMPLES_PER_MS])
     if idx < 0:
         return HoldWire(0.0, -1.0, len(to_agent))
-    # the packet that carried the first sample of the match
+    mark = idx + mark_ms * SAMPLES_PER_MS  # that sample in the agent's stream
     pos = 0
     t_heard = to_agent[-1].time_s
     for p in to_agent:
         pos += len(p.payload)
-        if pos > idx:
+        if pos > mark:
             t_heard = p.time_s
             break
-    return HoldWire(score, (t_heard - t_onset) * 1000.0, len(to_agent))
+    return HoldWire(score, (t_heard - t_sent) * 1000.0, len(to_agent))
 
 
 __all__ = ["HoldWire", "hold_wire"]

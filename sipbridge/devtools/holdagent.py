@@ -156,6 +156,7 @@ def music_then_person(
     text: str = "Hello, this is Sarah in billing. How can I help you today?",
     seed: int = 7,
     person: bool = True,
+    voice: str = "en-us",
 ) -> HoldAudio:
     """Hold music for ``music_s``, ``gap_s`` of line noise, then a person (espeak-ng)
     followed by 2 s of line noise; or music only for ``music_s`` (``person=False``)."""
@@ -168,8 +169,8 @@ def music_then_person(
     if person:
         with tempfile.TemporaryDirectory() as td:
             sp = gc.Speech(Path(td))
-            sp.render_many([(text, "en-us", 165, 50)])
-            speech = scale_to_dbfs(sp.get(text, "en-us", 165, 50), -18.0)
+            sp.render_many([(text, voice, 165, 50)])
+            speech = scale_to_dbfs(sp.get(text, voice, 165, 50), -18.0)
         parts += [speech, gc.sil(2000)]
     x = np.concatenate(parts)
     x = x + gc.noise(x.size, "pink", rng) * 10 ** ((-62 - 3) / 20)

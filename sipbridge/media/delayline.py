@@ -4,10 +4,12 @@ catches up with the live carrier audio (pure: no pjsua2, no asyncio).
 When the hold listener decides a live person is speaking, ~0.8 s of their speech has
 already gone by. Those frames (from the speech onset) are queued here and played to the
 agent first, so the agent hears the person's first words; the agent is then that far
-behind the carrier. The line catches up by skipping *pause* frames (level below
-``silence_dbfs``) while more than ``target_ms`` is queued: the person's words are all
-played, only the gaps between them get shorter. Once the backlog is down to ``target_ms``
-the caller switches the agent back to the direct (undelayed) audio path, at a pause.
+behind the carrier. The line catches up by skipping *pause* frames while more than
+``target_ms`` is queued: a frame below ``silence_dbfs`` after at least ``keep_pause_ms`` of
+such frames (the quiet instants inside words, stop closures and short gaps, are kept): the
+person's words are all played, only the pauses between them get shorter. Once the backlog
+is down to ``target_ms`` the caller switches the agent back to the direct (undelayed) audio
+path, at a pause.
 
 Threads: :meth:`push` runs on the worker's loop thread, :meth:`pop` on pjmedia's clock
 thread (the port that plays to the agent). ``deque.append`` / ``popleft`` are atomic; only
@@ -37,10 +39,16 @@ class DelayLine:
     """A FIFO of 20 ms frames that shrinks by dropping pauses until it is nearly empty."""
 
     def __init__(
-        self, frames: list[bytes], target_ms: int = 60, silence_dbfs: float = -45.0
+        self,
+        frames: list[bytes],
+        target_ms: int = 60,
+        silence_dbfs: float = -45.0,
+        keep_pause_ms: int = 60,
     ) -> None:
         self.target_frames = max(1, target_ms // FRAME_MS)
         self.silence_dbfs = silence_dbfs
+        self.keep_pause_frames = max(0, keep_pause_ms // FRAME_MS)
+        self._quiet_run = 0  # pause frames pushed in a row
         self._q: deque[tuple[bytes, bool]] = deque()
         self.played = 0  # frames handed to the agent
         self.skipped = 0  # pause frames dropped to catch up
@@ -53,7 +61,8 @@ class DelayLine:
     def push(self, frame: bytes) -> None:
         silent = frame_dbfs(frame) < self.silence_dbfs
         self.last_silent = silent
-        self._q.append((frame, silent))
+        self._quiet_run = self._quiet_run + 1 if silent else 0
+        self._q.append((frame, self._quiet_run > self.keep_pause_frames))
 
     def pop(self) -> bytes | None:
         """The next frame to play (None: nothing queued). Pause frames are skipped while
@@ -61,8 +70,8 @@ class DelayLine:
         q = self._q
         try:
             while True:
-                frame, silent = q.popleft()
-                if silent and len(q) >= self.target_frames:
+                frame, skippable = q.popleft()
+                if skippable and len(q) >= self.target_frames:
                     self.skipped += 1
                     continue
                 self.played += 1

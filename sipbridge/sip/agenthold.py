@@ -70,8 +70,9 @@ if TYPE_CHECKING:
 # Carrier audio kept while holding (the delay line takes it from the person's onset).
 _KEEP_MS = 4000
 # Audio before the listener's speech onset also given to the agent: the VAD marks an
-# onset a frame or two after the first phoneme.
-_PREROLL_MS = 100
+# onset after a soft first phoneme ("h", "s"; ~100 ms seen). Free when it is a pause:
+# the delay line skips pause frames first.
+_PREROLL_MS = 200
 # If the hold listener's decision text has no onset: it decides ~800 ms into the speech.
 _ONSET_FALLBACK_MS = 800
 # The resume re-INVITE is retried while another INVITE transaction is in progress

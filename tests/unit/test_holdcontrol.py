@@ -128,10 +128,16 @@ def test_delay_line_drops_only_pauses_and_keeps_order(pattern: list[bool], targe
     out: list[bytes] = []
     while (got := line.pop()) is not None:
         out.append(got)
-    # every word frame is played, in order; only pause frames were skipped
+    # every word frame is played, in order; only pause frames were skipped, never the
+    # first 60 ms of a pause (quiet instants inside words)
     assert [f for f in out if frame_dbfs(f) > -45] == [
         f for f, loud in zip(frames, pattern, strict=True) if loud
     ]
+    kept = set(out)
+    for i in range(len(frames)):
+        run = next((k for k in range(4) if i - k < 0 or pattern[i - k]), 4)
+        if run < 4:  # among the first 3 pause frames in a row (or a word)
+            assert frames[i] in kept
     assert line.played + line.skipped == len(frames)
     assert line.played == len(out)
     # it never skips a pause once no more than the target is queued
