@@ -48,7 +48,9 @@ class DelayLine:
         self.target_frames = max(1, target_ms // FRAME_MS)
         self.silence_dbfs = silence_dbfs
         self.keep_pause_frames = max(0, keep_pause_ms // FRAME_MS)
-        self._quiet_run = 0  # pause frames pushed in a row
+        # pause frames pushed in a row; a leading pause (the pre-roll before the first
+        # word) protects no word: all of it may be skipped
+        self._quiet_run = self.keep_pause_frames
         self._q: deque[tuple[bytes, bool]] = deque()
         self.played = 0  # frames handed to the agent
         self.skipped = 0  # pause frames dropped to catch up

@@ -323,6 +323,10 @@ class AgentHold:
             if ev.kind == "decision" and ev.detection.answered_by == "human":
                 self._person(s, ev.detection.decided_at_ms, ev.detection.reason)
                 return
+        if not listener.active:
+            # it gave up (its max_hold_ms) without a person: listen on; the supervisor's
+            # escape hatch (max_ivr_s) bounds the hold
+            s.listener = PhaseListener("hold", {})
 
     def _person(self, s: HoldSession, decided_ms: int, reason: str) -> None:
         """A person spoke: queue their speech from its onset, give the agent the call back."""

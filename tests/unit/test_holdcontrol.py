@@ -134,9 +134,10 @@ def test_delay_line_drops_only_pauses_and_keeps_order(pattern: list[bool], targe
         f for f, loud in zip(frames, pattern, strict=True) if loud
     ]
     kept = set(out)
-    for i in range(len(frames)):
-        run = next((k for k in range(4) if i - k < 0 or pattern[i - k]), 4)
-        if run < 4:  # among the first 3 pause frames in a row (or a word)
+    first_word = pattern.index(True) if True in pattern else len(pattern)
+    for i in range(first_word, len(frames)):
+        run = next((k for k in range(4) if pattern[i - k]), 4)
+        if run < 4:  # among the first 3 pause frames after a word (or a word)
             assert frames[i] in kept
     assert line.played + line.skipped == len(frames)
     assert line.played == len(out)
@@ -158,3 +159,9 @@ def test_delay_line_catches_up_over_pauses() -> None:
     assert line.caught_up and line.backlog_ms <= 60
     assert line.skipped * 20 >= 700  # the delay went into the skipped pauses
     assert line.underruns == 0
+
+
+def test_delay_line_skips_the_pre_roll_pause_first() -> None:
+    line = DelayLine([_tagged(i, False) for i in range(10)] + [_tagged(i, True) for i in range(40)])
+    assert line.pop() == _tagged(0, True)  # the first word comes first
+    assert line.skipped == 10
