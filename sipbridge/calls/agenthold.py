@@ -100,6 +100,10 @@ class AgentHolds:
             live.timers.append(loop.call_later(limit_s, self._expired, sid, hold, live.flow))
         elif ev.state in ("resumed", "refused"):
             self.current.pop(sid, None)
+            if ev.state == "resumed" and ev.via == "person" and rec.answered_by != "human":
+                # the hold listener heard a person: status, CDR and metrics say what the
+                # agent's re-INVITE header says
+                ctx.journal.update(rec, answered_by="human")
 
     def _expired(self, call_sid: str, hold: _Hold, flow: object) -> None:
         if self.current.get(call_sid) is not hold:

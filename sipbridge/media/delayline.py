@@ -24,6 +24,8 @@ from collections import deque
 import numpy as np
 
 FRAME_MS = 20
+# Kept before the first word of the buffered speech (its soft start: "h", "s").
+LEAD_IN_MS = 40
 
 
 def frame_dbfs(frame: bytes) -> float:
@@ -48,16 +50,21 @@ class DelayLine:
         self.target_frames = max(1, target_ms // FRAME_MS)
         self.silence_dbfs = silence_dbfs
         self.keep_pause_frames = max(0, keep_pause_ms // FRAME_MS)
-        # pause frames pushed in a row; a leading pause (the pre-roll before the first
-        # word) protects no word: all of it may be skipped
-        self._quiet_run = self.keep_pause_frames
+        self._quiet_run = 0  # pause frames pushed in a row
         self._q: deque[tuple[bytes, bool]] = deque()
         self.played = 0  # frames handed to the agent
         self.skipped = 0  # pause frames dropped to catch up
         self.underruns = 0  # pop() found nothing queued
         self.last_silent = False
-        for f in frames:
+        # The pre-roll before the first word protects nothing but that word's soft start:
+        # all of it may be skipped except its last LEAD_IN_MS.
+        quiet = [frame_dbfs(f) < silence_dbfs for f in frames]
+        first_word = quiet.index(False) if False in quiet else len(frames)
+        lead_in = first_word - LEAD_IN_MS // FRAME_MS
+        for i, f in enumerate(frames):
             self.push(f)
+            if i < first_word:
+                self._q[-1] = (f, i < lead_in)
         self.initial_ms = self.backlog_ms
 
     def push(self, frame: bytes) -> None:
@@ -95,4 +102,4 @@ class DelayLine:
         self._q.clear()
 
 
-__all__ = ["FRAME_MS", "DelayLine", "frame_dbfs"]
+__all__ = ["FRAME_MS", "LEAD_IN_MS", "DelayLine", "frame_dbfs"]

@@ -15,8 +15,10 @@ the loop, never inside the pjsua callback that saw it):
 
 A session's states (:meth:`AgentHold._to` is the only setter; it logs old -> new)::
 
-    holding --person--> resuming --agent sendrecv--> catching_up --backlog gone--> (done)
-    holding --agent takes the call back--> (done)
+    off --request--> holding --person--> resuming --agent sendrecv--> catching_up
+    catching_up --backlog gone--> done
+    holding --agent takes the call back--> done
+    any --a leg ended--> done
 
 * holding: the carrier <-> agent audio is cut both ways (the carrier hears the null
   port's silence, the agent silence or, when it held with a re-INVITE, no RTP at all);
@@ -130,7 +132,7 @@ class HoldSession:
     agent_id: str
     via: str
     started: float  # monotonic
-    state: str = "holding"
+    state: str = "off"
     tap: Any = None  # FrameTap lent by the mixer
     listener: PhaseListener | None = None
     kept: deque[bytes] = field(default_factory=lambda: deque(maxlen=_KEEP_MS // FRAME_MS))
@@ -246,7 +248,9 @@ class AgentHold:
     def _to(self, s: HoldSession, state: str) -> None:
         if state != s.state:
             s.history.append(f"{s.state} -> {state}")
-            self.worker.log("info", f"agent hold {s.carrier_id}: {s.state} -> {state}")
+            self.worker.log(
+                "info", f"agent hold {s.carrier_id} (via {s.via}): {s.state} -> {state}"
+            )
             s.state = state
 
     def _start(self, carrier: Leg, agent: Leg, via: str) -> None:
@@ -260,7 +264,7 @@ class AgentHold:
             carrier.call.getAudioMedia(-1).startTransmit(s.tap)
         except pj.Error as e:
             self.worker.log("warning", f"agent hold tap on {carrier.leg_id}: {pj_error_text(e)}")
-        self.worker.log("info", f"agent hold {carrier.leg_id}: holding (via {via})")
+        self._to(s, "holding")
         self._event(carrier, "holding", via)
 
     def _cut(self, carrier: Leg, agent: Leg, both: bool) -> None:
@@ -288,7 +292,7 @@ class AgentHold:
             while tap is not None and tap.frames:
                 frames.append(tap.frames.popleft())
             if s.state == "holding":
-                self._listen(s, carrier, agent, frames)
+                self._listen(s, carrier, frames)
             elif s.line is not None:
                 for f in frames:
                     s.line.push(f)
@@ -301,7 +305,7 @@ class AgentHold:
                 self._event(carrier, "caught_up", "person", timings=self._timings(s))
                 self._finish(s, direct=True)
 
-    def _listen(self, s: HoldSession, carrier: Leg, agent: Leg, frames: list[bytes]) -> None:
+    def _listen(self, s: HoldSession, carrier: Leg, frames: list[bytes]) -> None:
         listener = s.listener
         if listener is None:
             return

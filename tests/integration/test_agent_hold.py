@@ -62,6 +62,7 @@ def _check_resumed(bridge: Bridge, sid: str, agent: SippUas, how: str) -> dict[s
     assert ev["agent.hold.holding"]["via"] == how
     resumed = ev["agent.hold.resumed"]
     assert resumed["via"] == "person" and resumed["buffered_ms"] >= 600, resumed
+    assert bridge.status(sid)["answered_by"] == "human"
     return ev
 
 

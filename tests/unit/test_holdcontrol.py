@@ -163,5 +163,7 @@ def test_delay_line_catches_up_over_pauses() -> None:
 
 def test_delay_line_skips_the_pre_roll_pause_first() -> None:
     line = DelayLine([_tagged(i, False) for i in range(10)] + [_tagged(i, True) for i in range(40)])
-    assert line.pop() == _tagged(0, True)  # the first word comes first
-    assert line.skipped == 10
+    # the first word comes first, with its 40 ms lead-in
+    got = [line.pop() for _ in range(3)]
+    assert got == [_tagged(8, False), _tagged(9, False), _tagged(0, True)]
+    assert line.skipped == 8

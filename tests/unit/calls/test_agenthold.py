@@ -75,5 +75,7 @@ def test_a_resumed_hold_is_not_ended(tmp_path: Path) -> None:
         assert plan.leg_id not in h.pool.hung
         ev = [e for e in h.store.events(sid) if e.kind == "agent.hold.resumed"]
         assert ev and ev[0].data["via"] == "person" and ev[0].data["hold_ms"] == 5
+        # what the agent's header says, the status (and so CDR and metrics) says
+        assert h.rec(sid).answered_by == "human"
 
     asyncio.run(body())
