@@ -11,8 +11,8 @@ control INFO for even ones). tshark captures the carrier's and the agent's RTP. 
 
 * **first word -> agent** (on the wire): from the carrier's RTP packet that carries the
   person's first word to the agent's RTP packet that carries the same samples (found by
-  normalised cross-correlation of the first 400 ms of speech; the match score says the
-  words arrived intact). This is the time the person talks before the agent hears them;
+  normalised cross-correlation of the first 200 ms of speech; the match score says the
+  first word arrived intact). This is the time the person talks before the agent hears them;
 * from the worker's ``agent.hold.*`` events: the hold listener's decision after the onset,
   decision -> delay line playing to the agent (resume re-INVITE round trip included), the
   buffered speech, how long the catch-up took and how much pause it skipped.
@@ -24,6 +24,7 @@ Writes its section of ``bench/RESULTS.md`` between ``<!-- holdresume:start -->``
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import sys
@@ -127,7 +128,7 @@ agent on loopback, {len(rows)} calls one at a time; the agent holds 300 ms after
 
 **First word -> agent (on the wire): median {statistics.median(wire):.0f}, max {worst:.0f}**
 ({ok} the {TARGET_MS} ms target). The agent hears the person's speech from its first word
-(match = normalised correlation of the first 400 ms of speech found in the agent's RTP;
+(match = normalised correlation of the first 200 ms of speech found in the agent's RTP;
 1.0 = sample for sample), then catches up by shortening the person's pauses; after
 "catch-up" it hears the carrier directly again (no added delay).
 
@@ -135,11 +136,14 @@ agent on loopback, {len(rows)} calls one at a time; the agent holds 300 ms after
 {table}
 
 "first word -> agent" is the hold listener's decision time after the onset (it needs
-~0.8 s of speech to tell a person from a prompt), plus the tap batch (≤ 10 ms while a hold
-runs), plus the resume re-INVITE round trip (the pre-roll of 200 ms before the listener's onset is
-mostly a pause, skipped first). Synthetic voices on loopback; a real network adds its one-way
-delay. "buffered" is what the agent got behind by; "catch-up" how long until it hears the
-carrier directly.
+0.7 s of speech to tell a person from a prompt; `decide_after_ms` 700 for agent holds),
+plus the tap batch (≤ 10 ms while a hold runs), plus the resume re-INVITE round trip, plus
+the 40 ms kept before the first word (the rest of the 200 ms pre-roll is a pause, skipped
+first). Synthetic voices on loopback; a real network adds its one-way delay. "buffered" is
+what the agent got behind by; "catch-up" how long until it hears the carrier directly.
+
+Load average at the end of the run: {os.getloadavg()[0]:.1f} (2 cores shared with other
+test runs: timings are noisy).
 """
     print(text)
     if not a.no_write:

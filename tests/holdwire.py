@@ -25,12 +25,14 @@ def hold_wire(
     carrier_port: int,
     agent_port: int,
     audio: HoldAudio,
-    ref_ms: int = 400,
-    mark_ms: int = 200,
+    ref_ms: int = 200,
+    mark_ms: int = 100,
 ) -> HoldWire:
     """Measure one call: ``carrier_port`` / ``agent_port`` are the SIPp media ports. The
-    time is taken at the sample ``mark_ms`` into the speech on both sides (its very first
-    samples are near silence, and may be cut by a late onset)."""
+    person's first ``ref_ms`` of speech are looked for in the agent's audio (a short window:
+    under CPU load pjmedia's jitter buffer may drop 10 ms here and there, on any bridged
+    call, which shifts what follows); the time is taken at the sample ``mark_ms`` into the
+    speech on both sides."""
     sent = [p for p in rtp_packets(pcap, carrier_port) if p.dst_port != carrier_port and p.pt == 0]
     if not sent:
         return HoldWire(0.0, -1.0, 0)

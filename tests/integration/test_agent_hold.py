@@ -86,7 +86,7 @@ def test_agent_hold_resumes_with_the_person_first_words(stack: Stack, how: HoldH
         bridge.client.post(f"/v1/outbound-calling/{sid}/hangup")
         assert bridge.wait_terminal(sid)["status"] == "success"
     wire = hold_wire(cap.path, carrier.media_port, agent.media_port, audio)
-    # the person's first 400 ms reached the agent, sample for sample
+    # the person's first 200 ms reached the agent, sample for sample
     assert wire.match > 0.9, wire
 
 
