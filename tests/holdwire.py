@@ -7,6 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
+
 from sipbridge.devtools.holdagent import HoldAudio, locate
 from tests.rtp import rtp_packets, ulaw_decode
 
@@ -16,6 +19,7 @@ SAMPLES_PER_MS = 8
 @dataclass(frozen=True)
 class HoldWire:
     match: float  # normalised correlation of the person's first words found at the agent
+    envelope: float  # correlation of their 10 ms level envelopes there (robust to PLC)
     onset_to_agent_ms: float  # carrier sends the first word -> the agent receives it
     agent_packets: int
 
@@ -35,7 +39,7 @@ def hold_wire(
     speech on both sides."""
     sent = [p for p in rtp_packets(pcap, carrier_port) if p.dst_port != carrier_port and p.pt == 0]
     if not sent:
-        return HoldWire(0.0, -1.0, 0)
+        return HoldWire(0.0, 0.0, -1.0, 0)
     mark_ts = sent[0].timestamp + (audio.onset_ms + mark_ms) * SAMPLES_PER_MS
     t_sent = next(
         (p.time_s for p in sent if ((p.timestamp + 160 - mark_ts) & 0xFFFFFFFF) < 1 << 31),
@@ -45,7 +49,9 @@ def hold_wire(
     rx = ulaw_decode(b"".join(p.payload for p in to_agent))
     idx, score = locate(rx, audio.person[: ref_ms * SAMPLES_PER_MS])
     if idx < 0:
-        return HoldWire(0.0, -1.0, len(to_agent))
+        return HoldWire(0.0, 0.0, -1.0, len(to_agent))
+    ref = audio.person[: ref_ms * SAMPLES_PER_MS]
+    envelope = float(np.corrcoef(_envelope(ref), _envelope(rx[idx : idx + ref.size]))[0, 1])
     mark = idx + mark_ms * SAMPLES_PER_MS  # that sample in the agent's stream
     pos = 0
     t_heard = to_agent[-1].time_s
@@ -54,7 +60,14 @@ def hold_wire(
         if pos > mark:
             t_heard = p.time_s
             break
-    return HoldWire(score, (t_heard - t_sent) * 1000.0, len(to_agent))
+    return HoldWire(score, envelope, (t_heard - t_sent) * 1000.0, len(to_agent))
+
+
+def _envelope(x: npt.NDArray[np.float64], step: int = 80) -> npt.NDArray[np.float64]:
+    """Level per 10 ms, dB."""
+    n = x.size // step
+    f = x[: n * step].reshape(n, step)
+    return np.asarray(10 * np.log10(np.mean(f * f, axis=1) + 1e-10), dtype=np.float64)
 
 
 __all__ = ["HoldWire", "hold_wire"]
