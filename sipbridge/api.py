@@ -45,6 +45,7 @@ from sipbridge.errors import (
     StoreError,
 )
 from sipbridge.headers import is_token, validate_header_value
+from sipbridge.holdapi import add_hold_route
 from sipbridge.ivrscript import IvrScript, check_ivr_media
 from sipbridge.mediafiles import media_path
 from sipbridge.netpolicy import callback_url_problem
@@ -546,6 +547,12 @@ def create_app(
         except InvalidTransition as e:
             raise ApiError(409, str(e), "callSid") from None
         return status_body(*service.get(call_sid))
+
+    hold_doc = {
+        "response_model": StatusResponse,
+        "responses": _errors(400, 401, 404, 409, 413, 503),
+    }
+    add_hold_route(app, service, auth, lookup, status_body, hold_doc)
 
     @app.get(
         "/v1/outbound-calling/by-polyai-call-id/{polyai_call_id}",

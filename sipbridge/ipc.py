@@ -81,7 +81,9 @@ class PlayAudio:
 @dataclass(frozen=True)
 class Listen:
     """Analyse a leg's audio in another phase: ``phase`` "hold" waits for a live person
-    (not music, not a looping prompt) and reports it as a DetectionReport of that phase."""
+    (not music, not a looping prompt) and reports it as a DetectionReport of that phase.
+    ``phase`` "agent_hold" on a bridged carrier leg puts its agent on hold the same way
+    (sipbridge.sip.agenthold; reported as AgentHoldEvent)."""
 
     leg_id: str
     phase: str
@@ -227,6 +229,24 @@ class ByeHeaders:
 
 
 @dataclass(frozen=True)
+class AgentHoldEvent:
+    """The agent's hold on request (sipbridge.sip.agenthold) changed: ``state`` is
+    "holding", "resumed" (a person spoke, or the agent took the call back), "caught_up"
+    (the agent hears the carrier directly again) or "refused" (``detail`` says why).
+    ``leg_id`` is the carrier leg; ``timings`` holds the measured ms values."""
+
+    leg_id: str
+    call_sid: str
+    worker_id: int
+    ts: float
+    state: str
+    via: str = ""  # "reinvite" | "info" | "api" | "person" | "agent"
+    detail: str = ""
+    timings: dict[str, int] = field(default_factory=dict)
+    type: str = "agent_hold"
+
+
+@dataclass(frozen=True)
 class WorkerReady:
     worker_id: int
     sip_port: int
@@ -252,6 +272,7 @@ Event = (
     | PlaybackDone
     | InboundCall
     | ByeHeaders
+    | AgentHoldEvent
     | WorkerReady
     | WorkerLog
 )
@@ -302,6 +323,7 @@ def decode(d: Any) -> Command | Event:
             "play_done": PlaybackDone,
             "inbound": InboundCall,
             "bye_headers": ByeHeaders,
+            "agent_hold": AgentHoldEvent,
             "ready": WorkerReady,
             "log": WorkerLog,
         }.get(str(kind))

@@ -9,6 +9,7 @@
 * ``events.py``   leg progress and ends, detection, DTMF, playback from the SIP engine;
 * ``actions.py``  carrying out the flow's decisions (agent leg, digits, hold, message);
 * ``inbound.py``  SIP-triggered calls;
+* ``agenthold.py`` hold on request: the REST ``/hold``, its events, the escape hatch;
 * ``ending.py``   an attempt's outcome: retry or end; internal errors; restart recovery;
 * ``journal.py``  the one writer of call records and events;
 * ``engine.py``   the Pool protocol the SIP engine implements.

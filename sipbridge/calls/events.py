@@ -11,6 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 from sipbridge.calls.actions import Actions
+from sipbridge.calls.agenthold import AgentHolds
 from sipbridge.calls.context import CallContext
 from sipbridge.calls.dispatch import Dispatcher
 from sipbridge.calls.dispositions import on_bye_headers
@@ -19,6 +20,7 @@ from sipbridge.calls.inbound import InboundCalls
 from sipbridge.calls.live import LiveCall, TriedLeg
 from sipbridge.flow import Action, CallFlow, EndCall, agent_failure
 from sipbridge.ipc import (
+    AgentHoldEvent,
     ByeHeaders,
     DetectionReport,
     DtmfReceived,
@@ -34,7 +36,14 @@ from sipbridge.trunkselect import should_failover
 log = logging.getLogger("sipbridge.calls")
 
 SipEvent = (
-    LegEvent | DetectionReport | DtmfReceived | DtmfSent | PlaybackDone | InboundCall | ByeHeaders
+    LegEvent
+    | DetectionReport
+    | DtmfReceived
+    | DtmfSent
+    | PlaybackDone
+    | InboundCall
+    | AgentHoldEvent
+    | ByeHeaders
 )
 CANCELED_BY_AGENT = Termination("failure", "canceled by agent platform", "canceled", False)
 # Ends after which a pending termination (why the bridge ended the call) applies.
@@ -79,6 +88,7 @@ class SipEvents:
         self.actions = actions
         self.inbound = inbound
         self.stopping = stopping
+        self.agent_holds = AgentHolds(ctx, actions)
 
     def handle(self, ev: SipEvent) -> None:
         """A handler that raises ends that call as ``failure`` "internal error" (the
@@ -147,6 +157,8 @@ class SipEvents:
             self.inbound.on_invite(ev)
         elif isinstance(ev, ByeHeaders):
             on_bye_headers(self.ctx, ev)
+        elif isinstance(ev, AgentHoldEvent):
+            self.agent_holds.on_event(ev)
         else:
             log.warning("unexpected event from the SIP engine: %r", ev)
 

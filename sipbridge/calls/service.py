@@ -245,6 +245,10 @@ class CallService:
         self.pool.send_dtmf(carrier, digits, duration_ms, gap_ms)
         return rec
 
+    def hold(self, call_sid: str) -> CallRecord:
+        """Put the bridged call's agent on hold (sipbridge.calls.agenthold)."""
+        return self.events.agent_holds.request(call_sid)
+
     # ---- the SIP engine --------------------------------------------------------------
 
     def on_sip_event(self, ev: SipEvent) -> None:

@@ -11,7 +11,8 @@ each file may touch:
   timers) and the parts it owns: ``endpoint`` (Endpoint start-up, transports, TLS
   profiles), ``accounts``, ``mixer`` (bridges, players, taps, port cooling),
   ``detection``, ``dtmf``, ``inbound`` (SIP-triggered mode), ``mediawatch`` (media
-  timeout), ``guardlink`` (packet guard and listen gate glue), ``waker``; ``pjbind`` holds
+  timeout), ``guardlink`` (packet guard and listen gate glue), ``waker``, ``agenthold``
+  (hold on request: listener, delay line, resume re-INVITE); ``pjbind`` holds
   the pjsua2 subclasses whose callbacks feed the worker, ``tap`` the audio tap port,
   ``guard``/``listengate`` the packet guard (ctypes, no pjsua2 import);
 - pure (no pjsua2, unit-tested alone): ``leg`` (a leg's state, one owner per sub-state),

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import pjsua2 as pj
 
 from sipbridge import ipc
+from sipbridge.holdcontrol import AGENT_HOLD_PHASE
 from sipbridge.media.result import Detection as MediaDetection
 from sipbridge.media.result import DetectionEvent
 from sipbridge.sip.leg import Leg
@@ -40,7 +41,11 @@ class Detection:
         self.legs = worker.legs
 
     def listen(self, leg_id: str, phase: str, config: dict[str, Any]) -> None:
-        """``Listen``: start a later analysis phase on the leg."""
+        """``Listen``: start a later analysis phase on the leg ("agent_hold": hold the
+        leg's agent, :mod:`sipbridge.sip.agenthold`)."""
+        if phase == AGENT_HOLD_PHASE:
+            self.worker.agent_hold.command(leg_id)
+            return
         leg = self.legs.get(leg_id)
         if leg is None or leg.ended:
             self.worker.log("warning", f"Listen for unknown leg {leg_id!r}")
@@ -106,6 +111,7 @@ class Detection:
         for leg in list(self.legs.values()):
             if leg.listening.tap_connected and not leg.ended:
                 self.pump(leg)
+        self.worker.agent_hold.pump()
 
     def pump(self, leg: Leg) -> None:
         """Feed a leg's queued frames to its detector/listener and report what they find."""

@@ -58,6 +58,7 @@ PoolEvent = (
     | ipc.DtmfReceived
     | ipc.DtmfSent
     | ipc.PlaybackDone
+    | ipc.AgentHoldEvent
     | ipc.InboundCall
     | ipc.ByeHeaders
 )
@@ -394,7 +395,8 @@ class WorkerPool:
             | ipc.DtmfReceived
             | ipc.DtmfSent
             | ipc.PlaybackDone
-            | ipc.ByeHeaders,
+            | ipc.ByeHeaders
+            | ipc.AgentHoldEvent,
         ):
             if msg.leg_id in w.legs:
                 self._emit(msg)

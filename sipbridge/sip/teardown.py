@@ -67,6 +67,7 @@ def shutdown(worker: Worker) -> None:
     while time.monotonic() < deadline:
         worker.ep.libHandleEvents(10)
     worker.mixer.drop_ports()
+    worker.agent_hold.drop_ports()
     gc.collect()
     # Accounts go after every Call and before libDestroy.
     worker.accounts.delete_all()

@@ -50,6 +50,7 @@ import pjsua2 as pj
 from sipbridge import ipc
 from sipbridge.plan import DialPlan
 from sipbridge.sip.accounts import AccountCache
+from sipbridge.sip.agenthold import AgentHold
 from sipbridge.sip.byeheaders import report_bye
 from sipbridge.sip.codecs import CodecOrder
 from sipbridge.sip.detection import Detection
@@ -134,6 +135,7 @@ class Worker:
         self.inbound = Inbound(self)
         self.media = MediaWatch(self)
         self.guard = GuardLink(self)
+        self.agent_hold = AgentHold(self)
 
     # ----------------------------------------------------------------- plumbing
     def send(self, msg: ipc.Event) -> None:
@@ -462,6 +464,8 @@ class Worker:
         if e.type != pj.PJSIP_EVENT_TSX_STATE or e.body.tsxState.type != pj.PJSIP_EVENT_RX_MSG:
             return
         whole = str(e.body.tsxState.src.rdata.wholeMsg)
+        if self.agent_hold.on_request(leg, e.body.tsxState.src.rdata, whole):
+            return
         if whole.startswith("INFO "):
             self.dtmf.on_info(leg, e.body.tsxState.src.rdata, whole)
             return
@@ -494,6 +498,7 @@ class Worker:
         self.mixer.feed_silence(call)
         self.mixer.connect_edges(leg_id)
         self.detection.on_media(leg, call)
+        self.agent_hold.on_media(leg)
 
     # ----------------------------------------------------------------- loop
     def check_timers(self) -> None:
@@ -526,7 +531,7 @@ class Worker:
         """How long the next ``libHandleEvents`` may sleep: until the earliest thing this
         loop must do by itself (SIP and RTP packets, and commands through the waker, cut
         the sleep short anyway)."""
-        if self.soon or self.pending or self.mixer.busy:
+        if self.soon or self.pending or self.mixer.busy or self.agent_hold.active:
             return _BUSY_WAIT_MS
         if self.waker is None:
             return _BUSY_WAIT_MS
