@@ -29,9 +29,10 @@ def options_request(
     branch: str,
     tag: str,
     user_agent: str,
+    extra_headers: tuple[tuple[str, str], ...] = (),
 ) -> bytes:
     """An out-of-dialog OPTIONS to ``host:port``. ``;rport`` (RFC 3581): a UDP reply comes
-    back to the port it was sent from."""
+    back to the port it was sent from. ``extra_headers`` go after User-Agent."""
     name = f"[{host}]" if ":" in host else host
     scheme = "sips" if transport == "tls" else "sip"
     uri = f"{scheme}:{name}:{port}" + (";transport=tcp" if transport == "tcp" else "")
@@ -46,6 +47,7 @@ def options_request(
         "CSeq: 1 OPTIONS",
         "Accept: application/sdp",
         f"User-Agent: {user_agent}",
+        *(f"{k}: {v}" for k, v in extra_headers),
         "Content-Length: 0",
         "",
         "",

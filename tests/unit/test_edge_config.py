@@ -88,7 +88,10 @@ def test_a_valid_edge_generates_every_file(pki: dict[str, Path]) -> None:
         assert line in kam, line
     # the trunk's CPS backstop (1.5/s -> 2 per 1 s interval), its Request-URI and socket
     assert 'pl_check("trunk-tls1", "TAILDROP", 2)' in kam
-    assert '"sips:" + $rU + "@198.51.100.7:5061;transport=tls"' in kam
+    assert '$var(scheme) = "sips";' in kam
+    assert '$var(hostpart) = "198.51.100.7:5061;transport=tls";' in kam
+    # new calls only count: not OPTIONS probes or a digest-challenge retry
+    assert '!is_present_hf("Proxy-Authorization")' in kam
     assert "force_send_socket(tls:203.0.113.10:5061)" in kam
     assert 'pl_check("trunk-plain"' not in kam  # no cps: no backstop
     # failover only on 408/5xx (never 486/603), and not after the node rang
