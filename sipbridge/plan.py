@@ -44,3 +44,7 @@ class DialPlan:
     codecs: tuple[str, ...] = ()
     telephone_event_pt: int = 0
     session_timers: tuple[int, int] | None = None
+    # The first hop, a loose-routing proxy (RFC 3261 16.12, ";lr"): behind the edge proxy
+    # its inside socket, so the Request-URI (and a digest's uri, RFC 2617 3.2.2.5) names
+    # the carrier; "" sends to the Request-URI's host.
+    next_hop: str = ""

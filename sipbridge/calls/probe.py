@@ -136,8 +136,10 @@ class TrunkProber:
             via_public = ""  # the edge's inside address reaches us; it hides ours
             dest = (edge.inside_address, edge.inside_port)
             extra: tuple[tuple[str, str], ...] = ((TRUNK_HEADER, trunk.name),)
+            from_host = edge.public_address  # the carrier sees the edge only
         else:
             via_public, dest, extra = self.cfg.sip.public_address or "", (host, port), ()
+            from_host = ""
         if edge is not None or trunk.transport == "udp":
             assert self._udp is not None
             via_host, via_port = self._udp.get_extra_info("sockname")[:2]
@@ -145,6 +147,7 @@ class TrunkProber:
                 via_host=via_public or via_host,
                 via_port=via_port,
                 extra_headers=extra,
+                from_host=from_host,
                 **args,  # type: ignore[arg-type]
             )
             fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()

@@ -115,6 +115,9 @@ def _trunk_case(t: TrunkRoute, sockets: dict[str, str]) -> str:
         f'            $avp(carrier) = "{t.host}:{t.port}";',
         f"            force_send_socket({sockets[t.transport]});",
     ]
+    if t.transport != "tls":  # (TLS: the carrier gets sips:, RFC 5630)
+        host = f"[{t.host}]" if ":" in t.host else t.host
+        lines.append(f'            if ($rd == "{host}" && $rp == {t.port}) {{ $var(keep) = 1; }}')
     if t.transport == "tls" and t.tls_verify:
         # only over a connection whose certificate was checked (route TLS_PEER); never
         # a new, unchecked one
@@ -380,6 +383,7 @@ route[FROM_NODE] {
         $var(newcall) = 1;
     }
     $var(user) = $(ru{uri.param,user});
+    $var(keep) = 0;
     switch ($var(trunk)) {
 @@TRUNK_CASES@@
         default:
@@ -387,14 +391,16 @@ route[FROM_NODE] {
             sl_send_reply("404", "Unknown trunk at the edge");
             exit;
     }
-    # The carrier's Request-URI: its host, the node's user part and user=phone (RFC 3261
-    # 19.1.6); an OPTIONS probe has no user part.
-    if ($rU == $null || $rU == "") {
+    # The carrier's Request-URI. A node sends the carrier's own (the edge is its first
+    # hop, a Route): it stays as it is, since a digest answer covers it (RFC 2617
+    # 3.2.2.5). Otherwise (TLS: sips:) the trunk's host with the node's user part and
+    # user=phone (RFC 3261 19.1.6); an OPTIONS probe has no user part.
+    if ($var(keep) == 0 && ($rU == $null || $rU == "")) {
         $ru = $var(scheme) + ":" + $var(hostpart);
-    } else {
+    } else if ($var(keep) == 0) {
         $ru = $var(scheme) + ":" + $rU + "@" + $var(hostpart);
     }
-    if ($var(user) != "" && $var(user) != $null) {
+    if ($var(keep) == 0 && $var(user) != "" && $var(user) != $null) {
         $ru = $ru + ";user=" + $var(user);
     }
     if (is_method("OPTIONS")) {

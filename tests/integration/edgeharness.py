@@ -59,6 +59,28 @@ class Edge:
         return int(self.cfg["edge"]["public_udp_port"])
 
 
+# Final answers the agent UAC accepts besides 200 (ACKed, then the call ends).
+REFUSALS = (403, 404, 408, 480, 486, 500, 503, 603)
+_REFUSED_ACK = """  <nop next="end"/>
+  <label id="refused"/>
+  <send>
+    <![CDATA[
+
+      ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      [last_Via:]
+      From: "Agent" <sip:agent@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      [last_To:]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <label id="end"/>
+"""
+
+
 def make_edge(stack: Stack) -> Edge:
     """An edge (not started) with its own certificate from a CA made for the test."""
     need_edge_tools()
@@ -146,8 +168,14 @@ def start_edge(edge: Edge, cfg: dict[str, Any]) -> None:
 
 
 def bridge_with_edge(
-    edge: Edge, trunks: list[dict[str, Any]], rtp_base: int = 0, **sections: Any
+    edge: Edge,
+    trunks: list[dict[str, Any]],
+    rtp_base: int = 0,
+    routes: list[dict[str, Any]] | None = None,
+    **sections: Any,
 ) -> Bridge:
+    """One bridge node behind a started edge; ``routes`` default: every number to the
+    first trunk."""
     base = node_ports(2)
     sip = {
         "listen_address": INSIDE,
@@ -162,7 +190,7 @@ def bridge_with_edge(
     cfg = bridge_config(
         edge.stack.tmp,
         trunks=trunks,
-        routes=[{"prefix": "+1", "trunk": trunks[0]["name"]}],
+        routes=routes or [{"prefix": "+1", "trunk": trunks[0]["name"]}],
         sip=sip,
         edge=edge_section(edge, [{"address": INSIDE, "port_min": base, "port_max": base + 1}]),
         **sections,
@@ -186,12 +214,20 @@ def agent_uac(
     ``rate_per_s`` new ones a second), ``X-Agent-Call-Id: <tag>-<n>``. A call the edge
     or a node refuses is ACKed and counted failed by SIPp; messages() has every answer."""
     scen = edge.stack.tmp / f"uac-{tag}.xml"
-    scen.write_text(
+    text = (
         (SCENARIOS / "uac_agent_invite.xml")
         .read_text()
         .replace("agent-call-42", f"{tag}-[call_number]")
         .replace("+15551234567", number)
     )
+    # a refusal (4xx-6xx) is ACKed with the INVITE's branch (RFC 3261 17.1.1.3)
+    alt = "".join(
+        f'  <recv response="{c}" optional="true" next="refused">\n  </recv>\n' for c in REFUSALS
+    )
+    text = text.replace("  <!-- rrd=", alt + "  <!-- rrd=", 1).replace(
+        "</scenario>", _REFUSED_ACK + "</scenario>"
+    )
+    scen.write_text(text)
     pace = ["-r", str(rate_per_s)] if rate_per_s else ["-l", "1"]
     uac = SippUas(
         scen,
@@ -199,6 +235,15 @@ def agent_uac(
         extra_args=[f"{INSIDE}:{edge.inside_port}", "-m", str(n), *pace, "-s", "agent"],
     )
     return edge.stack.add(uac.start(), uac.stop)
+
+
+def finals(uac: SippUas) -> dict[int, int]:
+    """SIPp call number -> the final status its INVITE got (from SIPp's message log)."""
+    out: dict[int, int] = {}
+    for m in uac.received():
+        if not m.is_request and m.method == "INVITE" and (m.status or 0) >= 200:
+            out.setdefault(int(m.call_id.split("-", 1)[0]), m.status or 0)
+    return out
 
 
 def handled(bridge: Bridge, call_id: str) -> bool:
