@@ -6,8 +6,11 @@ What the script does, in order (README "Edge proxy"):
   flood guard (pike) first, then every request the sanity checks (RFC 3261 syntax,
   Content-Length, CSeq, Max-Forwards); failures are dropped unanswered;
 - INVITEs from a node carrying ``X-Sipbridge-Trunk`` go to that trunk: the trunk's CPS
-  backstop (pipelimit), its transport (TLS: the trunk's CA list, SNI, and a host name check
-  on the certificate), rtpengine (SRTP to the carrier if asked, plain RTP inside);
+  backstop (pipelimit; new calls only), its transport (TLS: the trunk's CA list, SNI, and a
+  host name check on the certificate), rtpengine (SRTP to the carrier if asked, plain RTP
+  inside); a Request-URI that names the trunk already is kept (a digest answer covers it);
+- OPTIONS from a node carrying ``X-Sipbridge-Trunk`` (trunk health checks) go to that
+  trunk the same way, statefully (no answer: 408 to the node);
 - INVITEs from the agent platform (SIP-triggered calls) are spread over the nodes' worker
   ports by the dispatcher (round robin, OPTIONS probing); a node that answers 408 or 5xx
   before ringing, or not at all, is replaced by the next one; every other answer (486,
