@@ -113,8 +113,10 @@ def test_node_failover_on_503_never_on_486_or_603(edge: Edge) -> None:
     assert got == {1: 200, 2: 200}, got  # the 503 of A was retried on B
     assert all(handled(b, f"unavail-{n}") for n in (1, 2))
     assert len(invites(unavailable)) == 1  # A tried once; its 503 made the edge move on
-    # B's carrier got every call answered: 1 + 1 + 2
+    # B's carrier got every call answered: 1 + 1 + 2, each a whole dialog through the
+    # edge (the agent hung up: BYE)
     assert len(invites(ok)) == 4
+    wait(lambda: len(ok.received("BYE")) == 4, 10, "a BYE for each answered call")
     assert len(invites(busy)) == 1 and len(invites(decline)) == 1
 
 
@@ -310,6 +312,10 @@ def test_digest_auth_through_the_edge(edge: Edge) -> None:
         assert INSIDE not in raw and "X-Sipbridge" not in raw, raw
     bridge.client.post(f"/v1/outbound-calling/{sid}/hangup")
     assert bridge.wait_terminal(sid)["status"] == "success"
+    # the whole dialog went through the edge: the 2xx ACK and the BYE reach the carrier
+    bye = good.wait_for(lambda m: m.direction == "received" and m.method == "BYE", 10)
+    assert bye.call_id == second.call_id
+    assert len(good.received("ACK")) == 2  # the 407's (from the edge) and the 200's
     # wrong password: the carrier challenges the authenticated INVITE again (401, same
     # nonce: RFC 2617 3.2.1): the bridge gives up after one retry, with a clear reason
     sid = bridge.trigger(to_number="+12135550141")
