@@ -6,6 +6,7 @@ the agent platform as a SIPp UAC sending SIP-triggered INVITEs to the edge."""
 from __future__ import annotations
 
 import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -290,4 +291,30 @@ def start_nodes(
         b = start_bridge(edge.stack.tmp, cfg, name=f"node{i}")
         edge.stack.add(b, lambda b=b: b.proc.poll() is None and b.stop())
         bridges.append(b)
+    wait_destinations_up(edge)
     return bridges
+
+
+def wait_destinations_up(edge: Edge, timeout: float = 15.0) -> None:
+    """Wait until the edge's dispatcher holds every node worker port active: the edge
+    probes (OPTIONS) nodes that are still starting, marks their ports down, and takes
+    them back at the next answered probe ("is up" in its log)."""
+    assert edge.kam is not None
+    ports = [
+        p
+        for n in edge.cfg["edge"]["nodes"]
+        for p in range(int(n["port_min"]), int(n["port_max"]) + 1)
+    ]
+    deadline = time.monotonic() + timeout
+    while True:
+        text = edge.kam.text()
+        down = []
+        for port in ports:
+            dst = f"destination sip:{INSIDE}:{port} is "
+            if text.rfind(dst + "down") > text.rfind(dst + "up"):
+                down.append(port)
+        if not down:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"edge: node ports {down} still down after {timeout} s")
+        time.sleep(0.1)  # the log is a file: poll it
