@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
@@ -82,6 +82,33 @@ class _LiveCollector(Collector):
             except Exception:
                 log.exception("cannot read trunk health")
         yield up
+        yield from _throttle_metrics(self.gauges)
+
+
+def _throttle_metrics(gauges: Gauges) -> Iterable[Metric]:
+    """Carrier pushback per trunk (README "Carrier profiles", throttling): how often the
+    trunk said "too fast", and the dial rate the bridge allows it now."""
+    pushed = CounterMetricFamily(
+        "sipbridge_trunk_throttled",
+        "Carrier pushbacks (503/403 naming CPS or rate, or Retry-After) per trunk",
+        labels=["trunk"],
+    )
+    rate = GaugeMetricFamily(
+        "sipbridge_trunk_dial_rate_cps",
+        "Calls per second the bridge allows the trunk now (its cps, cut while throttled)",
+        labels=["trunk"],
+    )
+    read = getattr(gauges, "trunk_throttles", None)
+    if read is not None:
+        try:
+            for trunk, (count, cps) in sorted(read().items()):
+                pushed.add_metric([trunk], count)
+                if cps is not None:
+                    rate.add_metric([trunk], cps)
+        except Exception:
+            log.exception("cannot read trunk throttling")
+    yield pushed
+    yield rate
 
 
 class Metrics:

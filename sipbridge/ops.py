@@ -39,6 +39,19 @@ class _ServiceGauges:
     def trunks_up(self) -> dict[str, bool]:
         return self.service.prober.states()
 
+    def trunk_throttles(self) -> dict[str, tuple[int, float | None]]:
+        """Trunk -> (carrier pushbacks so far, dial rate allowed now in calls/s; None for
+        a trunk without ``cps``)."""
+        d = self.service.dispatcher
+        now = self.service.clock()
+        return {
+            t.name: (
+                d.pushbacks.get(t.name, 0),
+                d.throttles[t.name].current(now) if t.name in d.throttles else t.cps,
+            )
+            for t in self.service.cfg.trunks
+        }
+
 
 class Operations:
     """Built once per app by :func:`sipbridge.api.create_app`."""

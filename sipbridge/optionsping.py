@@ -29,23 +29,28 @@ def options_request(
     branch: str,
     tag: str,
     user_agent: str,
+    extra_headers: tuple[tuple[str, str], ...] = (),
+    from_host: str = "",
 ) -> bytes:
     """An out-of-dialog OPTIONS to ``host:port``. ``;rport`` (RFC 3581): a UDP reply comes
-    back to the port it was sent from."""
+    back to the port it was sent from. ``extra_headers`` go after User-Agent; ``from_host``
+    (default: the Via host) is the From URI's host."""
     name = f"[{host}]" if ":" in host else host
     scheme = "sips" if transport == "tls" else "sip"
     uri = f"{scheme}:{name}:{port}" + (";transport=tcp" if transport == "tcp" else "")
     vhost = f"[{via_host}]" if ":" in via_host else via_host
+    fhost = vhost if not from_host else f"[{from_host}]" if ":" in from_host else from_host
     lines = [
         f"OPTIONS {uri} SIP/2.0",
         f"Via: SIP/2.0/{transport.upper()} {vhost}:{via_port};branch=z9hG4bK{branch};rport",
         "Max-Forwards: 70",
-        f"From: <sip:sipbridge@{vhost}>;tag={tag}",
+        f"From: <sip:sipbridge@{fhost}>;tag={tag}",
         f"To: <{uri}>",
         f"Call-ID: {call_id}",
         "CSeq: 1 OPTIONS",
         "Accept: application/sdp",
         f"User-Agent: {user_agent}",
+        *(f"{k}: {v}" for k, v in extra_headers),
         "Content-Length: 0",
         "",
         "",

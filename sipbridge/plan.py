@@ -47,3 +47,7 @@ class DialPlan:
     # Agent leg: the header names whose values the worker reports (ipc.ByeHeaders) from a
     # BYE the agent sends (its disposition, sipbridge.disposition); empty: none.
     read_headers: tuple[str, ...] = ()
+    # The first hop, a loose-routing proxy (RFC 3261 16.12, ";lr"): behind the edge proxy
+    # its inside socket, so the Request-URI (and a digest's uri, RFC 2617 3.2.2.5) names
+    # the carrier; "" sends to the Request-URI's host.
+    next_hop: str = ""

@@ -196,16 +196,18 @@ def resolve_plan(
     scheme = "sips" if trunk.transport == "tls" else "sip"
     target = f"{scheme}:{callee}@{trunk.address}{uri_params(ident)}"
     srtp = srtp_mode(encryption or trunk.encryption)
-    request_uri, transport = target + params, trunk.transport
+    request_uri, transport, next_hop = target + params, trunk.transport, ""
     if cfg.edge is not None:
-        # README "Edge proxy": the INVITE goes to the edge's inside port as plain SIP and
-        # RTP; the edge sends it on to the trunk named in the header (transport, TLS and
-        # SRTP as configured) with the Request-URI sip(s):<number>@<trunk address>.
-        scheme, transport, params = "sip", "udp", ""
+        # README "Edge proxy": the INVITE goes to the edge's inside port (the first hop,
+        # a loose-routing Route) as plain SIP and RTP; the edge sends it on to the trunk
+        # named in the header (transport, TLS and SRTP as configured). The Request-URI
+        # names the carrier already, so a digest answer covers the URI the carrier gets.
+        scheme, transport = "sip", "udp"
         target = f"sip:{callee}@{trunk.address}{uri_params(ident)}"
         host = cfg.edge.inside_address
         host = f"[{host}]" if ":" in host else host
-        request_uri = f"sip:{callee}@{host}:{cfg.edge.inside_port}{uri_params(ident)}"
+        next_hop = f"sip:{host}:{cfg.edge.inside_port};lr"
+        request_uri = target + ("" if trunk.transport == "tls" else params)
         mark = f"{trunk.name};srtp={'yes' if srtp == 'mandatory' else 'no'}"
         headers = (*headers, ("X-Sipbridge-Trunk", mark))
         srtp = "off"
@@ -235,6 +237,7 @@ def resolve_plan(
         codecs=tuple(CODEC_IDS[c] for c in trunk.codecs or ()),
         telephone_event_pt=trunk.telephone_event_pt,
         session_timers=session_timers(cfg, trunk),
+        next_hop=next_hop,
     )
 
 

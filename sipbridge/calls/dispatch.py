@@ -50,6 +50,8 @@ class Dispatcher:
             if t.cps and t.throttle.enabled
         }
         self._failover: list[str] = []  # calls whose next hop waits for capacity
+        # Carrier pushbacks per trunk since start (metric sipbridge_trunk_throttled_total).
+        self.pushbacks: dict[str, int] = {}
         # Pushback requeues per call (bounded by throttle.max_requeues; in memory).
         self._requeues: dict[str, int] = {}
         self._wake = asyncio.Event()
@@ -354,6 +356,7 @@ class Dispatcher:
             and is_pushback(sip_status, sip_reason, retry_after_s)
         )
         if trunk and pushback:
+            self.pushbacks[trunk] = self.pushbacks.get(trunk, 0) + 1
             throttle, bucket = self.throttles.get(trunk), self.buckets.get(trunk)
             if throttle is not None and bucket is not None:
                 bucket.set_rate(throttle.pushback(now, retry_after_s))

@@ -6,6 +6,11 @@ restart or scale, and pjsua2 has no out-of-dialog request API. The carrier sees 
 bridge's address (the same host as the workers, another source port: IP allow-lists
 match it); UDP replies come back by ``;rport`` (RFC 3581). TCP/TLS trunks are probed
 over a fresh connection (TLS verified as the trunk's ``tls`` settings say).
+
+Behind an edge proxy (``edge:``) every probe goes, like the trunk's calls, over UDP to the
+edge's inside port with ``X-Sipbridge-Trunk``: the edge sends it to the carrier on the
+trunk's transport (TLS verified there) and relays the answer, or answers 408 itself when
+the carrier is silent (README "Edge proxy"). The carrier sees the edge's address.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import ssl
 from collections.abc import Callable
 
 from sipbridge.config import Config, TrunkConfig
+from sipbridge.edge.generate import TRUNK_HEADER
 from sipbridge.optionsping import (
     ProbeCounter,
     answered_alive,
@@ -71,7 +77,7 @@ class TrunkProber:
         if not self.trunks:
             return
         loop = asyncio.get_running_loop()
-        if any(t.transport == "udp" for t in self.trunks):
+        if self.cfg.edge is not None or any(t.transport == "udp" for t in self.trunks):
             transport, _ = await loop.create_datagram_endpoint(
                 lambda: self._replies, local_addr=(self.cfg.sip.listen_address, 0)
             )
@@ -124,18 +130,30 @@ class TrunkProber:
             tag=secrets.token_hex(4),
             user_agent=self.cfg.sip.user_agent,
         )
-        if trunk.transport == "udp":
+        edge = self.cfg.edge
+        if edge is not None:  # to the edge over UDP; the edge picks the trunk's transport
+            args["transport"] = "udp"
+            via_public = ""  # the edge's inside address reaches us; it hides ours
+            dest = (edge.inside_address, edge.inside_port)
+            extra: tuple[tuple[str, str], ...] = ((TRUNK_HEADER, trunk.name),)
+            from_host = edge.public_address  # the carrier sees the edge only
+        else:
+            via_public, dest, extra = self.cfg.sip.public_address or "", (host, port), ()
+            from_host = ""
+        if edge is not None or trunk.transport == "udp":
             assert self._udp is not None
             via_host, via_port = self._udp.get_extra_info("sockname")[:2]
             req = options_request(
-                via_host=self.cfg.sip.public_address or via_host,
+                via_host=via_public or via_host,
                 via_port=via_port,
+                extra_headers=extra,
+                from_host=from_host,
                 **args,  # type: ignore[arg-type]
             )
             fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
             self._replies.waiting[call_id] = fut
             try:
-                self._udp.sendto(req, (host, port))
+                self._udp.sendto(req, dest)
                 return await fut
             finally:
                 self._replies.waiting.pop(call_id, None)

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 # Destinations in the dispatcher list (nodes x worker ports).
 MAX_DESTINATIONS = 1024
 FILES = ("kamailio.cfg", "dispatcher.list", "tls.cfg", "carriers-ca.pem", "rtpengine.conf")
-# How an edge marks the carrier INVITEs a node sends it: "<trunk>;srtp=yes|no".
+# How a node marks the carrier INVITEs ("<trunk>;srtp=yes|no") and the trunk OPTIONS
+# probes ("<trunk>") it sends the edge.
 TRUNK_HEADER = "X-Sipbridge-Trunk"
 
 

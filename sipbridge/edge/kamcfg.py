@@ -6,8 +6,11 @@ What the script does, in order (README "Edge proxy"):
   flood guard (pike) first, then every request the sanity checks (RFC 3261 syntax,
   Content-Length, CSeq, Max-Forwards); failures are dropped unanswered;
 - INVITEs from a node carrying ``X-Sipbridge-Trunk`` go to that trunk: the trunk's CPS
-  backstop (pipelimit), its transport (TLS: the trunk's CA list, SNI, and a host name check
-  on the certificate), rtpengine (SRTP to the carrier if asked, plain RTP inside);
+  backstop (pipelimit; new calls only), its transport (TLS: the trunk's CA list, SNI, and a
+  host name check on the certificate), rtpengine (SRTP to the carrier if asked, plain RTP
+  inside); a Request-URI that names the trunk already is kept (a digest answer covers it);
+- OPTIONS from a node carrying ``X-Sipbridge-Trunk`` (trunk health checks) go to that
+  trunk the same way, statefully (no answer: 408 to the node);
 - INVITEs from the agent platform (SIP-triggered calls) are spread over the nodes' worker
   ports by the dispatcher (round robin, OPTIONS probing); a node that answers 408 or 5xx
   before ringing, or not at all, is replaced by the next one; every other answer (486,
@@ -101,16 +104,23 @@ _OFFER = (
 def _trunk_case(t: TrunkRoute, sockets: dict[str, str]) -> str:
     lines = [f'        case "{t.name}":']
     if t.cps_per_s:
+        # new calls only: not OPTIONS probes, not the re-sent INVITE that answers a
+        # digest challenge (RFC 3261 22.2: the same call, already counted)
         lines.append(
-            f'            if (!pl_check("trunk-{t.name}", "TAILDROP", {t.cps_per_s})) '
+            "            if ($var(newcall) == 1 && "
+            f'!pl_check("trunk-{t.name}", "TAILDROP", {t.cps_per_s})) '
             "{ route(CPS_LIMIT); }"
         )
     lines += [
-        f'            $ru = "{t.ruri_scheme}:" + $rU + "@{t.ruri_host}{t.ruri_params}";',
+        f'            $var(scheme) = "{t.ruri_scheme}";',
+        f'            $var(hostpart) = "{t.ruri_host}{t.ruri_params}";',
         f'            $du = "{t.dst_uri}";',
         f'            $avp(carrier) = "{t.host}:{t.port}";',
         f"            force_send_socket({sockets[t.transport]});",
     ]
+    if t.transport != "tls":  # (TLS: the carrier gets sips:, RFC 5630)
+        host = f"[{t.host}]" if ":" in t.host else t.host
+        lines.append(f'            if ($rd == "{host}" && $rp == {t.port}) {{ $var(keep) = 1; }}')
     if t.transport == "tls" and t.tls_verify:
         # only over a connection whose certificate was checked (route TLS_PEER); never
         # a new, unchecked one
@@ -319,6 +329,9 @@ request_route {
     }
     t_check_trans();
     remove_hf("Route");
+    if (is_method("OPTIONS") && is_present_hf("X-Sipbridge-Trunk")) {
+        route(FROM_NODE);
+    }
     if (is_method("OPTIONS") && uri == myself && $rU == $null) {
         sl_send_reply("200", "OK");
         exit;
@@ -358,7 +371,8 @@ route[GUARD] {
     }
 }
 
-# A node's carrier INVITE: "X-Sipbridge-Trunk: <trunk>;srtp=yes|no".
+# A node's carrier INVITE, or its OPTIONS probe of a trunk (README "Carrier profiles",
+# health checks): "X-Sipbridge-Trunk: <trunk>;srtp=yes|no".
 route[FROM_NODE] {
     if (!(@@INSIDE_TEST@@ && (@@NODE_TEST@@) && is_present_hf("X-Sipbridge-Trunk"))) {
         return;
@@ -366,12 +380,40 @@ route[FROM_NODE] {
     $var(trunk) = $(hdr(X-Sipbridge-Trunk){s.select,0,;});
     $var(srtp) = $(hdr(X-Sipbridge-Trunk){param.value,srtp});
     remove_hf("X-Sipbridge-Trunk");
+    $var(newcall) = 0;
+    if (is_method("INVITE") && !is_present_hf("Authorization")
+            && !is_present_hf("Proxy-Authorization")) {
+        $var(newcall) = 1;
+    }
+    $var(user) = $(ru{uri.param,user});
+    $var(keep) = 0;
     switch ($var(trunk)) {
 @@TRUNK_CASES@@
         default:
-            xlog("L_ERR", "edge: INVITE from node $si for unknown trunk '$var(trunk)'\n");
+            xlog("L_ERR", "edge: $rm from node $si for unknown trunk '$var(trunk)'\n");
             sl_send_reply("404", "Unknown trunk at the edge");
             exit;
+    }
+    # The carrier's Request-URI. A node sends the carrier's own (the edge is its first
+    # hop, a Route): it stays as it is, since a digest answer covers it (RFC 2617
+    # 3.2.2.5). Otherwise (TLS: sips:) the trunk's host with the node's user part and
+    # user=phone (RFC 3261 19.1.6); an OPTIONS probe has no user part.
+    if ($var(keep) == 0 && ($rU == $null || $rU == "")) {
+        $ru = $var(scheme) + ":" + $var(hostpart);
+    } else if ($var(keep) == 0) {
+        $ru = $var(scheme) + ":" + $rU + "@" + $var(hostpart);
+    }
+    if ($var(keep) == 0 && $var(user) != "" && $var(user) != $null) {
+        $ru = $ru + ";user=" + $var(user);
+    }
+    if (is_method("OPTIONS")) {
+        # a trunk health probe, relayed statefully: a carrier that does not answer
+        # within carrier_timeout_s gets the node a 408 from tm (RFC 3261 17.1.2.2)
+        t_set_fr(120000, @@CARRIER_FR@@);
+        if (!t_relay()) {
+            sl_reply_error();
+        }
+        exit;
     }
     record_route();
     if (has_body("application/sdp")) {

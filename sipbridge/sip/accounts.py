@@ -4,9 +4,11 @@ used.
 pjsua answers digest challenges (RFC 3261 22.2/22.3) from an account's credentials and
 binds requests to the account's transport, and SRTP is an account media setting. So legs
 use local accounts (no registration) created on demand and cached, keyed by
-``(transport, srtp, auth, session timers)`` (:data:`sipbridge.sip.leg.AccountKey`). pjsua allows
-``PJSUA_MAX_ACC`` (8) accounts: the least recently used account without a live leg is
-deleted to make room; if all 8 have live legs the dial fails with ``dial_error``.
+``(transport, srtp, auth, session timers, next hop)``
+(:data:`sipbridge.sip.leg.AccountKey`; the next hop is the edge proxy, a Route set for
+every request of the account). pjsua allows ``PJSUA_MAX_ACC`` (8) accounts: the least
+recently used account without a live leg is deleted to make room; if all 8 have live
+legs the dial fails with ``dial_error``.
 
 - Digest auth: pjsua retries a challenged INVITE once with the credentials; a second
   challenge (wrong password) disconnects the call with that 401/407 (``remote_final``).
@@ -59,7 +61,7 @@ class AccountCache:
         """The account for inbound INVITEs on the primary transport (SIP-triggered mode;
         it takes one of the PJSUA_MAX_ACC slots, so only when inbound calls are allowed
         at all: otherwise any dial account refuses them with 403)."""
-        key: AccountKey = (self.cfg.transport, "off", None, None)
+        key: AccountKey = (self.cfg.transport, "off", None, None, "")
         acc = WorkerAccount(self.worker)
         acc.create(self.config(self.cfg.transport, "off", None), True)
         self.accounts[key] = acc
@@ -85,7 +87,7 @@ class AccountCache:
             if not 90 <= min_se <= se <= 86400:  # RFC 4028 4: Min-SE at least 90 s
                 raise DialRefused(f"bad session timers {plan.session_timers!r}")
             timers = (se, min_se)
-        key: AccountKey = (kind, plan.srtp, auth, timers)
+        key: AccountKey = (kind, plan.srtp, auth, timers, plan.next_hop)
         acc = self.accounts.get(key)
         if acc is not None:
             self.accounts.move_to_end(key)
@@ -94,7 +96,7 @@ class AccountCache:
             self._evict_one()
         acc = WorkerAccount(self.worker)
         try:
-            acc.create(self.config(kind, plan.srtp, auth, timers), False)
+            acc.create(self.config(kind, plan.srtp, auth, timers, plan.next_hop), False)
         except pj.Error as e:
             raise DialRefused(f"cannot create a pjsua account: {pj_error_text(e)}") from None
         self.accounts[key] = acc
@@ -123,6 +125,7 @@ class AccountCache:
         srtp: str,
         auth: tuple[str, ...] | None,
         timers: tuple[int, int] | None = None,
+        next_hop: str = "",
     ) -> Any:
         """The pjsua ``AccountConfig`` of a local account on transport ``kind``."""
         cfg = self.cfg
@@ -139,6 +142,8 @@ class AccountCache:
             acfg.sipConfig.contactForced = (
                 f"<sip:sipbridge@{host}:{port};transport={kind.split('|', 1)[0]}>"
             )
+        if next_hop:  # every request of the account goes there first (a Route set)
+            acfg.sipConfig.proxies.append(next_hop)
         if auth is not None:
             username, password, realm = auth
             # pjsua answers 401 WWW-Authenticate / 407 Proxy-Authenticate challenges whose

@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 # An account is shared by every leg with the same transport, SRTP use, credentials and
 # session timers: (transport key, SRTP mode, (username, password, realm) or None,
 # RFC 4028 (Session-Expires, Min-SE) or None for the sip-wide values).
-AccountKey = tuple[str, str, tuple[str, str, str] | None, tuple[int, int] | None]
+# (transport kind, srtp, auth, session timers, next hop): sipbridge.sip.accounts
+AccountKey = tuple[str, str, tuple[str, str, str] | None, tuple[int, int] | None, str]
 
 
 @dataclass

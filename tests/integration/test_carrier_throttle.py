@@ -70,6 +70,10 @@ def test_cps_pushback_requeues_and_slows_the_trunk(stack: Stack) -> None:
     gaps = [b - a for a, b in itertools.pairwise(t for t in times if t is not None)]
     # 4 cps cut to 2 (0.5 s between INVITEs), then to 1 (1 s); SIPp's log clock is ms.
     assert gaps[0] >= 0.5 - 0.02 and gaps[1] >= 1.0 - 0.02, gaps
+    # the metrics: two pushbacks, the trunk dialled at 1 cps now (recover_s is 60 s)
+    text = bridge.client.get("/metrics").text
+    assert 'sipbridge_trunk_throttled_total{trunk="t"} 2.0' in text, text
+    assert 'sipbridge_trunk_dial_rate_cps{trunk="t"} 1.0' in text, text
 
 
 def test_without_throttling_the_pushback_fails_the_call(stack: Stack) -> None:
@@ -78,6 +82,9 @@ def test_without_throttling_the_pushback_fails_the_call(stack: Stack) -> None:
     sid = bridge.trigger(to_number="+12125550123")
     body = bridge.wait_terminal(sid, timeout=20)
     assert body["status"] == "failure" and body["sip_status"] == 403, body
+    text = bridge.client.get("/metrics").text  # not counted as throttling: it is off
+    assert 'sipbridge_trunk_throttled_total{trunk="t"} 0.0' in text, text
+    assert 'sipbridge_trunk_dial_rate_cps{trunk="t"} 4.0' in text, text
 
 
 def test_requeues_per_call_are_bounded(stack: Stack) -> None:

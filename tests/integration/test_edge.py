@@ -5,144 +5,28 @@ TLS, SRTP outside and RTP inside, garbage dropped, INVITEs spread over nodes."""
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from sipbridge.config import parse_config
-from sipbridge.devtools.bridge import TOKEN, Bridge, Stack, bridge_config
-from sipbridge.devtools.sipp import SCENARIOS, SippUas
-from sipbridge.edge.generate import write_files
-from tests.edgeprocs import (
-    CARRIER,
-    INSIDE,
-    PUBLIC,
-    Proc,
-    carrier_tls,
-    free_ports,
-    kamailio,
-    need_edge_tools,
-    rtpengine,
+from sipbridge.devtools.bridge import Stack
+from sipbridge.devtools.sipp import SippUas
+from tests.edgeprocs import CARRIER, INSIDE, PUBLIC, carrier_tls, free_ports
+from tests.integration.edgeharness import (
+    Edge,
+    agent_uac,
+    bridge_with_edge,
+    handled,
+    invites,
+    make_edge,
+    start_nodes,
 )
 from tests.rtp import TsharkCapture
 from tests.sipfuzz import SipFuzzer
 from tests.tlspeer import make_ca, make_leaf
 
 pytestmark = pytest.mark.integration
-
-
-@dataclass
-class Edge:
-    """A running edge and what the test started around it."""
-
-    stack: Stack
-    dir: Path
-    ca: tuple[Path, Path]
-    cert: tuple[Path, Path]
-    kam: Proc | None = None
-    rtp: Proc | None = None
-    cfg: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def inside_port(self) -> int:
-        return int(self.cfg["edge"]["inside_port"])
-
-    @property
-    def public_tls_port(self) -> int:
-        return int(self.cfg["edge"]["public_tls_port"])
-
-    @property
-    def public_udp_port(self) -> int:
-        return int(self.cfg["edge"]["public_udp_port"])
-
-
-@pytest.fixture
-def edge_base(stack: Stack) -> Edge:
-    need_edge_tools()
-    d = stack.tmp / "pki"
-    d.mkdir()
-    ca = make_ca(d, "edge-test-ca")
-    return Edge(
-        stack, stack.tmp / "edge", ca, make_leaf(d, ca, "edge", "edge.test", ["IP:" + PUBLIC])
-    )
-
-
-def node_ports(n: int = 2) -> int:
-    """A base port p with p..p+n-1 free for UDP and TCP on the inside address."""
-    for _ in range(50):
-        base = free_ports(1, INSIDE, (socket.SOCK_DGRAM, socket.SOCK_STREAM))[0]
-        if base + n > 65535:
-            continue
-        socks = []
-        try:
-            for p in range(base, base + n):
-                for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-                    s = socket.socket(socket.AF_INET, kind)
-                    socks.append(s)
-                    s.bind((INSIDE, p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free node ports")
-
-
-def edge_section(edge: Edge, nodes: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-    (inside,) = free_ports(1, INSIDE)
-    (udp,) = free_ports(1, PUBLIC, (socket.SOCK_DGRAM, socket.SOCK_STREAM))
-    (tls,) = free_ports(1, PUBLIC, (socket.SOCK_STREAM,))
-    (ng,) = free_ports(1, "127.0.0.1")
-    media = free_ports(1, PUBLIC)[0] & ~1
-    media = min(media, 65400)
-    sec = {
-        "public_address": PUBLIC,
-        "inside_address": INSIDE,
-        "inside_port": inside,
-        "public_udp_port": udp,
-        "public_tls_port": tls,
-        "nodes": nodes,
-        "tls": {"certificate": str(edge.cert[0]), "private_key": str(edge.cert[1])},
-        "probe_interval_s": 1,
-        "probe_failures": 1,
-        "node_timeout_s": 1.0,
-        "carrier_timeout_s": 3.0,
-        "rtpengine": {"control_port": ng, "port_min": media, "port_max": media + 99},
-    }
-    sec.update(extra)
-    return sec
-
-
-def start_edge(edge: Edge, cfg: dict[str, Any]) -> None:
-    """Generate the edge's files from the bridge config ``cfg`` and start them."""
-    edge.cfg = cfg
-    parsed = parse_config(
-        {**cfg, "api": {**cfg["api"], "tokens": [{"value": TOKEN}]}}, "edge-test.yaml"
-    )
-    write_files(parsed, edge.dir)
-    sec = cfg["edge"]
-    edge.rtp = edge.stack.add(
-        rtpengine(
-            edge.dir / "rtpengine.conf",
-            edge.dir / "rtpengine.log",
-            sec["rtpengine"]["control_port"],
-        ).start(),
-        lambda: edge.rtp.stop() if edge.rtp else None,
-    )
-    edge.kam = kamailio(
-        edge.dir / "kamailio.cfg",
-        edge.dir / "kamailio.log",
-        [
-            (INSIDE, sec["inside_port"], "udp"),
-            (PUBLIC, sec["public_udp_port"], "udp"),
-            (PUBLIC, sec["public_tls_port"], "tcp"),
-        ],
-    )
-    edge.stack.add(edge.kam.start(), edge.kam.stop)
 
 
 def tls_carrier(edge: Edge, scenario: str, leaf: tuple[Path, Path]) -> tuple[SippUas, int]:
@@ -166,43 +50,9 @@ def tls_trunk(edge: Edge, port: int, **extra: Any) -> dict[str, Any]:
     }
 
 
-def bridge_with_edge(
-    edge: Edge, trunks: list[dict[str, Any]], rtp_base: int = 0, **sections: Any
-) -> Bridge:
-    base = node_ports(2)
-    sip = {
-        "listen_address": INSIDE,
-        "port_min": base,
-        "port_max": base + 1,
-        "workers": 2,
-        "calls_per_worker": 4,
-        "inbound_allow": ["127.0.0.0/8"],
-    }
-    if rtp_base:
-        sip.update(rtp_port_min=rtp_base, rtp_port_max=rtp_base + 99)
-    cfg = bridge_config(
-        edge.stack.tmp,
-        trunks=trunks,
-        routes=[{"prefix": "+1", "trunk": trunks[0]["name"]}],
-        sip=sip,
-        edge=edge_section(edge, [{"address": INSIDE, "port_min": base, "port_max": base + 1}]),
-        **sections,
-    )
-    start_edge(edge, cfg)
-    return edge.stack.bridge(cfg)
-
-
 @pytest.fixture
-def edge(edge_base: Edge) -> Iterator[Edge]:
-    yield edge_base
-
-
-def invites(uas: SippUas) -> list[Any]:
-    return [
-        m
-        for m in uas.messages()
-        if m.direction == "received" and m.is_request and m.method == "INVITE"
-    ]
+def edge(stack: Stack) -> Edge:
+    return make_edge(stack)
 
 
 def udp_payloads(pcap: Path) -> list[tuple[str, bytes]]:
@@ -360,77 +210,19 @@ def test_garbage_and_floods_never_reach_a_worker(edge: Edge) -> None:
         assert b"fuzz" not in data.lower(), data[:300]
 
 
-def _uac(edge: Edge, n: int, tag: str) -> SippUas:
-    """The agent platform: ``n`` SIP-triggered INVITEs to the edge, one at a time."""
-    scen = edge.stack.tmp / f"uac-{tag}.xml"
-    scen.write_text(
-        (SCENARIOS / "uac_agent_invite.xml")
-        .read_text()
-        .replace("agent-call-42", f"{tag}-[call_number]")
-        .replace("+15551234567", "+12125550170")
-    )
-    uac = SippUas(
-        scen,
-        edge.stack.tmp,
-        extra_args=[f"{INSIDE}:{edge.inside_port}", "-m", str(n), "-l", "1", "-s", "agent"],
-    )
-    return edge.stack.add(uac.start(), uac.stop)
-
-
-def _handled(bridge: Bridge, call_id: str) -> bool:
-    r = bridge.client.get(f"/v1/outbound-calling/by-polyai-call-id/{call_id}")
-    return r.status_code == 200
-
-
 def test_sip_triggered_invites_spread_over_nodes_and_fail_over(edge: Edge) -> None:
     carrier = SippUas("uas_answer_wait_bye.xml", edge.stack.tmp, address=CARRIER).start()
     edge.stack.add(carrier, carrier.stop)
     trunk = {"name": "plain", "address": carrier.uri_hostport, "caller_id": "+14155550100"}
-    inbound = {
-        "enabled": True,
-        "number_source": "header",
-        "number_header": "X-Dest-Number",
-        "call_id_header": "X-Agent-Call-Id",
-    }
-    a_base, b_base = node_ports(2), 0
-    while not b_base or abs(b_base - a_base) < 2:
-        b_base = node_ports(2)
-    nodes = [
-        {"address": INSIDE, "port_min": a_base, "port_max": a_base + 1},
-        {"address": INSIDE, "port_min": b_base, "port_max": b_base + 1},
-    ]
-    common: dict[str, Any] = dict(
-        inbound=inbound,
-        edge=edge_section(edge, nodes, agent_allow=["127.0.0.1/32"], probe_failures=2),
-    )
-    bridges = []
-    for i, base in enumerate((a_base, b_base)):
-        sip = {
-            "listen_address": INSIDE,
-            "port_min": base,
-            "port_max": base + 1,
-            "workers": 2,
-            "calls_per_worker": 4,
-            "inbound_allow": ["127.0.0.0/8"],
-        }
-        cfg = bridge_config(
-            edge.stack.tmp, [trunk], [{"prefix": "+1", "trunk": "plain"}], sip=sip, **common
-        )
-        cfg["api"]["port"] = free_ports(1, "127.0.0.1", (socket.SOCK_STREAM,))[0]
-        cfg["store"] = {"path": str(edge.stack.tmp / f"node{i}.db")}
-        if i == 0:
-            start_edge(edge, cfg)
-        from sipbridge.devtools.bridge import start_bridge
-
-        b = start_bridge(edge.stack.tmp, cfg, name=f"node{i}")
-        edge.stack.add(b, lambda b=b: b.proc.poll() is None and b.stop())
-        bridges.append(b)
+    route = [{"prefix": "+1", "trunk": "plain"}]
+    bridges = start_nodes(edge, [trunk], [route, route], probe_failures=2)
+    a_base = int(edge.cfg["sip"]["port_min"])
     assert edge.kam is not None
-    uac = _uac(edge, 4, "spread")
+    uac = agent_uac(edge, 4, "spread")
     assert uac.proc is not None
     uac.proc.wait(40)
     ids = [f"spread-{n}" for n in range(1, 5)]
-    where = [[_handled(b, cid) for b in bridges] for cid in ids]
+    where = [[handled(b, cid) for b in bridges] for cid in ids]
     assert all(sum(w) == 1 for w in where), where
     per_node = [sum(w[i] for w in where) for i in range(2)]
     assert per_node[0] >= 1 and per_node[1] >= 1, per_node  # round robin over both
@@ -439,7 +231,7 @@ def test_sip_triggered_invites_spread_over_nodes_and_fail_over(edge: Edge) -> No
     bridges[0].stop()
     for port in (a_base, a_base + 1):
         edge.kam.wait_log(f"destination sip:{INSIDE}:{port} is down", timeout=15, after=mark)
-    uac2 = _uac(edge, 3, "after")
+    uac2 = agent_uac(edge, 3, "after")
     assert uac2.proc is not None
     uac2.proc.wait(40)
-    assert all(_handled(bridges[1], f"after-{n}") for n in range(1, 4))
+    assert all(handled(bridges[1], f"after-{n}") for n in range(1, 4))

@@ -508,7 +508,7 @@ def test_all_accounts_busy_is_a_dial_error() -> None:
 
     wk, conn = _bare_worker()
     for i in range(MAX_ACCOUNTS):
-        key = ("udp", "off", (f"u{i}", "p", "*"), None)
+        key = ("udp", "off", (f"u{i}", "p", "*"), None, "")
         wk.accounts.accounts[key] = object()
         wk.legs[f"busy{i}"] = Leg(plan=plan("h:1", f"busy{i}"), call=None, started=0, acc_key=key)
     wk.dial(plan("127.0.0.1:5060", "m2/b1", auth=("new", "pw", "*")))

@@ -88,9 +88,14 @@ def test_a_valid_edge_generates_every_file(pki: dict[str, Path]) -> None:
         assert line in kam, line
     # the trunk's CPS backstop (1.5/s -> 2 per 1 s interval), its Request-URI and socket
     assert 'pl_check("trunk-tls1", "TAILDROP", 2)' in kam
-    assert '"sips:" + $rU + "@198.51.100.7:5061;transport=tls"' in kam
+    assert '$var(scheme) = "sips";' in kam
+    assert '$var(hostpart) = "198.51.100.7:5061;transport=tls";' in kam
+    # new calls only count: not OPTIONS probes or a digest-challenge retry
+    assert '!is_present_hf("Proxy-Authorization")' in kam
     assert "force_send_socket(tls:203.0.113.10:5061)" in kam
     assert 'pl_check("trunk-plain"' not in kam  # no cps: no backstop
+    # a node's Request-URI naming the (non-TLS) trunk is kept: its digest covers it
+    assert 'if ($rd == "198.51.100.8" && $rp == 5060) { $var(keep) = 1; }' in kam
     # failover only on 408/5xx (never 486/603), and not after the node rang
     assert 't_check_status("408|5[0-9][0-9]")' in kam and "isbflagset(1)" in kam
     assert "486" not in kam.split("failure_route[NODE_FAILURE]")[1].split("}\n\n")[0]
@@ -214,15 +219,20 @@ def _plan(cfg: Any, trunk: str, encryption: str | None = None) -> Any:
 def test_carrier_plans_go_to_the_edge_as_plain_sip(pki: dict[str, Path]) -> None:
     cfg = parse_config(_cfg(pki), "c.yaml")
     plan = _plan(cfg, "tls1")
-    assert plan.request_uri == "sip:+12125550100@10.0.0.2:5060"
+    # the carrier's URI (a digest answer covers it), the edge's inside socket first
+    assert plan.request_uri == "sip:+12125550100@198.51.100.7:5061"
+    assert plan.next_hop == "sip:10.0.0.2:5060;lr"
     assert plan.to_uri == "<sip:+12125550100@198.51.100.7:5061>"
     assert plan.from_uri == "<sip:+14155550100@203.0.113.10>"  # the node stays hidden
     assert (plan.transport, plan.srtp) == ("udp", "off")
     assert ("X-Sipbridge-Trunk", "tls1;srtp=yes") in plan.headers
     assert ("X-Sipbridge-Trunk", "tls1;srtp=no") in _plan(cfg, "tls1", "TLS/RTP").headers
+    plain = _plan(cfg, "plain")
+    assert plain.request_uri == "sip:+12125550100@198.51.100.8" and plain.next_hop
     no_edge = {k: v for k, v in _cfg(pki).items() if k != "edge"}
     direct = _plan(parse_config(no_edge, "c.yaml"), "tls1")
     assert direct.request_uri.startswith("sips:") and direct.srtp == "mandatory"
+    assert direct.next_hop == ""
 
 
 def test_edge_config_command_writes_files_and_keeps_the_mask_key(

@@ -172,6 +172,28 @@ def test_metrics_after_a_call(app_env: Any) -> None:
     assert not any(sid in str(k) for k in s)  # no call IDs as label values
 
 
+def test_trunk_throttling_metrics(tmp_path: Path) -> None:
+    """A carrier pushback counts once per trunk and the allowed rate drops by the
+    trunk's throttle factor (README "Carrier profiles")."""
+    trunks = [
+        {**BASE["trunks"][0], "cps": 4, "throttle": {"factor": 0.5, "recover_s": 600}},
+        {"name": "t2", "address": "127.0.0.2:5060", "caller_id": "+14155550100"},
+    ]
+    svc = CallService(_cfg(trunks=trunks), SQLiteStore(tmp_path / "s.db"), RecordingPool())
+    with TestClient(create_app(svc, ["tok"])) as client:
+        s = samples(client.get("/metrics").text)
+        assert s[("sipbridge_trunk_throttled_total", (("trunk", "t1"),))] == 0
+        assert s[("sipbridge_trunk_dial_rate_cps", (("trunk", "t1"),))] == 4
+        assert ("sipbridge_trunk_dial_rate_cps", (("trunk", "t2"),)) not in s  # no cps
+        # the edge's own CPS backstop answer, then the callee refusing (not pushback)
+        assert svc.dispatcher.leg_ended("t1", 503, 1.0, "Trunk CPS limit at the edge")
+        assert not svc.dispatcher.leg_ended("t1", 486, None, "Busy Here")
+        s = samples(client.get("/metrics").text)
+    assert s[("sipbridge_trunk_throttled_total", (("trunk", "t1"),))] == 1
+    assert s[("sipbridge_trunk_dial_rate_cps", (("trunk", "t1"),))] == 2
+    assert s[("sipbridge_trunk_throttled_total", (("trunk", "t2"),))] == 0
+
+
 def test_metrics_count_failures_queue_and_bad_requests(tmp_path: Path) -> None:
     pool = RecordingPool(slots=0)  # nothing dials: calls stay queued
     svc = CallService(_cfg(), SQLiteStore(tmp_path / "s.db"), pool)

@@ -43,6 +43,17 @@ def test_request_form():
     assert "Call-ID: abc@sipbridge\r\n" in text and text.endswith("Content-Length: 0\r\n\r\n")
     assert _req(transport="tls", host="::1").startswith("OPTIONS sips:[::1]:5060 SIP/2.0")
     assert "OPTIONS sip:h:5060;transport=tcp" in _req(transport="tcp", host="h")
+    assert "From: <sip:sipbridge@10.0.0.1>;tag=t1\r\n" in text
+
+
+def test_request_through_the_edge():
+    """Behind the edge proxy: the trunk header for the edge, the edge's public address as
+    the From host (the node's own stays in the Via only, which the edge masks)."""
+    text = _req(extra_headers=(("X-Sipbridge-Trunk", "twilio"),), from_host="203.0.113.10")
+    head, _, _ = text.partition("\r\n\r\n")
+    assert "X-Sipbridge-Trunk: twilio" in head.split("\r\n")
+    assert "From: <sip:sipbridge@203.0.113.10>;tag=t1\r\n" in text
+    assert "From: <sip:sipbridge@[2001:db8::1]>" in _req(from_host="2001:db8::1")
 
 
 @pytest.mark.parametrize(

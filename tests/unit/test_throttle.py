@@ -15,6 +15,9 @@ from sipbridge.throttle import CpsThrottle, is_pushback
     ("status", "reason", "retry_after", "want"),
     [
         (503, "CPS Limit Exceeded", None, True),
+        # the edge proxy's own per-trunk backstop (sipbridge.edge.kamcfg route CPS_LIMIT)
+        (503, "Trunk CPS limit at the edge", 1.0, True),
+        (503, "Trunk CPS limit at the edge", None, True),
         (403, "Rate limited", None, True),
         (403, "Call rate exceeded", None, True),
         (403, "Forbidden - cps", None, True),
