@@ -24,9 +24,10 @@ from sipbridge.calls.live import CallRegistry
 from sipbridge.calls.policy import PolicyBook, resolve_policy
 from sipbridge.calls.probe import TrunkProber
 from sipbridge.calls.trigger import TriggerInput, Triggers
+from sipbridge.cluster import redislimits
 from sipbridge.config import Config, check_dtmf
 from sipbridge.errors import CallNotFound, InvalidTransition
-from sipbridge.limits import ConcurrencyLimiter, RateLimiter
+from sipbridge.limits import RateLimiter, Slots
 from sipbridge.records import CallEvent, CallRecord
 from sipbridge.store import CallStore
 
@@ -87,11 +88,13 @@ class CallService:
         )
         self.journal.on_terminal.append(self._ended)
         self.api_limiter = RateLimiter(cfg.limits.api_rate_per_s, cfg.limits.api_burst, clock)
+        # cluster.redis: CPS, concurrency and the API rate shared by the nodes (fail closed)
+        self.cluster_api_limiter = redislimits.install(cfg, self.dispatcher, self.api_limiter)
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
 
     @property
-    def limiter(self) -> ConcurrencyLimiter:
+    def limiter(self) -> Slots:
         return self.dispatcher.limiter
 
     @property
@@ -119,6 +122,9 @@ class CallService:
         self._tasks.append(
             asyncio.create_task(self.prober.run(lambda: self._stopping), name="trunk-probe")
         )
+        if self.cluster_api_limiter is not None:
+            hb = self.cluster_api_limiter.limits.run(lambda: self._stopping)
+            self._tasks.append(asyncio.create_task(hb, name="redis-heartbeat"))
         self.dispatcher.wake()
 
     async def stop(self) -> None:
@@ -126,6 +132,8 @@ class CallService:
         self._stopping = True
         await cancel_all(self._tasks)
         await self.pool.stop()
+        if self.cluster_api_limiter is not None:
+            await self.cluster_api_limiter.limits.close()
 
     async def drain(self, grace_s: float) -> int:
         """Stop dialling (queued calls stay queued) and wait up to ``grace_s`` for the
@@ -158,8 +166,10 @@ class CallService:
 
     # ---- API-facing operations -------------------------------------------------------
 
-    def check_api_rate(self, token: str) -> float | None:
+    async def check_api_rate(self, token: str) -> float | None:
         """None if this token may trigger now, else the Retry-After seconds."""
+        if self.cluster_api_limiter is not None:
+            return await self.cluster_api_limiter.check(token)
         return self.api_limiter.check(token)
 
     def trigger(self, req: TriggerInput, start: bool = True) -> CallRecord:
