@@ -27,7 +27,9 @@ PREFIX = "t:"
 
 def cluster(url: str, node: str = "n1", **kw: Any) -> ClusterConfig:
     redis = {"url": {"value": url}, "key_prefix": PREFIX, "timeout_s": kw.pop("timeout_s", 0.5)}
-    return ClusterConfig(node_id=node, lease_s=2, heartbeat_s=0.5, redis=redis, **kw)
+    return ClusterConfig.model_validate(
+        {"node_id": node, "lease_s": 2, "heartbeat_s": 0.5, "redis": redis, **kw}
+    )
 
 
 class Node:
