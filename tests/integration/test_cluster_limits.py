@@ -90,7 +90,7 @@ def test_three_nodes_share_the_trunk_cps_cap_across_a_redis_restart(
     stopped_at = time.time()
     for node in nodes:  # each node notices, stops dialling and says why
         _wait(lambda n=node: _readyz(n)[0] == 503, 10, "/readyz 503")
-        code, body = _readyz(node)
+        _, body = _readyz(node)
         assert "redis" in body["down"], body
         assert body["checks"]["redis"].startswith("redis unreachable"), body
     fire(45, 6)  # triggers are still taken (and queued) while Redis is down
