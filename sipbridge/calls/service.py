@@ -25,6 +25,7 @@ from sipbridge.calls.policy import PolicyBook, resolve_policy
 from sipbridge.calls.probe import TrunkProber
 from sipbridge.calls.trigger import TriggerInput, Triggers
 from sipbridge.cluster import redislimits
+from sipbridge.cluster.bus import CommandBus, start_node_bus
 from sipbridge.config import Config, check_dtmf
 from sipbridge.errors import CallNotFound, InvalidTransition
 from sipbridge.limits import RateLimiter, Slots
@@ -90,6 +91,8 @@ class CallService:
         self.api_limiter = RateLimiter(cfg.limits.api_rate_per_s, cfg.limits.api_burst, clock)
         # cluster.redis: CPS, concurrency and the API rate shared by the nodes (fail closed)
         self.cluster_api_limiter = redislimits.install(cfg, self.dispatcher, self.api_limiter)
+        # cluster.redis: hangup/DTMF for calls other nodes own go through bus.send(owner, ...)
+        self.bus: CommandBus | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
 
@@ -125,6 +128,8 @@ class CallService:
         if self.cluster_api_limiter is not None:
             hb = self.cluster_api_limiter.limits.run(lambda: self._stopping)
             self._tasks.append(asyncio.create_task(hb, name="redis-heartbeat"))
+            limits = self.cluster_api_limiter.limits
+            self.bus = await start_node_bus(limits, self.hangup, self.send_dtmf)
         self.dispatcher.wake()
 
     async def stop(self) -> None:
@@ -132,6 +137,8 @@ class CallService:
         self._stopping = True
         await cancel_all(self._tasks)
         await self.pool.stop()
+        if self.bus is not None:
+            await self.bus.stop()
         if self.cluster_api_limiter is not None:
             await self.cluster_api_limiter.limits.close()
 

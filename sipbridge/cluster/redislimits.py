@@ -137,13 +137,17 @@ class RedisLimits:
 
     # ---- the scripts -----------------------------------------------------------------
 
-    async def gcra(self, key: str, rate_per_s: float, burst: int, drain: bool = False) -> Any:
+    async def gcra(
+        self, key: str, rate_per_s: float, burst: int, drain: bool = False, warm_up: bool = True
+    ) -> Any:
+        """One GCRA request; ``warm_up=False`` for the API rate, which a Redis that lost its
+        data must not hold up (triggers are queued, not dialled)."""
         interval_us = 1e6 / max(rate_per_s, 1e-6)
         keys = [self.key("epoch"), key]
         args: list[str | int] = [
             f"{interval_us:.3f}",
             burst,
-            int(self.warmup_s * 1e6),
+            int(self.warmup_s * 1e6) if warm_up else 0,
             "drain" if drain else "take",
         ]
         return await self.call(lambda: self._gcra(keys=keys, args=args))
@@ -383,7 +387,10 @@ class RedisRateLimiter:
         digest = hashlib.sha256(token.encode()).hexdigest()[:32]
         try:
             admitted, retry_ms, _ = await self.limits.gcra(
-                self.limits.key("api", digest), self.fallback.rate_per_s, self.fallback.burst
+                self.limits.key("api", digest),
+                self.fallback.rate_per_s,
+                self.fallback.burst,
+                warm_up=False,
             )
         except RedisDown:
             return self.fallback.check(token)

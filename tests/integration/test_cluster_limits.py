@@ -119,3 +119,60 @@ def test_three_nodes_share_the_trunk_cps_cap_across_a_redis_restart(
     # and the nodes together dialled at the cap, not below it (between the outage's ends)
     before = [t for t in times if t <= stopped_at]
     assert before[-1] - before[0] <= (len(before) - 1) / CPS + 1.5, before
+
+
+def test_a_node_carries_out_hangup_and_dtmf_forwarded_on_the_bus(
+    tmp_path: Path, stack: Stack, pg_server: Any, redis_server: Any
+) -> None:
+    """The owner side of item 6 in a real node: another node (here the test, with the same
+    CommandBus) forwards a hangup and a DTMF for a call this node holds."""
+    import asyncio
+
+    from redis import asyncio as aioredis
+
+    from sipbridge.cluster.bus import CommandBus
+    from sipbridge.errors import ApiError, ForwardError
+
+    carrier = stack.sipp("uas_busy.xml")
+    cfg = bridge_config(
+        tmp_path,
+        trunks=[{"name": "t", "address": carrier.uri_hostport, "caller_id": "+14155550100"}],
+        routes=[{"prefix": "+1", "trunk": "t"}],
+        store={"backend": "postgresql", "dsn": {"value": pg_server.new_database()}},
+        cluster={"node_id": "owner", "redis": {"url": {"value": redis_server.url}}},
+    )
+    node = stack.bridge(cfg, name="owner")
+    hour = time.gmtime().tm_hour
+    closed = f"{(hour + 3) % 24:02d}:00-{(hour + 4) % 24:02d}:00"  # not open for 2 h
+    sid = node.trigger(
+        to_number="+12125550123",
+        timezone="Etc/UTC",
+        calling_window={"days": "daily", "hours": closed},
+    )
+    node.wait_status(sid, lambda b: "outside calling window" in b["reason"])
+
+    async def forward() -> None:
+        client = aioredis.Redis.from_url(redis_server.url)
+
+        async def unused(op: str, sid: str, args: dict[str, Any]) -> None:
+            raise AssertionError(op)
+
+        bus = CommandBus(client, "other", "sipbridge:", 3.0, unused)
+        await bus.start()
+        try:
+            assert await bus.wait_listening(5)
+            with pytest.raises(ApiError) as e:  # queued: no answered leg to send DTMF on
+                await bus.send("owner", "dtmf", sid, {"digits": "1"})
+            assert e.value.status == 409 and "node owner" in e.value.message
+            await bus.send("owner", "hangup", sid, {})
+            with pytest.raises(ForwardError) as f:
+                await bus.send("nobody", "hangup", sid, {})
+            assert f.value.status == 503 and "node nobody" in f.value.message
+        finally:
+            await bus.stop()
+            await client.aclose()
+
+    asyncio.run(forward())
+    final = node.wait_terminal(sid)
+    assert (final["status"], final["reason"]) == ("failure", "canceled"), final
+    assert invite_times(carrier) == []
