@@ -335,9 +335,13 @@ class RedisSlots:
         self.limits.wake()
 
     def release(self, key: str) -> None:
+        """Give back one of this node's slots on ``key``. Unlike the in-memory limiter, a
+        release with none held is ignored: :meth:`active` counts the whole cluster, so a
+        caller's ``active(key) > 0`` does not prove this node holds one."""
         held = self._held.get(key)
         if not held:
-            raise ValueError(f"release({key!r}) without a matching acquire")
+            log.debug("release(%r): this node holds no slot there", key)
+            return
         slot = held.pop()
         if slot:
             self._spare.setdefault(key, []).append((slot, time.monotonic() + SPARE_S))
