@@ -38,10 +38,10 @@ def _wait(pred: Any, timeout_s: float, what: str) -> None:
         time.sleep(0.05)  # polling other processes (SIPp's log, a node's API)
 
 
-def test_three_nodes_share_the_trunk_cps_cap_across_a_redis_restart(
-    tmp_path: Path, stack: Stack, pg_server: Any, redis_server: Any
-) -> None:
-    carrier = stack.sipp("uas_busy.xml")
+def _nodes(
+    tmp_path: Path, stack: Stack, pg: Any, redis: Any, carrier: Any, **trunk: Any
+) -> list[Bridge]:
+    """Three nodes, each with its own database on ``pg``, sharing ``redis``."""
     nodes = []
     for i in range(3):
         cfg = bridge_config(
@@ -51,28 +51,31 @@ def test_three_nodes_share_the_trunk_cps_cap_across_a_redis_restart(
                     "name": "t",
                     "address": carrier.uri_hostport,
                     "caller_id": "+14155550100",
-                    "cps": CPS,
-                    "cps_burst": BURST,
+                    **trunk,
                 }
             ],
             routes=[{"prefix": "+1", "trunk": "t"}],
             limits={"api_rate_per_s": 1000, "api_burst": 1000},
-            store={"backend": "postgresql", "dsn": {"value": pg_server.new_database()}},
+            store={"backend": "postgresql", "dsn": {"value": pg.new_database()}},
             cluster={
                 "node_id": f"node{i}",
                 "lease_s": 2,
                 "heartbeat_s": 0.5,
-                "redis": {"url": {"value": redis_server.url}, "timeout_s": 0.5},
+                "redis": {"url": {"value": redis.url}, "timeout_s": 0.5},
             },
         )
         nodes.append(stack.bridge(cfg, name=f"node{i}"))
+    return nodes
 
-    sids: list[tuple[Bridge, str]] = []
+
+def _firing(nodes: list[Bridge], sids: list[tuple[Bridge, str]]) -> Any:
+    """``fire(start, count)``: trigger calls ``start..start+count-1`` round-robin across
+    the nodes, all at once (one thread each); their (node, callSid) go to ``sids``."""
     lock = threading.Lock()
 
     def fire(start: int, count: int) -> None:
         def one(i: int) -> None:
-            node = nodes[i % 3]
+            node = nodes[i % len(nodes)]
             sid = node.trigger(to_number=f"+1212555{3000 + i:04d}")
             with lock:
                 sids.append((node, sid))
@@ -83,6 +86,16 @@ def test_three_nodes_share_the_trunk_cps_cap_across_a_redis_restart(
         for t in threads:
             t.join()
 
+    return fire
+
+
+def test_three_nodes_share_the_trunk_cps_cap_across_a_redis_restart(
+    tmp_path: Path, stack: Stack, pg_server: Any, redis_server: Any
+) -> None:
+    carrier = stack.sipp("uas_busy.xml")
+    nodes = _nodes(tmp_path, stack, pg_server, redis_server, carrier, cps=CPS, cps_burst=BURST)
+    sids: list[tuple[Bridge, str]] = []
+    fire = _firing(nodes, sids)
     fire(0, 45)
     _wait(lambda: len(invite_times(carrier)) >= 15, 30, "15 INVITEs at the carrier")
 
@@ -176,3 +189,34 @@ def test_a_node_carries_out_hangup_and_dtmf_forwarded_on_the_bus(
     final = node.wait_terminal(sid)
     assert (final["status"], final["reason"]) == ("failure", "canceled"), final
     assert invite_times(carrier) == []
+
+
+def test_three_nodes_share_the_trunk_concurrency_cap(
+    tmp_path: Path, stack: Stack, pg_server: Any, redis_server: Any
+) -> None:
+    """max_concurrent 2 on the trunk, 9 calls across 3 nodes: at the carrier (from its
+    INVITE received to its BYE sent, which is inside the slot's hold) never more than 2."""
+    cap = 2
+    carrier = stack.sipp("uas_answer_then_bye.xml")
+    nodes = _nodes(tmp_path, stack, pg_server, redis_server, carrier, max_concurrent=cap)
+    sids: list[tuple[Bridge, str]] = []
+    _firing(nodes, sids)(0, 9)
+    finals = [node.wait_terminal(sid, timeout=60) for node, sid in sids]
+    assert all(f["status"] == "success" for f in finals), finals
+    starts: dict[str, float] = {}
+    ends: dict[str, float] = {}
+    for m in carrier.messages():
+        if m.ts is None or not m.is_request:
+            continue
+        if m.direction == "received" and m.method == "INVITE":
+            starts.setdefault(m.call_id, m.ts)
+        elif m.direction == "sent" and m.method == "BYE":
+            ends.setdefault(m.call_id, m.ts)
+    assert len(starts) == 9 and set(ends) == set(starts)  # every call dialled once
+    edges = sorted([(t, 1) for t in starts.values()] + [(t, -1) for t in ends.values()])
+    level, peak = 0, 0
+    for _, step in edges:  # at equal times an end sorts first (-1 < 1)
+        level += step
+        peak = max(peak, level)
+    assert peak <= cap, edges
+    assert peak == cap  # the nodes used the cap, not less
