@@ -361,11 +361,12 @@ class RedisSlots:
         self.limits.wake()
 
     def active(self, key: str) -> int:
-        """Legs on ``key`` in the cluster (Redis' last answer, if recent), else this node's."""
+        """Legs on ``key`` in the cluster (Redis' last answer, if recent), else this node's.
+        Slots this node holds spare are free for it, so they are not counted."""
         mine = len(self._held.get(key, ()))
         count = self._counts.get(key)
         if count is not None and time.monotonic() - count[1] < SPARE_S:
-            return max(count[0], mine)
+            return max(count[0] - len(self._spare.get(key, ())), mine)
         return mine
 
     def active_total(self) -> int:
