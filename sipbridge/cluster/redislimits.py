@@ -260,11 +260,17 @@ class RedisBucket:
         self.rate_per_s = rate_per_s
 
     def drain(self) -> None:
+        """Empty the shared bucket; no token is asked for until Redis has done it."""
         self._granted_until = 0.0
+        self._in_flight = True
 
         async def drain() -> None:
-            with contextlib.suppress(RedisDown):
-                await self.limits.gcra(self.key, self.rate_per_s, self.burst, drain=True)
+            try:
+                with contextlib.suppress(RedisDown):
+                    await self.limits.gcra(self.key, self.rate_per_s, self.burst, drain=True)
+            finally:
+                self._in_flight = False
+                self.limits.wake()
 
         self.limits.spawn(drain())
 

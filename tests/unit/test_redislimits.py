@@ -202,6 +202,31 @@ def test_a_nodes_spare_slot_does_not_block_its_own_next_call(redis_server: Any) 
     asyncio.run(_spare_not_counted(redis_server.url))
 
 
+async def _pushback(url: str) -> None:
+    a = Node(url, "a")
+    try:
+        bucket = RedisBucket(a.limits, "t", 10.0, 3)
+        for _ in range(3):  # the burst, at once
+            assert await a.until(bucket.try_take, 2)
+        burst = bucket.granted_at_us[-3:]
+        assert burst[-1] - burst[0] < 50_000
+        # the carrier pushed back (sipbridge.throttle): rate cut to 2/s and no burst
+        bucket.set_rate(2.0)
+        bucket.drain()
+        for _ in range(3):
+            assert await a.until(bucket.try_take, 5)
+        # drained after the burst: the k-th token comes k/2 s later at the earliest
+        after = [(t - burst[-1]) / 1e6 for t in bucket.granted_at_us[-3:]]
+        assert all(t >= k * 0.5 for k, t in enumerate(after, 1)), after
+    finally:
+        await a.close()
+
+
+def test_carrier_pushback_cuts_the_shared_rate_and_drains_the_burst(redis_server: Any) -> None:
+    settle_epoch(redis_server.url)
+    asyncio.run(_pushback(redis_server.url))
+
+
 # ---- a Redis restart mid-run -----------------------------------------------------------
 
 
