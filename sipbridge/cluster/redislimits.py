@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sipbridge.cluster")
 
-GRANT_TTL_S = 0.1  # a CPS token not used by then is dropped (it would dial late)
+GRANT_TTL_S = 0.05  # a CPS token not used by then is dropped (it would dial late)
 SPARE_S = 0.5  # a slot released by this node stays here for its next call this long
 _IN_FLIGHT_WAIT_S = 0.25  # the answer wakes the scheduler before this
 _DOWN_WAIT_S = 1.0  # Redis is down: the heartbeat wakes the scheduler when it is back

@@ -19,6 +19,7 @@ import pytest
 
 from sipbridge.devtools.bridge import Bridge, Stack, bridge_config
 from tests.integration.test_scheduling import invite_times
+from tests.unit.test_redislimits import windows_ok
 
 pytestmark = pytest.mark.integration
 
@@ -123,12 +124,12 @@ def test_three_nodes_share_the_trunk_cps_cap_across_a_redis_restart(
     # dialling stopped within one Redis timeout of the crash and stayed stopped
     assert not [t for t in times if stopped_at + 0.6 < t < restarted_at], (stopped_at, times)
     assert n_down < 45
-    # In any window of length T at the carrier: at most burst + cps*T INVITEs, with SIPp's
-    # stamping jitter allowed as in test_scheduling's single-node CPS test.
-    slack_s = 0.1
-    for i in range(len(times)):
-        for j in range(i, len(times)):
-            assert j - i + 1 <= BURST + CPS * (times[j] - times[i] + slack_s), (i, j, times)
+    # The carrier's view (issue #13): in no 1 s window more INVITEs than the cap plus its
+    # burst. (Grants are exact in Redis time, tests/unit/test_redislimits.py; between a
+    # grant and the wire a loaded node adds scheduling jitter, so two INVITEs may arrive
+    # closer than 1/cps, but no second holds more than cps + burst.)
+    ok, worst = windows_ok(times, CPS + BURST)
+    assert ok, f"{worst} INVITEs in a 1 s window: {times}"
     # and the nodes together dialled at the cap, not below it (between the outage's ends)
     before = [t for t in times if t <= stopped_at]
     assert before[-1] - before[0] <= (len(before) - 1) / CPS + 1.5, before
