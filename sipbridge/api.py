@@ -474,7 +474,7 @@ def create_app(
             raise ApiError(
                 503, "shutting down: not taking new calls", headers={"Retry-After": "30"}
             )
-        retry_after = service.check_api_rate(token)
+        retry_after = await service.check_api_rate(token)
         if retry_after is not None:
             raise ApiError(
                 429,

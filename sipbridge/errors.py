@@ -8,6 +8,7 @@
     │   ├── RoutingError ................... no route, trunk, encryption, zone or window for it
     │   └── MediaFileError ................. a media file name outside the media folder
     ├── ApiError ........................... an HTTP error answer (.status, .field, .headers)
+    │   └── ForwardError ................... another node owns the call and did not acknowledge
     ├── CallError .......................... an operation on one call
     │   ├── CallNotFound (KeyError) ........ no such call (or purged)
     │   └── InvalidTransition (RuntimeError)  not allowed in the call's state
@@ -92,6 +93,12 @@ class ApiError(SipBridgeError):
         super().__init__(message)
 
 
+class ForwardError(ApiError):
+    """A hangup or DTMF for a call another cluster node owns was not acknowledged by it:
+    503 when it cannot be reached (not listening, Redis down), 504 when it did not answer
+    in time. The message names the owner node."""
+
+
 class CallError(SipBridgeError):
     """An operation on one call cannot be done."""
 
@@ -153,6 +160,7 @@ __all__ = [
     "CallNotFound",
     "ConfigError",
     "DuplicateCall",
+    "ForwardError",
     "GuardError",
     "HeaderError",
     "InputError",

@@ -3,14 +3,39 @@
 * :class:`TokenBucket` — calls-per-second per route/trunk and the API rate limit.
 * :class:`ConcurrencyLimiter` — simultaneous calls per trunk plus a global cap.
 * :class:`RateLimiter` — one token bucket per API token, answering with a Retry-After.
+
+:class:`Bucket` and :class:`Slots` are what the scheduler needs of them; in cluster mode
+(``cluster.redis``) sipbridge.cluster.redislimits implements them on Redis.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from typing import Protocol
 
-__all__ = ["ConcurrencyLimiter", "RateLimiter", "TokenBucket"]
+__all__ = ["Bucket", "ConcurrencyLimiter", "RateLimiter", "Slots", "TokenBucket"]
+
+
+class Bucket(Protocol):
+    """A trunk's CPS limit as the scheduler uses it (:class:`TokenBucket`)."""
+
+    @property
+    def rate_per_s(self) -> float: ...
+    def try_take(self, n: int = 1) -> bool: ...
+    def set_rate(self, rate_per_s: float) -> None: ...
+    def drain(self) -> None: ...
+    def wait_time(self, n: int = 1) -> float: ...
+
+
+class Slots(Protocol):
+    """Concurrency per trunk and in all, as the scheduler uses it (:class:`ConcurrencyLimiter`)."""
+
+    def limit(self, key: str) -> int | None: ...
+    def try_acquire(self, key: str) -> bool: ...
+    def release(self, key: str) -> None: ...
+    def active(self, key: str) -> int: ...
+    def active_total(self) -> int: ...
 
 
 class TokenBucket:

@@ -73,6 +73,9 @@ class Operations:
             [self.cdrs.on_event, self.metrics.on_event, self.webhooks.on_event]
         )
         self.draining = False
+        redis = service.cluster_api_limiter
+        if redis is not None:
+            self.metrics.registry.register(redis.limits.collector())
 
     # ---- lifecycle (the app's lifespan) ----------------------------------------------
 
@@ -109,6 +112,8 @@ class Operations:
             checks["store"] = "ok" if self.service.store.ping() else "store does not answer"
         except Exception as e:
             checks["store"] = f"error: {e}"
+        if self.service.cluster_api_limiter is not None:  # fail closed: no dialling
+            checks["redis"] = self.service.cluster_api_limiter.limits.error or "ok"
         if self.draining:
             checks["api"] = "draining: shutting down"
         if self.service.node is not None:

@@ -130,3 +130,22 @@ def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
     for s in opened:
         with contextlib.suppress(Exception):
             s.close()
+
+
+# ---- a real Redis server (cluster-wide limits) ----------------------------------------
+
+
+@pytest.fixture
+def redis_server() -> Iterator[Any]:
+    """A redis-server of this test (sipbridge.devtools.redisserver): a free loopback port,
+    a temp folder, no persistence; tests may stop and restart it (same port)."""
+    from sipbridge.devtools.redisserver import RedisServer, available
+
+    why = available()
+    if why:
+        pytest.skip(why)
+    srv = RedisServer().start()
+    try:
+        yield srv
+    finally:
+        srv.close()

@@ -16,7 +16,7 @@ from sipbridge.calls.live import Attempt, LiveCall
 from sipbridge.errors import PoolFull
 from sipbridge.flow import CallFlow
 from sipbridge.headers import validate_header_value
-from sipbridge.limits import ConcurrencyLimiter, TokenBucket
+from sipbridge.limits import Bucket, ConcurrencyLimiter, Slots, TokenBucket
 from sipbridge.records import CallRecord, LegRecord
 from sipbridge.routing import effective_caller_id, resolve_plan
 from sipbridge.schedule import is_open, next_open
@@ -35,11 +35,12 @@ class Dispatcher:
         self.ctx = ctx
         self.on_error = on_error  # a call whose dispatch raised: end it
         cfg = ctx.cfg
-        self.limiter = ConcurrencyLimiter(
+        # in cluster mode, on Redis instead (sipbridge.cluster.redislimits.install)
+        self.limiter: Slots = ConcurrencyLimiter(
             global_cap=cfg.limits.max_concurrent_calls,
             per_key={t.name: t.max_concurrent for t in cfg.trunks if t.max_concurrent},
         )
-        self.buckets = {
+        self.buckets: dict[str, Bucket] = {
             t.name: TokenBucket(t.cps, t.cps_burst, ctx.clock) for t in cfg.trunks if t.cps
         }
         self.health = TrunkHealth()

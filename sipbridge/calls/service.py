@@ -25,9 +25,11 @@ from sipbridge.calls.live import CallRegistry
 from sipbridge.calls.policy import PolicyBook, resolve_policy
 from sipbridge.calls.probe import TrunkProber
 from sipbridge.calls.trigger import TriggerInput, Triggers
+from sipbridge.cluster import redislimits
+from sipbridge.cluster.bus import CommandBus, start_node_bus
 from sipbridge.config import Config, check_dtmf
 from sipbridge.errors import CallNotFound, InvalidTransition
-from sipbridge.limits import ConcurrencyLimiter, RateLimiter
+from sipbridge.limits import RateLimiter, Slots
 from sipbridge.records import CallEvent, CallRecord
 from sipbridge.store import CallStore
 
@@ -105,12 +107,16 @@ class CallService:
         )
         self.journal.on_terminal.append(self._ended)
         self.api_limiter = RateLimiter(cfg.limits.api_rate_per_s, cfg.limits.api_burst, clock)
+        # cluster.redis: CPS, concurrency and the API rate shared by the nodes (fail closed)
+        self.cluster_api_limiter = redislimits.install(cfg, self.dispatcher, self.api_limiter)
+        # cluster.redis: hangup/DTMF for calls other nodes own go through bus.send(owner, ...)
+        self.bus: CommandBus | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self.node: NodeHooks | None = None  # set by sipbridge.cluster.node.attach
 
     @property
-    def limiter(self) -> ConcurrencyLimiter:
+    def limiter(self) -> Slots:
         return self.dispatcher.limiter
 
     @property
@@ -143,6 +149,11 @@ class CallService:
         self._tasks.append(
             asyncio.create_task(self.prober.run(lambda: self._stopping), name="trunk-probe")
         )
+        if self.cluster_api_limiter is not None:
+            hb = self.cluster_api_limiter.limits.run(lambda: self._stopping)
+            self._tasks.append(asyncio.create_task(hb, name="redis-heartbeat"))
+            limits = self.cluster_api_limiter.limits
+            self.bus = await start_node_bus(limits, self.hangup, self.send_dtmf)
         self.dispatcher.wake()
 
     async def stop(self) -> None:
@@ -152,6 +163,10 @@ class CallService:
         await self.pool.stop()
         if self.node is not None:
             await self.node.stop()
+        if self.bus is not None:
+            await self.bus.stop()
+        if self.cluster_api_limiter is not None:
+            await self.cluster_api_limiter.limits.close()
 
     async def drain(self, grace_s: float) -> int:
         """Stop dialling (queued calls stay queued) and wait up to ``grace_s`` for the
@@ -186,8 +201,10 @@ class CallService:
 
     # ---- API-facing operations -------------------------------------------------------
 
-    def check_api_rate(self, token: str) -> float | None:
+    async def check_api_rate(self, token: str) -> float | None:
         """None if this token may trigger now, else the Retry-After seconds."""
+        if self.cluster_api_limiter is not None:
+            return await self.cluster_api_limiter.check(token)
         return self.api_limiter.check(token)
 
     def trigger(self, req: TriggerInput, start: bool = True) -> CallRecord:
