@@ -530,7 +530,7 @@ def create_app(
     async def hangup(call_sid: str) -> StatusResponse:
         """Cancel a queued call or hang up a live one (CANCEL before answer, BYE after)."""
         lookup(call_sid)
-        service.hangup(call_sid)
+        await service.hangup_anywhere(call_sid)  # cluster: forwarded to the call's node
         return status_body(*service.get(call_sid))
 
     @app.post(
@@ -543,7 +543,7 @@ def create_app(
         """Send DTMF digits on the answered carrier leg as RFC 4733 telephone-events."""
         lookup(call_sid)
         try:
-            service.send_dtmf(call_sid, body.digits, body.duration_ms, body.gap_ms)
+            await service.send_dtmf_anywhere(call_sid, body.digits, body.duration_ms, body.gap_ms)
         except InvalidTransition as e:
             raise ApiError(409, str(e), "callSid") from None
         return status_body(*service.get(call_sid))

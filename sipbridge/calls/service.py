@@ -262,6 +262,41 @@ class CallService:
         self.pool.send_dtmf(carrier, digits, duration_ms, gap_ms)
         return rec
 
+    # ---- cluster: the API on any node ------------------------------------------------
+
+    def _remote_owner(self, rec: CallRecord) -> str | None:
+        """The other node that holds this live call's legs, when the command must be
+        forwarded there (cluster mode with the Redis bus); None: carry it out here.
+        Queued calls are changed here: the store's epoch fence stops their claimer."""
+        if self.bus is None or rec.status != "calling" or not rec.owner_node:
+            return None
+        return None if rec.owner_node == self.bus.node_id else rec.owner_node
+
+    async def hangup_anywhere(self, call_sid: str) -> CallRecord:
+        """:meth:`hangup`, forwarded to the owning node when another node holds the call
+        (ForwardError 503/504 naming it when that node does not acknowledge)."""
+        rec = self._record(call_sid)
+        owner = self._remote_owner(rec)
+        if owner is None:
+            return self.hangup(call_sid)
+        assert self.bus is not None  # _remote_owner found one
+        await self.bus.send(owner, "hangup", call_sid, {})
+        return self._record(call_sid)
+
+    async def send_dtmf_anywhere(
+        self, call_sid: str, digits: str, duration_ms: int = 160, gap_ms: int = 80
+    ) -> CallRecord:
+        """:meth:`send_dtmf`, forwarded to the owning node like :meth:`hangup_anywhere`."""
+        check_dtmf(digits)
+        rec = self._record(call_sid)
+        owner = self._remote_owner(rec)
+        if owner is None:
+            return self.send_dtmf(call_sid, digits, duration_ms, gap_ms)
+        args = {"digits": digits, "duration_ms": duration_ms, "gap_ms": gap_ms}
+        assert self.bus is not None
+        await self.bus.send(owner, "dtmf", call_sid, args)
+        return self._record(call_sid)
+
     def hold(self, call_sid: str) -> CallRecord:
         """Put the bridged call's agent on hold (sipbridge.calls.agenthold)."""
         return self.events.agent_holds.request(call_sid)

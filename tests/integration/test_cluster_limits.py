@@ -4,8 +4,8 @@ SIPp carrier: triggers round-robin across the nodes; Redis is killed mid-run (th
 stop dialling, say why on /readyz, keep taking triggers) and restarted empty (dialling
 resumes by itself). In no 1 s window does the carrier see more than the cap plus its burst.
 
-Each node has its own database here: the shared queue (claims across nodes) is issue #13
-item 2, built separately; with it the nodes would share one database."""
+The nodes share one database, whose queue they claim from (SKIP LOCKED, epochs); the last
+test sends hangup and DTMF for a live call to a node that does not own it, through the API."""
 
 from __future__ import annotations
 
@@ -42,8 +42,9 @@ def _wait(pred: Any, timeout_s: float, what: str) -> None:
 def _nodes(
     tmp_path: Path, stack: Stack, pg: Any, redis: Any, carrier: Any, **trunk: Any
 ) -> list[Bridge]:
-    """Three nodes, each with its own database on ``pg``, sharing ``redis``."""
+    """Three nodes on one database of ``pg``, sharing ``redis``."""
     nodes = []
+    dsn = pg.new_database()
     for i in range(3):
         cfg = bridge_config(
             tmp_path,
@@ -57,7 +58,7 @@ def _nodes(
             ],
             routes=[{"prefix": "+1", "trunk": "t"}],
             limits={"api_rate_per_s": 1000, "api_burst": 1000},
-            store={"backend": "postgresql", "dsn": {"value": pg.new_database()}},
+            store={"backend": "postgresql", "dsn": {"value": dsn}},
             cluster={
                 "node_id": f"node{i}",
                 "lease_s": 2,
@@ -221,3 +222,33 @@ def test_three_nodes_share_the_trunk_concurrency_cap(
         peak = max(peak, level)
     assert peak <= cap, edges
     assert peak == cap  # the nodes used the cap, not less
+
+
+def test_hangup_and_dtmf_sent_to_any_node_reach_the_call_s_owner(
+    tmp_path: Path, stack: Stack, pg_server: Any, redis_server: Any
+) -> None:
+    """Item 6 end to end: a live, bridged call owned by one node; DTMF and hangup posted
+    to another node's API are forwarded on the bus, carried out by the owner (digits on
+    the carrier's wire, BYE to the carrier) and answered 200 with the call's status."""
+    from tests.rtp import TsharkCapture, digits_of, rtp_events
+
+    carrier = stack.sipp("uas_answer_wait_bye.xml")
+    with TsharkCapture(carrier.media_port, stack.tmp / "carrier.pcap") as cap:
+        nodes = _nodes(tmp_path, stack, pg_server, redis_server, carrier)
+        sid = nodes[0].trigger(to_number="+12125550190")
+        nodes[0].wait_event(sid, "agent.answered", timeout=20)
+        owner = nodes[0].status(sid)["owner_node"]
+        other = next(n for i, n in enumerate(nodes) if f"node{i}" != owner)
+        r = other.client.post(
+            f"/v1/outbound-calling/{sid}/dtmf",
+            json={"digits": "5#", "duration_ms": 160, "gap_ms": 100},
+        )
+        assert r.status_code == 200, r.text
+        other.wait_event(sid, "dtmf.sent")
+        r = other.client.post(f"/v1/outbound-calling/{sid}/hangup")
+        assert r.status_code == 200, r.text
+        final = other.wait_terminal(sid)
+    assert final["status"] in ("success", "failure") and final["owner_node"] == owner, final
+    _wait(lambda: bool(carrier.received("BYE")), 10, "the owner's BYE at the carrier")
+    got = digits_of(rtp_events(cap.path, carrier.media_port))
+    assert [d for d, _ in got] == ["5", "#"], got
