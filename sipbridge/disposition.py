@@ -213,14 +213,22 @@ def _retry(what: str, params: dict[str, str], problems: list[str]) -> bool | Non
     return None
 
 
-def parse_header_value(value: str, what: str = "disposition header") -> Parsed:
-    """One value of the disposition header."""
+def _parts(what: str, value: str) -> list[str] | Parsed:
+    """``value`` split at ``;`` outside quotes, or the refusal when it cannot be read."""
     bad = _check_chars(what, value)
     if bad:
         return Parsed(None, (bad,))
     parts = _split(value, ";")
     if parts is None:
         return Parsed(None, (f"{what}: unterminated quoted string in {_show(value)}: ignored",))
+    return parts
+
+
+def parse_header_value(value: str, what: str = "disposition header") -> Parsed:
+    """One value of the disposition header."""
+    parts = _parts(what, value)
+    if isinstance(parts, Parsed):
+        return parts
     token = parts[0].lower()
     if token not in DISPOSITIONS:
         return Parsed(
@@ -244,12 +252,9 @@ def parse_reason_value(value: str) -> Parsed:
     A cause that names no disposition (a normal clearing, an unmapped code) gives no
     disposition and no problem: it is an ordinary hang-up."""
     what = "Reason header"
-    bad = _check_chars(what, value)
-    if bad:
-        return Parsed(None, (bad,))
-    parts = _split(value, ";")
-    if parts is None:
-        return Parsed(None, (f"{what}: unterminated quoted string in {_show(value)}: ignored",))
+    parts = _parts(what, value)
+    if isinstance(parts, Parsed):
+        return parts
     protocol = parts[0]
     if not _TOKEN_RE.match(protocol):
         return Parsed(None, (f"{what}: protocol {_show(protocol)} is not a token: ignored",))

@@ -264,7 +264,8 @@ class WorkerLog:
 
 
 Command = Dial | Hangup | SendDtmf | BridgeLegs | PlayAudio | Listen | Respond | SendInfo | Shutdown
-Event = (
+# What a worker reports about calls (the call manager's input, sipbridge.calls.events).
+CallReport = (
     LegEvent
     | DetectionReport
     | DtmfReceived
@@ -273,9 +274,8 @@ Event = (
     | InboundCall
     | ByeHeaders
     | AgentHoldEvent
-    | WorkerReady
-    | WorkerLog
 )
+Event = CallReport | WorkerReady | WorkerLog
 
 
 def encode(msg: Command | Event) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from sipbridge.flow import Action, CallFlow, EndCall, agent_failure
 from sipbridge.ipc import (
     AgentHoldEvent,
     ByeHeaders,
+    CallReport,
     DetectionReport,
     DtmfReceived,
     DtmfSent,
@@ -35,16 +36,7 @@ from sipbridge.trunkselect import should_failover
 
 log = logging.getLogger("sipbridge.calls")
 
-SipEvent = (
-    LegEvent
-    | DetectionReport
-    | DtmfReceived
-    | DtmfSent
-    | PlaybackDone
-    | InboundCall
-    | AgentHoldEvent
-    | ByeHeaders
-)
+SipEvent = CallReport
 CANCELED_BY_AGENT = Termination("failure", "canceled by agent platform", "canceled", False)
 # Ends after which a pending termination (why the bridge ended the call) applies.
 _OUR_END_CAUSES = ("local_hangup", "remote_bye", "remote_final", "bridged_bye")

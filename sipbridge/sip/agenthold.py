@@ -63,7 +63,7 @@ from sipbridge.media.delayline import DelayLine
 from sipbridge.sip.leg import Leg
 from sipbridge.sip.pjbind import pj_error_text, respond_in_dialog
 from sipbridge.sip.sdp import sdp_of
-from sipbridge.sip.tap import CLOCK_RATE_HZ, FAST_COPY, FRAME_MS, PhaseListener
+from sipbridge.sip.tap import CLOCK_RATE_HZ, FAST_COPY, FRAME_MS, PhaseListener, pcm_port_format
 from sipbridge.sipmsg import header, split_message
 
 if TYPE_CHECKING:
@@ -97,13 +97,7 @@ class DelayPort(pj.AudioMediaPort):
         pj.AudioMediaPort.__init__(self)
         self.line: DelayLine | None = None
         self._vec = pj.ByteVector(_FRAME_BYTES)
-        fmt = pj.MediaFormatAudio()
-        fmt.type = pj.PJMEDIA_TYPE_AUDIO
-        fmt.clockRate = CLOCK_RATE_HZ
-        fmt.channelCount = 1
-        fmt.bitsPerSample = 16
-        fmt.frameTimeUsec = FRAME_MS * 1000
-        self.createPort(name, fmt)
+        self.createPort(name, pcm_port_format())
 
     def onFrameRequested(self, frame: Any) -> None:
         # pjmedia's clock thread; nothing may raise out of a director callback (see

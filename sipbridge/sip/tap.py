@@ -67,6 +67,18 @@ FAST_COPY = _vector_layout_ok()
 copy_vector: Callable[[Any], bytes] = _copy_vector_ctypes if FAST_COPY else _copy_vector_slow
 
 
+def pcm_port_format() -> Any:
+    """The format of sipbridge's own conference-bridge ports: 8 kHz, 16-bit mono,
+    20 ms frames (what the detectors read and the delay line plays)."""
+    fmt = pj.MediaFormatAudio()
+    fmt.type = pj.PJMEDIA_TYPE_AUDIO
+    fmt.clockRate = CLOCK_RATE_HZ
+    fmt.channelCount = 1
+    fmt.bitsPerSample = 16
+    fmt.frameTimeUsec = FRAME_MS * 1000
+    return fmt
+
+
 class FrameTap(pj.AudioMediaPort):
     """A sink port on the conference bridge: 8 kHz, 16-bit mono, 20 ms frames."""
 
@@ -74,13 +86,7 @@ class FrameTap(pj.AudioMediaPort):
         pj.AudioMediaPort.__init__(self)
         self.frames: deque[bytes] = deque(maxlen=_MAX_QUEUED_FRAMES)
         self.dropped = 0
-        fmt = pj.MediaFormatAudio()
-        fmt.type = pj.PJMEDIA_TYPE_AUDIO
-        fmt.clockRate = CLOCK_RATE_HZ
-        fmt.channelCount = 1
-        fmt.bitsPerSample = 16
-        fmt.frameTimeUsec = FRAME_MS * 1000
-        self.createPort(name, fmt)
+        self.createPort(name, pcm_port_format())
 
     def onFrameReceived(self, frame: Any) -> None:
         # Media clock thread: copy out and return. A frame with no audio (nothing was

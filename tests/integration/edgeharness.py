@@ -82,6 +82,19 @@ _REFUSED_ACK = """  <nop next="end"/>
 """
 
 
+def node_sip(base: int) -> dict[str, Any]:
+    """The ``sip`` section of a node behind the edge: two workers on ports base, base+1
+    of the inside address, taking SIP-triggered INVITEs from loopback (the edge)."""
+    return {
+        "listen_address": INSIDE,
+        "port_min": base,
+        "port_max": base + 1,
+        "workers": 2,
+        "calls_per_worker": 4,
+        "inbound_allow": ["127.0.0.0/8"],
+    }
+
+
 def make_edge(stack: Stack) -> Edge:
     """An edge (not started) with its own certificate from a CA made for the test."""
     need_edge_tools()
@@ -178,14 +191,7 @@ def bridge_with_edge(
     """One bridge node behind a started edge; ``routes`` default: every number to the
     first trunk."""
     base = node_ports(2)
-    sip = {
-        "listen_address": INSIDE,
-        "port_min": base,
-        "port_max": base + 1,
-        "workers": 2,
-        "calls_per_worker": 4,
-        "inbound_allow": ["127.0.0.0/8"],
-    }
+    sip = node_sip(base)
     if rtp_base:
         sip.update(rtp_port_min=rtp_base, rtp_port_max=rtp_base + 99)
     cfg = bridge_config(
@@ -275,14 +281,7 @@ def start_nodes(
     sec = edge_section(edge, nodes, agent_allow=["127.0.0.1/32"], **edge_extra)
     bridges = []
     for i, (base, node_routes) in enumerate(zip(bases, routes, strict=True)):
-        sip = {
-            "listen_address": INSIDE,
-            "port_min": base,
-            "port_max": base + 1,
-            "workers": 2,
-            "calls_per_worker": 4,
-            "inbound_allow": ["127.0.0.0/8"],
-        }
+        sip = node_sip(base)
         cfg = bridge_config(edge.stack.tmp, trunks, node_routes, sip=sip, inbound=INBOUND, edge=sec)
         cfg["api"]["port"] = free_ports(1, "127.0.0.1", (socket.SOCK_STREAM,))[0]
         cfg["store"] = {"path": str(edge.stack.tmp / f"node{i}.db")}
