@@ -255,10 +255,26 @@ class SippUas:
                     cols = line.split()
                     local = cols[1] + " " if len(cols) > 1 else ""
                     # TCP: state 0A is LISTEN.
-                    if local.endswith(want) and (not tcp or (len(cols) > 3 and cols[3] == "0A")):
+                    if (
+                        local.endswith(want)
+                        and (not tcp or (len(cols) > 3 and cols[3] == "0A"))
+                        and len(cols) > 9
+                        and self._owns_socket(cols[9])
+                    ):
                         return True
             time.sleep(0.02)  # polling for a bind by another process
         return False
+
+    def _owns_socket(self, inode: str) -> bool:
+        """The socket with this inode is SIPp's own: a port held by another process shows
+        in the same table while SIPp fails to bind it ("Address already in use")."""
+        assert self.proc is not None
+        fd_dir = Path(f"/proc/{self.proc.pid}/fd")
+        try:
+            links = [os.readlink(fd_dir / fd) for fd in os.listdir(fd_dir)]
+        except OSError:  # exited meanwhile
+            return False
+        return f"socket:[{inode}]" in links
 
     @staticmethod
     def _read(p: Path) -> str:
