@@ -45,13 +45,6 @@ def own_pg() -> Iterator[Any]:
         srv.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by this test, not fixed yet: a SIP event (e.g. the carrier's BYE) that "
-    "arrives while PostgreSQL is down is dropped: CallEvents._call reads the record from "
-    "the store, the StoreError goes to Endings.fail_call, which cannot write either, and "
-    "the call stays 'calling' for ever after the store returns",
-)
 def test_postgresql_restart_mid_run_loses_nothing(tmp_path, stack, own_pg):
     carrier = stack.sipp("uas_answer_then_bye_3s.xml")  # the carrier hangs up after 3 s
     nodes = start_cluster(
