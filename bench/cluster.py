@@ -109,6 +109,15 @@ class PgStatements:
         ).fetchone()
         return int(row[0]) if row else 0
 
+    def control(self) -> int:
+        """How many of the statements were BEGIN or COMMIT (a round trip each)."""
+        row = self.conn.execute(
+            "SELECT COALESCE(SUM(calls), 0) FROM pg_stat_statements "
+            f"WHERE {self._where()} AND query IN ('BEGIN', 'COMMIT')",
+            (self.db,),
+        ).fetchone()
+        return int(row[0]) if row else 0
+
     def top(self, n: int = 6) -> list[tuple[int, str]]:
         rows = self.conn.execute(
             f"SELECT calls, query FROM pg_stat_statements WHERE {self._where()} "
@@ -179,7 +188,7 @@ def run_rate(
     carrier: Any,
     rate: float,
     seconds: float,
-    cpu_pids: list[int],
+    cpu: dict[str, list[int]],
     before_total: int,
     pgs: PgStatements | None,
     idle: dict[str, float],
@@ -187,14 +196,18 @@ def run_rate(
     n = int(rate * seconds)
     if pgs:
         pgs.reset()
-    ticks0 = tree_ticks(cpu_pids)
+    ticks0 = {g: tree_ticks(pids) for g, pids in cpu.items()}
     t0 = time.monotonic()
     d = asyncio.run(drive_round_robin(nodes, n, rate))
     sids = [s for s, _, _ in d["sent"]]
     done = wait_terminal(nodes, before_total + len(sids), 60 + seconds)
     wall_s = time.monotonic() - t0
-    cpu_s = (tree_ticks(cpu_pids) - ticks0) / TICK - idle["cpu_s_per_s"] * wall_s
-    stmts = pgs.total() if pgs else 0  # before the status reads below (not a call's cost)
+    cpu_s = {
+        g: (tree_ticks(pids) - ticks0[g]) / TICK - idle[f"cpu_{g}_s_per_s"] * wall_s
+        for g, pids in cpu.items()
+    }
+    # before the status reads below (not a call's cost)
+    stmts, control = (pgs.total(), pgs.control()) if pgs else (0, 0)
     sts = asyncio.run(statuses(nodes[0].base, sids))  # any node answers for any call
     nfail, reasons = fmt_failures(sts)
     inv = carrier_invites(carrier)
@@ -212,29 +225,34 @@ def run_rate(
         "achieved_cps": achieved,
         "lat_p50_ms": pct(lat, 50),
         "lat_p99_ms": pct(lat, 99),
-        "cpu_ms_per_call": 1000 * cpu_s / max(1, len(sids)),
+        "cpu_ms_per_call": 1000 * sum(cpu_s.values()) / max(1, len(sids)),
+        **{f"cpu_{g}_ms_per_call": 1000 * v / max(1, len(sids)) for g, v in cpu_s.items()},
         "wall_s": wall_s,
     }
     if pgs:
         res["pg_statements"] = stmts
+        res["pg_begin_commit_share"] = control / max(1, stmts)
         res["pg_per_call"] = (stmts - idle["pg_per_s"] * wall_s) / max(1, len(sids))
         res["pg_top"] = pgs.top()
     print(f"  {res}", flush=True)
     return res
 
 
-def idle_rates(cpu_pids: list[int], pgs: PgStatements | None) -> dict[str, float]:
+def idle_rates(cpu: dict[str, list[int]], pgs: PgStatements | None) -> dict[str, float]:
     """CPU seconds per second and statements per second of a setup with no calls (its
     heartbeats, queue polls, idle workers): subtracted from each run's totals."""
     time.sleep(1.0)  # let the nodes' first heartbeats, LISTENs and worker starts settle
     if pgs:
         pgs.reset()
-    ticks0 = tree_ticks(cpu_pids)
+    ticks0 = {g: tree_ticks(pids) for g, pids in cpu.items()}
     time.sleep(IDLE_WINDOW_S)  # a window with no calls
-    return {
-        "cpu_s_per_s": (tree_ticks(cpu_pids) - ticks0) / TICK / IDLE_WINDOW_S,
-        "pg_per_s": pgs.total() / IDLE_WINDOW_S if pgs else 0.0,
+    out = {
+        f"cpu_{g}_s_per_s": (tree_ticks(pids) - ticks0[g]) / TICK / IDLE_WINDOW_S
+        for g, pids in cpu.items()
     }
+    out["cpu_s_per_s"] = sum(out.values())
+    out["pg_per_s"] = pgs.total() / IDLE_WINDOW_S if pgs else 0.0
+    return out
 
 
 def bench_single(
@@ -246,11 +264,12 @@ def bench_single(
         carrier = st.sipp("uas_answer_then_bye.xml")
         agent = st.sipp("uas_answer_wait_bye.xml")
         b = st.bridge(node_config(log_dir, carrier, agent, max(rates), 0), name="single")
-        idle = idle_rates([b.proc.pid], None)
+        cpu = {"nodes": [b.proc.pid]}
+        idle = idle_rates(cpu, None)
         out, total = [], 0
         for rate in rates:
             print(f"single SQLite node, {rate:g} CPS", flush=True)
-            out.append(run_rate([b], carrier, rate, seconds, [b.proc.pid], total, None, idle))
+            out.append(run_rate([b], carrier, rate, seconds, cpu, total, None, idle))
             total += out[-1]["triggered"]
     return out, idle
 
@@ -279,12 +298,12 @@ def bench_cluster(
                 )
                 nodes.append(st.bridge(cfg, name=f"node{i}"))
             server_pids = [p for p in (pg.postmaster_pid(), redis.proc and redis.proc.pid) if p]
-            cpu_pids = [n.proc.pid for n in nodes] + server_pids
-            idle = idle_rates(cpu_pids, pgs)
+            cpu = {"nodes": [n.proc.pid for n in nodes], "servers": server_pids}
+            idle = idle_rates(cpu, pgs)
             out, total = [], 0
             for rate in rates:
                 print(f"cluster of {NODES} nodes, {rate:g} CPS", flush=True)
-                out.append(run_rate(nodes, carrier, rate, seconds, cpu_pids, total, pgs, idle))
+                out.append(run_rate(nodes, carrier, rate, seconds, cpu, total, pgs, idle))
                 total += out[-1]["triggered"]
     finally:
         pgs.close()
@@ -318,13 +337,26 @@ def report(
     for name, rows in (("1 node, SQLite", s_rows), (f"{NODES} nodes, PostgreSQL", c_rows)):
         for r in rows:
             pgc = f"{r['pg_per_call']:.1f}" if "pg_per_call" in r else "-"
+            cpu = f"{r['cpu_ms_per_call']:.0f} ms" + (
+                f" (nodes {r['cpu_nodes_ms_per_call']:.0f}, PG+Redis "
+                f"{r['cpu_servers_ms_per_call']:.0f})"
+                if "cpu_servers_ms_per_call" in r
+                else ""
+            )
             fails = f"{r['failed']}" + (f" ({r['failure_reasons']})" if r["failed"] else "")
             lines.append(
                 f"| {name} | {r['rate']:g} | {r['triggered']} | {fails} | "
                 f"{r['achieved_cps']:.1f} | {r['lat_p50_ms']:.0f} / {r['lat_p99_ms']:.0f} ms | "
-                f"{r['cpu_ms_per_call']:.0f} ms | {pgc} |"
+                f"{cpu} | {pgc} |"
             )
     lines.append("")
+    for name, rows in (("single node", s_rows), ("cluster", c_rows)):
+        clean = [r["rate"] for r in rows if r["failed"] == 0 and r["all_terminal"]]
+        best = max((r for r in rows if r["rate"] in clean), key=lambda r: r["rate"], default=None)
+        lines.append(
+            f"- {name}: highest offered rate with 0 failures "
+            + (f"{best['rate']:g} CPS, achieved {best['achieved_cps']:.1f}." if best else "none.")
+        )
     for s, c in zip(s_rows, c_rows, strict=True):
         ratio_cps = c["achieved_cps"] / s["achieved_cps"] if s["achieved_cps"] else float("nan")
         ratio_p99 = c["lat_p99_ms"] / s["lat_p99_ms"] if s["lat_p99_ms"] else float("nan")
@@ -339,7 +371,13 @@ def report(
         "(each statement, BEGIN and COMMIT included, is one round trip), minus the idle "
         f"rate of the three nodes ({c_idle['pg_per_s']:.1f} statements/s: heartbeats, queue "
         "polls) over the run's wall time; the status reads after the run are not counted. "
-        "Most frequent statements at the highest rate:",
+        + (
+            f"BEGIN and COMMIT are {100 * c_rows[-1]['pg_begin_commit_share']:.0f} % of "
+            "them (the store runs almost every statement, reads too, in a transaction of its own). "
+            if c_rows
+            else ""
+        )
+        + "Most frequent statements at the highest rate:",
         "",
     ]
     if c_rows:
