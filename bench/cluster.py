@@ -389,9 +389,11 @@ def report(
         f"processes use idle (single {1000 * s_idle['cpu_s_per_s']:.0f} ms/s, cluster "
         f"{1000 * c_idle['cpu_s_per_s']:.0f} ms/s), divided by the calls. "
         "With 2 cores, three nodes contend for the same CPU as one, so the cluster's wall-"
-        "clock CPS is not its capacity: a node on its own machine carries about "
-        "(one node's CPS at 2 cores) x (single CPU per call / cluster CPU per call), and "
-        "PostgreSQL's load grows by the statements per call above.",
+        "clock CPS here is this machine's CPU ceiling (CPS x CPU per call reaching the 2 "
+        "cores), not a cluster's capacity: with a machine per node, each node's ceiling "
+        "scales from the single node's by (single CPU per call / the cluster's 'nodes' CPU "
+        "per call), and the nodes add up until PostgreSQL, which serves the statements per "
+        "call above times the cluster's CPS, becomes the limit.",
     ]
     return "\n".join(lines)
 
