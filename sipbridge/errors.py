@@ -13,6 +13,7 @@
     │   ├── CallNotFound (KeyError) ........ no such call (or purged)
     │   └── InvalidTransition (RuntimeError)  not allowed in the call's state
     ├── StoreError (RuntimeError) .......... call storage cannot be opened or written
+    │   ├── StoreUnavailable ............... not reachable now (PostgreSQL down): try again later
     │   ├── DuplicateCall .................. the callSid or idempotency key exists already
     │   └── StaleClaim ..................... a write fenced out: another node owns the attempt now
     ├── PoolError (RuntimeError) ........... the SIP worker pool could not start its workers
@@ -116,6 +117,11 @@ class StoreError(SipBridgeError, RuntimeError):
     """Call storage cannot be opened, migrated or written."""
 
 
+class StoreUnavailable(StoreError):
+    """The store cannot be reached right now (PostgreSQL restarting, connection cut); the
+    same operation may succeed once it is back."""
+
+
 class DuplicateCall(StoreError):
     """A call with this callSid or idempotency key exists already."""
 
@@ -175,5 +181,6 @@ __all__ = [
     "SipParseError",
     "StaleClaim",
     "StoreError",
+    "StoreUnavailable",
     "TargetRefused",
 ]

@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 from psycopg import errors as pgerrors
 
-from sipbridge.errors import DuplicateCall, StoreError
+from sipbridge.errors import DuplicateCall, StoreError, StoreUnavailable
 from sipbridge.sqlstore import SqlStore, iter_statements
 
 # Numbered migrations: version N's script takes the schema from N-1 to N. Never edit
@@ -191,7 +191,7 @@ class PostgresStore(SqlStore):
                 application_name="sipbridge",
             )
         except psycopg.Error as e:
-            raise StoreError(f"PostgreSQL store unavailable: {_problem(e)}") from None
+            raise StoreUnavailable(f"PostgreSQL store unavailable: {_problem(e)}") from None
 
     def _live(self) -> psycopg.Connection[Any]:
         if self._conn is not None and not self._conn.closed and not self._conn.broken:
@@ -200,7 +200,7 @@ class PostgresStore(SqlStore):
             self._conn.close()
             self._conn = None
         if self._clock() - self._last_try < RECONNECT_EVERY_S:
-            raise StoreError("PostgreSQL store unavailable: reconnecting")
+            raise StoreUnavailable("PostgreSQL store unavailable: reconnecting")
         self._conn = self._connect()
         return self._conn
 
@@ -214,7 +214,7 @@ class PostgresStore(SqlStore):
             except pgerrors.UniqueViolation as e:
                 raise DuplicateCall(_problem(e)) from None
             except psycopg.OperationalError as e:
-                raise StoreError(f"PostgreSQL store unavailable: {_problem(e)}") from None
+                raise StoreUnavailable(f"PostgreSQL store unavailable: {_problem(e)}") from None
             except psycopg.Error as e:
                 raise StoreError(f"PostgreSQL store: {_problem(e)}") from None
 

@@ -18,6 +18,7 @@ from sipbridge.calls.dispositions import on_bye_headers
 from sipbridge.calls.ending import Endings
 from sipbridge.calls.inbound import InboundCalls
 from sipbridge.calls.live import LiveCall, TriedLeg
+from sipbridge.errors import StoreUnavailable
 from sipbridge.flow import Action, CallFlow, EndCall, agent_failure
 from sipbridge.ipc import (
     AgentHoldEvent,
@@ -82,16 +83,20 @@ class SipEvents:
         self.stopping = stopping
         self.agent_holds = AgentHolds(ctx, actions)
 
-    def handle(self, ev: SipEvent) -> None:
+    def handle(self, ev: SipEvent, park: bool = False) -> None:
         """A handler that raises ends that call as ``failure`` "internal error" (the
         exception goes to the log and ``detail``): no event leaves a call half-handled
-        and non-terminal. Then the call is forgotten if nothing about it is live."""
+        and non-terminal. Then the call is forgotten if nothing about it is live.
+        ``park``: a store that cannot be reached now raises StoreUnavailable instead, for
+        the caller to handle the event again later (sipbridge.calls.backlog)."""
         registry = self.ctx.registry
         leg_id = getattr(ev, "leg_id", None)
         sid = registry.call_sid_of(leg_id or "", "") or getattr(ev, "call_sid", None)
         try:
             self._handle(ev)
         except Exception as e:
+            if park and isinstance(e, StoreUnavailable):
+                raise
             log.exception(
                 "%s: handling %s failed",
                 sid or "-",

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from sipbridge.aio import cancel_all
 from sipbridge.calls.actions import Actions
+from sipbridge.calls.backlog import EventBacklog
 from sipbridge.calls.context import CallContext
 from sipbridge.calls.dispatch import Dispatcher
 from sipbridge.calls.ending import Endings
@@ -105,6 +106,7 @@ class CallService:
             self.inbound,
             stopping=lambda: self._stopping,
         )
+        self.backlog = EventBacklog(self.events.handle)
         self.journal.on_terminal.append(self._ended)
         self.api_limiter = RateLimiter(cfg.limits.api_rate_per_s, cfg.limits.api_burst, clock)
         # cluster.redis: CPS, concurrency and the API rate shared by the nodes (fail closed)
@@ -304,8 +306,9 @@ class CallService:
     # ---- the SIP engine --------------------------------------------------------------
 
     def on_sip_event(self, ev: SipEvent) -> None:
-        """Entry point for everything the worker pool reports."""
-        self.events.handle(ev)
+        """Entry point for everything the worker pool reports (in arrival order; held
+        while the store cannot be reached, see sipbridge.calls.backlog)."""
+        self.backlog.submit(ev)
 
 
 __all__ = ["CallService"]

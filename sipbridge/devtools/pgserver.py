@@ -34,7 +34,9 @@ def available() -> str | None:
 
 
 class PgServer:
-    def __init__(self) -> None:
+    def __init__(self, settings: dict[str, str] | None = None) -> None:
+        # extra server settings (``-c name=value``), e.g. shared_preload_libraries
+        self.settings = dict(settings or {})
         self.dir = Path(tempfile.mkdtemp(prefix="sipbridge-pg-"))
         self.data = self.dir / "data"
         self.port = 0
@@ -74,7 +76,7 @@ class PgServer:
         opts = (
             f"-c listen_addresses={ADDRESS} -c port={self.port} "
             "-c unix_socket_directories='' -c fsync=off -c max_connections=200"
-        )
+        ) + "".join(f" -c {k}={v}" for k, v in self.settings.items())
         self._run(
             str(BIN / "pg_ctl"),
             "-D",
@@ -101,6 +103,13 @@ class PgServer:
         with contextlib.suppress(subprocess.CalledProcessError):  # not running
             self.stop("immediate")
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    def postmaster_pid(self) -> int | None:
+        """The server's main process (None when it is not running)."""
+        try:
+            return int((self.data / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
 
     def dsn(self, db: str = "postgres") -> str:
         return f"postgresql://{USER}@{ADDRESS}:{self.port}/{db}"

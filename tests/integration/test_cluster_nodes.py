@@ -55,6 +55,7 @@ def start_cluster(
     carrier: SippUas,
     retry: dict[str, Any] | None = None,
     trunk_extra: dict[int, dict[str, Any]] | None = None,
+    cluster_extra: dict[str, Any] | None = None,
 ) -> list[Bridge]:
     nodes = []
     for i in range(NODES):
@@ -68,7 +69,12 @@ def start_cluster(
             trunks=[trunk],
             routes=[route],
             store={"backend": "postgresql", "dsn": {"value": dsn}},
-            cluster={"node_id": f"n{i}", "lease_s": LEASE_S, "heartbeat_s": HEARTBEAT_S},
+            cluster={
+                "node_id": f"n{i}",
+                "lease_s": LEASE_S,
+                "heartbeat_s": HEARTBEAT_S,
+                **(cluster_extra or {}),
+            },
         )
         nodes.append(stack.bridge(cfg, name=f"node{i}"))
     return nodes
