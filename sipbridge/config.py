@@ -19,7 +19,6 @@ from pydantic import (
     model_validator,
 )
 
-# Per-call settings live in sipbridge.callsettings; re-exported here.
 from sipbridge.callsettings import DTMF_DIGITS as DTMF_DIGITS
 from sipbridge.callsettings import DTMF_PAUSES as DTMF_PAUSES
 from sipbridge.callsettings import DetectionSettings as DetectionSettings
@@ -42,7 +41,9 @@ from sipbridge.headers import (
 )
 from sipbridge.ivrscript import check_ivr_media
 from sipbridge.mediafiles import media_folder, media_path
-from sipbridge.netpolicy import TargetPolicy, callback_url_problem
+
+# Per-call settings live in sipbridge.callsettings; re-exported here.
+from sipbridge.netpolicy import TargetPolicy, callback_url_problem, first_bad_network
 from sipbridge.schedule import zone
 from sipbridge.secretref import SecretRef as SecretRef
 from sipbridge.sipconfig import MAX_TLS_PROFILES, SipConfig, TlsSettings, Transport, check_tls
@@ -414,13 +415,9 @@ class WebhookConfig(_Model):
 
     @model_validator(mode="after")
     def _http_url(self) -> WebhookConfig:
-        import ipaddress
-
-        for i, net in enumerate(self.allow_cidrs):
-            try:
-                ipaddress.ip_network(net, strict=False)
-            except ValueError:
-                raise ValueError(f"allow_cidrs.{i}: {net!r} is not an IP network") from None
+        bad = first_bad_network(self.allow_cidrs)
+        if bad is not None:
+            raise ValueError(f"allow_cidrs.{bad[0]}: {bad[1]!r} is not an IP network")
         problem = None if self.url is None else callback_url_problem(self.url, self.policy())
         if problem:
             raise ValueError(f"url: {problem}")

@@ -37,6 +37,17 @@ class TargetPolicy:
         return cls(allow_private, tuple(ipaddress.ip_network(c, strict=False) for c in cidrs))
 
 
+def first_bad_network(nets: Iterable[str]) -> tuple[int, str] | None:
+    """The index and text of the first entry that is not an IP network (CIDR or a bare
+    address, host bits allowed), for config validators to name; None when all are."""
+    for i, net in enumerate(nets):
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            return i, net
+    return None
+
+
 def embedded_v4(addr: IPAddress) -> IPAddress:
     """The IPv4 address an IPv6 address stands for, else the address itself."""
     if isinstance(addr, ipaddress.IPv6Address):

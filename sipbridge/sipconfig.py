@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 
 from sipbridge.callsettings import StrictModel
+from sipbridge.netpolicy import first_bad_network
 from sipbridge.tlsca import check_ca_file, os_ca_bundle
 
 Transport = Literal["udp", "tcp", "tls"]
@@ -62,13 +63,10 @@ class SipConfig(_Model):
     @field_validator("inbound_allow")
     @classmethod
     def _cidrs(cls, v: list[str]) -> list[str]:
-        import ipaddress
-
-        for i, net in enumerate(v):
-            try:
-                ipaddress.ip_network(net, strict=False)
-            except ValueError:
-                raise ValueError(f"inbound_allow.{i}: {net!r} is not an IP network") from None
+        bad = first_bad_network(v)
+        if bad is not None:
+            # a field validator's error is placed at the field already: say the item
+            raise ValueError(f"item {bad[0]}, {bad[1]!r}, is not an IP network")
         return v
 
     @model_validator(mode="after")

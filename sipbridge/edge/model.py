@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 
 from sipbridge.callsettings import StrictModel
+from sipbridge.netpolicy import first_bad_network
 from sipbridge.tlsca import check_ca_file
 
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -148,11 +149,9 @@ class EdgeConfig(StrictModel):
     @field_validator("agent_allow")
     @classmethod
     def _cidrs(cls, v: list[str]) -> list[str]:
-        for i, net in enumerate(v):
-            try:
-                ipaddress.ip_network(net, strict=False)
-            except ValueError:
-                raise ValueError(f"item {i}, {net!r}, is not an IP network") from None
+        bad = first_bad_network(v)
+        if bad is not None:
+            raise ValueError(f"item {bad[0]}, {bad[1]!r}, is not an IP network")
         return v
 
     @model_validator(mode="after")

@@ -20,6 +20,7 @@ from sipbridge.store import SQLiteStore
 from sipbridge.webhooks import WebhookDispatcher
 from tests.doubles import RecordingPool
 from tests.unit.test_api import AUTH, CFG
+from tests.unit.test_config import BASE
 from tests.webhook_receiver import Receiver
 
 STRICT = TargetPolicy()
@@ -270,3 +271,19 @@ def test_callbacks_from_the_app_are_refused_when_the_target_turns_private(tmp_pa
                 assert time.monotonic() < deadline, "no refused delivery"
                 time.sleep(0.02)
         assert rx.requests == []
+
+
+def test_first_bad_network_names_the_first_entry_that_is_not_a_network():
+    from sipbridge.netpolicy import first_bad_network
+
+    assert first_bad_network(["10.0.0.0/8", "192.0.2.7", "2001:db8::/32"]) is None
+    assert first_bad_network(["10.0.0.0/8", "10.0.1.0/33", "x"]) == (1, "10.0.1.0/33")
+    assert first_bad_network(["10.0.0.0/8\r\n", "1.2.3.4"]) == (0, "10.0.0.0/8\r\n")
+    assert first_bad_network([]) is None
+    for key, section in (
+        ("sip.inbound_allow: item 1,", {"sip": {"inbound_allow": ["127.0.0.0/8", "nan"]}}),
+        ("webhooks.allow_cidrs.0", {"webhooks": {"allow_cidrs": ["300.0.0.0/8"]}}),
+    ):
+        with pytest.raises(ConfigError) as ei:
+            parse_config({**BASE, **section}, "conf.yaml")
+        assert f"conf.yaml: {key}" in str(ei.value) and "is not an IP network" in str(ei.value)
