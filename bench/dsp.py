@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark of the recipient-detection DSP (sipbridge.media).
 
-Run: ``.venv/bin/python bench/dsp.py [--real DIR] [--frames N] [--no-write]``
+Run: ``.venv/bin/python bench/dsp.py [--real DIR] [--frames N] [--no-write] [--real-only]``
 
 * CPU cost per 20 ms frame with every detector enabled (VAD + noise floor, tone bank and run
   tracker, SIT, cadences, fax, beep, liveness, classifier), without and with a prompt library
@@ -357,7 +357,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, default=60_000, help="frames to time (min)")
     ap.add_argument("--speech-min", type=float, default=30.0, help="minutes of espeak speech")
     ap.add_argument("--no-write", action="store_true", help="do not update bench/RESULTS.md")
+    ap.add_argument(
+        "--real-only",
+        action="store_true",
+        help="only the real corpus's accuracy, per class with every miss (bench/realscore.py)",
+    )
     a = ap.parse_args(argv)
+    if a.real_only:
+        import realscore
+
+        return realscore.main([str(a.real)])
     load0 = os.getloadavg()
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)

@@ -1,28 +1,36 @@
 """Rebuild the real-audio development corpus from named public sources (local use only).
 
-``scripts/real_corpus [OUT_DIR] [--mirror-root DIR]`` reads ``bench/real_corpus.json``: the
-sources (repository, commit, licence) and the items, each a sequence of segments — a file of
-a source (by path), silence, or a synthesised network tone (ringback) — and its label. It
-fetches each file at its pinned commit (``git show COMMIT:PATH`` from a local mirror when one is
-given, else a blob-less clone into ``OUT_DIR/.cache``), converts it to 8 kHz, assembles the
-items and writes ``OUT_DIR/*.wav`` and ``labels.json`` (the format of
-:mod:`sipbridge.corpus.detection`; times of the beep and of the greeting's end are computed from
-the segments). ``OUT_DIR`` defaults to ``bench/real`` (git-ignored): the recordings carry their
-own licences and are never committed.
+``scripts/real_corpus [OUT_DIR] [--mirror-root DIR] [--deb-dir DIR] [--offline]`` reads
+``bench/real_corpus.json``: the sources (a pinned git commit or Debian package version, its
+licence as stated, :mod:`sipbridge.corpus.sources`) and the items, each a sequence of
+segments — a file of a source (by path), silence, or a synthesised network tone (ringback) —
+with its label and notes on how the label was derived. It converts every file to 8 kHz,
+assembles the items and writes ``OUT_DIR/*.wav`` and ``labels.json`` (the format of
+:mod:`sipbridge.corpus.detection`; times of the beep and of the greeting's end come from the
+segments: a source's own time stamps when given, else the energy envelope). ``OUT_DIR``
+defaults to ``bench/real`` (git-ignored): the recordings carry their own licences and are never
+committed. Rebuilding is idempotent: files of items no longer listed are removed.
+
+Segment options for a source file: ``speech: false`` (a tone, e.g. the beep; ``beep: true``
+marks it), ``speech_end_ms`` (the source's time stamp of the last word), ``extend_line_ms``
+(continue the recording with its own line after the speech, :func:`extend_line`),
+``speech_end_rel_db`` (the envelope threshold for the speech's end when no time stamp is
+given, dB below the loudest 10 ms; default -35), ``phone_line: true`` (a microphone
+recording put through a telephone channel: 300–3400 Hz and G.711 µ-law,
+:func:`sipbridge.corpus.sources.phone_line`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from sipbridge.corpus.sources import FS, Fetcher, SourceError, describe, phone_line
 from sipbridge.corpus.synth import cadence, ms_of, sil, speech_end, tone, write_wav
 from sipbridge.media.analyze import load_audio
 from sipbridge.media.frames import FloatArray
@@ -31,70 +39,27 @@ ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = ROOT / "bench" / "real_corpus.json"
 DEFAULT_OUT = ROOT / "bench" / "real"
 
-
-class SourceError(RuntimeError):
-    """A source file could not be fetched; the message names it."""
+__all__ = ["SourceError", "build", "extend_line", "main", "speech_clips"]
 
 
-class Fetcher:
-    """Files of pinned repository commits, from a mirror or a blob-less clone (cached)."""
-
-    def __init__(self, cache: Path, mirror_root: Path | None) -> None:
-        self.cache = cache
-        self.mirror_root = mirror_root
-        self._audio: dict[tuple[str, str, str], FloatArray] = {}
-
-    def _git_dir(self, repo: str) -> Path:
-        if self.mirror_root is not None:
-            m = self.mirror_root / repo.replace("/", "+") / "repo"
-            if m.is_dir():
-                return m
-        d = self.cache / repo.replace("/", "+")
-        if not d.is_dir():
-            self.cache.mkdir(parents=True, exist_ok=True)
-            r = subprocess.run(
-                [
-                    "git",
-                    "clone",
-                    "--bare",
-                    "--filter=blob:none",
-                    "--quiet",
-                    f"https://github.com/{repo}.git",
-                    str(d),
-                ],
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            if r.returncode:
-                raise SourceError(f"cannot clone {repo}: {r.stderr.strip()}")
-        return d
-
-    def audio(self, repo: str, commit: str, path: str) -> FloatArray:
-        key = (repo, commit, path)
-        if key not in self._audio:
-            r = subprocess.run(
-                ["git", "--git-dir", str(self._git_dir(repo)), "show", f"{commit}:{path}"],
-                capture_output=True,
-                check=False,
-            )
-            if r.returncode:
-                raise SourceError(
-                    f"{repo}@{commit[:10]}:{path}: {r.stderr.decode(errors='replace').strip()}"
-                )
-            with tempfile.NamedTemporaryFile(suffix=".wav") as f:
-                f.write(r.stdout)
-                f.flush()
-                self._audio[key] = load_audio(f.name)
-        return self._audio[key]
+def extend_line(x: FloatArray, speech_end_n: int, ms: float) -> FloatArray:
+    """``x`` followed by ``ms`` more of its own line: the part 200 ms after its speech ends,
+    tiled forwards and backwards (no jumps at the joins). Real recordings of a person often
+    stop less than a second after the last word; the detector needs the line that follows."""
+    tail = x[speech_end_n + FS // 5 :]
+    if tail.size < FS // 10:
+        raise SourceError(f"only {tail.size} samples of line after the speech: cannot extend it")
+    need = round(ms * FS / 1000)
+    reps = [tail if i % 2 == 0 else tail[::-1] for i in range(need // tail.size + 1)]
+    return np.concatenate([x, np.concatenate(reps)[:need]])
 
 
 def _segment(
-    seg: dict[str, Any], fetch: Fetcher, sources: dict[str, dict[str, str]]
-) -> tuple[FloatArray, bool]:
-    """One segment's audio and whether it is speech (for the greeting's end)."""
+    seg: dict[str, Any], fetch: Fetcher, sources: dict[str, dict[str, Any]]
+) -> tuple[FloatArray, int | None]:
+    """One segment's audio and, when it is speech, where its speech ends (samples)."""
     if "silence_ms" in seg:
-        return sil(float(seg["silence_ms"])), False
+        return sil(float(seg["silence_ms"])), None
     if "ringback" in seg:
         kind = seg["ringback"]
         rings: dict[str, tuple[tuple[float, ...], list[float]]] = {
@@ -102,67 +67,95 @@ def _segment(
             "uk": ((400.0, 450.0), [400.0, 200.0, 400.0, 2000.0]),
         }
         freqs, pat = rings[kind]
-        return cadence(freqs, pat, float(seg.get("ms", 6000)), -22.0), False
+        return cadence(freqs, pat, float(seg.get("ms", 6000)), -22.0), None
     if "tone_hz" in seg:
-        return tone((float(seg["tone_hz"]),), float(seg.get("ms", 500)), -18.0), False
+        return tone((float(seg["tone_hz"]),), float(seg.get("ms", 500)), -18.0), None
     src = sources[seg["source"]]
-    return fetch.audio(src["repo"], src["commit"], seg["path"]), bool(seg.get("speech", True))
+    x = fetch.audio(src, seg["path"])
+    if seg.get("phone_line"):
+        x = phone_line(x)
+    if not seg.get("speech", True):
+        return x, None
+    # the source's own time stamp (a transcript) when it has one, else the energy envelope
+    end = round(float(seg["speech_end_ms"]) * FS / 1000) if "speech_end_ms" in seg else None
+    if end is None:
+        end = speech_end(x, float(seg.get("speech_end_rel_db", -35.0)))
+    if "extend_line_ms" in seg:
+        x = extend_line(x, end, float(seg["extend_line_ms"]))
+    return x, end
+
+
+def _label(item: dict[str, Any], beep_at: int | None, greeting_end: int | None) -> dict[str, Any]:
+    lab: dict[str, Any] = {
+        "mode": "answer",
+        "answered_by": None,
+        "sit_code": None,
+        "progress": None,
+        "ivr_hint": False,
+        "hint": None,
+        "greeting_end_ms": None,
+        "beep_ms": None,
+        "sit_start_ms": None,
+        **item["label"],
+    }
+    if lab["answered_by"] in ("human", "machine"):
+        lab["greeting_end_ms"] = ms_of(greeting_end) if greeting_end is not None else None
+    lab["beep_ms"] = ms_of(beep_at) if beep_at is not None else None
+    lab["desc"] = item.get("desc", "")
+    lab["notes"] = item.get("notes", "")
+    return lab
 
 
 def build(
-    out: Path = DEFAULT_OUT, mirror_root: Path | None = None, manifest: Path = MANIFEST
+    out: Path = DEFAULT_OUT,
+    mirror_root: Path | None = None,
+    manifest: Path = MANIFEST,
+    deb_dir: Path | None = None,
+    offline: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Assemble the corpus into ``out``; returns the labels (also written to labels.json)."""
     spec = json.loads(manifest.read_text())
-    sources: dict[str, dict[str, str]] = spec["sources"]
-    fetch = Fetcher(out / ".cache", mirror_root)
+    sources: dict[str, dict[str, Any]] = spec["sources"]
+    fetch = Fetcher(out / ".cache", mirror_root, deb_dir, offline)
     out.mkdir(parents=True, exist_ok=True)
     labels: dict[str, dict[str, Any]] = {}
     for item in spec["items"]:
         parts: list[FloatArray] = []
         beep_at = greeting_end = None
         for seg in item["segments"]:
-            x, is_speech = _segment(seg, fetch, sources)
+            if "source" in seg and seg["source"] not in sources:
+                raise SourceError(f"item {item['name']}: unknown source {seg['source']!r}")
+            x, end = _segment(seg, fetch, sources)
             start = sum(p.size for p in parts)
             if seg.get("beep"):
                 beep_at = start
-            if is_speech:
-                greeting_end = start + speech_end(x)
+            if end is not None:
+                greeting_end = start + end
             parts.append(x)
-        audio = np.concatenate(parts)
         name = f"{item['name']}.wav"
-        write_wav(out / name, audio)
-        lab = {
-            "mode": "answer",
-            "answered_by": None,
-            "sit_code": None,
-            "progress": None,
-            "ivr_hint": False,
-            "hint": None,
-            "greeting_end_ms": None,
-            "beep_ms": None,
-            "sit_start_ms": None,
-            **item["label"],
-        }
-        if lab["answered_by"] in ("human", "machine"):
-            lab["greeting_end_ms"] = ms_of(greeting_end) if greeting_end is not None else None
-        lab["beep_ms"] = ms_of(beep_at) if beep_at is not None else None
-        lab["desc"] = item.get("desc", "")
+        write_wav(out / name, np.concatenate(parts))
+        lab = _label(item, beep_at, greeting_end)
+        used = [
+            sources[s["source"]] | {"path": s["path"]} for s in item["segments"] if "source" in s
+        ]
         lab["sources"] = sorted(
-            {
-                f"{sources[s['source']]['repo']}@{sources[s['source']]['commit'][:10]}:{s['path']}"
-                for s in item["segments"]
-                if "source" in s
-            }
+            {f"{describe(s)}:{s.get('root', '')}/{s['path']}".replace(":/", ":") for s in used}
         )
+        lab["licences"] = sorted({s["licence"] for s in used})
         labels[name] = lab
+    for stale in set(out.glob("*.wav")) - {out / n for n in labels}:
+        stale.unlink()
     (out / "labels.json").write_text(json.dumps(labels, indent=1, sort_keys=True))
     speech = out / "speech"
     speech.mkdir(exist_ok=True)
+    for old in speech.glob("*.wav"):
+        old.unlink()
     for key, src in sources.items():
         for path in src.get("speech_only", []):
-            x = fetch.audio(src["repo"], src["commit"], path)
-            write_wav(speech / f"{key}-{path.replace('/', '-')}", x)
+            stem = f"{key}-{path.replace('/', '-')}"
+            write_wav(
+                speech / (stem if stem.endswith(".wav") else f"{stem}.wav"), fetch.audio(src, path)
+            )
     return labels
 
 
@@ -182,9 +175,21 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="folder of local git mirrors (OWNER+NAME/repo) to read instead of cloning",
     )
+    ap.add_argument(
+        "--deb-dir",
+        type=Path,
+        default=None,
+        help="folder of downloaded .deb files (default OUT/.cache/deb; apt-get download fills it)",
+    )
+    ap.add_argument(
+        "--offline",
+        action="store_true",
+        help="never clone or download: a source missing locally is an error",
+    )
+    ap.add_argument("--manifest", type=Path, default=MANIFEST, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     try:
-        labels = build(a.out, a.mirror_root)
+        labels = build(a.out, a.mirror_root, a.manifest, a.deb_dir, a.offline)
     except SourceError as e:
         print(f"real_corpus: {e}", file=sys.stderr)
         return 1

@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""Accuracy on the real-audio corpus alone, per class, with every miss and its reason.
+
+Run: ``.venv/bin/python bench/realscore.py [DIR]`` (also ``bench/dsp.py --real-only``), after
+``scripts/real_corpus``. A class is the label's ``answered_by`` (``progress`` for call-progress
+tones), split by the kind of item (the name up to its source-specific part: ``wuw_name``,
+``ast_vm`` ...). Prints Markdown: a table per class and kind, then the misses (file, expected,
+got, the detector's reason, what :func:`sipbridge.corpus.score.check` found wrong). Writes
+nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sipbridge.corpus import real  # noqa: E402
+from sipbridge.corpus.score import check, class_of  # noqa: E402
+from sipbridge.media.analyze import analyze_samples, load_audio  # noqa: E402
+
+# what an item is, from its name: the voice/session part is dropped
+KINDS = [
+    (r"^wuw_name_", "live caller, says their name (phone line)"),
+    (r"^wuw_talk_", "live caller, a sentence (phone line)"),
+    (r"^hello_", "person says hello… (mic, phone-filtered)"),
+    (r"^ast_.*vm_(unavail|busy|beep|ringback|late\d+|longgap)", "voicemail greeting + beep"),
+    (r"^ast_.*vm_nobeep", "voicemail greeting, no beep"),
+    (r"^ast_.*(intercept|allbusy)", "spoken intercept / all-busy (no SIT)"),
+    (r"^ast_.*ivr_", "IVR prompts"),
+    (r"^ast_.*(short_|hold_prompt)", "short recorded prompt then silence"),
+]
+
+
+def kind_of(name: str) -> str:
+    for pat, kind in KINDS:
+        if re.search(pat, name):
+            return kind
+    return "other"
+
+
+def run(folder: Path) -> dict[str, Any]:
+    labels: dict[str, dict[str, Any]] = json.loads((folder / "labels.json").read_text())
+    rows: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+    misses: list[dict[str, Any]] = []
+    human_lat: list[int] = []
+    for f, lab in sorted(labels.items()):
+        det, _ = analyze_samples(load_audio(folder / f), lab.get("mode", "answer"))
+        errs = check(folder / f, lab, det)
+        key = (class_of(lab), kind_of(f))
+        rows[key][0] += 1
+        rows[key][1] += not errs
+        if det.answered_by == lab["answered_by"] == "human" and lab["greeting_end_ms"]:
+            human_lat.append(det.decided_at_ms - lab["greeting_end_ms"])
+        if errs:
+            misses.append(
+                {
+                    "file": f,
+                    "expected": lab["answered_by"],
+                    "got": det.answered_by,
+                    "reason": det.reason,
+                    "decided_at_ms": det.decided_at_ms,
+                    "problems": [e.split(": ", 1)[1] for e in errs],
+                    "desc": lab.get("desc", ""),
+                }
+            )
+    return {"n": len(labels), "rows": rows, "misses": misses, "human_lat": human_lat}
+
+
+def report(r: dict[str, Any]) -> str:
+    ok = sum(v[1] for v in r["rows"].values())
+    lines = [
+        f"Real corpus: {ok}/{r['n']} right.",
+        "",
+        "| class | kind | files | right |",
+        "|---|---|---|---|",
+    ]
+    by_class: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for (cls, kind), (n, good) in sorted(r["rows"].items()):
+        lines.append(f"| {cls} | {kind} | {n} | {good} |")
+        by_class[cls][0] += n
+        by_class[cls][1] += good
+    lines.append("")
+    lines.append(
+        "Per class: " + ", ".join(f"{c} {g}/{n}" for c, (n, g) in sorted(by_class.items())) + "."
+    )
+    lat = r["human_lat"]
+    if lat:
+        lines.append(
+            f"Human decided after the end of speech (when called human): median "
+            f"{np.percentile(lat, 50):.0f} ms, p90 {np.percentile(lat, 90):.0f} ms (n={len(lat)})."
+        )
+    lines += ["", "| file | expected | got | reason | problems |", "|---|---|---|---|---|"]
+    for m in r["misses"]:
+        lines.append(
+            f"| {m['file']} | {m['expected']} | {m['got']} | {m['reason']} | "
+            f"{'; '.join(m['problems'])} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    folder = Path(args[0]) if args else real.DEFAULT_OUT
+    if not (folder / "labels.json").exists():
+        print(f"realscore: no corpus in {folder} (run scripts/real_corpus)", file=sys.stderr)
+        return 1
+    print(report(run(folder)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
