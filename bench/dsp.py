@@ -423,10 +423,13 @@ Misses:
 Beeps after long silences (regress `beep_late_*`: beep 2–5 s after the greeting,
 `late_greeting_*`: greeting after 2–6 s of silence): onset error {late_beeps(scores)}.
 
-The real corpus is {len(corpora[-1][2]) if has_real else 0} files assembled from Asterisk's
-core prompts (professional recordings of real voicemail-system greetings, intercepts and IVR
-prompts, CC BY-SA 3.0); no public live-person answers, real SIT or real fax recordings with a
-usable licence were found, so those classes are covered by generated audio only.
+The real corpus is {len(corpora[-1][2]) if has_real else 0} files (`bench/real_corpus.json`):
+Asterisk prompt packs in 8 voices (professional recordings of real voicemail greetings with and
+without beep, spoken intercepts and IVR prompts), live callers on landline, cell and speaker
+phones (WUW Corpus II: names and sentences, with transcripts), people saying hello (microphone
+recordings put through a phone channel) and one fax call recorded from a line. No real SIT
+intercept recording was found: SIT is covered by generated audio only. Per class, with every
+miss: `bench/dsp.py --real-only`.
 
 ### Short answers against short prompts (0.5–2 s, then silence)
 

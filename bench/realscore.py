@@ -37,6 +37,7 @@ KINDS = [
     (r"^ast_.*(intercept|allbusy)", "spoken intercept / all-busy (no SIT)"),
     (r"^ast_.*ivr_", "IVR prompts"),
     (r"^ast_.*(short_|hold_prompt)", "short recorded prompt then silence"),
+    (r"^fax_", "fax call recorded from a line"),
 ]
 
 

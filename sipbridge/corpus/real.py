@@ -11,13 +11,13 @@ segments: a source's own time stamps when given, else the energy envelope). ``OU
 defaults to ``bench/real`` (git-ignored): the recordings carry their own licences and are never
 committed. Rebuilding is idempotent: files of items no longer listed are removed.
 
-Segment options for a source file: ``speech: false`` (a tone, e.g. the beep; ``beep: true``
-marks it), ``speech_end_ms`` (the source's time stamp of the last word), ``extend_line_ms``
-(continue the recording with its own line after the speech, :func:`extend_line`),
-``speech_end_rel_db`` (the envelope threshold for the speech's end when no time stamp is
-given, dB below the loudest 10 ms; default -35), ``phone_line: true`` (a microphone
-recording put through a telephone channel: 300–3400 Hz and G.711 µ-law,
-:func:`sipbridge.corpus.sources.phone_line`).
+Segment options for a source file: ``from_ms`` / ``to_ms`` (use only that part of it),
+``speech: false`` (a tone, e.g. the beep; ``beep: true`` marks it), ``speech_end_ms`` /
+``speech_start_ms`` (the source's time stamps of the speech), ``extend_line_ms`` (continue the
+recording with its own line after the speech, :func:`extend_line`), ``speech_end_rel_db`` (the
+envelope threshold for the speech's end when no time stamp is given, dB below the loudest
+10 ms; default -35), ``phone_line: true`` (a microphone recording put through a telephone
+channel: 300–3400 Hz and G.711 µ-law, :func:`sipbridge.corpus.sources.phone_line`).
 """
 
 from __future__ import annotations
@@ -42,15 +42,34 @@ DEFAULT_OUT = ROOT / "bench" / "real"
 __all__ = ["SourceError", "build", "extend_line", "main", "speech_clips"]
 
 
-def extend_line(x: FloatArray, speech_end_n: int, ms: float) -> FloatArray:
-    """``x`` followed by ``ms`` more of its own line: the part 200 ms after its speech ends,
-    tiled forwards and backwards (no jumps at the joins). Real recordings of a person often
-    stop less than a second after the last word; the detector needs the line that follows."""
-    tail = x[speech_end_n + FS // 5 :]
-    if tail.size < FS // 10:
-        raise SourceError(f"only {tail.size} samples of line after the speech: cannot extend it")
+def _quietest(parts: list[FloatArray], n: int) -> FloatArray:
+    """The ``n``-sample window (50 ms steps) with the least energy among ``parts``."""
+    best: FloatArray | None = None
+    for x in parts:
+        for i in range(0, max(1, x.size - n + 1), FS // 20):
+            w = x[i : i + n]
+            if w.size >= min(n, FS // 10) and (best is None or np.mean(w**2) < np.mean(best**2)):
+                best = w
+    if best is None:
+        raise SourceError("less than 100 ms of line outside the speech: cannot extend it")
+    return best
+
+
+def extend_line(
+    x: FloatArray, speech_end_n: int, ms: float, speech_start_n: int | None = None
+) -> FloatArray:
+    """``x`` followed by ``ms`` more of its own line. Real recordings of a person often stop
+    less than a second after the last word, and the detector needs the line that follows. The
+    line is the quietest 250 ms of the recording outside its speech (from 200 ms after the
+    speech ends, or before it starts when that is known), tiled forwards and backwards so
+    the joins do not jump: the line's own noise, without the clicks or bangs that may follow
+    the speech."""
+    outside = [x[speech_end_n + FS // 5 :]]
+    if speech_start_n is not None:
+        outside.append(x[: max(0, speech_start_n - FS // 10)])
+    line = _quietest(outside, FS // 4)
     need = round(ms * FS / 1000)
-    reps = [tail if i % 2 == 0 else tail[::-1] for i in range(need // tail.size + 1)]
+    reps = [line if i % 2 == 0 else line[::-1] for i in range(need // line.size + 1)]
     return np.concatenate([x, np.concatenate(reps)[:need]])
 
 
@@ -72,6 +91,12 @@ def _segment(
         return tone((float(seg["tone_hz"]),), float(seg.get("ms", 500)), -18.0), None
     src = sources[seg["source"]]
     x = fetch.audio(src, seg["path"])
+    if "from_ms" in seg or "to_ms" in seg:
+        a = round(float(seg.get("from_ms", 0)) * FS / 1000)
+        b = round(float(seg.get("to_ms", x.size * 1000 / FS)) * FS / 1000)
+        if not 0 <= a < b <= x.size:
+            raise SourceError(f"{seg['path']}: cut {a}..{b} outside its {x.size} samples")
+        x = x[a:b]
     if seg.get("phone_line"):
         x = phone_line(x)
     if not seg.get("speech", True):
@@ -81,7 +106,10 @@ def _segment(
     if end is None:
         end = speech_end(x, float(seg.get("speech_end_rel_db", -35.0)))
     if "extend_line_ms" in seg:
-        x = extend_line(x, end, float(seg["extend_line_ms"]))
+        start = (
+            round(float(seg["speech_start_ms"]) * FS / 1000) if "speech_start_ms" in seg else None
+        )
+        x = extend_line(x, end, float(seg["extend_line_ms"]), start)
     return x, end
 
 
