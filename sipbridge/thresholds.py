@@ -42,6 +42,7 @@ class DetectionThresholds(TypedDict, total=False):
     operator_silence_ms: Annotated[int, _ms(100, 10_000)]
     operator_max_greeting_ms: Annotated[int, _ms(500, 60_000)]
     screening_silence_ms: Annotated[int, _ms(100, 30_000)]
+    screening_min_greeting_ms: Annotated[int, _ms(0, 30_000)]
     beep_end_max_ms: Annotated[int, _ms(100, 10_000)]
     recorded_line_dbfs: Annotated[float, Field(ge=-120, le=0)]
 

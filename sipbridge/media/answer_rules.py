@@ -229,7 +229,15 @@ class AnswerRules(FrameFeeder):
         return ""
 
     def _screening_ok(self, last_word_end: int) -> bool:
-        """A recorded/synthetic greeting (not a live voice) whose last word rises."""
+        """A recorded/synthetic greeting (not a live voice) whose last word rises, long enough
+        to be an assistant's (it says the call is screened and asks for a name and a reason)
+        and said once: a machine that already spoke again after a pause is an IVR asking for
+        input ("Mailbox?" … "Password?"), and a short prompt ending in a question is a menu's."""
+        if self._result is not None and self._result.answered_by == "ivr":
+            return False
+        gs = self._greeting_start
+        if gs is None or last_word_end - gs < self.cfg.screening_min_greeting_ms:
+            return False
         if self._floor.verdict(last_word_end + 200) == "live":
             return False
         return self._ends_in_question(last_word_end)

@@ -183,13 +183,25 @@ def pitch_track(
     return np.asarray(out, dtype=np.float64)
 
 
+# Shortest run of consecutive voiced pitch frames (20 ms steps) kept as pitch evidence: 60 ms.
+_MIN_VOICED_RUN = 3
+
+
 def rises_at_end(word: FloatArray, min_rise: float = 0.12) -> bool:
     """Does the pitch at the end of ``word`` (the greeting's last stretch of speech, 8 kHz)
     rise? The last 120 ms of voiced frames against the lowest point (3-frame median) of the
     240 ms of voiced frames before them: a question's final rise is 15–60 % above that valley;
     a statement ends at or below it. Octave errors (a frame read at half pitch) are folded."""
     f0 = pitch_track(word)
-    v = f0[~np.isnan(f0)]
+    # A question's rise is a continuous voiced contour: a voiced frame that stands alone or in
+    # a pair among unvoiced ones (the breathy or noisy tail after a falling statement, where
+    # the autocorrelation locks onto a harmonic or a sub-octave) is no pitch evidence.
+    voiced = ~np.isnan(f0)
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], voiced.astype(np.int8), [0]))))
+    for a, b in zip(edges[::2], edges[1::2], strict=True):
+        if b - a < _MIN_VOICED_RUN:
+            voiced[a:b] = False
+    v = f0[voiced]
     if v.size < 12:
         return False
     med = float(np.median(v))

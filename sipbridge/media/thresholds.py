@@ -71,6 +71,12 @@ class DetectionConfig:
     # mailbox beeps come within 1.5 s; a mailbox whose greeting ends in a question and beeps
     # later is misread (rare: greetings end "…after the tone.").
     screening_silence_ms: int = 2000
+    # ... and the greeting (first word to last) lasts at least this long. An assistant says
+    # that the call is screened and asks for the caller's name and reason: two clauses, 12+
+    # words, 4.5–8 s at a TTS voice's pace (Pixel Call Screen ~7 s, iOS and Samsung ~5 s).
+    # A shorter recorded prompt ending in a question is an IVR's ("Mailbox?", "Password?")
+    # or a mailbox's; calling it a machine is the safe side.
+    screening_min_greeting_ms: int = 3000
     # A short greeting followed by a line this quiet (dBFS; the level nearly all frames of the
     # pause after it stay under) is a recording: a live person speaks into an open microphone
     # whose room (-65..-40 dBFS) or whose network's comfort noise (-80..-65) stays on the line
