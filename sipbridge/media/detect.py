@@ -66,6 +66,7 @@ from sipbridge.media.tones import (
     ToneAnalyzer,
     ToneRun,
     ToneRunTracker,
+    cng_over_progress,
     is_ced,
     is_cng,
 )
@@ -197,7 +198,9 @@ class Detector(AnswerRules):
                 events=events,
             )
             return
-        is_tone = ta.purity >= cfg.tone_purity and level >= cfg.tone_min_dbfs
+        is_tone = level >= cfg.tone_min_dbfs and (
+            ta.purity >= cfg.tone_purity or cng_over_progress(ta)
+        )
         sig = (
             best_cp_signature(ta.cp_power, cfg.cp_purity, cfg.cp_max_twist_db)
             if level >= cfg.tone_min_dbfs

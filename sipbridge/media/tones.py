@@ -245,6 +245,25 @@ class ToneRunTracker:
         return cur
 
 
+# FFT bins (±1) of every call-progress component: what a calling fax hears under its own CNG
+_CP_BINS = np.unique(
+    np.concatenate([np.arange(round(f / BIN_HZ) - 1, round(f / BIN_HZ) + 2) for f in CP_FREQS])
+)
+
+
+def cng_over_progress(ta: ToneAnalyzer, min_share: float = 0.9) -> bool:
+    """Is this frame a CNG burst mixed with call-progress tone? A calling fax sends CNG while
+    it still hears ringback (the line carries both, the ringback a few dB under), so neither
+    tone holds the single-tone purity; but together the 1100 Hz line and the call-progress
+    components hold nearly all the power (speech spreads it over harmonics and formants)."""
+    if abs(ta.peak_hz - CNG_HZ) > CNG_TOL_HZ:
+        return False
+    p = ta.power
+    k = round(ta.peak_hz / BIN_HZ)
+    share = (float(p[k - 1 : k + 2].sum()) + float(p[_CP_BINS].sum())) / ta.total
+    return share >= min_share
+
+
 def is_cng(run: ToneRun) -> bool:
     """T.30 CNG burst: 1100 ± 38 Hz lasting 0.5 s (± 15 %, widened for frame quantisation)."""
     return abs(run.hz - CNG_HZ) <= CNG_TOL_HZ and 380 <= run.duration_ms <= 680

@@ -180,3 +180,34 @@ def test_single_tone_never_reads_as_dual_call_progress(f: float) -> None:
     det.feed(np.concatenate([np.zeros(800), sine(f, 500, -20)]))
     duals = {"us_ring", "uk_ring", "us_busy", "us_dial"}
     assert not [e for e in det.timeline if e.kind == "cp_on" and e.detail["signature"] in duals]
+
+
+@pytest.mark.parametrize(
+    "ring_hz,ring_db",
+    [((425.0,), -13.0), ((440.0, 480.0), -16.0), ((400.0, 450.0), -15.0)],
+)
+def test_cng_heard_over_ringback_is_fax(ring_hz: tuple[float, ...], ring_db: float) -> None:
+    """A calling fax's line: ringback, and the fax's own 1100 Hz CNG burst (0.5 s) over its
+    tail, a few dB louder; neither tone alone holds the single-tone purity. Fax, from the first
+    burst; never a 'greeting' (issue #12: real fax call read as a 440 ms greeting)."""
+    rng = np.random.default_rng(7)
+    ring = sum(sine(f, 1000, ring_db) for f in ring_hz)
+    x = np.concatenate([np.zeros(800), ring, np.zeros(16000)])
+    at = 800 + 500 * 8  # CNG starts 0.5 s into the ringback burst
+    x[at : at + 4000] += sine(1100.0, 500, -9.0)
+    x += rng.standard_normal(x.size) * 10 ** (-60 / 20)
+    d = Detector()
+    d.feed(x)
+    r = d.finish()
+    assert r.answered_by == "fax" and "CNG" in (r.reason or ""), r.reason
+    assert r.decided_at_ms <= 1300
+
+
+def test_two_vowel_harmonics_at_1100_hz_are_not_cng() -> None:
+    """A steady sung note whose harmonics sit at 550 and 1100 Hz (not a call-progress
+    frequency under the 1100 Hz line): no fax."""
+    note = sine(550.0, 500, -14.0) + sine(1100.0, 500, -12.0) + sine(1650.0, 500, -16.0)
+    x = np.concatenate([np.zeros(4000), note, np.zeros(16000)])
+    d = Detector()
+    d.feed(x)
+    assert d.finish().answered_by != "fax"
