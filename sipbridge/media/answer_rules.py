@@ -19,6 +19,9 @@ from sipbridge.media.vad import SpeechTracker
 # A long greeting over an audible room waits for this many pause frames (the ~13-frame lead-in
 # before the first word plus 400 ms of pauses) before its floor is judged live or not.
 _LIVE_PENDING_FRAMES = 35
+# Percentile of the pause frames' levels taken as the room's floor between a live talker's
+# words (their breath fills the other pauses)
+_ROOM_PCT = 20.0
 
 
 class AnswerRules(FrameFeeder):
@@ -152,7 +155,9 @@ class AnswerRules(FrameFeeder):
                     "unknown", t_end, events, reason="no speech; unclassified tone or noise"
                 )
             return
-        if self._live_long and t_end - gs > cfg.operator_max_greeting_ms:
+        # the greeting's length is first word to last: counted while a word goes on, not
+        # through the silence after it (where the operator is waiting for us)
+        if self._live_long and sp.in_word and t_end - gs > cfg.operator_max_greeting_ms:
             self._live_long = False
             self._machine(
                 t_end,
@@ -167,6 +172,12 @@ class AnswerRules(FrameFeeder):
             and (sp.in_word or self._live_pending)
         ):
             verdict = self._floor.verdict()
+            if verdict != "live" and self._floor.verdict(pct=_ROOM_PCT) == "live":
+                # the room heard before the first word is back in the pauses between words
+                # (a fifth of them at least); what lifts their median is the talker's own
+                # breath and word tails, which come and go — a recording's bed would lift
+                # every pause frame, a clean prompt's would drop them
+                verdict = "live"
             pre = self._floor.pre_db
             if verdict == "live":
                 # a live voice that talks on: wait for it to stop and listen (operator)

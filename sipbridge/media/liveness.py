@@ -114,14 +114,15 @@ class FloorTracker:
             if q and start_ms - 15 * FRAME_MS <= t < start_ms - 2 * FRAME_MS
         ]
 
-    def gap_db(self, until_ms: int | None = None) -> float | None:
+    def gap_db(self, until_ms: int | None = None, pct: float = 50.0) -> float | None:
         """Floor in the greeting's pauses up to ``until_ms`` (the last word's end plus a
         little: a recording's bed runs on briefly after its last word, then the line's floor
-        is back); None until enough pause frames."""
+        is back): the ``pct`` percentile of the pause frames' levels (the median by default);
+        None until enough pause frames."""
         g = [lv for t, lv in self._gaps if until_ms is None or t < until_ms]
         if len(g) < self.cfg.min_gap_frames:
             return None
-        return float(np.median(g))
+        return float(np.percentile(g, pct))
 
     def after_db(self, from_ms: int, run: int = 6) -> float | None:
         """The quietest the line got in the pause from ``from_ms`` on: the lowest, over every
@@ -143,9 +144,10 @@ class FloorTracker:
         """Pause frames measured so far."""
         return len(self._gaps)
 
-    def verdict(self, until_ms: int | None = None) -> Verdict:
-        """``recorded`` / ``live`` / ``unknown`` from the floors measured so far."""
-        pre, gap = self.pre_db, self.gap_db(until_ms)
+    def verdict(self, until_ms: int | None = None, pct: float = 50.0) -> Verdict:
+        """``recorded`` / ``live`` / ``unknown`` from the floors measured so far (the pauses'
+        floor taken at the ``pct`` percentile, see :meth:`gap_db`)."""
+        pre, gap = self.pre_db, self.gap_db(until_ms, pct)
         if pre is None or gap is None:
             return "unknown"
         if abs(gap - pre) >= self.cfg.step_db and max(gap, pre) >= self.cfg.audible_dbfs:
