@@ -70,8 +70,9 @@ class ClusterNode:
             if not self.draining and self.lease_ok:
                 free = self.service.pool.free_slots()
                 n = claim_budget(free, SLOTS_PER_CALL, len(mine), CLAIM_BATCH)
-                if n and self.store.claim(n):
-                    mine = self.store.claimed()
+                if n:  # the claim returns its records: no second read
+                    got = self.store.claim_records(n)
+                    mine = sorted(mine + got, key=lambda r: r.created_at) if got else mine
         except StoreError as e:
             if not self._queue_down:
                 log.warning("cluster: cannot read the queue (%s); retrying", e)
@@ -131,10 +132,11 @@ class ClusterNode:
             await asyncio.sleep(self.cfg.heartbeat_s)
 
     def beat(self) -> None:
-        """One heartbeat: renew our lease, take over lost nodes, refresh the view."""
+        """One heartbeat: renew our lease and our claims' leases (one statement), take
+        over lost nodes and expired claims, refresh the view."""
         store = self.store
         now = time.monotonic()
-        beat = membership.heartbeat(store, self.draining)
+        beat, lost_claims = membership.heartbeat(store, self.draining, self.renewable())
         if beat == "lapsed":
             log.warning(
                 "node %s: heartbeat late past the lease, nobody took over: renewed", store.node_id
@@ -148,10 +150,22 @@ class ClusterNode:
             )
             self.lease_ok = False
             self._self_fence()
+            store.claims.clear()
+            store.waiting.clear()
             t = membership.take_over(store, store.node_id, force=True)
             if t is not None:
                 self._end(t, node_lost(store.node_id))
             membership.join(store, self.draining)
+        elif lost_claims:
+            log.error(
+                "node %s: %d claim(s) taken over by another node (claim lease expired): "
+                "hanging up their legs here",
+                store.node_id,
+                len(lost_claims),
+            )
+            self._self_fence(lost_claims)
+            for sid in lost_claims:
+                store._unclaimed(sid)
         if beat != "ok" or self._connected_since is None:
             self._connected_since = now
         self.lease_ok = True
@@ -162,6 +176,17 @@ class ClusterNode:
             self._take_over_lost()
         self._refresh_view()
 
+    def renewable(self) -> dict[str, int]:
+        """The claims whose leases this beat renews: those waiting to be dialled and
+        those of calls this node has live. A claim on a call the node lost track of is
+        not renewed: it expires and is taken over (ended as "bridge node lost")."""
+        reg = self.service.registry
+        return {
+            sid: epoch
+            for sid, epoch in self.store.claims.items()
+            if sid in self.store.waiting or sid in reg
+        }
+
     def _take_over_lost(self) -> None:
         store = self.store
         lost = set(expired(membership.members(store))) | set(membership.orphan_owners(store))
@@ -170,12 +195,20 @@ class ClusterNode:
             if t is not None:
                 self.takeovers += 1
                 self._end(t, node_lost(node_id))
+        t = membership.take_over_expired_claims(store)
+        if t is not None:
+            self.takeovers += 1
+            why = "its claim lease expired (not renewed by the node that held it)"
+            self._end(t, replace(node_lost(""), detail=why))
 
-    def _self_fence(self) -> None:
-        """Our lease ended: whatever we still hold may be another node's. Hang up every
-        leg we have up; what we write about them stays fenced by our old epochs."""
+    def _self_fence(self, calls: set[str] | None = None) -> None:
+        """Our lease ended (or the claims on ``calls`` did): whatever we still hold may
+        be another node's. Hang up every leg we have up (of those calls); what we write
+        about them stays fenced by our old epochs."""
         pool = self.service.pool
         for live in self.service.registry:
+            if calls is not None and live.call_sid not in calls:
+                continue
             for leg_id in list(live.legs):
                 with contextlib.suppress(Exception):
                     pool.hangup(leg_id)
