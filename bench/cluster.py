@@ -118,7 +118,7 @@ class PgStatements:
         ).fetchone()
         return int(row[0]) if row else 0
 
-    def top(self, n: int = 6) -> list[tuple[int, str]]:
+    def top(self, n: int = 12) -> list[tuple[int, str]]:
         rows = self.conn.execute(
             f"SELECT calls, query FROM pg_stat_statements WHERE {self._where()} "
             "ORDER BY calls DESC LIMIT %s",

@@ -41,6 +41,7 @@ log = logging.getLogger("sipbridge.cluster")
 CLAIM_BATCH = 8  # calls claimed per scheduling pass at most
 SLOTS_PER_CALL = 2  # a carrier leg and the agent leg it is bridged to
 LISTEN_RETRY_S = 1.0
+QUEUE_POLL_S = 1.0  # the queue is looked at this often without a NOTIFY
 
 
 class ClusterNode:
@@ -59,27 +60,44 @@ class ClusterNode:
         self._connected_since: float | None = None  # monotonic: beating steadily since
         self._tasks: list[asyncio.Task[None]] = []
         self._queue_down = False
+        self._queue_hint = True  # look at the queue on the next pass
+        self._polled_at = float("-inf")
 
     # ---- hooks into the call service ---------------------------------------------------
 
     def queued(self) -> list[CallRecord]:
         """The dispatcher's queued calls: ours, claiming more while slots are free. With
-        the store down: none (nothing can be dialled without the "dialling" write)."""
+        the store down: none (nothing can be dialled without the "dialling" write).
+        Reads only what may have changed: our waiting claims if we have any, and the
+        queue when a NOTIFY said something was queued, a claim filled its batch, or
+        the poll fallback is due (a NOTIFY is never replayed; calls fall due)."""
+        store = self.store
         try:
-            mine = self.store.claimed()
-            if not self.draining and self.lease_ok:
+            mine = store.claimed() if store.waiting else []
+            if not self.draining and self.lease_ok and self._queue_worth_a_look():
                 free = self.service.pool.free_slots()
                 n = claim_budget(free, SLOTS_PER_CALL, len(mine), CLAIM_BATCH)
                 if n:  # the claim returns its records: no second read
-                    got = self.store.claim_records(n)
+                    self._polled_at = time.monotonic()
+                    got = store.claim_records(n)
+                    self._queue_hint = len(got) == n  # a full batch: maybe more
                     mine = sorted(mine + got, key=lambda r: r.created_at) if got else mine
         except StoreError as e:
             if not self._queue_down:
                 log.warning("cluster: cannot read the queue (%s); retrying", e)
             self._queue_down = True
+            self._queue_hint = True
             return []
         self._queue_down = False
         return mine
+
+    def _queue_worth_a_look(self) -> bool:
+        return self._queue_hint or time.monotonic() - self._polled_at >= QUEUE_POLL_S
+
+    def _queue_changed(self) -> None:
+        """A NOTIFY (or a reconnect): the next pass looks at the queue."""
+        self._queue_hint = True
+        self.service.dispatcher.wake()
 
     def may_dial(self, rec: CallRecord) -> bool:
         return self.store.mark_dialing(rec.call_sid)
@@ -228,7 +246,7 @@ class ClusterNode:
                 log.exception("%s: cannot end the call of a lost node", sid)
                 endings.fail_call(sid, e)
         if t.requeued or t.adopted:
-            self.service.dispatcher.wake()
+            self._queue_changed()
 
     def _refresh_view(self) -> None:
         self.view = membership.members(self.store)
@@ -245,9 +263,9 @@ class ClusterNode:
                 async with conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     self.listening = True
-                    self.service.dispatcher.wake()  # anything queued while we were away
+                    self._queue_changed()  # anything queued while we were away
                     async for _ in conn.notifies():
-                        self.service.dispatcher.wake()
+                        self._queue_changed()
             except asyncio.CancelledError:
                 raise
             except Exception as e:

@@ -94,7 +94,7 @@ class ClusterStore(PostgresStore):
             {"owner_node": "?", "epoch": "1", "claimed_at": "now()", "lease_until": _LEASE},
             (self.node_id, self.lease_s),
         )
-        self._claimed(rec.call_sid, 1)
+        self._claimed(rec.call_sid, 1, waiting=True)
 
     def _write(self, rec: CallRecord, event: CallEvent | None, outbox: Any) -> None:
         """The record (with its event and callbacks), fenced by the epoch held."""
