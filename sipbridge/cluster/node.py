@@ -295,7 +295,7 @@ class ClusterNode:
             "listening": self.listening,
             "view_age_s": round(time.monotonic() - self.view_at, 3),
             "members": [m.to_json() for m in self.view],
-            "claims_held": len(self.store.held),
+            "claims_held": len(self.store.claims),
             "stale_writes_dropped": self.store.stale_writes,
             "takeovers": self.takeovers,
             "limits": "per node" if self.cfg.redis is None else "cluster-wide (Redis)",
