@@ -2,7 +2,11 @@
 schema versioned by numbered migrations, applied at open inside one transaction under an
 advisory lock (several nodes may start at once), recorded in ``schema_version``.
 
-One connection, used from the supervisor's loop thread like the SQLite one. A lost
+One connection, used from the supervisor's loop thread like the SQLite one, in
+autocommit: a read or a single write is one statement (no BEGIN/COMMIT round trips), a
+new call or a status change is one statement too (the call row, its event and its
+callbacks through data-modifying CTEs); explicit transactions remain only where two
+statements must agree (migrations, takeovers, purges). A lost
 connection makes every operation raise :class:`StoreError` ("PostgreSQL store
 unavailable: ..."); the next operation reconnects (at most one try per
 ``RECONNECT_EVERY_S``, so a dead server does not stall the loop on every call).
@@ -21,7 +25,8 @@ import psycopg
 from psycopg import errors as pgerrors
 
 from sipbridge.errors import DuplicateCall, StoreError, StoreUnavailable
-from sipbridge.sqlstore import SqlStore, iter_statements
+from sipbridge.records import CallEvent, CallRecord, OutboxMessage
+from sipbridge.sqlstore import COLS, OUTBOX_COLS, SqlStore, iter_statements
 
 # Numbered migrations: version N's script takes the schema from N-1 to N. Never edit
 # a released one; add the next number.
@@ -106,6 +111,13 @@ CREATE TABLE nodes (
     lease_s DOUBLE PRECISION NOT NULL,
     draining BOOLEAN NOT NULL DEFAULT false
 )
+""",
+    # Per-claim leases: a claim holds until ``lease_until`` (DB clock), renewed by its
+    # node's heartbeat; an expired one is taken over even if the node is alive. NULL: a
+    # claim made by an older build, governed by its node's lease alone.
+    4: """
+ALTER TABLE calls ADD COLUMN lease_until TIMESTAMPTZ;
+CREATE INDEX calls_lease ON calls(lease_until) WHERE owner_node IS NOT NULL
 """,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
@@ -205,18 +217,105 @@ class PostgresStore(SqlStore):
         return self._conn
 
     @contextmanager
-    def _tx(self) -> Iterator[_PgTx]:
+    def _guard(self) -> Iterator[psycopg.Connection[Any]]:
+        """The live connection, held alone; database errors mapped to the store's."""
         with self._lock:
             try:
-                conn = self._live()
-                with conn.transaction(), conn.cursor() as cur:
-                    yield _PgTx(cur)
+                yield self._live()
             except pgerrors.UniqueViolation as e:
                 raise DuplicateCall(_problem(e)) from None
             except psycopg.OperationalError as e:
                 raise StoreUnavailable(f"PostgreSQL store unavailable: {_problem(e)}") from None
             except psycopg.Error as e:
                 raise StoreError(f"PostgreSQL store: {_problem(e)}") from None
+
+    @contextmanager
+    def _tx(self) -> Iterator[_PgTx]:
+        with self._guard() as conn, conn.transaction(), conn.cursor() as cur:
+            yield _PgTx(cur)
+
+    @contextmanager
+    def _auto(self) -> Iterator[_PgTx]:
+        # The connection autocommits: one statement, one round trip, no BEGIN/COMMIT.
+        with self._guard() as conn, conn.cursor() as cur:
+            yield _PgTx(cur)
+
+    # ---- writes of one statement each ---------------------------------------------------
+    # A status change writes the call row, its event and its callbacks in ONE statement
+    # (data-modifying CTEs, atomic like a transaction): the event and callback rows are
+    # inserted only if the UPDATE matched its row.
+
+    def create(
+        self, rec: CallRecord, event: CallEvent | None = None, outbox: Sequence[OutboxMessage] = ()
+    ) -> None:
+        self._create_one(rec, event, outbox)
+
+    def _create_one(
+        self,
+        rec: CallRecord,
+        event: CallEvent | None,
+        outbox: Sequence[OutboxMessage],
+        extra: dict[str, str] | None = None,
+        extra_params: Sequence[Any] = (),
+        tail: str = "1",
+    ) -> None:
+        """INSERT the call (``extra``: more columns as SQL expressions) with its event
+        and callbacks, one statement."""
+        extra = extra or {}
+        cols = ",".join((*COLS, *extra))
+        marks = ",".join(("?",) * len(COLS) + tuple(extra.values()))
+        head = f"INSERT INTO calls ({cols}) VALUES ({marks})"
+        self._chain(head, (*self._values(rec), *extra_params), event, outbox, tail)
+
+    def save(self, rec: CallRecord) -> None:
+        self._write(rec, None, ())
+
+    def save_status(
+        self, rec: CallRecord, event: CallEvent, outbox: Sequence[OutboxMessage] = ()
+    ) -> None:
+        self._write(rec, event, outbox)
+
+    def _write(
+        self, rec: CallRecord, event: CallEvent | None, outbox: Sequence[OutboxMessage]
+    ) -> None:
+        sets = ",".join(f"{c}=?" for c in COLS[1:])
+        vals = self._values(rec)
+        head = f"UPDATE calls SET {sets} WHERE call_sid=?"
+        if self._chain(head, (*vals[1:], vals[0]), event, outbox) != 1:
+            raise StoreError(f"call {rec.call_sid} does not exist")
+
+    def _chain(
+        self,
+        head: str,
+        params: Sequence[Any],
+        event: CallEvent | None,
+        outbox: Sequence[OutboxMessage],
+        tail: str = "1",
+    ) -> int:
+        """Run ``head`` (an INSERT or UPDATE of one calls row) and, if it wrote its row,
+        insert the event and the callbacks, as one statement; the rows written by
+        ``head`` (``tail`` is evaluated once per such row, e.g. a pg_notify)."""
+        parts = [f"w AS ({head} RETURNING call_sid)"]
+        args = list(params)
+        if event is not None:
+            parts.append(
+                "e AS (INSERT INTO events (call_sid, ts, kind, data) SELECT call_sid,?,?,? FROM w)"
+            )
+            args += [event.ts, event.kind, self._event_data(event)]
+        if outbox:  # one INSERT, rows in order (ids order a call's callbacks)
+            cols = ",".join(OUTBOX_COLS)
+            row = "(?," + ",".join("?" * len(OUTBOX_COLS)) + ")"
+            parts.append(
+                f"o AS (INSERT INTO outbox ({cols}) SELECT "
+                + ",".join(f"v.{c}" for c in OUTBOX_COLS)
+                + f" FROM w CROSS JOIN (VALUES {','.join([row] * len(outbox))}) "
+                f"AS v(n,{cols}) ORDER BY v.n)"
+            )
+            for i, m in enumerate(outbox):
+                args += (i, *self._outbox_row(m))
+        with self._auto() as tx:
+            rows = tx.run(f"WITH {','.join(parts)} SELECT {tail} FROM w", args)[0]
+        return len(rows)
 
     def schema_version(self) -> int:
         rows = self._one("SELECT MAX(version) FROM schema_version")

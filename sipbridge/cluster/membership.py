@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from sipbridge.cluster.lease import Member, takeover_action
-from sipbridge.cluster.store import _NOTIFY, FRESH, ClusterStore
+from sipbridge.cluster.store import _LEASE, _NOTIFY, FRESH, ClusterStore
+from sipbridge.sqlstore import Tx
 
 log = logging.getLogger("sipbridge.cluster")
 
@@ -37,20 +38,39 @@ def join(store: ClusterStore, draining: bool = False) -> None:
     )
 
 
-def heartbeat(store: ClusterStore, draining: bool) -> Beat:
-    """Renew our lease: "ok"; "lapsed" when it had expired but nobody took us over (a
-    takeover deletes our row in the same transaction that re-epochs our calls, so a row
-    still there means every claim of ours is intact); "lost" when we were taken over:
-    everything this node held may belong to another node now."""
-    with store._tx() as tx:
-        rows = tx.run(f"SELECT {FRESH} FROM nodes WHERE node_id=? FOR UPDATE", (store.node_id,))[0]
-        if not rows:
-            return "lost"
-        tx.run(
-            "UPDATE nodes SET last_seen=now(), draining=? WHERE node_id=?",
-            (draining, store.node_id),
-        )
-    return "ok" if rows[0][0] else "lapsed"
+def heartbeat(
+    store: ClusterStore, draining: bool, renew: dict[str, int] | None = None
+) -> tuple[Beat, set[str]]:
+    """Renew our lease and the leases of the claims in ``renew`` (call_sid -> epoch), in
+    one statement: "ok"; "lapsed" when our lease had expired but nobody took us over (a
+    takeover deletes our row in the same transaction that re-epochs our calls); "lost"
+    when we were taken over: everything this node held may belong to another node now.
+    Also the claims of ``renew`` NOT renewed: another node took them over (their lease
+    expired) or ended them; this node must let them go."""
+    renew = renew or {}
+    rows = store._one(
+        f"WITH old AS (SELECT {FRESH} AS fresh FROM nodes WHERE node_id=?), "
+        "n AS (UPDATE nodes SET last_seen=now(), draining=? WHERE node_id=? RETURNING 1), "
+        f"r AS (UPDATE calls c SET lease_until={_LEASE} FROM unnest(?::text[], ?::bigint[]) "
+        "AS h(sid, ep) WHERE c.call_sid=h.sid AND c.epoch=h.ep AND c.owner_node=? "
+        "AND c.status IN ('queued','calling') RETURNING c.call_sid) "
+        "SELECT (SELECT fresh FROM old), (SELECT count(*) FROM n), "
+        "ARRAY(SELECT call_sid FROM r)",
+        (
+            store.node_id,
+            draining,
+            store.node_id,
+            store.lease_s,
+            list(renew),
+            list(renew.values()),
+            store.node_id,
+        ),
+    )
+    fresh, beat, renewed = rows[0]
+    lost = set(renew) - set(renewed or ())
+    if not beat:
+        return "lost", lost
+    return ("ok" if fresh else "lapsed"), lost
 
 
 def members(store: ClusterStore) -> list[Member]:
@@ -88,34 +108,63 @@ def take_over(store: ClusterStore, node_id: str, force: bool = False) -> Takeove
             "AND status IN ('queued','calling') ORDER BY created_at FOR UPDATE",
             (node_id,),
         )[0]
-        for sid, status, dialing in rows:
-            action = takeover_action(status, bool(dialing))
-            if action == "requeue":
-                tx.run(
-                    "UPDATE calls SET owner_node=NULL, epoch=epoch+1, dialing=false "
-                    "WHERE call_sid=?",
-                    (sid,),
-                )
-                out.requeued.append(sid)
-            elif action == "end":
-                got = tx.run(
-                    "UPDATE calls SET owner_node=?, epoch=epoch+1 WHERE call_sid=? RETURNING epoch",
-                    (store.node_id, sid),
-                )[0]
-                store._hold(sid, int(got[0][0]))
-                out.adopted.append(sid)
-                if status == "queued":
-                    out.dialing_only.add(sid)
-        if out.requeued:
-            tx.run(_NOTIFY)
+        _take(store, tx, rows, out)
+    _log(out)
+    return out
+
+
+def take_over_expired_claims(store: ClusterStore, limit: int = 200) -> Takeover | None:
+    """Take over the calls whose claim lease expired (DB clock), whoever owns them: a
+    node that is alive but stopped renewing a claim (it lost track of the call) loses
+    it like a dead node. Rows another node is taking over meanwhile are skipped. None
+    when no claim had expired."""
+    out = Takeover("expired claims")
+    with store._tx() as tx:
+        rows = tx.run(
+            "SELECT call_sid, status, dialing FROM calls WHERE lease_until < now() "
+            "AND owner_node IS NOT NULL AND status IN ('queued','calling') "
+            "ORDER BY created_at LIMIT ? FOR UPDATE SKIP LOCKED",
+            (limit,),
+        )[0]
+        _take(store, tx, rows, out)
+    _log(out)
+    return out if rows else None
+
+
+def _take(store: ClusterStore, tx: Tx, rows: list[tuple[Any, ...]], out: Takeover) -> None:
+    """Re-queue or adopt each of ``rows`` (call_sid, status, dialing), in ``tx``."""
+    for sid, status, dialing in rows:
+        action = takeover_action(status, bool(dialing))
+        if action == "requeue":
+            tx.run(
+                "UPDATE calls SET owner_node=NULL, epoch=epoch+1, dialing=false, "
+                "lease_until=NULL WHERE call_sid=?",
+                (sid,),
+            )
+            store._unclaimed(sid)
+            out.requeued.append(sid)
+        elif action == "end":
+            got = tx.run(
+                f"UPDATE calls SET owner_node=?, epoch=epoch+1, lease_until={_LEASE} "
+                "WHERE call_sid=? RETURNING epoch",
+                (store.node_id, store.lease_s, sid),
+            )[0]
+            store._claimed(sid, int(got[0][0]))
+            out.adopted.append(sid)
+            if status == "queued":
+                out.dialing_only.add(sid)
+    if out.requeued:
+        tx.run(_NOTIFY)
+
+
+def _log(out: Takeover) -> None:
     if out.requeued or out.adopted:
         log.warning(
-            "took over node %s: %d call(s) re-queued, %d in flight ending as node lost",
-            node_id,
+            "took over %s: %d call(s) re-queued, %d in flight ending as node lost",
+            out.node_id if out.node_id == "expired claims" else f"node {out.node_id}",
             len(out.requeued),
             len(out.adopted),
         )
-    return out
 
 
 def leave(store: ClusterStore) -> bool:
@@ -132,4 +181,13 @@ def leave(store: ClusterStore) -> bool:
     return True
 
 
-__all__ = ["Takeover", "heartbeat", "join", "leave", "members", "orphan_owners", "take_over"]
+__all__ = [
+    "Takeover",
+    "heartbeat",
+    "join",
+    "leave",
+    "members",
+    "orphan_owners",
+    "take_over",
+    "take_over_expired_claims",
+]

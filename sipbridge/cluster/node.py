@@ -41,6 +41,7 @@ log = logging.getLogger("sipbridge.cluster")
 CLAIM_BATCH = 8  # calls claimed per scheduling pass at most
 SLOTS_PER_CALL = 2  # a carrier leg and the agent leg it is bridged to
 LISTEN_RETRY_S = 1.0
+QUEUE_POLL_S = 1.0  # the queue is looked at this often without a NOTIFY
 
 
 class ClusterNode:
@@ -59,26 +60,44 @@ class ClusterNode:
         self._connected_since: float | None = None  # monotonic: beating steadily since
         self._tasks: list[asyncio.Task[None]] = []
         self._queue_down = False
+        self._queue_hint = True  # look at the queue on the next pass
+        self._polled_at = float("-inf")
 
     # ---- hooks into the call service ---------------------------------------------------
 
     def queued(self) -> list[CallRecord]:
         """The dispatcher's queued calls: ours, claiming more while slots are free. With
-        the store down: none (nothing can be dialled without the "dialling" write)."""
+        the store down: none (nothing can be dialled without the "dialling" write).
+        Reads only what may have changed: our waiting claims if we have any, and the
+        queue when a NOTIFY said something was queued, a claim filled its batch, or
+        the poll fallback is due (a NOTIFY is never replayed; calls fall due)."""
+        store = self.store
         try:
-            mine = self.store.claimed()
-            if not self.draining and self.lease_ok:
+            mine = store.claimed() if store.waiting else []
+            if not self.draining and self.lease_ok and self._queue_worth_a_look():
                 free = self.service.pool.free_slots()
                 n = claim_budget(free, SLOTS_PER_CALL, len(mine), CLAIM_BATCH)
-                if n and self.store.claim(n):
-                    mine = self.store.claimed()
+                if n:  # the claim returns its records: no second read
+                    self._polled_at = time.monotonic()
+                    got = store.claim_records(n)
+                    self._queue_hint = len(got) == n  # a full batch: maybe more
+                    mine = sorted(mine + got, key=lambda r: r.created_at) if got else mine
         except StoreError as e:
             if not self._queue_down:
                 log.warning("cluster: cannot read the queue (%s); retrying", e)
             self._queue_down = True
+            self._queue_hint = True
             return []
         self._queue_down = False
         return mine
+
+    def _queue_worth_a_look(self) -> bool:
+        return self._queue_hint or time.monotonic() - self._polled_at >= QUEUE_POLL_S
+
+    def _queue_changed(self) -> None:
+        """A NOTIFY (or a reconnect): the next pass looks at the queue."""
+        self._queue_hint = True
+        self.service.dispatcher.wake()
 
     def may_dial(self, rec: CallRecord) -> bool:
         return self.store.mark_dialing(rec.call_sid)
@@ -131,10 +150,11 @@ class ClusterNode:
             await asyncio.sleep(self.cfg.heartbeat_s)
 
     def beat(self) -> None:
-        """One heartbeat: renew our lease, take over lost nodes, refresh the view."""
+        """One heartbeat: renew our lease and our claims' leases (one statement), take
+        over lost nodes and expired claims, refresh the view."""
         store = self.store
         now = time.monotonic()
-        beat = membership.heartbeat(store, self.draining)
+        beat, lost_claims = membership.heartbeat(store, self.draining, self.renewable())
         if beat == "lapsed":
             log.warning(
                 "node %s: heartbeat late past the lease, nobody took over: renewed", store.node_id
@@ -148,10 +168,22 @@ class ClusterNode:
             )
             self.lease_ok = False
             self._self_fence()
+            store.claims.clear()
+            store.waiting.clear()
             t = membership.take_over(store, store.node_id, force=True)
             if t is not None:
                 self._end(t, node_lost(store.node_id))
             membership.join(store, self.draining)
+        elif lost_claims:
+            log.error(
+                "node %s: %d claim(s) taken over by another node (claim lease expired): "
+                "hanging up their legs here",
+                store.node_id,
+                len(lost_claims),
+            )
+            self._self_fence(lost_claims)
+            for sid in lost_claims:
+                store._unclaimed(sid)
         if beat != "ok" or self._connected_since is None:
             self._connected_since = now
         self.lease_ok = True
@@ -162,6 +194,17 @@ class ClusterNode:
             self._take_over_lost()
         self._refresh_view()
 
+    def renewable(self) -> dict[str, int]:
+        """The claims whose leases this beat renews: those waiting to be dialled and
+        those of calls this node has live. A claim on a call the node lost track of is
+        not renewed: it expires and is taken over (ended as "bridge node lost")."""
+        reg = self.service.registry
+        return {
+            sid: epoch
+            for sid, epoch in self.store.claims.items()
+            if sid in self.store.waiting or sid in reg
+        }
+
     def _take_over_lost(self) -> None:
         store = self.store
         lost = set(expired(membership.members(store))) | set(membership.orphan_owners(store))
@@ -170,12 +213,20 @@ class ClusterNode:
             if t is not None:
                 self.takeovers += 1
                 self._end(t, node_lost(node_id))
+        t = membership.take_over_expired_claims(store)
+        if t is not None:
+            self.takeovers += 1
+            why = "its claim lease expired (not renewed by the node that held it)"
+            self._end(t, replace(node_lost(""), detail=why))
 
-    def _self_fence(self) -> None:
-        """Our lease ended: whatever we still hold may be another node's. Hang up every
-        leg we have up; what we write about them stays fenced by our old epochs."""
+    def _self_fence(self, calls: set[str] | None = None) -> None:
+        """Our lease ended (or the claims on ``calls`` did): whatever we still hold may
+        be another node's. Hang up every leg we have up (of those calls); what we write
+        about them stays fenced by our old epochs."""
         pool = self.service.pool
         for live in self.service.registry:
+            if calls is not None and live.call_sid not in calls:
+                continue
             for leg_id in list(live.legs):
                 with contextlib.suppress(Exception):
                     pool.hangup(leg_id)
@@ -195,7 +246,7 @@ class ClusterNode:
                 log.exception("%s: cannot end the call of a lost node", sid)
                 endings.fail_call(sid, e)
         if t.requeued or t.adopted:
-            self.service.dispatcher.wake()
+            self._queue_changed()
 
     def _refresh_view(self) -> None:
         self.view = membership.members(self.store)
@@ -212,9 +263,9 @@ class ClusterNode:
                 async with conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     self.listening = True
-                    self.service.dispatcher.wake()  # anything queued while we were away
+                    self._queue_changed()  # anything queued while we were away
                     async for _ in conn.notifies():
-                        self.service.dispatcher.wake()
+                        self._queue_changed()
             except asyncio.CancelledError:
                 raise
             except Exception as e:
@@ -244,7 +295,7 @@ class ClusterNode:
             "listening": self.listening,
             "view_age_s": round(time.monotonic() - self.view_at, 3),
             "members": [m.to_json() for m in self.view],
-            "claims_held": len(self.store.held),
+            "claims_held": len(self.store.claims),
             "stale_writes_dropped": self.store.stale_writes,
             "takeovers": self.takeovers,
             "limits": "per node" if self.cfg.redis is None else "cluster-wide (Redis)",

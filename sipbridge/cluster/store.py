@@ -30,7 +30,10 @@ from sipbridge.records import CallEvent, CallRecord
 from sipbridge.sqlstore import COLS, Tx
 
 CHANNEL = "sipbridge_queue"
-_NOTIFY = f"SELECT pg_notify('{CHANNEL}', '')"
+_NOTIFY_EXPR = f"pg_notify('{CHANNEL}', '')"
+_NOTIFY = f"SELECT {_NOTIFY_EXPR}"
+# A claim's lease from now (DB clock); the parameter is the lease in seconds.
+_LEASE = "now() + make_interval(secs => ?)"
 # A node's lease is fresh while its heartbeat (DB clock) is younger than its lease_s.
 FRESH = "last_seen > now() - make_interval(secs => lease_s)"
 _HELD_MAX = 20_000  # claims remembered (terminal calls' claims are forgotten oldest first)
@@ -47,6 +50,10 @@ class ClusterStore(PostgresStore):
         # epoch, so late reports about the attempt are fenced once another node claims).
         self.held: OrderedDict[str, int] = OrderedDict()
         self.stale_writes = 0  # writes fenced out (logged by the journal)
+        # The claims this node holds now (call_sid -> epoch), whose leases its heartbeat
+        # renews; ``waiting``: those claimed from the queue and not dialled yet.
+        self.claims: dict[str, int] = {}
+        self.waiting: set[str] = set()
 
     def __repr__(self) -> str:  # never the DSN
         return f"ClusterStore({self.node_id})"
@@ -62,46 +69,61 @@ class ClusterStore(PostgresStore):
         claimed the call; its writes are then fenced by the epoch they read)."""
         return self.held.get(call_sid)
 
+    def _claimed(self, call_sid: str, epoch: int, waiting: bool = False) -> None:
+        """This node holds a claim on the call (``waiting``: claimed, not dialled yet)."""
+        self._hold(call_sid, epoch)
+        self.claims[call_sid] = epoch
+        if waiting:
+            self.waiting.add(call_sid)
+
+    def _unclaimed(self, call_sid: str) -> None:
+        self.claims.pop(call_sid, None)
+        self.waiting.discard(call_sid)
+
     # ---- fenced writes (overrides of the shared queries) ------------------------------
 
     def create(self, rec: CallRecord, event: CallEvent | None = None, outbox: Any = ()) -> None:
-        with self._tx() as tx:
-            self._create(tx, rec, event, outbox)
-            if rec.owner_node != self.node_id:
-                tx.run(_NOTIFY)
-                return
-            # Created claimed by this node (a SIP-triggered call it dials itself).
-            tx.run(
-                "UPDATE calls SET owner_node=?, epoch=1, claimed_at=now() WHERE call_sid=?",
-                (self.node_id, rec.call_sid),
-            )
-        self._hold(rec.call_sid, 1)
+        if rec.owner_node != self.node_id:
+            self._create_one(rec, event, outbox, tail=_NOTIFY_EXPR)
+            return
+        # Created claimed by this node (a SIP-triggered call it dials itself).
+        self._create_one(
+            rec,
+            event,
+            outbox,
+            {"owner_node": "?", "epoch": "1", "claimed_at": "now()", "lease_until": _LEASE},
+            (self.node_id, self.lease_s),
+        )
+        self._claimed(rec.call_sid, 1, waiting=True)
 
-    def _save(self, tx: Tx, rec: CallRecord) -> None:
+    def _write(self, rec: CallRecord, event: CallEvent | None, outbox: Any) -> None:
+        """The record (with its event and callbacks), fenced by the epoch held."""
         held = self.held.get(rec.call_sid)
         sets = [f"{c}=?" for c in COLS[1:]]
         vals = list(self._values(rec)[1:])
         release = rec.status == "queued"
         if release:  # back in the queue: any node may claim it (the next claim's epoch)
-            sets += ["owner_node=NULL", "dialing=false", "epoch=epoch+1"]
+            sets += ["owner_node=NULL", "dialing=false", "epoch=epoch+1", "lease_until=NULL"]
         elif held is None:  # not ours: a status change takes the call from its claimer
             sets.append("epoch=CASE WHEN status=? THEN epoch ELSE epoch+1 END")
             vals.append(rec.status)
         fence = held if held is not None else rec.epoch
-        n = tx.run(
-            f"UPDATE calls SET {','.join(sets)} WHERE call_sid=? AND epoch=?",
-            (*vals, rec.call_sid, fence),
-        )[1]
+        head = f"UPDATE calls SET {','.join(sets)} WHERE call_sid=? AND epoch=?"
+        n = self._chain(
+            head, (*vals, rec.call_sid, fence), event, outbox, _NOTIFY_EXPR if release else "1"
+        )
         if n != 1:
             self.stale_writes += 1
+            self._unclaimed(rec.call_sid)
             raise StaleClaim(
                 f"call {rec.call_sid}: epoch {fence} is stale (another node owns the call)"
             )
+        if release or rec.terminal:
+            self._unclaimed(rec.call_sid)
         if release:
             # Late reports about the attempt just ended stay fenced: by the released
             # epoch, which the next claim (by any node) moves on.
             self._hold(rec.call_sid, fence + 1)
-            tx.run(_NOTIFY)
 
     def _add_event(self, tx: Tx, call_sid: str, event: CallEvent) -> None:
         held = self.held.get(call_sid)
@@ -122,23 +144,29 @@ class ClusterStore(PostgresStore):
     def claim(self, limit: int, now: float | None = None) -> list[str]:
         """Claim up to ``limit`` due unclaimed queued calls (oldest first) for this node,
         only while its lease is fresh and it is not draining; their callSids."""
+        return [r.call_sid for r in self.claim_records(limit, now)]
+
+    def claim_records(self, limit: int, now: float | None = None) -> list[CallRecord]:
+        """:meth:`claim`, returning the claimed records (no second read). Each claim
+        gets its own lease (``lease_until``), renewed by :meth:`renew`."""
         if limit <= 0:
             return []
         now = time.time() if now is None else now
-        with self._tx() as tx:
-            rows = tx.run(
-                "WITH c AS (SELECT call_sid FROM calls WHERE status='queued' "
-                "AND owner_node IS NULL AND (not_before IS NULL OR not_before <= ?) "
-                "AND EXISTS (SELECT 1 FROM nodes WHERE node_id=? AND NOT draining AND "
-                f"{FRESH}) ORDER BY created_at LIMIT ? FOR UPDATE SKIP LOCKED) "
-                "UPDATE calls SET owner_node=?, epoch=calls.epoch+1, claimed_at=now(), "
-                "dialing=false FROM c WHERE calls.call_sid=c.call_sid "
-                "RETURNING calls.call_sid, calls.epoch",
-                (now, self.node_id, limit, self.node_id),
-            )[0]
-        for sid, epoch in rows:
-            self._hold(sid, int(epoch))
-        return [sid for sid, _ in rows]
+        cols = ",".join(f"calls.{c}" for c in COLS + self.EXTRA_COLS)
+        rows = self._one(
+            "WITH c AS (SELECT call_sid FROM calls WHERE status='queued' "
+            "AND owner_node IS NULL AND (not_before IS NULL OR not_before <= ?) "
+            "AND EXISTS (SELECT 1 FROM nodes WHERE node_id=? AND NOT draining AND "
+            f"{FRESH}) ORDER BY created_at LIMIT ? FOR UPDATE SKIP LOCKED) "
+            "UPDATE calls SET owner_node=?, epoch=calls.epoch+1, claimed_at=now(), "
+            f"lease_until={_LEASE}, dialing=false FROM c WHERE calls.call_sid=c.call_sid "
+            f"RETURNING {cols}",
+            (now, self.node_id, limit, self.node_id, self.lease_s),
+        )
+        recs = sorted((self._row(r) for r in rows), key=lambda r: r.created_at)
+        for r in recs:
+            self._claimed(r.call_sid, r.epoch, waiting=True)
+        return recs
 
     def claimed(self) -> list[CallRecord]:
         """This node's claimed queued calls (not dialled yet), oldest first; a claim the
@@ -148,36 +176,37 @@ class ClusterStore(PostgresStore):
 
     def mark_dialing(self, call_sid: str) -> bool:
         """Record that the attempt's INVITE is about to go out. False (dial nothing) when
-        this node no longer holds the call's epoch or its own lease has expired."""
+        this node no longer holds the call's epoch, or the claim's lease or the node's
+        own lease has expired (DB clock)."""
         held = self.held.get(call_sid)
         if held is None:
             return False
-        n = self._tx_count(
-            "UPDATE calls SET dialing=true WHERE call_sid=? AND epoch=? AND owner_node=? "
-            "AND status IN ('queued','calling') AND EXISTS (SELECT 1 FROM nodes WHERE "
-            f"node_id=? AND {FRESH})",
-            (call_sid, held, self.node_id, self.node_id),
-        )
+        with self._auto() as tx:
+            n = tx.run(
+                "UPDATE calls SET dialing=true WHERE call_sid=? AND epoch=? AND owner_node=? "
+                "AND status IN ('queued','calling') AND lease_until > now() "
+                f"AND EXISTS (SELECT 1 FROM nodes WHERE node_id=? AND {FRESH})",
+                (call_sid, held, self.node_id, self.node_id),
+            )[1]
+        if n == 1:
+            self.waiting.discard(call_sid)
         return n == 1
 
     def release_claims(self) -> list[str]:
         """Draining: hand this node's claimed, never dialled calls back to the queue."""
         with self._tx() as tx:
             rows = tx.run(
-                "UPDATE calls SET owner_node=NULL, epoch=epoch+1, dialing=false "
-                "WHERE owner_node=? AND status='queued' AND NOT dialing "
+                "UPDATE calls SET owner_node=NULL, epoch=epoch+1, dialing=false, "
+                "lease_until=NULL WHERE owner_node=? AND status='queued' AND NOT dialing "
                 "RETURNING call_sid, epoch",
                 (self.node_id,),
             )[0]
             if rows:
                 tx.run(_NOTIFY)
         for sid, epoch in rows:
+            self._unclaimed(sid)
             self._hold(sid, int(epoch))
         return [sid for sid, _ in rows]
-
-    def _tx_count(self, sql: str, params: tuple[Any, ...]) -> int:
-        with self._tx() as tx:
-            return tx.run(sql, params)[1]
 
 
 __all__ = ["CHANNEL", "FRESH", "ClusterStore"]

@@ -248,13 +248,13 @@ def test_a_non_owner_status_change_fences_the_claimer(nodes):
 
 def test_heartbeat_renews_a_lapsed_lease_unless_taken_over(nodes):
     a, b = nodes("a", lease_s=5.0), nodes("b")
-    assert membership.heartbeat(a, draining=False) == "ok"
+    assert membership.heartbeat(a, draining=False)[0] == "ok"
     _age(a, "a", 6.0)  # e.g. the database was down for longer than the lease
-    assert membership.heartbeat(a, draining=False) == "lapsed"
-    assert membership.heartbeat(a, draining=False) == "ok"
+    assert membership.heartbeat(a, draining=False)[0] == "lapsed"
+    assert membership.heartbeat(a, draining=False)[0] == "ok"
     _age(a, "a", 6.0)
     assert membership.take_over(b, "a") is not None
-    assert membership.heartbeat(a, draining=False) == "lost"
+    assert membership.heartbeat(a, draining=False)[0] == "lost"
 
 
 def test_a_call_created_claimed_is_never_claimed_by_another_node(nodes):
