@@ -114,9 +114,10 @@ def test_gcra_never_admits_more_than_rate_plus_burst_under_concurrent_processes(
     times = [t / 1e6 for part in parts for t in part]
     ok, worst = windows_ok(times, rate + burst)
     assert ok, f"{worst} tokens in a 1 s window (cap {rate} + burst {burst})"
-    # it admits at the rate, not less: burst + rate * span, give or take one
+    # it admits at the rate, not far below it: burst + rate * span, with 10 % slack for
+    # clients starved of CPU on a loaded machine (they ask late, so a due token goes unused)
     span = max(times) - min(times)
-    assert len(times) >= burst + rate * span - 1, (len(times), span)
+    assert len(times) >= 0.9 * (burst + rate * span) - 1, (len(times), span)
     assert sum(1 for p in parts if p) >= 2  # the processes really shared it
 
 
