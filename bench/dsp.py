@@ -254,6 +254,8 @@ SHORT_ABOUT = {
     "clean_silent": "clean (TTS/studio) prompt, line silent",
     "clean_cn": "clean prompt on a comfort-noise line",
     "rec_cn": "recorded prompt on a comfort-noise line",
+    "live_dtx": "live answer, noise suppression + DTX, comfort noise between talkspurts",
+    "clean_dtx": "clean prompt sent with DTX, comfort noise between talkspurts",
 }
 
 
@@ -346,6 +348,61 @@ def corpus(gen: Any, tmp: Path, name: str) -> tuple[Path, dict[str, dict[str, An
     return out, gen(out)
 
 
+def _summary(v: Any) -> Any:
+    """Latency lists shown as counts and percentiles."""
+    if isinstance(v, dict):
+        return {k: _summary(x) for k, x in v.items()}
+    if isinstance(v, list) and v and isinstance(v[0], int | float):
+        return {
+            "n": len(v),
+            "le700": sum(1 for x in v if x <= 700),
+            "median": pct(v, 50),
+            "p90": pct(v, 90),
+            "max": max(v),
+        }
+    return v
+
+
+def _corpora_only(a: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as td:
+        tmp = Path(td)
+        return {
+            name: _summary(score(out, labels))
+            for name, out, labels in (
+                ("detection", *corpus(detection.generate, tmp, "det")),
+                ("regress", *corpus(regress.generate, tmp, "reg")),
+            )
+        }
+
+
+def _cpu_only(a: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as td:
+        out, labels = corpus(detection.generate, Path(td), "det")
+        audio = [load_audio(out / f) for f in sorted(labels)]
+    return bench_frames(audio, a.frames, None)
+
+
+ONLY = {
+    "corpora": _corpora_only,
+    "speech": lambda a: speech_only(
+        a.speech_min, real.speech_clips(a.real) if (a.real / "labels.json").exists() else []
+    ),
+    "sit": lambda a: _summary(sit_dropouts()),
+    "short": lambda a: _summary(short_lines()),
+    "cpu": _cpu_only,
+}
+
+
+def run_only(names: list[str], a: argparse.Namespace) -> int:
+    """Run some sections only and print their raw numbers (RESULTS.md is left alone)."""
+    for name in names:
+        t0 = time.perf_counter()
+        res = ONLY[name](a)
+        print(f"== {name} ({time.perf_counter() - t0:.0f} s, load {os.getloadavg()[0]:.1f})")
+        print(json.dumps(res, indent=1, default=str))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="recipient-detection DSP benchmark")
     ap.add_argument(
@@ -357,7 +414,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, default=60_000, help="frames to time (min)")
     ap.add_argument("--speech-min", type=float, default=30.0, help="minutes of espeak speech")
     ap.add_argument("--no-write", action="store_true", help="do not update bench/RESULTS.md")
+    ap.add_argument(
+        "--only",
+        default="",
+        help=f"comma-separated sections to run and print (no write): {', '.join(ONLY)}",
+    )
     a = ap.parse_args(argv)
+    if a.only:
+        return run_only(a.only.split(","), a)
     load0 = os.getloadavg()
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)

@@ -138,6 +138,32 @@ class FloorTracker:
                 best = top
         return best
 
+    def own_silence(self, first_ms: int, last_word_end: int, run: int = 2) -> float | None:
+        """A clean prompt sent with silence suppression (RFC 3389): its talkspurt ends in the
+        prompt's own digital silence (the rest of the sender's 140–200 ms VAD hangover),
+        *then* the line's comfort noise resumes. Returns that comfort noise's level (dBFS)
+        when ``run`` (40 ms) or more consecutive pause frames of digital silence, after the
+        first word (from ``first_ms``) and before 200 ms after the last word's end, are
+        followed by an audible floor; None otherwise. A live phone's talkspurt ends in its
+        room's noise (DTX hangover), not in digital silence before comfort noise; comfort
+        noise loud enough to pass for a word after the prompt is allowed for."""
+        g = [(t, lv) for t, lv in self._gaps if first_ms <= t <= last_word_end + 800]
+        k = 0
+        while k < len(g) and g[k][0] <= last_word_end + 10 * FRAME_MS:
+            j = k
+            while (
+                j < len(g)
+                and g[j][1] <= DIGITAL_SILENCE_DBFS
+                and g[j][0] - g[k][0] == (j - k) * FRAME_MS
+            ):
+                j += 1
+            if j - k >= run:
+                after = [lv for _, lv in g[j:]]
+                if len(after) >= 5 and float(np.median(after)) > DIGITAL_SILENCE_DBFS + 5.0:
+                    return float(np.median(after))
+            k = max(j, k + 1)
+        return None
+
     @property
     def gap_frames(self) -> int:
         """Pause frames measured so far."""

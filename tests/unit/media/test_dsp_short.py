@@ -1,8 +1,10 @@
 """Short answers against short prompts then silence (issue #12): a recording followed by a
 digitally silent line is a machine; a live answer on a line that carries its room or a
-network's comfort noise stays human, in both G.711 laws. The conditions the audio cannot tell
-apart (a clean prompt on a comfort-noise line, a live endpoint that sends digital silence) are
-measured in bench/dsp.py and listed in the README's limits."""
+network's comfort noise stays human, in both G.711 laws; so does a live phone with DTX (its
+talkspurts end in room noise), while a clean prompt sent with DTX (its talkspurt ends in its
+own digital silence before the line's comfort noise) is a machine. The conditions the audio
+cannot tell apart (a clean prompt on a comfort-noise line, a live endpoint that sends digital
+silence) are measured in bench/dsp.py and listed in the README's limits."""
 
 from __future__ import annotations
 
@@ -33,8 +35,10 @@ def sp() -> Iterator[Speech]:
     [
         ("live_room", "human"),
         ("live_cn", "human"),
+        ("live_dtx", "human"),
         ("rec_silent", "machine"),
         ("clean_silent", "machine"),
+        ("clean_dtx", "machine"),
     ],
 )
 def test_short_answer_or_prompt(sp: Speech, condition: str, expected: str) -> None:
