@@ -205,7 +205,7 @@ class AnswerRules(FrameFeeder):
             if self._live_long and t_end - lw >= cfg.operator_silence_ms * (
                 1.0 if self._ends_in_question(lw) else 5.0 / 3.0
             ):
-                cn = self._floor.own_silence(gs, lw)
+                cn = self._floor.own_silence(lw, cfg.recorded_line_dbfs)
                 if cn is not None:  # the "live" floor was the line's comfort noise
                     self._live_long = False
                     self._machine(t_end, f"recorded prompt ({self._own_why(cn)})", events)
@@ -228,8 +228,7 @@ class AnswerRules(FrameFeeder):
         """Why a short greeting ending at ``last_word_end`` is a recording ('' if not)."""
         if self._floor.verdict(last_word_end + 200) == "recorded":
             return "the line's noise floor changed under it"
-        gs = self._greeting_start
-        cn = self._floor.own_silence(gs, last_word_end) if gs is not None else None
+        cn = self._floor.own_silence(last_word_end, self.cfg.recorded_line_dbfs)
         if cn is not None:
             return self._own_why(cn)
         after = self._floor.after_db(last_word_end + 300)
