@@ -494,10 +494,12 @@ around it: a short greeting followed by 120 ms of digital silence is a recording
 |---|---|---|
 {short_rows(shl)}
 
-The machine rows in which a recording is still called human are the limit of what the line
-tells: a clean prompt on a comfort-noise line sounds exactly like a live voice with noise
-suppression. The `live_gated` row is the price of the rule (endpoints that send digital
-silence between words without comfort noise); `recorded_line_dbfs: -120` turns it off.
+A clean prompt sent with DTX is told by its talkspurt's own digital silence before the
+line's comfort noise resumes. The machine rows in which a recording is still called human
+are the limit of what the line tells: a clean prompt with comfort noise mixed in under its
+words sounds exactly like a live voice with noise suppression. The `live_gated` row is the
+price of the digital-silence rule (endpoints that send digital silence between words without
+comfort noise); `recorded_line_dbfs: -120` turns both rules off.
 
 ### Speech-only audio (no call-progress or SIT decision allowed)
 
@@ -517,7 +519,9 @@ only: {sum(1 for v in sd["lat300"] if v <= 700)}/{len(sd["lat300"])} within 700 
 {len(sl) - sd["wrong_code"]} ({100 * (len(sl) - sd["wrong_code"]) / max(1, len(sl)):.0f} %). A
 dropout that hides what tells two codes apart (segment 1's start, the boundary between the
 segments) leaves a best guess that prefers the congestion codes (a retry) over "not in
-service". Without a dropout every code is decided within ~0.5 s (generated corpus above).
+service". The cases after 700 ms are those where the dropout hides all of the second SIT
+frequency until ~640 ms or later (it must be seen and held before the decoder says SIT).
+Without a dropout every code is decided within ~0.6 s (generated corpus above).
 
 ### Prompt library ({pl["n"]} prompts)
 
