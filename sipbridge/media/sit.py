@@ -19,10 +19,10 @@ the next one starts.
   (``confirm_ms`` for segment 2, 40 ms for segment 3), and some code fits.
 * The code is decided as soon as one code fits: ~0.4–0.6 s after the start without a dropout.
 * When a dropout hid what tells codes apart, the decoder waits for more segments, but not
-  past :data:`DEADLINE_MS` after the start of the earliest reading (a reading that needs no
-  dropout is preferred as the clock), then takes the best guess: congestion codes first
-  (every frequency pair has exactly one congestion code and one other), then the reading with
-  the smallest hidden stretch.
+  past :data:`DEADLINE_MS` after the earliest reading's start (the middle of its start
+  window; a reading that needs no dropout is preferred as the clock), then takes the best
+  guess: congestion codes first (every frequency pair has exactly one congestion code and
+  one other), then the reading with the smallest hidden stretch.
 * A sequence that stops after two segments is decided once nothing more can come; three
   SIT frequencies in order whose lengths fit no code are decided by frequencies alone.
 
@@ -68,7 +68,7 @@ SIT_ITU_TOL_HZ = 50.0
 # the ~40–60 ms the 40 ms analysis block needs to see the tone again.
 MAX_DROPOUT_MS = 380
 # A SIT whose code a dropout made uncertain is decided (best guess) this long after the
-# earliest start its readings allow: one frame inside the 700 ms target.
+# earliest reading's start (the middle of its window): one frame inside the 700 ms target.
 DEADLINE_MS = 680
 # On a tie between two codes (a dropout hid what separates them), prefer the congestion codes:
 # a wrong "congestion" costs one retry, a wrong "not in service" drops a working number.
@@ -257,7 +257,8 @@ class SitDecoder:
             f = fits[0]
             return self._make(f.code, f.meaning, segs, now_ms, f.hidden_ms > SLOP_MS)
         # several codes fit: wait for what tells them apart, but not past the deadline
-        # counted from the earliest start of a reading that needs no dropout (or of any)
+        # counted from the earliest start of a reading that needs no dropout (or of any;
+        # the middle of its window: its edges hold every lag and tolerance at once)
         clean = [f for f in fits if f.hidden_ms <= SLOP_MS] or fits
         if not stopped and now_ms < min((f.lo_ms + f.hi_ms) / 2 for f in clean) + DEADLINE_MS:
             return None
