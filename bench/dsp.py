@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import subprocess
 import sys
 import tempfile
@@ -246,6 +247,26 @@ def short_lines(per_condition: int = 32) -> dict[str, Any]:
     return out
 
 
+def short_end_gaps(per_condition: int = 16) -> dict[str, int]:
+    """Live short answers with one 100–300 ms zero-filled gap (lost packets) from 400 ms
+    before to 150 ms after their last word: how many are still called human."""
+    rnd = random.Random(5)
+    out = {"n": 0, "human": 0}
+    with tempfile.TemporaryDirectory() as td:
+        sp = Speech(Path(td))
+        sp.render_many(short.speech_requests())
+        for cond in ("live_room", "live_cn", "live_dtx"):
+            for k in range(per_condition):
+                c = short.one(sp, cond, k, 77)
+                end = int(c.label["greeting_end_ms"])  # type: ignore[call-overload]
+                for drop in (100, 200, 300):
+                    det = Detector(keep_timeline=False)
+                    det.feed(dropout(c.audio, rnd.uniform(end - 400, end + 150), drop))
+                    out["n"] += 1
+                    out["human"] += det.finish().answered_by == "human"
+    return out
+
+
 SHORT_ABOUT = {
     "live_room": "live answer, room noise on the line",
     "live_cn": "live answer, network comfort noise (-80..-66 dBFS)",
@@ -389,6 +410,7 @@ ONLY = {
     ),
     "sit": lambda a: _summary(sit_dropouts()),
     "short": lambda a: _summary(short_lines()),
+    "shortgap": lambda a: short_end_gaps(),
     "cpu": _cpu_only,
 }
 
@@ -443,6 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     so = speech_only(a.speech_min, real_clips)
     sd = sit_dropouts()
     shl = short_lines()
+    gaps = short_end_gaps()
     load1 = os.getloadavg()
 
     rows = []
@@ -499,7 +522,10 @@ line's comfort noise resumes. The machine rows in which a recording is still cal
 are the limit of what the line tells: a clean prompt with comfort noise mixed in under its
 words sounds exactly like a live voice with noise suppression. The `live_gated` row is the
 price of the digital-silence rule (endpoints that send digital silence between words without
-comfort noise); `recorded_line_dbfs: -120` turns both rules off.
+comfort noise); `recorded_line_dbfs: -120` turns both rules off. Live answers (room,
+comfort noise, DTX) with one 100–300 ms zero-filled gap from 400 ms before to 150 ms after
+their last word: {gaps["human"]}/{gaps["n"]} called human (a gap that swallows the end of
+the word reads as a prompt's own digital silence).
 
 ### Speech-only audio (no call-progress or SIT decision allowed)
 

@@ -17,7 +17,7 @@ import pytest
 
 from sipbridge.corpus import short
 from sipbridge.corpus.synth import Speech
-from sipbridge.media.detect import Detector
+from sipbridge.media.detect import DetectionConfig, Detector
 
 
 @pytest.fixture(scope="module")
@@ -55,3 +55,20 @@ def test_short_answer_or_prompt(sp: Speech, condition: str, expected: str) -> No
         else:
             first = next(e for e in det.timeline if e.kind == "decision")
             assert r.ivr_hint and "short recorded prompt" in first.detail["reason"], first
+
+
+def test_live_endpoint_sending_digital_silence_is_the_safe_machine_call(sp: Speech) -> None:
+    """A live answer whose endpoint gates its room to digital silence is built like a
+    recording with its own bed on a silent line (measured in bench/dsp.py: no cue separates
+    them without calling recordings human), so it stays ``machine`` by default; a trunk known
+    to carry such endpoints turns the rule off with ``recorded_line_dbfs: -120``."""
+    for k in range(2):
+        c = short.one(sp, "live_gated", k, seed=11)
+        det = Detector()
+        det.feed(c.audio)
+        first = next(e for e in det.timeline if e.kind == "decision")
+        assert first.detail["answered_by"] == "machine", first
+        assert "digital silence" in first.detail["reason"], first
+        det = Detector(DetectionConfig(recorded_line_dbfs=-120.0))
+        det.feed(c.audio)
+        assert det.finish().answered_by == "human", c.label["desc"]
