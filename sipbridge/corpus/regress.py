@@ -148,7 +148,7 @@ def generate(out: Path, seed: int = DEFAULT_SEED) -> dict[str, dict[str, Any]]:
         _tones(g)
         # short answers and short prompts on the lines that tell them apart (the conditions
         # that do not are measured by bench/dsp.py and listed in the README's limits)
-        for cond in ("live_room", "live_cn", "rec_silent", "clean_silent"):
+        for cond in ("live_room", "live_cn", "live_dtx", "rec_silent", "clean_silent", "clean_dtx"):
             for k in range(3):
                 c = short.one(sp, cond, k, seed)
                 g.b.finish(f"short_line_{cond}_{k}", c.audio, dict(c.label), floor_dbfs=-120)

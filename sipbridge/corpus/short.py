@@ -14,7 +14,15 @@ words and their timing are alike; what differs is the line around them (see
 * ``rec_silent`` — a recording with its own bed (recorded on a phone: room noise from 100–400 ms
   before the words to 100–500 ms after) played on a line that carries nothing else;
 * ``clean_silent`` — a clean (studio or TTS) prompt on a digitally silent line;
-* ``clean_cn`` / ``rec_cn`` — the same two on a line with comfort noise (-80..-66 dBFS).
+* ``clean_cn`` / ``rec_cn`` — the same two on a line with comfort noise (-80..-66 dBFS) mixed
+  in everywhere, under the words too;
+* ``clean_dtx`` — a clean prompt sent with silence suppression (RFC 3389): the talkspurt (the
+  prompt, from 20 ms before its first word to a 140–200 ms VAD hangover after its last, with
+  the prompt's own digital silence) on a line whose comfort noise (-78..-50 dBFS) fills
+  everything else;
+* ``live_dtx`` — a live phone with noise suppression and DTX on the same kind of line: its
+  talkspurts carry the room's residual noise (-75..-50 dBFS), the comfort noise between them
+  matches that level (± 3 dB, which is what a SID frame describes).
 
 :func:`cases` yields them through G.711 (µ-law and A-law in turn) with labels; the regression corpus
 (:mod:`sipbridge.corpus.regress`) writes a few of each, ``bench/dsp.py`` measures many.
@@ -52,8 +60,8 @@ PROMPT_TEXTS = [
     "Your call is important to us.",
     "Please try again later.",
 ]
-LIVE_CONDITIONS = ("live_room", "live_cn", "live_gated")
-MACHINE_CONDITIONS = ("rec_silent", "clean_silent", "clean_cn", "rec_cn")
+LIVE_CONDITIONS = ("live_room", "live_cn", "live_gated", "live_dtx")
+MACHINE_CONDITIONS = ("rec_silent", "clean_silent", "clean_cn", "rec_cn", "clean_dtx")
 SPEED = 160
 
 
@@ -106,6 +114,15 @@ def one(sp: Speech, condition: str, k: int, seed: int) -> ShortCase:
         x[a:b] += _pink(b - a, rng, r.uniform(-60, -46))
         if condition == "rec_cn":
             x += _white(n, rng, r.uniform(-80, -66))
+    elif condition in ("clean_dtx", "live_dtx"):
+        # one talkspurt: VAD onset 20 ms early, 140–200 ms hangover (AMR DTX: 7 frames)
+        a, b = max(0, lead - round(0.02 * FS)), min(n, end + round(r.uniform(140, 200) * FS / 1000))
+        floor = r.uniform(-75, -50) if condition == "live_dtx" else r.uniform(-78, -50)
+        cn = _pink(n, rng, floor + (r.uniform(-3, 3) if condition == "live_dtx" else 0.0))
+        cn[a:b] = 0.0
+        if condition == "live_dtx":
+            cn[a:b] = _pink(b - a, rng, floor)
+        x += cn
     elif condition != "clean_silent":
         raise ValueError(f"unknown condition {condition!r}")
     label: dict[str, object] = {

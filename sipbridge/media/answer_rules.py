@@ -216,6 +216,11 @@ class AnswerRules(FrameFeeder):
             if self._live_long and t_end - lw >= cfg.operator_silence_ms * (
                 1.0 if self._ends_in_question(lw) else 5.0 / 3.0
             ):
+                cn = self._floor.own_silence(lw, cfg.recorded_line_dbfs)
+                if cn is not None:  # the "live" floor was the line's comfort noise
+                    self._live_long = False
+                    self._machine(t_end, f"recorded prompt ({self._own_why(cn)})", events)
+                    return
                 self._decide(
                     "human",
                     t_end,
@@ -234,10 +239,17 @@ class AnswerRules(FrameFeeder):
         """Why a short greeting ending at ``last_word_end`` is a recording ('' if not)."""
         if self._floor.verdict(last_word_end + 200) == "recorded":
             return "the line's noise floor changed under it"
+        cn = self._floor.own_silence(last_word_end, self.cfg.recorded_line_dbfs)
+        if cn is not None:
+            return self._own_why(cn)
         after = self._floor.after_db(last_word_end + 300)
         if after is not None and after <= self.cfg.recorded_line_dbfs:
             return f"then digital silence ({after:.0f} dBFS): no microphone on the line"
         return ""
+
+    @staticmethod
+    def _own_why(cn_dbfs: float) -> str:
+        return f"its own digital silence, then the line's comfort noise ({cn_dbfs:.0f} dBFS)"
 
     def _screening_ok(self, last_word_end: int) -> bool:
         """A recorded/synthetic greeting (not a live voice) whose last word rises, long enough

@@ -253,7 +253,7 @@ class Detector(AnswerRules):
             quiet = sp.state == 0 and not is_tone and not sp.last_speech
             # A-law's idle pattern is a constant +8 (-69 dBFS of DC, no sound): the floor is
             # measured without the DC, so digital silence reads -100 in both G.711 laws
-            floor_db = dbfs(x - x.mean()) if quiet and level < -60.0 else level
+            floor_db = dbfs(x - x.mean()) if level < -60.0 else level
             self._floor.update(t, floor_db, quiet)
             self._audio.append(x)
             if len(self._audio) > 80:

@@ -72,10 +72,13 @@ class FloorTracker:
         self.pre_db: float | None = None
         self._gaps: list[tuple[int, float]] = []
         self._started = False
+        # every frame since the first word (3 s): (start, level, pause?)
+        self._since: deque[tuple[int, float, bool]] = deque(maxlen=150)
 
     def update(self, t_ms: int, level_db: float, quiet: bool) -> None:
         """One frame: its start, level, and whether it is a pause (no speech, no tone)."""
         if self._started:
+            self._since.append((t_ms, level_db, quiet))
             if quiet and len(self._gaps) < 3000:
                 self._gaps.append((t_ms, level_db))
         else:
@@ -138,6 +141,40 @@ class FloorTracker:
             if best is None or top < best:
                 best = top
         return best
+
+    def own_silence(
+        self, last_word_end: int, digital_dbfs: float = DIGITAL_SILENCE_DBFS, run: int = 2
+    ) -> float | None:
+        """A clean prompt sent with silence suppression (RFC 3389): its talkspurt ends in
+        the prompt's own digital silence (the rest of the sender's 140–200 ms VAD hangover),
+        then the line's comfort noise resumes and nothing more is said. Returns that comfort
+        noise's level (dBFS: the median of the last 5 pause frames, audible) when ``run``
+        (40 ms) or more frames at or below ``digital_dbfs`` start within 100 ms before to
+        200 ms after the last word's end and only the line's floor follows them; None
+        otherwise.
+
+        A live phone's talkspurt ends in its room's noise (DTX hangover), and a live
+        endpoint that sends digital silence has no comfort noise after it. A packet-loss gap
+        that swallows the end of a live word looks the same, and is taken for a prompt
+        (measured in bench/dsp.py; see the README's limits)."""
+        pauses = [lv for _, lv, q in self._since if q][-5:]
+        if len(pauses) < 5 or float(np.median(pauses)) <= digital_dbfs + 5.0:
+            return None
+        cn = float(np.median(pauses))
+        frames = list(self._since)
+        for i in range(len(frames) - run + 1):
+            t = frames[i][0]
+            if t > last_word_end + 10 * FRAME_MS:
+                break
+            if t < last_word_end - 5 * FRAME_MS or (i and frames[i - 1][1] <= digital_dbfs):
+                continue
+            j = i
+            while j < len(frames) and frames[j][1] <= digital_dbfs:
+                j += 1
+            # the digital stretch, then only the line's floor: nothing of a word after it
+            if j - i >= run and all(lv <= cn + 10.0 for _, lv, _ in frames[j:]):
+                return cn
+        return None
 
     @property
     def gap_frames(self) -> int:

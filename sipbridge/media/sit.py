@@ -8,20 +8,35 @@ same SIT frequency separated by up to :data:`MAX_DROPOUT_MS` of silence are join
 segment: jitter-buffer gaps and packet loss under load cut 100–300 ms out of a tone, and a
 lost stretch must not lose the sequence.
 
-* **Fast path** (no dropout at segment 1's end): segment 1 complete (200–460 ms) and
-  segment 2 held for ``confirm_ms`` → decided ~100 ms into segment 2 (≈ 0.4–0.5 s after the
-  SIT starts). Segment 1's frequency and duration plus segment 2's frequency fix the code.
-* **Slow path** (segment 1 cut short or lost, or a gap between segments 1 and 2): wait for
-  segment 2 to end (segment 3 heard for ``confirm_ms``), then pick the code whose nominal
-  segment durations fit the observed ones best: every code pair that shares segment 2's
-  frequency differs in segment 1's frequency or in segment 2's duration, so the code is
-  still recovered unless the dropout hid segment 1 entirely *and* cut segment 2. Decided
-  ≈ 0.65–0.85 s after the SIT starts.
+Every frame, each code is read into what was seen: the runs must lie inside that code's
+segments (nominal 274/380 ms, ± :data:`LEN_TOL_MS`, plus the runs' measured edge lags), a
+run edge next to another segment's run is the real boundary between them, and what the runs
+leave unseen must be *one* stretch of at most :data:`MAX_DROPOUT_MS`. That yields, per code,
+the window in which the sequence can have started; a hidden segment is inferred from where
+the next one starts.
+
+* It is a SIT once two SIT frequencies were heard in order, the later one held
+  (``confirm_ms`` for segment 2, 40 ms for segment 3), and some code fits.
+* The code is decided as soon as one code fits: ~0.4–0.6 s after the start without a dropout.
+* When a dropout hid what tells codes apart, the decoder waits for more segments, but not
+  past :data:`DEADLINE_MS` after the earliest reading's start (the middle of its start
+  window; a reading that needs no dropout is preferred as the clock), then takes the best
+  guess: congestion codes first (every frequency pair has exactly one congestion code and
+  one other), then the reading with the smallest hidden stretch.
+* A sequence that stops after two segments is decided once nothing more can come; three
+  SIT frequencies in order whose lengths fit no code are decided by frequencies alone.
+
+Out of reach of 700 ms: the second SIT frequency must be seen and held before the decoder
+may say "SIT"; when a dropout hides everything of it before ~640 ms (segment 2 entirely with
+the start of segment 3, or segment 1 entirely and segment 2 until 654 ms), the decision comes
+at ~720–780 ms. A single tone is never enough (a 1000 Hz voicemail beep is within 1.5 % of
+segment 1's 985.2 Hz).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 from sipbridge.media.tones import ToneRun
 
@@ -52,15 +67,23 @@ SIT_ITU_TOL_HZ = 50.0
 # Silence inside one segment bridged as a dropout (see the module docstring): 300 ms lost plus
 # the ~40–60 ms the 40 ms analysis block needs to see the tone again.
 MAX_DROPOUT_MS = 380
-# A SIT whose code a dropout made uncertain is decided (best guess) this long after its first
-# segment was heard: within the 700 ms target, by when a clean sequence is always decided.
-DEADLINE_MS = 640
+# A SIT whose code a dropout made uncertain is decided (best guess) this long after the
+# earliest reading's start (the middle of its window): one frame inside the 700 ms target.
+DEADLINE_MS = 680
 # On a tie between two codes (a dropout hid what separates them), prefer the congestion codes:
 # a wrong "congestion" costs one retry, a wrong "not in service" drops a working number.
 _CONGESTION = frozenset({"RO", "RO'", "NC", "NC'"})
 # Segments follow each other within this gap when nothing was lost (Telcordia: no gap;
 # ITU: ≤ 30 ms; plus frame quantisation).
 MAX_SEG_GAP_MS = 60
+# Where a tone run starts and ends against the tone it comes from (40 ms block on 20 ms
+# frames, tone edges anywhere in a frame; measured 0..+20 ms and 0..+14 ms), widened 5 ms.
+START_LAG_MS = (-5, 25)
+END_LAG_MS = (-5, 20)
+# How far a segment may be off its nominal length on each edge (switch generators).
+LEN_TOL_MS = 10
+# Unseen stretches up to this long are the runs' edges, not a dropout.
+SLOP_MS = 40
 
 
 def classify_sit_freq(seg: int, hz: float) -> tuple[str | None, bool]:
@@ -104,6 +127,7 @@ class _Seg:
     hz_sum: float
     frames: int
     gaps: bool = False  # joined across a dropout
+    hole: tuple[int, int] | None = None  # the dropout inside the segment
 
     @property
     def hz(self) -> float:
@@ -123,7 +147,22 @@ def _which(hz: float) -> int:
 
 
 _NOMINAL_MS = {"S": SIT_SHORT_MS, "L": SIT_LONG_MS}
-_MID_MS = (SIT_SHORT_MS + SIT_LONG_MS) // 2  # 327: longer than any short segment
+
+
+@dataclass(frozen=True, slots=True)
+class _Fit:
+    """One code read into the segments seen: when the sequence can have started
+    (``lo_ms``..``hi_ms``) and how long a stretch a dropout must have hidden (0: none)."""
+
+    code: str
+    meaning: str
+    lo_ms: float
+    hi_ms: float
+    hidden_ms: float
+
+
+def _hold_ms(which: int, confirm_ms: int) -> int:
+    return confirm_ms if which == 2 else min(40, confirm_ms)
 
 
 class SitDecoder:
@@ -157,13 +196,15 @@ class SitDecoder:
             and last.which == which
             and (abs(run.hz - last.hz) <= max(8.0, 0.012 * last.hz))
         ):
+            gap = run.start_ms - last.end_ms > self.max_gap_ms
             joined = _Seg(
                 which,
                 last.start_ms,
                 run.end_ms,
                 last.hz_sum + run.hz_sum,
                 last.frames + run.frames,
-                last.gaps or run.start_ms - last.end_ms > self.max_gap_ms,
+                last.gaps or gap,
+                (last.end_ms, run.start_ms) if gap else last.hole,
             )
             return [*segs[:-1], joined]
         if last is not None and which <= last.which:
@@ -176,184 +217,131 @@ class SitDecoder:
 
     def check(self, current: ToneRun | None, now_ms: int | None = None) -> SitResult | None:
         """Check the sequence with the run in progress; returns the decoded SIT once sure.
-        ``now_ms`` (the end of the frame just analysed) lets a sequence whose last segment
-        was lost be decided once nothing more can come."""
-        if current is None or current.duration_ms < 40:
-            segs = self._segs
-            s2 = next((s for s in segs if s.which == 2), None)
-            if s2 is not None and segs[-1] is s2 and now_ms is not None:
-                res = self._seg2_ended(segs, now_ms)
-                if res is not None:
-                    self._segs = []
-                    return res
-            if (
-                now_ms is not None
-                and s2 is not None
-                and len(segs) >= 2
-                and now_ms - segs[-1].end_ms > MAX_DROPOUT_MS
-            ):
-                s1 = next((s for s in segs if s.which == 1), None)
+        ``now_ms`` (the end of the frame just analysed) lets a sequence be decided while a
+        dropout hides its end, and once nothing more can come."""
+        if current is None:
+            if not self._segs or now_ms is None:
+                return None
+            segs, now = self._segs, now_ms
+        else:
+            segs, now = self._join(current), current.end_ms
+        # two SIT frequencies in order, the later one held: a SIT (the hold keeps a passing
+        # tone in speech or music from making one)
+        if len(segs) < 2 or not any(s.ms >= _hold_ms(s.which, self.confirm_ms) for s in segs[1:]):
+            if current is None and len(segs) < 2 and now - segs[-1].end_ms > MAX_DROPOUT_MS:
                 self._segs = []
-                # segments 1 and 2 heard, then the sequence stopped: still a SIT
-                return self._guess(s1, s2, now_ms, "sequence cut short", clean2=False)
             return None
-        segs = self._join(current)
-        if len(segs) < 2:
-            return None
-        res = self._decode(segs, current.end_ms)
-        if res is None and current.end_ms - segs[0].start_ms >= DEADLINE_MS:
-            # two SIT frequencies in sequence: a SIT for sure; a dropout hid what fixes the
-            # code, and the call should not wait for it
-            s1 = next((s for s in segs if s.which == 1), None)
-            s2 = next((s for s in segs if s.which == 2), None)
-            res = self._guess(
-                s1,
-                s2,
-                current.end_ms,
-                "dropout; decided at the deadline",
-                span=s2 is not None and s2 is not segs[-1],
-            )
-        if res is not None:
+        stopped = current is None and now - segs[-1].end_ms > MAX_DROPOUT_MS
+        res = self._decide(segs, now, stopped)
+        if res is not None or stopped:
             self._segs = []
         return res
 
-    def _seg2_ended(self, segs: list[_Seg], now_ms: int) -> SitResult | None:
-        """Segment 2 just ended short after a short-looking segment 1. Either segment 2 is
-        short (and segment 1 may have lost its start) or a dropout cut segment 2 (and segment 1
-        is whole, so short): decide now when both readings give the same code."""
-        s1 = next((s for s in segs if s.which == 1), None)
-        s2 = segs[-1]
-        if (
-            s1 is None
-            or s1.ms >= _MID_MS
-            or s2.ms >= _MID_MS
-            or s1.gaps
-            or (s2.start_ms - s1.end_ms > self.max_gap_ms)
-        ):
-            return None
-        b1 = classify_sit_freq(1, s1.hz)[0]
-        b2 = classify_sit_freq(2, s2.hz)[0]
-        if b1 is None or b2 is None:
-            return None
-        whole1 = SIT_CODES[(b1, "S", b2)]
-        if whole1[1] != "S":
-            return None  # the readings differ (RO/FU, RO'/VC): wait for segment 3
-        return self._code(b1, "S", b2, s1, s2, now_ms)
-
-    def _decode(self, segs: list[_Seg], decided_ms: int) -> SitResult | None:
-        """Decide once the segments seen fix the code (one dropout at most is assumed: it
-        only ever shortens what it hits)."""
+    def _decide(self, segs: list[_Seg], now_ms: int, stopped: bool) -> SitResult | None:
         s1 = next((s for s in segs if s.which == 1), None)
         s2 = next((s for s in segs if s.which == 2), None)
-        s3 = next((s for s in segs if s.which == 3), None)
-        last = segs[-1]
-        s2_held = last is s2 and s2 is not None and last.ms >= self.confirm_ms
-        s2_done = last is s3 and s3 is not None and s3.ms >= min(40, self.confirm_ms)
-        if s2 is None:
-            if s1 is not None and s2_done:  # segment 2 lost entirely
-                return self._guess(s1, None, decided_ms, "segment 2 lost")
-            return None
-        b2 = classify_sit_freq(2, s2.hz)[0]
-        b1 = classify_sit_freq(1, s1.hz)[0] if s1 is not None else None
-        if b2 is None or (s1 is not None and b1 is None):  # an ITU-T E.180 sequence
-            if s2_held or s2_done:
-                return self._make(
-                    "ITU", "ITU-T E.180 special information tone (no code)", s1, s2, decided_ms
-                )
-            return None
-        if s1 is None or b1 is None:  # segment 1 lost: segment 2's duration narrows it down
-            if not s2_done or s3 is None:
-                return None
-            return self._guess(
-                None,
-                s2,
-                decided_ms,
-                "segment 1 lost",
-                clean2=s3.start_ms - s2.end_ms <= self.max_gap_ms and not s2.gaps,
-            )
-        boundary_gap = s2.start_ms - s1.end_ms > self.max_gap_ms
-        long1 = s1.ms >= _MID_MS  # a dropout only shortens: this is a long segment 1
-        if (long1 or (s1.gaps and not boundary_gap)) and (s2_held or s2_done):
-            return self._code(b1, "L" if long1 else "S", b2, s1, s2, decided_ms)
-        if not boundary_gap:
-            # segment 1 looks short: truly short, or long with its start lost. The two codes
-            # sharing both frequencies differ in segment 2's duration: let segment 2 say it.
-            if last is s2 and s2.ms >= _MID_MS:
-                return self._by_seg2(b1, b2, "L", s1, s2, decided_ms)
-            if s2_done and s3 is not None:
-                if s3.start_ms - s2.end_ms > self.max_gap_ms:  # the dropout cut segment 2
-                    return self._code(b1, "S", b2, s1, s2, decided_ms)
-                return self._by_seg2(b1, b2, "L" if s2.ms >= _MID_MS else "S", s1, s2, decided_ms)
-            return None
-        if s2_done and s3 is not None:  # a dropout between segments 1 and 2: the whole span
-            return self._guess(s1, s2, decided_ms, "dropout between segments 1 and 2")
-        return None
-
-    def _make(
-        self,
-        code: str,
-        meaning: str,
-        s1: _Seg | None,
-        s2: _Seg | None,
-        decided_ms: int,
-        dropout: bool = False,
-    ) -> SitResult:
-        first = s1 or s2
-        start = first.start_ms if first is not None else decided_ms
-        return SitResult(
-            code,
-            meaning,
-            start,
-            decided_ms,
-            s1.hz if s1 else 0.0,
-            s1.ms if s1 else 0,
-            s2.hz if s2 else 0.0,
-            dropout,
-        )
-
-    def _code(self, b1: str, d1: str, b2: str, s1: _Seg, s2: _Seg, decided_ms: int) -> SitResult:
-        code, _, meaning = SIT_CODES[(b1, d1, b2)]
-        return self._make(code, meaning, s1, s2, decided_ms, s1.gaps or s2.gaps)
-
-    def _by_seg2(self, b1: str, b2: str, d2: str, s1: _Seg, s2: _Seg, decided_ms: int) -> SitResult:
-        for (f1, d1, f2), (code, dd2, meaning) in SIT_CODES.items():
-            if (f1, f2, dd2) == (b1, b2, d2):
-                return self._make(code, meaning, s1, s2, decided_ms, d1 == "L" and s1.ms < _MID_MS)
-        raise AssertionError("SIT code table covers every (seg1 Hz, seg2 Hz, seg2 length)")
-
-    def _guess(
-        self,
-        s1: _Seg | None,
-        s2: _Seg | None,
-        decided_ms: int,
-        why: str,
-        clean2: bool = False,
-        span: bool = True,
-    ) -> SitResult | None:
-        """Best code when a dropout hid part of the sequence: the candidates consistent with
-        the frequencies seen, ranked by how well their nominal lengths fit (segments can only
-        be shortened) and by the whole span from segment 1 to segment 2's end."""
         b1 = classify_sit_freq(1, s1.hz)[0] if s1 is not None else None
         b2 = classify_sit_freq(2, s2.hz)[0] if s2 is not None else None
-        best: tuple[float, str, str] | None = None
+        if (s1 is not None and b1 is None) or (s2 is not None and b2 is None):
+            # an ITU-T E.180 sequence: no code to read
+            return self._make("ITU", "ITU-T E.180 special information tone (no code)", segs, now_ms)
+        fits = self._fits(segs, b1, b2, now_ms, stopped)
+        if not fits:
+            # the lengths fit no code with one dropout (an off-nominal generator): all three
+            # frequencies in order still make a SIT, decided by frequencies alone
+            if len(segs) < 3 or segs[-1].ms < _hold_ms(3, self.confirm_ms):
+                return None
+            fits = self._fits(segs, b1, b2, now_ms, stopped, strict=False)
+        codes = {f.code for f in fits}
+        if len(codes) == 1:
+            f = fits[0]
+            return self._make(f.code, f.meaning, segs, now_ms, f.hidden_ms > SLOP_MS)
+        # several codes fit: wait for what tells them apart, but not past the deadline
+        # counted from the earliest start of a reading that needs no dropout (or of any;
+        # the middle of its window: its edges hold every lag and tolerance at once)
+        clean = [f for f in fits if f.hidden_ms <= SLOP_MS] or fits
+        if not stopped and now_ms < min((f.lo_ms + f.hi_ms) / 2 for f in clean) + DEADLINE_MS:
+            return None
+        # best guess: congestion first (see _CONGESTION), then the smallest dropout
+        f = min(fits, key=lambda f: (f.code not in _CONGESTION, f.hidden_ms))
+        why = "sequence cut short" if stopped else "a dropout hid what fixes the code"
+        return self._make(f.code, f"{f.meaning} ({why}; code is a best guess)", segs, now_ms, True)
+
+    def _fits(
+        self,
+        segs: list[_Seg],
+        b1: str | None,
+        b2: str | None,
+        now_ms: int,
+        stopped: bool,
+        strict: bool = True,
+    ) -> list[_Fit]:
+        out = []
         for (f1, d1, f2), (code, d2, meaning) in SIT_CODES.items():
             if (b1 is not None and f1 != b1) or (b2 is not None and f2 != b2):
                 continue
             n1, n2 = _NOMINAL_MS[d1], _NOMINAL_MS[d2]
-            err = 0.0
-            if s1 is not None:
-                err += 4.0 * max(0.0, s1.ms - n1 - 30)
-            if s2 is not None:
-                err += 4.0 * max(0.0, s2.ms - n2 - 30) + (abs(s2.ms - n2) if clean2 else 0.0)
-            if span and s1 is not None and s2 is not None:
-                err += abs((s2.end_ms - s1.start_ms) - (n1 + n2))
-            if code not in _CONGESTION:
-                err += 0.5
-            if best is None or err < best[0]:
-                best = (err, code, meaning)
-        if best is None:
+            if not strict:
+                out.append(_Fit(code, meaning, 0.0, 0.0, float(MAX_DROPOUT_MS)))
+                continue
+            fit = self._fit(segs, (n1, n2, SIT_LONG_MS), now_ms, stopped)
+            if fit is not None:
+                out.append(_Fit(code, meaning, *fit))
+        return out
+
+    def _fit(
+        self, segs: list[_Seg], n: tuple[int, int, int], now_ms: int, stopped: bool
+    ) -> tuple[float, float, float] | None:
+        """When a sequence with nominal lengths ``n`` can have started, given the segments
+        seen, and the stretch one dropout must have hidden; None when no start fits. A
+        sequence that ``stopped`` may lack segment 3, nothing else."""
+        off = (0, n[0], n[0] + n[1])
+        lo, hi = -1e9, 1e9
+        for i, s in enumerate(segs):
+            a = off[s.which - 1]
+            b = a + n[s.which - 1]
+            # the run lies within its segment
+            hi = min(hi, s.start_ms - a - START_LAG_MS[0] + LEN_TOL_MS)
+            lo = max(lo, s.end_ms - b - END_LAG_MS[1] - LEN_TOL_MS)
+            # an edge next to another segment's run is the segments' real boundary
+            if i > 0 and s.start_ms - segs[i - 1].end_ms <= self.max_gap_ms:
+                lo = max(lo, s.start_ms - a - START_LAG_MS[1] - LEN_TOL_MS)
+            if i + 1 < len(segs) and segs[i + 1].start_ms - s.end_ms <= self.max_gap_ms:
+                hi = min(hi, s.end_ms - b - END_LAG_MS[0] + LEN_TOL_MS)
+        # what the runs leave unseen of the sequence, from its start to the frame just
+        # analysed, must be one dropout: holes between or inside the runs, or after them...
+        holes: list[tuple[int, int]] = []
+        for prev, s in pairwise(segs):
+            if s.start_ms - prev.end_ms > self.max_gap_ms:
+                holes.append((prev.end_ms, s.start_ms))
+        holes += [s.hole for s in segs if s.hole is not None]
+        end = min(now_ms, int(hi) + off[2] + (0 if stopped else n[2]))
+        if end - segs[-1].end_ms > self.max_gap_ms:
+            holes.append((segs[-1].end_ms, end))
+        if len(holes) > 1:
             return None
-        _, code, meaning = best
-        return self._make(
-            code, f"{meaning} ({why}; code is a best guess)", s1, s2, decided_ms, True
+        # ... or, when there is none of those, before the first run (its start was lost)
+        first = segs[0].start_ms - START_LAG_MS[1]
+        lo = max(lo, first - (SLOP_MS if holes else MAX_DROPOUT_MS))
+        if lo > hi:
+            return None
+        hidden = holes[0][1] - holes[0][0] if holes else first - hi
+        if hidden > MAX_DROPOUT_MS:
+            return None
+        return lo, hi, max(0.0, hidden)
+
+    def _make(
+        self, code: str, meaning: str, segs: list[_Seg], decided_ms: int, dropout: bool = False
+    ) -> SitResult:
+        s1 = next((s for s in segs if s.which == 1), None)
+        s2 = next((s for s in segs if s.which == 2), None)
+        return SitResult(
+            code,
+            meaning,
+            segs[0].start_ms,
+            decided_ms,
+            s1.hz if s1 else 0.0,
+            s1.ms if s1 else 0,
+            s2.hz if s2 else 0.0,
+            dropout or any(s.gaps for s in segs),
         )
