@@ -1,7 +1,8 @@
 """Load benchmark: a real `sipbridge run` driven through its HTTP API, SIPp as the carrier
 (and as the agent), everything on 127.0.0.1.
 
-    python bench/load.py [--quick] [--phases idle,cps,conc,memory] [--no-write]
+    python bench/load.py [--quick] [--phases idle,cps,conc,memory,mixed] [--no-write]
+    bench/load --mixed        # the mixed phase alone, a few minutes
 
 Phases (each bounded in calls and in time, each with its own bridge process):
 
@@ -16,8 +17,13 @@ Phases (each bounded in calls and in time, each with its own bridge process):
           inter-packet delta per stream).
 - memory: RSS of the supervisor and workers after 1,000 and after 10,000 calls
           (--quick: 200 and 2,000).
+- mixed:  150 held analysed calls plus 20 CPS of new calls on one node with admission
+          control on, 60 s alone then 60 s with a CPU burner beside it (--quick 30 s):
+          trigger-to-INVITE of accepted calls, API errors, 503 refusals, late RTP at the
+          agent, /readyz transitions (bench/loadkit/mixed.py). Not in the default phases.
 
-Results are printed and written to bench/RESULTS.md between the load markers.
+The phases live in bench/loadkit/. Results are printed and written to bench/RESULTS.md
+between the load markers (the mixed phase: between the load-mixed markers).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from loadkit.conc import phase_conc
+from loadkit.mixed import phase_mixed, report_mixed
 from loadkit.phases import phase_cps, phase_idle, phase_memory
 from loadkit.report import report
 from results import write_section
@@ -51,6 +58,11 @@ def main(argv: list[str] | None = None) -> int:
         default=0.0,
         help="CPS of the memory phase (default: 20 quick, 40 full)",
     )
+    ap.add_argument(
+        "--mixed",
+        action="store_true",
+        help="run only the mixed phase (a few minutes; its own RESULTS.md section)",
+    )
     ap.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument(
@@ -64,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         if shutil.which(tool) is None:
             print(f"{tool} not found", file=sys.stderr)
             return 2
-    phases = a.phases.split(",")
+    phases = ["mixed"] if a.mixed else a.phases.split(",")
     work = Path(tempfile.mkdtemp(prefix="sipbridge-load-"))
     print(f"work dir {work}", flush=True)
     res: dict[str, Any] = {}
@@ -82,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             rate = a.memory_rate or (20.0 if a.quick else 40.0)
             res["memory"] = phase_memory(work, a.quick, rate)
             print(f"  memory: {res['memory']}", flush=True)
+        if "mixed" in phases:
+            res["mixed"] = phase_mixed(work, a.quick)
     finally:
         print(f"total {time.monotonic() - t0:.0f} s; logs in {work}", flush=True)
         if not a.keep and res:
@@ -92,10 +106,17 @@ def main(argv: list[str] | None = None) -> int:
         prev.update(res)
         mp.write_text(json.dumps(prev, default=str))
         res = prev
-    text = report(res, a.quick)
-    print(text)
-    if not a.no_write:
-        write_section("load", text)
+    mixed = res.pop("mixed", None)
+    if res:
+        text = report(res, a.quick)
+        print(text)
+        if not a.no_write:
+            write_section("load", text)
+    if mixed is not None:
+        text = report_mixed(mixed)
+        print(text)
+        if not a.no_write:
+            write_section("load-mixed", text)
     return 0
 
 

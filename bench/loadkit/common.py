@@ -115,10 +115,13 @@ async def drive(
     rate: float,
     max_s: float,
     on_sid: Callable[[str, float, float], None] | None = None,
+    number: str = NUMBER,
 ) -> dict[str, Any]:
     """Trigger ``n`` calls at ``rate`` per second (paced, not waiting for responses),
-    stopping after ``max_s`` s. Returns sids with send/200 wall times and errors."""
+    stopping after ``max_s`` s. Returns sids with send/200 wall times, errors, and the
+    503 refusals (send time, error text)."""
     sent: list[tuple[str, float, float]] = []
+    refused: list[tuple[float, str]] = []
     errors: Counter[str] = Counter()
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     async with httpx.AsyncClient(base_url=base, headers=AUTH, timeout=10, limits=limits) as client:
@@ -126,13 +129,15 @@ async def drive(
         async def one(i: int) -> None:
             t_send = time.time()
             try:
-                r = await client.post("/v1/outbound-calling/trigger", json={"to_number": NUMBER})
+                r = await client.post("/v1/outbound-calling/trigger", json={"to_number": number})
             except httpx.HTTPError as e:
                 errors[f"http error {type(e).__name__}"] += 1
                 return
             t_ok = time.time()
             if r.status_code != 200:
                 errors[f"HTTP {r.status_code}"] += 1
+                if r.status_code == 503:
+                    refused.append((t_send, r.text))
                 return
             sid = r.json()["callSid"]
             sent.append((sid, t_send, t_ok))
@@ -151,7 +156,7 @@ async def drive(
             tasks.append(asyncio.create_task(one(i)))
         await asyncio.wait_for(asyncio.gather(*tasks), 30)
         elapsed = time.monotonic() - t0
-    return {"sent": sent, "errors": errors, "elapsed": elapsed}
+    return {"sent": sent, "errors": errors, "elapsed": elapsed, "refused": refused}
 
 
 async def statuses(base: str, sids: list[str]) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ import json
 import re
 import statistics
 import subprocess
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -18,8 +19,8 @@ import httpx
 
 from loadkit.common import drive, fmt_failures, make_config, pct, statuses, wait_terminal_total
 from loadkit.procs import cpu_window, forkserver_of, mem_kb, rss_kb, workers_of
-from sipbridge.devtools.bridge import AUTH, Stack
-from sipbridge.devtools.sipp import render_scenario, ulaw_wav
+from sipbridge.devtools.bridge import AUTH, Bridge, Stack
+from sipbridge.devtools.sipp import SippUas, render_scenario, ulaw_wav
 
 
 def _speech_wav(work: Path) -> Path:
@@ -119,40 +120,84 @@ def rtp_sample(port: int, seconds: float, out: Path) -> dict[str, Any]:
     }
 
 
+def conc_config(
+    st: Stack, log_dir: Path, max_calls: int, **extra: Any
+) -> tuple[SippUas, SippUas, dict[str, Any]]:
+    """SIPp carrier looping a greeting, SIPp agent, and a bridge config for up to
+    ``max_calls`` held calls whose detectors stay on (``extra``: more config sections)."""
+    audio = _speech_wav(log_dir)
+    scen = render_scenario(
+        "uas_answer_stream.xml.in", log_dir / "uas_answer_loop.xml", AUDIO=str(audio)
+    )
+    carrier = st.sipp(scen, extra_args=["-rtp_threadtasks", "50"])
+    agent = st.sipp("uas_answer_wait_bye.xml")
+    # The SIPp agent sends no RTP: no media timeout, or the calls would end after 30 s.
+    sip = {
+        "workers": 2,
+        "min_workers": 2,
+        "max_workers": max_calls // 2 + 8,
+        "spare_slots": 16,
+        "idle_worker_ttl_s": 600.0,
+        "media_timeout_s": 0,
+    }
+    # No beep ever comes and the wait for it (the config's upper bound, 5 min) outlasts
+    # the measurement (a step takes ~10-20 s): every call's detector stays on (tap
+    # connected, every frame analysed) for the whole measurement.
+    detection = {"wait_for_beep": True, "thresholds": {"max_beep_wait_ms": 300_000}}
+    timers = {"max_call_duration_s": 900, "ring_timeout_s": 30}
+    cfg = make_config(log_dir, carrier, agent, sip, detection=detection, timers=timers, **extra)
+    return carrier, agent, cfg
+
+
+def hold_calls(base: str, sids: list[str], add: int, rate: float = 20.0) -> dict[str, Any]:
+    """Trigger ``add`` more held calls at ``rate``, appended to ``sids``; wait (up to 60 s)
+    until every call is answered or terminal. Returns the drive result."""
+    d = asyncio.run(drive(base, add, rate, 60))
+    sids += [s for s, _, _ in d["sent"]]
+    t_wait = time.monotonic() + 60
+    while time.monotonic() < t_wait:
+        sts = asyncio.run(statuses(base, sids))
+        up = [
+            s
+            for s in sts
+            if s["status"] == "calling"
+            and any(e["kind"] == "carrier.answered" for e in s.get("events", []))
+        ]
+        term = [s for s in sts if s["status"] in ("success", "failure")]
+        if len(up) + len(term) >= len(sids):
+            break
+        time.sleep(1.0)  # polling call status, bounded by t_wait
+    return d
+
+
+def hangup_all(b: Bridge, sids: list[str]) -> None:
+    """Hang up every call (16 at a time) and wait for them to end."""
+
+    async def hang() -> None:
+        sem = asyncio.Semaphore(16)
+        async with httpx.AsyncClient(base_url=b.base, headers=AUTH, timeout=10) as client:
+
+            async def one(sid: str) -> None:
+                async with sem:
+                    await client.post(f"/v1/outbound-calling/{sid}/hangup")
+
+            await asyncio.wait_for(
+                asyncio.gather(*(one(s) for s in sids), return_exceptions=True), 120
+            )
+
+    with contextlib.suppress(Exception):
+        asyncio.run(hang())
+        wait_terminal_total(b, len(sids), 30)
+
+
 def phase_conc(work: Path, quick: bool, steps: list[int] | None = None) -> list[dict[str, Any]]:
     steps = steps or ([20, 50] if quick else [25, 50, 100, 150, 200])
     window = 4.0 if quick else 6.0
     log_dir = work / "conc"
     log_dir.mkdir()
-    audio = _speech_wav(log_dir)
-    scen = render_scenario(
-        "uas_answer_stream.xml.in", log_dir / "uas_answer_loop.xml", AUDIO=str(audio)
-    )
     out: list[dict[str, Any]] = []
     with Stack(log_dir) as st:
-        carrier = st.sipp(scen, extra_args=["-rtp_threadtasks", "50"])
-        agent = st.sipp("uas_answer_wait_bye.xml")
-        # The SIPp agent sends no RTP: no media timeout, or the calls would end after 30 s.
-        sip = {
-            "workers": 2,
-            "min_workers": 2,
-            "max_workers": steps[-1] // 2 + 8,
-            "spare_slots": 16,
-            "idle_worker_ttl_s": 600.0,
-            "media_timeout_s": 0,
-        }
-        # No beep ever comes and the wait for it (the config's upper bound, 5 min) outlasts
-        # the measurement (a step takes ~10-20 s): every call's detector stays on (tap
-        # connected, every frame analysed) for the whole measurement.
-        detection = {"wait_for_beep": True, "thresholds": {"max_beep_wait_ms": 300_000}}
-        cfg = make_config(
-            log_dir,
-            carrier,
-            agent,
-            sip,
-            detection=detection,
-            timers={"max_call_duration_s": 900, "ring_timeout_s": 30},
-        )
+        carrier, agent, cfg = conc_config(st, log_dir, steps[-1])
         b = st.bridge(cfg)
         sids: list[str] = []
         deadline_all = time.monotonic() + (240 if quick else 600)
@@ -160,23 +205,7 @@ def phase_conc(work: Path, quick: bool, steps: list[int] | None = None) -> list[
             for target in steps:
                 if time.monotonic() > deadline_all:
                     break
-                add = target - len(sids)
-                d = asyncio.run(drive(b.base, add, 20.0, 60))
-                sids += [s for s, _, _ in d["sent"]]
-                # wait until every call is answered (bridged) or terminal
-                t_wait = time.monotonic() + 60
-                while True:
-                    sts = asyncio.run(statuses(b.base, sids))
-                    up = [
-                        s
-                        for s in sts
-                        if s["status"] == "calling"
-                        and any(e["kind"] == "answered" for e in s.get("events", []))
-                    ]
-                    term = [s for s in sts if s["status"] in ("success", "failure")]
-                    if len(up) + len(term) >= len(sids) or time.monotonic() > t_wait:
-                        break
-                    time.sleep(1.0)  # polling call status, bounded by t_wait
+                hold_calls(b.base, sids, target - len(sids))
                 time.sleep(2.0)  # let detection of the newest calls run a little
                 ws = workers_of(b.proc.pid)
                 pids = [b.proc.pid, *ws]
@@ -184,8 +213,6 @@ def phase_conc(work: Path, quick: bool, steps: list[int] | None = None) -> list[
 
                 def sample(res_rtp: dict[str, Any] = res_rtp) -> None:
                     res_rtp.update(rtp_sample(agent.media_port, window - 1, log_dir))
-
-                import threading
 
                 th = threading.Thread(target=sample)
                 th.start()
@@ -238,20 +265,5 @@ def phase_conc(work: Path, quick: bool, steps: list[int] | None = None) -> list[
                 if nfail or up_n < target or res["bridge_cpu_pct"] > 190:
                     break
         finally:
-
-            async def hang() -> None:
-                sem = asyncio.Semaphore(16)
-                async with httpx.AsyncClient(base_url=b.base, headers=AUTH, timeout=10) as client:
-
-                    async def one(sid: str) -> None:
-                        async with sem:
-                            await client.post(f"/v1/outbound-calling/{sid}/hangup")
-
-                    await asyncio.wait_for(
-                        asyncio.gather(*(one(s) for s in sids), return_exceptions=True), 120
-                    )
-
-            with contextlib.suppress(Exception):
-                asyncio.run(hang())
-                wait_terminal_total(b, len(sids), 30)
+            hangup_all(b, sids)
     return out
