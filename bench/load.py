@@ -63,6 +63,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="run only the mixed phase (a few minutes; its own RESULTS.md section)",
     )
+    ap.add_argument(
+        "--admission",
+        default="",
+        help="mixed phase: JSON of admission keys to override, e.g. '{\"max_cpu_busy\": null}'",
+    )
     ap.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument(
@@ -95,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             res["memory"] = phase_memory(work, a.quick, rate)
             print(f"  memory: {res['memory']}", flush=True)
         if "mixed" in phases:
-            res["mixed"] = phase_mixed(work, a.quick)
+            res["mixed"] = phase_mixed(work, a.quick, json.loads(a.admission or "{}"))
     finally:
         print(f"total {time.monotonic() - t0:.0f} s; logs in {work}", flush=True)
         if not a.keep and res:

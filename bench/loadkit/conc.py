@@ -130,7 +130,7 @@ def conc_config(
         "uas_answer_stream.xml.in", log_dir / "uas_answer_loop.xml", AUDIO=str(audio)
     )
     carrier = st.sipp(scen, extra_args=["-rtp_threadtasks", "50"])
-    agent = st.sipp("uas_answer_wait_bye.xml")
+    agent = st.sipp("uas_answer_infos_bye.xml")  # held: answers detection INFOs
     # The SIPp agent sends no RTP: no media timeout, or the calls would end after 30 s.
     sip = {
         "workers": 2,

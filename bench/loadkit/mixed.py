@@ -154,14 +154,17 @@ def _run(
     }
 
 
-def phase_mixed(work: Path, quick: bool) -> dict[str, Any]:
+def phase_mixed(work: Path, quick: bool, admission: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``admission``: keys that replace the phase's admission section (e.g. to compare
+    with admission control off, or without the CPU signal on a shared machine)."""
+    admission = {**ADMISSION, **(admission or {})}
     dur = 30.0 if quick else 60.0
     burn = (5.0, dur - 15.0)  # room to see the node trip, and resume before the end
     log_dir = work / "mixed"
     log_dir.mkdir()
-    out: dict[str, Any] = {"held_target": HELD, "cps": CPS, "admission": ADMISSION}
+    out: dict[str, Any] = {"held_target": HELD, "cps": CPS, "admission": admission}
     with Stack(log_dir) as st:
-        _loop_carrier, agent, cfg = conc_config(st, log_dir, HELD + 50, admission=ADMISSION)
+        _loop_carrier, agent, cfg = conc_config(st, log_dir, HELD + 50, admission=admission)
         short = st.sipp("uas_answer_then_bye.xml")
         cfg["trunks"].append(
             {
