@@ -166,7 +166,11 @@ async def statuses(base: str, sids: list[str]) -> list[dict[str, Any]]:
 
         async def one(sid: str) -> None:
             async with sem:
-                r = await client.get(f"/v1/outbound-calling/{sid}/status")
+                try:
+                    r = await client.get(f"/v1/outbound-calling/{sid}/status")
+                except httpx.HTTPError as e:  # a starved node: count it, don't stop the phase
+                    out.append({"callSid": sid, "status": type(e).__name__, "reason": ""})
+                    return
                 out.append(
                     r.json()
                     if r.status_code == 200
