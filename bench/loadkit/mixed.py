@@ -209,7 +209,7 @@ def report_mixed(r: dict[str, Any]) -> str:
         "## Load: mixed, held analysed calls plus new calls, with and without a CPU burner "
         "(`bench/load --mixed`)",
         "",
-        f"One node with admission control on ({a}, the other keys default): {r['held']} "
+        f"One node, `admission: {json.dumps(a)}` (other keys default): {r['held']} "
         f"held calls of {r['held_target']} (carrier loops a greeting, detector on; "
         f"{r['ramp_refused']} triggers refused during the ramp), then {r['cps']:g} CPS of "
         "short calls (answered, BYE after 0.5 s) for each run. Burner: "
