@@ -33,6 +33,9 @@ from sipbridge.admissionconfig import AdmissionConfig
 log = logging.getLogger("sipbridge.admission")
 
 PROC_STAT = Path("/proc/stat")
+# Sampling starts this long after the node starts: until then CPU and loop lag measure the
+# node's own start-up (forking the SIP workers, loading prompts), not its load.
+WARMUP_S = 5.0
 
 
 def cpu_times(text: str) -> tuple[int, int] | None:
@@ -161,6 +164,7 @@ class AdmissionControl:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         interval = self.cfg.sample_interval_s
+        await asyncio.sleep(WARMUP_S)
         self.cpu.read()  # the first read only sets the baseline
         while True:
             due = loop.time() + interval
