@@ -40,10 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from load import (
-    _children,
-    _cps_sip,
-    _stat,
+from loadkit.common import (
     carrier_invites,
     drive,
     fmt_failures,
@@ -52,6 +49,8 @@ from load import (
     pct,
     statuses,
 )
+from loadkit.phases import _cps_sip
+from loadkit.procs import _children, _stat
 from results import write_section
 
 from sipbridge.devtools.bridge import Bridge, Stack

@@ -331,7 +331,7 @@ _ERROR_TEXT = {
     409: "the call is not in a state that allows this",
     413: "request body larger than api.max_body_bytes",
     429: "over the per-token API rate limit (see Retry-After)",
-    503: "shutting down, or the call store is unavailable (see Retry-After)",
+    503: "shutting down, overloaded, or the call store is unavailable (see Retry-After)",
 }
 
 
@@ -470,10 +470,9 @@ def create_app(
     )
     async def trigger(body: TriggerBody, token: str = Depends(auth)) -> TriggerResponse:
         """Queue an outbound call; returns its callSid."""
-        if ops.draining:
-            raise ApiError(
-                503, "shutting down: not taking new calls", headers={"Retry-After": "30"}
-            )
+        refused = ops.refusal()  # draining, or admission control (overloaded / full)
+        if refused is not None:
+            raise ApiError(503, refused[0], headers={"Retry-After": str(refused[1])})
         retry_after = await service.check_api_rate(token)
         if retry_after is not None:
             raise ApiError(

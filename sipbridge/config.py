@@ -19,6 +19,7 @@ from pydantic import (
     model_validator,
 )
 
+from sipbridge.admissionconfig import AdmissionConfig
 from sipbridge.callsettings import DTMF_DIGITS as DTMF_DIGITS
 from sipbridge.callsettings import DTMF_PAUSES as DTMF_PAUSES
 from sipbridge.callsettings import DetectionSettings as DetectionSettings
@@ -462,6 +463,8 @@ class Config(_Model):
     # Several nodes sharing one PostgreSQL store and one Redis (README "Running more than
     # one node"); absent = a single node.
     cluster: ClusterConfig | None = None
+    # Refuse new calls before the node degrades (README "Admission control").
+    admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
 
     @model_validator(mode="after")
     def _cluster_store(self) -> Config:

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, Response
 
 from sipbridge.calls import CallService
 from sipbridge.cdr import CdrWriter
+from sipbridge.loadwatch import AdmissionControl
 from sipbridge.metrics import CONTENT_TYPE, Metrics
 from sipbridge.records import CallRecord
 from sipbridge.webhooks import WebhookDispatcher
@@ -76,14 +77,29 @@ class Operations:
         redis = service.cluster_api_limiter
         if redis is not None:
             self.metrics.registry.register(redis.limits.collector())
+        # Admission control: refuse triggers, fail /readyz and stop dialling the queue
+        # while the node is overloaded or full (README "Admission control").
+        self.admission = AdmissionControl(
+            service.cfg.admission, service.registry.carrier_legs_up, service.dispatcher.wake
+        )
+        service.dispatcher.paused = self.admission.overloaded
+        self.admission.register(self.metrics.registry)
 
     # ---- lifecycle (the app's lifespan) ----------------------------------------------
 
     async def start(self) -> None:
         await self.webhooks.start()
+        await self.admission.start()
 
     async def stop(self) -> None:
+        await self.admission.stop()
         await self.webhooks.stop()
+
+    def refusal(self) -> tuple[str, int] | None:
+        """Why a trigger gets 503 now, with its Retry-After (s); None: accepted."""
+        if self.draining:
+            return "shutting down: not taking new calls", 30
+        return self.admission.refuse()
 
     async def drain(self, grace_s: float) -> None:
         """SIGTERM: refuse new triggers (503), stop dialling queued calls, wait up to
@@ -116,6 +132,9 @@ class Operations:
             checks["redis"] = self.service.cluster_api_limiter.limits.error or "ok"
         if self.draining:
             checks["api"] = "draining: shutting down"
+        load = self.admission.verdict()
+        if load.overloaded:
+            checks["load"] = load.reason
         if self.service.node is not None:
             checks["cluster"] = self.service.node.readiness()
         states = self.service.prober.states()
@@ -147,7 +166,7 @@ class Operations:
         @app.get("/readyz", responses={503: {"description": "not ready: names what is down"}})
         async def readyz() -> JSONResponse:
             """200 when a SIP worker is ready and the store answers; else 503 naming what
-            is down (also 503 while draining)."""
+            is down (also 503 while draining, and while overloaded: ``load``)."""
             checks = self.readiness()
             trunks = self.trunk_detail()
             node = self.service.node

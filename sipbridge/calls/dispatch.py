@@ -59,6 +59,8 @@ class Dispatcher:
         # The queued calls a pass looks at: every queued call on a single node; in
         # cluster mode the ones this node claimed (sipbridge.cluster.node).
         self.queued: Callable[[], list[CallRecord]] = lambda: ctx.journal.store.by_status("queued")
+        # Admission control (sipbridge.loadwatch): True = overloaded, start no new call.
+        self.paused: Callable[[], bool] = lambda: False
 
     def wake(self) -> None:
         """Something changed (a new call, a free slot): schedule a pass now."""
@@ -88,6 +90,8 @@ class Dispatcher:
                 continue
             if blocked is not None:
                 wait = min(wait, blocked)
+        if self.paused():  # queued calls stay queued (and unclaimed in cluster mode)
+            return wait
         for rec in self.queued():
             try:
                 blocked = self._dispatch_queued(rec, now)

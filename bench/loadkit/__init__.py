@@ -1,0 +1,1 @@
+"""Parts of bench/load.py, one phase or concern per module."""

@@ -1,0 +1,141 @@
+"""Admission control's decision: signals in, verdict and reason out (pure: no I/O, no
+asyncio, no clock of its own; :mod:`sipbridge.loadwatch` samples and calls it).
+
+Two kinds of limit:
+
+* **Pressure** (machine CPU busy, supervisor event-loop lag): noisy measurements, so
+  with hysteresis. The node becomes overloaded when one signal stays at or over its
+  ``max`` for ``enter_after_s``; it recovers when every signal stays under its
+  ``resume`` threshold (below ``max``) for ``resume_after_s``. A signal between the two
+  thresholds changes nothing: no flapping around one threshold.
+* **Capacity** (carrier legs in progress vs ``max_analysed_calls``): an exact count, so
+  no hysteresis: full while at the cap, open again as soon as a call ends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CPU = "cpu"
+LOOP_LAG = "loop_lag"
+CALLS = "calls"
+SIGNALS = (CPU, LOOP_LAG, CALLS)  # the metric's ``reason`` label values
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Limits (None: that signal is not used); see sipbridge.admissionconfig."""
+
+    max_cpu_busy: float | None = 0.9
+    resume_cpu_busy: float = 0.8
+    max_loop_lag_ms: float | None = 50.0
+    resume_loop_lag_ms: float = 20.0
+    max_analysed_calls: int | None = None
+    enter_after_s: float = 2.0
+    resume_after_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sample of the pressure signals. ``cpu_busy``: machine-wide busy share (0-1)
+    since the previous sample, None when it cannot be read; ``loop_lag_ms``: how late the
+    supervisor's loop ran the sampling timer."""
+
+    cpu_busy: float | None
+    loop_lag_ms: float
+
+
+@dataclass(frozen=True)
+class Verdict:
+    overloaded: bool
+    signal: str = ""  # CPU, LOOP_LAG or CALLS when overloaded
+    reason: str = ""  # for the 503 body, /readyz and the log
+
+    @property
+    def ok(self) -> bool:
+        return not self.overloaded
+
+
+OK = Verdict(False)
+
+
+def _hot(th: Thresholds, s: Sample) -> dict[str, float]:
+    """Signals at or over their ``max`` -> their value."""
+    out: dict[str, float] = {}
+    if th.max_cpu_busy is not None and s.cpu_busy is not None and s.cpu_busy >= th.max_cpu_busy:
+        out[CPU] = s.cpu_busy
+    if th.max_loop_lag_ms is not None and s.loop_lag_ms >= th.max_loop_lag_ms:
+        out[LOOP_LAG] = s.loop_lag_ms
+    return out
+
+
+def _calm(th: Thresholds, s: Sample) -> bool:
+    """Every used signal under its resume threshold (an unreadable CPU counts as calm)."""
+    cpu_ok = th.max_cpu_busy is None or s.cpu_busy is None or s.cpu_busy < th.resume_cpu_busy
+    lag_ok = th.max_loop_lag_ms is None or s.loop_lag_ms < th.resume_loop_lag_ms
+    return cpu_ok and lag_ok
+
+
+def _describe(th: Thresholds, signal: str, value: float, lasted_s: float) -> str:
+    if signal == CPU:
+        return (
+            f"node overloaded: cpu {value * 100:.0f} % busy, over "
+            f"{th.max_cpu_busy or 0:g} for {lasted_s:.1f} s"
+        )
+    return (
+        f"node overloaded: event loop {value:.0f} ms late, over "
+        f"{th.max_loop_lag_ms or 0:g} ms for {lasted_s:.1f} s"
+    )
+
+
+class Pressure:
+    """The hysteresis state machine over pressure samples. ``observe`` takes samples in
+    time order (``now_s`` from a monotonic clock) and returns the verdict after each."""
+
+    def __init__(self, th: Thresholds) -> None:
+        self.th = th
+        self.verdict = OK
+        self._hot_since: dict[str, float] = {}
+        self._calm_since: float | None = None
+
+    def observe(self, now_s: float, s: Sample) -> Verdict:
+        hot = _hot(self.th, s)
+        for sig in (CPU, LOOP_LAG):
+            if sig in hot:
+                self._hot_since.setdefault(sig, now_s)
+            else:
+                self._hot_since.pop(sig, None)
+        if self.verdict.ok:
+            for sig, value in hot.items():
+                lasted = max(0.0, now_s - self._hot_since[sig])
+                if lasted >= self.th.enter_after_s:
+                    self.verdict = Verdict(True, sig, _describe(self.th, sig, value, lasted))
+                    self._calm_since = None
+                    break
+            return self.verdict
+        if not _calm(self.th, s):
+            self._calm_since = None
+            return self.verdict
+        if self._calm_since is None:
+            self._calm_since = now_s
+        if now_s - self._calm_since >= self.th.resume_after_s:
+            self.verdict = OK
+            self._calm_since = None
+        return self.verdict
+
+
+def capacity(th: Thresholds, live_calls: int) -> Verdict:
+    """Full at ``max_analysed_calls`` carrier legs in progress."""
+    cap = th.max_analysed_calls
+    if cap is None or live_calls < cap:
+        return OK
+    return Verdict(True, CALLS, f"node at capacity: analysed calls {live_calls}/{cap}")
+
+
+def decide(th: Thresholds, pressure: Verdict, live_calls: int) -> Verdict:
+    """The node's verdict: pressure first (it names the worse problem), then capacity."""
+    return pressure if pressure.overloaded else capacity(th, live_calls)
+
+
+__all__ = ["CALLS", "CPU", "LOOP_LAG", "OK", "SIGNALS", "Pressure", "Sample", "Thresholds"]
+__all__ += ["Verdict", "capacity", "decide"]
