@@ -5,12 +5,14 @@ Run: ``.venv/bin/python bench/realscore.py [DIR]`` (also ``bench/dsp.py --real-o
 ``scripts/real_corpus``. A class is the label's ``answered_by`` (``progress`` for call-progress
 tones), split by the kind of item (the name up to its source-specific part: ``wuw_name``,
 ``ast_vm`` ...). Prints Markdown: a table per class and kind, then the misses (file, expected,
-got, the detector's reason, what :func:`sipbridge.corpus.score.check` found wrong). Writes
-nothing.
+got, the detector's reason, what :func:`sipbridge.corpus.score.check` found wrong), and the
+same totals for a fixed held-out split (:func:`split_of`, a hash of the file name): tune
+thresholds on ``tune``, report ``held`` separately. Writes nothing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import sys
@@ -48,19 +50,37 @@ def kind_of(name: str) -> str:
     return "other"
 
 
+def split_of(name: str) -> str:
+    """``held`` or ``tune``: half the files by a hash of their name (stable, not chosen)."""
+    return "held" if hashlib.sha1(name.encode()).digest()[0] & 1 else "tune"
+
+
 def run(folder: Path) -> dict[str, Any]:
     labels: dict[str, dict[str, Any]] = json.loads((folder / "labels.json").read_text())
     rows: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
     misses: list[dict[str, Any]] = []
     human_lat: list[int] = []
+    splits: dict[str, dict[str, Any]] = defaultdict(
+        lambda: {"n": 0, "ok": 0, "machines": 0, "m_as_h": 0, "humans": 0, "h_ok": 0, "lat": []}
+    )
     for f, lab in sorted(labels.items()):
         det, _ = analyze_samples(load_audio(folder / f), lab.get("mode", "answer"))
         errs = check(folder / f, lab, det)
         key = (class_of(lab), kind_of(f))
         rows[key][0] += 1
         rows[key][1] += not errs
+        sp = splits[split_of(f)]
+        sp["n"] += 1
+        sp["ok"] += not errs
+        if lab["answered_by"] == "human":
+            sp["humans"] += 1
+            sp["h_ok"] += not errs
+        else:
+            sp["machines"] += 1
+            sp["m_as_h"] += det.answered_by == "human"
         if det.answered_by == lab["answered_by"] == "human" and lab["greeting_end_ms"]:
             human_lat.append(det.decided_at_ms - lab["greeting_end_ms"])
+            sp["lat"].append(human_lat[-1])
         if errs:
             misses.append(
                 {
@@ -73,7 +93,13 @@ def run(folder: Path) -> dict[str, Any]:
                     "desc": lab.get("desc", ""),
                 }
             )
-    return {"n": len(labels), "rows": rows, "misses": misses, "human_lat": human_lat}
+    return {
+        "n": len(labels),
+        "rows": rows,
+        "misses": misses,
+        "human_lat": human_lat,
+        "splits": dict(sorted(splits.items())),
+    }
 
 
 def report(r: dict[str, Any]) -> str:
@@ -99,10 +125,32 @@ def report(r: dict[str, Any]) -> str:
             f"Human decided after the end of speech (when called human): median "
             f"{np.percentile(lat, 50):.0f} ms, p90 {np.percentile(lat, 90):.0f} ms (n={len(lat)})."
         )
-    lines += ["", "| file | expected | got | reason | problems |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| split | right | humans right | others called human | human after end of speech, "
+        "median / p90 (ms) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, sp in r["splits"].items():
+        hl = sp["lat"]
+        lat_s = (
+            f"{np.percentile(hl, 50):.0f} / {np.percentile(hl, 90):.0f} (n={len(hl)})"
+            if hl
+            else "n/a"
+        )
+        lines.append(
+            f"| {name} | {sp['ok']}/{sp['n']} | {sp['h_ok']}/{sp['humans']} | "
+            f"{sp['m_as_h']}/{sp['machines']} | {lat_s} |"
+        )
+    lines += [
+        "",
+        "| file | split | expected | got | reason | problems |",
+        "|---|---|---|---|---|---|",
+    ]
     for m in r["misses"]:
         lines.append(
-            f"| {m['file']} | {m['expected']} | {m['got']} | {m['reason']} | "
+            f"| {m['file']} | {split_of(m['file'])} | {m['expected']} | {m['got']} | "
+            f"{m['reason']} | "
             f"{'; '.join(m['problems'])} |"
         )
     return "\n".join(lines)
