@@ -45,6 +45,14 @@ class AdmissionConfig(StrictModel):
     # Retry-After (s) on a refused trigger: about resume_after_s, when the earliest
     # resumption can come.
     retry_after_s: Annotated[int, Field(ge=1, le=3600)] = 5
+    # The node's nice value (-20..19), set by the supervisor before it starts the SIP
+    # workers, which inherit it (sipbridge/priority.py). -5: a neighbour at the default
+    # priority (0) gets the smaller share of a contended core, so live calls' media ticks
+    # stay on time while admission refuses new work; not so low that the node starves
+    # the kernel's and the carrier-facing proxies' own threads. Needs CAP_SYS_NICE below 0;
+    # without it a warning is logged and the node runs at its current priority. null:
+    # leave the priority alone. Applies with enabled: false too.
+    process_nice: Annotated[int, Field(ge=-20, le=19)] | None = -5
 
     @model_validator(mode="after")
     def _bands(self) -> AdmissionConfig:

@@ -15,6 +15,7 @@ from sipbridge.calls import CallService
 from sipbridge.calls.policy import prompt_folder
 from sipbridge.config import Config
 from sipbridge.ops import Operations
+from sipbridge.priority import set_process_nice
 from sipbridge.store import CallStore, open_store
 
 log = logging.getLogger("sipbridge")
@@ -105,6 +106,7 @@ class _Server(uvicorn.Server):
 
 
 async def serve(cfg: Config) -> None:
+    set_process_nice(cfg.admission.process_nice)  # before the SIP workers start: inherited
     app, _ = build(cfg)
     config = uvicorn.Config(
         app,

@@ -11,11 +11,18 @@ from pathlib import Path
 import pytest
 
 from sipbridge.devtools.bridge import Stack, bridge_config
+from tests.integration.test_api_calls import _worker_pids
 from tests.integration.test_scheduling import invite_times
 
 pytestmark = pytest.mark.integration
 
 SID = {"X-PolyAI-Call-SID": "{call_sid}"}
+
+
+def nice_of(pid: int) -> int:
+    """A process's nice value: field 19 of /proc/PID/stat (after the parenthesised name)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[16])
 
 
 def test_full_node_refuses_then_resumes_by_itself(tmp_path: Path, stack: Stack) -> None:
@@ -41,6 +48,8 @@ def test_full_node_refuses_then_resumes_by_itself(tmp_path: Path, stack: Stack) 
             "max_cpu_busy": None,
             "max_loop_lag_ms": None,
             "retry_after_s": 3,
+            # raising nice needs no privilege: the supervisor sets it, the workers inherit it
+            "process_nice": 3,
         },
     )
     bridge = stack.bridge(cfg)
@@ -51,6 +60,8 @@ def test_full_node_refuses_then_resumes_by_itself(tmp_path: Path, stack: Stack) 
     a = bridge.trigger(to_number="+12125550123")
     bridge.wait_event(a, "carrier.answered")
     assert queued["next_attempt_at"], queued
+    workers = _worker_pids(bridge.proc.pid)
+    assert workers and {nice_of(p) for p in [bridge.proc.pid, *workers]} == {3}
 
     r = bridge.client.post("/v1/outbound-calling/trigger", json={"to_number": "+12125550124"})
     assert r.status_code == 503, r.text

@@ -1,0 +1,68 @@
+"""sipbridge.priority: the node's nice value, and its config key."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from sipbridge.admissionconfig import AdmissionConfig
+from sipbridge.config import ConfigError, parse_config
+from tests.unit.test_admission import BASE
+
+
+def _in_child(code: str) -> str:
+    """Run in a child process: a nice value set here would stick to the test process."""
+    out = subprocess.run(
+        [sys.executable, "-c", "from sipbridge.priority import set_process_nice\n" + code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return out.stdout.strip()
+
+
+def test_sets_the_nice_value_of_the_process() -> None:
+    now = os.getpriority(os.PRIO_PROCESS, 0)
+    target = min(now + 2, 19)  # raising nice needs no privilege
+    got = _in_child(
+        f"import os\nw = set_process_nice({target})\nprint(w, os.getpriority(os.PRIO_PROCESS, 0))"
+    )
+    assert got == f"None {target}"
+
+
+def test_none_leaves_it_alone() -> None:
+    now = os.getpriority(os.PRIO_PROCESS, 0)
+    got = _in_child("import os\nprint(set_process_nice(None), os.getpriority(os.PRIO_PROCESS, 0))")
+    assert got == f"None {now}"
+
+
+def test_refused_priority_is_a_warning_not_a_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sipbridge import priority
+
+    def refuse(which: int, who: int, value: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(priority.os, "setpriority", refuse)
+    now = os.getpriority(os.PRIO_PROCESS, 0)
+    msg = priority.set_process_nice(now - 5)
+    assert msg is not None
+    assert "admission.process_nice" in msg and "CAP_SYS_NICE" in msg
+    assert f"running at nice {now}" in msg
+    assert os.getpriority(os.PRIO_PROCESS, 0) == now
+
+
+def test_default_and_bounds() -> None:
+    assert AdmissionConfig().process_nice == -5
+    assert AdmissionConfig(process_nice=None).process_nice is None
+    for bad in (-21, 20, "high", 1.5):
+        with pytest.raises(ValueError, match="process_nice"):
+            AdmissionConfig(process_nice=bad)
+
+
+def test_config_error_names_the_key() -> None:
+    with pytest.raises(ConfigError, match="admission.process_nice"):
+        parse_config({**BASE, "admission": {"process_nice": -40}})
