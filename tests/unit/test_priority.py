@@ -64,5 +64,5 @@ def test_default_and_bounds() -> None:
 
 
 def test_config_error_names_the_key() -> None:
-    with pytest.raises(ConfigError, match="admission.process_nice"):
+    with pytest.raises(ConfigError, match=r"admission\.process_nice"):
         parse_config({**BASE, "admission": {"process_nice": -40}})
