@@ -58,9 +58,10 @@ def test_refused_priority_is_a_warning_not_a_failure(monkeypatch: pytest.MonkeyP
 def test_default_and_bounds() -> None:
     assert AdmissionConfig().process_nice == -5
     assert AdmissionConfig(process_nice=None).process_nice is None
+    bad: object
     for bad in (-21, 20, "high", 1.5):
         with pytest.raises(ValueError, match="process_nice"):
-            AdmissionConfig(process_nice=bad)
+            AdmissionConfig.model_validate({"process_nice": bad})
 
 
 def test_config_error_names_the_key() -> None:
