@@ -280,6 +280,8 @@ class CadenceTracker:
             del self._sig[0]
             del self._speech[0]
             del self._level[0]
+        if sig is None and self.current is None:
+            return None  # nothing sounding (a burst's state is set afresh when one starts)
         if sig is not None and sig == self.current:
             self.cur_end = t_ms + FRAME_MS
             for i in range(2, min(self.gap + 2, len(self._sig) + 1)):

@@ -189,22 +189,19 @@ class Detector(AnswerRules):
         # the last word's pitch)
         x = ta.push_pcm(pcm) if x is None else ta.push(x)
         level = dbfs(x)
-        ta.analyze_last(level >= cfg.tone_min_dbfs)  # cp_power is read only above that level
+        loud = level >= cfg.tone_min_dbfs
+        ta.analyze_last(loud)  # cp_power is read only above that level
         if self._beep_run is not None:
             self._follow_beep(
-                single_tone=ta.purity >= cfg.tone_purity and level >= cfg.tone_min_dbfs,
+                single_tone=ta.purity >= cfg.tone_purity and loud,
                 hz=ta.peak_hz,
                 purity=ta.purity,
                 t=t,
                 events=events,
             )
             return
-        is_tone = ta.purity >= cfg.tone_purity and level >= cfg.tone_min_dbfs
-        sig = (
-            best_cp_signature(ta.cp_power, cfg.cp_purity, cfg.cp_max_twist_db)
-            if level >= cfg.tone_min_dbfs
-            else None
-        )
+        is_tone = ta.purity >= cfg.tone_purity and loud
+        sig = best_cp_signature(ta.cp_power, cfg.cp_purity, cfg.cp_max_twist_db) if loud else None
         if sig is not None:
             is_tone = True
         # dual call-progress tones are not "a single steady tone"; single ones (400/425/440 Hz)

@@ -332,10 +332,13 @@ class PromptMatcher:
         if not lookup or i % VOTE_EVERY:
             self._advance(_PENDING)
             return None
-        e = np.log10(self._bands[[j, (i - LAG) % _RING], :N_BANDS] + 1e-12)
-        d = e[:, :-1] - e[:, 1:]
-        diff = d[0] - d[1]
-        code = int((diff > 0) @ _BIT_WEIGHTS)
+        # the rest on 2 × 17 plain floats: cheaper than numpy's per-call cost on arrays this size
+        now, then = np.log10(self._bands[[j, (i - LAG) % _RING], :N_BANDS] + 1e-12).tolist()
+        diff = [(now[b] - now[b + 1]) - (then[b] - then[b + 1]) for b in range(N_BITS)]
+        code = 0
+        for b, v in enumerate(diff):
+            if v > 0.0:
+                code |= 1 << b
         self._advance(code)
         return self._search(i, code, diff)
 
@@ -369,11 +372,12 @@ class PromptMatcher:
         diff = (e[:, :-1] - e[:, 1:]) - (ep[:, :-1] - ep[:, 1:])
         self._ring[jj] = (diff > 0) @ _BIT_WEIGHTS
 
-    def _search(self, i: int, code: int, diff: FloatArray) -> PromptMatch | None:
+    def _search(self, i: int, code: int, diff: FloatArray | list[float]) -> PromptMatch | None:
         # the code and its variants with its least reliable bits flipped: noise flips the
         # bits whose band differences barely changed
         probes = [code]
-        for w in np.abs(diff).argsort()[:N_WEAK].tolist():
+        size = [abs(v) for v in (diff.tolist() if isinstance(diff, np.ndarray) else diff)]
+        for w in sorted(range(N_BITS), key=size.__getitem__)[:N_WEAK]:
             bit = 1 << w
             probes += [c ^ bit for c in probes]
         best: int | None = None
