@@ -234,6 +234,7 @@ class PromptLibrary:
                 lib.add(name, label, load_audio(path))
             except AudioFormatError as e:
                 raise ValueError(f"prompt library: {e}") from None
+        lib.search_index()  # built here, once (the fork server's copy is shared by the workers)
         return lib
 
     def matcher(self, max_ber: float = 0.25) -> PromptMatcher:
