@@ -27,7 +27,7 @@ from typing import Literal
 
 import numpy as np
 
-from sipbridge.media.frames import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE, FloatArray, rfft
+from sipbridge.media.frames import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE, FloatArray, rfft_into
 
 BLOCK = 2 * FRAME_SAMPLES  # 40 ms analysis block
 BIN_HZ = SAMPLE_RATE / BLOCK  # 25 Hz
@@ -139,6 +139,7 @@ class ToneAnalyzer:
         self.purity = 0.0
         self.cp_power: list[float] = [0.0] * len(CP_FREQS)
         self.power: FloatArray = np.zeros(BLOCK // 2 + 1)
+        self._spec = np.zeros(BLOCK // 2 + 1, dtype=np.complex128)  # reused every frame
         self.total = 0.0
 
     def reset(self) -> None:
@@ -187,7 +188,7 @@ class ToneAnalyzer:
     def analyze_last(self, cp: bool = True) -> None:
         """:meth:`analyze` for the frame just stored with :meth:`push` / :meth:`push_pcm`."""
         e = self._end
-        spec = rfft(self._buf[e - BLOCK : e] * self._win)
+        spec = rfft_into(self._buf[e - BLOCK : e] * self._win, self._spec)
         sq = spec.view(np.float64)
         sq = sq * sq
         p = sq[0::2] + sq[1::2]  # re² + im²
