@@ -580,7 +580,7 @@ wrong prompt {pl["wrong"]}; decided {pct(pl["lat"], 50)} ms (median) / {pct(pl["
 Target {TARGET_US:.0f} µs per frame: {"met" if fr1["median"] < TARGET_US else "MISSED"} (median,
 {int(fr1["frames"])} frames of corpus audio). The p99 holds the rare heavier frames (a pitch
 track at a greeting's end, a fingerprint verification). On a loaded machine compare with
-main in the same moment (section below).
+main in the same moment: `bench/dsp_ab.py` (section below).
 """
     print(text)
     if not a.no_write:

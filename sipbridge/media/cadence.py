@@ -31,6 +31,7 @@ it sounds (early media only; never a failure).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -94,21 +95,26 @@ RINGBACK_SINGLE = ("eu_425", "eu_440")
 HISTORY_FRAMES = 250  # 5 s: three bursts of the slowest busy/reorder cadence and their gaps
 
 
-def best_cp_signature(cp_power: FloatArray, min_purity: float, max_twist_db: float) -> str | None:
+def best_cp_signature(
+    cp_power: Sequence[float] | FloatArray, min_purity: float, max_twist_db: float
+) -> str | None:
     """Best-matching call-progress signature for a frame, or None.
 
     A signature matches when its components hold ``min_purity`` of the block's power and, for
     dual tones, the weaker component is within ``max_twist_db`` of the stronger.
     """
+    # plain floats: indexing a numpy array per component costs more than the whole loop
+    cp = cp_power.tolist() if isinstance(cp_power, np.ndarray) else cp_power
+    twist = 10.0 ** (-max_twist_db / 10.0)
     best: str | None = None
     best_p = min_purity
-    for name, idx in _CP_INDEX.items():
-        if len(idx) == 1:
-            p = float(cp_power[idx[0]])
+    for name, i, j in _CP_PAIRS:
+        if j < 0:
+            p = cp[i]
         else:
-            a, b = float(cp_power[idx[0]]), float(cp_power[idx[1]])
+            a, b = cp[i], cp[j]
             lo, hi = (a, b) if a < b else (b, a)
-            if hi <= 0.0 or lo < hi * 10.0 ** (-max_twist_db / 10.0):
+            if hi <= 0.0 or lo < hi * twist:
                 continue
             p = a + b
         if p > best_p:
@@ -119,6 +125,10 @@ def best_cp_signature(cp_power: FloatArray, min_purity: float, max_twist_db: flo
 _CP_INDEX: dict[str, tuple[int, ...]] = {
     name: tuple(CP_FREQS.index(f) for f in sig) for name, sig in CP_SIGNATURES.items()
 }
+# (signature, component index, second component index or -1), in CP_SIGNATURES order
+_CP_PAIRS: tuple[tuple[str, int, int], ...] = tuple(
+    (name, idx[0], idx[1] if len(idx) > 1 else -1) for name, idx in _CP_INDEX.items()
+)
 
 
 def _template(pattern: tuple[int, ...], end_index: int, bursts: int) -> list[tuple[int, int]]:
@@ -270,6 +280,8 @@ class CadenceTracker:
             del self._sig[0]
             del self._speech[0]
             del self._level[0]
+        if sig is None and self.current is None:
+            return None  # nothing sounding (a burst's state is set afresh when one starts)
         if sig is not None and sig == self.current:
             self.cur_end = t_ms + FRAME_MS
             for i in range(2, min(self.gap + 2, len(self._sig) + 1)):

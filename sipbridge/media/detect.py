@@ -85,6 +85,8 @@ __all__ = [
 ]
 
 Mode = Literal["answer", "early"]
+# audio kept for the last word's pitch (1.6 s)
+_WORD_AUDIO_FRAMES = 80
 
 
 class Detector(AnswerRules):
@@ -108,7 +110,7 @@ class Detector(AnswerRules):
         self.mode: Mode = mode
         self.keep_timeline = keep_timeline
         self.timeline: list[TimelineEntry] = []
-        self._tones = ToneAnalyzer()
+        self._tones = ToneAnalyzer(history_frames=_WORD_AUDIO_FRAMES)
         self._runs = ToneRunTracker()
         self._sit = SitDecoder(confirm_ms=self.cfg.sit_confirm_ms)
         # after answer speech and music are common: a busy/reorder cadence must hold for three
@@ -135,7 +137,6 @@ class Detector(AnswerRules):
         self._last_word_start = 0
         self._question: tuple[int, bool] | None = None  # (last word end, rises?)
         self._last_word_audio: FloatArray | None = None
-        self._audio: list[FloatArray] = []  # the last 1.6 s, for the last word's pitch
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -184,28 +185,24 @@ class Detector(AnswerRules):
         t = self._t
         t_end = t + FRAME_MS
         self._t = t_end
-        if x is None:
-            x = np.frombuffer(pcm, dtype="<i2") * (1.0 / 32768.0)
-        level = dbfs(x)
         ta = self._tones
-        ta.analyze(x, level >= cfg.tone_min_dbfs)  # cp_power is read only above that level
+        # the frame goes straight into the analyser's buffer (which keeps the last 1.6 s, for
+        # the last word's pitch)
+        x = ta.push_pcm(pcm) if x is None else ta.push(x)
+        level = dbfs(x)
+        loud = level >= cfg.tone_min_dbfs
+        ta.analyze_last(loud)  # cp_power is read only above that level
         if self._beep_run is not None:
             self._follow_beep(
-                single_tone=ta.purity >= cfg.tone_purity and level >= cfg.tone_min_dbfs,
+                single_tone=ta.purity >= cfg.tone_purity and loud,
                 hz=ta.peak_hz,
                 purity=ta.purity,
                 t=t,
                 events=events,
             )
             return
-        is_tone = level >= cfg.tone_min_dbfs and (
-            ta.purity >= cfg.tone_purity or cng_over_progress(ta)
-        )
-        sig = (
-            best_cp_signature(ta.cp_power, cfg.cp_purity, cfg.cp_max_twist_db)
-            if level >= cfg.tone_min_dbfs
-            else None
-        )
+        is_tone = loud and (ta.purity >= cfg.tone_purity or cng_over_progress(ta))
+        sig = best_cp_signature(ta.cp_power, cfg.cp_purity, cfg.cp_max_twist_db) if loud else None
         if sig is not None:
             is_tone = True
         # dual call-progress tones are not "a single steady tone"; single ones (400/425/440 Hz)
@@ -253,11 +250,8 @@ class Detector(AnswerRules):
             quiet = sp.state == 0 and not is_tone and not sp.last_speech
             # A-law's idle pattern is a constant +8 (-69 dBFS of DC, no sound): the floor is
             # measured without the DC, so digital silence reads -100 in both G.711 laws
-            floor_db = dbfs(x - x.mean()) if level < -60.0 else level
+            floor_db = dbfs(x - float(np.add.reduce(x)) / x.size) if level < -60.0 else level
             self._floor.update(t, floor_db, quiet)
-            self._audio.append(x)
-            if len(self._audio) > 80:
-                del self._audio[0]
         self._on_cp(
             sig, t, t_end, events, sp.last_speech, ta.peak_hz if sig is not None else None, level
         )
@@ -269,12 +263,12 @@ class Detector(AnswerRules):
         elif ev == SpeechTracker.WORD_END:
             self._note(sp.word_end_ms, "speech_end", floor_dbfs=round(sp.floor_dbfs or -100.0, 1))
             self._last_word_end = sp.word_end_ms
-            if self.mode == "answer" and self._audio:
+            if self.mode == "answer":
                 # keep the word (up to its last 1.5 s) for its pitch, asked for later
-                audio = np.concatenate(self._audio)
+                audio = ta.recent(_WORD_AUDIO_FRAMES)
                 end = audio.size - (t_end - sp.word_end_ms) * 8
                 start = max(0, end - max(0, sp.word_end_ms - self._last_word_start) * 8)
-                self._last_word_audio = audio[start:end] if end > start else None
+                self._last_word_audio = audio[start:end].copy() if end > start else None
         if self.mode == "answer" and not self._done:
             self._answer_rules(t_end, events)
 

@@ -60,12 +60,12 @@ class FrameFeeder(ABC):
         if self._done:
             return events
         if (
-            isinstance(frame, bytes | bytearray)
+            (type(frame) is bytes or isinstance(frame, bytes | bytearray))
             and len(frame) == FRAME_BYTES
             and (t_ms is None or t_ms == self._t)
-            and self._pending.size == 0
+            and not self._pending.size
         ):
-            self._process(bytes(frame), None, events)
+            self._process(frame if type(frame) is bytes else bytes(frame), None, events)
             return events
         x = pcm16_to_float(frame)
         pending_ms = self._pending.size * 1000 // SAMPLE_RATE

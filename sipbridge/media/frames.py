@@ -47,6 +47,15 @@ def rfft(x: FloatArray) -> npt.NDArray[np.complex128]:
     return _RFFT_EVEN(x, 1.0, axes=[(0,), (), (0,)], out=out)
 
 
+def rfft_into(x: FloatArray, out: npt.NDArray[np.complex128]) -> npt.NDArray[np.complex128]:
+    """:func:`rfft` of a 1-D float64 block of even length into ``out`` (``x.size // 2 + 1``
+    complex values): the per-frame hot path, without allocating or checking arguments."""
+    if _RFFT_EVEN is None:  # pragma: no cover - other numpy versions
+        out[:] = np.fft.rfft(x)
+        return out
+    return _RFFT_EVEN(x, 1.0, out=out)
+
+
 def pcm16_to_float(data: bytes | bytearray | memoryview | npt.NDArray[np.generic]) -> FloatArray:
     """Convert little-endian int16 PCM bytes (or an int16/float array) to float64 in [-1, 1).
 

@@ -149,6 +149,19 @@ class PromptLibrary:
         self.prompts: list[Prompt] = []
         self.index: dict[int, list[int]] = {}  # code -> postings (see _posting)
         self._arrays: dict[tuple[int, int], npt.NDArray[np.int32]] = {}
+        self._search: dict[int, tuple[tuple[int, int], ...]] | None = None
+
+    def search_index(self) -> dict[int, tuple[tuple[int, int], ...]]:
+        """The index as the search reads it (built once, after the last :meth:`add`): only
+        codes with at most :data:`MAX_POSTINGS` postings, each split into (prompt and alignment
+        bits, frame)."""
+        if self._search is None:
+            self._search = {
+                c: tuple((post & ~_K_MASK, post & _K_MASK) for post in posts)
+                for c, posts in self.index.items()
+                if len(posts) <= MAX_POSTINGS
+            }
+        return self._search
 
     def codes_array(self, pid: int, sub: int) -> npt.NDArray[np.int32]:
         """A prompt's codes at one alignment as an array (-1 for silent frames)."""
@@ -168,6 +181,7 @@ class PromptLibrary:
         if not name or not label:
             raise ValueError("a prompt needs a name and a label")
         pid = len(self.prompts)
+        self._search = None
         per_sub = tuple(tuple(codes_of(x, s)) for s in SUB_OFFSETS)
         p = Prompt(name, label, x.size * 1000 // SAMPLE_RATE, per_sub)
         self.prompts.append(p)
@@ -220,6 +234,7 @@ class PromptLibrary:
                 lib.add(name, label, load_audio(path))
             except AudioFormatError as e:
                 raise ValueError(f"prompt library: {e}") from None
+        lib.search_index()  # built here, once (the fork server's copy is shared by the workers)
         return lib
 
     def matcher(self, max_ber: float = 0.25) -> PromptMatcher:
@@ -275,8 +290,9 @@ class PromptMatcher:
     _ring: npt.NDArray[np.int32] = field(
         default_factory=lambda: np.full(_RING, -1, dtype=np.int32)
     )  # live codes by frame (-1: silent, _PENDING: not computed yet)
-    _bands: FloatArray = field(default_factory=lambda: np.zeros((_RING, N_BANDS)))
-    _ok: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(_RING, dtype=bool))
+    # band energies by frame; the extra column takes reduceat's last range (above 3400 Hz)
+    _bands: FloatArray = field(default_factory=lambda: np.zeros((_RING, N_BANDS + 1)))
+    _ok: list[bool] = field(default_factory=lambda: [False] * _RING)  # frame had a level
     _n: int = 0  # frames pushed
     _votes: dict[int, list[int]] = field(default_factory=dict)  # key -> [n, last, first, checked]
     # the previous generation of votes: keys not voted for in two generations (2 × 2 ×
@@ -284,6 +300,10 @@ class PromptMatcher:
     _old: dict[int, list[int]] = field(default_factory=dict)
     _prev: FloatArray = field(default_factory=lambda: np.zeros(FRAME_SAMPLES))
     done: PromptMatch | None = None
+    _index: dict[int, tuple[tuple[int, int], ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._index = self.lib.search_index()
 
     def feed(self, frame: FloatArray, t_ms: int | None = None) -> PromptMatch | None:
         """One 20 ms frame of 8 kHz float audio."""
@@ -306,17 +326,20 @@ class PromptMatcher:
         if not ok:
             self._advance(-1)
             return None
-        self._bands[j] = np.add.reduceat(power, _BAND_STARTS)[:N_BANDS]
+        np.add.reduceat(power, _BAND_STARTS, out=self._bands[j])
         if i < LAG or not self._ok[(i - LAG) % _RING]:
             self._advance(-1)  # no band differences 40 ms back: no code (as CodeStream)
             return None
         if not lookup or i % VOTE_EVERY:
             self._advance(_PENDING)
             return None
-        e = np.log10(self._bands[[j, (i - LAG) % _RING]] + 1e-12)
-        d = e[:, :-1] - e[:, 1:]
-        diff = d[0] - d[1]
-        code = int((diff > 0) @ _BIT_WEIGHTS)
+        # the rest on 2 × 17 plain floats: cheaper than numpy's per-call cost on arrays this size
+        now, then = np.log10(self._bands[[j, (i - LAG) % _RING], :N_BANDS] + 1e-12).tolist()
+        diff = [(now[b] - now[b + 1]) - (then[b] - then[b + 1]) for b in range(N_BITS)]
+        code = 0
+        for b, v in enumerate(diff):
+            if v > 0.0:
+                code |= 1 << b
         self._advance(code)
         return self._search(i, code, diff)
 
@@ -345,32 +368,33 @@ class PromptMatcher:
         if not pend.any():
             return
         jj = j[pend]
-        e = np.log10(self._bands[jj] + 1e-12)
-        ep = np.log10(self._bands[(frames[pend] - LAG) % _RING] + 1e-12)
+        e = np.log10(self._bands[jj, :N_BANDS] + 1e-12)
+        ep = np.log10(self._bands[(frames[pend] - LAG) % _RING, :N_BANDS] + 1e-12)
         diff = (e[:, :-1] - e[:, 1:]) - (ep[:, :-1] - ep[:, 1:])
         self._ring[jj] = (diff > 0) @ _BIT_WEIGHTS
 
-    def _search(self, i: int, code: int, diff: FloatArray) -> PromptMatch | None:
+    def _search(self, i: int, code: int, diff: FloatArray | list[float]) -> PromptMatch | None:
         # the code and its variants with its least reliable bits flipped: noise flips the
         # bits whose band differences barely changed
         probes = [code]
-        for w in np.abs(diff).argsort()[:N_WEAK].tolist():
+        size = [abs(v) for v in (diff.tolist() if isinstance(diff, np.ndarray) else diff)]
+        for w in sorted(range(N_BITS), key=size.__getitem__)[:N_WEAK]:
             bit = 1 << w
             probes += [c ^ bit for c in probes]
         best: int | None = None
         best_n = self.min_votes - 1
-        index = self.lib.index
+        index = self._index
         votes = self._votes
         old = self._old
         base = i + _OFF_BIAS
         for c in probes:
             postings = index.get(c)
-            if postings is None or len(postings) > MAX_POSTINGS:
+            if postings is None:
                 continue
-            for post in postings:
+            for hi, k in postings:
                 # one int per (prompt, alignment, offset): the posting's prompt/alignment
                 # bits and the biased offset of the live frame against the prompt's frame
-                key = (post & ~_K_MASK) | ((base - (post & _K_MASK)) & _K_MASK)
+                key = hi | ((base - k) & _K_MASK)
                 v = votes.get(key)
                 if v is None:
                     v = old.pop(key, None)

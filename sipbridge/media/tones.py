@@ -27,7 +27,7 @@ from typing import Literal
 
 import numpy as np
 
-from sipbridge.media.frames import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE, FloatArray, rfft
+from sipbridge.media.frames import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE, FloatArray, rfft_into
 
 BLOCK = 2 * FRAME_SAMPLES  # 40 ms analysis block
 BIN_HZ = SAMPLE_RATE / BLOCK  # 25 Hz
@@ -105,19 +105,28 @@ class ToneAnalyzer:
     After :meth:`analyze`, the attributes ``peak_hz`` (interpolated frequency of the dominant
     tone in :data:`TONE_BAND_HZ`), ``purity`` (share of the block's power in that tone, 0..1),
     ``cp_power`` (normalised power per :data:`CP_FREQS` over the last 80 ms, ≈1 for a clean
-    tone at that frequency) hold the frame's features. No allocation-heavy objects per frame.
+    tone at that frequency) hold the frame's features.
+
+    The frames live in one preallocated buffer (the 40 and 80 ms blocks are views of its end:
+    one copy per frame, no shifting); ``history_frames`` of them stay readable with
+    :meth:`recent` (the detector's last-word audio). Per-frame cost is mostly numpy's call
+    overhead on small arrays, so scalars are taken out as Python floats.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, history_frames: int = 4) -> None:
         self._win = _hann(BLOCK)
-        self._block = np.zeros(BLOCK, dtype=np.float64)
+        self._keep = max(4, history_frames) * FRAME_SAMPLES
+        # wrapped (the kept history copied to the front) every 200 frames
+        self._buf = np.zeros(self._keep + 200 * FRAME_SAMPLES, dtype=np.float64)
+        self._end = self._keep  # index after the newest sample (zeros before: silence)
+        self.frames = 0  # frames pushed
         self._kmin = math.ceil(TONE_BAND_HZ[0] / BIN_HZ)
         self._kmax = math.floor(TONE_BAND_HZ[1] / BIN_HZ)
         # call progress: 80 ms Hann block (12.5 Hz bins) so 440+480 is resolved from a single
         # tone between them (a 460 Hz beep must not read as ringback)
         self._cp_win = _hann(CP_BLOCK)
-        self._cp_block = np.zeros(CP_BLOCK, dtype=np.float64)
         self._bank = GoertzelBank(CP_FREQS, CP_BLOCK, self._cp_win)
+        self._cp_k = len(CP_FREQS)
         self._cp_norm = (
             2.0 * float(np.dot(self._cp_win, self._cp_win)) / float(self._cp_win.sum()) ** 2
         )
@@ -128,48 +137,86 @@ class ToneAnalyzer:
         self._tone_total = self._tone_peak * 1.5  # Hann: main bin + two half-amplitude neighbours
         self.peak_hz = 0.0
         self.purity = 0.0
-        self.cp_power: FloatArray = np.zeros(len(CP_FREQS))
+        self.cp_power: list[float] = [0.0] * len(CP_FREQS)
         self.power: FloatArray = np.zeros(BLOCK // 2 + 1)
+        self._spec = np.zeros(BLOCK // 2 + 1, dtype=np.complex128)  # reused every frame
         self.total = 0.0
 
     def reset(self) -> None:
-        """Forget the previous frame (e.g. after a discontinuity)."""
-        self._block[:] = 0.0
+        """Forget the audio heard so far (e.g. after a discontinuity)."""
+        self._buf[:] = 0.0
+        self.frames = 0
+
+    def _slot(self) -> int:
+        e = self._end
+        if e + FRAME_SAMPLES > self._buf.size:
+            keep = self._keep
+            self._buf[:keep] = self._buf[e - keep : e]
+            e = keep
+        self._end = e + FRAME_SAMPLES
+        self.frames += 1
+        return e
+
+    def push(self, frame: FloatArray) -> FloatArray:
+        """Store one 160-sample frame (float, [-1, 1)); returns it as a view of the buffer
+        (valid for this frame)."""
+        e = self._slot()
+        x = self._buf[e : e + FRAME_SAMPLES]
+        x[:] = frame
+        return x
+
+    def push_pcm(self, pcm: bytes) -> FloatArray:
+        """:meth:`push` for a frame of PCM16 (320 bytes, little-endian), scaled to [-1, 1)."""
+        e = self._slot()
+        x = self._buf[e : e + FRAME_SAMPLES]
+        np.multiply(np.frombuffer(pcm, dtype="<i2"), 1.0 / 32768.0, out=x)
+        return x
+
+    def recent(self, frames: int) -> FloatArray:
+        """The last ``frames`` frames pushed (at most ``history_frames``, at most as many as
+        were pushed), oldest first: a view, valid until the next push."""
+        n = min(frames, self.frames, self._keep // FRAME_SAMPLES) * FRAME_SAMPLES
+        return self._buf[self._end - n : self._end]
 
     def analyze(self, frame: FloatArray, cp: bool = True) -> None:
         """Analyse one 160-sample frame (float, [-1, 1)); results in the attributes.
         ``cp=False``: skip the call-progress bank (``cp_power`` is left as it was) for a frame
         too quiet to be a tone; the 80 ms block is still kept up to date."""
-        blk = self._block
-        blk[:FRAME_SAMPLES] = blk[FRAME_SAMPLES:]
-        blk[FRAME_SAMPLES:] = frame
-        xw = blk * self._win
-        spec = rfft(xw)
-        p = spec.real * spec.real + spec.imag * spec.imag
+        self.push(frame)
+        self.analyze_last(cp)
+
+    def analyze_last(self, cp: bool = True) -> None:
+        """:meth:`analyze` for the frame just stored with :meth:`push` / :meth:`push_pcm`."""
+        e = self._end
+        spec = rfft_into(self._buf[e - BLOCK : e] * self._win, self._spec)
+        sq = spec.view(np.float64)
+        sq = sq * sq
+        p = sq[0::2] + sq[1::2]  # re² + im²
         self.power = p  # for other per-frame features (prompt fingerprints)
-        total = float(p[1:-1].sum()) + 1e-20
+        total = float(np.add.reduce(p[1:-1])) + 1e-20
         self.total = total
-        band = p[self._kmin : self._kmax + 1]
-        i = int(band.argmax())
-        k = i + self._kmin
-        a, b, c = float(p[k - 1]), float(p[k]), float(p[k + 1])
+        k = int(p[self._kmin : self._kmax + 1].argmax()) + self._kmin
+        a, b, c = p[k - 1 : k + 2].tolist()
         self.purity = (a + b + c) / total
         if b > 0.0 and a > 0.0 and c > 0.0:
             la, lb, lc = math.log(a), math.log(b), math.log(c)
             den = la - 2.0 * lb + lc
             delta = 0.5 * (la - lc) / den if den < 0.0 else 0.0
-            delta = max(-0.5, min(0.5, delta))
+            if delta > 0.5:
+                delta = 0.5
+            elif delta < -0.5:
+                delta = -0.5
         else:
             delta = 0.0
         self.peak_hz = (k + delta) * BIN_HZ
-        cb = self._cp_block
-        cb[:-FRAME_SAMPLES] = cb[FRAME_SAMPLES:]
-        cb[-FRAME_SAMPLES:] = frame
         if not cp:
             return
+        cb = self._buf[e - CP_BLOCK : e]
         cw = cb * self._cp_win
-        e = float(np.dot(cw, cw)) + 1e-20
-        self.cp_power = self._bank.power(cb) * (self._cp_norm / e)
+        scale = self._cp_norm / (float(np.dot(cw, cw)) + 1e-20)
+        y = (cb @ self._bank._table).tolist()  # [re..., im...] per CP_FREQS
+        k = self._cp_k
+        self.cp_power = [(re * re + im * im) * scale for re, im in zip(y[:k], y[k:], strict=True)]
 
 
 @dataclass(slots=True)

@@ -81,6 +81,7 @@ class SpeechTracker:
         self._gap = 0
         self._min_word_frames = max(1, self.cfg.min_word_ms // FRAME_MS)
         self._mins: list[float] = []
+        self._mins_min = 1000.0  # min(self._mins), kept as they change (every 10 frames)
         self._n_blocks = max(1, self.cfg.floor_window_ms // (10 * FRAME_MS) - 1)
         self._blk_min = 1000.0
         self._blk_n = 0
@@ -92,11 +93,12 @@ class SpeechTracker:
         if level_dbfs < self._blk_min:
             self._blk_min = level_dbfs
         self._blk_n += 1
-        floor = min(self._blk_min, *self._mins) if self._mins else self._blk_min
+        floor = self._blk_min if self._blk_min < self._mins_min else self._mins_min
         if self._blk_n >= 10:
             self._mins.append(self._blk_min)
             if len(self._mins) > self._n_blocks:
                 self._mins.pop(0)
+            self._mins_min = min(self._mins)
             self._blk_min = 1000.0
             self._blk_n = 0
         floor = max(floor, -90.0)
