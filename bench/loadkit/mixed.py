@@ -23,6 +23,7 @@ import httpx
 
 from loadkit.common import SID_HDR, carrier_invites, drive, pct
 from loadkit.conc import conc_config, hangup_all, hold_calls, rtp_sample
+from sipbridge.admissionconfig import AdmissionConfig
 from sipbridge.devtools.bridge import AUTH, Bridge, Stack
 from sipbridge.devtools.sipp import SippUas
 
@@ -209,7 +210,8 @@ def report_mixed(r: dict[str, Any]) -> str:
         "## Load: mixed, held analysed calls plus new calls, with and without a CPU burner "
         "(`bench/load --mixed`)",
         "",
-        f"One node, `admission: {json.dumps(a)}` (other keys default): {r['held']} "
+        f"One node, `admission: {json.dumps(a)}` (other keys default; the node runs at nice "
+        f"{a.get('process_nice', AdmissionConfig().process_nice)}): {r['held']} "
         f"held calls of {r['held_target']} (carrier loops a greeting, detector on; "
         f"{r['ramp_refused']} triggers refused during the ramp), then {r['cps']:g} CPS of "
         "short calls (answered, BYE after 0.5 s) for each run. Burner: "
