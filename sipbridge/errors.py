@@ -16,6 +16,7 @@
     │   ├── StoreUnavailable ............... not reachable now (PostgreSQL down): try again later
     │   ├── DuplicateCall .................. the callSid or idempotency key exists already
     │   └── StaleClaim ..................... a write fenced out: another node owns the attempt now
+    ├── NodeIdInUse ........................ another live node holds this cluster.node_id
     ├── PoolError (RuntimeError) ........... the SIP worker pool could not start its workers
     ├── PoolFull ........................... no SIP worker slot free for a dial: the call waits
     ├── ProtocolError (ValueError) ......... a malformed supervisor <-> worker IPC message
@@ -131,6 +132,18 @@ class StaleClaim(StoreError):
     call over); the store wrote nothing."""
 
 
+class NodeIdInUse(SipBridgeError):
+    """Another live process holds this ``cluster.node_id`` (sipbridge.cluster.identity)."""
+
+    def __init__(self, node_id: str, heartbeat_age_s: float, waited_s: float):
+        self.node_id = node_id
+        super().__init__(
+            f"cluster.node_id {node_id!r} is in use by another live node (its heartbeat "
+            f"{heartbeat_age_s:.1f} s ago, still renewed after waiting {waited_s:.0f} s): "
+            "give every node its own cluster.node_id"
+        )
+
+
 class PoolError(SipBridgeError, RuntimeError):
     """The SIP worker pool could not start its workers."""
 
@@ -172,6 +185,7 @@ __all__ = [
     "InputError",
     "InvalidTransition",
     "MediaFileError",
+    "NodeIdInUse",
     "NumberError",
     "PoolError",
     "PoolFull",

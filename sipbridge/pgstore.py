@@ -119,6 +119,9 @@ CREATE TABLE nodes (
 ALTER TABLE calls ADD COLUMN lease_until TIMESTAMPTZ;
 CREATE INDEX calls_lease ON calls(lease_until) WHERE owner_node IS NOT NULL
 """,
+    # The process holding a node id (sipbridge.cluster.identity): a second process started
+    # with the same cluster.node_id while the first is alive is refused.
+    5: "ALTER TABLE nodes ADD COLUMN instance TEXT",
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 # pg_advisory_xact_lock key: "sipb" — serialises migrations of nodes starting together.

@@ -41,6 +41,8 @@ class NodeHooks(Protocol):
     """Cluster mode (sipbridge.cluster.node.ClusterNode): replaces start-up recovery, runs
     beside the service, and hands claimed calls back when the node drains."""
 
+    async def claim_identity(self) -> None: ...
+
     def recover(self) -> None: ...
 
     async def start(self) -> None: ...
@@ -138,6 +140,7 @@ class CallService:
 
     async def start(self) -> None:
         if self.node is not None:
+            await self.node.claim_identity()
             self.node.recover()
         else:
             self.endings.recover()

@@ -31,11 +31,24 @@ class Takeover:
 def join(store: ClusterStore, draining: bool = False) -> None:
     """Become a member (or refresh a stale row of ours)."""
     store._one(
-        "INSERT INTO nodes (node_id, lease_s, draining) VALUES (?,?,?) "
+        "INSERT INTO nodes (node_id, lease_s, draining, instance) VALUES (?,?,?,?) "
         "ON CONFLICT (node_id) DO UPDATE SET last_seen=now(), started_at=now(), "
-        "lease_s=EXCLUDED.lease_s, draining=EXCLUDED.draining",
-        (store.node_id, store.lease_s, draining),
+        "lease_s=EXCLUDED.lease_s, draining=EXCLUDED.draining, instance=EXCLUDED.instance",
+        (store.node_id, store.lease_s, draining, store.instance),
     )
+
+
+def holder(store: ClusterStore) -> tuple[str | None, float] | None:
+    """Another process's fresh hold on our node id: (its instance token, seconds since its
+    heartbeat); None when the id is free, stale, or ours."""
+    rows = store._one(
+        "SELECT instance, EXTRACT(EPOCH FROM now() - last_seen)::float8 FROM nodes "
+        f"WHERE node_id=? AND {FRESH}",
+        (store.node_id,),
+    )
+    if not rows or rows[0][0] == store.instance:
+        return None
+    return rows[0][0], float(rows[0][1])
 
 
 def heartbeat(

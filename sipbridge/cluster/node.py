@@ -28,11 +28,12 @@ from sipbridge.aio import cancel_all
 from sipbridge.calls import CallService
 from sipbridge.calls.ending import RESTARTED
 from sipbridge.cluster import membership
+from sipbridge.cluster.identity import predecessor_gone
 from sipbridge.cluster.lease import Member, claim_budget, expired
 from sipbridge.cluster.store import CHANNEL, ClusterStore
 from sipbridge.clusterconfig import ClusterConfig
 from sipbridge.config import Config
-from sipbridge.errors import StoreError
+from sipbridge.errors import NodeIdInUse, StoreError
 from sipbridge.outcomes import Termination, node_lost
 from sipbridge.records import CallRecord
 
@@ -101,6 +102,32 @@ class ClusterNode:
 
     def may_dial(self, rec: CallRecord) -> bool:
         return self.store.mark_dialing(rec.call_sid)
+
+    async def claim_identity(self) -> None:
+        """Start-up, before :meth:`recover` (which ends the calls of our node id's earlier
+        process): wait until no other live process holds our node id. A predecessor on
+        this host whose process is gone is passed at once; any other holder is waited out
+        for one lease and two heartbeats, and one still heartbeating then is another live
+        node with our id: refuse to start (sipbridge.cluster.identity)."""
+        store, cfg = self.store, self.cfg
+        waited_from = time.monotonic()
+        wait_s = cfg.lease_s + 2 * cfg.heartbeat_s
+        while True:
+            held = membership.holder(store)
+            if held is None or predecessor_gone(held[0], store.instance):
+                return
+            waited = time.monotonic() - waited_from
+            if waited >= wait_s:
+                raise NodeIdInUse(store.node_id, held[1], waited)
+            log.warning(
+                "cluster.node_id %r is held by another process (%s, heartbeat %.1f s ago): "
+                "waiting up to %.0f s for its lease to end",
+                store.node_id,
+                held[0] or "an older build",
+                held[1],
+                wait_s - waited,
+            )
+            await asyncio.sleep(cfg.heartbeat_s)
 
     def recover(self) -> None:
         """Start-up: our calls from before a restart end ("bridge restarted", retried if

@@ -24,6 +24,7 @@ import time
 from collections import OrderedDict
 from typing import Any
 
+from sipbridge.cluster.identity import new_instance
 from sipbridge.errors import StaleClaim
 from sipbridge.pgstore import PostgresStore
 from sipbridge.records import CallEvent, CallRecord
@@ -46,6 +47,8 @@ class ClusterStore(PostgresStore):
         super().__init__(dsn, retention_s, **kw)
         self.node_id = node_id
         self.lease_s = lease_s
+        # this process's token in the nodes row (sipbridge.cluster.identity)
+        self.instance = new_instance()
         # call_sid -> the epoch of this node's claim on it (after a release: the released
         # epoch, so late reports about the attempt are fenced once another node claims).
         self.held: OrderedDict[str, int] = OrderedDict()

@@ -21,6 +21,13 @@ pytestmark = pytest.mark.skipif(available() is not None, reason=str(available())
 
 
 def _node(dsn: str, node_id: str, retry: dict | None = None) -> tuple[CallService, ClusterNode]:
+    svc, node = _service(dsn, node_id, retry)
+    node.recover()
+    return svc, node
+
+
+def _service(dsn: str, node_id: str, retry: dict | None = None) -> tuple[CallService, ClusterNode]:
+    """A call service attached as a cluster node, before its start-up recovery."""
     route: dict = {"prefix": "+", "trunk": "t1"}
     if retry:
         route["retry"] = retry
@@ -38,7 +45,6 @@ def _node(dsn: str, node_id: str, retry: dict | None = None) -> tuple[CallServic
     store = ClusterStore(dsn, node_id, 4.0)
     svc = CallService(cfg, store, RecordingPool())
     node = attach(cfg.cluster, store, svc, dsn)
-    node.recover()
     return svc, node
 
 
