@@ -13,7 +13,7 @@ import contextlib
 import json
 import re
 import shutil
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,20 +86,34 @@ def hold_corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
 # ---- call stores: SQLite and a real PostgreSQL server ---------------------------------
 
 
+def _running(server: Callable[[], Any], unavailable: Callable[[], str | None]) -> Iterator[Any]:
+    """A devtools server (PgServer, RedisServer) started for a fixture and closed after it;
+    the test is skipped, with the reason, when the server's binaries are missing."""
+    why = unavailable()
+    if why:
+        pytest.skip(why)
+    srv = server().start()
+    try:
+        yield srv
+    finally:
+        srv.close()
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[Any]:
     """A PostgreSQL 15 server of this test session (sipbridge.devtools.pgserver): initdb in
     a temp folder, a free loopback port; stopped and deleted at the end."""
     from sipbridge.devtools.pgserver import PgServer, available
 
-    why = available()
-    if why:
-        pytest.skip(why)
-    srv = PgServer().start()
-    try:
-        yield srv
-    finally:
-        srv.close()
+    yield from _running(PgServer, available)
+
+
+@pytest.fixture
+def own_pg_server() -> Iterator[Any]:
+    """A PostgreSQL server of this test alone: it may stop and restart it."""
+    from sipbridge.devtools.pgserver import PgServer, available
+
+    yield from _running(PgServer, available)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -141,11 +155,4 @@ def redis_server() -> Iterator[Any]:
     a temp folder, no persistence; tests may stop and restart it (same port)."""
     from sipbridge.devtools.redisserver import RedisServer, available
 
-    why = available()
-    if why:
-        pytest.skip(why)
-    srv = RedisServer().start()
-    try:
-        yield srv
-    finally:
-        srv.close()
+    yield from _running(RedisServer, available)

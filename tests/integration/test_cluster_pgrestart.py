@@ -12,8 +12,6 @@ fail-over to a standby is shorter than the default lease_s of 15 s.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -32,23 +30,10 @@ pytestmark = pytest.mark.integration
 LEASE_S = 12.0  # longer than the outage below (stop, 503 checks, a call ending, restart)
 
 
-@pytest.fixture
-def own_pg() -> Iterator[Any]:
-    from sipbridge.devtools.pgserver import PgServer, available
-
-    if why := available():
-        pytest.skip(why)
-    srv = PgServer().start()
-    try:
-        yield srv
-    finally:
-        srv.close()
-
-
-def test_postgresql_restart_mid_run_loses_nothing(tmp_path, stack, own_pg):
+def test_postgresql_restart_mid_run_loses_nothing(tmp_path, stack, own_pg_server):
     carrier = stack.sipp("uas_answer_then_bye_3s.xml")  # the carrier hangs up after 3 s
     nodes = start_cluster(
-        stack, tmp_path, own_pg.new_database(), carrier, cluster_extra={"lease_s": LEASE_S}
+        stack, tmp_path, own_pg_server.new_database(), carrier, cluster_extra={"lease_s": LEASE_S}
     )
     n_calls = 18
     sids = [nodes[i % NODES].trigger(to_number=_to(i)) for i in range(n_calls)]
@@ -58,7 +43,7 @@ def test_postgresql_restart_mid_run_loses_nothing(tmp_path, stack, own_pg):
         "calls in flight",
     )
 
-    own_pg.stop()  # fast shutdown: every connection of every node is cut
+    own_pg_server.stop()  # fast shutdown: every connection of every node is cut
     down_at = time.time()
     try:
         for node in nodes:
@@ -77,7 +62,7 @@ def test_postgresql_restart_mid_run_loses_nothing(tmp_path, stack, own_pg):
             "a call ended during the outage",
         )
     finally:
-        own_pg.restart()  # same port, same data directory
+        own_pg_server.restart()  # same port, same data directory
     up_at = time.time()
 
     for node in nodes:  # each node reconnects by itself

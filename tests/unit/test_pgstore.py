@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 
 from sipbridge.api import create_app
 from sipbridge.calls import CallService
-from sipbridge.devtools.pgserver import PgServer, available
+from sipbridge.devtools.pgserver import available
 from sipbridge.errors import StoreError
 from sipbridge.pgstore import SCHEMA_VERSION, PostgresStore
 from tests.doubles import RecordingPool
@@ -68,39 +68,36 @@ def test_unreachable_server_is_a_clear_store_error():
     assert "hunter2" not in str(e.value)
 
 
-def test_server_down_means_503_then_recovery(tmp_path):
-    srv = PgServer().start()  # its own server: this test stops it
-    try:
-        store = PostgresStore(srv.new_database())
-        svc = CallService(_cfg(), store, RecordingPool())
-        with TestClient(create_app(svc, ["tok"])) as client:
-            r = client.post(
-                "/v1/outbound-calling/trigger", headers=AUTH, json={"to_number": "+14155552671"}
-            )
-            sid = r.json()["callSid"]
-            srv.stop()
-            with pytest.raises(StoreError, match="PostgreSQL store unavailable"):
-                store.get(sid)
-            assert not store.ping()
-            for call in (
-                lambda: client.get(f"/v1/outbound-calling/{sid}/status", headers=AUTH),
-                lambda: client.post(
-                    "/v1/outbound-calling/trigger", headers=AUTH, json={"to_number": "+14155552672"}
-                ),
-            ):
-                r = call()
-                assert r.status_code == 503, r.text
-                assert "call store unavailable" in r.json()["error"]
-                assert r.headers["retry-after"] == "5"
-            assert client.get("/readyz").status_code == 503
-            srv.restart()
-            deadline = time.monotonic() + 10
-            while not store.ping() and time.monotonic() < deadline:
-                time.sleep(0.1)  # reconnects are rate-limited to one a second
-            r = client.get(f"/v1/outbound-calling/{sid}/status", headers=AUTH)
-            assert r.status_code == 200 and r.json()["callSid"] == sid
-    finally:
-        srv.close()
+def test_server_down_means_503_then_recovery(tmp_path, own_pg_server):
+    srv = own_pg_server  # its own server: this test stops it
+    store = PostgresStore(srv.new_database())
+    svc = CallService(_cfg(), store, RecordingPool())
+    with TestClient(create_app(svc, ["tok"])) as client:
+        r = client.post(
+            "/v1/outbound-calling/trigger", headers=AUTH, json={"to_number": "+14155552671"}
+        )
+        sid = r.json()["callSid"]
+        srv.stop()
+        with pytest.raises(StoreError, match="PostgreSQL store unavailable"):
+            store.get(sid)
+        assert not store.ping()
+        for call in (
+            lambda: client.get(f"/v1/outbound-calling/{sid}/status", headers=AUTH),
+            lambda: client.post(
+                "/v1/outbound-calling/trigger", headers=AUTH, json={"to_number": "+14155552672"}
+            ),
+        ):
+            r = call()
+            assert r.status_code == 503, r.text
+            assert "call store unavailable" in r.json()["error"]
+            assert r.headers["retry-after"] == "5"
+        assert client.get("/readyz").status_code == 503
+        srv.restart()
+        deadline = time.monotonic() + 10
+        while not store.ping() and time.monotonic() < deadline:
+            time.sleep(0.1)  # reconnects are rate-limited to one a second
+        r = client.get(f"/v1/outbound-calling/{sid}/status", headers=AUTH)
+        assert r.status_code == 200 and r.json()["callSid"] == sid
 
 
 def _write_config(tmp_path: Path, dsn_ref: dict[str, str]) -> Path:
