@@ -13,7 +13,8 @@ so a predecessor on this host whose process is gone is recognised at once. Anyth
 token) waits out one lease and two heartbeats; a holder still heartbeating after that is a
 live node with the same id, and the new process refuses to start (NodeIdInUse).
 
-Pure: the database reads and the waiting are in sipbridge.cluster.node.
+No database and no asyncio here (only /proc and a signal-0 probe): the database reads
+and the waiting are in sipbridge.cluster.node.
 """
 
 from __future__ import annotations
@@ -59,8 +60,10 @@ def predecessor_gone(
     that no longer runs: same boot as ``ours``, another pid than ours, and that pid is not
     alive. Same pid (another container's namespace, or this very process) or another boot
     (another host) cannot be told: False, so the caller waits a lease."""
-    if not holder or holder == ours:
-        return holder == ours
+    if holder == ours:
+        return True  # our own row
+    if not holder:
+        return False  # a row from an older build: no token to judge by
     try:
         h_boot, h_pid, _ = holder.split("/", 2)
         o_boot, o_pid, _ = ours.split("/", 2)
