@@ -48,6 +48,15 @@ def first_bad_network(nets: Iterable[str]) -> tuple[int, str] | None:
     return None
 
 
+def networks_field(nets: list[str]) -> list[str]:
+    """A pydantic field validator's body for a list of IP networks: the list, or a
+    ``ValueError`` naming the first bad item (pydantic places it at the field already)."""
+    bad = first_bad_network(nets)
+    if bad is not None:
+        raise ValueError(f"item {bad[0]}, {bad[1]!r}, is not an IP network")
+    return nets
+
+
 def embedded_v4(addr: IPAddress) -> IPAddress:
     """The IPv4 address an IPv6 address stands for, else the address itself."""
     if isinstance(addr, ipaddress.IPv6Address):
@@ -138,5 +147,7 @@ __all__ = [
     "address_problem",
     "callback_url_problem",
     "embedded_v4",
+    "first_bad_network",
     "literal_address",
+    "networks_field",
 ]

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 
 from sipbridge.callsettings import StrictModel
-from sipbridge.netpolicy import first_bad_network
+from sipbridge.netpolicy import networks_field
 from sipbridge.tlsca import check_ca_file, os_ca_bundle
 
 Transport = Literal["udp", "tcp", "tls"]
@@ -63,11 +63,7 @@ class SipConfig(_Model):
     @field_validator("inbound_allow")
     @classmethod
     def _cidrs(cls, v: list[str]) -> list[str]:
-        bad = first_bad_network(v)
-        if bad is not None:
-            # a field validator's error is placed at the field already: say the item
-            raise ValueError(f"item {bad[0]}, {bad[1]!r}, is not an IP network")
-        return v
+        return networks_field(v)
 
     @model_validator(mode="after")
     def _ranges(self) -> SipConfig:

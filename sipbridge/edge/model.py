@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 
 from sipbridge.callsettings import StrictModel
-from sipbridge.netpolicy import first_bad_network
+from sipbridge.netpolicy import networks_field
 from sipbridge.tlsca import check_ca_file
 
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -149,10 +149,7 @@ class EdgeConfig(StrictModel):
     @field_validator("agent_allow")
     @classmethod
     def _cidrs(cls, v: list[str]) -> list[str]:
-        bad = first_bad_network(v)
-        if bad is not None:
-            raise ValueError(f"item {bad[0]}, {bad[1]!r}, is not an IP network")
-        return v
+        return networks_field(v)
 
     @model_validator(mode="after")
     def _sockets(self) -> EdgeConfig:
