@@ -121,18 +121,25 @@ def default_agent(log_dir: Path) -> str:
     return f"sip:agent@{uas.uri_hostport}"
 
 
+def sip_section(**overrides: Any) -> dict[str, Any]:
+    """The ``sip`` section of :func:`bridge_config` (loopback, ports chosen by the OS, 2
+    workers of 4 calls) with some keys replaced: ``sip_section(workers=1)``."""
+    sip: dict[str, Any] = {
+        "listen_address": "127.0.0.1",
+        "port_min": 0,
+        "port_max": 0,
+        "workers": 2,
+        "calls_per_worker": 4,
+    }
+    return sip | overrides
+
+
 def bridge_config(
     log_dir: Path, trunks: list[dict[str, Any]], routes: list[dict[str, Any]], **sections: Any
 ) -> dict[str, Any]:
     """A test config; without an ``agent`` section, agent legs go to :func:`default_agent`."""
     cfg: dict[str, Any] = {
-        "sip": {
-            "listen_address": "127.0.0.1",
-            "port_min": 0,
-            "port_max": 0,
-            "workers": 2,
-            "calls_per_worker": 4,
-        },
+        "sip": sip_section(),
         "api": {
             "listen_address": "127.0.0.1",
             "port": free_port(socket.SOCK_STREAM),

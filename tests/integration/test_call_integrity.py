@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from sipbridge.devtools.bridge import Bridge, Stack, bridge_config
+from sipbridge.devtools.bridge import Bridge, Stack, bridge_config, sip_section
 from sipbridge.devtools.sipp import SipMessage, SippUas, render_scenario
 from sipbridge.records import CallStatus
 from sipbridge.store import CallRecord, SQLiteStore
@@ -137,14 +137,7 @@ def test_no_rtp_after_answer_ends_both_legs_with_media_timeout(stack: Stack) -> 
         stack,
         carrier,
         agent,
-        sip={
-            "listen_address": "127.0.0.1",
-            "port_min": 0,
-            "port_max": 0,
-            "workers": 1,
-            "calls_per_worker": 4,
-            "media_timeout_s": 2,
-        },
+        sip=sip_section(workers=1, media_timeout_s=2),
     )
     sid = bridge.trigger(to_number="+12125550240")
     answered = bridge.wait_event(sid, "carrier.answered")
@@ -179,14 +172,7 @@ def test_hold_is_not_a_media_timeout_and_session_refresh_is_answered(stack: Stac
         stack,
         carrier,
         agent,
-        sip={
-            "listen_address": "127.0.0.1",
-            "port_min": 0,
-            "port_max": 0,
-            "workers": 1,
-            "calls_per_worker": 4,
-            "media_timeout_s": 2,
-        },
+        sip=sip_section(workers=1, media_timeout_s=2),
     )
     sid = bridge.trigger(to_number="+12125550250")
     ok = carrier.wait_for(
@@ -227,14 +213,7 @@ def test_failed_session_refresh_ends_the_call(stack: Stack) -> None:
         stack,
         carrier,
         agent,
-        sip={
-            "listen_address": "127.0.0.1",
-            "port_min": 0,
-            "port_max": 0,
-            "workers": 1,
-            "calls_per_worker": 4,
-            "media_timeout_s": 0,
-        },
+        sip=sip_section(workers=1, media_timeout_s=0),
     )
     sid = bridge.trigger(to_number="+12125550260")
     cinv = _invite(carrier)

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from sipbridge.devtools.bridge import Bridge, Stack, bridge_config
+from sipbridge.devtools.bridge import Bridge, Stack, bridge_config, sip_section
 from sipbridge.devtools.ports import free_port
 from sipbridge.devtools.sipp import SippUas
 from tests.hostile_carrier import (
@@ -85,14 +85,7 @@ def make_hostile(stack: Stack) -> Hostile:
         tmp,
         trunks=trunks,
         routes=routes,
-        sip={
-            "listen_address": "127.0.0.1",
-            "port_min": 0,
-            "port_max": 0,
-            "workers": 1,
-            "calls_per_worker": 4,
-            "media_timeout_s": 4,
-        },
+        sip=sip_section(workers=1, media_timeout_s=4),
         timers={"ring_timeout_s": 6},
         agent={"uri": f"sip:agent@{agent.uri_hostport}"},
     )

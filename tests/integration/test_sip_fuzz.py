@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from sipbridge.devtools.bridge import Bridge, Stack, bridge_config
+from sipbridge.devtools.bridge import Bridge, Stack, bridge_config, sip_section
 from sipbridge.devtools.sipp import SippUas
 from tests.sipfuzz import LiveDialog, SipFuzzer
 
@@ -79,14 +79,7 @@ def fuzz_bridge(stack: Stack) -> Iterator[tuple[Bridge, SippUas]]:
             {"name": "quick", "address": quick.uri_hostport, "caller_id": "+14155550100"},
         ],
         routes=[{"prefix": "+1212", "trunk": "live"}, {"prefix": "+1213", "trunk": "quick"}],
-        sip={
-            "listen_address": "127.0.0.1",
-            "port_min": 0,
-            "port_max": 0,
-            "workers": 2,
-            "calls_per_worker": 4,
-            "inbound_allow": ALLOWED,
-        },
+        sip=sip_section(inbound_allow=ALLOWED),
     )
     yield stack.bridge(cfg), live
 
