@@ -314,6 +314,18 @@ class SippUas:
             time.sleep(0.02)  # the log is a file: poll it
         return m
 
+    def wait_request(self, method: str, call_id: str, timeout: float = 5.0) -> SipMessage:
+        """Wait until SIPp receives a ``method`` request in the dialog ``call_id``."""
+        return self.wait_for(
+            lambda m: (
+                m.direction == "received"
+                and m.is_request
+                and m.method == method
+                and m.call_id == call_id
+            ),
+            timeout,
+        )
+
     async def async_wait_for(
         self, predicate: Callable[[SipMessage], bool], timeout: float = 5.0
     ) -> SipMessage:

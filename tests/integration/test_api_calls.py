@@ -146,14 +146,7 @@ def test_ring_timeout_cancels_and_reports_no_answer(bridge: Bridge) -> None:
     assert (body["status"], body["reason"]) == ("failure", "no answer"), body
     sipp = bridge.carriers["216"]
     (invite,) = _invites_for(sipp, sid)
-    cancel = sipp.wait_for(
-        lambda m: (
-            m.direction == "received"
-            and m.is_request
-            and m.method == "CANCEL"
-            and m.call_id == invite.call_id
-        )
-    )
+    cancel = sipp.wait_request("CANCEL", invite.call_id)
     assert cancel.request_uri == invite.request_uri  # RFC 3261 9.1
 
 
@@ -166,14 +159,7 @@ def test_api_hangup_before_answer_sends_cancel(bridge: Bridge) -> None:
     assert (body["status"], body["reason"]) == ("failure", "canceled"), body
     sipp = bridge.carriers["216"]
     (invite,) = _invites_for(sipp, sid)
-    sipp.wait_for(
-        lambda m: (
-            m.direction == "received"
-            and m.is_request
-            and m.method == "CANCEL"
-            and m.call_id == invite.call_id
-        )
-    )
+    sipp.wait_request("CANCEL", invite.call_id)
 
 
 def test_api_hangup_after_answer_sends_bye(bridge: Bridge) -> None:
@@ -184,14 +170,7 @@ def test_api_hangup_after_answer_sends_bye(bridge: Bridge) -> None:
     assert (body["status"], body["reason"]) == ("success", "hung up by API"), body
     sipp = bridge.carriers["212"]
     (invite,) = _invites_for(sipp, sid)
-    sipp.wait_for(
-        lambda m: (
-            m.direction == "received"
-            and m.is_request
-            and m.method == "BYE"
-            and m.call_id == invite.call_id
-        )
-    )
+    sipp.wait_request("BYE", invite.call_id)
 
 
 def test_max_duration_sends_bye(bridge: Bridge) -> None:
@@ -201,14 +180,7 @@ def test_max_duration_sends_bye(bridge: Bridge) -> None:
     assert (body["status"], body["reason"]) == ("success", "max call duration reached"), body
     sipp = bridge.carriers["312"]
     (invite,) = _invites_for(sipp, sid)
-    sipp.wait_for(
-        lambda m: (
-            m.direction == "received"
-            and m.is_request
-            and m.method == "BYE"
-            and m.call_id == invite.call_id
-        )
-    )
+    sipp.wait_request("BYE", invite.call_id)
     assert answered["status"] == "calling"
 
 

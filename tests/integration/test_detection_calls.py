@@ -94,14 +94,7 @@ def test_sit_in_early_media_fails_call_before_answer(
     assert det["decided_at_ms"] - sit_start < 1500, det
     sipp = bridge.carriers["213"]
     (invite,) = [m for m in sipp.received("INVITE") if m.header("X-PolyAI-Call-SID") == sid]
-    sipp.wait_for(
-        lambda m: (
-            m.direction == "received"
-            and m.is_request
-            and m.method == "CANCEL"
-            and m.call_id == invite.call_id
-        )
-    )
+    sipp.wait_request("CANCEL", invite.call_id)
 
 
 def test_busy_tone_in_early_media(bridge: Bridge) -> None:
@@ -144,14 +137,7 @@ def test_machine_hangs_up_at_the_beep(bridge: Bridge, corpus: tuple[Path, dict[s
     assert provisional[0]["final"] is False  # first decided, then confirmed at the beep
     sipp = bridge.carriers["216"]
     (invite,) = [m for m in sipp.received("INVITE") if m.header("X-PolyAI-Call-SID") == sid]
-    sipp.wait_for(
-        lambda m: (
-            m.direction == "received"
-            and m.is_request
-            and m.method == "BYE"
-            and m.call_id == invite.call_id
-        )
-    )
+    sipp.wait_request("BYE", invite.call_id)
 
 
 def test_fax_is_hung_up(bridge: Bridge) -> None:
