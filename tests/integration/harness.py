@@ -68,6 +68,36 @@ async def with_pool(
     return pool
 
 
+def tone_wav(
+    path: Path, hz: float, seconds: float, encoding: str = "u-law", vol: float = 0.3
+) -> Path:
+    """A sine WAV made by sox: u-law for SIPp's rtp_stream, signed-integer (16-bit PCM) for
+    the bridge's own players."""
+    subprocess.run(
+        [
+            "sox",
+            "-n",
+            "-r",
+            "8000",
+            "-c",
+            "1",
+            "-e",
+            encoding,
+            *(["-b", "16"] if encoding == "signed-integer" else []),
+            str(path),
+            "synth",
+            str(seconds),
+            "sine",
+            str(hz),
+            "vol",
+            str(vol),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return path
+
+
 class _Stoppable(Protocol):
     def stop(self) -> object: ...
 
@@ -120,31 +150,7 @@ class SippHarness:
     def tone(self, freq: int, seconds: float, encoding: str = "u-law") -> Path:
         """A tone WAV: u-law for SIPp's rtp_stream, signed-integer (PCM) for PlayAudio."""
         out = self.tmp / f"tone-{freq}-{encoding}.wav"
-        if not out.exists():
-            subprocess.run(
-                [
-                    "sox",
-                    "-n",
-                    "-r",
-                    "8000",
-                    "-c",
-                    "1",
-                    "-e",
-                    encoding,
-                    "-b",
-                    "8" if encoding == "u-law" else "16",
-                    str(out),
-                    "synth",
-                    str(seconds),
-                    "sine",
-                    str(freq),
-                    "vol",
-                    "0.5",
-                ],
-                check=True,
-                capture_output=True,
-            )
-        return out
+        return out if out.exists() else tone_wav(out, freq, seconds, encoding, vol=0.5)
 
     def stop(self) -> None:
         for p in self.procs:

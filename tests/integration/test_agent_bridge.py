@@ -6,7 +6,6 @@ agent failures, and leaving a voicemail message after the beep."""
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 import wave
 from collections.abc import Callable
@@ -18,35 +17,10 @@ import pytest
 
 from sipbridge.devtools.bridge import Bridge, Stack, bridge_config
 from sipbridge.devtools.sipp import SippUas, render_scenario, ulaw_wav
+from tests.integration.harness import tone_wav
 from tests.rtp import TsharkCapture, digits_of, rtp_events, rtp_packets, tone_ratio, ulaw_decode
 
 pytestmark = pytest.mark.integration
-
-
-def tone_wav(path: Path, hz: float, seconds: float, encoding: str = "u-law") -> Path:
-    subprocess.run(
-        [
-            "sox",
-            "-n",
-            "-r",
-            "8000",
-            "-c",
-            "1",
-            "-e",
-            encoding,
-            *(["-b", "16"] if encoding == "signed-integer" else []),
-            str(path),
-            "synth",
-            str(seconds),
-            "sine",
-            str(hz),
-            "vol",
-            "0.3",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return path
 
 
 def carrier_bridge(

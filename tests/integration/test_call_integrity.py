@@ -18,12 +18,8 @@ from sipbridge.devtools.bridge import Bridge, Stack, bridge_config, sip_section
 from sipbridge.devtools.sipp import SipMessage, SippUas, render_scenario
 from sipbridge.records import CallStatus
 from sipbridge.store import CallRecord, SQLiteStore
-from tests.integration.test_agent_bridge import (
-    _got,
-    _invite,
-    carrier_bridge,
-    tone_wav,
-)
+from tests.integration.harness import tone_wav
+from tests.integration.test_agent_bridge import _got, _invite, carrier_bridge
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from sipbridge.devtools.bridge import Stack
-from tests.integration.test_agent_bridge import carrier_bridge, tone_wav
+from tests.integration.harness import tone_wav
+from tests.integration.test_agent_bridge import carrier_bridge
 from tests.integration.test_ivr_inbound import looping_menu_carrier
 from tests.rtp import TsharkCapture, digits_of, rtp_events, rtp_packets, tone_packets
 
