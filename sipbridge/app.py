@@ -20,6 +20,11 @@ from sipbridge.store import CallStore, open_store
 
 log = logging.getLogger("sipbridge")
 
+# The exit code of a node that stopped itself because another process took its
+# cluster.node_id while it was paused (sipbridge.errors.NodeIdTaken). uvicorn exits
+# with 3 when start-up fails (e.g. NodeIdInUse).
+EXIT_NODE_ID_TAKEN = 4
+
 
 def warn_unverified_tls(cfg: Config) -> list[str]:
     """Log (and return) a warning for every TLS leg whose peer certificate is not
@@ -75,6 +80,13 @@ class _Server(uvicorn.Server):
         self.grace_s = grace_s
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drain_task: asyncio.Task[None] | None = None
+        self.exit_code = 0
+
+    def fail(self, code: int) -> None:
+        """Shut down as on SIGTERM (drain, then stop), then exit with ``code``: the
+        process must not run on (called on the loop)."""
+        self.exit_code = code
+        self._start_drain(None)
 
     async def serve(self, sockets: list[Any] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
@@ -90,10 +102,11 @@ class _Server(uvicorn.Server):
             self.force_exit = True
         self.should_exit = True
 
-    def _start_drain(self, sig: int) -> None:
+    def _start_drain(self, sig: int | None) -> None:
         if self._drain_task is not None:
             return
-        log.info("signal %d: draining (grace %.0f s; send it again to exit now)", sig, self.grace_s)
+        why = "stopping" if sig is None else f"signal {sig}"
+        log.info("%s: draining (grace %.0f s; send a signal to exit now)", why, self.grace_s)
         self._drain_task = asyncio.create_task(self._drain(), name="drain")
 
     async def _drain(self) -> None:
@@ -105,9 +118,10 @@ class _Server(uvicorn.Server):
             self.should_exit = True
 
 
-async def serve(cfg: Config) -> None:
+async def serve(cfg: Config) -> int:
+    """Run until stopped; the process's exit code."""
     set_process_nice(cfg.admission.process_nice)  # before the SIP workers start: inherited
-    app, _ = build(cfg)
+    app, service = build(cfg)
     config = uvicorn.Config(
         app,
         host=cfg.api.listen_address,
@@ -118,4 +132,7 @@ async def serve(cfg: Config) -> None:
     )
     # uvicorn installs SIGINT/SIGTERM handlers (signal.signal) that call handle_exit.
     server = _Server(config, app.state.ops, cfg.shutdown.grace_s)
+    if service.node is not None:
+        service.node.on_fatal = lambda: server.fail(EXIT_NODE_ID_TAKEN)
     await server.serve()
+    return server.exit_code
