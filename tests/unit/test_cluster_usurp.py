@@ -147,7 +147,7 @@ def test_a_usurped_node_hangs_up_stops_dialling_and_asks_to_stop(dsn, caplog):
     b.dispatch_once()
     rec = b.store.get(sid_b)
     assert rec is not None and rec.status == "calling" and rec.owner_node == "n1"
-    before = _state(b.store, [sid_a, sid_b])
+    before = _state(node_b.store, [sid_a, sid_b])
 
     node_a.beat()  # a wakes
     assert isinstance(node_a.fatal, NodeIdTaken)
@@ -166,10 +166,10 @@ def test_a_usurped_node_hangs_up_stops_dialling_and_asks_to_stop(dsn, caplog):
     assert len(pool_a.plans) == 1
     node_a.drain()
     asyncio.run(node_a.stop())
-    assert _state(b.store, [sid_a, sid_b]) == before
+    assert _state(node_b.store, [sid_a, sid_b]) == before
     rec = b.store.get(sid_q)
     assert rec is not None and rec.status == "queued" and rec.owner_node is None
-    assert membership.holder_instance(b.store) == node_b.store.instance
+    assert membership.holder_instance(node_b.store) == node_b.store.instance
     node_b.beat()  # b goes on
     assert node_b.lease_ok and fired == [1]
     for s in (a.store, b.store):
