@@ -83,10 +83,13 @@ class _Server(uvicorn.Server):
         self.exit_code = 0
 
     def fail(self, code: int) -> None:
-        """Shut down as on SIGTERM (drain, then stop), then exit with ``code``: the
-        process must not run on (called on the loop)."""
+        """The process must not run on (called on the loop): shut down now, then exit
+        with ``code``. The shutdown a drain ends in (the app's lifespan stops the call
+        service and the SIP workers), without the drain's wait for live calls: the
+        caller has hung up every call here already, and none is its to finish."""
+        log.error("stopping now (exit code %d)", code)
         self.exit_code = code
-        self._start_drain(None)
+        self.should_exit = True
 
     async def serve(self, sockets: list[Any] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
@@ -102,11 +105,10 @@ class _Server(uvicorn.Server):
             self.force_exit = True
         self.should_exit = True
 
-    def _start_drain(self, sig: int | None) -> None:
+    def _start_drain(self, sig: int) -> None:
         if self._drain_task is not None:
             return
-        why = "stopping" if sig is None else f"signal {sig}"
-        log.info("%s: draining (grace %.0f s; send a signal to exit now)", why, self.grace_s)
+        log.info("signal %d: draining (grace %.0f s; send it again to exit now)", sig, self.grace_s)
         self._drain_task = asyncio.create_task(self._drain(), name="drain")
 
     async def _drain(self) -> None:
