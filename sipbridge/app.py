@@ -20,6 +20,11 @@ from sipbridge.store import CallStore, open_store
 
 log = logging.getLogger("sipbridge")
 
+# The exit code of a node that stopped itself because another process took its
+# cluster.node_id while it was paused (sipbridge.errors.NodeIdTaken). uvicorn exits
+# with 3 when start-up fails (e.g. NodeIdInUse).
+EXIT_NODE_ID_TAKEN = 4
+
 
 def warn_unverified_tls(cfg: Config) -> list[str]:
     """Log (and return) a warning for every TLS leg whose peer certificate is not
@@ -75,6 +80,16 @@ class _Server(uvicorn.Server):
         self.grace_s = grace_s
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drain_task: asyncio.Task[None] | None = None
+        self.exit_code = 0
+
+    def fail(self, code: int) -> None:
+        """The process must not run on (called on the loop): shut down now, then exit
+        with ``code``. The shutdown a drain ends in (the app's lifespan stops the call
+        service and the SIP workers), without the drain's wait for live calls: the
+        caller has hung up every call here already, and none is its to finish."""
+        log.error("stopping now (exit code %d)", code)
+        self.exit_code = code
+        self.should_exit = True
 
     async def serve(self, sockets: list[Any] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
@@ -105,9 +120,10 @@ class _Server(uvicorn.Server):
             self.should_exit = True
 
 
-async def serve(cfg: Config) -> None:
+async def serve(cfg: Config) -> int:
+    """Run until stopped; the process's exit code."""
     set_process_nice(cfg.admission.process_nice)  # before the SIP workers start: inherited
-    app, _ = build(cfg)
+    app, service = build(cfg)
     config = uvicorn.Config(
         app,
         host=cfg.api.listen_address,
@@ -118,4 +134,7 @@ async def serve(cfg: Config) -> None:
     )
     # uvicorn installs SIGINT/SIGTERM handlers (signal.signal) that call handle_exit.
     server = _Server(config, app.state.ops, cfg.shutdown.grace_s)
+    if service.node is not None:
+        service.node.on_fatal = lambda: server.fail(EXIT_NODE_ID_TAKEN)
     await server.serve()
+    return server.exit_code

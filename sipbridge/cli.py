@@ -57,8 +57,7 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     from sipbridge.app import serve
 
-    asyncio.run(serve(cfg))
-    return 0
+    return asyncio.run(serve(cfg))
 
 
 def _cdr(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@
     │   ├── DuplicateCall .................. the callSid or idempotency key exists already
     │   └── StaleClaim ..................... a write fenced out: another node owns the attempt now
     ├── NodeIdInUse ........................ another live node holds this cluster.node_id
+    ├── NodeIdTaken ........................ another process took this node's id while it was paused
     ├── PoolError (RuntimeError) ........... the SIP worker pool could not start its workers
     ├── PoolFull ........................... no SIP worker slot free for a dial: the call waits
     ├── ProtocolError (ValueError) ......... a malformed supervisor <-> worker IPC message
@@ -144,6 +145,20 @@ class NodeIdInUse(SipBridgeError):
         )
 
 
+class NodeIdTaken(SipBridgeError):
+    """A running node found its ``cluster.node_id`` held by another process (which started
+    with that id while this one was paused past its lease): this process must stop."""
+
+    def __init__(self, node_id: str, holder: str | None):
+        self.node_id = node_id
+        self.holder = holder
+        super().__init__(
+            f"cluster.node_id {node_id!r} was taken over by another process (instance "
+            f"{holder or 'unknown: an older build'}) while this one was paused: this "
+            "process stops; give every node its own cluster.node_id"
+        )
+
+
 class PoolError(SipBridgeError, RuntimeError):
     """The SIP worker pool could not start its workers."""
 
@@ -186,6 +201,7 @@ __all__ = [
     "InvalidTransition",
     "MediaFileError",
     "NodeIdInUse",
+    "NodeIdTaken",
     "NumberError",
     "PoolError",
     "PoolFull",

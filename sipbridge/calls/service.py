@@ -39,7 +39,10 @@ log = logging.getLogger("sipbridge.calls")
 
 class NodeHooks(Protocol):
     """Cluster mode (sipbridge.cluster.node.ClusterNode): replaces start-up recovery, runs
-    beside the service, and hands claimed calls back when the node drains."""
+    beside the service, and hands claimed calls back when the node drains. ``on_fatal``
+    (set by the app): called once when the node must stop the process (NodeIdTaken)."""
+
+    on_fatal: Callable[[], None] | None
 
     async def claim_identity(self) -> None: ...
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 TakeoverAction = Literal["requeue", "end", "keep"]
+# A heartbeat's outcome (sipbridge.cluster.membership.heartbeat).
+Beat = Literal["ok", "lapsed", "lost", "usurped"]
 
 
 @dataclass(frozen=True)
@@ -64,9 +66,40 @@ def claim_budget(free_slots: int, slots_per_call: int, claimed_undialled: int, b
     return max(0, min(batch, can_dial - claimed_undialled))
 
 
+def beat_outcome(
+    renewed: bool, was_fresh: bool, row_found: bool, holder: str | None, ours: str
+) -> Beat:
+    """What one heartbeat found, from its statement's answer: ``renewed`` (our row, ours
+    by its instance token, was renewed), whether that row's lease was still fresh, and
+    the row with our node id as it was before the beat (found or not, its token).
+
+    * renewed: "ok", or "lapsed" when the lease had run out but nobody took us over;
+    * no row: "lost" -- another node took us over (a takeover deletes the row);
+    * a row holding another token: "usurped" -- another process started with our node id
+      while we were paused past the lease, and its recovery ended our calls. A row with no
+      token (NULL) was written by an older build: every join of this build writes its
+      token, so a NULL row is never ours (and an older build's recovery deleted ours).
+    * a row with our token that was still not renewed: it changed under the beat (a
+      takeover deleting it, or a process joining over it): "lost"; the rejoin that follows
+      tells the two apart (sipbridge.cluster.membership.rejoin)."""
+    if renewed:
+        return "ok" if was_fresh else "lapsed"
+    if row_found and holder != ours:
+        return "usurped"
+    return "lost"
+
+
 def expired(members: list[Member]) -> list[str]:
     """The nodes whose lease is over."""
     return [m.node_id for m in members if not m.alive]
 
 
-__all__ = ["Member", "TakeoverAction", "claim_budget", "expired", "takeover_action"]
+__all__ = [
+    "Beat",
+    "Member",
+    "TakeoverAction",
+    "beat_outcome",
+    "claim_budget",
+    "expired",
+    "takeover_action",
+]

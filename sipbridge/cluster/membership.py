@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-from sipbridge.cluster.lease import Member, takeover_action
-from sipbridge.cluster.store import _LEASE, _NOTIFY, FRESH, ClusterStore
+from sipbridge.cluster.lease import Beat, Member, beat_outcome, takeover_action
+from sipbridge.cluster.store import _LEASE, _NOTIFY, FRESH, MINE, ClusterStore
 from sipbridge.sqlstore import Tx
 
 log = logging.getLogger("sipbridge.cluster")
-
-Beat = Literal["ok", "lapsed", "lost"]
 
 
 @dataclass
@@ -28,14 +26,47 @@ class Takeover:
     dialing_only: set[str] = field(default_factory=set)
 
 
+_INSERT = "INSERT INTO nodes (node_id, lease_s, draining, instance) VALUES (?,?,?,?) "
+# A node's unfinished calls, locked for a takeover (parameter: the node id).
+_OWNED = (
+    "SELECT call_sid, status, dialing FROM calls WHERE owner_node=? "
+    "AND status IN ('queued','calling') ORDER BY created_at FOR UPDATE"
+)
+
+
 def join(store: ClusterStore, draining: bool = False) -> None:
-    """Become a member (or refresh a stale row of ours)."""
+    """Become a member at start-up, over any row with our node id (ClusterNode.claim_identity
+    made sure its process is gone or its lease is over)."""
     store._one(
-        "INSERT INTO nodes (node_id, lease_s, draining, instance) VALUES (?,?,?,?) "
-        "ON CONFLICT (node_id) DO UPDATE SET last_seen=now(), started_at=now(), "
+        _INSERT + "ON CONFLICT (node_id) DO UPDATE SET last_seen=now(), started_at=now(), "
         "lease_s=EXCLUDED.lease_s, draining=EXCLUDED.draining, instance=EXCLUDED.instance",
         (store.node_id, store.lease_s, draining, store.instance),
     )
+
+
+def rejoin(store: ClusterStore, draining: bool = False) -> Takeover | None:
+    """After a "lost" heartbeat (another node took us over and deleted our row): join
+    again and take over what is still ours (force: our own calls), in one transaction.
+    None, changing nothing, when a row with our node id exists again: another process
+    joined with it meanwhile (usurped): its calls are not ours to end."""
+    out = Takeover(store.node_id)
+    with store._tx() as tx:
+        joined = tx.run(
+            _INSERT + "ON CONFLICT (node_id) DO NOTHING RETURNING 1",
+            (store.node_id, store.lease_s, draining, store.instance),
+        )[0]
+        if not joined:
+            return None
+        rows = tx.run(_OWNED, (store.node_id,))[0]
+        _take(store, tx, rows, out)
+    _log(out)
+    return out
+
+
+def holder_instance(store: ClusterStore) -> str | None:
+    """The instance token in the row with our node id (None: no row, or no token)."""
+    rows = store._one("SELECT instance FROM nodes WHERE node_id=?", (store.node_id,))
+    return rows[0][0] if rows else None
 
 
 def holder(store: ClusterStore) -> tuple[str | None, float] | None:
@@ -55,35 +86,39 @@ def heartbeat(
     store: ClusterStore, draining: bool, renew: dict[str, int] | None = None
 ) -> tuple[Beat, set[str]]:
     """Renew our lease and the leases of the claims in ``renew`` (call_sid -> epoch), in
-    one statement: "ok"; "lapsed" when our lease had expired but nobody took us over (a
-    takeover deletes our row in the same transaction that re-epochs our calls); "lost"
-    when we were taken over: everything this node held may belong to another node now.
-    Also the claims of ``renew`` NOT renewed: another node took them over (their lease
-    expired) or ended them; this node must let them go."""
+    one statement, only while the row is ours by its instance token (MINE): "ok";
+    "lapsed" when our lease had expired but nobody took us over (a takeover deletes our
+    row in the same transaction that re-epochs our calls); "lost" when we were taken over:
+    everything this node held may belong to another node now; "usurped" when another
+    process joined with our node id meanwhile (sipbridge.cluster.lease.beat_outcome):
+    nothing is renewed, not even a claim. Also the claims of ``renew`` NOT renewed:
+    another node took them over (their lease expired) or ended them; this node must let
+    them go."""
     renew = renew or {}
     rows = store._one(
-        f"WITH old AS (SELECT {FRESH} AS fresh FROM nodes WHERE node_id=?), "
-        "n AS (UPDATE nodes SET last_seen=now(), draining=? WHERE node_id=? RETURNING 1), "
+        f"WITH old AS (SELECT instance, {FRESH} AS fresh FROM nodes WHERE node_id=?), "
+        f"n AS (UPDATE nodes SET last_seen=now(), draining=? WHERE {MINE} RETURNING 1), "
         f"r AS (UPDATE calls c SET lease_until={_LEASE} FROM unnest(?::text[], ?::bigint[]) "
         "AS h(sid, ep) WHERE c.call_sid=h.sid AND c.epoch=h.ep AND c.owner_node=? "
-        "AND c.status IN ('queued','calling') RETURNING c.call_sid) "
+        "AND c.status IN ('queued','calling') AND EXISTS (SELECT 1 FROM n) "
+        "RETURNING c.call_sid) "
         "SELECT (SELECT fresh FROM old), (SELECT count(*) FROM n), "
-        "ARRAY(SELECT call_sid FROM r)",
+        "ARRAY(SELECT call_sid FROM r), EXISTS (SELECT 1 FROM old), "
+        "(SELECT instance FROM old)",
         (
             store.node_id,
             draining,
             store.node_id,
+            store.instance,
             store.lease_s,
             list(renew),
             list(renew.values()),
             store.node_id,
         ),
     )
-    fresh, beat, renewed = rows[0]
+    fresh, beat, renewed, found, holder = rows[0]
     lost = set(renew) - set(renewed or ())
-    if not beat:
-        return "lost", lost
-    return ("ok" if fresh else "lapsed"), lost
+    return beat_outcome(bool(beat), bool(fresh), bool(found), holder, store.instance), lost
 
 
 def members(store: ClusterStore) -> list[Member]:
@@ -116,11 +151,7 @@ def take_over(store: ClusterStore, node_id: str, force: bool = False) -> Takeove
             tx.run(f"DELETE FROM nodes WHERE node_id=? AND NOT ({FRESH})", (node_id,))
             if tx.run("SELECT 1 FROM nodes WHERE node_id=?", (node_id,))[0]:
                 return None
-        rows = tx.run(
-            "SELECT call_sid, status, dialing FROM calls WHERE owner_node=? "
-            "AND status IN ('queued','calling') ORDER BY created_at FOR UPDATE",
-            (node_id,),
-        )[0]
+        rows = tx.run(_OWNED, (node_id,))[0]
         _take(store, tx, rows, out)
     _log(out)
     return out
@@ -181,8 +212,9 @@ def _log(out: Takeover) -> None:
 
 
 def leave(store: ClusterStore) -> bool:
-    """Leave the cluster at a clean stop: the row goes unless calls we own are still
-    unfinished (then the others take them over when the lease ends)."""
+    """Leave the cluster at a clean stop: our row goes unless calls we own are still
+    unfinished (then the others take them over when the lease ends). A row another
+    process holds with our node id (we were usurped) is not ours to delete."""
     with store._tx() as tx:
         left = tx.run(
             "SELECT 1 FROM calls WHERE owner_node=? AND status IN ('queued','calling') LIMIT 1",
@@ -190,17 +222,19 @@ def leave(store: ClusterStore) -> bool:
         )[0]
         if left:
             return False
-        tx.run("DELETE FROM nodes WHERE node_id=?", (store.node_id,))
-    return True
+        gone = tx.run(f"DELETE FROM nodes WHERE {MINE}", (store.node_id, store.instance))[1]
+    return bool(gone)
 
 
 __all__ = [
     "Takeover",
     "heartbeat",
+    "holder_instance",
     "join",
     "leave",
     "members",
     "orphan_owners",
+    "rejoin",
     "take_over",
     "take_over_expired_claims",
 ]

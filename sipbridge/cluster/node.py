@@ -11,6 +11,9 @@ node's background work on the supervisor's loop.
 * LISTEN on the queue channel wakes the dispatcher when a call is queued anywhere; the
   dispatcher still polls at least once a second, since a notification is never replayed.
 * Draining (SIGTERM): no more claims; claimed, undialled calls go back to the queue.
+* Usurped: another process started with our node id while this one was paused past its
+  lease (its recovery ended our calls). This process hangs up what it still has up,
+  dials and writes nothing more, and asks the app to stop (NodeIdTaken, :attr:`on_fatal`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -33,7 +37,7 @@ from sipbridge.cluster.lease import Member, claim_budget, expired
 from sipbridge.cluster.store import CHANNEL, ClusterStore
 from sipbridge.clusterconfig import ClusterConfig
 from sipbridge.config import Config
-from sipbridge.errors import NodeIdInUse, StoreError
+from sipbridge.errors import NodeIdInUse, NodeIdTaken, StoreError
 from sipbridge.outcomes import Termination, node_lost
 from sipbridge.records import CallRecord
 
@@ -63,6 +67,10 @@ class ClusterNode:
         self._queue_down = False
         self._queue_hint = True  # look at the queue on the next pass
         self._polled_at = float("-inf")
+        # Set when another process took our node id: this process must stop, and calls
+        # on_fatal (the app's clean shutdown, exiting non-zero) once.
+        self.fatal: NodeIdTaken | None = None
+        self.on_fatal: Callable[[], None] | None = None
 
     # ---- hooks into the call service ---------------------------------------------------
 
@@ -101,7 +109,7 @@ class ClusterNode:
         self.service.dispatcher.wake()
 
     def may_dial(self, rec: CallRecord) -> bool:
-        return self.store.mark_dialing(rec.call_sid)
+        return self.fatal is None and self.store.mark_dialing(rec.call_sid)
 
     async def claim_identity(self) -> None:
         """Start-up, before :meth:`recover` (which ends the calls of our node id's earlier
@@ -152,6 +160,8 @@ class ClusterNode:
 
     def drain(self) -> None:
         self.draining = True
+        if self.fatal is not None:
+            return  # nothing here is ours to hand back (and every write is fenced)
         try:
             membership.heartbeat(self.store, draining=True)
             back = self.store.release_claims()
@@ -166,7 +176,7 @@ class ClusterNode:
     # ---- heartbeat and takeover ------------------------------------------------------
 
     async def _beat_loop(self) -> None:
-        while True:
+        while self.fatal is None:
             try:
                 self.beat()
                 self.problem = ""
@@ -182,26 +192,16 @@ class ClusterNode:
         store = self.store
         now = time.monotonic()
         beat, lost_claims = membership.heartbeat(store, self.draining, self.renewable())
+        if beat == "lost" and not self._rejoin():
+            beat = "usurped"  # another process joined with our node id meanwhile
+        if beat == "usurped":
+            self._usurped()
+            return
         if beat == "lapsed":
             log.warning(
                 "node %s: heartbeat late past the lease, nobody took over: renewed", store.node_id
             )
-        if beat == "lost":
-            log.error(
-                "node %s: lease lost (no heartbeat for %.0f s, another node took over): "
-                "hanging up what is still up here",
-                store.node_id,
-                self.cfg.lease_s,
-            )
-            self.lease_ok = False
-            self._self_fence()
-            store.claims.clear()
-            store.waiting.clear()
-            t = membership.take_over(store, store.node_id, force=True)
-            if t is not None:
-                self._end(t, node_lost(store.node_id))
-            membership.join(store, self.draining)
-        elif lost_claims:
+        if beat != "lost" and lost_claims:
             log.error(
                 "node %s: %d claim(s) taken over by another node (claim lease expired): "
                 "hanging up their legs here",
@@ -220,6 +220,47 @@ class ClusterNode:
         if now - self._connected_since >= self.cfg.lease_s:
             self._take_over_lost()
         self._refresh_view()
+
+    def _let_go(self) -> None:
+        """Our lease is gone: no more dialling; hang up every leg still up here and drop
+        every claim (their calls may be another node's now)."""
+        self.lease_ok = False
+        self._self_fence()
+        self.store.claims.clear()
+        self.store.waiting.clear()
+
+    def _rejoin(self) -> bool:
+        """A "lost" beat (another node took us over): let go, then join again and end
+        what is left of ours. False when another process holds our node id by now."""
+        store = self.store
+        log.error(
+            "node %s: lease lost (no heartbeat for %.0f s, another node took over): "
+            "hanging up what is still up here",
+            store.node_id,
+            self.cfg.lease_s,
+        )
+        self._let_go()
+        t = membership.rejoin(store, self.draining)
+        if t is None:
+            return False
+        self._end(t, node_lost(store.node_id))
+        return True
+
+    def _usurped(self) -> None:
+        """Another process started with our node id while we were paused past the lease:
+        its recovery ended our calls ("bridge restarted") and the row is its own. Let go
+        of everything and stop for good: never take our own id over, never join again
+        (the two would take turns ending each other's calls). The app then shuts down
+        cleanly with a non-zero exit code; a restart meets the other process in
+        :meth:`claim_identity` (it waits, or refuses with NodeIdInUse)."""
+        self._let_go()
+        holder = None
+        with contextlib.suppress(Exception):  # for the message only
+            holder = membership.holder_instance(self.store)
+        self.fatal = NodeIdTaken(self.store.node_id, holder)
+        log.error("%s", self.fatal)
+        if self.on_fatal is not None:
+            self.on_fatal()
 
     def renewable(self) -> dict[str, int]:
         """The claims whose leases this beat renews: those waiting to be dialled and
@@ -305,6 +346,8 @@ class ClusterNode:
 
     def readiness(self) -> str:
         """ "ok" or why this node should take no traffic."""
+        if self.fatal is not None:
+            return str(self.fatal)
         if self.problem:
             return f"cluster heartbeat failing: {self.problem}"
         if not self.lease_ok:

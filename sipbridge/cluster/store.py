@@ -37,6 +37,12 @@ _NOTIFY = f"SELECT {_NOTIFY_EXPR}"
 _LEASE = "now() + make_interval(secs => ?)"
 # A node's lease is fresh while its heartbeat (DB clock) is younger than its lease_s.
 FRESH = "last_seen > now() - make_interval(secs => lease_s)"
+# The nodes row is this process's: our node id AND our instance token (parameters: node id,
+# instance). Another process started with our node id after our lease ran out (we were
+# paused) rewrote the token: from then on nothing of ours matches (heartbeat, claims, the
+# "dialling" mark, hand-backs, leaving). A NULL token (a row an older build wrote) never
+# matches: every join of this build writes its token (sipbridge.cluster.lease.beat_outcome).
+MINE = "node_id=? AND instance=?"
 _HELD_MAX = 20_000  # claims remembered (terminal calls' claims are forgotten oldest first)
 
 
@@ -159,12 +165,12 @@ class ClusterStore(PostgresStore):
         rows = self._one(
             "WITH c AS (SELECT call_sid FROM calls WHERE status='queued' "
             "AND owner_node IS NULL AND (not_before IS NULL OR not_before <= ?) "
-            "AND EXISTS (SELECT 1 FROM nodes WHERE node_id=? AND NOT draining AND "
+            f"AND EXISTS (SELECT 1 FROM nodes WHERE {MINE} AND NOT draining AND "
             f"{FRESH}) ORDER BY created_at LIMIT ? FOR UPDATE SKIP LOCKED) "
             "UPDATE calls SET owner_node=?, epoch=calls.epoch+1, claimed_at=now(), "
             f"lease_until={_LEASE}, dialing=false FROM c WHERE calls.call_sid=c.call_sid "
             f"RETURNING {cols}",
-            (now, self.node_id, limit, self.node_id, self.lease_s),
+            (now, self.node_id, self.instance, limit, self.node_id, self.lease_s),
         )
         recs = sorted((self._row(r) for r in rows), key=lambda r: r.created_at)
         for r in recs:
@@ -188,21 +194,22 @@ class ClusterStore(PostgresStore):
             n = tx.run(
                 "UPDATE calls SET dialing=true WHERE call_sid=? AND epoch=? AND owner_node=? "
                 "AND status IN ('queued','calling') AND lease_until > now() "
-                f"AND EXISTS (SELECT 1 FROM nodes WHERE node_id=? AND {FRESH})",
-                (call_sid, held, self.node_id, self.node_id),
+                f"AND EXISTS (SELECT 1 FROM nodes WHERE {MINE} AND {FRESH})",
+                (call_sid, held, self.node_id, self.node_id, self.instance),
             )[1]
         if n == 1:
             self.waiting.discard(call_sid)
         return n == 1
 
     def release_claims(self) -> list[str]:
-        """Draining: hand this node's claimed, never dialled calls back to the queue."""
+        """Draining: hand this node's claimed, never dialled calls back to the queue
+        (none while our row is gone or another process's: those are not ours to hand)."""
         with self._tx() as tx:
             rows = tx.run(
                 "UPDATE calls SET owner_node=NULL, epoch=epoch+1, dialing=false, "
                 "lease_until=NULL WHERE owner_node=? AND status='queued' AND NOT dialing "
-                "RETURNING call_sid, epoch",
-                (self.node_id,),
+                f"AND EXISTS (SELECT 1 FROM nodes WHERE {MINE}) RETURNING call_sid, epoch",
+                (self.node_id, self.node_id, self.instance),
             )[0]
             if rows:
                 tx.run(_NOTIFY)
@@ -212,4 +219,4 @@ class ClusterStore(PostgresStore):
         return [sid for sid, _ in rows]
 
 
-__all__ = ["CHANNEL", "FRESH", "ClusterStore"]
+__all__ = ["CHANNEL", "FRESH", "MINE", "ClusterStore"]

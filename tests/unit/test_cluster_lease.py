@@ -3,10 +3,11 @@ takeover does with each call, how many calls a node claims."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sipbridge.cluster.lease import Member, claim_budget, expired, takeover_action
+from sipbridge.cluster.lease import Member, beat_outcome, claim_budget, expired, takeover_action
 
 
 def test_a_member_is_alive_until_its_lease_is_over():
@@ -38,3 +39,24 @@ def test_claim_budget_is_bounded(free, per_call, waiting, batch):
     n = claim_budget(free, per_call, waiting, batch)
     assert 0 <= n <= batch
     assert waiting + n <= max(waiting, free // max(1, per_call))
+
+
+OURS = "boot/100/aaaa"
+
+
+@given(st.booleans(), st.booleans(), st.one_of(st.none(), st.sampled_from([OURS, "boot/7/b"])))
+def test_a_renewed_beat_is_ok_or_lapsed_whatever_the_row_said(fresh, found, holder):
+    assert beat_outcome(True, fresh, found, holder, OURS) == ("ok" if fresh else "lapsed")
+
+
+@pytest.mark.parametrize(
+    ("found", "holder", "beat"),
+    [
+        (False, None, "lost"),  # a takeover deleted our row
+        (True, "boot/7/b", "usurped"),  # another process joined with our node id
+        (True, None, "usurped"),  # an older build's process did (it writes no token)
+        (True, OURS, "lost"),  # changed under the beat: the rejoin tells which
+    ],
+)
+def test_a_beat_that_renewed_nothing(found, holder, beat):
+    assert beat_outcome(False, True, found, holder, OURS) == beat
