@@ -35,6 +35,9 @@ class Journal:
         self.outbox: list[Callable[[CallRecord, CallEvent], list[OutboxMessage]]] = []
         # Called with the callSid when a call reaches a terminal status.
         self.on_terminal: list[Callable[[str], None]] = []
+        # Cluster mode: called with the callSid when a write about it was refused because
+        # another node took the call over (StaleClaim): it is no longer this node's.
+        self.on_fenced: list[Callable[[str], None]] = []
         # Cluster mode: records "the INVITE is about to go out" and says whether this node
         # may still send it (sipbridge.cluster). None: a single node always may.
         self.dial_guard: Callable[[CallRecord], bool] | None = None
@@ -43,10 +46,11 @@ class Journal:
         """Called right before an INVITE is sent for ``rec``'s attempt."""
         return self.dial_guard is None or self.dial_guard(rec)
 
-    @staticmethod
-    def _stale(rec: CallRecord, what: str, e: StaleClaim) -> None:
+    def _stale(self, rec: CallRecord, what: str, e: StaleClaim) -> None:
         """Cluster mode: another node took the call over; this write was dropped."""
         log.warning("%s: %s dropped: %s", rec.call_sid, what, e, extra={"call_sid": rec.call_sid})
+        for hook in self.on_fenced:
+            hook(rec.call_sid)
 
     def create(self, rec: CallRecord, data: dict[str, Any]) -> None:
         """Store a new call with its first ``status`` event and the callbacks reporting

@@ -6,6 +6,7 @@ asyncio loop, the only thread that touches call state."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -113,6 +114,7 @@ class CallService:
         )
         self.backlog = EventBacklog(self.events.handle)
         self.journal.on_terminal.append(self._ended)
+        self.journal.on_fenced.append(self._fenced)
         self.api_limiter = RateLimiter(cfg.limits.api_rate_per_s, cfg.limits.api_burst, clock)
         # cluster.redis: CPS, concurrency and the API rate shared by the nodes (fail closed)
         self.cluster_api_limiter = redislimits.install(cfg, self.dispatcher, self.api_limiter)
@@ -138,6 +140,20 @@ class CallService:
         if live is not None:
             live.end_attempt()
             self.registry.settle(call_sid)
+
+    def _fenced(self, call_sid: str) -> None:
+        """Another node owns the call now (a write about it was fenced out): hang up what
+        is still up of it here and end its attempt, so that the LiveCall goes once its legs
+        have ended instead of holding a drain, and memory, for good."""
+        self.policies.forget(call_sid)
+        live = self.registry.get(call_sid)
+        if live is None:
+            return
+        for leg_id in list(live.legs):
+            with contextlib.suppress(Exception):
+                self.pool.hangup(leg_id)
+        live.end_attempt()
+        self.registry.settle(call_sid)
 
     # ---- lifecycle -------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from sipbridge.cluster import membership
 from sipbridge.cluster.store import ClusterStore
 from sipbridge.devtools.pgserver import available
 from sipbridge.errors import StaleClaim
+from sipbridge.ipc import LegEvent
 from sipbridge.records import CallEvent
 from tests.doubles import RecordingPool
 from tests.unit import test_cluster_queue as queue_tests
@@ -124,5 +125,12 @@ def test_the_old_owner_hangs_up_a_call_whose_claim_was_taken_over(pg_server):
     assert sid not in node_a.store.claims
     assert b.store.get(sid) == after
     assert node_a.lease_ok  # the node itself stays a member
+    # the leg's end reaches a: its write about it is fenced, and a forgets the call
+    # (a LiveCall kept after that would hold a drain, and the node's memory, for good)
+    leg = a.pool.plans[0].leg_id
+    a.pool.end(leg)
+    a.on_sip_event(LegEvent(leg, sid, "ended", 0, time.time(), 487, "", "cid@x", "local_hangup"))
+    assert sid not in a.registry and a.registry.carrier_legs_up() == 0
+    assert b.store.get(sid) == after
     for s in (a.store, b.store):
         s.close()
