@@ -38,6 +38,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from itertools import pairwise
 
+from sipbridge.media.frames import FRAME_MS
 from sipbridge.media.tones import ToneRun
 
 # Segment frequencies (Hz). Segment 3 is always 1776.7 Hz, 380 ms.
@@ -84,6 +85,12 @@ END_LAG_MS = (-5, 20)
 LEN_TOL_MS = 10
 # Unseen stretches up to this long are the runs' edges, not a dropout.
 SLOP_MS = 40
+# A segment seen this long at a Bell frequency is a real one (the shortest is 274 ms, its run
+# ~20 ms less): after it a shorter hold of the next frequency is enough (see _held).
+SOLID_MS = 200
+# Nothing heard for this long after a frame or two of segment 2 cut it (see _held): a word
+# interrupts the decoder after 100 ms of speech (VadConfig.min_word_ms), plus a frame.
+CUT_QUIET_MS = 120
 
 
 def classify_sit_freq(seg: int, hz: float) -> tuple[str | None, bool]:
@@ -165,6 +172,53 @@ def _hold_ms(which: int, confirm_ms: int) -> int:
     return confirm_ms if which == 2 else min(40, confirm_ms)
 
 
+def _solid(s: _Seg) -> bool:
+    """A segment that by itself looks like a real SIT segment: seen for :data:`SOLID_MS`
+    without a hole, at a Bell frequency (±1.5 %)."""
+    return s.ms >= SOLID_MS and s.hole is None and classify_sit_freq(s.which, s.hz)[0] is not None
+
+
+def _held(segs: list[_Seg], confirm_ms: int, max_gap_ms: int, now_ms: int, last_done: bool) -> bool:
+    """Whether a later segment was held long enough to say "SIT" (before any code fits).
+
+    The plain rule: the later segment held ``confirm_ms`` (segment 2) or 40 ms (segment 3).
+    A 300 ms dropout can leave less than that of the second SIT frequency before 700 ms, so
+    after a *solid* earlier segment (see :func:`_solid`: nothing in speech or music holds
+    an exact, off-scale SIT frequency that long) less is enough, each at a Bell frequency:
+
+    * segment 2 after a solid segment 1, anywhere (the gap is the dropout): one frame less
+      than ``confirm_ms`` (40 ms by default; a dropout hiding segment 1's end and segment
+      2's start leaves segment 2 from ~640 ms);
+    * segment 3 *directly* after a solid segment 2: one frame. Segment 2's 1370.6/1428.5 Hz
+      lie between musical notes and 1400 Hz beeps (outside ±1.5 %); a steady one turning
+      into 1776.7 Hz at once is a SIT (a dropout that hid segment 1 leaves segment 3 from
+      ~680 ms);
+    * segment 2 *directly* after a solid segment 1, cut after a frame or two and followed
+      by :data:`CUT_QUIET_MS` of nothing (no tone run, no word: a word interrupts the
+      decoder after 100 ms of speech): the second SIT frequency starting exactly where
+      segment 1 ends, then vanishing, is what a jitter-buffer gap does to a SIT; a beep
+      does not change frequency at its end (the gap then hides the rest until ~720 ms).
+
+    ``last_done``: the last segment's run has ended (it is not the run in progress).
+    Every reading must still fit a code (:meth:`SitDecoder._fit`); the speech-only bench
+    (30 min) and the talk-off tests guard these.
+    """
+    for prev, s in pairwise(segs):
+        if s.ms >= _hold_ms(s.which, confirm_ms):
+            return True
+        if not _solid(prev) or classify_sit_freq(s.which, s.hz)[0] is None:
+            continue
+        adjacent = s.start_ms - prev.end_ms <= max_gap_ms
+        if prev.which == 1 and s.which == 2:
+            if s.ms >= max(FRAME_MS, confirm_ms - FRAME_MS):
+                return True
+            if adjacent and last_done and s is segs[-1] and now_ms - s.end_ms >= CUT_QUIET_MS:
+                return True
+        if prev.which == 2 and s.which == 3 and adjacent and s.ms >= FRAME_MS:
+            return True
+    return False
+
+
 class SitDecoder:
     """Decodes SIT from tone runs (see the module docstring).
 
@@ -227,7 +281,7 @@ class SitDecoder:
             segs, now = self._join(current), current.end_ms
         # two SIT frequencies in order, the later one held: a SIT (the hold keeps a passing
         # tone in speech or music from making one)
-        if len(segs) < 2 or not any(s.ms >= _hold_ms(s.which, self.confirm_ms) for s in segs[1:]):
+        if len(segs) < 2 or not _held(segs, self.confirm_ms, self.max_gap_ms, now, current is None):
             if current is None and len(segs) < 2 and now - segs[-1].end_ms > MAX_DROPOUT_MS:
                 self._segs = []
             return None
