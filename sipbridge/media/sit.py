@@ -16,7 +16,10 @@ the window in which the sequence can have started; a hidden segment is inferred 
 the next one starts.
 
 * It is a SIT once two SIT frequencies were heard in order, the later one held
-  (``confirm_ms`` for segment 2, 40 ms for segment 3), and some code fits.
+  (``confirm_ms`` for segment 2, 40 ms for segment 3; less after a solid segment, see
+  :func:`_held`), and some code fits.
+* A loss the jitter buffer concealed (ITU-T G.711 Appendix I) lengthens the run before it by
+  up to :data:`PLC_TAIL_MS`; readings allow that when none fits otherwise.
 * The code is decided as soon as one code fits: ~0.4–0.6 s after the start without a dropout.
 * When a dropout hid what tells codes apart, the decoder waits for more segments, but not
   past :data:`DEADLINE_MS` after the earliest reading's start (the middle of its start
@@ -26,11 +29,11 @@ the next one starts.
 * A sequence that stops after two segments is decided once nothing more can come; three
   SIT frequencies in order whose lengths fit no code are decided by frequencies alone.
 
-Out of reach of 700 ms: the second SIT frequency must be seen and held before the decoder
-may say "SIT"; when a dropout hides everything of it before ~640 ms (segment 2 entirely with
-the start of segment 3, or segment 1 entirely and segment 2 until 654 ms), the decision comes
-at ~720–780 ms. A single tone is never enough (a 1000 Hz voicemail beep is within 1.5 % of
-segment 1's 985.2 Hz).
+Out of reach of 700 ms: the second SIT frequency must be seen before the decoder may say
+"SIT". A 300 ms dropout from the end of a 380 ms segment 1 hides everything else until
+680 ms: until then the audio is one tone and silence, and a single tone is never enough (a
+1000 Hz voicemail beep is within 1.5 % of segment 1's 985.2 Hz); the first 40 ms analysis
+block full of the next tone ends at 720 ms, decided at 740 ms.
 """
 
 from __future__ import annotations
@@ -83,6 +86,11 @@ START_LAG_MS = (-5, 25)
 END_LAG_MS = (-5, 20)
 # How far a segment may be off its nominal length on each edge (switch generators).
 LEN_TOL_MS = 10
+# A jitter buffer conceals a loss (ITU-T G.711 Appendix I; pjmedia's PLC likewise): the
+# last pitch period repeats, fading out within 60 ms, so a tone's run goes on up to 60 ms
+# into the loss (past its segment's end when the loss spans a boundary) and what is left
+# of the gap can be as short as a boundary's. Read so only when no code fits otherwise.
+PLC_TAIL_MS = 60
 # Unseen stretches up to this long are the runs' edges, not a dropout.
 SLOP_MS = 40
 # A segment seen this long at a Bell frequency is a real one (the shortest is 274 ms, its run
@@ -301,6 +309,9 @@ class SitDecoder:
             return self._make("ITU", "ITU-T E.180 special information tone (no code)", segs, now_ms)
         fits = self._fits(segs, b1, b2, now_ms, stopped)
         if not fits:
+            # read as concealed: a jitter buffer fills a loss's first 60 ms (see PLC_TAIL_MS)
+            fits = self._fits(segs, b1, b2, now_ms, stopped, plc=True)
+        if not fits:
             # the lengths fit no code with one dropout (an off-nominal generator): all three
             # frequencies in order still make a SIT, decided by frequencies alone
             if len(segs) < 3 or segs[-1].ms < _hold_ms(3, self.confirm_ms):
@@ -329,6 +340,7 @@ class SitDecoder:
         now_ms: int,
         stopped: bool,
         strict: bool = True,
+        plc: bool = False,
     ) -> list[_Fit]:
         out = []
         for (f1, d1, f2), (code, d2, meaning) in SIT_CODES.items():
@@ -338,39 +350,44 @@ class SitDecoder:
             if not strict:
                 out.append(_Fit(code, meaning, 0.0, 0.0, float(MAX_DROPOUT_MS)))
                 continue
-            fit = self._fit(segs, (n1, n2, SIT_LONG_MS), now_ms, stopped)
+            fit = self._fit(segs, (n1, n2, SIT_LONG_MS), now_ms, stopped, plc)
             if fit is not None:
                 out.append(_Fit(code, meaning, *fit))
         return out
 
     def _fit(
-        self, segs: list[_Seg], n: tuple[int, int, int], now_ms: int, stopped: bool
+        self, segs: list[_Seg], n: tuple[int, int, int], now_ms: int, stopped: bool, plc: bool
     ) -> tuple[float, float, float] | None:
         """When a sequence with nominal lengths ``n`` can have started, given the segments
         seen, and the stretch one dropout must have hidden; None when no start fits. A
-        sequence that ``stopped`` may lack segment 3, nothing else."""
+        sequence that ``stopped`` may lack segment 3, nothing else. ``plc``: read the loss
+        as concealed (:data:`PLC_TAIL_MS`): only runs a frame apart meet at a boundary, and
+        a run followed by the loss may end that much past its segment."""
         off = (0, n[0], n[0] + n[1])
+        bound = FRAME_MS if plc else self.max_gap_ms
+        nxt = [t.start_ms for t in segs[1:]] + [now_ms]
         lo, hi = -1e9, 1e9
         for i, s in enumerate(segs):
             a = off[s.which - 1]
             b = a + n[s.which - 1]
+            tail = PLC_TAIL_MS if plc and nxt[i] - s.end_ms > bound else 0
             # the run lies within its segment
             hi = min(hi, s.start_ms - a - START_LAG_MS[0] + LEN_TOL_MS)
-            lo = max(lo, s.end_ms - b - END_LAG_MS[1] - LEN_TOL_MS)
+            lo = max(lo, s.end_ms - b - END_LAG_MS[1] - LEN_TOL_MS - tail)
             # an edge next to another segment's run is the segments' real boundary
-            if i > 0 and s.start_ms - segs[i - 1].end_ms <= self.max_gap_ms:
+            if i > 0 and s.start_ms - segs[i - 1].end_ms <= bound:
                 lo = max(lo, s.start_ms - a - START_LAG_MS[1] - LEN_TOL_MS)
-            if i + 1 < len(segs) and segs[i + 1].start_ms - s.end_ms <= self.max_gap_ms:
+            if i + 1 < len(segs) and segs[i + 1].start_ms - s.end_ms <= bound:
                 hi = min(hi, s.end_ms - b - END_LAG_MS[0] + LEN_TOL_MS)
         # what the runs leave unseen of the sequence, from its start to the frame just
         # analysed, must be one dropout: holes between or inside the runs, or after them...
         holes: list[tuple[int, int]] = []
         for prev, s in pairwise(segs):
-            if s.start_ms - prev.end_ms > self.max_gap_ms:
+            if s.start_ms - prev.end_ms > bound:
                 holes.append((prev.end_ms, s.start_ms))
         holes += [s.hole for s in segs if s.hole is not None]
         end = min(now_ms, int(hi) + off[2] + (0 if stopped else n[2]))
-        if end - segs[-1].end_ms > self.max_gap_ms:
+        if end - segs[-1].end_ms > bound:
             holes.append((segs[-1].end_ms, end))
         if len(holes) > 1:
             return None

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sipbridge.corpus.detection import SIT_TABLE
-from sipbridge.corpus.synth import dropout, sil, tone
+from sipbridge.corpus.synth import dropout, plc_dropout, sil, tone
 from sipbridge.media.detect import Detector
 from sipbridge.media.sit import SIT_CODES, SOLID_MS, SitDecoder, SitResult
 from sipbridge.media.tones import ToneRun
@@ -236,3 +236,37 @@ def test_one_frame_of_segment_3_needs_a_solid_segment_2_right_before() -> None:
         dec.on_run_end(run(0, 360, f2))
         r = dec.check(run(360 + gap, 380 + gap, 1776.7), 380 + gap)
         assert (r is not None) == expect, (f2, gap, r)
+
+
+@pytest.mark.parametrize("code", list(SIT_TABLE))
+def test_concealed_dropouts_decided_like_silent_ones(code: str) -> None:
+    """The loss concealed as ITU-T G.711 Appendix I does (the tone before it goes on, fading,
+    for up to 60 ms): decided within 700 ms wherever the second frequency shows in time,
+    the code right or a best guess."""
+    _, d1, _, d2 = SIT_TABLE[code]
+    x0 = sit_signal(code)
+    for drop in (100, 200, 300):
+        for at in range(-100, int(d1 + d2 + 380 - 50), 40):
+            det = Detector(mode="early", keep_timeline=False)
+            det.feed(plc_dropout(x0, LEAD_MS + at, drop))
+            r = det.finish()
+            assert r.answered_by == "sit", (drop, at, r)
+            visible = second_frequency_visible_ms(code, at, drop)
+            lat = r.decided_at_ms - LEAD_MS
+            assert lat <= (700 if visible < 680 else visible + 60), (drop, at, lat, visible)
+            if r.sit_code != code:
+                assert r.sit_code in CONGESTION, (drop, at, r)
+
+
+@pytest.mark.parametrize(
+    ("code", "at", "drop"),
+    # the tail makes segment 1 too long for its code (NC), or the gap left after it as
+    # short as a boundary's (RO): no code fitted until segment 3 (720 and 820 ms)
+    [("RO", 220, 100), ("NC", 380, 100), ("NC'", 340, 100)],
+)
+def test_a_concealed_loss_lengthens_the_run_before_it(code: str, at: int, drop: int) -> None:
+    det = Detector(mode="early", keep_timeline=False)
+    det.feed(plc_dropout(sit_signal(code), LEAD_MS + at, drop))
+    r = det.finish()
+    assert r.answered_by == "sit" and r.sit_code == code, r
+    assert r.decided_at_ms - LEAD_MS <= 700, r
