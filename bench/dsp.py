@@ -518,6 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     # VC/RO' and FU/RO differ only in where segment 1 ends (see the text)
     pair = [w for w in sd["wrong"] if w.split()[0] in ("VC->RO'", "FU->RO")]
     other = [w for w in sd["wrong"] if w not in pair]
+    other_plc = [w for w in sdp["wrong"] if w.split()[0] not in ("VC->RO'", "FU->RO")]
     text = f"""## DSP: recipient detection (`bench/dsp.py`)
 
 Machine: {platform.machine()}, {os.cpu_count()} cores shared with other test runs (load average
@@ -587,7 +588,9 @@ only: {sum(1 for v in sd["lat300"] if v <= 700)}/{len(sd["lat300"])} within 700 
 The loss concealed instead as ITU-T G.711 Appendix I does (the last pitch period repeated,
 fading out within 60 ms): recognised in {sdp["n"] - sdp["not_sit"]} of {sdp["n"]}, ≤ 700 ms in
 {sum(1 for v in sdp["lat"] if v <= 700)}, max {max(sdp["lat"], default=0)} ms, code exact in
-{len(sdp["lat"]) - sdp["wrong_code"]}.
+{len(sdp["lat"]) - sdp["wrong_code"]} (besides VC/RO' and FU/RO, explained below:
+{"; ".join(other_plc) or "none"}; the concealed tail of a short segment 2 carries it past
+its end, as a long one would).
 
 After a *solid* segment (≥ 200 ms at a Bell frequency) the decoder needs less of the next
 one than the plain holds (segment 2 held 60 ms, segment 3 40 ms): segment 2 held 40 ms;
