@@ -222,3 +222,21 @@ def dropout(x: np.ndarray, start_ms: float, ms: float) -> np.ndarray:
     a = round(start_ms * FS / 1000)
     y[a : a + round(ms * FS / 1000)] = 0.0
     return y
+
+
+def plc_dropout(x: np.ndarray, start_ms: float, ms: float) -> np.ndarray:
+    """A copy of ``x`` with ``ms`` of audio from ``start_ms`` lost and concealed the way
+    ITU-T G.711 Appendix I does (the jitter buffer's packet-loss concealment): the last
+    pitch period (5–15 ms, the autocorrelation's best lag) repeated, at full level for
+    10 ms, then 20 % weaker every 10 ms, silent after 60 ms."""
+    y = x.copy()
+    a = round(start_ms * FS / 1000)
+    n = min(round(ms * FS / 1000), y.size - a)
+    lo, hi = 5 * FS // 1000, 15 * FS // 1000
+    h = x[max(0, a - 2 * hi) : a]
+    if a < 2 * hi or n <= 0:
+        return dropout(x, start_ms, ms)
+    p = max(range(lo, hi + 1), key=lambda q: float(np.dot(h[hi:], h[hi - q : 2 * hi - q])))
+    fade = np.clip(1.2 - np.arange(n) / (50 * FS / 1000), 0.0, 1.0)
+    y[a : a + n] = np.resize(x[a - p : a], n) * fade
+    return y

@@ -16,7 +16,10 @@ the window in which the sequence can have started; a hidden segment is inferred 
 the next one starts.
 
 * It is a SIT once two SIT frequencies were heard in order, the later one held
-  (``confirm_ms`` for segment 2, 40 ms for segment 3), and some code fits.
+  (``confirm_ms`` for segment 2, 40 ms for segment 3; less after a solid segment, see
+  :func:`_held`), and some code fits.
+* A loss the jitter buffer concealed (ITU-T G.711 Appendix I) lengthens the run before it by
+  up to :data:`PLC_TAIL_MS`; readings allow that when none fits otherwise.
 * The code is decided as soon as one code fits: ~0.4–0.6 s after the start without a dropout.
 * When a dropout hid what tells codes apart, the decoder waits for more segments, but not
   past :data:`DEADLINE_MS` after the earliest reading's start (the middle of its start
@@ -26,11 +29,11 @@ the next one starts.
 * A sequence that stops after two segments is decided once nothing more can come; three
   SIT frequencies in order whose lengths fit no code are decided by frequencies alone.
 
-Out of reach of 700 ms: the second SIT frequency must be seen and held before the decoder
-may say "SIT"; when a dropout hides everything of it before ~640 ms (segment 2 entirely with
-the start of segment 3, or segment 1 entirely and segment 2 until 654 ms), the decision comes
-at ~720–780 ms. A single tone is never enough (a 1000 Hz voicemail beep is within 1.5 % of
-segment 1's 985.2 Hz).
+Out of reach of 700 ms: the second SIT frequency must be seen before the decoder may say
+"SIT". A 300 ms dropout from the end of a 380 ms segment 1 hides everything else until
+680 ms: until then the audio is one tone and silence, and a single tone is never enough (a
+1000 Hz voicemail beep is within 1.5 % of segment 1's 985.2 Hz); the first 40 ms analysis
+block full of the next tone ends at 720 ms, decided at 740 ms.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from itertools import pairwise
 
+from sipbridge.media.frames import FRAME_MS
 from sipbridge.media.tones import ToneRun
 
 # Segment frequencies (Hz). Segment 3 is always 1776.7 Hz, 380 ms.
@@ -82,8 +86,19 @@ START_LAG_MS = (-5, 25)
 END_LAG_MS = (-5, 20)
 # How far a segment may be off its nominal length on each edge (switch generators).
 LEN_TOL_MS = 10
+# A jitter buffer conceals a loss (ITU-T G.711 Appendix I; pjmedia's PLC likewise): the
+# last pitch period repeats, fading out within 60 ms, so a tone's run goes on up to 60 ms
+# into the loss (past its segment's end when the loss spans a boundary) and what is left
+# of the gap can be as short as a boundary's. Read so only when no code fits otherwise.
+PLC_TAIL_MS = 60
 # Unseen stretches up to this long are the runs' edges, not a dropout.
 SLOP_MS = 40
+# A segment seen this long at a Bell frequency is a real one (the shortest is 274 ms, its run
+# ~20 ms less): after it a shorter hold of the next frequency is enough (see _held).
+SOLID_MS = 200
+# Nothing heard for this long after a frame or two of segment 2 cut it (see _held): a word
+# interrupts the decoder after 100 ms of speech (VadConfig.min_word_ms), plus a frame.
+CUT_QUIET_MS = 120
 
 
 def classify_sit_freq(seg: int, hz: float) -> tuple[str | None, bool]:
@@ -165,6 +180,53 @@ def _hold_ms(which: int, confirm_ms: int) -> int:
     return confirm_ms if which == 2 else min(40, confirm_ms)
 
 
+def _solid(s: _Seg) -> bool:
+    """A segment that by itself looks like a real SIT segment: seen for :data:`SOLID_MS`
+    without a hole, at a Bell frequency (±1.5 %)."""
+    return s.ms >= SOLID_MS and s.hole is None and classify_sit_freq(s.which, s.hz)[0] is not None
+
+
+def _held(segs: list[_Seg], confirm_ms: int, max_gap_ms: int, now_ms: int, last_done: bool) -> bool:
+    """Whether a later segment was held long enough to say "SIT" (before any code fits).
+
+    The plain rule: the later segment held ``confirm_ms`` (segment 2) or 40 ms (segment 3).
+    A 300 ms dropout can leave less than that of the second SIT frequency before 700 ms, so
+    after a *solid* earlier segment (see :func:`_solid`: nothing in speech or music holds
+    an exact, off-scale SIT frequency that long) less is enough, each at a Bell frequency:
+
+    * segment 2 after a solid segment 1, anywhere (the gap is the dropout): one frame less
+      than ``confirm_ms`` (40 ms by default; a dropout hiding segment 1's end and segment
+      2's start leaves segment 2 from ~640 ms);
+    * segment 3 *directly* after a solid segment 2: one frame. Segment 2's 1370.6/1428.5 Hz
+      lie between musical notes and 1400 Hz beeps (outside ±1.5 %); a steady one turning
+      into 1776.7 Hz at once is a SIT (a dropout that hid segment 1 leaves segment 3 from
+      ~680 ms);
+    * segment 2 *directly* after a solid segment 1, cut after a frame or two and followed
+      by :data:`CUT_QUIET_MS` of nothing (no tone run, no word: a word interrupts the
+      decoder after 100 ms of speech): the second SIT frequency starting exactly where
+      segment 1 ends, then vanishing, is what a jitter-buffer gap does to a SIT; a beep
+      does not change frequency at its end (the gap then hides the rest until ~720 ms).
+
+    ``last_done``: the last segment's run has ended (it is not the run in progress).
+    Every reading must still fit a code (:meth:`SitDecoder._fit`); the speech-only bench
+    (30 min) and the talk-off tests guard these.
+    """
+    for prev, s in pairwise(segs):
+        if s.ms >= _hold_ms(s.which, confirm_ms):
+            return True
+        if not _solid(prev) or classify_sit_freq(s.which, s.hz)[0] is None:
+            continue
+        adjacent = s.start_ms - prev.end_ms <= max_gap_ms
+        if prev.which == 1 and s.which == 2:
+            if s.ms >= max(FRAME_MS, confirm_ms - FRAME_MS):
+                return True
+            if adjacent and last_done and s is segs[-1] and now_ms - s.end_ms >= CUT_QUIET_MS:
+                return True
+        if prev.which == 2 and s.which == 3 and adjacent and s.ms >= FRAME_MS:
+            return True
+    return False
+
+
 class SitDecoder:
     """Decodes SIT from tone runs (see the module docstring).
 
@@ -227,7 +289,7 @@ class SitDecoder:
             segs, now = self._join(current), current.end_ms
         # two SIT frequencies in order, the later one held: a SIT (the hold keeps a passing
         # tone in speech or music from making one)
-        if len(segs) < 2 or not any(s.ms >= _hold_ms(s.which, self.confirm_ms) for s in segs[1:]):
+        if len(segs) < 2 or not _held(segs, self.confirm_ms, self.max_gap_ms, now, current is None):
             if current is None and len(segs) < 2 and now - segs[-1].end_ms > MAX_DROPOUT_MS:
                 self._segs = []
             return None
@@ -246,6 +308,9 @@ class SitDecoder:
             # an ITU-T E.180 sequence: no code to read
             return self._make("ITU", "ITU-T E.180 special information tone (no code)", segs, now_ms)
         fits = self._fits(segs, b1, b2, now_ms, stopped)
+        if not fits:
+            # read as concealed: a jitter buffer fills a loss's first 60 ms (see PLC_TAIL_MS)
+            fits = self._fits(segs, b1, b2, now_ms, stopped, plc=True)
         if not fits:
             # the lengths fit no code with one dropout (an off-nominal generator): all three
             # frequencies in order still make a SIT, decided by frequencies alone
@@ -275,6 +340,7 @@ class SitDecoder:
         now_ms: int,
         stopped: bool,
         strict: bool = True,
+        plc: bool = False,
     ) -> list[_Fit]:
         out = []
         for (f1, d1, f2), (code, d2, meaning) in SIT_CODES.items():
@@ -284,39 +350,44 @@ class SitDecoder:
             if not strict:
                 out.append(_Fit(code, meaning, 0.0, 0.0, float(MAX_DROPOUT_MS)))
                 continue
-            fit = self._fit(segs, (n1, n2, SIT_LONG_MS), now_ms, stopped)
+            fit = self._fit(segs, (n1, n2, SIT_LONG_MS), now_ms, stopped, plc)
             if fit is not None:
                 out.append(_Fit(code, meaning, *fit))
         return out
 
     def _fit(
-        self, segs: list[_Seg], n: tuple[int, int, int], now_ms: int, stopped: bool
+        self, segs: list[_Seg], n: tuple[int, int, int], now_ms: int, stopped: bool, plc: bool
     ) -> tuple[float, float, float] | None:
         """When a sequence with nominal lengths ``n`` can have started, given the segments
         seen, and the stretch one dropout must have hidden; None when no start fits. A
-        sequence that ``stopped`` may lack segment 3, nothing else."""
+        sequence that ``stopped`` may lack segment 3, nothing else. ``plc``: read the loss
+        as concealed (:data:`PLC_TAIL_MS`): only runs a frame apart meet at a boundary, and
+        a run followed by the loss may end that much past its segment."""
         off = (0, n[0], n[0] + n[1])
+        bound = FRAME_MS if plc else self.max_gap_ms
+        nxt = [t.start_ms for t in segs[1:]] + [now_ms]
         lo, hi = -1e9, 1e9
         for i, s in enumerate(segs):
             a = off[s.which - 1]
             b = a + n[s.which - 1]
+            tail = PLC_TAIL_MS if plc and nxt[i] - s.end_ms > bound else 0
             # the run lies within its segment
             hi = min(hi, s.start_ms - a - START_LAG_MS[0] + LEN_TOL_MS)
-            lo = max(lo, s.end_ms - b - END_LAG_MS[1] - LEN_TOL_MS)
+            lo = max(lo, s.end_ms - b - END_LAG_MS[1] - LEN_TOL_MS - tail)
             # an edge next to another segment's run is the segments' real boundary
-            if i > 0 and s.start_ms - segs[i - 1].end_ms <= self.max_gap_ms:
+            if i > 0 and s.start_ms - segs[i - 1].end_ms <= bound:
                 lo = max(lo, s.start_ms - a - START_LAG_MS[1] - LEN_TOL_MS)
-            if i + 1 < len(segs) and segs[i + 1].start_ms - s.end_ms <= self.max_gap_ms:
+            if i + 1 < len(segs) and segs[i + 1].start_ms - s.end_ms <= bound:
                 hi = min(hi, s.end_ms - b - END_LAG_MS[0] + LEN_TOL_MS)
         # what the runs leave unseen of the sequence, from its start to the frame just
         # analysed, must be one dropout: holes between or inside the runs, or after them...
         holes: list[tuple[int, int]] = []
         for prev, s in pairwise(segs):
-            if s.start_ms - prev.end_ms > self.max_gap_ms:
+            if s.start_ms - prev.end_ms > bound:
                 holes.append((prev.end_ms, s.start_ms))
         holes += [s.hole for s in segs if s.hole is not None]
         end = min(now_ms, int(hi) + off[2] + (0 if stopped else n[2]))
-        if end - segs[-1].end_ms > self.max_gap_ms:
+        if end - segs[-1].end_ms > bound:
             holes.append((segs[-1].end_ms, end))
         if len(holes) > 1:
             return None

@@ -106,6 +106,8 @@ class DetectionConfig:
     # SIT: decided once segment 2 held its frequency this long (first two segments suffice).
     # 60 ms is three frames at the exact frequency (±1.5 %) right after a 200–460 ms segment 1
     # at its own exact frequency: nothing but a SIT does that; a longer wait only delays it.
+    # After a solid segment (>= 200 ms, exact) one frame less is enough, and less still right
+    # after it when a dropout cut the rest (sipbridge.media.sit._held).
     sit_confirm_ms: int = 60
     # CED (2100 Hz) this long → fax; the real tone lasts 2.6–4 s.
     ced_min_ms: int = 400
