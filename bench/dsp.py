@@ -42,7 +42,7 @@ from results import RESULTS, write_section  # noqa: E402
 from sipbridge.corpus import detection, real, regress, short  # noqa: E402
 from sipbridge.corpus.detection import SIT_TABLE, VOICES  # noqa: E402
 from sipbridge.corpus.prompts import render_prompts, sentences  # noqa: E402
-from sipbridge.corpus.score import check  # noqa: E402
+from sipbridge.corpus.score import check, speech_end_ms  # noqa: E402
 from sipbridge.corpus.synth import Speech, codec, dropout, noise, sil, tone, trim  # noqa: E402
 from sipbridge.media.analyze import analyze_samples, load_audio  # noqa: E402
 from sipbridge.media.detect import Detection, DetectionConfig, Detector  # noqa: E402
@@ -128,7 +128,7 @@ def score(out: Path, labels: dict[str, dict[str, Any]]) -> dict[str, Any]:
             and lab["greeting_end_ms"] is not None
             and lab.get("hint") is None
         ):
-            human.append(det.decided_at_ms - lab["greeting_end_ms"])
+            human.append(det.decided_at_ms - speech_end_ms(out / f, lab, det))
         if lab["sit_start_ms"] is not None and det.answered_by == "sit":
             sit.append(det.decided_at_ms - lab["sit_start_ms"])
         if lab["beep_ms"] is not None and det.beep_ms is not None:

@@ -16,9 +16,12 @@ G.711 µ-law: the floor is the same under the speech, so the voice reads live):
   decision;
 * then every pause that starts after a word while it is live: how long until the next word or
   the beep's decision (the beep needs ``beep_min_ms`` of tone) — the wait it needs;
-* per candidate wait W: how many live-looking machines have a pause longer than W (they would
-  be called human), split into "beep comes later than W", "the greeting goes on after a pause
-  longer than W" and "no beep and nothing more" (an operator decision at any W).
+* per candidate wait W (``operator_silence_ms``; lines whose floor is within
+  ``operator_clear_db`` of the speech keep ``operator_masked_silence_ms``): how many
+  live-looking machines the detector calls human, split by what ended their longest pause:
+  the beep (it came later than the wait), more speech (the greeting went on after a long
+  pause), nothing (no beep and nothing more: an operator decision at any wait, unless the line
+  drops to digital silence after it).
 """
 
 from __future__ import annotations
@@ -41,10 +44,19 @@ from sipbridge.media.analyze import load_audio  # noqa: E402
 from sipbridge.media.detect import DetectionConfig, Detector  # noqa: E402
 from sipbridge.media.frames import scale_to_dbfs  # noqa: E402
 
-WAITS_MS = (700, 800, 900, 1000, 1200, 1500)
+WAITS_MS = (700, 900, 1000, 1200, 1500)
 FLOORS_DBFS = (-64.0, -56.0, -48.0)
 # no operator decision at all: the detector runs on to the beep or the machine decision
-NO_OPERATOR = replace(DetectionConfig(), operator_silence_ms=10**6)
+NO_OPERATOR = replace(
+    DetectionConfig(), operator_silence_ms=10**6, operator_masked_silence_ms=10**6
+)
+
+
+def called_human(x: np.ndarray, wait_ms: int) -> bool:
+    """Is ``x`` called human with ``operator_silence_ms=wait_ms`` (the rest as shipped)?"""
+    det = Detector(replace(DetectionConfig(), operator_silence_ms=wait_ms), keep_timeline=False)
+    det.feed(x)
+    return det.finish().answered_by == "human"
 
 
 def needed_wait(x: np.ndarray) -> tuple[bool, float, str]:
@@ -113,33 +125,36 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as td:
         for group, x in machines(real_dir, Path(td)):
             live, need, what = needed_wait(x)
-            row = rows.setdefault(group, {"n": 0, "live": 0, "need": []})
+            row = rows.setdefault(group, {"n": 0, "live": 0, "need": [], "human": {}})
             row["n"] += 1
-            if live:
-                row["live"] += 1
-                row["need"].append((need, what))
+            if not live:
+                continue
+            row["live"] += 1
+            row["need"].append(need)
+            for w in WAITS_MS:
+                if called_human(x, w):
+                    row["human"].setdefault(w, []).append(what)
     head = " | ".join(f"W={w}" for w in WAITS_MS)
     print(
-        "Live-looking machine greetings called human at operator wait W: beep later than W / "
-        "greeting goes on after a pause > W / no beep and nothing more (any W).\n"
+        "Machine greetings that look live, called human at operator wait W: total (longest "
+        "pause ended by the beep / more speech / nothing).\n"
     )
     print(f"| machines | greetings | look live | {head} |")
     print("|---|---|---|" + "---|" * len(WAITS_MS))
     for group, row in rows.items():
         cells = []
         for w in WAITS_MS:
-            b = sum(1 for n, k in row["need"] if k == "beep" and n > w)
-            s = sum(1 for n, k in row["need"] if k == "speech" and n > w)
-            z = sum(1 for n, k in row["need"] if k == "nothing")
-            cells.append(f"{b} / {s} / {z}")
+            h = row["human"].get(w, [])
+            by = " / ".join(str(h.count(k)) for k in ("beep", "speech", "nothing"))
+            cells.append(f"{len(h)} ({by})")
         print(f"| {group} | {row['n']} | {row['live']} | " + " | ".join(cells) + " |")
-    gaps = sorted(n for row in rows.values() for n, k in row["need"] if k != "nothing")
+    gaps = sorted(n for row in rows.values() for n in row["need"] if n != float("inf"))
     if gaps:
         print(
-            f"\nWait needed by live-looking machines with a beep or more speech (ms): n="
-            f"{len(gaps)}, "
-            + ", ".join(f"p{q} {np.percentile(gaps, q):.0f}" for q in (50, 90))
-            + f", max {gaps[-1]:.0f}; over each W: "
+            f"\nLongest pause of live-looking machines, up to their beep or next word (ms): "
+            f"n={len(gaps)}, "
+            + ", ".join(f"p{q} {np.percentile(gaps, q):.0f}" for q in (10, 50, 90))
+            + "; over each W: "
             + ", ".join(f"{w}: {sum(g > w for g in gaps)}" for w in WAITS_MS)
         )
     return 0

@@ -59,13 +59,14 @@ class DetectionConfig:
     # speaker pauses for a reply within a second, and a person is decided within 1 s of their
     # last word (short greetings: 700 ms). The cost is a recording that merely looks live (a
     # prompt played into a noisy line, whose noise hides its own bed) with its beep later than
-    # the wait: bench/opwait.py measures it. On the real corpus no machine greeting looks live
-    # (0/44) and its beeps come 0.3–0.53 s after the greeting; mixed into noisy lines
-    # (-64..-48 dBFS) 114/132 look live, none loses its beep at 700–1500 ms (61 go on after a
-    # pause of 1.5 s or more: called human at any of these waits); of the generated
-    # corpora's greetings mixed into noisy lines, 37 lose their beep at 900 ms, 32 at 1000 ms,
-    # 13 at 1500 ms (beeps set 0.6–1.2 s after). 700–1000 ms cost about the same; 900 keeps
-    # an operator's decision (VAD word end ±50 ms) under 1 s.
+    # the wait: bench/opwait.py measures it. No machine greeting of the real corpus looks live
+    # (0/44; their beeps come 0.3–0.53 s after the greeting). Mixed into noisy lines (-64..-48
+    # dBFS), 114/132 of them look live and none loses its beep at any wait from 0.7 to 1.5 s
+    # (61 go on after a pause of 1.5 s or more: human at any of these waits). The generated
+    # corpora's greetings on noisy lines (beeps set 0.6–1.2 s after, some later): called
+    # human at 0.7 / 0.9 / 1.0 / 1.2 / 1.5 s for their beep: 30 / 26 / 24 / 20 / 13 of 106
+    # that look live. 900 ms keeps an operator decided within 1 s of the last word (VAD word
+    # end ±50 ms) at 13 more of those 106 than 1.5 s, and the same on real greetings.
     operator_silence_ms: int = 900
     # ... but when the line's floor is within ``operator_clear_db`` of the speech (its loud
     # frames, the vowels), the floor test proves nothing: a recording's bed sits 25–45 dB
