@@ -5,6 +5,7 @@ pause's start; one made while they still spoke (or after a mere click of silence
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -14,7 +15,7 @@ from sipbridge.media.frames import scale_to_dbfs
 from tests.doubles import detection
 
 
-def _call(tmp_path: Path, click_at_ms: int | None = None) -> tuple[Path, dict[str, object]]:
+def _call(tmp_path: Path, click_at_ms: int | None = None) -> tuple[Path, dict[str, Any]]:
     """500 ms of line, 1 s of 'speech', a 1 s pause, 1 s of speech, 2 s of line (-70 dBFS);
     labelled like a transcript: speech ends at 3500 ms."""
     rng = np.random.default_rng(5)
