@@ -501,8 +501,10 @@ Machine: {platform.machine()}, {os.cpu_count()} cores shared with other test run
 {chr(10).join(rows)}
 
 Targets: ≥ 98 % correct, machines called human ≤ 1 %, human ≤ 800 ms median / ≤ 1000 ms p90,
-SIT ≤ 700 ms, beep ±100 ms. Operators and screening assistants (hints) are decided later by
-design (0.9–1.5 s and 2 s of silence) and are not in the human latency column.
+SIT ≤ 700 ms, beep ±100 ms. The generated corpora's operators and screening assistants (their
+labels carry the hint) wait 0.9 s (1.5 s on lines whose noise is within 20 dB of the speech)
+and 2 s of silence and are not in their human latency column; the real corpus's labels carry
+no hint: its column counts every person called human, operators included.
 {"The real corpus was not present (run scripts/real_corpus)." if not has_real else ""}
 Misses:
 {wrong or "- none"}
