@@ -7,9 +7,11 @@ is played into a noisy line (white or pink noise at -64, -56, -48 dBFS: an analo
 behind one, whose noise masks the prompt's own bed, so the floor is unchanged under it and the
 voice reads *live*), with and without a recorded room bed 25–45 dB under the speech, then a
 1 kHz beep ``d`` ms after the last word, G.711 µ-law. A live-looking greeting is ``human``
-(``hint: operator``) once it has waited ``operator_silence_ms`` × 5/3 (1.5 s) with no beep; this
-prints, per beep delay, how many such machines were called human: the cost of deciding a long
-live greeting sooner. Writes nothing.
+(``hint: operator``) once it has waited ``operator_silence_ms`` (0.9 s; 1.5 s,
+``operator_masked_silence_ms``, when the line's floor is within ``operator_clear_db`` of the
+speech) with no beep; this prints, per beep delay, how many such machines were called human:
+the cost of deciding a long live greeting sooner (bench/opwait.py: the same per wait on the
+corpora's own greetings). Writes nothing.
 """
 
 from __future__ import annotations

@@ -26,7 +26,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sipbridge.corpus import real  # noqa: E402
-from sipbridge.corpus.score import check, class_of  # noqa: E402
+from sipbridge.corpus.score import (  # noqa: E402
+    MID_PAUSE_MIN_MS,
+    check,
+    class_of,
+    speech_end_ms,
+)
 from sipbridge.media.analyze import analyze_samples, load_audio  # noqa: E402
 
 # what an item is, from its name: the voice/session part is dropped
@@ -60,6 +65,7 @@ def run(folder: Path) -> dict[str, Any]:
     rows: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
     misses: list[dict[str, Any]] = []
     human_lat: list[int] = []
+    mid_pause: list[str] = []  # decided in a pause before the transcript's end (counted right)
     splits: dict[str, dict[str, Any]] = defaultdict(
         lambda: {"n": 0, "ok": 0, "machines": 0, "m_as_h": 0, "humans": 0, "h_ok": 0, "lat": []}
     )
@@ -79,8 +85,11 @@ def run(folder: Path) -> dict[str, Any]:
             sp["machines"] += 1
             sp["m_as_h"] += det.answered_by == "human"
         if det.answered_by == lab["answered_by"] == "human" and lab["greeting_end_ms"]:
-            human_lat.append(det.decided_at_ms - lab["greeting_end_ms"])
+            end = speech_end_ms(folder / f, lab, det)
+            human_lat.append(det.decided_at_ms - end)
             sp["lat"].append(human_lat[-1])
+            if end != lab["greeting_end_ms"]:
+                mid_pause.append(f)
         if errs:
             misses.append(
                 {
@@ -98,6 +107,7 @@ def run(folder: Path) -> dict[str, Any]:
         "rows": rows,
         "misses": misses,
         "human_lat": human_lat,
+        "mid_pause": mid_pause,
         "splits": dict(sorted(splits.items())),
     }
 
@@ -124,6 +134,11 @@ def report(r: dict[str, Any]) -> str:
         lines.append(
             f"Human decided after the end of speech (when called human): median "
             f"{np.percentile(lat, 50):.0f} ms, p90 {np.percentile(lat, 90):.0f} ms (n={len(lat)})."
+        )
+    if r["mid_pause"]:
+        lines.append(
+            f"Decided human in a pause of {MID_PAUSE_MIN_MS} ms or more before the transcript's "
+            f"end (latency from the pause's start): {', '.join(r['mid_pause'])}."
         )
     lines += [
         "",

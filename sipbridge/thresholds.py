@@ -40,6 +40,8 @@ class DetectionThresholds(TypedDict, total=False):
     sit_confirm_ms: Annotated[int, _ms(10, 5_000)]
     ced_min_ms: Annotated[int, _ms(50, 10_000)]
     operator_silence_ms: Annotated[int, _ms(100, 10_000)]
+    operator_masked_silence_ms: Annotated[int, _ms(100, 10_000)]
+    operator_clear_db: Annotated[float, Field(ge=0, le=120)]
     operator_max_greeting_ms: Annotated[int, _ms(500, 60_000)]
     screening_silence_ms: Annotated[int, _ms(100, 30_000)]
     screening_min_greeting_ms: Annotated[int, _ms(0, 30_000)]

@@ -78,12 +78,22 @@ def trim(x: np.ndarray) -> np.ndarray:
     return x[act[0] * 80 : (act[-1] + 1) * 80].copy()
 
 
-def speech_end(x: np.ndarray, rel_db: float = -35.0) -> int:
+def speech_end(
+    x: np.ndarray, rel_db: float = -35.0, until: int | None = None, min_windows: int = 1
+) -> int:
     """Ground-truth end of speech in a clip (samples): the last 10 ms window within 35 dB of the
-    loudest one. Quieter tails (a fading fricative) are inaudible on a phone line."""
+    loudest one. Quieter tails (a fading fricative) are inaudible on a phone line. With
+    ``until`` (samples): the last such window ending by then (0 if none). With
+    ``min_windows``: only runs of that many such windows count (a 10 ms click is no speech)."""
     n = x.size // 80
     e = np.array([np.mean(x[i * 80 : (i + 1) * 80] ** 2) for i in range(n)]) + 1e-12
-    act = np.nonzero(10 * np.log10(e / e.max()) > rel_db)[0]
+    on = (10 * np.log10(e / e.max()) > rel_db).astype(np.int64)
+    # the last window of every run of min_windows active windows
+    act = np.flatnonzero(np.convolve(on, np.ones(min_windows, np.int64), "valid") == min_windows)
+    act = act + min_windows - 1
+    if until is not None:
+        act = act[(act + 1) * 80 <= until]
+        return int((act[-1] + 1) * 80) if act.size else 0
     return int((act[-1] + 1) * 80) if act.size else x.size
 
 

@@ -213,13 +213,15 @@ class AnswerRules(FrameFeeder):
                     reason=f"{span} ms greeting then {cfg.after_greeting_silence_ms} ms silence",
                 )
                 return
-            if self._live_long and t_end - lw >= cfg.operator_silence_ms * (
-                1.0 if self._ends_in_question(lw) else 5.0 / 3.0
-            ):
+            wait = self._operator_wait(lw) if self._live_long else 0
+            if self._live_long and t_end - lw >= wait:
+                # the "live" floor was the line's comfort noise, or a recording's bed that
+                # stops with it (a live room never drops to digital silence)
                 cn = self._floor.own_silence(lw, cfg.recorded_line_dbfs)
-                if cn is not None:  # the "live" floor was the line's comfort noise
+                why = self._own_why(cn) if cn is not None else self._dead_after(lw)
+                if why:
                     self._live_long = False
-                    self._machine(t_end, f"recorded prompt ({self._own_why(cn)})", events)
+                    self._machine(t_end, f"recorded prompt ({why})", events)
                     return
                 self._decide(
                     "human",
@@ -229,11 +231,23 @@ class AnswerRules(FrameFeeder):
                     hint="operator",
                     reason=f"{span} ms greeting in a live voice (noise floor "
                     f"{self._floor.pre_db:.0f} dBFS unchanged under it), then "
-                    f"{cfg.operator_silence_ms} ms silence: operator",
+                    f"{wait} ms silence: operator",
                 )
                 return
         if t_end - gs >= cfg.total_analysis_ms and not self._live_long:
             self._machine(t_end, "speech still undecided at total analysis time", events)
+
+    def _operator_wait(self, last_word_end: int) -> int:
+        """Silence after a live-sounding long greeting (ending at ``last_word_end``) before
+        it is an operator: short when the line's floor lies far enough under the speech to
+        have shown a recording's bed (or the greeting ends in a question), else long enough
+        for a late beep (see the thresholds)."""
+        cfg = self.cfg
+        speech, pre = self._floor.speech_db(), self._floor.pre_db
+        clear = speech is not None and pre is not None and speech - pre >= cfg.operator_clear_db
+        if clear or self._ends_in_question(last_word_end):
+            return cfg.operator_silence_ms
+        return cfg.operator_masked_silence_ms
 
     def _recorded_why(self, last_word_end: int) -> str:
         """Why a short greeting ending at ``last_word_end`` is a recording ('' if not)."""
@@ -242,6 +256,11 @@ class AnswerRules(FrameFeeder):
         cn = self._floor.own_silence(last_word_end, self.cfg.recorded_line_dbfs)
         if cn is not None:
             return self._own_why(cn)
+        return self._dead_after(last_word_end)
+
+    def _dead_after(self, last_word_end: int) -> str:
+        """'then digital silence' when the line drops to it after the greeting (a
+        recording's bed, or its clean end, then nothing); '' otherwise."""
         after = self._floor.after_db(last_word_end + 300)
         if after is not None and after <= self.cfg.recorded_line_dbfs:
             return f"then digital silence ({after:.0f} dBFS): no microphone on the line"

@@ -176,6 +176,12 @@ class FloorTracker:
                 return cn
         return None
 
+    def speech_db(self) -> float | None:
+        """The greeting's loud frames (its vowels): the 90th percentile of the levels of the
+        frames that are not pauses in the last 3 s; None before 10 such frames."""
+        lv = [lv for _, lv, q in self._since if not q]
+        return float(np.percentile(lv, 90)) if len(lv) >= 10 else None
+
     @property
     def gap_frames(self) -> int:
         """Pause frames measured so far."""
