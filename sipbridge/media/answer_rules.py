@@ -198,7 +198,12 @@ class AnswerRules(FrameFeeder):
                 self._machine(t_end, f"more than {cfg.max_words} words", events)
                 return
         lw = self._last_word_end
-        if lw is not None and sp.state == 0 and t_end - lw >= cfg.after_greeting_silence_ms:
+        if (
+            lw is not None
+            and sp.state == 0
+            and t_end - lw >= cfg.after_greeting_silence_ms
+            and not self._beep_may_be_starting()
+        ):
             span = lw - gs
             if span <= cfg.max_greeting_ms and not self._live_long:
                 why = self._recorded_why(lw)
@@ -248,6 +253,18 @@ class AnswerRules(FrameFeeder):
         if clear or self._ends_in_question(last_word_end):
             return cfg.operator_silence_ms
         return cfg.operator_masked_silence_ms
+
+    def _beep_may_be_starting(self) -> bool:
+        """A tone in the beep band is sounding but not yet long enough to be a beep: a
+        human decision waits for it (at most ``beep_min_ms``), or a beep that starts just
+        before the silence is up would lose to "human" by a frame or two."""
+        run = self._runs.current
+        cfg = self.cfg
+        return (
+            run is not None
+            and cfg.beep_min_hz <= run.hz <= cfg.beep_max_hz
+            and run.duration_ms < cfg.beep_min_ms
+        )
 
     def _recorded_why(self, last_word_end: int) -> str:
         """Why a short greeting ending at ``last_word_end`` is a recording ('' if not)."""

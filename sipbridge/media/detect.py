@@ -232,7 +232,9 @@ class Detector(AnswerRules):
             return
         if cur is not None:
             self._check_run_live(cur, t_end, events)
-            if self._done:
+            if self._done or self._beep_run is not None:
+                # a beep decided "machine" in this frame: no other rule may run after it
+                # (the operator wait could end in the same frame and say "human")
                 return
         # --- speech (before call progress: a cadence must have no speech in it) -----------
         sp = self._speech

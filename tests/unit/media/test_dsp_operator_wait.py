@@ -56,7 +56,19 @@ def test_live_talker_on_a_noisy_line_waits_for_a_late_beep(speech: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    ("floor_db", "beep_after_ms"), [(-60.0, 500), (-56.0, 600), (-34.0, 800), (-34.0, 1200)]
+    ("floor_db", "beep_after_ms"),
+    # 700-820 ms: the beep starts as the 900 ms wait runs out (counted from the VAD's end
+    # of the last word, which comes before the label's): it must still win (it once lost
+    # to "human" in the frame that found it, and while it was shorter than a beep)
+    [
+        (-60.0, 500),
+        (-56.0, 600),
+        (-60.0, 700),
+        (-60.0, 760),
+        (-60.0, 820),
+        (-34.0, 800),
+        (-34.0, 1200),
+    ],
 )
 def test_live_looking_prompt_with_its_beep_soon_after_stays_machine(
     speech: Any, floor_db: float, beep_after_ms: int
