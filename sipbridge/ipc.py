@@ -136,6 +136,9 @@ class LegEvent:
     detail: str = ""  # human-readable extra, e.g. a transport error text
     # Seconds from a final response's Retry-After header (RFC 3261 20.33), e.g. on 503.
     retry_after_s: float | None = None
+    # Only for "trying": monotonic times the worker took the Dial and makeCall returned
+    # (sipbridge.dialstages).
+    dial_mono: tuple[float, float] | None = None
     type: str = "leg"
 
 

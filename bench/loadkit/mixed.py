@@ -23,6 +23,7 @@ import httpx
 
 from loadkit.common import SID_HDR, carrier_invites, drive, pct
 from loadkit.conc import conc_config, hangup_all, hold_calls, rtp_sample
+from loadkit.stages import breakdown, fmt, read_stages
 from sipbridge.admissionconfig import AdmissionConfig
 from sipbridge.devtools.bridge import AUTH, Bridge, Stack
 from sipbridge.devtools.sipp import SippUas
@@ -85,6 +86,8 @@ def _run(
 ) -> dict[str, Any]:
     """One run of ``dur`` s of CPS short calls; ``burn``: burner from/to (s into the run)."""
     load1 = os.getloadavg()[0]
+    log_path = b.log_dir / "bridge.log"
+    log_offset = log_path.stat().st_size
     t0 = time.time()
     watch = _Watch(b.base, held_sid, t0)
     watch.start()
@@ -149,23 +152,33 @@ def _run(
         "lat_p99_ms": pct(lat, 99),
         "lat_max_ms": max(lat) if lat else float("nan"),
         "waited_over_1s": sum(1 for x in lat if x > 1000),
+        "stages": breakdown(d["sent"], inv, read_stages(log_path, log_offset)),
         "rtp_window_s": list(win),
         "rtp": rtp,
         "readyz": [[round(t, 1), c, e] for t, c, e in watch.ready],
     }
 
 
-def phase_mixed(work: Path, quick: bool, admission: dict[str, Any] | None = None) -> dict[str, Any]:
+def phase_mixed(
+    work: Path,
+    quick: bool,
+    admission: dict[str, Any] | None = None,
+    held_target: int = HELD,
+    seconds: float | None = None,
+) -> dict[str, Any]:
     """``admission``: keys that replace the phase's admission section (e.g. to compare
-    with admission control off, or without the CPU signal on a shared machine)."""
+    with admission control off, or without the CPU signal on a shared machine).
+    ``held_target``, ``seconds``: a smaller variant (e.g. 80 held calls, 20 s runs) for
+    A/B comparisons on a shared machine."""
     admission = {**ADMISSION, **(admission or {})}
-    dur = 30.0 if quick else 60.0
-    burn = (5.0, dur - 15.0)  # room to see the node trip, and resume before the end
+    dur = seconds or (30.0 if quick else 60.0)
+    # room to see the node trip, and resume before the end
+    burn = (5.0, dur - 15.0) if dur >= 45 else (5.0, dur - 5.0)
     log_dir = work / "mixed"
     log_dir.mkdir()
-    out: dict[str, Any] = {"held_target": HELD, "cps": CPS, "admission": admission}
+    out: dict[str, Any] = {"held_target": held_target, "cps": CPS, "admission": admission}
     with Stack(log_dir) as st:
-        _loop_carrier, agent, cfg = conc_config(st, log_dir, HELD + 50, admission=admission)
+        _loop_carrier, agent, cfg = conc_config(st, log_dir, held_target + 50, admission=admission)
         short = st.sipp("uas_answer_then_bye.xml")
         cfg["trunks"].append(
             {
@@ -180,10 +193,10 @@ def phase_mixed(work: Path, quick: bool, admission: dict[str, Any] | None = None
         sids: list[str] = []
         ramp_until = time.monotonic() + 120
         refused = 0
-        while len(sids) < HELD and time.monotonic() < ramp_until:
-            d = hold_calls(b.base, sids, HELD - len(sids))
+        while len(sids) < held_target and time.monotonic() < ramp_until:
+            d = hold_calls(b.base, sids, held_target - len(sids))
             refused += d["errors"].get("HTTP 503", 0)
-            if len(sids) < HELD:
+            if len(sids) < held_target:
                 time.sleep(5.0)  # refused during the ramp: wait out Retry-After
         out["held"] = len(sids)
         out["ramp_refused"] = refused
@@ -254,6 +267,8 @@ def report_mixed(r: dict[str, Any]) -> str:
     )
     if example:
         lines += ["", f'A refusal\'s body: `{{"error": "{example}"}}` with `Retry-After`.']
+    lines += ["", "Trigger→INVITE by stage (bench/loadkit/stages.py):", ""]
+    lines += [f"- {n}: {fmt(r[n].get('stages', {}))}" for n in ("alone", "burner") if r.get(n)]
     return "\n".join(lines).rstrip() + "\n"
 
 

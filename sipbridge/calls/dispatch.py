@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import replace
 
 from sipbridge.calls.context import CallContext
 from sipbridge.calls.ending import iso
 from sipbridge.calls.live import Attempt, LiveCall
+from sipbridge.dialstages import DialStages
 from sipbridge.errors import PoolFull
 from sipbridge.flow import CallFlow
 from sipbridge.headers import validate_header_value
@@ -61,6 +63,8 @@ class Dispatcher:
         self.queued: Callable[[], list[CallRecord]] = lambda: ctx.journal.store.by_status("queued")
         # Admission control (sipbridge.loadwatch): True = overloaded, start no new call.
         self.paused: Callable[[], bool] = lambda: False
+        # Where a first dial's time goes (sipbridge.dialstages; metrics observe it).
+        self.stages = DialStages()
 
     def wake(self) -> None:
         """Something changed (a new call, a free slot): schedule a pass now."""
@@ -203,6 +207,7 @@ class Dispatcher:
             resting = self.health.earliest_available(policy.trunks, now)
             wait = (resting - now) if resting else 1.0
             return max(wait, 0.005)
+        self.stages.mark(rec.call_sid, "picked", time.monotonic())
         live = self.ctx.registry.open(rec.call_sid)
         live.attempt = Attempt(number=rec.attempts + 1, hunt=hunt, started_at=now)
         blocked = self.dial_hop(rec, live)
@@ -296,6 +301,7 @@ class Dispatcher:
         except PoolFull:
             self.limiter.release(name)
             return _RETRY_SOON_S
+        self.stages.mark(rec.call_sid, "sent", time.monotonic())
         attempt.leg_id, attempt.trunk, attempt.waiting = plan.leg_id, name, False
         ctx.registry.add_leg(live, plan.leg_id, "carrier", worker)
         if live.flow is None:  # one flow per attempt, whatever hop answers

@@ -30,6 +30,7 @@ from sipbridge.cluster import redislimits
 from sipbridge.cluster.bus import CommandBus, start_node_bus
 from sipbridge.config import Config, check_dtmf
 from sipbridge.errors import CallNotFound, InvalidTransition
+from sipbridge.ipc import LegEvent
 from sipbridge.limits import RateLimiter, Slots
 from sipbridge.records import CallEvent, CallRecord
 from sipbridge.store import CallStore
@@ -131,6 +132,7 @@ class CallService:
     def _ended(self, call_sid: str) -> None:
         """A call reached a terminal status: its attempt and policy are over."""
         self.policies.forget(call_sid)
+        self.dispatcher.stages.forget(call_sid)
         live = self.registry.get(call_sid)
         if live is not None:
             live.end_attempt()
@@ -214,8 +216,12 @@ class CallService:
 
     def trigger(self, req: TriggerInput, start: bool = True) -> CallRecord:
         """Validate routing, encryption, window and headers now, then store the call as
-        queued. Idempotent on ``idempotency_key``. Raises RoutingError / HeaderError."""
-        return self.triggers.trigger(req, start)
+        queued. Idempotent on ``idempotency_key``. Raises RoutingError / HeaderError.
+        Its first dial is measured by stage (sipbridge.dialstages)."""
+        received = time.monotonic()
+        rec = self.triggers.trigger(req, start)
+        self.dispatcher.stages.start(rec.call_sid, received, time.monotonic())
+        return rec
 
     def _record(self, call_sid: str) -> CallRecord:
         rec = self.store.get(call_sid, self.clock())
@@ -311,6 +317,9 @@ class CallService:
     def on_sip_event(self, ev: SipEvent) -> None:
         """Entry point for everything the worker pool reports (in arrival order; held
         while the store cannot be reached, see sipbridge.calls.backlog)."""
+        if isinstance(ev, LegEvent) and ev.dial_mono is not None:
+            offset = time.time() - time.monotonic()
+            self.dispatcher.stages.finish(ev.call_sid, *ev.dial_mono, wall_offset_s=offset)
         self.backlog.submit(ev)
 
 
