@@ -98,7 +98,7 @@ class CallService:
         self.prober = TrunkProber(
             ctx.cfg, self.dispatcher.health, on_change=lambda _trunk, _up: self.dispatcher.wake()
         )
-        self.triggers = Triggers(ctx, wake=self.dispatcher.wake)
+        self.triggers = Triggers(ctx, on_queued=self.dispatcher.dial_new)
         self.inbound = InboundCalls(ctx, self.dispatcher, self.triggers.trigger)
         self.actions = Actions(ctx, self.endings, self.inbound)
         self.events = SipEvents(
@@ -218,10 +218,7 @@ class CallService:
         """Validate routing, encryption, window and headers now, then store the call as
         queued. Idempotent on ``idempotency_key``. Raises RoutingError / HeaderError.
         Its first dial is measured by stage (sipbridge.dialstages)."""
-        received = time.monotonic()
-        rec = self.triggers.trigger(req, start)
-        self.dispatcher.stages.start(rec.call_sid, received, time.monotonic())
-        return rec
+        return self.triggers.trigger(req, start, received=time.monotonic())
 
     def _record(self, call_sid: str) -> CallRecord:
         rec = self.store.get(call_sid, self.clock())
