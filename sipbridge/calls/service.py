@@ -32,6 +32,7 @@ from sipbridge.config import Config, check_dtmf
 from sipbridge.errors import CallNotFound, InvalidTransition
 from sipbridge.ipc import LegEvent
 from sipbridge.limits import RateLimiter, Slots
+from sipbridge.priority import set_process_nice
 from sipbridge.records import CallEvent, CallRecord
 from sipbridge.store import CallStore
 
@@ -147,6 +148,8 @@ class CallService:
         else:
             self.endings.recover()
         await self.pool.start()
+        # the workers' fork server runs: a supervisor_nice is the supervisor's own
+        set_process_nice(self.cfg.admission.supervisor_nice, "admission.supervisor_nice")
         if self.node is not None:
             await self.node.start()
         self._tasks.append(
