@@ -23,6 +23,7 @@ import httpx
 
 from loadkit.common import SID_HDR, carrier_invites, drive, pct
 from loadkit.conc import conc_config, hangup_all, hold_calls, rtp_sample
+from loadkit.procs import TICK, cpu_ticks
 from loadkit.stages import breakdown, fmt, read_stages
 from sipbridge.admissionconfig import AdmissionConfig
 from sipbridge.devtools.bridge import AUTH, Bridge, Stack
@@ -88,6 +89,7 @@ def _run(
     load1 = os.getloadavg()[0]
     log_path = b.log_dir / "bridge.log"
     log_offset = log_path.stat().st_size
+    sup_ticks = cpu_ticks(b.proc.pid)  # the supervisor's own CPU (not its workers')
     t0 = time.time()
     watch = _Watch(b.base, held_sid, t0)
     watch.start()
@@ -124,6 +126,7 @@ def _run(
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and len(set(sids) & set(carrier_invites(short))) < len(sids):
         time.sleep(0.5)  # polling SIPp's log for the queued calls' INVITEs, bounded
+    sup_cpu_pct = 100 * (cpu_ticks(b.proc.pid) - sup_ticks) / TICK / (time.time() - t0)
     watch.stop.set()
     watch.join(10)
     inv = carrier_invites(short)
@@ -136,6 +139,7 @@ def _run(
     return {
         "burner": list(burn) if burn else None,
         "loadavg_1m": load1,
+        "supervisor_cpu_pct": round(sup_cpu_pct, 1),
         "duration_s": dur,
         "triggered": len(d["sent"]) + sum(d["errors"].values()),
         "accepted": len(sids),
