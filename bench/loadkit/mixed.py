@@ -46,6 +46,17 @@ def _burn(seconds: float) -> list[subprocess.Popen[bytes]]:
     ]
 
 
+def _psi_cpu_some_us() -> int | None:
+    """Linux PSI: total µs some runnable task waited for a CPU (None without PSI)."""
+    try:
+        for line in Path("/proc/pressure/cpu").read_text().splitlines():
+            if line.startswith("some "):
+                return int(line.rsplit("total=", 1)[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def _nice0() -> None:
     """In a burner: nice 0 whatever the bench runs at (--peers-nice)."""
     os.setpriority(os.PRIO_PROCESS, 0, 0)
@@ -97,6 +108,7 @@ def _run(
     log_path = b.log_dir / "bridge.log"
     log_offset = log_path.stat().st_size
     sup_ticks = cpu_ticks(b.proc.pid)  # the supervisor's own CPU (not its workers')
+    psi0 = _psi_cpu_some_us()
     t0 = time.time()
     watch = _Watch(b.base, held_sid, t0)
     watch.start()
@@ -133,7 +145,10 @@ def _run(
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and len(set(sids) & set(carrier_invites(short))) < len(sids):
         time.sleep(0.5)  # polling SIPp's log for the queued calls' INVITEs, bounded
-    sup_cpu_pct = 100 * (cpu_ticks(b.proc.pid) - sup_ticks) / TICK / (time.time() - t0)
+    elapsed = time.time() - t0
+    sup_cpu_pct = 100 * (cpu_ticks(b.proc.pid) - sup_ticks) / TICK / elapsed
+    psi1 = _psi_cpu_some_us()
+    psi_pct = None if psi0 is None or psi1 is None else (psi1 - psi0) / 1e4 / elapsed
     watch.stop.set()
     watch.join(10)
     inv = carrier_invites(short)
@@ -147,6 +162,7 @@ def _run(
         "burner": list(burn) if burn else None,
         "loadavg_1m": load1,
         "supervisor_cpu_pct": round(sup_cpu_pct, 1),
+        "psi_cpu_some_pct": None if psi_pct is None else round(psi_pct, 1),
         "duration_s": dur,
         "triggered": len(d["sent"]) + sum(d["errors"].values()),
         "accepted": len(sids),
