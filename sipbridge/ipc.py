@@ -310,6 +310,8 @@ def decode(d: Any) -> Command | Event:
             body["headers"] = tuple(tuple(h) for h in body["headers"])
         if kind == "detection":
             body["detection"] = Detection(**body["detection"])
+        if kind == "leg" and body.get("dial_mono") is not None:
+            body["dial_mono"] = tuple(body["dial_mono"])
         cls = {
             "hangup": Hangup,
             "dtmf": SendDtmf,

@@ -319,7 +319,10 @@ class CallService:
         while the store cannot be reached, see sipbridge.calls.backlog)."""
         if isinstance(ev, LegEvent) and ev.dial_mono is not None:
             offset = time.time() - time.monotonic()
-            self.dispatcher.stages.finish(ev.call_sid, *ev.dial_mono, wall_offset_s=offset)
+            try:  # diagnostics never stop the event
+                self.dispatcher.stages.finish(ev.call_sid, *ev.dial_mono, wall_offset_s=offset)
+            except (TypeError, ValueError):
+                log.warning("%s: malformed dial times %r", ev.call_sid, ev.dial_mono)
         self.backlog.submit(ev)
 
 
