@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -65,12 +66,16 @@ class Dispatcher:
         self.paused: Callable[[], bool] = lambda: False
         # Where a first dial's time goes (sipbridge.dialstages; metrics observe it).
         self.stages = DialStages()
-        # The last pass left nothing waiting (no queued call, no failover hop): a new
-        # call has nobody ahead of it and may be dialled at once (dial_new).
-        self._clear = False
+        # Until this time (ctx.clock) a new call has nobody ahead of it and may be dialled
+        # at once (dial_new): the last pass left no failover hop and no queued call
+        # waiting, except calls whose not_before is later (a retry's backoff, a closed
+        # calling window). 0: not clear.
+        self._clear_until = 0.0
 
     def wake(self) -> None:
-        """Something changed (a new call, a free slot): schedule a pass now."""
+        """Something changed (a new call, a free slot, a call queued again): schedule a
+        pass now; until it has looked, a new call may not be the first in line."""
+        self._clear_until = 0.0
         self._wake.set()
 
     async def run(self, stopping: Callable[[], bool]) -> None:
@@ -95,11 +100,12 @@ class Dispatcher:
         trigger came (monotonic), to time its dial by stage."""
         if received is not None:
             self.stages.start(rec.call_sid, received, time.monotonic())
-        if not self._clear or self.ctx.node_id is not None or self.paused():
+        now = self.ctx.clock()
+        if now >= self._clear_until or self.ctx.node_id is not None or self.paused():
             self.wake()
             return
         try:
-            blocked = self._dispatch_queued(rec, self.ctx.clock())
+            blocked = self._dispatch_queued(rec, now)
         except Exception as e:
             log.exception(
                 "%s: cannot dispatch the call", rec.call_sid, extra={"call_sid": rec.call_sid}
@@ -107,12 +113,12 @@ class Dispatcher:
             self.on_error(rec.call_sid, e)
             return
         if blocked is not None:
-            self._clear = False
+            self._clear_until = 0.0
             self.wake()
 
     def run_once(self) -> float:
         """One scheduling pass; returns seconds until the next pass is useful."""
-        self._clear = False
+        self._clear_until = 0.0
         now = self.ctx.clock()
         wait = 1.0
         for sid in list(self._failover):
@@ -126,8 +132,9 @@ class Dispatcher:
                 wait = min(wait, blocked)
         if self.paused():  # queued calls stay queued (and unclaimed in cluster mode)
             return wait
-        clear = not self._failover
+        clear_until = 0.0 if self._failover else math.inf
         for rec in self.queued():
+            due = rec.not_before if rec.not_before is not None and rec.not_before > now else None
             try:
                 blocked = self._dispatch_queued(rec, now)
             except Exception as e:
@@ -137,12 +144,13 @@ class Dispatcher:
                 self.on_error(rec.call_sid, e)
                 continue
             if blocked == _NO_SLOT:
-                clear = False
+                clear_until = 0.0
                 break
             if blocked is not None:
-                clear = False
+                # waiting for its time: no obstacle to a new call before then
+                clear_until = min(clear_until, due) if due is not None else 0.0
                 wait = min(wait, blocked)
-        self._clear = clear
+        self._clear_until = clear_until
         return wait
 
     # ---- failover queue --------------------------------------------------------------

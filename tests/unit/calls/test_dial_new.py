@@ -53,3 +53,21 @@ def test_not_in_cluster_mode(tmp_path):
     h.svc.dispatcher.ctx.node_id = "node-a"  # a call is dialled by the node that claims it
     h.trigger()
     assert _dialled(h) == []
+
+
+def test_a_retry_in_backoff_is_not_in_the_way_until_it_is_due(tmp_path):
+    retry = {"max_attempts": 2, "base_s": 10, "jitter": 0, "retry_on": ["busy"]}
+    h = CallHarness(tmp_path, cfg(retry=retry), slots=1)
+    h.svc.dispatch_once()
+    busy = h.trigger("+12125550123")
+    h.end(h.pool.plans[0], 486)  # queued again, not before +10 s
+    h.svc.dispatch_once()  # the pass sees it waiting for its time
+    new = h.trigger("+12125550124")
+    assert _dialled(h) == [busy, new]  # dialled at once: the retry was not due
+    h.end(h.pool.plans[1], 486)
+    h.clock.t += 10.5  # the retry is due now: a newer call does not overtake it
+    later = h.trigger("+12125550125")
+    assert _dialled(h) == [busy, new]
+    h.svc.dispatch_once()
+    assert _dialled(h) == [busy, new, busy]
+    assert h.rec(later).status == "queued"
