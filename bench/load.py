@@ -68,6 +68,19 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         help="mixed phase: JSON of admission keys to override, e.g. '{\"max_cpu_busy\": null}'",
     )
+    ap.add_argument(
+        "--held", type=int, default=150, help="mixed phase: held analysed calls (default 150)"
+    )
+    ap.add_argument(
+        "--seconds", type=float, default=0.0, help="mixed phase: seconds per run (default 60)"
+    )
+    ap.add_argument(
+        "--peers-nice",
+        type=int,
+        default=None,
+        help="mixed phase: nice value of the API client and SIPp (e.g. -5, the node's); "
+        "default: the bench's own",
+    )
     ap.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument(
@@ -100,7 +113,14 @@ def main(argv: list[str] | None = None) -> int:
             res["memory"] = phase_memory(work, a.quick, rate)
             print(f"  memory: {res['memory']}", flush=True)
         if "mixed" in phases:
-            res["mixed"] = phase_mixed(work, a.quick, json.loads(a.admission or "{}"))
+            res["mixed"] = phase_mixed(
+                work,
+                a.quick,
+                json.loads(a.admission or "{}"),
+                a.held,
+                a.seconds or None,
+                a.peers_nice,
+            )
     finally:
         print(f"total {time.monotonic() - t0:.0f} s; logs in {work}", flush=True)
         if not a.keep and res:

@@ -53,6 +53,9 @@ class AdmissionConfig(StrictModel):
     # without it a warning is logged and the node runs at its current priority. null:
     # leave the priority alone. Applies with enabled: false too.
     process_nice: Annotated[int, Field(ge=-20, le=19)] | None = -5
+    # The supervisor's own nice value, set once its SIP workers' fork server runs (the
+    # workers keep process_nice). null (default): the supervisor stays at process_nice.
+    supervisor_nice: Annotated[int, Field(ge=-20, le=19)] | None = None
 
     @model_validator(mode="after")
     def _bands(self) -> AdmissionConfig:

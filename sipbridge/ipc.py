@@ -136,6 +136,9 @@ class LegEvent:
     detail: str = ""  # human-readable extra, e.g. a transport error text
     # Seconds from a final response's Retry-After header (RFC 3261 20.33), e.g. on 503.
     retry_after_s: float | None = None
+    # Only for "trying": monotonic times the worker took the Dial and makeCall returned
+    # (sipbridge.dialstages).
+    dial_mono: tuple[float, float] | None = None
     type: str = "leg"
 
 
@@ -307,6 +310,8 @@ def decode(d: Any) -> Command | Event:
             body["headers"] = tuple(tuple(h) for h in body["headers"])
         if kind == "detection":
             body["detection"] = Detection(**body["detection"])
+        if kind == "leg" and body.get("dial_mono") is not None:
+            body["dial_mono"] = tuple(body["dial_mono"])
         cls = {
             "hangup": Hangup,
             "dtmf": SendDtmf,

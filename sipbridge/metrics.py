@@ -30,6 +30,7 @@ PDD_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 12.0, 20.0, 30.0, 60.0)
 # Detection: decided at, in seconds from answer (or from the start of early media).
 DETECTION_BUCKETS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 20.0, 30.0)
 API_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+DIAL_STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 
 
 class Gauges(Protocol):
@@ -167,6 +168,15 @@ class Metrics:
             "HTTP API request handling time",
             ["route", "method"],
             buckets=API_BUCKETS,
+            registry=r,
+        )
+        self.dial_stages = Histogram(
+            "sipbridge_dial_stage_seconds",
+            "A call's first dial, trigger to INVITE sent, by stage (api: validate and "
+            "store; queue: wait for the scheduler; place: limits and the Dial command; "
+            "worker_wait: the SIP worker taking it; invite: pjsua sending the INVITE)",
+            ["stage"],
+            buckets=DIAL_STAGE_BUCKETS,
             registry=r,
         )
         self.webhooks = Counter(

@@ -62,6 +62,9 @@ class Operations:
     ) -> None:
         self.service = service
         self.metrics = Metrics(_ServiceGauges(service))
+        service.dispatcher.stages.observe = lambda stage, s: self.metrics.dial_stages.labels(
+            stage=stage
+        ).observe(s)
         self.webhooks = WebhookDispatcher(
             service.cfg.webhooks,
             render,

@@ -8,6 +8,11 @@ RTP past a 60 ms gap (bench/load --phases mixed). A lower nice value gives the n
 larger share of a contended core. Asterisk (``asterisk -p``) and FreeSWITCH (``-hp``/``-rp``)
 raise their own priority for the same reason.
 
+``admission.supervisor_nice`` (optional) sets the supervisor's own value once the
+workers' fork server runs (the workers keep ``process_nice``): the supervisor uses
+a few % of a core but every trigger and dial waits for it, so a lower value makes the
+kernel run it first when it wakes, at little cost to the workers' share.
+
 The supervisor sets its own nice value before it starts the SIP workers' fork server, so
 every worker inherits it. Lowering nice below 0 needs CAP_SYS_NICE (root, or
 ``cap_add: [SYS_NICE]`` in a container, or ``LimitNICE=``/``Nice=`` in a systemd unit):
@@ -22,9 +27,11 @@ import os
 log = logging.getLogger("sipbridge.priority")
 
 
-def set_process_nice(nice: int | None) -> str | None:
+def set_process_nice(nice: int | None, key: str = "admission.process_nice") -> str | None:
     """Set this process's nice value to ``nice`` (None: leave it). Returns a warning line
-    when the system refused it (also logged), else None."""
+    when the system refused it (also logged, naming the config ``key``), else None.
+    On Linux the nice value is per thread: this sets the calling thread's (the event
+    loop's), and threads it starts later inherit it."""
     if nice is None:
         return None
     current = os.getpriority(os.PRIO_PROCESS, 0)
@@ -34,12 +41,12 @@ def set_process_nice(nice: int | None) -> str | None:
         os.setpriority(os.PRIO_PROCESS, 0, nice)
     except OSError as e:  # PermissionError without CAP_SYS_NICE / RLIMIT_NICE
         msg = (
-            f"admission.process_nice: cannot set nice {nice} ({e.strerror}; lowering it "
+            f"{key}: cannot set nice {nice} ({e.strerror}; lowering it "
             f"needs CAP_SYS_NICE or RLIMIT_NICE): running at nice {current}"
         )
         log.warning(msg)
         return msg
-    log.info("process nice %d -> %d (the SIP workers inherit it)", current, nice)
+    log.info("%s: nice %d -> %d", key, current, nice)
     return None
 
 

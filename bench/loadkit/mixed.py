@@ -23,6 +23,8 @@ import httpx
 
 from loadkit.common import SID_HDR, carrier_invites, drive, pct
 from loadkit.conc import conc_config, hangup_all, hold_calls, rtp_sample
+from loadkit.procs import TICK, cpu_ticks
+from loadkit.stages import breakdown, fmt, read_stages
 from sipbridge.admissionconfig import AdmissionConfig
 from sipbridge.devtools.bridge import AUTH, Bridge, Stack
 from sipbridge.devtools.sipp import SippUas
@@ -39,7 +41,25 @@ BURNERS = 2
 def _burn(seconds: float) -> list[subprocess.Popen[bytes]]:
     """BURNERS busy loops at nice 0, each ending by itself after ``seconds``."""
     code = f"import time\nend = time.time() + {seconds:.1f}\nwhile time.time() < end:\n    pass\n"
-    return [subprocess.Popen([sys.executable, "-c", code]) for _ in range(BURNERS)]
+    return [
+        subprocess.Popen([sys.executable, "-c", code], preexec_fn=_nice0) for _ in range(BURNERS)
+    ]
+
+
+def _psi_cpu_some_us() -> int | None:
+    """Linux PSI: total µs some runnable task waited for a CPU (None without PSI)."""
+    try:
+        for line in Path("/proc/pressure/cpu").read_text().splitlines():
+            if line.startswith("some "):
+                return int(line.rsplit("total=", 1)[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _nice0() -> None:
+    """In a burner: nice 0 whatever the bench runs at (--peers-nice)."""
+    os.setpriority(os.PRIO_PROCESS, 0, 0)
 
 
 class _Watch(threading.Thread):
@@ -85,6 +105,10 @@ def _run(
 ) -> dict[str, Any]:
     """One run of ``dur`` s of CPS short calls; ``burn``: burner from/to (s into the run)."""
     load1 = os.getloadavg()[0]
+    log_path = b.log_dir / "bridge.log"
+    log_offset = log_path.stat().st_size
+    sup_ticks = cpu_ticks(b.proc.pid)  # the supervisor's own CPU (not its workers')
+    psi0 = _psi_cpu_some_us()
     t0 = time.time()
     watch = _Watch(b.base, held_sid, t0)
     watch.start()
@@ -121,6 +145,10 @@ def _run(
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and len(set(sids) & set(carrier_invites(short))) < len(sids):
         time.sleep(0.5)  # polling SIPp's log for the queued calls' INVITEs, bounded
+    elapsed = time.time() - t0
+    sup_cpu_pct = 100 * (cpu_ticks(b.proc.pid) - sup_ticks) / TICK / elapsed
+    psi1 = _psi_cpu_some_us()
+    psi_pct = None if psi0 is None or psi1 is None else (psi1 - psi0) / 1e4 / elapsed
     watch.stop.set()
     watch.join(10)
     inv = carrier_invites(short)
@@ -133,6 +161,8 @@ def _run(
     return {
         "burner": list(burn) if burn else None,
         "loadavg_1m": load1,
+        "supervisor_cpu_pct": round(sup_cpu_pct, 1),
+        "psi_cpu_some_pct": None if psi_pct is None else round(psi_pct, 1),
         "duration_s": dur,
         "triggered": len(d["sent"]) + sum(d["errors"].values()),
         "accepted": len(sids),
@@ -149,23 +179,40 @@ def _run(
         "lat_p99_ms": pct(lat, 99),
         "lat_max_ms": max(lat) if lat else float("nan"),
         "waited_over_1s": sum(1 for x in lat if x > 1000),
+        "stages": breakdown(d["sent"], inv, read_stages(log_path, log_offset)),
         "rtp_window_s": list(win),
         "rtp": rtp,
         "readyz": [[round(t, 1), c, e] for t, c, e in watch.ready],
     }
 
 
-def phase_mixed(work: Path, quick: bool, admission: dict[str, Any] | None = None) -> dict[str, Any]:
+def phase_mixed(
+    work: Path,
+    quick: bool,
+    admission: dict[str, Any] | None = None,
+    held_target: int = HELD,
+    seconds: float | None = None,
+    peers_nice: int | None = None,
+) -> dict[str, Any]:
     """``admission``: keys that replace the phase's admission section (e.g. to compare
-    with admission control off, or without the CPU signal on a shared machine)."""
+    with admission control off, or without the CPU signal on a shared machine).
+    ``held_target``, ``seconds``: a smaller variant (e.g. 80 held calls, 20 s runs) for
+    A/B comparisons on a shared machine. ``peers_nice``: the nice value of the bench
+    itself and what it starts (API client, SIPp, tshark; the burners stay at 0): the
+    client and the carrier stand for other machines, so with the node's value they are
+    not slowed by the burner more than the node is."""
     admission = {**ADMISSION, **(admission or {})}
-    dur = 30.0 if quick else 60.0
-    burn = (5.0, dur - 15.0)  # room to see the node trip, and resume before the end
+    if peers_nice is not None:
+        os.setpriority(os.PRIO_PROCESS, 0, peers_nice)
+    dur = seconds or (30.0 if quick else 60.0)
+    # room to see the node trip, and resume before the end
+    burn = (5.0, dur - 15.0) if dur >= 45 else (5.0, dur - 5.0)
     log_dir = work / "mixed"
     log_dir.mkdir()
-    out: dict[str, Any] = {"held_target": HELD, "cps": CPS, "admission": admission}
+    out: dict[str, Any] = {"held_target": held_target, "cps": CPS, "admission": admission}
+    out["peers_nice"] = os.getpriority(os.PRIO_PROCESS, 0)
     with Stack(log_dir) as st:
-        _loop_carrier, agent, cfg = conc_config(st, log_dir, HELD + 50, admission=admission)
+        _loop_carrier, agent, cfg = conc_config(st, log_dir, held_target + 50, admission=admission)
         short = st.sipp("uas_answer_then_bye.xml")
         cfg["trunks"].append(
             {
@@ -180,10 +227,10 @@ def phase_mixed(work: Path, quick: bool, admission: dict[str, Any] | None = None
         sids: list[str] = []
         ramp_until = time.monotonic() + 120
         refused = 0
-        while len(sids) < HELD and time.monotonic() < ramp_until:
-            d = hold_calls(b.base, sids, HELD - len(sids))
+        while len(sids) < held_target and time.monotonic() < ramp_until:
+            d = hold_calls(b.base, sids, held_target - len(sids))
             refused += d["errors"].get("HTTP 503", 0)
-            if len(sids) < HELD:
+            if len(sids) < held_target:
                 time.sleep(5.0)  # refused during the ramp: wait out Retry-After
         out["held"] = len(sids)
         out["ramp_refused"] = refused
@@ -215,7 +262,8 @@ def report_mixed(r: dict[str, Any]) -> str:
         f"held calls of {r['held_target']} (carrier loops a greeting, detector on; "
         f"{r['ramp_refused']} triggers refused during the ramp), then {r['cps']:g} CPS of "
         "short calls (answered, BYE after 0.5 s) for each run. Burner: "
-        f"{BURNERS} busy loops at nice 0 over the seconds shown. Latency = trigger sent to "
+        f"{BURNERS} busy loops at nice 0 over the seconds shown; API client and SIPp at nice "
+        f"{r.get('peers_nice', 0)}. Latency = trigger sent to "
         "the INVITE at SIPp, accepted calls only. Late RTP = a stream at the agent with a "
         "gap over 60 ms (tshark). Machine load = 1-minute load average at the run's start "
         f"({os.cpu_count()} cores; other work on the machine counts).",
@@ -254,6 +302,8 @@ def report_mixed(r: dict[str, Any]) -> str:
     )
     if example:
         lines += ["", f'A refusal\'s body: `{{"error": "{example}"}}` with `Retry-After`.']
+    lines += ["", "Trigger→INVITE by stage (bench/loadkit/stages.py):", ""]
+    lines += [f"- {n}: {fmt(r[n].get('stages', {}))}" for n in ("alone", "burner") if r.get(n)]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -31,7 +31,9 @@ from sipbridge.cluster import redislimits
 from sipbridge.cluster.bus import CommandBus, start_node_bus
 from sipbridge.config import Config, check_dtmf
 from sipbridge.errors import CallNotFound, InvalidTransition
+from sipbridge.ipc import LegEvent
 from sipbridge.limits import RateLimiter, Slots
+from sipbridge.priority import set_process_nice
 from sipbridge.records import CallEvent, CallRecord
 from sipbridge.store import CallStore
 
@@ -101,7 +103,7 @@ class CallService:
         self.prober = TrunkProber(
             ctx.cfg, self.dispatcher.health, on_change=lambda _trunk, _up: self.dispatcher.wake()
         )
-        self.triggers = Triggers(ctx, wake=self.dispatcher.wake)
+        self.triggers = Triggers(ctx, on_queued=self.dispatcher.dial_new)
         self.inbound = InboundCalls(ctx, self.dispatcher, self.triggers.trigger)
         self.actions = Actions(ctx, self.endings, self.inbound)
         self.events = SipEvents(
@@ -136,6 +138,7 @@ class CallService:
     def _ended(self, call_sid: str) -> None:
         """A call reached a terminal status: its attempt and policy are over."""
         self.policies.forget(call_sid)
+        self.dispatcher.stages.forget(call_sid)
         live = self.registry.get(call_sid)
         if live is not None:
             live.end_attempt()
@@ -164,6 +167,8 @@ class CallService:
         else:
             self.endings.recover()
         await self.pool.start()
+        # the workers' fork server runs: a supervisor_nice is the supervisor's own
+        set_process_nice(self.cfg.admission.supervisor_nice, "admission.supervisor_nice")
         if self.node is not None:
             await self.node.start()
         self._tasks.append(
@@ -233,8 +238,9 @@ class CallService:
 
     def trigger(self, req: TriggerInput, start: bool = True) -> CallRecord:
         """Validate routing, encryption, window and headers now, then store the call as
-        queued. Idempotent on ``idempotency_key``. Raises RoutingError / HeaderError."""
-        return self.triggers.trigger(req, start)
+        queued. Idempotent on ``idempotency_key``. Raises RoutingError / HeaderError.
+        Its first dial is measured by stage (sipbridge.dialstages)."""
+        return self.triggers.trigger(req, start, received=time.monotonic())
 
     def _record(self, call_sid: str) -> CallRecord:
         rec = self.store.get(call_sid, self.clock())
@@ -330,6 +336,12 @@ class CallService:
     def on_sip_event(self, ev: SipEvent) -> None:
         """Entry point for everything the worker pool reports (in arrival order; held
         while the store cannot be reached, see sipbridge.calls.backlog)."""
+        if isinstance(ev, LegEvent) and ev.dial_mono is not None:
+            offset = time.time() - time.monotonic()
+            try:  # diagnostics never stop the event
+                self.dispatcher.stages.finish(ev.call_sid, *ev.dial_mono, wall_offset_s=offset)
+            except (TypeError, ValueError):
+                log.warning("%s: malformed dial times %r", ev.call_sid, ev.dial_mono)
         self.backlog.submit(ev)
 
 

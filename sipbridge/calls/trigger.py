@@ -43,13 +43,18 @@ def new_call_sid() -> str:
 
 
 class Triggers:
-    def __init__(self, ctx: CallContext, wake: Callable[[], None]) -> None:
+    def __init__(
+        self, ctx: CallContext, on_queued: Callable[[CallRecord, float | None], None]
+    ) -> None:
         self.ctx = ctx
-        self.wake = wake
+        self.on_queued = on_queued  # the scheduler: dial it now or on its next pass
 
-    def trigger(self, req: TriggerInput, start: bool = True) -> CallRecord:
-        """Store the call as queued (``start``: and wake the scheduler). Raises
-        RoutingError / HeaderError naming the field."""
+    def trigger(
+        self, req: TriggerInput, start: bool = True, received: float | None = None
+    ) -> CallRecord:
+        """Store the call as queued (``start``: and hand it to the scheduler). Raises
+        RoutingError / HeaderError naming the field. ``received``: time.monotonic() when
+        the trigger came (its dial is then timed by stage, sipbridge.dialstages)."""
         ctx = self.ctx
         store = ctx.journal.store
         if req.idempotency_key:
@@ -139,7 +144,7 @@ class Triggers:
             extra={"call_sid": call_sid},
         )
         if start:
-            self.wake()
+            self.on_queued(rec, received)
         return rec
 
 

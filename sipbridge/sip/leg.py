@@ -20,6 +20,7 @@ one owner, the only module that changes it:
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -139,6 +140,11 @@ class Leg:
     def live(self) -> bool:
         """Not ended, and no end decided yet."""
         return not self.ended and self.end_cause is None
+
+    def dial_times(self) -> tuple[float, float]:
+        """(leg start, now) in monotonic time: reported with "trying" right after
+        makeCall returned (sipbridge.dialstages)."""
+        return self.started, time.monotonic()
 
 
 def next_deadline(leg: Leg, media_timeout_s: float) -> tuple[float, ipc.EndCause] | None:

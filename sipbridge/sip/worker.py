@@ -301,7 +301,7 @@ class Worker:
             with contextlib.suppress(Exception):
                 call_id = str(call.getInfo().callIdString)
             self.guard.dialog_known(leg, call_id)
-            self._event(leg, "trying", sip_call_id=call_id)
+            self._event(leg, "trying", sip_call_id=call_id, dial_mono=leg.dial_times())
 
     def _lingering_slots(self) -> int:
         """pjsua call slots busy without a live leg (see :meth:`dial`)."""

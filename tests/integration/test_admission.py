@@ -48,8 +48,10 @@ def test_full_node_refuses_then_resumes_by_itself(tmp_path: Path, stack: Stack) 
             "max_cpu_busy": None,
             "max_loop_lag_ms": None,
             "retry_after_s": 3,
-            # raising nice needs no privilege: the supervisor sets it, the workers inherit it
+            # raising nice needs no privilege: the supervisor sets it, the workers inherit it;
+            # then the supervisor takes its own value
             "process_nice": 3,
+            "supervisor_nice": 4,
         },
     )
     bridge = stack.bridge(cfg)
@@ -61,7 +63,8 @@ def test_full_node_refuses_then_resumes_by_itself(tmp_path: Path, stack: Stack) 
     bridge.wait_event(a, "carrier.answered")
     assert queued["next_attempt_at"], queued
     workers = _worker_pids(bridge.proc.pid)
-    assert workers and {nice_of(p) for p in [bridge.proc.pid, *workers]} == {3}
+    assert workers and {nice_of(p) for p in workers} == {3}
+    assert nice_of(bridge.proc.pid) == 4
 
     r = bridge.client.post("/v1/outbound-calling/trigger", json={"to_number": "+12125550124"})
     assert r.status_code == 503, r.text

@@ -67,3 +67,22 @@ def test_default_and_bounds() -> None:
 def test_config_error_names_the_key() -> None:
     with pytest.raises(ConfigError, match=r"admission\.process_nice"):
         parse_config({**BASE, "admission": {"process_nice": -40}})
+
+
+def test_supervisor_nice_is_optional_and_bounded() -> None:
+    assert AdmissionConfig().supervisor_nice is None
+    assert AdmissionConfig(supervisor_nice=-10).supervisor_nice == -10
+    with pytest.raises(ValueError, match="supervisor_nice"):
+        AdmissionConfig(supervisor_nice=20)
+
+
+def test_a_refusal_names_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sipbridge import priority
+
+    def refuse(which: int, who: int, value: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(priority.os, "setpriority", refuse)
+    now = os.getpriority(os.PRIO_PROCESS, 0)
+    msg = priority.set_process_nice(now - 5, "admission.supervisor_nice")
+    assert msg is not None and msg.startswith("admission.supervisor_nice: cannot set nice")
