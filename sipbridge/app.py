@@ -15,7 +15,7 @@ from sipbridge.calls import CallService
 from sipbridge.calls.policy import prompt_folder
 from sipbridge.config import Config
 from sipbridge.ops import Operations
-from sipbridge.priority import set_process_nice
+from sipbridge.priority import set_process_nice, set_session_nice
 from sipbridge.store import CallStore, open_store
 
 log = logging.getLogger("sipbridge")
@@ -123,6 +123,7 @@ class _Server(uvicorn.Server):
 async def serve(cfg: Config) -> int:
     """Run until stopped; the process's exit code."""
     set_process_nice(cfg.admission.process_nice)  # before the SIP workers start: inherited
+    set_session_nice(cfg.admission.process_nice)  # the session's CPU group, if it leads one
     app, service = build(cfg)
     config = uvicorn.Config(
         app,

@@ -14,15 +14,26 @@ a few % of a core but every trigger and dial waits for it, so a lower value make
 kernel run it first when it wakes, at little cost to the workers' share.
 
 The supervisor sets its own nice value before it starts the SIP workers' fork server, so
-every worker inherits it. Lowering nice below 0 needs CAP_SYS_NICE (root, or
-``cap_add: [SYS_NICE]`` in a container, or ``LimitNICE=``/``Nice=`` in a systemd unit):
-without it the node logs why and runs at its current priority; nothing else changes.
+every worker inherits it.
+
+Linux with ``kernel.sched_autogroup_enabled`` (Debian's default) puts every session in a CPU
+group of its own and shares a core between groups first: a nice value then ranks processes
+only inside their session, and a busy neighbour in another session (another service, a
+shell) gets the same share as the whole node, workers included. A node that leads its own
+session (a service manager's ``setsid``, a container's init) therefore also gives its
+session's group the same value (``/proc/self/autogroup``, :func:`set_session_nice`). A node
+started inside somebody's shell session does not: that group is not the node's alone.
+
+Lowering nice below 0 needs CAP_SYS_NICE (root, or ``cap_add: [SYS_NICE]`` in a container,
+or ``LimitNICE=``/``Nice=`` in a systemd unit): without it the node logs why and runs at
+its current priority; nothing else changes.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 log = logging.getLogger("sipbridge.priority")
 
@@ -50,4 +61,34 @@ def set_process_nice(nice: int | None, key: str = "admission.process_nice") -> s
     return None
 
 
-__all__ = ["set_process_nice"]
+AUTOGROUP = Path("/proc/self/autogroup")
+
+
+def set_session_nice(
+    nice: int | None, key: str = "admission.process_nice", autogroup: Path = AUTOGROUP
+) -> str | None:
+    """Give this process's autogroup the nice value ``nice`` when the process leads its
+    session and the kernel has autogroups; None when done or not applicable, else the
+    warning line (also logged)."""
+    if nice is None or os.getsid(0) != os.getpid():
+        return None
+    try:
+        current = autogroup.read_text()  # "/autogroup-42 nice 0"
+    except OSError:
+        return None  # no autogroups here (or scheduling by cgroup): nothing to do
+    if current.split()[-1:] == [str(nice)]:
+        return None
+    try:
+        autogroup.write_text(f"{nice}\n")
+    except OSError as e:
+        msg = (
+            f"{key}: cannot give this session's CPU group nice {nice} ({e.strerror}); "
+            "a busy process in another session gets as much CPU as this whole node"
+        )
+        log.warning(msg)
+        return msg
+    log.info("%s: session CPU group (%s) -> nice %d", key, current.strip(), nice)
+    return None
+
+
+__all__ = ["AUTOGROUP", "set_process_nice", "set_session_nice"]

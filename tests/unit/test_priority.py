@@ -86,3 +86,56 @@ def test_a_refusal_names_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
     now = os.getpriority(os.PRIO_PROCESS, 0)
     msg = priority.set_process_nice(now - 5, "admission.supervisor_nice")
     assert msg is not None and msg.startswith("admission.supervisor_nice: cannot set nice")
+
+
+def test_a_session_leader_gives_its_cpu_group_the_value() -> None:
+    """Under autogroup scheduling a nice value only ranks processes inside their session:
+    a node that leads its session sets the group's value too (raising it needs no
+    privilege, so the test raises it, in a child of its own session)."""
+    from sipbridge.priority import AUTOGROUP
+
+    if not AUTOGROUP.exists():
+        pytest.skip("no autogroup scheduling on this kernel")
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from sipbridge.priority import AUTOGROUP, set_session_nice\n"
+            "print(set_session_nice(7), AUTOGROUP.read_text().split()[-1])",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        start_new_session=True,
+    )
+    assert out.stdout.split() == ["None", "7"]
+
+
+def test_not_a_session_leader_leaves_the_group_alone(tmp_path) -> None:
+    from sipbridge.priority import set_session_nice
+
+    group = tmp_path / "autogroup"
+    group.write_text("/autogroup-9 nice 0\n")
+    assert os.getsid(0) != os.getpid()  # pytest runs inside someone's session
+    assert set_session_nice(-5, autogroup=group) is None
+    assert group.read_text() == "/autogroup-9 nice 0\n"
+
+
+def test_session_group_refused_or_absent(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sipbridge import priority
+
+    monkeypatch.setattr(priority.os, "getsid", lambda _pid: os.getpid())
+    assert priority.set_session_nice(-5, autogroup=tmp_path / "none") is None  # no autogroups
+    group = tmp_path / "autogroup"
+    group.write_text("/autogroup-9 nice 0\n")
+    assert priority.set_session_nice(-5, autogroup=group) is None
+    assert group.read_text() == "-5\n"  # what the kernel's file takes
+
+    def refuse(self, data: str) -> int:
+        raise PermissionError(1, "Operation not permitted")
+
+    group.write_text("/autogroup-9 nice 0\n")
+    monkeypatch.setattr(priority.Path, "write_text", refuse)
+    msg = priority.set_session_nice(-5, autogroup=group)
+    assert msg is not None and "admission.process_nice" in msg and "another session" in msg
