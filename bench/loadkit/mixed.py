@@ -223,7 +223,10 @@ def phase_mixed(
             }
         )
         cfg["routes"].insert(0, {"prefix": SHORT_NUMBER[:5], "trunk": "short"})
-        b = st.bridge(cfg)
+        # the node leads its own session, as under a service manager: with autogroup
+        # scheduling its session's CPU group then gets its nice value too (the burners
+        # run in the bench's session, at nice 0)
+        b = st.bridge(cfg, own_session=True)
         sids: list[str] = []
         ramp_until = time.monotonic() + 120
         refused = 0
