@@ -190,6 +190,7 @@ class PostgresStore(SqlStore):
     """PostgreSQL; every write is committed before the call returns."""
 
     EXTRA_COLS = ("owner_node", "epoch")
+    _SKIP_LOCKED = " FOR UPDATE OF o SKIP LOCKED"
 
     def __init__(self, dsn: str, retention_s: float = 7200.0, clock: Any = time.monotonic) -> None:
         self._dsn = dsn
