@@ -52,6 +52,8 @@ def test_postgresql_restart_mid_run_loses_nothing(tmp_path, stack, own_pg_server
             assert "unavailable" in r.json()["error"], r.text
             r = node.client.get(f"/v1/outbound-calling/{sids[-1]}/status")
             assert r.status_code == 503 and r.headers.get("Retry-After"), (r.status_code, r.text)
+            r = node.client.get("/readyz")  # a load balancer takes the node out meanwhile
+            assert r.status_code == 503 and "store" in r.json()["down"], r.text
         # A call ends while the store is down (the carrier's BYE): its end must survive.
         wait_until(
             lambda: any(
