@@ -179,6 +179,7 @@ def test_300_calls_across_three_nodes_stay_under_the_cps_cap_across_a_redis_rest
             _, body = _readyz(node)
             assert "redis" in body["down"], body
             assert body["checks"]["redis"].startswith("redis unreachable"), body
+            assert "sipbridge_redis_up 0.0" in node.client.get("/metrics").text
         first.join()
         fire(200, N_CALLS - 200)  # triggers are still taken (and queued) while Redis is down
         assert len(sids) == N_CALLS
@@ -197,6 +198,10 @@ def test_300_calls_across_three_nodes_stay_under_the_cps_cap_across_a_redis_rest
     ]
     for node in nodes:
         assert _readyz(node)[0] == 200
+        text = node.client.get("/metrics").text
+        assert "sipbridge_redis_up 1.0" in text and "sipbridge_redis_down_seconds 0.0" in text
+        errors = [ln for ln in text.splitlines() if ln.startswith("sipbridge_redis_errors_total ")]
+        assert errors and float(errors[0].split()[1]) >= 1, errors
 
     seen = _invites_by_sid(carrier)
     assert set(seen) == set(finals)
