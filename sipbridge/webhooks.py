@@ -261,7 +261,7 @@ class WebhookDispatcher:
             result, why = await self.attempt(m, m.attempts + 1)
         except asyncio.CancelledError:  # stopping: give the claim back for the next start
             with contextlib.suppress(StoreError):
-                self.store.outbox_retry(m.delivery_id, m.attempts, m.next_at, "interrupted")
+                self.store.outbox_retry(m.delivery_id, m.attempts, self.clock(), "interrupted")
             raise
         attempts = m.attempts + 1
         now = self.clock()

@@ -205,3 +205,28 @@ def test_three_nodes_on_one_postgresql_post_each_callback_once(pg_server):
         time.sleep(1.5)  # any second POST would come from another node's next poll (1 s)
     per_id = collections.Counter(r.headers["x-sipbridge-delivery"] for r in rx.requests)
     assert len(per_id) >= 6 and set(per_id.values()) == {1}, per_id  # queued, calling, ...
+
+
+def test_a_post_cut_by_shutdown_gives_its_claim_back(open_store):
+    """Stopping with a POST in flight (a slow receiver): the callback is due again at
+    once for the next start, not only when this node's claim would have run out."""
+    import asyncio
+
+    from sipbridge.webhooks import WebhookDispatcher
+
+    store = open_store()
+
+    async def run(url: str) -> None:
+        d = WebhookDispatcher(_cfg().webhooks, render=lambda rec: {}, store=store)
+        store.create(_rec(), None, [replace(_msg("a1"), url=url, next_at=time.time())])
+        await d.start()
+        deadline = time.monotonic() + 5
+        while store._one("SELECT next_at FROM outbox")[0][0] <= time.time() + 1:
+            assert time.monotonic() < deadline, "never claimed"
+            await asyncio.sleep(0.02)  # the loop claims it and starts the POST
+        await d.stop(flush_s=0.1)
+
+    with Receiver(delay_s=3.0) as rx:
+        asyncio.run(run(rx.url))
+    assert store._one("SELECT next_at, done_at FROM outbox")[0][0] <= time.time()
+    assert store.outbox_pending() == 1
