@@ -24,6 +24,8 @@ log = logging.getLogger("sipbridge")
 # cluster.node_id while it was paused (sipbridge.errors.NodeIdTaken). uvicorn exits
 # with 3 when start-up fails (e.g. NodeIdInUse).
 EXIT_NODE_ID_TAKEN = 4
+# a start that failed (the store cannot be opened; uvicorn uses 3 for a failed lifespan too)
+EXIT_START_FAILED = 3
 
 
 def warn_unverified_tls(cfg: Config) -> list[str]:

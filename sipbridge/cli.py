@@ -55,9 +55,14 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(str(e), file=sys.stderr)
         return 2
-    from sipbridge.app import serve
+    from sipbridge.app import EXIT_START_FAILED, serve
+    from sipbridge.errors import StoreError
 
-    return asyncio.run(serve(cfg))
+    try:
+        return asyncio.run(serve(cfg))
+    except StoreError as e:  # the store cannot be opened or migrated (bad DSN, server down)
+        print(f"sipbridge run: cannot start: {e}", file=sys.stderr)
+        return EXIT_START_FAILED
 
 
 def _cdr(args: argparse.Namespace) -> int:

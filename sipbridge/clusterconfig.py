@@ -17,6 +17,7 @@ from pydantic import Field, field_validator, model_validator
 from sipbridge.callsettings import StrictModel
 from sipbridge.secretref import SecretRef
 
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 _NODE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
@@ -31,6 +32,17 @@ class RedisConfig(StrictModel):
     ] = "sipbridge:"
     # A Redis call that takes longer counts as Redis being unreachable (fail closed).
     timeout_s: Annotated[float, Field(gt=0, le=30)] = 1.0
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: SecretRef) -> SecretRef:
+        # checked here, not at start-up; never echoed (it may hold a password)
+        if not v.resolve().startswith(_REDIS_SCHEMES):
+            raise ValueError(
+                "not a Redis URL: it must start with redis://, rediss:// or unix:// "
+                "(e.g. redis://:password@127.0.0.1:6379/0)"
+            )
+        return v
 
 
 class ClusterConfig(StrictModel):

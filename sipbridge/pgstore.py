@@ -135,8 +135,20 @@ def _pg_sql(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
 
 
+MIN_SERVER_VERSION = 130000  # PostgreSQL 13 (libpq's server_version: major * 10000 + minor)
+
+
+def check_server_version(version: int) -> None:
+    """Refuse a server older than PostgreSQL 13, naming its version."""
+    if version < MIN_SERVER_VERSION:
+        minor = version % 10000 if version >= 100000 else version // 100 % 100  # 9.6: 90624
+        shown = f"{version // 10000}.{minor}"
+        raise StoreError(f"PostgreSQL {shown} is too old: sipbridge needs PostgreSQL 13 or newer")
+
+
 def migrate(conn: psycopg.Connection[Any]) -> int:
     """Apply the missing migrations in one transaction; the version now in place."""
+    check_server_version(conn.info.server_version)
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
         conn.execute(
@@ -178,6 +190,7 @@ class PostgresStore(SqlStore):
     """PostgreSQL; every write is committed before the call returns."""
 
     EXTRA_COLS = ("owner_node", "epoch")
+    _SKIP_LOCKED = " FOR UPDATE OF o SKIP LOCKED"
 
     def __init__(self, dsn: str, retention_s: float = 7200.0, clock: Any = time.monotonic) -> None:
         self._dsn = dsn
@@ -192,6 +205,9 @@ class PostgresStore(SqlStore):
         except psycopg.Error as e:
             self._conn.close()
             raise StoreError(f"cannot migrate the PostgreSQL store: {_problem(e)}") from None
+        except StoreError:  # too old a server, or a schema newer than this build
+            self._conn.close()
+            raise
 
     def __repr__(self) -> str:  # never the DSN
         return "PostgresStore()"

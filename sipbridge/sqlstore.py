@@ -304,6 +304,26 @@ class SqlStore(ABC):
             for d, sid, st, url, body, c, a, n in rows
         ]
 
+    # PostgreSQL: rows another node is taking right now are skipped, not waited for.
+    _SKIP_LOCKED = ""
+
+    def outbox_claim(self, now: float, limit: int, lease_s: float) -> list[OutboxMessage]:
+        """Take the callbacks :meth:`outbox_due` would list for delivery by this process:
+        each one's ``next_at`` moves to ``now + lease_s`` in the same statement, so other
+        nodes sharing the store do not send it while this POST is under way. The POST's
+        outcome (retry or done) sets ``next_at`` again; a node that dies mid-POST leaves
+        the row to be sent after the lease (at least once, same delivery ID)."""
+        rows = self._one(
+            f"UPDATE outbox SET next_at=? WHERE id IN (SELECT o.id FROM outbox o WHERE "
+            f"{_HEAD} AND o.next_at <= ? ORDER BY o.id LIMIT ?{self._SKIP_LOCKED}) "
+            f"RETURNING id, {','.join(OUTBOX_COLS)}",
+            (now + lease_s, now, limit),
+        )
+        return [
+            OutboxMessage(d, sid, st, url, body.encode(), float(c), int(a), float(n))
+            for _, d, sid, st, url, body, c, a, n in sorted(rows)
+        ]
+
     def outbox_next_at(self) -> float | None:
         """When the earliest sendable callback is due (None: nothing pending); one
         waiting behind an earlier callback of its call does not count."""

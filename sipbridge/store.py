@@ -81,6 +81,10 @@ class CallStore(Protocol):
     def outbox_due(self, now: float, limit: int) -> list[OutboxMessage]:
         """Undelivered callbacks due by ``now``, oldest first, one per call at most."""
 
+    def outbox_claim(self, now: float, limit: int, lease_s: float) -> list[OutboxMessage]:
+        """Those of :meth:`outbox_due`, taken for delivery here until ``now + lease_s``
+        (other nodes on the same store skip them meanwhile)."""
+
     def outbox_next_at(self) -> float | None: ...
 
     def outbox_pending(self) -> int: ...

@@ -16,11 +16,14 @@ Deliveries are durable: each callback is a row of the store's outbox, written in
 same transaction as the status it reports, and delivered at least once with the same
 ``X-Sipbridge-Delivery`` ID on every attempt, across restarts (the retry schedule is
 in the row too). One call's callbacks go out in order; up to ``LANES`` calls at a time.
+A callback is taken (leased) in the store for its POST, so nodes sharing a PostgreSQL
+store send each one once, not once per node.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import hmac
@@ -120,7 +123,7 @@ class WebhookDispatcher:
         self.store = store
         self._transport = transport
         self._wake = asyncio.Event()
-        self._inflight: dict[str, asyncio.Task[None]] = {}  # callSid -> its POST
+        self._inflight: dict[str, asyncio.Task[None]] = {}  # delivery ID -> its POST
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._client: httpx.AsyncClient | None = None
@@ -211,6 +214,12 @@ class WebhookDispatcher:
         assert self.store is not None
         return self.store.outbox_due(self.clock(), limit)
 
+    def _claim(self, limit: int) -> list[OutboxMessage]:
+        """Due callbacks taken for this process's POSTs; the lease outlasts a POST (its
+        timeout) with room to write the outcome, after which another node may send it."""
+        assert self.store is not None
+        return self.store.outbox_claim(self.clock(), limit, 2 * self.cfg.timeout_s + 5.0)
+
     async def _run(self) -> None:
         assert self.store is not None
         while not self._stopping:
@@ -219,14 +228,11 @@ class WebhookDispatcher:
             try:
                 self._wake.clear()
                 free = LANES - len(self._inflight)
-                for m in self._due(LANES * 2) if free > 0 else []:
-                    if started == free:
-                        break
-                    if m.call_sid in self._inflight:
-                        continue
+                # taken (leased) in the store: another node sharing it skips these
+                for m in self._claim(free) if free > 0 else []:
                     task = asyncio.create_task(self._send(m), name="webhook-post")
-                    self._inflight[m.call_sid] = task
-                    task.add_done_callback(functools.partial(self._done, m.call_sid))
+                    self._inflight[m.delivery_id] = task
+                    task.add_done_callback(functools.partial(self._done, m.delivery_id))
                     started += 1
                 nxt = self.store.outbox_next_at()
                 if nxt is not None:
@@ -244,14 +250,19 @@ class WebhookDispatcher:
                 finally:
                     waiter.cancel()
 
-    def _done(self, call_sid: str, _task: asyncio.Task[None]) -> None:
-        self._inflight.pop(call_sid, None)
+    def _done(self, delivery_id: str, _task: asyncio.Task[None]) -> None:
+        self._inflight.pop(delivery_id, None)
         self._wake.set()
 
     async def _send(self, m: OutboxMessage) -> None:
         """One attempt, its outcome written back to the outbox."""
         assert self.store is not None
-        result, why = await self.attempt(m, m.attempts + 1)
+        try:
+            result, why = await self.attempt(m, m.attempts + 1)
+        except asyncio.CancelledError:  # stopping: give the claim back for the next start
+            with contextlib.suppress(StoreError):
+                self.store.outbox_retry(m.delivery_id, m.attempts, self.clock(), "interrupted")
+            raise
         attempts = m.attempts + 1
         now = self.clock()
         try:

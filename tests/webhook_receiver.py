@@ -25,7 +25,10 @@ class Received:
 
 
 class Receiver:
-    def __init__(self, fail_first: list[int] | None = None, port: int = 0) -> None:
+    def __init__(
+        self, fail_first: list[int] | None = None, port: int = 0, delay_s: float = 0.0
+    ) -> None:
+        """``delay_s``: how long each POST takes to answer (a slow receiver)."""
         self.requests: list[Received] = []
         self.fail_codes = list(fail_first or [])
         self._lock = threading.Lock()
@@ -34,6 +37,7 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                time.sleep(delay_s)  # the receiver's own processing time
                 with outer._lock:
                     code = outer.fail_codes.pop(0) if outer.fail_codes else 200
                     outer.requests.append(

@@ -30,7 +30,7 @@ from sipbridge.calls.trigger import TriggerInput, Triggers
 from sipbridge.cluster import redislimits
 from sipbridge.cluster.bus import CommandBus, start_node_bus
 from sipbridge.config import Config, check_dtmf
-from sipbridge.errors import CallNotFound, InvalidTransition
+from sipbridge.errors import ApiError, CallNotFound, InvalidTransition
 from sipbridge.ipc import LegEvent
 from sipbridge.limits import RateLimiter, Slots
 from sipbridge.priority import set_process_nice
@@ -297,10 +297,19 @@ class CallService:
     def _remote_owner(self, rec: CallRecord) -> str | None:
         """The other node that holds this live call's legs, when the command must be
         forwarded there (cluster mode with the Redis bus); None: carry it out here.
-        Queued calls are changed here: the store's epoch fence stops their claimer."""
-        if self.bus is None or rec.status != "calling" or not rec.owner_node:
+        Queued calls are changed here: the store's epoch fence stops their claimer.
+        Without the bus (no cluster.redis) a live call of another node is a 409 naming
+        it: this node has none of its legs to hang up or send digits on."""
+        here = self.cfg.cluster.node_id if self.cfg.cluster is not None else None
+        if here is None or rec.status != "calling" or rec.owner_node in (None, "", here):
             return None
-        return None if rec.owner_node == self.bus.node_id else rec.owner_node
+        if self.bus is None:
+            raise ApiError(
+                409,
+                f"call {rec.call_sid} is live on node {rec.owner_node}: without "
+                "cluster.redis, hangup and DTMF must be sent to that node's API",
+            )
+        return rec.owner_node
 
     async def hangup_anywhere(self, call_sid: str) -> CallRecord:
         """:meth:`hangup`, forwarded to the owning node when another node holds the call

@@ -62,6 +62,9 @@ def install(cfg: Config, dispatcher: Dispatcher, api: RateLimiter) -> RedisRateL
     return RedisRateLimiter(limits, api)
 
 
+_NOT_CONNECTED = "redis: not connected yet"
+
+
 class RedisDown(Exception):
     """Redis did not answer (in ``timeout_s``) or failed."""
 
@@ -92,7 +95,7 @@ class RedisLimits:
             socket_connect_timeout=rcfg.timeout_s,
         )
         self.wake = wake
-        self.error: str | None = "redis: not connected yet"  # closed until Redis answers
+        self.error: str | None = _NOT_CONNECTED  # closed until Redis answers
         self.errors_total = 0
         self.down_since: float | None = time.monotonic()
         self._gcra = self.client.register_script(redislua.GCRA)
@@ -117,8 +120,10 @@ class RedisLimits:
 
     def _failed(self, e: BaseException) -> None:
         self.errors_total += 1
-        if self.error is None:
+        if self.error is None or self.error == _NOT_CONNECTED:
+            # also when Redis never answered since start (a wrong URL or password)
             log.warning("redis unreachable: %s: not dialling until it answers", e)
+        if self.error is None:
             self.down_since = time.monotonic()
         self.error = f"redis unreachable: {str(e) or type(e).__name__}"
 

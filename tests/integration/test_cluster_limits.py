@@ -179,6 +179,7 @@ def test_300_calls_across_three_nodes_stay_under_the_cps_cap_across_a_redis_rest
             _, body = _readyz(node)
             assert "redis" in body["down"], body
             assert body["checks"]["redis"].startswith("redis unreachable"), body
+            assert "sipbridge_redis_up 0.0" in node.client.get("/metrics").text
         first.join()
         fire(200, N_CALLS - 200)  # triggers are still taken (and queued) while Redis is down
         assert len(sids) == N_CALLS
@@ -197,6 +198,10 @@ def test_300_calls_across_three_nodes_stay_under_the_cps_cap_across_a_redis_rest
     ]
     for node in nodes:
         assert _readyz(node)[0] == 200
+        text = node.client.get("/metrics").text
+        assert "sipbridge_redis_up 1.0" in text and "sipbridge_redis_down_seconds 0.0" in text
+        errors = [ln for ln in text.splitlines() if ln.startswith("sipbridge_redis_errors_total ")]
+        assert errors and float(errors[0].split()[1]) >= 1, errors
 
     seen = _invites_by_sid(carrier)
     assert set(seen) == set(finals)
@@ -331,3 +336,32 @@ def test_hangup_and_dtmf_sent_to_any_node_reach_the_call_s_owner(
     _wait(lambda: bool(carrier.received("BYE")), 10, "the owner's BYE at the carrier")
     got = digits_of(rtp_events(cap.path, carrier.media_port))
     assert [d for d, _ in got] == ["5", "#"], got
+
+
+def test_an_idempotency_key_raced_on_every_node_makes_one_call(cluster: Cluster) -> None:
+    """Item 6: the same idempotency key sent at once to all three nodes (4 requests each,
+    released together): every request answers 200 with the same callSid, so the
+    cluster stored one call. The call waits for its calling window (nothing is dialled)."""
+    nodes, n_req = cluster.nodes, 12
+    hour = time.gmtime().tm_hour
+    closed = f"{(hour + 3) % 24:02d}:00-{(hour + 4) % 24:02d}:00"
+    key = f"race-{time.time_ns()}"
+    gate = threading.Barrier(n_req)
+
+    def one(i: int) -> str:
+        gate.wait(10)
+        return nodes[i % len(nodes)].trigger(
+            to_number="+14145550177",
+            idempotency_key=key,
+            timezone="Etc/UTC",
+            calling_window={"days": "daily", "hours": closed},
+        )
+
+    with ThreadPoolExecutor(n_req) as ex:
+        sids = set(ex.map(one, range(n_req)))
+    assert len(sids) == 1, sids
+    (sid,) = sids
+    for node in nodes:  # every node finds the one call by its callSid
+        assert node.status(sid)["status"] == "queued"
+    r = nodes[1].client.post(f"/v1/outbound-calling/{sid}/hangup")
+    assert r.status_code == 200, r.text

@@ -59,6 +59,7 @@ def start_cluster(
     retry: dict[str, Any] | None = None,
     trunk_extra: dict[int, dict[str, Any]] | None = None,
     cluster_extra: dict[str, Any] | None = None,
+    **config: Any,
 ) -> list[Bridge]:
     nodes = []
     for i in range(NODES):
@@ -78,6 +79,7 @@ def start_cluster(
                 "heartbeat_s": HEARTBEAT_S,
                 **(cluster_extra or {}),
             },
+            **config,
         )
         nodes.append(stack.bridge(cfg, name=f"node{i}"))
     stop_together(stack, nodes)

@@ -96,3 +96,31 @@ def test_a_survivor_ends_a_lost_nodes_call_and_the_lost_node_stays_silent(pg_ser
     assert {m["node_id"] for m in node_a.describe()["members"]} == {"a", "b"}
     for s in (a.store, b.store):
         s.close()
+
+
+def test_without_redis_a_command_for_another_nodes_live_call_names_that_node(pg_server):
+    """No cluster.redis, so no bus to forward on: hangup or DTMF for a live call another
+    node owns is refused (409 naming the node) instead of answering 200 and doing nothing;
+    the owner carries it out, and a queued call is cancelled from any node."""
+    import asyncio
+
+    from sipbridge.errors import ApiError
+
+    dsn = pg_server.new_database()
+    a, _ = _node(dsn, "a")
+    b, _ = _node(dsn, "b")
+    sid = b.trigger(TriggerInput(to_number="+14155552671")).call_sid
+    a.dispatch_once()  # a claims and dials it
+    for command in (b.hangup_anywhere(sid), b.send_dtmf_anywhere(sid, "1")):
+        with pytest.raises(ApiError) as e:
+            asyncio.run(command)
+        assert e.value.status == 409 and "live on node a" in e.value.message
+        assert "cluster.redis" in e.value.message
+    assert a.pool.hung == []  # type: ignore[attr-defined]
+    asyncio.run(a.hangup_anywhere(sid))  # the owner hangs up its own leg
+    assert a.pool.hung == [a.pool.plans[0].leg_id]  # type: ignore[attr-defined]
+    queued = a.trigger(TriggerInput(to_number="+14155552672")).call_sid
+    rec = asyncio.run(b.hangup_anywhere(queued))
+    assert (rec.status, rec.reason) == ("failure", "canceled")
+    for s in (a.store, b.store):
+        s.close()

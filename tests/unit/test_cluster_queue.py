@@ -266,3 +266,25 @@ def test_a_call_created_claimed_is_never_claimed_by_another_node(nodes):
     assert rec is not None and rec.owner_node == "a" and rec.epoch == 1
     assert a.mark_dialing("OUT-in")
     assert not b.mark_dialing("OUT-in")
+
+
+def test_queueing_and_handing_back_notify_the_listening_nodes(nodes):
+    """LISTEN/NOTIFY: a call queued, or claims handed back, wake every listening node
+    (the notification is sent with the write, in the same statement or transaction)."""
+    import psycopg
+
+    from sipbridge.cluster.store import CHANNEL
+
+    a = nodes("a")
+    with psycopg.connect(a._dsn, autocommit=True) as listener:
+        listener.execute(f"LISTEN {CHANNEL}")
+
+        def woken() -> int:
+            return sum(1 for _ in listener.notifies(timeout=0.5, stop_after=5))
+
+        a.create(_rec("OUT-1"))
+        assert woken() >= 1
+        assert a.claim(1) == ["OUT-1"]
+        assert woken() == 0  # a claim wakes nobody
+        assert a.release_claims() == ["OUT-1"]
+        assert woken() >= 1

@@ -38,6 +38,12 @@ def test_single_node_has_no_cluster():
         ({"redis": {}}, PG, "cluster.redis.url", "Field required"),
         ({"redis": {"url": {"env": "SB_TEST_UNSET_VAR"}}}, PG, "cluster.redis.url", "not set"),
         (
+            {"redis": {"url": {"value": "http://:s3cret@127.0.0.1:6379"}}},
+            PG,
+            "cluster.redis.url",
+            "not a Redis URL: it must start with redis://",
+        ),
+        (
             {"redis": {"url": {"value": "redis://x"}, "key_prefix": "a b"}},
             PG,
             "cluster.redis.key_prefix",
@@ -51,4 +57,4 @@ def test_bad_cluster_config_names_key(cluster, store, key, words):
         _cfg(cluster, store)
     msg = str(ei.value)
     assert f"conf.yaml: {key}" in msg, msg
-    assert words in msg, msg
+    assert words in msg and "s3cret" not in msg, msg

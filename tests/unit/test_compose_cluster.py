@@ -44,6 +44,8 @@ def test_three_nodes_get_distinct_valid_configs(
         assert cfg.store.kind == "postgresql"
         seen.append((cfg.cluster.node_id, cfg.api.port, cfg.sip.port_min, cfg.sip.rtp_port_min))
         assert f"127.0.0.1:{cfg.api.port}:{cfg.api.port}" in compose["services"]["carrier"]["ports"]
+        # the image's HEALTHCHECK (docker/Dockerfile) probes SIPBRIDGE_API_PORT, default 8080
+        assert svc["environment"].get("SIPBRIDGE_API_PORT") == str(cfg.api.port)
     assert seen == [
         ("node1", 8081, 5110, 21000),
         ("node2", 8082, 5120, 22000),

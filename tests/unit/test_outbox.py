@@ -6,6 +6,7 @@ with their original delivery IDs (against a real local HTTP receiver)."""
 from __future__ import annotations
 
 import socket
+import time
 from dataclasses import replace
 
 import pytest
@@ -127,3 +128,105 @@ def test_undelivered_callbacks_survive_a_restart_with_their_ids(open_store):
     assert all(g.json()["callSid"] == sid for g in got)
     # the first POST after the restart counts the attempts made before it
     assert int(got[0].headers["x-sipbridge-attempt"]) >= 2
+
+
+def test_a_claimed_callback_is_skipped_by_other_nodes_until_its_lease_ends(open_store):
+    """Several nodes deliver one outbox: the node that takes a callback leases it, the
+    others skip it (and the call's later ones) until its outcome or the lease's end."""
+    a, b = open_store(), open_store()  # two nodes, one database
+    a.create(_rec("OUT-1"), None, [_msg("a1"), _msg("a2")])
+    a.create(_rec("OUT-2"), None, [_msg("b1", "OUT-2")])
+    assert [m.delivery_id for m in a.outbox_claim(1001.0, 1, lease_s=10)] == ["a1"]
+    assert [m.delivery_id for m in b.outbox_claim(1001.0, 10, lease_s=20)] == ["b1"]
+    assert b.outbox_claim(1002.0, 10, lease_s=10) == []
+    assert b.outbox_next_at() == 1011.0  # a1's lease (b1's ends at 1021)
+    assert [m.delivery_id for m in b.outbox_claim(1011.0, 10, lease_s=10)] == ["a1"]  # a died
+    b.outbox_done("a1", "delivered", 1, 1012.0)
+    assert [m.delivery_id for m in a.outbox_claim(1012.0, 10, lease_s=10)] == ["a2"]
+    b.outbox_retry("b1", 1, 1013.0, "HTTP 500")  # an outcome ends the lease
+    assert [m.delivery_id for m in a.outbox_claim(1013.0, 10, lease_s=10)] == ["b1"]
+
+
+def test_nodes_racing_for_the_outbox_take_each_callback_once(pg_server):
+    """PostgreSQL, several connections claiming at once (FOR UPDATE SKIP LOCKED)."""
+    import threading
+
+    from sipbridge.pgstore import PostgresStore
+
+    dsn = pg_server.new_database()
+    stores = [PostgresStore(dsn) for _ in range(4)]
+    for i in range(40):
+        stores[0].create(_rec(f"OUT-{i}"), None, [_msg(f"d{i}", f"OUT-{i}")])
+    taken: list[str] = []
+    gate = threading.Barrier(len(stores))
+
+    def node(s) -> None:
+        gate.wait(10)
+        for _ in range(20):
+            taken.extend(m.delivery_id for m in s.outbox_claim(1001.0, 3, lease_s=60))
+
+    threads = [threading.Thread(target=node, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    for s in stores:
+        s.close()
+    assert sorted(taken) == sorted(f"d{i}" for i in range(40))  # each once, none left
+
+
+def test_three_nodes_on_one_postgresql_post_each_callback_once(pg_server):
+    """Three services sharing one PostgreSQL outbox, a receiver taking 200 ms per POST
+    (each node's loop sees every due callback): every callback arrives once, not once per
+    node (before the outbox claim: 3 POSTs each)."""
+    import collections
+    import contextlib
+
+    from sipbridge.pgstore import PostgresStore
+
+    dsn = pg_server.new_database()
+    with Receiver(delay_s=0.2) as rx, contextlib.ExitStack() as nodes:
+        clients = [
+            nodes.enter_context(
+                TestClient(
+                    create_app(CallService(_cfg(), PostgresStore(dsn), RecordingPool()), ["tok"])
+                )
+            )
+            for _ in range(3)
+        ]
+        for i in range(6):
+            r = clients[i % 3].post(
+                "/v1/outbound-calling/trigger",
+                headers=AUTH,
+                json={"to_number": f"+1415555267{i}", "status_callback": rx.url},
+            )
+            assert r.status_code == 200, r.text
+        rx.wait(lambda rs: len(rs) >= 6, timeout=15)
+        time.sleep(1.5)  # any second POST would come from another node's next poll (1 s)
+    per_id = collections.Counter(r.headers["x-sipbridge-delivery"] for r in rx.requests)
+    assert len(per_id) >= 6 and set(per_id.values()) == {1}, per_id  # queued, calling, ...
+
+
+def test_a_post_cut_by_shutdown_gives_its_claim_back(open_store):
+    """Stopping with a POST in flight (a slow receiver): the callback is due again at
+    once for the next start, not only when this node's claim would have run out."""
+    import asyncio
+
+    from sipbridge.webhooks import WebhookDispatcher
+
+    store = open_store()
+
+    async def run(url: str) -> None:
+        d = WebhookDispatcher(_cfg().webhooks, render=lambda rec: {}, store=store)
+        store.create(_rec(), None, [replace(_msg("a1"), url=url, next_at=time.time())])
+        await d.start()
+        deadline = time.monotonic() + 5
+        while store._one("SELECT next_at FROM outbox")[0][0] <= time.time() + 1:
+            assert time.monotonic() < deadline, "never claimed"
+            await asyncio.sleep(0.02)  # the loop claims it and starts the POST
+        await d.stop(flush_s=0.1)
+
+    with Receiver(delay_s=3.0) as rx:
+        asyncio.run(run(rx.url))
+    assert store._one("SELECT next_at, done_at FROM outbox")[0][0] <= time.time()
+    assert store.outbox_pending() == 1

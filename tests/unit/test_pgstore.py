@@ -166,3 +166,29 @@ def test_cdr_export_reads_postgresql(tmp_path, pg_server):
     assert out.returncode == 0, out.stderr
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     assert [r["call_sid"] for r in rows] == ["OUT-1"] and "1 CDRs" in out.stderr
+
+
+@pytest.mark.parametrize("cluster", [False, True])
+def test_run_with_an_unreachable_store_says_why_and_exits_3(tmp_path, cluster):
+    path = _write_config(tmp_path, {"value": "postgresql://u:s3cret@127.0.0.1:1/x"})
+    if cluster:
+        cfg = yaml.safe_load(path.read_text())
+        path.write_text(yaml.safe_dump({**cfg, "cluster": {"node_id": "a"}}))
+    out = _cli("run", "-c", str(path))
+    assert out.returncode == 3, out.stderr
+    assert "sipbridge run: cannot start: PostgreSQL store unavailable" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and "s3cret" not in out.stderr
+
+
+def test_a_server_older_than_13_is_refused_naming_its_version(pg_server):
+    from sipbridge.pgstore import check_server_version
+
+    for version, shown in ((120010, "12.10"), (90624, "9.6")):
+        with pytest.raises(StoreError, match=rf"PostgreSQL {shown} is too old: .* 13 or newer"):
+            check_server_version(version)
+    check_server_version(130000)
+    s = PostgresStore(pg_server.new_database())  # the test server (15) passes
+    try:
+        assert int(s._one("SHOW server_version_num")[0][0]) >= 130000
+    finally:
+        s.close()

@@ -351,3 +351,23 @@ def test_windows_ok_counts_closed_windows(rate: float) -> None:
     ts = [i / rate for i in range(int(rate) + 1)]  # rate + 1 in [0, 1]
     assert windows_ok(ts, rate + 1) == (True, int(rate) + 1)
     assert windows_ok(ts, rate) == (False, int(rate) + 1)
+
+
+def test_a_redis_that_never_answered_is_logged_with_why(
+    redis_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A wrong password (or URL) from the start: the node logs why, once, not only /readyz."""
+    bad = redis_server.url.replace("redis://", "redis://:wrong-password@")
+
+    async def run() -> None:
+        node = Node(bad)
+        try:
+            # the heartbeat asks again every second: two failures, one warning
+            assert await node.until(lambda: node.limits.errors_total >= 2, 5.0)
+        finally:
+            await node.close()
+
+    with caplog.at_level("WARNING", logger="sipbridge"):
+        asyncio.run(run())
+    down = [r.getMessage() for r in caplog.records if "redis unreachable" in r.getMessage()]
+    assert len(down) == 1 and "AUTH" in down[0], down

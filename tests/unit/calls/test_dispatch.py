@@ -175,6 +175,28 @@ def test_idempotency_key_returns_same_call(tmp_path):
     assert sorted(p.call_sid for p in h.pool.plans) == sorted([a, c])
 
 
+def test_idempotency_key_stored_by_another_node_meanwhile_returns_its_call(tmp_path):
+    """The race behind "unique across the cluster": another node stores the key between
+    this node's look-up and its insert; the unique index refuses the insert and the
+    trigger answers with the other node's call (one call, no error)."""
+    h = make(tmp_path, cfg())
+    look_up = h.store.find_by_idempotency_key
+    other: list[str] = []
+    raced: list[str] = []
+
+    def racing(key: str):
+        if not raced:
+            raced.append(key)
+            other.append(h.trigger("+12125550123", idempotency_key=key))  # the other node
+            return None  # what this node's look-up saw just before
+        return look_up(key)
+
+    h.store.find_by_idempotency_key = racing  # type: ignore[method-assign]
+    assert h.trigger("+12125550123", idempotency_key="k1") == other[0]
+    h.svc.dispatch_once()
+    assert [p.call_sid for p in h.pool.plans] == other
+
+
 def test_trunk_concurrency_overflows_to_next_trunk_and_global_cap(tmp_path):
     config = cfg(
         trunks=[
