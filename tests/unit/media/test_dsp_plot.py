@@ -64,6 +64,20 @@ def test_plot_to_an_unwritable_place(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "cannot write" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name", ["out.svg", "out.pdf", "out", ""])
+def test_plot_to_a_name_that_is_not_png_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    """The picture is always a PNG: another name is refused before any work (it used to
+    write PNG bytes into out.svg, or draw nothing for an empty name)."""
+    wav = _wav(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        analyze_main([str(wav), "--plot", str(tmp_path / name) if name else ""])
+    assert e.value.code == 2
+    assert "name the file *.png" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["call.wav"]
+
+
 def test_bad_prompt_library_is_a_clean_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
