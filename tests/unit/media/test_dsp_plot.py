@@ -83,3 +83,25 @@ def test_bad_prompt_library_is_a_clean_error(
 ) -> None:
     assert analyze_main([str(_wav(tmp_path)), "--prompts", str(tmp_path / "nope")]) == 2
     assert "not a folder" in capsys.readouterr().err
+
+
+def test_the_beep_run_is_drawn_on_the_spectrogram(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A beep's tone run ends in ``beep_end`` (the detector follows it to its end), not in
+    ``tone_end``: it is drawn at its frequency, onset to end (it was left out)."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.axes import Axes
+
+    lines: list[tuple[list[float], list[float]]] = []
+    real_plot = Axes.plot
+
+    def spy(self: Axes, *args: Any, **kw: Any) -> Any:
+        if len(args) >= 2 and kw.get("color") == "#00e5ff":
+            lines.append((list(args[0]), list(args[1])))
+        return real_plot(self, *args, **kw)
+
+    monkeypatch.setattr(Axes, "plot", spy)
+    assert analyze_main([str(_wav(tmp_path)), "--plot", str(tmp_path / "o.png")]) == 0
+    beeps = [xs for xs, ys in lines if ys == [1000.0, 1000.0]]
+    assert len(beeps) == 1 and 0.35 <= beeps[0][1] - beeps[0][0] <= 0.45, lines
