@@ -243,6 +243,13 @@ class PromptLibrary:
                 f"prompt library {root}: no prompts (labels.json, or WAVs in one sub-folder "
                 "per label)"
             )
+        for _, label, path in entries:
+            # a label ends up in statuses, CDRs, reasons and logs: printable and short
+            if len(label) > MAX_LABEL_CHARS or not label.isprintable():
+                raise ValueError(
+                    f"prompt library: {path}: label {label[:80]!r} must be printable and at "
+                    f"most {MAX_LABEL_CHARS} characters"
+                )
         lib = cls()
         for name, label, path in entries:
             try:
@@ -285,6 +292,7 @@ MIN_VOTES = 3
 # Frames with a code (sound) in both the call and the prompt that a verification compares at
 # least: 0.9 s. A prompt with fewer can never be recognised, so loading one is an error.
 MIN_PAIRS = 45
+MAX_LABEL_CHARS = 64
 # Look codes up on every VOTE_EVERY-th frame (all frames are kept for verification). With 100
 # prompts, 2 (and MIN_VOTES 2) takes the search from ~13 to ~8 µs per frame but misses 1 in 25
 # prompts at 20 dB SNR, none at 1 (bench/dsp.py; a shared 2-core machine).

@@ -183,6 +183,11 @@ def test_folders_that_would_load_nothing_are_errors(
     write_wav(tmp_path / "ivr" / "blip.wav", clips["bank-menu"][:4000])  # 0.5 s
     with pytest.raises(ValueError, match=r"blip\.wav: \d+ ms of sound, too short"):
         PromptLibrary.from_folder(tmp_path)
+    (tmp_path / "ivr" / "blip.wav").unlink()
+    for label in ("ivr\nFAKE LOG LINE", "x" * 65):
+        (tmp_path / "labels.json").write_text(json.dumps({"ivr/ACME.WAV": label}))
+        with pytest.raises(ValueError, match="must be printable and at most 64 characters"):
+            PromptLibrary.from_folder(tmp_path)
 
 
 @pytest.mark.parametrize(
