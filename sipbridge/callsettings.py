@@ -173,6 +173,20 @@ class DetectionSettings(_Model):
         # The file itself is checked against media.dir by the config / the trigger.
         return None if v is None else check_media_name(v, "")
 
+    @field_validator("thresholds")
+    @classmethod
+    def _beep_band(cls, v: DetectionThresholds) -> DetectionThresholds:
+        # An empty beep band (each end within its bounds, or one end past the other's
+        # default) would silently never hear a beep: every voicemail would end without one.
+        from sipbridge.media.thresholds import DetectionConfig
+
+        base = DetectionConfig()
+        lo = v.get("beep_min_hz", base.beep_min_hz)
+        hi = v.get("beep_max_hz", base.beep_max_hz)
+        if lo >= hi:
+            raise ValueError(f"beep_min_hz ({lo:g}) must be below beep_max_hz ({hi:g})")
+        return v
+
 
 class IvrSettings(_Model):
     """Walking an IVR after answer: digits, then optionally hold until a person speaks."""

@@ -125,6 +125,9 @@ class CallFlow:
     agent_told: tuple[str, str | None] | None = None
     tell_pending: TellAgent | None = None
     settle_started: bool = False  # the machine_settle timer runs (or ran)
+    # The hold listener heard the person after the IVR: the answer-phase detector, still
+    # listening from the answer, takes their later words for the IVR speaking again.
+    hold_heard_person: bool = False
     # The IVR script running: its steps (None: none runs), the next one, the step whose
     # end is awaited ("digits" / "say"), which script (0: send_digits, n: the n-th of
     # alternative_digits), and a script to start once the awaited step ends.
@@ -290,12 +293,16 @@ class CallFlow:
         if phase == "hold":
             if self.state == "holding" and answered_by == "human":
                 self.answered_by = "human"
+                self.hold_heard_person = True
                 return self._connect()
             return []
         if phase != "answer":
             return []
-        if self.state in ("ivr_digits", "holding"):
-            return []  # walking an IVR: the answer-phase verdict is expected to be machine
+        if self.state in ("ivr_digits", "holding") or self.hold_heard_person:
+            # walking an IVR: the answer-phase verdict is expected to be machine; after the
+            # hold step heard the person it is about them ("machine spoke again": ivr) and
+            # must not re-label the call, tell the agent, or end it by the machine policy
+            return []
         self.answered_by = answered_by or None
         actions = self._on_answer_result(det)
         return actions + self._tell_agent(det)

@@ -104,6 +104,9 @@ class AgentHolds:
                 # the hold listener heard a person: status, CDR and metrics say what the
                 # agent's re-INVITE header says
                 ctx.journal.update(rec, answered_by="human")
+            if ev.state == "resumed" and ev.via == "person" and live and live.flow:
+                # and stays so: the answer-phase detector's later verdicts are events only
+                live.flow.answered_by, live.flow.hold_heard_person = "human", True
 
     def _expired(self, call_sid: str, hold: _Hold, flow: object) -> None:
         if self.current.get(call_sid) is not hold:

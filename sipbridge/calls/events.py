@@ -196,7 +196,12 @@ class SipEvents:
         leg = rec.leg(rep.leg_id) or LegRecord()
         leg = replace(leg, detection={**leg.detection, rep.phase: det})
         changes: dict[str, Any] = {}
-        if rep.phase == "answer" and answered_by and answered_by != "sit":
+        if (
+            rep.phase == "answer"
+            and answered_by
+            and answered_by != "sit"
+            and not (live is not None and live.flow is not None and live.flow.hold_heard_person)
+        ):
             changes["answered_by"] = answered_by
         elif (
             rep.phase == "hold"

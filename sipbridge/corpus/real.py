@@ -195,7 +195,7 @@ def speech_clips(out: Path = DEFAULT_OUT) -> list[FloatArray]:
 
 def main(argv: list[str] | None = None) -> int:
     """``scripts/real_corpus``: build the corpus; exit 1 naming a source that failed."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="scripts/real_corpus", description=__doc__.split("\n\n")[0])
     ap.add_argument("out", nargs="?", type=Path, default=DEFAULT_OUT)
     ap.add_argument(
         "--mirror-root",

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import mmap
+import os
 import struct
 import sys
 from pathlib import Path
@@ -29,35 +31,55 @@ from sipbridge.media.frames import (
 from sipbridge.media.promptlib import PromptLibrary
 
 _FMT_PCM, _FMT_FLOAT, _FMT_ALAW, _FMT_MULAW, _FMT_EXT = 1, 3, 6, 7, 0xFFFE
+# WAVE_FORMAT_EXTENSIBLE names 18 speaker positions; more is a corrupt header.
+MAX_CHANNELS = 64
+# `sipbridge analyze` reads this much of a recording by default: a decision needs well under
+# a minute (a greeting, then at most max_beep_wait_ms for its beep); a whole hour's recording
+# would take gigabytes as float samples and an unreadable plot.
+ANALYZE_MAX_S = 120.0
 
 
-def read_wav(path: str | Path) -> tuple[FloatArray, int]:
-    """Read a WAV file into float64 mono samples in [-1, 1) and its sample rate.
+def read_wav(path: str | Path, max_s: float | None = None) -> tuple[FloatArray, int]:
+    """Read a WAV file into float64 mono samples in [-1, 1) and its sample rate; with
+    ``max_s``, only its first ``max_s`` seconds (the rest is never read into memory).
 
     Raises :class:`AudioFormatError` for missing files, non-RIFF/WAVE data, truncated chunks,
     unsupported encodings and empty audio.
     """
     p = Path(path)
     try:
-        data = p.read_bytes()
+        with p.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            # mapped, not read: a huge file's audio past ``max_s`` is never paged in
+            data: bytes | mmap.mmap = (
+                mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+            )
     except FileNotFoundError:
         raise AudioFormatError(f"{p}: file not found") from None
     except IsADirectoryError:
         raise AudioFormatError(f"{p}: is a directory, not a WAV file") from None
-    except OSError as e:
-        raise AudioFormatError(f"{p}: cannot read: {e.strerror or e}") from None
+    except (OSError, ValueError) as e:
+        raise AudioFormatError(f"{p}: cannot read: {getattr(e, 'strerror', None) or e}") from None
+    try:
+        return _parse_wav(p, data, max_s)
+    finally:
+        if isinstance(data, mmap.mmap):
+            data.close()
+
+
+def _parse_wav(p: Path, data: bytes | mmap.mmap, max_s: float | None) -> tuple[FloatArray, int]:
     if len(data) < 12 or data[:4] not in (b"RIFF", b"RIFX") or data[8:12] != b"WAVE":
         raise AudioFormatError(f"{p}: not a WAV file (no RIFF/WAVE header)")
     if data[:4] == b"RIFX":
         raise AudioFormatError(f"{p}: big-endian RIFX WAV is not supported")
     fmt: tuple[int, int, int, int] | None = None
-    pcm: bytes | None = None
+    pcm_at: tuple[int, int] | None = None  # the data chunk's offset and length in the file
     pos = 12
     while pos + 8 <= len(data):
         cid = data[pos : pos + 4]
         (size,) = struct.unpack_from("<I", data, pos + 4)
-        body = data[pos + 8 : pos + 8 + size]
         if cid == b"fmt ":
+            body = data[pos + 8 : pos + 8 + size]
             if len(body) < 16:
                 raise AudioFormatError(f"{p}: corrupt WAV: fmt chunk is {len(body)} bytes")
             tag, ch, rate, _, _, bits = struct.unpack_from("<HHIIHH", body, 0)
@@ -65,22 +87,27 @@ def read_wav(path: str | Path) -> tuple[FloatArray, int]:
                 (tag,) = struct.unpack_from("<H", body, 24)
             fmt = (tag, ch, rate, bits)
         elif cid == b"data":
-            if len(body) < size:
-                body = body[: len(body) - len(body) % 2]  # tolerate a truncated data chunk
-            pcm = body
+            n = min(size, len(data) - pos - 8)
+            if n < size:
+                n -= n % 2  # tolerate a truncated data chunk
+            pcm_at = (pos + 8, n)
             if fmt is not None:
                 break
         pos += 8 + size + (size & 1)
     if fmt is None:
         raise AudioFormatError(f"{p}: corrupt WAV: no fmt chunk")
-    if pcm is None:
+    if pcm_at is None:
         raise AudioFormatError(f"{p}: corrupt WAV: no data chunk")
     tag, ch, rate, bits = fmt
-    if ch < 1:
-        raise AudioFormatError(f"{p}: corrupt WAV: {ch} channels")
+    if ch < 1 or ch > MAX_CHANNELS:
+        raise AudioFormatError(f"{p}: unsupported WAV: {ch} channels (1-{MAX_CHANNELS})")
     if rate < 4000 or rate > 384000:
         raise AudioFormatError(f"{p}: unsupported sample rate {rate} Hz")
-    x = _decode(p, pcm, tag, bits)
+    start, n = pcm_at
+    if max_s is not None:
+        frame_bytes = ch * max(1, bits // 8)
+        n = min(n, int(max_s * rate) * frame_bytes)
+    x = _decode(p, bytes(data[start : start + n]), tag, bits)
     n = x.size // ch
     if n == 0:
         raise AudioFormatError(f"{p}: WAV contains no audio samples")
@@ -123,9 +150,10 @@ def _decode(p: Path, pcm: bytes, tag: int, bits: int) -> FloatArray:
     raise AudioFormatError(f"{p}: unsupported WAV encoding (format tag 0x{tag:04x})")
 
 
-def load_audio(path: str | Path) -> FloatArray:
-    """Read a WAV file and convert it to 8 kHz mono float samples."""
-    x, rate = read_wav(path)
+def load_audio(path: str | Path, max_s: float | None = None) -> FloatArray:
+    """Read a WAV file (its first ``max_s`` seconds) and convert it to 8 kHz mono float
+    samples."""
+    x, rate = read_wav(path, max_s)
     return resample(x, rate, SAMPLE_RATE) if rate != SAMPLE_RATE else x
 
 
@@ -204,15 +232,26 @@ def analyze_main(argv: list[str]) -> int:
         metavar="DIR",
         help="a prompt library folder (labels.json, or one sub-folder per label)",
     )
+    ap.add_argument(
+        "--max-seconds",
+        type=float,
+        default=ANALYZE_MAX_S,
+        metavar="S",
+        help=f"analyse at most the recording's first S seconds (default {ANALYZE_MAX_S:.0f})",
+    )
     args = ap.parse_args(argv)
+    if args.plot is not None and Path(args.plot).suffix.lower() != ".png":
+        ap.error(f"--plot writes a PNG image: name the file *.png (got {args.plot!r})")
+    if not 0 < args.max_seconds <= 86400:  # (NaN fails too)
+        ap.error(f"--max-seconds must be in (0, 86400], got {args.max_seconds}")
     try:
         lib = PromptLibrary.from_folder(args.prompts) if args.prompts else None
-        x = load_audio(args.file)
+        x = load_audio(args.file, args.max_seconds)
         det, timeline = analyze_samples(x, mode=args.mode, prompts=lib)
     except (AudioFormatError, ValueError) as e:
         print(f"sipbridge analyze: error: {e}", file=sys.stderr)
         return 2
-    if args.plot:
+    if args.plot is not None:
         from sipbridge.media.plot import PlotUnavailable, plot_analysis
 
         try:

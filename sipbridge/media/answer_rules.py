@@ -89,6 +89,13 @@ class AnswerRules(FrameFeeder):
         self._last_word_start = start
         self._words += 1
 
+    def _known_prompt(self) -> dict[str, Any]:
+        """The library prompt behind a provisional machine result, kept in the final one."""
+        r = self._result
+        if r is None or r.prompt is None or r.answered_by != "machine":
+            return {}
+        return {"hint": r.hint, "prompt": r.prompt, "prompt_label": r.prompt_label}
+
     def _finalise_machine(
         self, t_end: int, gend: int | None, why: str, events: list[DetectionEvent]
     ) -> None:
@@ -100,6 +107,7 @@ class AnswerRules(FrameFeeder):
             greeting_end_ms=gend if gend is not None else self._last_word_end,
             ivr_hint=True,
             reason=f"machine, no beep ({why}); could be an IVR",
+            **self._known_prompt(),
         )
 
     def _answer_rules(self, t_end: int, events: list[DetectionEvent]) -> None:
@@ -292,8 +300,10 @@ class AnswerRules(FrameFeeder):
         to be an assistant's (it says the call is screened and asks for a name and a reason)
         and said once: a machine that already spoke again after a pause is an IVR asking for
         input ("Mailbox?" … "Password?"), and a short prompt ending in a question is a menu's."""
-        if self._result is not None and self._result.answered_by == "ivr":
-            return False
+        if self._result is not None and (
+            self._result.answered_by == "ivr" or self._result.prompt is not None
+        ):
+            return False  # (a prompt the deployer's library names a mailbox stays one)
         gs = self._greeting_start
         if gs is None or last_word_end - gs < self.cfg.screening_min_greeting_ms:
             return False

@@ -324,6 +324,7 @@ class Detector(AnswerRules):
             beep_ms=run.start_ms,
             beep_hz=round(run.hz, 1),
             reason=f"{reason} (machine decided at {decided} ms)",
+            **self._known_prompt(),
         )
         # the decision is final (the SIP side may act on the onset); keep listening until the
         # tone stops to report its end in an update

@@ -69,11 +69,13 @@ def plot_analysis(
     ax_s.set_ylabel("Hz")
     ax_s.set_ylim(0, 4000)
     for e in timeline:
-        if e.kind == "tone_end":
+        # a run ends in tone_end, or in beep_end when it was the beep (followed to its end)
+        hz = e.detail.get("hz") if e.kind == "tone_end" else det.beep_hz
+        if e.kind in ("tone_end", "beep_end") and hz is not None:
             end = e.t_ms / 1000
             ax_s.plot(
                 [end - e.detail["ms"] / 1000, end],
-                [e.detail["hz"]] * 2,
+                [hz] * 2,
                 color="#00e5ff",
                 lw=2.5,
                 solid_capstyle="butt",

@@ -120,6 +120,10 @@ def codes_of(x: FloatArray, sub_offset: int = 0) -> list[int | None]:
     return out
 
 
+def _is_wav(p: Path) -> bool:
+    return p.suffix.lower() == ".wav"
+
+
 @dataclass(frozen=True, slots=True)
 class Prompt:
     """A known prompt: its name, label and codes at each sub-frame alignment."""
@@ -225,15 +229,39 @@ class PromptLibrary:
                     raise ValueError(f"{labels_file}: {fname!r} is outside the library folder")
                 entries.append((Path(fname).stem, label, path))
         else:
+            loose = sorted(p.name for p in root.iterdir() if p.is_file() and _is_wav(p))
+            if loose:  # a WAV beside the label folders would be silently ignored
+                raise ValueError(
+                    f"prompt library {root}: {', '.join(loose[:3])} not in a label sub-folder "
+                    "(put each WAV in one sub-folder per label, or list it in labels.json)"
+                )
             for sub in sorted(p for p in root.iterdir() if p.is_dir()):
-                for wav in sorted(sub.glob("*.wav")):
+                for wav in sorted(p for p in sub.iterdir() if p.is_file() and _is_wav(p)):
                     entries.append((wav.stem, sub.name, wav))
+        if not entries:
+            raise ValueError(
+                f"prompt library {root}: no prompts (labels.json, or WAVs in one sub-folder "
+                "per label)"
+            )
+        for _, label, path in entries:
+            # a label ends up in statuses, CDRs, reasons and logs: printable and short
+            if len(label) > MAX_LABEL_CHARS or not label.isprintable():
+                raise ValueError(
+                    f"prompt library: {path}: label {label[:80]!r} must be printable and at "
+                    f"most {MAX_LABEL_CHARS} characters"
+                )
         lib = cls()
         for name, label, path in entries:
             try:
-                lib.add(name, label, load_audio(path))
+                prompt = lib.add(name, label, load_audio(path))
             except AudioFormatError as e:
                 raise ValueError(f"prompt library: {e}") from None
+            voiced = sum(c is not None for c in prompt.codes[0])
+            if voiced < MIN_PAIRS:
+                raise ValueError(
+                    f"prompt library: {path}: {voiced * FRAME_MS} ms of sound, too short to be "
+                    f"recognised (needs {MIN_PAIRS * FRAME_MS} ms)"
+                )
         lib.search_index()  # built here, once (the fork server's copy is shared by the workers)
         return lib
 
@@ -261,6 +289,10 @@ def _posting(pid: int, sub: int, k: int) -> int:
 
 # Votes for one (prompt, alignment, offset) before it is verified.
 MIN_VOTES = 3
+# Frames with a code (sound) in both the call and the prompt that a verification compares at
+# least: 0.9 s. A prompt with fewer can never be recognised, so loading one is an error.
+MIN_PAIRS = 45
+MAX_LABEL_CHARS = 64
 # Look codes up on every VOTE_EVERY-th frame (all frames are kept for verification). With 100
 # prompts, 2 (and MIN_VOTES 2) takes the search from ~13 to ~8 µs per frame but misses 1 in 25
 # prompts at 20 dB SNR, none at 1 (bench/dsp.py; a shared 2-core machine).
@@ -285,7 +317,7 @@ class PromptMatcher:
     lib: PromptLibrary
     min_votes: int = MIN_VOTES
     verify_frames: int = 60
-    min_pairs: int = 45
+    min_pairs: int = MIN_PAIRS
     max_ber: float = 0.25
     _ring: npt.NDArray[np.int32] = field(
         default_factory=lambda: np.full(_RING, -1, dtype=np.int32)

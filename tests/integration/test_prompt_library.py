@@ -59,6 +59,7 @@ def test_a_broken_prompt_library_is_refused_at_start_up(
     media = tmp_path / "media"
     (media / "prompts").mkdir(parents=True)
     (media / "prompts" / "labels.json").write_text("[1, 2]")
+    (media / "empty").mkdir()
     base = bridge_config(
         tmp_path,
         trunks=[{"name": "t", "address": "127.0.0.1:5060"}],
@@ -66,6 +67,7 @@ def test_a_broken_prompt_library_is_refused_at_start_up(
     )
     for prompt_dir, problem in [
         ("prompts", "labels.json"),
+        ("empty", "no prompts"),
         ("nope", "does not exist"),
         ("../media", "not a file name"),
     ]:

@@ -123,6 +123,23 @@ def test_ivr_digits_then_hold_then_person():
     assert f.on_timer("ivr_timeout") == []  # connected: the escape hatch no longer applies
 
 
+@pytest.mark.parametrize("action", ["connect", "hangup", "retry"])
+def test_after_the_hold_heard_the_person_answer_phase_verdicts_are_ignored(action: str):
+    """The answer-phase detector keeps listening; once the hold step heard the person it
+    takes their later words for "the machine spoke again" (ivr). That must not end the call
+    by the machine policy, re-label it or tell the agent (it did all three)."""
+    f = CallFlow(
+        DetectionSettings.model_validate({"machine_action": action}), IvrSettings(hold=True)
+    )
+    f.on_answered()
+    assert f.on_detection("answer", det("machine", final=False)) == []
+    assert f.on_detection("hold", det("human")) == [DialAgent("human")]
+    assert f.on_agent_answered() == []
+    assert f.on_detection("answer", det("ivr", final=True)) == []
+    assert f.on_detection("answer", det("machine", final=True)) == []
+    assert f.answered_by == "human" and f.state != "ending"
+
+
 def test_ivr_escape_hatch():
     f = CallFlow(DetectionSettings(), IvrSettings(hold=True, max_ivr_s=30))
     assert f.on_answered() == [StartTimer("ivr_timeout", 30), StartHold()]

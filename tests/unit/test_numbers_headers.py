@@ -1,3 +1,5 @@
+import json
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -190,3 +192,24 @@ def test_caller_id_policy_per_trunk():
         trunk=strict,
     )
     assert plan.from_uri == "<sip:+14155550100@h>"
+
+
+def test_detection_info_for_an_agent_dialled_before_the_result() -> None:
+    """The INFO that tells a ``connect_on: answer`` agent the result: JSON body and headers,
+    the hint header only when there is a hint (README, "The agent leg")."""
+    from sipbridge.routing import DETECTION_INFO_TYPE, detection_info
+
+    ctype, body, headers = detection_info("CA1", "human", "screening", True)
+    assert ctype == DETECTION_INFO_TYPE == "application/vnd.sipbridge.detection+json"
+    assert json.loads(body) == {
+        "call_sid": "CA1",
+        "answered_by": "human",
+        "hint": "screening",
+        "final": True,
+    }
+    assert headers == (
+        ("X-Sipbridge-Answered-By", "human"),
+        ("X-Sipbridge-Answered-By-Hint", "screening"),
+    )
+    _, body, headers = detection_info("CA1", "machine", None, False)
+    assert json.loads(body)["hint"] is None and headers == (("X-Sipbridge-Answered-By", "machine"),)

@@ -232,3 +232,10 @@ def test_decode_ulaw_and_phone_line_band() -> None:
     assert level(1000) > 0.15
     assert level(100) < 0.2 * level(1000)  # below the 300 Hz edge
     assert level(3900) < 0.2 * level(1000)  # above the 3400 Hz edge
+
+
+def test_help_names_the_script(capsys: pytest.CaptureFixture[str]) -> None:
+    """(`scripts/real_corpus -h` said `usage: -c`: the script runs the module with python -c.)"""
+    with pytest.raises(SystemExit):
+        real.main(["--help"])
+    assert capsys.readouterr().out.startswith("usage: scripts/real_corpus ")

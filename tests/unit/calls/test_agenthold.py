@@ -11,8 +11,8 @@ import pytest
 
 from sipbridge.callsettings import IvrSettings
 from sipbridge.errors import CallNotFound, InvalidTransition
-from sipbridge.ipc import AgentHoldEvent
-from tests.doubles import CallHarness, call_config
+from sipbridge.ipc import AgentHoldEvent, DetectionReport
+from tests.doubles import CallHarness, call_config, detection
 
 
 def _hold_event(h: CallHarness, leg: str, sid: str, state: str, via: str = "api") -> None:
@@ -77,5 +77,12 @@ def test_a_resumed_hold_is_not_ended(tmp_path: Path) -> None:
         assert ev and ev[0].data["via"] == "person" and ev[0].data["hold_ms"] == 5
         # what the agent's header says, the status (and so CDR and metrics) says
         assert h.rec(sid).answered_by == "human"
+        # and keeps saying: the answer-phase detector taking the person's next words for
+        # "the machine spoke again" neither re-labels the call nor informs the agent
+        infos = len(h.pool.infos)
+        h.svc.on_sip_event(
+            DetectionReport(plan.leg_id, sid, 0, h.clock(), "answer", "update", detection("ivr"))
+        )
+        assert h.rec(sid).answered_by == "human" and len(h.pool.infos) == infos
 
     asyncio.run(body())

@@ -47,6 +47,8 @@ def sine(rate: int, f: float = 1000.0, sec: float = 0.5) -> np.ndarray:
         (wav_bytes(1, 1, 8000, 12, b"\x00" * 100), "unsupported PCM sample size"),
         (wav_bytes(1, 1, 8000, 16, b""), "no audio samples"),
         (wav_bytes(1, 1, 100, 16, b"\x00" * 100), "unsupported sample rate"),
+        (wav_bytes(1, 0, 8000, 16, b"\x00" * 100), "0 channels"),
+        (wav_bytes(1, 4000, 8000, 16, b"\x00" * 100), "4000 channels"),
     ],
 )
 def test_bad_wavs_raise_clear_errors(tmp_path: Path, content: bytes, msg: str) -> None:
@@ -117,3 +119,22 @@ def test_corpus_file_timeline(
     kinds = {e["kind"] for e in data["timeline"]}
     assert {"speech_start", "speech_end", "tone_start", "beep", "decision"} <= kinds
     assert data["detection"]["answered_by"] == "machine"
+
+
+def test_only_the_first_max_seconds_are_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A long recording is read up to ``max_s`` (the rest never decoded); the CLI's
+    ``--max-seconds`` bounds it, refusing nonsense values."""
+    p = tmp_path / "long.wav"
+    p.write_bytes(wav_bytes(1, 2, 16000, 16, b"\x01\x00" * 2 * 16000 * 30))
+    y, rate = read_wav(p, max_s=2.5)
+    assert (rate, y.size) == (16000, 40000)
+    assert read_wav(p)[0].size == 16000 * 30
+    assert analyze_main([str(p), "--json", "--max-seconds", "2"]) == 0
+    assert json.loads(capsys.readouterr().out)["detection"]["decided_at_ms"] == 2000
+    for bad in ("0", "-1", "nan", "1e9"):
+        with pytest.raises(SystemExit) as e:
+            analyze_main([str(p), "--max-seconds", bad])
+        assert e.value.code == 2
+        assert "--max-seconds must be" in capsys.readouterr().err

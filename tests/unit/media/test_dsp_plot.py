@@ -64,8 +64,44 @@ def test_plot_to_an_unwritable_place(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "cannot write" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name", ["out.svg", "out.pdf", "out", ""])
+def test_plot_to_a_name_that_is_not_png_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    """The picture is always a PNG: another name is refused before any work (it used to
+    write PNG bytes into out.svg, or draw nothing for an empty name)."""
+    wav = _wav(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        analyze_main([str(wav), "--plot", str(tmp_path / name) if name else ""])
+    assert e.value.code == 2
+    assert "name the file *.png" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["call.wav"]
+
+
 def test_bad_prompt_library_is_a_clean_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert analyze_main([str(_wav(tmp_path)), "--prompts", str(tmp_path / "nope")]) == 2
     assert "not a folder" in capsys.readouterr().err
+
+
+def test_the_beep_run_is_drawn_on_the_spectrogram(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A beep's tone run ends in ``beep_end`` (the detector follows it to its end), not in
+    ``tone_end``: it is drawn at its frequency, onset to end (it was left out)."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.axes import Axes
+
+    lines: list[tuple[list[float], list[float]]] = []
+    real_plot = Axes.plot
+
+    def spy(self: Axes, *args: Any, **kw: Any) -> Any:
+        if len(args) >= 2 and kw.get("color") == "#00e5ff":
+            lines.append((list(args[0]), list(args[1])))
+        return real_plot(self, *args, **kw)
+
+    monkeypatch.setattr(Axes, "plot", spy)
+    assert analyze_main([str(_wav(tmp_path)), "--plot", str(tmp_path / "o.png")]) == 0
+    beeps = [xs for xs, ys in lines if ys == [1000.0, 1000.0]]
+    assert len(beeps) == 1 and 0.35 <= beeps[0][1] - beeps[0][0] <= 0.45, lines

@@ -154,12 +154,40 @@ def test_labels_json_layout_and_hostile_files(tmp_path: Path, clips: dict[str, n
     with pytest.raises(ValueError, match="label strings"):
         PromptLibrary.from_folder(tmp_path)
     (tmp_path / "labels.json").unlink()
+    (tmp_path / "a.wav").unlink()  # (a WAV beside the label folders is an error of its own)
     (tmp_path / "ivr").mkdir()
     (tmp_path / "ivr" / "broken.wav").write_bytes(b"RIFF....WAVEjunk")
     with pytest.raises(ValueError, match=r"broken\.wav"):
         PromptLibrary.from_folder(tmp_path)
     with pytest.raises(ValueError, match="not a folder"):
         PromptLibrary.from_folder(tmp_path / "missing")
+
+
+def test_folders_that_would_load_nothing_are_errors(
+    tmp_path: Path, clips: dict[str, np.ndarray]
+) -> None:
+    """An empty library, a WAV beside the label folders and a prompt too short to ever be
+    recognised were loaded silently and never matched; each is now an error naming it. A
+    ``.WAV`` file counts."""
+    with pytest.raises(ValueError, match="no prompts"):
+        PromptLibrary.from_folder(tmp_path)
+    (tmp_path / "ivr").mkdir()
+    with pytest.raises(ValueError, match="no prompts"):
+        PromptLibrary.from_folder(tmp_path)
+    write_wav(tmp_path / "acme.wav", clips["bank-menu"])
+    with pytest.raises(ValueError, match=r"acme\.wav not in a label sub-folder"):
+        PromptLibrary.from_folder(tmp_path)
+    (tmp_path / "acme.wav").rename(tmp_path / "ivr" / "ACME.WAV")
+    lib = PromptLibrary.from_folder(tmp_path)
+    assert [(p.name, p.label) for p in lib.prompts] == [("ACME", "ivr")]
+    write_wav(tmp_path / "ivr" / "blip.wav", clips["bank-menu"][:4000])  # 0.5 s
+    with pytest.raises(ValueError, match=r"blip\.wav: \d+ ms of sound, too short"):
+        PromptLibrary.from_folder(tmp_path)
+    (tmp_path / "ivr" / "blip.wav").unlink()
+    for label in ("ivr\nFAKE LOG LINE", "x" * 65):
+        (tmp_path / "labels.json").write_text(json.dumps({"ivr/ACME.WAV": label}))
+        with pytest.raises(ValueError, match="must be printable and at most 64 characters"):
+            PromptLibrary.from_folder(tmp_path)
 
 
 @pytest.mark.parametrize(

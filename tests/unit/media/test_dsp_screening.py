@@ -87,3 +87,34 @@ def test_screening_greeting_is_still_human(speech: Any) -> None:
     x = x + rng.standard_normal(x.size) * 10 ** (-77 / 20)  # comfort noise
     r = _call([x])
     assert r.answered_by == "human" and r.hint == "screening", r.reason
+
+
+def test_a_greeting_the_library_names_a_mailbox_is_never_a_screener(speech: Any) -> None:
+    """The README's advice for a mailbox greeting misread as a screener (it ends in a question
+    and its beep comes late or never) is to put it in the prompt library: the library's
+    ``voicemail`` label then holds. (The screening rule used to override it.)"""
+    from sipbridge.corpus.synth import tone
+    from sipbridge.media.promptlib import PromptLibrary
+
+    text = "Hello, this call is being screened. Please say your name and the reason for your call?"
+    w = scale_to_dbfs(speech(text), -18)
+    lib = PromptLibrary()
+    lib.add("acme-mailbox", "voicemail", w)
+    rng = np.random.default_rng(5)
+    beep = tone((1000.0,), 400, -18)
+    for tail, beeps in (
+        (_sil(7000), False),
+        (np.concatenate([_sil(2600), beep, _sil(1000)]), True),
+    ):
+        x = np.concatenate([_sil(800), w, tail])
+        x = x + rng.standard_normal(x.size) * 10 ** (-77 / 20)
+        d = Detector(prompts=lib)
+        d.feed(x)
+        r = d.finish()
+        assert (r.answered_by, r.hint, r.prompt, r.prompt_label) == (
+            "machine",
+            "prompt",
+            "acme-mailbox",
+            "voicemail",
+        ), r.reason
+        assert r.final and (r.beep_ms is not None) == beeps, r

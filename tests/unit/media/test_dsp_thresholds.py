@@ -42,3 +42,19 @@ def test_new_thresholds_are_settable() -> None:
     }
     assert names <= set(DetectionConfig.__dataclass_fields__)
     DetectionSettings.model_validate({"thresholds": dict.fromkeys(names, 1000.0)})
+
+
+@pytest.mark.parametrize(
+    "thresholds",
+    [
+        {"beep_min_hz": 3000.0, "beep_max_hz": 500.0},
+        {"beep_max_hz": 350.0},
+        {"beep_min_hz": 2050.0},
+    ],
+)
+def test_an_empty_beep_band_is_refused(thresholds: dict[str, float]) -> None:
+    """Each end within its bounds but the band empty (against the other end's default too):
+    no beep could ever be heard, so it is refused naming both keys."""
+    with pytest.raises(ValidationError, match=r"beep_min_hz \(\d+\) must be below beep_max_hz"):
+        DetectionSettings.model_validate({"thresholds": thresholds})
+    DetectionSettings.model_validate({"thresholds": {"beep_min_hz": 300.0, "beep_max_hz": 2100.0}})
