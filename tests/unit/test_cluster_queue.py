@@ -63,15 +63,19 @@ def test_two_claimers_never_get_the_same_call(nodes):
     for i, sid in enumerate(sids):
         a.create(_rec(sid, t=1000.0 + i))
     got: dict[str, list[str]] = {"a": [], "b": []}
-    start = threading.Barrier(2)
+    start, first_done = threading.Barrier(2), threading.Barrier(2)
 
     def run(store: ClusterStore) -> None:
         start.wait()
+        first = True
         while True:
             claimed = store.claim(3)
+            got[store.node_id] += claimed
+            if first:  # both claim at least once (on a loaded machine one thread could
+                first = False  # otherwise take the whole queue before the other runs)
+                first_done.wait()
             if not claimed:
                 return
-            got[store.node_id] += claimed
 
     threads = [threading.Thread(target=run, args=(s,)) for s in (a, b)]
     for t in threads:
