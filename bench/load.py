@@ -77,9 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--peers-nice",
         type=int,
-        default=None,
-        help="mixed phase: nice value of the API client and SIPp (e.g. -5, the node's); "
-        "default: the bench's own",
+        default=-5,
+        help="mixed phase: nice value of the API client, SIPp and tshark, and of the "
+        "bench session's CPU group (default -5, the node's: they stand for other "
+        "machines, which the burner does not slow)",
     )
     ap.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")

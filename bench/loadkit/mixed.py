@@ -9,6 +9,7 @@ time). Per run: trigger->INVITE of accepted calls, API errors (anything but 200/
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -39,10 +40,21 @@ BURNERS = 2
 
 
 def _burn(seconds: float) -> list[subprocess.Popen[bytes]]:
-    """BURNERS busy loops at nice 0, each ending by itself after ``seconds``."""
-    code = f"import time\nend = time.time() + {seconds:.1f}\nwhile time.time() < end:\n    pass\n"
+    """BURNERS busy loops at nice 0 ending by themselves after ``seconds``: one neighbour
+    service in a session of its own (its own CPU group where the kernel groups sessions,
+    as another service's would be), not in the bench's. One process, forked into
+    BURNERS (a session can't be joined from outside)."""
+    code = (
+        "import os, time\n"
+        f"end = time.time() + {seconds:.1f}\n"
+        f"for _ in range({BURNERS} - 1):\n"
+        "    if os.fork() == 0:\n"
+        "        break\n"
+        "while time.time() < end:\n"
+        "    pass\n"
+    )
     return [
-        subprocess.Popen([sys.executable, "-c", code], preexec_fn=_nice0) for _ in range(BURNERS)
+        subprocess.Popen([sys.executable, "-c", code], preexec_fn=_nice0, start_new_session=True)
     ]
 
 
@@ -204,6 +216,10 @@ def phase_mixed(
     admission = {**ADMISSION, **(admission or {})}
     if peers_nice is not None:
         os.setpriority(os.PRIO_PROCESS, 0, peers_nice)
+        # where the kernel groups sessions, the bench's own session's group too (the
+        # node's group gets its process_nice: sipbridge.priority.set_session_nice)
+        with contextlib.suppress(OSError):
+            Path("/proc/self/autogroup").write_text(f"{peers_nice}\n")
     dur = seconds or (30.0 if quick else 60.0)
     # room to see the node trip, and resume before the end
     burn = (5.0, dur - 15.0) if dur >= 45 else (5.0, dur - 5.0)
@@ -265,8 +281,9 @@ def report_mixed(r: dict[str, Any]) -> str:
         f"held calls of {r['held_target']} (carrier loops a greeting, detector on; "
         f"{r['ramp_refused']} triggers refused during the ramp), then {r['cps']:g} CPS of "
         "short calls (answered, BYE after 0.5 s) for each run. Burner: "
-        f"{BURNERS} busy loops at nice 0 over the seconds shown; API client and SIPp at nice "
-        f"{r.get('peers_nice', 0)}. Latency = trigger sent to "
+        f"{BURNERS} busy loops at nice 0, in a session of their own (another service), over "
+        "the seconds shown; API client, SIPp and tshark (standing for other machines) at "
+        f"nice {r.get('peers_nice', 0)}, their session's CPU group too. Latency = trigger sent to "
         "the INVITE at SIPp, accepted calls only. Late RTP = a stream at the agent with a "
         "gap over 60 ms (tshark). Machine load = 1-minute load average at the run's start "
         f"({os.cpu_count()} cores; other work on the machine counts).",
