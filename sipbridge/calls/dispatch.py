@@ -104,17 +104,22 @@ class Dispatcher:
         if now >= self._clear_until or self.ctx.node_id is not None or self.paused():
             self.wake()
             return
+        ok, blocked = self._try_queued(rec, now)
+        if ok and blocked is not None:
+            self._clear_until = 0.0
+            self.wake()
+
+    def _try_queued(self, rec: CallRecord, now: float) -> tuple[bool, float | None]:
+        """(True, what :meth:`_dispatch_queued` returned), or (False, None) when it raised:
+        the call is failed, and one bad call never stops the others."""
         try:
-            blocked = self._dispatch_queued(rec, now)
+            return True, self._dispatch_queued(rec, now)
         except Exception as e:
             log.exception(
                 "%s: cannot dispatch the call", rec.call_sid, extra={"call_sid": rec.call_sid}
             )
             self.on_error(rec.call_sid, e)
-            return
-        if blocked is not None:
-            self._clear_until = 0.0
-            self.wake()
+            return False, None
 
     def run_once(self) -> float:
         """One scheduling pass; returns seconds until the next pass is useful."""
@@ -135,13 +140,8 @@ class Dispatcher:
         clear_until = 0.0 if self._failover else math.inf
         for rec in self.queued():
             due = rec.not_before if rec.not_before is not None and rec.not_before > now else None
-            try:
-                blocked = self._dispatch_queued(rec, now)
-            except Exception as e:
-                log.exception(
-                    "%s: cannot dispatch the call", rec.call_sid, extra={"call_sid": rec.call_sid}
-                )
-                self.on_error(rec.call_sid, e)
+            ok, blocked = self._try_queued(rec, now)
+            if not ok:
                 continue
             if blocked == _NO_SLOT:
                 clear_until = 0.0

@@ -55,15 +55,7 @@ def _invite(
 
 
 def _got(sipp: SippUas, method: str, call_id: str, timeout: float = 10) -> Any:
-    return sipp.wait_for(
-        lambda m: (
-            m.direction == "received"
-            and m.is_request
-            and m.method == method
-            and m.call_id == call_id
-        ),
-        timeout,
-    )
+    return sipp.wait_request(method, call_id, timeout)
 
 
 def test_agent_invite_carries_mapping_and_carrier_bye_reaches_agent(stack: Stack) -> None:
