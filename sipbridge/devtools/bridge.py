@@ -134,6 +134,17 @@ def sip_section(**overrides: Any) -> dict[str, Any]:
     return sip | overrides
 
 
+def one_trunk_config(log_dir: Path, carrier_hostport: str, **sections: Any) -> dict[str, Any]:
+    """:func:`bridge_config` with one trunk ``t`` to ``carrier_hostport`` (caller ID
+    +14155550100) that every ``+1`` number takes."""
+    return bridge_config(
+        log_dir,
+        trunks=[{"name": "t", "address": carrier_hostport, "caller_id": "+14155550100"}],
+        routes=[{"prefix": "+1", "trunk": "t"}],
+        **sections,
+    )
+
+
 def bridge_config(
     log_dir: Path, trunks: list[dict[str, Any]], routes: list[dict[str, Any]], **sections: Any
 ) -> dict[str, Any]:

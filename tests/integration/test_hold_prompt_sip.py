@@ -16,7 +16,7 @@ import pytest
 
 from sipbridge.corpus.hold import random_music
 from sipbridge.corpus.synth import Speech, codec, noise, sil, write_wav
-from sipbridge.devtools.bridge import Stack, bridge_config
+from sipbridge.devtools.bridge import Stack, one_trunk_config
 from sipbridge.devtools.sipp import render_scenario, ulaw_wav
 from sipbridge.media.frames import scale_to_dbfs
 from tests.integration.test_agent_disposition import _cdrs
@@ -57,11 +57,7 @@ def test_one_off_prompt_then_music_then_person_over_sip(stack: Stack) -> None:
             AUDIO=str(ulaw_wav(wav, stack.tmp / "hold.ulaw.wav")),
         )
     )
-    cfg = bridge_config(
-        stack.tmp,
-        trunks=[{"name": "t", "address": carrier.uri_hostport, "caller_id": "+14155550100"}],
-        routes=[{"prefix": "+1", "trunk": "t"}],
-    )
+    cfg = one_trunk_config(stack.tmp, carrier.uri_hostport)
     bridge = stack.bridge(cfg)
     sid = bridge.trigger(
         to_number="+12125550162",

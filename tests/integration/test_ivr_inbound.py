@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from sipbridge.devtools.bridge import Stack, bridge_config
+from sipbridge.devtools.bridge import Stack, bridge_config, one_trunk_config
 from sipbridge.devtools.sipp import SCENARIOS, SippUas, render_scenario, ulaw_wav
 from tests.rtp import TsharkCapture, digits_of, rtp_events
 
@@ -37,11 +37,7 @@ def test_digits_then_hold_until_a_person_speaks(
     name = "person_00_stop_silence.wav"
     person_ms = labels[name]["person_ms"]
     carrier = stack.sipp(_play_scenario(stack.tmp, corpus / name, "hold"))
-    cfg = bridge_config(
-        stack.tmp,
-        trunks=[{"name": "t", "address": carrier.uri_hostport, "caller_id": "+14155550100"}],
-        routes=[{"prefix": "+1", "trunk": "t"}],
-    )
+    cfg = one_trunk_config(stack.tmp, carrier.uri_hostport)
     with TsharkCapture(carrier.media_port, stack.tmp / "carrier.pcap") as cap:
         bridge = stack.bridge(cfg)
         sid = bridge.trigger(
@@ -77,11 +73,7 @@ def test_ivr_escape_hatch_ends_with_retryable_failure(
     corpus, labels = hold_corpus
     music = next(n for n, lab in labels.items() if lab.get("person_ms") is None)
     carrier = stack.sipp(_play_scenario(stack.tmp, corpus / music, "music"))
-    cfg = bridge_config(
-        stack.tmp,
-        trunks=[{"name": "t", "address": carrier.uri_hostport, "caller_id": "+14155550100"}],
-        routes=[{"prefix": "+1", "trunk": "t"}],
-    )
+    cfg = one_trunk_config(stack.tmp, carrier.uri_hostport)
     bridge = stack.bridge(cfg)
     sid = bridge.trigger(to_number="+12125550161", ivr={"hold": True, "max_ivr_s": 3})
     body = bridge.wait_terminal(sid, timeout=15)
@@ -220,11 +212,7 @@ def test_looping_ivr_menu_ends_the_call_after_the_digits(stack: Stack) -> None:
     max_ivr_s; the agent is never dialled."""
     # the menu, 3 s of silence (the digit goes out in it), the menu again
     carrier, menu_s = looping_menu_carrier(stack, repeats=1)
-    cfg = bridge_config(
-        stack.tmp,
-        trunks=[{"name": "t", "address": carrier.uri_hostport, "caller_id": "+14155550100"}],
-        routes=[{"prefix": "+1", "trunk": "t"}],
-    )
+    cfg = one_trunk_config(stack.tmp, carrier.uri_hostport)
     bridge = stack.bridge(cfg)
     sid = bridge.trigger(
         to_number="+12125550162",
