@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from types import FrameType
 from typing import Any
@@ -96,6 +97,14 @@ class _Server(uvicorn.Server):
     async def serve(self, sockets: list[Any] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         await super().serve(sockets)
+
+    async def startup(self, sockets: list[Any] | None = None) -> None:
+        await super().startup(sockets)
+        # Started: what exists now (modules, the app, config, ~100k objects) lives as
+        # long as the process. A full collection scanned all of it every time, ~40 ms
+        # of the loop's time while 150 analysed calls ran (a trigger arriving then
+        # waited that long); frozen, a full collection scans only what came after.
+        gc.freeze()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # Runs in the signal handler: hand over to the loop. A signal is not re-raised

@@ -152,6 +152,8 @@ def _run(
             p.kill()
             p.wait(5)
     th.join(120)
+    # per call (sid, sent, 200 at), for looking at a run's tail afterwards (--keep)
+    (log_dir / f"sent_{'burner' if burn else 'alone'}.json").write_text(json.dumps(d["sent"]))
     # calls accepted while the node was about to refuse wait in the queue: give them time
     sids = [s for s, _, _ in d["sent"]]
     deadline = time.monotonic() + 30

@@ -35,6 +35,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -49,6 +50,7 @@ from sipbridge.sipconfig import SipConfig
 log = logging.getLogger("sipbridge.sip.pool")
 
 _RESTART_BACKOFF_MAX_S = 10.0
+_REAP_WAIT_S = 1.0  # from a worker's pipe closing to its exit status (see _after_exit)
 
 
 # Everything the pool hands to ``on_event``.
@@ -94,6 +96,10 @@ class WorkerPool:
         self.spawned_total = 0
         self.retired_total = 0
         self._scaler = Scaler(self)
+        # One thread that asks the fork server for worker processes (see spawn), and the
+        # requests it has not finished.
+        self._spawner: ThreadPoolExecutor | None = None
+        self._spawning: set[asyncio.Future[tuple[Any, Connection]]] = set()
 
     # ---------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -126,20 +132,50 @@ class WorkerPool:
             self._scaler.start()
 
     def spawn(self, w: WorkerProc, sip_port: int = 0) -> asyncio.Future[ipc.WorkerReady]:
-        """Start ``w``'s process; the future resolves with its WorkerReady."""
+        """Start ``w``'s process; the future resolves with its WorkerReady.
+
+        The process is requested from the fork server on the spawner thread, not on the
+        event loop: the request blocks until the fork server has forked and sent the
+        child's pid, which on a busy machine (an elastic pool grows exactly then) took up
+        to ~0.4 s, and held every API request and dial on this loop that long.
+        """
         assert self._loop is not None
-        proc, parent = start_worker_process(
-            self._ctx, self.cfg, w.worker_id, max(self.cfg.workers, self.max_workers), sip_port
-        )
-        w.process = proc
-        w.conn = parent
+        if self._spawner is None:
+            self._spawner = ThreadPoolExecutor(1, thread_name_prefix="sip-spawn")
         w.ready = False
         w.started_at = time.monotonic()
         w.retiring_since = 0.0
         self.spawned_total += 1
-        w.ready_future = self._loop.create_future()
+        ready = w.ready_future = self._loop.create_future()
+        slots = max(self.cfg.workers, self.max_workers)
+        started = self._loop.run_in_executor(
+            self._spawner, start_worker_process, self._ctx, self.cfg, w.worker_id, slots, sip_port
+        )
+        self._spawning.add(started)
+        started.add_done_callback(lambda f: self._process_started(w, ready, f))
+        return ready
+
+    def _process_started(
+        self,
+        w: WorkerProc,
+        ready: asyncio.Future[ipc.WorkerReady],
+        started: asyncio.Future[tuple[Any, Connection]],
+    ) -> None:
+        """The fork server answered: read the new worker's pipe, or handle the failure
+        as the worker's death during start-up (retried or dropped as for any worker)."""
+        assert self._loop is not None
+        self._spawning.discard(started)
+        exc = None if started.cancelled() else started.exception()
+        if started.cancelled() or exc is not None:
+            w.last_log = f"could not start a worker process: {exc or 'cancelled'}"
+            log.error("SIP worker %d: %s", w.worker_id, w.last_log)
+            if w.ready_future is ready and self.workers.get(w.worker_id) is w:
+                self._on_worker_exit(w)
+            return
+        proc, parent = started.result()
+        w.process = proc
+        w.conn = parent
         self._loop.add_reader(parent.fileno(), self._on_readable, w.worker_id, parent)
-        return w.ready_future
 
     def track(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run a background task of the pool (cancelled by :meth:`stop`)."""
@@ -163,6 +199,8 @@ class WorkerPool:
         self.stopping = True
         for t in list(self._tasks):
             t.cancel()
+        if self._spawning:  # processes being started are stopped like the others
+            await asyncio.wait(set(self._spawning), timeout=START_TIMEOUT_S)
         self._scaler.stop()
         for w in list(self.workers.values()):
             w.send(ipc.Shutdown())
@@ -196,6 +234,8 @@ class WorkerPool:
                     w, leg_id, call_sid, "local_hangup", "SIP pool stopped before the leg ended"
                 )
             w.release_process()
+        if self._spawner is not None:
+            self._spawner.shutdown(wait=False)
 
     # ---------------------------------------------------------------- capacity
     def capacity(self) -> int:
@@ -375,7 +415,30 @@ class WorkerPool:
             return
         alive = w.drain(conn, self._dispatch)
         if not alive:
+            self._after_exit(w)
+
+    def _after_exit(self, w: WorkerProc) -> None:
+        """The worker's pipe closed: handle its exit once its exit status is known,
+        without blocking the loop. The status comes from the fork server, which reaps
+        the child and then writes it to the process's sentinel: a ``join`` here waited
+        for that, up to ~0.1 s on a busy machine. Bounded: after ``_REAP_WAIT_S`` the exit
+        is handled with the status unknown (None), as ``join(timeout)`` did."""
+        assert self._loop is not None
+        w.close(self._loop)  # its pipe is at EOF: stop reading it
+        proc = w.process
+        if proc is None or proc.exitcode is not None:  # exitcode polls without waiting
             self._on_worker_exit(w)
+            return
+        loop, sentinel = self._loop, proc.sentinel
+
+        def reaped() -> None:
+            loop.remove_reader(sentinel)
+            timer.cancel()
+            if w.process is proc:
+                self._on_worker_exit(w)
+
+        timer = loop.call_later(_REAP_WAIT_S, reaped)
+        loop.add_reader(sentinel, reaped)
 
     def _dispatch(self, w: WorkerProc, msg: ipc.Command | ipc.Event) -> None:
         if isinstance(msg, ipc.LegEvent):
@@ -451,10 +514,7 @@ class WorkerPool:
 
     def _on_worker_exit(self, w: WorkerProc) -> None:
         proc = w.process
-        code: int | None = None
-        if proc is not None:
-            proc.join(1.0)
-            code = proc.exitcode
+        code = proc.exitcode if proc is not None else None  # reaped: see _after_exit
         w.close(self._loop)
         if self.stopping:
             return
