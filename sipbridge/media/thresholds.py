@@ -100,6 +100,20 @@ class DetectionConfig:
     # line carries nothing else (measured: bench/dsp.py). -120 turns the rule off (endpoints
     # that suppress silence without comfort noise: their callers would be called machines).
     recorded_line_dbfs: float = -85.0
+    # A live microphone's room is told from the line's own noise by its level (-68 dBFS and
+    # up: ``LivenessConfig.live_floor_dbfs``) or, on a quieter line (-76..-68 dBFS: a quiet
+    # room through a landline or cell phone, the same levels as network comfort noise and a
+    # line's hiss), by its spectrum: acoustic noise reaching a microphone falls with
+    # frequency (pink noise puts ~7 dB more per Hz at 300–1000 Hz than at 2000–3400 Hz; rooms,
+    # ventilation and breath more), while what a line or network adds without a microphone
+    # (thermal hiss, quantisation, comfort noise generated without a spectrum) is flat, and
+    # so is every generated machine's line (measured 0 ± 2 dB over the frames before the
+    # first word). A long greeting over such a tilted floor, unchanged under its words, is a
+    # live voice. 4 dB lies between the two with ~2 dB to each side; the real quiet landline
+    # and cell-phone callers measure 6–14 dB. Below -76 dBFS µ-law carries only its last
+    # codes (0, ±8), whose pattern is white whatever the room: no tilt is trusted there.
+    # 120 turns it off (only the level then says "a room").
+    room_tilt_db: float = 4.0
     # Follow a beep to its end (for ``beep_end_ms``) at most this long; real beeps are 0.1–1 s.
     beep_end_max_ms: int = 2500
     # Stop waiting for the beep altogether this long after the start (greetings up to ~25 s).
