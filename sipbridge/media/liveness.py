@@ -13,8 +13,13 @@ text-to-speech prompt) starts and stops with it, so the floor *changes under the
 
 :class:`FloorTracker` measures the floor before the first word (``pre_db``: the quietest
 frames of the 600 ms before it) and in the pauses of the greeting (``gap_db``), and calls the
-voice ``recorded`` when they differ by ``step_db`` or more, ``live`` when an audible floor
-(≥ ``live_floor_dbfs``) stays within ``same_db``, else ``unknown``.
+voice ``recorded`` when the pauses' floor rises ``step_db`` or more above it, or drops as far
+below the line's quiet moments (``pre_low_db``: a room lifted by breath and handling before
+the first word still has them; a line's steady hiss or comfort noise is all quiet moments),
+``live`` when a room's floor stays within ``same_db``, else ``unknown``. A room's floor is
+audible (≥ ``live_floor_dbfs``), or quieter but tilted like acoustic noise
+(:func:`band_tilt_db` ≥ ``room_tilt_db``: a microphone's room falls with frequency, a line's
+own hiss is flat).
 
 Limits (measured on the generated corpus only; see the README): a recording played into a
 noisy line whose noise masks its own bed looks live (a PBX auto-attendant behind an analog
@@ -65,7 +70,7 @@ class LivenessConfig:
     # A quieter floor (down to ``audible_dbfs``) is still a live microphone's room when its
     # spectrum tilts like acoustic noise: 300–1000 Hz this many dB above 2000–3400 Hz (see
     # ``DetectionConfig.room_tilt_db``, which sets it).
-    room_tilt_db: float = 4.0
+    room_tilt_db: float = 3.0
 
 
 class FloorTracker:
@@ -77,6 +82,7 @@ class FloorTracker:
         # the spectral tilt (dB) of the quiet frames in ``_recent``, by start
         self._tilts: deque[tuple[int, float]] = deque(maxlen=40)
         self.pre_db: float | None = None
+        self.pre_low_db: float | None = None
         self.pre_tilt_db: float | None = None
         self._gaps: list[tuple[int, float]] = []
         self._started = False
@@ -88,9 +94,7 @@ class FloorTracker:
         """The first word has started (the floor before it is fixed)."""
         return self._started
 
-    def update(
-        self, t_ms: int, level_db: float, quiet: bool, tilt_db: float | None = None
-    ) -> None:
+    def update(self, t_ms: int, level_db: float, quiet: bool, tilt_db: float | None = None) -> None:
         """One frame: its start, level, whether it is a pause (no speech, no tone), and for a
         pause before the first word its spectral tilt (:func:`band_tilt_db`)."""
         if self._started:
@@ -113,20 +117,18 @@ class FloorTracker:
         # arrives, or while the far end suppresses silence (DTX) — a live caller's room noise
         # then "starts" with their first packets. Only a line heard carrying something counts.
         cut_ms = start_ms - 15 * FRAME_MS
-        before = [
-            lv for t, lv, q in self._recent if q and t < cut_ms and lv > DIGITAL_SILENCE_DBFS
-        ]
+        before = [lv for t, lv, q in self._recent if q and t < cut_ms and lv > DIGITAL_SILENCE_DBFS]
         heard_before = sum(1 for t, _, _ in self._recent if t < cut_ms)
         if len(before) < 5 and heard_before < 10:  # it started early: take what there is
             # (after 200 ms or more of digital silence the frames just before the first word
             # are a recording's own bed, not the line's floor)
             cut_ms = start_ms - 2 * FRAME_MS
             before = [
-                lv
-                for t, lv, q in self._recent
-                if q and t < cut_ms and lv > DIGITAL_SILENCE_DBFS
+                lv for t, lv, q in self._recent if q and t < cut_ms and lv > DIGITAL_SILENCE_DBFS
             ]
         self.pre_db = float(np.percentile(before, 20)) if len(before) >= 5 else None
+        # the line's quiet moments: what a floor that drops under the greeting must drop below
+        self.pre_low_db = float(np.percentile(before, 5)) if len(before) >= 5 else None
         # the spectral tilt of the same stretch of line
         tilts = [d for t, d in self._tilts if t < cut_ms]
         self.pre_tilt_db = float(np.median(tilts)) if len(tilts) >= 5 else None
@@ -227,7 +229,15 @@ class FloorTracker:
         pre, gap = self.pre_db, self.gap_db(until_ms, pct)
         if pre is None or gap is None:
             return "unknown"
-        if abs(gap - pre) >= self.cfg.step_db and max(gap, pre) >= self.cfg.audible_dbfs:
+        # A floor that drops under the greeting drops below the line's quiet moments too: a
+        # line's hiss or comfort noise is steady (its frames within ±1–2 dB, so its 5th
+        # percentile is within ~1 dB of its 20th), and a clean prompt's pauses replace it. A
+        # room before a live talker's first word is lifted by breath, handling and their
+        # phone settling in, and its quiet moments are the room's floor, still there between
+        # their words.
+        low = pre if self.pre_low_db is None else self.pre_low_db
+        step = max(gap - pre, low - gap)
+        if step >= self.cfg.step_db and max(gap, pre) >= self.cfg.audible_dbfs:
             return "recorded"
         if abs(gap - pre) <= self.cfg.same_db and self.room_heard():
             return "live"
@@ -246,10 +256,11 @@ def band_tilt_db(power: FloatArray) -> float | None:
     None when there is no power to compare (digital silence).
 
     Acoustic noise picked up by a microphone (a room, traffic, ventilation, the talker's
-    breath) falls with frequency — pink noise already puts ~7 dB more per Hz in the low band
-    than the high one, rooms more — while the noise a line or a network adds by itself
-    (thermal hiss, quantisation, comfort noise with no spectrum of its own) is flat (0 ± 2
-    dB)."""
+    breath) falls with frequency — pink noise puts 6 dB more per Hz in the low band than the
+    high one (4–5 dB through µ-law at -76..-70 dBFS), rooms more — while the noise a line or
+    a network adds by itself (thermal hiss, quantisation, comfort noise with no spectrum of
+    its own) is flat (0 ± 0.5 dB). One frame's figure varies by ±2 dB: take the median of
+    several."""
     lo = float(np.add.reduce(power[_TILT_LOW_BINS[0] : _TILT_LOW_BINS[1]]))
     hi = float(np.add.reduce(power[_TILT_HIGH_BINS[0] : _TILT_HIGH_BINS[1]]))
     if lo <= 0.0 or hi <= 0.0:
