@@ -11,7 +11,8 @@ voice reads *live*), with and without a recorded room bed 25–45 dB under the s
 ``operator_masked_silence_ms``, when the line's floor is within ``operator_clear_db`` of the
 speech) with no beep; this prints, per beep delay, how many such machines were called human:
 the cost of deciding a long live greeting sooner (bench/opwait.py: the same per wait on the
-corpora's own greetings). Writes nothing.
+corpora's own greetings). ``--quiet`` plays them into quiet lines instead (-74, -70 dBFS),
+where only the pink ones (half) read live, by their tilt (``room_tilt_db``). Writes nothing.
 """
 
 from __future__ import annotations
@@ -33,13 +34,18 @@ from sipbridge.media.frames import SAMPLE_RATE, scale_to_dbfs  # noqa: E402
 
 DELAYS_MS = (300, 700, 1000, 1200, 1500, 2000)
 FLOORS_DBFS = (-64.0, -56.0, -48.0)
+# ``--quiet``: lines as quiet as a quiet room (-76..-68 dBFS), where only a floor tilted like
+# acoustic noise (pink, half the prompts) reads live (``room_tilt_db``); white reads flat
+QUIET_FLOORS_DBFS = (-74.0, -70.0)
 
 
 def _n(ms: float) -> int:
     return round(ms * SAMPLE_RATE / 1000)
 
 
-def calls(folder: Path, seed: int = 7) -> list[tuple[int, np.ndarray]]:
+def calls(
+    folder: Path, seed: int = 7, floors: tuple[float, ...] = FLOORS_DBFS
+) -> list[tuple[int, np.ndarray]]:
     """(beep delay after the last word in ms, audio) for every prompt, floor, bed, delay."""
     rng = np.random.default_rng(seed)
     out: list[tuple[int, np.ndarray]] = []
@@ -48,7 +54,7 @@ def calls(folder: Path, seed: int = 7) -> list[tuple[int, np.ndarray]]:
         s = trim(load_audio(p))
         if not _n(2000) <= s.size <= _n(6500):
             continue
-        for floor in FLOORS_DBFS:
+        for floor in floors:
             for d in DELAYS_MS:
                 for bed in (False, True):
                     lvl = rng.uniform(-26, -18)
@@ -67,10 +73,10 @@ def calls(folder: Path, seed: int = 7) -> list[tuple[int, np.ndarray]]:
     return out
 
 
-def run(folder: Path) -> dict[int, list[int]]:
+def run(folder: Path, floors: tuple[float, ...] = FLOORS_DBFS) -> dict[int, list[int]]:
     """Per beep delay: [calls, called human]."""
     rows: dict[int, list[int]] = defaultdict(lambda: [0, 0])
-    for d, x in calls(folder):
+    for d, x in calls(folder, floors=floors):
         det = Detector(keep_timeline=False)
         det.feed(x)
         r = det.finish()
@@ -81,12 +87,15 @@ def run(folder: Path) -> dict[int, list[int]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    floors = QUIET_FLOORS_DBFS if "--quiet" in args else FLOORS_DBFS
+    args = [a for a in args if a != "--quiet"]
     folder = Path(args[0]) if args else real.DEFAULT_OUT
     if not (folder / "speech").is_dir():
         print(f"noisyline: no corpus in {folder} (run scripts/real_corpus)", file=sys.stderr)
         return 1
+    print(f"(line floors {', '.join(f'{f:.0f}' for f in floors)} dBFS)\n")
     print("| beep after the last word (ms) | calls | called human |\n|---|---|---|")
-    for d, (n, h) in run(folder).items():
+    for d, (n, h) in run(folder, floors).items():
         print(f"| {d} | {n} | {h} ({100 * h / n:.0f} %) |")
     return 0
 

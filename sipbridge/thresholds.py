@@ -47,6 +47,7 @@ class DetectionThresholds(TypedDict, total=False):
     screening_min_greeting_ms: Annotated[int, _ms(0, 30_000)]
     beep_end_max_ms: Annotated[int, _ms(100, 10_000)]
     recorded_line_dbfs: Annotated[float, Field(ge=-120, le=0)]
+    room_tilt_db: Annotated[float, Field(ge=0, le=120)]
 
 
 __all__ = ["DetectionThresholds"]

@@ -195,7 +195,7 @@ class AnswerRules(FrameFeeder):
                 verdict != "recorded"
                 and pre is not None
                 and self._floor.gap_frames < _LIVE_PENDING_FRAMES
-                and pre >= self._floor.cfg.live_floor_dbfs
+                and self._floor.room_heard()
                 and t_end - gs < cfg.total_analysis_ms
             ):
                 self._live_pending = True  # an audible room, no pause heard yet: wait for one

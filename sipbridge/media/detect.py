@@ -49,7 +49,12 @@ from sipbridge.media.frames import (
     FloatArray,
     dbfs,
 )
-from sipbridge.media.liveness import FloorTracker
+from sipbridge.media.liveness import (
+    DIGITAL_SILENCE_DBFS,
+    FloorTracker,
+    LivenessConfig,
+    band_tilt_db,
+)
 from sipbridge.media.promptlib import PromptLibrary, PromptMatch, label_result
 from sipbridge.media.result import (
     ANSWERED_BY_VALUES,
@@ -129,7 +134,7 @@ class Detector(AnswerRules):
         # burst heard after it (the far end was still ringing)
         self._ref_ms = 0
         self._beep_run: ToneRun | None = None  # a decided beep followed to its end
-        self._floor = FloorTracker()
+        self._floor = FloorTracker(LivenessConfig(room_tilt_db=self.cfg.room_tilt_db))
         # known prompts (an operator-supplied library): recognised by fingerprint
         self._prompts = prompts.matcher() if prompts is not None and len(prompts) else None
         self._live_long = False  # a long greeting in a live voice (operator candidate)
@@ -253,7 +258,14 @@ class Detector(AnswerRules):
             # A-law's idle pattern is a constant +8 (-69 dBFS of DC, no sound): the floor is
             # measured without the DC, so digital silence reads -100 in both G.711 laws
             floor_db = dbfs(x - float(np.add.reduce(x)) / x.size) if level < -60.0 else level
-            self._floor.update(t, floor_db, quiet)
+            # a pause before the first word: its spectral tilt tells a microphone's room from
+            # a line's own hiss (only needed where the level alone does not say "a room")
+            tilt = (
+                band_tilt_db(ta.power)
+                if quiet and not self._floor.started and DIGITAL_SILENCE_DBFS < floor_db < -60.0
+                else None
+            )
+            self._floor.update(t, floor_db, quiet, tilt)
         self._on_cp(
             sig, t, t_end, events, sp.last_speech, ta.peak_hz if sig is not None else None, level
         )

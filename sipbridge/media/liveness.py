@@ -13,8 +13,13 @@ text-to-speech prompt) starts and stops with it, so the floor *changes under the
 
 :class:`FloorTracker` measures the floor before the first word (``pre_db``: the quietest
 frames of the 600 ms before it) and in the pauses of the greeting (``gap_db``), and calls the
-voice ``recorded`` when they differ by ``step_db`` or more, ``live`` when an audible floor
-(≥ ``live_floor_dbfs``) stays within ``same_db``, else ``unknown``.
+voice ``recorded`` when the pauses' floor rises ``step_db`` or more above it, or drops as far
+below the line's quiet moments (``pre_low_db``: a room lifted by breath and handling before
+the first word still has them; a line's steady hiss or comfort noise is all quiet moments),
+``live`` when a room's floor stays within ``same_db``, else ``unknown``. A room's floor is
+audible (≥ ``live_floor_dbfs``), or quieter but tilted like acoustic noise
+(:func:`band_tilt_db` ≥ ``room_tilt_db``: a microphone's room falls with frequency, a line's
+own hiss is flat).
 
 Limits (measured on the generated corpus only; see the README): a recording played into a
 noisy line whose noise masks its own bed looks live (a PBX auto-attendant behind an analog
@@ -30,6 +35,7 @@ the last word.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 from typing import Literal
@@ -61,6 +67,10 @@ class LivenessConfig:
     # Pause frames needed to measure the floor in the greeting (100 ms): a short prompt has
     # only the 100–300 ms after its last word.
     min_gap_frames: int = 5
+    # A quieter floor (down to ``audible_dbfs``) is still a live microphone's room when its
+    # spectrum tilts like acoustic noise: 300–1000 Hz this many dB above 2000–3400 Hz (see
+    # ``DetectionConfig.room_tilt_db``, which sets it).
+    room_tilt_db: float = 3.0
 
 
 class FloorTracker:
@@ -69,20 +79,32 @@ class FloorTracker:
     def __init__(self, config: LivenessConfig | None = None) -> None:
         self.cfg = config or LivenessConfig()
         self._recent: deque[tuple[int, float, bool]] = deque(maxlen=40)  # 800 ms
+        # the spectral tilt (dB) of the quiet frames in ``_recent``, by start
+        self._tilts: deque[tuple[int, float]] = deque(maxlen=40)
         self.pre_db: float | None = None
+        self.pre_low_db: float | None = None
+        self.pre_tilt_db: float | None = None
         self._gaps: list[tuple[int, float]] = []
         self._started = False
         # every frame since the first word (3 s): (start, level, pause?)
         self._since: deque[tuple[int, float, bool]] = deque(maxlen=150)
 
-    def update(self, t_ms: int, level_db: float, quiet: bool) -> None:
-        """One frame: its start, level, and whether it is a pause (no speech, no tone)."""
+    @property
+    def started(self) -> bool:
+        """The first word has started (the floor before it is fixed)."""
+        return self._started
+
+    def update(self, t_ms: int, level_db: float, quiet: bool, tilt_db: float | None = None) -> None:
+        """One frame: its start, level, whether it is a pause (no speech, no tone), and for a
+        pause before the first word its spectral tilt (:func:`band_tilt_db`)."""
         if self._started:
             self._since.append((t_ms, level_db, quiet))
             if quiet and len(self._gaps) < 3000:
                 self._gaps.append((t_ms, level_db))
         else:
             self._recent.append((t_ms, level_db, quiet))
+            if quiet and tilt_db is not None:
+                self._tilts.append((t_ms, tilt_db))
 
     def greeting_started(self, start_ms: int) -> None:
         """The first word started at ``start_ms``: fix the floor before it."""
@@ -94,21 +116,22 @@ class FloorTracker:
         # Digital silence is no floor: it is what a receiver plays before the far end's media
         # arrives, or while the far end suppresses silence (DTX) — a live caller's room noise
         # then "starts" with their first packets. Only a line heard carrying something counts.
-        before = [
-            lv
-            for t, lv, q in self._recent
-            if q and t < start_ms - 15 * FRAME_MS and lv > DIGITAL_SILENCE_DBFS
-        ]
-        heard_before = sum(1 for t, _, _ in self._recent if t < start_ms - 15 * FRAME_MS)
+        cut_ms = start_ms - 15 * FRAME_MS
+        before = [lv for t, lv, q in self._recent if q and t < cut_ms and lv > DIGITAL_SILENCE_DBFS]
+        heard_before = sum(1 for t, _, _ in self._recent if t < cut_ms)
         if len(before) < 5 and heard_before < 10:  # it started early: take what there is
             # (after 200 ms or more of digital silence the frames just before the first word
             # are a recording's own bed, not the line's floor)
+            cut_ms = start_ms - 2 * FRAME_MS
             before = [
-                lv
-                for t, lv, q in self._recent
-                if q and t < start_ms - 2 * FRAME_MS and lv > DIGITAL_SILENCE_DBFS
+                lv for t, lv, q in self._recent if q and t < cut_ms and lv > DIGITAL_SILENCE_DBFS
             ]
         self.pre_db = float(np.percentile(before, 20)) if len(before) >= 5 else None
+        # the line's quiet moments: what a floor that drops under the greeting must drop below
+        self.pre_low_db = float(np.percentile(before, 5)) if len(before) >= 5 else None
+        # the spectral tilt of the same stretch of line
+        tilts = [d for t, d in self._tilts if t < cut_ms]
+        self.pre_tilt_db = float(np.median(tilts)) if len(tilts) >= 5 else None
         # the frames just before the first word belong to the greeting's floor: a recording's
         # bed starts 0.1–0.5 s before its first word (a live room was there all along)
         self._gaps = [
@@ -187,17 +210,64 @@ class FloorTracker:
         """Pause frames measured so far."""
         return len(self._gaps)
 
+    def room_heard(self) -> bool:
+        """The floor before the first word is a live microphone's room: audible enough
+        (``live_floor_dbfs``), or quieter but tilted like acoustic noise (``room_tilt_db``)
+        and still above the level where µ-law's last codes whiten any noise
+        (``audible_dbfs``)."""
+        pre, cfg = self.pre_db, self.cfg
+        if pre is None:
+            return False
+        if pre >= cfg.live_floor_dbfs:
+            return True
+        tilt = self.pre_tilt_db
+        return pre >= cfg.audible_dbfs and tilt is not None and tilt >= cfg.room_tilt_db
+
     def verdict(self, until_ms: int | None = None, pct: float = 50.0) -> Verdict:
         """``recorded`` / ``live`` / ``unknown`` from the floors measured so far (the pauses'
         floor taken at the ``pct`` percentile, see :meth:`gap_db`)."""
         pre, gap = self.pre_db, self.gap_db(until_ms, pct)
         if pre is None or gap is None:
             return "unknown"
-        if abs(gap - pre) >= self.cfg.step_db and max(gap, pre) >= self.cfg.audible_dbfs:
+        # A floor that drops under the greeting drops below the line's quiet moments too: a
+        # line's hiss or comfort noise is steady (its frames within ±1–2 dB, so its 5th
+        # percentile is within ~1 dB of its 20th), and a clean prompt's pauses replace it. A
+        # room before a live talker's first word is lifted by breath, handling and their
+        # phone settling in, and its quiet moments are the room's floor, still there between
+        # their words.
+        low = pre if self.pre_low_db is None else self.pre_low_db
+        step = max(gap - pre, low - gap)
+        if step >= self.cfg.step_db and max(gap, pre) >= self.cfg.audible_dbfs:
             return "recorded"
-        if pre >= self.cfg.live_floor_dbfs and abs(gap - pre) <= self.cfg.same_db:
+        if abs(gap - pre) <= self.cfg.same_db and self.room_heard():
             return "live"
         return "unknown"
+
+
+# Bands of the floor's spectral tilt (25 Hz bins of a 40 ms block): 300–1000 Hz against
+# 2000–3400 Hz, both inside the telephone band, where a handset's filter passes them alike.
+_TILT_LOW_BINS = (12, 40)
+_TILT_HIGH_BINS = (80, 136)
+
+
+def band_tilt_db(power: FloatArray) -> float | None:
+    """The spectral tilt of a quiet frame: the mean power of its 300–1000 Hz bins over that
+    of its 2000–3400 Hz bins, in dB (``power``: the 40 ms block's 161-bin power spectrum);
+    None when there is no power to compare (digital silence).
+
+    Acoustic noise picked up by a microphone (a room, traffic, ventilation, the talker's
+    breath) falls with frequency — pink noise puts 6 dB more per Hz in the low band than the
+    high one (4–5 dB through µ-law at -76..-70 dBFS), rooms more — while the noise a line or
+    a network adds by itself (thermal hiss, quantisation, comfort noise with no spectrum of
+    its own) is flat (0 ± 0.5 dB). One frame's figure varies by ±2 dB: take the median of
+    several."""
+    lo = float(np.add.reduce(power[_TILT_LOW_BINS[0] : _TILT_LOW_BINS[1]]))
+    hi = float(np.add.reduce(power[_TILT_HIGH_BINS[0] : _TILT_HIGH_BINS[1]]))
+    if lo <= 0.0 or hi <= 0.0:
+        return None
+    n_lo = _TILT_LOW_BINS[1] - _TILT_LOW_BINS[0]
+    n_hi = _TILT_HIGH_BINS[1] - _TILT_HIGH_BINS[0]
+    return 10.0 * math.log10((lo / n_lo) / (hi / n_hi))
 
 
 def pitch_track(

@@ -100,6 +100,24 @@ class DetectionConfig:
     # line carries nothing else (measured: bench/dsp.py). -120 turns the rule off (endpoints
     # that suppress silence without comfort noise: their callers would be called machines).
     recorded_line_dbfs: float = -85.0
+    # A live microphone's room is told from the line's own noise by its level (-68 dBFS and
+    # up: ``LivenessConfig.live_floor_dbfs``) or, on a quieter line (-76..-68 dBFS: a quiet
+    # room through a landline or cell phone, the same levels as network comfort noise and a
+    # line's hiss), by its spectrum (``liveness.band_tilt_db``: 300–1000 Hz against
+    # 2000–3400 Hz, dB per Hz, median over the pauses before the first word). Acoustic noise
+    # reaching a microphone falls with frequency (rooms, ventilation, traffic, breath): pink
+    # noise measures 6 dB, and through µ-law at -76..-70 dBFS, whose coarse last codes whiten
+    # it, still 4–5 dB; the real corpus's quiet landline and cell-phone rooms measure 7–13 dB.
+    # What a line or network adds without a microphone (thermal hiss, quantisation, comfort
+    # noise generated without a spectrum) is flat: white noise measures 0 ± 0.5 dB at these
+    # levels, every generated machine's line -1.4..+0.7 dB. A long greeting over a tilted
+    # floor, unchanged under its words, is a live voice (then the operator rules apply, as
+    # for louder rooms). 3 dB lies between flat and pink-through-µ-law with ~1–1.5 dB to
+    # each. Below -76 dBFS µ-law carries only its last codes (0, ±8) and no tilt is trusted.
+    # The cost is the one louder rooms already have: a studio prompt played into a quiet
+    # line whose noise is tilted (crosstalk, hum on an analog loop) reads live too
+    # (bench/noisyline.py measures that trade-off on noisy lines). 120 turns the rule off.
+    room_tilt_db: float = 3.0
     # Follow a beep to its end (for ``beep_end_ms``) at most this long; real beeps are 0.1–1 s.
     beep_end_max_ms: int = 2500
     # Stop waiting for the beep altogether this long after the start (greetings up to ~25 s).

@@ -8,9 +8,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pytest
 
-from sipbridge.corpus.synth import noise
-from sipbridge.media.detect import Detector
+from sipbridge.corpus.synth import codec, noise
+from sipbridge.media.detect import DetectionConfig, Detector
 from sipbridge.media.frames import SAMPLE_RATE, scale_to_dbfs
 
 PHRASES = [
@@ -30,9 +31,15 @@ def _breath(rng: np.random.Generator, ms: float, dbfs: float) -> np.ndarray:
     return scale_to_dbfs(noise(n, "white", rng) * np.hanning(n), dbfs)
 
 
-def _talker(speech: Any, rng: np.random.Generator, breath_db: float | None) -> tuple[Any, int]:
-    """Phrases with 450 ms pauses in a room at -60 dBFS, a breath before each later phrase;
-    returns (audio, end of speech in ms)."""
+def _talker(
+    speech: Any,
+    rng: np.random.Generator,
+    breath_db: float | None,
+    room_dbfs: float = -60.0,
+    room: str = "pink",
+) -> tuple[Any, int]:
+    """Phrases with 450 ms pauses in a room (``room`` noise at ``room_dbfs``), a breath
+    before each later phrase; returns (audio, end of speech in ms)."""
     parts = [np.zeros(_ms(700))]
     for i, text in enumerate(PHRASES):
         if i:
@@ -44,7 +51,7 @@ def _talker(speech: Any, rng: np.random.Generator, breath_db: float | None) -> t
     end_ms = sum(p.size for p in parts) * 1000 // SAMPLE_RATE
     parts.append(np.zeros(_ms(4000)))
     x = np.concatenate(parts)
-    x = x + scale_to_dbfs(noise(x.size, "pink", rng), -60)
+    x = x + scale_to_dbfs(noise(x.size, room, rng), room_dbfs)
     return x, end_ms
 
 
@@ -82,6 +89,68 @@ def test_recorded_bed_in_every_pause_stays_machine(speech: Any) -> None:
     x += scale_to_dbfs(noise(x.size, "white", rng), -72)  # the line's comfort noise
     r = _run(x)
     assert r.answered_by == "machine", r.reason
+
+
+@pytest.mark.parametrize(("room_dbfs", "seed"), [(-74.0, 31), (-71.0, 32)])
+def test_live_talker_on_a_quiet_line_is_a_person(speech: Any, room_dbfs: float, seed: int) -> None:
+    """A quiet room (-76..-68 dBFS, where a line's hiss and comfort noise also lie) through
+    µ-law: its level says nothing, its spectrum (falling with frequency, like any acoustic
+    noise) says "a microphone"."""
+    rng = np.random.default_rng(seed)
+    x, end_ms = _talker(speech, rng, breath_db=None, room_dbfs=room_dbfs)
+    r = _run(codec(x, "ulaw"))
+    assert r.answered_by == "human" and r.hint == "operator", r.reason
+    assert 0 < r.decided_at_ms - end_ms <= 1200, (r.decided_at_ms, end_ms)
+
+
+@pytest.mark.parametrize("room_dbfs", [-74.0, -71.0])
+def test_the_same_talk_over_a_flat_quiet_floor_stays_machine(speech: Any, room_dbfs: float) -> None:
+    """The safe side: the same words over a flat floor at that level (a line's hiss, comfort
+    noise generated without a spectrum: a clean prompt on such a line is the same signal)."""
+    rng = np.random.default_rng(33)
+    x, _ = _talker(speech, rng, breath_db=None, room_dbfs=room_dbfs, room="white")
+    r = _run(codec(x, "ulaw"))
+    assert r.answered_by == "machine", r.reason
+
+
+def test_no_tilt_rule_with_room_tilt_db_off(speech: Any) -> None:
+    rng = np.random.default_rng(31)
+    x, _ = _talker(speech, rng, breath_db=None, room_dbfs=-74.0)
+    d = Detector(DetectionConfig(room_tilt_db=120.0))
+    d.feed(codec(x, "ulaw"))
+    assert d.finish().answered_by == "machine"
+
+
+def test_restless_line_before_a_short_answer_is_not_a_floor_drop(speech: Any) -> None:
+    """Breath and handling noise through most of the second before the first word (a caller
+    bringing the phone up), the room's quiet floor showing between the bursts and then
+    between the words: the floor did not drop under a prompt."""
+    rng = np.random.default_rng(34)
+    lead = np.zeros(_ms(1000))
+    for at in range(0, 1000, 200):  # 170 ms rustles, 30 ms apart
+        rustle = noise(_ms(170), "pink", rng)
+        lead[_ms(at) : _ms(at) + _ms(170)] += scale_to_dbfs(rustle, rng.uniform(-54.0, -46.0))
+    words = scale_to_dbfs(speech("Sam Jones", "en-us", 175), -20)
+    x = np.concatenate([lead, words, np.zeros(_ms(2000))])
+    x += scale_to_dbfs(noise(x.size, "pink", rng), -72.0)
+    r = _run(codec(x, "ulaw"))
+    assert r.answered_by == "human", r.reason
+
+
+def test_steady_line_noise_that_drops_under_a_prompt_is_a_recording(speech: Any) -> None:
+    """Comfort noise at -58 dBFS (steady) until a short prompt's talkspurt replaces it: the
+    prompt's own quieter bed (-70) from 200 ms before its word to 400 ms after, then the
+    comfort noise again. The floor changed under it."""
+    rng = np.random.default_rng(35)
+    words = scale_to_dbfs(speech("Goodbye", "en-us", 165), -20)
+    spurt = np.concatenate([np.zeros(_ms(200)), words, np.zeros(_ms(400))])
+    spurt += scale_to_dbfs(noise(spurt.size, "pink", rng), -70.0)
+    cn = [scale_to_dbfs(noise(_ms(ms), "white", rng), -58.0) for ms in (800, 2000)]
+    d = Detector()
+    d.feed(codec(np.concatenate([cn[0], spurt, cn[1]]), "ulaw"))
+    assert d.finish().answered_by == "machine"
+    first = next(e for e in d.timeline if e.kind == "decision")
+    assert "changed under it" in first.detail["reason"], first.detail
 
 
 # A studio prompt on a noisy line (it reads live) beeping soon after: test_dsp_operator_wait.py

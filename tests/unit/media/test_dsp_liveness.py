@@ -4,7 +4,12 @@ DTX (RFC 3389)."""
 
 from __future__ import annotations
 
-from sipbridge.media.liveness import FloorTracker
+import numpy as np
+
+from sipbridge.corpus.synth import codec, noise
+from sipbridge.media.frames import scale_to_dbfs
+from sipbridge.media.liveness import FloorTracker, band_tilt_db
+from sipbridge.media.tones import ToneAnalyzer
 
 SPEECH = -20.0
 
@@ -65,3 +70,61 @@ def test_one_silent_frame_is_not_enough() -> None:
 def test_digital_silence_long_after_the_last_word_is_not_the_prompts() -> None:
     after = span(1600, 2000, -70.0) + span(2000, 2100, -100.0) + span(2100, 2600, -70.0)
     assert tracker(WORD + after).own_silence(1600) is None
+
+
+def _tilts(kind: str, dbfs: float, seed: int) -> list[float]:
+    """The tilt of every 20 ms frame of 1 s of ``kind`` noise at ``dbfs`` through µ-law."""
+    x = codec(scale_to_dbfs(noise(8000, kind, np.random.default_rng(seed)), dbfs), "ulaw")
+    ta = ToneAnalyzer()
+    out = []
+    for i in range(0, x.size, 160):
+        ta.analyze(x[i : i + 160])
+        t = band_tilt_db(ta.power)
+        if i >= 320 and t is not None:  # the 40 ms block is full
+            out.append(t)
+    return out
+
+
+def test_room_noise_tilts_and_line_hiss_does_not() -> None:
+    """Pink (acoustic) noise puts 6 dB more per Hz at 300-1000 Hz than at 2000-3400 Hz (4-5
+    dB where µ-law's last codes whiten it); white (a line's hiss, spectrum-less comfort
+    noise) 0: the default threshold (3 dB) lies between them down to -76 dBFS."""
+    for dbfs in (-76.0, -72.0, -60.0):
+        assert np.median(_tilts("pink", dbfs, 1)) > 3.8
+        assert abs(float(np.median(_tilts("white", dbfs, 2)))) < 1.0
+
+
+def test_digital_silence_has_no_tilt() -> None:
+    assert band_tilt_db(np.zeros(161)) is None
+
+
+def _quiet_line(tilt_db: float, level: float = -72.0) -> FloorTracker:
+    ft = FloorTracker()
+    for t in range(0, 1000, 20):
+        ft.update(t, level, True, tilt_db)
+    ft.greeting_started(1000)
+    for t, lv, q in WORD + span(1600, 2400, level):
+        ft.update(t, lv, q)
+    return ft
+
+
+def test_a_quiet_tilted_floor_is_a_room() -> None:
+    assert _quiet_line(7.0).verdict() == "live"
+    assert _quiet_line(0.5).verdict() == "unknown"  # a flat floor proves nothing
+    assert _quiet_line(7.0, level=-80.0).verdict() == "unknown"  # µ-law's last codes
+
+
+def test_a_floor_drop_is_measured_from_the_line_s_quiet_moments() -> None:
+    """A restless line before the first word (breath, handling: -58..-48 dBFS, with quiet
+    moments at the room's -70 in one frame of ten) then -71 between the words: no drop.
+    Steady noise at -58 then -71: a drop (a clean prompt replacing the line's comfort
+    noise)."""
+    for restless, want in ((True, "unknown"), (False, "recorded")):
+        ft = FloorTracker()
+        for i, t in enumerate(range(0, 1000, 20)):
+            lv = -70.0 if i % 10 == 0 else -58.0 + (10.0 if i % 3 == 2 else 0.0)
+            ft.update(t, lv if restless else -58.0, True)
+        ft.greeting_started(1000)
+        for t, lv, q in WORD + span(1600, 2400, -71.0):
+            ft.update(t, lv, q)
+        assert ft.verdict() == want
