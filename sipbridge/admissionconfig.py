@@ -6,7 +6,7 @@ it is overloaded or full. The decision is :mod:`sipbridge.admission`; the sampli
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import Field, model_validator
 
@@ -54,8 +54,23 @@ class AdmissionConfig(StrictModel):
     # leave the priority alone. Applies with enabled: false too.
     process_nice: Annotated[int, Field(ge=-20, le=19)] | None = -5
     # The supervisor's own nice value, set once its SIP workers' fork server runs (the
-    # workers keep process_nice). null (default): the supervisor stays at process_nice.
-    supervisor_nice: Annotated[int, Field(ge=-20, le=19)] | None = None
+    # workers keep process_nice). The supervisor uses ~10 % of a core, but every trigger
+    # and dial waits for it, and at the workers' value it is one of ~80 equal processes
+    # under load: in bench/load --mixed (150 analysed calls, 20 CPS) it waited up to
+    # 620 ms runnable and not run (its schedstat run-queue wait), at -15 at most ~150 ms.
+    # -20 cut that further but made a few agent RTP streams late (gaps over 60 ms) beside
+    # a CPU burner; so 10 below the workers. null: the same as the workers. When
+    # process_nice is null and this key is not given, it is null too (no change at all).
+    supervisor_nice: Annotated[int, Field(ge=-20, le=19)] | None = -15
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_priority_change(cls, data: Any) -> Any:
+        # process_nice: null ("leave the priority alone") leaves the supervisor's too,
+        # unless supervisor_nice is given
+        if isinstance(data, dict) and "process_nice" in data and data["process_nice"] is None:
+            data = {"supervisor_nice": None, **data}
+        return data
 
     @model_validator(mode="after")
     def _bands(self) -> AdmissionConfig:

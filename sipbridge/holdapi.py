@@ -4,7 +4,7 @@ see sipbridge.holdcontrol). Added to the app by :func:`add_hold_route`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import Depends, FastAPI
@@ -17,7 +17,7 @@ from sipbridge.records import CallEvent, CallRecord
 def add_hold_route(
     app: FastAPI,
     service: CallService,
-    auth: Callable[..., str],
+    auth: Callable[..., Awaitable[str]],
     lookup: Callable[[str], tuple[CallRecord, list[CallEvent]]],
     status_body: Callable[[CallRecord, list[CallEvent]], Any],
     doc: dict[str, Any],

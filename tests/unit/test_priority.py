@@ -70,7 +70,9 @@ def test_config_error_names_the_key() -> None:
 
 
 def test_supervisor_nice_is_optional_and_bounded() -> None:
-    assert AdmissionConfig().supervisor_nice is None
+    assert AdmissionConfig().supervisor_nice == -15  # 10 below the workers' -5
+    assert AdmissionConfig(process_nice=None).supervisor_nice is None  # no change at all
+    assert AdmissionConfig(process_nice=None, supervisor_nice=-3).supervisor_nice == -3
     assert AdmissionConfig(supervisor_nice=-10).supervisor_nice == -10
     with pytest.raises(ValueError, match="supervisor_nice"):
         AdmissionConfig(supervisor_nice=20)
