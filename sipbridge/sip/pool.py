@@ -432,10 +432,11 @@ class WorkerPool:
         loop, sentinel = self._loop, proc.sentinel
 
         def reaped() -> None:
-            loop.remove_reader(sentinel)
             timer.cancel()
-            if w.process is proc:
-                self._on_worker_exit(w)
+            if w.process is not proc:
+                return  # released meanwhile (the pool stopped): its sentinel is closed
+            loop.remove_reader(sentinel)
+            self._on_worker_exit(w)
 
         timer = loop.call_later(_REAP_WAIT_S, reaped)
         loop.add_reader(sentinel, reaped)
