@@ -198,7 +198,7 @@ def test_prompt_names_are_checked_like_labels(tmp_path: Path, clips: dict[str, n
     for bad in ("menu\nFAKE LOG LINE", "menu\x1b[31m", "m" * 129):
         wav = tmp_path / "ivr" / f"{bad}.wav"
         write_wav(wav, clips["bank-menu"])
-        with pytest.raises(ValueError, match="name .* must be printable and at most 128"):
+        with pytest.raises(ValueError, match=r"name .* must be printable and at most 128"):
             PromptLibrary.from_folder(tmp_path)
         wav.unlink()
     write_wav(tmp_path / "ivr" / f"{'m' * 128}.wav", clips["bank-menu"])
