@@ -173,6 +173,19 @@ class DetectionSettings(_Model):
         # The file itself is checked against media.dir by the config / the trigger.
         return None if v is None else check_media_name(v, "")
 
+    @field_validator("thresholds", mode="before")
+    @classmethod
+    def _no_bool_thresholds(cls, v: Any) -> Any:
+        # Every threshold is a number: a boolean would be read as 1/0 (tone_purity: true is
+        # 1.0, no tone ever that pure, no beep heard), refused by name like elsewhere.
+        if isinstance(v, dict):
+            for key, value in v.items():
+                if isinstance(value, bool):
+                    raise ValueError(
+                        f"{key}: a number is required, not {str(value).lower()}"
+                    )
+        return v
+
     @field_validator("thresholds")
     @classmethod
     def _beep_band(cls, v: DetectionThresholds) -> DetectionThresholds:

@@ -503,6 +503,8 @@ def test_message_wav_in_config_is_checked_at_start_up(
             {"detection": {"thresholds": {"initial_silence_ms": True}}},
             "detection.thresholds.initial_silence_ms",
         ),
+        # (accepted as 1.0 until refused by name: its bounds allow 1)
+        ({"detection": {"thresholds": {"tone_purity": True}}}, "detection.thresholds.tone_purity"),
     ],
 )
 def test_a_boolean_for_a_number_is_400_naming_it(
