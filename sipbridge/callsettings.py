@@ -181,9 +181,7 @@ class DetectionSettings(_Model):
         if isinstance(v, dict):
             for key, value in v.items():
                 if isinstance(value, bool):
-                    raise ValueError(
-                        f"{key}: a number is required, not {str(value).lower()}"
-                    )
+                    raise ValueError(f"{key}: a number is required, not {str(value).lower()}")
         return v
 
     @field_validator("thresholds")
