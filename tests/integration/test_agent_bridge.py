@@ -403,3 +403,36 @@ def test_an_agent_that_refuses_the_detection_info_keeps_its_call(
     final = bridge.wait_terminal(sid)
     assert final["status"] == "success", final
     _got(agent, "BYE", inv.call_id)
+
+
+def test_agent_dialled_for_a_screening_assistant_is_told_in_its_invite(
+    stack: Stack, tmp_path: Path, regress_corpus: tuple[Path, dict[str, Any]]
+) -> None:
+    """Bridge-driven (connect_on: human, machines hung up) and a phone-side screening
+    assistant (screening_action: connect, the default): the agent's INVITE says human with
+    the hint screening, so it can state name and purpose from its first words."""
+    corpus_dir, labels = regress_corpus
+    name = next(n for n, lab in sorted(labels.items()) if lab.get("hint") == "screening")
+    carrier = stack.sipp(
+        render_scenario(
+            "uas_answer_play.xml.in",
+            tmp_path / "s.xml",
+            AUDIO=str(ulaw_wav(corpus_dir / name, tmp_path / "s.wav")),
+        )
+    )
+    agent = stack.sipp("uas_answer_wait_bye.xml")
+    bridge = carrier_bridge(
+        stack,
+        carrier,
+        agent,
+        route={"detection": {"connect_on": "human", "machine_action": "hangup"}},
+    )
+    sid = bridge.trigger(to_number="+12125550132")
+    inv = _invite(agent, timeout=30)
+    assert inv.header("X-Sipbridge-Answered-By") == "human"
+    assert inv.header("X-Sipbridge-Answered-By-Hint") == "screening"
+    bridge.client.post(f"/v1/outbound-calling/{sid}/hangup")
+    final = bridge.wait_terminal(sid)
+    dial = next(e for e in final["events"] if e["kind"] == "agent.dial")
+    assert dial["data"]["hint"] == "screening", dial
+    assert not [e for e in final["events"] if e["kind"] == "agent.info"]  # nothing new to tell

@@ -199,7 +199,7 @@ def test_provisional_machine_waits_for_an_operator_or_screener_before_hanging_up
     f.on_answered()
     # ~1.8 s into a long greeting: no hangup yet, a settle timer instead
     assert f.on_detection("answer", det("machine", final=False)) == [
-        StartTimer("machine_settle", 4.0)
+        StartTimer("machine_settle", 10.0)
     ]
     assert f.on_detection("answer", det("machine", final=False)) == []  # one timer
     # the greeting was a receptionist's: connected, and the timer does nothing
