@@ -137,10 +137,15 @@ class DetectionSettings(_Model):
     # "hangup"/"retry" without wait_for_beep: how long a provisional machine result (decided
     # ~1.8 s into a long greeting) may still turn into an operator or a screening assistant
     # before the flow acts on it; a final result (beep, greeting end) acts at once. The
-    # detector decides an operator 0.9-1.5 s after they stop and a screener 2 s after its
-    # question, so 4 s covers a greeting that goes on ~2 s past the provisional decision;
+    # detector decides a screener 2 s after its closing question, and a screening
+    # assistant's greeting runs 4.5-9 s (Pixel's full notice ~9 s): from the provisional
+    # decision (~1.8 s into the greeting) that is up to ~9 s, so 10 s. (4 s hung up on
+    # every screener longer than ~4 s: tests/unit/test_flow_on_audio.py.) Live-looking
+    # receptionists are rarely provisional machines; they are decided 0.9-1.5 s after
+    # they stop. The cost: a machine that neither beeps nor ends its greeting is hung up
+    # up to 6 s later than with 4 s; a beep or the greeting's end still acts at once.
     # 0 acts on the provisional result at once.
-    machine_settle_s: Annotated[float, Field(ge=0, le=30)] = 4.0
+    machine_settle_s: Annotated[float, Field(ge=0, le=30)] = 10.0
     # A live operator ("human" with hint "operator") or a phone-side screening assistant
     # ("human" with hint "screening"): "connect" the agent (it should speak at once: state
     # name and purpose to a screener), or end the call ("hangup", "retry": retryable).
@@ -172,6 +177,17 @@ class DetectionSettings(_Model):
     def _file_name(cls, v: str | None) -> str | None:
         # The file itself is checked against media.dir by the config / the trigger.
         return None if v is None else check_media_name(v, "")
+
+    @field_validator("thresholds", mode="before")
+    @classmethod
+    def _no_bool_thresholds(cls, v: Any) -> Any:
+        # Every threshold is a number: a boolean would be read as 1/0 (tone_purity: true is
+        # 1.0, no tone ever that pure, no beep heard), refused by name like elsewhere.
+        if isinstance(v, dict):
+            for key, value in v.items():
+                if isinstance(value, bool):
+                    raise ValueError(f"{key}: a number is required, not {str(value).lower()}")
+        return v
 
     @field_validator("thresholds")
     @classmethod

@@ -97,7 +97,8 @@ class AgentConfig(_WithHeaders):
 
     uri: str
     # Headers on the agent INVITE: static ones, and templates over the call's fields
-    # ({call_sid}, {to_number}, {from_number}, {polyai_call_id}, {answered_by}, ...).
+    # ({call_sid}, {to_number}, {from_number}, {polyai_call_id}, {answered_by},
+    # {answered_by_hint}, ...).
     # A template that renders empty (e.g. no polyai_call_id) is not sent.
     headers: dict[str, str] = Field(default_factory=dict)
     header_templates: dict[str, str] = Field(
@@ -108,6 +109,8 @@ class AgentConfig(_WithHeaders):
             "X-Sipbridge-Callee": "{to_number}",
             "X-Sipbridge-Caller": "{from_number}",
             "X-Sipbridge-Answered-By": "{answered_by}",
+            # operator / screening, when the agent is dialled for one (else not sent)
+            "X-Sipbridge-Answered-By-Hint": "{answered_by_hint}",
         }
     )
     # Every metadata key K is sent as header "<prefix>K" (None disables).

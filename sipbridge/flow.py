@@ -39,6 +39,9 @@ SAY_FAILED = "IVR say step not played"
 @dataclass(frozen=True)
 class DialAgent:
     answered_by: str | None
+    # "operator" / "screening" when the agent is dialled for one (connect_on: human): its
+    # INVITE says so (X-Sipbridge-Answered-By-Hint); it opens differently to a screener
+    hint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -149,14 +152,14 @@ class CallFlow:
         self._to("ending")
         return [EndCall(term)]
 
-    def _connect(self) -> list[Action]:
+    def _connect(self, hint: str | None = None) -> list[Action]:
         if self.agent_dialled or self.state == "ending":
             return []
         self.agent_dialled = True
         self._to("connecting")
         if self.answered_by is not None:
-            self.agent_told = (self.answered_by, None)
-        return [DialAgent(self.answered_by)]
+            self.agent_told = (self.answered_by, hint)
+        return [DialAgent(self.answered_by, hint)]
 
     def _tell_agent(self, det: Detection) -> list[Action]:
         """The agent was dialled before the result was known (``connect_on: answer``) or
@@ -330,7 +333,7 @@ class CallFlow:
             else self.detection.screening_action
         )
         if action == "connect":
-            return self._connect() if self.state == "awaiting_person" else []
+            return self._connect(hint) if self.state == "awaiting_person" else []
         return self._end(Termination("failure", HINT_REASONS[hint], hint, action == "retry"))
 
     def _on_machine(

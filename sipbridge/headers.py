@@ -44,7 +44,16 @@ RESERVED_HEADERS = frozenset(
 
 # Call fields a header template may use, besides metadata.KEY.
 TEMPLATE_FIELDS = frozenset(
-    {"call_sid", "to_number", "from_number", "polyai_call_id", "trunk", "attempt", "answered_by"}
+    {
+        "call_sid",
+        "to_number",
+        "from_number",
+        "polyai_call_id",
+        "trunk",
+        "attempt",
+        "answered_by",
+        "answered_by_hint",
+    }
 )
 
 

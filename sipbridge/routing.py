@@ -280,6 +280,7 @@ def resolve_agent_plan(
     answered_by: str | None,
     bridge_host: str,
     index: int = 1,
+    answered_by_hint: str | None = None,
     extra_headers: Mapping[str, str] | None = None,
 ) -> DialPlan:
     """The agent leg (a-leg): INVITE to the agent's SIP URI carrying the call mapping
@@ -294,6 +295,7 @@ def resolve_agent_plan(
         "trunk": "",
         "attempt": str(index),
         "answered_by": answered_by or "unknown",
+        "answered_by_hint": answered_by_hint or "",
     }
     out: dict[str, tuple[str, str]] = {}
     for name, value in agent.headers.items():

@@ -80,7 +80,7 @@ class Actions:
             if not hung and live.inbound and carrier is None:
                 self.inbound.finish_without_carrier(rec, live, action.term)
         elif isinstance(action, DialAgent):
-            self.dial_agent(rec, live, action.answered_by)
+            self.dial_agent(rec, live, action.answered_by, action.hint)
         elif isinstance(action, SendDigits) and carrier is not None:
             ctx.journal.event(rec, "dtmf.send", {"leg": carrier, "digits": action.digits})
             ctx.pool.send_dtmf(carrier, action.digits, action.duration_ms, action.gap_ms)
@@ -132,7 +132,9 @@ class Actions:
             return
         self.execute(call_sid, actions)
 
-    def dial_agent(self, rec: CallRecord, live: LiveCall, answered_by: str | None) -> None:
+    def dial_agent(
+        self, rec: CallRecord, live: LiveCall, answered_by: str | None, hint: str | None = None
+    ) -> None:
         """The agent leg (a-leg), bridged with the carrier leg once both are answered."""
         ctx = self.ctx
         carrier = live.carrier_leg
@@ -148,6 +150,7 @@ class Actions:
                 metadata=rec.request.metadata,
                 polyai_call_id=rec.polyai_call_id,
                 answered_by=answered_by,
+                answered_by_hint=hint,
                 bridge_host=ctx.bridge_host,
                 index=rec.attempts,
             )
@@ -172,7 +175,8 @@ class Actions:
             bridge_with=carrier,
         )
         rec = ctx.journal.update_leg(rec, plan.leg_id, leg)
-        ctx.journal.event(rec, "agent.dial", {"leg": plan.leg_id, "answered_by": answered_by})
+        dial = {"leg": plan.leg_id, "answered_by": answered_by}
+        ctx.journal.event(rec, "agent.dial", {**dial, "hint": hint} if hint else dial)
 
 
 __all__ = ["Actions"]

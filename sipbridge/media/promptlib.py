@@ -243,13 +243,26 @@ class PromptLibrary:
                 f"prompt library {root}: no prompts (labels.json, or WAVs in one sub-folder "
                 "per label)"
             )
-        for _, label, path in entries:
-            # a label ends up in statuses, CDRs, reasons and logs: printable and short
+        seen: dict[str, Path] = {}
+        for name, label, path in entries:
+            # a name and a label end up in statuses, CDRs, reasons and logs: printable, short
             if len(label) > MAX_LABEL_CHARS or not label.isprintable():
                 raise ValueError(
                     f"prompt library: {path}: label {label[:80]!r} must be printable and at "
                     f"most {MAX_LABEL_CHARS} characters"
                 )
+            if len(name) > MAX_NAME_CHARS or not name.isprintable():
+                raise ValueError(
+                    f"prompt library: {str(path)[:300]!r}: name {name[:80]!r} must be "
+                    f"printable and at most {MAX_NAME_CHARS} characters"
+                )
+            # the result names the prompt: two files of one name could not be told apart
+            if name in seen:
+                raise ValueError(
+                    f"prompt library: {seen[name]} and {path} have the same name {name!r} "
+                    "(rename one)"
+                )
+            seen[name] = path
         lib = cls()
         for name, label, path in entries:
             try:
@@ -293,6 +306,7 @@ MIN_VOTES = 3
 # least: 0.9 s. A prompt with fewer can never be recognised, so loading one is an error.
 MIN_PAIRS = 45
 MAX_LABEL_CHARS = 64
+MAX_NAME_CHARS = 128  # a prompt's name: its file name without the extension
 # Look codes up on every VOTE_EVERY-th frame (all frames are kept for verification). With 100
 # prompts, 2 (and MIN_VOTES 2) takes the search from ~13 to ~8 µs per frame but misses 1 in 25
 # prompts at 20 dB SNR, none at 1 (bench/dsp.py; a shared 2-core machine).

@@ -345,3 +345,94 @@ def test_agent_dialled_at_answer_is_told_the_result_by_info(
     assert status["answered_by"] == "human"
     bridge.client.post(f"/v1/outbound-calling/{sid}/hangup")
     bridge.wait_terminal(sid)
+
+
+_REFUSE_INFO = """  <recv request="INFO">
+  </recv>
+  <send>
+    <![CDATA[
+
+      SIP/2.0 415 Unsupported Media Type
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Accept: application/sdp
+      Content-Length: 0
+
+    ]]>
+  </send>
+"""
+
+
+def test_an_agent_that_refuses_the_detection_info_keeps_its_call(
+    stack: Stack, tmp_path: Path, corpus: tuple[Path, dict[str, Any]]
+) -> None:
+    """An agent platform that cannot read the detection INFO answers 415 (or 501): the
+    call goes on bridged. After the 415 the agent holds with a control INFO, which the
+    bridge only accepts (200, not 409/481) on a live bridged leg."""
+    from sipbridge.devtools.holdagent import _REMEMBER, _info
+
+    corpus_dir, labels = corpus
+    name = next(n for n, lab in sorted(labels.items()) if lab["answered_by"] == "human")
+    carrier = stack.sipp(
+        render_scenario(
+            "uas_answer_play.xml.in",
+            tmp_path / "p.xml",
+            AUDIO=str(ulaw_wav(corpus_dir / name, tmp_path / "p.wav")),
+        )
+    )
+    agent = stack.sipp(
+        render_scenario(
+            "uas_agent_hold.xml.in",
+            tmp_path / "agent.xml",
+            REMEMBER=_REMEMBER,
+            HOLD=_REFUSE_INFO + _info(50, '{"action":"hold"}'),
+            RESUME="",
+        )
+    )
+    bridge = carrier_bridge(stack, carrier, agent)
+    sid = bridge.trigger(to_number="+12125550131")
+    inv = _invite(agent)
+    assert inv.header("X-Sipbridge-Answered-By") == "unknown"
+    _got(agent, "INFO", inv.call_id, timeout=15)
+    held = bridge.wait_event(sid, "agent.hold.holding", timeout=10)
+    assert held["status"] not in ("success", "failure"), held
+    bridge.client.post(f"/v1/outbound-calling/{sid}/hangup")
+    final = bridge.wait_terminal(sid)
+    assert final["status"] == "success", final
+    _got(agent, "BYE", inv.call_id)
+
+
+def test_agent_dialled_for_a_screening_assistant_is_told_in_its_invite(
+    stack: Stack, tmp_path: Path, regress_corpus: tuple[Path, dict[str, Any]]
+) -> None:
+    """Bridge-driven (connect_on: human, machines hung up) and a phone-side screening
+    assistant (screening_action: connect, the default): the agent's INVITE says human with
+    the hint screening, so it can state name and purpose from its first words."""
+    corpus_dir, labels = regress_corpus
+    name = next(n for n, lab in sorted(labels.items()) if lab.get("hint") == "screening")
+    carrier = stack.sipp(
+        render_scenario(
+            "uas_answer_play.xml.in",
+            tmp_path / "s.xml",
+            AUDIO=str(ulaw_wav(corpus_dir / name, tmp_path / "s.wav")),
+        )
+    )
+    agent = stack.sipp("uas_answer_wait_bye.xml")
+    bridge = carrier_bridge(
+        stack,
+        carrier,
+        agent,
+        route={"detection": {"connect_on": "human", "machine_action": "hangup"}},
+    )
+    sid = bridge.trigger(to_number="+12125550132")
+    inv = _invite(agent, timeout=30)
+    assert inv.header("X-Sipbridge-Answered-By") == "human"
+    assert inv.header("X-Sipbridge-Answered-By-Hint") == "screening"
+    bridge.client.post(f"/v1/outbound-calling/{sid}/hangup")
+    final = bridge.wait_terminal(sid)
+    dial = next(e for e in final["events"] if e["kind"] == "agent.dial")
+    assert dial["data"]["hint"] == "screening", dial
+    assert not [e for e in final["events"] if e["kind"] == "agent.info"]  # nothing new to tell

@@ -138,6 +138,40 @@ def test_agent_gets_every_metadata_key() -> None:
     assert (h["X-campaign"], h["X-ssn"], h["X-PolyAI-Call-ID"]) == ("spring", "1", "p")
 
 
+@pytest.mark.parametrize("hint", ["operator", "screening"])
+def test_agent_dialled_for_an_operator_or_screener_is_told_in_its_invite(hint: str) -> None:
+    """connect_on: human dials the agent for a receptionist or a screening assistant: its
+    INVITE names the hint (the agent's first words depend on it), not only a later INFO."""
+    from sipbridge.routing import resolve_agent_plan
+
+    plan = resolve_agent_plan(
+        parse_config({**BASE, "agent": {"uri": "sip:agent@127.0.0.1"}}),  # default headers
+        call_sid="OUT-x",
+        carrier_leg_id="OUT-x/b1",
+        to_number="+14155552671",
+        from_number="+14155550100",
+        metadata={},
+        polyai_call_id=None,
+        answered_by="human",
+        answered_by_hint=hint,
+        bridge_host="h",
+    )
+    h = dict(plan.headers)
+    assert (h["X-Sipbridge-Answered-By"], h["X-Sipbridge-Answered-By-Hint"]) == ("human", hint)
+    plain = resolve_agent_plan(
+        parse_config({**BASE, "agent": {"uri": "sip:agent@127.0.0.1"}}),
+        call_sid="OUT-x",
+        carrier_leg_id="OUT-x/b1",
+        to_number="+14155552671",
+        from_number="+14155550100",
+        metadata={},
+        polyai_call_id=None,
+        answered_by="human",
+        bridge_host="h",
+    )
+    assert "X-Sipbridge-Answered-By-Hint" not in dict(plain.headers)  # no hint: not sent
+
+
 @pytest.mark.parametrize(
     "mtc",
     [
@@ -503,6 +537,8 @@ def test_message_wav_in_config_is_checked_at_start_up(
             {"detection": {"thresholds": {"initial_silence_ms": True}}},
             "detection.thresholds.initial_silence_ms",
         ),
+        # (accepted as 1.0 until refused by name: its bounds allow 1)
+        ({"detection": {"thresholds": {"tone_purity": True}}}, "detection.thresholds.tone_purity"),
     ],
 )
 def test_a_boolean_for_a_number_is_400_naming_it(

@@ -199,11 +199,13 @@ def test_provisional_machine_waits_for_an_operator_or_screener_before_hanging_up
     f.on_answered()
     # ~1.8 s into a long greeting: no hangup yet, a settle timer instead
     assert f.on_detection("answer", det("machine", final=False)) == [
-        StartTimer("machine_settle", 4.0)
+        StartTimer("machine_settle", 10.0)
     ]
     assert f.on_detection("answer", det("machine", final=False)) == []  # one timer
     # the greeting was a receptionist's: connected, and the timer does nothing
-    assert f.on_detection("answer", det("human", hint="operator")) == [DialAgent("human")]
+    assert f.on_detection("answer", det("human", hint="operator")) == [
+        DialAgent("human", "operator")
+    ]
     assert f.on_timer("machine_settle") == []
 
 
@@ -235,7 +237,9 @@ def test_provisional_machine_acts_at_the_settle_timer_or_the_final_result():
 def test_operator_and_screening_actions(hint: str, key: str, reason: str):
     f = flow(connect_on="human")
     f.on_answered()
-    assert f.on_detection("answer", det("human", hint=hint)) == [DialAgent("human")]
+    # dialled because of who answered: the INVITE says so (hint included), no INFO after
+    assert f.on_detection("answer", det("human", hint=hint)) == [DialAgent("human", hint)]
+    assert f.on_agent_answered() == []
     g = flow(connect_on="human", **{key: "retry"})
     g.on_answered()
     (end,) = g.on_detection("answer", det("human", hint=hint))

@@ -105,3 +105,47 @@ def test_the_beep_run_is_drawn_on_the_spectrogram(
     assert analyze_main([str(_wav(tmp_path)), "--plot", str(tmp_path / "o.png")]) == 0
     beeps = [xs for xs, ys in lines if ys == [1000.0, 1000.0]]
     assert len(beeps) == 1 and 0.35 <= beeps[0][1] - beeps[0][0] <= 0.45, lines
+
+
+def test_the_marks_are_drawn_where_the_detector_put_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The picture marks what the decision rests on, on the shared time axis: the speech
+    (VAD) shaded, the greeting's end, the beep from onset to end and the decision, each at the
+    time the analysis reported (a PNG of blank axes passed the render test)."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.axes import Axes
+
+    from sipbridge.media.analyze import analyze_wav
+
+    vlines: list[float] = []
+    spans: list[tuple[float, float]] = []
+    texts: list[str] = []
+    real_vline, real_span, real_text = Axes.axvline, Axes.axvspan, Axes.text
+
+    def vline(self: Axes, x: float = 0, *a: Any, **kw: Any) -> Any:
+        vlines.append(round(float(x), 3))
+        return real_vline(self, x, *a, **kw)
+
+    def span(self: Axes, a: float, b: float, *args: Any, **kw: Any) -> Any:
+        spans.append((round(float(a), 3), round(float(b), 3)))
+        return real_span(self, a, b, *args, **kw)
+
+    def text(self: Axes, x: float, y: float, s: str, *a: Any, **kw: Any) -> Any:
+        texts.append(s)
+        return real_text(self, x, y, s, *a, **kw)
+
+    monkeypatch.setattr(Axes, "axvline", vline)
+    monkeypatch.setattr(Axes, "axvspan", span)
+    monkeypatch.setattr(Axes, "text", text)
+    wav = _wav(tmp_path)
+    det, timeline = analyze_wav(wav)
+    assert det.greeting_end_ms is not None and det.beep_ms is not None and det.beep_end_ms
+    assert analyze_main([str(wav), "--plot", str(tmp_path / "o.png")]) == 0
+    # greeting end and decision: one line on each of the three lanes
+    assert vlines.count(det.greeting_end_ms / 1000) == 3, (vlines, det)
+    assert vlines.count(det.decided_at_ms / 1000) == 3, (vlines, det)
+    assert spans.count((det.beep_ms / 1000, det.beep_end_ms / 1000)) == 3, spans
+    starts = [e.t_ms / 1000 for e in timeline if e.kind == "speech_start"]
+    assert starts and all(any(a == s for a, _ in spans) for s in starts), (starts, spans)
+    assert f"decision: {det.answered_by}" in texts and "greeting end" in texts, texts

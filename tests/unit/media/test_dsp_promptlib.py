@@ -190,6 +190,31 @@ def test_folders_that_would_load_nothing_are_errors(
             PromptLibrary.from_folder(tmp_path)
 
 
+def test_prompt_names_are_checked_like_labels(tmp_path: Path, clips: dict[str, np.ndarray]) -> None:
+    """A prompt's name (its file name) ends up in statuses, CDRs, reasons and logs like its
+    label: a control character or an endless name is refused, and so is a name two files
+    share (the result would not say which prompt was heard)."""
+    (tmp_path / "ivr").mkdir()
+    for bad in ("menu\nFAKE LOG LINE", "menu\x1b[31m", "m" * 129):
+        wav = tmp_path / "ivr" / f"{bad}.wav"
+        write_wav(wav, clips["bank-menu"])
+        with pytest.raises(ValueError, match=r"name .* must be printable and at most 128"):
+            PromptLibrary.from_folder(tmp_path)
+        wav.unlink()
+    write_wav(tmp_path / "ivr" / f"{'m' * 128}.wav", clips["bank-menu"])
+    assert [len(p.name) for p in PromptLibrary.from_folder(tmp_path).prompts] == [128]
+    (tmp_path / "ivr" / f"{'m' * 128}.wav").unlink()
+    (tmp_path / "voicemail").mkdir()
+    write_wav(tmp_path / "ivr" / "acme.wav", clips["bank-menu"])
+    write_wav(tmp_path / "voicemail" / "acme.wav", clips["clinic-menu"])
+    with pytest.raises(ValueError, match=r"acme\.wav.*acme\.wav.*same name 'acme'"):
+        PromptLibrary.from_folder(tmp_path)
+    (tmp_path / "labels.json").write_text(json.dumps({"ivr/acme.wav": "ivr", "acme.WAV": "x"}))
+    write_wav(tmp_path / "acme.WAV", clips["clinic-menu"])
+    with pytest.raises(ValueError, match="same name 'acme'"):
+        PromptLibrary.from_folder(tmp_path)
+
+
 @pytest.mark.parametrize(
     "name,answered_by,hint",
     [

@@ -58,3 +58,22 @@ def test_an_empty_beep_band_is_refused(thresholds: dict[str, float]) -> None:
     with pytest.raises(ValidationError, match=r"beep_min_hz \(\d+\) must be below beep_max_hz"):
         DetectionSettings.model_validate({"thresholds": thresholds})
     DetectionSettings.model_validate({"thresholds": {"beep_min_hz": 300.0, "beep_max_hz": 2100.0}})
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("tone_purity", True),  # 1.0: no tone is ever that pure, no beep or SIT heard
+        ("cp_purity", False),
+        ("operator_clear_db", True),
+        ("room_tilt_db", False),
+        ("screening_min_greeting_ms", False),
+        ("max_words", True),
+    ],
+)
+def test_a_boolean_threshold_is_refused_naming_the_key(key: str, value: bool) -> None:
+    """A YAML/JSON boolean where a threshold is a number is a mistake, refused by name as it
+    is for every other number in the config and the API (pydantic's lax mode read true as 1,
+    false as 0: only the bounds of some keys caught it)."""
+    with pytest.raises(ValidationError, match=rf"thresholds\n.*{key}: a number is required, not"):
+        DetectionSettings.model_validate({"thresholds": {key: value}})
