@@ -58,6 +58,17 @@ def _got(sipp: SippUas, method: str, call_id: str, timeout: float = 10) -> Any:
     return sipp.wait_request(method, call_id, timeout)
 
 
+def _playing(stack: Stack, audio: Path, tmp_path: Path, stem: str) -> SippUas:
+    """A carrier that answers and plays ``audio`` (a corpus WAV, sent as G.711 µ-law)."""
+    return stack.sipp(
+        render_scenario(
+            "uas_answer_play.xml.in",
+            tmp_path / f"{stem}.xml",
+            AUDIO=str(ulaw_wav(audio, tmp_path / f"{stem}.wav")),
+        )
+    )
+
+
 def test_agent_invite_carries_mapping_and_carrier_bye_reaches_agent(stack: Stack) -> None:
     carrier = stack.sipp("uas_answer_then_bye_3s.xml")
     agent = stack.sipp("uas_answer_wait_bye.xml")
@@ -324,13 +335,7 @@ def test_agent_dialled_at_answer_is_told_the_result_by_info(
     ``unknown``); the result follows as a SIP INFO in the agent's dialog."""
     corpus_dir, labels = corpus
     name = next(n for n, lab in sorted(labels.items()) if lab["answered_by"] == "human")
-    carrier = stack.sipp(
-        render_scenario(
-            "uas_answer_play.xml.in",
-            tmp_path / "p.xml",
-            AUDIO=str(ulaw_wav(corpus_dir / name, tmp_path / "p.wav")),
-        )
-    )
+    carrier = _playing(stack, corpus_dir / name, tmp_path, "p")
     agent = stack.sipp("uas_answer_info_bye.xml")
     bridge = carrier_bridge(stack, carrier, agent)
     sid = bridge.trigger(to_number="+12125550130")
@@ -376,13 +381,7 @@ def test_an_agent_that_refuses_the_detection_info_keeps_its_call(
 
     corpus_dir, labels = corpus
     name = next(n for n, lab in sorted(labels.items()) if lab["answered_by"] == "human")
-    carrier = stack.sipp(
-        render_scenario(
-            "uas_answer_play.xml.in",
-            tmp_path / "p.xml",
-            AUDIO=str(ulaw_wav(corpus_dir / name, tmp_path / "p.wav")),
-        )
-    )
+    carrier = _playing(stack, corpus_dir / name, tmp_path, "p")
     agent = stack.sipp(
         render_scenario(
             "uas_agent_hold.xml.in",
@@ -413,13 +412,7 @@ def test_agent_dialled_for_a_screening_assistant_is_told_in_its_invite(
     the hint screening, so it can state name and purpose from its first words."""
     corpus_dir, labels = regress_corpus
     name = next(n for n, lab in sorted(labels.items()) if lab.get("hint") == "screening")
-    carrier = stack.sipp(
-        render_scenario(
-            "uas_answer_play.xml.in",
-            tmp_path / "s.xml",
-            AUDIO=str(ulaw_wav(corpus_dir / name, tmp_path / "s.wav")),
-        )
-    )
+    carrier = _playing(stack, corpus_dir / name, tmp_path, "s")
     agent = stack.sipp("uas_answer_wait_bye.xml")
     bridge = carrier_bridge(
         stack,

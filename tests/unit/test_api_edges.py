@@ -144,32 +144,25 @@ def test_agent_dialled_for_an_operator_or_screener_is_told_in_its_invite(hint: s
     INVITE names the hint (the agent's first words depend on it), not only a later INFO."""
     from sipbridge.routing import resolve_agent_plan
 
-    plan = resolve_agent_plan(
-        parse_config({**BASE, "agent": {"uri": "sip:agent@127.0.0.1"}}),  # default headers
-        call_sid="OUT-x",
-        carrier_leg_id="OUT-x/b1",
-        to_number="+14155552671",
-        from_number="+14155550100",
-        metadata={},
-        polyai_call_id=None,
-        answered_by="human",
-        answered_by_hint=hint,
-        bridge_host="h",
-    )
-    h = dict(plan.headers)
+    def headers(hint: str | None = None) -> dict[str, str]:
+        plan = resolve_agent_plan(
+            parse_config({**BASE, "agent": {"uri": "sip:agent@127.0.0.1"}}),  # default headers
+            call_sid="OUT-x",
+            carrier_leg_id="OUT-x/b1",
+            to_number="+14155552671",
+            from_number="+14155550100",
+            metadata={},
+            polyai_call_id=None,
+            answered_by="human",
+            bridge_host="h",
+            answered_by_hint=hint,
+        )
+        return dict(plan.headers)
+
+    h = headers(hint)
     assert (h["X-Sipbridge-Answered-By"], h["X-Sipbridge-Answered-By-Hint"]) == ("human", hint)
-    plain = resolve_agent_plan(
-        parse_config({**BASE, "agent": {"uri": "sip:agent@127.0.0.1"}}),
-        call_sid="OUT-x",
-        carrier_leg_id="OUT-x/b1",
-        to_number="+14155552671",
-        from_number="+14155550100",
-        metadata={},
-        polyai_call_id=None,
-        answered_by="human",
-        bridge_host="h",
-    )
-    assert "X-Sipbridge-Answered-By-Hint" not in dict(plain.headers)  # no hint: not sent
+    plain = headers()
+    assert "X-Sipbridge-Answered-By-Hint" not in plain  # no hint: not sent
 
 
 @pytest.mark.parametrize(
