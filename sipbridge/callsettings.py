@@ -32,6 +32,13 @@ def _is_number_type(annotation: Any) -> bool:
     )
 
 
+def refuse_bool(name: str, value: Any) -> None:
+    """A boolean where a number is expected, refused naming ``name`` (pydantic's lax mode
+    would read true/false as 1/0)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name}: a number is required, not {str(value).lower()}")
+
+
 class StrictModel(BaseModel):
     # Bounds policy: every number has a lower and an upper bound (visible in the OpenAPI
     # schema as minimum/maximum); NaN and +-Infinity are refused everywhere.
@@ -44,9 +51,8 @@ class StrictModel(BaseModel):
         # boolean where the schema says number is a client's mistake, refused by name.
         if isinstance(data, dict):
             for name, info in cls.model_fields.items():
-                value = data.get(info.alias or name)
-                if isinstance(value, bool) and _is_number_type(info.annotation):
-                    raise ValueError(f"{name}: a number is required, not {str(value).lower()}")
+                if _is_number_type(info.annotation):
+                    refuse_bool(name, data.get(info.alias or name))
         return data
 
 
@@ -185,8 +191,7 @@ class DetectionSettings(_Model):
         # 1.0, no tone ever that pure, no beep heard), refused by name like elsewhere.
         if isinstance(v, dict):
             for key, value in v.items():
-                if isinstance(value, bool):
-                    raise ValueError(f"{key}: a number is required, not {str(value).lower()}")
+                refuse_bool(key, value)
         return v
 
     @field_validator("thresholds")

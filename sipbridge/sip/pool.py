@@ -520,9 +520,7 @@ class WorkerPool:
         if self.stopping:
             return
         text = f"SIP worker {w.worker_id} exited with code {code}"
-        starting = (
-            w.ready_future if (w.ready_future is not None and not w.ready_future.done()) else None
-        )
+        starting = w.ready_future if w.starting else None
         if (
             self.running
             and self.elastic

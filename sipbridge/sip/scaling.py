@@ -69,7 +69,7 @@ class Scaler:
                 continue
             if w.ready:
                 n += self.pool.free(w)
-            elif w.process is not None or _starting(w):
+            elif w.process is not None or w.starting:
                 n += self.cfg.calls_per_worker
         return n
 
@@ -144,11 +144,6 @@ class Scaler:
                 self.scale_up()
             except Exception:
                 log.exception("SIP pool maintenance failed")
-
-
-def _starting(w: WorkerProc) -> bool:
-    """Started and not ready yet (its process may not exist yet: see WorkerPool.spawn)."""
-    return w.ready_future is not None and not w.ready_future.done()
 
 
 def _consume_exception(fut: asyncio.Future[Any]) -> None:

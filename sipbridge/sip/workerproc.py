@@ -46,6 +46,11 @@ class WorkerProc:
     idle_since: float = 0.0
     retiring_since: float = 0.0
 
+    @property
+    def starting(self) -> bool:
+        """Started and not ready yet (its process may not exist yet: WorkerPool.spawn)."""
+        return self.ready_future is not None and not self.ready_future.done()
+
     def free(self, default_capacity: int) -> int:
         """Slots neither used nor reserved (0 while not ready)."""
         if not self.ready:
