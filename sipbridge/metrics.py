@@ -14,8 +14,6 @@ from typing import Any, Protocol
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from starlette.requests import Request
-from starlette.responses import Response
 
 from sipbridge.disposition import DISPOSITIONS
 from sipbridge.hints import call_hint, hint_label
@@ -259,25 +257,49 @@ class Metrics:
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
-    async def middleware(
-        self, request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        """Count requests by route template (``/v1/outbound-calling/{call_sid}/status``),
+    def observe_request(self, scope: dict[str, Any], code: int, seconds: float) -> None:
+        """Count one request by route template (``/v1/outbound-calling/{call_sid}/status``),
         never by raw path, so call IDs do not become label values."""
+        route = scope.get("route")
+        path: Any = getattr(route, "path", None) if route is not None else None
+        template = str(path) if path else "unmatched"
+        method = str(scope.get("method", ""))
+        self.api_requests.labels(route=template, method=method, code=str(code)).inc()
+        self.api_latency.labels(route=template, method=method).observe(seconds)
+
+
+class RequestMetrics:
+    """Plain ASGI middleware feeding :meth:`Metrics.observe_request`. Not Starlette's
+    ``BaseHTTPMiddleware``: that one runs every request's app in a task group of its own
+    with memory streams between them, which on a busy node is supervisor CPU on every
+    trigger for nothing (the status code is all this needs, read off ``send``)."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(
+        self,
+        scope: dict[str, Any],
+        receive: Callable[[], Awaitable[Any]],
+        send: Callable[[Any], Awaitable[None]],
+    ) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         start = time.perf_counter()
-        code = 500
+        code = 500  # an exception before the response started is a 500 to the client
+
+        async def counted(message: Any) -> None:
+            nonlocal code
+            if message["type"] == "http.response.start":
+                code = int(message["status"])
+            await send(message)
+
         try:
-            response = await call_next(request)
-            code = response.status_code
-            return response
+            await self.app(scope, receive, counted)
         finally:
-            route = request.scope.get("route")
-            path: Any = getattr(route, "path", None) if route is not None else None
-            template = str(path) if path else "unmatched"
-            self.api_requests.labels(route=template, method=request.method, code=str(code)).inc()
-            self.api_latency.labels(route=template, method=request.method).observe(
-                time.perf_counter() - start
-            )
+            self.metrics.observe_request(scope, code, time.perf_counter() - start)
 
 
-__all__ = ["CONTENT_TYPE", "Gauges", "Metrics"]
+__all__ = ["CONTENT_TYPE", "Gauges", "Metrics", "RequestMetrics"]

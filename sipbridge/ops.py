@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from sipbridge.calls import CallService
 from sipbridge.cdr import CdrWriter
 from sipbridge.loadwatch import AdmissionControl
-from sipbridge.metrics import CONTENT_TYPE, Metrics
+from sipbridge.metrics import CONTENT_TYPE, Metrics, RequestMetrics
 from sipbridge.records import CallRecord
 from sipbridge.webhooks import WebhookDispatcher
 
@@ -156,7 +156,7 @@ class Operations:
 
     def install(self, app: FastAPI) -> None:
         """Add the metrics middleware and the unauthenticated /metrics and /readyz."""
-        app.middleware("http")(self.metrics.middleware)
+        app.add_middleware(RequestMetrics, metrics=self.metrics)
 
         @app.get(
             "/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE: {}}}}

@@ -118,18 +118,33 @@ async def drive(
     number: str = NUMBER,
 ) -> dict[str, Any]:
     """Trigger ``n`` calls at ``rate`` per second (paced, not waiting for responses),
-    stopping after ``max_s`` s. Returns sids with send/200 wall times, errors, and the
-    503 refusals (send time, error text)."""
+    stopping after ``max_s`` s. Returns sids with send/200 wall times, errors, the 503
+    refusals (send time, error text) and, per sid, when the request's last byte went
+    to the socket (``on_wire``)."""
     sent: list[tuple[str, float, float]] = []
     refused: list[tuple[float, str]] = []
     errors: Counter[str] = Counter()
+    on_wire: dict[str, float] = {}
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     async with httpx.AsyncClient(base_url=base, headers=AUTH, timeout=10, limits=limits) as client:
 
         async def one(i: int) -> None:
             t_send = time.time()
+            t_wire: list[float] = []
+
+            async def trace(event: str, _info: dict[str, Any]) -> None:
+                # the request's last byte handed to the kernel: where a packet capture
+                # on the node would see the trigger (the client's own scheduling before
+                # this, on a machine it shares with SIPp and tshark, is not the node's)
+                if event == "http11.send_request_body.complete":
+                    t_wire.append(time.time())
+
             try:
-                r = await client.post("/v1/outbound-calling/trigger", json={"to_number": number})
+                r = await client.post(
+                    "/v1/outbound-calling/trigger",
+                    json={"to_number": number},
+                    extensions={"trace": trace},
+                )
             except httpx.HTTPError as e:
                 errors[f"http error {type(e).__name__}"] += 1
                 return
@@ -141,6 +156,8 @@ async def drive(
                 return
             sid = r.json()["callSid"]
             sent.append((sid, t_send, t_ok))
+            if t_wire:
+                on_wire[sid] = t_wire[0]
             if on_sid:
                 on_sid(sid, t_send, t_ok)
 
@@ -161,7 +178,13 @@ async def drive(
             if late:
                 errors["no answer 30 s after the last send"] += len(late)
         elapsed = time.monotonic() - t0
-    return {"sent": sent, "errors": errors, "elapsed": elapsed, "refused": refused}
+    return {
+        "sent": sent,
+        "errors": errors,
+        "elapsed": elapsed,
+        "refused": refused,
+        "on_wire": on_wire,
+    }
 
 
 async def statuses(base: str, sids: list[str]) -> list[dict[str, Any]]:

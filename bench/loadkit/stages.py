@@ -1,8 +1,11 @@
 """Trigger->INVITE by stage, per call: the bridge's debug lines (sipbridge.dialstages,
 "dial stages ... received_at=... invited_at=...") joined with the bench's send time and
-SIPp's receive time. Two stages only the bench sees: ``http`` (client send to the call
-service taking the trigger: TCP, HTTP parsing, auth, validation) and ``wire`` (makeCall
-returned to SIPp's log of the INVITE: loopback UDP and SIPp itself)."""
+SIPp's receive time. Three stages only the bench sees: ``client`` (the bench's API client
+from its send call to the request's last byte in the socket: its own scheduling and
+connection pool, on a machine it shares with the node), ``http`` (from there to the call
+service taking the trigger: the supervisor reading the socket, HTTP parsing, auth,
+validation) and ``wire`` (makeCall returned to SIPp's log of the INVITE: loopback UDP and
+SIPp itself)."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from typing import Any
 
 from loadkit.common import pct
 
-ORDER = ("http", "api", "queue", "place", "worker_wait", "invite", "wire")
+ORDER = ("client", "http", "api", "queue", "place", "worker_wait", "invite", "wire")
 _LINE = re.compile(
     r"(OUT-[0-9a-f-]+): dial stages (?P<st>(?:\w+=[0-9.]+ms ?)+) "
     r"received_at=(?P<rx>[0-9.]+) invited_at=(?P<inv>[0-9.]+)"
@@ -40,6 +43,7 @@ def breakdown(
     sent: list[tuple[str, float, float]],
     invites: dict[str, float],
     stages: dict[str, dict[str, float]],
+    on_wire: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """p50/p99/max per stage over accepted calls, and which stages make up the slowest
     1 % (mean ms of each stage over the calls at or above the end-to-end p99)."""
@@ -49,7 +53,10 @@ def breakdown(
         if s is None or sid not in invites:
             continue
         row = {k: s[k] for k in ORDER if k in s}
-        row["http"] = max(0.0, 1000 * (s["received_at"] - t_send))
+        t_wire = (on_wire or {}).get(sid)
+        if t_wire is not None:
+            row["client"] = max(0.0, 1000 * (t_wire - t_send))
+        row["http"] = max(0.0, 1000 * (s["received_at"] - (t_wire or t_send)))
         row["wire"] = max(0.0, 1000 * (invites[sid] - s["invited_at"]))
         row["total"] = 1000 * (invites[sid] - t_send)
         rows.append(row)
