@@ -31,7 +31,7 @@ from sipbridge.ipc import (
     LegEvent,
     PlaybackDone,
 )
-from sipbridge.outcomes import MEDIA_TIMEOUT, Termination, from_leg_end
+from sipbridge.outcomes import MEDIA_TIMEOUT, Termination, agent_dialog_lost, from_leg_end
 from sipbridge.records import CallRecord, LegRecord
 from sipbridge.trunkselect import should_failover
 
@@ -53,15 +53,17 @@ def _sip_data(ev: LegEvent, keys: tuple[str, ...]) -> dict[str, Any]:
 
 def _agent_failure(rec: CallRecord) -> Termination | None:
     """The carrier leg was ended because its agent leg ended: if the agent never
-    answered, that is an agent failure, whatever order the two ends arrived in."""
+    answered, that is an agent failure, and if its dialog died under the answered call
+    (481/408 to an in-dialog request, see :func:`agent_dialog_lost`) the call is lost,
+    whatever order the two ends arrived in."""
     for leg in rec.legs.values():
-        if (
-            leg.role == "agent"
-            and leg.ended_at
-            and leg.answered_at is None
-            and leg.direction != "inbound"
-        ):
+        if leg.role != "agent" or not leg.ended_at or leg.direction == "inbound":
+            continue
+        if leg.answered_at is None:
             return agent_failure(leg.sip_status, leg.sip_reason or "")
+        if leg.cause == "transport_error":
+            what = f"SIP {leg.sip_status} {leg.sip_reason or ''}".strip()
+            return agent_dialog_lost(leg.sip_status, what if leg.sip_status else "")
     return None
 
 
@@ -284,6 +286,12 @@ class SipEvents:
                 self.actions.execute(sid, [EndCall(CANCELED_BY_AGENT)])
         elif not ev.answered and ev.cause != "bridged_bye":
             self.actions.execute(sid, flow.on_agent_failed(ev.sip_status, ev.sip_reason))
+        elif ev.cause == "transport_error":
+            # The agent's dialog died under the answered call (a 481 to the detection
+            # INFO: RFC 3261 12.2.1.2); the worker ends the carrier leg with it.
+            self.actions.execute(
+                sid, [EndCall(agent_dialog_lost(ev.sip_status, ev.detail or ev.sip_reason))]
+            )
 
     def on_carrier(self, ev: LegEvent) -> None:
         ctx = self.ctx
