@@ -53,17 +53,15 @@ def _sip_data(ev: LegEvent, keys: tuple[str, ...]) -> dict[str, Any]:
 
 def _agent_failure(rec: CallRecord) -> Termination | None:
     """The carrier leg was ended because its agent leg ended: if the agent never
-    answered, that is an agent failure, and if its dialog died under the answered call
-    (481/408 to an in-dialog request, see :func:`agent_dialog_lost`) the call is lost,
-    whatever order the two ends arrived in."""
+    answered, that is an agent failure, whatever order the two ends arrived in."""
     for leg in rec.legs.values():
-        if leg.role != "agent" or not leg.ended_at or leg.direction == "inbound":
-            continue
-        if leg.answered_at is None:
+        if (
+            leg.role == "agent"
+            and leg.ended_at
+            and leg.answered_at is None
+            and leg.direction != "inbound"
+        ):
             return agent_failure(leg.sip_status, leg.sip_reason or "")
-        if leg.cause == "transport_error":
-            what = f"SIP {leg.sip_status} {leg.sip_reason or ''}".strip()
-            return agent_dialog_lost(leg.sip_status, what if leg.sip_status else "")
     return None
 
 
@@ -288,7 +286,8 @@ class SipEvents:
             self.actions.execute(sid, flow.on_agent_failed(ev.sip_status, ev.sip_reason))
         elif ev.cause == "transport_error":
             # The agent's dialog died under the answered call (a 481 to the detection
-            # INFO: RFC 3261 12.2.1.2); the worker ends the carrier leg with it.
+            # INFO: RFC 3261 12.2.1.2); the worker ends the carrier leg with it
+            # ("bridged_bye", always reported after this end), and this outcome applies.
             self.actions.execute(
                 sid, [EndCall(agent_dialog_lost(ev.sip_status, ev.detail or ev.sip_reason))]
             )
