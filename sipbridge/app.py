@@ -13,7 +13,7 @@ from fastapi import FastAPI
 
 from sipbridge.api import create_app
 from sipbridge.calls import CallService
-from sipbridge.calls.policy import prompt_folder
+from sipbridge.calls.policy import prompt_folder, prompt_limits
 from sipbridge.config import Config
 from sipbridge.ops import Operations
 from sipbridge.priority import set_process_nice, set_session_nice
@@ -64,7 +64,7 @@ def build(cfg: Config) -> tuple[FastAPI, CallService]:
         store = open_store(cfg.store)
     service: CallService
     # the workers' fork server loads the prompt library once (sipbridge.sip.promptpreload)
-    request_preload(prompt_folder(cfg))
+    request_preload(prompt_folder(cfg), prompt_limits(cfg))
     pool = WorkerPool(cfg.sip, lambda ev: service.on_sip_event(ev))
     service = CallService(cfg, store, pool)
     if cfg.cluster is not None:

@@ -16,7 +16,7 @@ from sipbridge.ivrscript import IvrScript
 from sipbridge.ivrscript import check_dtmf as check_dtmf
 from sipbridge.mediafiles import check_media_name
 from sipbridge.schedule import CallingWindow, RetryPolicy
-from sipbridge.thresholds import DetectionThresholds
+from sipbridge.thresholds import DetectionThresholds, order_problems
 
 
 def _is_number_type(annotation: Any) -> bool:
@@ -110,6 +110,15 @@ class RetryConfig(_Model):
             )
         return v
 
+    @model_validator(mode="after")
+    def _cap_over_base(self) -> RetryConfig:
+        # The backoff is min(cap_s, base_s * factor**(n-1)): a cap under the base would
+        # silently replace it on every attempt.
+        if self.cap_s < self.base_s:
+            cap = f"{self.cap_s:g}" + ("" if "cap_s" in self.model_fields_set else ", the default")
+            raise ValueError(f"cap_s ({cap}) must be at least base_s ({self.base_s:g})")
+        return self
+
     def policy(self) -> RetryPolicy:
         return RetryPolicy(
             retry_on=frozenset(self.retry_on),
@@ -196,16 +205,14 @@ class DetectionSettings(_Model):
 
     @field_validator("thresholds")
     @classmethod
-    def _beep_band(cls, v: DetectionThresholds) -> DetectionThresholds:
-        # An empty beep band (each end within its bounds, or one end past the other's
-        # default) would silently never hear a beep: every voicemail would end without one.
-        from sipbridge.media.thresholds import DetectionConfig
-
-        base = DetectionConfig()
-        lo = v.get("beep_min_hz", base.beep_min_hz)
-        hi = v.get("beep_max_hz", base.beep_max_hz)
-        if lo >= hi:
-            raise ValueError(f"beep_min_hz ({lo:g}) must be below beep_max_hz ({hi:g})")
+    def _ordered(cls, v: DetectionThresholds) -> DetectionThresholds:
+        # Each key within its bounds can still invert a pair whose order the detector
+        # relies on (an empty beep band, a beep end reported before the beep is heard, an
+        # operator rule that can never fire ...; sipbridge/thresholds.py): refused naming
+        # both keys, against the other key's default when only one is given.
+        problems = order_problems(v)
+        if problems:
+            raise ValueError("; ".join(problems))
         return v
 
 
@@ -238,6 +245,14 @@ class IvrSettings(_Model):
 
     @model_validator(mode="after")
     def _alternatives(self) -> IvrSettings:
+        if self.send_digits and self.max_ivr_s <= self.send_digits_delay_s:
+            # the escape hatch (counted from the answer) would end the call before the
+            # first digit is sent
+            raise ValueError(
+                f"max_ivr_s ({self.max_ivr_s:g}) must be above send_digits_delay_s "
+                f"({self.send_digits_delay_s:g}): the IVR time limit would end the call "
+                "before the digits are sent"
+            )
         if self.on_menu_repeat == "next_digits":
             if not self.alternative_digits:
                 raise ValueError(

@@ -41,6 +41,7 @@ from sipbridge.headers import (
     validate_header_name,
 )
 from sipbridge.ivrscript import check_ivr_media
+from sipbridge.mediaconfig import MediaConfig as MediaConfig
 from sipbridge.mediafiles import media_folder, media_path
 
 # Per-call settings live in sipbridge.callsettings; re-exported here.
@@ -428,15 +429,6 @@ class WebhookConfig(_Model):
         return self
 
 
-class MediaConfig(_Model):
-    # Folder of the audio files the API and the config may name (detection.message_wav):
-    # a name is a file in this folder, never a path.
-    dir: str | None = None
-    # A prompt library (sipbridge.media.promptlib: labels.json or one sub-folder per label),
-    # a folder name inside `dir`; loaded and checked at start-up, used by every detector.
-    prompt_dir: Annotated[str, Field(max_length=255)] | None = None
-
-
 class ShutdownConfig(_Model):
     # On SIGTERM: stop taking triggers, let live calls finish this long, then hang up.
     grace_s: Annotated[float, Field(ge=0, le=86400)] = 30.0
@@ -543,7 +535,11 @@ class Config(_Model):
             from sipbridge.media.promptlib import PromptLibrary
 
             try:
-                PromptLibrary.from_folder(media_folder(self.media.dir, self.media.prompt_dir))
+                PromptLibrary.from_folder(
+                    media_folder(self.media.dir, self.media.prompt_dir),
+                    self.media.prompt_max_s,
+                    self.media.prompt_max_bytes,
+                )
             except ValueError as e:
                 raise ValueError(f"media.prompt_dir: {e}") from None
 

@@ -80,7 +80,7 @@ class MediaFileError(InputError):
 
 
 class ApiError(SipBridgeError):
-    """An HTTP error answer in the documented shape (``sipbridge.api.ErrorBody``)."""
+    """An HTTP error answer in the documented shape (``sipbridge.apierrors.ErrorBody``)."""
 
     def __init__(
         self,

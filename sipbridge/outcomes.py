@@ -82,6 +82,8 @@ INTERNAL_ERROR = "internal error"
 NODE_LOST = "bridge node lost"
 MEDIA_NEGOTIATION_FAILED = "media negotiation failed"
 MEDIA_TIMEOUT = "media timeout"
+# An answered call's dialog died under it (carrier or agent leg).
+CALL_LOST = "call lost"
 
 
 def internal_error(detail: str) -> Termination:
@@ -164,7 +166,7 @@ def from_leg_end(
         # that got no answer, or the transport broke.
         return Termination(
             "failure",
-            "call lost",
+            CALL_LOST,
             "transport_error",
             False,
             sip_status,
@@ -213,6 +215,23 @@ _SIT_TABLE: dict[str, tuple[str, str, bool]] = {
     "FU": ("not_in_service", "call cannot be completed (SIT FU)", False),
     "ITU": ("not_in_service", "special information tone (SIT ITU)", False),
 }
+
+
+def agent_dialog_lost(sip_status: int | None, detail: str) -> Termination:
+    """The answered agent leg's dialog died under the call (``cause`` ``transport_error``):
+    the agent answered an in-dialog request (the detection INFO, a session refresh, a
+    re-INVITE) with 481 or 408, which ends the dialog usage (RFC 3261 12.2.1.2, RFC 5057
+    5.1), the refresh never came (RFC 4028 10) or the transport broke. The agent ended
+    nothing: the call is lost, as when the carrier leg's dialog dies (never success "ended
+    by agent"; not retried: the callee was reached and may have talked to the agent)."""
+    return Termination(
+        "failure",
+        CALL_LOST,
+        "transport_error",
+        False,
+        sip_status,
+        f"agent leg: {detail}" if detail else "agent leg: dialog lost",
+    )
 
 
 def from_sit(code: str | None) -> Termination:

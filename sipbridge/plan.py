@@ -31,7 +31,8 @@ class DialPlan:
     tls_verify: bool = True
     tls_ca_file: str = ""
     # Recipient detection in the worker: {"early": bool, "answer": bool,
-    # "config": {DetectionConfig field: value}}; None = no media analysis.
+    # "config": {DetectionConfig field: value}, and with a prompt library "prompts": folder,
+    # "prompt_limits": [max_s, max_bytes]}; None = no media analysis.
     detection: dict[str, Any] | None = None
     # "carrier" (b-leg, to the callee) or "agent" (a-leg, to the AI agent's SIP URI).
     role: str = "carrier"

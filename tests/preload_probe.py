@@ -49,7 +49,7 @@ def probe(folder: str, conn: Connection) -> None:
     from sipbridge.sip import tap
 
     t0 = time.perf_counter()
-    cached = folder in tap._PROMPT_LIBRARIES
+    cached = any(key[0] == folder for key in tap._PROMPT_LIBRARIES)  # (folder, limits)
     lib = tap.prompt_library(folder)
     conn.send(
         {

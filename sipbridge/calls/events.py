@@ -31,7 +31,7 @@ from sipbridge.ipc import (
     LegEvent,
     PlaybackDone,
 )
-from sipbridge.outcomes import MEDIA_TIMEOUT, Termination, from_leg_end
+from sipbridge.outcomes import MEDIA_TIMEOUT, Termination, agent_dialog_lost, from_leg_end
 from sipbridge.records import CallRecord, LegRecord
 from sipbridge.trunkselect import should_failover
 
@@ -284,6 +284,13 @@ class SipEvents:
                 self.actions.execute(sid, [EndCall(CANCELED_BY_AGENT)])
         elif not ev.answered and ev.cause != "bridged_bye":
             self.actions.execute(sid, flow.on_agent_failed(ev.sip_status, ev.sip_reason))
+        elif ev.cause == "transport_error":
+            # The agent's dialog died under the answered call (a 481 to the detection
+            # INFO: RFC 3261 12.2.1.2); the worker ends the carrier leg with it
+            # ("bridged_bye", always reported after this end), and this outcome applies.
+            self.actions.execute(
+                sid, [EndCall(agent_dialog_lost(ev.sip_status, ev.detail or ev.sip_reason))]
+            )
 
     def on_carrier(self, ev: LegEvent) -> None:
         ctx = self.ctx

@@ -32,6 +32,9 @@ class CallPolicy:
     window_problem: str = ""
     # The prompt library's folder (media.prompt_dir, checked at start-up), or None.
     prompts: str | None = None
+    # Its per-WAV limits (media.prompt_max_s, media.prompt_max_bytes): the workers load the
+    # library again and must accept what the start-up check accepted.
+    prompt_limits: tuple[float, int] | None = None
     # How the agent's BYE dispositions map (agent.disposition).
     disposition: DispositionPolicy = field(default_factory=DispositionPolicy)
 
@@ -51,6 +54,8 @@ class CallPolicy:
         }
         if self.prompts:
             plan["prompts"] = self.prompts
+            if self.prompt_limits is not None:
+                plan["prompt_limits"] = list(self.prompt_limits)
         return plan
 
 
@@ -60,6 +65,11 @@ def prompt_folder(cfg: Config) -> str | None:
     if not cfg.media.prompt_dir:
         return None
     return str(media_folder(cfg.media.dir, cfg.media.prompt_dir))
+
+
+def prompt_limits(cfg: Config) -> tuple[float, int]:
+    """The prompt library's per-WAV limits (media.prompt_max_s, media.prompt_max_bytes)."""
+    return (cfg.media.prompt_max_s, cfg.media.prompt_max_bytes)
 
 
 def resolve_policy(cfg: Config, to_number: str, request: CallRequest) -> CallPolicy:
@@ -89,6 +99,7 @@ def resolve_policy(cfg: Config, to_number: str, request: CallRequest) -> CallPol
         zones=zones,
         window_problem=problem,
         prompts=prompt_folder(cfg),
+        prompt_limits=prompt_limits(cfg),
         disposition=cfg.agent.disposition.policy(),
     )
 
@@ -118,4 +129,4 @@ class PolicyBook:
         self._policies.pop(call_sid, None)
 
 
-__all__ = ["CallPolicy", "PolicyBook", "prompt_folder", "resolve_policy"]
+__all__ = ["CallPolicy", "PolicyBook", "prompt_folder", "prompt_limits", "resolve_policy"]

@@ -2,7 +2,8 @@
 
 Deployers put recordings of prompts they meet — a carrier's spoken intercept without SIT, a
 screening assistant's greeting, a company's IVR menu — in a folder, each with a label
-(``not_in_service``, ``screening``, ``ivr``, ``machine``, ``operator`` or their own). During a
+(``not_in_service``, ``screening``, ``ivr``, ``machine``, ``operator`` …: the known set,
+:data:`~sipbridge.media.promptfiles.LABEL_RESULTS`, any other is refused at load). During a
 call :class:`PromptMatcher` recognises any of them about a second after it starts playing,
 through G.711, level changes, line noise, and when the call joins the prompt late.
 
@@ -27,7 +28,6 @@ what was heard before it (the main menu again) means the IVR went back to its st
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -37,6 +37,16 @@ import numpy as np
 import numpy.typing as npt
 
 from sipbridge.media.frames import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE, FloatArray, dbfs, rfft
+from sipbridge.media.promptfiles import (
+    LABEL_RESULTS,
+    PROMPT_MAX_BYTES,
+    PROMPT_MAX_S,
+    check_entry,
+    folder_entries,
+    known_label,
+    load_prompt_audio,
+)
+from sipbridge.media.promptfiles import normalise_label as normalise_label
 
 BLOCK = 2 * FRAME_SAMPLES
 N_BANDS = 17
@@ -44,19 +54,6 @@ N_BITS = N_BANDS - 1
 SUB_OFFSETS = (0, 40, 80, 120)  # samples: 0, 5, 10, 15 ms
 LAG = 2  # frames between the compared band differences (40 ms: non-overlapping blocks)
 SILENT_DBFS = -62.0  # frames quieter than this get no code (quiet prompts at -40 dBFS keep theirs)
-
-# Labels a deployer may give prompts, and what the detector reports for them (answered_by,
-# hint). Other labels are reported as answered_by "unknown" with the label in prompt_label.
-LABEL_RESULTS: dict[str, tuple[str, str | None]] = {
-    "not_in_service": ("sit", None),  # a spoken intercept: the same outcome as SIT IC
-    "intercept": ("sit", None),
-    "screening": ("human", "screening"),
-    "operator": ("human", "operator"),
-    "human": ("human", None),
-    "ivr": ("ivr", None),
-    "machine": ("machine", None),
-    "voicemail": ("machine", None),
-}
 
 _POP = np.array([bin(i).count("1") for i in range(1 << N_BITS)], dtype=np.uint8)
 UInt16Array = npt.NDArray[np.uint16]
@@ -120,10 +117,6 @@ def codes_of(x: FloatArray, sub_offset: int = 0) -> list[int | None]:
     return out
 
 
-def _is_wav(p: Path) -> bool:
-    return p.suffix.lower() == ".wav"
-
-
 @dataclass(frozen=True, slots=True)
 class Prompt:
     """A known prompt: its name, label and codes at each sub-frame alignment."""
@@ -181,9 +174,11 @@ class PromptLibrary:
         return len(self.prompts)
 
     def add(self, name: str, label: str, x: FloatArray) -> Prompt:
-        """Index an 8 kHz recording under ``name`` with ``label``."""
+        """Index an 8 kHz recording under ``name`` with ``label`` (normalised; one of
+        :data:`LABEL_RESULTS`, else ``ValueError``)."""
         if not name or not label:
             raise ValueError("a prompt needs a name and a label")
+        label = known_label(label, f"prompt {name[:80]!r}")
         pid = len(self.prompts)
         self._search = None
         per_sub = tuple(tuple(codes_of(x, s)) for s in SUB_OFFSETS)
@@ -200,62 +195,22 @@ class PromptLibrary:
         return p
 
     @classmethod
-    def from_folder(cls, folder: str | Path) -> PromptLibrary:
-        """Load ``folder``: either ``labels.json`` mapping WAV file names to labels, or one
-        sub-folder per label holding WAV files (``not_in_service/acme-intercept.wav``). WAVs of
-        any rate/encoding (see :func:`~sipbridge.media.analyze.read_wav`). Raises
-        ``ValueError`` naming the file for unreadable audio or a bad labels file."""
-        from sipbridge.media.analyze import AudioFormatError, load_audio
-
+    def from_folder(
+        cls,
+        folder: str | Path,
+        max_s: float = PROMPT_MAX_S,
+        max_bytes: int = PROMPT_MAX_BYTES,
+    ) -> PromptLibrary:
+        """Load ``folder`` (layout, labels and WAV limits: :mod:`~sipbridge.media.promptfiles`;
+        ``max_s`` / ``max_bytes`` bound each WAV). Raises ``ValueError`` naming the file for
+        unreadable, oversized or too short audio, an unknown label or a bad labels file."""
         root = Path(folder)
-        if not root.is_dir():
-            raise ValueError(f"prompt library {root}: not a folder")
-        entries: list[tuple[str, str, Path]] = []
-        labels_file = root / "labels.json"
-        if labels_file.exists():
-            try:
-                raw = json.loads(labels_file.read_text())
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise ValueError(
-                    f"{labels_file}: not a JSON object of file -> label ({e})"
-                ) from None
-            if not isinstance(raw, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) and v for k, v in raw.items()
-            ):
-                raise ValueError(f"{labels_file}: must map WAV file names to label strings")
-            for fname, label in sorted(raw.items()):
-                path = (root / fname).resolve()
-                if root.resolve() not in path.parents:
-                    raise ValueError(f"{labels_file}: {fname!r} is outside the library folder")
-                entries.append((Path(fname).stem, label, path))
-        else:
-            loose = sorted(p.name for p in root.iterdir() if p.is_file() and _is_wav(p))
-            if loose:  # a WAV beside the label folders would be silently ignored
-                raise ValueError(
-                    f"prompt library {root}: {', '.join(loose[:3])} not in a label sub-folder "
-                    "(put each WAV in one sub-folder per label, or list it in labels.json)"
-                )
-            for sub in sorted(p for p in root.iterdir() if p.is_dir()):
-                for wav in sorted(p for p in sub.iterdir() if p.is_file() and _is_wav(p)):
-                    entries.append((wav.stem, sub.name, wav))
-        if not entries:
-            raise ValueError(
-                f"prompt library {root}: no prompts (labels.json, or WAVs in one sub-folder "
-                "per label)"
-            )
+        entries = [
+            (name, check_entry(name, label, path), path)
+            for name, label, path in folder_entries(root)
+        ]
         seen: dict[str, Path] = {}
-        for name, label, path in entries:
-            # a name and a label end up in statuses, CDRs, reasons and logs: printable, short
-            if len(label) > MAX_LABEL_CHARS or not label.isprintable():
-                raise ValueError(
-                    f"prompt library: {path}: label {label[:80]!r} must be printable and at "
-                    f"most {MAX_LABEL_CHARS} characters"
-                )
-            if len(name) > MAX_NAME_CHARS or not name.isprintable():
-                raise ValueError(
-                    f"prompt library: {str(path)[:300]!r}: name {name[:80]!r} must be "
-                    f"printable and at most {MAX_NAME_CHARS} characters"
-                )
+        for name, _label, path in entries:
             # the result names the prompt: two files of one name could not be told apart
             if name in seen:
                 raise ValueError(
@@ -265,10 +220,7 @@ class PromptLibrary:
             seen[name] = path
         lib = cls()
         for name, label, path in entries:
-            try:
-                prompt = lib.add(name, label, load_audio(path))
-            except AudioFormatError as e:
-                raise ValueError(f"prompt library: {e}") from None
+            prompt = lib.add(name, label, load_prompt_audio(path, max_s, max_bytes))
             voiced = sum(c is not None for c in prompt.codes[0])
             if voiced < MIN_PAIRS:
                 raise ValueError(
@@ -305,8 +257,6 @@ MIN_VOTES = 3
 # Frames with a code (sound) in both the call and the prompt that a verification compares at
 # least: 0.9 s. A prompt with fewer can never be recognised, so loading one is an error.
 MIN_PAIRS = 45
-MAX_LABEL_CHARS = 64
-MAX_NAME_CHARS = 128  # a prompt's name: its file name without the extension
 # Look codes up on every VOTE_EVERY-th frame (all frames are kept for verification). With 100
 # prompts, 2 (and MIN_VOTES 2) takes the search from ~13 to ~8 µs per frame but misses 1 in 25
 # prompts at 20 dB SNR, none at 1 (bench/dsp.py; a shared 2-core machine).

@@ -23,14 +23,30 @@ import os
 from sipbridge.sip.forkserver_init import in_fork_server
 
 PRELOAD_ENV = "SIPBRIDGE_PRELOAD_PROMPTS"
+# Its per-WAV limits, "max_s,max_bytes" (media.prompt_max_s, prompt_max_bytes): the calls'
+# plans carry the same ones, so the worker finds the library under the key it looks up.
+LIMITS_ENV = "SIPBRIDGE_PRELOAD_PROMPT_LIMITS"
 
 
-def request_preload(folder: str | None) -> None:
-    """Supervisor: have the fork server load ``folder`` (None: nothing)."""
+def request_preload(folder: str | None, limits: tuple[float, int] | None = None) -> None:
+    """Supervisor: have the fork server load ``folder`` with ``limits`` (None: nothing)."""
     if folder:
         os.environ[PRELOAD_ENV] = folder
     else:
         os.environ.pop(PRELOAD_ENV, None)
+    if folder and limits is not None:
+        os.environ[LIMITS_ENV] = f"{limits[0]!r},{limits[1]}"
+    else:
+        os.environ.pop(LIMITS_ENV, None)
+
+
+def _limits() -> list[float | int] | None:
+    raw = os.environ.get(LIMITS_ENV, "")
+    max_s, _, max_bytes = raw.partition(",")
+    try:
+        return [float(max_s), int(max_bytes)]
+    except ValueError:
+        return None
 
 
 def preload() -> bool:
@@ -40,11 +56,11 @@ def preload() -> bool:
         return False
     from sipbridge.sip.tap import prompt_library
 
-    return prompt_library(folder) is not None
+    return prompt_library(folder, _limits()) is not None
 
 
 if in_fork_server():
     preload()
 
 
-__all__ = ["PRELOAD_ENV", "preload", "request_preload"]
+__all__ = ["LIMITS_ENV", "PRELOAD_ENV", "preload", "request_preload"]

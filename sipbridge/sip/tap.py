@@ -30,6 +30,7 @@ import pjsua2 as pj
 
 from sipbridge.media.detect import DetectionEvent, Detector, config_from_overrides
 from sipbridge.media.frames import FRAME_BYTES
+from sipbridge.media.promptfiles import PROMPT_MAX_BYTES, PROMPT_MAX_S
 from sipbridge.media.promptlib import PromptLibrary
 
 CLOCK_RATE_HZ = 8000
@@ -114,20 +115,30 @@ class FrameTap(pj.AudioMediaPort):
             frame.size = 0
 
 
-_PROMPT_LIBRARIES: dict[str, PromptLibrary | None] = {}
+_PROMPT_LIBRARIES: dict[tuple[str, float, int], PromptLibrary | None] = {}
 
 
-def prompt_library(folder: Any) -> PromptLibrary | None:
-    """The prompt library of ``folder`` (media.prompt_dir), loaded once per worker process
-    (checked at the bridge's start-up; a folder broken since then is left out)."""
+def prompt_library(folder: Any, limits: Any = None) -> PromptLibrary | None:
+    """The prompt library of ``folder`` (media.prompt_dir) loaded with ``limits`` ([max_s,
+    max_bytes] per WAV: media.prompt_max_s / prompt_max_bytes; None: the defaults), once per
+    worker process (checked at the bridge's start-up; a folder broken since then is left
+    out)."""
     if not isinstance(folder, str) or not folder:
         return None
-    if folder not in _PROMPT_LIBRARIES:
+    max_s, max_bytes = PROMPT_MAX_S, PROMPT_MAX_BYTES
+    if (
+        isinstance(limits, list | tuple)
+        and len(limits) == 2
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in limits)
+    ):
+        max_s, max_bytes = float(limits[0]), int(limits[1])
+    key = (folder, max_s, max_bytes)
+    if key not in _PROMPT_LIBRARIES:
         try:
-            _PROMPT_LIBRARIES[folder] = PromptLibrary.from_folder(folder)
+            _PROMPT_LIBRARIES[key] = PromptLibrary.from_folder(folder, max_s, max_bytes)
         except ValueError:
-            _PROMPT_LIBRARIES[folder] = None
-    return _PROMPT_LIBRARIES[folder]
+            _PROMPT_LIBRARIES[key] = None
+    return _PROMPT_LIBRARIES[key]
 
 
 class LegAnalysis:
@@ -174,7 +185,9 @@ class LegAnalysis:
             self.config,
             mode="early" if phase == "early" else "answer",
             keep_timeline=False,
-            prompts=prompt_library(self.settings.get("prompts")),
+            prompts=prompt_library(
+                self.settings.get("prompts"), self.settings.get("prompt_limits")
+            ),
         )
         self.frames_fed = 0
         return True

@@ -404,6 +404,43 @@ def test_an_agent_that_refuses_the_detection_info_keeps_its_call(
     _got(agent, "BYE", inv.call_id)
 
 
+_GONE_INFO = _REFUSE_INFO.replace(
+    "415 Unsupported Media Type", "481 Call/Transaction Does Not Exist"
+)
+
+
+def test_an_agent_that_answers_the_detection_info_481_loses_the_call(
+    stack: Stack, tmp_path: Path, corpus: tuple[Path, dict[str, Any]]
+) -> None:
+    """A 481 to the detection INFO means the agent's dialog is gone (RFC 3261 12.2.1.2,
+    RFC 5057 5.1: it ends the dialog usage): the bridge ends the agent leg (BYE) and the
+    carrier leg, and the call is failure "call lost" like any answered call whose dialog
+    died, not success "ended by agent" (the agent ended nothing)."""
+    corpus_dir, labels = corpus
+    name = next(n for n, lab in sorted(labels.items()) if lab["answered_by"] == "human")
+    carrier = _playing(stack, corpus_dir / name, tmp_path, "p")
+    agent = stack.sipp(
+        render_scenario(
+            "uas_agent_hold.xml.in",
+            tmp_path / "agent.xml",
+            REMEMBER="",
+            HOLD=_GONE_INFO,
+            RESUME="",
+        )
+    )
+    bridge = carrier_bridge(stack, carrier, agent)
+    sid = bridge.trigger(to_number="+12125550132")
+    inv = _invite(agent)
+    cinv = _invite(carrier)
+    assert inv.header("X-Sipbridge-Answered-By") == "unknown"
+    _got(agent, "INFO", inv.call_id, timeout=15)
+    _got(agent, "BYE", inv.call_id)  # the dialog is ended on our side too
+    _got(carrier, "BYE", cinv.call_id)
+    final = bridge.wait_terminal(sid)
+    assert (final["status"], final["reason"]) == ("failure", "call lost"), final
+    assert "agent leg" in final["detail"] and "481" in final["detail"], final
+
+
 def test_agent_dialled_for_a_screening_assistant_is_told_in_its_invite(
     stack: Stack, tmp_path: Path, regress_corpus: tuple[Path, dict[str, Any]]
 ) -> None:

@@ -553,3 +553,33 @@ def test_dtmf_duration_must_be_a_number(env: Any) -> None:
         f"/v1/outbound-calling/{sid}/dtmf", json={"digits": "1", "duration_ms": True}, headers=AUTH
     )
     assert r.status_code == 400 and "duration_ms" in r.text, r.text
+
+
+# ---- pairs out of order ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "names"),
+    [
+        (
+            {"detection": {"thresholds": {"beep_end_max_ms": 100}}},
+            "detection.thresholds",
+            ("beep_min_ms", "beep_end_max_ms"),
+        ),
+        ({"retry": {"base_s": 60, "cap_s": 10}}, "retry", ("cap_s", "base_s")),
+        (
+            {"ivr": {"send_digits": "1", "send_digits_delay_s": 10, "max_ivr_s": 5}},
+            "ivr",
+            ("max_ivr_s", "send_digits_delay_s"),
+        ),
+    ],
+)
+def test_a_pair_out_of_order_is_400_naming_both(
+    env: Any, body: dict[str, Any], field: str, names: tuple[str, str]
+) -> None:
+    client, pool = env
+    r = _post(client, {"to_number": "+14155552671", **body})
+    assert r.status_code == 400, r.text
+    assert _shape(r)["field"] == field, r.text
+    assert all(n in _shape(r)["error"] for n in names), r.text
+    assert pool.plans == []

@@ -276,3 +276,54 @@ def test_largest_api_retry_policy_schedules() -> None:
     cfg = RetryConfig(max_attempts=20, base_s=86400, factor=10, cap_s=604800, jitter=0)
     when = next_attempt_time(cfg.policy(), 19, 0.0, lambda: 0.0)
     assert when is not None and when.timestamp() == 604800
+
+
+@pytest.mark.parametrize(
+    ("section", "names"),
+    [
+        # the backoff is min(cap_s, base_s * ...): a cap under the base silently replaces it
+        ({"retry": {"base_s": 7200}}, ("cap_s", "base_s")),
+        ({"retry": {"base_s": 60, "cap_s": 30}}, ("cap_s", "base_s")),
+        # the IVR escape hatch would fire before the first digit is sent
+        (
+            {"ivr": {"send_digits": "1", "send_digits_delay_s": 30, "max_ivr_s": 20}},
+            ("max_ivr_s", "send_digits_delay_s"),
+        ),
+    ],
+)
+def test_settings_pairs_out_of_order_are_refused_naming_both(
+    section: dict[str, Any], names: tuple[str, ...]
+) -> None:
+    """Each value within its bounds, but a pair whose order matters inverted: a config
+    error naming both fields (config load and route; the API refuses it the same way)."""
+    key = next(iter(section))
+    cfg = {**BASE, "routes": [{"prefix": "+1", "trunk": "t1", **section}]}
+    with pytest.raises(ConfigError) as ei:
+        parse_config(cfg, "c")
+    for name in names:
+        assert f"routes.0.{key}" in str(ei.value) and name in str(ei.value), (name, ei.value)
+
+
+def test_settings_pairs_in_order_are_accepted() -> None:
+    parse_config(
+        {
+            **BASE,
+            "retry": {"base_s": 7200, "cap_s": 7200},
+            "routes": [
+                {
+                    "prefix": "+1",
+                    "trunk": "t1",
+                    "ivr": {"send_digits": "1", "send_digits_delay_s": 30, "max_ivr_s": 31},
+                }
+            ],
+        },
+        "c",
+    )
+    # without digits to send, max_ivr_s bounds the hold step alone
+    parse_config(
+        {
+            **BASE,
+            "routes": [{"prefix": "+1", "trunk": "t1", "ivr": {"hold": True, "max_ivr_s": 5}}],
+        },
+        "c",
+    )

@@ -209,7 +209,9 @@ def test_prompt_names_are_checked_like_labels(tmp_path: Path, clips: dict[str, n
     write_wav(tmp_path / "voicemail" / "acme.wav", clips["clinic-menu"])
     with pytest.raises(ValueError, match=r"acme\.wav.*acme\.wav.*same name 'acme'"):
         PromptLibrary.from_folder(tmp_path)
-    (tmp_path / "labels.json").write_text(json.dumps({"ivr/acme.wav": "ivr", "acme.WAV": "x"}))
+    (tmp_path / "labels.json").write_text(
+        json.dumps({"ivr/acme.wav": "ivr", "acme.WAV": "voicemail"})
+    )
     write_wav(tmp_path / "acme.WAV", clips["clinic-menu"])
     with pytest.raises(ValueError, match="same name 'acme'"):
         PromptLibrary.from_folder(tmp_path)
