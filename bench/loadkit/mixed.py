@@ -26,6 +26,7 @@ from loadkit.common import SID_HDR, carrier_invites, drive, pct
 from loadkit.conc import conc_config, hangup_all, hold_calls, rtp_sample
 from loadkit.procs import TICK, cpu_ticks
 from loadkit.stages import breakdown, fmt, read_stages
+from loadkit.wire import InviteCapture
 from sipbridge.admissionconfig import AdmissionConfig
 from sipbridge.devtools.bridge import AUTH, Bridge, Stack
 from sipbridge.devtools.sipp import SippUas
@@ -143,8 +144,15 @@ def _run(
 
     th = threading.Thread(target=sample)
     th.start()
+    cap = InviteCapture(short.port, log_dir)
     try:
-        d = asyncio.run(drive(b.base, int(CPS * dur), CPS, dur + 1, number=SHORT_NUMBER))
+        with cap:
+            d = asyncio.run(drive(b.base, int(CPS * dur), CPS, dur + 1, number=SHORT_NUMBER))
+            # calls accepted while the node was about to refuse wait in the queue
+            sids = [s for s, _, _ in d["sent"]]
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and len(set(sids) - set(carrier_invites(short))):
+                time.sleep(0.5)  # polling SIPp's log for the queued calls' INVITEs, bounded
     finally:
         if timer is not None:
             timer.cancel()
@@ -154,11 +162,6 @@ def _run(
     th.join(120)
     # per call (sid, sent, 200 at), for looking at a run's tail afterwards (--keep)
     (log_dir / f"sent_{'burner' if burn else 'alone'}.json").write_text(json.dumps(d["sent"]))
-    # calls accepted while the node was about to refuse wait in the queue: give them time
-    sids = [s for s, _, _ in d["sent"]]
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and len(set(sids) & set(carrier_invites(short))) < len(sids):
-        time.sleep(0.5)  # polling SIPp's log for the queued calls' INVITEs, bounded
     elapsed = time.time() - t0
     sup_cpu_pct = 100 * (cpu_ticks(b.proc.pid) - sup_ticks) / TICK / elapsed
     psi1 = _psi_cpu_some_us()
@@ -167,8 +170,10 @@ def _run(
     watch.join(10)
     inv = carrier_invites(short)
     lat = [1000 * (inv[s] - t_send) for s, t_send, _ in d["sent"] if s in inv]
-    # from the request on the socket (what a capture at the node sees) to the INVITE
-    lat_wire = [1000 * (inv[s] - t) for s, t in d["on_wire"].items() if s in inv]
+    # from the request's last byte in the socket to the INVITE in a capture on lo: what
+    # a capture at the node would show, without the bench's client or SIPp waiting for CPU
+    on_wire = cap.times()
+    lat_wire = [1000 * (on_wire[s] - t) for s, t in d["on_wire"].items() if s in on_wire]
     refused = [t - t0 for t, _ in d["refused"]]
     reasons = Counter(
         json.loads(body).get("error", "?").split(":")[0] for _, body in d["refused"] if body
@@ -291,9 +296,10 @@ def report_mixed(r: dict[str, Any]) -> str:
         f"{BURNERS} busy loops at nice 0, in a session of their own (another service), over "
         "the seconds shown; API client, SIPp and tshark (standing for other machines) at "
         f"nice {r.get('peers_nice', 0)}, their session's CPU group too. Latency = trigger sent to "
-        "the INVITE at SIPp, accepted calls only: from the client's send call, and from the "
-        "request's last byte in the socket (what a capture at the node would see; the "
-        "difference is the bench's own client waiting for CPU on the shared machine). "
+        "the INVITE at SIPp, accepted calls only: from the client's send call to SIPp's log, "
+        "and from the request's last byte in the socket to the INVITE in a capture on lo "
+        "(what a capture at the node would show; the difference is the bench's client and "
+        "SIPp waiting for CPU on the shared machine). "
         "Late RTP = a stream at the agent with a gap over 60 ms (tshark). "
         "Machine load = 1-minute load average at the run's start "
         f"({os.cpu_count()} cores; other work on the machine counts).",
