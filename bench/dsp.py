@@ -124,8 +124,12 @@ def score(out: Path, labels: dict[str, dict[str, Any]]) -> dict[str, Any]:
     beep: list[int] = []
     late_beep: list[int] = []  # beeps 2–5 s after the greeting, greetings after 2–6 s
     machines = machine_as_human = 0
+    ivr = ivr_as_operator = 0  # IVR prompts and beep-less prompts (could be an IVR)
     for f, lab in sorted(labels.items()):
         det, _ = analyze_samples(load_audio(out / f), lab.get("mode", "answer"))
+        if is_ivr_like(lab):
+            ivr += 1
+            ivr_as_operator += det.hint == "operator"
         errs = check(out / f, lab, det)
         if errs:
             wrong.append(f)
@@ -150,11 +154,57 @@ def score(out: Path, labels: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "wrong": wrong,
         "machines": machines,
         "m_as_h": machine_as_human,
+        "ivr": ivr,
+        "ivr_as_op": ivr_as_operator,
         "human": human,
         "sit": sit,
         "beep": beep,
         "late_beep": late_beep,
     }
+
+
+def is_ivr_like(lab: dict[str, Any]) -> bool:
+    """An IVR's prompt, or a beep-less recorded prompt that could be one (``ivr_hint``)."""
+    return lab["answered_by"] == "ivr" or bool(lab.get("ivr_hint"))
+
+
+# noisy lines for the IVR prompts (as bench/noisyline.py: an analog line or a PBX behind one,
+# whose noise masks a prompt's own bed so that its voice reads live)
+IVR_LINES = (("white", -64.0), ("pink", -56.0), ("white", -48.0))
+
+
+def ivr_operator(corpora: list[tuple[str, Path, dict[str, dict[str, Any]]]]) -> dict[str, Any]:
+    """The IVR and beep-less prompts of every corpus played into noisy lines
+    (:data:`IVR_LINES`, G.711 µ-law): how many are called ``human`` with ``hint: operator``
+    (or human at all). On their own lines the corpus rows count them (``score``)."""
+    rng = np.random.default_rng(12)
+    out: dict[str, Any] = {}
+    for name, folder, labels in corpora:
+        rows = {k: {"n": 0, "op": 0, "human": 0} for k in ("ivr", "beepless")}
+        for f, lab in sorted(labels.items()):
+            if not is_ivr_like(lab):
+                continue
+            row = rows["ivr" if lab["answered_by"] == "ivr" else "beepless"]
+            x = load_audio(folder / f)
+            for kind, lvl in IVR_LINES:
+                y = codec(x + scale_to_dbfs(noise(x.size, kind, rng), lvl), "ulaw")
+                det, _ = analyze_samples(y, lab.get("mode", "answer"))
+                row["n"] += 1
+                row["op"] += det.hint == "operator"
+                row["human"] += det.answered_by == "human"
+        out[name] = rows
+    return out
+
+
+def ivr_rows(scores: list[tuple[str, dict[str, Any]]], noisy: dict[str, Any]) -> str:
+    def cell(r: dict[str, int]) -> str:
+        return f"{r['op']}/{r['n']} ({r['human']} human in all)" if r["n"] else "none"
+
+    return "\n".join(
+        f"| {name} | {s['ivr_as_op']}/{s['ivr']} | {cell(noisy[name]['ivr'])} "
+        f"| {cell(noisy[name]['beepless'])} |"
+        for name, s in scores
+    )
 
 
 HEADER = (
@@ -421,6 +471,18 @@ def _corpora_only(a: argparse.Namespace) -> dict[str, Any]:
         }
 
 
+def _ivr_only(a: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as td:
+        tmp = Path(td)
+        corpora = [
+            ("detection", *corpus(detection.generate, tmp, "det")),
+            ("regress", *corpus(regress.generate, tmp, "reg")),
+        ]
+        if (a.real / "labels.json").exists():
+            corpora.append(("real", a.real, json.loads((a.real / "labels.json").read_text())))
+        return ivr_operator(corpora)
+
+
 def _cpu_only(a: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as td:
         out, labels = corpus(detection.generate, Path(td), "det")
@@ -437,6 +499,7 @@ ONLY = {
     "short": lambda a: _summary(short_lines()),
     "shortgap": lambda a: short_end_gaps(),
     "cpu": _cpu_only,
+    "ivr": _ivr_only,
 }
 
 
@@ -491,6 +554,7 @@ def main(argv: list[str] | None = None) -> int:
                 ("real (bench/real)", a.real, json.loads((a.real / "labels.json").read_text()))
             )
         scores = [(name, score(out, labels)) for name, out, labels in corpora]
+        ivr_noisy = ivr_operator(corpora)
         audio = [load_audio(corpora[0][1] / f) for f in sorted(corpora[0][2])]
         lib, pl = prompt_library()
         fr0 = bench_frames(audio, a.frames, None)
@@ -549,6 +613,20 @@ phones (WUW Corpus II: names and sentences, with transcripts), people saying hel
 recordings put through a phone channel) and one fax call recorded from a line. No real SIT
 intercept recording was found: SIT is covered by generated audio only. Per class, with every
 miss: `bench/dsp.py --real-only`.
+
+### IVR prompts called `operator`
+
+IVR prompts and beep-less recorded prompts (labels `ivr`, or `machine` with `ivr_hint`: menus,
+logins, spoken intercepts, short prompts, beep-less mailboxes) called `human` with
+`hint: operator`, on their own lines and played into noisy lines (white or pink noise at -64,
+-56 and -48 dBFS, µ-law: the noise masks a prompt's own bed, so the floor is unchanged under
+its words and the voice reads live; each prompt once per line). An operator is a live-looking
+long greeting followed by `operator_silence_ms` of silence: a prompt that pauses that long
+before speaking again, on a line where it reads live, is taken for one.
+
+| corpus | own line | noisy lines: IVR menus (`ivr`) | noisy lines: beep-less prompts |
+|---|---|---|---|
+{ivr_rows(scores, ivr_noisy)}
 
 ### Short answers against short prompts (0.5–2 s, then silence)
 
