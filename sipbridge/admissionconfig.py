@@ -34,6 +34,12 @@ class AdmissionConfig(StrictModel):
     # as a call ends. null (default): only the SIP pool's capacity. Rate it from
     # bench/load (e.g. 150 on 2 cores, where 200 analysed calls take ~82 % CPU).
     max_analysed_calls: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    # Learn what one call in progress costs in CPU on this machine (busy cores / calls,
+    # from samples with 8 calls or more) and refuse a trigger once the calls in progress
+    # reach what fits under max_cpu_busy (README "Admission control"): the CPU signal
+    # alone trips enter_after_s late, and calls admitted meanwhile cost CPU only once
+    # answered, so a node filling up fast overshoots its cores. Needs max_cpu_busy.
+    learn_capacity: bool = True
     # A signal must stay over its threshold this long before the node refuses work
     # (one GC pause or a scrape burst does not trip it), and every signal must stay under
     # its resume threshold resume_after_s before it accepts work again.

@@ -10,6 +10,9 @@ Why these signals (all cheap: one small file read and one timer per sample):
   and starts every dial, so its lag is directly the latency a client and the carrier see;
   it also catches CPU quotas (containers) that /proc/stat cannot show.
 * **Calls in progress** vs ``max_analysed_calls``: the node's rated capacity, exact.
+* **Headroom** (``learn_capacity``): calls in progress vs how many fit under
+  ``max_cpu_busy`` at what one call has cost here (:class:`sipbridge.admission.CallCost`):
+  a capacity learned on the machine the node runs on, checked at every trigger.
 
 Worker-side frame lateness is not sampled: it would need a new report from every SIP
 worker, and the machine CPU signal trips before frames are late (README "Admission
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -27,7 +31,19 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from sipbridge.admission import OK, SIGNALS, Pressure, Sample, Thresholds, Verdict, decide
+from sipbridge.admission import (
+    HEADROOM,
+    OK,
+    SIGNALS,
+    CallCost,
+    Headroom,
+    Pressure,
+    Sample,
+    Thresholds,
+    Verdict,
+    decide,
+    headroom,
+)
 from sipbridge.admissionconfig import AdmissionConfig
 
 log = logging.getLogger("sipbridge.admission")
@@ -36,6 +52,9 @@ PROC_STAT = Path("/proc/stat")
 # Sampling starts this long after the node starts: until then CPU and loop lag measure the
 # node's own start-up (forking the SIP workers, loading prompts), not its load.
 WARMUP_S = 5.0
+# Headroom uses the machine's busy share averaged over samples (weight of the newest):
+# 0.3 at 0.5 s samples follows a change within ~2 s and ignores one sample's spike.
+_BUSY_WEIGHT = 0.3
 
 
 def cpu_times(text: str) -> tuple[int, int] | None:
@@ -106,6 +125,10 @@ class AdmissionControl:
         self.cpu = cpu or CpuMeter()
         self.pressure = Pressure(self.th)
         self.last = Sample(None, 0.0)
+        self.cores = os.cpu_count() or 1  # /proc/stat's busy share is over all of them
+        self.cost = CallCost()
+        self.room: Headroom | None = None
+        self._busy_avg: float | None = None
         self.refused = Counter(
             "sipbridge_admission_refused_total",
             "Triggers refused with 503 by admission control, by the signal that refused",
@@ -121,8 +144,10 @@ class AdmissionControl:
     def verdict(self) -> Verdict:
         if not self.cfg.enabled:
             return OK
-        counted = self.th.max_analysed_calls is not None
-        return decide(self.th, self.pressure.verdict, self.live_calls() if counted else 0)
+        counted = self.th.max_analysed_calls is not None or self.room is not None
+        return decide(
+            self.th, self.pressure.verdict, self.live_calls() if counted else 0, self.room
+        )
 
     def overloaded(self) -> bool:
         """The scheduler's gate: True = start no new call now."""
@@ -151,7 +176,11 @@ class AdmissionControl:
     def observe(self, now_s: float, sample: Sample) -> Verdict:
         """Feed one sample (the sampler's loop, or a test); logs and wakes on changes."""
         before = self.pressure.verdict
+        was_full = self.verdict().signal == HEADROOM
         self.last = sample
+        self._learn(sample)
+        if was_full and not self.verdict().overloaded:
+            self.on_resume()  # room again without a call ending: dial what is queued
         after = self.pressure.observe(now_s, sample)
         if after != before:
             if after.overloaded:
@@ -160,6 +189,18 @@ class AdmissionControl:
                 log.info("admission: load is back under the resume thresholds; accepting calls")
                 self.on_resume()
         return after
+
+    def _learn(self, sample: Sample) -> None:
+        """Headroom: what a call costs here and how many more fit (learn_capacity)."""
+        max_busy = self.th.max_cpu_busy
+        if not self.cfg.learn_capacity or max_busy is None or sample.cpu_busy is None:
+            return
+        avg = self._busy_avg
+        avg = sample.cpu_busy if avg is None else avg + _BUSY_WEIGHT * (sample.cpu_busy - avg)
+        self._busy_avg = avg
+        calls = self.live_calls()
+        per_call = self.cost.observe(avg * self.cores, calls)
+        self.room = headroom(max_busy, avg, self.cores, calls, per_call)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -198,6 +239,19 @@ class _Gauges(Collector):
                 "sipbridge_node_cpu_busy_ratio",
                 "Machine-wide CPU busy share over the last admission sample (0-1)",
                 value=self.ac.last.cpu_busy,
+            )
+        room = self.ac.room
+        if room is not None:
+            yield GaugeMetricFamily(
+                "sipbridge_node_call_cost_cores",
+                "CPU one call in progress has cost on this node (cores, learned: "
+                "admission.learn_capacity)",
+                value=room.cores_per_call,
+            )
+            yield GaugeMetricFamily(
+                "sipbridge_node_call_room",
+                "Calls in progress that fit under admission.max_cpu_busy at the last sample",
+                value=room.limit,
             )
         yield GaugeMetricFamily(
             "sipbridge_event_loop_lag_seconds",

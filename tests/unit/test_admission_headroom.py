@@ -1,0 +1,140 @@
+"""Admission control's headroom (``learn_capacity``): what one call costs in CPU, learned
+from samples, and how many more calls fit under ``max_cpu_busy``; what an API client sees
+when the node is full by it (503 naming the room, metrics), and that room coming back
+dials what waited in the queue."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sipbridge.admission import (
+    CALLS,
+    CPU,
+    HEADROOM,
+    CallCost,
+    Sample,
+    Thresholds,
+    Verdict,
+    decide,
+    headroom,
+    room,
+)
+from tests.unit.test_admission import _app, _input, _trigger
+from tests.unit.test_api import _wait
+from tests.unit.test_operations import _on_loop, samples
+
+# ---- the pure parts ------------------------------------------------------------------
+
+
+def test_cost_ignores_samples_with_few_calls() -> None:
+    c = CallCost(min_calls=8, weight=0.5)
+    assert c.observe(1.5, 7) is None  # the rest of the machine would count as the calls'
+    assert c.observe(0.8, 8) == 0.1
+    assert c.observe(1.2, 4) == 0.1  # too few: the estimate is kept, not moved
+    assert c.observe(1.6, 8) == pytest.approx(0.15)  # averaged toward the newest ratio (0.2)
+
+
+@given(
+    busy=st.floats(0, 1),
+    cores=st.integers(1, 64),
+    calls=st.integers(0, 10_000),
+    per_call=st.floats(0.001, 2.0),
+)
+def test_room_never_below_the_calls_up_and_none_when_over(
+    busy: float, cores: int, calls: int, per_call: float
+) -> None:
+    h = headroom(0.9, busy, cores, calls, per_call)
+    assert h is not None and h.limit >= calls
+    # what fits really fits: the calls let in keep the machine at or under the threshold
+    assert busy * cores + h.more * per_call <= 0.9 * cores + 1e-9 or busy >= 0.9
+    if busy >= 0.9:
+        assert h.more == 0 and room(h, calls).signal == HEADROOM
+
+
+def test_no_room_limit_before_a_cost_is_known() -> None:
+    assert headroom(0.9, 0.99, 2, 50, None) is None
+    assert room(None, 10_000).ok
+
+
+def test_room_reason_names_cpu_room_and_cost() -> None:
+    h = headroom(0.9, 0.8, 2, 8, 0.2)
+    assert h is not None and h.limit == 9
+    assert room(h, 8).ok
+    v = room(h, 9)
+    assert v.overloaded and v.signal == HEADROOM
+    assert v.reason == (
+        "node at capacity: cpu 80 % busy, room for 9 calls at 20.0 % of a core each (9 in progress)"
+    )
+
+
+def test_pressure_then_cap_then_room() -> None:
+    th = Thresholds(max_analysed_calls=9)
+    h = headroom(0.9, 0.8, 2, 8, 0.2)
+    hot = Verdict(True, CPU, "hot")
+    assert decide(th, hot, 9, h).signal == CPU
+    assert decide(th, Verdict(False), 9, h).signal == CALLS
+    assert decide(Thresholds(), Verdict(False), 9, h).signal == HEADROOM
+    assert decide(Thresholds(), Verdict(False), 8, h).ok
+
+
+# ---- what the API client sees --------------------------------------------------------
+
+
+def test_node_full_by_headroom_refuses_then_dials_the_queue(tmp_path: Path) -> None:
+    client, svc, pool = _app(
+        tmp_path, {"sample_interval_s": 10, "enter_after_s": 0, "retry_after_s": 3}
+    )
+    pool.slots = 64  # room in the SIP pool: only admission limits here
+    with client:
+        ac = client.app.state.ops.admission  # type: ignore[attr-defined]
+        ac.cores = 2
+        on_loop = _on_loop(client)
+
+        def feed(cpu: float) -> None:  # on the app's loop, as the sampler does
+            on_loop.call(ac.observe, 0.0, Sample(cpu, 0.0))
+
+        for _ in range(8):
+            assert _trigger(client).status_code == 200
+        assert _wait(lambda: len(pool.plans) == 8)
+        # 8 calls keep 1.6 of 2 cores busy: 0.2 each; 0.2 cores spare under 0.9 -> one more
+        feed(0.8)
+        assert (ac.room.limit, round(ac.room.cores_per_call, 3)) == (9, 0.2)
+        assert _trigger(client).status_code == 200
+        assert _wait(lambda: len(pool.plans) == 9)
+        r = _trigger(client)
+        assert r.status_code == 503 and r.headers["Retry-After"] == "3"
+        assert r.json()["error"].startswith("node at capacity: cpu 80 % busy, room for 9 calls")
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and "load" in ready.json()["down"]
+        # a call queued meanwhile (through the service: the API refuses) waits ...
+        on_loop.call(svc.trigger, _input())
+        on_loop.call(svc.dispatch_once)
+        assert len(pool.plans) == 9
+        m = samples(client.get("/metrics").text)
+        assert m[("sipbridge_admission_refused_total", (("reason", "headroom"),))] == 1
+        assert m[("sipbridge_node_call_room", ())] == 9
+        assert round(m[("sipbridge_node_call_cost_cores", ())], 3) == 0.2
+        # ... until a sample shows room again (no call ended): dialled at once
+        feed(0.3)
+        assert ac.room.limit > 10
+        assert _wait(lambda: len(pool.plans) == 10)
+        assert _trigger(client).status_code == 200
+
+
+def test_learn_capacity_off_never_limits(tmp_path: Path) -> None:
+    client, _svc, pool = _app(
+        tmp_path, {"sample_interval_s": 10, "enter_after_s": 0, "learn_capacity": False}
+    )
+    pool.slots = 64
+    with client:
+        ac = client.app.state.ops.admission  # type: ignore[attr-defined]
+        for _ in range(9):
+            assert _trigger(client).status_code == 200
+        assert _wait(lambda: len(pool.plans) == 9)
+        _on_loop(client).call(ac.observe, 0.0, Sample(0.85, 0.0))
+        assert ac.room is None
+        assert _trigger(client).status_code == 200
