@@ -19,7 +19,8 @@ Two kinds of limit:
   averaged over samples taken with enough calls up, so the rest of the machine weighs
   little) and, at each sample, how many more fit under ``max_cpu_busy``
   (:class:`Headroom`); a trigger past that count is refused at once, like the cap. The
-  estimate counts a neighbour's CPU as the node's, which only makes it cautious.
+  estimate counts a neighbour's CPU as the node's, which only makes it cautious; calls
+  admitted in the last few seconds count at that cost before the CPU shows them.
 """
 
 from __future__ import annotations
@@ -144,51 +145,79 @@ def capacity(th: Thresholds, live_calls: int) -> Verdict:
     return Verdict(True, CALLS, f"node at capacity: analysed calls {live_calls}/{cap}")
 
 
-class CallCost:
-    """Busy cores per call in progress on this node, learned from samples (machine busy
-    share x cores, calls up). Only samples with at least ``min_calls`` calls count: with
-    fewer, what the rest of the machine uses (the supervisor, the carrier-facing proxies)
-    would read as the calls' own cost. An exponential average (``weight`` per sample) of
-    the ratio follows a change of call mix (detection running or done) within seconds."""
+# What a call is taken to cost at least (cores): 0.01 % of a core, so a nearly idle
+# machine's reading cannot make the room unbounded.
+_MIN_CALL_CORES = 1e-4
 
-    def __init__(self, min_calls: int = 8, weight: float = 0.2) -> None:
+
+class CallCost:
+    """What one call in progress costs in CPU on this node, and how many more fit.
+
+    A call costs CPU only seconds after it is admitted (ringing, then answered, then
+    analysed), and the busy share is an average that lags too. So each sample divides the
+    busy cores by the calls that were already up ``settle_s`` ago, which are the ones
+    costing now, and counts the calls admitted since as pending: projected to cost as much
+    each. Only samples with at least ``min_calls`` such calls update the cost: with fewer,
+    what the rest of the machine uses (the supervisor, the carrier-facing proxies) would
+    read as the calls' own. An exponential average (``weight`` per sample) follows a
+    change of call mix (detection running or done) within seconds. Calls that ended
+    within ``settle_s`` make the cost read low by their share, so a node with many short
+    calls is let a little closer to ``max_cpu_busy``."""
+
+    def __init__(self, settle_s: float = 3.0, min_calls: int = 8, weight: float = 0.2) -> None:
+        self.settle_s = settle_s
         self.min_calls = min_calls
         self.weight = weight
         self.cores_per_call: float | None = None
+        self._history: list[tuple[float, int]] = []  # (time, calls up), oldest first
 
-    def observe(self, busy_cores: float, calls: int) -> float | None:
-        if calls >= self.min_calls and busy_cores > 0:
-            x = busy_cores / calls
+    def _settled_calls(self, now_s: float) -> int | None:
+        """Calls up ``settle_s`` ago (the newest sample at least that old)."""
+        cutoff = now_s - self.settle_s
+        older = [i for i, (t, _) in enumerate(self._history) if t <= cutoff]
+        if not older:
+            return None
+        del self._history[: older[-1]]  # keep the newest one old enough, and what follows
+        return self._history[0][1]
+
+    def observe(
+        self, now_s: float, busy: float, cores: int, calls: int, max_busy: float
+    ) -> Headroom | None:
+        """One sample (``busy``: the machine's busy share, 0-1): the room left, or None
+        while the cost of a call is not known yet."""
+        self._history.append((now_s, calls))
+        settled = self._settled_calls(now_s)
+        if settled is None:
+            return None
+        if settled >= self.min_calls and busy > 0:
+            x = max(_MIN_CALL_CORES, busy * cores / settled)
             c = self.cores_per_call
             self.cores_per_call = x if c is None else c + self.weight * (x - c)
-        return self.cores_per_call
+        cost = self.cores_per_call
+        if cost is None or cost <= 0:
+            return None
+        pending = max(0, calls - settled)
+        spare_cores = (max_busy - busy) * cores - pending * cost
+        more = max(0, math.floor(spare_cores / cost + 1e-9))  # 0.2/0.2 is 1, not 0.999
+        return Headroom(calls, more, busy, cost, pending)
 
 
 @dataclass(frozen=True)
 class Headroom:
-    """At one sample: ``calls`` in progress, and ``more`` calls that fit under
-    ``max_cpu_busy`` at ``cores_per_call`` each. A node is full once it runs
-    ``calls + more`` calls, until the next sample says otherwise."""
+    """At one sample: ``calls`` in progress, of which ``pending`` admitted too recently
+    to show in the CPU yet, and ``more`` calls that fit under ``max_cpu_busy`` at
+    ``cores_per_call`` each. A node is full once it runs ``calls + more`` calls, until
+    the next sample says otherwise."""
 
     calls: int
     more: int
     busy: float
     cores_per_call: float
+    pending: int = 0
 
     @property
     def limit(self) -> int:
         return self.calls + self.more
-
-
-def headroom(
-    max_cpu_busy: float, busy: float, cores: int, calls: int, cores_per_call: float | None
-) -> Headroom | None:
-    """How many more calls fit (None while the cost of a call is not known yet)."""
-    if cores_per_call is None or cores_per_call <= 0:
-        return None
-    spare_cores = (max_cpu_busy - busy) * cores
-    more = max(0, math.floor(spare_cores / cores_per_call + 1e-9))  # 0.2/0.2 is 1, not 0.999
-    return Headroom(calls, more, busy, cores_per_call)
 
 
 def room(room_left: Headroom | None, live_calls: int) -> Verdict:
@@ -216,5 +245,4 @@ def decide(
 
 
 __all__ = ["CALLS", "CPU", "HEADROOM", "LOOP_LAG", "OK", "SIGNALS", "CallCost", "Headroom"]
-__all__ += ["Pressure", "Sample", "Thresholds", "Verdict", "capacity", "decide", "headroom"]
-__all__ += ["room"]
+__all__ += ["Pressure", "Sample", "Thresholds", "Verdict", "capacity", "decide", "room"]

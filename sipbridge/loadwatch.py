@@ -42,7 +42,6 @@ from sipbridge.admission import (
     Thresholds,
     Verdict,
     decide,
-    headroom,
 )
 from sipbridge.admissionconfig import AdmissionConfig
 
@@ -178,7 +177,7 @@ class AdmissionControl:
         before = self.pressure.verdict
         was_full = self.verdict().signal == HEADROOM
         self.last = sample
-        self._learn(sample)
+        self._learn(now_s, sample)
         if was_full and not self.verdict().overloaded:
             self.on_resume()  # room again without a call ending: dial what is queued
         after = self.pressure.observe(now_s, sample)
@@ -190,7 +189,7 @@ class AdmissionControl:
                 self.on_resume()
         return after
 
-    def _learn(self, sample: Sample) -> None:
+    def _learn(self, now_s: float, sample: Sample) -> None:
         """Headroom: what a call costs here and how many more fit (learn_capacity)."""
         max_busy = self.th.max_cpu_busy
         if not self.cfg.learn_capacity or max_busy is None or sample.cpu_busy is None:
@@ -198,9 +197,7 @@ class AdmissionControl:
         avg = self._busy_avg
         avg = sample.cpu_busy if avg is None else avg + _BUSY_WEIGHT * (sample.cpu_busy - avg)
         self._busy_avg = avg
-        calls = self.live_calls()
-        per_call = self.cost.observe(avg * self.cores, calls)
-        self.room = headroom(max_busy, avg, self.cores, calls, per_call)
+        self.room = self.cost.observe(now_s, avg, self.cores, self.live_calls(), max_busy)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

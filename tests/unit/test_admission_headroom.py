@@ -16,11 +16,11 @@ from sipbridge.admission import (
     CPU,
     HEADROOM,
     CallCost,
+    Headroom,
     Sample,
     Thresholds,
     Verdict,
     decide,
-    headroom,
     room,
 )
 from tests.unit.test_admission import _app, _input, _trigger
@@ -30,39 +30,60 @@ from tests.unit.test_operations import _on_loop, samples
 # ---- the pure parts ------------------------------------------------------------------
 
 
-def test_cost_ignores_samples_with_few_calls() -> None:
-    c = CallCost(min_calls=8, weight=0.5)
-    assert c.observe(1.5, 7) is None  # the rest of the machine would count as the calls'
-    assert c.observe(0.8, 8) == 0.1
-    assert c.observe(1.2, 4) == 0.1  # too few: the estimate is kept, not moved
-    assert c.observe(1.6, 8) == pytest.approx(0.15)  # averaged toward the newest ratio (0.2)
+def test_cost_counts_the_calls_that_were_up_settle_s_ago() -> None:
+    c = CallCost(settle_s=3.0, min_calls=8, weight=0.5)
+    assert c.observe(0.0, 0.1, 2, 8, 0.9) is None  # nothing settled yet
+    assert c.observe(2.0, 0.4, 2, 8, 0.9) is None
+    h = c.observe(3.0, 0.4, 2, 8, 0.9)  # the 8 calls up at 0 s cost 0.8 cores now
+    assert h is not None and c.cores_per_call == pytest.approx(0.1)
+    assert (h.calls, h.pending, h.more) == (8, 0, 10)  # (0.9 - 0.4) x 2 / 0.1
+    # a burst of 10 admitted calls, not costing yet: pending, each counted at the cost
+    h = c.observe(4.0, 0.4, 2, 18, 0.9)
+    assert h is not None and (h.pending, h.more, h.limit) == (10, 0, 18)
+
+
+def test_cost_ignores_samples_with_few_settled_calls() -> None:
+    c = CallCost(settle_s=1.0, min_calls=8, weight=0.5)
+    c.observe(0.0, 0.7, 2, 7, 0.9)
+    assert c.observe(1.0, 0.7, 2, 7, 0.9) is None  # the machine would count as the calls'
+    assert c.observe(2.0, 0.4, 2, 8, 0.9) is None  # 7 settled: still too few
+    c.observe(3.0, 0.4, 2, 8, 0.9)
+    assert c.cores_per_call == pytest.approx(0.1)
+    c.observe(4.0, 0.9, 2, 4, 0.9)  # 8 settled: averaged toward 0.225
+    assert c.cores_per_call == pytest.approx(0.1625)
+    c.observe(5.0, 0.9, 2, 4, 0.9)  # 4 settled: kept
+    assert c.cores_per_call == pytest.approx(0.1625)
 
 
 @given(
     busy=st.floats(0, 1),
     cores=st.integers(1, 64),
-    calls=st.integers(0, 10_000),
-    per_call=st.floats(0.001, 2.0),
+    settled=st.integers(8, 5_000),
+    new=st.integers(0, 5_000),
 )
-def test_room_never_below_the_calls_up_and_none_when_over(
-    busy: float, cores: int, calls: int, per_call: float
-) -> None:
-    h = headroom(0.9, busy, cores, calls, per_call)
-    assert h is not None and h.limit >= calls
-    # what fits really fits: the calls let in keep the machine at or under the threshold
-    assert busy * cores + h.more * per_call <= 0.9 * cores + 1e-9 or busy >= 0.9
-    if busy >= 0.9:
-        assert h.more == 0 and room(h, calls).signal == HEADROOM
+def test_what_fits_really_fits(busy: float, cores: int, settled: int, new: int) -> None:
+    c = CallCost(settle_s=1.0)
+    c.observe(0.0, busy, cores, settled, 0.9)
+    h = c.observe(1.0, busy, cores, settled + new, 0.9)
+    if busy == 0:
+        assert h is None  # an idle machine says nothing about what a call costs
+        return
+    assert h is not None and h.limit >= settled + new and h.pending == new
+    per_call = h.cores_per_call
+    # the calls let in, the pending ones counted, keep the machine under the threshold
+    if (busy * cores + new * per_call) <= 0.9 * cores:
+        assert busy * cores + (new + h.more) * per_call <= 0.9 * cores + 1e-6
+    else:
+        assert h.more == 0 and room(h, settled + new).signal == HEADROOM
 
 
 def test_no_room_limit_before_a_cost_is_known() -> None:
-    assert headroom(0.9, 0.99, 2, 50, None) is None
+    assert CallCost().observe(0.0, 0.99, 2, 50, 0.9) is None
     assert room(None, 10_000).ok
 
 
 def test_room_reason_names_cpu_room_and_cost() -> None:
-    h = headroom(0.9, 0.8, 2, 8, 0.2)
-    assert h is not None and h.limit == 9
+    h = Headroom(calls=8, more=1, busy=0.8, cores_per_call=0.2)
     assert room(h, 8).ok
     v = room(h, 9)
     assert v.overloaded and v.signal == HEADROOM
@@ -73,7 +94,7 @@ def test_room_reason_names_cpu_room_and_cost() -> None:
 
 def test_pressure_then_cap_then_room() -> None:
     th = Thresholds(max_analysed_calls=9)
-    h = headroom(0.9, 0.8, 2, 8, 0.2)
+    h = Headroom(calls=8, more=1, busy=0.8, cores_per_call=0.2)
     hot = Verdict(True, CPU, "hot")
     assert decide(th, hot, 9, h).signal == CPU
     assert decide(th, Verdict(False), 9, h).signal == CALLS
@@ -94,13 +115,18 @@ def test_node_full_by_headroom_refuses_then_dials_the_queue(tmp_path: Path) -> N
         ac.cores = 2
         on_loop = _on_loop(client)
 
-        def feed(cpu: float) -> None:  # on the app's loop, as the sampler does
-            on_loop.call(ac.observe, 0.0, Sample(cpu, 0.0))
+        t = [0.0]
+
+        def feed(cpu: float) -> None:  # on the app's loop, as the sampler does, 3 s apart
+            on_loop.call(ac.observe, t[0], Sample(cpu, 0.0))
+            t[0] += 3.0
 
         for _ in range(8):
             assert _trigger(client).status_code == 200
         assert _wait(lambda: len(pool.plans) == 8)
         # 8 calls keep 1.6 of 2 cores busy: 0.2 each; 0.2 cores spare under 0.9 -> one more
+        feed(0.8)
+        assert ac.room is None  # first sample: nothing settled yet
         feed(0.8)
         assert (ac.room.limit, round(ac.room.cores_per_call, 3)) == (9, 0.2)
         assert _trigger(client).status_code == 200
@@ -120,8 +146,10 @@ def test_node_full_by_headroom_refuses_then_dials_the_queue(tmp_path: Path) -> N
         assert round(m[("sipbridge_node_call_cost_cores", ())], 3) == 0.2
         # ... until a sample shows room again (no call ended): dialled at once
         feed(0.3)
-        assert ac.room.limit > 10
+        assert ac.room.limit == 10  # the 9th call, admitted since, counted as pending
         assert _wait(lambda: len(pool.plans) == 10)
+        feed(0.3)
+        assert ac.room.limit > 10
         assert _trigger(client).status_code == 200
 
 
@@ -135,6 +163,7 @@ def test_learn_capacity_off_never_limits(tmp_path: Path) -> None:
         for _ in range(9):
             assert _trigger(client).status_code == 200
         assert _wait(lambda: len(pool.plans) == 9)
-        _on_loop(client).call(ac.observe, 0.0, Sample(0.85, 0.0))
+        for t in (0.0, 3.0, 6.0):
+            _on_loop(client).call(ac.observe, t, Sample(0.85, 0.0))
         assert ac.room is None
         assert _trigger(client).status_code == 200
