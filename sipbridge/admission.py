@@ -199,6 +199,12 @@ class CallCost:
         pending = max(0, calls - settled)
         spare_cores = (max_busy - busy) * cores - pending * cost
         more = max(0, math.floor(spare_cores / cost + 1e-9))  # 0.2/0.2 is 1, not 0.999
+        # Slow start: at most twice the settled calls (at least min_calls). Calls cost more
+        # per head as a machine nears saturation (shared caches, the scheduler), which a
+        # cost learned at half the load does not know; doubling per settle_s lets the CPU
+        # show each step before the next (TCP's slow start, RFC 5681 3.1, for the same
+        # reason: capacity unknown until probed).
+        more = min(more, max(0, max(self.min_calls, 2 * settled) - calls))
         return Headroom(calls, more, busy, cost, pending)
 
 

@@ -197,7 +197,17 @@ class AdmissionControl:
         avg = self._busy_avg
         avg = sample.cpu_busy if avg is None else avg + _BUSY_WEIGHT * (sample.cpu_busy - avg)
         self._busy_avg = avg
-        self.room = self.cost.observe(now_s, avg, self.cores, self.live_calls(), max_busy)
+        self.room = room = self.cost.observe(now_s, avg, self.cores, self.live_calls(), max_busy)
+        if room is not None:
+            log.debug(
+                "admission: headroom: %d calls (%d pending), cpu %.0f %%, %.2f %% of a core "
+                "each, room for %d",
+                room.calls,
+                room.pending,
+                room.busy * 100,
+                room.cores_per_call * 100,
+                room.limit,
+            )
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -36,7 +36,7 @@ def test_cost_counts_the_calls_that_were_up_settle_s_ago() -> None:
     assert c.observe(2.0, 0.4, 2, 8, 0.9) is None
     h = c.observe(3.0, 0.4, 2, 8, 0.9)  # the 8 calls up at 0 s cost 0.8 cores now
     assert h is not None and c.cores_per_call == pytest.approx(0.1)
-    assert (h.calls, h.pending, h.more) == (8, 0, 10)  # (0.9 - 0.4) x 2 / 0.1
+    assert (h.calls, h.pending, h.more) == (8, 0, 8)  # 10 by CPU, 16 by slow start
     # a burst of 10 admitted calls, not costing yet: pending, each counted at the cost
     h = c.observe(4.0, 0.4, 2, 18, 0.9)
     assert h is not None and (h.pending, h.more, h.limit) == (10, 0, 18)
@@ -69,12 +69,23 @@ def test_what_fits_really_fits(busy: float, cores: int, settled: int, new: int) 
         assert h is None  # an idle machine says nothing about what a call costs
         return
     assert h is not None and h.limit >= settled + new and h.pending == new
+    assert h.limit <= max(2 * settled, settled + new)  # slow start: at most doubling
     per_call = h.cores_per_call
     # the calls let in, the pending ones counted, keep the machine under the threshold
     if (busy * cores + new * per_call) <= 0.9 * cores:
         assert busy * cores + (new + h.more) * per_call <= 0.9 * cores + 1e-6
     else:
         assert h.more == 0 and room(h, settled + new).signal == HEADROOM
+
+
+def test_slow_start_at_most_doubles_the_settled_calls() -> None:
+    c = CallCost(settle_s=1.0, min_calls=8)
+    c.observe(0.0, 0.1, 2, 10, 0.9)
+    h = c.observe(1.0, 0.1, 2, 10, 0.9)  # 0.02 cores a call: room for 80 more by CPU
+    assert h is not None and h.limit == 20
+    c.observe(2.0, 0.2, 2, 20, 0.9)
+    h = c.observe(3.0, 0.2, 2, 20, 0.9)
+    assert h is not None and h.limit == 40
 
 
 def test_no_room_limit_before_a_cost_is_known() -> None:
