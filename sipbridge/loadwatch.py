@@ -212,14 +212,20 @@ class AdmissionControl:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         interval = self.cfg.sample_interval_s
-        await asyncio.sleep(WARMUP_S)
         self.cpu.read()  # the first read only sets the baseline
+        warm_at = loop.time() + WARMUP_S
         while True:
             due = loop.time() + interval
             await asyncio.sleep(interval)
             now = loop.time()
             try:
-                self.observe(now, Sample(self.cpu.read(), max(0.0, now - due) * 1000.0))
+                sample = Sample(self.cpu.read(), max(0.0, now - due) * 1000.0)
+                if now >= warm_at:
+                    self.observe(now, sample)
+                else:
+                    # start-up CPU is no pressure, but calls taken meanwhile (a campaign
+                    # waiting for the node) are already learned from: headroom only
+                    self._learn(now, sample)
             except Exception:  # never let the sampler die: the node would stay as it is
                 log.exception("admission sampler failed")
 
