@@ -149,7 +149,8 @@ def create_app(
                     detection=body.detection,
                     status_callback=body.status_callback,
                     ivr=body.ivr,
-                )
+                ),
+                admitted=True,  # admission control let it in above
             )
         except InputError as e:  # NumberError, HeaderError, RoutingError
             raise ApiError(400, str(e), e.field) from None

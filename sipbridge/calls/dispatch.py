@@ -89,7 +89,9 @@ class Dispatcher:
                 await asyncio.wait_for(self._wake.wait(), timeout=max(0.005, delay))
             self._wake.clear()
 
-    def dial_new(self, rec: CallRecord, received: float | None = None) -> None:
+    def dial_new(
+        self, rec: CallRecord, received: float | None = None, admitted: bool = False
+    ) -> None:
         """A call the API has just stored: dialled here and now (in the trigger's handler)
         when nothing waits ahead of it, with the checks of a pass; else, or when a limit
         makes it wait, the dispatcher task's next pass takes it. Dialling at once saves the
@@ -97,11 +99,19 @@ class Dispatcher:
         stage of the trigger->INVITE time), and a call the node accepted is never held
         back by an overload that begins after the 200. Not in cluster mode: there a
         call is dialled only by the node whose pass claimed it. ``received``: when the
-        trigger came (monotonic), to time its dial by stage."""
+        trigger came (monotonic), to time its dial by stage. ``admitted``: admission
+        control let the trigger in; the handler awaited since (the API rate limit), and
+        other triggers admitted meanwhile may have filled the node's headroom, which must
+        not leave this accepted call in the queue (it is dialled, a little over the room;
+        a call stored any other way waits while the node is paused)."""
         if received is not None:
             self.stages.start(rec.call_sid, received, time.monotonic())
         now = self.ctx.clock()
-        if now >= self._clear_until or self.ctx.node_id is not None or self.paused():
+        if (
+            now >= self._clear_until
+            or self.ctx.node_id is not None
+            or (not admitted and self.paused())
+        ):
             self.wake()
             return
         ok, blocked = self._try_queued(rec, now)

@@ -236,11 +236,13 @@ class CallService:
             return await self.cluster_api_limiter.check(token)
         return self.api_limiter.check(token)
 
-    def trigger(self, req: TriggerInput, start: bool = True) -> CallRecord:
+    def trigger(self, req: TriggerInput, start: bool = True, admitted: bool = False) -> CallRecord:
         """Validate routing, encryption, window and headers now, then store the call as
         queued. Idempotent on ``idempotency_key``. Raises RoutingError / HeaderError.
-        Its first dial is measured by stage (sipbridge.dialstages)."""
-        return self.triggers.trigger(req, start, received=time.monotonic())
+        Its first dial is measured by stage (sipbridge.dialstages). ``admitted``: admission
+        control let this trigger in (the API): it is dialled now even if the node became
+        full or overloaded since (see Dispatcher.dial_new)."""
+        return self.triggers.trigger(req, start, received=time.monotonic(), admitted=admitted)
 
     def _record(self, call_sid: str) -> CallRecord:
         rec = self.store.get(call_sid, self.clock())

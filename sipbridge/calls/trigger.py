@@ -44,13 +44,17 @@ def new_call_sid() -> str:
 
 class Triggers:
     def __init__(
-        self, ctx: CallContext, on_queued: Callable[[CallRecord, float | None], None]
+        self, ctx: CallContext, on_queued: Callable[[CallRecord, float | None, bool], None]
     ) -> None:
         self.ctx = ctx
         self.on_queued = on_queued  # the scheduler: dial it now or on its next pass
 
     def trigger(
-        self, req: TriggerInput, start: bool = True, received: float | None = None
+        self,
+        req: TriggerInput,
+        start: bool = True,
+        received: float | None = None,
+        admitted: bool = False,
     ) -> CallRecord:
         """Store the call as queued (``start``: and hand it to the scheduler). Raises
         RoutingError / HeaderError naming the field. ``received``: time.monotonic() when
@@ -144,7 +148,7 @@ class Triggers:
             extra={"call_sid": call_sid},
         )
         if start:
-            self.on_queued(rec, received)
+            self.on_queued(rec, received, admitted)
         return rec
 
 

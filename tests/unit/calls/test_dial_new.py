@@ -47,6 +47,19 @@ def test_not_while_admission_pauses_the_scheduler(tmp_path):
     assert _dialled(h) == [] and h.rec(sid).status == "queued"
 
 
+def test_a_trigger_admission_let_in_is_dialled_even_if_the_node_filled_since(tmp_path):
+    """The API handler awaits between admission's check and storing the call (the rate
+    limit): triggers admitted meanwhile may have filled the node's headroom. The call the
+    client got a 200 for is dialled, not left in the queue until room comes back."""
+    from sipbridge.calls.trigger import TriggerInput
+
+    h = CallHarness(tmp_path, cfg())
+    h.svc.dispatch_once()
+    h.svc.dispatcher.paused = lambda: True
+    sid = h.svc.trigger(TriggerInput("+12125550123"), admitted=True).call_sid
+    assert _dialled(h) == [sid] and h.rec(sid).status == "calling"
+
+
 def test_not_in_cluster_mode(tmp_path):
     h = CallHarness(tmp_path, cfg())
     h.svc.dispatch_once()
