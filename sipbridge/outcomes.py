@@ -164,14 +164,7 @@ def from_leg_end(
     if answered and cause == "transport_error":
         # The dialog died under an answered call: a session refresh (RFC 4028) or a BYE
         # that got no answer, or the transport broke.
-        return Termination(
-            "failure",
-            CALL_LOST,
-            "transport_error",
-            False,
-            sip_status,
-            detail or _sip_text(sip_status, sip_reason),
-        )
+        return _call_lost(sip_status, detail or _sip_text(sip_status, sip_reason))
     if answered and connected:
         reason = {
             "remote_bye": "",
@@ -224,14 +217,12 @@ def agent_dialog_lost(sip_status: int | None, detail: str) -> Termination:
     5.1), the refresh never came (RFC 4028 10) or the transport broke. The agent ended
     nothing: the call is lost, as when the carrier leg's dialog dies (never success "ended
     by agent"; not retried: the callee was reached and may have talked to the agent)."""
-    return Termination(
-        "failure",
-        CALL_LOST,
-        "transport_error",
-        False,
-        sip_status,
-        f"agent leg: {detail}" if detail else "agent leg: dialog lost",
-    )
+    return _call_lost(sip_status, f"agent leg: {detail}" if detail else "agent leg: dialog lost")
+
+
+def _call_lost(sip_status: int | None, detail: str) -> Termination:
+    """An answered call whose dialog died (either leg's): failure, not retried."""
+    return Termination("failure", CALL_LOST, "transport_error", False, sip_status, detail)
 
 
 def from_sit(code: str | None) -> Termination:

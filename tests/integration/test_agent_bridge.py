@@ -352,6 +352,30 @@ def test_agent_dialled_at_answer_is_told_the_result_by_info(
     bridge.wait_terminal(sid)
 
 
+def _human_and_agent(
+    stack: Stack,
+    tmp_path: Path,
+    corpus: tuple[Path, dict[str, Any]],
+    remember: str,
+    on_info: str,
+) -> tuple[SippUas, SippUas]:
+    """A carrier playing a live answer, and an agent (uas_agent_hold) that answers the
+    detection INFO with ``on_info``."""
+    corpus_dir, labels = corpus
+    name = next(n for n, lab in sorted(labels.items()) if lab["answered_by"] == "human")
+    carrier = _playing(stack, corpus_dir / name, tmp_path, "p")
+    agent = stack.sipp(
+        render_scenario(
+            "uas_agent_hold.xml.in",
+            tmp_path / "agent.xml",
+            REMEMBER=remember,
+            HOLD=on_info,
+            RESUME="",
+        )
+    )
+    return carrier, agent
+
+
 _REFUSE_INFO = """  <recv request="INFO">
   </recv>
   <send>
@@ -379,17 +403,8 @@ def test_an_agent_that_refuses_the_detection_info_keeps_its_call(
     bridge only accepts (200, not 409/481) on a live bridged leg."""
     from sipbridge.devtools.holdagent import _REMEMBER, _info
 
-    corpus_dir, labels = corpus
-    name = next(n for n, lab in sorted(labels.items()) if lab["answered_by"] == "human")
-    carrier = _playing(stack, corpus_dir / name, tmp_path, "p")
-    agent = stack.sipp(
-        render_scenario(
-            "uas_agent_hold.xml.in",
-            tmp_path / "agent.xml",
-            REMEMBER=_REMEMBER,
-            HOLD=_REFUSE_INFO + _info(50, '{"action":"hold"}'),
-            RESUME="",
-        )
+    carrier, agent = _human_and_agent(
+        stack, tmp_path, corpus, _REMEMBER, _REFUSE_INFO + _info(50, '{"action":"hold"}')
     )
     bridge = carrier_bridge(stack, carrier, agent)
     sid = bridge.trigger(to_number="+12125550131")
@@ -416,18 +431,7 @@ def test_an_agent_that_answers_the_detection_info_481_loses_the_call(
     RFC 5057 5.1: it ends the dialog usage): the bridge ends the agent leg (BYE) and the
     carrier leg, and the call is failure "call lost" like any answered call whose dialog
     died, not success "ended by agent" (the agent ended nothing)."""
-    corpus_dir, labels = corpus
-    name = next(n for n, lab in sorted(labels.items()) if lab["answered_by"] == "human")
-    carrier = _playing(stack, corpus_dir / name, tmp_path, "p")
-    agent = stack.sipp(
-        render_scenario(
-            "uas_agent_hold.xml.in",
-            tmp_path / "agent.xml",
-            REMEMBER="",
-            HOLD=_GONE_INFO,
-            RESUME="",
-        )
-    )
+    carrier, agent = _human_and_agent(stack, tmp_path, corpus, "", _GONE_INFO)
     bridge = carrier_bridge(stack, carrier, agent)
     sid = bridge.trigger(to_number="+12125550132")
     inv = _invite(agent)
