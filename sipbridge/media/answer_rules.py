@@ -45,7 +45,6 @@ class AnswerRules(FrameFeeder):
     _live_pending: bool
     _question: tuple[int, bool] | None
     _last_word_audio: FloatArray | None
-    _voiced: int
 
     def _note(self, t_ms: int, kind: str, **detail: Any) -> None:
         if self.keep_timeline:
@@ -89,19 +88,6 @@ class AnswerRules(FrameFeeder):
             self._floor.greeting_started(start)
         self._last_word_start = start
         self._words += 1
-
-    def _on_noise_burst(self) -> None:
-        """The word that just ended had no voiced frame: a breath, a click, handling noise or
-        a speakerphone switching, not speech. It is taken back: it neither lengthens the
-        greeting nor ends it (the silence after the last word goes on counting), and when it
-        came first the greeting has not started."""
-        self._words = max(0, self._words - 1)
-        if self._words == 0:
-            self._greeting_start = None
-
-    def _talking(self) -> bool:
-        """A word is going on and has been heard voiced (see :meth:`_on_noise_burst`)."""
-        return self._speech.in_word and self._voiced >= self.cfg.vad.voiced_frames
 
     def _known_prompt(self) -> dict[str, Any]:
         """The library prompt behind a provisional machine result, kept in the final one."""
@@ -179,7 +165,7 @@ class AnswerRules(FrameFeeder):
             return
         # the greeting's length is first word to last: counted while a word goes on, not
         # through the silence after it (where the operator is waiting for us)
-        if self._live_long and self._talking() and t_end - gs > cfg.operator_max_greeting_ms:
+        if self._live_long and sp.in_word and t_end - gs > cfg.operator_max_greeting_ms:
             self._live_long = False
             self._machine(
                 t_end,
@@ -191,7 +177,7 @@ class AnswerRules(FrameFeeder):
         if (
             t_end - gs > cfg.max_greeting_ms
             and not self._live_long
-            and (self._talking() or self._live_pending)
+            and (sp.in_word or self._live_pending)
         ):
             verdict = self._floor.verdict()
             if verdict != "live" and self._floor.verdict(pct=_ROOM_PCT) == "live":

@@ -75,7 +75,7 @@ from sipbridge.media.tones import (
     is_ced,
     is_cng,
 )
-from sipbridge.media.vad import SpeechTracker, VadState, periodicity
+from sipbridge.media.vad import SpeechTracker
 
 __all__ = [
     "ANSWERED_BY_VALUES",
@@ -142,9 +142,6 @@ class Detector(AnswerRules):
         self._last_word_start = 0
         self._question: tuple[int, bool] | None = None  # (last word end, rises?)
         self._last_word_audio: FloatArray | None = None
-        # periodic (voiced) speech frames of the word in progress, counted up to
-        # ``vad.voiced_frames``: a word without them is a noise burst (breath, click)
-        self._voiced = 0
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -247,15 +244,6 @@ class Detector(AnswerRules):
         # --- speech (before call progress: a cadence must have no speech in it) -----------
         sp = self._speech
         ev = sp.update(pcm, level, is_tone, t)
-        vcfg = cfg.vad
-        if ev == 0 and sp.state == VadState.QUIET:
-            self._voiced = 0  # no word in progress (a blip was dropped)
-        elif (
-            sp.last_speech
-            and self._voiced < vcfg.voiced_frames
-            and periodicity(ta.power) >= vcfg.voiced_min
-        ):
-            self._voiced += 1
         if ev == SpeechTracker.WORD_START:
             self._sit.interrupt()
         if self._prompts is not None:
@@ -287,22 +275,14 @@ class Detector(AnswerRules):
             self._note(sp.word_start_ms, "speech_start", dbfs=round(level, 1))
             self._on_word_start(sp.word_start_ms, t_end, events)
         elif ev == SpeechTracker.WORD_END:
-            voiced = self._voiced >= vcfg.voiced_frames
-            self._voiced = 0
-            floor = round(sp.floor_dbfs or -100.0, 1)
-            if not voiced:
-                # a noise burst, not a word: the greeting neither went on nor started with it
-                self._note(sp.word_end_ms, "speech_end", floor_dbfs=floor, unvoiced=True)
-                self._on_noise_burst()
-            else:
-                self._note(sp.word_end_ms, "speech_end", floor_dbfs=floor)
-                self._last_word_end = sp.word_end_ms
-                if self.mode == "answer":
-                    # keep the word (up to its last 1.5 s) for its pitch, asked for later
-                    audio = ta.recent(_WORD_AUDIO_FRAMES)
-                    end = audio.size - (t_end - sp.word_end_ms) * 8
-                    start = max(0, end - max(0, sp.word_end_ms - self._last_word_start) * 8)
-                    self._last_word_audio = audio[start:end].copy() if end > start else None
+            self._note(sp.word_end_ms, "speech_end", floor_dbfs=round(sp.floor_dbfs or -100.0, 1))
+            self._last_word_end = sp.word_end_ms
+            if self.mode == "answer":
+                # keep the word (up to its last 1.5 s) for its pitch, asked for later
+                audio = ta.recent(_WORD_AUDIO_FRAMES)
+                end = audio.size - (t_end - sp.word_end_ms) * 8
+                start = max(0, end - max(0, sp.word_end_ms - self._last_word_start) * 8)
+                self._last_word_audio = audio[start:end].copy() if end > start else None
         if self.mode == "answer" and not self._done:
             self._answer_rules(t_end, events)
 

@@ -11,10 +11,6 @@ A frame counts as speech when all of these hold:
 Speech frames then drive a state machine QUIET → STARTING → SPEAKING → STOPPING → QUIET:
 a *word* starts once ``min_word_ms`` of speech accumulates (blips are dropped) and ends once
 ``word_gap_ms`` of non-speech follows it (shorter gaps are inside the word).
-
-:func:`periodicity` tells a voiced word from a noise burst the gate let through (breath,
-a click, handling noise, a speakerphone's switching): every spoken word has a voiced
-nucleus whose waveform repeats at the pitch period, noise does not repeat.
 """
 
 from __future__ import annotations
@@ -22,10 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntEnum
 
-import numpy as np
 import webrtcvad
 
-from sipbridge.media.frames import FRAME_MS, SAMPLE_RATE, FloatArray
+from sipbridge.media.frames import FRAME_MS, SAMPLE_RATE
 
 
 class VadState(IntEnum):
@@ -59,16 +54,6 @@ class VadConfig:
     # Speech always dips to the floor between syllables/words within ~1 s; steady noise never
     # rises 6 dB above its own minimum, so it is never speech however loud it is.
     floor_window_ms: int = 1600
-    # A word is speech only when this many of its speech frames are periodic at a pitch lag
-    # (:func:`periodicity` >= ``voiced_min``); the others are noise bursts (breath, clicks,
-    # handling, a speakerphone switching) and neither lengthen a greeting nor end it.
-    # Vowels measure 0.7–1.0 (measured: every word of the real and generated corpora has two
-    # frames at 0.64 or more, nearly all at 0.75 or more, 10 dB SNR lines included); noise
-    # bursts stay under 0.5 (white noise's random peaks over the pitch lags reach ~0.3–0.45,
-    # a real speakerphone's breath/switching burst 0.45). Two frames, so one random peak of
-    # noise is not enough.
-    voiced_min: float = 0.55
-    voiced_frames: int = 2
 
 
 class SpeechTracker:
@@ -178,42 +163,3 @@ class SpeechTracker:
     def in_word(self) -> bool:
         """True while a confirmed word is in progress (SPEAKING or STOPPING)."""
         return self.state in (VadState.SPEAKING, VadState.STOPPING)
-
-
-# Pitch lags searched (samples at 8 kHz): 400 Hz down to 70 Hz (deep male voices).
-_PITCH_LAGS = (SAMPLE_RATE // 400, SAMPLE_RATE // 70 + 1)
-_AC_CACHE: dict[int, FloatArray] = {}
-_HIGHPASS_HZ = 50.0
-
-
-def _window_ac(n: int) -> FloatArray:
-    """The Hann window's own autocorrelation over the pitch lags, normalised to lag 0: a
-    periodic signal seen through the window correlates by this much less at lag k."""
-    w = _AC_CACHE.get(n)
-    if w is None:
-        h = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n)
-        ac = np.correlate(h, h, "full")[n - 1 :]
-        w = np.asarray(ac[_PITCH_LAGS[0] : _PITCH_LAGS[1]] / ac[0], dtype=np.float64)
-        _AC_CACHE[n] = w
-    return w
-
-
-def periodicity(power: FloatArray) -> float:
-    """How periodic a block is at a pitch lag (70–400 Hz), from its Hann-windowed power
-    spectrum (``power``: ``n // 2 + 1`` bins of an ``n``-sample block), above 50 Hz: the
-    highest normalised autocorrelation over the pitch lags (the inverse FFT of the power
-    spectrum, Wiener–Khinchin), divided by the window's own, so a steady periodic signal
-    reads ~1. Voiced speech 0.7–1.0; breath, clicks and other noise < 0.5 (through the
-    telephone band); digital silence 0."""
-    n = 2 * (power.size - 1)
-    p = power.copy()
-    # DC and the lowest rumble correlate at every lag and say nothing of a pitch. The cut
-    # stays under the lowest voice's fundamental: a quiet murmur ("mm") has little but it
-    # (measured on a real caller: a 250 Hz cut read it as noise). Rumble left in can read a
-    # noise burst as voiced, the safe side (it counts as a word, as before this test).
-    p[: int(_HIGHPASS_HZ * n / SAMPLE_RATE)] = 0.0
-    r = np.fft.irfft(p, n)
-    r0 = float(r[0])
-    if r0 <= 0.0:
-        return 0.0
-    return float(np.max(r[_PITCH_LAGS[0] : _PITCH_LAGS[1]] / _window_ac(n))) / r0
