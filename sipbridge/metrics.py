@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from sipbridge.bodylimit import ASGIApp, Message, Receive, Scope, Send
 from sipbridge.disposition import DISPOSITIONS
 from sipbridge.hints import call_hint, hint_label
 from sipbridge.records import TERMINAL, CallEvent, CallRecord, LegRecord
@@ -257,7 +258,7 @@ class Metrics:
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
-    def observe_request(self, scope: dict[str, Any], code: int, seconds: float) -> None:
+    def observe_request(self, scope: Scope, code: int, seconds: float) -> None:
         """Count one request by route template (``/v1/outbound-calling/{call_sid}/status``),
         never by raw path, so call IDs do not become label values."""
         route = scope.get("route")
@@ -274,23 +275,18 @@ class RequestMetrics:
     with memory streams between them, which on a busy node is supervisor CPU on every
     trigger for nothing (the status code is all this needs, read off ``send``)."""
 
-    def __init__(self, app: Callable[..., Awaitable[None]], metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
 
-    async def __call__(
-        self,
-        scope: dict[str, Any],
-        receive: Callable[[], Awaitable[Any]],
-        send: Callable[[Any], Awaitable[None]],
-    ) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
         code = 500  # an exception before the response started is a 500 to the client
 
-        async def counted(message: Any) -> None:
+        async def counted(message: Message) -> None:
             nonlocal code
             if message["type"] == "http.response.start":
                 code = int(message["status"])
