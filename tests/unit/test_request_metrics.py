@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from starlette.routing import Route
 
+from sipbridge.bodylimit import Scope
 from sipbridge.metrics import Metrics, RequestMetrics
 
 
@@ -37,7 +38,7 @@ def test_counts_the_code_sent_under_the_route_template() -> None:
     m = Metrics()
     route = Route("/v1/outbound-calling/{call_sid}/status", endpoint=lambda r: None)
 
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
         scope["route"] = route  # what the router does when a route matches
         await send({"type": "http.response.start", "status": 404, "headers": []})
         await send({"type": "http.response.body", "body": b"{}"})
@@ -51,7 +52,7 @@ def test_counts_the_code_sent_under_the_route_template() -> None:
 def test_an_app_that_raises_before_answering_is_counted_as_500() -> None:
     m = Metrics()
 
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError):
@@ -63,7 +64,7 @@ def test_lifespan_and_websocket_scopes_pass_through_uncounted() -> None:
     m = Metrics()
     seen: list[str] = []
 
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
         seen.append(scope["type"])
 
     mw = RequestMetrics(app, m)
