@@ -195,6 +195,9 @@ def test_cpu_meter_busy_share(tmp_path: Path) -> None:
         ({"sample_interval_s": ".nan"}, "admission.sample_interval_s"),
         ({"resume_after_s": -1}, "admission.resume_after_s"),
         ({"max_cpu": 0.9}, "admission.max_cpu"),
+        ({"learn_capacity": None}, "admission.learn_capacity"),
+        ({"learn_capacity": "maybe"}, "admission.learn_capacity"),
+        ({"learn_capacity": [True]}, "admission.learn_capacity"),
     ],
 )
 def test_hostile_config_is_refused(admission: dict[str, Any], message: str) -> None:
